@@ -1,0 +1,18 @@
+//! Logging setup: tracing to stderr, level from `-v` or `RUST_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Logs go to stderr; machine output owns stdout.
+pub fn init(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "keyfleet=info",
+        2 => "keyfleet=debug",
+        _ => "keyfleet=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,4 @@
+//! One file per subcommand; each exposes `Args` and a `run` function.
+
+pub mod codes;
+pub mod logging;

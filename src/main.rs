@@ -1,0 +1,80 @@
+//! The `keyfleet` command line: parses arguments, sets up logging, and maps
+//! library errors to exit codes. Each subcommand lives in `cli/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Every valid pair succeeded and none was rejected.
+    pub const OK: u8 = 0;
+    /// The run finished with failed or rejected pairs (or a single call failed).
+    pub const FAILED: u8 = 1;
+    /// Usage error or unreadable input.
+    pub const USAGE: u8 = 2;
+    /// Stopped early and resumable: a fatal API error, --max-errors, or an interrupt.
+    pub const STOPPED: u8 = 4;
+}
+
+/// Unbind SSH key pairs from Tencent Cloud CVM instances across a whole fleet.
+#[derive(Debug, Parser)]
+#[command(name = "keyfleet", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand shares.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// The SQLite database holding runs, jobs and attempts.
+    #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// API endpoint URL (http:// allowed for a local simulator).
+    #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Region, when the input rows do not carry one.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// tccli profile to read credentials and region from (~/.tccli/NAME.credential).
+    #[arg(long, global = true, env = "TCCLI_PROFILE")]
+    pub profile: Option<String>,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the error-code table: each API error code, its class, and what keyfleet does.
+    Codes(cli::codes::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::logging::init(cli.global.verbose);
+    match try_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Codes(args) => cli::codes::run(args),
+        }
+    })
+}
