@@ -9,8 +9,13 @@
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
-//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts.
+//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
+//!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
+//! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
+//! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 
+pub mod delay;
+pub mod executor;
 pub mod ids;
 pub mod secret;
 pub mod sign;

@@ -1,0 +1,179 @@
+//! Request pacing: a strict governor limiter at the configured rate, and an
+//! adaptive slowdown on top of it when the API throttles us.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// Spacing is this much wider than `1 / rate`. The server counts arrivals, and
+/// network jitter bunches requests: a client spaced at exactly 100 ms meets the
+/// 10/s limit's edge, while 2.5% wider leaves 25 ms of slack per ten requests
+/// (enough for the simulator's 20 ms jitter) and still delivers 9.75 of 10/s.
+pub const RATE_MARGIN: f64 = 1.025;
+/// After a throttle, the rate recovers by this factor per quiet interval.
+const RECOVERY_FACTOR: f64 = 1.25;
+/// The rate stays reduced at least this long after a throttle before it recovers.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+/// The slowest a throttled sender goes, as a fraction of the configured rate.
+const MIN_RATE_FRACTION: f64 = 1.0 / 16.0;
+
+/// Paces request starts: at most `rate` in any sliding second, slower after throttles.
+#[derive(Debug)]
+pub struct Pacer {
+    limiter: Option<DefaultDirectRateLimiter>,
+    target: f64,
+    state: Mutex<PacerState>,
+}
+
+#[derive(Debug)]
+struct PacerState {
+    current: f64,
+    last_start: Option<Instant>,
+    last_change: Instant,
+}
+
+impl Pacer {
+    /// `rate` requests per second; 0 turns pacing off (engine benchmarks only).
+    pub fn new(rate: f64) -> Pacer {
+        let limiter = (rate > 0.0).then(|| {
+            let period = Duration::from_secs_f64(RATE_MARGIN / rate);
+            // with_period alone gives a burst of 1: strictly spaced starts, unlike
+            // per_second(n), whose burst of n could put 2n-1 starts in one second.
+            let quota =
+                Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+            RateLimiter::direct(quota)
+        });
+        Pacer {
+            limiter,
+            target: rate,
+            state: Mutex::new(PacerState {
+                current: rate,
+                last_start: None,
+                last_change: Instant::now(),
+            }),
+        }
+    }
+
+    /// Waits until the next request may start.
+    pub async fn ready(&self) {
+        let Some(limiter) = &self.limiter else { return };
+        limiter.until_ready().await;
+        // The adaptive slowdown: on top of the limiter, keep starts at least
+        // 1/current apart while the rate is reduced.
+        loop {
+            let wait = {
+                let mut state = self.lock();
+                let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
+                let now = Instant::now();
+                match state.last_start {
+                    Some(last) if state.current < self.target && now < last + spacing => {
+                        last + spacing - now
+                    }
+                    _ => {
+                        state.last_start = Some(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// True when a request may start right now without waiting (used to grow a wave of starts).
+    pub fn try_ready(&self) -> bool {
+        match &self.limiter {
+            None => true,
+            Some(limiter) => {
+                let state = self.lock();
+                state.current >= self.target && limiter.check().is_ok()
+            }
+        }
+    }
+
+    /// The API said we are too fast: halve the rate (down to a floor).
+    pub fn throttled(&self) {
+        if self.limiter.is_none() {
+            return;
+        }
+        let mut state = self.lock();
+        state.current = (state.current / 2.0).max(self.target * MIN_RATE_FRACTION);
+        state.last_change = Instant::now();
+        tracing::info!(rate = state.current, "throttled: slowing down");
+    }
+
+    /// A request went through: recover toward the configured rate, step by step.
+    pub fn succeeded(&self) {
+        let mut state = self.lock();
+        if state.current < self.target && state.last_change.elapsed() >= RECOVERY_INTERVAL {
+            state.current = (state.current * RECOVERY_FACTOR).min(self.target);
+            state.last_change = Instant::now();
+            tracing::debug!(rate = state.current, "recovering rate");
+        }
+    }
+
+    /// The rate in force now, requests per second (0 when pacing is off).
+    pub fn current_rate(&self) -> f64 {
+        self.lock().current
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        // A poisoned lock only means another thread panicked mid-update of plain numbers.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_are_strictly_spaced() {
+        let pacer = Pacer::new(50.0);
+        let mut starts = Vec::new();
+        for _ in 0..6 {
+            pacer.ready().await;
+            starts.push(Instant::now());
+        }
+        let min_gap = Duration::from_secs_f64(RATE_MARGIN / 50.0) - Duration::from_millis(1);
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= min_gap,
+                "gap {:?} < {min_gap:?}",
+                pair[1] - pair[0]
+            );
+        }
+    }
+
+    #[test]
+    fn throttles_halve_and_recovery_is_gradual() {
+        let pacer = Pacer::new(10.0);
+        pacer.throttled();
+        assert_eq!(pacer.current_rate(), 5.0);
+        pacer.throttled();
+        pacer.throttled();
+        pacer.throttled();
+        pacer.throttled();
+        assert_eq!(pacer.current_rate(), 10.0 / 16.0, "floored");
+        pacer.succeeded();
+        assert_eq!(
+            pacer.current_rate(),
+            10.0 / 16.0,
+            "no recovery right after a throttle"
+        );
+        pacer.lock().last_change -= RECOVERY_INTERVAL;
+        pacer.succeeded();
+        assert_eq!(pacer.current_rate(), 10.0 / 16.0 * RECOVERY_FACTOR);
+        assert!(!pacer.try_ready(), "a reduced pacer never grows a wave");
+    }
+
+    #[tokio::test]
+    async fn off_means_no_waiting() {
+        let pacer = Pacer::new(0.0);
+        for _ in 0..1000 {
+            pacer.ready().await;
+            assert!(pacer.try_ready());
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Executor unit tests against an in-memory fake API. The end-to-end tests against
+//! the HTTP simulator live in `tests/it/`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rand::Rng;
+
+use super::*;
+
+/// A fake CVM endpoint: all-or-nothing batches, Windows and unknown instances,
+/// seeded transient faults, and a log of every success with the pairs it covered.
+struct FakeApi {
+    state: Mutex<FakeState>,
+}
+
+struct FakeState {
+    bound: BTreeSet<(String, String)>,
+    windows: BTreeSet<String>,
+    unknown: BTreeSet<String>,
+    fault_rate: f64,
+    rng: StdRng,
+    fatal_on_request: Option<u64>,
+    requests: u64,
+    successes: HashMap<String, Vec<(String, String)>>,
+}
+
+impl FakeApi {
+    fn new(bound: &[(String, String)]) -> FakeApi {
+        FakeApi {
+            state: Mutex::new(FakeState {
+                bound: bound.iter().cloned().collect(),
+                windows: BTreeSet::new(),
+                unknown: BTreeSet::new(),
+                fault_rate: 0.0,
+                rng: StdRng::seed_from_u64(42),
+                fatal_on_request: None,
+                requests: 0,
+                successes: HashMap::new(),
+            }),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+fn refused(code: &str, message: &str) -> Refused {
+    Refused {
+        code: code.into(),
+        message: message.into(),
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+        http_status: Some(200),
+        transport: false,
+    }
+}
+
+impl UnbindApi for FakeApi {
+    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+        tokio::task::yield_now().await;
+        self.with(|s| {
+            s.requests += 1;
+            if s.fatal_on_request == Some(s.requests) {
+                s.fatal_on_request = None;
+                return Err(refused("AuthFailure.SignatureFailure", "The provided credentials could not be validated."));
+            }
+            if s.rng.random_bool(s.fault_rate) {
+                return Err(refused("MutexOperation.TaskRunning", "An identical job is running."));
+            }
+            if let Some(id) = request.instance_ids.iter().find(|i| s.unknown.contains(*i)) {
+                let _ = id;
+                return Err(refused("InvalidInstanceId.NotFound", "No instance found."));
+            }
+            if let Some(id) = request.instance_ids.iter().find(|i| s.windows.contains(*i)) {
+                return Err(refused(
+                    "UnsupportedOperation.InstanceOsWindows",
+                    &format!("The instance {id} with the Xserver windows2012cndatacenterx86_64 operating system does not support this operation."),
+                ));
+            }
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let mut covered = Vec::new();
+            for i in &request.instance_ids {
+                for k in &request.key_ids {
+                    s.bound.remove(&(i.clone(), k.clone()));
+                    covered.push((i.clone(), k.clone()));
+                }
+            }
+            s.successes.insert(request_id.clone(), covered);
+            Ok(Accepted { request_id, http_status: 200 })
+        })
+    }
+}
+
+/// instance, key, status, request id, error code
+type ItemRow = (String, String, String, Option<String>, Option<String>);
+
+fn ins(n: usize) -> String {
+    format!("ins-{n:08x}")
+}
+fn key(n: usize) -> String {
+    format!("skey-{n:08x}")
+}
+
+/// Writes a run whose jobs are `groups` (instances x keys), one item per pair.
+async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
+    let pool = store.pool();
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO runs (created_at, input_path, input_sha256, options) VALUES (0, 't', 'sha', '{}') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    for (n, (instances, keys)) in groups.iter().enumerate() {
+        let job: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, created_at) \
+             VALUES (?, 'ap-guangzhou', ?, ?, ?, 0) RETURNING id",
+        )
+        .bind(run_id)
+        .bind(serde_json::to_string(instances).unwrap())
+        .bind(serde_json::to_string(keys).unwrap())
+        .bind((instances.len() * keys.len()) as i64)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        for i in instances {
+            for k in keys {
+                sqlx::query(
+                    "INSERT INTO items (run_id, position, region, instance_id, key_id, status, job_id) \
+                     VALUES (?, ?, 'ap-guangzhou', ?, ?, 'pending', ?)",
+                )
+                .bind(run_id)
+                .bind(format!("group {n}"))
+                .bind(i)
+                .bind(k)
+                .bind(job)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+    run_id
+}
+
+fn fast_config() -> ExecConfig {
+    ExecConfig {
+        rate: 0.0,
+        concurrency: 8,
+        retry_base: Duration::from_millis(5),
+        retry_cap: Duration::from_millis(40),
+        throttle_delay: Duration::from_millis(5),
+        seed: Some(7),
+        ..ExecConfig::default()
+    }
+}
+
+async fn items(
+    store: &Store,
+    run_id: i64,
+) -> Vec<ItemRow> {
+    sqlx::query_as("SELECT instance_id, key_id, status, request_id, error_code FROM items WHERE run_id = ? ORDER BY id")
+        .bind(run_id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn open_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_ridden_out_and_every_success_is_proven() {
+    let (_dir, store) = open_store().await;
+    let instances: Vec<String> = (0..250).map(ins).collect();
+    let keys: Vec<String> = (0..3).map(key).collect();
+    let groups: Vec<_> = instances
+        .chunks(10)
+        .map(|c| (c.to_vec(), keys.clone()))
+        .collect();
+    let run_id = seed(&store, &groups).await;
+    let pairs: Vec<_> = instances
+        .iter()
+        .flat_map(|i| keys.iter().map(move |k| (i.clone(), k.clone())))
+        .collect();
+    let api = Arc::new(FakeApi::new(&pairs));
+    api.with(|s| s.fault_rate = 0.3);
+
+    let counters = Arc::new(Counters::default());
+    let summary = execute(
+        &store,
+        run_id,
+        api.clone(),
+        &fast_config(),
+        counters,
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.stopped, None);
+    assert_eq!(summary.pairs.succeeded, 750);
+    assert_eq!(summary.pairs.failed, 0);
+    assert!(summary.retries > 0, "the faults were met");
+    api.with(|s| {
+        assert!(s.bound.is_empty(), "every pair unbound");
+        for (instance, key, status, request_id, _) in futures_items_blocking(&store, run_id) {
+            assert_eq!(status, "succeeded");
+            let covered = &s.successes[request_id.as_deref().unwrap()];
+            assert!(
+                covered.contains(&(instance, key)),
+                "the RequestId proves this pair"
+            );
+        }
+    });
+    let unfinished: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0);
+}
+
+fn futures_items_blocking(
+    store: &Store,
+    run_id: i64,
+) -> Vec<ItemRow> {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(items(store, run_id)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_windows_and_one_unknown_instance_do_not_block_the_other_98() {
+    let (_dir, store) = open_store().await;
+    let instances: Vec<String> = (0..100).map(ins).collect();
+    let keys = vec![key(1)];
+    let run_id = seed(&store, &[(instances.clone(), keys.clone())]).await;
+    let pairs: Vec<_> = instances
+        .iter()
+        .map(|i| (i.clone(), keys[0].clone()))
+        .collect();
+    let api = Arc::new(FakeApi::new(&pairs));
+    api.with(|s| {
+        s.windows.insert(ins(13));
+        s.unknown.insert(ins(71));
+    });
+    let summary = execute(
+        &store,
+        run_id,
+        api.clone(),
+        &fast_config(),
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.pairs.succeeded, 98);
+    assert_eq!(summary.pairs.failed, 2);
+    let rows = futures_items_blocking(&store, run_id);
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.2 == "failed")
+        .map(|r| (r.0.clone(), r.4.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            (
+                ins(13),
+                "UnsupportedOperation.InstanceOsWindows".to_string()
+            ),
+            (ins(71), "InvalidInstanceId.NotFound".to_string())
+        ]
+    );
+    // Windows is named and split off at once; the unknown one is bisected.
+    assert!(
+        summary.requests <= 3 + 2 * 7,
+        "{} requests",
+        summary.requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_stops_without_failing_anything_and_resume_completes() {
+    let (_dir, store) = open_store().await;
+    let instances: Vec<String> = (0..40).map(ins).collect();
+    let keys = vec![key(1), key(2)];
+    let groups: Vec<_> = instances
+        .chunks(4)
+        .map(|c| (c.to_vec(), keys.clone()))
+        .collect();
+    let run_id = seed(&store, &groups).await;
+    let pairs: Vec<_> = instances
+        .iter()
+        .flat_map(|i| keys.iter().map(move |k| (i.clone(), k.clone())))
+        .collect();
+    let api = Arc::new(FakeApi::new(&pairs));
+    api.with(|s| s.fatal_on_request = Some(3));
+    let config = ExecConfig {
+        concurrency: 1,
+        ..fast_config()
+    };
+    let first = execute(
+        &store,
+        run_id,
+        api.clone(),
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&first.stopped, Some(StopReason::Fatal { code, .. }) if code == "AuthFailure.SignatureFailure")
+    );
+    assert_eq!(first.pairs.failed, 0, "a fatal error fails no pair");
+    assert!(first.pairs.pending > 0);
+    let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(state, "stopped");
+
+    let second = execute(
+        &store,
+        run_id,
+        api.clone(),
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.stopped, None);
+    assert_eq!(second.pairs.succeeded, 80);
+    api.with(|s| assert!(s.bound.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_attempt_is_recovered_and_resent() {
+    let (_dir, store) = open_store().await;
+    let run_id = seed(&store, &[(vec![ins(1), ins(2)], vec![key(1)])]).await;
+    // A previous process started an attempt and died before recording its outcome.
+    store
+        .apply(&[Write::Start {
+            job_id: 1,
+            started_at: 1,
+        }])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET owner_token = 'dead', owner_pid = 999999999, owner_host = ?, heartbeat_at = ? WHERE id = ?")
+        .bind(Lease::for_this_process().host)
+        .bind(now_ms())
+        .bind(run_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let api = Arc::new(FakeApi::new(&[(ins(1), key(1)), (ins(2), key(1))]));
+    let summary = execute(
+        &store,
+        run_id,
+        api,
+        &fast_config(),
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.pairs.succeeded, 2);
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM attempts ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(outcomes, ["lost", "succeeded"]);
+}
+
+#[tokio::test]
+async fn a_live_holder_is_refused() {
+    let (_dir, store) = open_store().await;
+    let run_id = seed(&store, &[(vec![ins(1)], vec![key(1)])]).await;
+    let holder = Lease::for_this_process();
+    store
+        .acquire_run(run_id, &holder, crate::store::queue::LEASE_STALE_AFTER)
+        .await
+        .unwrap();
+    let api = Arc::new(FakeApi::new(&[]));
+    let err = execute(
+        &store,
+        run_id,
+        api,
+        &fast_config(),
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("process {}", holder.pid)),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_give_up_after_max_attempts_with_the_last_code() {
+    let (_dir, store) = open_store().await;
+    let run_id = seed(&store, &[(vec![ins(1)], vec![key(1)])]).await;
+    let api = Arc::new(FakeApi::new(&[(ins(1), key(1))]));
+    api.with(|s| s.fault_rate = 1.0);
+    let config = ExecConfig {
+        max_attempts: 3,
+        ..fast_config()
+    };
+    let summary = execute(
+        &store,
+        run_id,
+        api,
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.pairs.failed, 1);
+    assert_eq!(summary.requests, 3);
+    assert_eq!(
+        summary.failures_by_code.get("MutexOperation.TaskRunning"),
+        Some(&1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_errors_stops_dispatching() {
+    let (_dir, store) = open_store().await;
+    let groups: Vec<_> = (0..20).map(|n| (vec![ins(n)], vec![key(1)])).collect();
+    let run_id = seed(&store, &groups).await;
+    let api = Arc::new(FakeApi::new(&[]));
+    api.with(|s| s.windows.extend((0..20).map(ins)));
+    let config = ExecConfig {
+        concurrency: 1,
+        max_errors: Some(MaxErrors::Pairs(3)),
+        ..fast_config()
+    };
+    let summary = execute(
+        &store,
+        run_id,
+        api,
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.stopped, Some(StopReason::MaxErrors { failed: 3 }));
+    assert_eq!(summary.pairs.failed, 3);
+    assert_eq!(summary.pairs.pending, 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_leaves_the_rest_pending_and_resumable() {
+    let (_dir, store) = open_store().await;
+    let groups: Vec<_> = (0..30).map(|n| (vec![ins(n)], vec![key(1)])).collect();
+    let run_id = seed(&store, &groups).await;
+    let api = Arc::new(FakeApi::new(&[]));
+    let stop = StopSignal::default();
+    stop.stop();
+    let summary = execute(
+        &store,
+        run_id,
+        api.clone(),
+        &fast_config(),
+        Arc::new(Counters::default()),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.stopped, Some(StopReason::Interrupted));
+    assert_eq!(summary.pairs.pending, 30);
+    let summary = execute(
+        &store,
+        run_id,
+        api,
+        &fast_config(),
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.pairs.succeeded, 30);
+}
+
+#[test]
+fn max_errors_parses_counts_and_percentages() {
+    assert_eq!("50".parse::<MaxErrors>(), Ok(MaxErrors::Pairs(50)));
+    assert_eq!("5%".parse::<MaxErrors>(), Ok(MaxErrors::Percent(5.0)));
+    assert!("lots".parse::<MaxErrors>().is_err());
+    assert!("150%".parse::<MaxErrors>().is_err());
+}
