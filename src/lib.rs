@@ -9,8 +9,12 @@
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
+//! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
+//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts.
 
+pub mod api;
+pub mod credentials;
 pub mod ids;
 pub mod secret;
 pub mod sign;
