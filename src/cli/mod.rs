@@ -1,4 +1,5 @@
 //! One file per subcommand; each exposes `Args` and a `run` function.
 
+pub mod call;
 pub mod codes;
 pub mod logging;
