@@ -9,11 +9,15 @@
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
+//! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
+//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 
+pub mod api;
+pub mod credentials;
 pub mod delay;
 pub mod executor;
 pub mod ids;

@@ -54,6 +54,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Print the error-code table: each API error code, its class, and what keyfleet does.
     Codes(cli::codes::Args),
+    /// One API request by hand: `disassociate` key pairs, or `describe` instances.
+    Call(cli::call::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
+            Command::Call(args) => cli::call::run(args, &cli.global).await,
         }
     })
 }

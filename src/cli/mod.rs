@@ -1,5 +1,6 @@
 //! One file per subcommand; each exposes `Args` and a `run` function.
 
+pub mod call;
 pub mod codes;
 pub mod logging;
 pub mod progress;

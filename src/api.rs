@@ -1,0 +1,875 @@
+//! The CVM API client: signed JSON POSTs to Tencent Cloud or a local simulator.
+//!
+//! [`CvmClient::call`] sends one API 3.0 request (headers and signature as in the
+//! reference, section 3) and sorts the reply into exactly one of three outcomes:
+//!
+//! - success: the `Response` object and its `RequestId` (a success without a
+//!   RequestId does not exist: it is a [`TransportKind::BadBody`]);
+//! - [`CallError::Api`]: the endpoint answered with `Response.Error`;
+//! - [`CallError::Transport`]: no answer could be read (refused, reset, timeout, a
+//!   status other than 200, a body that is not the `{"Response": {...}}` envelope).
+//!
+//! Every error's [`CallError::code`] goes through [`taxonomy::classify`], so callers
+//! decide what to do from the class alone. The client knows nothing of the queue.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::credentials::Credentials;
+use crate::sign::{self, RequestParts};
+use crate::taxonomy::{self, ErrorClass, TRANSPORT_PREFIX};
+
+/// Tencent Cloud's CVM endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://cvm.tencentcloudapi.com";
+/// The CVM API version every call names in `X-TC-Version`.
+pub const API_VERSION: &str = "2017-03-12";
+/// The service name in the signature's credential scope.
+pub const SERVICE: &str = "cvm";
+/// How long establishing a connection (TCP and TLS) may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one whole request may take, from connecting to the last byte of the reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of a bad reply's body kept in a [`TransportError`].
+pub const BODY_PREFIX_BYTES: usize = 200;
+/// Largest reply read; a DescribeInstances page of 100 instances is far below it.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The one content type sent and signed.
+const JSON_CONTENT_TYPE: &str = "application/json";
+/// The headers the signature covers: the documented `content-type;host;x-tc-action` set.
+const SIGNED_HEADERS: [&str; 3] = ["content-type", "host", "x-tc-action"];
+
+/// Where to send requests and with what credentials.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host[:port]`, or `http://host:port` for a local simulator.
+    pub endpoint: String,
+    pub credentials: Credentials,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit on a whole request, reply included.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with the default timeouts.
+    pub fn new(endpoint: impl Into<String>, credentials: Credentials) -> ClientConfig {
+        ClientConfig {
+            endpoint: endpoint.into(),
+            credentials,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not an `http://` or `https://` URL of a host.
+    #[error("endpoint {endpoint:?} is not usable: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    /// A zero timeout would fail every request.
+    #[error("the {which} timeout must be more than zero")]
+    ZeroTimeout { which: &'static str },
+    /// A credential that cannot be sent in a header.
+    #[error("unusable credentials: {0}")]
+    BadCredentials(String),
+    /// The HTTP stack could not be set up (TLS roots, for example).
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A successful call: the RequestId Tencent Cloud gave it, and the HTTP status (200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Success {
+    pub request_id: String,
+    pub http_status: u16,
+}
+
+/// One instance as `DescribeInstances` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    /// `RUNNING`, `STOPPED`, ... (empty when the reply omits it).
+    pub instance_state: String,
+    /// The OS image name, e.g. `TencentOS Server 3.1` (empty when omitted).
+    pub os_name: String,
+    /// The key pairs bound to it (`LoginSettings.KeyIds`).
+    pub key_ids: Vec<String>,
+}
+
+/// One key pair as `DescribeKeyPairs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyPairInfo {
+    pub key_id: String,
+    /// The instances it is bound to (`AssociatedInstanceIds`).
+    pub associated_instance_ids: Vec<String>,
+}
+
+/// The endpoint answered with `Response.Error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The error code, e.g. `UnsupportedOperation.InstanceStateRunning`.
+    pub code: String,
+    pub message: String,
+    /// Empty only when the endpoint omitted it from an error reply.
+    pub request_id: String,
+}
+
+/// What went wrong below the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// The connection could not be established (refused, DNS, TLS).
+    Connect,
+    /// The connect or request timeout passed. The request may or may not have been applied.
+    Timeout,
+    /// The connection broke (reset, closed mid-reply). The request may or may not have been applied.
+    Io,
+    /// A status other than 200.
+    HttpStatus,
+    /// HTTP 200 with a body that is not the API envelope, or a success without a RequestId.
+    BadBody,
+}
+
+impl TransportKind {
+    /// The code recorded for this failure, under [`TRANSPORT_PREFIX`].
+    pub fn code(self) -> String {
+        let name = match self {
+            TransportKind::Connect => "Connect",
+            TransportKind::Timeout => "Timeout",
+            TransportKind::Io => "Io",
+            TransportKind::HttpStatus => "HttpStatus",
+            TransportKind::BadBody => "BadBody",
+        };
+        format!("{TRANSPORT_PREFIX}{name}")
+    }
+}
+
+/// No API reply could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError {
+    pub kind: TransportKind,
+    /// The HTTP status, when a reply's head arrived.
+    pub status: Option<u16>,
+    /// The first [`BODY_PREFIX_BYTES`] bytes of the reply body (invalid UTF-8 replaced).
+    pub body_prefix: String,
+    /// What happened, for a person.
+    pub detail: String,
+}
+
+impl TransportError {
+    fn new(kind: TransportKind, detail: impl Into<String>) -> TransportError {
+        TransportError {
+            kind,
+            status: None,
+            body_prefix: String::new(),
+            detail: detail.into(),
+        }
+    }
+
+    fn with_reply(mut self, status: u16, body: &[u8]) -> TransportError {
+        self.status = Some(status);
+        self.body_prefix = body_prefix(body);
+        self
+    }
+}
+
+/// A call that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("{0}")]
+    Transport(TransportError),
+}
+
+impl CallError {
+    /// The API error code, or `Transport.Connect|Timeout|Io|HttpStatus|BadBody`.
+    pub fn code(&self) -> String {
+        match self {
+            CallError::Api(err) => err.code.clone(),
+            CallError::Transport(err) => err.kind.code(),
+        }
+    }
+
+    /// What the caller should do, from [`taxonomy::classify`].
+    pub fn class(&self) -> ErrorClass {
+        taxonomy::classify(&self.code())
+    }
+
+    /// The API's message, or what went wrong in transport.
+    pub fn message(&self) -> String {
+        match self {
+            CallError::Api(err) => err.message.clone(),
+            CallError::Transport(err) => err.detail.clone(),
+        }
+    }
+
+    /// The RequestId, when the endpoint gave one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CallError::Api(err) if !err.request_id.is_empty() => Some(&err.request_id),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the reply, when one arrived.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            // API errors arrive with status 200: only a 200 is read as an envelope.
+            CallError::Api(_) => Some(200),
+            CallError::Transport(err) => err.status,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if !self.request_id.is_empty() {
+            write!(f, " (RequestId {})", self.request_id)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.detail)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        if !self.body_prefix.is_empty() {
+            write!(f, "; body starts: {:?}", self.body_prefix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+impl std::error::Error for TransportError {}
+
+/// The CVM API client. Cloning is cheap (the connection pool and credentials are
+/// shared), so one client serves every worker task.
+#[derive(Debug, Clone)]
+pub struct CvmClient {
+    http: reqwest::Client,
+    target: Arc<Target>,
+}
+
+#[derive(Debug)]
+struct Target {
+    url: Url,
+    /// The `Host` header, exactly as sent and signed.
+    host: String,
+    credentials: Credentials,
+}
+
+impl CvmClient {
+    /// Builds a client; checks the endpoint and the timeouts.
+    pub fn new(config: ClientConfig) -> Result<CvmClient, ClientError> {
+        let (url, host) = parse_endpoint(&config.endpoint)?;
+        if config.connect_timeout.is_zero() {
+            return Err(ClientError::ZeroTimeout { which: "connect" });
+        }
+        if config.request_timeout.is_zero() {
+            return Err(ClientError::ZeroTimeout { which: "request" });
+        }
+        check_credentials(&config.credentials)?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            // A signed API POST is never redirected; following one would send the
+            // signature elsewhere. A 3xx is reported as Transport.HttpStatus instead.
+            .redirect(reqwest::redirect::Policy::none())
+            // The SDKs speak HTTP/1.1, where the Host header is sent exactly as signed.
+            .http1_only()
+            .user_agent(client_name());
+        if is_loopback(&url) {
+            // A proxy from the environment must not swallow a local simulator's traffic.
+            builder = builder.no_proxy();
+        }
+        let http = builder
+            .build()
+            .map_err(|err| ClientError::Http(error_chain(&err)))?;
+        Ok(CvmClient {
+            http,
+            target: Arc::new(Target {
+                url,
+                host,
+                credentials: config.credentials,
+            }),
+        })
+    }
+
+    /// The endpoint URL requests go to.
+    pub fn endpoint(&self) -> &str {
+        self.target.url.as_str()
+    }
+
+    /// Unbinds every key in `key_ids` from every instance in `instance_ids`
+    /// (at most [`crate::ids::MAX_IDS_PER_REQUEST`] of each; the caller checks).
+    /// `ForceStop` is sent only when true.
+    pub async fn disassociate_instances_key_pairs(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        key_ids: &[String],
+        force_stop: bool,
+    ) -> Result<Success, CallError> {
+        self.key_pair_action(
+            "DisassociateInstancesKeyPairs",
+            region,
+            instance_ids,
+            key_ids,
+            force_stop,
+        )
+        .await
+    }
+
+    /// Binds every key in `key_ids` to every instance in `instance_ids`. Binding makes
+    /// keys bound earlier invalid on those instances.
+    pub async fn associate_instances_key_pairs(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        key_ids: &[String],
+        force_stop: bool,
+    ) -> Result<Success, CallError> {
+        self.key_pair_action(
+            "AssociateInstancesKeyPairs",
+            region,
+            instance_ids,
+            key_ids,
+            force_stop,
+        )
+        .await
+    }
+
+    async fn key_pair_action(
+        &self,
+        action: &str,
+        region: &str,
+        instance_ids: &[String],
+        key_ids: &[String],
+        force_stop: bool,
+    ) -> Result<Success, CallError> {
+        let mut body = json!({ "InstanceIds": instance_ids, "KeyIds": key_ids });
+        if force_stop {
+            body["ForceStop"] = Value::Bool(true);
+        }
+        let (_, request_id) = self.call(action, region, &body).await?;
+        Ok(Success {
+            request_id,
+            http_status: 200,
+        })
+    }
+
+    /// Describes instances by id (at most 100). With an empty list the API lists the
+    /// region's instances instead, up to 100.
+    pub async fn describe_instances(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<(Vec<InstanceInfo>, String), CallError> {
+        // Limit defaults to 20 on the API side; 100 ids must come back in one page.
+        let body = json!({ "InstanceIds": instance_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST });
+        let (response, request_id) = self.call("DescribeInstances", region, &body).await?;
+        let instances = parse_set(&response, "InstanceSet", &request_id, |item| {
+            Some(InstanceInfo {
+                instance_id: item.get("InstanceId")?.as_str()?.to_string(),
+                instance_state: string_field(item, "InstanceState"),
+                os_name: string_field(item, "OsName"),
+                key_ids: string_list(item.get("LoginSettings").and_then(|l| l.get("KeyIds"))),
+            })
+        })?;
+        Ok((instances, request_id))
+    }
+
+    /// Describes key pairs by id (at most 100). With an empty list the API lists the
+    /// region's key pairs instead, up to 100.
+    pub async fn describe_key_pairs(
+        &self,
+        region: &str,
+        key_ids: &[String],
+    ) -> Result<(Vec<KeyPairInfo>, String), CallError> {
+        let body = json!({ "KeyIds": key_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST });
+        let (response, request_id) = self.call("DescribeKeyPairs", region, &body).await?;
+        let keys = parse_set(&response, "KeyPairSet", &request_id, |item| {
+            Some(KeyPairInfo {
+                key_id: item.get("KeyId")?.as_str()?.to_string(),
+                associated_instance_ids: string_list(item.get("AssociatedInstanceIds")),
+            })
+        })?;
+        Ok((keys, request_id))
+    }
+
+    /// Sends one API call and returns the `Response` object and its RequestId.
+    pub async fn call(
+        &self,
+        action: &str,
+        region: &str,
+        body: &Value,
+    ) -> Result<(Value, String), CallError> {
+        let started = Instant::now();
+        let payload = body.to_string().into_bytes();
+        let headers = self.headers(action, region, &payload, unix_now())?;
+        let result = self.send(headers, payload).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok((_, request_id)) => {
+                tracing::debug!(action, region, request_id, elapsed_ms, "API call succeeded")
+            }
+            Err(err) => tracing::debug!(
+                action,
+                region,
+                code = %err.code(),
+                request_id = err.request_id().unwrap_or(""),
+                elapsed_ms,
+                "API call failed"
+            ),
+        }
+        result
+    }
+
+    fn headers(
+        &self,
+        action: &str,
+        region: &str,
+        payload: &[u8],
+        timestamp: i64,
+    ) -> Result<HeaderMap, CallError> {
+        let target = &self.target;
+        let credentials = &target.credentials;
+        let signature = sign::sign(
+            &RequestParts {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: vec![
+                    (SIGNED_HEADERS[0], JSON_CONTENT_TYPE),
+                    (SIGNED_HEADERS[1], &target.host),
+                    (SIGNED_HEADERS[2], action),
+                ],
+                payload,
+            },
+            SERVICE,
+            timestamp,
+            &credentials.secret_id,
+            &credentials.secret_key,
+        );
+        let timestamp = timestamp.to_string();
+        let client = client_name();
+        let mut pairs: Vec<(HeaderName, &str)> = vec![
+            (HOST, &target.host),
+            (CONTENT_TYPE, JSON_CONTENT_TYPE),
+            (HeaderName::from_static("x-tc-action"), action),
+            (HeaderName::from_static("x-tc-version"), API_VERSION),
+            (HeaderName::from_static("x-tc-region"), region),
+            (HeaderName::from_static("x-tc-timestamp"), &timestamp),
+            (HeaderName::from_static("x-tc-requestclient"), &client),
+            (AUTHORIZATION, &signature.authorization),
+        ];
+        if let Some(token) = &credentials.token {
+            pairs.push((HeaderName::from_static("x-tc-token"), token.expose()));
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            // Credentials were checked in `new`, so only the action or region can fail here.
+            let mut value = HeaderValue::from_str(value).map_err(|_| {
+                CallError::Transport(TransportError::new(
+                    TransportKind::Connect,
+                    format!("not sent: the {name} header value has characters HTTP cannot carry"),
+                ))
+            })?;
+            if name == AUTHORIZATION || name.as_str() == "x-tc-token" {
+                value.set_sensitive(true);
+            }
+            headers.insert(name, value);
+        }
+        Ok(headers)
+    }
+
+    async fn send(
+        &self,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<(Value, String), CallError> {
+        let transport = |err: TransportError| CallError::Transport(err);
+        let mut response = self
+            .http
+            .post(self.target.url.clone())
+            .headers(headers)
+            .body(payload)
+            .send()
+            .await
+            .map_err(|err| transport(from_reqwest(&err)))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_RESPONSE_BYTES {
+                        return Err(transport(
+                            TransportError::new(
+                                TransportKind::BadBody,
+                                format!("the reply is larger than {MAX_RESPONSE_BYTES} bytes"),
+                            )
+                            .with_reply(status, &body),
+                        ));
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => return Err(transport(from_reqwest(&err).with_reply(status, &body))),
+            }
+        }
+        if status != 200 {
+            return Err(transport(
+                TransportError::new(
+                    TransportKind::HttpStatus,
+                    format!("the endpoint replied with HTTP {status}, not 200"),
+                )
+                .with_reply(status, &body),
+            ));
+        }
+        parse_envelope(&body).map_err(|err| match err {
+            CallError::Transport(t) => CallError::Transport(t.with_reply(status, &body)),
+            api => api,
+        })
+    }
+}
+
+/// Credentials must fit in HTTP headers; checked once here so no call fails on them.
+fn check_credentials(credentials: &Credentials) -> Result<(), ClientError> {
+    let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    let bad = |what: &str| {
+        // Name the field and where it came from, never its value.
+        ClientError::BadCredentials(format!(
+            "the {what} from {} is empty or has characters other than printable ASCII",
+            credentials.source
+        ))
+    };
+    if !printable(&credentials.secret_id) {
+        return Err(bad("SecretId"));
+    }
+    if !printable(credentials.secret_key.expose()) {
+        return Err(bad("SecretKey"));
+    }
+    if credentials
+        .token
+        .as_ref()
+        .is_some_and(|t| !printable(t.expose()))
+    {
+        return Err(bad("token"));
+    }
+    Ok(())
+}
+
+/// Sorts a 200 reply's body into success, API error or bad body.
+fn parse_envelope(body: &[u8]) -> Result<(Value, String), CallError> {
+    let bad =
+        |detail: &str| CallError::Transport(TransportError::new(TransportKind::BadBody, detail));
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| bad(&format!("the reply is not JSON ({err})")))?;
+    let Some(Value::Object(response)) = value.get("Response") else {
+        return Err(bad("the reply is not the {\"Response\": {...}} envelope"));
+    };
+    let request_id = match response.get("RequestId") {
+        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
+        _ => None,
+    };
+    if let Some(error) = response.get("Error") {
+        let code = error.get("Code").and_then(Value::as_str);
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            return Err(bad("Response.Error has no Code"));
+        };
+        return Err(CallError::Api(ApiError {
+            code: code.to_string(),
+            message: string_field(error, "Message"),
+            request_id: request_id.unwrap_or_default(),
+        }));
+    }
+    match request_id {
+        Some(id) => Ok((Value::Object(response.clone()), id)),
+        None => Err(bad("the reply has neither an Error nor a RequestId")),
+    }
+}
+
+/// Reads `Response.<set_name>[]` with `item`; any item it cannot read makes the reply a bad body.
+fn parse_set<T>(
+    response: &Value,
+    set_name: &str,
+    request_id: &str,
+    item: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>, CallError> {
+    let bad = |detail: String| {
+        let mut err = TransportError::new(TransportKind::BadBody, detail);
+        err.status = Some(200);
+        CallError::Transport(err)
+    };
+    let set = match response.get(set_name) {
+        Some(Value::Array(set)) => set,
+        Some(Value::Null) | None => return Ok(Vec::new()),
+        Some(_) => {
+            return Err(bad(format!(
+                "{set_name} is not a list (RequestId {request_id})"
+            )));
+        }
+    };
+    set.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            item(value).ok_or_else(|| {
+                bad(format!(
+                    "{set_name}[{index}] lacks its id (RequestId {request_id})"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn string_field(value: &Value, name: &str) -> String {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks an endpoint URL; returns it and the `Host` header value for it.
+fn parse_endpoint(endpoint: &str) -> Result<(Url, String), ClientError> {
+    let bad = |reason: &str| ClientError::BadEndpoint {
+        endpoint: crate::ids::shorten(endpoint),
+        reason: reason.to_string(),
+    };
+    let url = Url::parse(endpoint.trim()).map_err(|err| bad(&format!("not a URL ({err})")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(bad(
+            "the scheme must be https:// (or http:// for a local endpoint)",
+        ));
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("there is no host"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("it must not carry a user name or password"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(
+            "API 3.0 requests go to the root path: give only scheme, host and port",
+        ));
+    }
+    // `port()` is None for the scheme's default port, which is also when clients omit it.
+    let host_header = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    Ok((url, host_header))
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `keyfleet/<version>`, sent as `X-TC-RequestClient` and `User-Agent`.
+fn client_name() -> String {
+    format!("keyfleet/{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn body_prefix(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(BODY_PREFIX_BYTES)]).into_owned()
+}
+
+fn from_reqwest(err: &reqwest::Error) -> TransportError {
+    let kind = if err.is_timeout() {
+        TransportKind::Timeout
+    } else if err.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Io
+    };
+    let mut transport = TransportError::new(kind, error_chain(err));
+    transport.status = err.status().map(|s| s.as_u16());
+    transport
+}
+
+/// An error and its sources, `outer: inner: innermost`, without repeats.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = inner.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn credentials() -> Credentials {
+        Credentials {
+            secret_id: "AKIDtest".into(),
+            secret_key: Secret::new("topsecretkey"),
+            token: Some(Secret::new("topsecrettoken")),
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let host = |e: &str| parse_endpoint(e).map(|(_, h)| h);
+        assert_eq!(host(DEFAULT_ENDPOINT).unwrap(), "cvm.tencentcloudapi.com");
+        assert_eq!(
+            host("https://cvm.tencentcloudapi.com:443/").unwrap(),
+            "cvm.tencentcloudapi.com"
+        );
+        assert_eq!(host("http://127.0.0.1:8080").unwrap(), "127.0.0.1:8080");
+        assert_eq!(host("http://[::1]:9000").unwrap(), "[::1]:9000");
+        for bad in [
+            "cvm.tencentcloudapi.com",
+            "ftp://cvm.tencentcloudapi.com",
+            "http://",
+            "https://user:pw@cvm.tencentcloudapi.com",
+            "https://cvm.tencentcloudapi.com/v3",
+            "https://cvm.tencentcloudapi.com/?a=b",
+            "",
+        ] {
+            assert!(
+                matches!(host(bad), Err(ClientError::BadEndpoint { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn envelopes() {
+        let ok = parse_envelope(br#"{"Response":{"RequestId":"r-1"}}"#).unwrap();
+        assert_eq!(ok.1, "r-1");
+        let err = parse_envelope(
+            br#"{"Response":{"Error":{"Code":"MutexOperation.TaskRunning","Message":"busy"},"RequestId":"r-2"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "MutexOperation.TaskRunning");
+        assert_eq!(err.class(), ErrorClass::Retry);
+        assert_eq!(err.request_id(), Some("r-2"));
+        assert_eq!(err.message(), "busy");
+        for bad in [
+            &br#"{"Response":{}}"#[..],
+            br#"{"Response":{"RequestId":""}}"#,
+            br#"{"RequestId":"r"}"#,
+            br#"{"Response":"x"}"#,
+            br#"{"Response":{"Error":{"Message":"no code"},"RequestId":"r"}}"#,
+            b"<html>",
+            b"",
+        ] {
+            let err = parse_envelope(bad).unwrap_err();
+            assert_eq!(
+                err.code(),
+                "Transport.BadBody",
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert_eq!(err.class(), ErrorClass::Retry);
+        }
+    }
+
+    #[test]
+    fn body_prefix_is_cut_at_200_bytes_even_mid_character() {
+        let body = "é".repeat(150); // 300 bytes
+        let prefix = body_prefix(body.as_bytes());
+        assert!(prefix.len() <= BODY_PREFIX_BYTES + 3);
+        assert!(prefix.starts_with("éé"));
+    }
+
+    #[test]
+    fn headers_carry_the_token_and_a_verifiable_signature() {
+        let client =
+            CvmClient::new(ClientConfig::new("http://127.0.0.1:9", credentials())).unwrap();
+        let payload = br#"{"InstanceIds":["ins-12345678"]}"#;
+        let headers = client
+            .headers(
+                "DisassociateInstancesKeyPairs",
+                "ap-guangzhou",
+                payload,
+                1_700_000_000,
+            )
+            .unwrap();
+        let get = |name: &str| headers.get(name).unwrap().to_str().unwrap();
+        assert_eq!(get("host"), "127.0.0.1:9");
+        assert_eq!(get("x-tc-token"), "topsecrettoken");
+        assert_eq!(get("x-tc-version"), API_VERSION);
+        assert!(get("authorization").contains("SignedHeaders=content-type;host;x-tc-action,"));
+        let received: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        let secret_id = sign::verify(
+            &sign::Received {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: received,
+                payload,
+            },
+            SERVICE,
+            1_700_000_000,
+            |_| Some(Secret::new("topsecretkey")),
+        )
+        .unwrap();
+        assert_eq!(secret_id, "AKIDtest");
+        // The client's Debug output goes into logs; it must not carry the secrets.
+        let shown = format!("{client:?} {headers:?}");
+        assert!(
+            !shown.contains("topsecretkey") && !shown.contains("topsecrettoken"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let mut config = ClientConfig::new(DEFAULT_ENDPOINT, credentials());
+        config.request_timeout = Duration::ZERO;
+        assert_eq!(
+            CvmClient::new(config).unwrap_err(),
+            ClientError::ZeroTimeout { which: "request" }
+        );
+    }
+}

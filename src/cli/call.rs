@@ -1,0 +1,238 @@
+//! `keyfleet call`: one API request by hand, outside any run.
+//!
+//! `call disassociate` sends one `DisassociateInstancesKeyPairs` for the given ids and
+//! prints its RequestId; `call describe` prints what `DescribeInstances` says about
+//! instances, handy for checking a result. Neither touches the database.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use keyfleet::api::{self, CallError, ClientConfig, CvmClient};
+use keyfleet::{credentials, ids, taxonomy};
+use serde_json::json;
+
+use crate::GlobalArgs;
+use crate::exit;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+    /// Seconds allowed to establish a connection.
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    connect_timeout: Duration,
+    /// Seconds allowed for the whole request, reply included.
+    #[arg(long, global = true, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    timeout: Duration,
+    /// Print the result (or the error) as one JSON object on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Unbind every --key from every --instance with one DisassociateInstancesKeyPairs request.
+    Disassociate(PairArgs),
+    /// Print instances' state, OS and bound key pairs (DescribeInstances) as JSON.
+    Describe(DescribeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PairArgs {
+    /// Instance id (ins-xxxxxxxx); repeat or separate with commas, at most 100.
+    #[arg(
+        long = "instance",
+        value_name = "ID",
+        required = true,
+        value_delimiter = ','
+    )]
+    instances: Vec<String>,
+    /// Key pair id (skey-xxxxxxxx); repeat or separate with commas, at most 100.
+    #[arg(
+        long = "key",
+        value_name = "ID",
+        required = true,
+        value_delimiter = ','
+    )]
+    keys: Vec<String>,
+    /// Let Tencent Cloud stop RUNNING instances for the change and start them again.
+    #[arg(long)]
+    force_stop: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DescribeArgs {
+    /// Instance id (ins-xxxxxxxx); repeat or separate with commas, at most 100.
+    #[arg(
+        long = "instance",
+        value_name = "ID",
+        required = true,
+        value_delimiter = ','
+    )]
+    instances: Vec<String>,
+}
+
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+    // Every local check happens before credentials are read or anything is sent.
+    let (instances, keys, force_stop) = match &args.action {
+        Action::Disassociate(pair) => (
+            checked_ids(&pair.instances, "--instance", ids::instance_id_problem)?,
+            checked_ids(&pair.keys, "--key", ids::key_id_problem)?,
+            pair.force_stop,
+        ),
+        Action::Describe(describe) => (
+            checked_ids(&describe.instances, "--instance", ids::instance_id_problem)?,
+            Vec::new(),
+            false,
+        ),
+    };
+    let profile = global.profile.as_deref();
+    let region = credentials::resolve_region(global.region.as_deref(), profile)?;
+    let credentials = credentials::resolve_credentials(profile)?;
+    let endpoint = global
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    tracing::info!(
+        region = %region.name,
+        region_source = %region.source,
+        credentials_source = %credentials.source,
+        endpoint = %endpoint,
+        "calling"
+    );
+    let client = CvmClient::new(ClientConfig {
+        endpoint,
+        credentials,
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.timeout,
+    })
+    .context("cannot set up the API client")?;
+
+    match args.action {
+        Action::Disassociate(_) => {
+            let result = client
+                .disassociate_instances_key_pairs(&region.name, &instances, &keys, force_stop)
+                .await;
+            match result {
+                Ok(success) => {
+                    if args.json {
+                        print_json(&json!({
+                            "ok": true,
+                            "action": "DisassociateInstancesKeyPairs",
+                            "region": region.name,
+                            "request_id": success.request_id,
+                            "http_status": success.http_status,
+                        }))?;
+                    } else {
+                        eprintln!(
+                            "unbound {} key(s) from {} instance(s) in {}",
+                            keys.len(),
+                            instances.len(),
+                            region.name
+                        );
+                        println!("{}", success.request_id);
+                    }
+                    Ok(exit::OK)
+                }
+                Err(err) => report_failure(&err, args.json),
+            }
+        }
+        Action::Describe(_) => match client.describe_instances(&region.name, &instances).await {
+            Ok((found, request_id)) => {
+                let missing: Vec<&String> = instances
+                    .iter()
+                    .filter(|id| !found.iter().any(|i| &i.instance_id == *id))
+                    .collect();
+                print_json(&json!({
+                    "region": region.name,
+                    "request_id": request_id,
+                    "instances": found,
+                    "not_found": missing,
+                }))?;
+                Ok(exit::OK)
+            }
+            Err(err) => report_failure(&err, args.json),
+        },
+    }
+}
+
+/// Prints a failed call: the human version to stderr, and with `--json` an object to stdout.
+fn report_failure(err: &CallError, as_json: bool) -> anyhow::Result<u8> {
+    let class = err.class();
+    if as_json {
+        let body_prefix = match err {
+            CallError::Transport(t) if !t.body_prefix.is_empty() => Some(t.body_prefix.as_str()),
+            _ => None,
+        };
+        print_json(&json!({
+            "ok": false,
+            "code": err.code(),
+            "message": err.message(),
+            "class": class,
+            "request_id": err.request_id(),
+            "http_status": err.http_status(),
+            "body_prefix": body_prefix,
+        }))?;
+    }
+    eprintln!("error: {}: {}", err.code(), err.message());
+    eprintln!(
+        "  class:       {class} (in a run: {})",
+        taxonomy::action(class)
+    );
+    eprintln!("  request id:  {}", err.request_id().unwrap_or("none"));
+    if let Some(status) = err.http_status() {
+        eprintln!("  http status: {status}");
+    }
+    if let CallError::Transport(t) = err
+        && !t.body_prefix.is_empty()
+    {
+        eprintln!("  body starts: {:?}", t.body_prefix);
+    }
+    Ok(exit::FAILED)
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// The ids of one flag, checked: well formed, no repeats, at most 100.
+fn checked_ids(
+    values: &[String],
+    flag: &str,
+    problem: fn(&str) -> Option<String>,
+) -> anyhow::Result<Vec<String>> {
+    if values.len() > ids::MAX_IDS_PER_REQUEST {
+        bail!(
+            "{flag} is given {} times; one request takes at most {}",
+            values.len(),
+            ids::MAX_IDS_PER_REQUEST
+        );
+    }
+    let mut seen = HashSet::new();
+    for (index, value) in values.iter().enumerate() {
+        if let Some(problem) = problem(value) {
+            bail!("{flag} value #{}: {problem}", index + 1);
+        }
+        if !seen.insert(value.as_str()) {
+            bail!("{flag} value #{}: {value} is given twice", index + 1);
+        }
+    }
+    Ok(values.to_vec())
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.5`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(format!(
+            "{text} must be more than 0 and at most 3600 seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
+}
