@@ -56,6 +56,8 @@ pub enum Command {
     Codes(cli::codes::Args),
     /// One API request by hand: `disassociate` key pairs, or `describe` instances.
     Call(cli::call::Args),
+    /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
+    Resume(cli::run::ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
             Command::Call(args) => cli::call::run(args, &cli.global).await,
+            Command::Resume(args) => cli::run::resume(args, &cli.global).await,
         }
     })
 }

@@ -4,3 +4,4 @@ pub mod call;
 pub mod codes;
 pub mod logging;
 pub mod progress;
+pub mod run;

@@ -41,7 +41,10 @@ impl Display {
             Mode::Plain => Some(tokio::spawn(plain(counters, rx))),
             Mode::None | Mode::Auto => None,
         };
-        Display { done: Some(done), task }
+        Display {
+            done: Some(done),
+            task,
+        }
     }
 
     pub async fn finish(mut self) {
@@ -91,7 +94,11 @@ impl Snapshot {
 
 fn rate(requests: u64, since: Instant) -> f64 {
     let secs = since.elapsed().as_secs_f64();
-    if secs > 0.0 { requests as f64 / secs } else { 0.0 }
+    if secs > 0.0 {
+        requests as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 async fn bars(counters: Arc<Counters>, mut done: oneshot::Receiver<()>) {
@@ -99,12 +106,16 @@ async fn bars(counters: Arc<Counters>, mut done: oneshot::Receiver<()>) {
     multi.set_draw_target(ProgressDrawTarget::stderr());
     let bar = multi.add(ProgressBar::new(0));
     bar.set_style(
-        ProgressStyle::with_template("{wide_bar:.cyan/blue} {pos}/{len} pairs {percent:>3}% · {msg} · ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{wide_bar:.cyan/blue} {pos}/{len} pairs {percent:>3}% · {msg} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let line = multi.add(ProgressBar::new_spinner());
-    line.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    line.set_style(
+        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     let since = Instant::now();
     let mut tick = tokio::time::interval(BAR_REFRESH);
     loop {
@@ -138,7 +149,11 @@ async fn plain(counters: Arc<Counters>, mut done: oneshot::Receiver<()>) {
             _ = &mut done => true,
         };
         let now = Snapshot::of(&counters);
-        let percent = if now.total > 0 { now.done as f64 * 100.0 / now.total as f64 } else { 100.0 };
+        let percent = if now.total > 0 {
+            now.done as f64 * 100.0 / now.total as f64
+        } else {
+            100.0
+        };
         eprintln!(
             "progress: {}/{} pairs ({percent:.1}%) · {} · {:.1} req/s",
             now.done,

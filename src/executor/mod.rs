@@ -64,6 +64,29 @@ pub trait UnbindApi: Send + Sync + 'static {
     fn unbind(&self, request: &Request) -> impl Future<Output = Result<Accepted, Refused>> + Send;
 }
 
+impl UnbindApi for crate::api::CvmClient {
+    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+        self.disassociate_instances_key_pairs(
+            &request.region,
+            &request.instance_ids,
+            &request.key_ids,
+            request.force_stop,
+        )
+        .await
+        .map(|success| Accepted {
+            request_id: success.request_id,
+            http_status: success.http_status,
+        })
+        .map_err(|error| Refused {
+            code: error.code(),
+            message: error.message(),
+            request_id: error.request_id().map(str::to_string),
+            http_status: error.http_status(),
+            transport: matches!(error, crate::api::CallError::Transport(_)),
+        })
+    }
+}
+
 /// The `--max-errors` threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxErrors {

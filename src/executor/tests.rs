@@ -154,10 +154,7 @@ fn fast_config() -> ExecConfig {
     }
 }
 
-async fn items(
-    store: &Store,
-    run_id: i64,
-) -> Vec<ItemRow> {
+async fn items(store: &Store, run_id: i64) -> Vec<ItemRow> {
     sqlx::query_as("SELECT instance_id, key_id, status, request_id, error_code FROM items WHERE run_id = ? ORDER BY id")
         .bind(run_id)
         .fetch_all(store.pool())
@@ -222,10 +219,7 @@ async fn transient_faults_are_ridden_out_and_every_success_is_proven() {
     assert_eq!(unfinished, 0);
 }
 
-fn futures_items_blocking(
-    store: &Store,
-    run_id: i64,
-) -> Vec<ItemRow> {
+fn futures_items_blocking(store: &Store, run_id: i64) -> Vec<ItemRow> {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(items(store, run_id)))
 }
 

@@ -1,0 +1,230 @@
+//! `keyfleet run`, `resume` and `retry`: execute a run's queue with progress,
+//! Ctrl-C handling and a closing summary.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keyfleet::api::{self, ClientConfig, CvmClient};
+use keyfleet::credentials;
+use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
+use keyfleet::store::Store;
+
+use super::call::parse_seconds;
+use super::progress::{self, Display};
+use crate::{GlobalArgs, exit};
+
+/// Flags that shape an execution (shared by run, resume, retry and demo).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecFlags {
+    /// Requests per second at most (the API allows 10); a small margin is kept under it.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+    /// Transient failures a job may have before its pairs fail with the last code.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// Stop dispatching once this many pairs have failed (a count, or a percentage like 5%).
+    #[arg(long, value_name = "N|P%")]
+    pub max_errors: Option<MaxErrors>,
+    /// Seconds allowed for one request, reply included.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Seconds allowed to establish a connection.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub connect_timeout: Duration,
+    /// How to show progress on stderr.
+    #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
+    pub progress: progress::Mode,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of requests per second"))?;
+    if rate > 0.0 && rate <= 1000.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "--rate must be more than 0 and at most 1000, not {text}"
+        ))
+    }
+}
+
+impl ExecFlags {
+    pub fn exec_config(&self) -> ExecConfig {
+        ExecConfig {
+            rate: self.rate,
+            concurrency: self.concurrency as usize,
+            max_attempts: self.max_attempts,
+            max_errors: self.max_errors,
+            ..ExecConfig::default()
+        }
+    }
+}
+
+/// `keyfleet resume [RUN]`.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The run to resume; the newest when omitted.
+    run: Option<i64>,
+    #[command(flatten)]
+    exec: ExecFlags,
+}
+
+pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let store = open_store(&global.db).await?;
+    let run_id = match args.run {
+        Some(run) => run,
+        None => store.latest_run_id().await?,
+    };
+    let info = store.run_info(run_id).await?;
+    if info.state == "finished" {
+        eprintln!(
+            "run {run_id} has already finished; `keyfleet retry {run_id}` sends its failed pairs again"
+        );
+    }
+    execute_with_client(&store, run_id, &args.exec, global).await
+}
+
+/// Opens the database named by `--db`.
+pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
+    Store::open(path)
+        .await
+        .with_context(|| format!("cannot use database {}", path.display()))
+}
+
+/// Builds the real API client from the global flags and executes the run.
+pub async fn execute_with_client(
+    store: &Store,
+    run_id: i64,
+    flags: &ExecFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let credentials = credentials::resolve_credentials(global.profile.as_deref())?;
+    let endpoint = global
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    tracing::info!(%endpoint, credentials_source = %credentials.source, run_id, "executing");
+    let client = CvmClient::new(ClientConfig {
+        endpoint,
+        credentials,
+        connect_timeout: flags.connect_timeout,
+        request_timeout: flags.timeout,
+    })
+    .context("cannot set up the API client")?;
+    execute(store, run_id, Arc::new(client), flags, global).await
+}
+
+/// Executes with the given API, showing progress, and prints the summary.
+pub async fn execute(
+    store: &Store,
+    run_id: i64,
+    api: Arc<CvmClient>,
+    flags: &ExecFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let counters = Arc::new(Counters::default());
+    let stop = StopSignal::default();
+    let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.timeout));
+    let display = Display::start(flags.progress, counters.clone());
+    let result = executor::execute(store, run_id, api, &flags.exec_config(), counters, stop).await;
+    display.finish().await;
+    interrupts.abort();
+    let summary = match result {
+        Ok(summary) => summary,
+        // Another live process owns the run: nothing was done here.
+        Err(error @ executor::ExecError::Lease(_)) => return Err(error.into()),
+        Err(error) => {
+            eprintln!("error: run {run_id} stopped: {error}");
+            eprintln!(
+                "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
+                db_flag(global)
+            );
+            return Ok(exit::STOPPED);
+        }
+    };
+    print_summary(&summary, global);
+    Ok(exit_code(&summary))
+}
+
+/// First Ctrl-C: stop dispatching and let requests in flight finish. Second: exit at once
+/// (the store stays consistent; open attempts are resent on resume).
+async fn handle_interrupts(stop: StopSignal, timeout: Duration) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    stop.stop();
+    eprintln!(
+        "\ninterrupt: no new requests; waiting up to {} s for those in flight (Ctrl-C again to exit at once)",
+        timeout.as_secs()
+    );
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!(
+            "second interrupt: exiting now; `keyfleet resume` sends the unfinished requests again"
+        );
+        std::process::exit(exit::STOPPED.into());
+    }
+}
+
+/// 0: every valid pair succeeded, none rejected; 1: finished with failed or rejected
+/// pairs; 4: stopped early, resumable.
+pub fn exit_code(summary: &Summary) -> u8 {
+    if summary.stopped.is_some() {
+        exit::STOPPED
+    } else if summary.pairs.failed > 0 || summary.pairs.rejected > 0 || summary.pairs.pending > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}
+
+fn db_flag(global: &GlobalArgs) -> String {
+    if global.db == Path::new(keyfleet::store::DEFAULT_DB) {
+        String::new()
+    } else {
+        format!(" --db {}", global.db.display())
+    }
+}
+
+pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
+    let run = summary.run_id;
+    let p = &summary.pairs;
+    let elapsed = summary.elapsed.as_secs_f64();
+    match &summary.stopped {
+        None => eprintln!("\nrun {run} finished in {elapsed:.1} s"),
+        Some(reason) => eprintln!("\nrun {run} stopped after {elapsed:.1} s: {reason}"),
+    }
+    eprintln!(
+        "  pairs:    {} succeeded, {} failed, {} rejected, {} duplicate, {} pending",
+        p.succeeded, p.failed, p.rejected, p.duplicate, p.pending
+    );
+    if !summary.failures_by_code.is_empty() {
+        let codes: Vec<String> = summary
+            .failures_by_code
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        eprintln!("  failures: {}", codes.join(", "));
+    }
+    eprintln!(
+        "  requests: {} ({:.2}/s), retries {}, throttled {}, isolation splits {}",
+        summary.requests,
+        summary.achieved_rate(),
+        summary.retries,
+        summary.throttled,
+        summary.splits
+    );
+    let db = db_flag(global);
+    if summary.stopped.is_some() {
+        eprintln!(
+            "  nothing was marked failed by the stop; fix the cause, then: keyfleet{db} resume {run}"
+        );
+    }
+    eprintln!("  details:  keyfleet{db} report {run} --format csv --output report-{run}.csv");
+}
