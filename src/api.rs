@@ -864,6 +864,22 @@ mod tests {
     }
 
     #[test]
+    fn published_table_lists_every_transport_code() {
+        let doc = include_str!("../docs/errors.md");
+        for kind in [
+            TransportKind::Connect,
+            TransportKind::Timeout,
+            TransportKind::Io,
+            TransportKind::HttpStatus,
+            TransportKind::BadBody,
+        ] {
+            let row = format!("| `{}` |", kind.code());
+            assert!(doc.contains(&row), "docs/errors.md has no row {row:?}");
+            assert_eq!(taxonomy::classify(&kind.code()), ErrorClass::Retry);
+        }
+    }
+
+    #[test]
     fn zero_timeouts_are_refused() {
         let mut config = ClientConfig::new(DEFAULT_ENDPOINT, credentials());
         config.request_timeout = Duration::ZERO;

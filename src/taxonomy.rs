@@ -426,6 +426,31 @@ mod tests {
         assert_eq!(before, codes.len());
     }
 
+    /// The published table (docs/errors.md) cannot go stale: every code and every
+    /// family appears with its class and what keyfleet does.
+    #[test]
+    fn published_table_lists_every_code_with_its_class() {
+        let doc = include_str!("../docs/errors.md");
+        for (code, class, _) in CODES {
+            let row = format!("| `{code}` | {class} | ");
+            let line = doc.lines().find(|l| l.starts_with(&row));
+            let line = line.unwrap_or_else(|| panic!("docs/errors.md has no row {row:?}"));
+            assert!(
+                line.contains(action(*class)),
+                "{code}: stale action in {line}"
+            );
+        }
+        for (prefix, class) in PREFIXES {
+            let row = format!("| `{prefix}*` | {class} |");
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md has no family row {row:?}"
+            );
+        }
+        assert!(doc.contains("Any other code is **fatal**"));
+        assert_eq!(classify("Never.Heard.Of"), Fatal);
+    }
+
     #[test]
     fn families_and_unknown_codes() {
         assert_eq!(classify("Transport.Timeout"), Retry);
