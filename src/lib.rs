@@ -10,9 +10,12 @@
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts.
+//! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
+//!   semantics, instance states, rate limit and seeded faults over a real HTTP server.
 
 pub mod ids;
 pub mod secret;
 pub mod sign;
+pub mod sim;
 pub mod store;
 pub mod taxonomy;
