@@ -2,3 +2,4 @@
 
 pub mod codes;
 pub mod logging;
+pub mod sim;
