@@ -15,6 +15,8 @@
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
+//! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
+//!   semantics, instance states, rate limit and seeded faults over a real HTTP server.
 
 pub mod api;
 pub mod credentials;
@@ -23,5 +25,6 @@ pub mod executor;
 pub mod ids;
 pub mod secret;
 pub mod sign;
+pub mod sim;
 pub mod store;
 pub mod taxonomy;

@@ -58,6 +58,8 @@ pub enum Command {
     Call(cli::call::Args),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
+    /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
+    Sim(cli::sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Codes(args) => cli::codes::run(args),
             Command::Call(args) => cli::call::run(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
+            Command::Sim(args) => cli::sim::run(args).await,
         }
     })
 }

@@ -5,3 +5,4 @@ pub mod codes;
 pub mod logging;
 pub mod progress;
 pub mod run;
+pub mod sim;

@@ -1,0 +1,238 @@
+//! `keyfleet sim`: serve the local CVM simulator until Ctrl-C.
+//!
+//! Prints one JSON line on stdout (endpoint, credentials, seed) for scripts, and
+//! the same as `export` lines on stderr for people.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use keyfleet::secret::Secret;
+use keyfleet::sim::{self, Faults, Fleet, Mix, SimConfig};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+/// Instances generated when neither `--fleet` nor `--generate` is given.
+const DEFAULT_GENERATED: usize = 100;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port (the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Allow a --listen address that is not loopback (exposes the simulator to the network).
+    #[arg(long)]
+    allow_non_loopback: bool,
+    /// Fleet file (format: samples/README.md, "Simulator fleet").
+    #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+    fleet: Option<PathBuf>,
+    /// Generate a fleet of N instances (100 when neither --fleet nor --generate is given).
+    #[arg(long, value_name = "N")]
+    generate: Option<usize>,
+    /// Seed for the generated fleet, faults, jitter and latency; random (and printed) when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The SecretId to accept (generated when absent).
+    #[arg(long, env = "KEYFLEET_SIM_SECRET_ID", requires = "secret_key")]
+    secret_id: Option<String>,
+    /// The SecretKey to accept (generated when absent).
+    #[arg(
+        long,
+        env = "KEYFLEET_SIM_SECRET_KEY",
+        hide_env_values = true,
+        requires = "secret_id"
+    )]
+    secret_key: Option<String>,
+    /// Admitted requests per action in any sliding second (0: unlimited).
+    #[arg(long, default_value_t = sim::DEFAULT_RATE_PER_SECOND)]
+    rate: u32,
+    /// Random delay 0..J before the rate limiter sees a request (e.g. 20ms).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    jitter: Duration,
+    /// Processing time after admission: a duration or a range such as 50ms..300ms.
+    #[arg(long, value_parser = parse_range, default_value = "0ms")]
+    latency: LatencyRange,
+    /// How long transitional states (STOPPING, PENDING, ...) last unless the fleet says.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    settle_after: Duration,
+    /// Probability of MutexOperation.TaskRunning per request.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_mutex: f64,
+    /// Probability of OperationDenied.InstanceOperationInProgress per request.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_in_progress: f64,
+    /// Probability of InternalServerError per request.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_internal: f64,
+    /// Probability of closing the connection without a reply, nothing applied.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_drop_before: f64,
+    /// Probability of applying the request, then closing the connection without a reply.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_drop_after: f64,
+    /// Write the starting fleet to FILE (to build input rows from a generated fleet).
+    #[arg(long, value_name = "FILE")]
+    write_fleet: Option<PathBuf>,
+}
+
+/// A latency range, `low..high`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyRange(Duration, Duration);
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 20ms or 1s"))?;
+    let secs = match unit.trim() {
+        "" | "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// Parses `50ms..300ms`, or one duration for a fixed latency.
+fn parse_range(text: &str) -> Result<LatencyRange, String> {
+    let (low, high) = match text.split_once("..") {
+        Some((low, high)) => (parse_duration(low)?, parse_duration(high)?),
+        None => {
+            let fixed = parse_duration(text)?;
+            (fixed, fixed)
+        }
+    };
+    if low > high {
+        return Err(format!("the range {text:?} ends before it starts"));
+    }
+    Ok(LatencyRange(low, high))
+}
+
+fn random_token(len: usize) -> String {
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
+        bail!(
+            "--listen {} is not a loopback address; the simulator accepts anyone who knows its \
+             printed key, so pass --allow-non-loopback if you really mean to expose it",
+            args.listen
+        );
+    }
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let fleet = match &args.fleet {
+        Some(path) => Fleet::load(path)?,
+        None => Fleet::generate(
+            args.generate.unwrap_or(DEFAULT_GENERATED),
+            seed,
+            &Mix::default(),
+        ),
+    };
+    if let Some(path) = &args.write_fleet {
+        std::fs::write(path, fleet.to_json_pretty() + "\n")
+            .with_context(|| format!("cannot write the fleet to {}", path.display()))?;
+    }
+    // A key given on the command line is not echoed: it might be a real one by mistake.
+    let (secret_id, secret_key, generated) = match (args.secret_id, args.secret_key) {
+        (Some(id), Some(key)) => (id, key, false),
+        _ => (
+            format!("AKIDsim{}", random_token(29)),
+            random_token(32),
+            true,
+        ),
+    };
+    let shown_key = generated.then(|| secret_key.clone());
+    let config = SimConfig {
+        secret_id: secret_id.clone(),
+        secret_key: Secret::new(secret_key.clone()),
+        rate: args.rate,
+        jitter: args.jitter,
+        latency: (args.latency.0, args.latency.1),
+        faults: Faults {
+            mutex: args.fault_mutex,
+            in_progress: args.fault_in_progress,
+            internal: args.fault_internal,
+            drop_before: args.fault_drop_before,
+            drop_after: args.fault_drop_after,
+        },
+        seed,
+        settle_after: args.settle_after,
+    };
+    let instances = fleet.instances().len();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let handle = sim::start(listener, config, fleet).await?;
+    let endpoint = handle.endpoint();
+    // Generated credentials are printed on purpose: they exist only to be used against the simulator.
+    println!(
+        "{}",
+        serde_json::json!({
+            "endpoint": endpoint,
+            "secret_id": secret_id,
+            "secret_key": shown_key,
+            "seed": seed,
+            "instances": instances,
+        })
+    );
+    eprintln!("keyfleet sim: {instances} instances, seed {seed}, listening on {endpoint}");
+    eprintln!("  export TENCENTCLOUD_SECRET_ID={secret_id}");
+    match &shown_key {
+        Some(key) => eprintln!("  export TENCENTCLOUD_SECRET_KEY={key}"),
+        None => eprintln!("  (SecretKey as given with --secret-key)"),
+    }
+    eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
+    eprintln!("  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal  stats: {endpoint}/_sim/stats");
+    eprintln!("Ctrl-C stops.");
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    let stats = handle.stats();
+    handle.shutdown().await;
+    eprintln!(
+        "keyfleet sim: stopped; {} admitted, {} throttled, {} dropped, at most {} per second",
+        stats.admitted, stats.throttled, stats.dropped, stats.max_in_any_second
+    );
+    Ok(crate::exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_ranges() {
+        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").unwrap_err().contains("unit"));
+        assert_eq!(
+            parse_range("50ms..300ms"),
+            Ok(LatencyRange(
+                Duration::from_millis(50),
+                Duration::from_millis(300)
+            ))
+        );
+        assert_eq!(
+            parse_range("10ms"),
+            Ok(LatencyRange(
+                Duration::from_millis(10),
+                Duration::from_millis(10)
+            ))
+        );
+        assert!(parse_range("300ms..50ms").is_err());
+    }
+}

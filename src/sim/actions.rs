@@ -1,0 +1,509 @@
+//! The four CVM actions: parameter validation in the API's order of concern, the
+//! all-or-nothing instance checks, and the changes and replies.
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::fleet::{InstanceState, LiveFleet, LiveInstance, Os};
+use crate::ids::{self, MAX_IDS_PER_REQUEST};
+
+/// The actions the simulator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Action {
+    Disassociate,
+    Associate,
+    DescribeInstances,
+    DescribeKeyPairs,
+}
+
+impl Action {
+    pub fn from_name(name: &str) -> Option<Action> {
+        match name {
+            "DisassociateInstancesKeyPairs" => Some(Action::Disassociate),
+            "AssociateInstancesKeyPairs" => Some(Action::Associate),
+            "DescribeInstances" => Some(Action::DescribeInstances),
+            "DescribeKeyPairs" => Some(Action::DescribeKeyPairs),
+            _ => None,
+        }
+    }
+}
+
+/// An API error reply: code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A request that passed validation: instances are indexes into the live fleet.
+#[derive(Debug)]
+pub(crate) enum Validated {
+    Bind {
+        associate: bool,
+        instances: Vec<usize>,
+        keys: Vec<String>,
+        force_stop: bool,
+    },
+    DescribeInstances {
+        selected: Vec<usize>,
+        offset: usize,
+        limit: usize,
+    },
+    DescribeKeyPairs {
+        keys: Vec<String>,
+        offset: usize,
+        limit: usize,
+    },
+}
+
+/// A processed request: the reply's fields besides RequestId, and whether it took effect.
+#[derive(Debug)]
+pub(crate) struct Executed {
+    pub data: Map<String, Value>,
+    pub applied: bool,
+}
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+fn missing(name: &str) -> ApiError {
+    ApiError::new(
+        "MissingParameter",
+        format!("The request is missing a required parameter `{name}`."),
+    )
+}
+
+fn limit_exceeded() -> ApiError {
+    ApiError::new(
+        "InvalidParameterValue.LimitExceeded",
+        "The number of parameter values exceeds the limit.",
+    )
+}
+
+fn instance_malformed() -> ApiError {
+    ApiError::new(
+        "InvalidInstanceId.Malformed",
+        "Invalid instance ID. The specified instance ID has an invalid format. For example, ins-1122 has an invalid ID length.",
+    )
+}
+
+fn key_malformed() -> ApiError {
+    ApiError::new(
+        "InvalidKeyPairId.Malformed",
+        "Invalid key pair ID. The specified key pair ID has an invalid format. For example, skey-1122 has an invalid ID length.",
+    )
+}
+
+fn instance_not_found() -> ApiError {
+    ApiError::new("InvalidInstanceId.NotFound", "No instance found.")
+}
+
+fn key_not_found() -> ApiError {
+    ApiError::new(
+        "InvalidKeyPairId.NotFound",
+        "Invalid key pair ID. The specified key pair ID does not exist.",
+    )
+}
+
+fn check_known(params: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::new(
+            "UnknownParameter",
+            format!(
+                "The parameter `{}` is not recognized.",
+                ids::shorten(unknown)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An array-of-strings parameter; `None` when absent.
+fn string_list(params: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let wrong = || {
+        ApiError::new(
+            "InvalidParameter",
+            format!("The parameter `{name}` must be an array of strings."),
+        )
+    };
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(wrong))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(wrong()),
+    }
+}
+
+/// A boolean parameter: JSON true/false, or the strings a GET query carries.
+fn bool_param(params: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(Some(true)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(Some(false)),
+        Some(_) => Err(ApiError::new(
+            "InvalidParameter",
+            format!("The parameter `{name}` must be a boolean."),
+        )),
+    }
+}
+
+/// An integer parameter: a JSON number, or the string a GET query carries.
+fn int_param(params: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    let wrong = || {
+        ApiError::new(
+            "InvalidParameter",
+            format!("The parameter `{name}` must be an integer."),
+        )
+    };
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(wrong),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| wrong()),
+        Some(_) => Err(wrong()),
+    }
+}
+
+fn paging(params: &Map<String, Value>) -> Result<(usize, usize), ApiError> {
+    let offset = int_param(params, "Offset")?.unwrap_or(0);
+    let limit = int_param(params, "Limit")?.unwrap_or(DEFAULT_LIMIT);
+    if offset < 0 {
+        return Err(ApiError::new(
+            "InvalidParameterValue",
+            "Incorrect parameter value. `Offset` must not be negative.",
+        ));
+    }
+    if !(0..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            "InvalidParameterValue",
+            format!("Incorrect parameter value. `Limit` must be between 0 and {MAX_LIMIT}."),
+        ));
+    }
+    Ok((
+        usize::try_from(offset).unwrap_or(usize::MAX),
+        usize::try_from(limit).unwrap_or(0),
+    ))
+}
+
+fn dedup(values: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    values
+        .into_iter()
+        .filter(|v| seen.insert(v.clone()))
+        .collect()
+}
+
+/// Checks a request's parameters against the fleet, in the API's order of concern:
+/// unknown or mistyped parameters, MissingParameter, LimitExceeded, Malformed, NotFound.
+/// An instance in another region than `region` is not found.
+pub(crate) fn validate(
+    action: Action,
+    params: &Map<String, Value>,
+    fleet: &LiveFleet,
+    region: &str,
+) -> Result<Validated, ApiError> {
+    match action {
+        Action::Disassociate | Action::Associate => {
+            check_known(params, &["InstanceIds", "KeyIds", "ForceStop"])?;
+            let instance_ids = string_list(params, "InstanceIds")?.unwrap_or_default();
+            let key_ids = string_list(params, "KeyIds")?.unwrap_or_default();
+            let force_stop = bool_param(params, "ForceStop")?.unwrap_or(false);
+            if instance_ids.is_empty() {
+                return Err(missing("InstanceIds"));
+            }
+            if key_ids.is_empty() {
+                return Err(missing("KeyIds"));
+            }
+            if instance_ids.len() > MAX_IDS_PER_REQUEST || key_ids.len() > MAX_IDS_PER_REQUEST {
+                return Err(limit_exceeded());
+            }
+            if !instance_ids.iter().all(|id| ids::is_instance_id(id)) {
+                return Err(instance_malformed());
+            }
+            if !key_ids.iter().all(|id| ids::is_key_id(id)) {
+                return Err(key_malformed());
+            }
+            let instances = dedup(instance_ids)
+                .iter()
+                .map(|id| fleet.find(id, region).ok_or_else(instance_not_found))
+                .collect::<Result<Vec<_>, _>>()?;
+            let keys = dedup(key_ids);
+            if !keys.iter().all(|k| fleet.keys.contains(k)) {
+                return Err(key_not_found());
+            }
+            Ok(Validated::Bind {
+                associate: action == Action::Associate,
+                instances,
+                keys,
+                force_stop,
+            })
+        }
+        Action::DescribeInstances => {
+            check_known(params, &["InstanceIds", "Offset", "Limit"])?;
+            let instance_ids = string_list(params, "InstanceIds")?;
+            let (offset, limit) = paging(params)?;
+            let selected = match instance_ids {
+                Some(list) => {
+                    if list.len() > MAX_IDS_PER_REQUEST {
+                        return Err(limit_exceeded());
+                    }
+                    if !list.iter().all(|id| ids::is_instance_id(id)) {
+                        return Err(instance_malformed());
+                    }
+                    // Like the real API, ids that are not found are left out, not an error.
+                    dedup(list)
+                        .iter()
+                        .filter_map(|id| fleet.find(id, region))
+                        .collect()
+                }
+                None => (0..fleet.instances.len())
+                    .filter(|&n| fleet.instances[n].spec.region == region)
+                    .collect(),
+            };
+            Ok(Validated::DescribeInstances {
+                selected,
+                offset,
+                limit,
+            })
+        }
+        Action::DescribeKeyPairs => {
+            check_known(params, &["KeyIds", "Offset", "Limit"])?;
+            let key_ids = string_list(params, "KeyIds")?;
+            let (offset, limit) = paging(params)?;
+            let keys = match key_ids {
+                Some(list) => {
+                    if list.len() > MAX_IDS_PER_REQUEST {
+                        return Err(limit_exceeded());
+                    }
+                    if !list.iter().all(|id| ids::is_key_id(id)) {
+                        return Err(key_malformed());
+                    }
+                    let list = dedup(list);
+                    if !list.iter().all(|k| fleet.keys.contains(k)) {
+                        return Err(key_not_found());
+                    }
+                    list
+                }
+                None => fleet.keys.iter().cloned().collect(),
+            };
+            Ok(Validated::DescribeKeyPairs {
+                keys,
+                offset,
+                limit,
+            })
+        }
+    }
+}
+
+/// Why this instance may not be operated on now, with the documented code and message.
+/// Checked in this order: banned, frozen, Windows, state, stop-charging, busy window.
+fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<ApiError> {
+    use InstanceState::*;
+    let spec = &instance.spec;
+    let unsupported = |code: &str, message: &str| {
+        Some(ApiError::new(
+            &format!("UnsupportedOperation.{code}"),
+            message,
+        ))
+    };
+    if spec.banned {
+        return unsupported(
+            "InstanceStateBanning",
+            "This CVM is blocked. Please submit a ticket.",
+        );
+    }
+    if spec.frozen {
+        return unsupported(
+            "InstanceStateFreezing",
+            "The operation is not supported for the frozen instances.",
+        );
+    }
+    if spec.os == Os::Windows {
+        // The one documented message that names the instance.
+        return Some(ApiError::new(
+            "UnsupportedOperation.InstanceOsWindows",
+            format!(
+                "The instance {} with the {} operating system does not support this operation.",
+                spec.instance_id, spec.os_name
+            ),
+        ));
+    }
+    let in_progress = || {
+        Some(ApiError::new(
+            "OperationDenied.InstanceOperationInProgress",
+            "The instance has an operation in progress. Please try again later.",
+        ))
+    };
+    let by_state = match spec.state {
+        Stopped => None,
+        Running if force_stop => None,
+        Running => unsupported(
+            "InstanceStateRunning",
+            "Running instances do not support this operation.",
+        ),
+        Pending => unsupported(
+            "InstanceStatePending",
+            "The instances are being created, and this operation is not supported.",
+        ),
+        LaunchFailed => Some(ApiError::new(
+            "InvalidInstance.NotSupported",
+            "This instance is not supported.",
+        )),
+        Starting => unsupported(
+            "InstanceStateStarting",
+            "The instance is starting up, and this operation is not supported.",
+        ),
+        Stopping => unsupported(
+            "InstanceStateStopping",
+            "The instance is being shut down, and this operation is not supported.",
+        ),
+        Rebooting => unsupported(
+            "InstanceStateRebooting",
+            "The instances are being restarted, and this operation is not supported.",
+        ),
+        Shutdown => unsupported(
+            "InstanceStateShutdown",
+            "Isolated instances do not support this operation.",
+        ),
+        Terminating => unsupported(
+            "InstanceStateTerminating",
+            "The instance is being terminated, and the operation is not supported.",
+        ),
+        EnterRescueMode => unsupported(
+            "InstanceStateEnterRescueMode",
+            "Instances are entering the rescue mode, and this operation is not supported.",
+        ),
+        RescueMode => unsupported(
+            "InstanceStateRescueMode",
+            "Instances in the rescue mode are not available for this operation.",
+        ),
+        // No documented code for these transitions: the generic "operation in progress".
+        ExitRescueMode | EnterServiceLiveMigrate | ServiceLiveMigrate | ExitServiceLiveMigrate => {
+            in_progress()
+        }
+    };
+    if by_state.is_some() {
+        return by_state;
+    }
+    if spec.stop_charging {
+        return unsupported(
+            "StoppedModeStopCharging",
+            "The instance does not support the no charges when shut down feature.",
+        );
+    }
+    if instance.is_busy(now) {
+        return in_progress();
+    }
+    None
+}
+
+fn page<T: Clone>(items: &[T], offset: usize, limit: usize) -> Vec<T> {
+    items.iter().skip(offset).take(limit).cloned().collect()
+}
+
+/// Carries out a validated request. A bind is all-or-nothing: the first instance (in
+/// request order) that may not be operated on fails the whole request, unchanged.
+pub(crate) fn execute(
+    request: &Validated,
+    fleet: &mut LiveFleet,
+    region: &str,
+    now: Instant,
+) -> Result<Executed, ApiError> {
+    match request {
+        Validated::Bind {
+            associate,
+            instances,
+            keys,
+            force_stop,
+        } => {
+            if let Some(err) = instances
+                .iter()
+                .find_map(|&n| blocker(&fleet.instances[n], *force_stop, now))
+            {
+                return Err(err);
+            }
+            for &n in instances {
+                let bound = &mut fleet.instances[n].spec.key_ids;
+                if *associate {
+                    // Binding replaces what was bound: the reference says earlier keys stop working.
+                    *bound = keys.clone();
+                } else {
+                    bound.retain(|k| !keys.contains(k));
+                }
+            }
+            Ok(Executed {
+                data: Map::new(),
+                applied: true,
+            })
+        }
+        Validated::DescribeInstances {
+            selected,
+            offset,
+            limit,
+        } => {
+            let set: Vec<Value> = page(selected, *offset, *limit)
+                .into_iter()
+                .map(|n| {
+                    let live = &fleet.instances[n];
+                    let spec = &live.spec;
+                    json!({
+                        "InstanceId": spec.instance_id,
+                        "InstanceState": spec.state.as_str(),
+                        "OsName": spec.os_name,
+                        "LoginSettings": { "KeyIds": spec.key_ids },
+                        "LatestOperationState": if live.is_busy(now) { "OPERATING" } else { "SUCCESS" },
+                        "Placement": { "Zone": format!("{region}-1") },
+                    })
+                })
+                .collect();
+            let mut data = Map::new();
+            data.insert("TotalCount".into(), json!(selected.len()));
+            data.insert("InstanceSet".into(), Value::Array(set));
+            Ok(Executed {
+                data,
+                applied: false,
+            })
+        }
+        Validated::DescribeKeyPairs {
+            keys,
+            offset,
+            limit,
+        } => {
+            let set: Vec<Value> = page(keys, *offset, *limit)
+                .into_iter()
+                .map(|key| {
+                    let holders: Vec<&str> = fleet
+                        .instances
+                        .iter()
+                        .filter(|i| i.spec.region == region && i.spec.key_ids.contains(&key))
+                        .map(|i| i.spec.instance_id.as_str())
+                        .collect();
+                    json!({
+                        "KeyId": key,
+                        "KeyName": key,
+                        "AssociatedInstanceIds": holders,
+                    })
+                })
+                .collect();
+            let mut data = Map::new();
+            data.insert("TotalCount".into(), json!(keys.len()));
+            data.insert("KeyPairSet".into(), Value::Array(set));
+            Ok(Executed {
+                data,
+                applied: false,
+            })
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The simulated fleet: its JSON file format, seeded generation, and the live
+//! state the server mutates (with settling states and busy windows on tokio's clock).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::SimError;
+use crate::ids;
+
+/// An instance's operating system family; only Linux instances may be unbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Os {
+    Linux,
+    Windows,
+}
+
+impl Os {
+    fn default_name(self) -> &'static str {
+        match self {
+            Os::Linux => "TencentOS Server 3.1 (TK4)",
+            Os::Windows => "Windows Server 2019 DataCenter 64bit Chinese Version",
+        }
+    }
+}
+
+/// The CVM instance states, spelled as the API spells `InstanceState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    Pending,
+    LaunchFailed,
+    Running,
+    Stopped,
+    Starting,
+    Stopping,
+    Rebooting,
+    Shutdown,
+    Terminating,
+    EnterRescueMode,
+    RescueMode,
+    ExitRescueMode,
+    EnterServiceLiveMigrate,
+    ServiceLiveMigrate,
+    ExitServiceLiveMigrate,
+}
+
+impl InstanceState {
+    /// Every state, in the reference's order.
+    pub const ALL: [InstanceState; 15] = [
+        InstanceState::Pending,
+        InstanceState::LaunchFailed,
+        InstanceState::Running,
+        InstanceState::Stopped,
+        InstanceState::Starting,
+        InstanceState::Stopping,
+        InstanceState::Rebooting,
+        InstanceState::Shutdown,
+        InstanceState::Terminating,
+        InstanceState::EnterRescueMode,
+        InstanceState::RescueMode,
+        InstanceState::ExitRescueMode,
+        InstanceState::EnterServiceLiveMigrate,
+        InstanceState::ServiceLiveMigrate,
+        InstanceState::ExitServiceLiveMigrate,
+    ];
+
+    /// The API's spelling, e.g. `STOPPED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "PENDING",
+            InstanceState::LaunchFailed => "LAUNCH_FAILED",
+            InstanceState::Running => "RUNNING",
+            InstanceState::Stopped => "STOPPED",
+            InstanceState::Starting => "STARTING",
+            InstanceState::Stopping => "STOPPING",
+            InstanceState::Rebooting => "REBOOTING",
+            InstanceState::Shutdown => "SHUTDOWN",
+            InstanceState::Terminating => "TERMINATING",
+            InstanceState::EnterRescueMode => "ENTER_RESCUE_MODE",
+            InstanceState::RescueMode => "RESCUE_MODE",
+            InstanceState::ExitRescueMode => "EXIT_RESCUE_MODE",
+            InstanceState::EnterServiceLiveMigrate => "ENTER_SERVICE_LIVE_MIGRATE",
+            InstanceState::ServiceLiveMigrate => "SERVICE_LIVE_MIGRATE",
+            InstanceState::ExitServiceLiveMigrate => "EXIT_SERVICE_LIVE_MIGRATE",
+        }
+    }
+
+    /// Where a transitional state ends up when the fleet does not say; `None` for final states.
+    pub fn default_settle_target(self) -> Option<InstanceState> {
+        use InstanceState::*;
+        match self {
+            Pending | Starting | Rebooting => Some(Running),
+            Stopping | ExitRescueMode => Some(Stopped),
+            EnterRescueMode => Some(RescueMode),
+            EnterServiceLiveMigrate | ServiceLiveMigrate | ExitServiceLiveMigrate => Some(Running),
+            LaunchFailed | Running | Stopped | Shutdown | Terminating | RescueMode => None,
+        }
+    }
+}
+
+/// One instance as the fleet file describes it. Durations count from the moment the
+/// simulator starts (or, in a snapshot, from the moment the snapshot was taken).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub instance_id: String,
+    pub region: String,
+    pub os: Os,
+    /// `OsName` as DescribeInstances reports it; a typical name for `os` when empty.
+    #[serde(default)]
+    pub os_name: String,
+    pub state: InstanceState,
+    /// Stopped in "no charges when shut down" mode: UnsupportedOperation.StoppedModeStopCharging.
+    #[serde(default)]
+    pub stop_charging: bool,
+    /// Blocked by the provider: UnsupportedOperation.InstanceStateBanning.
+    #[serde(default)]
+    pub banned: bool,
+    /// Frozen (arrears): UnsupportedOperation.InstanceStateFreezing.
+    #[serde(default)]
+    pub frozen: bool,
+    /// The key pairs bound to the instance.
+    #[serde(default)]
+    pub key_ids: Vec<String>,
+    /// For this long the instance answers OperationDenied.InstanceOperationInProgress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_for_ms: Option<u64>,
+    /// The state this one settles into; defaults to the state's usual successor
+    /// (see [`InstanceState::default_settle_target`]). Setting it on a final state
+    /// makes that state change too (a RUNNING instance an operator stops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settles_to: Option<InstanceState>,
+    /// When the state settles; defaults to the simulator's `settle_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_after_ms: Option<u64>,
+}
+
+impl Instance {
+    /// A STOPPED Linux instance with no keys: the one kind that may be unbound.
+    pub fn new(instance_id: impl Into<String>, region: impl Into<String>) -> Instance {
+        Instance {
+            instance_id: instance_id.into(),
+            region: region.into(),
+            os: Os::Linux,
+            os_name: Os::Linux.default_name().to_string(),
+            state: InstanceState::Stopped,
+            stop_charging: false,
+            banned: false,
+            frozen: false,
+            key_ids: Vec::new(),
+            busy_for_ms: None,
+            settles_to: None,
+            settle_after_ms: None,
+        }
+    }
+
+    /// Sets the OS family and its typical `os_name`.
+    pub fn os(mut self, os: Os) -> Instance {
+        self.os = os;
+        self.os_name = os.default_name().to_string();
+        self
+    }
+
+    pub fn state(mut self, state: InstanceState) -> Instance {
+        self.state = state;
+        self
+    }
+
+    pub fn keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Instance {
+        self.key_ids = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn stop_charging(mut self) -> Instance {
+        self.stop_charging = true;
+        self
+    }
+
+    pub fn banned(mut self) -> Instance {
+        self.banned = true;
+        self
+    }
+
+    pub fn frozen(mut self) -> Instance {
+        self.frozen = true;
+        self
+    }
+
+    /// Busy (OperationDenied.InstanceOperationInProgress) for `window` from start.
+    pub fn busy_for(mut self, window: Duration) -> Instance {
+        self.busy_for_ms = Some(duration_ms(window));
+        self
+    }
+
+    /// Settles into `to` after `after` from start.
+    pub fn settles(mut self, to: InstanceState, after: Duration) -> Instance {
+        self.settles_to = Some(to);
+        self.settle_after_ms = Some(duration_ms(after));
+        self
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A whole fleet: the key pairs that exist and the instances. This is the fleet file's format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// Key pairs that exist (besides every key an instance holds, which exists too).
+    /// Any other well-formed key id gets InvalidKeyPairId.NotFound.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub instances: Vec<Instance>,
+}
+
+/// The proportions of a generated fleet. Each fraction is the chance an instance
+/// gets that trait; the rest are STOPPED Linux instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    pub regions: Vec<String>,
+    /// Size of the shared key pool.
+    pub key_pool: usize,
+    /// Each instance holds between these many keys of the pool (inclusive).
+    pub keys_per_instance: (usize, usize),
+    pub windows: f64,
+    pub running: f64,
+    pub shutdown: f64,
+    /// STOPPING or REBOOTING instances that settle into STOPPED.
+    pub settling: f64,
+    pub stop_charging: f64,
+    pub banned: f64,
+    pub frozen: f64,
+    /// Instances busy for the first `busy_for`.
+    pub busy: f64,
+    pub busy_for: Duration,
+    pub settle_after: Duration,
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            regions: vec!["ap-guangzhou".into(), "ap-shanghai".into()],
+            key_pool: 12,
+            keys_per_instance: (1, 4),
+            windows: 0.04,
+            running: 0.05,
+            shutdown: 0.02,
+            settling: 0.04,
+            stop_charging: 0.01,
+            banned: 0.005,
+            frozen: 0.005,
+            busy: 0.02,
+            busy_for: Duration::from_secs(3),
+            settle_after: Duration::from_secs(2),
+        }
+    }
+}
+
+const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+const LINUX_NAMES: [&str; 4] = [
+    "TencentOS Server 3.1 (TK4)",
+    "Ubuntu Server 22.04 LTS 64bit",
+    "CentOS 7.9 64bit",
+    "Debian 12.4 64bit",
+];
+
+fn random_id(rng: &mut StdRng, prefix: &str) -> String {
+    let suffix: String = (0..8)
+        .map(|_| char::from(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())]))
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+impl Fleet {
+    /// An empty fleet, to fill with [`Fleet::with`] and [`Fleet::with_keys`].
+    pub fn new() -> Fleet {
+        Fleet::default()
+    }
+
+    /// Adds an instance.
+    pub fn with(mut self, instance: Instance) -> Fleet {
+        self.instances.push(instance);
+        self
+    }
+
+    /// Declares key pairs that exist without being bound anywhere.
+    pub fn with_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Fleet {
+        self.keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Generates `n` instances from `seed`: the same arguments give the same fleet.
+    pub fn generate(n: usize, seed: u64, mix: &Mix) -> Fleet {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut seen = BTreeSet::new();
+        let mut keys = Vec::new();
+        while keys.len() < mix.key_pool.max(1) {
+            let key = random_id(&mut rng, "skey-");
+            if seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        let regions: Vec<String> = if mix.regions.is_empty() {
+            vec!["ap-guangzhou".to_string()]
+        } else {
+            mix.regions.clone()
+        };
+        let (lo, hi) = mix.keys_per_instance;
+        let hi = hi.min(keys.len()).max(lo.min(keys.len()));
+        let lo = lo.min(hi);
+        let mut instances = Vec::with_capacity(n);
+        while instances.len() < n {
+            let id = random_id(&mut rng, "ins-");
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let region = regions[rng.random_range(0..regions.len())].clone();
+            let mut instance = Instance::new(id, region);
+            instance.os_name = LINUX_NAMES[rng.random_range(0..LINUX_NAMES.len())].to_string();
+            let count = rng.random_range(lo..=hi);
+            let mut held: Vec<String> = Vec::new();
+            while held.len() < count {
+                let key = &keys[rng.random_range(0..keys.len())];
+                if !held.contains(key) {
+                    held.push(key.clone());
+                }
+            }
+            instance.key_ids = held;
+            // One draw per trait keeps a trait's share independent of the others'.
+            let mut roll = |p: f64| rng.random::<f64>() < p;
+            if roll(mix.windows) {
+                instance = instance.os(Os::Windows);
+            }
+            if roll(mix.running) {
+                instance.state = InstanceState::Running;
+            } else if roll(mix.shutdown) {
+                instance.state = InstanceState::Shutdown;
+            } else if roll(mix.settling) {
+                instance.state = if roll(0.5) {
+                    InstanceState::Stopping
+                } else {
+                    InstanceState::Rebooting
+                };
+                instance.settles_to = Some(InstanceState::Stopped);
+                instance.settle_after_ms = Some(duration_ms(mix.settle_after));
+            }
+            if roll(mix.stop_charging) {
+                instance.stop_charging = true;
+            }
+            if roll(mix.banned) {
+                instance.banned = true;
+            }
+            if roll(mix.frozen) {
+                instance.frozen = true;
+            }
+            if roll(mix.busy) {
+                instance.busy_for_ms = Some(duration_ms(mix.busy_for));
+            }
+            instances.push(instance);
+        }
+        Fleet { keys, instances }
+    }
+
+    /// Parses a fleet file's text and checks it (see [`Fleet::validate`]).
+    pub fn from_json(text: &str) -> Result<Fleet, SimError> {
+        let mut fleet: Fleet =
+            serde_json::from_str(text).map_err(|e| SimError::InvalidFleet(e.to_string()))?;
+        fleet.normalize();
+        fleet.validate()?;
+        Ok(fleet)
+    }
+
+    /// Reads and checks a fleet file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Fleet, SimError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| SimError::ReadFleet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Fleet::from_json(&text).map_err(|e| match e {
+            SimError::InvalidFleet(message) => SimError::FleetFile {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// The fleet as pretty JSON, in the fleet file format.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    fn normalize(&mut self) {
+        for instance in &mut self.instances {
+            if instance.os_name.is_empty() {
+                instance.os_name = instance.os.default_name().to_string();
+            }
+        }
+    }
+
+    /// Checks ids, regions and uniqueness, naming the first offending instance.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |message: String| Err(SimError::InvalidFleet(message));
+        for key in &self.keys {
+            if let Some(problem) = ids::key_id_problem(key) {
+                return bad(format!("keys: {problem}"));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (n, instance) in self.instances.iter().enumerate() {
+            let at = format!("instances[{n}]");
+            if let Some(problem) = ids::instance_id_problem(&instance.instance_id) {
+                return bad(format!("{at}.instance_id: {problem}"));
+            }
+            if !seen.insert(instance.instance_id.as_str()) {
+                return bad(format!(
+                    "{at}.instance_id: {} appears twice",
+                    instance.instance_id
+                ));
+            }
+            if !ids::is_region(&instance.region) {
+                return bad(format!(
+                    "{at}.region: {:?} is not a region name such as ap-guangzhou",
+                    ids::shorten(&instance.region)
+                ));
+            }
+            for key in &instance.key_ids {
+                if let Some(problem) = ids::key_id_problem(key) {
+                    return bad(format!("{at}.key_ids: {problem}"));
+                }
+            }
+            if instance.settle_after_ms.is_some()
+                && instance.settles_to.is_none()
+                && instance.state.default_settle_target().is_none()
+            {
+                return bad(format!(
+                    "{at}.settle_after_ms: state {} is final; give settles_to as well",
+                    instance.state.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    pub fn instance(&self, instance_id: &str) -> Option<&Instance> {
+        self.instances
+            .iter()
+            .find(|i| i.instance_id == instance_id)
+    }
+
+    /// Every (instance id, key id) binding, sorted.
+    pub fn bindings(&self) -> BTreeSet<(String, String)> {
+        self.instances
+            .iter()
+            .flat_map(|i| {
+                i.key_ids
+                    .iter()
+                    .map(|k| (i.instance_id.clone(), k.clone()))
+            })
+            .collect()
+    }
+
+    /// Every key pair that exists: declared ones and every bound one, sorted.
+    pub fn all_keys(&self) -> BTreeSet<String> {
+        self.keys
+            .iter()
+            .cloned()
+            .chain(self.instances.iter().flat_map(|i| i.key_ids.iter().cloned()))
+            .collect()
+    }
+}
+
+/// An instance while the simulator runs: its file form plus absolute deadlines.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveInstance {
+    pub spec: Instance,
+    pub busy_until: Option<Instant>,
+    pub settle: Option<(Instant, InstanceState)>,
+}
+
+impl LiveInstance {
+    pub fn is_busy(&self, now: Instant) -> bool {
+        self.busy_until.is_some_and(|until| now < until)
+    }
+}
+
+/// The fleet the server reads and changes.
+#[derive(Debug)]
+pub(crate) struct LiveFleet {
+    pub keys: BTreeSet<String>,
+    pub instances: Vec<LiveInstance>,
+    by_id: HashMap<String, usize>,
+}
+
+impl LiveFleet {
+    pub fn new(fleet: Fleet, start: Instant, default_settle: Duration) -> LiveFleet {
+        let keys = fleet.all_keys();
+        let instances: Vec<LiveInstance> = fleet
+            .instances
+            .into_iter()
+            .map(|mut spec| {
+                let busy_until = spec
+                    .busy_for_ms
+                    .take()
+                    .map(|ms| start + Duration::from_millis(ms));
+                let target = spec.settles_to.take().or(spec.state.default_settle_target());
+                let after = spec
+                    .settle_after_ms
+                    .take()
+                    .map(Duration::from_millis)
+                    .unwrap_or(default_settle);
+                let settle = target.map(|to| (start + after, to));
+                LiveInstance {
+                    spec,
+                    busy_until,
+                    settle,
+                }
+            })
+            .collect();
+        let by_id = instances
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (i.spec.instance_id.clone(), n))
+            .collect();
+        LiveFleet {
+            keys,
+            instances,
+            by_id,
+        }
+    }
+
+    /// Applies every state change due by `now`; each instance settles once.
+    pub fn settle(&mut self, now: Instant) {
+        for instance in &mut self.instances {
+            if let Some((at, to)) = instance.settle
+                && now >= at
+            {
+                instance.spec.state = to;
+                instance.settle = None;
+            }
+            if instance.busy_until.is_some_and(|until| now >= until) {
+                instance.busy_until = None;
+            }
+        }
+    }
+
+    /// The instance with this id in this region.
+    pub fn find(&self, instance_id: &str, region: &str) -> Option<usize> {
+        self.by_id
+            .get(instance_id)
+            .copied()
+            .filter(|&n| self.instances[n].spec.region == region)
+    }
+
+    /// The fleet file form, with remaining busy and settle times measured from `now`.
+    pub fn snapshot(&self, now: Instant) -> Fleet {
+        let remaining = |at: Instant| duration_ms(at.saturating_duration_since(now));
+        let instances = self
+            .instances
+            .iter()
+            .map(|live| {
+                let mut spec = live.spec.clone();
+                spec.busy_for_ms = live.busy_until.filter(|&u| u > now).map(remaining);
+                if let Some((at, to)) = live.settle {
+                    spec.settles_to = Some(to);
+                    spec.settle_after_ms = Some(remaining(at));
+                }
+                spec
+            })
+            .collect();
+        Fleet {
+            keys: self.keys.iter().cloned().collect(),
+            instances,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_deterministic_and_mixed() {
+        let a = Fleet::generate(500, 42, &Mix::default());
+        let b = Fleet::generate(500, 42, &Mix::default());
+        assert_eq!(a, b);
+        assert_ne!(a, Fleet::generate(500, 43, &Mix::default()));
+        assert!(a.validate().is_ok());
+        let count = |f: &dyn Fn(&Instance) -> bool| a.instances.iter().filter(|i| f(i)).count();
+        let stopped_linux = count(&|i| i.state == InstanceState::Stopped && i.os == Os::Linux);
+        assert!(stopped_linux > 350, "{stopped_linux}");
+        assert!(count(&|i| i.os == Os::Windows) > 0);
+        assert!(count(&|i| i.state == InstanceState::Running) > 0);
+        assert!(count(&|i| i.state == InstanceState::Shutdown) > 0);
+        assert!(count(&|i| i.settles_to.is_some()) > 0);
+        assert!(a.instances.iter().all(|i| !i.key_ids.is_empty()));
+        assert_eq!(a.all_keys().len(), 12);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Fleet::from_json(
+            r#"{"instances":[{"instance_id":"ins-00000001","region":"ap-guangzhou","os":"linux","state":"STOPPED","colour":"red"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let err = Fleet::from_json(r#"{"instances":[],"extra":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_positioned() {
+        let err = Fleet::from_json(
+            r#"{"instances":[{"instance_id":"ins-1122","region":"ap-guangzhou","os":"linux","state":"STOPPED"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("instances[0].instance_id"), "{err}");
+        let err = Fleet::from_json(
+            r#"{"instances":[{"instance_id":"ins-00000001","region":"ap-guangzhou","os":"linux","state":"NAPPING"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("NAPPING"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let start = Instant::now();
+        let fleet = Fleet::new()
+            .with(Instance::new("ins-00000001", "ap-guangzhou").keys(["skey-00000001"]))
+            .with(
+                Instance::new("ins-00000002", "ap-guangzhou")
+                    .state(InstanceState::Stopping)
+                    .busy_for(Duration::from_secs(5)),
+            );
+        let live = LiveFleet::new(fleet, start, Duration::from_secs(2));
+        let snap = live.snapshot(start);
+        assert_eq!(snap.instances[1].settles_to, Some(InstanceState::Stopped));
+        assert_eq!(snap.instances[1].settle_after_ms, Some(2000));
+        assert_eq!(snap.instances[1].busy_for_ms, Some(5000));
+        assert_eq!(Fleet::from_json(&snap.to_json_pretty()).unwrap(), snap);
+    }
+}

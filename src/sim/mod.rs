@@ -1,0 +1,193 @@
+//! `keyfleet sim`: a local stand-in for the CVM API, a real HTTP server on loopback.
+//!
+//! It checks TC3 signatures with [`crate::sign::verify`], validates parameters in
+//! the real API's order, applies key unbinds all-or-nothing over a simulated fleet,
+//! limits each action to `rate` requests in any sliding second, and injects seeded
+//! faults (error codes, connections dropped before or after applying), so rehearsals
+//! and tests meet what a bulk run meets in production.
+//!
+//! - `fleet`: the fleet file format, seeded generation, the live state.
+//! - `server`: hyper, the protocol, signature checks, the request pipeline.
+//! - `actions`: parameter validation, the instance-state codes, the changes.
+//! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
+//!
+//! Time: latency, jitter, settling states, busy windows, the rate limit and
+//! `JournalEntry::at_ms` all use tokio's clock (`tokio::time::Instant`), so paused-time
+//! tests can drive them. Only the signature's timestamp check uses the wall clock.
+
+mod actions;
+pub mod faults;
+pub mod fleet;
+pub mod journal;
+mod limiter;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use faults::Faults;
+pub use fleet::{Fleet, Instance, InstanceState, Mix, Os};
+pub use journal::{DROPPED_AFTER_APPLY, DROPPED_BEFORE_APPLY, JournalEntry, SUCCESS, Stats};
+pub use limiter::WINDOW as RATE_WINDOW;
+
+use crate::secret::Secret;
+
+/// The only API version served.
+pub const API_VERSION: &str = "2017-03-12";
+/// The service name in the signature's credential scope.
+pub const SERVICE: &str = "cvm";
+/// The real API's limit for the key-pair actions, per action.
+pub const DEFAULT_RATE_PER_SECOND: u32 = 10;
+/// How long a transitional state (STOPPING, PENDING, ...) lasts when the fleet does not say.
+pub const DEFAULT_SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// The SecretId of [`SimConfig::default`]; fake, for tests.
+pub const TEST_SECRET_ID: &str = "AKIDkeyfleetSIMULATOR0000000000000000";
+/// The SecretKey of [`SimConfig::default`]; fake, for tests.
+pub const TEST_SECRET_KEY: &str = "keyfleetSimulatorTestKey00000000";
+
+/// How the simulator behaves. `Debug` never shows the SecretKey.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The one SecretId accepted; any other gets AuthFailure.SecretIdNotFound.
+    pub secret_id: String,
+    pub secret_key: Secret,
+    /// Admitted requests per action in any sliding second; 0 means unlimited.
+    pub rate: u32,
+    /// Each request waits a random 0..=jitter before the rate limiter sees it.
+    pub jitter: Duration,
+    /// Processing time after admission, uniform in (low, high).
+    pub latency: (Duration, Duration),
+    pub faults: Faults,
+    /// Seeds faults, jitter and latency: the same seed and requests give the same outcomes.
+    pub seed: u64,
+    /// Default time until a transitional state settles (an instance's `settle_after_ms` wins).
+    pub settle_after: Duration,
+}
+
+impl Default for SimConfig {
+    /// Fixed test credentials, rate 10, no faults, no latency or jitter.
+    fn default() -> SimConfig {
+        SimConfig {
+            secret_id: TEST_SECRET_ID.to_string(),
+            secret_key: Secret::new(TEST_SECRET_KEY),
+            rate: DEFAULT_RATE_PER_SECOND,
+            jitter: Duration::ZERO,
+            latency: (Duration::ZERO, Duration::ZERO),
+            faults: Faults::default(),
+            seed: 0,
+            settle_after: DEFAULT_SETTLE_AFTER,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks probabilities and the latency range.
+    pub fn validate(&self) -> Result<(), SimError> {
+        self.faults.validate()?;
+        if self.latency.0 > self.latency.1 {
+            return Err(SimError::Config(format!(
+                "latency range {:?}..{:?} ends before it starts",
+                self.latency.0, self.latency.1
+            )));
+        }
+        if self.secret_id.is_empty() || self.secret_key.expose().is_empty() {
+            return Err(SimError::Config(
+                "the SecretId and SecretKey must not be empty".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the simulator could not start or load a fleet.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot read fleet file {path}: {source}")]
+    ReadFleet {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("fleet file {path}: {message}")]
+    FleetFile { path: PathBuf, message: String },
+    #[error("invalid fleet: {0}")]
+    InvalidFleet(String),
+    #[error("invalid simulator settings: {0}")]
+    Config(String),
+    #[error("cannot use the listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Starts serving on `listener` in the background. Returns once the server accepts.
+pub async fn start(
+    listener: TcpListener,
+    config: SimConfig,
+    fleet: Fleet,
+) -> Result<SimHandle, SimError> {
+    config.validate()?;
+    fleet.validate()?;
+    let addr = listener.local_addr().map_err(SimError::Listener)?;
+    let shared = Arc::new(server::Shared::new(config, fleet));
+    let (stop, stopped) = watch::channel(());
+    let task = tokio::spawn(server::serve(listener, shared.clone(), stopped));
+    tracing::info!(%addr, "simulator listening");
+    Ok(SimHandle {
+        addr,
+        shared,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// A running simulator. Dropping it stops accepting; [`SimHandle::shutdown`] also waits.
+pub struct SimHandle {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    stop: Option<watch::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The base URL, e.g. `http://127.0.0.1:9000`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The fleet now, in the fleet file format (settled states applied).
+    pub fn fleet(&self) -> Fleet {
+        self.shared.snapshot()
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.shared.journal()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting, closes open connections, and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        // Dropping the sender ends the accept loop, which then closes its connections.
+        self.stop.take();
+    }
+}

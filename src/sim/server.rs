@@ -1,0 +1,691 @@
+//! The HTTP side: hyper on a given listener, the API 3.0 protocol (POST JSON and
+//! GET query), signature checks, the rate limiter, faults, and the `/_sim/` endpoints.
+//!
+//! A request goes through: read body -> jitter -> protocol and signature checks ->
+//! rate limiter (per action) -> fault and latency draws -> latency -> parameter
+//! validation -> fault -> all-or-nothing execution -> reply (or a dropped connection).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::actions::{self, Action, ApiError};
+use super::faults::Fault;
+use super::fleet::{Fleet, LiveFleet};
+use super::journal::{DROPPED_BEFORE_APPLY, JournalEntry, Recorder, Stats};
+use super::limiter::SlidingWindow;
+use super::{API_VERSION, SERVICE, SimConfig};
+use crate::sign;
+
+/// Largest request body accepted; the biggest legal request is a few kilobytes.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The prefix of the observability endpoints, which need no signature.
+const OBSERVE_PREFIX: &str = "/_sim/";
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Query parameters of the common request parameters, not the action's own.
+const COMMON_QUERY_PARAMS: &[&str] = &[
+    "Action",
+    "Version",
+    "Region",
+    "Timestamp",
+    "Nonce",
+    "SecretId",
+    "Signature",
+    "SignatureMethod",
+    "Token",
+    "Language",
+    "RequestClient",
+];
+
+type Reply = Response<Full<Bytes>>;
+
+/// Returned by the service to make hyper close the connection without replying.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by an injected fault")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// Everything the connections share.
+pub(crate) struct Shared {
+    config: SimConfig,
+    start: Instant,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    fleet: LiveFleet,
+    limiters: HashMap<Action, SlidingWindow>,
+    // Separate streams, so turning on jitter does not change which requests get faults.
+    jitter_rng: StdRng,
+    latency_rng: StdRng,
+    fault_rng: StdRng,
+    recorder: Recorder,
+    next_seq: u64,
+}
+
+/// Constants that derive the independent RNG streams from one seed.
+const JITTER_STREAM: u64 = 0x6a09_e667_f3bc_c908;
+const LATENCY_STREAM: u64 = 0xbb67_ae85_84ca_a73b;
+
+impl Shared {
+    pub fn new(config: SimConfig, fleet: Fleet) -> Shared {
+        let start = Instant::now();
+        let inner = Inner {
+            fleet: LiveFleet::new(fleet, start, config.settle_after),
+            limiters: HashMap::new(),
+            jitter_rng: StdRng::seed_from_u64(config.seed ^ JITTER_STREAM),
+            latency_rng: StdRng::seed_from_u64(config.seed ^ LATENCY_STREAM),
+            fault_rng: StdRng::seed_from_u64(config.seed),
+            recorder: Recorder::default(),
+            next_seq: 0,
+        };
+        Shared {
+            config,
+            start,
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing in the lock panics on input; if something did, the state is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Fleet {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.fleet.settle(now);
+        inner.fleet.snapshot(now)
+    }
+
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.lock().recorder.journal()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().recorder.stats()
+    }
+
+    fn draw_jitter(&self) -> Duration {
+        let jitter = self.config.jitter;
+        if jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        let micros = self
+            .lock()
+            .jitter_rng
+            .random_range(0..=jitter.as_micros().min(u128::from(u64::MAX)) as u64);
+        Duration::from_micros(micros)
+    }
+}
+
+/// Accepts connections until `stop` fires (or its sender is dropped).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    connections.spawn(async move {
+                        let service = service_fn(move |req| handle(shared.clone(), req));
+                        if let Err(err) = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            tracing::debug!("sim connection closed: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!("sim accept failed: {err}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Dropped> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Ok(api_reply(
+                StatusCode::OK,
+                Err(ApiError::new(
+                    "RequestSizeLimitExceeded",
+                    "The request body is larger than 1 MiB or could not be read.",
+                )),
+                &new_request_id(),
+            ));
+        }
+    };
+    if parts.uri.path().starts_with(OBSERVE_PREFIX) {
+        return Ok(observe(&shared, &parts));
+    }
+    let jitter = shared.draw_jitter();
+    if !jitter.is_zero() {
+        tokio::time::sleep(jitter).await;
+    }
+    let call = Call::new(&parts, body);
+    let ticket = match admit(&shared, call) {
+        Ok(ticket) => ticket,
+        Err(reply) => return Ok(reply),
+    };
+    if !ticket.latency.is_zero() {
+        tokio::time::sleep(ticket.latency).await;
+    }
+    process(&shared, ticket)
+}
+
+/// One API request as received.
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    /// Decoded query parameters, common ones included.
+    query_params: Vec<(String, String)>,
+}
+
+impl Call {
+    fn new(parts: &hyper::http::request::Parts, body: Bytes) -> Call {
+        let query = parts.uri.query().unwrap_or("").to_string();
+        Call {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            query_params: parse_query(&query),
+            query,
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_string(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A common parameter: its `X-TC-` header, or for GET-style calls its query parameter.
+    fn common(&self, name: &str) -> Option<String> {
+        self.header(&format!("x-tc-{name}"))
+            .or_else(|| {
+                self.query_params
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            })
+            .map(|v| v.trim().to_string())
+    }
+
+    /// The action's parameters: the JSON body of a POST, the flattened query of a GET.
+    fn params(&self) -> Result<Map<String, Value>, ApiError> {
+        if self.method == Method::GET {
+            return Ok(unflatten(
+                self.query_params
+                    .iter()
+                    .filter(|(k, _)| !COMMON_QUERY_PARAMS.contains(&k.as_str())),
+            ));
+        }
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Map::new());
+        }
+        match serde_json::from_slice::<Value>(&self.body) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(ApiError::new(
+                "InvalidParameter",
+                "The request body is not a JSON object.",
+            )),
+        }
+    }
+
+    fn verify(&self, config: &SimConfig) -> Result<String, sign::VerifyError> {
+        let received = sign::Received {
+            method: self.method.as_str(),
+            path: &self.path,
+            query: &self.query,
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            payload: &self.body,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        sign::verify(&received, SERVICE, now, |id| {
+            (id == config.secret_id).then(|| config.secret_key.clone())
+        })
+    }
+}
+
+/// Splits a raw query string into decoded (name, value) pairs.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Turns `InstanceIds.0=a&InstanceIds.1=b&ForceStop=true` into
+/// `{"InstanceIds": ["a", "b"], "ForceStop": "true"}`. Deeper nesting (`Filters.0.Name`)
+/// keeps only its top name, with a value no action accepts.
+fn unflatten<'a>(pairs: impl Iterator<Item = &'a (String, String)>) -> Map<String, Value> {
+    let mut arrays: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    let mut map = Map::new();
+    for (key, value) in pairs {
+        match key.split_once('.') {
+            Some((name, index)) => match index.parse::<usize>() {
+                Ok(n) => arrays
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((n, value.clone())),
+                Err(_) => {
+                    map.insert(name.to_string(), json!({ index: value }));
+                }
+            },
+            None => {
+                map.insert(key.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    for (name, mut items) in arrays {
+        items.sort_by_key(|(n, _)| *n);
+        map.insert(
+            name,
+            Value::Array(items.into_iter().map(|(_, v)| Value::String(v)).collect()),
+        );
+    }
+    map
+}
+
+fn strings(params: &Result<Map<String, Value>, ApiError>, name: &str) -> Vec<String> {
+    params
+        .as_ref()
+        .ok()
+        .and_then(|p| p.get(name))
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An admitted request, between the rate limiter and processing.
+struct Ticket {
+    seq: u64,
+    entry: JournalEntry,
+    action: Action,
+    region: String,
+    params: Result<Map<String, Value>, ApiError>,
+    fault: Option<Fault>,
+    latency: Duration,
+}
+
+/// The protocol checks, in order: method, path, signature, Action, Version, action, Region.
+fn check_protocol(call: &Call, config: &SimConfig) -> Result<(Action, String), ApiError> {
+    if call.method != Method::POST && call.method != Method::GET {
+        return Err(ApiError::new(
+            "UnsupportedProtocol",
+            "Only POST with a JSON body and GET with query parameters are supported.",
+        ));
+    }
+    if call.path != "/" {
+        return Err(ApiError::new(
+            "InvalidRequest",
+            format!(
+                "The path {:?} is not served; API calls go to /.",
+                crate::ids::shorten(&call.path)
+            ),
+        ));
+    }
+    call.verify(config)
+        .map_err(|err| ApiError::new(err.code(), err.to_string()))?;
+    let action = call
+        .common("action")
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                "MissingParameter",
+                "The request is missing a required parameter `Action`.",
+            )
+        })?;
+    let version = call
+        .common("version")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                "MissingParameter",
+                "The request is missing a required parameter `Version`.",
+            )
+        })?;
+    if version != API_VERSION {
+        return Err(ApiError::new(
+            "NoSuchVersion",
+            format!(
+                "The requested version `{}` of service `{SERVICE}` does not exist.",
+                crate::ids::shorten(&version)
+            ),
+        ));
+    }
+    let action = Action::from_name(&action).ok_or_else(|| {
+        ApiError::new(
+            "InvalidAction",
+            format!(
+                "The requested action `{}` does not exist.",
+                crate::ids::shorten(&action)
+            ),
+        )
+    })?;
+    let region = call
+        .common("region")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                "MissingParameter",
+                "The request is missing a required parameter `Region`.",
+            )
+        })?;
+    if !crate::ids::is_region(&region) {
+        return Err(ApiError::new(
+            "UnsupportedRegion",
+            format!(
+                "The region `{}` is not supported.",
+                crate::ids::shorten(&region)
+            ),
+        ));
+    }
+    Ok((action, region))
+}
+
+/// Protocol and signature checks, then the rate limiter. An admitted request leaves
+/// with its fault and latency drawn (in arrival order, so a seed reproduces them).
+fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
+    let params = call.params();
+    let mut inner = shared.lock();
+    let now = Instant::now();
+    let seq = inner.next_seq;
+    inner.next_seq += 1;
+    let entry = JournalEntry {
+        at_ms: i64::try_from(now.duration_since(shared.start).as_millis()).unwrap_or(i64::MAX),
+        action: call.common("action").unwrap_or_default(),
+        region: call.common("region").unwrap_or_default(),
+        instance_ids: strings(&params, "InstanceIds"),
+        key_ids: strings(&params, "KeyIds"),
+        force_stop: params
+            .as_ref()
+            .ok()
+            .and_then(|p| p.get("ForceStop"))
+            .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true")),
+        code: None,
+        request_id: None,
+        applied: false,
+        dropped: false,
+    };
+    let (action, region) = match check_protocol(&call, &shared.config) {
+        Ok(checked) => checked,
+        Err(err) => return Err(inner.reply(seq, entry, Err(err))),
+    };
+    let rate = shared.config.rate;
+    let window = inner
+        .limiters
+        .entry(action)
+        .or_insert_with(|| SlidingWindow::new(rate));
+    if !window.try_admit(now) {
+        let err = ApiError::new(
+            "RequestLimitExceeded",
+            "The number of requests exceeds the frequency limit.",
+        );
+        return Err(inner.reply(seq, entry, Err(err)));
+    }
+    let max_in_window = window.max_in_window();
+    inner.recorder.admitted(&entry.action, max_in_window);
+    // Always one draw per admitted request, so the sequence does not depend on the outcome.
+    let draw: f64 = inner.fault_rng.random();
+    let fault = shared.config.faults.pick(draw);
+    let (low, high) = shared.config.latency;
+    let latency = if high > low {
+        let span = (high - low).as_micros().min(u128::from(u64::MAX)) as u64;
+        low + Duration::from_micros(inner.latency_rng.random_range(0..=span))
+    } else {
+        low
+    };
+    Ok(Ticket {
+        seq,
+        entry,
+        action,
+        region,
+        params,
+        fault,
+        latency,
+    })
+}
+
+/// Validation, the fault, then the all-or-nothing change; `Err` drops the connection.
+fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
+    let Ticket {
+        seq,
+        mut entry,
+        action,
+        region,
+        params,
+        fault,
+        ..
+    } = ticket;
+    let mut inner = shared.lock();
+    let now = Instant::now();
+    inner.fleet.settle(now);
+    let validated = params.and_then(|p| actions::validate(action, &p, &inner.fleet, &region));
+    let validated = match validated {
+        Ok(v) => v,
+        Err(err) => return Ok(inner.reply(seq, entry, Err(err))),
+    };
+    if let Some(fault) = fault {
+        if let Some((code, message)) = fault.error() {
+            return Ok(inner.reply(seq, entry, Err(ApiError::new(code, message))));
+        }
+        if fault == Fault::DropBefore {
+            entry.code = Some(DROPPED_BEFORE_APPLY.to_string());
+            entry.dropped = true;
+            inner.recorder.record(seq, entry);
+            return Err(Dropped);
+        }
+    }
+    let result = actions::execute(&validated, &mut inner.fleet, &region, now);
+    if let Ok(done) = &result {
+        entry.applied = done.applied;
+    }
+    if fault == Some(Fault::DropAfter) {
+        entry.code = result.err().map(|e| e.code);
+        entry.dropped = true;
+        inner.recorder.record(seq, entry);
+        return Err(Dropped);
+    }
+    Ok(inner.reply(seq, entry, result.map(|done| done.data)))
+}
+
+impl Inner {
+    /// Records the request with a fresh RequestId and builds its reply.
+    fn reply(
+        &mut self,
+        seq: u64,
+        mut entry: JournalEntry,
+        result: Result<Map<String, Value>, ApiError>,
+    ) -> Reply {
+        let request_id = new_request_id();
+        entry.code = result.as_ref().err().map(|e| e.code.clone());
+        entry.request_id = Some(request_id.clone());
+        if let Err(err) = &result {
+            tracing::debug!(action = %entry.action, code = %err.code, "sim reply");
+        }
+        self.recorder.record(seq, entry);
+        api_reply(StatusCode::OK, result, &request_id)
+    }
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The API 3.0 reply envelope; errors too are HTTP 200, like the real API.
+fn api_reply(
+    status: StatusCode,
+    result: Result<Map<String, Value>, ApiError>,
+    request_id: &str,
+) -> Reply {
+    let mut response = match result {
+        Ok(mut data) => {
+            data.insert("RequestId".into(), json!(request_id));
+            json!({ "Response": data })
+        }
+        Err(err) => json!({
+            "Response": {
+                "Error": { "Code": err.code, "Message": err.message },
+                "RequestId": request_id,
+            }
+        }),
+    };
+    json_reply(status, &mut response)
+}
+
+fn json_reply(status: StatusCode, value: &mut Value) -> Reply {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    // Exactly this value: with "; charset=utf-8" the Python SDK takes errors for success.
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `GET /_sim/state`, `/_sim/journal`, `/_sim/stats`: unsigned, for tests and rehearsals.
+fn observe(shared: &Shared, parts: &hyper::http::request::Parts) -> Reply {
+    if parts.method != Method::GET {
+        return json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &mut json!({ "error": "the /_sim/ endpoints answer GET only" }),
+        );
+    }
+    let mut value = match parts.uri.path() {
+        "/_sim/state" => serde_json::to_value(shared.snapshot()),
+        "/_sim/journal" => serde_json::to_value(shared.journal()),
+        "/_sim/stats" => serde_json::to_value(shared.stats()),
+        _ => {
+            return json_reply(
+                StatusCode::NOT_FOUND,
+                &mut json!({ "error": "try /_sim/state, /_sim/journal or /_sim/stats" }),
+            );
+        }
+    }
+    .unwrap_or(Value::Null);
+    json_reply(StatusCode::OK, &mut value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_decoded_and_unflattened() {
+        let pairs = parse_query(
+            "Action=DescribeInstances&InstanceIds.1=ins-2&InstanceIds.0=ins-1&ForceStop=true&Name=a%20b+c&Filters.0.Name=x",
+        );
+        assert_eq!(pairs[0], ("Action".into(), "DescribeInstances".into()));
+        let map = unflatten(
+            pairs
+                .iter()
+                .filter(|(k, _)| !COMMON_QUERY_PARAMS.contains(&k.as_str())),
+        );
+        assert_eq!(map["InstanceIds"], json!(["ins-1", "ins-2"]));
+        assert_eq!(map["ForceStop"], json!("true"));
+        assert_eq!(map["Name"], json!("a b c"));
+        assert!(map.contains_key("Filters"));
+        assert!(!map.contains_key("Action"));
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_junk() {
+        assert_eq!(percent_decode("%41%zz%4"), "A%zz%4");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%E4%B8%AD"), "中");
+    }
+}
