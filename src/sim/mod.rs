@@ -16,6 +16,7 @@
 //! tests can drive them. Only the signature's timestamp check uses the wall clock.
 
 mod actions;
+pub mod audit;
 pub mod faults;
 pub mod fleet;
 pub mod journal;

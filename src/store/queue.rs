@@ -169,6 +169,17 @@ impl PairCounts {
     }
 }
 
+/// One valid pair's outcome, for audits.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PairOutcome {
+    pub region: String,
+    pub instance_id: String,
+    pub key_id: String,
+    pub status: String,
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+}
+
 /// What a run's plan records about where it came from.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -409,6 +420,17 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+
+    /// Every valid, distinct pair of a run with its status and proving RequestId, in input order.
+    pub async fn pair_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
+             WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed') ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Failed pairs of a run by error code.

@@ -1,0 +1,217 @@
+//! The proof that a run did what was asked: the simulator's fleet and journal
+//! compared with the run's recorded outcomes.
+//!
+//! Used by `keyfleet demo` and by the end-to-end and crash tests. It checks the
+//! promises keyfleet makes to an operator: no binding was removed that the input
+//! did not ask for, every pair reported succeeded is unbound and carries the
+//! RequestId of a success reply that covered it, and no pair is left pending.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::store::queue::PairOutcome;
+
+use super::JournalEntry;
+
+/// A pair as (instance id, key id).
+pub type Binding = (String, String);
+
+/// What an audit found. [`Audit::violations`] is empty when every promise held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Bindings removed that the input asked to remove.
+    pub removed_as_asked: usize,
+    /// Pairs reported succeeded.
+    pub succeeded: usize,
+    /// Pairs reported failed, still bound as the failure says.
+    pub failed_still_bound: usize,
+    /// Pairs reported failed whose binding is gone anyway (an earlier attempt was
+    /// applied but its reply was lost, and a later one was refused).
+    pub failed_but_unbound: usize,
+    /// Broken promises, each in words.
+    pub violations: Vec<String>,
+}
+
+impl Audit {
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Compares `before` and `after` (the fleet's bindings) with `outcomes` (the run's
+/// valid pairs) and `journal` (every request the simulator saw).
+pub fn audit(
+    before: &BTreeSet<Binding>,
+    after: &BTreeSet<Binding>,
+    outcomes: &[PairOutcome],
+    journal: &[JournalEntry],
+) -> Audit {
+    const SHOWN: usize = 10;
+    let mut report = Audit::default();
+    let mut violations = Vec::new();
+    let requested: BTreeSet<Binding> = outcomes
+        .iter()
+        .map(|o| (o.instance_id.clone(), o.key_id.clone()))
+        .collect();
+
+    for removed in before.difference(after) {
+        if requested.contains(removed) {
+            report.removed_as_asked += 1;
+        } else {
+            violations.push(format!(
+                "{} lost key {} although the input did not ask for it",
+                removed.0, removed.1
+            ));
+        }
+    }
+    for added in after.difference(before) {
+        violations.push(format!("{} gained key {}", added.0, added.1));
+    }
+
+    // Each successful disassociation in the journal, by RequestId, with what it covered.
+    let successes: BTreeMap<&str, &JournalEntry> = journal
+        .iter()
+        .filter(|e| e.action == "DisassociateInstancesKeyPairs" && e.code.is_none() && e.applied)
+        .filter_map(|e| e.request_id.as_deref().map(|id| (id, e)))
+        .collect();
+
+    for outcome in outcomes {
+        let pair = (outcome.instance_id.clone(), outcome.key_id.clone());
+        match outcome.status.as_str() {
+            "succeeded" => {
+                report.succeeded += 1;
+                if after.contains(&pair) {
+                    violations.push(format!(
+                        "{} {} is reported succeeded but is still bound",
+                        pair.0, pair.1
+                    ));
+                }
+                let proven = outcome
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| successes.get(id))
+                    .is_some_and(|e| {
+                        e.region == outcome.region
+                            && e.instance_ids.contains(&pair.0)
+                            && e.key_ids.contains(&pair.1)
+                    });
+                if !proven {
+                    violations.push(format!(
+                        "{} {} is reported succeeded with RequestId {:?}, which no success reply covering it carried",
+                        pair.0, pair.1, outcome.request_id
+                    ));
+                }
+            }
+            "failed" if after.contains(&pair) || !before.contains(&pair) => {
+                report.failed_still_bound += 1
+            }
+            "failed" => report.failed_but_unbound += 1,
+            other => violations.push(format!("{} {} is still {other}", pair.0, pair.1)),
+        }
+    }
+    if violations.len() > SHOWN {
+        let more = violations.len() - SHOWN;
+        violations.truncate(SHOWN);
+        violations.push(format!("... and {more} more"));
+    }
+    report.violations = violations;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(i: &str, k: &str) -> Binding {
+        (i.to_string(), k.to_string())
+    }
+
+    fn outcome(i: &str, k: &str, status: &str, request_id: Option<&str>) -> PairOutcome {
+        PairOutcome {
+            region: "ap-guangzhou".into(),
+            instance_id: i.into(),
+            key_id: k.into(),
+            status: status.into(),
+            request_id: request_id.map(str::to_string),
+            error_code: None,
+        }
+    }
+
+    fn success(request_id: &str, instances: &[&str], keys: &[&str]) -> JournalEntry {
+        JournalEntry {
+            at_ms: 0,
+            action: "DisassociateInstancesKeyPairs".into(),
+            region: "ap-guangzhou".into(),
+            instance_ids: instances.iter().map(|s| s.to_string()).collect(),
+            key_ids: keys.iter().map(|s| s.to_string()).collect(),
+            force_stop: false,
+            code: None,
+            request_id: Some(request_id.into()),
+            applied: true,
+            dropped: false,
+        }
+    }
+
+    #[test]
+    fn a_faithful_run_is_clean() {
+        let before = BTreeSet::from([
+            pair("ins-a", "skey-1"),
+            pair("ins-a", "skey-2"),
+            pair("ins-b", "skey-1"),
+        ]);
+        let after = BTreeSet::from([pair("ins-a", "skey-2"), pair("ins-b", "skey-1")]);
+        let outcomes = [
+            outcome("ins-a", "skey-1", "succeeded", Some("r1")),
+            outcome("ins-b", "skey-1", "failed", None),
+        ];
+        let audit = audit(
+            &before,
+            &after,
+            &outcomes,
+            &[success("r1", &["ins-a"], &["skey-1"])],
+        );
+        assert!(audit.is_clean(), "{:?}", audit.violations);
+        assert_eq!(
+            (
+                audit.removed_as_asked,
+                audit.succeeded,
+                audit.failed_still_bound
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn every_broken_promise_is_named() {
+        let before = BTreeSet::from([
+            pair("ins-a", "skey-1"),
+            pair("ins-a", "skey-2"),
+            pair("ins-b", "skey-1"),
+        ]);
+        let after = BTreeSet::from([pair("ins-b", "skey-1")]);
+        let outcomes = [
+            outcome("ins-a", "skey-1", "succeeded", Some("r-unknown")),
+            outcome("ins-b", "skey-1", "succeeded", Some("r2")),
+            outcome("ins-c", "skey-1", "pending", None),
+        ];
+        let journal = [success("r2", &["ins-x"], &["skey-1"])];
+        let audit = audit(&before, &after, &outcomes, &journal);
+        let text = audit.violations.join("\n");
+        assert!(
+            text.contains("ins-a lost key skey-2 although the input did not ask for it"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ins-a skey-1 is reported succeeded with RequestId"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ins-b skey-1 is reported succeeded but is still bound"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ins-b skey-1 is reported succeeded with RequestId"),
+            "{text}"
+        );
+        assert!(text.contains("ins-c skey-1 is still pending"), "{text}");
+    }
+}
