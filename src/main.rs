@@ -54,6 +54,14 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Print the error-code table: each API error code, its class, and what keyfleet does.
     Codes(cli::codes::Args),
+    /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
+    Plan(cli::plan::Args),
+    /// List the runs in the database, newest first.
+    Runs(cli::runs::Args),
+    /// Show where a run stands: pairs, jobs, requests, failures.
+    Status(cli::status::Args),
+    /// Write one row per input pair with its outcome, in input order.
+    Report(cli::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +83,10 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
+            Command::Plan(args) => cli::plan::run(&cli.global, args).await,
+            Command::Runs(args) => cli::runs::run(&cli.global, args).await,
+            Command::Status(args) => cli::status::run(&cli.global, args).await,
+            Command::Report(args) => cli::report::run(&cli.global, args).await,
         }
     })
 }

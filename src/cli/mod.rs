@@ -2,3 +2,7 @@
 
 pub mod codes;
 pub mod logging;
+pub mod plan;
+pub mod report;
+pub mod runs;
+pub mod status;
