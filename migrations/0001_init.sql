@@ -15,6 +15,10 @@ CREATE TABLE runs (
     pairs           INTEGER NOT NULL DEFAULT 0,
     duplicates      INTEGER NOT NULL DEFAULT 0,
     rejected        INTEGER NOT NULL DEFAULT 0,
+    -- Distinct instances, keys and regions among the valid pairs, as planned.
+    instances       INTEGER NOT NULL DEFAULT 0,
+    keys            INTEGER NOT NULL DEFAULT 0,
+    regions         INTEGER NOT NULL DEFAULT 0,
     started_at      INTEGER,
     finished_at     INTEGER,
     stop_reason     TEXT,

@@ -60,6 +60,14 @@ pub enum Command {
     Resume(cli::run::ResumeArgs),
     /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
     Sim(cli::sim::Args),
+    /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
+    Plan(cli::plan::Args),
+    /// List the runs in the database, newest first.
+    Runs(cli::runs::Args),
+    /// Show where a run stands: pairs, jobs, requests, failures.
+    Status(cli::status::Args),
+    /// Write one row per input pair with its outcome, in input order.
+    Report(cli::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +92,10 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Call(args) => cli::call::run(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
             Command::Sim(args) => cli::sim::run(args).await,
+            Command::Plan(args) => cli::plan::run(&cli.global, args).await,
+            Command::Runs(args) => cli::runs::run(&cli.global, args).await,
+            Command::Status(args) => cli::status::run(&cli.global, args).await,
+            Command::Report(args) => cli::report::run(&cli.global, args).await,
         }
     })
 }

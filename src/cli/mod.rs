@@ -6,3 +6,7 @@ pub mod logging;
 pub mod progress;
 pub mod run;
 pub mod sim;
+pub mod plan;
+pub mod report;
+pub mod runs;
+pub mod status;

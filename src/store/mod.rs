@@ -5,6 +5,9 @@
 //! executor's claims, attempts, splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
+pub mod plan;
+pub mod report;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;

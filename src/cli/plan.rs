@@ -1,0 +1,96 @@
+//! `keyfleet plan INPUT`: read, validate and chunk the input into a durable run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use keyfleet::input::Format;
+use keyfleet::plan::{self, PlanOptions, PlanOutcome};
+use keyfleet::store::Store;
+
+use crate::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
+    input: PathBuf,
+    /// Stop running instances to unbind (ForceStop); they are started again afterwards.
+    #[arg(long)]
+    force_stop: bool,
+    /// Input format, when the extension does not say (csv, json, jsonl).
+    #[arg(long, value_parser = clap::value_parser!(FormatArg))]
+    format: Option<FormatArg>,
+    /// Refuse the whole input (write nothing) if any row is rejected.
+    #[arg(long)]
+    strict: bool,
+    /// Print one JSON object on stdout instead of the summary on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--format`, parsed by the library's own `FromStr`.
+#[derive(Debug, Clone, Copy)]
+pub struct FormatArg(Format);
+
+impl std::str::FromStr for FormatArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FormatArg, String> {
+        s.parse().map(FormatArg)
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let options = PlanOptions {
+        default_region: global.region.clone(),
+        force_stop: args.force_stop,
+        strict: args.strict,
+        format: args.format.map(|f| f.0),
+    };
+    let store = Store::open(&global.db).await?;
+    let outcome = plan::plan_input(&store, &args.input, &options).await;
+    store.close().await;
+    let outcome = outcome?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&outcome).context("cannot encode the summary")?
+        );
+    } else {
+        eprint!("{}", human(&outcome));
+    }
+    Ok(crate::exit::OK)
+}
+
+fn human(outcome: &PlanOutcome) -> String {
+    let s = &outcome.summary;
+    let mut text = String::new();
+    if outcome.existing {
+        text.push_str(&format!(
+            "run {} already planned this input with these options (nothing new written)\n",
+            s.run_id
+        ));
+    } else {
+        text.push_str(&format!("planned run {}\n", s.run_id));
+    }
+    text.push_str(&format!("  input        {}\n", s.input_path));
+    text.push_str(&format!("  rows read    {}\n", s.rows));
+    text.push_str(&format!("  valid pairs  {}\n", s.pairs));
+    text.push_str(&format!("  duplicates   {}\n", s.duplicates));
+    text.push_str(&format!("  rejected     {}\n", s.rejected));
+    for r in &s.rejections {
+        text.push_str(&format!("    {}: {}\n", r.position, r.reason));
+    }
+    if s.rejected > s.rejections.len() as i64 {
+        text.push_str(&format!(
+            "    ... and {} more (keyfleet report --only rejected)\n",
+            s.rejected - s.rejections.len() as i64
+        ));
+    }
+    text.push_str(&format!("  instances    {}\n", s.instances));
+    text.push_str(&format!("  keys         {}\n", s.keys));
+    text.push_str(&format!("  regions      {}\n", s.regions));
+    text.push_str(&format!(
+        "  jobs         {} (requests; lower bound {} = ceil(pairs / 10000))\n",
+        s.jobs, outcome.lower_bound
+    ));
+    text
+}

@@ -1,0 +1,173 @@
+//! `keyfleet report [RUN]`: one row per input pair, in input order, as CSV or JSON.
+//!
+//! Streamed: rows go out as they are read. A named output file is written to a
+//! temporary file beside it (mode 0600) and renamed into place when complete, so
+//! nobody ever reads a half-written report.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use keyfleet::store::plan::ItemStatus;
+use keyfleet::store::report::{self, ReportRow};
+use keyfleet::store::Store;
+
+use crate::GlobalArgs;
+
+/// The report's columns, in order (CSV header; JSON keys).
+pub const COLUMNS: [&str; 10] = [
+    "position",
+    "region",
+    "instance_id",
+    "key_id",
+    "status",
+    "request_id",
+    "error_code",
+    "error_message",
+    "attempts",
+    "job_id",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run id; the newest run when omitted.
+    run: Option<i64>,
+    /// csv (default) or json (a JSON array of objects).
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ReportFormat,
+    /// Write to FILE (mode 0600, replaced atomically) instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Only rows with this status: succeeded, failed, rejected, duplicate, pending.
+    #[arg(long, value_parser = clap::value_parser!(StatusArg))]
+    only: Option<StatusArg>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatusArg(ItemStatus);
+
+impl std::str::FromStr for StatusArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StatusArg, String> {
+        s.parse().map(StatusArg)
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let store = Store::open(&global.db).await?;
+    let result = write_report(&store, &args).await;
+    store.close().await;
+    let rows = result?;
+    if let Some(path) = &args.output {
+        eprintln!("wrote {rows} rows to {}", path.display());
+    }
+    Ok(crate::exit::OK)
+}
+
+async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
+    let run_id = report::resolve_run(store, args.run).await?;
+    match &args.output {
+        None => {
+            let stdout = io::stdout().lock();
+            let (rows, out) = emit(store, run_id, args, BufWriter::new(stdout)).await?;
+            out.into_inner().map_err(|e| e.into_error())?.flush()?;
+            Ok(rows)
+        }
+        Some(path) => {
+            let (tmp, file) = create_private_temp(path)?;
+            let written = emit(store, run_id, args, BufWriter::new(file)).await;
+            let finish = written.and_then(|(rows, out)| {
+                let file = out.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("cannot move the report into {}", path.display()))?;
+                Ok(rows)
+            });
+            if finish.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            finish
+        }
+    }
+}
+
+/// A new file beside `path`, readable by the owner only, that nobody else created.
+fn create_private_temp(path: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok((tmp, file))
+}
+
+async fn emit<W: Write>(
+    store: &Store,
+    run_id: i64,
+    args: &Args,
+    out: W,
+) -> anyhow::Result<(u64, W)> {
+    let mut rows = 0u64;
+    let only = args.only.map(|s| s.0);
+    match args.format {
+        ReportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(out);
+            csv.write_record(COLUMNS)?;
+            report::for_each_report_row(store, run_id, only, |row| {
+                rows += 1;
+                csv.write_record(csv_fields(&row))
+            })
+            .await??;
+            let out = csv.into_inner().map_err(|e| e.into_error())?;
+            Ok((rows, out))
+        }
+        ReportFormat::Json => {
+            let mut out = out;
+            out.write_all(b"[")?;
+            report::for_each_report_row(store, run_id, only, |row| -> anyhow::Result<()> {
+                if rows > 0 {
+                    out.write_all(b",")?;
+                }
+                out.write_all(b"\n")?;
+                serde_json::to_writer(&mut out, &row)?;
+                rows += 1;
+                Ok(())
+            })
+            .await??;
+            out.write_all(b"\n]\n")?;
+            Ok((rows, out))
+        }
+    }
+}
+
+fn csv_fields(row: &ReportRow) -> [String; 10] {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        row.position.clone(),
+        text(&row.region),
+        text(&row.instance_id),
+        text(&row.key_id),
+        row.status.clone(),
+        text(&row.request_id),
+        text(&row.error_code),
+        text(&row.error_message),
+        row.attempts.to_string(),
+        row.job_id.map(|j| j.to_string()).unwrap_or_default(),
+    ]
+}

@@ -1,0 +1,71 @@
+//! `keyfleet status [RUN]`: where a run stands.
+
+use keyfleet::store::{Store, report};
+
+use crate::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run id; the newest run when omitted.
+    run: Option<i64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC, for people.
+pub fn utc(ms: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    let store = Store::open(&global.db).await?;
+    let status = async {
+        let run_id = report::resolve_run(&store, args.run).await?;
+        report::run_status(&store, run_id).await
+    }
+    .await;
+    store.close().await;
+    let status = status?;
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(crate::exit::OK);
+    }
+    println!("run {} ({}): {}", status.run_id, status.state, status.input_path);
+    if let Some(reason) = &status.stop_reason {
+        println!("  stopped because {reason}");
+    }
+    let list = |map: &std::collections::BTreeMap<String, i64>| {
+        map.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  pairs     {}", list(&status.pairs));
+    println!("  jobs      {}", list(&status.jobs));
+    println!(
+        "  requests  {} sent, {} throttled",
+        status.requests, status.throttled
+    );
+    if !status.failures_by_code.is_empty() {
+        println!("  failed pairs by error code:");
+        for (code, n) in &status.failures_by_code {
+            println!("    {code:<52} {n}");
+        }
+    }
+    println!("  created   {}", utc(status.created_at));
+    if let Some(t) = status.started_at {
+        println!("  started   {}", utc(t));
+    }
+    if let Some(t) = status.finished_at {
+        println!("  finished  {}", utc(t));
+    }
+    if let Some(ms) = status.elapsed_ms {
+        println!("  elapsed   {:.1} s", ms as f64 / 1000.0);
+    }
+    Ok(crate::exit::OK)
+}

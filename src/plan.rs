@@ -1,0 +1,894 @@
+//! Planning: input rows -> validated pairs -> jobs of at most 100 x 100, written durably.
+//!
+//! Every input pair becomes an item, in input order: valid (`pending`), a repeat of
+//! an earlier valid pair (`duplicate`), or `rejected` with a reason. Valid pairs are
+//! chunked by [`chunk`]: per region and operation options, instances that need the
+//! identical set of keys removed form a group, and a group of I instances and K keys
+//! becomes ceil(I/100) x ceil(K/100) jobs. The union of the jobs' cross products is
+//! exactly the set of valid pairs: a job never unbinds a key nobody asked for.
+//!
+//! Memory for a million pairs stays compact: a valid id is `ins-`/`skey-` plus eight
+//! characters of `[0-9a-z]`, which packs into a `u64` whose numeric order is the
+//! string order, so no id string is held while planning.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::ids::{self, MAX_IDS_PER_REQUEST};
+use crate::input::{self, Field, Format, InputError, InputRow, Position, PositionKind, RowContent};
+use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun};
+use crate::store::report::{self, RunSummary};
+use crate::store::{Store, StoreError};
+
+/// Rejections listed in a strict refusal's message.
+const STRICT_EXAMPLES: usize = 5;
+/// Pairs one request can carry: 100 instances x 100 keys.
+pub const MAX_PAIRS_PER_REQUEST: u64 = (MAX_IDS_PER_REQUEST * MAX_IDS_PER_REQUEST) as u64;
+
+/// Options that shape a plan. With the input's SHA-256, they identify a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Region for rows that carry none (`--region`).
+    pub default_region: Option<String>,
+    /// Pass `ForceStop=true`: running instances are stopped, then started again.
+    pub force_stop: bool,
+    /// Refuse the whole input if any row is rejected.
+    pub strict: bool,
+    /// Input format; `None` takes it from the extension (or the first character).
+    pub format: Option<Format>,
+}
+
+/// Planning failures. A bad row is not one of them: it becomes a rejected item.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The input cannot be read (the message names file, line and column).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// `--region` is not a region name.
+    #[error("--region {0:?} is not a region name like ap-guangzhou")]
+    BadDefaultRegion(String),
+    /// `--strict` and some rows were rejected; nothing was written.
+    #[error("{count} row(s) rejected and --strict refuses the whole input; nothing was written: {examples}")]
+    Strict { count: u64, examples: String },
+    /// More items than a plan can index (over four billion).
+    #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]
+    TooLarge,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One valid pair, as the chunker takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairRef<'a> {
+    pub region: &'a str,
+    pub instance_id: &'a str,
+    pub key_id: &'a str,
+}
+
+/// One request's worth of work: every key in `key_ids` off every instance in `instance_ids`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobSpec {
+    pub region: String,
+    pub force_stop: bool,
+    /// Sorted, distinct, at most 100.
+    pub instance_ids: Vec<String>,
+    /// Sorted, distinct, at most 100.
+    pub key_ids: Vec<String>,
+}
+
+impl JobSpec {
+    /// Pairs this job covers.
+    pub fn pair_count(&self) -> usize {
+        self.instance_ids.len() * self.key_ids.len()
+    }
+}
+
+/// The fewest requests that could carry `pairs` pairs: ceil(pairs / 10,000).
+pub fn lower_bound(pairs: u64) -> u64 {
+    pairs.div_ceil(MAX_PAIRS_PER_REQUEST)
+}
+
+/// Jobs for one group of `instances` instances that all need the same `keys` keys removed.
+pub fn jobs_for_group(instances: u64, keys: u64) -> u64 {
+    let per = MAX_IDS_PER_REQUEST as u64;
+    instances.div_ceil(per) * keys.div_ceil(per)
+}
+
+/// Chunks pairs into jobs (duplicates are folded). Deterministic: the same set of
+/// pairs in any order gives the same jobs in the same order (by region, then first instance).
+///
+/// Used by `plan` and again by `retry` for the pairs still to do.
+pub fn chunk<'a>(pairs: impl IntoIterator<Item = PairRef<'a>>, force_stop: bool) -> Vec<JobSpec> {
+    let pairs: Vec<PairRef<'a>> = pairs.into_iter().collect();
+    // Ranks stand in for strings: sorted tables keep numeric order == string order.
+    let table = |pick: fn(&PairRef<'a>) -> &'a str| {
+        let mut names: Vec<&'a str> = pairs.iter().map(pick).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    };
+    let regions = table(|p| p.region);
+    let instances = table(|p| p.instance_id);
+    let keys = table(|p| p.key_id);
+    let rank = |names: &[&str], name: &str| names.binary_search(&name).unwrap_or(0) as u64;
+    let mut ranked: Vec<(u32, u64, u64)> = pairs
+        .iter()
+        .map(|p| {
+            (
+                rank(&regions, p.region) as u32,
+                rank(&instances, p.instance_id),
+                rank(&keys, p.key_id),
+            )
+        })
+        .collect();
+    ranked.sort_unstable();
+    ranked.dedup();
+    let (jobs, _) = chunk_sorted(&ranked);
+    jobs.into_iter()
+        .map(|job| JobSpec {
+            region: regions[job.region as usize].to_string(),
+            force_stop,
+            instance_ids: job
+                .instances
+                .iter()
+                .map(|&i| instances[i as usize].to_string())
+                .collect(),
+            key_ids: job.keys.iter().map(|&k| keys[k as usize].to_string()).collect(),
+        })
+        .collect()
+}
+
+/// A job over ranked ids.
+#[derive(Debug)]
+struct RankedJob {
+    region: u32,
+    instances: Vec<u64>,
+    keys: Vec<u64>,
+}
+
+/// The chunking itself, over sorted, distinct (region, instance, key) ranks.
+/// Returns the jobs and, for each input pair, the index of the job covering it.
+fn chunk_sorted(pairs: &[(u32, u64, u64)]) -> (Vec<RankedJob>, Vec<u32>) {
+    struct Group {
+        region: u32,
+        keys: (usize, usize),
+        instances: Vec<u64>,
+    }
+    let per = MAX_IDS_PER_REQUEST;
+    let key_column: Vec<u64> = pairs.iter().map(|p| p.2).collect();
+    // Each run of one (region, instance) is that instance's key set, already sorted.
+    let runs = || {
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            if start >= pairs.len() {
+                return None;
+            }
+            let (region, instance, _) = pairs[start];
+            let end = start
+                + pairs[start..]
+                    .iter()
+                    .take_while(|p| p.0 == region && p.1 == instance)
+                    .count();
+            let run = (start, end);
+            start = end;
+            Some(run)
+        })
+    };
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: HashMap<(u32, &[u64]), u32> = HashMap::new();
+    // Per run: its group and its place among the group's instances.
+    let mut placement: Vec<(u32, u32)> = Vec::new();
+    for (start, end) in runs() {
+        let (region, instance, _) = pairs[start];
+        let g = *group_of
+            .entry((region, &key_column[start..end]))
+            .or_insert_with(|| {
+                groups.push(Group {
+                    region,
+                    keys: (start, end),
+                    instances: Vec::new(),
+                });
+                (groups.len() - 1) as u32
+            });
+        let group = &mut groups[g as usize];
+        placement.push((g, group.instances.len() as u32));
+        group.instances.push(instance);
+    }
+    drop(group_of);
+    let mut jobs = Vec::new();
+    let mut first_job = Vec::with_capacity(groups.len());
+    for group in &groups {
+        first_job.push(jobs.len() as u32);
+        let keys = &key_column[group.keys.0..group.keys.1];
+        for instance_chunk in group.instances.chunks(per) {
+            for key_chunk in keys.chunks(per) {
+                jobs.push(RankedJob {
+                    region: group.region,
+                    instances: instance_chunk.to_vec(),
+                    keys: key_chunk.to_vec(),
+                });
+            }
+        }
+    }
+    let mut job_of_pair = vec![0u32; pairs.len()];
+    for ((start, end), (g, place)) in runs().zip(placement) {
+        let group = &groups[g as usize];
+        let key_chunks = (group.keys.1 - group.keys.0).div_ceil(per) as u32;
+        let base = first_job[g as usize] + (place / per as u32) * key_chunks;
+        for (q, slot) in job_of_pair[start..end].iter_mut().enumerate() {
+            *slot = base + (q / per) as u32;
+        }
+    }
+    (jobs, job_of_pair)
+}
+
+// ---------------------------------------------------------------- compact ids
+
+const ID_ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// Packs the eight `[0-9a-z]` characters after a valid id's prefix; order-preserving.
+fn pack_id(id: &str, prefix: &str) -> u64 {
+    id[prefix.len()..].bytes().fold(0u64, |acc, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            _ => b - b'a' + 10,
+        };
+        acc * 36 + u64::from(digit)
+    })
+}
+
+fn unpack_id(mut packed: u64, prefix: &str) -> String {
+    let mut suffix = [0u8; 8];
+    for slot in suffix.iter_mut().rev() {
+        *slot = ID_ALPHABET[(packed % 36) as usize];
+        packed /= 36;
+    }
+    let mut id = String::with_capacity(prefix.len() + 8);
+    id.push_str(prefix);
+    id.extend(suffix.iter().map(|&b| b as char));
+    id
+}
+
+const INSTANCE_PREFIX: &str = "ins-";
+const KEY_PREFIX: &str = "skey-";
+
+// ---------------------------------------------------------------- building
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Valid,
+    Duplicate,
+    Rejected,
+}
+
+/// One input pair, compact: 40 bytes, whatever the row looked like.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    row: u64,
+    instance: u64,
+    key: u64,
+    /// Valid: job index; Duplicate: item index of the first; Rejected: index into `rejections`.
+    link: u32,
+    pair: u32,
+    region: u32,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+struct RejectedPair {
+    region: Option<String>,
+    instance_id: Option<String>,
+    key_id: Option<String>,
+    reason: String,
+}
+
+/// A plan in memory, ready to write.
+#[derive(Debug)]
+struct Built {
+    sha256: String,
+    format: Format,
+    rows: u64,
+    position_kind: PositionKind,
+    regions: Vec<String>,
+    items: Vec<Item>,
+    rejections: Vec<RejectedPair>,
+    jobs: Vec<RankedJob>,
+    pairs: u64,
+    duplicates: u64,
+    instances: u64,
+    keys: u64,
+}
+
+struct Builder {
+    default_region: Option<String>,
+    region_ids: HashMap<String, u32>,
+    regions: Vec<String>,
+    items: Vec<Item>,
+    rejections: Vec<RejectedPair>,
+    too_large: bool,
+}
+
+impl Builder {
+    fn add_row(&mut self, row: InputRow) {
+        match &row.content {
+            RowContent::Invalid { reason } => {
+                self.reject(row.position, None, None, None, reason.clone());
+            }
+            RowContent::Pair {
+                instance_id,
+                key_id,
+                region,
+            } => self.add_pair(row.position, instance_id, key_id, region.as_ref()),
+            RowContent::Set {
+                instance_ids,
+                key_ids,
+                region,
+            } => {
+                let mut n = 0u32;
+                for instance_id in instance_ids {
+                    for key_id in key_ids {
+                        n = n.saturating_add(1);
+                        self.add_pair(row.position.with_pair(n), instance_id, key_id, region.as_ref());
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_pair(&mut self, position: Position, instance_id: &Field, key_id: &Field, region: Option<&Field>) {
+        let mut reasons = Vec::new();
+        match instance_id {
+            Ok(id) => reasons.extend(ids::instance_id_problem(id)),
+            Err(why) => reasons.push(why.clone()),
+        }
+        match key_id {
+            Ok(id) => reasons.extend(ids::key_id_problem(id)),
+            Err(why) => reasons.push(why.clone()),
+        }
+        let region: Option<&str> = match region {
+            Some(Ok(name)) if ids::is_region(name) => Some(name),
+            Some(Ok(name)) => {
+                reasons.push(format!(
+                    "region {:?} is not a region name like ap-guangzhou",
+                    ids::shorten(name)
+                ));
+                Some(name)
+            }
+            Some(Err(why)) => {
+                reasons.push(why.clone());
+                None
+            }
+            None => match &self.default_region {
+                Some(name) => Some(name.as_str()),
+                None => {
+                    reasons.push("no region: the row has none and --region was not given".into());
+                    None
+                }
+            },
+        };
+        if !reasons.is_empty() {
+            let text = |field: &Field| field.as_ref().ok().map(|s| ids::shorten(s));
+            let region = region.map(ids::shorten);
+            self.reject(position, region, text(instance_id), text(key_id), reasons.join("; "));
+            return;
+        }
+        let (Ok(instance_id), Ok(key_id), Some(region)) = (instance_id, key_id, region) else {
+            return;
+        };
+        let region = match self.region_ids.get(region) {
+            Some(&id) => id,
+            None => {
+                let id = self.regions.len() as u32;
+                self.regions.push(region.to_string());
+                self.region_ids.insert(region.to_string(), id);
+                id
+            }
+        };
+        self.push(Item {
+            row: position.row,
+            instance: pack_id(instance_id, INSTANCE_PREFIX),
+            key: pack_id(key_id, KEY_PREFIX),
+            link: 0,
+            pair: position.pair,
+            region,
+            kind: Kind::Valid,
+        });
+    }
+
+    fn reject(
+        &mut self,
+        position: Position,
+        region: Option<String>,
+        instance_id: Option<String>,
+        key_id: Option<String>,
+        reason: String,
+    ) {
+        let link = self.rejections.len() as u32;
+        self.rejections.push(RejectedPair {
+            region,
+            instance_id,
+            key_id,
+            reason,
+        });
+        self.push(Item {
+            row: position.row,
+            instance: 0,
+            key: 0,
+            link,
+            pair: position.pair,
+            region: 0,
+            kind: Kind::Rejected,
+        });
+    }
+
+    fn push(&mut self, item: Item) {
+        if self.items.len() >= u32::MAX as usize {
+            self.too_large = true;
+            return;
+        }
+        self.items.push(item);
+    }
+}
+
+/// Reads and plans the whole input in memory. Blocking: reads the file.
+fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
+    let mut builder = Builder {
+        default_region: options.default_region.clone(),
+        region_ids: HashMap::new(),
+        regions: Vec::new(),
+        items: Vec::new(),
+        rejections: Vec::new(),
+        too_large: false,
+    };
+    let digest = input::read_input(path, options.format, |row| builder.add_row(row))?;
+    if builder.too_large {
+        return Err(PlanError::TooLarge);
+    }
+    let Builder {
+        mut regions,
+        mut items,
+        rejections,
+        ..
+    } = builder;
+    // Regions in name order, so jobs come out in the same order whatever the row order.
+    let mut by_name: Vec<u32> = (0..regions.len() as u32).collect();
+    by_name.sort_by(|&a, &b| regions[a as usize].cmp(&regions[b as usize]));
+    let mut new_rank = vec![0u32; regions.len()];
+    for (rank, &old) in by_name.iter().enumerate() {
+        new_rank[old as usize] = rank as u32;
+    }
+    regions = by_name.iter().map(|&old| regions[old as usize].clone()).collect();
+    for item in items.iter_mut().filter(|i| i.kind == Kind::Valid) {
+        item.region = new_rank[item.region as usize];
+    }
+
+    let mut order: Vec<u32> = (0..items.len() as u32)
+        .filter(|&i| items[i as usize].kind == Kind::Valid)
+        .collect();
+    order.sort_unstable_by_key(|&i| {
+        let item = &items[i as usize];
+        (item.region, item.instance, item.key, i)
+    });
+    let mut unique: Vec<(u32, u64, u64)> = Vec::with_capacity(order.len());
+    let mut first_item: Vec<u32> = Vec::with_capacity(order.len());
+    let mut duplicates = 0u64;
+    for &i in &order {
+        let item = items[i as usize];
+        let triple = (item.region, item.instance, item.key);
+        if unique.last() == Some(&triple) {
+            let first = *first_item.last().unwrap_or(&i);
+            let dup = &mut items[i as usize];
+            dup.kind = Kind::Duplicate;
+            dup.link = first;
+            duplicates += 1;
+        } else {
+            unique.push(triple);
+            first_item.push(i);
+        }
+    }
+    drop(order);
+    let (jobs, job_of_pair) = chunk_sorted(&unique);
+    for (&i, &job) in first_item.iter().zip(&job_of_pair) {
+        items[i as usize].link = job;
+    }
+    let count_distinct = |mut values: Vec<(u32, u64)>| {
+        values.sort_unstable();
+        values.dedup();
+        values.len() as u64
+    };
+    let instances = count_distinct(unique.iter().map(|p| (p.0, p.1)).collect());
+    let keys = count_distinct(unique.iter().map(|p| (p.0, p.2)).collect());
+    Ok(Built {
+        sha256: digest.sha256,
+        format: digest.format,
+        rows: digest.rows,
+        position_kind: match digest.format {
+            Format::Json => PositionKind::Index,
+            Format::Csv | Format::Jsonl => PositionKind::Line,
+        },
+        regions,
+        items,
+        rejections,
+        jobs,
+        pairs: unique.len() as u64,
+        duplicates,
+        instances,
+        keys,
+    })
+}
+
+/// The canonical JSON of options stored in `runs.options`: fixed key order, the
+/// format as actually read (so `--format csv` on a `.csv` file is the same run).
+fn canonical_options(options: &PlanOptions, format: Format) -> String {
+    serde_json::json!({
+        "default_region": options.default_region,
+        "force_stop": options.force_stop,
+        "format": format.as_str(),
+        "strict": options.strict,
+    })
+    .to_string()
+}
+
+/// What `plan` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanOutcome {
+    /// True when the same input with the same options had already been planned:
+    /// that run is returned and nothing new was written.
+    pub existing: bool,
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// ceil(pairs / 10,000): no plan can take fewer requests.
+    pub lower_bound: u64,
+}
+
+/// Plans `path` (`-` for stdin) into `store`, or finds the run that already planned it.
+pub async fn plan_input(
+    store: &Store,
+    path: &Path,
+    options: &PlanOptions,
+) -> Result<PlanOutcome, PlanError> {
+    if let Some(region) = &options.default_region
+        && !ids::is_region(region)
+    {
+        return Err(PlanError::BadDefaultRegion(region.clone()));
+    }
+    let built = {
+        let path = path.to_path_buf();
+        let options = options.clone();
+        match tokio::task::spawn_blocking(move || build(&path, &options)).await {
+            Ok(built) => built?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    };
+    let rejected = built.rejections.len() as u64;
+    if options.strict && rejected > 0 {
+        let examples = built
+            .items
+            .iter()
+            .filter(|i| i.kind == Kind::Rejected)
+            .take(STRICT_EXAMPLES)
+            .map(|i| format!("{}: {}", position_of(&built, i), built.rejections[i.link as usize].reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(PlanError::Strict {
+            count: rejected,
+            examples,
+        });
+    }
+    let options_json = canonical_options(options, built.format);
+    let input_path = stored_input_path(path);
+    let run = NewRun {
+        input_path: &input_path,
+        input_sha256: &built.sha256,
+        options: &options_json,
+        rows_read: built.rows,
+        pairs: built.pairs,
+        duplicates: built.duplicates,
+        rejected,
+        instances: built.instances,
+        keys: built.keys,
+        regions: built.regions.len() as u64,
+    };
+    let (run_id, existing) = match crate::store::plan::begin_plan(store, &run).await? {
+        Begin::Existing(id) => (id, true),
+        Begin::New(writer) => (write(writer, &built, options.force_stop).await?, false),
+    };
+    let summary = report::run_summary(store, run_id).await?;
+    let lower_bound = lower_bound(summary.pairs.max(0) as u64);
+    Ok(PlanOutcome {
+        existing,
+        summary,
+        lower_bound,
+    })
+}
+
+fn stored_input_path(path: &Path) -> String {
+    if path.as_os_str() == input::STDIN_PATH {
+        return input::STDIN_PATH.to_string();
+    }
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn position_of(built: &Built, item: &Item) -> Position {
+    Position {
+        kind: built.position_kind,
+        row: item.row,
+        pair: item.pair,
+    }
+}
+
+async fn write(
+    mut writer: crate::store::plan::PlanWriter,
+    built: &Built,
+    force_stop: bool,
+) -> Result<i64, PlanError> {
+    let mut job_ids = Vec::with_capacity(built.jobs.len());
+    let mut instance_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
+    let mut key_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
+    for job in &built.jobs {
+        instance_ids.clear();
+        instance_ids.extend(job.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)));
+        key_ids.clear();
+        key_ids.extend(job.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)));
+        let id = writer
+            .add_job(NewJob {
+                region: &built.regions[job.region as usize],
+                force_stop,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+            })
+            .await?;
+        job_ids.push(id);
+    }
+    let mut first_item_id = None;
+    for item in &built.items {
+        let position = position_of(built, item).to_string();
+        let new = match item.kind {
+            Kind::Valid | Kind::Duplicate => NewItem {
+                position,
+                region: Some(built.regions[item.region as usize].clone()),
+                instance_id: Some(unpack_id(item.instance, INSTANCE_PREFIX)),
+                key_id: Some(unpack_id(item.key, KEY_PREFIX)),
+                status: if item.kind == Kind::Valid {
+                    ItemStatus::Pending
+                } else {
+                    ItemStatus::Duplicate
+                },
+                duplicate_of: (item.kind == Kind::Duplicate)
+                    .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
+                    .flatten(),
+                reason: None,
+                job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
+            },
+            Kind::Rejected => {
+                let rejected = &built.rejections[item.link as usize];
+                NewItem {
+                    position,
+                    region: rejected.region.clone(),
+                    instance_id: rejected.instance_id.clone(),
+                    key_id: rejected.key_id.clone(),
+                    status: ItemStatus::Rejected,
+                    duplicate_of: None,
+                    reason: Some(rejected.reason.clone()),
+                    job_id: None,
+                }
+            }
+        };
+        let id = writer.add_item(new).await?;
+        first_item_id.get_or_insert(id);
+    }
+    Ok(writer.commit().await?)
+}
+
+/// Whether a run's input file still holds what was planned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "input")]
+pub enum InputCheck {
+    /// Same SHA-256 as when planned.
+    Unchanged,
+    /// The file now hashes differently: it was edited after planning.
+    Changed { path: PathBuf, planned_sha256: String, current_sha256: String },
+    /// The file is gone or unreadable.
+    Missing { path: PathBuf, error: String },
+    /// The plan was read from standard input: nothing to compare.
+    Stdin,
+}
+
+/// Compares a run's input file with the SHA-256 recorded when it was planned.
+/// Call on resume: a run whose input has since changed must be reported, never mixed.
+pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, StoreError> {
+    let (path, planned) = crate::store::plan::run_input(store, run_id).await?;
+    if path == input::STDIN_PATH {
+        return Ok(InputCheck::Stdin);
+    }
+    let path = PathBuf::from(path);
+    let hashed = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || input::sha256_file(&path)).await
+    };
+    Ok(match hashed {
+        Ok(Ok(current)) if current == planned => InputCheck::Unchanged,
+        Ok(Ok(current)) => InputCheck::Changed {
+            path,
+            planned_sha256: planned,
+            current_sha256: current,
+        },
+        Ok(Err(err)) => InputCheck::Missing {
+            path,
+            error: err.to_string(),
+        },
+        Err(join) => InputCheck::Missing {
+            path,
+            error: join.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    #[test]
+    fn packed_ids_round_trip_and_keep_order() {
+        let a = "ins-0000000a";
+        let b = "ins-00000010";
+        let z = "ins-zzzzzzzz";
+        for id in [a, b, z, "ins-00000000"] {
+            assert_eq!(unpack_id(pack_id(id, INSTANCE_PREFIX), INSTANCE_PREFIX), id);
+        }
+        assert!(pack_id(a, INSTANCE_PREFIX) < pack_id(b, INSTANCE_PREFIX));
+        assert!(pack_id(b, INSTANCE_PREFIX) < pack_id(z, INSTANCE_PREFIX));
+        assert_eq!(unpack_id(pack_id("skey-1a2b3c4d", KEY_PREFIX), KEY_PREFIX), "skey-1a2b3c4d");
+    }
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:08}")).collect()
+    }
+
+    #[test]
+    fn counts_follow_the_formula() {
+        assert_eq!(lower_bound(0), 0);
+        assert_eq!(lower_bound(1), 1);
+        assert_eq!(lower_bound(10_000), 1);
+        assert_eq!(lower_bound(10_001), 2);
+        assert_eq!(jobs_for_group(250, 101), 6);
+        let instances = ids("ins-", 250);
+        let keys = ids("skey-", 101);
+        let pairs: Vec<PairRef> = instances
+            .iter()
+            .flat_map(|i| {
+                keys.iter().map(move |k| PairRef {
+                    region: "ap-guangzhou",
+                    instance_id: i,
+                    key_id: k,
+                })
+            })
+            .collect();
+        let jobs = chunk(pairs, true);
+        assert_eq!(jobs.len(), 6);
+        assert!(jobs.iter().all(|j| j.force_stop && j.region == "ap-guangzhou"));
+        assert_eq!(jobs[0].instance_ids.len(), 100);
+        assert_eq!(jobs[1].key_ids, vec!["skey-00000100".to_string()]);
+        assert_eq!(jobs[5].instance_ids.len(), 50);
+    }
+
+    #[test]
+    fn different_key_sets_and_regions_never_share_a_job() {
+        let pairs = [
+            ("ap-guangzhou", "ins-00000001", "skey-00000001"),
+            ("ap-guangzhou", "ins-00000002", "skey-00000001"),
+            ("ap-guangzhou", "ins-00000002", "skey-00000002"),
+            ("ap-shanghai", "ins-00000001", "skey-00000001"),
+        ];
+        let jobs = chunk(
+            pairs.iter().map(|&(region, instance_id, key_id)| PairRef {
+                region,
+                instance_id,
+                key_id,
+            }),
+            false,
+        );
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(jobs[0].instance_ids, vec!["ins-00000001"]);
+        assert_eq!(jobs[1].key_ids, vec!["skey-00000001", "skey-00000002"]);
+        assert_eq!(jobs[2].region, "ap-shanghai");
+    }
+
+    /// Random pairs over small id spaces, so duplicates and shared key sets are common;
+    /// the wide strategy crosses the 100 boundary.
+    fn pair_sets() -> impl Strategy<Value = Vec<(u8, u16, u16)>> {
+        prop_oneof![
+            prop::collection::vec((0u8..3, 0u16..20, 0u16..6), 0..300),
+            prop::collection::vec((0u8..2, 0u16..400, 0u16..3), 0..1500),
+            prop::collection::vec((0u8..1, 0u16..3, 0u16..250), 0..1500),
+        ]
+    }
+
+    fn named(raw: &[(u8, u16, u16)]) -> Vec<(String, String, String)> {
+        raw.iter()
+            .map(|&(r, i, k)| {
+                (
+                    format!("ap-region{r}"),
+                    format!("ins-{i:08x}"),
+                    format!("skey-{k:08x}"),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, rng_seed: proptest::test_runner::RngSeed::Fixed(4), ..ProptestConfig::default() })]
+
+        #[test]
+        fn jobs_cover_exactly_the_pairs(raw in pair_sets(), force_stop in any::<bool>()) {
+            let pairs = named(&raw);
+            let asked: HashSet<(String, String, String)> = pairs.iter().cloned().collect();
+            let jobs = chunk(pairs.iter().map(|(r, i, k)| PairRef { region: r, instance_id: i, key_id: k }), force_stop);
+            let mut covered = HashSet::new();
+            for job in &jobs {
+                prop_assert!(!job.instance_ids.is_empty() && job.instance_ids.len() <= 100);
+                prop_assert!(!job.key_ids.is_empty() && job.key_ids.len() <= 100);
+                prop_assert!(job.instance_ids.windows(2).all(|w| w[0] < w[1]), "instances sorted, distinct");
+                prop_assert!(job.key_ids.windows(2).all(|w| w[0] < w[1]), "keys sorted, distinct");
+                prop_assert_eq!(job.force_stop, force_stop);
+                for i in &job.instance_ids {
+                    for k in &job.key_ids {
+                        let pair = (job.region.clone(), i.clone(), k.clone());
+                        prop_assert!(asked.contains(&pair), "job covers a pair nobody asked for: {:?}", pair);
+                        prop_assert!(covered.insert(pair), "pair covered twice");
+                    }
+                }
+            }
+            prop_assert_eq!(covered.len(), asked.len());
+
+            // The count: one group per (region, identical key set), ceil x ceil jobs each.
+            let mut key_sets: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+            for (r, i, k) in &asked {
+                key_sets.entry((r.clone(), i.clone())).or_default().insert(k.clone());
+            }
+            let mut groups: HashMap<(String, Vec<String>), u64> = HashMap::new();
+            for ((r, _), keys) in key_sets {
+                *groups.entry((r, keys.into_iter().collect())).or_default() += 1;
+            }
+            let expected: u64 = groups.iter().map(|((_, keys), n)| jobs_for_group(*n, keys.len() as u64)).sum();
+            prop_assert_eq!(jobs.len() as u64, expected);
+            prop_assert!(jobs.len() as u64 >= lower_bound(asked.len() as u64));
+
+            // Deterministic whatever the order of the input.
+            let mut reversed = pairs.clone();
+            reversed.reverse();
+            let again = chunk(reversed.iter().map(|(r, i, k)| PairRef { region: r, instance_id: i, key_id: k }), force_stop);
+            prop_assert_eq!(again, jobs);
+        }
+
+        #[test]
+        fn packed_chunking_matches_string_chunking(raw in pair_sets()) {
+            // The planner's packed path and the public string path agree job for job.
+            let pairs = named(&raw);
+            let mut ranked: Vec<(u32, u64, u64)> = pairs.iter().map(|(r, i, k)| {
+                (r[9..].parse::<u32>().unwrap_or(0), pack_id(i, INSTANCE_PREFIX), pack_id(k, KEY_PREFIX))
+            }).collect();
+            ranked.sort_unstable();
+            ranked.dedup();
+            let (packed, job_of_pair) = chunk_sorted(&ranked);
+            for (pair, &job) in ranked.iter().zip(&job_of_pair) {
+                let job = &packed[job as usize];
+                prop_assert_eq!(job.region, pair.0);
+                prop_assert!(job.instances.contains(&pair.1) && job.keys.contains(&pair.2));
+            }
+            let strings = chunk(pairs.iter().map(|(r, i, k)| PairRef { region: r, instance_id: i, key_id: k }), false);
+            prop_assert_eq!(packed.len(), strings.len());
+            for (p, s) in packed.iter().zip(&strings) {
+                let ins: Vec<String> = p.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)).collect();
+                let keys: Vec<String> = p.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)).collect();
+                prop_assert_eq!(&ins, &s.instance_ids);
+                prop_assert_eq!(&keys, &s.key_ids);
+            }
+        }
+    }
+}

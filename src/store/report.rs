@@ -1,0 +1,389 @@
+//! Reading runs back: summaries, status counts, and the per-item report.
+//!
+//! The report is read in pages by item id (keyset pagination): a million items
+//! never sit in memory at once, and no read transaction is held open for the
+//! whole report while an executor may be writing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::Row;
+
+use super::plan::ItemStatus;
+use super::{Store, StoreError, now_ms};
+use crate::taxonomy::{self, ErrorClass};
+
+/// Items fetched per report page.
+const REPORT_PAGE_ROWS: i64 = 5000;
+/// Rejections a summary lists (the full list is in the report).
+pub const SUMMARY_REJECTIONS: i64 = 5;
+
+/// A rejected row: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub position: String,
+    pub reason: String,
+}
+
+/// What a run was planned from and what the plan holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub created_at: i64,
+    pub input_path: String,
+    pub input_sha256: String,
+    pub state: String,
+    /// Input rows read (a set row counts once).
+    pub rows: i64,
+    /// Distinct valid (region, instance, key) pairs: what will be sent.
+    pub pairs: i64,
+    /// Items that repeat an earlier valid pair.
+    pub duplicates: i64,
+    /// Rejected items (a set row can reject several pairs).
+    pub rejected: i64,
+    pub instances: i64,
+    pub keys: i64,
+    pub regions: i64,
+    /// Jobs as planned (splits made later by the executor not counted).
+    pub jobs: i64,
+    /// The first few rejections in input order.
+    pub rejections: Vec<Rejection>,
+}
+
+/// The newest run's id.
+pub async fn newest_run(store: &Store) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT id FROM runs ORDER BY id DESC LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(StoreError::NoRuns)
+}
+
+/// `run` if given (and it exists), else the newest run.
+pub async fn resolve_run(store: &Store, run: Option<i64>) -> Result<i64, StoreError> {
+    match run {
+        None => newest_run(store).await,
+        Some(id) => {
+            let found: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(store.pool())
+                .await?;
+            found.ok_or(StoreError::NoSuchRun(id))
+        }
+    }
+}
+
+/// The first `limit` rejections of a run, in input order.
+pub async fn rejections(
+    store: &Store,
+    run_id: i64,
+    limit: i64,
+) -> Result<Vec<Rejection>, StoreError> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT position, reason FROM items WHERE run_id = ? AND status = 'rejected'
+         ORDER BY id LIMIT ?",
+    )
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(position, reason)| Rejection {
+            position,
+            reason: reason.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// A run's plan summary.
+pub async fn run_summary(store: &Store, run_id: i64) -> Result<RunSummary, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, created_at, input_path, input_sha256, state, rows_read, pairs, duplicates,
+                rejected, instances, keys, regions,
+                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs
+         FROM runs WHERE id = ?",
+    )
+    .bind(run_id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(StoreError::NoSuchRun(run_id))?;
+    Ok(RunSummary {
+        run_id: row.try_get("id")?,
+        created_at: row.try_get("created_at")?,
+        input_path: row.try_get("input_path")?,
+        input_sha256: row.try_get("input_sha256")?,
+        state: row.try_get("state")?,
+        rows: row.try_get("rows_read")?,
+        pairs: row.try_get("pairs")?,
+        duplicates: row.try_get("duplicates")?,
+        rejected: row.try_get("rejected")?,
+        instances: row.try_get("instances")?,
+        keys: row.try_get("keys")?,
+        regions: row.try_get("regions")?,
+        jobs: row.try_get("jobs")?,
+        rejections: rejections(store, run_id, SUMMARY_REJECTIONS).await?,
+    })
+}
+
+/// One line of `keyfleet runs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunListing {
+    pub run_id: i64,
+    pub created_at: i64,
+    pub state: String,
+    pub input_path: String,
+    pub rows: i64,
+    pub pairs: i64,
+    pub duplicates: i64,
+    pub rejected: i64,
+    pub jobs: i64,
+    /// Item counts by status (all five statuses present).
+    pub items: BTreeMap<String, i64>,
+}
+
+/// Every run, newest first.
+pub async fn list_runs(store: &Store) -> Result<Vec<RunListing>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, created_at, state, input_path, rows_read, pairs, duplicates, rejected,
+                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs
+         FROM runs ORDER BY id DESC",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut runs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let run_id: i64 = row.try_get("id")?;
+        runs.push(RunListing {
+            run_id,
+            created_at: row.try_get("created_at")?,
+            state: row.try_get("state")?,
+            input_path: row.try_get("input_path")?,
+            rows: row.try_get("rows_read")?,
+            pairs: row.try_get("pairs")?,
+            duplicates: row.try_get("duplicates")?,
+            rejected: row.try_get("rejected")?,
+            jobs: row.try_get("jobs")?,
+            items: item_counts(store, run_id).await?,
+        });
+    }
+    Ok(runs)
+}
+
+async fn item_counts(store: &Store, run_id: i64) -> Result<BTreeMap<String, i64>, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM items WHERE run_id = ? GROUP BY status")
+            .bind(run_id)
+            .fetch_all(store.pool())
+            .await?;
+    let mut counts: BTreeMap<String, i64> = ItemStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    counts.extend(rows);
+    Ok(counts)
+}
+
+/// Where a run stands: what `keyfleet status` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunStatus {
+    pub run_id: i64,
+    pub state: String,
+    pub stop_reason: Option<String>,
+    pub input_path: String,
+    /// Item counts by status: succeeded, failed, rejected, duplicate, pending.
+    pub pairs: BTreeMap<String, i64>,
+    /// Job counts by state: queued, in_flight, succeeded, failed, split.
+    pub jobs: BTreeMap<String, i64>,
+    /// Failed pairs by the error code that failed them.
+    pub failures_by_code: BTreeMap<String, i64>,
+    /// Attempts recorded: requests sent (or started).
+    pub requests: i64,
+    /// Attempts whose error code classifies as Throttle.
+    pub throttled: i64,
+    /// Attempts by error code (every error reply or transport failure).
+    pub errors_by_code: BTreeMap<String, i64>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// From start to finish, or to now while unfinished.
+    pub elapsed_ms: Option<i64>,
+}
+
+/// A run's status: counts of pairs, jobs, attempts and failures.
+pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreError> {
+    let run = sqlx::query(
+        "SELECT id, state, stop_reason, input_path, created_at, started_at, finished_at
+         FROM runs WHERE id = ?",
+    )
+    .bind(run_id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(StoreError::NoSuchRun(run_id))?;
+    let pairs = item_counts(store, run_id).await?;
+    let job_rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY state")
+            .bind(run_id)
+            .fetch_all(store.pool())
+            .await?;
+    let mut jobs: BTreeMap<String, i64> = ["queued", "in_flight", "succeeded", "failed", "split"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    jobs.extend(job_rows);
+    let failures: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT error_code, COUNT(*) FROM items WHERE run_id = ? AND status = 'failed'
+         GROUP BY error_code",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool())
+    .await?;
+    let failures_by_code = failures
+        .into_iter()
+        .map(|(code, n)| (code.unwrap_or_else(|| "(none)".into()), n))
+        .collect();
+    let attempts: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT a.error_code, COUNT(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+         WHERE j.run_id = ? GROUP BY a.error_code",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool())
+    .await?;
+    let mut requests = 0;
+    let mut throttled = 0;
+    let mut errors_by_code = BTreeMap::new();
+    for (code, n) in attempts {
+        requests += n;
+        if let Some(code) = code {
+            if taxonomy::classify(&code) == ErrorClass::Throttle {
+                throttled += n;
+            }
+            errors_by_code.insert(code, n);
+        }
+    }
+    let started_at: Option<i64> = run.try_get("started_at")?;
+    let finished_at: Option<i64> = run.try_get("finished_at")?;
+    Ok(RunStatus {
+        run_id,
+        state: run.try_get("state")?,
+        stop_reason: run.try_get("stop_reason")?,
+        input_path: run.try_get("input_path")?,
+        pairs,
+        jobs,
+        failures_by_code,
+        requests,
+        throttled,
+        errors_by_code,
+        created_at: run.try_get("created_at")?,
+        started_at,
+        finished_at,
+        elapsed_ms: started_at.map(|start| finished_at.unwrap_or_else(now_ms) - start),
+    })
+}
+
+/// One line of the report: one input pair and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReportRow {
+    pub position: String,
+    pub region: Option<String>,
+    pub instance_id: Option<String>,
+    pub key_id: Option<String>,
+    pub status: String,
+    /// RequestId of the success reply that covered the pair.
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+    /// For a rejected row, the reason it was rejected.
+    pub error_message: Option<String>,
+    /// Attempts of the covering job and of the jobs it was split from.
+    pub attempts: i64,
+    /// The leaf job that covered the pair (for a duplicate: the first occurrence's).
+    pub job_id: Option<i64>,
+}
+
+/// Calls `emit` for every item of a run in input order (optionally only one status),
+/// reading in pages. Stops at the first error `emit` returns.
+///
+/// A duplicate shows status `duplicate` with the outcome (request id, error, job)
+/// of the item it repeats. The job is `items.job_id`, which the executor keeps
+/// pointing at the leaf job when it splits one.
+pub async fn for_each_report_row<E>(
+    store: &Store,
+    run_id: i64,
+    only: Option<ItemStatus>,
+    mut emit: impl FnMut(ReportRow) -> Result<(), E>,
+) -> Result<Result<(), E>, StoreError> {
+    let attempts = attempts_with_ancestors(store, run_id).await?;
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
+                    COALESCE(d.request_id, i.request_id) AS request_id,
+                    CASE WHEN i.status = 'rejected' THEN NULL
+                         ELSE COALESCE(d.error_code, i.error_code) END AS error_code,
+                    CASE WHEN i.status = 'rejected' THEN i.reason
+                         ELSE COALESCE(d.error_message, i.error_message) END AS error_message,
+                    COALESCE(d.job_id, i.job_id) AS job_id
+             FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+             WHERE i.run_id = ? AND i.id > ? AND (? IS NULL OR i.status = ?)
+             ORDER BY i.id LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(only.map(ItemStatus::as_str))
+        .bind(only.map(ItemStatus::as_str))
+        .bind(REPORT_PAGE_ROWS)
+        .fetch_all(store.pool())
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(Ok(()));
+        };
+        after = last.try_get("id")?;
+        for row in rows {
+            let job_id: Option<i64> = row.try_get("job_id")?;
+            let line = ReportRow {
+                position: row.try_get("position")?,
+                region: row.try_get("region")?,
+                instance_id: row.try_get("instance_id")?,
+                key_id: row.try_get("key_id")?,
+                status: row.try_get("status")?,
+                request_id: row.try_get("request_id")?,
+                error_code: row.try_get("error_code")?,
+                error_message: row.try_get("error_message")?,
+                attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
+                job_id,
+            };
+            if let Err(e) = emit(line) {
+                return Ok(Err(e));
+            }
+        }
+    }
+}
+
+/// For every job of a run: attempts of the job itself plus those of its ancestors
+/// (the jobs it was split from). Jobs are few (pairs / 10,000 or so), so this fits in memory.
+async fn attempts_with_ancestors(
+    store: &Store,
+    run_id: i64,
+) -> Result<HashMap<i64, i64>, StoreError> {
+    let jobs: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT j.id, j.parent_job_id, (SELECT COUNT(*) FROM attempts a WHERE a.job_id = j.id)
+         FROM jobs j WHERE j.run_id = ? ORDER BY j.id",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool())
+    .await?;
+    let parent: HashMap<i64, (Option<i64>, i64)> =
+        jobs.iter().map(|&(id, p, n)| (id, (p, n))).collect();
+    let mut total = HashMap::with_capacity(jobs.len());
+    for &(id, _, _) in &jobs {
+        let mut sum = 0;
+        let mut cursor = Some(id);
+        // Bounded walk: a malformed cycle cannot loop forever.
+        for _ in 0..=jobs.len() {
+            let Some(job) = cursor else { break };
+            let Some(&(up, n)) = parent.get(&job) else { break };
+            sum += n;
+            cursor = up;
+        }
+        total.insert(id, sum);
+    }
+    Ok(total)
+}
