@@ -31,7 +31,7 @@ pub struct Cli {
 }
 
 /// Flags every subcommand shares.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GlobalArgs {
     /// The SQLite database holding runs, jobs and attempts.
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
@@ -56,6 +56,12 @@ pub enum Command {
     Codes(cli::codes::Args),
     /// One API request by hand: `disassociate` key pairs, or `describe` instances.
     Call(cli::call::Args),
+    /// The whole job on embedded defaults against an in-process simulator: no setup, about a minute.
+    Demo(cli::demo::Args),
+    /// Plan INPUT (or find the run that planned it) and execute it: the fleet job.
+    Run(cli::run::RunArgs),
+    /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
+    Retry(cli::run::RetryArgs),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
     /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
@@ -90,6 +96,9 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
             Command::Call(args) => cli::call::run(args, &cli.global).await,
+            Command::Demo(args) => cli::demo::run(args, &cli.global).await,
+            Command::Run(args) => cli::run::run(args, &cli.global).await,
+            Command::Retry(args) => cli::run::retry(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
             Command::Sim(args) => cli::sim::run(args).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,

@@ -2,11 +2,12 @@
 
 pub mod call;
 pub mod codes;
+pub mod demo;
 pub mod logging;
-pub mod progress;
-pub mod run;
-pub mod sim;
 pub mod plan;
+pub mod progress;
 pub mod report;
+pub mod run;
 pub mod runs;
+pub mod sim;
 pub mod status;

@@ -8,9 +8,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use keyfleet::store::Store;
 use keyfleet::store::plan::ItemStatus;
 use keyfleet::store::report::{self, ReportRow};
-use keyfleet::store::Store;
 
 use crate::GlobalArgs;
 
@@ -170,4 +170,15 @@ fn csv_fields(row: &ReportRow) -> [String; 10] {
         row.attempts.to_string(),
         row.job_id.map(|j| j.to_string()).unwrap_or_default(),
     ]
+}
+
+/// Writes run `run_id`'s full CSV report to `path` (as `report RUN --output PATH` does).
+pub async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
+    let args = Args {
+        run: Some(run_id),
+        format: ReportFormat::Csv,
+        output: Some(path.to_path_buf()),
+        only: None,
+    };
+    write_report(store, &args).await
 }

@@ -1,7 +1,7 @@
 //! `keyfleet run`, `resume` and `retry`: execute a run's queue with progress,
 //! Ctrl-C handling and a closing summary.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,9 @@ use anyhow::Context;
 use keyfleet::api::{self, ClientConfig, CvmClient};
 use keyfleet::credentials;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
-use keyfleet::store::Store;
+use keyfleet::input::Format;
+use keyfleet::plan::{self, InputCheck, PairRef, PlanOptions};
+use keyfleet::store::{Store, report};
 
 use super::call::parse_seconds;
 use super::progress::{self, Display};
@@ -67,6 +69,105 @@ impl ExecFlags {
     }
 }
 
+/// `keyfleet run INPUT`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
+    input: PathBuf,
+    /// Stop running instances to unbind (ForceStop); they are started again afterwards.
+    #[arg(long)]
+    force_stop: bool,
+    /// Input format, when the extension does not say (csv, json, jsonl).
+    #[arg(long, value_parser = parse_format)]
+    format: Option<Format>,
+    /// Refuse the whole input (write nothing, send nothing) if any row is rejected.
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    exec: ExecFlags,
+}
+
+fn parse_format(text: &str) -> Result<Format, String> {
+    text.parse()
+}
+
+/// Plans the input (or finds the run that already planned it) and executes it.
+pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let store = open_store(&global.db).await?;
+    let options = PlanOptions {
+        default_region: global.region.clone(),
+        force_stop: args.force_stop,
+        strict: args.strict,
+        format: args.format,
+    };
+    let outcome = plan::plan_input(&store, &args.input, &options).await?;
+    let s = &outcome.summary;
+    if outcome.existing {
+        eprintln!(
+            "run {} already holds this input with these options: continuing it",
+            s.run_id
+        );
+    } else {
+        eprintln!(
+            "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
+            s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
+        );
+        for r in &s.rejections {
+            eprintln!("  rejected {}: {}", r.position, r.reason);
+        }
+    }
+    execute_with_client(&store, s.run_id, &args.exec, global).await
+}
+
+/// `keyfleet retry [RUN] [--code CODE ...]`.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// The run; the newest when omitted.
+    run: Option<i64>,
+    /// Only pairs that failed with this code (repeatable); every failed pair when omitted.
+    #[arg(long = "code", value_name = "CODE")]
+    codes: Vec<String>,
+    #[command(flatten)]
+    exec: ExecFlags,
+}
+
+/// Requeues failed pairs as fresh jobs and executes them.
+pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let store = open_store(&global.db).await?;
+    let run_id = report::resolve_run(&store, args.run).await?;
+    let requeued = store
+        .requeue_failed(run_id, &args.codes, |pairs| {
+            let refs = pairs
+                .iter()
+                .map(|(region, _, instance_id, key_id)| PairRef {
+                    region,
+                    instance_id,
+                    key_id,
+                });
+            // Pairs keep the ForceStop of the job they failed in.
+            let (forced, plain): (Vec<_>, Vec<_>) = refs.zip(pairs.iter()).partition(|(_, p)| p.1);
+            let mut jobs = plan::chunk(plain.into_iter().map(|(r, _)| r), false);
+            jobs.extend(plan::chunk(forced.into_iter().map(|(r, _)| r), true));
+            jobs.into_iter()
+                .map(|j| (j.region, j.force_stop, j.instance_ids, j.key_ids))
+                .collect()
+        })
+        .await?;
+    if requeued == 0 {
+        eprintln!(
+            "run {run_id} has no failed pairs{} to retry",
+            if args.codes.is_empty() {
+                ""
+            } else {
+                " with those codes"
+            }
+        );
+        return Ok(exit::OK);
+    }
+    eprintln!("run {run_id}: {requeued} failed pairs requeued");
+    execute_with_client(&store, run_id, &args.exec, global).await
+}
+
 /// `keyfleet resume [RUN]`.
 #[derive(Debug, clap::Args)]
 pub struct ResumeArgs {
@@ -78,15 +179,23 @@ pub struct ResumeArgs {
 
 pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = match args.run {
-        Some(run) => run,
-        None => store.latest_run_id().await?,
-    };
+    let run_id = report::resolve_run(&store, args.run).await?;
     let info = store.run_info(run_id).await?;
     if info.state == "finished" {
         eprintln!(
             "run {run_id} has already finished; `keyfleet retry {run_id}` sends its failed pairs again"
         );
+    }
+    match plan::check_input(&store, run_id).await? {
+        InputCheck::Unchanged | InputCheck::Stdin => {}
+        InputCheck::Changed { path, .. } => eprintln!(
+            "warning: {} has changed since run {run_id} was planned; resuming the stored plan only \
+             (the new file, planned with `keyfleet run` or `keyfleet plan`, becomes a new run)",
+            path.display()
+        ),
+        InputCheck::Missing { path, .. } => {
+            eprintln!("note: {} is gone; resuming the stored plan", path.display())
+        }
     }
     execute_with_client(&store, run_id, &args.exec, global).await
 }

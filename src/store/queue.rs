@@ -201,14 +201,6 @@ fn parse_ids(json: &str, job_id: i64) -> Result<Vec<String>, StoreError> {
 }
 
 impl Store {
-    /// The newest run's id.
-    pub async fn latest_run_id(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT id FROM runs ORDER BY id DESC LIMIT 1")
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NoRuns)
-    }
-
     /// A run's identity and state.
     pub async fn run_info(&self, run_id: i64) -> Result<RunInfo, StoreError> {
         let row = sqlx::query("SELECT id, state, input_path, input_sha256, options, started_at FROM runs WHERE id = ?")
