@@ -55,7 +55,7 @@ pub enum Command {
     /// Print the error-code table: each API error code, its class, and what keyfleet does.
     Codes(cli::codes::Args),
     /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
-    Sim(cli::sim::Args),
+    Sim(Box<cli::sim::Args>),
 }
 
 fn main() -> ExitCode {
@@ -77,7 +77,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
-            Command::Sim(args) => cli::sim::run(args).await,
+            Command::Sim(args) => cli::sim::run(*args).await,
         }
     })
 }

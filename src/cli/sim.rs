@@ -94,7 +94,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s or m")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s or m"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
 }
@@ -193,7 +197,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         None => eprintln!("  (SecretKey as given with --secret-key)"),
     }
     eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
-    eprintln!("  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal  stats: {endpoint}/_sim/stats");
+    eprintln!(
+        "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal  stats: {endpoint}/_sim/stats"
+    );
     eprintln!("Ctrl-C stops.");
     tokio::signal::ctrl_c()
         .await

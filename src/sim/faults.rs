@@ -124,11 +124,22 @@ mod tests {
             internal: 0.6,
             ..Faults::default()
         };
-        assert!(over.validate().unwrap_err().to_string().contains("more than 1"));
+        assert!(
+            over.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("more than 1")
+        );
         let negative = Faults {
             drop_after: -0.1,
             ..Faults::default()
         };
-        assert!(negative.validate().unwrap_err().to_string().contains("drop_after"));
+        assert!(
+            negative
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("drop_after")
+        );
     }
 }

@@ -457,20 +457,14 @@ impl Fleet {
     }
 
     pub fn instance(&self, instance_id: &str) -> Option<&Instance> {
-        self.instances
-            .iter()
-            .find(|i| i.instance_id == instance_id)
+        self.instances.iter().find(|i| i.instance_id == instance_id)
     }
 
     /// Every (instance id, key id) binding, sorted.
     pub fn bindings(&self) -> BTreeSet<(String, String)> {
         self.instances
             .iter()
-            .flat_map(|i| {
-                i.key_ids
-                    .iter()
-                    .map(|k| (i.instance_id.clone(), k.clone()))
-            })
+            .flat_map(|i| i.key_ids.iter().map(|k| (i.instance_id.clone(), k.clone())))
             .collect()
     }
 
@@ -479,7 +473,11 @@ impl Fleet {
         self.keys
             .iter()
             .cloned()
-            .chain(self.instances.iter().flat_map(|i| i.key_ids.iter().cloned()))
+            .chain(
+                self.instances
+                    .iter()
+                    .flat_map(|i| i.key_ids.iter().cloned()),
+            )
             .collect()
     }
 }
@@ -517,7 +515,10 @@ impl LiveFleet {
                     .busy_for_ms
                     .take()
                     .map(|ms| start + Duration::from_millis(ms));
-                let target = spec.settles_to.take().or(spec.state.default_settle_target());
+                let target = spec
+                    .settles_to
+                    .take()
+                    .or(spec.state.default_settle_target());
                 let after = spec
                     .settle_after_ms
                     .take()

@@ -200,7 +200,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Dr
     let call = Call::new(&parts, body);
     let ticket = match admit(&shared, call) {
         Ok(ticket) => ticket,
-        Err(reply) => return Ok(reply),
+        Err(reply) => return Ok(*reply),
     };
     if !ticket.latency.is_zero() {
         tokio::time::sleep(ticket.latency).await;
@@ -478,7 +478,7 @@ fn check_protocol(call: &Call, config: &SimConfig) -> Result<(Action, String), A
 
 /// Protocol and signature checks, then the rate limiter. An admitted request leaves
 /// with its fault and latency drawn (in arrival order, so a seed reproduces them).
-fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
+fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
     let params = call.params();
     let mut inner = shared.lock();
     let now = Instant::now();
@@ -502,7 +502,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
     };
     let (action, region) = match check_protocol(&call, &shared.config) {
         Ok(checked) => checked,
-        Err(err) => return Err(inner.reply(seq, entry, Err(err))),
+        Err(err) => return Err(Box::new(inner.reply(seq, entry, Err(err)))),
     };
     let rate = shared.config.rate;
     let window = inner
@@ -514,7 +514,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
             "RequestLimitExceeded",
             "The number of requests exceeds the frequency limit.",
         );
-        return Err(inner.reply(seq, entry, Err(err)));
+        return Err(Box::new(inner.reply(seq, entry, Err(err))));
     }
     let max_in_window = window.max_in_window();
     inner.recorder.admitted(&entry.action, max_in_window);
