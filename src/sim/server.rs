@@ -29,7 +29,7 @@ use super::faults::Fault;
 use super::fleet::{Fleet, LiveFleet};
 use super::journal::{DROPPED_BEFORE_APPLY, JournalEntry, Recorder, Stats};
 use super::limiter::SlidingWindow;
-use super::{API_VERSION, SERVICE, SimConfig};
+use super::{API_VERSION, SERVICE, SimConfig, SimError};
 use crate::sign;
 
 /// Largest request body accepted; the biggest legal request is a few kilobytes.
@@ -118,6 +118,19 @@ impl Shared {
         let mut inner = self.lock();
         inner.fleet.settle(now);
         inner.fleet.snapshot(now)
+    }
+
+    /// Replaces the fleet with `edit` applied to a snapshot; busy and settle times in
+    /// the snapshot count from now, so they carry over unchanged.
+    pub fn edit(&self, edit: impl FnOnce(&mut Fleet)) -> Result<(), SimError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.fleet.settle(now);
+        let mut fleet = inner.fleet.snapshot(now);
+        edit(&mut fleet);
+        fleet.validate()?;
+        inner.fleet = LiveFleet::new(fleet, now, self.config.settle_after);
+        Ok(())
     }
 
     pub fn journal(&self) -> Vec<JournalEntry> {
@@ -494,7 +507,11 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
             .as_ref()
             .ok()
             .and_then(|p| p.get("ForceStop"))
-            .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true")),
+            .is_some_and(|v| {
+                v == &Value::Bool(true)
+                    || v.as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
+            }),
         code: None,
         request_id: None,
         applied: false,

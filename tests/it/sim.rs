@@ -549,6 +549,29 @@ async fn busy_windows_deny_until_they_end() {
 }
 
 #[tokio::test]
+async fn the_fleet_can_change_mid_run() {
+    let fleet = Fleet::new().with(
+        Instance::new("ins-0000000r", GZ)
+            .state(InstanceState::Running)
+            .keys(["skey-0000000a"]),
+    );
+    let sim = start(quiet(), fleet).await;
+    let call = Call::unbind(&["ins-0000000r"], &["skey-0000000a"]);
+    call.reply(&sim)
+        .await
+        .assert_error("UnsupportedOperation.InstanceStateRunning");
+    // An operator stops the instance.
+    sim.edit_fleet(|fleet| fleet.instances[0].state = InstanceState::Stopped)
+        .unwrap();
+    call.reply(&sim).await.assert_success();
+    let err = sim
+        .edit_fleet(|fleet| fleet.instances[0].instance_id = "bad".into())
+        .unwrap_err();
+    assert!(err.to_string().contains("instance_id"), "{err}");
+    assert_eq!(sim.fleet().instances()[0].instance_id, "ins-0000000r");
+}
+
+#[tokio::test]
 async fn associate_replaces_the_bound_keys() {
     let sim = start(quiet(), small_fleet()).await;
     Call::new(
