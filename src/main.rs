@@ -65,7 +65,7 @@ pub enum Command {
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
     /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
-    Sim(cli::sim::Args),
+    Sim(Box<cli::sim::Args>),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
     Plan(cli::plan::Args),
     /// List the runs in the database, newest first.
@@ -100,11 +100,11 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
-            Command::Sim(args) => cli::sim::run(args).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,
             Command::Runs(args) => cli::runs::run(&cli.global, args).await,
             Command::Status(args) => cli::status::run(&cli.global, args).await,
             Command::Report(args) => cli::report::run(&cli.global, args).await,
+            Command::Sim(args) => cli::sim::run(*args).await,
         }
     })
 }

@@ -24,7 +24,8 @@ pub struct JournalEntry {
     pub code: Option<String>,
     /// The reply's RequestId; `None` when the connection was closed without a reply.
     pub request_id: Option<String>,
-    /// True when the request changed the fleet.
+    /// True when an Associate/Disassociate took effect (even one that changed no
+    /// binding, such as unbinding a key that was not bound); never for the Describe actions.
     pub applied: bool,
     /// True when the connection was closed without a reply (a drop fault).
     pub dropped: bool,

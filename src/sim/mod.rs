@@ -168,6 +168,13 @@ impl SimHandle {
         self.shared.snapshot()
     }
 
+    /// Changes the running fleet, e.g. an operator stopping an instance mid-run:
+    /// `edit` gets the current fleet (as [`SimHandle::fleet`] returns it) and may change
+    /// anything; the result is validated before it replaces the fleet.
+    pub fn edit_fleet(&self, edit: impl FnOnce(&mut Fleet)) -> Result<(), SimError> {
+        self.shared.edit(edit)
+    }
+
     /// Every request so far, in arrival order.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.shared.journal()

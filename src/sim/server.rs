@@ -29,7 +29,7 @@ use super::faults::Fault;
 use super::fleet::{Fleet, LiveFleet};
 use super::journal::{DROPPED_BEFORE_APPLY, JournalEntry, Recorder, Stats};
 use super::limiter::SlidingWindow;
-use super::{API_VERSION, SERVICE, SimConfig};
+use super::{API_VERSION, SERVICE, SimConfig, SimError};
 use crate::sign;
 
 /// Largest request body accepted; the biggest legal request is a few kilobytes.
@@ -120,6 +120,19 @@ impl Shared {
         inner.fleet.snapshot(now)
     }
 
+    /// Replaces the fleet with `edit` applied to a snapshot; busy and settle times in
+    /// the snapshot count from now, so they carry over unchanged.
+    pub fn edit(&self, edit: impl FnOnce(&mut Fleet)) -> Result<(), SimError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.fleet.settle(now);
+        let mut fleet = inner.fleet.snapshot(now);
+        edit(&mut fleet);
+        fleet.validate()?;
+        inner.fleet = LiveFleet::new(fleet, now, self.config.settle_after);
+        Ok(())
+    }
+
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.lock().recorder.journal()
     }
@@ -200,7 +213,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Dr
     let call = Call::new(&parts, body);
     let ticket = match admit(&shared, call) {
         Ok(ticket) => ticket,
-        Err(reply) => return Ok(reply),
+        Err(reply) => return Ok(*reply),
     };
     if !ticket.latency.is_zero() {
         tokio::time::sleep(ticket.latency).await;
@@ -478,7 +491,7 @@ fn check_protocol(call: &Call, config: &SimConfig) -> Result<(Action, String), A
 
 /// Protocol and signature checks, then the rate limiter. An admitted request leaves
 /// with its fault and latency drawn (in arrival order, so a seed reproduces them).
-fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
+fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
     let params = call.params();
     let mut inner = shared.lock();
     let now = Instant::now();
@@ -494,7 +507,11 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
             .as_ref()
             .ok()
             .and_then(|p| p.get("ForceStop"))
-            .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true")),
+            .is_some_and(|v| {
+                v == &Value::Bool(true)
+                    || v.as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
+            }),
         code: None,
         request_id: None,
         applied: false,
@@ -502,7 +519,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
     };
     let (action, region) = match check_protocol(&call, &shared.config) {
         Ok(checked) => checked,
-        Err(err) => return Err(inner.reply(seq, entry, Err(err))),
+        Err(err) => return Err(Box::new(inner.reply(seq, entry, Err(err)))),
     };
     let rate = shared.config.rate;
     let window = inner
@@ -514,7 +531,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Reply> {
             "RequestLimitExceeded",
             "The number of requests exceeds the frequency limit.",
         );
-        return Err(inner.reply(seq, entry, Err(err)));
+        return Err(Box::new(inner.reply(seq, entry, Err(err))));
     }
     let max_in_window = window.max_in_window();
     inner.recorder.admitted(&entry.action, max_in_window);

@@ -2,4 +2,5 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod sim;
 mod support;
