@@ -160,14 +160,15 @@ pub enum RowContent {
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be opened.
-    #[error("cannot open {file}: {source}")]
-    Open { file: String, source: io::Error },
+    // The I/O error is in the message, so it is not also a `source`: `{:#}` would print it twice.
+    #[error("cannot open {file}: {error}")]
+    Open { file: String, error: io::Error },
     /// Reading failed part way (a disk or pipe error, not the content).
-    #[error("cannot read {file} at byte {offset}: {source}")]
+    #[error("cannot read {file} at byte {offset}: {error}")]
     Read {
         file: String,
         offset: u64,
-        source: io::Error,
+        error: io::Error,
     },
     /// A byte sequence that is not UTF-8.
     #[error(
@@ -233,9 +234,9 @@ pub fn read_input(
     let source: Box<dyn Read> = if path.as_os_str() == STDIN_PATH {
         Box::new(io::stdin().lock())
     } else {
-        Box::new(File::open(path).map_err(|source| InputError::Open {
+        Box::new(File::open(path).map_err(|error| InputError::Open {
             file: file.clone(),
-            source,
+            error,
         })?)
     };
     read_from(
@@ -278,10 +279,10 @@ fn read_tapped<R: Read>(
 ) -> Result<(Format, u64), InputError> {
     let last_byte = Rc::clone(&tap.last_byte);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, tap);
-    let read_err = |source: io::Error, offset: u64| InputError::Read {
+    let read_err = |error: io::Error, offset: u64| InputError::Read {
         file: file.to_string(),
         offset,
-        source,
+        error,
     };
     let head = reader.fill_buf().map_err(|e| read_err(e, 0))?;
     if head.starts_with(UTF8_BOM) {
@@ -356,8 +357,27 @@ fn read_csv(
         // A short or long row is that row's problem, not the file's.
         .flexible(true)
         .buffer_capacity(READ_BUFFER_BYTES)
-        .from_reader(reader);
+        .from_reader(QuoteWatch::new(reader));
     let headers = csv.headers().map_err(|e| csv_error(file, e))?.clone();
+    // Checked before anything else about the header: an open quote in it swallows the file.
+    if let Some(err) = csv.get_ref().unclosed(file) {
+        return Err(err);
+    }
+    if let Some(line_end) = headers
+        .iter()
+        .position(|h| h.trim_end_matches('\r').contains('\r'))
+    {
+        return Err(unreadable(
+            file,
+            1,
+            1,
+            format!(
+                "column {} of the header holds a carriage return: the file ends its lines with CR only \
+                 (old Mac style); save it with LF or CRLF line ends",
+                line_end + 1
+            ),
+        ));
+    }
     let mut instance_col = None;
     let mut key_col = None;
     let mut region_col = None;
@@ -447,6 +467,9 @@ fn read_csv(
             held_end = Some(end);
         }
     }
+    if let Some(err) = csv.get_ref().unclosed(file) {
+        return Err(err);
+    }
     if rows == 0 {
         return Err(unreadable(file, 2, 1, "the header is followed by no rows"));
     }
@@ -499,6 +522,91 @@ fn csv_row(
     }
 }
 
+/// Follows the csv crate's quoting (RFC 4180, `""` inside quotes) over the raw bytes,
+/// to catch a quote that is never closed. The csv crate reads such a field to the end
+/// of the input without complaint, so one stray `"` would fold every later line into
+/// a single rejected row; this points at the quote instead.
+struct QuoteWatch<R> {
+    inner: R,
+    state: QuoteState,
+    /// 1-based line of the next byte, and characters already seen on it.
+    line: u64,
+    column: u64,
+    /// Where the quoted field being read opened.
+    opened_at: (u64, u64),
+    at_end: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    StartField,
+    Unquoted,
+    Quoted,
+    /// A `"` inside a quoted field: either the closing quote or the first of `""`.
+    QuoteInQuoted,
+}
+
+impl<R: Read> QuoteWatch<R> {
+    fn new(inner: R) -> QuoteWatch<R> {
+        QuoteWatch {
+            inner,
+            state: QuoteState::StartField,
+            line: 1,
+            column: 0,
+            opened_at: (1, 1),
+            at_end: false,
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        use QuoteState::*;
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (StartField, b'"') => {
+                    self.opened_at = (self.line, self.column + 1);
+                    Quoted
+                }
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (StartField | Unquoted | QuoteInQuoted, b',' | b'\n') => StartField,
+                (StartField | Unquoted | QuoteInQuoted, _) => Unquoted,
+            };
+            if b == b'\n' {
+                self.line += 1;
+                self.column = 0;
+            } else if b & 0xC0 != 0x80 {
+                self.column += 1;
+            }
+        }
+    }
+
+    /// The error for a quoted field still open at the end of the input.
+    fn unclosed(&self, file: &str) -> Option<InputError> {
+        (self.at_end && self.state == QuoteState::Quoted).then(|| {
+            let (line, column) = self.opened_at;
+            unreadable(
+                file,
+                line,
+                column,
+                "this quote opens a field that is never closed, so every line after it \
+                 would be read as one field; close or remove the quote",
+            )
+        })
+    }
+}
+
+impl<R: Read> Read for QuoteWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.at_end = true;
+        }
+        self.observe(&buf[..n]);
+        Ok(n)
+    }
+}
+
 fn ids_shorten(value: &str) -> String {
     crate::ids::shorten(value)
 }
@@ -533,10 +641,10 @@ fn read_jsonl(
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| InputError::Read {
+            .map_err(|error| InputError::Read {
                 file: file.to_string(),
                 offset,
-                source,
+                error,
             })?;
         if n == 0 {
             break;
@@ -553,7 +661,7 @@ fn read_jsonl(
                 file,
                 line_no,
                 e.column() as u64 + leading as u64,
-                format!("malformed JSON: {}", strip_serde_position(&e)),
+                format!("malformed JSON: {}", describe_json_error(&e)),
             )
         })?;
         rows += 1;
@@ -570,6 +678,16 @@ fn read_jsonl(
         return Err(unreadable(file, line_no.max(1), 1, "the input has no rows"));
     }
     Ok(rows)
+}
+
+/// A syntax error in words, with a hint where serde_json's own words are terse.
+fn describe_json_error(err: &serde_json::Error) -> String {
+    let mut text = strip_serde_position(err);
+    if text.contains("recursion limit exceeded") {
+        // serde_json refuses to nest deeper than 128 (bounding its stack); no row needs more than 3.
+        text.push_str(" (values nested more than 128 deep)");
+    }
+    text
 }
 
 /// serde_json appends " at line L column C"; we print our own position.
@@ -599,8 +717,9 @@ fn read_json(
     if let Err(e) = parsed {
         let mut message = match e.classify() {
             serde_json::error::Category::Data => strip_serde_position(&e),
-            _ => format!("malformed JSON: {}", strip_serde_position(&e)),
+            _ => format!("malformed JSON: {}", describe_json_error(&e)),
         };
+
         if message.contains("trailing characters") || message.contains("invalid type: map") {
             message.push_str(
                 " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
@@ -823,7 +942,7 @@ impl<R: Read> Tap<R> {
             .map(|(offset, kind, message)| InputError::Read {
                 file: file.to_string(),
                 offset: *offset,
-                source: io::Error::new(*kind, message.clone()),
+                error: io::Error::new(*kind, message.clone()),
             })
     }
 
@@ -1005,6 +1124,46 @@ mod tests {
     }
 
     #[test]
+    fn csv_quote_left_open_is_located() {
+        let text = b"instance_id,key_id\nins-00000001,skey-00000001\nins-00000002,\"skey-00000001\nins-00000003,skey-00000001\n";
+        let err = read(text, Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((3, 14)), "{err}");
+        assert!(err.to_string().contains("never closed"), "{err}");
+        // In the header, the quote swallows the whole file into column names.
+        let err = read(b"\"instance_id,key_id\na,b\n", Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((1, 1)), "{err}");
+        // Closed quotes, doubled quotes and quotes inside unquoted fields are fine.
+        let rows = read(
+            b"instance_id,key_id\n\"ins-00000001\",\"a\"\"b\"\nins-00000002,x\"y\n\"\"\"\",\"\n\"\n",
+            Some(Format::Csv),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn csv_with_bare_carriage_returns_is_explained() {
+        let err = read(
+            b"instance_id,key_id,region\rins-00000001,skey-00000001,ap-guangzhou\r",
+            Some(Format::Csv),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CR only"), "{err}");
+        assert_eq!(err.location(), Some((1, 1)));
+    }
+
+    #[test]
+    fn open_error_names_the_cause_once() {
+        let err = read_input(Path::new("/nonexistent/in.csv"), None, |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot open /nonexistent/in.csv: "),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
     fn not_utf8_is_located() {
         let err = read(
             b"instance_id,key_id\nins-00000001,sk\xffey\n",
@@ -1106,6 +1265,10 @@ mod tests {
         assert!(err.to_string().contains("JSON Lines"), "{err}");
         let err = read(b"{\"a\":1}", Some(Format::Json)).unwrap_err();
         assert!(err.to_string().contains("expected a JSON array"), "{err}");
+        let deep = "[".repeat(100_000);
+        let err = read(deep.as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("nested more than 128"), "{err}");
+        assert_eq!(err.location().map(|l| l.0), Some(1));
     }
 
     #[test]
