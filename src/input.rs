@@ -657,11 +657,18 @@ fn read_jsonl(
         }
         let value: Value = serde_json::from_slice(text).map_err(|e| {
             let leading = line.len() - line.trim_ascii_start().len();
+            let mut message = format!("malformed JSON: {}", describe_json_error(&e));
+            if e.is_eof() {
+                message.push_str(
+                    " (JSON Lines needs each object whole on one line; \
+                     a JSON array over several lines is JSON: use a .json file or --format json)",
+                );
+            }
             unreadable(
                 file,
                 line_no,
-                e.column() as u64 + leading as u64,
-                format!("malformed JSON: {}", describe_json_error(&e)),
+                e.column().max(1) as u64 + leading as u64,
+                message,
             )
         })?;
         rows += 1;
@@ -719,16 +726,16 @@ fn read_json(
             serde_json::error::Category::Data => strip_serde_position(&e),
             _ => format!("malformed JSON: {}", describe_json_error(&e)),
         };
-
         if message.contains("trailing characters") || message.contains("invalid type: map") {
             message.push_str(
                 " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
             );
         }
+        // serde_json says column 0 for the end of input after a newline; columns count from 1.
         return Err(unreadable(
             file,
-            e.line() as u64,
-            e.column() as u64,
+            e.line().max(1) as u64,
+            e.column().max(1) as u64,
             message,
         ));
     }
@@ -1265,6 +1272,10 @@ mod tests {
         assert!(err.to_string().contains("JSON Lines"), "{err}");
         let err = read(b"{\"a\":1}", Some(Format::Json)).unwrap_err();
         assert!(err.to_string().contains("expected a JSON array"), "{err}");
+        let err = read(b"[\n{\"instance_id\": \"ins-00000001\"},\n", None).unwrap_err();
+        assert_eq!(err.location(), Some((3, 1)), "{err}");
+        let err = read(b"[\n  {\"instance_id\": 1}\n]\n", Some(Format::Jsonl)).unwrap_err();
+        assert!(err.to_string().contains("--format json"), "{err}");
         let deep = "[".repeat(100_000);
         let err = read(deep.as_bytes(), None).unwrap_err();
         assert!(err.to_string().contains("nested more than 128"), "{err}");
