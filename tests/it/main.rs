@@ -2,6 +2,7 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod fuzz;
 mod hostile;
 mod sim;
 mod support;
