@@ -82,10 +82,28 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::from(exit::USAGE)
         }
     }
+}
+
+/// The error and its causes on one line, like `{:#}`, but without a cause that the
+/// text already holds: sqlx and thiserror messages often repeat their source, and
+/// "file is not a database" three times reads like three problems.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<u8> {

@@ -865,7 +865,7 @@ fn a_huge_array_is_streamed_and_counted() {
         }
         // Every third element is not an object; the rest are 40,000 distinct pairs.
         if i % 3 == 2 {
-            text.push_str("0");
+            text.push('0');
         } else {
             text.push_str(&format!(
                 "{{\"instance_id\":\"ins-{:08}\",\"key_id\":\"skey-0000000{}\"}}",

@@ -2,7 +2,9 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod database;
 mod fuzz;
 mod hostile;
+mod security;
 mod sim;
 mod support;
