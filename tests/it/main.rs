@@ -2,5 +2,6 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod run;
 mod sim;
 mod support;
