@@ -5,3 +5,4 @@ mod client;
 mod run;
 mod sim;
 mod support;
+mod torture;
