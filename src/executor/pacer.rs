@@ -15,7 +15,7 @@ pub const RATE_MARGIN: f64 = 1.025;
 /// After a throttle, the rate recovers by this factor per quiet interval.
 const RECOVERY_FACTOR: f64 = 1.25;
 /// The rate stays reduced at least this long after a throttle before it recovers.
-const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 /// The slowest a throttled sender goes, as a fraction of the configured rate.
 const MIN_RATE_FRACTION: f64 = 1.0 / 16.0;
 
@@ -81,15 +81,9 @@ impl Pacer {
         }
     }
 
-    /// True when a request may start right now without waiting (used to grow a wave of starts).
-    pub fn try_ready(&self) -> bool {
-        match &self.limiter {
-            None => true,
-            Some(limiter) => {
-                let state = self.lock();
-                state.current >= self.target && limiter.check().is_ok()
-            }
-        }
+    /// True when pacing is off (`rate` 0): requests start as fast as slots free up.
+    pub fn is_off(&self) -> bool {
+        self.limiter.is_none()
     }
 
     /// The API said we are too fast: halve the rate (down to a floor).
@@ -165,7 +159,6 @@ mod tests {
         pacer.lock().last_change -= RECOVERY_INTERVAL;
         pacer.succeeded();
         assert_eq!(pacer.current_rate(), 10.0 / 16.0 * RECOVERY_FACTOR);
-        assert!(!pacer.try_ready(), "a reduced pacer never grows a wave");
     }
 
     #[tokio::test]
@@ -173,7 +166,7 @@ mod tests {
         let pacer = Pacer::new(0.0);
         for _ in 0..1000 {
             pacer.ready().await;
-            assert!(pacer.try_ready());
+            assert!(pacer.is_off());
         }
     }
 }
