@@ -587,13 +587,21 @@ async fn start_wave<A: UnbindApi>(
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
+        let (leaving, left) = oneshot::channel();
+        let task_shared = shared.clone();
         tokio::spawn(async move {
+            let shared = task_shared;
+            shared.pacer.sending();
+            let _ = leaving.send(());
             send_and_record(&shared, job, attempt_id).await;
             shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             shared.wake.notify_waiters();
         });
+        if !shared.pacer.is_off() {
+            // The next request is paced from the moment this one really leaves.
+            let _ = left.await;
+        }
     }
     Ok(true)
 }
