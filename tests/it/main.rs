@@ -2,3 +2,4 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod support;
+mod plan;
