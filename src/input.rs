@@ -17,10 +17,10 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::rc::Rc;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -238,7 +238,12 @@ pub fn read_input(
             source,
         })?)
     };
-    read_from(source, &file, format.or_else(|| Format::from_extension(path)), on_row)
+    read_from(
+        source,
+        &file,
+        format.or_else(|| Format::from_extension(path)),
+        on_row,
+    )
 }
 
 /// Reads rows from any reader; `file` names it in messages. See [`read_input`].
@@ -384,7 +389,10 @@ fn read_csv(
             .filter(|(_, col)| col.is_none())
             .map(|(name, _)| *name)
             .collect();
-        let found: Vec<String> = headers.iter().map(|h| format!("{:?}", ids_shorten(h))).collect();
+        let found: Vec<String> = headers
+            .iter()
+            .map(|h| format!("{:?}", ids_shorten(h)))
+            .collect();
         let mut message = format!(
             "the header has no {} column (columns found: {})",
             missing.join(" or "),
@@ -594,9 +602,16 @@ fn read_json(
             _ => format!("malformed JSON: {}", strip_serde_position(&e)),
         };
         if message.contains("trailing characters") || message.contains("invalid type: map") {
-            message.push_str(" (one object per line is JSON Lines: use a .jsonl file or --format jsonl)");
+            message.push_str(
+                " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
+            );
         }
-        return Err(unreadable(file, e.line() as u64, e.column() as u64, message));
+        return Err(unreadable(
+            file,
+            e.line() as u64,
+            e.column() as u64,
+            message,
+        ));
     }
     if rows == 0 {
         return Err(unreadable(file, 1, 1, "the array has no rows"));
@@ -719,9 +734,9 @@ fn row_from_value(value: Value) -> RowContent {
             "the object mixes a pair (instance_id, key_id) with a set (instance_ids, key_ids)"
                 .to_string(),
         ),
-        (false, false) => invalid(
-            "the object has none of instance_id, key_id, instance_ids, key_ids".to_string(),
-        ),
+        (false, false) => {
+            invalid("the object has none of instance_id, key_id, instance_ids, key_ids".to_string())
+        }
         (true, false) => RowContent::Pair {
             instance_id: instance.map_or_else(
                 || Err("instance_id is missing".to_string()),
@@ -872,7 +887,10 @@ impl<R: Read> Tap<R> {
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.bad.is_some() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not valid UTF-8",
+            ));
         }
         let n = match self.inner.read(buf) {
             Ok(n) => n,
@@ -966,16 +984,21 @@ mod tests {
     fn csv_short_row_is_a_row_problem() {
         let rows = read(b"instance_id,key_id\nins-00000001\n", Some(Format::Csv)).unwrap();
         match &rows[0].content {
-            RowContent::Pair { key_id: Err(why), .. } => assert!(why.contains("no key_id"), "{why}"),
+            RowContent::Pair {
+                key_id: Err(why), ..
+            } => assert!(why.contains("no key_id"), "{why}"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn csv_missing_column_and_wrong_delimiter() {
-        let err = read(b"instance_id;key_id\nins-00000001;skey-00000001\n", Some(Format::Csv))
-            .unwrap_err()
-            .to_string();
+        let err = read(
+            b"instance_id;key_id\nins-00000001;skey-00000001\n",
+            Some(Format::Csv),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("in: line 1, column 1:"), "{err}");
         assert!(err.contains("no instance_id or key_id column"), "{err}");
         assert!(err.contains("';'"), "{err}");
@@ -983,12 +1006,26 @@ mod tests {
 
     #[test]
     fn not_utf8_is_located() {
-        let err = read(b"instance_id,key_id\nins-00000001,sk\xffey\n", Some(Format::Csv)).unwrap_err();
+        let err = read(
+            b"instance_id,key_id\nins-00000001,sk\xffey\n",
+            Some(Format::Csv),
+        )
+        .unwrap_err();
         assert_eq!(err.location(), Some((2, 16)));
         assert!(err.to_string().contains("byte 34"), "{err}");
         // A multi-byte character split across reads is fine; a truncated one at the end is not.
         let err = read(b"instance_id,key_id\n\xC3\xA9\xC3", Some(Format::Csv)).unwrap_err();
-        assert!(matches!(err, InputError::NotUtf8 { line: 2, column: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                InputError::NotUtf8 {
+                    line: 2,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1013,7 +1050,14 @@ mod tests {
 
     #[test]
     fn empty_inputs() {
-        for text in [&b""[..], b"\xEF\xBB\xBF", b"  \n\n", b"instance_id,key_id\n", b"[]", b"\n\n"] {
+        for text in [
+            &b""[..],
+            b"\xEF\xBB\xBF",
+            b"  \n\n",
+            b"instance_id,key_id\n",
+            b"[]",
+            b"\n\n",
+        ] {
             let err = read(text, None);
             assert!(
                 matches!(err, Err(InputError::Unreadable { .. })),
@@ -1034,16 +1078,28 @@ mod tests {
         let rows = read(text, None).unwrap();
         assert_eq!(rows.len(), 5);
         assert_eq!(rows[2].position.to_string(), "index 2");
-        assert!(matches!(&rows[1].content, RowContent::Set { instance_ids, .. }
-            if instance_ids[1] == Err("InstanceIds[1] is a number, not a string".into())));
-        assert!(matches!(&rows[2].content, RowContent::Invalid { reason } if reason.contains("a number")));
-        assert!(matches!(&rows[3].content, RowContent::Pair { instance_id: Err(r), .. } if r.contains("number")));
-        assert!(matches!(&rows[4].content, RowContent::Invalid { reason } if reason.contains("not a list")));
+        assert!(
+            matches!(&rows[1].content, RowContent::Set { instance_ids, .. }
+            if instance_ids[1] == Err("InstanceIds[1] is a number, not a string".into()))
+        );
+        assert!(
+            matches!(&rows[2].content, RowContent::Invalid { reason } if reason.contains("a number"))
+        );
+        assert!(
+            matches!(&rows[3].content, RowContent::Pair { instance_id: Err(r), .. } if r.contains("number"))
+        );
+        assert!(
+            matches!(&rows[4].content, RowContent::Invalid { reason } if reason.contains("not a list"))
+        );
     }
 
     #[test]
     fn malformed_json_is_located() {
-        let err = read(b"[\n {\"instance_id\": \"ins-00000001\",\n  \"key_id\" \"x\"}]", None).unwrap_err();
+        let err = read(
+            b"[\n {\"instance_id\": \"ins-00000001\",\n  \"key_id\" \"x\"}]",
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.location().map(|l| l.0), Some(3));
         assert!(err.to_string().contains("malformed JSON"), "{err}");
         let err = read(b"{\"a\":1}\n{\"a\":2}\n", Some(Format::Json)).unwrap_err();
@@ -1054,7 +1110,8 @@ mod tests {
 
     #[test]
     fn jsonl_lines_blank_lines_and_errors() {
-        let text = b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}\r\n\r\n[1]\r\n";
+        let text =
+            b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}\r\n\r\n[1]\r\n";
         let rows = read(text, Some(Format::Jsonl)).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].position.to_string(), "line 3");
@@ -1065,9 +1122,17 @@ mod tests {
 
     #[test]
     fn format_is_sniffed_when_the_extension_says_nothing() {
-        let rows = read(br#"[{"instance_id":"ins-00000001","key_id":"skey-00000001"}]"#, None).unwrap();
+        let rows = read(
+            br#"[{"instance_id":"ins-00000001","key_id":"skey-00000001"}]"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(rows[0].position.kind, PositionKind::Index);
-        let rows = read(br#"{"instance_id":"ins-00000001","key_id":"skey-00000001"}"#, None).unwrap();
+        let rows = read(
+            br#"{"instance_id":"ins-00000001","key_id":"skey-00000001"}"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(rows[0].position.kind, PositionKind::Line);
     }
 }

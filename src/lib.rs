@@ -11,7 +11,8 @@
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
-//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts.
+//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
+//!   `store::plan` writes a plan in one transaction, `store::report` reads runs back.
 
 pub mod ids;
 pub mod input;

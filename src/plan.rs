@@ -48,7 +48,9 @@ pub enum PlanError {
     #[error("--region {0:?} is not a region name like ap-guangzhou")]
     BadDefaultRegion(String),
     /// `--strict` and some rows were rejected; nothing was written.
-    #[error("{count} row(s) rejected and --strict refuses the whole input; nothing was written: {examples}")]
+    #[error(
+        "{count} row(s) rejected and --strict refuses the whole input; nothing was written: {examples}"
+    )]
     Strict { count: u64, examples: String },
     /// More items than a plan can index (over four billion).
     #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]
@@ -133,7 +135,11 @@ pub fn chunk<'a>(pairs: impl IntoIterator<Item = PairRef<'a>>, force_stop: bool)
                 .iter()
                 .map(|&i| instances[i as usize].to_string())
                 .collect(),
-            key_ids: job.keys.iter().map(|&k| keys[k as usize].to_string()).collect(),
+            key_ids: job
+                .keys
+                .iter()
+                .map(|&k| keys[k as usize].to_string())
+                .collect(),
         })
         .collect()
 }
@@ -328,14 +334,25 @@ impl Builder {
                 for instance_id in instance_ids {
                     for key_id in key_ids {
                         n = n.saturating_add(1);
-                        self.add_pair(row.position.with_pair(n), instance_id, key_id, region.as_ref());
+                        self.add_pair(
+                            row.position.with_pair(n),
+                            instance_id,
+                            key_id,
+                            region.as_ref(),
+                        );
                     }
                 }
             }
         }
     }
 
-    fn add_pair(&mut self, position: Position, instance_id: &Field, key_id: &Field, region: Option<&Field>) {
+    fn add_pair(
+        &mut self,
+        position: Position,
+        instance_id: &Field,
+        key_id: &Field,
+        region: Option<&Field>,
+    ) {
         let mut reasons = Vec::new();
         match instance_id {
             Ok(id) => reasons.extend(ids::instance_id_problem(id)),
@@ -369,7 +386,13 @@ impl Builder {
         if !reasons.is_empty() {
             let text = |field: &Field| field.as_ref().ok().map(|s| ids::shorten(s));
             let region = region.map(ids::shorten);
-            self.reject(position, region, text(instance_id), text(key_id), reasons.join("; "));
+            self.reject(
+                position,
+                region,
+                text(instance_id),
+                text(key_id),
+                reasons.join("; "),
+            );
             return;
         }
         let (Ok(instance_id), Ok(key_id), Some(region)) = (instance_id, key_id, region) else {
@@ -457,7 +480,10 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     for (rank, &old) in by_name.iter().enumerate() {
         new_rank[old as usize] = rank as u32;
     }
-    regions = by_name.iter().map(|&old| regions[old as usize].clone()).collect();
+    regions = by_name
+        .iter()
+        .map(|&old| regions[old as usize].clone())
+        .collect();
     for item in items.iter_mut().filter(|i| i.kind == Kind::Valid) {
         item.region = new_rank[item.region as usize];
     }
@@ -567,7 +593,13 @@ pub async fn plan_input(
             .iter()
             .filter(|i| i.kind == Kind::Rejected)
             .take(STRICT_EXAMPLES)
-            .map(|i| format!("{}: {}", position_of(&built, i), built.rejections[i.link as usize].reason))
+            .map(|i| {
+                format!(
+                    "{}: {}",
+                    position_of(&built, i),
+                    built.rejections[i.link as usize].reason
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         return Err(PlanError::Strict {
@@ -690,7 +722,11 @@ pub enum InputCheck {
     /// Same SHA-256 as when planned.
     Unchanged,
     /// The file now hashes differently: it was edited after planning.
-    Changed { path: PathBuf, planned_sha256: String, current_sha256: String },
+    Changed {
+        path: PathBuf,
+        planned_sha256: String,
+        current_sha256: String,
+    },
     /// The file is gone or unreadable.
     Missing { path: PathBuf, error: String },
     /// The plan was read from standard input: nothing to compare.
@@ -743,7 +779,10 @@ mod tests {
         }
         assert!(pack_id(a, INSTANCE_PREFIX) < pack_id(b, INSTANCE_PREFIX));
         assert!(pack_id(b, INSTANCE_PREFIX) < pack_id(z, INSTANCE_PREFIX));
-        assert_eq!(unpack_id(pack_id("skey-1a2b3c4d", KEY_PREFIX), KEY_PREFIX), "skey-1a2b3c4d");
+        assert_eq!(
+            unpack_id(pack_id("skey-1a2b3c4d", KEY_PREFIX), KEY_PREFIX),
+            "skey-1a2b3c4d"
+        );
     }
 
     fn ids(prefix: &str, n: usize) -> Vec<String> {
@@ -771,7 +810,10 @@ mod tests {
             .collect();
         let jobs = chunk(pairs, true);
         assert_eq!(jobs.len(), 6);
-        assert!(jobs.iter().all(|j| j.force_stop && j.region == "ap-guangzhou"));
+        assert!(
+            jobs.iter()
+                .all(|j| j.force_stop && j.region == "ap-guangzhou")
+        );
         assert_eq!(jobs[0].instance_ids.len(), 100);
         assert_eq!(jobs[1].key_ids, vec!["skey-00000100".to_string()]);
         assert_eq!(jobs[5].instance_ids.len(), 50);

@@ -8,9 +8,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use keyfleet::store::Store;
 use keyfleet::store::plan::ItemStatus;
 use keyfleet::store::report::{self, ReportRow};
-use keyfleet::store::Store;
 
 use crate::GlobalArgs;
 

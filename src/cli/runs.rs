@@ -26,7 +26,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     println!(
         "{:>5}  {:<20}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  input",
-        "run", "created (UTC)", "state", "pairs", "succeeded", "failed", "pending", "rejected", "jobs"
+        "run",
+        "created (UTC)",
+        "state",
+        "pairs",
+        "succeeded",
+        "failed",
+        "pending",
+        "rejected",
+        "jobs"
     );
     for r in runs {
         let count = |s: &str| r.items.get(s).copied().unwrap_or(0);

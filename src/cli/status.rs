@@ -35,7 +35,10 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string(&status)?);
         return Ok(crate::exit::OK);
     }
-    println!("run {} ({}): {}", status.run_id, status.state, status.input_path);
+    println!(
+        "run {} ({}): {}",
+        status.run_id, status.state, status.input_path
+    );
     if let Some(reason) = &status.stop_reason {
         println!("  stopped because {reason}");
     }

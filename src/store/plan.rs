@@ -166,9 +166,11 @@ pub async fn begin_plan(store: &Store, run: &NewRun<'_>) -> Result<Begin, StoreE
         tx.rollback().await?;
         return Ok(Begin::Existing(id));
     }
-    sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = -{PLAN_CACHE_KIB}")))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "PRAGMA cache_size = -{PLAN_CACHE_KIB}"
+    )))
+    .execute(&mut *tx)
+    .await?;
     let run_id: i64 = sqlx::query_scalar(
         "INSERT INTO runs (created_at, input_path, input_sha256, options, rows_read, pairs,
                            duplicates, rejected, instances, keys, regions)

@@ -379,7 +379,9 @@ async fn attempts_with_ancestors(
         // Bounded walk: a malformed cycle cannot loop forever.
         for _ in 0..=jobs.len() {
             let Some(job) = cursor else { break };
-            let Some(&(up, n)) = parent.get(&job) else { break };
+            let Some(&(up, n)) = parent.get(&job) else {
+                break;
+            };
             sum += n;
             cursor = up;
         }

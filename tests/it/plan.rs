@@ -10,7 +10,9 @@ use serde_json::Value;
 use crate::support::{TempDb, keyfleet_bin};
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
 }
 
 /// One database, many commands against it.
@@ -35,7 +37,11 @@ impl Ran {
     }
 
     fn ok(self) -> Ran {
-        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -218,7 +224,11 @@ fn bom_crlf_and_mixed_shapes() {
     let plan = k.plan(&csv, &[]);
     assert_eq!(count(&plan, "pairs"), 2);
     assert_eq!(count(&plan, "rejected"), 0);
-    let positions: Vec<String> = k.report_csv(&[]).into_iter().map(|r| r[0].clone()).collect();
+    let positions: Vec<String> = k
+        .report_csv(&[])
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
     assert_eq!(positions, ["line 2", "line 4"]);
 
     let k = Keyfleet::new();
@@ -256,7 +266,10 @@ fn every_kind_of_bad_row_is_kept_with_position_and_reason() {
     let report = k.report_csv(&["--only", "rejected"]);
     let expect = [
         ("line 3", "must be \"ins-\" followed by 8 characters"),
-        ("line 4", "key id \"key-00000001\" does not start with \"skey-\""),
+        (
+            "line 4",
+            "key id \"key-00000001\" does not start with \"skey-\"",
+        ),
         ("line 5", "does not start with \"ins-\""),
         ("line 6", "leading or trailing spaces"),
         ("line 7", "region \"Guangzhou\" is not a region name"),
@@ -267,7 +280,11 @@ fn every_kind_of_bad_row_is_kept_with_position_and_reason() {
     for (row, (position, reason)) in report.iter().zip(expect) {
         assert_eq!(row[0], position);
         assert_eq!(row[4], "rejected");
-        assert!(row[7].contains(reason), "{position}: {:?} lacks {reason:?}", row[7]);
+        assert!(
+            row[7].contains(reason),
+            "{position}: {:?} lacks {reason:?}",
+            row[7]
+        );
     }
     // The summary lists the first few, with the same positions.
     assert_eq!(plan["rejections"][0]["position"], "line 3");
@@ -335,8 +352,16 @@ fn unreadable_inputs_exit_2_name_file_line_column_and_write_nothing() {
         args.extend_from_slice(extra);
         let ran = k.run(&args);
         assert_eq!(ran.code, 2, "{name}: {}", ran.stderr);
-        assert!(ran.stderr.contains(&format!("{}: ", path.display())), "{name}: {}", ran.stderr);
-        assert!(ran.stderr.contains(message), "{name}: {:?} lacks {message:?}", ran.stderr);
+        assert!(
+            ran.stderr.contains(&format!("{}: ", path.display())),
+            "{name}: {}",
+            ran.stderr
+        );
+        assert!(
+            ran.stderr.contains(message),
+            "{name}: {:?} lacks {message:?}",
+            ran.stderr
+        );
         assert!(k.runs().is_empty(), "{name}: a run was written");
     }
 }
@@ -346,8 +371,17 @@ fn missing_file_and_bad_region_flag_are_usage_errors() {
     let k = Keyfleet::new();
     let ran = k.run(&["plan", "/nonexistent/rows.csv"]);
     assert_eq!(ran.code, 2);
-    assert!(ran.stderr.contains("cannot open /nonexistent/rows.csv"), "{}", ran.stderr);
-    let ran = k.run(&["plan", sample("small.csv").to_str().unwrap(), "--region", "Guangzhou"]);
+    assert!(
+        ran.stderr.contains("cannot open /nonexistent/rows.csv"),
+        "{}",
+        ran.stderr
+    );
+    let ran = k.run(&[
+        "plan",
+        sample("small.csv").to_str().unwrap(),
+        "--region",
+        "Guangzhou",
+    ]);
     assert_eq!(ran.code, 2);
     assert!(ran.stderr.contains("not a region name"), "{}", ran.stderr);
     assert!(k.runs().is_empty());
@@ -396,15 +430,24 @@ async fn a_changed_input_is_detected() {
         .await
         .unwrap();
     let run = planned.summary.run_id;
-    assert_eq!(check_input(&store, run).await.unwrap(), InputCheck::Unchanged);
-    std::fs::write(&path, b"instance_id,key_id,region\nins-00000009,skey-00000009,ap-guangzhou\n")
-        .unwrap();
+    assert_eq!(
+        check_input(&store, run).await.unwrap(),
+        InputCheck::Unchanged
+    );
+    std::fs::write(
+        &path,
+        b"instance_id,key_id,region\nins-00000009,skey-00000009,ap-guangzhou\n",
+    )
+    .unwrap();
     assert!(matches!(
         check_input(&store, run).await.unwrap(),
         InputCheck::Changed { current_sha256, planned_sha256, .. } if current_sha256 != planned_sha256
     ));
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(check_input(&store, run).await.unwrap(), InputCheck::Missing { .. }));
+    assert!(matches!(
+        check_input(&store, run).await.unwrap(),
+        InputCheck::Missing { .. }
+    ));
     store.close().await;
 }
 
@@ -424,7 +467,11 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
         .unwrap();
     sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_code) VALUES (?, 1, 1, 2, 'error', 'RequestLimitExceeded'), (?, 2, 3, 4, 'error', 'InvalidInstanceId.NotFound')")
         .bind(job).bind(job).execute(pool).await.unwrap();
-    sqlx::query("UPDATE jobs SET state = 'split' WHERE id = ?").bind(job).execute(pool).await.unwrap();
+    sqlx::query("UPDATE jobs SET state = 'split' WHERE id = ?")
+        .bind(job)
+        .execute(pool)
+        .await
+        .unwrap();
     let child: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, parent_job_id, created_at, state, request_id)
          VALUES (?, 'ap-guangzhou', '[\"ins-00000001\"]', '[\"skey-00000001\"]', 1, ?, 5, 'succeeded', 'req-1') RETURNING id",
@@ -439,25 +486,51 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     store.close().await;
 
     let report = k.report_csv(&[]);
-    assert_eq!(report.len(), 10, "one row per input row, rejected and duplicate included");
+    assert_eq!(
+        report.len(),
+        10,
+        "one row per input row, rejected and duplicate included"
+    );
     let positions: Vec<String> = report.iter().map(|r| r[0].clone()).collect();
     let expected: Vec<String> = (2..=11).map(|l| format!("line {l}")).collect();
     assert_eq!(positions, expected, "input order");
     let first = &report[0];
-    assert_eq!((first[4].as_str(), first[5].as_str()), ("succeeded", "req-1"));
-    assert_eq!(first[8], "3", "attempts of the leaf job and of the job it was split from");
+    assert_eq!(
+        (first[4].as_str(), first[5].as_str()),
+        ("succeeded", "req-1")
+    );
+    assert_eq!(
+        first[8], "3",
+        "attempts of the leaf job and of the job it was split from"
+    );
     assert_eq!(first[9], child.to_string());
     let duplicate = &report[8];
     assert_eq!(duplicate[4], "duplicate");
-    assert_eq!(duplicate[5], "req-1", "a duplicate shows the outcome of the row it repeats");
+    assert_eq!(
+        duplicate[5], "req-1",
+        "a duplicate shows the outcome of the row it repeats"
+    );
     assert_eq!(duplicate[9], child.to_string());
     let failed = &report[9];
-    assert_eq!((failed[4].as_str(), failed[6].as_str()), ("failed", "InvalidInstanceId.NotFound"));
+    assert_eq!(
+        (failed[4].as_str(), failed[6].as_str()),
+        ("failed", "InvalidInstanceId.NotFound")
+    );
     assert_eq!(failed[8], "0", "the other job was never attempted");
     assert_ne!(failed[9], first[9]);
 
     let status = k.run(&["status", "--json"]).ok().json();
-    for key in ["run_id", "state", "pairs", "jobs", "failures_by_code", "requests", "throttled", "started_at", "finished_at"] {
+    for key in [
+        "run_id",
+        "state",
+        "pairs",
+        "jobs",
+        "failures_by_code",
+        "requests",
+        "throttled",
+        "started_at",
+        "finished_at",
+    ] {
         assert!(status.get(key).is_some(), "status lacks {key}: {status}");
     }
     assert_eq!(status["pairs"]["succeeded"], 1);
@@ -472,7 +545,10 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     assert_eq!(status["requests"], 3);
     assert_eq!(status["throttled"], 1);
 
-    let json = k.run(&["report", "--format", "json", "--only", "duplicate"]).ok().json();
+    let json = k
+        .run(&["report", "--format", "json", "--only", "duplicate"])
+        .ok()
+        .json();
     assert_eq!(json.as_array().unwrap().len(), 1);
     assert_eq!(json[0]["request_id"], "req-1");
     assert_eq!(json[0]["attempts"], 3);
@@ -484,7 +560,10 @@ fn report_file_is_private_and_complete() {
     k.plan(&sample("small.json"), &[]);
     let out = k.db.dir.path().join("report.csv");
     let ran = k.run(&["report", "--output", out.to_str().unwrap()]).ok();
-    assert!(ran.stdout.is_empty(), "the report went to the file, not stdout");
+    assert!(
+        ran.stdout.is_empty(),
+        "the report went to the file, not stdout"
+    );
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 11);
     #[cfg(unix)]
@@ -508,5 +587,9 @@ fn status_and_report_without_runs_explain_themselves() {
     assert_eq!(ran.code, 2);
     assert!(ran.stderr.contains("no runs"), "{}", ran.stderr);
     let ran = k.run(&["report", "42"]);
-    assert!(ran.stderr.contains("run 42 does not exist"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("run 42 does not exist"),
+        "{}",
+        ran.stderr
+    );
 }
