@@ -48,9 +48,7 @@ pub enum PlanError {
     #[error("--region {0:?} is not a region name like ap-guangzhou")]
     BadDefaultRegion(String),
     /// `--strict` and some rows were rejected; nothing was written.
-    #[error(
-        "{count} row(s) rejected and --strict refuses the whole input; nothing was written: {examples}"
-    )]
+    #[error("--strict: {count} input pair(s) rejected, so nothing was written; first: {examples}")]
     Strict { count: u64, examples: String },
     /// More items than a plan can index (over four billion).
     #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]

@@ -392,7 +392,12 @@ fn strict_refuses_any_rejection_and_writes_nothing() {
     let k = Keyfleet::new();
     let ran = k.run(&["plan", sample("bad-rows.csv").to_str().unwrap(), "--strict"]);
     assert_eq!(ran.code, 2, "{}", ran.stderr);
-    assert!(ran.stderr.contains("7 row(s) rejected"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("--strict: 7 input pair(s) rejected, so nothing was written"),
+        "{}",
+        ran.stderr
+    );
     assert!(ran.stderr.contains("line 3: instance id"), "{}", ran.stderr);
     assert!(k.runs().is_empty());
     let plan = k.plan(&sample("small.csv"), &["--strict"]);
