@@ -287,7 +287,7 @@ fn read_tapped<R: Read>(
     if head.starts_with(UTF8_BOM) {
         reader.consume(UTF8_BOM.len());
     }
-    let first = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
+    let (first, skipped) = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
     let Some(first) = first else {
         return Err(unreadable(file, 1, 1, "the input is empty"));
     };
@@ -297,30 +297,39 @@ fn read_tapped<R: Read>(
         _ => Format::Csv,
     });
     let rows = match format {
-        Format::Csv => read_csv(&mut reader, file, &last_byte, on_row)?,
-        Format::Jsonl => read_jsonl(&mut reader, file, on_row)?,
-        Format::Json => read_json(&mut reader, file, on_row)?,
+        Format::Csv => read_csv(&mut reader, file, skipped, &last_byte, on_row)?,
+        Format::Jsonl => read_jsonl(&mut reader, file, skipped, on_row)?,
+        Format::Json => read_json(&mut reader, file, skipped, on_row)?,
     };
     // Hash every byte even if the parser stopped early (trailing blank lines).
     io::copy(&mut reader, &mut io::sink()).map_err(|e| read_err(e, 0))?;
     Ok((format, rows))
 }
 
-/// Peeks past leading whitespace without consuming it; `None` when there is nothing else.
-fn first_non_space(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
-    // Whitespace-only prefixes longer than the buffer are consumed: they carry nothing.
+/// Peeks at the first non-whitespace byte (`None` when there is none) and says how
+/// many lines were skipped to find it.
+///
+/// Normally nothing is consumed. Only a whitespace-only buffer (256 KiB of blank
+/// lines) is, up to its last newline, so the parsers still start at a line start
+/// and add the skipped lines to the line numbers they report.
+fn first_non_space(reader: &mut impl BufRead) -> io::Result<(Option<u8>, u64)> {
+    let mut skipped = 0u64;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
-            return Ok(None);
+            return Ok((None, skipped));
         }
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => return Ok(Some(buf[i])),
-            None => {
-                let n = buf.len();
-                reader.consume(n);
+        if let Some(i) = buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            return Ok((Some(buf[i]), skipped));
+        }
+        let n = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                skipped += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                last + 1
             }
-        }
+            None => buf.len(),
+        };
+        reader.consume(n);
     }
 }
 
@@ -347,75 +356,28 @@ fn normalize_name(name: &str) -> String {
 fn read_csv(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     last_byte: &Cell<u8>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
+        // The header is the first non-blank record, found below like any other.
+        .has_headers(false)
         .terminator(csv::Terminator::Any(b'\n'))
         // A short or long row is that row's problem, not the file's.
         .flexible(true)
         .buffer_capacity(READ_BUFFER_BYTES)
         .from_reader(reader);
-    let headers = csv.headers().map_err(|e| csv_error(file, e))?.clone();
-    let mut instance_col = None;
-    let mut key_col = None;
-    let mut region_col = None;
-    for (i, name) in headers.iter().enumerate() {
-        let slot = match normalize_name(name.trim()).as_str() {
-            "instanceid" => &mut instance_col,
-            "keyid" => &mut key_col,
-            "region" => &mut region_col,
-            _ => continue,
-        };
-        if let Some(earlier) = *slot {
-            return Err(unreadable(
-                file,
-                1,
-                1,
-                format!(
-                    "columns {} and {} both name {:?}; keep one",
-                    earlier + 1,
-                    i + 1,
-                    name.trim()
-                ),
-            ));
-        }
-        *slot = Some(i);
-    }
-    let (Some(instance_col), Some(key_col)) = (instance_col, key_col) else {
-        let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
-            .iter()
-            .filter(|(_, col)| col.is_none())
-            .map(|(name, _)| *name)
-            .collect();
-        let found: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{:?}", ids_shorten(h)))
-            .collect();
-        let mut message = format!(
-            "the header has no {} column (columns found: {})",
-            missing.join(" or "),
-            found.join(", ")
-        );
-        if let Some(sep) = [';', '\t', '|']
-            .into_iter()
-            .find(|sep| headers.iter().any(|h| h.contains(*sep)))
-        {
-            message.push_str(&format!(
-                "; the header contains {sep:?}: keyfleet reads comma-separated values"
-            ));
-        }
-        return Err(unreadable(file, 1, 1, message));
-    };
     // The csv crate's record positions count from where the previous record stopped,
     // so blank lines and CRLF skew them. Instead: records end only at '\n' (or at the
     // end of input), csv's line after a record is exact, and a record's first line is
-    // its last line minus the newlines inside its quoted fields. A record is emitted
+    // its last line minus the newlines inside its quoted fields. A record is handled
     // once the next one is read, which tells whether it ended with '\n'.
     let mut current = csv::StringRecord::new();
     let mut held = csv::StringRecord::new();
     let mut held_end: Option<u64> = None;
+    let mut columns: Option<(usize, usize, Option<usize>)> = None;
+    let mut header_line = 1 + skipped_lines;
     let mut rows = 0u64;
     loop {
         let more = csv
@@ -429,14 +391,17 @@ fn read_csv(
                 .iter()
                 .map(|f| f.bytes().filter(|&b| b == b'\n').count() as u64)
                 .sum::<u64>();
-            rows += 1;
-            on_row(csv_row(
-                &held,
-                last_line.saturating_sub(embedded),
-                instance_col,
-                key_col,
-                region_col,
-            ));
+            let line = last_line.saturating_sub(embedded) + skipped_lines;
+            match columns {
+                None => {
+                    header_line = line;
+                    columns = Some(csv_columns(&held, file, line)?);
+                }
+                Some((instance_col, key_col, region_col)) => {
+                    rows += 1;
+                    on_row(csv_row(&held, line, instance_col, key_col, region_col));
+                }
+            }
         }
         if !more {
             break;
@@ -447,10 +412,77 @@ fn read_csv(
             held_end = Some(end);
         }
     }
+    if columns.is_none() {
+        return Err(unreadable(file, header_line, 1, "the input is empty"));
+    }
     if rows == 0 {
-        return Err(unreadable(file, 2, 1, "the header is followed by no rows"));
+        return Err(unreadable(
+            file,
+            header_line + 1,
+            1,
+            "the header is followed by no rows",
+        ));
     }
     Ok(rows)
+}
+
+/// Finds the instance, key and (optional) region columns in the header on `line`.
+fn csv_columns(
+    headers: &csv::StringRecord,
+    file: &str,
+    line: u64,
+) -> Result<(usize, usize, Option<usize>), InputError> {
+    let mut instance_col = None;
+    let mut key_col = None;
+    let mut region_col = None;
+    for (i, name) in headers.iter().enumerate() {
+        let slot = match normalize_name(name.trim()).as_str() {
+            "instanceid" => &mut instance_col,
+            "keyid" => &mut key_col,
+            "region" => &mut region_col,
+            _ => continue,
+        };
+        if let Some(earlier) = *slot {
+            return Err(unreadable(
+                file,
+                line,
+                1,
+                format!(
+                    "columns {} and {} both name {:?}; keep one",
+                    earlier + 1,
+                    i + 1,
+                    name.trim()
+                ),
+            ));
+        }
+        *slot = Some(i);
+    }
+    if let (Some(instance_col), Some(key_col)) = (instance_col, key_col) {
+        return Ok((instance_col, key_col, region_col));
+    }
+    let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
+        .iter()
+        .filter(|(_, col)| col.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    let found: Vec<String> = headers
+        .iter()
+        .map(|h| format!("{:?}", crate::ids::shorten(h.trim())))
+        .collect();
+    let mut message = format!(
+        "the header has no {} column (columns found: {})",
+        missing.join(" or "),
+        found.join(", ")
+    );
+    if let Some(sep) = [';', '\t', '|']
+        .into_iter()
+        .find(|sep| headers.iter().any(|h| h.contains(*sep)))
+    {
+        message.push_str(&format!(
+            "; the header contains {sep:?}: keyfleet reads comma-separated values"
+        ));
+    }
+    Err(unreadable(file, line, 1, message))
 }
 
 /// One CSV record as a pair row. With '\n' as the only terminator, a CRLF line
@@ -499,10 +531,6 @@ fn csv_row(
     }
 }
 
-fn ids_shorten(value: &str) -> String {
-    crate::ids::shorten(value)
-}
-
 fn csv_error(file: &str, err: csv::Error) -> InputError {
     let (line, message) = match err.kind() {
         csv::ErrorKind::Utf8 { pos, err } => (
@@ -523,10 +551,11 @@ fn csv_error(file: &str, err: csv::Error) -> InputError {
 fn read_jsonl(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut line = Vec::new();
-    let mut line_no = 0u64;
+    let mut line_no = skipped_lines;
     let mut offset = 0u64;
     let mut rows = 0u64;
     loop {
@@ -586,6 +615,7 @@ fn strip_serde_position(err: &serde_json::Error) -> String {
 fn read_json(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut rows = 0u64;
@@ -608,7 +638,7 @@ fn read_json(
         }
         return Err(unreadable(
             file,
-            e.line() as u64,
+            e.line() as u64 + skipped_lines,
             e.column() as u64,
             message,
         ));
@@ -978,6 +1008,27 @@ mod tests {
             [4, 5, 7]
         );
         assert_eq!(lines(b"instance_id,key_id\na,b\n\n"), [2]);
+    }
+
+    #[test]
+    fn leading_blank_lines_count() {
+        let err = read(b"\n\ninstance;key\n", Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((3, 1)), "{err}");
+        let rows = read(b"\r\n\r\ninstance_id,key_id\r\na,b\r\n", None).unwrap();
+        assert_eq!(rows[0].position.row, 4);
+        let blank = vec![b'\n'; READ_BUFFER_BYTES + 10];
+        let mut text = blank.clone();
+        text.extend_from_slice(b"[{\"instance_id\": }]");
+        let err = read(&text, None).unwrap_err();
+        assert_eq!(
+            err.location().map(|l| l.0),
+            Some(blank.len() as u64 + 1),
+            "{err}"
+        );
+        let mut text = blank.clone();
+        text.extend_from_slice(b"instance_id,key_id\na,b\n");
+        let rows = read(&text, None).unwrap();
+        assert_eq!(rows[0].position.row, blank.len() as u64 + 2);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod plan;
 mod run;
 mod sim;
 mod support;
