@@ -49,7 +49,7 @@ fn id_problem(id: &str, prefix: &str, what: &str) -> Option<String> {
     } else if id != id.to_ascii_lowercase() && has_id_shape(&id.to_ascii_lowercase(), prefix) {
         // Never lowercased silently: the row is rejected, and the message says how to fix it.
         format!(
-            "{what} {shown:?} has capital letters; ids are lowercase, like {:?}",
+            "{what} {shown:?} does not start with {prefix:?}: ids are lowercase, like {:?}",
             id.to_ascii_lowercase()
         )
     } else if !id.starts_with(prefix) {

@@ -288,7 +288,7 @@ fn read_tapped<R: Read>(
     if head.starts_with(UTF8_BOM) {
         reader.consume(UTF8_BOM.len());
     }
-    let first = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
+    let (first, skipped) = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
     let Some(first) = first else {
         return Err(unreadable(file, 1, 1, "the input is empty"));
     };
@@ -298,30 +298,39 @@ fn read_tapped<R: Read>(
         _ => Format::Csv,
     });
     let rows = match format {
-        Format::Csv => read_csv(&mut reader, file, &last_byte, on_row)?,
-        Format::Jsonl => read_jsonl(&mut reader, file, on_row)?,
-        Format::Json => read_json(&mut reader, file, on_row)?,
+        Format::Csv => read_csv(&mut reader, file, skipped, &last_byte, on_row)?,
+        Format::Jsonl => read_jsonl(&mut reader, file, skipped, on_row)?,
+        Format::Json => read_json(&mut reader, file, skipped, on_row)?,
     };
     // Hash every byte even if the parser stopped early (trailing blank lines).
     io::copy(&mut reader, &mut io::sink()).map_err(|e| read_err(e, 0))?;
     Ok((format, rows))
 }
 
-/// Peeks past leading whitespace without consuming it; `None` when there is nothing else.
-fn first_non_space(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
-    // Whitespace-only prefixes longer than the buffer are consumed: they carry nothing.
+/// Peeks at the first non-whitespace byte (`None` when there is none) and says how
+/// many lines were skipped to find it.
+///
+/// Normally nothing is consumed. Only a whitespace-only buffer (256 KiB of blank
+/// lines) is, up to its last newline, so the parsers still start at a line start
+/// and add the skipped lines to the line numbers they report.
+fn first_non_space(reader: &mut impl BufRead) -> io::Result<(Option<u8>, u64)> {
+    let mut skipped = 0u64;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
-            return Ok(None);
+            return Ok((None, skipped));
         }
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => return Ok(Some(buf[i])),
-            None => {
-                let n = buf.len();
-                reader.consume(n);
+        if let Some(i) = buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            return Ok((Some(buf[i]), skipped));
+        }
+        let n = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                skipped += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                last + 1
             }
-        }
+            None => buf.len(),
+        };
+        reader.consume(n);
     }
 }
 
@@ -348,33 +357,101 @@ fn normalize_name(name: &str) -> String {
 fn read_csv(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     last_byte: &Cell<u8>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
+        // The header is the first non-blank record, found below like any other.
+        .has_headers(false)
         .terminator(csv::Terminator::Any(b'\n'))
         // A short or long row is that row's problem, not the file's.
         .flexible(true)
         .buffer_capacity(READ_BUFFER_BYTES)
-        .from_reader(QuoteWatch::new(reader));
-    let headers = csv.headers().map_err(|e| csv_error(file, e))?.clone();
-    // Checked before anything else about the header: an open quote in it swallows the file.
+        .from_reader(QuoteWatch::new(reader, 1 + skipped_lines));
+    // The csv crate's record positions count from where the previous record stopped,
+    // so blank lines and CRLF skew them. Instead: records end only at '\n' (or at the
+    // end of input), csv's line after a record is exact, and a record's first line is
+    // its last line minus the newlines inside its quoted fields. A record is handled
+    // once the next one is read, which tells whether it ended with '\n'.
+    let mut current = csv::StringRecord::new();
+    let mut held = csv::StringRecord::new();
+    let mut held_end: Option<u64> = None;
+    let mut columns: Option<(usize, usize, Option<usize>)> = None;
+    let mut header_line = 1 + skipped_lines;
+    let mut rows = 0u64;
+    loop {
+        let more = csv
+            .read_record(&mut current)
+            .map_err(|e| csv_error(file, e))?;
+        let end = csv.position().line();
+        if let Some(end) = held_end.take() {
+            let ended_with_newline = more || last_byte.get() == b'\n';
+            let last_line = if ended_with_newline { end - 1 } else { end };
+            let embedded = held
+                .iter()
+                .map(|f| f.bytes().filter(|&b| b == b'\n').count() as u64)
+                .sum::<u64>();
+            let line = last_line.saturating_sub(embedded) + skipped_lines;
+            match columns {
+                None => {
+                    header_line = line;
+                    // An open quote in the header swallows the file: say that, not "no columns".
+                    if let Some(err) = csv.get_ref().unclosed(file) {
+                        return Err(err);
+                    }
+                    columns = Some(csv_columns(&held, file, line)?);
+                }
+                Some((instance_col, key_col, region_col)) => {
+                    rows += 1;
+                    on_row(csv_row(&held, line, instance_col, key_col, region_col));
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+        let blank = current.len() == 1 && current.get(0).is_some_and(|f| f.trim().is_empty());
+        if !blank {
+            std::mem::swap(&mut current, &mut held);
+            held_end = Some(end);
+        }
+    }
     if let Some(err) = csv.get_ref().unclosed(file) {
         return Err(err);
     }
-    if let Some(line_end) = headers
+    if columns.is_none() {
+        return Err(unreadable(file, header_line, 1, "the input is empty"));
+    }
+    if rows == 0 {
+        return Err(unreadable(
+            file,
+            header_line + 1,
+            1,
+            "the header is followed by no rows",
+        ));
+    }
+    Ok(rows)
+}
+
+/// Finds the instance, key and (optional) region columns in the header on `line`.
+fn csv_columns(
+    headers: &csv::StringRecord,
+    file: &str,
+    line: u64,
+) -> Result<(usize, usize, Option<usize>), InputError> {
+    if let Some(column) = headers
         .iter()
         .position(|h| h.trim_end_matches('\r').contains('\r'))
     {
         return Err(unreadable(
             file,
-            1,
+            line,
             1,
             format!(
                 "column {} of the header holds a carriage return: the file ends its lines with CR only \
                  (old Mac style); save it with LF or CRLF line ends",
-                line_end + 1
+                column + 1
             ),
         ));
     }
@@ -391,7 +468,7 @@ fn read_csv(
         if let Some(earlier) = *slot {
             return Err(unreadable(
                 file,
-                1,
+                line,
                 1,
                 format!(
                     "columns {} and {} both name {:?}; keep one",
@@ -403,77 +480,32 @@ fn read_csv(
         }
         *slot = Some(i);
     }
-    let (Some(instance_col), Some(key_col)) = (instance_col, key_col) else {
-        let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
-            .iter()
-            .filter(|(_, col)| col.is_none())
-            .map(|(name, _)| *name)
-            .collect();
-        let found: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{:?}", ids_shorten(h)))
-            .collect();
-        let mut message = format!(
-            "the header has no {} column (columns found: {})",
-            missing.join(" or "),
-            found.join(", ")
-        );
-        if let Some(sep) = [';', '\t', '|']
-            .into_iter()
-            .find(|sep| headers.iter().any(|h| h.contains(*sep)))
-        {
-            message.push_str(&format!(
-                "; the header contains {sep:?}: keyfleet reads comma-separated values"
-            ));
-        }
-        return Err(unreadable(file, 1, 1, message));
-    };
-    // The csv crate's record positions count from where the previous record stopped,
-    // so blank lines and CRLF skew them. Instead: records end only at '\n' (or at the
-    // end of input), csv's line after a record is exact, and a record's first line is
-    // its last line minus the newlines inside its quoted fields. A record is emitted
-    // once the next one is read, which tells whether it ended with '\n'.
-    let mut current = csv::StringRecord::new();
-    let mut held = csv::StringRecord::new();
-    let mut held_end: Option<u64> = None;
-    let mut rows = 0u64;
-    loop {
-        let more = csv
-            .read_record(&mut current)
-            .map_err(|e| csv_error(file, e))?;
-        let end = csv.position().line();
-        if let Some(end) = held_end.take() {
-            let ended_with_newline = more || last_byte.get() == b'\n';
-            let last_line = if ended_with_newline { end - 1 } else { end };
-            let embedded = held
-                .iter()
-                .map(|f| f.bytes().filter(|&b| b == b'\n').count() as u64)
-                .sum::<u64>();
-            rows += 1;
-            on_row(csv_row(
-                &held,
-                last_line.saturating_sub(embedded),
-                instance_col,
-                key_col,
-                region_col,
-            ));
-        }
-        if !more {
-            break;
-        }
-        let blank = current.len() == 1 && current.get(0).is_some_and(|f| f.trim().is_empty());
-        if !blank {
-            std::mem::swap(&mut current, &mut held);
-            held_end = Some(end);
-        }
+    if let (Some(instance_col), Some(key_col)) = (instance_col, key_col) {
+        return Ok((instance_col, key_col, region_col));
     }
-    if let Some(err) = csv.get_ref().unclosed(file) {
-        return Err(err);
+    let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
+        .iter()
+        .filter(|(_, col)| col.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    let found: Vec<String> = headers
+        .iter()
+        .map(|h| format!("{:?}", crate::ids::shorten(h.trim())))
+        .collect();
+    let mut message = format!(
+        "the header has no {} column (columns found: {})",
+        missing.join(" or "),
+        found.join(", ")
+    );
+    if let Some(sep) = [';', '\t', '|']
+        .into_iter()
+        .find(|sep| headers.iter().any(|h| h.contains(*sep)))
+    {
+        message.push_str(&format!(
+            "; the header contains {sep:?}: keyfleet reads comma-separated values"
+        ));
     }
-    if rows == 0 {
-        return Err(unreadable(file, 2, 1, "the header is followed by no rows"));
-    }
-    Ok(rows)
+    Err(unreadable(file, line, 1, message))
 }
 
 /// One CSV record as a pair row. With '\n' as the only terminator, a CRLF line
@@ -547,13 +579,14 @@ enum QuoteState {
 }
 
 impl<R: Read> QuoteWatch<R> {
-    fn new(inner: R) -> QuoteWatch<R> {
+    /// `first_line`: the line `inner` starts on (blank lines may have been skipped).
+    fn new(inner: R, first_line: u64) -> QuoteWatch<R> {
         QuoteWatch {
             inner,
             state: QuoteState::StartField,
-            line: 1,
+            line: first_line,
             column: 0,
-            opened_at: (1, 1),
+            opened_at: (first_line, 1),
             at_end: false,
         }
     }
@@ -607,10 +640,6 @@ impl<R: Read> Read for QuoteWatch<R> {
     }
 }
 
-fn ids_shorten(value: &str) -> String {
-    crate::ids::shorten(value)
-}
-
 fn csv_error(file: &str, err: csv::Error) -> InputError {
     let (line, message) = match err.kind() {
         csv::ErrorKind::Utf8 { pos, err } => (
@@ -631,10 +660,11 @@ fn csv_error(file: &str, err: csv::Error) -> InputError {
 fn read_jsonl(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut line = Vec::new();
-    let mut line_no = 0u64;
+    let mut line_no = skipped_lines;
     let mut offset = 0u64;
     let mut rows = 0u64;
     loop {
@@ -711,6 +741,7 @@ fn strip_serde_position(err: &serde_json::Error) -> String {
 fn read_json(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut rows = 0u64;
@@ -734,7 +765,7 @@ fn read_json(
         // serde_json says column 0 for the end of input after a newline; columns count from 1.
         return Err(unreadable(
             file,
-            e.line().max(1) as u64,
+            e.line().max(1) as u64 + skipped_lines,
             e.column().max(1) as u64,
             message,
         ));
@@ -1104,6 +1135,27 @@ mod tests {
             [4, 5, 7]
         );
         assert_eq!(lines(b"instance_id,key_id\na,b\n\n"), [2]);
+    }
+
+    #[test]
+    fn leading_blank_lines_count() {
+        let err = read(b"\n\ninstance;key\n", Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((3, 1)), "{err}");
+        let rows = read(b"\r\n\r\ninstance_id,key_id\r\na,b\r\n", None).unwrap();
+        assert_eq!(rows[0].position.row, 4);
+        let blank = vec![b'\n'; READ_BUFFER_BYTES + 10];
+        let mut text = blank.clone();
+        text.extend_from_slice(b"[{\"instance_id\": }]");
+        let err = read(&text, None).unwrap_err();
+        assert_eq!(
+            err.location().map(|l| l.0),
+            Some(blank.len() as u64 + 1),
+            "{err}"
+        );
+        let mut text = blank.clone();
+        text.extend_from_slice(b"instance_id,key_id\na,b\n");
+        let rows = read(&text, None).unwrap();
+        assert_eq!(rows[0].position.row, blank.len() as u64 + 2);
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub const RATE_MARGIN: f64 = 1.025;
 /// After a throttle, the rate recovers by this factor per quiet interval.
 const RECOVERY_FACTOR: f64 = 1.25;
 /// The rate stays reduced at least this long after a throttle before it recovers.
-const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// A throttle within this long of the previous one halves the rate.
+const THROTTLE_STREAK: Duration = Duration::from_secs(5);
 /// The slowest a throttled sender goes, as a fraction of the configured rate.
 const MIN_RATE_FRACTION: f64 = 1.0 / 16.0;
 
@@ -32,6 +34,7 @@ struct PacerState {
     current: f64,
     last_start: Option<Instant>,
     last_change: Instant,
+    last_throttle: Option<Instant>,
 }
 
 impl Pacer {
@@ -52,6 +55,7 @@ impl Pacer {
                 current: rate,
                 last_start: None,
                 last_change: Instant::now(),
+                last_throttle: None,
             }),
         }
     }
@@ -60,36 +64,32 @@ impl Pacer {
     pub async fn ready(&self) {
         let Some(limiter) = &self.limiter else { return };
         limiter.until_ready().await;
-        // The adaptive slowdown: on top of the limiter, keep starts at least
-        // 1/current apart while the rate is reduced.
+        // On top of the limiter, keep 1/current between the moments requests
+        // actually left (see `sending`): a request held up between its permit and
+        // its send (a busy machine) must not let the next one follow it closely,
+        // since the server counts arrivals. While throttled, current < target.
         loop {
             let wait = {
-                let mut state = self.lock();
+                let state = self.lock();
                 let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
                 let now = Instant::now();
                 match state.last_start {
-                    Some(last) if state.current < self.target && now < last + spacing => {
-                        last + spacing - now
-                    }
-                    _ => {
-                        state.last_start = Some(now);
-                        return;
-                    }
+                    Some(last) if now < last + spacing => last + spacing - now,
+                    _ => return,
                 }
             };
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// True when a request may start right now without waiting (used to grow a wave of starts).
-    pub fn try_ready(&self) -> bool {
-        match &self.limiter {
-            None => true,
-            Some(limiter) => {
-                let state = self.lock();
-                state.current >= self.target && limiter.check().is_ok()
-            }
-        }
+    /// A request is leaving now; the next one is spaced from this moment.
+    pub fn sending(&self) {
+        self.lock().last_start = Some(Instant::now());
+    }
+
+    /// True when pacing is off (`rate` 0): requests start as fast as slots free up.
+    pub fn is_off(&self) -> bool {
+        self.limiter.is_none()
     }
 
     /// The API said we are too fast: halve the rate (down to a floor).
@@ -98,8 +98,20 @@ impl Pacer {
             return;
         }
         let mut state = self.lock();
-        state.current = (state.current / 2.0).max(self.target * MIN_RATE_FRACTION);
+        // A lone throttle is most likely arrivals bunched by the network: ease off a
+        // little. Throttles in a row mean someone else shares the account's limit:
+        // halve, as often as it takes.
+        let factor = if state
+            .last_throttle
+            .is_some_and(|t| t.elapsed() < THROTTLE_STREAK)
+        {
+            0.5
+        } else {
+            0.9
+        };
+        state.current = (state.current * factor).max(self.target * MIN_RATE_FRACTION);
         state.last_change = Instant::now();
+        state.last_throttle = Some(Instant::now());
         tracing::info!(rate = state.current, "throttled: slowing down");
     }
 
@@ -134,6 +146,7 @@ mod tests {
         let mut starts = Vec::new();
         for _ in 0..6 {
             pacer.ready().await;
+            pacer.sending();
             starts.push(Instant::now());
         }
         let min_gap = Duration::from_secs_f64(RATE_MARGIN / 50.0) - Duration::from_millis(1);
@@ -150,7 +163,9 @@ mod tests {
     fn throttles_halve_and_recovery_is_gradual() {
         let pacer = Pacer::new(10.0);
         pacer.throttled();
-        assert_eq!(pacer.current_rate(), 5.0);
+        assert_eq!(pacer.current_rate(), 9.0, "a lone throttle eases off");
+        pacer.throttled();
+        assert_eq!(pacer.current_rate(), 4.5, "a second one soon after halves");
         pacer.throttled();
         pacer.throttled();
         pacer.throttled();
@@ -165,7 +180,6 @@ mod tests {
         pacer.lock().last_change -= RECOVERY_INTERVAL;
         pacer.succeeded();
         assert_eq!(pacer.current_rate(), 10.0 / 16.0 * RECOVERY_FACTOR);
-        assert!(!pacer.try_ready(), "a reduced pacer never grows a wave");
     }
 
     #[tokio::test]
@@ -173,7 +187,7 @@ mod tests {
         let pacer = Pacer::new(0.0);
         for _ in 0..1000 {
             pacer.ready().await;
-            assert!(pacer.try_ready());
+            assert!(pacer.is_off());
         }
     }
 }

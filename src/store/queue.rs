@@ -95,6 +95,9 @@ pub enum Write {
     Start { job_id: i64, started_at: i64 },
     /// An attempt ended.
     Finish(Finish),
+    /// A started attempt was never sent (the run stopped first): its row is removed
+    /// and its job queued again, so it is not mistaken for an uncertain one.
+    Withdraw { attempt_id: i64, job_id: i64 },
 }
 
 /// What [`Store::apply`] returns for each write, in order.
@@ -454,6 +457,19 @@ impl Store {
                 }
                 Write::Finish(finish) => {
                     finish_attempt(&mut tx, finish).await?;
+                    Applied::Finished
+                }
+                Write::Withdraw { attempt_id, job_id } => {
+                    sqlx::query("DELETE FROM attempts WHERE id = ? AND finished_at IS NULL")
+                        .bind(attempt_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'in_flight'",
+                    )
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
                     Applied::Finished
                 }
             });

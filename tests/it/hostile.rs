@@ -204,9 +204,12 @@ const CORPUS: &[(&str, &[&str], Expect)] = &[
             rejected: &[
                 (
                     "line 2",
-                    "capital letters; ids are lowercase, like \"ins-0000000a\"",
+                    "\"INS-0000000A\" does not start with \"ins-\": ids are lowercase, like \"ins-0000000a\"",
                 ),
-                ("line 3", "key id \"SKEY-0000000B\" has capital letters"),
+                (
+                    "line 3",
+                    "key id \"SKEY-0000000B\" does not start with \"skey-\": ids are lowercase",
+                ),
                 ("line 4", "region \"AP-GUANGZHOU\" is not a region name"),
             ],
         },
@@ -984,7 +987,7 @@ fn unopenable_inputs_and_strict_refusals_write_nothing() {
     assert_eq!(out.code, Some(EXIT_USAGE));
     let stderr = out.stderr_text();
     assert!(
-        stderr.contains("4 row(s) rejected and --strict"),
+        stderr.contains("--strict: 4 input pair(s) rejected"),
         "{stderr}"
     );
     assert!(
