@@ -62,6 +62,11 @@ impl Keyfleet {
             .arg("--db")
             .arg(&self.db.path)
             .args(args)
+            // Nothing of the developer's own setup may leak in: a private HOME (no tccli
+            // profile region) and no Tencent Cloud variables.
+            .env("HOME", self.db.dir.path())
+            .env_remove("TENCENTCLOUD_REGION")
+            .env_remove("TCCLI_PROFILE")
             .env_remove("KEYFLEET_DB")
             .env_remove("RUST_LOG");
         command

@@ -375,3 +375,44 @@ async fn interrupt_then_resume() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(assert_audit(&r, &fleet).await.succeeded, 60);
 }
+
+/// Every sample input rehearsed against the sample fleet: the README's promise that
+/// `samples/` works together. Rows for the RUNNING and the Windows instance fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_samples_rehearse_against_the_sample_fleet() {
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let fleet = Fleet::load(samples.join("fleet-small.json")).unwrap();
+    for (input, expected_exit) in [
+        ("small.csv", 0),
+        ("small.json", 1),
+        ("small.jsonl", 1),
+        ("bad-rows.csv", 1),
+    ] {
+        let r = Rehearsal::start(quiet_sim(), fleet.clone()).await;
+        let path = samples.join(input);
+        let (code, _, stderr) = r
+            .run(
+                &[
+                    "run",
+                    path.to_str().unwrap(),
+                    "--rate",
+                    "100",
+                    "--progress",
+                    "none",
+                ],
+                LIMIT,
+            )
+            .await;
+        assert_eq!(code, expected_exit, "{input}: {stderr}");
+        let audit = assert_audit(&r, &fleet).await;
+        assert!(audit.succeeded > 0, "{input}");
+        assert!(
+            r.sim
+                .fleet()
+                .bindings()
+                .iter()
+                .any(|(_, k)| k == "skey-00000009"),
+            "the unrequested key stays"
+        );
+    }
+}

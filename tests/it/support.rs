@@ -168,7 +168,7 @@ pub struct Running {
 }
 
 impl Cmd {
-    /// `keyfleet ARGS...`, with the machine's keyfleet/Tencent settings removed and a 20 s limit.
+    /// `keyfleet ARGS...`, with the machine's keyfleet/Tencent settings and HOME removed, and a 20 s limit.
     pub fn new<I, S>(args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
@@ -179,6 +179,8 @@ impl Cmd {
         for name in AMBIENT_ENV {
             command.env_remove(name);
         }
+        // No real ~/.tccli profile may lend its region or credentials; tests that want a HOME set one.
+        command.env("HOME", "/nonexistent/keyfleet-test-home");
         Cmd {
             command,
             stdin: None,
