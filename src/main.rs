@@ -79,10 +79,20 @@ pub enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::logging::init(cli.global.verbose);
+    let db = cli.global.db.clone();
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {}", describe(&err));
+            let mut text = describe(&err);
+            // A storage error deep in a command does not know which file it was about.
+            let about_store = err
+                .chain()
+                .any(|c| c.downcast_ref::<keyfleet::store::StoreError>().is_some());
+            let db = db.display().to_string();
+            if about_store && !text.contains(&db) {
+                text.push_str(&format!(" (database {db})"));
+            }
+            eprintln!("error: {text}");
             ExitCode::from(exit::USAGE)
         }
     }
