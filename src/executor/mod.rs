@@ -184,6 +184,8 @@ pub enum StopReason {
     Interrupted,
     /// Another process took the run over (our heartbeat was stale).
     LeaseLost,
+    /// A bug in keyfleet; what was recorded stays consistent and resume continues.
+    Internal(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -205,6 +207,7 @@ impl std::fmt::Display for StopReason {
             }
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::LeaseLost => f.write_str("another process took this run over"),
+            StopReason::Internal(what) => write!(f, "internal error: {what}"),
         }
     }
 }
@@ -468,11 +471,23 @@ async fn dispatch<A: UnbindApi>(
             .await?;
         if jobs.is_empty() {
             let in_flight = concurrency - permits.available_permits();
-            if in_flight == 0 && store.open_jobs(run_id).await? == 0 {
-                return Ok(());
+            let next_due = store.next_due_at(run_id).await?;
+            if in_flight == 0 && next_due.is_none() {
+                if store.open_jobs(run_id).await? == 0 {
+                    return Ok(());
+                }
+                // Jobs marked in flight with no request of ours behind them: this
+                // process owns the run, so they are orphans. Queue them again
+                // rather than wait for replies that will never come.
+                let orphans = store.recover_in_flight(run_id).await?;
+                tracing::error!(
+                    orphans,
+                    "jobs in flight with no request behind them were queued again"
+                );
+                continue;
             }
             // Sleep until the next job falls due or a reply changes the queue.
-            let wait = match store.next_due_at(run_id).await? {
+            let wait = match next_due {
                 Some(due) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
                 None => Duration::from_secs(1),
             };
@@ -588,12 +603,26 @@ async fn start_wave<A: UnbindApi>(
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let (leaving, left) = oneshot::channel();
-        let task_shared = shared.clone();
+        let request = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared.pacer.sending();
+                let _ = leaving.send(());
+                send_and_record(&shared, job, attempt_id).await;
+            })
+        };
+        let shared_for_task = shared.clone();
         tokio::spawn(async move {
-            let shared = task_shared;
-            shared.pacer.sending();
-            let _ = leaving.send(());
-            send_and_record(&shared, job, attempt_id).await;
+            let shared = shared_for_task;
+            // A request task that panicked (a bug) leaves its attempt open: stop, so
+            // that resume sends it again, rather than wait for it forever.
+            if let Err(failure) = request.await
+                && failure.is_panic()
+            {
+                shared.halt(StopReason::Internal(format!(
+                    "a request task panicked: {failure}"
+                )));
+            }
             shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             shared.wake.notify_waiters();

@@ -20,6 +20,7 @@ struct FakeState {
     fault_rate: f64,
     rng: StdRng,
     fatal_on_request: Option<u64>,
+    panic_on_request: Option<u64>,
     requests: u64,
     successes: HashMap<String, Vec<(String, String)>>,
 }
@@ -34,6 +35,7 @@ impl FakeApi {
                 fault_rate: 0.0,
                 rng: StdRng::seed_from_u64(42),
                 fatal_on_request: None,
+                panic_on_request: None,
                 requests: 0,
                 successes: HashMap::new(),
             }),
@@ -58,8 +60,23 @@ fn refused(code: &str, message: &str) -> Refused {
 impl UnbindApi for FakeApi {
     async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
         tokio::task::yield_now().await;
+        let reply = self.answer(request);
+        if matches!(&reply, Err(r) if r.code == "Test.Panic") {
+            panic!("a bug in a request task");
+        }
+        reply
+    }
+}
+
+impl FakeApi {
+    fn answer(&self, request: &Request) -> Result<Accepted, Refused> {
         self.with(|s| {
             s.requests += 1;
+            if s.panic_on_request == Some(s.requests) {
+                s.panic_on_request = None;
+                // Stands in for a bug in a request task; the lock is released first.
+                return Err(refused("Test.Panic", ""));
+            }
             if s.fatal_on_request == Some(s.requests) {
                 s.fatal_on_request = None;
                 return Err(refused("AuthFailure.SignatureFailure", "The provided credentials could not be validated."));
@@ -431,4 +448,32 @@ fn max_errors_parses_counts_and_percentages() {
     assert_eq!("5%".parse::<MaxErrors>(), Ok(MaxErrors::Percent(5.0)));
     assert!("lots".parse::<MaxErrors>().is_err());
     assert!("150%".parse::<MaxErrors>().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
+    let (_dir, store) = open_store().await;
+    let groups: Vec<_> = (0..10).map(|n| (vec![ins(n)], vec![key(1)])).collect();
+    let run_id = seed(&store, &groups).await;
+    let api = Arc::new(FakeApi::new(&[]));
+    api.with(|s| s.panic_on_request = Some(4));
+    let config = ExecConfig {
+        concurrency: 1,
+        ..fast_config()
+    };
+    let first = run(&store, run_id, api.clone(), &config).await;
+    assert!(
+        matches!(first.stopped, Some(StopReason::Internal(_))),
+        "{:?}",
+        first.stopped
+    );
+    assert_eq!(first.pairs.failed, 0);
+    let second = run(&store, run_id, api, &config).await;
+    assert_eq!(second.stopped, None);
+    assert_eq!(second.pairs.succeeded, 10);
+    let lost: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lost'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(lost, 1, "the attempt the panic left open was resent");
 }
