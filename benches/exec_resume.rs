@@ -89,12 +89,12 @@ async fn resume(pairs: usize, repeat: usize) {
     store.close().await;
 
     let fleet = common::one_key_shared(pairs);
-    let sim_started = tokio::time::Instant::now();
     let simulator = common::start_sim(
         common::sim_config(10, Duration::ZERO, (Duration::ZERO, Duration::ZERO)),
         fleet,
     )
     .await;
+    let sim_started = sim_epoch(&simulator).await;
 
     steps(&db, run_id).await;
     for n in 0..repeat {
@@ -349,6 +349,23 @@ async fn binary(
     let store = Store::open(db).await.expect("open");
     crash(&store, run_id).await;
     store.close().await;
+}
+
+/// The simulator's clock origin (`JournalEntry::at_ms` counts from it), found with a
+/// probe request: it starts after the fleet is loaded, which takes a while for a
+/// million instances.
+async fn sim_epoch(simulator: &SimHandle) -> tokio::time::Instant {
+    let client = common::client(simulator.endpoint());
+    let seen = simulator.journal().len();
+    let sent = tokio::time::Instant::now();
+    client
+        .describe_key_pairs(common::REGION, &[common::key_id(0)])
+        .await
+        .expect("probe the simulator");
+    let at_ms = simulator.journal()[seen].at_ms;
+    // The probe arrived a fraction of a millisecond after it was sent; at_ms is truncated to
+    // whole milliseconds, so arrivals measured from this origin are at most 1 ms early.
+    sent - Duration::from_millis(at_ms.max(0) as u64)
 }
 
 /// Time from `t0` to the arrival of the first request after the first `seen` ones.
