@@ -61,16 +61,16 @@ impl Pacer {
         let Some(limiter) = &self.limiter else { return };
         limiter.until_ready().await;
         // The adaptive slowdown: on top of the limiter, keep starts at least
-        // 1/current apart while the rate is reduced.
+        // 1/current apart. Checked at the target rate too: the limiter's cell was
+        // taken before a slowed-down wait, so at the moment the rate recovers the
+        // limiter alone would let the next start follow this one at once.
         loop {
             let wait = {
                 let mut state = self.lock();
                 let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
                 let now = Instant::now();
                 match state.last_start {
-                    Some(last) if state.current < self.target && now < last + spacing => {
-                        last + spacing - now
-                    }
+                    Some(last) if now < last + spacing => last + spacing - now,
                     _ => {
                         state.last_start = Some(now);
                         return;
@@ -86,8 +86,16 @@ impl Pacer {
         match &self.limiter {
             None => true,
             Some(limiter) => {
-                let state = self.lock();
-                state.current >= self.target && limiter.check().is_ok()
+                let mut state = self.lock();
+                let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
+                let now = Instant::now();
+                let spaced = state.last_start.is_none_or(|last| now >= last + spacing);
+                if state.current >= self.target && spaced && limiter.check().is_ok() {
+                    state.last_start = Some(now);
+                    true
+                } else {
+                    false
+                }
             }
         }
     }
@@ -166,6 +174,28 @@ mod tests {
         pacer.succeeded();
         assert_eq!(pacer.current_rate(), 10.0 / 16.0 * RECOVERY_FACTOR);
         assert!(!pacer.try_ready(), "a reduced pacer never grows a wave");
+    }
+
+    #[tokio::test]
+    async fn recovery_does_not_let_two_starts_bunch() {
+        let pacer = std::sync::Arc::new(Pacer::new(10.0));
+        pacer.ready().await;
+        pacer.throttled();
+        // The next start takes the limiter's cell at 102.5 ms, then waits for the
+        // slowed-down spacing (205 ms); the rate recovers while it waits.
+        let slowed = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.ready().await }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pacer.lock().current = pacer.target;
+        slowed.await.unwrap();
+        let started = Instant::now();
+        assert!(!pacer.try_ready(), "no second start in the same instant");
+        pacer.ready().await;
+        let gap = started.elapsed();
+        let min_gap = Duration::from_secs_f64(RATE_MARGIN / 10.0) - Duration::from_millis(2);
+        assert!(gap >= min_gap, "gap {gap:?} < {min_gap:?}");
     }
 
     #[tokio::test]
