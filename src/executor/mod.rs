@@ -572,6 +572,7 @@ async fn send_and_record<A: UnbindApi>(shared: &Arc<Shared<A>>, job: QueuedJob, 
         key_ids: job.key_ids.clone(),
         force_stop: job.force_stop,
     };
+    shared.pacer.sending().await;
     let sent = Instant::now();
     let reply = shared.api.unbind(&request).await;
     let latency_ms = sent.elapsed().as_millis() as i64;

@@ -1,6 +1,8 @@
-//! Request pacing: a strict governor limiter at the configured rate, and an
-//! adaptive slowdown on top of it when the API throttles us.
+//! Request pacing: a strict governor limiter at the configured rate, an
+//! adaptive slowdown on top of it when the API throttles us, and a sliding-window
+//! guard at the moment each request is actually sent.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +27,10 @@ pub struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
     target: f64,
     state: Mutex<PacerState>,
+    /// The send-time guard: at most `window_count` sends in any `window`.
+    window_count: usize,
+    window: Duration,
+    sends: Mutex<VecDeque<Instant>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +51,13 @@ impl Pacer {
                 Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
             RateLimiter::direct(quota)
         });
+        // At 10/s: at most 10 sends in any 1.025 s, the limiter's own spacing over ten starts.
+        let window_count = (rate.floor() as usize).max(1);
+        let window = if rate > 0.0 {
+            Duration::from_secs_f64(window_count as f64 * RATE_MARGIN / rate)
+        } else {
+            Duration::ZERO
+        };
         Pacer {
             limiter,
             target: rate,
@@ -53,6 +66,9 @@ impl Pacer {
                 last_start: None,
                 last_change: Instant::now(),
             }),
+            window_count,
+            window,
+            sends: Mutex::new(VecDeque::with_capacity(window_count + 1)),
         }
     }
 
@@ -73,6 +89,44 @@ impl Pacer {
                     Some(last) if now < last + spacing => last + spacing - now,
                     _ => {
                         state.last_start = Some(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Waits, right before a request is sent, until it keeps the sends within the
+    /// sliding window, and records it.
+    ///
+    /// Starts are paced before their attempt rows are written; the commit and the
+    /// task's scheduling then delay each send by a varying few to tens of
+    /// milliseconds on a busy machine. One delayed send lets the next ten fall
+    /// within a second at the server, which counts arrivals: measured, that alone
+    /// cost a throttle every few seconds at 10/s. This guard holds a send only when
+    /// it would crowd the window, so the rate is unchanged.
+    pub async fn sending(&self) {
+        if self.limiter.is_none() {
+            return;
+        }
+        loop {
+            let wait = {
+                let mut sends = self.sends.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let crowded = sends
+                    .len()
+                    .checked_sub(self.window_count)
+                    .and_then(|n| sends.get(n))
+                    .map(|&earlier| earlier + self.window)
+                    .filter(|&free_at| now < free_at);
+                match crowded {
+                    Some(free_at) => free_at - now,
+                    None => {
+                        sends.push_back(now);
+                        while sends.len() > self.window_count {
+                            sends.pop_front();
+                        }
                         return;
                     }
                 }
@@ -199,10 +253,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_late_send_does_not_let_later_ones_crowd_the_window() {
+        let pacer = Pacer::new(20.0);
+        let window = Duration::from_secs_f64(20.0 * RATE_MARGIN / 20.0);
+        let mut sends = Vec::new();
+        // 21 sends asked for back to back, as if the first twenty had been delayed
+        // between their start and their send: the 21st must wait out the window.
+        for _ in 0..21 {
+            pacer.sending().await;
+            sends.push(Instant::now());
+        }
+        let span = sends[20] - sends[0];
+        assert!(
+            span >= window - Duration::from_millis(1),
+            "21 sends in {span:?} < {window:?}"
+        );
+        assert!(
+            sends[19] - sends[0] < Duration::from_millis(100),
+            "the first twenty are not held"
+        );
+    }
+
+    #[tokio::test]
     async fn off_means_no_waiting() {
         let pacer = Pacer::new(0.0);
         for _ in 0..1000 {
             pacer.ready().await;
+            pacer.sending().await;
             assert!(pacer.try_ready());
         }
     }
