@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds the benchmarks once (release, `bench` profile) and runs them, printing
-# their numbers; docs/BENCHMARKS.md records the results.
+# Builds once (release, `bench` profile) and runs the benchmarks, printing their
+# numbers; docs/BENCHMARKS.md records the results.
 #
 #   scripts/bench.sh [--quick] [NAME ...]
 #
-# NAME is a file stem under benches/ (exec_engine, exec_rate, exec_resume, ...);
-# without names every benchmark runs. --quick runs the short smoke versions.
-# Full run: about 4 minutes after the build on a 2-core machine (exec_rate alone
-# takes 2.5 minutes: 60 s at the limit plus the throttled case).
+# NAME is `plan` (scripts/bench-plan.sh: planning 1,000,000 rows in both shapes)
+# or a file stem under benches/ (exec_engine, exec_rate, exec_resume); without
+# names everything runs. --quick runs the executor benchmarks' short versions
+# (planning has none). Full run: about 5 minutes after the build on 2 cores
+# (exec_rate alone takes 2.5 minutes: 60 s at the limit, then the throttled case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +17,12 @@ names=()
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=(--quick) ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) names+=("$arg") ;;
     esac
 done
 if [ ${#names[@]} -eq 0 ]; then
+    names=(plan)
     for file in benches/*.rs; do
         names+=("$(basename "$file" .rs)")
     done
@@ -29,11 +31,19 @@ fi
 echo "# $(date -u +%F) $(uname -sm), $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?')" >&2
 build=()
 for name in "${names[@]}"; do
-    build+=(--bench "$name")
+    [ "$name" = plan ] || build+=(--bench "$name")
 done
-# One release build of every benchmark asked for (and the keyfleet binary they spawn).
-cargo bench --no-run "${build[@]}"
+# One release build: the benchmarks asked for and the keyfleet binary (planning and exec_resume run it).
+cargo build --release --bin keyfleet
+if [ ${#build[@]} -gt 0 ]; then
+    cargo bench --no-run "${build[@]}"
+fi
 for name in "${names[@]}"; do
-    echo "## cargo bench --bench $name -- ${quick[*]:-}" >&2
-    cargo bench --quiet --bench "$name" -- "${quick[@]}"
+    if [ "$name" = plan ]; then
+        echo "## scripts/bench-plan.sh" >&2
+        SKIP_BUILD=1 scripts/bench-plan.sh
+    else
+        echo "## cargo bench --bench $name -- ${quick[*]:-}" >&2
+        cargo bench --quiet --bench "$name" -- "${quick[@]}"
+    fi
 done

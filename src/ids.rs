@@ -46,6 +46,12 @@ fn id_problem(id: &str, prefix: &str, what: &str) -> Option<String> {
         format!("{what} is empty")
     } else if id.trim() != id {
         format!("{what} {shown:?} has leading or trailing spaces")
+    } else if id != id.to_ascii_lowercase() && has_id_shape(&id.to_ascii_lowercase(), prefix) {
+        // Never lowercased silently: the row is rejected, and the message says how to fix it.
+        format!(
+            "{what} {shown:?} does not start with {prefix:?}: ids are lowercase, like {:?}",
+            id.to_ascii_lowercase()
+        )
     } else if !id.starts_with(prefix) {
         format!("{what} {shown:?} does not start with {prefix:?}")
     } else {
@@ -122,6 +128,16 @@ mod tests {
                 .contains("does not start with")
         );
         assert!(key_id_problem("skey-123").unwrap().contains("8 characters"));
+        let upper = instance_id_problem("INS-1A2B3C4D").unwrap();
+        assert!(
+            upper.contains("lowercase") && upper.contains("ins-1a2b3c4d"),
+            "{upper}"
+        );
+        assert!(
+            key_id_problem("skey-1A2b3c4d")
+                .unwrap()
+                .contains("lowercase")
+        );
         let long = "x".repeat(10_000);
         assert!(instance_id_problem(&long).unwrap().len() < 200);
     }

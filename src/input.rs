@@ -160,14 +160,15 @@ pub enum RowContent {
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be opened.
-    #[error("cannot open {file}: {source}")]
-    Open { file: String, source: io::Error },
+    // The I/O error is in the message, so it is not also a `source`: `{:#}` would print it twice.
+    #[error("cannot open {file}: {error}")]
+    Open { file: String, error: io::Error },
     /// Reading failed part way (a disk or pipe error, not the content).
-    #[error("cannot read {file} at byte {offset}: {source}")]
+    #[error("cannot read {file} at byte {offset}: {error}")]
     Read {
         file: String,
         offset: u64,
-        source: io::Error,
+        error: io::Error,
     },
     /// A byte sequence that is not UTF-8.
     #[error(
@@ -233,9 +234,9 @@ pub fn read_input(
     let source: Box<dyn Read> = if path.as_os_str() == STDIN_PATH {
         Box::new(io::stdin().lock())
     } else {
-        Box::new(File::open(path).map_err(|source| InputError::Open {
+        Box::new(File::open(path).map_err(|error| InputError::Open {
             file: file.clone(),
-            source,
+            error,
         })?)
     };
     read_from(
@@ -278,16 +279,16 @@ fn read_tapped<R: Read>(
 ) -> Result<(Format, u64), InputError> {
     let last_byte = Rc::clone(&tap.last_byte);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, tap);
-    let read_err = |source: io::Error, offset: u64| InputError::Read {
+    let read_err = |error: io::Error, offset: u64| InputError::Read {
         file: file.to_string(),
         offset,
-        source,
+        error,
     };
     let head = reader.fill_buf().map_err(|e| read_err(e, 0))?;
     if head.starts_with(UTF8_BOM) {
         reader.consume(UTF8_BOM.len());
     }
-    let first = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
+    let (first, skipped) = first_non_space(&mut reader).map_err(|e| read_err(e, 0))?;
     let Some(first) = first else {
         return Err(unreadable(file, 1, 1, "the input is empty"));
     };
@@ -297,30 +298,39 @@ fn read_tapped<R: Read>(
         _ => Format::Csv,
     });
     let rows = match format {
-        Format::Csv => read_csv(&mut reader, file, &last_byte, on_row)?,
-        Format::Jsonl => read_jsonl(&mut reader, file, on_row)?,
-        Format::Json => read_json(&mut reader, file, on_row)?,
+        Format::Csv => read_csv(&mut reader, file, skipped, &last_byte, on_row)?,
+        Format::Jsonl => read_jsonl(&mut reader, file, skipped, on_row)?,
+        Format::Json => read_json(&mut reader, file, skipped, on_row)?,
     };
     // Hash every byte even if the parser stopped early (trailing blank lines).
     io::copy(&mut reader, &mut io::sink()).map_err(|e| read_err(e, 0))?;
     Ok((format, rows))
 }
 
-/// Peeks past leading whitespace without consuming it; `None` when there is nothing else.
-fn first_non_space(reader: &mut impl BufRead) -> io::Result<Option<u8>> {
-    // Whitespace-only prefixes longer than the buffer are consumed: they carry nothing.
+/// Peeks at the first non-whitespace byte (`None` when there is none) and says how
+/// many lines were skipped to find it.
+///
+/// Normally nothing is consumed. Only a whitespace-only buffer (256 KiB of blank
+/// lines) is, up to its last newline, so the parsers still start at a line start
+/// and add the skipped lines to the line numbers they report.
+fn first_non_space(reader: &mut impl BufRead) -> io::Result<(Option<u8>, u64)> {
+    let mut skipped = 0u64;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
-            return Ok(None);
+            return Ok((None, skipped));
         }
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => return Ok(Some(buf[i])),
-            None => {
-                let n = buf.len();
-                reader.consume(n);
+        if let Some(i) = buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            return Ok((Some(buf[i]), skipped));
+        }
+        let n = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                skipped += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                last + 1
             }
-        }
+            None => buf.len(),
+        };
+        reader.consume(n);
     }
 }
 
@@ -347,75 +357,28 @@ fn normalize_name(name: &str) -> String {
 fn read_csv(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     last_byte: &Cell<u8>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
+        // The header is the first non-blank record, found below like any other.
+        .has_headers(false)
         .terminator(csv::Terminator::Any(b'\n'))
         // A short or long row is that row's problem, not the file's.
         .flexible(true)
         .buffer_capacity(READ_BUFFER_BYTES)
-        .from_reader(reader);
-    let headers = csv.headers().map_err(|e| csv_error(file, e))?.clone();
-    let mut instance_col = None;
-    let mut key_col = None;
-    let mut region_col = None;
-    for (i, name) in headers.iter().enumerate() {
-        let slot = match normalize_name(name.trim()).as_str() {
-            "instanceid" => &mut instance_col,
-            "keyid" => &mut key_col,
-            "region" => &mut region_col,
-            _ => continue,
-        };
-        if let Some(earlier) = *slot {
-            return Err(unreadable(
-                file,
-                1,
-                1,
-                format!(
-                    "columns {} and {} both name {:?}; keep one",
-                    earlier + 1,
-                    i + 1,
-                    name.trim()
-                ),
-            ));
-        }
-        *slot = Some(i);
-    }
-    let (Some(instance_col), Some(key_col)) = (instance_col, key_col) else {
-        let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
-            .iter()
-            .filter(|(_, col)| col.is_none())
-            .map(|(name, _)| *name)
-            .collect();
-        let found: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{:?}", ids_shorten(h)))
-            .collect();
-        let mut message = format!(
-            "the header has no {} column (columns found: {})",
-            missing.join(" or "),
-            found.join(", ")
-        );
-        if let Some(sep) = [';', '\t', '|']
-            .into_iter()
-            .find(|sep| headers.iter().any(|h| h.contains(*sep)))
-        {
-            message.push_str(&format!(
-                "; the header contains {sep:?}: keyfleet reads comma-separated values"
-            ));
-        }
-        return Err(unreadable(file, 1, 1, message));
-    };
+        .from_reader(QuoteWatch::new(reader, 1 + skipped_lines));
     // The csv crate's record positions count from where the previous record stopped,
     // so blank lines and CRLF skew them. Instead: records end only at '\n' (or at the
     // end of input), csv's line after a record is exact, and a record's first line is
-    // its last line minus the newlines inside its quoted fields. A record is emitted
+    // its last line minus the newlines inside its quoted fields. A record is handled
     // once the next one is read, which tells whether it ended with '\n'.
     let mut current = csv::StringRecord::new();
     let mut held = csv::StringRecord::new();
     let mut held_end: Option<u64> = None;
+    let mut columns: Option<(usize, usize, Option<usize>)> = None;
+    let mut header_line = 1 + skipped_lines;
     let mut rows = 0u64;
     loop {
         let more = csv
@@ -429,14 +392,21 @@ fn read_csv(
                 .iter()
                 .map(|f| f.bytes().filter(|&b| b == b'\n').count() as u64)
                 .sum::<u64>();
-            rows += 1;
-            on_row(csv_row(
-                &held,
-                last_line.saturating_sub(embedded),
-                instance_col,
-                key_col,
-                region_col,
-            ));
+            let line = last_line.saturating_sub(embedded) + skipped_lines;
+            match columns {
+                None => {
+                    header_line = line;
+                    // An open quote in the header swallows the file: say that, not "no columns".
+                    if let Some(err) = csv.get_ref().unclosed(file) {
+                        return Err(err);
+                    }
+                    columns = Some(csv_columns(&held, file, line)?);
+                }
+                Some((instance_col, key_col, region_col)) => {
+                    rows += 1;
+                    on_row(csv_row(&held, line, instance_col, key_col, region_col));
+                }
+            }
         }
         if !more {
             break;
@@ -447,10 +417,95 @@ fn read_csv(
             held_end = Some(end);
         }
     }
+    if let Some(err) = csv.get_ref().unclosed(file) {
+        return Err(err);
+    }
+    if columns.is_none() {
+        return Err(unreadable(file, header_line, 1, "the input is empty"));
+    }
     if rows == 0 {
-        return Err(unreadable(file, 2, 1, "the header is followed by no rows"));
+        return Err(unreadable(
+            file,
+            header_line + 1,
+            1,
+            "the header is followed by no rows",
+        ));
     }
     Ok(rows)
+}
+
+/// Finds the instance, key and (optional) region columns in the header on `line`.
+fn csv_columns(
+    headers: &csv::StringRecord,
+    file: &str,
+    line: u64,
+) -> Result<(usize, usize, Option<usize>), InputError> {
+    if let Some(column) = headers
+        .iter()
+        .position(|h| h.trim_end_matches('\r').contains('\r'))
+    {
+        return Err(unreadable(
+            file,
+            line,
+            1,
+            format!(
+                "column {} of the header holds a carriage return: the file ends its lines with CR only \
+                 (old Mac style); save it with LF or CRLF line ends",
+                column + 1
+            ),
+        ));
+    }
+    let mut instance_col = None;
+    let mut key_col = None;
+    let mut region_col = None;
+    for (i, name) in headers.iter().enumerate() {
+        let slot = match normalize_name(name.trim()).as_str() {
+            "instanceid" => &mut instance_col,
+            "keyid" => &mut key_col,
+            "region" => &mut region_col,
+            _ => continue,
+        };
+        if let Some(earlier) = *slot {
+            return Err(unreadable(
+                file,
+                line,
+                1,
+                format!(
+                    "columns {} and {} both name {:?}; keep one",
+                    earlier + 1,
+                    i + 1,
+                    name.trim()
+                ),
+            ));
+        }
+        *slot = Some(i);
+    }
+    if let (Some(instance_col), Some(key_col)) = (instance_col, key_col) {
+        return Ok((instance_col, key_col, region_col));
+    }
+    let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
+        .iter()
+        .filter(|(_, col)| col.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    let found: Vec<String> = headers
+        .iter()
+        .map(|h| format!("{:?}", crate::ids::shorten(h.trim())))
+        .collect();
+    let mut message = format!(
+        "the header has no {} column (columns found: {})",
+        missing.join(" or "),
+        found.join(", ")
+    );
+    if let Some(sep) = [';', '\t', '|']
+        .into_iter()
+        .find(|sep| headers.iter().any(|h| h.contains(*sep)))
+    {
+        message.push_str(&format!(
+            "; the header contains {sep:?}: keyfleet reads comma-separated values"
+        ));
+    }
+    Err(unreadable(file, line, 1, message))
 }
 
 /// One CSV record as a pair row. With '\n' as the only terminator, a CRLF line
@@ -499,8 +554,90 @@ fn csv_row(
     }
 }
 
-fn ids_shorten(value: &str) -> String {
-    crate::ids::shorten(value)
+/// Follows the csv crate's quoting (RFC 4180, `""` inside quotes) over the raw bytes,
+/// to catch a quote that is never closed. The csv crate reads such a field to the end
+/// of the input without complaint, so one stray `"` would fold every later line into
+/// a single rejected row; this points at the quote instead.
+struct QuoteWatch<R> {
+    inner: R,
+    state: QuoteState,
+    /// 1-based line of the next byte, and characters already seen on it.
+    line: u64,
+    column: u64,
+    /// Where the quoted field being read opened.
+    opened_at: (u64, u64),
+    at_end: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    StartField,
+    Unquoted,
+    Quoted,
+    /// A `"` inside a quoted field: either the closing quote or the first of `""`.
+    QuoteInQuoted,
+}
+
+impl<R: Read> QuoteWatch<R> {
+    /// `first_line`: the line `inner` starts on (blank lines may have been skipped).
+    fn new(inner: R, first_line: u64) -> QuoteWatch<R> {
+        QuoteWatch {
+            inner,
+            state: QuoteState::StartField,
+            line: first_line,
+            column: 0,
+            opened_at: (first_line, 1),
+            at_end: false,
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        use QuoteState::*;
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (StartField, b'"') => {
+                    self.opened_at = (self.line, self.column + 1);
+                    Quoted
+                }
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (StartField | Unquoted | QuoteInQuoted, b',' | b'\n') => StartField,
+                (StartField | Unquoted | QuoteInQuoted, _) => Unquoted,
+            };
+            if b == b'\n' {
+                self.line += 1;
+                self.column = 0;
+            } else if b & 0xC0 != 0x80 {
+                self.column += 1;
+            }
+        }
+    }
+
+    /// The error for a quoted field still open at the end of the input.
+    fn unclosed(&self, file: &str) -> Option<InputError> {
+        (self.at_end && self.state == QuoteState::Quoted).then(|| {
+            let (line, column) = self.opened_at;
+            unreadable(
+                file,
+                line,
+                column,
+                "this quote opens a field that is never closed, so every line after it \
+                 would be read as one field; close or remove the quote",
+            )
+        })
+    }
+}
+
+impl<R: Read> Read for QuoteWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.at_end = true;
+        }
+        self.observe(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn csv_error(file: &str, err: csv::Error) -> InputError {
@@ -523,20 +660,21 @@ fn csv_error(file: &str, err: csv::Error) -> InputError {
 fn read_jsonl(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut line = Vec::new();
-    let mut line_no = 0u64;
+    let mut line_no = skipped_lines;
     let mut offset = 0u64;
     let mut rows = 0u64;
     loop {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| InputError::Read {
+            .map_err(|error| InputError::Read {
                 file: file.to_string(),
                 offset,
-                source,
+                error,
             })?;
         if n == 0 {
             break;
@@ -549,11 +687,18 @@ fn read_jsonl(
         }
         let value: Value = serde_json::from_slice(text).map_err(|e| {
             let leading = line.len() - line.trim_ascii_start().len();
+            let mut message = format!("malformed JSON: {}", describe_json_error(&e));
+            if e.is_eof() {
+                message.push_str(
+                    " (JSON Lines needs each object whole on one line; \
+                     a JSON array over several lines is JSON: use a .json file or --format json)",
+                );
+            }
             unreadable(
                 file,
                 line_no,
-                e.column() as u64 + leading as u64,
-                format!("malformed JSON: {}", strip_serde_position(&e)),
+                e.column().max(1) as u64 + leading as u64,
+                message,
             )
         })?;
         rows += 1;
@@ -572,6 +717,16 @@ fn read_jsonl(
     Ok(rows)
 }
 
+/// A syntax error in words, with a hint where serde_json's own words are terse.
+fn describe_json_error(err: &serde_json::Error) -> String {
+    let mut text = strip_serde_position(err);
+    if text.contains("recursion limit exceeded") {
+        // serde_json refuses to nest deeper than 128 (bounding its stack); no row needs more than 3.
+        text.push_str(" (values nested more than 128 deep)");
+    }
+    text
+}
+
 /// serde_json appends " at line L column C"; we print our own position.
 fn strip_serde_position(err: &serde_json::Error) -> String {
     let text = err.to_string();
@@ -586,6 +741,7 @@ fn strip_serde_position(err: &serde_json::Error) -> String {
 fn read_json(
     reader: &mut impl BufRead,
     file: &str,
+    skipped_lines: u64,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut rows = 0u64;
@@ -599,17 +755,18 @@ fn read_json(
     if let Err(e) = parsed {
         let mut message = match e.classify() {
             serde_json::error::Category::Data => strip_serde_position(&e),
-            _ => format!("malformed JSON: {}", strip_serde_position(&e)),
+            _ => format!("malformed JSON: {}", describe_json_error(&e)),
         };
         if message.contains("trailing characters") || message.contains("invalid type: map") {
             message.push_str(
                 " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
             );
         }
+        // serde_json says column 0 for the end of input after a newline; columns count from 1.
         return Err(unreadable(
             file,
-            e.line() as u64,
-            e.column() as u64,
+            e.line().max(1) as u64 + skipped_lines,
+            e.column().max(1) as u64,
             message,
         ));
     }
@@ -823,7 +980,7 @@ impl<R: Read> Tap<R> {
             .map(|(offset, kind, message)| InputError::Read {
                 file: file.to_string(),
                 offset: *offset,
-                source: io::Error::new(*kind, message.clone()),
+                error: io::Error::new(*kind, message.clone()),
             })
     }
 
@@ -981,6 +1138,27 @@ mod tests {
     }
 
     #[test]
+    fn leading_blank_lines_count() {
+        let err = read(b"\n\ninstance;key\n", Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((3, 1)), "{err}");
+        let rows = read(b"\r\n\r\ninstance_id,key_id\r\na,b\r\n", None).unwrap();
+        assert_eq!(rows[0].position.row, 4);
+        let blank = vec![b'\n'; READ_BUFFER_BYTES + 10];
+        let mut text = blank.clone();
+        text.extend_from_slice(b"[{\"instance_id\": }]");
+        let err = read(&text, None).unwrap_err();
+        assert_eq!(
+            err.location().map(|l| l.0),
+            Some(blank.len() as u64 + 1),
+            "{err}"
+        );
+        let mut text = blank.clone();
+        text.extend_from_slice(b"instance_id,key_id\na,b\n");
+        let rows = read(&text, None).unwrap();
+        assert_eq!(rows[0].position.row, blank.len() as u64 + 2);
+    }
+
+    #[test]
     fn csv_short_row_is_a_row_problem() {
         let rows = read(b"instance_id,key_id\nins-00000001\n", Some(Format::Csv)).unwrap();
         match &rows[0].content {
@@ -1002,6 +1180,46 @@ mod tests {
         assert!(err.starts_with("in: line 1, column 1:"), "{err}");
         assert!(err.contains("no instance_id or key_id column"), "{err}");
         assert!(err.contains("';'"), "{err}");
+    }
+
+    #[test]
+    fn csv_quote_left_open_is_located() {
+        let text = b"instance_id,key_id\nins-00000001,skey-00000001\nins-00000002,\"skey-00000001\nins-00000003,skey-00000001\n";
+        let err = read(text, Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((3, 14)), "{err}");
+        assert!(err.to_string().contains("never closed"), "{err}");
+        // In the header, the quote swallows the whole file into column names.
+        let err = read(b"\"instance_id,key_id\na,b\n", Some(Format::Csv)).unwrap_err();
+        assert_eq!(err.location(), Some((1, 1)), "{err}");
+        // Closed quotes, doubled quotes and quotes inside unquoted fields are fine.
+        let rows = read(
+            b"instance_id,key_id\n\"ins-00000001\",\"a\"\"b\"\nins-00000002,x\"y\n\"\"\"\",\"\n\"\n",
+            Some(Format::Csv),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn csv_with_bare_carriage_returns_is_explained() {
+        let err = read(
+            b"instance_id,key_id,region\rins-00000001,skey-00000001,ap-guangzhou\r",
+            Some(Format::Csv),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CR only"), "{err}");
+        assert_eq!(err.location(), Some((1, 1)));
+    }
+
+    #[test]
+    fn open_error_names_the_cause_once() {
+        let err = read_input(Path::new("/nonexistent/in.csv"), None, |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot open /nonexistent/in.csv: "),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
     }
 
     #[test]
@@ -1106,6 +1324,14 @@ mod tests {
         assert!(err.to_string().contains("JSON Lines"), "{err}");
         let err = read(b"{\"a\":1}", Some(Format::Json)).unwrap_err();
         assert!(err.to_string().contains("expected a JSON array"), "{err}");
+        let err = read(b"[\n{\"instance_id\": \"ins-00000001\"},\n", None).unwrap_err();
+        assert_eq!(err.location(), Some((3, 1)), "{err}");
+        let err = read(b"[\n  {\"instance_id\": 1}\n]\n", Some(Format::Jsonl)).unwrap_err();
+        assert!(err.to_string().contains("--format json"), "{err}");
+        let deep = "[".repeat(100_000);
+        let err = read(deep.as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("nested more than 128"), "{err}");
+        assert_eq!(err.location().map(|l| l.0), Some(1));
     }
 
     #[test]

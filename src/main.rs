@@ -79,13 +79,41 @@ pub enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::logging::init(cli.global.verbose);
+    let db = cli.global.db.clone();
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let mut text = describe(&err);
+            // A storage error deep in a command does not know which file it was about.
+            let about_store = err
+                .chain()
+                .any(|c| c.downcast_ref::<keyfleet::store::StoreError>().is_some());
+            let db = db.display().to_string();
+            if about_store && !text.contains(&db) {
+                text.push_str(&format!(" (database {db})"));
+            }
+            eprintln!("error: {text}");
             ExitCode::from(exit::USAGE)
         }
     }
+}
+
+/// The error and its causes on one line, like `{:#}`, but without a cause that the
+/// text already holds: sqlx and thiserror messages often repeat their source, and
+/// "file is not a database" three times reads like three problems.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<u8> {

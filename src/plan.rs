@@ -48,9 +48,7 @@ pub enum PlanError {
     #[error("--region {0:?} is not a region name like ap-guangzhou")]
     BadDefaultRegion(String),
     /// `--strict` and some rows were rejected; nothing was written.
-    #[error(
-        "{count} row(s) rejected and --strict refuses the whole input; nothing was written: {examples}"
-    )]
+    #[error("--strict: {count} input pair(s) rejected, so nothing was written; first: {examples}")]
     Strict { count: u64, examples: String },
     /// More items than a plan can index (over four billion).
     #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]
@@ -578,6 +576,7 @@ pub async fn plan_input(
     {
         return Err(PlanError::BadDefaultRegion(region.clone()));
     }
+    let started = std::time::Instant::now();
     let built = {
         let path = path.to_path_buf();
         let options = options.clone();
@@ -587,6 +586,14 @@ pub async fn plan_input(
         }
     };
     let rejected = built.rejections.len() as u64;
+    tracing::info!(
+        rows = built.rows,
+        pairs = built.pairs,
+        rejected,
+        jobs = built.jobs.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "input read and planned in memory"
+    );
     if options.strict && rejected > 0 {
         let examples = built
             .items
@@ -623,7 +630,15 @@ pub async fn plan_input(
     };
     let (run_id, existing) = match crate::store::plan::begin_plan(store, &run).await? {
         Begin::Existing(id) => (id, true),
-        Begin::New(writer) => (write(writer, &built, options.force_stop).await?, false),
+        Begin::New(writer) => {
+            let run_id = write(writer, &built, options.force_stop).await?;
+            tracing::info!(
+                run_id,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "plan committed"
+            );
+            (run_id, false)
+        }
     };
     let summary = report::run_summary(store, run_id).await?;
     let lower_bound = lower_bound(summary.pairs.max(0) as u64);

@@ -26,7 +26,7 @@ use crate::{GlobalArgs, exit};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Instances in the generated fleet.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1600)]
     instances: usize,
     /// Seed of the fleet, the input and the simulator's faults.
     #[arg(long, default_value_t = 2026)]

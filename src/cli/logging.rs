@@ -17,7 +17,8 @@ pub fn bars() -> MultiProgress {
 /// Installs the global subscriber. Logs go to stderr; machine output owns stdout.
 pub fn init(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // sqlx warns about slow statements (a busy lock, a large plan): noise to an operator.
+        0 => "warn,sqlx=error",
         1 => "keyfleet=info",
         2 => "keyfleet=debug",
         _ => "keyfleet=trace",

@@ -40,7 +40,7 @@ impl std::str::FromStr for FormatArg {
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let options = PlanOptions {
-        default_region: global.region.clone(),
+        default_region: super::run::default_region(global)?,
         force_stop: args.force_stop,
         strict: args.strict,
         format: args.format.map(|f| f.0),

@@ -63,11 +63,27 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = Store::open(&global.db).await?;
     let result = write_report(&store, &args).await;
     store.close().await;
-    let rows = result?;
+    let rows = match result {
+        Ok(rows) => rows,
+        // `keyfleet report | head`: the reader has what it wanted.
+        Err(err) if is_broken_pipe(&err) => return Ok(crate::exit::OK),
+        Err(err) => return Err(err),
+    };
     if let Some(path) = &args.output {
         eprintln!("wrote {rows} rows to {}", path.display());
     }
     Ok(crate::exit::OK)
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<csv::Error>()
+                .is_some_and(|e| matches!(e.kind(), csv::ErrorKind::Io(e) if e.kind() == io::ErrorKind::BrokenPipe))
+    })
 }
 
 async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {

@@ -87,6 +87,16 @@ pub struct RunArgs {
     exec: ExecFlags,
 }
 
+/// The region for rows that name none: `--region`, else `TENCENTCLOUD_REGION`, else
+/// the tccli profile's region; none at all leaves such rows rejected, with a reason.
+pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
+    match credentials::resolve_region(global.region.as_deref(), global.profile.as_deref()) {
+        Ok(region) => Ok(Some(region.name)),
+        Err(credentials::CredentialsError::NoRegion { .. }) => Ok(None),
+        Err(other) => Err(other.into()),
+    }
+}
+
 fn parse_format(text: &str) -> Result<Format, String> {
     text.parse()
 }
@@ -95,7 +105,7 @@ fn parse_format(text: &str) -> Result<Format, String> {
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let options = PlanOptions {
-        default_region: global.region.clone(),
+        default_region: default_region(global)?,
         force_stop: args.force_stop,
         strict: args.strict,
         format: args.format,

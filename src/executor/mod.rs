@@ -484,41 +484,49 @@ async fn dispatch<A: UnbindApi>(
         }
         let mut jobs = jobs.into_iter().peekable();
         while jobs.peek().is_some() {
-            // A wave: wait for one start, then take every further one that is free right now,
-            // and write all their attempt rows in one commit.
             let first = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
-                _ = shared.wake.notified(), if shared.is_halted() => return Ok(()),
-            };
-            tokio::select! {
-                _ = shared.pacer.ready() => {}
                 _ = halted(shared) => return Ok(()),
-            }
-            if shared.is_halted() {
-                return Ok(());
-            }
+            };
             let mut wave = vec![(jobs.next().expect("peeked"), first)];
-            while jobs.peek().is_some() && shared.pacer.try_ready() {
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => wave.push((jobs.next().expect("peeked"), permit)),
-                    Err(_) => break,
+            // Unpaced (benchmarks), every free slot joins one wave and one commit.
+            // Paced, a wave is one request: its attempt row is committed first and the
+            // pacer is waited for last, so commit latency never bunches the sends.
+            if shared.pacer.is_off() {
+                while jobs.peek().is_some() {
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => wave.push((jobs.next().expect("peeked"), permit)),
+                        Err(_) => break,
+                    }
                 }
             }
-            start_wave(shared, wave).await?;
+            if !start_wave(shared, wave).await? {
+                return Ok(());
+            }
         }
     }
 }
 
+/// Resolves once dispatching must end.
 async fn halted<A>(shared: &Shared<A>) {
-    while !shared.is_halted() {
-        shared.wake.notified().await;
+    loop {
+        // Register for the wake-up before checking, so a halt in between is not missed.
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.is_halted() {
+            return;
+        }
+        notified.await;
     }
 }
 
+/// Commits the attempt rows of a wave, then sends each request when the pacer allows.
+/// Returns false when a halt came first; the attempts not sent are withdrawn.
 async fn start_wave<A: UnbindApi>(
     shared: &Arc<Shared<A>>,
     wave: Vec<(QueuedJob, tokio::sync::OwnedSemaphorePermit)>,
-) -> Result<(), ExecError> {
+) -> Result<bool, ExecError> {
     let started_at = now_ms();
     let replies: Vec<_> = wave
         .iter()
@@ -537,12 +545,38 @@ async fn start_wave<A: UnbindApi>(
             Ok(rx)
         })
         .collect::<Result<_, ExecError>>()?;
+    let mut started = Vec::with_capacity(wave.len());
     for ((job, permit), reply) in wave.into_iter().zip(replies) {
-        let attempt_id = match reply.await {
-            Ok(Ok(Applied::Started { attempt_id, .. })) => attempt_id,
+        match reply.await {
+            Ok(Ok(Applied::Started { attempt_id, .. })) => started.push((job, permit, attempt_id)),
+            Ok(Ok(_)) => {
+                return Err(ExecError::Writer(
+                    "unexpected reply to an attempt start".into(),
+                ));
+            }
             Ok(Err(e)) => return Err(ExecError::Writer(e)),
-            _ => return Err(ExecError::Writer("no reply to an attempt start".into())),
+            Err(_) => return Err(ExecError::Writer("no reply to an attempt start".into())),
+        }
+    }
+    let mut started = started.into_iter();
+    while let Some((job, permit, attempt_id)) = started.next() {
+        let go = tokio::select! {
+            _ = shared.pacer.ready() => !shared.is_halted(),
+            _ = halted(shared) => false,
         };
+        if !go {
+            // Never sent: withdraw the attempt rows, so nothing looks uncertain.
+            for (job, _, attempt_id) in std::iter::once((job, permit, attempt_id)).chain(started) {
+                shared
+                    .write(Write::Withdraw {
+                        attempt_id,
+                        job_id: job.id,
+                    })
+                    .await
+                    .map_err(ExecError::Writer)?;
+            }
+            return Ok(false);
+        }
         if shared
             .waiting_retry
             .lock()
@@ -553,15 +587,23 @@ async fn start_wave<A: UnbindApi>(
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
+        let (leaving, left) = oneshot::channel();
+        let task_shared = shared.clone();
         tokio::spawn(async move {
+            let shared = task_shared;
+            shared.pacer.sending();
+            let _ = leaving.send(());
             send_and_record(&shared, job, attempt_id).await;
             shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             shared.wake.notify_waiters();
         });
+        if !shared.pacer.is_off() {
+            // The next request is paced from the moment this one really leaves.
+            let _ = left.await;
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Sends one attempt, decides what its reply means, and records it.
@@ -572,7 +614,6 @@ async fn send_and_record<A: UnbindApi>(shared: &Arc<Shared<A>>, job: QueuedJob, 
         key_ids: job.key_ids.clone(),
         force_stop: job.force_stop,
     };
-    shared.pacer.sending().await;
     let sent = Instant::now();
     let reply = shared.api.unbind(&request).await;
     let latency_ms = sent.elapsed().as_millis() as i64;

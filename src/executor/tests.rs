@@ -142,6 +142,20 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
     run_id
 }
 
+/// Executes with fresh counters and no stop request.
+async fn run(store: &Store, run_id: i64, api: Arc<FakeApi>, config: &ExecConfig) -> Summary {
+    execute(
+        store,
+        run_id,
+        api,
+        config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn fast_config() -> ExecConfig {
     ExecConfig {
         rate: 0.0,
@@ -185,17 +199,7 @@ async fn transient_faults_are_ridden_out_and_every_success_is_proven() {
     let api = Arc::new(FakeApi::new(&pairs));
     api.with(|s| s.fault_rate = 0.3);
 
-    let counters = Arc::new(Counters::default());
-    let summary = execute(
-        &store,
-        run_id,
-        api.clone(),
-        &fast_config(),
-        counters,
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api.clone(), &fast_config()).await;
     assert_eq!(summary.stopped, None);
     assert_eq!(summary.pairs.succeeded, 750);
     assert_eq!(summary.pairs.failed, 0);
@@ -238,16 +242,7 @@ async fn one_windows_and_one_unknown_instance_do_not_block_the_other_98() {
         s.windows.insert(ins(13));
         s.unknown.insert(ins(71));
     });
-    let summary = execute(
-        &store,
-        run_id,
-        api.clone(),
-        &fast_config(),
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api.clone(), &fast_config()).await;
     assert_eq!(summary.pairs.succeeded, 98);
     assert_eq!(summary.pairs.failed, 2);
     let rows = futures_items_blocking(&store, run_id);
@@ -294,16 +289,7 @@ async fn a_fatal_error_stops_without_failing_anything_and_resume_completes() {
         concurrency: 1,
         ..fast_config()
     };
-    let first = execute(
-        &store,
-        run_id,
-        api.clone(),
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let first = run(&store, run_id, api.clone(), &config).await;
     assert!(
         matches!(&first.stopped, Some(StopReason::Fatal { code, .. }) if code == "AuthFailure.SignatureFailure")
     );
@@ -316,16 +302,7 @@ async fn a_fatal_error_stops_without_failing_anything_and_resume_completes() {
         .unwrap();
     assert_eq!(state, "stopped");
 
-    let second = execute(
-        &store,
-        run_id,
-        api.clone(),
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let second = run(&store, run_id, api.clone(), &config).await;
     assert_eq!(second.stopped, None);
     assert_eq!(second.pairs.succeeded, 80);
     api.with(|s| assert!(s.bound.is_empty()));
@@ -351,16 +328,7 @@ async fn a_crash_mid_attempt_is_recovered_and_resent() {
         .await
         .unwrap();
     let api = Arc::new(FakeApi::new(&[(ins(1), key(1)), (ins(2), key(1))]));
-    let summary = execute(
-        &store,
-        run_id,
-        api,
-        &fast_config(),
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api, &fast_config()).await;
     assert_eq!(summary.pairs.succeeded, 2);
     let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM attempts ORDER BY id")
         .fetch_all(store.pool())
@@ -406,16 +374,7 @@ async fn retries_give_up_after_max_attempts_with_the_last_code() {
         max_attempts: 3,
         ..fast_config()
     };
-    let summary = execute(
-        &store,
-        run_id,
-        api,
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api, &config).await;
     assert_eq!(summary.pairs.failed, 1);
     assert_eq!(summary.requests, 3);
     assert_eq!(
@@ -436,16 +395,7 @@ async fn max_errors_stops_dispatching() {
         max_errors: Some(MaxErrors::Pairs(3)),
         ..fast_config()
     };
-    let summary = execute(
-        &store,
-        run_id,
-        api,
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api, &config).await;
     assert_eq!(summary.stopped, Some(StopReason::MaxErrors { failed: 3 }));
     assert_eq!(summary.pairs.failed, 3);
     assert_eq!(summary.pairs.pending, 17);
@@ -471,16 +421,7 @@ async fn a_stop_request_leaves_the_rest_pending_and_resumable() {
     .unwrap();
     assert_eq!(summary.stopped, Some(StopReason::Interrupted));
     assert_eq!(summary.pairs.pending, 30);
-    let summary = execute(
-        &store,
-        run_id,
-        api,
-        &fast_config(),
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .unwrap();
+    let summary = run(&store, run_id, api, &fast_config()).await;
     assert_eq!(summary.pairs.succeeded, 30);
 }
 

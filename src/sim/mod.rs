@@ -175,6 +175,12 @@ impl SimHandle {
         self.shared.edit(edit)
     }
 
+    /// Disables the accepted SecretId (`true`) or enables it again: requests then fail
+    /// with AuthFailure.SecretIdNotFound, as when a key is disabled mid-run.
+    pub fn revoke_credentials(&self, revoked: bool) {
+        self.shared.set_revoked(revoked);
+    }
+
     /// Every request so far, in arrival order.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.shared.journal()

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     config: SimConfig,
     start: Instant,
     inner: Mutex<Inner>,
+    /// The SecretId was disabled (as in the console): every request fails to authenticate.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -105,7 +107,14 @@ impl Shared {
             config,
             start,
             inner: Mutex::new(inner),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Disables (or re-enables) the accepted SecretId.
+    pub fn set_revoked(&self, revoked: bool) {
+        self.revoked
+            .store(revoked, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -414,7 +423,11 @@ struct Ticket {
 }
 
 /// The protocol checks, in order: method, path, signature, Action, Version, action, Region.
-fn check_protocol(call: &Call, config: &SimConfig) -> Result<(Action, String), ApiError> {
+fn check_protocol(
+    call: &Call,
+    config: &SimConfig,
+    revoked: bool,
+) -> Result<(Action, String), ApiError> {
     if call.method != Method::POST && call.method != Method::GET {
         return Err(ApiError::new(
             "UnsupportedProtocol",
@@ -432,6 +445,12 @@ fn check_protocol(call: &Call, config: &SimConfig) -> Result<(Action, String), A
     }
     call.verify(config)
         .map_err(|err| ApiError::new(err.code(), err.to_string()))?;
+    if revoked {
+        return Err(ApiError::new(
+            "AuthFailure.SecretIdNotFound",
+            "The SecretId is not found, please ensure that your SecretId is correct.",
+        ));
+    }
     let action = call
         .common("action")
         .filter(|a| !a.is_empty())
@@ -517,7 +536,11 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         applied: false,
         dropped: false,
     };
-    let (action, region) = match check_protocol(&call, &shared.config) {
+    let (action, region) = match check_protocol(
+        &call,
+        &shared.config,
+        shared.revoked.load(std::sync::atomic::Ordering::SeqCst),
+    ) {
         Ok(checked) => checked,
         Err(err) => return Err(Box::new(inner.reply(seq, entry, Err(err)))),
     };

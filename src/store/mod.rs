@@ -20,6 +20,8 @@ use sqlx::sqlite::{
 
 /// How long a writer waits for another connection's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite page size for new databases, in bytes.
+pub const DB_PAGE_BYTES: u32 = 16 * 1024;
 /// The database used when neither `--db` nor `KEYFLEET_DB` names one.
 pub const DEFAULT_DB: &str = "keyfleet.db";
 
@@ -74,6 +76,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Takes effect only when the file is created. 16 KiB pages make writing a
+            // million-item plan about 12% faster than 4 KiB ones (docs/BENCHMARKS.md).
+            .page_size(DB_PAGE_BYTES)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

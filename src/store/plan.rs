@@ -382,3 +382,94 @@ pub async fn run_input(store: &Store, run_id: i64) -> Result<(String, String), S
         .await?
         .ok_or(StoreError::NoSuchRun(run_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<'a>(sha: &'a str) -> NewRun<'a> {
+        NewRun {
+            input_path: "/tmp/rows.csv",
+            input_sha256: sha,
+            options: "{}",
+            rows_read: 1,
+            pairs: 1,
+            duplicates: 0,
+            rejected: 0,
+            instances: 1,
+            keys: 1,
+            regions: 1,
+        }
+    }
+
+    async fn count(store: &Store, table: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_all_or_nothing_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("k.db")).await.unwrap();
+        let instance_ids = vec!["ins-00000001".to_string()];
+        let key_ids = vec!["skey-00000001".to_string()];
+        let item = |job_id| NewItem {
+            position: "line 2".into(),
+            region: Some("ap-guangzhou".into()),
+            instance_id: Some("ins-00000001".into()),
+            key_id: Some("skey-00000001".into()),
+            status: ItemStatus::Pending,
+            duplicate_of: None,
+            reason: None,
+            job_id: Some(job_id),
+        };
+
+        // Abandoned part way (more items than one statement): nothing remains.
+        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).await.unwrap() else {
+            panic!("no run yet")
+        };
+        let job = writer
+            .add_job(NewJob {
+                region: "ap-guangzhou",
+                force_stop: false,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+            })
+            .await
+            .unwrap();
+        for _ in 0..ITEM_ROWS_PER_STATEMENT + 5 {
+            writer.add_item(item(job)).await.unwrap();
+        }
+        drop(writer);
+        for table in ["runs", "jobs", "items"] {
+            assert_eq!(count(&store, table).await, 0, "{table}");
+        }
+
+        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).await.unwrap() else {
+            panic!("the abandoned run must not count")
+        };
+        let job = writer
+            .add_job(NewJob {
+                region: "ap-guangzhou",
+                force_stop: false,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+            })
+            .await
+            .unwrap();
+        let first = writer.add_item(item(job)).await.unwrap();
+        let second = writer.add_item(item(job)).await.unwrap();
+        assert_eq!(second, first + 1, "ids are consecutive in input order");
+        let run_id = writer.commit().await.unwrap();
+        assert_eq!(count(&store, "items").await, 2);
+        assert!(
+            matches!(begin_plan(&store, &run("aa")).await.unwrap(), Begin::Existing(id) if id == run_id)
+        );
+        assert_eq!(find_run(&store, "aa", "{}").await.unwrap(), Some(run_id));
+        assert_eq!(find_run(&store, "aa", "{\"x\":1}").await.unwrap(), None);
+        assert_eq!(run_input(&store, run_id).await.unwrap().1, "aa");
+        store.close().await;
+    }
+}

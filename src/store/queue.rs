@@ -95,6 +95,9 @@ pub enum Write {
     Start { job_id: i64, started_at: i64 },
     /// An attempt ended.
     Finish(Finish),
+    /// A started attempt was never sent (the run stopped first): its row is removed
+    /// and its job queued again, so it is not mistaken for an uncertain one.
+    Withdraw { attempt_id: i64, job_id: i64 },
 }
 
 /// What [`Store::apply`] returns for each write, in order.
@@ -456,6 +459,19 @@ impl Store {
                     finish_attempt(&mut tx, finish).await?;
                     Applied::Finished
                 }
+                Write::Withdraw { attempt_id, job_id } => {
+                    sqlx::query("DELETE FROM attempts WHERE id = ? AND finished_at IS NULL")
+                        .bind(attempt_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'in_flight'",
+                    )
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    Applied::Finished
+                }
             });
         }
         tx.commit().await?;
@@ -650,20 +666,19 @@ async fn finish_attempt(
             give_up,
             ..
         } => {
-            let state = if *give_up { "failed" } else { "queued" };
-            sqlx::query(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error_code = ?, \
-                 last_error_message = ?, finished_at = CASE WHEN ? THEN ? END WHERE id = ?",
-            )
-            .bind(state)
-            .bind(next_attempt_at)
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(give_up)
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+            let (state, finished_at) = if *give_up {
+                ("failed", Some(now))
+            } else {
+                ("queued", None)
+            };
+            let update = JobUpdate {
+                state,
+                next_attempt_at: Some(*next_attempt_at),
+                finished_at,
+                spent: 1,
+                throttled: 0,
+            };
+            update.apply(tx, job_id, error).await?;
             if *give_up {
                 fail_items(tx, job_id, error).await?;
             }
@@ -672,40 +687,34 @@ async fn finish_attempt(
             error,
             next_attempt_at,
         } => {
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', throttles = throttles + 1, next_attempt_at = ?, \
-                 last_error_code = ?, last_error_message = ? WHERE id = ?",
-            )
-            .bind(next_attempt_at)
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+            let update = JobUpdate {
+                state: "queued",
+                next_attempt_at: Some(*next_attempt_at),
+                finished_at: None,
+                spent: 0,
+                throttled: 1,
+            };
+            update.apply(tx, job_id, error).await?;
         }
         Outcome::Fatal { error } => {
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', next_attempt_at = ?, last_error_code = ?, last_error_message = ? \
-                 WHERE id = ?",
-            )
-            .bind(now)
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+            let update = JobUpdate {
+                state: "queued",
+                next_attempt_at: Some(now),
+                finished_at: None,
+                spent: 0,
+                throttled: 0,
+            };
+            update.apply(tx, job_id, error).await?;
         }
         Outcome::Fail { error } => {
-            sqlx::query(
-                "UPDATE jobs SET state = 'failed', last_error_code = ?, last_error_message = ?, finished_at = ? \
-                 WHERE id = ?",
-            )
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+            let update = JobUpdate {
+                state: "failed",
+                next_attempt_at: None,
+                finished_at: Some(now),
+                spent: 0,
+                throttled: 0,
+            };
+            update.apply(tx, job_id, error).await?;
             fail_items(tx, job_id, error).await?;
         }
         Outcome::Split { error, children } => {
@@ -718,16 +727,14 @@ async fn finish_attempt(
                 parent.get("region"),
                 parent.get("force_stop"),
             );
-            sqlx::query(
-                "UPDATE jobs SET state = 'split', last_error_code = ?, last_error_message = ?, finished_at = ? \
-                 WHERE id = ?",
-            )
-            .bind(&error.code)
-            .bind(&error.message)
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+            let update = JobUpdate {
+                state: "split",
+                next_attempt_at: None,
+                finished_at: Some(now),
+                spent: 0,
+                throttled: 0,
+            };
+            update.apply(tx, job_id, error).await?;
             for (instance_ids, key_ids) in children {
                 let child = insert_job(
                     tx,
@@ -754,6 +761,44 @@ async fn finish_attempt(
         }
     }
     Ok(())
+}
+
+/// How an attempt's error changes its job.
+struct JobUpdate {
+    state: &'static str,
+    /// When the job is due again; `None` keeps it.
+    next_attempt_at: Option<i64>,
+    finished_at: Option<i64>,
+    /// Attempts of the Retry budget spent (0 or 1).
+    spent: i64,
+    /// Throttles counted (0 or 1).
+    throttled: i64,
+}
+
+impl JobUpdate {
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        job_id: i64,
+        error: &ErrorInfo,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ?, \
+             attempts = attempts + ?, throttles = throttles + ?, last_error_code = ?, last_error_message = ? \
+             WHERE id = ?",
+        )
+        .bind(self.state)
+        .bind(self.next_attempt_at)
+        .bind(self.finished_at)
+        .bind(self.spent)
+        .bind(self.throttled)
+        .bind(&error.code)
+        .bind(&error.message)
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 async fn fail_items(

@@ -311,7 +311,18 @@ pub async fn for_each_report_row<E>(
     mut emit: impl FnMut(ReportRow) -> Result<(), E>,
 ) -> Result<Result<(), E>, StoreError> {
     let attempts = attempts_with_ancestors(store, run_id).await?;
-    let mut after = 0i64;
+    // A run's items have consecutive ids (one plan, one transaction): walk that id
+    // range in primary-key order. The `+` on run_id and status keeps SQLite from
+    // choosing the (run_id, status) index, which would sort the whole run per page.
+    let (first, last): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_one(store.pool())
+            .await?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Ok(()));
+    };
+    let mut after = first - 1;
     loop {
         let rows = sqlx::query(
             "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
@@ -322,11 +333,12 @@ pub async fn for_each_report_row<E>(
                          ELSE COALESCE(d.error_message, i.error_message) END AS error_message,
                     COALESCE(d.job_id, i.job_id) AS job_id
              FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
-             WHERE i.run_id = ? AND i.id > ? AND (? IS NULL OR i.status = ?)
+             WHERE i.id > ? AND i.id <= ? AND +i.run_id = ? AND (? IS NULL OR +i.status = ?)
              ORDER BY i.id LIMIT ?",
         )
-        .bind(run_id)
         .bind(after)
+        .bind(last)
+        .bind(run_id)
         .bind(only.map(ItemStatus::as_str))
         .bind(only.map(ItemStatus::as_str))
         .bind(REPORT_PAGE_ROWS)

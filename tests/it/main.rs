@@ -2,5 +2,12 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod client;
+mod database;
+mod fuzz;
+mod hostile;
+mod plan;
+mod run;
+mod security;
 mod sim;
 mod support;
+mod torture;

@@ -1393,6 +1393,43 @@ async fn keyfleet_sim_serves_from_the_command_line() {
         .await
         .unwrap()
         .assert_error("AuthFailure.SecretIdNotFound");
+
+    // And `keyfleet call disassociate` against it, as a user would check a rehearsal.
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(support::keyfleet_bin())
+        .args([
+            "call",
+            "disassociate",
+            "--endpoint",
+            endpoint,
+            "--region",
+            &target.region,
+        ])
+        .args([
+            "--instance",
+            &target.instance_id,
+            "--key",
+            &target.key_ids[0],
+        ])
+        .env_clear()
+        .env("HOME", home.path())
+        .env(
+            "TENCENTCLOUD_SECRET_ID",
+            printed["secret_id"].as_str().unwrap(),
+        )
+        .env(
+            "TENCENTCLOUD_SECRET_KEY",
+            printed["secret_key"].as_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim().len(), 36, "a RequestId: {stdout}");
 }
 
 #[test]

@@ -1,0 +1,605 @@
+//! `keyfleet plan`, `runs`, `status` and `report`, run as a user would: the binary,
+//! a temporary database, sample inputs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{TempDb, keyfleet_bin};
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+}
+
+/// One database, many commands against it.
+struct Keyfleet {
+    db: TempDb,
+}
+
+/// What a command did.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn from(output: Output) -> Ran {
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn ok(self) -> Ran {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}: stdout {:?} stderr {:?}", self.stdout, self.stderr))
+    }
+}
+
+impl Keyfleet {
+    fn new() -> Keyfleet {
+        Keyfleet { db: TempDb::new() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(keyfleet_bin());
+        command
+            .arg("--db")
+            .arg(&self.db.path)
+            .args(args)
+            // Nothing of the developer's own setup may leak in: a private HOME (no tccli
+            // profile region) and no Tencent Cloud variables.
+            .env("HOME", self.db.dir.path())
+            .env_remove("TENCENTCLOUD_REGION")
+            .env_remove("TCCLI_PROFILE")
+            .env_remove("KEYFLEET_DB")
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        Ran::from(self.command(args).output().expect("run keyfleet"))
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Ran {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keyfleet");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        Ran::from(child.wait_with_output().expect("wait"))
+    }
+
+    fn plan(&self, input: &Path, extra: &[&str]) -> Value {
+        let input = input.to_str().expect("utf-8 path");
+        let mut args = vec!["plan", input, "--json"];
+        args.extend_from_slice(extra);
+        self.run(&args).ok().json()
+    }
+
+    /// Writes `content` to a file named `name` beside the database.
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.db.dir.path().join(name);
+        std::fs::write(&path, content).expect("write input");
+        path
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        match self.run(&["runs", "--json"]).ok().json() {
+            Value::Array(runs) => runs,
+            other => panic!("runs --json: {other}"),
+        }
+    }
+
+    fn report_csv(&self, extra: &[&str]) -> Vec<Vec<String>> {
+        let mut args = vec!["report"];
+        args.extend_from_slice(extra);
+        let ran = self.run(&args).ok();
+        let mut reader = csv::Reader::from_reader(ran.stdout.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(
+            header,
+            [
+                "position",
+                "region",
+                "instance_id",
+                "key_id",
+                "status",
+                "request_id",
+                "error_code",
+                "error_message",
+                "attempts",
+                "job_id"
+            ]
+        );
+        reader
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect()
+    }
+
+    async fn store(&self) -> keyfleet::store::Store {
+        keyfleet::store::Store::open(&self.db.path).await.unwrap()
+    }
+}
+
+fn count(v: &Value, key: &str) -> i64 {
+    v[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn csv_sample_plans_into_groups_by_key_set() {
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("small.csv"), &[]);
+    assert_eq!(plan["existing"], false);
+    assert_eq!(count(&plan, "rows"), 7);
+    assert_eq!(count(&plan, "pairs"), 7);
+    assert_eq!(count(&plan, "duplicates"), 0);
+    assert_eq!(count(&plan, "rejected"), 0);
+    assert_eq!(count(&plan, "instances"), 5);
+    assert_eq!(count(&plan, "keys"), 3);
+    assert_eq!(count(&plan, "regions"), 1);
+    // {1,2} x {k1,k2}, {3} x {k1}, {4,5} x {k3}
+    assert_eq!(count(&plan, "jobs"), 3);
+    assert_eq!(count(&plan, "lower_bound"), 1);
+    assert_eq!(plan["rejections"], serde_json::json!([]));
+}
+
+#[test]
+fn json_sample_with_pair_and_set_objects() {
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("small.json"), &[]);
+    assert_eq!(count(&plan, "rows"), 4);
+    assert_eq!(count(&plan, "pairs"), 10);
+    assert_eq!(count(&plan, "jobs"), 3);
+    let report = k.report_csv(&[]);
+    let positions: Vec<&str> = report.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        positions,
+        [
+            "index 0",
+            "index 1",
+            "index 2, pair 1",
+            "index 2, pair 2",
+            "index 2, pair 3",
+            "index 2, pair 4",
+            "index 2, pair 5",
+            "index 2, pair 6",
+            "index 3, pair 1",
+            "index 3, pair 2"
+        ]
+    );
+    // Instance-major order within a set.
+    assert_eq!(report[3][2], "ins-00000006");
+    assert_eq!(report[3][3], "skey-00000005");
+    assert!(report.iter().all(|r| r[4] == "pending" && !r[9].is_empty()));
+}
+
+#[test]
+fn jsonl_sample_and_stdin() {
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("small.jsonl"), &[]);
+    assert_eq!(count(&plan, "rows"), 3);
+    assert_eq!(count(&plan, "pairs"), 6);
+    assert_eq!(count(&plan, "jobs"), 3);
+
+    let stdin = Keyfleet::new();
+    let bytes = std::fs::read(sample("small.jsonl")).unwrap();
+    let ran = stdin
+        .run_with_stdin(&["plan", "-", "--format", "jsonl", "--json"], &bytes)
+        .ok();
+    let from_stdin = ran.json();
+    assert_eq!(count(&from_stdin, "pairs"), 6);
+    assert_eq!(from_stdin["input_path"], "-");
+    assert_eq!(from_stdin["input_sha256"], plan["input_sha256"]);
+}
+
+#[test]
+fn bom_crlf_and_mixed_shapes() {
+    let k = Keyfleet::new();
+    let csv = k.file(
+        "bom.csv",
+        b"\xEF\xBB\xBFInstanceId,KeyId,Region\r\nins-00000001,skey-00000001,ap-guangzhou\r\n\r\nins-00000002,skey-00000001,ap-guangzhou\r\n",
+    );
+    let plan = k.plan(&csv, &[]);
+    assert_eq!(count(&plan, "pairs"), 2);
+    assert_eq!(count(&plan, "rejected"), 0);
+    let positions: Vec<String> = k
+        .report_csv(&[])
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(positions, ["line 2", "line 4"]);
+
+    let k = Keyfleet::new();
+    let json = k.file(
+        "mixed.txt",
+        b"\xEF\xBB\xBF[\r\n{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"},\r\n{\"instance_ids\":[\"ins-00000001\",\"ins-00000002\"],\"key_ids\":[\"skey-00000001\"]}\r\n]\r\n",
+    );
+    let plan = k.plan(&json, &["--region", "ap-guangzhou"]);
+    assert_eq!(count(&plan, "rows"), 2);
+    assert_eq!(count(&plan, "pairs"), 2);
+    assert_eq!(count(&plan, "duplicates"), 1);
+}
+
+#[test]
+fn a_set_larger_than_one_request_is_split_100_by_100() {
+    let k = Keyfleet::new();
+    let instances: Vec<String> = (0..150).map(|i| format!("ins-{i:08x}")).collect();
+    let keys: Vec<String> = (0..120).map(|i| format!("skey-{i:08x}")).collect();
+    let body = serde_json::json!([{ "instance_ids": instances, "key_ids": keys, "region": "ap-shanghai" }]);
+    let path = k.file("big.json", body.to_string().as_bytes());
+    let plan = k.plan(&path, &["--force-stop"]);
+    assert_eq!(count(&plan, "pairs"), 18_000);
+    assert_eq!(count(&plan, "jobs"), 4);
+    assert_eq!(count(&plan, "lower_bound"), 2);
+}
+
+#[test]
+fn every_kind_of_bad_row_is_kept_with_position_and_reason() {
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("bad-rows.csv"), &[]);
+    assert_eq!(count(&plan, "rows"), 10);
+    assert_eq!(count(&plan, "pairs"), 2);
+    assert_eq!(count(&plan, "duplicates"), 1);
+    assert_eq!(count(&plan, "rejected"), 7);
+    let report = k.report_csv(&["--only", "rejected"]);
+    let expect = [
+        ("line 3", "must be \"ins-\" followed by 8 characters"),
+        (
+            "line 4",
+            "key id \"key-00000001\" does not start with \"skey-\"",
+        ),
+        ("line 5", "does not start with \"ins-\""),
+        ("line 6", "leading or trailing spaces"),
+        ("line 7", "region \"Guangzhou\" is not a region name"),
+        ("line 8", "no region"),
+        ("line 9", "no key_id (column 2)"),
+    ];
+    assert_eq!(report.len(), expect.len());
+    for (row, (position, reason)) in report.iter().zip(expect) {
+        assert_eq!(row[0], position);
+        assert_eq!(row[4], "rejected");
+        assert!(
+            row[7].contains(reason),
+            "{position}: {:?} lacks {reason:?}",
+            row[7]
+        );
+    }
+    // The summary lists the first few, with the same positions.
+    assert_eq!(plan["rejections"][0]["position"], "line 3");
+    assert!(plan["rejections"].as_array().unwrap().len() <= 5);
+
+    // With a default region the row without one is valid; the row's own region still wins.
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("bad-rows.csv"), &["--region", "ap-beijing"]);
+    assert_eq!(count(&plan, "rejected"), 6);
+    assert_eq!(count(&plan, "regions"), 2);
+}
+
+#[test]
+fn json_rows_of_the_wrong_shape_are_rejected_not_fatal() {
+    let k = Keyfleet::new();
+    let path = k.file(
+        "shapes.json",
+        br#"[
+  {"instance_id": "ins-00000001", "key_id": "skey-00000001", "region": "ap-guangzhou"},
+  "ins-00000002",
+  {"instance_id": 12, "key_id": "skey-00000001", "region": "ap-guangzhou"},
+  {"instance_ids": ["ins-00000003", null], "key_ids": ["skey-00000001"], "region": "ap-guangzhou"},
+  {"instance_ids": [], "key_ids": ["skey-00000001"], "region": "ap-guangzhou"},
+  {"instance_id": "ins-00000004", "key_ids": ["skey-00000001"], "region": "ap-guangzhou"}
+]"#,
+    );
+    let plan = k.plan(&path, &[]);
+    assert_eq!(count(&plan, "rows"), 6);
+    assert_eq!(count(&plan, "pairs"), 2);
+    let rejected = k.report_csv(&["--only", "rejected"]);
+    let got: Vec<(&str, &str)> = rejected
+        .iter()
+        .map(|r| (r[0].as_str(), r[7].as_str()))
+        .collect();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got[0].0, "index 1");
+    assert!(got[0].1.contains("a string, not an object"));
+    assert_eq!(got[1].0, "index 2");
+    assert!(got[1].1.contains("instance_id is a number"));
+    assert_eq!(got[2].0, "index 3, pair 2");
+    assert!(got[2].1.contains("instance_ids[1] is null"));
+    assert_eq!(got[3].0, "index 4");
+    assert!(got[3].1.contains("empty list"));
+    assert_eq!(got[4].0, "index 5");
+    assert!(got[4].1.contains("mixes a pair"));
+}
+
+#[test]
+fn unreadable_inputs_exit_2_name_file_line_column_and_write_nothing() {
+    let cases: [(&str, &[u8], &[&str], &str); 9] = [
+        ("latin1.csv", b"instance_id,key_id\nins-00000001,sk\xe9y\n", &[], "line 2, column 16 (byte 34): not valid UTF-8"),
+        ("nocol.csv", b"instance,key\nins-00000001,skey-00000001\n", &[], "line 1, column 1: the header has no instance_id or key_id column"),
+        ("semi.csv", b"instance_id;key_id\nins-00000001;skey-00000001\n", &[], "keyfleet reads comma-separated values"),
+        ("headeronly.csv", b"instance_id,key_id\n", &[], "line 2, column 1: the header is followed by no rows"),
+        ("empty.csv", b"", &[], "line 1, column 1: the input is empty"),
+        ("broken.json", b"[\n  {\"instance_id\": \"ins-00000001\",\n   \"key_id\": }\n]", &[], "line 3, column 14: malformed JSON"),
+        ("object.json", b"{\"instance_id\": \"ins-00000001\"}", &["--format", "json"], "expected a JSON array"),
+        ("broken.jsonl", b"{\"instance_id\": \"ins-00000001\", \"key_id\": \"skey-00000001\"}\n{\"instance_id\": \n", &[], "line 2, column"),
+        ("empty.json", b"[ ]", &[], "the array has no rows"),
+    ];
+    for (name, content, extra, message) in cases {
+        let k = Keyfleet::new();
+        let path = k.file(name, content);
+        let mut args = vec!["plan", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let ran = k.run(&args);
+        assert_eq!(ran.code, 2, "{name}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains(&format!("{}: ", path.display())),
+            "{name}: {}",
+            ran.stderr
+        );
+        assert!(
+            ran.stderr.contains(message),
+            "{name}: {:?} lacks {message:?}",
+            ran.stderr
+        );
+        assert!(k.runs().is_empty(), "{name}: a run was written");
+    }
+}
+
+#[test]
+fn missing_file_and_bad_region_flag_are_usage_errors() {
+    let k = Keyfleet::new();
+    let ran = k.run(&["plan", "/nonexistent/rows.csv"]);
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr.contains("cannot open /nonexistent/rows.csv"),
+        "{}",
+        ran.stderr
+    );
+    let ran = k.run(&[
+        "plan",
+        sample("small.csv").to_str().unwrap(),
+        "--region",
+        "Guangzhou",
+    ]);
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.contains("not a region name"), "{}", ran.stderr);
+    assert!(k.runs().is_empty());
+}
+
+#[test]
+fn strict_refuses_any_rejection_and_writes_nothing() {
+    let k = Keyfleet::new();
+    let ran = k.run(&["plan", sample("bad-rows.csv").to_str().unwrap(), "--strict"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("--strict: 7 input pair(s) rejected, so nothing was written"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("line 3: instance id"), "{}", ran.stderr);
+    assert!(k.runs().is_empty());
+    let plan = k.plan(&sample("small.csv"), &["--strict"]);
+    assert_eq!(count(&plan, "pairs"), 7);
+}
+
+#[test]
+fn planning_the_same_input_twice_finds_the_same_run() {
+    let k = Keyfleet::new();
+    let first = k.plan(&sample("bad-rows.csv"), &[]);
+    let second = k.plan(&sample("bad-rows.csv"), &["--format", "csv"]);
+    assert_eq!(second["existing"], true);
+    assert_eq!(second["run_id"], first["run_id"]);
+    assert_eq!(second["pairs"], first["pairs"]);
+    assert_eq!(second["rejections"], first["rejections"]);
+    assert_eq!(k.runs().len(), 1);
+    assert_eq!(k.report_csv(&[]).len(), 10, "no new items");
+
+    // Different options are a different run.
+    let forced = k.plan(&sample("bad-rows.csv"), &["--force-stop"]);
+    assert_eq!(forced["existing"], false);
+    assert_ne!(forced["run_id"], first["run_id"]);
+    let runs = k.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["run_id"], forced["run_id"], "newest first");
+}
+
+#[tokio::test]
+async fn a_changed_input_is_detected() {
+    use keyfleet::plan::{InputCheck, PlanOptions, check_input, plan_input};
+    let k = Keyfleet::new();
+    let path = k.file("rows.csv", &std::fs::read(sample("small.csv")).unwrap());
+    let store = k.store().await;
+    let planned = plan_input(&store, &path, &PlanOptions::default())
+        .await
+        .unwrap();
+    let run = planned.summary.run_id;
+    assert_eq!(
+        check_input(&store, run).await.unwrap(),
+        InputCheck::Unchanged
+    );
+    std::fs::write(
+        &path,
+        b"instance_id,key_id,region\nins-00000009,skey-00000009,ap-guangzhou\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        check_input(&store, run).await.unwrap(),
+        InputCheck::Changed { current_sha256, planned_sha256, .. } if current_sha256 != planned_sha256
+    ));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        check_input(&store, run).await.unwrap(),
+        InputCheck::Missing { .. }
+    ));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
+    let k = Keyfleet::new();
+    let plan = k.plan(&sample("bad-rows.csv"), &[]);
+    let run = count(&plan, "run_id");
+    // Play the executor: the job fails once, is split, and its child succeeds.
+    let store = k.store().await;
+    let pool = store.pool();
+    // Two jobs: ins-00000001 loses skey-00000001, ins-00000008 loses skey-00000002.
+    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ? ORDER BY id LIMIT 1")
+        .bind(run)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_code) VALUES (?, 1, 1, 2, 'error', 'RequestLimitExceeded'), (?, 2, 3, 4, 'error', 'InvalidInstanceId.NotFound')")
+        .bind(job).bind(job).execute(pool).await.unwrap();
+    sqlx::query("UPDATE jobs SET state = 'split' WHERE id = ?")
+        .bind(job)
+        .execute(pool)
+        .await
+        .unwrap();
+    let child: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, parent_job_id, created_at, state, request_id)
+         VALUES (?, 'ap-guangzhou', '[\"ins-00000001\"]', '[\"skey-00000001\"]', 1, ?, 5, 'succeeded', 'req-1') RETURNING id",
+    )
+    .bind(run).bind(job).fetch_one(pool).await.unwrap();
+    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, request_id) VALUES (?, 1, 6, 7, 'succeeded', 'req-1')")
+        .bind(child).execute(pool).await.unwrap();
+    sqlx::query("UPDATE items SET job_id = ?, status = 'succeeded', request_id = 'req-1' WHERE run_id = ? AND instance_id = 'ins-00000001' AND status = 'pending'")
+        .bind(child).bind(run).execute(pool).await.unwrap();
+    sqlx::query("UPDATE items SET status = 'failed', error_code = 'InvalidInstanceId.NotFound', error_message = 'No instance found.' WHERE run_id = ? AND status = 'pending'")
+        .bind(run).execute(pool).await.unwrap();
+    store.close().await;
+
+    let report = k.report_csv(&[]);
+    assert_eq!(
+        report.len(),
+        10,
+        "one row per input row, rejected and duplicate included"
+    );
+    let positions: Vec<String> = report.iter().map(|r| r[0].clone()).collect();
+    let expected: Vec<String> = (2..=11).map(|l| format!("line {l}")).collect();
+    assert_eq!(positions, expected, "input order");
+    let first = &report[0];
+    assert_eq!(
+        (first[4].as_str(), first[5].as_str()),
+        ("succeeded", "req-1")
+    );
+    assert_eq!(
+        first[8], "3",
+        "attempts of the leaf job and of the job it was split from"
+    );
+    assert_eq!(first[9], child.to_string());
+    let duplicate = &report[8];
+    assert_eq!(duplicate[4], "duplicate");
+    assert_eq!(
+        duplicate[5], "req-1",
+        "a duplicate shows the outcome of the row it repeats"
+    );
+    assert_eq!(duplicate[9], child.to_string());
+    let failed = &report[9];
+    assert_eq!(
+        (failed[4].as_str(), failed[6].as_str()),
+        ("failed", "InvalidInstanceId.NotFound")
+    );
+    assert_eq!(failed[8], "0", "the other job was never attempted");
+    assert_ne!(failed[9], first[9]);
+
+    let status = k.run(&["status", "--json"]).ok().json();
+    for key in [
+        "run_id",
+        "state",
+        "pairs",
+        "jobs",
+        "failures_by_code",
+        "requests",
+        "throttled",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(status.get(key).is_some(), "status lacks {key}: {status}");
+    }
+    assert_eq!(status["pairs"]["succeeded"], 1);
+    assert_eq!(status["pairs"]["failed"], 1);
+    assert_eq!(status["pairs"]["rejected"], 7);
+    assert_eq!(status["pairs"]["duplicate"], 1);
+    assert_eq!(status["pairs"]["pending"], 0);
+    assert_eq!(status["jobs"]["split"], 1);
+    assert_eq!(status["jobs"]["succeeded"], 1);
+    assert_eq!(status["jobs"]["queued"], 1);
+    assert_eq!(status["failures_by_code"]["InvalidInstanceId.NotFound"], 1);
+    assert_eq!(status["requests"], 3);
+    assert_eq!(status["throttled"], 1);
+
+    let json = k
+        .run(&["report", "--format", "json", "--only", "duplicate"])
+        .ok()
+        .json();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["request_id"], "req-1");
+    assert_eq!(json[0]["attempts"], 3);
+}
+
+#[test]
+fn report_file_is_private_and_complete() {
+    let k = Keyfleet::new();
+    k.plan(&sample("small.json"), &[]);
+    let out = k.db.dir.path().join("report.csv");
+    let ran = k.run(&["report", "--output", out.to_str().unwrap()]).ok();
+    assert!(
+        ran.stdout.is_empty(),
+        "the report went to the file, not stdout"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 11);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(k.db.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn status_and_report_without_runs_explain_themselves() {
+    let k = Keyfleet::new();
+    let ran = k.run(&["status"]);
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.contains("no runs"), "{}", ran.stderr);
+    let ran = k.run(&["report", "42"]);
+    assert!(
+        ran.stderr.contains("run 42 does not exist"),
+        "{}",
+        ran.stderr
+    );
+}
