@@ -92,6 +92,9 @@ impl Pacer {
     /// when this one was due if it is only [`SEND_LATENESS_FORGIVEN`] late. A request
     /// held up longer never lets the next one follow it closely.
     pub fn sending(&self) {
+        if self.limiter.is_none() {
+            return;
+        }
         let mut state = self.lock();
         let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
         state.last_start = Some(spaced_from(state.last_start, spacing, Instant::now()));
@@ -238,6 +241,7 @@ mod tests {
         let pacer = Pacer::new(0.0);
         for _ in 0..1000 {
             pacer.ready().await;
+            pacer.sending();
             assert!(pacer.is_off());
         }
     }
