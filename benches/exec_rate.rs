@@ -1,0 +1,194 @@
+//! Achieved rate: keyfleet at `--rate 10` (its default margin kept) against a
+//! simulator limited to 10 requests in any sliding second, with up to 20 ms of
+//! jitter before its limiter and 100-300 ms of latency after it. Measures goodput
+//! (requests admitted by the simulator per second) over a fixed window starting
+//! at the first arrival, the largest 1-second window, and throttles.
+//!
+//! A second case limits the simulator to 5/s with keyfleet still at 10/s: the run
+//! must complete through throttling; it reports throttles and goodput.
+//!
+//! `cargo bench --bench exec_rate [-- --quick]`. Full: 700 jobs, a 60 s window
+//! (about 72 s), then 300 jobs at 5/s. Quick: 200 jobs, a 15 s window, then 60 jobs.
+//! Target (issue 5): goodput >= 9.7/s over 60 s with no RequestLimitExceeded.
+
+mod exec_common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exec_common as common;
+use keyfleet::executor::{
+    self, Accepted, Counters, ExecConfig, Refused, Request, StopSignal, UnbindApi,
+};
+use keyfleet::sim::JournalEntry;
+
+const TARGET_GOODPUT_PER_SECOND: f64 = 9.7;
+const JITTER: Duration = Duration::from_millis(20);
+const LATENCY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_millis(300));
+const THROTTLE_CODE: &str = "RequestLimitExceeded";
+
+fn main() {
+    let Some(opts) = common::opts("exec_rate") else {
+        return;
+    };
+    common::header("exec_rate", &opts);
+    let (jobs, window_s, slow_jobs) = if opts.quick {
+        (200, 15, 60)
+    } else {
+        (700, 60, 300)
+    };
+    let jobs = common::env_number("KEYFLEET_BENCH_JOBS", jobs);
+    let window_s = common::env_number("KEYFLEET_BENCH_WINDOW_S", window_s);
+    let slow_jobs = common::env_number("KEYFLEET_BENCH_SLOW_JOBS", slow_jobs);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(case("at_limit", jobs, 10, 10.0, Some(window_s)));
+    runtime.block_on(case("sim_at_5", slow_jobs, 5, 10.0, None));
+}
+
+/// Runs `jobs` one-pair jobs with keyfleet at `rate` against a simulator limited to `sim_rate`.
+async fn case(name: &str, jobs: usize, sim_rate: u32, rate: f64, window_s: Option<u64>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fleet = common::one_key_each(jobs);
+    let input = dir.path().join("input.csv");
+    common::write_input(&input, &fleet).expect("write the input");
+    let (store, run_id, _) = common::plan(&dir.path().join("keyfleet.db"), &input).await;
+    let simulator = common::start_sim(common::sim_config(sim_rate, JITTER, LATENCY), fleet).await;
+    let api = Arc::new(Recorded {
+        inner: common::client(simulator.endpoint()),
+        sends: Mutex::new(Vec::new()),
+    });
+    let config = ExecConfig {
+        rate,
+        concurrency: 20,
+        ..ExecConfig::default()
+    };
+    let summary = executor::execute(
+        &store,
+        run_id,
+        api.clone(),
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .expect("execute");
+    let stats = simulator.stats();
+    let journal = simulator.journal();
+    let admitted: Vec<i64> = journal
+        .iter()
+        .filter(|e| e.code.as_deref() != Some(THROTTLE_CODE))
+        .map(|e| e.at_ms)
+        .collect();
+    let first = admitted.first().copied().unwrap_or(0);
+    let last = admitted.last().copied().unwrap_or(0);
+    let sends = api.sends.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let send_gap = min_gap_ms(
+        sends
+            .iter()
+            .map(|s| s.duration_since(sends[0]).as_secs_f64() * 1000.0),
+        sim_rate,
+    );
+    if let Ok(path) = std::env::var("KEYFLEET_BENCH_TRACE") {
+        // For diagnosis: each send and each arrival, in ms from the first send / sim start.
+        let mut out = String::new();
+        for s in &sends {
+            out.push_str(&format!(
+                "send {:.1}\n",
+                s.duration_since(sends[0]).as_secs_f64() * 1000.0
+            ));
+        }
+        for e in &journal {
+            out.push_str(&format!(
+                "arrive {} {}\n",
+                e.at_ms,
+                e.code.as_deref().unwrap_or("ok")
+            ));
+        }
+        let _ = std::fs::write(format!("{path}.{name}"), out);
+    }
+    let arrival_gap = min_gap_ms(journal.iter().map(|e| e.at_ms as f64), sim_rate);
+    let whole_run = admitted.len() as f64 / ((last - first).max(1) as f64 / 1000.0);
+    let finished = summary.stopped.is_none() && summary.pairs.succeeded as usize == jobs;
+    print!(
+        "exec_rate case={name} jobs={jobs} sim_rate={sim_rate} keyfleet_rate={rate} concurrency=20 \
+         jitter_ms={} latency_ms={}-{} elapsed_s={:.1} finished={finished} succeeded={} \
+         sim_admitted={} sim_throttled={} keyfleet_throttled={} max_in_any_second={} \
+         goodput_whole_run={whole_run:.3} min_send_span_ms={send_gap:.1} min_arrival_span_ms={arrival_gap:.1}",
+        JITTER.as_millis(),
+        LATENCY.0.as_millis(),
+        LATENCY.1.as_millis(),
+        summary.elapsed.as_secs_f64(),
+        summary.pairs.succeeded,
+        stats.admitted,
+        stats.throttled,
+        summary.throttled,
+        stats.max_in_any_second,
+    );
+    if let Some(window_s) = window_s {
+        let goodput = goodput_in_window(&journal, first, window_s);
+        let covered = last - first >= window_s as i64 * 1000 - 1000;
+        let met = goodput >= TARGET_GOODPUT_PER_SECOND && stats.throttled == 0 && covered;
+        print!(
+            " window_s={window_s} goodput_in_window={goodput:.3} target>={TARGET_GOODPUT_PER_SECOND} \
+             and 0 throttles {}",
+            if !covered {
+                "MISSED(queue drained before the window ended)"
+            } else if met {
+                "MET"
+            } else {
+                "MISSED"
+            }
+        );
+    } else {
+        print!(
+            " {}",
+            if finished {
+                "COMPLETED"
+            } else {
+                "DID-NOT-COMPLETE"
+            }
+        );
+    }
+    println!();
+    store.close().await;
+    simulator.shutdown().await;
+}
+
+/// Admitted requests per second arriving in `[first, first + window)`.
+fn goodput_in_window(journal: &[JournalEntry], first: i64, window_s: u64) -> f64 {
+    let end = first + window_s as i64 * 1000;
+    let admitted = journal
+        .iter()
+        .filter(|e| e.code.as_deref() != Some(THROTTLE_CODE) && e.at_ms >= first && e.at_ms < end)
+        .count();
+    admitted as f64 / window_s as f64
+}
+
+/// The API client, noting when each request leaves.
+struct Recorded<A> {
+    inner: A,
+    sends: Mutex<Vec<Instant>>,
+}
+
+impl<A: UnbindApi> UnbindApi for Recorded<A> {
+    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+        self.sends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Instant::now());
+        self.inner.unbind(request).await
+    }
+}
+
+/// The shortest span covering `limit + 1` consecutive times (ms): under 1000 means
+/// `limit + 1` of them fell in one second. Throttled arrivals count too, so the
+/// arrival span shows what the client's spacing plus jitter delivered.
+fn min_gap_ms(times: impl Iterator<Item = f64>, limit: u32) -> f64 {
+    let mut times: Vec<f64> = times.collect();
+    times.sort_by(f64::total_cmp);
+    let n = limit as usize;
+    times
+        .windows(n + 1)
+        .map(|w| w[n] - w[0])
+        .fold(f64::INFINITY, f64::min)
+}
