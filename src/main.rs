@@ -52,28 +52,28 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the error-code table: each API error code, its class, and what keyfleet does.
-    Codes(cli::codes::Args),
-    /// One API request by hand: `disassociate` key pairs, or `describe` instances.
-    Call(cli::call::Args),
     /// The whole job on embedded defaults against an in-process simulator: no setup, about a minute.
     Demo(cli::demo::Args),
     /// Plan INPUT (or find the run that planned it) and execute it: the fleet job.
     Run(cli::run::RunArgs),
-    /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
-    Retry(cli::run::RetryArgs),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
-    /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
-    Sim(Box<cli::sim::Args>),
+    /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
+    Retry(cli::run::RetryArgs),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
     Plan(cli::plan::Args),
-    /// List the runs in the database, newest first.
-    Runs(cli::runs::Args),
     /// Show where a run stands: pairs, jobs, requests, failures.
     Status(cli::status::Args),
     /// Write one row per input pair with its outcome, in input order.
     Report(cli::report::Args),
+    /// List the runs in the database, newest first.
+    Runs(cli::runs::Args),
+    /// One API request by hand: `disassociate` key pairs, or `describe` instances.
+    Call(cli::call::Args),
+    /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
+    Sim(Box<cli::sim::Args>),
+    /// Print the error-code table: each API error code, its class, and what keyfleet does.
+    Codes(cli::codes::Args),
 }
 
 fn main() -> ExitCode {
