@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keyfleet::sim::{Faults, Fleet, Instance, Os, SimConfig, audit};
+use keyfleet::sim::{Faults, Fleet, Instance, InstanceState, Os, SimConfig, audit};
 
 use crate::support::{Rehearsal, ins, key};
 
@@ -415,4 +415,81 @@ async fn the_samples_rehearse_against_the_sample_fleet() {
             "the unrequested key stays"
         );
     }
+}
+
+/// `keyfleet retry --code`: pairs that failed because an instance was RUNNING are sent
+/// again once an operator has stopped it; other failures stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_requeues_failed_pairs_by_code() {
+    let fleet = Fleet::new()
+        .with(Instance::new(ins(1), GZ).keys([key(1), key(9)]))
+        .with(
+            Instance::new(ins(2), GZ)
+                .keys([key(1), key(9)])
+                .state(InstanceState::Running),
+        )
+        .with(
+            Instance::new(ins(3), GZ)
+                .keys([key(1), key(9)])
+                .os(Os::Windows),
+        );
+    let r = Rehearsal::start(quiet_sim(), fleet.clone()).await;
+    let rows: Vec<_> = (1..=3).map(|i| (ins(i), key(1), GZ.to_string())).collect();
+    let input = r.input("in.csv", &rows);
+    let (code, _, stderr) = r
+        .run(
+            &["run", input.to_str().unwrap(), "--progress", "none"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(status(&r).await["pairs"]["failed"], 2);
+
+    // Nothing failed with this code: nothing to do.
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "retry",
+                "--code",
+                "InternalServerError",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no failed pairs"), "{stderr}");
+
+    r.sim
+        .edit_fleet(|f| {
+            f.instances
+                .iter_mut()
+                .filter(|i| i.instance_id == ins(2))
+                .for_each(|i| i.state = InstanceState::Stopped)
+        })
+        .unwrap();
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "retry",
+                "--code",
+                "UnsupportedOperation.InstanceStateRunning",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 1, "the Windows pair still fails: {stderr}");
+    assert!(stderr.contains("1 failed pairs requeued"), "{stderr}");
+    let s = status(&r).await;
+    assert_eq!(s["pairs"]["succeeded"], 2);
+    assert_eq!(s["pairs"]["failed"], 1);
+    assert_eq!(
+        s["failures_by_code"]["UnsupportedOperation.InstanceOsWindows"],
+        1
+    );
+    let audit = assert_audit(&r, &fleet).await;
+    assert_eq!(audit.succeeded, 2);
 }
