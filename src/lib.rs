@@ -19,7 +19,11 @@
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
-//!   semantics, instance states, rate limit and seeded faults over a real HTTP server.
+//!   semantics, instance states, rate limit and seeded faults over a real HTTP server;
+//!   `sim::audit` proves a run against the simulator's fleet and journal.
+//!
+//! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
+//! draws progress and maps errors to exit codes; nothing in the library prints.
 
 pub mod api;
 pub mod credentials;
