@@ -89,7 +89,7 @@ impl Pacer {
     }
 
     /// A request is leaving now; the next one is spaced from this moment, or from
-    /// when this one was due if it is only [`SEND_LATENESS_FORGIVEN`] late. A request
+    /// when this one was due if it is only slightly late (`SEND_LATENESS_FORGIVEN`). A request
     /// held up longer never lets the next one follow it closely.
     pub fn sending(&self) {
         if self.limiter.is_none() {
