@@ -242,6 +242,23 @@ struct PendingJob {
     pair_count: i64,
 }
 
+/// The multi-row INSERT for `rows` rows; the full-size statement, used for every
+/// batch but the last, is built once and kept in `cache`.
+fn cached_values_sql(
+    cache: &mut Option<String>,
+    insert: &str,
+    columns: usize,
+    rows: usize,
+    full_rows: usize,
+) -> String {
+    if rows != full_rows {
+        return values_sql(insert, columns, rows);
+    }
+    cache
+        .get_or_insert_with(|| values_sql(insert, columns, rows))
+        .clone()
+}
+
 fn values_sql(head: &str, columns: usize, rows: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(","));
     let mut sql = String::with_capacity(head.len() + rows * (row.len() + 1));
@@ -299,17 +316,13 @@ impl PlanWriter {
         if self.jobs.is_empty() {
             return Ok(());
         }
-        let full = self.jobs.len() == JOB_ROWS_PER_STATEMENT;
-        let sql = match (&self.job_sql, full) {
-            (Some(sql), true) => sql.clone(),
-            _ => {
-                let sql = values_sql(JOB_INSERT, 8, self.jobs.len());
-                if full {
-                    self.job_sql = Some(sql.clone());
-                }
-                sql
-            }
-        };
+        let sql = cached_values_sql(
+            &mut self.job_sql,
+            JOB_INSERT,
+            8,
+            self.jobs.len(),
+            JOB_ROWS_PER_STATEMENT,
+        );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for job in self.jobs.drain(..) {
             query = query
@@ -332,17 +345,13 @@ impl PlanWriter {
         if self.items.is_empty() {
             return Ok(());
         }
-        let full = self.items.len() == ITEM_ROWS_PER_STATEMENT;
-        let sql = match (&self.item_sql, full) {
-            (Some(sql), true) => sql.clone(),
-            _ => {
-                let sql = values_sql(ITEM_INSERT, 10, self.items.len());
-                if full {
-                    self.item_sql = Some(sql.clone());
-                }
-                sql
-            }
-        };
+        let sql = cached_values_sql(
+            &mut self.item_sql,
+            ITEM_INSERT,
+            10,
+            self.items.len(),
+            ITEM_ROWS_PER_STATEMENT,
+        );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (id, item) in self.items.drain(..) {
             query = query
