@@ -24,12 +24,7 @@ use crate::credentials::Credentials;
 use crate::sign::{self, RequestParts};
 use crate::taxonomy::{self, ErrorClass, TRANSPORT_PREFIX};
 
-/// Tencent Cloud's CVM endpoint.
-pub const DEFAULT_ENDPOINT: &str = "https://cvm.tencentcloudapi.com";
-/// The CVM API version every call names in `X-TC-Version`.
-pub const API_VERSION: &str = "2017-03-12";
-/// The service name in the signature's credential scope.
-pub const SERVICE: &str = "cvm";
+pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE};
 /// How long establishing a connection (TCP and TLS) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one whole request may take, from connecting to the last byte of the reply.
@@ -324,7 +319,7 @@ impl CvmClient {
         force_stop: bool,
     ) -> Result<Success, CallError> {
         self.key_pair_action(
-            "DisassociateInstancesKeyPairs",
+            Action::DisassociateInstancesKeyPairs,
             region,
             instance_ids,
             key_ids,
@@ -343,7 +338,7 @@ impl CvmClient {
         force_stop: bool,
     ) -> Result<Success, CallError> {
         self.key_pair_action(
-            "AssociateInstancesKeyPairs",
+            Action::AssociateInstancesKeyPairs,
             region,
             instance_ids,
             key_ids,
@@ -354,7 +349,7 @@ impl CvmClient {
 
     async fn key_pair_action(
         &self,
-        action: &str,
+        action: Action,
         region: &str,
         instance_ids: &[String],
         key_ids: &[String],
@@ -364,7 +359,7 @@ impl CvmClient {
         if force_stop {
             body["ForceStop"] = Value::Bool(true);
         }
-        let (_, request_id) = self.call(action, region, &body).await?;
+        let (_, request_id) = self.call(action.name(), region, &body).await?;
         Ok(Success {
             request_id,
             http_status: 200,
@@ -380,7 +375,9 @@ impl CvmClient {
     ) -> Result<(Vec<InstanceInfo>, String), CallError> {
         // Limit defaults to 20 on the API side; 100 ids must come back in one page.
         let body = json!({ "InstanceIds": instance_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST });
-        let (response, request_id) = self.call("DescribeInstances", region, &body).await?;
+        let (response, request_id) = self
+            .call(Action::DescribeInstances.name(), region, &body)
+            .await?;
         let instances = parse_set(&response, "InstanceSet", &request_id, |item| {
             Some(InstanceInfo {
                 instance_id: item.get("InstanceId")?.as_str()?.to_string(),
@@ -400,7 +397,9 @@ impl CvmClient {
         key_ids: &[String],
     ) -> Result<(Vec<KeyPairInfo>, String), CallError> {
         let body = json!({ "KeyIds": key_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST });
-        let (response, request_id) = self.call("DescribeKeyPairs", region, &body).await?;
+        let (response, request_id) = self
+            .call(Action::DescribeKeyPairs.name(), region, &body)
+            .await?;
         let keys = parse_set(&response, "KeyPairSet", &request_id, |item| {
             Some(KeyPairInfo {
                 key_id: item.get("KeyId")?.as_str()?.to_string(),

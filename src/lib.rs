@@ -7,6 +7,7 @@
 //!
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run.
+//! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod credentials;
+pub mod cvm;
 pub mod delay;
 pub mod executor;
 pub mod ids;

@@ -7,26 +7,8 @@ use tokio::time::Instant;
 use super::fleet::{InstanceState, LiveFleet, LiveInstance, Os};
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 
-/// The actions the simulator serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Action {
-    Disassociate,
-    Associate,
-    DescribeInstances,
-    DescribeKeyPairs,
-}
-
-impl Action {
-    pub fn from_name(name: &str) -> Option<Action> {
-        match name {
-            "DisassociateInstancesKeyPairs" => Some(Action::Disassociate),
-            "AssociateInstancesKeyPairs" => Some(Action::Associate),
-            "DescribeInstances" => Some(Action::DescribeInstances),
-            "DescribeKeyPairs" => Some(Action::DescribeKeyPairs),
-            _ => None,
-        }
-    }
-}
+/// The actions the simulator serves: the API vocabulary shared with the client.
+pub(crate) use crate::cvm::Action;
 
 /// An API error reply: code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +197,7 @@ pub(crate) fn validate(
     region: &str,
 ) -> Result<Validated, ApiError> {
     match action {
-        Action::Disassociate | Action::Associate => {
+        Action::DisassociateInstancesKeyPairs | Action::AssociateInstancesKeyPairs => {
             check_known(params, &["InstanceIds", "KeyIds", "ForceStop"])?;
             let instance_ids = string_list(params, "InstanceIds")?.unwrap_or_default();
             let key_ids = string_list(params, "KeyIds")?.unwrap_or_default();
@@ -244,7 +226,7 @@ pub(crate) fn validate(
                 return Err(key_not_found());
             }
             Ok(Validated::Bind {
-                associate: action == Action::Associate,
+                associate: action == Action::AssociateInstancesKeyPairs,
                 instances,
                 keys,
                 force_stop,
@@ -304,6 +286,11 @@ pub(crate) fn validate(
                 limit,
             })
         }
+        // Not served yet: answered as an unknown action, as for any other name.
+        Action::DescribeRegions => Err(ApiError::new(
+            "InvalidAction",
+            "The requested action `DescribeRegions` does not exist.",
+        )),
     }
 }
 

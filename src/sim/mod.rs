@@ -39,10 +39,8 @@ pub use limiter::WINDOW as RATE_WINDOW;
 
 use crate::secret::Secret;
 
-/// The only API version served.
-pub const API_VERSION: &str = "2017-03-12";
-/// The service name in the signature's credential scope.
-pub const SERVICE: &str = "cvm";
+/// The only API version served, and the service of the signature scope.
+pub use crate::cvm::{API_VERSION, SERVICE};
 /// The real API's limit for the key-pair actions, per action.
 pub const DEFAULT_RATE_PER_SECOND: u32 = 10;
 /// How long a transitional state (STOPPING, PENDING, ...) lasts when the fleet does not say.
