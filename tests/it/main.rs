@@ -11,3 +11,4 @@ mod security;
 mod sim;
 mod support;
 mod torture;
+mod upgrade;
