@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exec_common as common;
-use keyfleet::executor::{
-    self, Accepted, Counters, ExecConfig, Refused, Request, StopSignal, UnbindApi,
-};
+use keyfleet::executor::{self, Api, Call, Counters, ExecConfig, Refused, Reply, StopSignal};
 use keyfleet::sim::JournalEntry;
 
 const TARGET_GOODPUT_PER_SECOND: f64 = 9.7;
@@ -170,13 +168,21 @@ struct Recorded<A> {
     sends: Mutex<Vec<Instant>>,
 }
 
-impl<A: UnbindApi> UnbindApi for Recorded<A> {
-    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+impl<A: Api> Api for Recorded<A> {
+    async fn call(&self, call: &Call) -> Result<Reply, Refused> {
         self.sends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Instant::now());
-        self.inner.unbind(request).await
+        self.inner.call(call).await
+    }
+
+    fn endpoint(&self, region: &str) -> String {
+        self.inner.endpoint(region)
+    }
+
+    fn secret_id(&self) -> String {
+        self.inner.secret_id()
     }
 }
 

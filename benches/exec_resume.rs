@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exec_common as common;
-use keyfleet::executor::{
-    self, Accepted, Counters, ExecConfig, Refused, Request, StopSignal, UnbindApi,
-};
+use keyfleet::executor::{self, Api, Call, Counters, ExecConfig, Refused, Reply, StopSignal};
 use keyfleet::sim::SimHandle;
 use keyfleet::store::{Store, now_ms};
 use sqlx::Row;
@@ -56,14 +54,22 @@ struct FirstCall<A> {
     stop: StopSignal,
 }
 
-impl<A: UnbindApi> UnbindApi for FirstCall<A> {
-    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+impl<A: Api> Api for FirstCall<A> {
+    async fn call(&self, call: &Call) -> Result<Reply, Refused> {
         {
             let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
             first.get_or_insert_with(Instant::now);
         }
         self.stop.stop();
-        self.inner.unbind(request).await
+        self.inner.call(call).await
+    }
+
+    fn endpoint(&self, region: &str) -> String {
+        self.inner.endpoint(region)
+    }
+
+    fn secret_id(&self) -> String {
+        self.inner.secret_id()
     }
 }
 

@@ -193,9 +193,9 @@ impl CallError {
         }
     }
 
-    /// What the caller should do, from [`taxonomy::classify`].
-    pub fn class(&self) -> ErrorClass {
-        taxonomy::classify(&self.code())
+    /// What the caller of `action` should do, from [`taxonomy::classify`].
+    pub fn class(&self, action: Action) -> ErrorClass {
+        taxonomy::classify(action, &self.code()).class
     }
 
     /// The API's message, or what went wrong in transport.
@@ -306,6 +306,12 @@ impl CvmClient {
     /// The endpoint URL requests go to.
     pub fn endpoint(&self) -> &str {
         self.target.url.as_str()
+    }
+
+    /// The SecretId requests are signed with (an identifier, not a secret: it names
+    /// the sub-account whose rate limit the requests count against).
+    pub fn secret_id(&self) -> &str {
+        &self.target.credentials.secret_id
     }
 
     /// Unbinds every key in `key_ids` from every instance in `instance_ids`
@@ -787,7 +793,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code(), "MutexOperation.TaskRunning");
-        assert_eq!(err.class(), ErrorClass::Retry);
+        assert_eq!(
+            err.class(Action::DisassociateInstancesKeyPairs),
+            ErrorClass::Retry
+        );
         assert_eq!(err.request_id(), Some("r-2"));
         assert_eq!(err.message(), "busy");
         for bad in [
@@ -806,7 +815,10 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
-            assert_eq!(err.class(), ErrorClass::Retry);
+            assert_eq!(
+                err.class(Action::DisassociateInstancesKeyPairs),
+                ErrorClass::Retry
+            );
         }
     }
 
@@ -874,7 +886,10 @@ mod tests {
         ] {
             let row = format!("| `{}` |", kind.code());
             assert!(doc.contains(&row), "docs/errors.md has no row {row:?}");
-            assert_eq!(taxonomy::classify(&kind.code()), ErrorClass::Retry);
+            assert_eq!(
+                taxonomy::classify(Action::DescribeInstances, &kind.code()).class,
+                ErrorClass::Retry
+            );
         }
     }
 

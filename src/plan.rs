@@ -778,6 +778,24 @@ pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, Store
     })
 }
 
+/// Jobs for failed pairs sent again (`keyfleet retry`): chunked like a plan, each
+/// pair keeping the ForceStop of the job it failed in.
+pub fn chunk_failed(pairs: &[crate::store::queue::FailedPair]) -> Vec<JobSpec> {
+    let refs = |force_stop: bool| {
+        pairs
+            .iter()
+            .filter(move |p| p.force_stop == force_stop)
+            .map(|p| PairRef {
+                region: &p.region,
+                instance_id: &p.instance_id,
+                key_id: &p.key_id,
+            })
+    };
+    let mut jobs = chunk(refs(false), false);
+    jobs.extend(chunk(refs(true), true));
+    jobs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,14 @@
 //! What keyfleet does with each API error code: one table, one function.
 //!
 //! Every code in the reference (the operation's own and the common API 3.0
-//! codes) has a row in [`CODES`]; [`classify`] is total over all strings.
+//! codes) has a row in [`CODES`] with its class and its scope (what the code is
+//! about: an instance, a key, or the request as a whole); [`ACTION_CODES`] holds the
+//! few codes that mean something else for one action. [`classify`] is total over all
+//! (action, code) pairs, and the executor's isolation reads the scope from it.
 
 use std::fmt;
+
+use crate::cvm::Action;
 
 /// What the executor does with a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -36,337 +41,506 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// What an error code is about, which decides how a failing batch is divided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Some instance of the batch (the batch is split by instances).
+    Instance,
+    /// Some key of the batch (the batch is split by keys).
+    Key,
+    /// The request as a whole, or not known: bisected, instances first.
+    Request,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Instance => "instance",
+            Scope::Key => "key",
+            Scope::Request => "request",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the table: a code, what keyfleet does with it, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub code: &'static str,
+    pub class: ErrorClass,
+    pub scope: Scope,
+    pub why: &'static str,
+}
+
+const fn rule(code: &'static str, class: ErrorClass, scope: Scope, why: &'static str) -> Rule {
+    Rule {
+        code,
+        class,
+        scope,
+        why,
+    }
+}
+
+/// What [`classify`] says about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classification {
+    pub class: ErrorClass,
+    pub scope: Scope,
+}
+
+impl Classification {
+    /// A transient condition of one instance (busy, starting, stopping): when its batch
+    /// has used up its attempts it is split, so one stuck instance does not fail 99.
+    pub fn is_instance_condition(self) -> bool {
+        self.class == ErrorClass::Retry && self.scope == Scope::Instance
+    }
+}
+
 /// The code keyfleet records for a transport failure; every `Transport.*` code is `Retry`.
 pub const TRANSPORT_PREFIX: &str = "Transport.";
 
 use ErrorClass::{Fatal, Isolate, Retry, Throttle};
+use Scope::{Instance, Key, Request};
 
-/// Every documented code with its class and a word on why.
-pub const CODES: &[(&str, ErrorClass, &str)] = &[
+/// Every documented code with its class, its scope and a word on why.
+pub const CODES: &[Rule] = &[
     // The operation's own codes.
-    (
+    rule(
         "InternalServerError",
         Retry,
+        Request,
         "server-side failure; usually passes",
     ),
-    (
+    rule(
         "FailedOperation.DisassociateKeyPairFailed",
         Retry,
+        Request,
         "the unbind failed server-side; usually passes",
     ),
-    (
+    rule(
         "InvalidInstance.NotSupported",
         Isolate,
+        Instance,
         "this instance cannot be operated on",
     ),
-    (
+    rule(
         "InvalidInstanceId.Malformed",
         Isolate,
+        Instance,
         "an instance id is malformed",
     ),
-    (
+    rule(
         "InvalidInstanceId.NotFound",
         Isolate,
+        Instance,
         "an instance does not exist (in this region)",
     ),
-    (
+    rule(
         "InvalidKeyPairId.Malformed",
         Isolate,
+        Key,
         "a key id is malformed",
     ),
-    (
+    rule(
         "InvalidKeyPairId.NotFound",
         Isolate,
+        Key,
         "a key does not exist (in this region)",
     ),
-    (
+    rule(
         "InvalidParameterValue",
         Isolate,
+        Request,
         "some value in the batch is refused",
     ),
-    (
+    rule(
         "InvalidParameterValue.InstanceIdMalformed",
         Isolate,
+        Instance,
         "an instance id is malformed",
     ),
-    (
+    rule(
         "InvalidParameterValue.LimitExceeded",
         Fatal,
+        Request,
         "more ids than the API takes: a keyfleet bug, never expected",
     ),
-    (
+    rule(
         "MissingParameter",
         Fatal,
+        Request,
         "the request is incomplete: a keyfleet or endpoint problem",
     ),
-    (
+    rule(
         "MutexOperation.TaskRunning",
         Retry,
+        Request,
         "an identical task is running; wait for it",
     ),
-    (
+    rule(
         "OperationDenied.InstanceOperationInProgress",
         Retry,
+        Instance,
         "the instance is busy with another operation",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceOsWindows",
         Isolate,
+        Instance,
         "Windows instances have no SSH key pairs",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateBanning",
         Isolate,
+        Instance,
         "the instance is blocked",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateEnterRescueMode",
         Isolate,
+        Instance,
         "the instance is entering rescue mode",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateFreezing",
         Isolate,
+        Instance,
         "the instance is frozen",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStatePending",
         Retry,
+        Instance,
         "the instance is being created; it will settle",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateRebooting",
         Retry,
+        Instance,
         "the instance is rebooting; it will settle",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateRescueMode",
         Isolate,
+        Instance,
         "the instance is in rescue mode",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateRunning",
         Isolate,
+        Instance,
         "the instance is RUNNING; stop it or use --force-stop",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateShutdown",
         Isolate,
+        Instance,
         "the instance is isolated (SHUTDOWN)",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateStarting",
         Retry,
+        Instance,
         "the instance is starting; it will settle",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateStopping",
         Retry,
+        Instance,
         "the instance is stopping; it will settle",
     ),
-    (
+    rule(
         "UnsupportedOperation.InstanceStateTerminating",
         Isolate,
+        Instance,
         "the instance is being terminated",
     ),
-    (
+    rule(
         "UnsupportedOperation.StoppedModeStopCharging",
         Isolate,
+        Instance,
         "the instance is stopped without charging",
     ),
     // The common codes of every API 3.0 call.
-    ("ActionOffline", Fatal, "the action was retired"),
-    (
+    rule("ActionOffline", Fatal, Request, "the action was retired"),
+    rule(
         "AuthFailure.InvalidAuthorization",
         Fatal,
+        Request,
         "the Authorization header is wrong",
     ),
-    (
+    rule(
         "AuthFailure.InvalidSecretId",
         Fatal,
+        Request,
         "the SecretId is not valid",
     ),
-    (
+    rule(
         "AuthFailure.MFAFailure",
         Fatal,
+        Request,
         "multi-factor authentication failed",
     ),
-    (
+    rule(
         "AuthFailure.SecretIdNotFound",
         Fatal,
+        Request,
         "the SecretId does not exist or is disabled",
     ),
-    (
+    rule(
         "AuthFailure.SignatureExpire",
         Fatal,
+        Request,
         "the clock is more than 5 minutes off",
     ),
-    (
+    rule(
         "AuthFailure.SignatureFailure",
         Fatal,
+        Request,
         "the SecretKey is wrong",
     ),
-    (
+    rule(
         "AuthFailure.TokenFailure",
         Fatal,
+        Request,
         "the temporary token is wrong or expired",
     ),
-    (
+    rule(
         "AuthFailure.UnauthorizedOperation",
         Fatal,
+        Request,
         "the credentials may not call this action",
     ),
-    (
+    rule(
         "DryRunOperation",
         Fatal,
+        Request,
         "a dry run was answered; keyfleet never sends one",
     ),
-    (
+    rule(
         "FailedOperation",
         Retry,
+        Request,
         "a server-side failure; bounded by --max-attempts",
     ),
-    (
+    rule(
         "InternalError",
         Retry,
+        Request,
         "server-side failure; usually passes",
     ),
-    (
+    rule(
         "InvalidAction",
         Fatal,
+        Request,
         "the endpoint does not know the action",
     ),
-    (
+    rule(
         "InvalidParameter",
         Fatal,
+        Request,
         "the request's parameters are refused as a whole: not a per-instance problem",
     ),
-    (
+    rule(
         "InvalidRequest",
         Fatal,
+        Request,
         "the request body is refused as a whole",
     ),
-    ("IpInBlacklist", Fatal, "this machine's address is blocked"),
-    (
+    rule(
+        "IpInBlacklist",
+        Fatal,
+        Request,
+        "this machine's address is blocked",
+    ),
+    rule(
         "IpNotInWhitelist",
         Fatal,
+        Request,
         "this machine's address is not allowed",
     ),
-    (
+    rule(
         "LimitExceeded",
         Fatal,
+        Request,
         "an account quota is exceeded; a person must act",
     ),
-    ("NoSuchProduct", Fatal, "the endpoint does not serve CVM"),
-    (
+    rule(
+        "NoSuchProduct",
+        Fatal,
+        Request,
+        "the endpoint does not serve CVM",
+    ),
+    rule(
         "NoSuchVersion",
         Fatal,
+        Request,
         "the endpoint does not know API version 2017-03-12",
     ),
-    (
+    rule(
         "RequestLimitExceeded",
         Throttle,
+        Request,
         "more than the allowed requests per second",
     ),
-    (
+    rule(
         "RequestLimitExceeded.GlobalRegionUinLimitExceeded",
         Throttle,
+        Request,
         "the account's global rate limit",
     ),
-    (
+    rule(
         "RequestLimitExceeded.IPLimitExceeded",
         Throttle,
+        Request,
         "this address's rate limit",
     ),
-    (
+    rule(
         "RequestLimitExceeded.UinLimitExceeded",
         Throttle,
+        Request,
         "the account's rate limit",
     ),
-    (
+    rule(
         "RequestSizeLimitExceeded",
         Fatal,
+        Request,
         "the request is too large: a keyfleet bug, never expected",
     ),
-    ("ResourceInUse", Retry, "a resource is busy; usually passes"),
-    (
+    rule(
+        "ResourceInUse",
+        Retry,
+        Request,
+        "a resource is busy; usually passes",
+    ),
+    rule(
         "ResourceInsufficient",
         Retry,
+        Request,
         "capacity is short; usually passes",
     ),
-    (
+    rule(
         "ResourceNotFound",
         Isolate,
+        Request,
         "some resource in the batch does not exist",
     ),
-    (
+    rule(
         "ResourceUnavailable",
         Retry,
+        Request,
         "a resource is temporarily unavailable",
     ),
-    (
+    rule(
         "ResponseSizeLimitExceeded",
         Fatal,
+        Request,
         "the reply is too large: not expected for this action",
     ),
-    (
+    rule(
         "ServiceUnavailable",
         Retry,
+        Request,
         "the service is briefly unavailable",
     ),
-    (
+    rule(
         "UnauthorizedOperation",
         Fatal,
+        Request,
         "the credentials may not call this action",
     ),
-    (
+    rule(
         "UnknownParameter",
         Fatal,
+        Request,
         "the endpoint does not know a parameter keyfleet sent",
     ),
-    (
+    rule(
         "UnsupportedOperation",
         Isolate,
+        Request,
         "some instance in the batch does not support the operation",
     ),
-    (
+    rule(
         "UnsupportedProtocol",
         Fatal,
+        Request,
         "the endpoint wants another protocol (HTTPS?)",
     ),
-    (
+    rule(
         "UnsupportedRegion",
         Fatal,
+        Request,
         "the region does not offer this API",
     ),
 ];
 
 /// Families of codes not in [`CODES`], matched by prefix.
-const PREFIXES: &[(&str, ErrorClass)] = &[
-    (TRANSPORT_PREFIX, Retry),
-    ("RequestLimitExceeded.", Throttle),
-    ("AuthFailure.", Fatal),
-    ("UnauthorizedOperation.", Fatal),
-    ("InvalidInstanceId.", Isolate),
-    ("InvalidKeyPairId.", Isolate),
-    ("UnsupportedOperation.InstanceState", Isolate),
-    ("UnsupportedOperation.", Isolate),
+const PREFIXES: &[(&str, ErrorClass, Scope)] = &[
+    (TRANSPORT_PREFIX, Retry, Request),
+    ("RequestLimitExceeded.", Throttle, Request),
+    ("AuthFailure.", Fatal, Request),
+    ("UnauthorizedOperation.", Fatal, Request),
+    ("InvalidInstanceId.", Isolate, Instance),
+    ("InvalidKeyPairId.", Isolate, Key),
+    ("UnsupportedOperation.InstanceState", Isolate, Instance),
+    ("UnsupportedOperation.", Isolate, Request),
 ];
 
-/// The class of an error code; total over every string.
+/// Where an action gives a code another meaning than [`CODES`] does.
+pub const ACTION_CODES: &[(Action, Rule)] = &[
+    (
+        Action::DescribeKeyPairs,
+        rule(
+            "InvalidKeyPairId.NotFound",
+            Fatal,
+            Key,
+            "a key asked about does not exist: there is nothing to look for",
+        ),
+    ),
+    (
+        Action::DescribeInstances,
+        rule(
+            "InvalidInstanceId.NotFound",
+            Isolate,
+            Instance,
+            "the instance no longer exists: recorded as instance_missing, not retried",
+        ),
+    ),
+];
+
+/// The class and scope of an error code from `action`; total over every string.
 ///
 /// A code that is neither listed nor in a known family is `Fatal`: keyfleet cannot
 /// know whether a resend is harmless or whether every request will meet the same
 /// error, and a stopped run loses nothing (no pair is failed, `resume` continues),
 /// while guessing Retry or Isolate would spend requests and could fail good pairs.
-pub fn classify(code: &str) -> ErrorClass {
-    if let Some((_, class, _)) = CODES.iter().find(|(c, _, _)| *c == code) {
-        return *class;
-    }
-    PREFIXES
+pub fn classify(action: Action, code: &str) -> Classification {
+    let listed = ACTION_CODES
         .iter()
-        .find(|(prefix, _)| code.starts_with(prefix))
-        .map_or(Fatal, |(_, class)| *class)
+        .find(|(a, rule)| *a == action && rule.code == code)
+        .map(|(_, rule)| rule)
+        .or_else(|| CODES.iter().find(|rule| rule.code == code));
+    let (class, scope) = match listed {
+        Some(rule) => (rule.class, rule.scope),
+        None => PREFIXES
+            .iter()
+            .find(|(prefix, _, _)| code.starts_with(prefix))
+            .map_or((Fatal, Request), |(_, class, scope)| (*class, *scope)),
+    };
+    Classification { class, scope }
+}
+
+/// True for a rate-limit code, whatever the action (no action gives a throttle code
+/// another meaning: a test holds [`ACTION_CODES`] to that).
+pub fn is_throttle(code: &str) -> bool {
+    classify(Action::DisassociateInstancesKeyPairs, code).class == Throttle
 }
 
 /// What keyfleet does for a class, in words for the published table.
@@ -387,6 +561,8 @@ pub fn action(class: ErrorClass) -> &'static str {
 mod tests {
     use super::*;
 
+    const UNBIND: Action = Action::DisassociateInstancesKeyPairs;
+
     /// Every code named in the reference file, and the class the issue asks for.
     #[test]
     fn every_reference_code_has_its_class() {
@@ -404,9 +580,9 @@ mod tests {
                 "fatal" => Fatal,
                 other => panic!("bad class {other}"),
             };
-            assert_eq!(classify(code), want, "{code}");
+            assert_eq!(classify(UNBIND, code).class, want, "{code}");
             assert!(
-                CODES.iter().any(|(c, _, _)| *c == code),
+                CODES.iter().any(|rule| rule.code == code),
                 "{code} is not in the table"
             );
             seen += 1;
@@ -419,7 +595,7 @@ mod tests {
 
     #[test]
     fn table_has_no_duplicates() {
-        let mut codes: Vec<_> = CODES.iter().map(|(c, _, _)| *c).collect();
+        let mut codes: Vec<_> = CODES.iter().map(|rule| rule.code).collect();
         codes.sort();
         let before = codes.len();
         codes.dedup();
@@ -431,37 +607,116 @@ mod tests {
     #[test]
     fn published_table_lists_every_code_with_its_class() {
         let doc = include_str!("../docs/errors.md");
-        for (code, class, _) in CODES {
-            let row = format!("| `{code}` | {class} | ");
+        for rule in CODES {
+            let row = format!("| `{}` | {} | {} | ", rule.code, rule.class, rule.scope);
             let line = doc.lines().find(|l| l.starts_with(&row));
             let line = line.unwrap_or_else(|| panic!("docs/errors.md has no row {row:?}"));
             assert!(
-                line.contains(action(*class)),
-                "{code}: stale action in {line}"
+                line.contains(action(rule.class)),
+                "{}: stale action in {line}",
+                rule.code
             );
         }
-        for (prefix, class) in PREFIXES {
-            let row = format!("| `{prefix}*` | {class} |");
+        for (action_name, rule) in ACTION_CODES {
+            let row = format!(
+                "| {action_name} | `{}` | {} | {} | ",
+                rule.code, rule.class, rule.scope
+            );
+            assert!(
+                doc.lines().any(|l| l.starts_with(&row)),
+                "docs/errors.md has no action row {row:?}"
+            );
+        }
+        for (prefix, class, scope) in PREFIXES {
+            let row = format!("| `{prefix}*` | {class} | {scope} |");
             assert!(
                 doc.contains(&row),
                 "docs/errors.md has no family row {row:?}"
             );
         }
         assert!(doc.contains("Any other code is **fatal**"));
-        assert_eq!(classify("Never.Heard.Of"), Fatal);
+        assert_eq!(classify(UNBIND, "Never.Heard.Of").class, Fatal);
     }
 
     #[test]
     fn families_and_unknown_codes() {
-        assert_eq!(classify("Transport.Timeout"), Retry);
-        assert_eq!(classify("RequestLimitExceeded.SomethingNew"), Throttle);
-        assert_eq!(classify("AuthFailure.Other"), Fatal);
+        assert_eq!(classify(UNBIND, "Transport.Timeout").class, Retry);
         assert_eq!(
-            classify("UnsupportedOperation.InstanceStateSomethingNew"),
+            classify(UNBIND, "RequestLimitExceeded.SomethingNew").class,
+            Throttle
+        );
+        assert_eq!(classify(UNBIND, "AuthFailure.Other").class, Fatal);
+        assert_eq!(
+            classify(UNBIND, "UnsupportedOperation.InstanceStateSomethingNew").class,
             Isolate
         );
-        assert_eq!(classify("InvalidInstanceId.Whatever"), Isolate);
-        assert_eq!(classify("Totally.Unknown"), Fatal);
-        assert_eq!(classify(""), Fatal);
+        assert_eq!(
+            classify(UNBIND, "InvalidInstanceId.Whatever").class,
+            Isolate
+        );
+        assert_eq!(classify(UNBIND, "Totally.Unknown").class, Fatal);
+        assert_eq!(classify(UNBIND, "").class, Fatal);
+    }
+
+    /// The scopes the executor's isolation relied on before they moved into the table.
+    #[test]
+    fn scopes_of_the_operation_codes() {
+        let scope = |code| classify(UNBIND, code).scope;
+        assert_eq!(scope("UnsupportedOperation.InstanceOsWindows"), Instance);
+        assert_eq!(scope("UnsupportedOperation.InstanceStateRunning"), Instance);
+        assert_eq!(scope("InvalidInstanceId.NotFound"), Instance);
+        assert_eq!(scope("InvalidInstanceId.SomethingNew"), Instance);
+        assert_eq!(scope("InvalidKeyPairId.NotFound"), Key);
+        assert_eq!(scope("InvalidKeyPairId.SomethingNew"), Key);
+        assert_eq!(scope("InvalidParameterValue"), Request);
+        assert_eq!(scope("MutexOperation.TaskRunning"), Request);
+        let conditions: Vec<_> = CODES
+            .iter()
+            .filter(|rule| classify(UNBIND, rule.code).is_instance_condition())
+            .map(|rule| rule.code)
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                "OperationDenied.InstanceOperationInProgress",
+                "UnsupportedOperation.InstanceStatePending",
+                "UnsupportedOperation.InstanceStateRebooting",
+                "UnsupportedOperation.InstanceStateStarting",
+                "UnsupportedOperation.InstanceStateStopping",
+            ]
+        );
+    }
+
+    #[test]
+    fn throttling_means_the_same_for_every_action() {
+        assert!(is_throttle("RequestLimitExceeded"));
+        assert!(is_throttle("RequestLimitExceeded.UinLimitExceeded"));
+        assert!(!is_throttle("InternalServerError"));
+        for action in Action::ALL {
+            for code in [
+                "RequestLimitExceeded",
+                "RequestLimitExceeded.IPLimitExceeded",
+            ] {
+                assert_eq!(classify(action, code).class, Throttle, "{action} {code}");
+            }
+        }
+        assert!(ACTION_CODES.iter().all(|(_, rule)| rule.class != Throttle
+            && classify(Action::DisassociateInstancesKeyPairs, rule.code).class != Throttle));
+    }
+
+    #[test]
+    fn an_action_can_give_a_code_its_own_meaning() {
+        let missing = "InvalidKeyPairId.NotFound";
+        assert_eq!(classify(UNBIND, missing).class, Isolate);
+        assert_eq!(classify(Action::DescribeKeyPairs, missing).class, Fatal);
+        for (action, rule) in ACTION_CODES {
+            assert_eq!(
+                classify(*action, rule.code),
+                Classification {
+                    class: rule.class,
+                    scope: rule.scope
+                }
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use keyfleet::api::{self, CallError, ClientConfig, CvmClient};
-use keyfleet::{credentials, ids, taxonomy};
+use keyfleet::{credentials, cvm, ids, taxonomy};
 use serde_json::json;
 
 use crate::GlobalArgs;
@@ -136,7 +136,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
                     }
                     Ok(exit::OK)
                 }
-                Err(err) => report_failure(&err, args.json),
+                Err(err) => {
+                    report_failure(&err, cvm::Action::DisassociateInstancesKeyPairs, args.json)
+                }
             }
         }
         Action::Describe(_) => match client.describe_instances(&region.name, &instances).await {
@@ -153,14 +155,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
                 }))?;
                 Ok(exit::OK)
             }
-            Err(err) => report_failure(&err, args.json),
+            Err(err) => report_failure(&err, cvm::Action::DescribeInstances, args.json),
         },
     }
 }
 
 /// Prints a failed call: the human version to stderr, and with `--json` an object to stdout.
-fn report_failure(err: &CallError, as_json: bool) -> anyhow::Result<u8> {
-    let class = err.class();
+fn report_failure(err: &CallError, action: cvm::Action, as_json: bool) -> anyhow::Result<u8> {
+    let class = err.class(action);
     if as_json {
         let body_prefix = match err {
             CallError::Transport(t) if !t.body_prefix.is_empty() => Some(t.body_prefix.as_str()),

@@ -1,28 +1,41 @@
 //! `keyfleet codes`: the error-code table, for people and for scripts.
 
-use keyfleet::taxonomy::{self, CODES};
+use keyfleet::cvm::Action;
+use keyfleet::taxonomy::{self, ACTION_CODES, CODES, Rule};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print JSON (a list of {code, class, why, action}) instead of a table.
+    /// Print JSON (a list of {code, class, scope, why, action, for_action}) instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     if args.json {
+        let row = |rule: &Rule, only: Option<Action>| {
+            serde_json::json!({
+                "code": rule.code, "class": rule.class, "scope": rule.scope, "why": rule.why,
+                "action": taxonomy::action(rule.class), "for_action": only.map(Action::name),
+            })
+        };
         let rows: Vec<_> = CODES
             .iter()
-            .map(|(code, class, why)| {
-                serde_json::json!({
-                    "code": code, "class": class, "why": why, "action": taxonomy::action(*class),
-                })
-            })
+            .map(|rule| row(rule, None))
+            .chain(ACTION_CODES.iter().map(|(a, rule)| row(rule, Some(*a))))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        for (code, class, why) in CODES {
-            println!("{code:<52} {class:<9} {why}");
+        for rule in CODES {
+            println!(
+                "{:<52} {:<9} {:<9} {}",
+                rule.code, rule.class, rule.scope, rule.why
+            );
+        }
+        for (action, rule) in ACTION_CODES {
+            println!(
+                "{:<52} {:<9} {:<9} {} (for {action})",
+                rule.code, rule.class, rule.scope, rule.why
+            );
         }
     }
     Ok(crate::exit::OK)

@@ -10,7 +10,7 @@ use keyfleet::api::{self, ClientConfig, CvmClient};
 use keyfleet::credentials;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
-use keyfleet::plan::{self, InputCheck, PairRef, PlanOptions};
+use keyfleet::plan::{self, InputCheck, PlanOptions};
 use keyfleet::store::{Store, report};
 
 use super::call::parse_seconds;
@@ -145,24 +145,13 @@ pub struct RetryArgs {
 pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = report::resolve_run(&store, args.run).await?;
-    let requeued = store
-        .requeue_failed(run_id, &args.codes, |pairs| {
-            let refs = pairs
-                .iter()
-                .map(|(region, _, instance_id, key_id)| PairRef {
-                    region,
-                    instance_id,
-                    key_id,
-                });
-            // Pairs keep the ForceStop of the job they failed in.
-            let (forced, plain): (Vec<_>, Vec<_>) = refs.zip(pairs.iter()).partition(|(_, p)| p.1);
-            let mut jobs = plan::chunk(plain.into_iter().map(|(r, _)| r), false);
-            jobs.extend(plan::chunk(forced.into_iter().map(|(r, _)| r), true));
-            jobs.into_iter()
-                .map(|j| (j.region, j.force_stop, j.instance_ids, j.key_ids))
-                .collect()
-        })
-        .await?;
+    let mut requeue = store.begin_requeue(run_id, &args.codes).await?;
+    for job in plan::chunk_failed(requeue.pairs()) {
+        requeue
+            .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
+            .await?;
+    }
+    let requeued = requeue.commit().await?;
     if requeued == 0 {
         eprintln!(
             "run {run_id} has no failed pairs{} to retry",
@@ -191,7 +180,7 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
     let store = open_store(&global.db).await?;
     let run_id = report::resolve_run(&store, args.run).await?;
     let info = store.run_info(run_id).await?;
-    if info.state == "finished" {
+    if info.state == keyfleet::store::RunState::Finished {
         eprintln!(
             "run {run_id} has already finished; `keyfleet retry {run_id}` sends its failed pairs again"
         );

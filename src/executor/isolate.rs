@@ -8,55 +8,16 @@
 //! once (every key would meet the same refusal); a code about a key does the same
 //! for a single-key job; any other code is bisected down to one pair.
 
-/// What an error code is about, which decides how a failing batch is divided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Instance,
-    Key,
-    Unknown,
-}
-
-/// The scope of an Isolate- or Retry-class code.
-pub fn scope(code: &str) -> Scope {
-    const INSTANCE_CODES: &[&str] = &[
-        "InvalidInstance.NotSupported",
-        "InvalidParameterValue.InstanceIdMalformed",
-        "UnsupportedOperation.InstanceOsWindows",
-        "UnsupportedOperation.StoppedModeStopCharging",
-        "OperationDenied.InstanceOperationInProgress",
-    ];
-    if INSTANCE_CODES.contains(&code)
-        || code.starts_with("InvalidInstanceId.")
-        || code.starts_with("UnsupportedOperation.InstanceState")
-    {
-        Scope::Instance
-    } else if code.starts_with("InvalidKeyPairId.") {
-        Scope::Key
-    } else {
-        Scope::Unknown
-    }
-}
-
-/// Retry-class codes caused by one instance's condition: when a batch holding such
-/// an instance has used up its attempts, it is split rather than failed whole, so
-/// one instance stuck in an operation does not fail the other 99.
-pub fn is_instance_condition(code: &str) -> bool {
-    code == "OperationDenied.InstanceOperationInProgress"
-        || matches!(
-            code,
-            "UnsupportedOperation.InstanceStatePending"
-                | "UnsupportedOperation.InstanceStateStarting"
-                | "UnsupportedOperation.InstanceStateStopping"
-                | "UnsupportedOperation.InstanceStateRebooting"
-        )
-}
+use crate::taxonomy::Scope;
 
 /// The children (instance ids, key ids) that replace a failed job, or `None` when
 /// the job cannot be divided further for this code and its pairs fail.
+///
+/// `scope` is what the refusal's code is about ([`crate::taxonomy::classify`]).
 pub fn split(
     instance_ids: &[String],
     key_ids: &[String],
-    code: &str,
+    scope: Scope,
     message: &str,
 ) -> Option<Vec<(Vec<String>, Vec<String>)>> {
     let named = |ids: &[String]| ids.iter().position(|id| message.contains(id.as_str()));
@@ -89,11 +50,11 @@ pub fn split(
             (instance_ids.to_vec(), b.to_vec()),
         ])
     };
-    match scope(code) {
+    match scope {
         Scope::Instance if instance_ids.len() > 1 => bisect_instances(),
         Scope::Key if key_ids.len() > 1 => bisect_keys(),
-        Scope::Unknown if instance_ids.len() > 1 => bisect_instances(),
-        Scope::Unknown if key_ids.len() > 1 => bisect_keys(),
+        Scope::Request if instance_ids.len() > 1 => bisect_instances(),
+        Scope::Request if key_ids.len() > 1 => bisect_keys(),
         _ => None,
     }
 }
@@ -113,6 +74,11 @@ fn take_out(ids: &[String], index: usize) -> (Vec<String>, Vec<String>) {
 mod tests {
     use super::*;
 
+    /// The scope the taxonomy gives an unbind error code.
+    fn sc(code: &str) -> Scope {
+        crate::taxonomy::classify(crate::cvm::Action::DisassociateInstancesKeyPairs, code).scope
+    }
+
     fn ids(prefix: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{prefix}{i:08x}")).collect()
     }
@@ -128,7 +94,7 @@ mod tests {
         let children = split(
             &instances,
             &keys,
-            "UnsupportedOperation.InstanceOsWindows",
+            sc("UnsupportedOperation.InstanceOsWindows"),
             &message,
         )
         .unwrap();
@@ -144,7 +110,7 @@ mod tests {
         let children = split(
             &instances,
             &keys,
-            "InvalidInstanceId.Malformed",
+            sc("InvalidInstanceId.Malformed"),
             "For example, ins-1122 has an invalid ID length.",
         )
         .unwrap();
@@ -159,7 +125,7 @@ mod tests {
         let children = split(
             &one,
             &keys,
-            "InvalidParameterValue",
+            sc("InvalidParameterValue"),
             "Incorrect parameter value.",
         )
         .unwrap();
@@ -170,7 +136,10 @@ mod tests {
                 (one.clone(), keys[1..].to_vec())
             ]
         );
-        assert_eq!(split(&one, &keys[..1], "InvalidParameterValue", ""), None);
+        assert_eq!(
+            split(&one, &keys[..1], sc("InvalidParameterValue"), ""),
+            None
+        );
     }
 
     #[test]
@@ -181,13 +150,21 @@ mod tests {
             split(
                 &one,
                 &keys,
-                "UnsupportedOperation.InstanceStateRunning",
+                sc("UnsupportedOperation.InstanceStateRunning"),
                 "Running instances do not support this operation."
             ),
             None
         );
         let two = ids("ins-", 2);
-        assert!(split(&two, &keys, "UnsupportedOperation.InstanceStateRunning", "").is_some());
+        assert!(
+            split(
+                &two,
+                &keys,
+                sc("UnsupportedOperation.InstanceStateRunning"),
+                ""
+            )
+            .is_some()
+        );
     }
 
     #[test]
@@ -197,13 +174,13 @@ mod tests {
         let children = split(
             &instances,
             &keys,
-            "InvalidKeyPairId.NotFound",
+            sc("InvalidKeyPairId.NotFound"),
             "Invalid key pair ID. The specified key pair ID does not exist.",
         )
         .unwrap();
         assert_eq!(children[0], (instances.clone(), keys[..2].to_vec()));
         assert_eq!(
-            split(&instances, &keys[..1], "InvalidKeyPairId.NotFound", ""),
+            split(&instances, &keys[..1], sc("InvalidKeyPairId.NotFound"), ""),
             None
         );
     }
@@ -223,7 +200,7 @@ mod tests {
                 && let Some(children) = split(
                     &job,
                     &keys,
-                    "UnsupportedOperation.InstanceStateRunning",
+                    sc("UnsupportedOperation.InstanceStateRunning"),
                     "Running instances do not support this operation.",
                 )
             {

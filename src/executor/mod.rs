@@ -1,91 +1,43 @@
 //! The executor: drains a run's durable queue through the API at the allowed rate.
 //!
-//! One dispatcher claims due jobs, paces their starts ([`pacer`]), and spawns one
-//! task per request, bounded by a semaphore (`--concurrency`). Every database write
-//! goes through one writer task that commits whatever has queued up in a single
-//! transaction, so attempt rows are durable before their requests leave and
-//! outcomes after their replies, at one fsync per batch. A job whose attempt has no
-//! outcome after a crash is sent again on resume ([`Store::recover_in_flight`]).
+//! One dispatcher claims due jobs (a job is due when its time has come and every
+//! job it depends on has succeeded) and hands each to the lane of its limiter key
+//! (action, endpoint, SecretId: [`pacer::LimiterKey`]). A lane commits its job's
+//! attempt row, waits for a send slot from the [`pacer::Limiter`], and spawns the
+//! request; lanes of different keys run side by side, so two APIs go at full speed
+//! at once. Requests in flight are bounded by a semaphore (`--concurrency`). What a
+//! job sends and what its reply proves is its action's ([`action::JobAction`]);
+//! what a refusal means is [`decide::decide`], a pure function whose effects the
+//! caller applies. Every database write goes through one writer task that commits
+//! whatever has queued up in one transaction, so attempt rows are durable before
+//! their requests leave and outcomes after their replies, at one fsync per batch. A
+//! job whose attempt has no outcome after a crash is sent again on resume
+//! ([`Store::recover_in_flight`]), whatever its action.
 
+pub mod action;
+pub mod decide;
 pub mod isolate;
 pub mod pacer;
 
-use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::delay;
 use crate::store::queue::{
-    Applied, ErrorInfo, Finish, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
+    Applied, Finish, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
 };
-use crate::store::{Store, StoreError, now_ms};
-use crate::taxonomy::{ErrorClass, classify};
-use pacer::Pacer;
+use crate::store::{RunState, Store, StoreError, now_ms};
+pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
+pub use pacer::{Feedback, Limiter, LimiterKey, LocalLimiter};
 
 /// Writes committed together at most; more wait for the next commit.
 const MAX_WRITES_PER_COMMIT: usize = 512;
-
-/// One request as the executor asks the API for it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub region: String,
-    pub instance_ids: Vec<String>,
-    pub key_ids: Vec<String>,
-    pub force_stop: bool,
-}
-
-/// A success reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub request_id: String,
-    pub http_status: u16,
-}
-
-/// A failed request: an API error reply or a transport failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub code: String,
-    pub message: String,
-    pub request_id: Option<String>,
-    pub http_status: Option<u16>,
-    /// No reply was read (connection, timeout, malformed body).
-    pub transport: bool,
-}
-
-/// What the executor needs from an API client: one unbind request. The real
-/// implementation is [`crate::api::CvmClient`]; tests may substitute their own.
-pub trait UnbindApi: Send + Sync + 'static {
-    fn unbind(&self, request: &Request) -> impl Future<Output = Result<Accepted, Refused>> + Send;
-}
-
-impl UnbindApi for crate::api::CvmClient {
-    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
-        self.disassociate_instances_key_pairs(
-            &request.region,
-            &request.instance_ids,
-            &request.key_ids,
-            request.force_stop,
-        )
-        .await
-        .map(|success| Accepted {
-            request_id: success.request_id,
-            http_status: success.http_status,
-        })
-        .map_err(|error| Refused {
-            code: error.code(),
-            message: error.message(),
-            request_id: error.request_id().map(str::to_string),
-            http_status: error.http_status(),
-            transport: matches!(error, crate::api::CallError::Transport(_)),
-        })
-    }
-}
 
 /// The `--max-errors` threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,7 +66,8 @@ impl std::str::FromStr for MaxErrors {
 /// How the executor behaves.
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
-    /// Requests per second at most; 0 turns pacing off.
+    /// Key-pair operations per second at most, per limiter key; every other API at
+    /// its documented limit. 0 turns pacing off for all.
     pub rate: f64,
     /// Requests in flight at most.
     pub concurrency: usize,
@@ -280,11 +233,26 @@ impl StopSignal {
     }
 }
 
-/// Executes run `run_id` until every job is final or something stops it.
-pub async fn execute<A: UnbindApi>(
+/// Executes run `run_id` until every job is final or something stops it, pacing
+/// each limiter key in this process ([`LocalLimiter`] at `config.rate`).
+pub async fn execute<A: Api>(
     store: &Store,
     run_id: i64,
     api: Arc<A>,
+    config: &ExecConfig,
+    counters: Arc<Counters>,
+    stop: StopSignal,
+) -> Result<Summary, ExecError> {
+    let limiter = Arc::new(LocalLimiter::new(config.rate));
+    execute_with(store, run_id, api, limiter, config, counters, stop).await
+}
+
+/// [`execute`] with the limiter given.
+pub async fn execute_with<A: Api>(
+    store: &Store,
+    run_id: i64,
+    api: Arc<A>,
+    limiter: Arc<dyn Limiter>,
     config: &ExecConfig,
     counters: Arc<Counters>,
     stop: StopSignal,
@@ -294,12 +262,22 @@ pub async fn execute<A: UnbindApi>(
     store
         .acquire_run(run_id, &lease, crate::store::queue::LEASE_STALE_AFTER)
         .await?;
-    let outcome = drive(store, run_id, &lease, api, config, counters.clone(), stop).await;
+    let outcome = drive(
+        store,
+        run_id,
+        &lease,
+        api,
+        limiter,
+        config,
+        counters.clone(),
+        stop,
+    )
+    .await;
     let stopped = outcome.as_ref().ok().cloned().flatten();
     let (state, reason) = match &outcome {
-        Err(e) => ("stopped", Some(e.to_string())),
-        Ok(Some(reason)) => ("stopped", Some(reason.to_string())),
-        Ok(None) => ("finished", None),
+        Err(e) => (RunState::Stopped, Some(e.to_string())),
+        Ok(Some(reason)) => (RunState::Stopped, Some(reason.to_string())),
+        Ok(None) => (RunState::Finished, None),
     };
     // Release even after an error, so that a resume does not wait for the lease.
     let released = store
@@ -320,26 +298,42 @@ pub async fn execute<A: UnbindApi>(
     })
 }
 
+/// A claimed job on its way to a lane, with its concurrency permit.
+struct Claimed {
+    job: QueuedJob,
+    action: &'static dyn JobAction,
+    permit: OwnedSemaphorePermit,
+}
+
+type WriteReply = oneshot::Sender<Result<Applied, String>>;
+
 /// Shared state of one execution.
 struct Shared<A> {
     api: Arc<A>,
+    limiter: Arc<dyn Limiter>,
     config: ExecConfig,
     counters: Arc<Counters>,
-    pacer: Pacer,
-    writer: mpsc::UnboundedSender<(Write, oneshot::Sender<Result<Applied, String>>)>,
+    writer: mpsc::UnboundedSender<(Write, WriteReply)>,
     /// Set once dispatching must end; the reason is kept.
     stop_reason: Mutex<Option<StopReason>>,
     halted: AtomicBool,
     wake: Notify,
+    /// Jobs handed to a lane and not yet recorded as finished (or given back).
+    claimed: Mutex<HashSet<i64>>,
     waiting_retry: Mutex<HashSet<i64>>,
     rng: Mutex<StdRng>,
     failed_here: AtomicU64,
     writer_error: Mutex<Option<String>>,
 }
 
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked mid-update; the data is plain.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl<A> Shared<A> {
     fn halt(&self, reason: StopReason) {
-        let mut slot = self.stop_reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = locked(&self.stop_reason);
         // The first reason wins: a fatal error is not overwritten by the interrupt that follows it.
         if slot.is_none() {
             *slot = Some(reason);
@@ -352,6 +346,17 @@ impl<A> Shared<A> {
         self.halted.load(Ordering::SeqCst)
     }
 
+    /// The job is no longer this process's to send (recorded, or given back).
+    fn release(&self, job_id: i64) {
+        locked(&self.claimed).remove(&job_id);
+    }
+
+    fn writer_failed(&self, error: String) {
+        tracing::error!(%error, "could not record to the database; stopping");
+        *locked(&self.writer_error) = Some(error);
+        self.halt(StopReason::Interrupted);
+    }
+
     async fn write(&self, write: Write) -> Result<Applied, String> {
         let (tx, rx) = oneshot::channel();
         self.writer
@@ -362,11 +367,13 @@ impl<A> Shared<A> {
     }
 }
 
-async fn drive<A: UnbindApi>(
+#[allow(clippy::too_many_arguments)]
+async fn drive<A: Api>(
     store: &Store,
     run_id: i64,
     lease: &Lease,
     api: Arc<A>,
+    limiter: Arc<dyn Limiter>,
     config: &ExecConfig,
     counters: Arc<Counters>,
     stop: StopSignal,
@@ -395,13 +402,14 @@ async fn drive<A: UnbindApi>(
     let writer = tokio::spawn(run_writer(store.clone(), writer_rx));
     let shared = Arc::new(Shared {
         api,
+        limiter,
         config: config.clone(),
         counters,
-        pacer: Pacer::new(config.rate),
         writer: writer_tx,
         stop_reason: Mutex::new(None),
         halted: AtomicBool::new(false),
         wake: Notify::new(),
+        claimed: Mutex::new(HashSet::new()),
         waiting_retry: Mutex::new(HashSet::new()),
         rng: Mutex::new(
             config
@@ -429,22 +437,19 @@ async fn drive<A: UnbindApi>(
 
     let concurrency = config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
-    let result = dispatch(store, run_id, &shared, &permits, concurrency).await;
+    let mut lanes = Lanes::default();
+    let result = dispatch(store, run_id, &shared, &permits, &mut lanes, concurrency).await;
+    if result.is_err() {
+        shared.halt(StopReason::Interrupted);
+    }
+    lanes.close().await;
 
     // Let every request in flight finish and be recorded (each is bounded by the client's timeout).
     let _all = permits.acquire_many(concurrency as u32).await;
     heartbeat.abort();
     interrupt.abort();
-    let writer_error = shared
-        .writer_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    let reason = shared
-        .stop_reason
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let writer_error = locked(&shared.writer_error).take();
+    let reason = locked(&shared.stop_reason).take();
     drop(shared);
     let _ = writer.await;
     result?;
@@ -454,24 +459,67 @@ async fn drive<A: UnbindApi>(
     Ok(reason)
 }
 
-/// Claims due jobs and starts their requests until the queue is empty or a stop.
-async fn dispatch<A: UnbindApi>(
+/// One lane per limiter key: a channel into a task that paces that key's sends.
+#[derive(Default)]
+struct Lanes {
+    senders: HashMap<LimiterKey, mpsc::UnboundedSender<Claimed>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Lanes {
+    fn send<A: Api>(&mut self, shared: &Arc<Shared<A>>, key: LimiterKey, claimed: Claimed) {
+        let sender = self.senders.entry(key.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.tasks.push(tokio::spawn(lane(shared.clone(), key, rx)));
+            tx
+        });
+        if let Err(mpsc::error::SendError(claimed)) = sender.send(claimed) {
+            // The lane ended (a database failure stopped it): give the job back.
+            shared.release(claimed.job.id);
+        }
+    }
+
+    /// No more jobs: each lane finishes what it holds (or gives it back on a halt).
+    async fn close(self) {
+        drop(self.senders);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Claims due jobs and hands them to their lanes until the queue is empty or a stop.
+async fn dispatch<A: Api>(
     store: &Store,
     run_id: i64,
     shared: &Arc<Shared<A>>,
     permits: &Arc<Semaphore>,
+    lanes: &mut Lanes,
     concurrency: usize,
 ) -> Result<(), ExecError> {
     loop {
         if shared.is_halted() {
             return Ok(());
         }
-        let jobs = store
-            .due_jobs(run_id, now_ms(), (concurrency * 2) as i64)
+        let first = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
+            _ = halted(shared) => return Ok(()),
+        };
+        let now = now_ms();
+        let claimed = locked(&shared.claimed).len();
+        let due = store
+            .due_jobs(run_id, now, (concurrency * 2 + claimed) as i64)
             .await?;
-        if jobs.is_empty() {
+        let due: Vec<QueuedJob> = {
+            let claimed = locked(&shared.claimed);
+            due.into_iter()
+                .filter(|job| !claimed.contains(&job.id))
+                .collect()
+        };
+        if due.is_empty() {
+            drop(first);
             let in_flight = concurrency - permits.available_permits();
-            let next_due = store.next_due_at(run_id).await?;
+            let next_due = store.next_due_after(run_id, now).await?;
             if in_flight == 0 && next_due.is_none() {
                 if store.open_jobs(run_id).await? == 0 {
                     return Ok(());
@@ -480,6 +528,14 @@ async fn dispatch<A: UnbindApi>(
                 // process owns the run, so they are orphans. Queue them again
                 // rather than wait for replies that will never come.
                 let orphans = store.recover_in_flight(run_id).await?;
+                if orphans == 0 {
+                    // Open jobs, none due, none in flight, none falling due: they
+                    // wait for prerequisites that can no longer succeed.
+                    shared.halt(StopReason::Internal(
+                        "queued jobs wait for jobs that will never succeed".into(),
+                    ));
+                    return Ok(());
+                }
                 tracing::error!(
                     orphans,
                     "jobs in flight with no request behind them were queued again"
@@ -497,27 +553,33 @@ async fn dispatch<A: UnbindApi>(
             }
             continue;
         }
-        let mut jobs = jobs.into_iter().peekable();
-        while jobs.peek().is_some() {
-            let first = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
-                _ = halted(shared) => return Ok(()),
+        let mut permit = Some(first);
+        for job in due {
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
             };
-            let mut wave = vec![(jobs.next().expect("peeked"), first)];
-            // Unpaced (benchmarks), every free slot joins one wave and one commit.
-            // Paced, a wave is one request: its attempt row is committed first and the
-            // pacer is waited for last, so commit latency never bunches the sends.
-            if shared.pacer.is_off() {
-                while jobs.peek().is_some() {
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => wave.push((jobs.next().expect("peeked"), permit)),
-                        Err(_) => break,
-                    }
-                }
-            }
-            if !start_wave(shared, wave).await? {
+            let Some(action) = job_action(job.action) else {
+                shared.halt(StopReason::Internal(format!(
+                    "job {} is a {} job, which this version cannot send",
+                    job.id, job.action
+                )));
                 return Ok(());
-            }
+            };
+            let key = action.limiter_key(&job, &*shared.api);
+            locked(&shared.claimed).insert(job.id);
+            lanes.send(
+                shared,
+                key,
+                Claimed {
+                    job,
+                    action,
+                    permit,
+                },
+            );
         }
     }
 }
@@ -536,84 +598,124 @@ async fn halted<A>(shared: &Shared<A>) {
     }
 }
 
-/// Commits the attempt rows of a wave, then sends each request when the pacer allows.
-/// Returns false when a halt came first; the attempts not sent are withdrawn.
-async fn start_wave<A: UnbindApi>(
+/// A lane: starts its key's jobs in order, each when the limiter gives a slot.
+/// Unpaced (benchmarks), whatever has queued up starts as one wave and one commit.
+async fn lane<A: Api>(
+    shared: Arc<Shared<A>>,
+    key: LimiterKey,
+    mut rx: mpsc::UnboundedReceiver<Claimed>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut wave = vec![first];
+        if shared.limiter.is_off(&key) {
+            while let Ok(more) = rx.try_recv() {
+                wave.push(more);
+            }
+        }
+        if shared.is_halted() {
+            for claimed in wave {
+                shared.release(claimed.job.id);
+            }
+            continue;
+        }
+        if let Err(error) = start_wave(&shared, &key, wave).await {
+            shared.writer_failed(error);
+        }
+    }
+}
+
+/// Commits the attempt rows of a wave, then sends each request when the limiter
+/// allows. A halt first withdraws the attempts not sent.
+async fn start_wave<A: Api>(
     shared: &Arc<Shared<A>>,
-    wave: Vec<(QueuedJob, tokio::sync::OwnedSemaphorePermit)>,
-) -> Result<bool, ExecError> {
+    key: &LimiterKey,
+    wave: Vec<Claimed>,
+) -> Result<(), String> {
     let started_at = now_ms();
     let replies: Vec<_> = wave
         .iter()
-        .map(|(job, _)| {
+        .map(|claimed| {
             let (tx, rx) = oneshot::channel();
+            let start = Write::Start {
+                job_id: claimed.job.id,
+                started_at,
+            };
             shared
                 .writer
-                .send((
-                    Write::Start {
-                        job_id: job.id,
-                        started_at,
-                    },
-                    tx,
-                ))
-                .map_err(|_| ExecError::Writer("writer is gone".into()))?;
+                .send((start, tx))
+                .map_err(|_| "writer is gone".to_string())?;
             Ok(rx)
         })
-        .collect::<Result<_, ExecError>>()?;
+        .collect::<Result<_, String>>()?;
     let mut started = Vec::with_capacity(wave.len());
-    for ((job, permit), reply) in wave.into_iter().zip(replies) {
-        match reply.await {
-            Ok(Ok(Applied::Started { attempt_id, .. })) => started.push((job, permit, attempt_id)),
-            Ok(Ok(_)) => {
-                return Err(ExecError::Writer(
-                    "unexpected reply to an attempt start".into(),
-                ));
+    let mut failure = None;
+    for (claimed, reply) in wave.into_iter().zip(replies) {
+        let attempt = match reply.await {
+            Ok(Ok(Applied::Started { attempt_id, .. })) => Ok(attempt_id),
+            Ok(Ok(_)) => Err("unexpected reply to an attempt start".to_string()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("no reply to an attempt start".to_string()),
+        };
+        match attempt {
+            Ok(attempt_id) => started.push((claimed, attempt_id)),
+            Err(e) => {
+                shared.release(claimed.job.id);
+                failure = Some(e);
             }
-            Ok(Err(e)) => return Err(ExecError::Writer(e)),
-            Err(_) => return Err(ExecError::Writer("no reply to an attempt start".into())),
         }
     }
+    if let Some(failure) = failure {
+        for (claimed, attempt_id) in started {
+            let _ = shared
+                .write(Write::Withdraw {
+                    attempt_id,
+                    job_id: claimed.job.id,
+                })
+                .await;
+            shared.release(claimed.job.id);
+        }
+        return Err(failure);
+    }
     let mut started = started.into_iter();
-    while let Some((job, permit, attempt_id)) = started.next() {
-        let go = tokio::select! {
-            _ = shared.pacer.ready() => !shared.is_halted(),
-            _ = halted(shared) => false,
+    while let Some((claimed, attempt_id)) = started.next() {
+        let slot = tokio::select! {
+            slot = shared.limiter.reserve(key) => (!shared.is_halted()).then_some(slot),
+            _ = halted(shared) => None,
         };
-        if !go {
+        let Some(slot) = slot else {
             // Never sent: withdraw the attempt rows, so nothing looks uncertain.
-            for (job, _, attempt_id) in std::iter::once((job, permit, attempt_id)).chain(started) {
+            for (claimed, attempt_id) in std::iter::once((claimed, attempt_id)).chain(started) {
                 shared
                     .write(Write::Withdraw {
                         attempt_id,
-                        job_id: job.id,
+                        job_id: claimed.job.id,
                     })
-                    .await
-                    .map_err(ExecError::Writer)?;
+                    .await?;
+                shared.release(claimed.job.id);
             }
-            return Ok(false);
-        }
-        if shared
-            .waiting_retry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job.id)
-        {
+            return Ok(());
+        };
+        let sent_at = now_ms() - slot.elapsed().as_millis() as i64;
+        if locked(&shared.waiting_retry).remove(&claimed.job.id) {
             shared.counters.retrying.fetch_sub(1, Ordering::Relaxed);
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (leaving, left) = oneshot::channel();
+        let Claimed {
+            job,
+            action,
+            permit,
+        } = claimed;
+        let job_id = job.id;
         let request = {
             let shared = shared.clone();
+            let key = key.clone();
             tokio::spawn(async move {
-                shared.pacer.sending();
-                let _ = leaving.send(());
-                send_and_record(&shared, job, attempt_id).await;
+                send_and_record(&shared, action, job, attempt_id, &key, sent_at).await;
             })
         };
-        let shared_for_task = shared.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let shared = shared_for_task;
             // A request task that panicked (a bug) leaves its attempt open: stop, so
             // that resume sends it again, rather than wait for it forever.
             if let Err(failure) = request.await
@@ -624,77 +726,106 @@ async fn start_wave<A: UnbindApi>(
                 )));
             }
             shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            shared.release(job_id);
             drop(permit);
             shared.wake.notify_waiters();
         });
-        if !shared.pacer.is_off() {
-            // The next request is paced from the moment this one really leaves.
-            let _ = left.await;
-        }
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Sends one attempt, decides what its reply means, and records it.
-async fn send_and_record<A: UnbindApi>(shared: &Arc<Shared<A>>, job: QueuedJob, attempt_id: i64) {
-    let request = Request {
-        region: job.region.clone(),
-        instance_ids: job.instance_ids.clone(),
-        key_ids: job.key_ids.clone(),
-        force_stop: job.force_stop,
-    };
+/// Sends one attempt, decides what its reply means, applies the effects, records it.
+async fn send_and_record<A: Api>(
+    shared: &Arc<Shared<A>>,
+    action: &'static dyn JobAction,
+    job: QueuedJob,
+    attempt_id: i64,
+    key: &LimiterKey,
+    sent_at: i64,
+) {
+    let call = action.call(&job);
     let sent = Instant::now();
-    let reply = shared.api.unbind(&request).await;
+    let reply = shared.api.call(&call).await;
     let latency_ms = sent.elapsed().as_millis() as i64;
     let finished_at = now_ms();
-    let (outcome, request_id, http_status) = match reply {
-        Ok(accepted) => {
-            shared.pacer.succeeded();
-            (
-                Outcome::Succeeded {
-                    request_id: accepted.request_id.clone(),
-                },
-                Some(accepted.request_id),
-                Some(accepted.http_status),
-            )
-        }
-        Err(refused) => {
-            let outcome = decide(shared, &job, &refused, finished_at);
-            (outcome, refused.request_id, refused.http_status)
-        }
+    let refused = match reply {
+        Ok(reply) => match action.read(&job, &reply) {
+            Ok(Proof::Accepted) => {
+                shared.limiter.feedback(key, Feedback::Passed);
+                let finish = Finish {
+                    attempt_id,
+                    job_id: job.id,
+                    finished_at,
+                    sent_at,
+                    latency_ms,
+                    http_status: Some(reply.http_status),
+                    request_id: Some(reply.request_id.clone()),
+                    outcome: Outcome::Succeeded {
+                        request_id: reply.request_id,
+                    },
+                };
+                record(shared, &job, finish).await;
+                return;
+            }
+            Err(detail) => Refused::bad_body(&reply, detail),
+        },
+        Err(refused) => refused,
     };
-    let pairs = job.pair_count as u64;
+    let (outcome, effects) = {
+        let mut rng = locked(&shared.rng);
+        decide::decide(
+            action,
+            &job,
+            &refused,
+            &shared.config,
+            &mut *rng,
+            finished_at,
+        )
+    };
+    tracing::debug!(job = job.id, action = %job.action, code = %refused.code, "request refused");
+    let counters = &shared.counters;
+    if effects.retried {
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    if effects.feedback != Feedback::Passed {
+        counters.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+    if effects.split {
+        counters.splits.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.limiter.feedback(key, effects.feedback);
+    if let Some(reason) = effects.halt {
+        shared.halt(reason);
+    }
     let finish = Finish {
         attempt_id,
         job_id: job.id,
         finished_at,
+        sent_at,
         latency_ms,
-        http_status,
-        request_id,
-        outcome: outcome.clone(),
+        http_status: refused.http_status,
+        request_id: refused.request_id,
+        outcome,
     };
-    if let Err(e) = shared.write(Write::Finish(finish)).await {
+    record(shared, &job, finish).await;
+}
+
+/// Records an attempt's end, then counts what it did.
+async fn record<A>(shared: &Arc<Shared<A>>, job: &QueuedJob, finish: Finish) {
+    let outcome = finish.outcome.clone();
+    if let Err(e) = shared.write(Write::Finish(Box::new(finish))).await {
         // The outcome is not recorded: the attempt stays open and is resent on resume.
-        *shared
-            .writer_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
-        shared.halt(StopReason::Interrupted);
-        tracing::error!(job = job.id, error = %e, "could not record an outcome; stopping");
+        shared.writer_failed(e);
         return;
     }
+    let pairs = job.pair_count as u64;
     let counters = &shared.counters;
     match &outcome {
         Outcome::Succeeded { .. } => {
             counters.succeeded.fetch_add(pairs, Ordering::Relaxed);
         }
         Outcome::Retry { give_up: false, .. } | Outcome::Throttled { .. } => {
-            if shared
-                .waiting_retry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(job.id)
-            {
+            if locked(&shared.waiting_retry).insert(job.id) {
                 counters.retrying.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -716,84 +847,8 @@ async fn send_and_record<A: UnbindApi>(shared: &Arc<Shared<A>>, job: QueuedJob, 
     }
 }
 
-/// What a refused request means for its job.
-fn decide<A>(shared: &Shared<A>, job: &QueuedJob, refused: &Refused, now: i64) -> Outcome {
-    let error = ErrorInfo {
-        code: refused.code.clone(),
-        message: refused.message.clone(),
-    };
-    let class = classify(&refused.code);
-    tracing::debug!(job = job.id, code = %refused.code, %class, "request refused");
-    match class {
-        ErrorClass::Retry => {
-            shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-            let failures = job.attempts as u32 + 1;
-            let give_up = failures >= shared.config.max_attempts;
-            if give_up
-                && isolate::is_instance_condition(&refused.code)
-                && let Some(children) = isolate::split(
-                    &job.instance_ids,
-                    &job.key_ids,
-                    &refused.code,
-                    &refused.message,
-                )
-            {
-                // One instance stuck in an operation must not fail the rest of its batch.
-                shared.counters.splits.fetch_add(1, Ordering::Relaxed);
-                return Outcome::Split { error, children };
-            }
-            let wait = {
-                let mut rng = shared.rng.lock().unwrap_or_else(|e| e.into_inner());
-                delay::retry_delay_with(
-                    failures,
-                    shared.config.retry_base,
-                    shared.config.retry_cap,
-                    &mut *rng,
-                )
-            };
-            Outcome::Retry {
-                error,
-                transport: refused.transport,
-                next_attempt_at: now + wait.as_millis() as i64,
-                give_up,
-            }
-        }
-        ErrorClass::Throttle => {
-            shared.counters.throttled.fetch_add(1, Ordering::Relaxed);
-            shared.pacer.throttled();
-            Outcome::Throttled {
-                error,
-                next_attempt_at: now + shared.config.throttle_delay.as_millis() as i64,
-            }
-        }
-        ErrorClass::Isolate => match isolate::split(
-            &job.instance_ids,
-            &job.key_ids,
-            &refused.code,
-            &refused.message,
-        ) {
-            Some(children) => {
-                shared.counters.splits.fetch_add(1, Ordering::Relaxed);
-                Outcome::Split { error, children }
-            }
-            None => Outcome::Fail { error },
-        },
-        ErrorClass::Fatal => {
-            shared.halt(StopReason::Fatal {
-                code: refused.code.clone(),
-                message: refused.message.clone(),
-                request_id: refused.request_id.clone(),
-            });
-            Outcome::Fatal { error }
-        }
-    }
-}
-
 /// The single database writer: commits whatever writes have queued up, together.
-async fn run_writer(
-    store: Store,
-    mut rx: mpsc::UnboundedReceiver<(Write, oneshot::Sender<Result<Applied, String>>)>,
-) {
+async fn run_writer(store: Store, mut rx: mpsc::UnboundedReceiver<(Write, WriteReply)>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, MAX_WRITES_PER_COMMIT).await > 0 {
         let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();

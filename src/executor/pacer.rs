@@ -1,9 +1,20 @@
 //! Request pacing: a strict governor limiter at the configured rate, and an
 //! adaptive slowdown on top of it when the API throttles us.
+//!
+//! The executor sees only the [`Limiter`] interface: `reserve` a send slot under a
+//! [`LimiterKey`] (action, access endpoint, SecretId: the scope of Tencent Cloud's
+//! limit) and report `feedback` on the reply. [`LocalLimiter`] keeps one [`Pacer`] per
+//! key in this process; another implementation (shared through the database) can
+//! stand behind the same interface without the executor changing.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::cvm::Action;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -100,6 +111,30 @@ impl Pacer {
         state.last_start = Some(spaced_from(state.last_start, spacing, Instant::now()));
     }
 
+    /// Waits for the next send slot and takes it, in one step: the slot's moment is
+    /// what the next one is spaced from. Returns that moment.
+    pub async fn reserve(&self) -> Instant {
+        let Some(limiter) = &self.limiter else {
+            return Instant::now();
+        };
+        limiter.until_ready().await;
+        loop {
+            let wait = {
+                let mut state = self.lock();
+                let spacing = Duration::from_secs_f64(RATE_MARGIN / state.current);
+                let now = Instant::now();
+                match state.last_start {
+                    Some(last) if now < last + spacing => last + spacing - now,
+                    _ => {
+                        state.last_start = Some(spaced_from(state.last_start, spacing, now));
+                        return now;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// True when pacing is off (`rate` 0): requests start as fast as slots free up.
     pub fn is_off(&self) -> bool {
         self.limiter.is_none()
@@ -146,6 +181,132 @@ impl Pacer {
     fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
         // A poisoned lock only means another thread panicked mid-update of plain numbers.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a limiter is keyed by: Tencent Cloud counts each API per access region
+/// (the endpoint a request reaches) and per sub-account (its SecretId).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LimiterKey {
+    pub action: Action,
+    pub endpoint: String,
+    pub secret_id: String,
+}
+
+/// What a reply says about the pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// The request went through (or failed for a reason other than the rate).
+    Passed,
+    /// `RequestLimitExceeded` for this key's API.
+    Throttled,
+    /// An account-wide limit (`RequestLimitExceeded.UinLimitExceeded`,
+    /// `.GlobalRegionUinLimitExceeded`): every key of the SecretId slows down.
+    ThrottledAccount,
+}
+
+impl Feedback {
+    /// The feedback an error code gives (`Passed` for any non-throttle code).
+    pub fn for_code(code: &str) -> Feedback {
+        if !crate::taxonomy::is_throttle(code) {
+            Feedback::Passed
+        } else if matches!(
+            code,
+            "RequestLimitExceeded.UinLimitExceeded"
+                | "RequestLimitExceeded.GlobalRegionUinLimitExceeded"
+        ) {
+            Feedback::ThrottledAccount
+        } else {
+            Feedback::Throttled
+        }
+    }
+}
+
+/// A future a limiter returns: resolves to the moment the slot was taken.
+pub type Reservation<'a> = Pin<Box<dyn Future<Output = Instant> + Send + 'a>>;
+
+/// Send slots per key, and the pace adjusted by feedback.
+pub trait Limiter: Send + Sync {
+    /// Waits for a send slot under `key` and takes it.
+    fn reserve<'a>(&'a self, key: &'a LimiterKey) -> Reservation<'a>;
+    /// What the reply to a request sent under `key` said about the pace.
+    fn feedback(&self, key: &LimiterKey, feedback: Feedback);
+    /// True when `key` is not paced at all (engine benchmarks).
+    fn is_off(&self, key: &LimiterKey) -> bool;
+}
+
+/// One [`Pacer`] per key, in this process, each at its action's rate.
+#[derive(Debug)]
+pub struct LocalLimiter {
+    rate_for: fn(Action, f64) -> f64,
+    configured: f64,
+    pacers: Mutex<HashMap<LimiterKey, Arc<Pacer>>>,
+}
+
+impl LocalLimiter {
+    /// Key-pair operations at `rate` per second (0: unpaced); every other action at
+    /// its documented limit (also unpaced when `rate` is 0).
+    pub fn new(rate: f64) -> LocalLimiter {
+        LocalLimiter {
+            rate_for: rate_for_action,
+            configured: rate,
+            pacers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pacer(&self, key: &LimiterKey) -> Arc<Pacer> {
+        let mut pacers = self.pacers.lock().unwrap_or_else(|e| e.into_inner());
+        pacers
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Pacer::new((self.rate_for)(key.action, self.configured))))
+            .clone()
+    }
+
+    /// The rate in force now for `key` (requests per second).
+    pub fn current_rate(&self, key: &LimiterKey) -> f64 {
+        self.pacer(key).current_rate()
+    }
+}
+
+/// The rate an action is paced at when key-pair operations go at `configured`.
+pub fn rate_for_action(action: Action, configured: f64) -> f64 {
+    if configured <= 0.0 {
+        0.0
+    } else if action.is_key_pair_operation() {
+        configured
+    } else {
+        f64::from(action.rate_limit())
+    }
+}
+
+impl Limiter for LocalLimiter {
+    fn reserve<'a>(&'a self, key: &'a LimiterKey) -> Reservation<'a> {
+        let pacer = self.pacer(key);
+        Box::pin(async move { pacer.reserve().await })
+    }
+
+    fn feedback(&self, key: &LimiterKey, feedback: Feedback) {
+        match feedback {
+            Feedback::Passed => self.pacer(key).succeeded(),
+            Feedback::Throttled => self.pacer(key).throttled(),
+            Feedback::ThrottledAccount => {
+                let pacers: Vec<Arc<Pacer>> = {
+                    let pacers = self.pacers.lock().unwrap_or_else(|e| e.into_inner());
+                    pacers
+                        .iter()
+                        .filter(|(k, _)| k.secret_id == key.secret_id)
+                        .map(|(_, p)| p.clone())
+                        .collect()
+                };
+                for pacer in pacers {
+                    pacer.throttled();
+                }
+            }
+        }
+    }
+
+    fn is_off(&self, key: &LimiterKey) -> bool {
+        (self.rate_for)(key.action, self.configured) <= 0.0
     }
 }
 
@@ -234,6 +395,63 @@ mod tests {
         pacer.lock().last_change -= RECOVERY_INTERVAL;
         pacer.succeeded();
         assert_eq!(pacer.current_rate(), 10.0 / 16.0 * RECOVERY_FACTOR);
+    }
+
+    #[tokio::test]
+    async fn reserved_slots_are_strictly_spaced() {
+        let pacer = Pacer::new(50.0);
+        let mut starts = Vec::new();
+        for _ in 0..6 {
+            starts.push(pacer.reserve().await);
+        }
+        let min_gap = Duration::from_secs_f64(RATE_MARGIN / 50.0) - SEND_LATENESS_FORGIVEN;
+        for pair in starts.windows(2) {
+            assert!(pair[1] - pair[0] >= min_gap, "gap {:?}", pair[1] - pair[0]);
+        }
+    }
+
+    fn key(action: Action, endpoint: &str, secret_id: &str) -> LimiterKey {
+        LimiterKey {
+            action,
+            endpoint: endpoint.into(),
+            secret_id: secret_id.into(),
+        }
+    }
+
+    #[test]
+    fn each_key_has_its_own_pace_and_account_throttles_slow_every_key_of_the_account() {
+        let limiter = LocalLimiter::new(10.0);
+        let unbind = key(Action::DisassociateInstancesKeyPairs, "https://a", "AKID1");
+        let bind = key(Action::AssociateInstancesKeyPairs, "https://a", "AKID1");
+        let describe = key(Action::DescribeInstances, "https://a", "AKID1");
+        let other = key(Action::DisassociateInstancesKeyPairs, "https://a", "AKID2");
+        assert_eq!(limiter.current_rate(&unbind), 10.0);
+        assert_eq!(limiter.current_rate(&describe), 40.0);
+        limiter.feedback(&unbind, Feedback::Throttled);
+        assert_eq!(limiter.current_rate(&unbind), 9.0);
+        assert_eq!(
+            limiter.current_rate(&bind),
+            10.0,
+            "another API keeps its pace"
+        );
+        limiter.feedback(&bind, Feedback::ThrottledAccount);
+        assert!(limiter.current_rate(&bind) < 10.0);
+        assert!(limiter.current_rate(&describe) < 40.0);
+        assert_eq!(
+            limiter.current_rate(&other),
+            10.0,
+            "another sub-account is untouched"
+        );
+        assert!(LocalLimiter::new(0.0).is_off(&describe));
+        assert_eq!(
+            Feedback::for_code("RequestLimitExceeded.UinLimitExceeded"),
+            Feedback::ThrottledAccount
+        );
+        assert_eq!(
+            Feedback::for_code("RequestLimitExceeded"),
+            Feedback::Throttled
+        );
+        assert_eq!(Feedback::for_code("InternalServerError"), Feedback::Passed);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use rand::Rng;
 
 use super::*;
+use crate::store::ItemStatus;
 
 /// A fake CVM endpoint: all-or-nothing batches, Windows and unknown instances,
 /// seeded transient faults, and a log of every success with the pairs it covered.
@@ -23,6 +24,7 @@ struct FakeState {
     panic_on_request: Option<u64>,
     requests: u64,
     successes: HashMap<String, Vec<(String, String)>>,
+    calls: Vec<crate::cvm::Action>,
 }
 
 impl FakeApi {
@@ -38,6 +40,7 @@ impl FakeApi {
                 panic_on_request: None,
                 requests: 0,
                 successes: HashMap::new(),
+                calls: Vec::new(),
             }),
         }
     }
@@ -57,20 +60,43 @@ fn refused(code: &str, message: &str) -> Refused {
     }
 }
 
-impl UnbindApi for FakeApi {
-    async fn unbind(&self, request: &Request) -> Result<Accepted, Refused> {
+/// The ids a fake call names, from its JSON body.
+fn ids(call: &Call, field: &str) -> Vec<String> {
+    call.body[field]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Api for FakeApi {
+    async fn call(&self, call: &Call) -> Result<Reply, Refused> {
         tokio::task::yield_now().await;
-        let reply = self.answer(request);
+        let reply = self.answer(call);
         if matches!(&reply, Err(r) if r.code == "Test.Panic") {
             panic!("a bug in a request task");
         }
         reply
     }
+
+    fn endpoint(&self, _region: &str) -> String {
+        "fake://cvm".into()
+    }
+
+    fn secret_id(&self) -> String {
+        "AKIDfake".into()
+    }
 }
 
 impl FakeApi {
-    fn answer(&self, request: &Request) -> Result<Accepted, Refused> {
+    fn answer(&self, call: &Call) -> Result<Reply, Refused> {
+        let instance_ids = ids(call, "InstanceIds");
+        let key_ids = ids(call, "KeyIds");
         self.with(|s| {
+            s.calls.push(call.action);
             s.requests += 1;
             if s.panic_on_request == Some(s.requests) {
                 s.panic_on_request = None;
@@ -84,11 +110,11 @@ impl FakeApi {
             if s.rng.random_bool(s.fault_rate) {
                 return Err(refused("MutexOperation.TaskRunning", "An identical job is running."));
             }
-            if let Some(id) = request.instance_ids.iter().find(|i| s.unknown.contains(*i)) {
+            if let Some(id) = instance_ids.iter().find(|i| s.unknown.contains(*i)) {
                 let _ = id;
                 return Err(refused("InvalidInstanceId.NotFound", "No instance found."));
             }
-            if let Some(id) = request.instance_ids.iter().find(|i| s.windows.contains(*i)) {
+            if let Some(id) = instance_ids.iter().find(|i| s.windows.contains(*i)) {
                 return Err(refused(
                     "UnsupportedOperation.InstanceOsWindows",
                     &format!("The instance {id} with the Xserver windows2012cndatacenterx86_64 operating system does not support this operation."),
@@ -96,14 +122,18 @@ impl FakeApi {
             }
             let request_id = uuid::Uuid::new_v4().to_string();
             let mut covered = Vec::new();
-            for i in &request.instance_ids {
-                for k in &request.key_ids {
+            for i in &instance_ids {
+                for k in &key_ids {
                     s.bound.remove(&(i.clone(), k.clone()));
                     covered.push((i.clone(), k.clone()));
                 }
             }
             s.successes.insert(request_id.clone(), covered);
-            Ok(Accepted { request_id, http_status: 200 })
+            Ok(Reply {
+                response: serde_json::json!({ "RequestId": request_id }),
+                request_id,
+                http_status: 200,
+            })
         })
     }
 }
@@ -118,45 +148,56 @@ fn key(n: usize) -> String {
     format!("skey-{n:08x}")
 }
 
-/// Writes a run whose jobs are `groups` (instances x keys), one item per pair.
+/// Writes a run whose jobs are `groups` (instances x keys), one item per pair,
+/// through the planner's own writer.
 async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
-    let pool = store.pool();
-    let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO runs (created_at, input_path, input_sha256, options) VALUES (0, 't', 'sha', '{}') RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    use crate::store::plan::{Begin, NewItem, NewJob, NewRun, begin_plan};
+    let pairs: usize = groups.iter().map(|(i, k)| i.len() * k.len()).sum();
+    let sha = format!("{:x}", rand::random::<u128>());
+    let run = NewRun {
+        input_path: "t",
+        input_sha256: &sha,
+        options: "{}",
+        rows_read: pairs as u64,
+        pairs: pairs as u64,
+        duplicates: 0,
+        rejected: 0,
+        instances: 0,
+        keys: 0,
+        regions: 1,
+    };
+    let Begin::New(mut writer) = begin_plan(store, &run).await.unwrap() else {
+        panic!("a fresh input");
+    };
     for (n, (instances, keys)) in groups.iter().enumerate() {
-        let job: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, created_at) \
-             VALUES (?, 'ap-guangzhou', ?, ?, ?, 0) RETURNING id",
-        )
-        .bind(run_id)
-        .bind(serde_json::to_string(instances).unwrap())
-        .bind(serde_json::to_string(keys).unwrap())
-        .bind((instances.len() * keys.len()) as i64)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+        let job = writer
+            .add_job(NewJob {
+                region: "ap-guangzhou",
+                force_stop: false,
+                instance_ids: instances,
+                key_ids: keys,
+            })
+            .await
+            .unwrap();
         for i in instances {
             for k in keys {
-                sqlx::query(
-                    "INSERT INTO items (run_id, position, region, instance_id, key_id, status, job_id) \
-                     VALUES (?, ?, 'ap-guangzhou', ?, ?, 'pending', ?)",
-                )
-                .bind(run_id)
-                .bind(format!("group {n}"))
-                .bind(i)
-                .bind(k)
-                .bind(job)
-                .execute(pool)
-                .await
-                .unwrap();
+                writer
+                    .add_item(NewItem {
+                        position: format!("group {n}"),
+                        region: Some("ap-guangzhou".into()),
+                        instance_id: Some(i.clone()),
+                        key_id: Some(k.clone()),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: Some(job),
+                    })
+                    .await
+                    .unwrap();
             }
         }
     }
-    run_id
+    writer.commit().await.unwrap()
 }
 
 /// Executes with fresh counters and no stop request.

@@ -7,12 +7,15 @@
 
 pub mod plan;
 pub mod report;
+pub mod states;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 pub mod queue;
+
+pub use states::{ItemStatus, JobState, RunState, Verified};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

@@ -23,61 +23,7 @@ const JOB_ROWS_PER_STATEMENT: usize = 500;
 /// Index inserts for a million items stay in memory instead of re-reading pages.
 const PLAN_CACHE_KIB: i64 = 32 * 1024;
 
-/// The outcome of one input pair, as stored in `items.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ItemStatus {
-    /// Valid, not yet done.
-    Pending,
-    /// A reply with a RequestId covered it.
-    Succeeded,
-    /// Its job failed for good.
-    Failed,
-    /// The row was wrong; never sent.
-    Rejected,
-    /// The same (region, instance, key) appeared earlier; shares that item's outcome.
-    Duplicate,
-}
-
-impl ItemStatus {
-    /// Every status, in the order reports list them.
-    pub const ALL: [ItemStatus; 5] = [
-        ItemStatus::Succeeded,
-        ItemStatus::Failed,
-        ItemStatus::Rejected,
-        ItemStatus::Duplicate,
-        ItemStatus::Pending,
-    ];
-
-    /// The word stored in the database and printed in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemStatus::Pending => "pending",
-            ItemStatus::Succeeded => "succeeded",
-            ItemStatus::Failed => "failed",
-            ItemStatus::Rejected => "rejected",
-            ItemStatus::Duplicate => "duplicate",
-        }
-    }
-}
-
-impl fmt::Display for ItemStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ItemStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<ItemStatus, String> {
-        ItemStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown status {s:?}: expected succeeded, failed, rejected, duplicate or pending")
-            })
-    }
-}
+pub use super::states::ItemStatus;
 
 /// The run row of a new plan.
 #[derive(Debug, Clone)]

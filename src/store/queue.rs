@@ -5,11 +5,14 @@
 //! executor batches many [`Write`]s into one commit ([`Store::apply`]) so that
 //! `synchronous=FULL` costs one fsync per batch rather than per request.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::states::{ItemStatus, JobState, RunState};
 use super::{Store, StoreError, now_ms};
+use crate::cvm::Action;
 
 /// A heartbeat older than this means the owning process is gone or hung.
 pub const LEASE_STALE_AFTER: Duration = Duration::from_secs(30);
@@ -79,13 +82,32 @@ impl From<sqlx::Error> for LeaseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedJob {
     pub id: i64,
+    pub action: Action,
     pub region: String,
     pub force_stop: bool,
     pub instance_ids: Vec<String>,
     pub key_ids: Vec<String>,
+    /// Action-specific JSON, as stored.
+    pub payload: Option<String>,
     /// Retry-class failures so far (the `--max-attempts` budget).
     pub attempts: i64,
     pub pair_count: i64,
+}
+
+/// A job to add to a run's queue (see [`JobWriter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueuedJob {
+    pub action: Action,
+    pub region: String,
+    pub force_stop: bool,
+    pub instance_ids: Vec<String>,
+    pub key_ids: Vec<String>,
+    pub payload: Option<String>,
+    /// Jobs that must succeed before this one is due.
+    pub after: Vec<i64>,
+    /// The items this job works for (their `job_id` becomes this job's id); empty
+    /// for jobs that only read (verification), whose items belong to other jobs.
+    pub item_ids: Vec<i64>,
 }
 
 /// One write for [`Store::apply`].
@@ -94,7 +116,7 @@ pub enum Write {
     /// An attempt is about to be sent: the attempt row exists before the request does.
     Start { job_id: i64, started_at: i64 },
     /// An attempt ended.
-    Finish(Finish),
+    Finish(Box<Finish>),
     /// A started attempt was never sent (the run stopped first): its row is removed
     /// and its job queued again, so it is not mistaken for an uncertain one.
     Withdraw { attempt_id: i64, job_id: i64 },
@@ -113,6 +135,8 @@ pub struct Finish {
     pub attempt_id: i64,
     pub job_id: i64,
     pub finished_at: i64,
+    /// When the request really left (its send slot), Unix ms.
+    pub sent_at: i64,
     pub latency_ms: i64,
     pub http_status: Option<u16>,
     /// The reply's RequestId, when there was a reply.
@@ -123,7 +147,8 @@ pub struct Finish {
 /// What the executor decided about a finished attempt.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Success: every pair of the job is unbound, proven by the reply's RequestId.
+    /// Success: the action accepted, proven by the reply's RequestId; every pending
+    /// pair of the job succeeds with it.
     Succeeded { request_id: String },
     /// A Retry-class failure: the budget is spent by one; the job waits or fails.
     Retry {
@@ -163,13 +188,26 @@ pub struct PairCounts {
     pub failed: i64,
     pub rejected: i64,
     pub duplicate: i64,
+    pub skipped: i64,
 }
 
 impl PairCounts {
     /// Valid, distinct pairs: the ones the executor works on.
     pub fn valid(&self) -> i64 {
-        self.pending + self.succeeded + self.failed
+        self.pending + self.succeeded + self.failed + self.skipped
     }
+}
+
+/// A failed pair of a run, as [`RequeueWriter`] offers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedPair {
+    pub item_id: i64,
+    pub region: String,
+    /// The ForceStop of the job it failed in, which its new job keeps.
+    pub force_stop: bool,
+    pub instance_id: String,
+    pub key_id: String,
+    pub error_code: Option<String>,
 }
 
 /// One valid pair's outcome, for audits.
@@ -187,7 +225,7 @@ pub struct PairOutcome {
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     pub id: i64,
-    pub state: String,
+    pub state: RunState,
     pub input_path: String,
     pub input_sha256: String,
     pub options: String,
@@ -213,7 +251,10 @@ impl Store {
             .ok_or(StoreError::NoSuchRun(run_id))?;
         Ok(RunInfo {
             id: row.get("id"),
-            state: row.get("state"),
+            state: row
+                .get::<&str, _>("state")
+                .parse()
+                .map_err(StoreError::Corrupt)?,
             input_path: row.get("input_path"),
             input_sha256: row.get("input_sha256"),
             options: row.get("options"),
@@ -285,16 +326,16 @@ impl Store {
         &self,
         run_id: i64,
         lease: &Lease,
-        state: &str,
+        state: RunState,
         stop_reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let finished_at = (state == "finished").then(now_ms);
+        let finished_at = (state == RunState::Finished).then(now_ms);
         sqlx::query(
             "UPDATE runs SET owner_pid = NULL, owner_host = NULL, owner_token = NULL, heartbeat_at = NULL, \
              state = ?, stop_reason = ?, finished_at = COALESCE(?, finished_at) \
              WHERE id = ? AND owner_token = ?",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(stop_reason)
         .bind(finished_at)
         .bind(run_id)
@@ -307,9 +348,10 @@ impl Store {
     /// Marks the run as executing (first start time kept across resumes).
     pub async fn mark_running(&self, run_id: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE runs SET state = 'running', stop_reason = NULL, finished_at = NULL, \
+            "UPDATE runs SET state = ?, stop_reason = NULL, finished_at = NULL, \
              started_at = COALESCE(started_at, ?) WHERE id = ?",
         )
+        .bind(RunState::Running.as_str())
         .bind(now_ms())
         .bind(run_id)
         .execute(self.pool())
@@ -332,17 +374,22 @@ impl Store {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        let requeued = sqlx::query("UPDATE jobs SET state = 'queued', next_attempt_at = ? WHERE run_id = ? AND state = 'in_flight'")
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let requeued = sqlx::query(
+            "UPDATE jobs SET state = ?, next_attempt_at = ? WHERE run_id = ? AND state = ?",
+        )
+        .bind(JobState::Queued.as_str())
+        .bind(now)
+        .bind(run_id)
+        .bind(JobState::InFlight.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(requeued)
     }
 
-    /// Up to `limit` queued jobs due at `now`, earliest first.
+    /// Up to `limit` queued jobs due at `now`, earliest first: their time has come
+    /// and every job they depend on has succeeded.
     pub async fn due_jobs(
         &self,
         run_id: i64,
@@ -350,24 +397,33 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<QueuedJob>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, region, force_stop, instance_ids, key_ids, attempts, pair_count FROM jobs \
-             WHERE run_id = ? AND state = 'queued' AND next_attempt_at <= ? \
+            "SELECT id, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
+             FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
+                             WHERE d.job_id = j.id AND p.state != ?) \
              ORDER BY next_attempt_at, id LIMIT ?",
         )
         .bind(run_id)
+        .bind(JobState::Queued.as_str())
         .bind(now)
+        .bind(JobState::Succeeded.as_str())
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|row| {
                 let id: i64 = row.get("id");
+                let action: &str = row.get("action");
                 Ok(QueuedJob {
                     id,
+                    action: Action::from_name(action).ok_or_else(|| {
+                        StoreError::Corrupt(format!("job {id} has an unknown action {action:?}"))
+                    })?,
                     region: row.get("region"),
                     force_stop: row.get::<i64, _>("force_stop") != 0,
                     instance_ids: parse_ids(row.get("instance_ids"), id)?,
                     key_ids: parse_ids(row.get("key_ids"), id)?,
+                    payload: row.get("payload"),
                     attempts: row.get("attempts"),
                     pair_count: row.get("pair_count"),
                 })
@@ -375,24 +431,30 @@ impl Store {
             .collect()
     }
 
-    /// When the earliest queued job falls due, if any job is queued.
-    pub async fn next_due_at(&self, run_id: i64) -> Result<Option<i64>, StoreError> {
+    /// When the earliest queued job that is not yet due at `now` falls due. Jobs due
+    /// already are the dispatcher's to claim; jobs waiting for others are left out
+    /// (they become due when those succeed, which a reply announces).
+    pub async fn next_due_after(&self, run_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE run_id = ? AND state = 'queued'",
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE run_id = ? AND state = ? AND next_attempt_at > ?",
         )
         .bind(run_id)
+        .bind(JobState::Queued.as_str())
+        .bind(now)
         .fetch_one(self.pool())
         .await?)
     }
 
     /// Jobs not yet final (queued or in flight).
     pub async fn open_jobs(&self, run_id: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN ('queued', 'in_flight')",
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN (?, ?)")
+                .bind(run_id)
+                .bind(JobState::Queued.as_str())
+                .bind(JobState::InFlight.as_str())
+                .fetch_one(self.pool())
+                .await?,
         )
-        .bind(run_id)
-        .fetch_one(self.pool())
-        .await?)
     }
 
     /// Pair counts by status.
@@ -405,14 +467,18 @@ impl Store {
         let mut counts = PairCounts::default();
         for row in rows {
             let n: i64 = row.get("n");
-            match row.get::<&str, _>("status") {
-                "pending" => counts.pending = n,
-                "succeeded" => counts.succeeded = n,
-                "failed" => counts.failed = n,
-                "rejected" => counts.rejected = n,
-                "duplicate" => counts.duplicate = n,
-                _ => {}
-            }
+            let status: ItemStatus = row
+                .get::<&str, _>("status")
+                .parse()
+                .map_err(StoreError::Corrupt)?;
+            *match status {
+                ItemStatus::Pending => &mut counts.pending,
+                ItemStatus::Succeeded => &mut counts.succeeded,
+                ItemStatus::Failed => &mut counts.failed,
+                ItemStatus::Rejected => &mut counts.rejected,
+                ItemStatus::Duplicate => &mut counts.duplicate,
+                ItemStatus::Skipped => &mut counts.skipped,
+            } = n;
         }
         Ok(counts)
     }
@@ -421,20 +487,19 @@ impl Store {
     pub async fn pair_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
-             WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed') ORDER BY id",
+             WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(self.pool())
         .await?)
     }
 
-    /// Failed pairs of a run by error code.
-    pub async fn failures_by_code(
-        &self,
-        run_id: i64,
-    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+    /// Failed pairs of a run by error code; a failed pair without a code (which
+    /// keyfleet never writes) counts under `(none)`. The summary, `status` and
+    /// `report` all read this one query.
+    pub async fn failures_by_code(&self, run_id: i64) -> Result<BTreeMap<String, i64>, StoreError> {
         let rows = sqlx::query(
-            "SELECT COALESCE(error_code, '') AS code, COUNT(*) AS n FROM items \
+            "SELECT COALESCE(error_code, '(none)') AS code, COUNT(*) AS n FROM items \
              WHERE run_id = ? AND status = 'failed' GROUP BY error_code",
         )
         .bind(run_id)
@@ -464,12 +529,12 @@ impl Store {
                         .bind(attempt_id)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query(
-                        "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'in_flight'",
-                    )
-                    .bind(job_id)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query("UPDATE jobs SET state = ? WHERE id = ? AND state = ?")
+                        .bind(JobState::Queued.as_str())
+                        .bind(job_id)
+                        .bind(JobState::InFlight.as_str())
+                        .execute(&mut *tx)
+                        .await?;
                     Applied::Finished
                 }
             });
@@ -478,109 +543,188 @@ impl Store {
         Ok(applied)
     }
 
-    /// Failed pairs of a run become pending again in fresh jobs (`keyfleet retry`).
-    /// `codes` limits it to those error codes; empty means every failed pair.
-    /// Returns the number of pairs requeued.
-    pub async fn requeue_failed(
+    /// Starts adding jobs to run `run_id` in one transaction (see [`JobWriter`]).
+    pub async fn begin_jobs(&self, run_id: i64) -> Result<JobWriter, StoreError> {
+        let tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        Ok(JobWriter {
+            tx,
+            run_id,
+            now: now_ms(),
+            added: 0,
+        })
+    }
+
+    /// Starts requeueing a run's failed pairs (`keyfleet retry`): the writer offers
+    /// the failed pairs (only those with one of `codes`, or all when empty) and takes
+    /// the new jobs that cover them.
+    pub async fn begin_requeue(
         &self,
         run_id: i64,
         codes: &[String],
-        chunk: impl Fn(
-            Vec<(String, bool, String, String)>,
-        ) -> Vec<(String, bool, Vec<String>, Vec<String>)>,
-    ) -> Result<i64, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+    ) -> Result<RequeueWriter, StoreError> {
+        let mut jobs = self.begin_jobs(run_id).await?;
         let rows = sqlx::query(
-            "SELECT i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = 'failed' ORDER BY i.id",
+            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? ORDER BY i.id",
         )
         .bind(run_id)
-        .fetch_all(&mut *tx)
+        .bind(ItemStatus::Failed.as_str())
+        .fetch_all(&mut *jobs.tx)
         .await?;
-        let pairs: Vec<(String, bool, String, String)> = rows
+        let failed = rows
             .iter()
-            .filter(|row| {
-                codes.is_empty()
-                    || row
-                        .get::<Option<String>, _>("error_code")
-                        .is_some_and(|c| codes.contains(&c))
+            .map(|row| FailedPair {
+                item_id: row.get("id"),
+                region: row.get("region"),
+                force_stop: row.get::<i64, _>("force_stop") != 0,
+                instance_id: row.get("instance_id"),
+                key_id: row.get("key_id"),
+                error_code: row.get("error_code"),
             })
-            .map(|row| {
-                (
-                    row.get("region"),
-                    row.get::<i64, _>("force_stop") != 0,
-                    row.get("instance_id"),
-                    row.get("key_id"),
-                )
+            .filter(|pair| {
+                codes.is_empty() || pair.error_code.as_ref().is_some_and(|c| codes.contains(c))
             })
             .collect();
-        let requeued = pairs.len() as i64;
-        let now = now_ms();
-        for (region, force_stop, instance_ids, key_ids) in chunk(pairs) {
-            let job_id = insert_job(
-                &mut tx,
-                run_id,
-                &region,
-                force_stop,
-                &instance_ids,
-                &key_ids,
-                None,
-                now,
-            )
-            .await?;
+        Ok(RequeueWriter { jobs, failed })
+    }
+}
+
+/// Adds jobs (of any action) to a run in one transaction; dropping it rolls back.
+/// The typed counterpart of the planner's `PlanWriter` for everything after planning:
+/// `retry`, verification, the jobs one action makes for another.
+pub struct JobWriter {
+    tx: Transaction<'static, Sqlite>,
+    run_id: i64,
+    now: i64,
+    added: u64,
+}
+
+impl JobWriter {
+    /// Adds one job, due now (once its prerequisites succeed); returns its id. Its
+    /// items, if any, become pending in it.
+    pub async fn add(&mut self, job: &NewQueuedJob) -> Result<i64, StoreError> {
+        let id = insert_job(&mut self.tx, self.run_id, job, None, self.now).await?;
+        for chunk in job.item_ids.chunks(500) {
+            let list = ids_json_i64(chunk);
             sqlx::query(
-                "UPDATE items SET job_id = ?, status = 'pending', error_code = NULL, error_message = NULL \
-                 WHERE run_id = ? AND status = 'failed' AND region = ? \
-                 AND instance_id IN (SELECT value FROM json_each(?)) AND key_id IN (SELECT value FROM json_each(?)) \
-                 AND job_id IN (SELECT id FROM jobs WHERE run_id = ? AND force_stop = ?)",
+                "UPDATE items SET job_id = ?, status = ?, error_code = NULL, error_message = NULL \
+                 WHERE run_id = ? AND id IN (SELECT value FROM json_each(?))",
             )
-            .bind(job_id)
-            .bind(run_id)
-            .bind(&region)
-            .bind(ids_json(&instance_ids))
-            .bind(ids_json(&key_ids))
-            .bind(run_id)
-            .bind(force_stop as i64)
-            .execute(&mut *tx)
+            .bind(id)
+            .bind(ItemStatus::Pending.as_str())
+            .bind(self.run_id)
+            .bind(list)
+            .execute(&mut *self.tx)
             .await?;
         }
-        if requeued > 0 {
-            sqlx::query("UPDATE runs SET state = 'planned', finished_at = NULL WHERE id = ?")
-                .bind(run_id)
-                .execute(&mut *tx)
+        self.added += 1;
+        Ok(id)
+    }
+
+    /// Commits; the run becomes `planned` again when jobs were added (it has work).
+    pub async fn commit(mut self) -> Result<u64, StoreError> {
+        if self.added > 0 {
+            sqlx::query("UPDATE runs SET state = ?, finished_at = NULL WHERE id = ?")
+                .bind(RunState::Planned.as_str())
+                .bind(self.run_id)
+                .execute(&mut *self.tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.tx.commit().await?;
+        Ok(self.added)
+    }
+}
+
+/// Requeues failed pairs in new jobs (`Store::begin_requeue`).
+pub struct RequeueWriter {
+    jobs: JobWriter,
+    failed: Vec<FailedPair>,
+}
+
+impl RequeueWriter {
+    /// The failed pairs to requeue, in input order.
+    pub fn pairs(&self) -> &[FailedPair] {
+        &self.failed
+    }
+
+    /// Adds a job for some of [`RequeueWriter::pairs`]: every offered pair in the
+    /// job's cross product (same region and ForceStop) moves into it.
+    pub async fn add(
+        &mut self,
+        region: &str,
+        force_stop: bool,
+        instance_ids: Vec<String>,
+        key_ids: Vec<String>,
+    ) -> Result<i64, StoreError> {
+        let item_ids = self
+            .failed
+            .iter()
+            .filter(|p| {
+                p.region == region
+                    && p.force_stop == force_stop
+                    && instance_ids.binary_search(&p.instance_id).is_ok()
+                    && key_ids.binary_search(&p.key_id).is_ok()
+            })
+            .map(|p| p.item_id)
+            .collect();
+        let job = NewQueuedJob {
+            action: Action::DisassociateInstancesKeyPairs,
+            region: region.to_string(),
+            force_stop,
+            instance_ids,
+            key_ids,
+            payload: None,
+            after: Vec::new(),
+            item_ids,
+        };
+        self.jobs.add(&job).await
+    }
+
+    /// Commits; returns the number of pairs requeued.
+    pub async fn commit(self) -> Result<i64, StoreError> {
+        let requeued = self.failed.len() as i64;
+        self.jobs.commit().await?;
         Ok(requeued)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn ids_json_i64(ids: &[i64]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
 async fn insert_job(
     tx: &mut Transaction<'_, Sqlite>,
     run_id: i64,
-    region: &str,
-    force_stop: bool,
-    instance_ids: &[String],
-    key_ids: &[String],
+    job: &NewQueuedJob,
     parent: Option<i64>,
     now: i64,
 ) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, region, force_stop, instance_ids, key_ids, pair_count, state, \
-         next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (run_id, action, region, force_stop, instance_ids, key_ids, payload, pair_count, \
+         state, next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(run_id)
-    .bind(region)
-    .bind(force_stop as i64)
-    .bind(ids_json(instance_ids))
-    .bind(ids_json(key_ids))
-    .bind((instance_ids.len() * key_ids.len()) as i64)
+    .bind(job.action.name())
+    .bind(&job.region)
+    .bind(job.force_stop as i64)
+    .bind(ids_json(&job.instance_ids))
+    .bind(ids_json(&job.key_ids))
+    .bind(&job.payload)
+    .bind((job.instance_ids.len() * job.key_ids.len()) as i64)
+    .bind(JobState::Queued.as_str())
     .bind(now)
     .bind(parent)
     .bind(now)
     .fetch_one(&mut **tx)
-    .await?)
+    .await?;
+    for prerequisite in &job.after {
+        sqlx::query("INSERT INTO job_deps (job_id, depends_on) VALUES (?, ?)")
+            .bind(id)
+            .bind(prerequisite)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(id)
 }
 
 async fn start_attempt(
@@ -597,7 +741,8 @@ async fn start_attempt(
     .bind(started_at)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("UPDATE jobs SET state = 'in_flight' WHERE id = ?")
+    sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
+        .bind(JobState::InFlight.as_str())
         .bind(job_id)
         .execute(&mut **tx)
         .await?;
@@ -625,10 +770,11 @@ async fn finish_attempt(
         | Outcome::Fatal { error } => ("error", Some(error)),
     };
     sqlx::query(
-        "UPDATE attempts SET finished_at = ?, outcome = ?, request_id = ?, error_code = ?, error_message = ?, \
-         http_status = ?, latency_ms = ? WHERE id = ?",
+        "UPDATE attempts SET finished_at = ?, sent_at = ?, outcome = ?, request_id = ?, error_code = ?, \
+         error_message = ?, http_status = ?, latency_ms = ? WHERE id = ?",
     )
     .bind(finish.finished_at)
+    .bind(finish.sent_at)
     .bind(outcome)
     .bind(&finish.request_id)
     .bind(error.map(|e| &e.code))
@@ -643,20 +789,21 @@ async fn finish_attempt(
     let now = finish.finished_at;
     match &finish.outcome {
         Outcome::Succeeded { request_id } => {
+            sqlx::query("UPDATE jobs SET state = ?, request_id = ?, finished_at = ? WHERE id = ?")
+                .bind(JobState::Succeeded.as_str())
+                .bind(request_id)
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?;
             sqlx::query(
-                "UPDATE jobs SET state = 'succeeded', request_id = ?, finished_at = ? WHERE id = ?",
+                "UPDATE items SET status = ?, request_id = ?, error_code = NULL, error_message = NULL \
+                 WHERE job_id = ? AND status = ?",
             )
-            .bind(request_id)
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE items SET status = 'succeeded', request_id = ?, error_code = NULL, error_message = NULL \
-                 WHERE job_id = ? AND status = 'pending'",
-            )
+            .bind(ItemStatus::Succeeded.as_str())
             .bind(request_id)
             .bind(job_id)
+            .bind(ItemStatus::Pending.as_str())
             .execute(&mut **tx)
             .await?;
         }
@@ -667,9 +814,9 @@ async fn finish_attempt(
             ..
         } => {
             let (state, finished_at) = if *give_up {
-                ("failed", Some(now))
+                (JobState::Failed, Some(now))
             } else {
-                ("queued", None)
+                (JobState::Queued, None)
             };
             let update = JobUpdate {
                 state,
@@ -681,6 +828,7 @@ async fn finish_attempt(
             update.apply(tx, job_id, error).await?;
             if *give_up {
                 fail_items(tx, job_id, error).await?;
+                skip_dependents(tx, job_id, error, now).await?;
             }
         }
         Outcome::Throttled {
@@ -688,7 +836,7 @@ async fn finish_attempt(
             next_attempt_at,
         } => {
             let update = JobUpdate {
-                state: "queued",
+                state: JobState::Queued,
                 next_attempt_at: Some(*next_attempt_at),
                 finished_at: None,
                 spent: 0,
@@ -698,7 +846,7 @@ async fn finish_attempt(
         }
         Outcome::Fatal { error } => {
             let update = JobUpdate {
-                state: "queued",
+                state: JobState::Queued,
                 next_attempt_at: Some(now),
                 finished_at: None,
                 spent: 0,
@@ -708,7 +856,7 @@ async fn finish_attempt(
         }
         Outcome::Fail { error } => {
             let update = JobUpdate {
-                state: "failed",
+                state: JobState::Failed,
                 next_attempt_at: None,
                 finished_at: Some(now),
                 spent: 0,
@@ -716,56 +864,158 @@ async fn finish_attempt(
             };
             update.apply(tx, job_id, error).await?;
             fail_items(tx, job_id, error).await?;
+            skip_dependents(tx, job_id, error, now).await?;
         }
-        Outcome::Split { error, children } => {
-            let parent = sqlx::query("SELECT run_id, region, force_stop FROM jobs WHERE id = ?")
-                .bind(job_id)
-                .fetch_one(&mut **tx)
-                .await?;
-            let (run_id, region, force_stop): (i64, String, i64) = (
-                parent.get("run_id"),
-                parent.get("region"),
-                parent.get("force_stop"),
-            );
-            let update = JobUpdate {
-                state: "split",
-                next_attempt_at: None,
-                finished_at: Some(now),
-                spent: 0,
-                throttled: 0,
-            };
-            update.apply(tx, job_id, error).await?;
-            for (instance_ids, key_ids) in children {
-                let child = insert_job(
-                    tx,
-                    run_id,
-                    &region,
-                    force_stop != 0,
-                    instance_ids,
-                    key_ids,
-                    Some(job_id),
-                    now,
-                )
-                .await?;
-                sqlx::query(
-                    "UPDATE items SET job_id = ? WHERE job_id = ? \
-                     AND instance_id IN (SELECT value FROM json_each(?)) AND key_id IN (SELECT value FROM json_each(?))",
-                )
-                .bind(child)
-                .bind(job_id)
-                .bind(ids_json(instance_ids))
-                .bind(ids_json(key_ids))
+        Outcome::Split { error, children } => split_job(tx, job_id, error, children, now).await?,
+    }
+    Ok(())
+}
+
+/// Replaces a job by its children: each child takes the parent's action, region,
+/// ForceStop and payload, the pairs (items) in its cross product, the parent's
+/// prerequisites; and every job that waited for the parent waits for every child.
+async fn split_job(
+    tx: &mut Transaction<'_, Sqlite>,
+    job_id: i64,
+    error: &ErrorInfo,
+    children: &[(Vec<String>, Vec<String>)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let parent =
+        sqlx::query("SELECT run_id, action, region, force_stop, payload FROM jobs WHERE id = ?")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let run_id: i64 = parent.get("run_id");
+    let action: &str = parent.get("action");
+    let action = Action::from_name(action).ok_or_else(|| {
+        StoreError::Corrupt(format!("job {job_id} has an unknown action {action:?}"))
+    })?;
+    let after: Vec<i64> = sqlx::query_scalar("SELECT depends_on FROM job_deps WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let waiting: Vec<i64> = sqlx::query_scalar("SELECT job_id FROM job_deps WHERE depends_on = ?")
+        .bind(job_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let update = JobUpdate {
+        state: JobState::Split,
+        next_attempt_at: None,
+        finished_at: Some(now),
+        spent: 0,
+        throttled: 0,
+    };
+    update.apply(tx, job_id, error).await?;
+    // The parent's items, found by id once, then handed to the child whose cross
+    // product holds each one.
+    let items = sqlx::query("SELECT id, instance_id, key_id FROM items WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    for (instance_ids, key_ids) in children {
+        let child = NewQueuedJob {
+            action,
+            region: parent.get("region"),
+            force_stop: parent.get::<i64, _>("force_stop") != 0,
+            instance_ids: instance_ids.clone(),
+            key_ids: key_ids.clone(),
+            payload: parent.get("payload"),
+            after: after.clone(),
+            item_ids: Vec::new(),
+        };
+        let child_id = insert_job(tx, run_id, &child, Some(job_id), now).await?;
+        let mine: Vec<i64> = items
+            .iter()
+            .filter(|row| {
+                let instance: Option<&str> = row.get("instance_id");
+                let key: Option<&str> = row.get("key_id");
+                instance.is_some_and(|i| instance_ids.iter().any(|x| x == i))
+                    && key.is_some_and(|k| key_ids.iter().any(|x| x == k))
+            })
+            .map(|row| row.get("id"))
+            .collect();
+        for chunk in mine.chunks(500) {
+            sqlx::query("UPDATE items SET job_id = ? WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(child_id)
+                .bind(ids_json_i64(chunk))
                 .execute(&mut **tx)
                 .await?;
-            }
         }
+        for dependent in &waiting {
+            sqlx::query("INSERT INTO job_deps (job_id, depends_on) VALUES (?, ?)")
+                .bind(dependent)
+                .bind(child_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    sqlx::query("DELETE FROM job_deps WHERE depends_on = ?")
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A job failed for good: every queued job that waits for it, directly or through
+/// others, is skipped and so are its pending pairs, with the reason.
+async fn skip_dependents(
+    tx: &mut Transaction<'_, Sqlite>,
+    job_id: i64,
+    error: &ErrorInfo,
+    now: i64,
+) -> Result<(), StoreError> {
+    let skipped: Vec<i64> = sqlx::query_scalar(
+        "WITH RECURSIVE waiting(id) AS ( \
+             SELECT job_id FROM job_deps WHERE depends_on = ? \
+             UNION SELECT d.job_id FROM job_deps d JOIN waiting w ON d.depends_on = w.id) \
+         SELECT j.id FROM jobs j JOIN waiting w ON w.id = j.id WHERE j.state = ?",
+    )
+    .bind(job_id)
+    .bind(JobState::Queued.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    let reason = ErrorInfo {
+        code: error.code.clone(),
+        message: format!(
+            "not sent: job {job_id}, which it waited for, failed with {}: {}",
+            error.code, error.message
+        ),
+    };
+    for chunk in skipped.chunks(500) {
+        let list = ids_json_i64(chunk);
+        sqlx::query(
+            "UPDATE jobs SET state = ?, finished_at = ?, last_error_code = ?, last_error_message = ? \
+             WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(JobState::Skipped.as_str())
+        .bind(now)
+        .bind(&reason.code)
+        .bind(&reason.message)
+        .bind(&list)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE items SET status = ?, error_code = ?, error_message = ? \
+             WHERE job_id IN (SELECT value FROM json_each(?)) AND status = ?",
+        )
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(&reason.code)
+        .bind(&reason.message)
+        .bind(&list)
+        .bind(ItemStatus::Pending.as_str())
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
 
 /// How an attempt's error changes its job.
 struct JobUpdate {
-    state: &'static str,
+    state: JobState,
     /// When the job is due again; `None` keeps it.
     next_attempt_at: Option<i64>,
     finished_at: Option<i64>,
@@ -787,7 +1037,7 @@ impl JobUpdate {
              attempts = attempts + ?, throttles = throttles + ?, last_error_code = ?, last_error_message = ? \
              WHERE id = ?",
         )
-        .bind(self.state)
+        .bind(self.state.as_str())
         .bind(self.next_attempt_at)
         .bind(self.finished_at)
         .bind(self.spent)
@@ -807,11 +1057,13 @@ async fn fail_items(
     error: &ErrorInfo,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE items SET status = 'failed', error_code = ?, error_message = ? WHERE job_id = ? AND status = 'pending'",
+        "UPDATE items SET status = ?, error_code = ?, error_message = ? WHERE job_id = ? AND status = ?",
     )
+    .bind(ItemStatus::Failed.as_str())
     .bind(&error.code)
     .bind(&error.message)
     .bind(job_id)
+    .bind(ItemStatus::Pending.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use super::plan::ItemStatus;
 use super::{Store, StoreError, now_ms};
-use crate::taxonomy::{self, ErrorClass};
+use crate::taxonomy;
 
 /// Items fetched per report page.
 const REPORT_PAGE_ROWS: i64 = 5000;
@@ -253,7 +253,7 @@ pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreEr
     for (code, n) in attempts {
         requests += n;
         if let Some(code) = code {
-            if taxonomy::classify(&code) == ErrorClass::Throttle {
+            if taxonomy::is_throttle(&code) {
                 throttled += n;
             }
             errors_by_code.insert(code, n);

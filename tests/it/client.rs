@@ -14,6 +14,7 @@ use keyfleet::api::{
     self, CallError, ClientConfig, CvmClient, InstanceInfo, KeyPairInfo, TransportKind,
 };
 use keyfleet::credentials::Credentials;
+use keyfleet::cvm::Action;
 use keyfleet::secret::Secret;
 use keyfleet::sign;
 use keyfleet::taxonomy::ErrorClass;
@@ -340,7 +341,11 @@ async fn api_errors_of_each_class_keep_code_message_and_request_id() {
             other => panic!("{code}: expected an API error, got {other:?}"),
         }
         assert_eq!(err.code(), code);
-        assert_eq!(err.class(), class, "{code}");
+        assert_eq!(
+            err.class(Action::DisassociateInstancesKeyPairs),
+            class,
+            "{code}"
+        );
         assert_eq!(err.request_id(), Some(request_id.as_str()));
         assert_eq!(err.http_status(), Some(200));
         let shown = err.to_string();
@@ -363,7 +368,10 @@ async fn http_502_with_html_is_a_transport_error_with_status_and_body_prefix() {
     let err = disassociate(&server.client()).await.unwrap_err();
 
     assert_eq!(err.code(), "Transport.HttpStatus");
-    assert_eq!(err.class(), ErrorClass::Retry);
+    assert_eq!(
+        err.class(Action::DisassociateInstancesKeyPairs),
+        ErrorClass::Retry
+    );
     assert_eq!(err.http_status(), Some(502));
     assert_eq!(err.request_id(), None);
     let t = transport(err);
@@ -391,7 +399,10 @@ async fn a_reply_slower_than_the_request_timeout_is_a_timeout() {
         started.elapsed()
     );
     assert_eq!(err.code(), "Transport.Timeout", "{err}");
-    assert_eq!(err.class(), ErrorClass::Retry);
+    assert_eq!(
+        err.class(Action::DisassociateInstancesKeyPairs),
+        ErrorClass::Retry
+    );
     assert_eq!(transport(err).kind, TransportKind::Timeout);
 }
 
@@ -419,7 +430,10 @@ async fn a_dropped_connection_is_an_io_error() {
     let err = disassociate(&client).await.unwrap_err();
 
     assert_eq!(err.code(), "Transport.Io", "{err}");
-    assert_eq!(err.class(), ErrorClass::Retry);
+    assert_eq!(
+        err.class(Action::DisassociateInstancesKeyPairs),
+        ErrorClass::Retry
+    );
     assert_eq!(err.request_id(), None);
 }
 
@@ -458,7 +472,11 @@ async fn a_200_that_is_not_the_envelope_is_a_bad_body() {
         let err = disassociate(&server.client()).await.unwrap_err();
 
         assert_eq!(err.code(), "Transport.BadBody", "{why}");
-        assert_eq!(err.class(), ErrorClass::Retry, "{why}");
+        assert_eq!(
+            err.class(Action::DisassociateInstancesKeyPairs),
+            ErrorClass::Retry,
+            "{why}"
+        );
         let t = transport(err);
         assert_eq!(t.status, Some(200), "{why}");
         assert_eq!(t.body_prefix, body, "{why}");
