@@ -571,12 +571,14 @@ async fn the_fleet_can_change_mid_run() {
     assert_eq!(sim.fleet().instances()[0].instance_id, "ins-0000000r");
 }
 
+/// Associate adds keys and never removes one: keyfleet must never rely on it to
+/// remove a key (the reference leaves which holds unverified).
 #[tokio::test]
-async fn associate_replaces_the_bound_keys() {
+async fn associate_adds_keys_and_removes_none() {
     let sim = start(quiet(), small_fleet()).await;
     Call::new(
         ASSOCIATE,
-        json!({"InstanceIds": ["ins-00000001", "ins-00000002"], "KeyIds": ["skey-0000000c"]}),
+        json!({"InstanceIds": ["ins-00000001", "ins-00000002"], "KeyIds": ["skey-0000000c", "skey-0000000a"]}),
     )
     .reply(&sim)
     .await
@@ -584,11 +586,11 @@ async fn associate_replaces_the_bound_keys() {
     let fleet = sim.fleet();
     assert_eq!(
         fleet.instance("ins-00000001").unwrap().key_ids,
-        ["skey-0000000c"]
+        ["skey-0000000a", "skey-0000000b", "skey-0000000c"]
     );
     assert_eq!(
         fleet.instance("ins-00000002").unwrap().key_ids,
-        ["skey-0000000c"]
+        ["skey-0000000a", "skey-0000000c"]
     );
     Call::new(
         ASSOCIATE,
