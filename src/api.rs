@@ -11,6 +11,13 @@
 //!
 //! Every error's [`CallError::code`] goes through [`taxonomy::classify`], so callers
 //! decide what to do from the class alone. The client knows nothing of the queue.
+//!
+//! The reads ([`CvmClient::describe_instances_page`], [`CvmClient::describe_key_pairs`],
+//! [`CvmClient::describe_regions`]) are strict about the envelope and each item's id (a
+//! reply that breaks them is a [`TransportKind::BadBody`]) and tolerant of every other
+//! field being absent or null. A key-pair request's RequestId means accepted, not
+//! applied: only a later `DescribeInstances` (`LatestOperationState`, the key ids) shows
+//! the change made.
 
 use std::fmt;
 use std::sync::Arc;

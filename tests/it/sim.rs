@@ -987,6 +987,15 @@ async fn an_accepted_unbind_is_operating_and_refuses_more_until_it_completes() {
         small_fleet().bindings(),
         "nothing changed yet"
     );
+    // An edit of the running fleet keeps the operation.
+    sim.edit_fleet(|fleet| fleet.instances[1].state = InstanceState::Stopped)
+        .unwrap();
+    let kept = described(&sim, "ins-00000001").await;
+    assert_eq!(kept.latest_operation_state.as_deref(), Some("OPERATING"));
+    Call::unbind(&["ins-00000001"], &["skey-0000000b"])
+        .reply(&sim)
+        .await
+        .assert_error("OperationDenied.InstanceOperationInProgress");
     // The key is still bound, so DescribeKeyPairs still names the instance.
     let (keys, _) = support::sim_client(&sim)
         .describe_key_pairs(GZ, &["skey-0000000a".to_string()])
