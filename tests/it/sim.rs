@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use keyfleet::api::CvmClient;
 use keyfleet::secret::Secret;
 use keyfleet::sign::{RequestParts, sign};
 use keyfleet::sim::{
@@ -926,8 +927,7 @@ async fn describe_instances_and_key_pairs() {
 // ---------------------------------------------------------------- asynchronous operations
 
 /// The one instance `id` as DescribeInstances reports it, through the API client.
-async fn described(sim: &SimHandle, id: &str) -> keyfleet::api::InstanceInfo {
-    let client = support::sim_client(sim);
+async fn described(client: &CvmClient, id: &str) -> keyfleet::api::InstanceInfo {
     let (mut found, _) = client
         .describe_instances(GZ, &[id.to_string()])
         .await
@@ -943,12 +943,13 @@ async fn an_accepted_unbind_is_operating_and_refuses_more_until_it_completes() {
         ..quiet()
     };
     let sim = start(config, small_fleet()).await;
+    let client = support::sim_client(&sim);
     let accepted = Call::unbind(&["ins-00000001"], &["skey-0000000a"])
         .reply(&sim)
         .await;
     accepted.assert_success();
 
-    let info = described(&sim, "ins-00000001").await;
+    let info = described(&client, "ins-00000001").await;
     assert_eq!(
         info.latest_operation.as_deref(),
         Some("DisassociateInstancesKeyPairs")
@@ -961,7 +962,7 @@ async fn an_accepted_unbind_is_operating_and_refuses_more_until_it_completes() {
     assert_eq!(info.key_ids, ["skey-0000000a", "skey-0000000b"], "not yet");
     assert_eq!(info.zone.as_deref(), Some("ap-guangzhou-1"));
     // An instance nothing was done to reports no operation.
-    let untouched = described(&sim, "ins-00000002").await;
+    let untouched = described(&client, "ins-00000002").await;
     assert_eq!(
         (
             untouched.latest_operation,
@@ -990,14 +991,14 @@ async fn an_accepted_unbind_is_operating_and_refuses_more_until_it_completes() {
     // An edit of the running fleet keeps the operation.
     sim.edit_fleet(|fleet| fleet.instances[1].state = InstanceState::Stopped)
         .unwrap();
-    let kept = described(&sim, "ins-00000001").await;
+    let kept = described(&client, "ins-00000001").await;
     assert_eq!(kept.latest_operation_state.as_deref(), Some("OPERATING"));
     Call::unbind(&["ins-00000001"], &["skey-0000000b"])
         .reply(&sim)
         .await
         .assert_error("OperationDenied.InstanceOperationInProgress");
     // The key is still bound, so DescribeKeyPairs still names the instance.
-    let (keys, _) = support::sim_client(&sim)
+    let (keys, _) = client
         .describe_key_pairs(GZ, &["skey-0000000a".to_string()])
         .await
         .unwrap();
@@ -1014,13 +1015,14 @@ async fn an_operation_completes_after_the_operation_time() {
         ..quiet()
     };
     let sim = start(config, small_fleet()).await;
+    let client = support::sim_client(&sim);
     let accepted = Call::unbind(&["ins-00000001"], &["skey-0000000a"])
         .reply(&sim)
         .await;
     accepted.assert_success();
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let info = described(&sim, "ins-00000001").await;
+        let info = described(&client, "ins-00000001").await;
         assert_eq!(
             info.latest_operation_request_id.as_deref(),
             Some(accepted.request_id())
@@ -1049,11 +1051,12 @@ async fn an_operation_completes_after_the_operation_time() {
 #[tokio::test]
 async fn with_no_operation_time_an_operation_succeeds_at_once() {
     let sim = start(quiet(), small_fleet()).await;
+    let client = support::sim_client(&sim);
     let reply = Call::unbind(&["ins-00000002"], &["skey-0000000a"])
         .reply(&sim)
         .await;
     reply.assert_success();
-    let info = described(&sim, "ins-00000002").await;
+    let info = described(&client, "ins-00000002").await;
     assert_eq!(info.latest_operation_state.as_deref(), Some("SUCCESS"));
     assert_eq!(
         info.latest_operation_request_id.as_deref(),
@@ -1085,12 +1088,13 @@ async fn async_failures_leave_the_keys_and_follow_the_seed() {
             ..quiet()
         };
         let sim = start(config, fleet).await;
+        let client = support::sim_client(&sim);
         let mut failed = Vec::new();
         for n in 0..24 {
             let id = support::ins(n);
             let reply = Call::unbind(&[&id], &["skey-0000000a"]).reply(&sim).await;
             reply.assert_success();
-            let info = described(&sim, &id).await;
+            let info = described(&client, &id).await;
             let state = info.latest_operation_state.as_deref().unwrap();
             assert_eq!(
                 info.latest_operation_request_id.as_deref(),
