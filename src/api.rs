@@ -453,12 +453,13 @@ impl CvmClient {
         })?;
         let total_count = total_count(&response, &request_id)?;
         let returned = instances.len() as u64;
+        let next = offset.saturating_add(returned);
         let more = match total_count {
-            Some(total) => offset + returned < total,
+            Some(total) => next < total,
             // Without a total, a full page may have a successor.
             None => returned == limit,
         };
-        let next_offset = (more && returned > 0).then_some(offset + returned);
+        let next_offset = (more && returned > 0 && next > offset).then_some(next);
         Ok((
             InstancePage {
                 instances,

@@ -442,6 +442,15 @@ fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<Ap
     None
 }
 
+/// Longest an operation can take: beyond the clock's range (a huge `--operation-time`)
+/// it simply never completes while the simulator runs.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// When an operation started at `now` that takes `time` completes; never overflows.
+fn completion(now: Instant, time: Duration) -> Instant {
+    now.checked_add(time).unwrap_or_else(|| now + NEVER)
+}
+
 /// `LatestOperation`, `LatestOperationState`, `LatestOperationRequestId` of an instance:
 /// its last key-pair operation; a busy window shows as an unnamed OPERATING one; null
 /// when there was none, as the real API reports an instance nothing was done to.
@@ -497,7 +506,7 @@ pub(crate) fn execute(
                         action: action.name(),
                         request_id: acceptance.request_id.clone(),
                         state: super::fleet::OperationState::Operating,
-                        completes_at: now + acceptance.operation_time,
+                        completes_at: completion(now, acceptance.operation_time),
                         associate: *associate,
                         keys: keys.clone(),
                         fails: acceptance.fails,
@@ -711,6 +720,31 @@ mod tests {
         assert_eq!(
             added["LoginSettings"]["KeyIds"],
             json!(["skey-0000000a", "skey-0000000b"])
+        );
+    }
+
+    #[test]
+    fn an_endless_operation_time_does_not_overflow_the_clock() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        let unbind = bind(
+            Action::DisassociateInstancesKeyPairs,
+            &live,
+            &["ins-00000001"],
+            &["skey-0000000a"],
+        );
+        execute(
+            &unbind,
+            &mut live,
+            GZ,
+            t0,
+            &accepted("r", Duration::MAX, false),
+        )
+        .unwrap();
+        let later = t0 + Duration::from_secs(3600 * 24 * 365);
+        assert_eq!(
+            describe(&mut live, "ins-00000001", later)["LatestOperationState"],
+            "OPERATING"
         );
     }
 
