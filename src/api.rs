@@ -11,6 +11,13 @@
 //!
 //! Every error's [`CallError::code`] goes through [`taxonomy::classify`], so callers
 //! decide what to do from the class alone. The client knows nothing of the queue.
+//!
+//! The reads ([`CvmClient::describe_instances_page`], [`CvmClient::describe_key_pairs`],
+//! [`CvmClient::describe_regions`]) are strict about the envelope and each item's id (a
+//! reply that breaks them is a [`TransportKind::BadBody`]) and tolerant of every other
+//! field being absent or null. A key-pair request's RequestId means accepted, not
+//! applied: only a later `DescribeInstances` (`LatestOperationState`, the key ids) shows
+//! the change made.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +38,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of a bad reply's body kept in a [`TransportError`].
 pub const BODY_PREFIX_BYTES: usize = 200;
+/// The largest `Limit` of a Describe page the API accepts.
+pub const MAX_PAGE_LIMIT: u64 = 100;
 /// Largest reply read; a DescribeInstances page of 100 instances is far below it.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -97,6 +106,36 @@ pub struct InstanceInfo {
     pub os_name: String,
     /// The key pairs bound to it (`LoginSettings.KeyIds`).
     pub key_ids: Vec<String>,
+    /// `LatestOperation`: the last operation's action, e.g. `DisassociateInstancesKeyPairs`.
+    pub latest_operation: Option<String>,
+    /// `LatestOperationState`: `OPERATING`, `SUCCESS` or `FAILED`. A key-pair request's
+    /// RequestId means accepted; only this (and `key_ids`) shows it applied.
+    pub latest_operation_state: Option<String>,
+    /// `LatestOperationRequestId`: the RequestId of the request that started it.
+    pub latest_operation_request_id: Option<String>,
+    /// `Placement.Zone`, e.g. `ap-guangzhou-3`.
+    pub zone: Option<String>,
+}
+
+/// One page of `DescribeInstances`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstancePage {
+    pub instances: Vec<InstanceInfo>,
+    /// `TotalCount`: every instance the query matches, over all pages (`None` when omitted).
+    pub total_count: Option<u64>,
+    /// The `Offset` of the next page, `None` when this one is the last.
+    pub next_offset: Option<u64>,
+}
+
+/// One region as `DescribeRegions` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegionInfo {
+    /// The region id, e.g. `ap-guangzhou`.
+    pub region: String,
+    /// The display name, e.g. `South China(Guangzhou)` (empty when omitted).
+    pub region_name: String,
+    /// `AVAILABLE` or `UNAVAILABLE` (empty when omitted).
+    pub region_state: String,
 }
 
 /// One key pair as `DescribeKeyPairs` reports it.
@@ -373,26 +412,87 @@ impl CvmClient {
     }
 
     /// Describes instances by id (at most 100). With an empty list the API lists the
-    /// region's instances instead, up to 100.
+    /// region's instances instead, up to 100 (the first page of
+    /// [`CvmClient::describe_instances_page`]).
     pub async fn describe_instances(
         &self,
         region: &str,
         instance_ids: &[String],
     ) -> Result<(Vec<InstanceInfo>, String), CallError> {
         // Limit defaults to 20 on the API side; 100 ids must come back in one page.
-        let body = json!({ "InstanceIds": instance_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST });
+        let (page, request_id) = self
+            .describe_instances_page(region, instance_ids, 0, MAX_PAGE_LIMIT)
+            .await?;
+        Ok((page.instances, request_id))
+    }
+
+    /// One page of `DescribeInstances`: `limit` (1..=100, clamped) instances from
+    /// `offset`, of the ids given (at most 100) or, with none, of every instance in the
+    /// region. Walk a region by starting at 0 and following [`InstancePage::next_offset`].
+    pub async fn describe_instances_page(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        offset: u64,
+        limit: u64,
+    ) -> Result<(InstancePage, String), CallError> {
+        let limit = limit.clamp(1, MAX_PAGE_LIMIT);
+        let mut body = json!({ "Offset": offset, "Limit": limit });
+        if !instance_ids.is_empty() {
+            body["InstanceIds"] = json!(instance_ids);
+        }
         let (response, request_id) = self
             .call(Action::DescribeInstances.name(), region, &body)
             .await?;
         let instances = parse_set(&response, "InstanceSet", &request_id, |item| {
+            let login = item.get("LoginSettings");
             Some(InstanceInfo {
                 instance_id: item.get("InstanceId")?.as_str()?.to_string(),
                 instance_state: string_field(item, "InstanceState"),
                 os_name: string_field(item, "OsName"),
-                key_ids: string_list(item.get("LoginSettings").and_then(|l| l.get("KeyIds"))),
+                key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
+                latest_operation: optional_string(item.get("LatestOperation")),
+                latest_operation_state: optional_string(item.get("LatestOperationState")),
+                latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
+                zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
             })
         })?;
-        Ok((instances, request_id))
+        let total_count = total_count(&response, &request_id)?;
+        let returned = instances.len() as u64;
+        let next = offset.saturating_add(returned);
+        let more = match total_count {
+            Some(total) => next < total,
+            // Without a total, a full page may have a successor.
+            None => returned == limit,
+        };
+        let next_offset = (more && returned > 0 && next > offset).then_some(next);
+        Ok((
+            InstancePage {
+                instances,
+                total_count,
+                next_offset,
+            },
+            request_id,
+        ))
+    }
+
+    /// Lists the regions (`DescribeRegions`). The answer does not depend on `region`,
+    /// which only picks where the request is sent (any region name will do).
+    pub async fn describe_regions(
+        &self,
+        region: &str,
+    ) -> Result<(Vec<RegionInfo>, String), CallError> {
+        let (response, request_id) = self
+            .call(Action::DescribeRegions.name(), region, &json!({}))
+            .await?;
+        let regions = parse_set(&response, "RegionSet", &request_id, |item| {
+            Some(RegionInfo {
+                region: item.get("Region")?.as_str()?.to_string(),
+                region_name: string_field(item, "RegionName"),
+                region_state: string_field(item, "RegionState"),
+            })
+        })?;
+        Ok((regions, request_id))
     }
 
     /// Describes key pairs by id (at most 100). With an empty list the API lists the
@@ -638,6 +738,29 @@ fn parse_set<T>(
             })
         })
         .collect()
+}
+
+/// `Response.TotalCount`: absent or null is `None`; anything but a whole number is a bad body.
+fn total_count(response: &Value, request_id: &str) -> Result<Option<u64>, CallError> {
+    match response.get("TotalCount") {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            let mut err = TransportError::new(
+                TransportKind::BadBody,
+                format!("TotalCount is not a whole number (RequestId {request_id})"),
+            );
+            err.status = Some(200);
+            CallError::Transport(err)
+        }),
+    }
+}
+
+/// An optional string field: absent, null, empty or not a string is `None`.
+fn optional_string(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 fn string_field(value: &Value, name: &str) -> String {

@@ -13,15 +13,18 @@
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
-//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types.
+//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
+//!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
+//!   DescribeRegions).
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
-//!   semantics, instance states, rate limit and seeded faults over a real HTTP server;
-//!   `sim::audit` proves a run against the simulator's fleet and journal.
+//!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
+//!   rate limit and seeded faults over a real HTTP server; `sim::audit` proves a run
+//!   against the simulator's fleet and journal, telling accepted from applied.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
 //! draws progress and maps errors to exit codes; nothing in the library prints.

@@ -141,6 +141,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         faults: demo_faults(args.faults),
         seed: args.seed,
         settle_after: Duration::from_secs(3),
+        ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -56,6 +56,14 @@ pub struct Args {
     /// How long transitional states (STOPPING, PENDING, ...) last unless the fleet says.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     settle_after: Duration,
+    /// How long an accepted Associate/Disassociate stays OPERATING before the keys change
+    /// (0: at once, the reply's instant).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    operation_time: Duration,
+    /// Probability that an accepted Associate/Disassociate ends FAILED, keys unchanged
+    /// (the reply still succeeds: a RequestId means accepted, not applied).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_async_fail: f64,
     /// Probability of MutexOperation.TaskRunning per request.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     fault_mutex: f64,
@@ -172,6 +180,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         },
         seed,
         settle_after: args.settle_after,
+        operation_time: args.operation_time,
+        async_fail: args.fault_async_fail,
     };
     let instances = fleet.instances().len();
     let listener = tokio::net::TcpListener::bind(args.listen)

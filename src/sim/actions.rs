@@ -1,10 +1,12 @@
-//! The four CVM actions: parameter validation in the API's order of concern, the
-//! all-or-nothing instance checks, and the changes and replies.
+//! The five CVM actions: parameter validation in the API's order of concern, the
+//! all-or-nothing instance checks, the asynchronous key-pair operations, and the replies.
+
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::fleet::{InstanceState, LiveFleet, LiveInstance, Os};
+use super::fleet::{InstanceState, LiveFleet, LiveInstance, Operation, Os};
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 
 /// The actions the simulator serves: the API vocabulary shared with the client.
@@ -45,6 +47,16 @@ pub(crate) enum Validated {
         offset: usize,
         limit: usize,
     },
+    DescribeRegions,
+}
+
+/// How an accepted Associate/Disassociate runs: the RequestId its reply carries, how
+/// long it stays OPERATING, and whether it ends FAILED.
+#[derive(Debug, Clone)]
+pub(crate) struct Acceptance {
+    pub request_id: String,
+    pub operation_time: Duration,
+    pub fails: bool,
 }
 
 /// A processed request: the reply's fields besides RequestId, and whether it took effect.
@@ -254,6 +266,14 @@ pub(crate) fn validate(
                     .filter(|&n| fleet.instances[n].spec.region == region)
                     .collect(),
             };
+            // Sorted by instance id, so pages by Offset/Limit are stable and disjoint.
+            let mut selected: Vec<usize> = selected;
+            selected.sort_by(|&a, &b| {
+                fleet.instances[a]
+                    .spec
+                    .instance_id
+                    .cmp(&fleet.instances[b].spec.instance_id)
+            });
             Ok(Validated::DescribeInstances {
                 selected,
                 offset,
@@ -286,12 +306,36 @@ pub(crate) fn validate(
                 limit,
             })
         }
-        // Not served yet: answered as an unknown action, as for any other name.
-        Action::DescribeRegions => Err(ApiError::new(
-            "InvalidAction",
-            "The requested action `DescribeRegions` does not exist.",
-        )),
+        Action::DescribeRegions => {
+            check_known(params, &[])?;
+            Ok(Validated::DescribeRegions)
+        }
     }
+}
+
+/// Display names of the regions the real API names; any other region is named by its id.
+const REGION_NAMES: &[(&str, &str)] = &[
+    ("ap-beijing", "North China(Beijing)"),
+    ("ap-chengdu", "Southwest China(Chengdu)"),
+    ("ap-chongqing", "Southwest China(Chongqing)"),
+    ("ap-guangzhou", "South China(Guangzhou)"),
+    (
+        "ap-hongkong",
+        "Hong Kong, Macau and Taiwan (China)(Hong Kong, China)",
+    ),
+    ("ap-nanjing", "East China(Nanjing)"),
+    ("ap-shanghai", "East China(Shanghai)"),
+    ("ap-singapore", "Southeast Asia(Singapore)"),
+    ("ap-tokyo", "Northeast Asia(Tokyo)"),
+    ("eu-frankfurt", "Europe(Frankfurt)"),
+    ("na-siliconvalley", "West US(Silicon Valley)"),
+];
+
+fn region_name(region: &str) -> &str {
+    REGION_NAMES
+        .iter()
+        .find(|(id, _)| *id == region)
+        .map_or(region, |(_, name)| name)
 }
 
 /// Why this instance may not be operated on now, with the documented code and message.
@@ -390,10 +434,38 @@ fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<Ap
             "The instance does not support the no charges when shut down feature.",
         );
     }
-    if instance.is_busy(now) {
+    // A busy window (an operation started elsewhere) or an accepted key-pair operation
+    // that has not completed: the same refusal.
+    if instance.is_busy(now) || instance.is_operating(now) {
         return in_progress();
     }
     None
+}
+
+/// Longest an operation can take: beyond the clock's range (a huge `--operation-time`)
+/// it simply never completes while the simulator runs.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// When an operation started at `now` that takes `time` completes; never overflows.
+fn completion(now: Instant, time: Duration) -> Instant {
+    now.checked_add(time).unwrap_or_else(|| now + NEVER)
+}
+
+/// `LatestOperation`, `LatestOperationState`, `LatestOperationRequestId` of an instance:
+/// its last key-pair operation; a busy window shows as an unnamed OPERATING one; null
+/// when there was none, as the real API reports an instance nothing was done to.
+fn latest_operation(live: &LiveInstance, now: Instant) -> (Value, Value, Value) {
+    if live.is_busy(now) && !live.is_operating(now) {
+        return (Value::Null, json!("OPERATING"), Value::Null);
+    }
+    match &live.operation {
+        Some(op) => (
+            json!(op.action),
+            json!(op.state.as_str()),
+            json!(op.request_id),
+        ),
+        None => (Value::Null, Value::Null, Value::Null),
+    }
 }
 
 fn page<T: Clone>(items: &[T], offset: usize, limit: usize) -> Vec<T> {
@@ -401,12 +473,14 @@ fn page<T: Clone>(items: &[T], offset: usize, limit: usize) -> Vec<T> {
 }
 
 /// Carries out a validated request. A bind is all-or-nothing: the first instance (in
-/// request order) that may not be operated on fails the whole request, unchanged.
+/// request order) that may not be operated on fails the whole request, unchanged;
+/// otherwise it starts one operation per instance as `acceptance` says.
 pub(crate) fn execute(
     request: &Validated,
     fleet: &mut LiveFleet,
     region: &str,
     now: Instant,
+    acceptance: &Acceptance,
 ) -> Result<Executed, ApiError> {
     match request {
         Validated::Bind {
@@ -421,14 +495,24 @@ pub(crate) fn execute(
             {
                 return Err(err);
             }
+            let action = if *associate {
+                Action::AssociateInstancesKeyPairs
+            } else {
+                Action::DisassociateInstancesKeyPairs
+            };
             for &n in instances {
-                let bound = &mut fleet.instances[n].spec.key_ids;
-                if *associate {
-                    // Binding replaces what was bound: the reference says earlier keys stop working.
-                    *bound = keys.clone();
-                } else {
-                    bound.retain(|k| !keys.contains(k));
-                }
+                fleet.instances[n].start_operation(
+                    Operation {
+                        action: action.name(),
+                        request_id: acceptance.request_id.clone(),
+                        state: super::fleet::OperationState::Operating,
+                        completes_at: completion(now, acceptance.operation_time),
+                        associate: *associate,
+                        keys: keys.clone(),
+                        fails: acceptance.fails,
+                    },
+                    now,
+                );
             }
             Ok(Executed {
                 data: Map::new(),
@@ -445,12 +529,15 @@ pub(crate) fn execute(
                 .map(|n| {
                     let live = &fleet.instances[n];
                     let spec = &live.spec;
+                    let (operation, state, request_id) = latest_operation(live, now);
                     json!({
                         "InstanceId": spec.instance_id,
                         "InstanceState": spec.state.as_str(),
                         "OsName": spec.os_name,
                         "LoginSettings": { "KeyIds": spec.key_ids },
-                        "LatestOperationState": if live.is_busy(now) { "OPERATING" } else { "SUCCESS" },
+                        "LatestOperation": operation,
+                        "LatestOperationState": state,
+                        "LatestOperationRequestId": request_id,
                         "Placement": { "Zone": format!("{region}-1") },
                     })
                 })
@@ -471,12 +558,13 @@ pub(crate) fn execute(
             let set: Vec<Value> = page(keys, *offset, *limit)
                 .into_iter()
                 .map(|key| {
-                    let holders: Vec<&str> = fleet
+                    let mut holders: Vec<&str> = fleet
                         .instances
                         .iter()
                         .filter(|i| i.spec.region == region && i.spec.key_ids.contains(&key))
                         .map(|i| i.spec.instance_id.as_str())
                         .collect();
+                    holders.sort_unstable();
                     json!({
                         "KeyId": key,
                         "KeyName": key,
@@ -492,5 +580,266 @@ pub(crate) fn execute(
                 applied: false,
             })
         }
+        Validated::DescribeRegions => {
+            let regions: std::collections::BTreeSet<&str> = fleet
+                .instances
+                .iter()
+                .map(|i| i.spec.region.as_str())
+                .collect();
+            let set: Vec<Value> = regions
+                .iter()
+                .map(|r| {
+                    json!({
+                        "Region": r,
+                        "RegionName": region_name(r),
+                        "RegionState": "AVAILABLE",
+                    })
+                })
+                .collect();
+            let mut data = Map::new();
+            data.insert("TotalCount".into(), json!(set.len()));
+            data.insert("RegionSet".into(), Value::Array(set));
+            Ok(Executed {
+                data,
+                applied: false,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::fleet::{Fleet, Instance};
+
+    const GZ: &str = "ap-guangzhou";
+
+    fn fleet(start: Instant) -> LiveFleet {
+        let fleet = Fleet::new()
+            .with(Instance::new("ins-00000002", GZ).keys(["skey-0000000a", "skey-0000000b"]))
+            .with(Instance::new("ins-00000001", GZ).keys(["skey-0000000a"]))
+            .with(Instance::new("ins-00000009", "ap-shanghai").keys(["skey-0000000a"]));
+        LiveFleet::new(fleet, start, Duration::from_secs(1))
+    }
+
+    fn bind(action: Action, fleet: &LiveFleet, instances: &[&str], keys: &[&str]) -> Validated {
+        let params = json!({"InstanceIds": instances, "KeyIds": keys});
+        validate(action, params.as_object().unwrap(), fleet, GZ).unwrap()
+    }
+
+    fn accepted(request_id: &str, operation_time: Duration, fails: bool) -> Acceptance {
+        Acceptance {
+            request_id: request_id.to_string(),
+            operation_time,
+            fails,
+        }
+    }
+
+    /// DescribeInstances' item for `id`, after settling at `now` as the server does.
+    fn describe(fleet: &mut LiveFleet, id: &str, now: Instant) -> Value {
+        fleet.settle(now);
+        let params = json!({"InstanceIds": [id]});
+        let request = validate(
+            Action::DescribeInstances,
+            params.as_object().unwrap(),
+            fleet,
+            GZ,
+        )
+        .unwrap();
+        let done = execute(
+            &request,
+            fleet,
+            GZ,
+            now,
+            &accepted("r-read", Duration::ZERO, false),
+        )
+        .unwrap();
+        done.data["InstanceSet"][0].clone()
+    }
+
+    #[test]
+    fn an_operation_is_operating_then_succeeds_and_only_then_changes_the_keys() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        let unbind = bind(
+            Action::DisassociateInstancesKeyPairs,
+            &live,
+            &["ins-00000002"],
+            &["skey-0000000a"],
+        );
+        let op_time = Duration::from_secs(5);
+        let done = execute(&unbind, &mut live, GZ, t0, &accepted("r-1", op_time, false)).unwrap();
+        assert!(done.applied);
+
+        let during = describe(&mut live, "ins-00000002", t0 + Duration::from_secs(1));
+        assert_eq!(during["LatestOperation"], "DisassociateInstancesKeyPairs");
+        assert_eq!(during["LatestOperationState"], "OPERATING");
+        assert_eq!(during["LatestOperationRequestId"], "r-1");
+        assert_eq!(
+            during["LoginSettings"]["KeyIds"],
+            json!(["skey-0000000a", "skey-0000000b"]),
+            "the keys change only when the operation completes"
+        );
+        // A second operation on it meanwhile is refused, and changes nothing.
+        let again = bind(
+            Action::AssociateInstancesKeyPairs,
+            &live,
+            &["ins-00000001", "ins-00000002"],
+            &["skey-0000000b"],
+        );
+        let refused = execute(
+            &again,
+            &mut live,
+            GZ,
+            t0 + Duration::from_secs(1),
+            &accepted("r-2", Duration::ZERO, false),
+        )
+        .unwrap_err();
+        assert_eq!(refused.code, "OperationDenied.InstanceOperationInProgress");
+        assert_eq!(live.instances[1].spec.key_ids, ["skey-0000000a"]);
+
+        let after = describe(&mut live, "ins-00000002", t0 + op_time);
+        assert_eq!(after["LatestOperationState"], "SUCCESS");
+        assert_eq!(after["LatestOperationRequestId"], "r-1");
+        assert_eq!(after["LoginSettings"]["KeyIds"], json!(["skey-0000000b"]));
+        // Completed: the instance takes operations again. Associate adds, never removes.
+        execute(
+            &again,
+            &mut live,
+            GZ,
+            t0 + op_time,
+            &accepted("r-3", Duration::ZERO, false),
+        )
+        .unwrap();
+        let added = describe(&mut live, "ins-00000001", t0 + op_time);
+        assert_eq!(added["LatestOperation"], "AssociateInstancesKeyPairs");
+        assert_eq!(
+            added["LatestOperationState"], "SUCCESS",
+            "zero time: at once"
+        );
+        assert_eq!(
+            added["LoginSettings"]["KeyIds"],
+            json!(["skey-0000000a", "skey-0000000b"])
+        );
+    }
+
+    #[test]
+    fn an_endless_operation_time_does_not_overflow_the_clock() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        let unbind = bind(
+            Action::DisassociateInstancesKeyPairs,
+            &live,
+            &["ins-00000001"],
+            &["skey-0000000a"],
+        );
+        execute(
+            &unbind,
+            &mut live,
+            GZ,
+            t0,
+            &accepted("r", Duration::MAX, false),
+        )
+        .unwrap();
+        let later = t0 + Duration::from_secs(3600 * 24 * 365);
+        assert_eq!(
+            describe(&mut live, "ins-00000001", later)["LatestOperationState"],
+            "OPERATING"
+        );
+    }
+
+    #[test]
+    fn a_failed_operation_leaves_the_keys() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        let unbind = bind(
+            Action::DisassociateInstancesKeyPairs,
+            &live,
+            &["ins-00000001", "ins-00000002"],
+            &["skey-0000000a"],
+        );
+        let op_time = Duration::from_millis(200);
+        execute(&unbind, &mut live, GZ, t0, &accepted("r-f", op_time, true)).unwrap();
+        assert_eq!(
+            describe(&mut live, "ins-00000001", t0)["LatestOperationState"],
+            "OPERATING"
+        );
+        for id in ["ins-00000001", "ins-00000002"] {
+            let item = describe(&mut live, id, t0 + op_time);
+            assert_eq!(item["LatestOperationState"], "FAILED", "{id}");
+            assert_eq!(item["LatestOperationRequestId"], "r-f", "{id}");
+            assert!(
+                item["LoginSettings"]["KeyIds"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("skey-0000000a")),
+                "{id}: {item}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_done_reads_as_null_and_listing_is_sorted() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        let item = describe(&mut live, "ins-00000001", t0);
+        assert_eq!(item["LatestOperation"], Value::Null);
+        assert_eq!(item["LatestOperationState"], Value::Null);
+        assert_eq!(item["LatestOperationRequestId"], Value::Null);
+        let list = validate(Action::DescribeInstances, &Map::new(), &live, GZ).unwrap();
+        let done = execute(
+            &list,
+            &mut live,
+            GZ,
+            t0,
+            &accepted("r", Duration::ZERO, false),
+        )
+        .unwrap();
+        assert_eq!(done.data["TotalCount"], json!(2));
+        let ids: Vec<&str> = done.data["InstanceSet"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["InstanceId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["ins-00000001", "ins-00000002"],
+            "by id, not fleet order"
+        );
+    }
+
+    #[test]
+    fn describe_regions_lists_the_fleets_regions_from_any_region() {
+        let t0 = Instant::now();
+        let mut live = fleet(t0);
+        for region in [GZ, "ap-tokyo"] {
+            let request = validate(Action::DescribeRegions, &Map::new(), &live, region).unwrap();
+            let done = execute(
+                &request,
+                &mut live,
+                region,
+                t0,
+                &accepted("r", Duration::ZERO, false),
+            )
+            .unwrap();
+            assert_eq!(done.data["TotalCount"], json!(2));
+            assert_eq!(
+                done.data["RegionSet"],
+                json!([
+                    {"Region": "ap-guangzhou", "RegionName": "South China(Guangzhou)", "RegionState": "AVAILABLE"},
+                    {"Region": "ap-shanghai", "RegionName": "East China(Shanghai)", "RegionState": "AVAILABLE"},
+                ])
+            );
+        }
+        let params = json!({"Offset": 0});
+        let err = validate(
+            Action::DescribeRegions,
+            params.as_object().unwrap(),
+            &live,
+            GZ,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "UnknownParameter");
     }
 }

@@ -5,6 +5,10 @@
 //! promises keyfleet makes to an operator: no binding was removed that the input
 //! did not ask for, every pair reported succeeded is unbound and carries the
 //! RequestId of a success reply that covered it, and no pair is left pending.
+//!
+//! A RequestId proves a request *accepted*, not *applied*: the operation it started
+//! may end FAILED (or not have completed yet) with the key still bound. Such pairs
+//! are listed in [`Audit::accepted_not_applied`], besides being violations.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +31,9 @@ pub struct Audit {
     /// Pairs reported failed whose binding is gone anyway (an earlier attempt was
     /// applied but its reply was lost, and a later one was refused).
     pub failed_but_unbound: usize,
+    /// Pairs reported succeeded whose key is still bound: the request was accepted but
+    /// not applied (its operation ended FAILED, or has not completed). Sorted.
+    pub accepted_not_applied: Vec<Binding>,
     /// Broken promises, each in words.
     pub violations: Vec<String>,
 }
@@ -67,7 +74,7 @@ pub fn audit(
         violations.push(format!("{} gained key {}", added.0, added.1));
     }
 
-    // Each successful disassociation in the journal, by RequestId, with what it covered.
+    // Each accepted disassociation in the journal, by RequestId, with what it covered.
     let successes: BTreeMap<&str, &JournalEntry> = journal
         .iter()
         .filter(|e| e.action == "DisassociateInstancesKeyPairs" && e.code.is_none() && e.applied)
@@ -80,21 +87,30 @@ pub fn audit(
             "succeeded" => {
                 report.succeeded += 1;
                 if after.contains(&pair) {
+                    report.accepted_not_applied.push(pair.clone());
                     violations.push(format!(
                         "{} {} is reported succeeded but is still bound",
                         pair.0, pair.1
                     ));
                 }
-                let proven = outcome
+                let accepted = outcome
                     .request_id
                     .as_deref()
                     .and_then(|id| successes.get(id))
-                    .is_some_and(|e| {
+                    .filter(|e| {
                         e.region == outcome.region
                             && e.instance_ids.contains(&pair.0)
                             && e.key_ids.contains(&pair.1)
                     });
-                if !proven {
+                if let Some(entry) = accepted.filter(|e| e.operation_failed) {
+                    violations.push(format!(
+                        "{} {} is reported succeeded with RequestId {:?}, which was accepted but whose operation ended FAILED",
+                        pair.0,
+                        pair.1,
+                        entry.request_id.as_deref().unwrap_or_default()
+                    ));
+                }
+                if accepted.is_none() {
                     violations.push(format!(
                         "{} {} is reported succeeded with RequestId {:?}, which no success reply covering it carried",
                         pair.0, pair.1, outcome.request_id
@@ -108,6 +124,7 @@ pub fn audit(
             other => violations.push(format!("{} {} is still {other}", pair.0, pair.1)),
         }
     }
+    report.accepted_not_applied.sort();
     if violations.len() > SHOWN {
         let more = violations.len() - SHOWN;
         violations.truncate(SHOWN);
@@ -148,6 +165,7 @@ mod tests {
             request_id: Some(request_id.into()),
             applied: true,
             dropped: false,
+            operation_failed: false,
         }
     }
 
@@ -178,6 +196,34 @@ mod tests {
             ),
             (1, 1, 1)
         );
+    }
+
+    #[test]
+    fn accepted_is_not_applied() {
+        let before = BTreeSet::from([pair("ins-a", "skey-1"), pair("ins-b", "skey-1")]);
+        // r1 was applied; r2 was accepted but its operation ended FAILED.
+        let after = BTreeSet::from([pair("ins-b", "skey-1")]);
+        let mut failed = success("r2", &["ins-b"], &["skey-1"]);
+        failed.operation_failed = true;
+        let outcomes = [
+            outcome("ins-a", "skey-1", "succeeded", Some("r1")),
+            outcome("ins-b", "skey-1", "succeeded", Some("r2")),
+        ];
+        let journal = [success("r1", &["ins-a"], &["skey-1"]), failed];
+        let audit = audit(&before, &after, &outcomes, &journal);
+        assert_eq!(audit.accepted_not_applied, vec![pair("ins-b", "skey-1")]);
+        assert_eq!(audit.succeeded, 2);
+        assert_eq!(audit.removed_as_asked, 1);
+        let text = audit.violations.join("\n");
+        assert!(
+            text.contains("ins-b skey-1 is reported succeeded but is still bound"),
+            "{text}"
+        );
+        assert!(
+            text.contains("RequestId \"r2\", which was accepted but whose operation ended FAILED"),
+            "{text}"
+        );
+        assert!(!text.contains("ins-a"), "{text}");
     }
 
     #[test]

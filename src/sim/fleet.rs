@@ -488,12 +488,91 @@ pub(crate) struct LiveInstance {
     pub spec: Instance,
     pub busy_until: Option<Instant>,
     pub settle: Option<(Instant, InstanceState)>,
+    /// The last Associate/Disassociate accepted for it (`LatestOperation*`).
+    pub operation: Option<Operation>,
 }
 
 impl LiveInstance {
+    /// A busy window from the fleet file (an operation keyfleet did not start).
     pub fn is_busy(&self, now: Instant) -> bool {
         self.busy_until.is_some_and(|until| now < until)
     }
+
+    /// An accepted key-pair operation on it has not completed yet.
+    pub fn is_operating(&self, now: Instant) -> bool {
+        self.operation
+            .as_ref()
+            .is_some_and(|op| op.state == OperationState::Operating && now < op.completes_at)
+    }
+
+    /// Completes the operation if it is due: the key change is made now, or, for one
+    /// that fails, never.
+    fn complete_operation(&mut self, now: Instant) {
+        let Some(op) = self.operation.as_mut() else {
+            return;
+        };
+        if op.state != OperationState::Operating || now < op.completes_at {
+            return;
+        }
+        if op.fails {
+            op.state = OperationState::Failed;
+            return;
+        }
+        op.state = OperationState::Success;
+        let bound = &mut self.spec.key_ids;
+        if op.associate {
+            // Associate adds keys and never removes one (see the reference: never rely on
+            // it to remove a key), so a caller that does is caught here.
+            for key in &op.keys {
+                if !bound.contains(key) {
+                    bound.push(key.clone());
+                }
+            }
+        } else {
+            bound.retain(|k| !op.keys.contains(k));
+        }
+    }
+
+    /// Starts an accepted Associate/Disassociate; it completes at `completes_at` (at once
+    /// when that is `now`), changing the keys unless `fails`.
+    pub fn start_operation(&mut self, operation: Operation, now: Instant) {
+        self.operation = Some(operation);
+        self.complete_operation(now);
+    }
+}
+
+/// `LatestOperationState`, spelled as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OperationState {
+    Operating,
+    Success,
+    Failed,
+}
+
+impl OperationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Operating => "OPERATING",
+            OperationState::Success => "SUCCESS",
+            OperationState::Failed => "FAILED",
+        }
+    }
+}
+
+/// An accepted key-pair operation on one instance: asynchronous, as on the cloud.
+#[derive(Debug, Clone)]
+pub(crate) struct Operation {
+    /// `LatestOperation`: the action's name.
+    pub action: &'static str,
+    /// `LatestOperationRequestId`: the RequestId of the reply that accepted it.
+    pub request_id: String,
+    pub state: OperationState,
+    pub completes_at: Instant,
+    /// Associate (add `keys`) or Disassociate (remove them).
+    pub associate: bool,
+    pub keys: Vec<String>,
+    /// Ends FAILED with the keys unchanged (the async-fail fault).
+    pub fails: bool,
 }
 
 /// The fleet the server reads and changes.
@@ -529,6 +608,7 @@ impl LiveFleet {
                     spec,
                     busy_until,
                     settle,
+                    operation: None,
                 }
             })
             .collect();
@@ -555,6 +635,18 @@ impl LiveFleet {
             }
             if instance.busy_until.is_some_and(|until| now >= until) {
                 instance.busy_until = None;
+            }
+            instance.complete_operation(now);
+        }
+    }
+
+    /// Carries the key-pair operations of `previous` over to the instances of this
+    /// fleet with the same id (after an edit, which rebuilds the fleet from a snapshot
+    /// that does not hold them).
+    pub fn keep_operations(&mut self, previous: LiveFleet) {
+        for old in previous.instances {
+            if let (Some(op), Some(&n)) = (old.operation, self.by_id.get(&old.spec.instance_id)) {
+                self.instances[n].operation = Some(op);
             }
         }
     }

@@ -24,11 +24,17 @@ pub struct JournalEntry {
     pub code: Option<String>,
     /// The reply's RequestId; `None` when the connection was closed without a reply.
     pub request_id: Option<String>,
-    /// True when an Associate/Disassociate took effect (even one that changed no
-    /// binding, such as unbinding a key that was not bound); never for the Describe actions.
+    /// True when an Associate/Disassociate was accepted and its operation started on
+    /// every instance (even one that changes no binding, such as unbinding a key that
+    /// was not bound); the keys change when it completes, unless `operation_failed`.
+    /// Never for the Describe actions.
     pub applied: bool,
     /// True when the connection was closed without a reply (a drop fault).
     pub dropped: bool,
+    /// True when the request was accepted (`applied`) but its asynchronous operation ends
+    /// `FAILED` with the keys unchanged (the async-fail fault): accepted, never applied.
+    #[serde(default)]
+    pub operation_failed: bool,
 }
 
 /// The journal code of a request whose connection was dropped before it was applied.

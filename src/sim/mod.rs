@@ -11,7 +11,12 @@
 //! - `actions`: parameter validation, the instance-state codes, the changes.
 //! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
 //!
-//! Time: latency, jitter, settling states, busy windows, the rate limit and
+//! Key-pair operations are asynchronous, as on the cloud: an accepted Associate or
+//! Disassociate puts each of its instances in `LatestOperationState` `OPERATING` for
+//! [`SimConfig::operation_time`]; the keys change when it completes (`SUCCESS`), or
+//! never when it fails (`FAILED`, [`SimConfig::async_fail`]).
+//!
+//! Time: latency, jitter, settling states, busy windows, operations, the rate limit and
 //! `JournalEntry::at_ms` all use tokio's clock (`tokio::time::Instant`), so paused-time
 //! tests can drive them. Only the signature's timestamp check uses the wall clock.
 
@@ -50,6 +55,52 @@ pub const TEST_SECRET_ID: &str = "AKIDkeyfleetSIMULATOR0000000000000000";
 /// The SecretKey of [`SimConfig::default`]; fake, for tests.
 pub const TEST_SECRET_KEY: &str = "keyfleetSimulatorTestKey00000000";
 
+/// Every error code the simulator can reply with, each a row of [`crate::taxonomy::CODES`]
+/// (a test walks the simulator's source to keep this list complete). The journal-only
+/// outcomes [`DROPPED_BEFORE_APPLY`] and [`DROPPED_AFTER_APPLY`] are never sent.
+pub const REPLY_CODES: &[&str] = &[
+    // Protocol and signature (server.rs, sign.rs).
+    "AuthFailure.InvalidAuthorization",
+    "AuthFailure.SecretIdNotFound",
+    "AuthFailure.SignatureExpire",
+    "AuthFailure.SignatureFailure",
+    "InvalidAction",
+    "InvalidRequest",
+    "NoSuchVersion",
+    "RequestLimitExceeded",
+    "RequestSizeLimitExceeded",
+    "UnsupportedProtocol",
+    "UnsupportedRegion",
+    // Parameters (actions.rs).
+    "InvalidInstanceId.Malformed",
+    "InvalidInstanceId.NotFound",
+    "InvalidKeyPairId.Malformed",
+    "InvalidKeyPairId.NotFound",
+    "InvalidParameter",
+    "InvalidParameterValue",
+    "InvalidParameterValue.LimitExceeded",
+    "MissingParameter",
+    "UnknownParameter",
+    // Instances (actions.rs) and injected faults (faults.rs).
+    "InternalServerError",
+    "InvalidInstance.NotSupported",
+    "MutexOperation.TaskRunning",
+    "OperationDenied.InstanceOperationInProgress",
+    "UnsupportedOperation.InstanceOsWindows",
+    "UnsupportedOperation.InstanceStateBanning",
+    "UnsupportedOperation.InstanceStateEnterRescueMode",
+    "UnsupportedOperation.InstanceStateFreezing",
+    "UnsupportedOperation.InstanceStatePending",
+    "UnsupportedOperation.InstanceStateRebooting",
+    "UnsupportedOperation.InstanceStateRescueMode",
+    "UnsupportedOperation.InstanceStateRunning",
+    "UnsupportedOperation.InstanceStateShutdown",
+    "UnsupportedOperation.InstanceStateStarting",
+    "UnsupportedOperation.InstanceStateStopping",
+    "UnsupportedOperation.InstanceStateTerminating",
+    "UnsupportedOperation.StoppedModeStopCharging",
+];
+
 /// How the simulator behaves. `Debug` never shows the SecretKey.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -67,6 +118,14 @@ pub struct SimConfig {
     pub seed: u64,
     /// Default time until a transitional state settles (an instance's `settle_after_ms` wins).
     pub settle_after: Duration,
+    /// How long an accepted Associate/Disassociate stays `OPERATING` before it completes
+    /// and the keys change; zero completes it at once (`SUCCESS` in the reply's instant).
+    pub operation_time: Duration,
+    /// Probability (0..=1) that an accepted Associate/Disassociate ends `FAILED` with the
+    /// keys unchanged: the reply still succeeds, as a RequestId only means accepted.
+    /// Drawn once per admitted request from its own seeded stream, so turning it on does
+    /// not change which requests get the other faults.
+    pub async_fail: f64,
 }
 
 impl Default for SimConfig {
@@ -81,6 +140,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             seed: 0,
             settle_after: DEFAULT_SETTLE_AFTER,
+            operation_time: Duration::ZERO,
+            async_fail: 0.0,
         }
     }
 }
@@ -89,6 +150,12 @@ impl SimConfig {
     /// Checks probabilities and the latency range.
     pub fn validate(&self) -> Result<(), SimError> {
         self.faults.validate()?;
+        if !(0.0..=1.0).contains(&self.async_fail) {
+            return Err(SimError::Config(format!(
+                "fault probability async_fail = {} is not between 0 and 1",
+                self.async_fail
+            )));
+        }
         if self.latency.0 > self.latency.1 {
             return Err(SimError::Config(format!(
                 "latency range {:?}..{:?} ends before it starts",
@@ -201,5 +268,84 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         // Dropping the sender ends the accept loop, which then closes its connections.
         self.stop.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::VerifyError;
+    use crate::taxonomy;
+
+    /// The string literals that open the calls `opener` starts in `source`, and how many
+    /// such calls open with something else (a code computed at run time).
+    fn literal_args(source: &str, opener: &str) -> (Vec<String>, usize) {
+        let mut literals = Vec::new();
+        let mut computed = 0;
+        for (at, _) in source.match_indices(opener) {
+            let rest = source[at + opener.len()..].trim_start();
+            match rest.strip_prefix('"').and_then(|r| r.split_once('"')) {
+                Some((literal, _)) => literals.push(literal.to_string()),
+                None => computed += 1,
+            }
+        }
+        (literals, computed)
+    }
+
+    /// Every code the simulator's source can reply with is in [`REPLY_CODES`], and every
+    /// one of those is a row of the taxonomy (not the unknown-code fallback).
+    #[test]
+    fn every_reply_code_is_in_the_taxonomy() {
+        let actions = include_str!("actions.rs");
+        let server = include_str!("server.rs");
+        let faults = include_str!("faults.rs");
+        let mut found = Vec::new();
+        let mut computed = 0;
+        for source in [actions, server] {
+            let (literals, dynamic) = literal_args(source, "ApiError::new(");
+            found.extend(literals);
+            computed += dynamic;
+        }
+        // The computed sites: the `unsupported` helper, the signature check, the fault
+        // reply. A new one must be walked here too.
+        assert_eq!(
+            computed, 3,
+            "a new computed ApiError code site: walk it here"
+        );
+        let (states, _) = literal_args(actions, "unsupported(");
+        assert!(states.len() >= 12, "{states:?}");
+        found.extend(states.iter().map(|s| format!("UnsupportedOperation.{s}")));
+        let (fault_codes, _) = literal_args(faults, "Some((");
+        assert_eq!(fault_codes.len(), 3, "{fault_codes:?}");
+        found.extend(fault_codes);
+        found.extend(
+            [
+                VerifyError::MissingAuthorization,
+                VerifyError::MalformedAuthorization(String::new()),
+                VerifyError::BadTimestamp,
+                VerifyError::Expired { skew_secs: 0 },
+                VerifyError::UnknownSecretId,
+                VerifyError::BadSignature,
+            ]
+            .iter()
+            .map(|e| e.code().to_string()),
+        );
+        for code in &found {
+            assert!(
+                REPLY_CODES.contains(&code.as_str()),
+                "the simulator can reply {code}, which REPLY_CODES does not list"
+            );
+        }
+        for code in REPLY_CODES {
+            assert!(
+                found.iter().any(|f| f == code),
+                "REPLY_CODES lists {code}, which the simulator never replies"
+            );
+            assert!(
+                taxonomy::CODES.iter().any(|(c, _, _)| c == code),
+                "{code} has no row in taxonomy::CODES (it would fall back to {})",
+                taxonomy::classify(code)
+            );
+        }
     }
 }

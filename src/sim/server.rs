@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::actions::{self, Action, ApiError};
+use super::actions::{self, Acceptance, Action, ApiError};
 use super::faults::Fault;
 use super::fleet::{Fleet, LiveFleet};
 use super::journal::{DROPPED_BEFORE_APPLY, JournalEntry, Recorder, Stats};
@@ -83,6 +83,8 @@ struct Inner {
     jitter_rng: StdRng,
     latency_rng: StdRng,
     fault_rng: StdRng,
+    /// Whether an accepted operation ends FAILED: its own stream, one draw per admitted request.
+    async_rng: StdRng,
     recorder: Recorder,
     next_seq: u64,
 }
@@ -90,6 +92,7 @@ struct Inner {
 /// Constants that derive the independent RNG streams from one seed.
 const JITTER_STREAM: u64 = 0x6a09_e667_f3bc_c908;
 const LATENCY_STREAM: u64 = 0xbb67_ae85_84ca_a73b;
+const ASYNC_STREAM: u64 = 0x3c6e_f372_fe94_f82b;
 
 impl Shared {
     pub fn new(config: SimConfig, fleet: Fleet) -> Shared {
@@ -100,6 +103,7 @@ impl Shared {
             jitter_rng: StdRng::seed_from_u64(config.seed ^ JITTER_STREAM),
             latency_rng: StdRng::seed_from_u64(config.seed ^ LATENCY_STREAM),
             fault_rng: StdRng::seed_from_u64(config.seed),
+            async_rng: StdRng::seed_from_u64(config.seed ^ ASYNC_STREAM),
             recorder: Recorder::default(),
             next_seq: 0,
         };
@@ -138,7 +142,11 @@ impl Shared {
         let mut fleet = inner.fleet.snapshot(now);
         edit(&mut fleet);
         fleet.validate()?;
-        inner.fleet = LiveFleet::new(fleet, now, self.config.settle_after);
+        let previous = std::mem::replace(
+            &mut inner.fleet,
+            LiveFleet::new(fleet, now, self.config.settle_after),
+        );
+        inner.fleet.keep_operations(previous);
         Ok(())
     }
 
@@ -419,6 +427,8 @@ struct Ticket {
     region: String,
     params: Result<Map<String, Value>, ApiError>,
     fault: Option<Fault>,
+    /// An accepted Associate/Disassociate ends FAILED (the async-fail fault).
+    async_fails: bool,
     latency: Duration,
 }
 
@@ -535,6 +545,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         request_id: None,
         applied: false,
         dropped: false,
+        operation_failed: false,
     };
     let (action, region) = match check_protocol(
         &call,
@@ -561,6 +572,8 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
     // Always one draw per admitted request, so the sequence does not depend on the outcome.
     let draw: f64 = inner.fault_rng.random();
     let fault = shared.config.faults.pick(draw);
+    let async_draw: f64 = inner.async_rng.random();
+    let async_fails = async_draw < shared.config.async_fail;
     let (low, high) = shared.config.latency;
     let latency = if high > low {
         let span = (high - low).as_micros().min(u128::from(u64::MAX)) as u64;
@@ -575,6 +588,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         region,
         params,
         fault,
+        async_fails,
         latency,
     })
 }
@@ -588,6 +602,7 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
         region,
         params,
         fault,
+        async_fails,
         ..
     } = ticket;
     let mut inner = shared.lock();
@@ -609,9 +624,16 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
             return Err(Dropped);
         }
     }
-    let result = actions::execute(&validated, &mut inner.fleet, &region, now);
+    // The RequestId exists before the change: the operation it starts carries it.
+    let acceptance = Acceptance {
+        request_id: new_request_id(),
+        operation_time: shared.config.operation_time,
+        fails: async_fails,
+    };
+    let result = actions::execute(&validated, &mut inner.fleet, &region, now, &acceptance);
     if let Ok(done) = &result {
         entry.applied = done.applied;
+        entry.operation_failed = done.applied && async_fails;
     }
     if fault == Some(Fault::DropAfter) {
         entry.code = result.err().map(|e| e.code);
@@ -619,7 +641,12 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
         inner.recorder.record(seq, entry);
         return Err(Dropped);
     }
-    Ok(inner.reply(seq, entry, result.map(|done| done.data)))
+    Ok(inner.reply_as(
+        seq,
+        entry,
+        result.map(|done| done.data),
+        acceptance.request_id,
+    ))
 }
 
 impl Inner {
@@ -627,10 +654,20 @@ impl Inner {
     fn reply(
         &mut self,
         seq: u64,
-        mut entry: JournalEntry,
+        entry: JournalEntry,
         result: Result<Map<String, Value>, ApiError>,
     ) -> Reply {
-        let request_id = new_request_id();
+        self.reply_as(seq, entry, result, new_request_id())
+    }
+
+    /// Records the request and builds its reply, with `request_id`.
+    fn reply_as(
+        &mut self,
+        seq: u64,
+        mut entry: JournalEntry,
+        result: Result<Map<String, Value>, ApiError>,
+        request_id: String,
+    ) -> Reply {
         entry.code = result.as_ref().err().map(|e| e.code.clone());
         entry.request_id = Some(request_id.clone());
         if let Err(err) = &result {

@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyfleet::api::{
-    self, CallError, ClientConfig, CvmClient, InstanceInfo, KeyPairInfo, TransportKind,
+    self, CallError, ClientConfig, CvmClient, InstanceInfo, InstancePage, KeyPairInfo, RegionInfo,
+    TransportKind,
 };
 use keyfleet::credentials::Credentials;
 use keyfleet::cvm::Action;
@@ -512,12 +513,20 @@ async fn describe_instances_reads_state_os_and_bound_keys() {
                 instance_state: "STOPPED".into(),
                 os_name: "TencentOS Server 3.1".into(),
                 key_ids: ids(&["skey-cccc3333", "skey-dddd4444"]),
+                latest_operation: None,
+                latest_operation_state: None,
+                latest_operation_request_id: None,
+                zone: None,
             },
             InstanceInfo {
                 instance_id: "ins-bbbb2222".into(),
                 instance_state: "RUNNING".into(),
                 os_name: "Windows Server 2019".into(),
                 key_ids: vec![],
+                latest_operation: None,
+                latest_operation_state: None,
+                latest_operation_request_id: None,
+                zone: None,
             },
         ]
     );
@@ -528,6 +537,199 @@ async fn describe_instances_reads_state_os_and_bound_keys() {
         json!(["ins-aaaa1111", "ins-bbbb2222"])
     );
     assert_eq!(request.body["Limit"], json!(100));
+}
+
+#[tokio::test]
+async fn describe_instances_page_reads_operations_total_and_the_next_offset() {
+    let server = TestServer::answering(json!({"Response": {
+        "TotalCount": 250,
+        "InstanceSet": [
+            {"InstanceId": "ins-aaaa1111", "InstanceState": "STOPPED", "OsName": "TencentOS",
+             "LoginSettings": {"KeyIds": ["skey-cccc3333"]},
+             "LatestOperation": "DisassociateInstancesKeyPairs",
+             "LatestOperationState": "FAILED",
+             "LatestOperationRequestId": "req-earlier",
+             "Placement": {"Zone": "ap-guangzhou-3"}},
+            // The real API sends null for an instance nothing was done to; absent is read alike.
+            {"InstanceId": "ins-bbbb2222", "LatestOperation": null,
+             "LatestOperationState": null, "LatestOperationRequestId": null},
+            {"InstanceId": "ins-cccc3333", "SomethingNew": {"x": 1}}
+        ],
+        "RequestId": "req-page"
+    }}))
+    .await;
+
+    let (page, request_id) = server
+        .client()
+        .describe_instances_page(REGION, &[], 100, 100)
+        .await
+        .unwrap();
+
+    assert_eq!(request_id, "req-page");
+    assert_eq!(page.total_count, Some(250));
+    assert_eq!(page.next_offset, Some(103));
+    let first = &page.instances[0];
+    assert_eq!(
+        first.latest_operation.as_deref(),
+        Some("DisassociateInstancesKeyPairs")
+    );
+    assert_eq!(first.latest_operation_state.as_deref(), Some("FAILED"));
+    assert_eq!(
+        first.latest_operation_request_id.as_deref(),
+        Some("req-earlier")
+    );
+    assert_eq!(first.zone.as_deref(), Some("ap-guangzhou-3"));
+    for bare in &page.instances[1..] {
+        assert_eq!(
+            (
+                &bare.latest_operation,
+                &bare.latest_operation_state,
+                &bare.latest_operation_request_id,
+                &bare.zone
+            ),
+            (&None, &None, &None, &None),
+            "{bare:?}"
+        );
+        assert!(bare.key_ids.is_empty() && bare.instance_state.is_empty());
+    }
+    let request = server.only_request();
+    assert_eq!(request.header("x-tc-action"), Some("DescribeInstances"));
+    // No ids: the region's listing, paged.
+    assert_eq!(request.body, json!({"Offset": 100, "Limit": 100}));
+}
+
+#[tokio::test]
+async fn describe_instances_page_knows_the_last_page() {
+    let last = json!({"Response": {
+        "TotalCount": 3,
+        "InstanceSet": [{"InstanceId": "ins-aaaa1111"}],
+        "RequestId": "req-last"
+    }});
+    let server = TestServer::answering(last).await;
+    let (page, _) = server
+        .client()
+        .describe_instances_page(REGION, &ids(&["ins-aaaa1111"]), 2, 500)
+        .await
+        .unwrap();
+    assert_eq!(page.next_offset, None);
+    let request = server.only_request();
+    assert_eq!(
+        request.body["Limit"],
+        json!(100),
+        "clamped to the API's maximum"
+    );
+    assert_eq!(request.body["InstanceIds"], json!(["ins-aaaa1111"]));
+
+    // No TotalCount: a full page may have a successor, a short one is the last.
+    let untold = TestServer::answering(json!({"Response": {
+        "InstanceSet": [{"InstanceId": "ins-aaaa1111"}, {"InstanceId": "ins-bbbb2222"}],
+        "RequestId": "req-untold"
+    }}))
+    .await;
+    let client = untold.client();
+    let (full, _) = client
+        .describe_instances_page(REGION, &[], 0, 2)
+        .await
+        .unwrap();
+    assert_eq!((full.total_count, full.next_offset), (None, Some(2)));
+    let (short, _) = client
+        .describe_instances_page(REGION, &[], 0, 3)
+        .await
+        .unwrap();
+    assert_eq!(short.next_offset, None);
+    let empty = TestServer::answering(json!({"Response": {
+        "TotalCount": 0, "InstanceSet": [], "RequestId": "req-empty"
+    }}))
+    .await;
+    let (none, _) = empty
+        .client()
+        .describe_instances_page(REGION, &[], 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        none,
+        InstancePage {
+            instances: vec![],
+            total_count: Some(0),
+            next_offset: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn describe_replies_that_break_the_envelope_are_bad_bodies() {
+    for (reply, why) in [
+        (
+            json!({"Response": {"TotalCount": "many", "InstanceSet": [], "RequestId": "r"}}),
+            "TotalCount",
+        ),
+        (
+            json!({"Response": {"TotalCount": -1, "InstanceSet": [], "RequestId": "r"}}),
+            "TotalCount",
+        ),
+        (
+            json!({"Response": {"InstanceSet": {"InstanceId": "ins-aaaa1111"}, "RequestId": "r"}}),
+            "InstanceSet is not a list",
+        ),
+        (
+            json!({"Response": {"TotalCount": 1, "InstanceSet": []}}),
+            "neither an Error nor a RequestId",
+        ),
+    ] {
+        let server = TestServer::answering(reply.clone()).await;
+        let err = server
+            .client()
+            .describe_instances_page(REGION, &[], 0, 100)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "Transport.BadBody", "{reply}");
+        assert!(err.message().contains(why), "{reply}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn describe_regions_reads_the_region_set() {
+    let server = TestServer::answering(json!({"Response": {
+        "TotalCount": 2,
+        "RegionSet": [
+            {"Region": "ap-guangzhou", "RegionName": "South China(Guangzhou)", "RegionState": "AVAILABLE"},
+            {"Region": "ap-shanghai"}
+        ],
+        "RequestId": "req-regions"
+    }}))
+    .await;
+    let (regions, request_id) = server.client().describe_regions(REGION).await.unwrap();
+    assert_eq!(request_id, "req-regions");
+    assert_eq!(
+        regions,
+        vec![
+            RegionInfo {
+                region: "ap-guangzhou".into(),
+                region_name: "South China(Guangzhou)".into(),
+                region_state: "AVAILABLE".into(),
+            },
+            RegionInfo {
+                region: "ap-shanghai".into(),
+                region_name: String::new(),
+                region_state: String::new(),
+            },
+        ]
+    );
+    let request = server.only_request();
+    assert_eq!(request.header("x-tc-action"), Some("DescribeRegions"));
+    assert_eq!(request.body, json!({}));
+
+    let nameless = TestServer::answering(json!({"Response": {
+        "RegionSet": [{"RegionName": "nowhere"}], "RequestId": "req-x"
+    }}))
+    .await;
+    let err = nameless
+        .client()
+        .describe_regions(REGION)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "Transport.BadBody");
+    assert!(err.message().contains("RegionSet[0]"), "{err}");
 }
 
 #[tokio::test]

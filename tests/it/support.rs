@@ -97,6 +97,20 @@ impl Rehearsal {
     }
 }
 
+/// A [`keyfleet::api::CvmClient`] for the simulator at `sim`, with its test credentials
+/// and a 10 s request timeout.
+pub fn sim_client(sim: &keyfleet::sim::SimHandle) -> keyfleet::api::CvmClient {
+    let credentials = keyfleet::credentials::Credentials {
+        secret_id: keyfleet::sim::TEST_SECRET_ID.to_string(),
+        secret_key: keyfleet::secret::Secret::new(keyfleet::sim::TEST_SECRET_KEY),
+        token: None,
+        source: "test".to_string(),
+    };
+    let mut config = keyfleet::api::ClientConfig::new(sim.endpoint(), credentials);
+    config.request_timeout = std::time::Duration::from_secs(10);
+    keyfleet::api::CvmClient::new(config).expect("client for the simulator")
+}
+
 /// Instance ids `ins-` + 8 hex digits, distinct per `n`.
 pub fn ins(n: usize) -> String {
     format!("ins-{n:08x}")
