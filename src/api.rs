@@ -444,36 +444,8 @@ impl CvmClient {
         let (response, request_id) = self
             .call(Action::DescribeInstances.name(), region, &body)
             .await?;
-        let instances = parse_set(&response, "InstanceSet", &request_id, |item| {
-            let login = item.get("LoginSettings");
-            Some(InstanceInfo {
-                instance_id: item.get("InstanceId")?.as_str()?.to_string(),
-                instance_state: string_field(item, "InstanceState"),
-                os_name: string_field(item, "OsName"),
-                key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
-                latest_operation: optional_string(item.get("LatestOperation")),
-                latest_operation_state: optional_string(item.get("LatestOperationState")),
-                latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
-                zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
-            })
-        })?;
-        let total_count = total_count(&response, &request_id)?;
-        let returned = instances.len() as u64;
-        let next = offset.saturating_add(returned);
-        let more = match total_count {
-            Some(total) => next < total,
-            // Without a total, a full page may have a successor.
-            None => returned == limit,
-        };
-        let next_offset = (more && returned > 0 && next > offset).then_some(next);
-        Ok((
-            InstancePage {
-                instances,
-                total_count,
-                next_offset,
-            },
-            request_id,
-        ))
+        let page = parse_instance_page(&response, &request_id, offset, limit)?;
+        Ok((page, request_id))
     }
 
     /// Lists the regions (`DescribeRegions`). The answer does not depend on `region`,
@@ -705,6 +677,44 @@ fn parse_envelope(body: &[u8]) -> Result<(Value, String), CallError> {
         Some(id) => Ok((Value::Object(response.clone()), id)),
         None => Err(bad("the reply has neither an Error nor a RequestId")),
     }
+}
+
+/// Reads a `DescribeInstances` reply (its `Response` object) asked from `offset`
+/// with `limit`: the instances, `TotalCount` and the next page's offset. Shared by the
+/// client and the executor's verification batches, which get the reply as JSON.
+pub fn parse_instance_page(
+    response: &Value,
+    request_id: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<InstancePage, CallError> {
+    let instances = parse_set(response, "InstanceSet", request_id, |item| {
+        let login = item.get("LoginSettings");
+        Some(InstanceInfo {
+            instance_id: item.get("InstanceId")?.as_str()?.to_string(),
+            instance_state: string_field(item, "InstanceState"),
+            os_name: string_field(item, "OsName"),
+            key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
+            latest_operation: optional_string(item.get("LatestOperation")),
+            latest_operation_state: optional_string(item.get("LatestOperationState")),
+            latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
+            zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
+        })
+    })?;
+    let total_count = total_count(response, request_id)?;
+    let returned = instances.len() as u64;
+    let next = offset.saturating_add(returned);
+    let more = match total_count {
+        Some(total) => next < total,
+        // Without a total, a full page may have a successor.
+        None => returned == limit,
+    };
+    let next_offset = (more && returned > 0 && next > offset).then_some(next);
+    Ok(InstancePage {
+        instances,
+        total_count,
+        next_offset,
+    })
 }
 
 /// Reads `Response.<set_name>[]` with `item`; any item it cannot read makes the reply a bad body.

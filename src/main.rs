@@ -58,6 +58,8 @@ pub enum Command {
     Run(cli::run::RunArgs),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
+    /// Check every pair of a run against the cloud's own state (DescribeInstances): is the key gone?
+    Verify(cli::verify::Args),
     /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
     Retry(cli::run::RetryArgs),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
@@ -128,6 +130,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
+            Command::Verify(args) => cli::verify::run(args, &cli.global).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,
             Command::Runs(args) => cli::runs::run(&cli.global, args).await,
             Command::Status(args) => cli::status::run(&cli.global, args).await,

@@ -780,7 +780,7 @@ pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, Store
 
 /// Jobs for failed pairs sent again (`keyfleet retry`): chunked like a plan, each
 /// pair keeping the ForceStop of the job it failed in.
-pub fn chunk_failed(pairs: &[crate::store::queue::FailedPair]) -> Vec<JobSpec> {
+pub fn chunk_requeued(pairs: &[crate::store::queue::RequeuedPair]) -> Vec<JobSpec> {
     let refs = |force_stop: bool| {
         pairs
             .iter()

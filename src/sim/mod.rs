@@ -342,9 +342,9 @@ mod tests {
                 "REPLY_CODES lists {code}, which the simulator never replies"
             );
             assert!(
-                taxonomy::CODES.iter().any(|(c, _, _)| c == code),
+                taxonomy::CODES.iter().any(|rule| rule.code == *code),
                 "{code} has no row in taxonomy::CODES (it would fall back to {})",
-                taxonomy::classify(code)
+                taxonomy::classify(crate::cvm::Action::DisassociateInstancesKeyPairs, code).class
             );
         }
     }

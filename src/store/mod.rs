@@ -8,6 +8,7 @@
 pub mod plan;
 pub mod report;
 pub mod states;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
