@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use keyfleet::api::{self, ClientConfig, CvmClient};
 use keyfleet::credentials;
+use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
 use keyfleet::plan::{self, InputCheck, PairRef, PlanOptions};
@@ -123,7 +124,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
         for r in &s.rejections {
-            eprintln!("  rejected {}: {}", r.position, r.reason);
+            eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
     execute_with_client(&store, s.run_id, &args.exec, global).await
@@ -235,8 +236,10 @@ pub async fn execute_with_client(
         credentials,
         connect_timeout: flags.connect_timeout,
         request_timeout: flags.timeout,
+        insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;
+    super::call::warn_about_transport(&client);
     execute(store, run_id, Arc::new(client), flags, global).await
 }
 
@@ -260,7 +263,10 @@ pub async fn execute(
         // Another live process owns the run: nothing was done here.
         Err(error @ executor::ExecError::Lease(_)) => return Err(error.into()),
         Err(error) => {
-            eprintln!("error: run {run_id} stopped: {error}");
+            eprintln!(
+                "error: run {run_id} stopped: {}",
+                escape(&error.to_string())
+            );
             eprintln!(
                 "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
                 db_flag(global)
@@ -317,7 +323,10 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let elapsed = summary.elapsed.as_secs_f64();
     match &summary.stopped {
         None => eprintln!("\nrun {run} finished in {elapsed:.1} s"),
-        Some(reason) => eprintln!("\nrun {run} stopped after {elapsed:.1} s: {reason}"),
+        Some(reason) => eprintln!(
+            "\nrun {run} stopped after {elapsed:.1} s: {}",
+            escape(&reason.to_string())
+        ),
     }
     eprintln!(
         "  pairs:    {} succeeded, {} failed, {} rejected, {} duplicate, {} pending",
@@ -327,7 +336,7 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
         let codes: Vec<String> = summary
             .failures_by_code
             .iter()
-            .map(|(code, n)| format!("{code} {n}"))
+            .map(|(code, n)| format!("{} {n}", escape(code)))
             .collect();
         eprintln!("  failures: {}", codes.join(", "));
     }
