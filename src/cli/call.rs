@@ -91,7 +91,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     let profile = global.profile.as_deref();
     let region = credentials::resolve_region(global.region.as_deref(), profile)?;
-    let credentials = credentials::resolve_credentials(profile)?;
+    let credentials = super::resolve_credentials(profile)?;
     let endpoint = global
         .endpoint
         .clone()

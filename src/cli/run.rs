@@ -225,7 +225,7 @@ pub async fn execute_with_client(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let credentials = credentials::resolve_credentials(global.profile.as_deref())?;
+    let credentials = super::resolve_credentials(global.profile.as_deref())?;
     let endpoint = global
         .endpoint
         .clone()

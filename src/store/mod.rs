@@ -158,6 +158,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+        #[cfg(unix)]
+        {
+            // While open, in WAL mode: the database, -wal and -shm are all owner-only.
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let file = PathBuf::from(format!("{}{suffix}", path.display()));
+                let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+            }
+        }
         store.close().await;
         Store::open(&path).await.unwrap().close().await;
         #[cfg(unix)]
