@@ -26,8 +26,12 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 
-/// The files SQLite keeps beside a database in WAL mode.
+/// The files SQLite keeps beside a database in WAL mode: created here when missing.
 pub const COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
+/// SQLite's rollback journal, used briefly while a new database is switched to WAL.
+/// Checked when present (a planted "hot" journal would be rolled into the database)
+/// but not created: SQLite deletes it after each transaction in that mode.
+const JOURNAL_SUFFIX: &str = "-journal";
 /// The mode of every file keyfleet creates for a database: owner read and write.
 pub const DB_FILE_MODE: u32 = 0o600;
 
@@ -61,11 +65,23 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
         check_directory(ancestor, uid).map_err(|(reason, fix)| refuse(reason, fix))?;
     }
     let absolute = dir.join(name);
-    for suffix in std::iter::once("").chain(COMPANION_SUFFIXES) {
+    for suffix in std::iter::once("")
+        .chain(COMPANION_SUFFIXES)
+        .chain([JOURNAL_SUFFIX])
+    {
         let mut file_name = OsString::from(absolute.as_os_str());
         file_name.push(suffix);
         let file = PathBuf::from(file_name);
-        match create_private(&file) {
+        let created = if suffix == JOURNAL_SUFFIX {
+            match std::fs::symlink_metadata(&file) {
+                Ok(_) => Err(io::ErrorKind::AlreadyExists.into()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => Err(err),
+            }
+        } else {
+            create_private(&file)
+        };
+        match created {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                 check_existing(&file, uid, path).map_err(|err| match err {

@@ -326,6 +326,17 @@ fn a_database_owned_by_another_user_is_refused() {
     chmod(&wal, 0o600);
     std::os::unix::fs::chown(&wal, Some(65534), None).expect("chown");
     run_refused(&db.path, &input, &["keyfleet.db-wal is owned by uid 65534"]);
+    // So is a rollback journal another user planted: SQLite would roll it into the database.
+    let (db, input) = planned_db();
+    let journal = companion(&db.path, "-journal");
+    std::fs::write(&journal, b"planted").expect("journal");
+    chmod(&journal, 0o600);
+    std::os::unix::fs::chown(&journal, Some(65534), None).expect("chown");
+    run_refused(
+        &db.path,
+        &input,
+        &["keyfleet.db-journal is owned by uid 65534"],
+    );
 }
 
 fn companion(db: &Path, suffix: &str) -> PathBuf {
@@ -337,7 +348,7 @@ fn companion(db: &Path, suffix: &str) -> PathBuf {
 #[cfg(unix)]
 #[test]
 fn a_symlinked_database_wal_or_shm_is_not_followed() {
-    for suffix in ["-shm", "-wal", ""] {
+    for suffix in ["-shm", "-wal", "-journal", ""] {
         let (db, input) = planned_db();
         let target = db.dir.path().join("victim.txt");
         std::fs::write(&target, b"someone else's file\n").expect("target");

@@ -606,6 +606,14 @@ fn hostile_rows_reach_neither_a_terminal_nor_a_spreadsheet_raw() {
 
 /// A tiny endpoint on 127.0.0.1 that answers every request with `reply` (HTTP 200).
 fn fake_endpoint(reply: &'static str) -> String {
+    serve(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    ))
+}
+
+/// A server on 127.0.0.1 that reads each request whole and answers it with `response`.
+fn serve(response: String) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     let endpoint = format!("http://{}", listener.local_addr().expect("address"));
@@ -640,13 +648,7 @@ fn fake_endpoint(reply: &'static str) -> String {
                     Ok(n) => bytes.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                )
-                .as_bytes(),
-            );
+            let _ = stream.write_all(response.as_bytes());
         }
     });
     endpoint
@@ -811,5 +813,44 @@ fn set_rows_and_rejections_have_a_budget() {
         runs.as_array().map(Vec::len),
         Some(1),
         "the flood was written: {runs}"
+    );
+}
+
+/// Redirects stay off: a signed request answered with a 307 is `Transport.HttpStatus`,
+/// and the redirect's target receives nothing (following it would send the signature,
+/// the SecretId and the token elsewhere).
+#[test]
+fn a_redirect_is_not_followed() {
+    let target = Capture::start();
+    let endpoint = serve(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{}/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        target.address
+    ));
+    let db = TempDb::new();
+    let out = keyfleet(
+        db.dir.path(),
+        SECRET_KEY,
+        &[
+            "--endpoint",
+            &endpoint,
+            "call",
+            "describe",
+            "--instance",
+            "ins-00000001",
+            "--region",
+            GZ,
+        ],
+    )
+    .run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Transport.HttpStatus") && stderr.contains("307"),
+        "{stderr}"
+    );
+    assert_eq!(
+        target.received(),
+        Vec::<Vec<u8>>::new(),
+        "the redirect was followed"
     );
 }
