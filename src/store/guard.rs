@@ -72,27 +72,44 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
         let mut file_name = OsString::from(absolute.as_os_str());
         file_name.push(suffix);
         let file = PathBuf::from(file_name);
-        let created = if suffix == JOURNAL_SUFFIX {
-            match std::fs::symlink_metadata(&file) {
+        prepare_one(&file, suffix == JOURNAL_SUFFIX, uid, path).map_err(|err| match err {
+            Check::Refused(reason, fix) => refuse(reason, fix),
+            Check::Io(err) => io_error(file.display().to_string(), err),
+        })?;
+    }
+    Ok(absolute)
+}
+
+/// Times a file that vanished between "it exists" and opening it is tried again.
+const VANISHED_RETRIES: usize = 3;
+
+/// Creates `file` owner-only, or checks the one that exists. `check_only`: never create.
+fn prepare_one(file: &Path, check_only: bool, uid: u32, db: &Path) -> Result<(), Check> {
+    for _ in 0..VANISHED_RETRIES {
+        let created = if check_only {
+            match std::fs::symlink_metadata(file) {
                 Ok(_) => Err(io::ErrorKind::AlreadyExists.into()),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(err) => Err(err),
             }
         } else {
-            create_private(&file)
+            create_private(file)
         };
         match created {
-            Ok(()) => {}
+            Ok(()) => return Ok(()),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                check_existing(&file, uid, path).map_err(|err| match err {
-                    Check::Refused(reason, fix) => refuse(reason, fix),
-                    Check::Io(err) => io_error(file.display().to_string(), err),
-                })?;
+                match check_existing(file, uid, db) {
+                    // Another process's SQLite removed its -wal/-shm on close meanwhile.
+                    Err(Check::Io(err)) if err.kind() == io::ErrorKind::NotFound => continue,
+                    checked => return checked,
+                }
             }
-            Err(err) => return Err(io_error(file.display().to_string(), err)),
+            Err(err) => return Err(Check::Io(err)),
         }
     }
-    Ok(absolute)
+    Err(Check::Io(io::Error::other(
+        "it keeps appearing and vanishing; is another program using this database?",
+    )))
 }
 
 fn effective_uid() -> u32 {
