@@ -16,7 +16,8 @@
 //! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
-//!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
+//!   `store::queue` holds the executor's lease, claims and group-committed outcomes;
+//!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.

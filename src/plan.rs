@@ -62,7 +62,7 @@ pub enum PlanError {
     /// More than [`MAX_REJECTED_PAIRS_PER_INPUT`] rejected pairs; nothing was written.
     #[error(
         "{file}: more than {max} input pairs rejected, so this is not read as a fleet list and nothing was written; \
-         check the format and columns (keyfleet plan --strict shows the first rejections of a smaller sample)",
+         check its format and columns by planning its first lines alone (head -n 1000)",
         max = MAX_REJECTED_PAIRS_PER_INPUT
     )]
     TooManyRejected { file: String },
