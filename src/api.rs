@@ -58,6 +58,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Limit on a whole request, reply included.
     pub request_timeout: Duration,
+    /// Allow `http://` to a host that is not loopback (`--insecure-http`); see [`check_transport`].
+    pub insecure_http: bool,
 }
 
 impl ClientConfig {
@@ -68,6 +70,7 @@ impl ClientConfig {
             credentials,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            insecure_http: false,
         }
     }
 }
@@ -84,6 +87,13 @@ pub enum ClientError {
     /// A credential that cannot be sent in a header.
     #[error("unusable credentials: {0}")]
     BadCredentials(String),
+    /// `http://` to a host that is not this machine, without `--insecure-http`.
+    #[error(
+        "endpoint {endpoint:?} uses http:// to a host that is not this machine: the SecretId, \
+         a replayable signature and the session token would travel in clear; use https://, \
+         or pass --insecure-http if this network is trusted"
+    )]
+    InsecureHttp { endpoint: String },
     /// The HTTP stack could not be set up (TLS roots, for example).
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
@@ -289,6 +299,52 @@ impl fmt::Display for TransportError {
 impl std::error::Error for ApiError {}
 impl std::error::Error for TransportError {}
 
+/// How a client's requests travel, as [`check_transport`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `https://`: TLS, the certificate verified against the system's roots.
+    Tls,
+    /// `http://` to `localhost`, 127.0.0.0/8 or `::1` (the simulator): nothing leaves the machine.
+    LoopbackHttp,
+    /// `http://` to another host, allowed by `--insecure-http`: everything, the
+    /// credentials included, can be read and replayed on the way.
+    InsecureHttp,
+}
+
+/// Decides whether requests may go to `url`: https always; http only to loopback
+/// (`localhost`, 127.0.0.0/8, `::1`) unless `insecure_http`. Called for every
+/// endpoint a client is built for, before anything is sent.
+pub fn check_transport(url: &Url, insecure_http: bool) -> Result<Transport, ClientError> {
+    match url.scheme() {
+        "https" => Ok(Transport::Tls),
+        "http" if is_loopback(url) => Ok(Transport::LoopbackHttp),
+        "http" if insecure_http => Ok(Transport::InsecureHttp),
+        "http" => Err(ClientError::InsecureHttp {
+            endpoint: crate::ids::shorten(url.as_str()),
+        }),
+        _ => Err(ClientError::BadEndpoint {
+            endpoint: crate::ids::shorten(url.as_str()),
+            reason: "the scheme must be https:// (or http:// for a local endpoint)".into(),
+        }),
+    }
+}
+
+/// The proxy the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`,
+/// upper or lower case) sends requests for `url` through, as `scheme://host:port`
+/// without any user name or password; `None` when requests go direct. It is the same
+/// matcher reqwest applies, so what this says is what happens.
+pub fn proxy_for(url: &Url) -> Option<String> {
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    let proxy = intercept.uri();
+    let scheme = proxy.scheme_str().unwrap_or("http");
+    let host = proxy.host().unwrap_or_default();
+    Some(match proxy.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
+}
+
 /// The CVM API client. Cloning is cheap (the connection pool and credentials are
 /// shared), so one client serves every worker task.
 #[derive(Debug, Clone)]
@@ -303,12 +359,14 @@ struct Target {
     /// The `Host` header, exactly as sent and signed.
     host: String,
     credentials: Credentials,
+    transport: Transport,
 }
 
 impl CvmClient {
     /// Builds a client; checks the endpoint and the timeouts.
     pub fn new(config: ClientConfig) -> Result<CvmClient, ClientError> {
         let (url, host) = parse_endpoint(&config.endpoint)?;
+        let transport = check_transport(&url, config.insecure_http)?;
         if config.connect_timeout.is_zero() {
             return Err(ClientError::ZeroTimeout { which: "connect" });
         }
@@ -325,9 +383,17 @@ impl CvmClient {
             // The SDKs speak HTTP/1.1, where the Host header is sent exactly as signed.
             .http1_only()
             .user_agent(client_name());
-        if is_loopback(&url) {
+        match transport {
             // A proxy from the environment must not swallow a local simulator's traffic.
-            builder = builder.no_proxy();
+            Transport::LoopbackHttp => builder = builder.no_proxy(),
+            Transport::Tls | Transport::InsecureHttp => {
+                if let Some(proxy) = proxy_for(&url) {
+                    tracing::info!(%proxy, endpoint = %url, "requests go through a proxy from the environment");
+                }
+            }
+        }
+        if transport == Transport::InsecureHttp {
+            tracing::warn!(endpoint = %url, "--insecure-http: credentials and signatures travel in clear");
         }
         let http = builder
             .build()
@@ -338,8 +404,14 @@ impl CvmClient {
                 url,
                 host,
                 credentials: config.credentials,
+                transport,
             }),
         })
+    }
+
+    /// How requests travel: TLS, loopback http, or http allowed by `--insecure-http`.
+    pub fn transport(&self) -> Transport {
+        self.target.transport
     }
 
     /// The endpoint URL requests go to.
@@ -1024,6 +1096,49 @@ mod tests {
                 ErrorClass::Retry
             );
         }
+    }
+
+    #[test]
+    fn http_goes_only_to_loopback_unless_insecure_is_asked_for() {
+        let check = |endpoint: &str, insecure| {
+            let (url, _) = parse_endpoint(endpoint).unwrap();
+            check_transport(&url, insecure)
+        };
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:9",
+            "http://[::1]:9000",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(check(local, false), Ok(Transport::LoopbackHttp), "{local}");
+        }
+        for remote in [
+            "http://keyfleet-test.invalid",
+            "http://cvm.tencentcloudapi.com",
+            "http://10.0.0.1:8080",
+            "http://[::ffff:127.0.0.1]:80",
+            "http://localhost.example.com",
+            "http://0.0.0.0:8080",
+        ] {
+            assert!(
+                matches!(check(remote, false), Err(ClientError::InsecureHttp { .. })),
+                "{remote} accepted"
+            );
+            assert_eq!(check(remote, true), Ok(Transport::InsecureHttp), "{remote}");
+        }
+        assert_eq!(check(DEFAULT_ENDPOINT, false), Ok(Transport::Tls));
+        let refused = CvmClient::new(ClientConfig::new(
+            "http://keyfleet-test.invalid",
+            credentials(),
+        ));
+        assert!(matches!(refused, Err(ClientError::InsecureHttp { .. })));
+        let mut config = ClientConfig::new("http://keyfleet-test.invalid", credentials());
+        config.insecure_http = true;
+        assert_eq!(
+            CvmClient::new(config).unwrap().transport(),
+            Transport::InsecureHttp
+        );
     }
 
     #[test]

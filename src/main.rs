@@ -36,9 +36,13 @@ pub struct GlobalArgs {
     /// The SQLite database holding runs, jobs and attempts.
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
-    /// API endpoint URL (http:// allowed for a local simulator).
+    /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator).
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// Allow an http:// endpoint on another host: credentials and replayable signatures
+    /// then travel in clear. For a trusted test network only; a warning is printed.
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
     /// Region, when the input rows do not carry one.
     #[arg(long, global = true)]
     pub region: Option<String>,
@@ -94,7 +98,11 @@ fn main() -> ExitCode {
             if about_store && !text.contains(&db) {
                 text.push_str(&format!(" (database {db})"));
             }
-            eprintln!("error: {text}");
+            // Messages carry endpoint replies and input text: nothing raw reaches the terminal.
+            eprintln!(
+                "error: {}",
+                keyfleet::display::escape_keeping_newlines(&text)
+            );
             ExitCode::from(exit::USAGE)
         }
     }

@@ -173,6 +173,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         },
         connect_timeout: args.exec.connect_timeout,
         request_timeout: args.exec.timeout,
+        // The demo's simulator is on 127.0.0.1.
+        insecure_http: false,
     })?;
     let demo_global = GlobalArgs {
         db: db.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use keyfleet::api::{self, ClientConfig, CvmClient};
 use keyfleet::credentials;
+use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
 use keyfleet::plan::{self, InputCheck, PlanOptions};
@@ -130,7 +131,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
         for r in &s.rejections {
-            eprintln!("  rejected {}: {}", r.position, r.reason);
+            eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
     execute_with_client(&store, s.run_id, &args.exec, global).await
@@ -215,7 +216,7 @@ pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
 
 /// The real API client, from the global flags and the execution's timeouts.
 pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
-    let credentials = credentials::resolve_credentials(global.profile.as_deref())?;
+    let credentials = super::resolve_credentials(global.profile.as_deref())?;
     let endpoint = global
         .endpoint
         .clone()
@@ -226,8 +227,10 @@ pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Ar
         credentials,
         connect_timeout: flags.connect_timeout,
         request_timeout: flags.timeout,
+        insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;
+    super::call::warn_about_transport(&client);
     Ok(Arc::new(client))
 }
 
@@ -272,7 +275,10 @@ pub async fn execute_quietly(
         // Another live process owns the run: nothing was done here.
         Err(error @ executor::ExecError::Lease(_)) => Err(error.into()),
         Err(error) => {
-            eprintln!("error: run {run_id} stopped: {error}");
+            eprintln!(
+                "error: run {run_id} stopped: {}",
+                escape(&error.to_string())
+            );
             eprintln!(
                 "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
                 db_flag(global)
@@ -371,7 +377,10 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let elapsed = summary.elapsed.as_secs_f64();
     match &summary.stopped {
         None => eprintln!("\nrun {run} finished in {elapsed:.1} s"),
-        Some(reason) => eprintln!("\nrun {run} stopped after {elapsed:.1} s: {reason}"),
+        Some(reason) => eprintln!(
+            "\nrun {run} stopped after {elapsed:.1} s: {}",
+            escape(&reason.to_string())
+        ),
     }
     eprintln!(
         "  pairs:    {} succeeded, {} failed, {} rejected, {} duplicate, {} pending",
@@ -381,7 +390,7 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
         let codes: Vec<String> = summary
             .failures_by_code
             .iter()
-            .map(|(code, n)| format!("{code} {n}"))
+            .map(|(code, n)| format!("{} {n}", escape(code)))
             .collect();
         eprintln!("  failures: {}", codes.join(", "));
     }

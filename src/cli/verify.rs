@@ -149,12 +149,14 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs) {
             v.requests
         ),
         Ended::Unavailable { code, message } => eprintln!(
-            "  UNVERIFIED: DescribeInstances was refused ({code}: {}); the run stands, but nothing \
+            "  UNVERIFIED: DescribeInstances was refused ({}: {}); the run stands, but nothing \
              proves the keys are gone. Grant DescribeInstances, then: keyfleet{db} verify {}",
-            message, v.run_id
+            keyfleet::display::escape(code),
+            keyfleet::display::escape(message), v.run_id
         ),
         Ended::Interrupted(reason) => eprintln!(
-            "  verification stopped ({reason}); finish it with: keyfleet{db} verify {}",
+            "  verification stopped ({}); finish it with: keyfleet{db} verify {}",
+            keyfleet::display::escape(reason),
             v.run_id
         ),
     }
