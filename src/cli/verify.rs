@@ -152,7 +152,8 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs) {
             "  UNVERIFIED: DescribeInstances was refused ({}: {}); the run stands, but nothing \
              proves the keys are gone. Grant DescribeInstances, then: keyfleet{db} verify {}",
             keyfleet::display::escape(code),
-            keyfleet::display::escape(message), v.run_id
+            keyfleet::display::escape(message),
+            v.run_id
         ),
         Ended::Interrupted(reason) => eprintln!(
             "  verification stopped ({}); finish it with: keyfleet{db} verify {}",
