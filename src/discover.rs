@@ -144,9 +144,10 @@ pub async fn discover<A: Api>(
                     return Err(DiscoverError::MalformedRegion(region.clone()));
                 }
             }
-            // Checked against DescribeRegions when it answers; a sub-account that may
-            // not list regions still walks the ones it named.
+            // Checked against DescribeRegions when it answers with a list; a
+            // sub-account that may not list regions still walks the ones it named.
             if let Ok(known) = sender.regions().await
+                && !known.is_empty()
                 && let Some(unknown) = regions.iter().find(|r| !known.contains(r.as_str()))
             {
                 return Err(DiscoverError::UnknownRegion {

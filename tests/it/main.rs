@@ -7,6 +7,7 @@ mod fuzz;
 mod hostile;
 mod plan;
 mod run;
+mod runbook;
 mod security;
 mod sim;
 mod support;
