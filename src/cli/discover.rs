@@ -195,7 +195,7 @@ pub fn render(
 }
 
 /// What was found, per region, and what will need attention: on stderr.
-fn summarize(discovery: &Discovery, keys: &[String]) {
+pub fn summarize(discovery: &Discovery, keys: &[String]) {
     for scan in &discovery.regions {
         let matches = discovery
             .found
