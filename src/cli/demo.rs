@@ -120,7 +120,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         settle_after: Duration::from_secs(3),
         operation_time: Duration::from_millis(400),
         async_fail: args.async_fail,
-        ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
