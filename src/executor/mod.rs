@@ -770,49 +770,60 @@ async fn send_and_record<A: Api>(
     let reply = shared.api.call(&call).await;
     let latency_ms = sent.elapsed().as_millis() as i64;
     let finished_at = now_ms();
-    let refused = match reply {
+    let accepted = match reply {
         Ok(reply) => match action.read(&job, &reply) {
-            Ok(proof) => {
-                shared.limiter.feedback(key, Feedback::Passed);
-                let request_id = reply.request_id.clone();
-                let outcome = match proof {
-                    Proof::Accepted => Outcome::Succeeded { request_id },
-                    Proof::Observed {
-                        verified,
-                        recheck_at,
-                    } => Outcome::Observed {
-                        request_id,
-                        verified,
-                        recheck_at,
-                    },
-                };
-                let finish = Finish {
-                    attempt_id,
-                    job_id: job.id,
-                    finished_at,
-                    sent_at,
-                    latency_ms,
-                    http_status: Some(reply.http_status),
-                    request_id: Some(reply.request_id),
-                    outcome,
-                };
-                record(shared, &job, finish).await;
-                return;
-            }
-            Err(detail) => Refused::bad_body(&reply, detail),
+            Ok(proof) => Ok((proof, reply)),
+            Err(detail) => Err(Refused::bad_body(&reply, detail)),
         },
-        Err(refused) => refused,
+        Err(refused) => Err(refused),
     };
+    let (outcome, http_status, request_id) = match accepted {
+        Ok((proof, reply)) => {
+            shared.limiter.feedback(key, Feedback::Passed);
+            let request_id = reply.request_id.clone();
+            let outcome = match proof {
+                Proof::Accepted => Outcome::Succeeded { request_id },
+                Proof::Observed {
+                    verified,
+                    recheck_at,
+                } => Outcome::Observed {
+                    request_id,
+                    verified,
+                    recheck_at,
+                },
+            };
+            (outcome, Some(reply.http_status), Some(reply.request_id))
+        }
+        Err(refused) => {
+            let outcome = refused_outcome(shared, action, &job, &refused, key, finished_at);
+            (outcome, refused.http_status, refused.request_id)
+        }
+    };
+    let finish = Finish {
+        attempt_id,
+        job_id: job.id,
+        finished_at,
+        sent_at,
+        latency_ms,
+        http_status,
+        request_id,
+        outcome,
+    };
+    record(shared, &job, finish).await;
+}
+
+/// Decides what a refusal means and applies its effects (counters, pacing, halt).
+fn refused_outcome<A>(
+    shared: &Shared<A>,
+    action: &'static dyn JobAction,
+    job: &QueuedJob,
+    refused: &Refused,
+    key: &LimiterKey,
+    now: i64,
+) -> Outcome {
     let (outcome, effects) = {
         let mut rng = locked(&shared.rng);
-        decide::decide(
-            action,
-            &job,
-            &refused,
-            &shared.config,
-            &mut *rng,
-            finished_at,
-        )
+        decide::decide(action, job, refused, &shared.config, &mut *rng, now)
     };
     tracing::debug!(job = job.id, action = %job.action, code = %refused.code, "request refused");
     let counters = &shared.counters;
@@ -829,17 +840,7 @@ async fn send_and_record<A: Api>(
     if let Some(reason) = effects.halt {
         shared.halt(reason);
     }
-    let finish = Finish {
-        attempt_id,
-        job_id: job.id,
-        finished_at,
-        sent_at,
-        latency_ms,
-        http_status: refused.http_status,
-        request_id: refused.request_id,
-        outcome,
-    };
-    record(shared, &job, finish).await;
+    outcome
 }
 
 /// Records an attempt's end, then counts what it did.
