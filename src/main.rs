@@ -36,9 +36,18 @@ pub struct GlobalArgs {
     /// The SQLite database holding runs, jobs and attempts.
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
-    /// API endpoint URL (http:// allowed for a local simulator).
+    /// API endpoint URL (http:// allowed for a local simulator); `{region}` in the host
+    /// sends each region's calls to its own endpoint, e.g. https://cvm.{region}.tencentcloudapi.com.
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// Each region's calls to its own access endpoint, https://cvm.{region}.tencentcloudapi.com
+    /// (shorthand for that --endpoint; wins over KEYFLEET_ENDPOINT).
+    #[arg(long, global = true)]
+    pub regional_endpoints: bool,
+    /// Connect HOST (or every name under *.SUFFIX) to ADDR, an IP with an optional :PORT,
+    /// without changing the Host header or the signature, like curl's; repeatable.
+    #[arg(long = "resolve", global = true, value_name = "HOST=ADDR")]
+    pub resolve: Vec<keyfleet::api::resolve::ResolveRule>,
     /// Region, when the input rows do not carry one.
     #[arg(long, global = true)]
     pub region: Option<String>,
@@ -48,6 +57,19 @@ pub struct GlobalArgs {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl GlobalArgs {
+    /// The endpoint (or template) API clients are built for: `--regional-endpoints`,
+    /// else `--endpoint`/`KEYFLEET_ENDPOINT`, else the global endpoint.
+    pub fn endpoint(&self) -> String {
+        if self.regional_endpoints {
+            return keyfleet::api::REGIONAL_ENDPOINT_TEMPLATE.to_string();
+        }
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT.to_string())
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use keyfleet::api::{self, CallError, ClientConfig, CvmClient};
+use keyfleet::api::{CallError, ClientConfig, CvmClient};
 use keyfleet::{credentials, cvm, ids, taxonomy};
 use serde_json::json;
 
@@ -91,10 +91,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let profile = global.profile.as_deref();
     let region = credentials::resolve_region(global.region.as_deref(), profile)?;
     let credentials = credentials::resolve_credentials(profile)?;
-    let endpoint = global
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    let endpoint = global.endpoint();
     tracing::info!(
         region = %region.name,
         region_source = %region.source,
@@ -107,6 +104,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         credentials,
         connect_timeout: args.connect_timeout,
         request_timeout: args.timeout,
+        resolve: global.resolve.clone(),
     })
     .context("cannot set up the API client")?;
 

@@ -173,6 +173,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         },
         connect_timeout: args.exec.connect_timeout,
         request_timeout: args.exec.timeout,
+        resolve: Vec::new(),
     })?;
     let demo_global = GlobalArgs {
         db: db.clone(),

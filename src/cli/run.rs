@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keyfleet::api::{self, ClientConfig, CvmClient};
+use keyfleet::api::{ClientConfig, CvmClient};
 use keyfleet::credentials;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
@@ -214,16 +214,14 @@ pub async fn execute_with_client(
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
     let credentials = credentials::resolve_credentials(global.profile.as_deref())?;
-    let endpoint = global
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    let endpoint = global.endpoint();
     tracing::info!(%endpoint, credentials_source = %credentials.source, run_id, "executing");
     let client = CvmClient::new(ClientConfig {
         endpoint,
         credentials,
         connect_timeout: flags.connect_timeout,
         request_timeout: flags.timeout,
+        resolve: global.resolve.clone(),
     })
     .context("cannot set up the API client")?;
     execute(store, run_id, Arc::new(client), flags, global).await
