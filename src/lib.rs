@@ -15,7 +15,8 @@
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
 //! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
 //!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
-//!   DescribeRegions).
+//!   DescribeRegions); `{region}` endpoint templates; `api::resolve`, the `--resolve`
+//!   rules (and `is_loopback_host` for transport checks).
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
@@ -23,7 +24,8 @@
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
-//!   rate limit and seeded faults over a real HTTP server; `sim::audit` proves a run
+//!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
+//!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,

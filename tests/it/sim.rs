@@ -1759,6 +1759,106 @@ async fn keyfleet_sim_serves_from_the_command_line() {
     assert_eq!(stdout.trim().len(), 36, "a RequestId: {stdout}");
 }
 
+/// Starts `keyfleet sim` with `args` and `env`, and returns its printed JSON line and
+/// its stderr so far (the child is killed on drop).
+fn sim_cli(args: &[&str], env: &[(&str, &str)]) -> (Child, Value) {
+    let mut command = Command::new(support::keyfleet_bin());
+    command
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--generate",
+            "5",
+            "--seed",
+            "3",
+        ])
+        .args(args)
+        .env_remove("KEYFLEET_SIM_SECRET_KEY")
+        .env_remove("KEYFLEET_SIM_SECRET_ID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = Child(command.spawn().expect("spawn keyfleet sim"));
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let printed = serde_json::from_str(&line).unwrap_or_else(|_| panic!("one JSON line: {line:?}"));
+    (child, printed)
+}
+
+/// Reads the child's stderr up to its "Ctrl-C stops." line.
+fn stderr_banner(child: &mut Child) -> String {
+    let mut text = String::new();
+    let mut reader = BufReader::new(child.0.stderr.take().unwrap());
+    while !text.contains("Ctrl-C stops.") {
+        if reader.read_line(&mut text).unwrap() == 0 {
+            break;
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn keyfleet_sim_takes_its_key_from_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sim.key");
+    std::fs::write(&file, "keyFromAFile0000\n").unwrap();
+    let id = [("KEYFLEET_SIM_SECRET_ID", "AKIDfromfile")];
+    let (mut from_file, printed) = sim_cli(&["--secret-key-file", file.to_str().unwrap()], &id);
+    assert_eq!(
+        printed["secret_key"],
+        Value::Null,
+        "a given key is not echoed"
+    );
+    let banner = stderr_banner(&mut from_file);
+    assert!(!banner.contains("keyFromAFile"), "{banner}");
+    let mut call = Call::new("DescribeInstances", json!({}));
+    call.secret_id = "AKIDfromfile".to_string();
+    call.secret_key = "keyFromAFile0000".to_string();
+    let endpoint = printed["endpoint"].as_str().unwrap().to_string();
+    call.send_to(&endpoint).await.unwrap().assert_success();
+
+    let env = [
+        ("KEYFLEET_SIM_SECRET_ID", "AKIDfromenv"),
+        ("KEYFLEET_SIM_SECRET_KEY", "keyFromTheEnv000"),
+    ];
+    let (_from_env, printed) = sim_cli(&[], &env);
+    call.secret_id = "AKIDfromenv".to_string();
+    call.secret_key = "keyFromTheEnv000".to_string();
+    let endpoint = printed["endpoint"].as_str().unwrap().to_string();
+    call.send_to(&endpoint).await.unwrap().assert_success();
+
+    // The flag still works, with a warning.
+    let (mut from_flag, printed) = sim_cli(
+        &[
+            "--secret-id",
+            "AKIDflag",
+            "--secret-key",
+            "keyFromTheFlag00",
+        ],
+        &[],
+    );
+    let banner = stderr_banner(&mut from_flag);
+    assert!(banner.contains("--secret-key is deprecated"), "{banner}");
+    call.secret_id = "AKIDflag".to_string();
+    call.secret_key = "keyFromTheFlag00".to_string();
+    let endpoint = printed["endpoint"].as_str().unwrap().to_string();
+    call.send_to(&endpoint).await.unwrap().assert_success();
+
+    // An id without a key is refused, naming both ways to give one.
+    let out = support::Cmd::new(["sim", "--listen", "127.0.0.1:0", "--secret-id", "AKIDx"]).run();
+    assert_eq!(out.code, Some(2));
+    let stderr = out.stderr_text();
+    assert!(
+        stderr.contains("--secret-key-file") && stderr.contains("KEYFLEET_SIM_SECRET_KEY"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn keyfleet_sim_refuses_a_public_listen_address() {
     let output = Command::new(support::keyfleet_bin())
