@@ -158,3 +158,36 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(args: &[&str]) -> GlobalArgs {
+        let mut argv = vec!["keyfleet"];
+        argv.extend_from_slice(args);
+        argv.push("codes");
+        Cli::try_parse_from(argv).unwrap().global
+    }
+
+    #[test]
+    fn regional_endpoints_and_resolve_rules_are_global_flags() {
+        assert_eq!(
+            global(&["--regional-endpoints"]).endpoint(),
+            keyfleet::api::REGIONAL_ENDPOINT_TEMPLATE
+        );
+        assert_eq!(
+            global(&["--endpoint", "http://cvm.{region}.sim.test:9"]).endpoint(),
+            "http://cvm.{region}.sim.test:9"
+        );
+        let rules = global(&[
+            "--resolve",
+            "*.sim.test=127.0.0.1",
+            "--resolve",
+            "a.test=::1",
+        ])
+        .resolve;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].to_string(), "a.test=::1");
+    }
+}
