@@ -649,6 +649,8 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
             return Err(Box::new(inner.reply(seq, entry, Err(err))));
         }
     };
+    // Signed and well formed: the entry holds what was sent, in full.
+    entry.host.clone_from(&host);
     entry.instance_ids = strings(&params, "InstanceIds");
     entry.key_ids = strings(&params, "KeyIds");
     entry.force_stop = params
