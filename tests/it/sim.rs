@@ -1897,23 +1897,23 @@ async fn each_host_has_its_own_limit() {
     let started = Instant::now();
     let a = burst(&sim, "cvm.ap-guangzhou.sim.test", 13).await;
     let b = burst(&sim, "CVM.ap-shanghai.sim.test", 13).await;
-    // Only a burst inside one window shows the limit exactly.
-    if started.elapsed() < Duration::from_millis(900) {
+    // Only a burst inside one window shows the limit exactly (a loaded machine may
+    // spread it over more).
+    let one_window = started.elapsed() < Duration::from_millis(900);
+    let stats = sim.stats();
+    let by_host = &stats.max_in_any_second_by_host;
+    assert_eq!(by_host.len(), 2, "the Host is lower-cased: {by_host:?}");
+    assert!(stats.max_in_any_second <= 10, "{stats:?}");
+    if one_window {
         assert_eq!(admitted(&a), 10, "{a:?}");
         assert_eq!(admitted(&b), 10, "{b:?}");
-    }
-    let stats = sim.stats();
-    assert_eq!(stats.max_in_any_second, 10, "{stats:?}");
-    let by_host = &stats.max_in_any_second_by_host;
-    assert_eq!(
-        by_host["cvm.ap-guangzhou.sim.test"]["DescribeInstances"],
-        10
-    );
-    // The Host header is case-insensitive: one key for both spellings.
-    assert_eq!(by_host["cvm.ap-shanghai.sim.test"]["DescribeInstances"], 10);
-    assert_eq!(by_host.len(), 2);
-    if started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            by_host["cvm.ap-guangzhou.sim.test"]["DescribeInstances"],
+            10
+        );
+        assert_eq!(by_host["cvm.ap-shanghai.sim.test"]["DescribeInstances"], 10);
         assert_eq!(stats.max_in_any_second_by_action["DescribeInstances"], 20);
+        assert_eq!(stats.max_in_any_second, 10);
     }
     let journal = sim.journal();
     assert_eq!(journal[0].host, "cvm.ap-guangzhou.sim.test");
@@ -1978,10 +1978,22 @@ async fn closed_after(
     bytes: &'static [u8],
     limit: Duration,
 ) -> Option<Duration> {
+    closed_after_sending(addr, bytes, limit)
+        .await
+        .map(|(from_connect, _)| from_connect)
+}
+
+/// The same, and also how long from the bytes having been written.
+async fn closed_after_sending(
+    addr: std::net::SocketAddr,
+    bytes: &'static [u8],
+    limit: Duration,
+) -> Option<(Duration, Duration)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sent = Instant::now();
+    let connecting = Instant::now();
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream.write_all(bytes).await.ok()?;
+    let sent = Instant::now();
     let mut buf = [0u8; 1024];
     let closed = async {
         loop {
@@ -1992,7 +2004,7 @@ async fn closed_after(
         }
     };
     tokio::time::timeout(limit, closed).await.ok()?;
-    Some(sent.elapsed())
+    Some((connecting.elapsed(), sent.elapsed()))
 }
 
 /// Half a request head: never finished.
@@ -2201,16 +2213,19 @@ async fn keyfleet_sim_survives_half_headers_and_big_unsigned_posts() {
     // 2,000 connections, each sending half a header: every one closed by the server,
     // none before its header timeout, none long after.
     let tasks: Vec<_> = (0..2000)
-        .map(|_| tokio::spawn(closed_after(addr, HALF_HEADER, DEADLINE)))
+        .map(|_| tokio::spawn(closed_after_sending(addr, HALF_HEADER, DEADLINE)))
         .collect();
     let mut longest = Duration::ZERO;
     for task in tasks {
-        let took = task
+        let (from_connect, from_sent) = task
             .await
             .unwrap()
             .expect("closed by the server within the deadline");
-        assert!(took >= timeout - Duration::from_millis(20), "{took:?}");
-        longest = longest.max(took);
+        assert!(
+            from_connect >= timeout - Duration::from_millis(20),
+            "{from_connect:?}"
+        );
+        longest = longest.max(from_sent);
     }
     assert!(longest < timeout + Duration::from_secs(3), "{longest:?}");
 
