@@ -249,7 +249,7 @@ async fn steps(db: &Path, run_id: i64) {
     let count = t.elapsed();
     let t = Instant::now();
     let due = store
-        .due_jobs(run_id, now_ms(), 40)
+        .due_jobs(run_id, None, now_ms(), 40)
         .await
         .expect("due jobs");
     let due_time = t.elapsed();

@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// `--resolve` rules: where to connect for chosen names (none: the system resolves).
     pub resolve: Vec<resolve::ResolveRule>,
+    /// Allow `http://` to a host that is not loopback (`--insecure-http`); see [`check_transport`].
+    pub insecure_http: bool,
 }
 
 impl ClientConfig {
@@ -84,6 +86,7 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             resolve: Vec::new(),
+            insecure_http: false,
         }
     }
 }
@@ -100,6 +103,13 @@ pub enum ClientError {
     /// A credential that cannot be sent in a header.
     #[error("unusable credentials: {0}")]
     BadCredentials(String),
+    /// `http://` to a host that is not this machine, without `--insecure-http`.
+    #[error(
+        "endpoint {endpoint:?} uses http:// to a host that is not this machine: the SecretId, \
+         a replayable signature and the session token would travel in clear; use https://, \
+         or pass --insecure-http if this network is trusted"
+    )]
+    InsecureHttp { endpoint: String },
     /// The HTTP stack could not be set up (TLS roots, for example).
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
@@ -305,6 +315,65 @@ impl fmt::Display for TransportError {
 impl std::error::Error for ApiError {}
 impl std::error::Error for TransportError {}
 
+/// How a client's requests travel, as [`check_transport`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `https://`: TLS, the certificate verified against the system's roots.
+    Tls,
+    /// `http://` to `localhost`, 127.0.0.0/8 or `::1` (the simulator): nothing leaves the machine.
+    LoopbackHttp,
+    /// `http://` to another host, allowed by `--insecure-http`: everything, the
+    /// credentials included, can be read and replayed on the way.
+    InsecureHttp,
+}
+
+/// Decides whether requests may go to `url`: https always; http only to loopback
+/// (`localhost`, 127.0.0.0/8, `::1`) unless `insecure_http`. Called for every
+/// endpoint a client is built for, before anything is sent.
+pub fn check_transport(url: &Url, insecure_http: bool) -> Result<Transport, ClientError> {
+    check_transport_resolved(url, insecure_http, &[])
+}
+
+/// [`check_transport`] with `--resolve` rules: a host they connect to a loopback
+/// address counts as loopback ([`resolve::is_loopback_host`]). Called for every URL a
+/// `{region}` template gives, before anything is sent.
+pub fn check_transport_resolved(
+    url: &Url,
+    insecure_http: bool,
+    rules: &[resolve::ResolveRule],
+) -> Result<Transport, ClientError> {
+    let loopback =
+        is_loopback(url) || resolve::is_loopback_host(url.host_str().unwrap_or_default(), rules);
+    match url.scheme() {
+        "https" => Ok(Transport::Tls),
+        "http" if loopback => Ok(Transport::LoopbackHttp),
+        "http" if insecure_http => Ok(Transport::InsecureHttp),
+        "http" => Err(ClientError::InsecureHttp {
+            endpoint: crate::ids::shorten(url.as_str()),
+        }),
+        _ => Err(ClientError::BadEndpoint {
+            endpoint: crate::ids::shorten(url.as_str()),
+            reason: "the scheme must be https:// (or http:// for a local endpoint)".into(),
+        }),
+    }
+}
+
+/// The proxy the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`,
+/// upper or lower case) sends requests for `url` through, as `scheme://host:port`
+/// without any user name or password; `None` when requests go direct. It is the same
+/// matcher reqwest applies, so what this says is what happens.
+pub fn proxy_for(url: &Url) -> Option<String> {
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    let proxy = intercept.uri();
+    let scheme = proxy.scheme_str().unwrap_or("http");
+    let host = proxy.host().unwrap_or_default();
+    Some(match proxy.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
+}
+
 /// The CVM API client. Cloning is cheap (the connection pool and credentials are
 /// shared), so one client serves every worker task.
 #[derive(Debug, Clone)]
@@ -317,6 +386,7 @@ pub struct CvmClient {
 struct Target {
     endpoint: Endpoint,
     credentials: Credentials,
+    transport: Transport,
 }
 
 /// Where calls go.
@@ -324,16 +394,26 @@ struct Target {
 enum Endpoint {
     /// Every call to one URL; `host` is the `Host` header, exactly as sent and signed.
     Fixed { url: Url, host: String },
-    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`].
-    Template(String),
+    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`];
+    /// each URL it gives passes [`check_transport_resolved`] before it is used.
+    Template {
+        template: String,
+        /// The template's URL for one region, for decisions made once (the proxy).
+        sample: Url,
+        insecure_http: bool,
+        rules: Vec<resolve::ResolveRule>,
+    },
 }
 
 impl Endpoint {
-    fn parse(endpoint: &str) -> Result<Endpoint, ClientError> {
-        let endpoint = endpoint.trim();
+    /// The endpoint of `config` and how its requests travel (for a template, judged on
+    /// one region's URL; every call's URL is checked again).
+    fn parse(config: &ClientConfig) -> Result<(Endpoint, Transport), ClientError> {
+        let endpoint = config.endpoint.trim();
         if !endpoint.contains(REGION_PLACEHOLDER) {
             let (url, host) = parse_endpoint(endpoint)?;
-            return Ok(Endpoint::Fixed { url, host });
+            let transport = check_transport_resolved(&url, config.insecure_http, &config.resolve)?;
+            return Ok((Endpoint::Fixed { url, host }, transport));
         }
         // Two regions must give two hosts: the placeholder belongs in the host name.
         let (a, b) = (
@@ -346,14 +426,44 @@ impl Endpoint {
                 reason: format!("{REGION_PLACEHOLDER} may appear only in the host name"),
             });
         }
-        Ok(Endpoint::Template(endpoint.to_string()))
+        let transport = check_transport_resolved(&a.0, config.insecure_http, &config.resolve)?;
+        let template = Endpoint::Template {
+            template: endpoint.to_string(),
+            sample: a.0,
+            insecure_http: config.insecure_http,
+            rules: config.resolve.clone(),
+        };
+        Ok((template, transport))
+    }
+
+    /// The URL, or the template as given.
+    fn shown(&self) -> &str {
+        match self {
+            Endpoint::Fixed { url, .. } => url.as_str(),
+            Endpoint::Template { template, .. } => template,
+        }
+    }
+
+    /// The URL, or the template's for one region: what the proxy decision is made on
+    /// (the environment's proxy variables name hosts, so every region fares alike
+    /// unless NO_PROXY names one).
+    fn sample_url(&self) -> &Url {
+        match self {
+            Endpoint::Fixed { url, .. } => url,
+            Endpoint::Template { sample, .. } => sample,
+        }
     }
 
     /// The URL and `Host` header for a call to `region`.
     fn for_region(&self, region: &str) -> Result<(Url, String), CallError> {
         match self {
             Endpoint::Fixed { url, host } => Ok((url.clone(), host.clone())),
-            Endpoint::Template(template) => {
+            Endpoint::Template {
+                template,
+                insecure_http,
+                rules,
+                ..
+            } => {
                 let not_sent = |detail: String| {
                     CallError::Transport(TransportError::new(TransportKind::Connect, detail))
                 };
@@ -364,8 +474,11 @@ impl Endpoint {
                         crate::ids::shorten(region)
                     )));
                 }
-                parse_endpoint(&template.replace(REGION_PLACEHOLDER, region))
-                    .map_err(|err| not_sent(format!("not sent: {err}")))
+                let (url, host) = parse_endpoint(&template.replace(REGION_PLACEHOLDER, region))
+                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
+                check_transport_resolved(&url, *insecure_http, rules)
+                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
+                Ok((url, host))
             }
         }
     }
@@ -374,7 +487,7 @@ impl Endpoint {
 impl CvmClient {
     /// Builds a client; checks the endpoint and the timeouts.
     pub fn new(config: ClientConfig) -> Result<CvmClient, ClientError> {
-        let endpoint = Endpoint::parse(&config.endpoint)?;
+        let (endpoint, transport) = Endpoint::parse(&config)?;
         if config.connect_timeout.is_zero() {
             return Err(ClientError::ZeroTimeout { which: "connect" });
         }
@@ -391,11 +504,21 @@ impl CvmClient {
             // The SDKs speak HTTP/1.1, where the Host header is sent exactly as signed.
             .http1_only()
             .user_agent(client_name());
-        let local = matches!(&endpoint, Endpoint::Fixed { url, .. } if is_loopback(url));
-        if local || !config.resolve.is_empty() {
+        let shown = endpoint.shown();
+        match transport {
             // A proxy from the environment must not swallow a local simulator's traffic,
             // nor resolve a name itself that --resolve sends elsewhere.
-            builder = builder.no_proxy();
+            Transport::LoopbackHttp => builder = builder.no_proxy(),
+            _ if !config.resolve.is_empty() => builder = builder.no_proxy(),
+            Transport::Tls | Transport::InsecureHttp => {
+                let sample = endpoint.sample_url();
+                if let Some(proxy) = proxy_for(sample) {
+                    tracing::info!(%proxy, endpoint = %shown, "requests go through a proxy from the environment");
+                }
+            }
+        }
+        if transport == Transport::InsecureHttp {
+            tracing::warn!(endpoint = %shown, "--insecure-http: credentials and signatures travel in clear");
         }
         if !config.resolve.is_empty() {
             builder = builder.dns_resolver(Arc::new(resolve::RuleResolver::new(&config.resolve)));
@@ -408,16 +531,19 @@ impl CvmClient {
             target: Arc::new(Target {
                 endpoint,
                 credentials: config.credentials,
+                transport,
             }),
         })
     }
 
+    /// How requests travel: TLS, loopback http, or http allowed by `--insecure-http`.
+    pub fn transport(&self) -> Transport {
+        self.target.transport
+    }
+
     /// The endpoint URL requests go to, or the template they are built from.
     pub fn endpoint(&self) -> &str {
-        match &self.target.endpoint {
-            Endpoint::Fixed { url, .. } => url.as_str(),
-            Endpoint::Template(template) => template,
-        }
+        self.target.endpoint.shown()
     }
 
     /// The URL a call for `region` goes to: the endpoint, or the template with `region`
@@ -527,36 +653,8 @@ impl CvmClient {
         let (response, request_id) = self
             .call(Action::DescribeInstances.name(), region, &body)
             .await?;
-        let instances = parse_set(&response, "InstanceSet", &request_id, |item| {
-            let login = item.get("LoginSettings");
-            Some(InstanceInfo {
-                instance_id: item.get("InstanceId")?.as_str()?.to_string(),
-                instance_state: string_field(item, "InstanceState"),
-                os_name: string_field(item, "OsName"),
-                key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
-                latest_operation: optional_string(item.get("LatestOperation")),
-                latest_operation_state: optional_string(item.get("LatestOperationState")),
-                latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
-                zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
-            })
-        })?;
-        let total_count = total_count(&response, &request_id)?;
-        let returned = instances.len() as u64;
-        let next = offset.saturating_add(returned);
-        let more = match total_count {
-            Some(total) => next < total,
-            // Without a total, a full page may have a successor.
-            None => returned == limit,
-        };
-        let next_offset = (more && returned > 0 && next > offset).then_some(next);
-        Ok((
-            InstancePage {
-                instances,
-                total_count,
-                next_offset,
-            },
-            request_id,
-        ))
+        let page = parse_instance_page(&response, &request_id, offset, limit)?;
+        Ok((page, request_id))
     }
 
     /// Lists the regions (`DescribeRegions`). The answer does not depend on `region`,
@@ -793,6 +891,44 @@ fn parse_envelope(body: &[u8]) -> Result<(Value, String), CallError> {
     }
 }
 
+/// Reads a `DescribeInstances` reply (its `Response` object) asked from `offset`
+/// with `limit`: the instances, `TotalCount` and the next page's offset. Shared by the
+/// client and the executor's verification batches, which get the reply as JSON.
+pub fn parse_instance_page(
+    response: &Value,
+    request_id: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<InstancePage, CallError> {
+    let instances = parse_set(response, "InstanceSet", request_id, |item| {
+        let login = item.get("LoginSettings");
+        Some(InstanceInfo {
+            instance_id: item.get("InstanceId")?.as_str()?.to_string(),
+            instance_state: string_field(item, "InstanceState"),
+            os_name: string_field(item, "OsName"),
+            key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
+            latest_operation: optional_string(item.get("LatestOperation")),
+            latest_operation_state: optional_string(item.get("LatestOperationState")),
+            latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
+            zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
+        })
+    })?;
+    let total_count = total_count(response, request_id)?;
+    let returned = instances.len() as u64;
+    let next = offset.saturating_add(returned);
+    let more = match total_count {
+        Some(total) => next < total,
+        // Without a total, a full page may have a successor.
+        None => returned == limit,
+    };
+    let next_offset = (more && returned > 0 && next > offset).then_some(next);
+    Ok(InstancePage {
+        instances,
+        total_count,
+        next_offset,
+    })
+}
+
 /// Reads `Response.<set_name>[]` with `item`; any item it cannot read makes the reply a bad body.
 fn parse_set<T>(
     response: &Value,
@@ -1005,7 +1141,9 @@ mod tests {
         let (url, host) = regional.target.endpoint.for_region("ap-shanghai").unwrap();
         assert_eq!(url.as_str(), "https://cvm.ap-shanghai.tencentcloudapi.com/");
         assert_eq!(host, "cvm.ap-shanghai.tencentcloudapi.com");
-        let local = client("http://cvm.{region}.sim.test:9000").unwrap();
+        let mut config = ClientConfig::new("http://cvm.{region}.sim.test:9000", credentials());
+        config.resolve = vec!["*.sim.test=127.0.0.1".parse().unwrap()];
+        let local = CvmClient::new(config).unwrap();
         let (_, host) = local.target.endpoint.for_region("na-ashburn").unwrap();
         assert_eq!(host, "cvm.na-ashburn.sim.test:9000");
         // A region that could change where the call goes is never substituted.
@@ -1013,6 +1151,30 @@ mod tests {
             let refused = local.target.endpoint.for_region(hostile).unwrap_err();
             assert_eq!(refused.code(), "Transport.Connect", "{hostile:?}");
         }
+        // Plain http only where the name is loopback, by itself or by a --resolve rule;
+        // a template's every URL is checked before its call is sent.
+        assert!(matches!(
+            client("http://cvm.{region}.example.com:9000"),
+            Err(ClientError::InsecureHttp { .. })
+        ));
+        let mut config = ClientConfig::new("http://cvm.{region}.sim.test:9000", credentials());
+        config.resolve = vec!["cvm.ap-guangzhou.sim.test=127.0.0.1".parse().unwrap()];
+        let partly_local = CvmClient::new(config).unwrap();
+        assert_eq!(partly_local.transport(), Transport::LoopbackHttp);
+        assert!(
+            partly_local
+                .target
+                .endpoint
+                .for_region("ap-guangzhou")
+                .is_ok()
+        );
+        let refused = partly_local
+            .target
+            .endpoint
+            .for_region("ap-shanghai")
+            .unwrap_err();
+        assert_eq!(refused.code(), "Transport.Connect");
+        assert!(refused.message().contains("not sent"), "{refused}");
         // Without the placeholder nothing changes: one URL for every region.
         let fixed = client("http://127.0.0.1:9000").unwrap();
         assert_eq!(fixed.endpoint_for("ap-guangzhou"), "http://127.0.0.1:9000/");
@@ -1137,6 +1299,49 @@ mod tests {
                 ErrorClass::Retry
             );
         }
+    }
+
+    #[test]
+    fn http_goes_only_to_loopback_unless_insecure_is_asked_for() {
+        let check = |endpoint: &str, insecure| {
+            let (url, _) = parse_endpoint(endpoint).unwrap();
+            check_transport(&url, insecure)
+        };
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:9",
+            "http://[::1]:9000",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(check(local, false), Ok(Transport::LoopbackHttp), "{local}");
+        }
+        for remote in [
+            "http://keyfleet-test.invalid",
+            "http://cvm.tencentcloudapi.com",
+            "http://10.0.0.1:8080",
+            "http://[::ffff:127.0.0.1]:80",
+            "http://localhost.example.com",
+            "http://0.0.0.0:8080",
+        ] {
+            assert!(
+                matches!(check(remote, false), Err(ClientError::InsecureHttp { .. })),
+                "{remote} accepted"
+            );
+            assert_eq!(check(remote, true), Ok(Transport::InsecureHttp), "{remote}");
+        }
+        assert_eq!(check(DEFAULT_ENDPOINT, false), Ok(Transport::Tls));
+        let refused = CvmClient::new(ClientConfig::new(
+            "http://keyfleet-test.invalid",
+            credentials(),
+        ));
+        assert!(matches!(refused, Err(ClientError::InsecureHttp { .. })));
+        let mut config = ClientConfig::new("http://keyfleet-test.invalid", credentials());
+        config.insecure_http = true;
+        assert_eq!(
+            CvmClient::new(config).unwrap().transport(),
+            Transport::InsecureHttp
+        );
     }
 
     #[test]

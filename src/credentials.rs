@@ -18,6 +18,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroize;
+
 use crate::secret::Secret;
 
 /// Environment variable holding the SecretId.
@@ -45,6 +47,29 @@ pub struct Credentials {
     pub token: Option<Secret>,
     /// Where these were found, for messages: `environment`, `tccli profile default (PATH)`, a file path.
     pub source: String,
+}
+
+/// Credentials and what the CLI should warn about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub credentials: Credentials,
+    /// Problems with the file they came from (readable by others...): the library
+    /// never prints, the CLI shows each as a warning, as ssh does for a key file.
+    pub warnings: Vec<FileWarning>,
+}
+
+/// A credential file, or its directory, that others can read or change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWarning {
+    pub path: PathBuf,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl fmt::Display for FileWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.problem)
+    }
 }
 
 /// A region and where it was found.
@@ -95,7 +120,7 @@ pub enum CredentialsError {
 }
 
 /// Resolves credentials from the real environment, `$HOME` and `/etc/tencentcloud`.
-pub fn resolve_credentials(profile: Option<&str>) -> Result<Credentials, CredentialsError> {
+pub fn resolve_credentials(profile: Option<&str>) -> Result<Resolved, CredentialsError> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     resolve_credentials_from(
         &|name| std::env::var(name).ok(),
@@ -127,23 +152,35 @@ pub fn resolve_credentials_from(
     home: Option<&Path>,
     etc_dir: &Path,
     profile: Option<&str>,
-) -> Result<Credentials, CredentialsError> {
+) -> Result<Resolved, CredentialsError> {
     // An empty variable counts as unset, as in the shells' `${VAR:-}` idiom.
     let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let mut looked = Vec::new();
+    let from_file = |credentials: Credentials, path: &Path| Resolved {
+        credentials,
+        warnings: file_warnings(path),
+    };
 
     match (var(ENV_SECRET_ID), var(ENV_SECRET_KEY)) {
-        (Some(secret_id), Some(secret_key)) => {
+        (Some(secret_id), Some(mut secret_key)) => {
             if profile.is_some() {
                 tracing::warn!(
                     "credentials come from the environment ({ENV_SECRET_ID}); the named tccli profile is used only for the region"
                 );
             }
-            return Ok(Credentials {
+            let mut token = var(ENV_TOKEN);
+            let credentials = Credentials {
                 secret_id: secret_id.trim().to_string(),
                 secret_key: Secret::new(secret_key.trim()),
-                token: var(ENV_TOKEN).map(|t| Secret::new(t.trim())),
+                token: token.as_deref().map(|t| Secret::new(t.trim())),
                 source: "environment".to_string(),
+            };
+            // The untrimmed copies: only the `Secret`s keep the values.
+            secret_key.zeroize();
+            token.zeroize();
+            return Ok(Resolved {
+                credentials,
+                warnings: Vec::new(),
             });
         }
         (Some(_), None) => {
@@ -170,7 +207,11 @@ pub fn resolve_credentials_from(
                 .join(".tccli")
                 .join(format!("{profile_name}.credential"));
             match read_optional(&path)? {
-                Some(text) => return tccli_credentials(&path, &text, &profile_name),
+                Some(mut text) => {
+                    let parsed = tccli_credentials(&path, &text, &profile_name);
+                    text.zeroize();
+                    return parsed.map(|credentials| from_file(credentials, &path));
+                }
                 None if named => {
                     return Err(CredentialsError::ProfileNotFound {
                         profile: profile_name,
@@ -196,10 +237,14 @@ pub fn resolve_credentials_from(
     ini_paths.push(etc_dir.join("credentials"));
     for path in ini_paths {
         match read_optional(&path)? {
-            Some(text) => match ini_credentials(&path, &text)? {
-                Some(credentials) => return Ok(credentials),
-                None => looked.push(format!("{}: no [default] section", path.display())),
-            },
+            Some(mut text) => {
+                let parsed = ini_credentials(&path, &text);
+                text.zeroize();
+                match parsed? {
+                    Some(credentials) => return Ok(from_file(credentials, &path)),
+                    None => looked.push(format!("{}: no [default] section", path.display())),
+                }
+            }
             None => looked.push(format!("{}: not found", path.display())),
         }
     }
@@ -307,7 +352,19 @@ fn tccli_credentials(
     text: &str,
     profile: &str,
 ) -> Result<Credentials, CredentialsError> {
-    let json = parse_json_object(path, text)?;
+    let mut json = parse_json_object(path, text)?;
+    let parsed = tccli_fields(path, &json, profile);
+    for value in json.values_mut() {
+        scrub(value);
+    }
+    parsed
+}
+
+fn tccli_fields(
+    path: &Path,
+    json: &serde_json::Map<String, serde_json::Value>,
+    profile: &str,
+) -> Result<Credentials, CredentialsError> {
     let field = |name: &str| -> Result<Option<String>, CredentialsError> {
         match json.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -326,6 +383,55 @@ fn tccli_credentials(
         token: field("token")?.map(Secret::new),
         source: format!("tccli profile {profile} ({})", path.display()),
     })
+}
+
+/// Overwrites every string in a parsed credential file, which held the SecretKey.
+fn scrub(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => text.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+        serde_json::Value::Object(map) => map.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+/// ssh's rule for a private key file, applied to a credential file: warn when group
+/// or others may read it, or may replace it through its directory.
+fn file_warnings(path: &Path) -> Vec<FileWarning> {
+    let mut warnings = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                warnings.push(FileWarning {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "readable or writable by group or others (mode {mode:04o}): whoever can \
+                         read it holds your SecretKey; chmod 600 {}",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        if let Some(dir) = path.parent()
+            && let Ok(meta) = std::fs::metadata(dir)
+        {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                warnings.push(FileWarning {
+                    path: dir.to_path_buf(),
+                    problem: format!(
+                        "writable by group or others (mode {mode:04o}): they can replace the \
+                         credential file in it; chmod go-w {}",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+    }
+    warnings
 }
 
 /// Reads `_sys_param.region` from a tccli `NAME.configure` file.
@@ -354,9 +460,21 @@ fn parse_json_object(
 
 /// Parses the SDKs' INI file. `Ok(None)` when it has no `[default]` section.
 fn ini_credentials(path: &Path, text: &str) -> Result<Option<Credentials>, CredentialsError> {
-    let Some(section) = ini_section(path, text, "default")? else {
+    let Some(mut section) = ini_section(path, text, "default")? else {
         return Ok(None);
     };
+    let parsed = ini_default(path, &section);
+    for (key, value) in &mut section {
+        key.zeroize();
+        value.zeroize();
+    }
+    parsed
+}
+
+fn ini_default(
+    path: &Path,
+    section: &[(String, String)],
+) -> Result<Option<Credentials>, CredentialsError> {
     let get = |key: &str| {
         section
             .iter()
@@ -475,6 +593,7 @@ mod tests {
                 self.etc.path(),
                 profile,
             )
+            .map(|resolved| resolved.credentials)
         }
     }
 
@@ -527,6 +646,56 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains(KEY));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_credential_file_others_can_read_is_warned_about_by_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dirs = Dirs::new();
+        let path = dirs.write_home(".tccli/default.credential", &tccli_json("AKIDloose"));
+        let resolve = || {
+            resolve_credentials_from(&env_of(&[]), Some(dirs.home.path()), dirs.etc.path(), None)
+                .unwrap()
+        };
+        chmod(&path, 0o600);
+        chmod(path.parent().unwrap(), 0o700);
+        assert_eq!(resolve().warnings, Vec::new());
+
+        // The audit's case: a 0666 file in a 0777 directory.
+        chmod(&path, 0o666);
+        chmod(path.parent().unwrap(), 0o777);
+        let resolved = resolve();
+        assert_eq!(resolved.credentials.secret_id, "AKIDloose");
+        let shown: Vec<String> = resolved.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(resolved.warnings.len(), 2, "{shown:?}");
+        assert_eq!(resolved.warnings[0].path, path);
+        assert!(
+            shown[0].contains("mode 0666") && shown[0].contains("chmod 600"),
+            "{shown:?}"
+        );
+        assert_eq!(resolved.warnings[1].path, path.parent().unwrap());
+        assert!(shown[1].contains("mode 0777"), "{shown:?}");
+        assert!(!shown.concat().contains(KEY));
+
+        // The INI file gets the same check; the environment has no file to check.
+        let ini = dirs.write_etc("[default]\nsecret_id = AKIDetc\nsecret_key = k\n");
+        std::fs::remove_file(&path).unwrap();
+        chmod(&ini, 0o644);
+        let resolved = resolve();
+        assert_eq!(resolved.warnings.len(), 1);
+        assert_eq!(resolved.warnings[0].path, ini);
+        let env = resolve_credentials_from(
+            &env_of(&[(ENV_SECRET_ID, "AKIDenv"), (ENV_SECRET_KEY, KEY)]),
+            Some(dirs.home.path()),
+            dirs.etc.path(),
+            None,
+        )
+        .unwrap();
+        assert!(env.warnings.is_empty());
     }
 
     #[test]

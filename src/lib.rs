@@ -9,7 +9,7 @@
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run.
 //! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
-//! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`.
+//! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
@@ -19,7 +19,9 @@
 //!   rules (and `is_loopback_host` for transport checks).
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
-//!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
+//!   `store::queue` holds the executor's lease, claims and group-committed outcomes;
+//!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
+//! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
@@ -35,6 +37,7 @@ pub mod api;
 pub mod credentials;
 pub mod cvm;
 pub mod delay;
+pub mod display;
 pub mod executor;
 pub mod ids;
 pub mod input;

@@ -36,8 +36,9 @@ pub struct GlobalArgs {
     /// The SQLite database holding runs, jobs and attempts.
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
-    /// API endpoint URL (http:// allowed for a local simulator); `{region}` in the host
-    /// sends each region's calls to its own endpoint, e.g. https://cvm.{region}.tencentcloudapi.com.
+    /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator);
+    /// `{region}` in the host sends each region's calls to its own endpoint, e.g.
+    /// https://cvm.{region}.tencentcloudapi.com.
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
     /// Each region's calls to its own access endpoint, https://cvm.{region}.tencentcloudapi.com
@@ -48,6 +49,10 @@ pub struct GlobalArgs {
     /// without changing the Host header or the signature, like curl's; repeatable.
     #[arg(long = "resolve", global = true, value_name = "HOST=ADDR")]
     pub resolve: Vec<keyfleet::api::resolve::ResolveRule>,
+    /// Allow an http:// endpoint on another host: credentials and replayable signatures
+    /// then travel in clear. For a trusted test network only; a warning is printed.
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
     /// Region, when the input rows do not carry one.
     #[arg(long, global = true)]
     pub region: Option<String>,
@@ -80,6 +85,8 @@ pub enum Command {
     Run(cli::run::RunArgs),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
     Resume(cli::run::ResumeArgs),
+    /// Check every pair of a run against the cloud's own state (DescribeInstances): is the key gone?
+    Verify(cli::verify::Args),
     /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
     Retry(cli::run::RetryArgs),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
@@ -114,7 +121,11 @@ fn main() -> ExitCode {
             if about_store && !text.contains(&db) {
                 text.push_str(&format!(" (database {db})"));
             }
-            eprintln!("error: {text}");
+            // Messages carry endpoint replies and input text: nothing raw reaches the terminal.
+            eprintln!(
+                "error: {}",
+                keyfleet::display::escape_keeping_newlines(&text)
+            );
             ExitCode::from(exit::USAGE)
         }
     }
@@ -150,6 +161,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
+            Command::Verify(args) => cli::verify::run(args, &cli.global).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,
             Command::Runs(args) => cli::runs::run(&cli.global, args).await,
             Command::Status(args) => cli::status::run(&cli.global, args).await,

@@ -24,6 +24,15 @@ use crate::store::{Store, StoreError};
 const STRICT_EXAMPLES: usize = 5;
 /// Pairs one request can carry: 100 instances x 100 keys.
 pub const MAX_PAIRS_PER_REQUEST: u64 = (MAX_IDS_PER_REQUEST * MAX_IDS_PER_REQUEST) as u64;
+/// Pairs one set row (`{"InstanceIds": [...], "KeyIds": [...]}`) may expand to, in
+/// pairs: ten full requests. A bigger row is rejected whole, as one item, before it
+/// is expanded: 1,000 x 1,000 ids in a 30 KB row would otherwise be a million items
+/// (383 MB in the audit). Sets of a few hundred ids each stay usable.
+pub const MAX_PAIRS_PER_SET_ROW: u64 = 10 * MAX_PAIRS_PER_REQUEST;
+/// Rejected pairs one input may hold, in pairs. Past it the input is refused whole
+/// as unreadable (exit 2, nothing written): it is not the fleet list it claims to be,
+/// and each rejection keeps up to three 40-character texts in memory and in the database.
+pub const MAX_REJECTED_PAIRS_PER_INPUT: u64 = 100_000;
 
 /// Options that shape a plan. With the input's SHA-256, they identify a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,6 +59,13 @@ pub enum PlanError {
     /// `--strict` and some rows were rejected; nothing was written.
     #[error("--strict: {count} input pair(s) rejected, so nothing was written; first: {examples}")]
     Strict { count: u64, examples: String },
+    /// More than [`MAX_REJECTED_PAIRS_PER_INPUT`] rejected pairs; nothing was written.
+    #[error(
+        "{file}: more than {max} input pairs rejected, so this is not read as a fleet list and nothing was written; \
+         check its format and columns by planning its first lines alone (head -n 1000)",
+        max = MAX_REJECTED_PAIRS_PER_INPUT
+    )]
+    TooManyRejected { file: String },
     /// More items than a plan can index (over four billion).
     #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]
     TooLarge,
@@ -310,6 +326,7 @@ struct Builder {
     items: Vec<Item>,
     rejections: Vec<RejectedPair>,
     too_large: bool,
+    too_many_rejected: bool,
 }
 
 impl Builder {
@@ -328,6 +345,26 @@ impl Builder {
                 key_ids,
                 region,
             } => {
+                let pairs = (instance_ids.len() as u64).saturating_mul(key_ids.len() as u64);
+                if pairs > MAX_PAIRS_PER_SET_ROW {
+                    let region = region
+                        .as_ref()
+                        .and_then(|r| r.as_ref().ok())
+                        .map(|r| ids::shorten(r));
+                    self.reject(
+                        row.position,
+                        region,
+                        None,
+                        None,
+                        format!(
+                            "the set expands to {pairs} pairs ({} instances x {} keys), more than \
+                             {MAX_PAIRS_PER_SET_ROW} per row; split it into smaller sets",
+                            instance_ids.len(),
+                            key_ids.len()
+                        ),
+                    );
+                    return;
+                }
                 let mut n = 0u32;
                 for instance_id in instance_ids {
                     for key_id in key_ids {
@@ -424,6 +461,11 @@ impl Builder {
         key_id: Option<String>,
         reason: String,
     ) {
+        if self.rejections.len() as u64 >= MAX_REJECTED_PAIRS_PER_INPUT {
+            // Refused at the end; nothing more is kept meanwhile.
+            self.too_many_rejected = true;
+            return;
+        }
         let link = self.rejections.len() as u32;
         self.rejections.push(RejectedPair {
             region,
@@ -443,6 +485,9 @@ impl Builder {
     }
 
     fn push(&mut self, item: Item) {
+        if self.too_many_rejected {
+            return;
+        }
         if self.items.len() >= u32::MAX as usize {
             self.too_large = true;
             return;
@@ -460,8 +505,14 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         items: Vec::new(),
         rejections: Vec::new(),
         too_large: false,
+        too_many_rejected: false,
     };
     let digest = input::read_input(path, options.format, |row| builder.add_row(row))?;
+    if builder.too_many_rejected {
+        return Err(PlanError::TooManyRejected {
+            file: input::display_name(path),
+        });
+    }
     if builder.too_large {
         return Err(PlanError::TooLarge);
     }
@@ -780,7 +831,7 @@ pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, Store
 
 /// Jobs for failed pairs sent again (`keyfleet retry`): chunked like a plan, each
 /// pair keeping the ForceStop of the job it failed in.
-pub fn chunk_failed(pairs: &[crate::store::queue::FailedPair]) -> Vec<JobSpec> {
+pub fn chunk_requeued(pairs: &[crate::store::queue::RequeuedPair]) -> Vec<JobSpec> {
     let refs = |force_stop: bool| {
         pairs
             .iter()

@@ -7,6 +7,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::Secret;
 
@@ -39,7 +40,8 @@ pub fn scope_date(timestamp: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The derived keys of the TC3 key chain.
+/// The derived keys of the TC3 key chain: each signs for a day, so they are
+/// zeroed when dropped, like the SecretKey they come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChain {
     pub k_date: [u8; 32],
@@ -47,9 +49,18 @@ pub struct KeyChain {
     pub k_signing: [u8; 32],
 }
 
+impl Drop for KeyChain {
+    fn drop(&mut self) {
+        self.k_date.zeroize();
+        self.k_service.zeroize();
+        self.k_signing.zeroize();
+    }
+}
+
 /// Derives `kDate`, `kService` and `kSigning` from the secret key.
 pub fn key_chain(secret_key: &str, date: &str, service: &str) -> KeyChain {
-    let k_date = hmac_sha256(format!("TC3{secret_key}").as_bytes(), date.as_bytes());
+    let prefixed = Zeroizing::new(format!("TC3{secret_key}"));
+    let k_date = hmac_sha256(prefixed.as_bytes(), date.as_bytes());
     let k_service = hmac_sha256(&k_date, service.as_bytes());
     let k_signing = hmac_sha256(&k_service, TERMINATOR.as_bytes());
     KeyChain {
@@ -158,7 +169,7 @@ pub enum VerifyError {
     #[error(
         "the signature expired: the request's timestamp is {skew_secs} s from the server's clock (at most {MAX_CLOCK_SKEW_SECS} s)"
     )]
-    Expired { skew_secs: i64 },
+    Expired { skew_secs: u64 },
     #[error("the SecretId is not found")]
     UnknownSecretId,
     #[error("the request signature does not match")]
@@ -277,8 +288,9 @@ pub fn verify(
         .header("x-tc-timestamp")
         .and_then(|v| v.trim().parse().ok())
         .ok_or(VerifyError::BadTimestamp)?;
-    let skew_secs = (now - timestamp).abs();
-    if skew_secs > MAX_CLOCK_SKEW_SECS {
+    // `abs_diff`: a timestamp near i64::MIN must not overflow past the check.
+    let skew_secs = now.abs_diff(timestamp);
+    if skew_secs > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
         return Err(VerifyError::Expired { skew_secs });
     }
     let secret_key = secret_for(&auth.secret_id).ok_or(VerifyError::UnknownSecretId)?;
@@ -545,6 +557,19 @@ mod tests {
         let expired = check(&sent, NOW + 301).unwrap_err();
         assert_eq!(expired, VerifyError::Expired { skew_secs: 301 });
         assert_eq!(expired.code(), "AuthFailure.SignatureExpire");
+
+        // now - 2^63 wrapped `(now - timestamp).abs()` and skipped the skew check
+        // (or panicked in a debug build): it is simply expired.
+        for timestamp in [i64::MIN, i64::MIN + 1, NOW.wrapping_sub(i64::MAX), i64::MAX] {
+            let ancient = send(ACTION, "ap-guangzhou", timestamp, "h", JSON, SECRET_KEY);
+            assert_eq!(
+                check(&ancient, NOW),
+                Err(VerifyError::Expired {
+                    skew_secs: NOW.abs_diff(timestamp)
+                }),
+                "timestamp {timestamp}"
+            );
+        }
 
         let mut missing = send(ACTION, "ap-guangzhou", NOW, "h", JSON, SECRET_KEY);
         missing.headers.retain(|(n, _)| n != "Authorization");

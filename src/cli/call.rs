@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use keyfleet::api::{CallError, ClientConfig, CvmClient};
+use keyfleet::api::{self, CallError, ClientConfig, CvmClient};
+use keyfleet::display::escape;
 use keyfleet::{credentials, cvm, ids, taxonomy};
 use serde_json::json;
 
@@ -90,7 +91,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     let profile = global.profile.as_deref();
     let region = credentials::resolve_region(global.region.as_deref(), profile)?;
-    let credentials = credentials::resolve_credentials(profile)?;
+    let credentials = super::resolve_credentials(profile)?;
     let endpoint = global.endpoint();
     tracing::info!(
         region = %region.name,
@@ -105,8 +106,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         connect_timeout: args.connect_timeout,
         request_timeout: args.timeout,
         resolve: global.resolve.clone(),
+        insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;
+    warn_about_transport(&client);
 
     match args.action {
         Action::Disassociate(_) => {
@@ -130,7 +133,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
                             instances.len(),
                             region.name
                         );
-                        println!("{}", success.request_id);
+                        println!("{}", escape(&success.request_id));
                     }
                     Ok(exit::OK)
                 }
@@ -158,6 +161,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// The warning `--insecure-http` promises, on stderr, before anything is sent.
+pub(crate) fn warn_about_transport(client: &CvmClient) {
+    if client.transport() == api::Transport::InsecureHttp {
+        eprintln!(
+            "warning: --insecure-http: requests to {} travel in clear; anyone on the way can read \
+             the SecretId and token and replay a signed request for about 5 minutes",
+            escape(client.endpoint())
+        );
+    }
+}
+
 /// Prints a failed call: the human version to stderr, and with `--json` an object to stdout.
 fn report_failure(err: &CallError, action: cvm::Action, as_json: bool) -> anyhow::Result<u8> {
     let class = err.class(action);
@@ -176,12 +190,15 @@ fn report_failure(err: &CallError, action: cvm::Action, as_json: bool) -> anyhow
             "body_prefix": body_prefix,
         }))?;
     }
-    eprintln!("error: {}: {}", err.code(), err.message());
+    eprintln!("error: {}: {}", escape(&err.code()), escape(&err.message()));
     eprintln!(
         "  class:       {class} (in a run: {})",
         taxonomy::action(class)
     );
-    eprintln!("  request id:  {}", err.request_id().unwrap_or("none"));
+    eprintln!(
+        "  request id:  {}",
+        escape(err.request_id().unwrap_or("none"))
+    );
     if let Some(status) = err.http_status() {
         eprintln!("  http status: {status}");
     }

@@ -174,6 +174,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         connect_timeout: args.exec.connect_timeout,
         request_timeout: args.exec.timeout,
         resolve: Vec::new(),
+        // The demo's simulator is on 127.0.0.1.
+        insecure_http: false,
     })?;
     let demo_global = GlobalArgs {
         db: db.clone(),

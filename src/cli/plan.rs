@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use keyfleet::display::escape;
 use keyfleet::input::Format;
 use keyfleet::plan::{self, PlanOptions, PlanOutcome};
 use keyfleet::store::Store;
@@ -71,13 +72,17 @@ fn human(outcome: &PlanOutcome) -> String {
     } else {
         text.push_str(&format!("planned run {}\n", s.run_id));
     }
-    text.push_str(&format!("  input        {}\n", s.input_path));
+    text.push_str(&format!("  input        {}\n", escape(&s.input_path)));
     text.push_str(&format!("  rows read    {}\n", s.rows));
     text.push_str(&format!("  valid pairs  {}\n", s.pairs));
     text.push_str(&format!("  duplicates   {}\n", s.duplicates));
     text.push_str(&format!("  rejected     {}\n", s.rejected));
     for r in &s.rejections {
-        text.push_str(&format!("    {}: {}\n", r.position, r.reason));
+        text.push_str(&format!(
+            "    {}: {}\n",
+            escape(&r.position),
+            escape(&r.reason)
+        ));
     }
     if s.rejected > s.rejections.len() as i64 {
         text.push_str(&format!(

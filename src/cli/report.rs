@@ -8,6 +8,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use keyfleet::display;
 use keyfleet::store::Store;
 use keyfleet::store::plan::ItemStatus;
 use keyfleet::store::report::{self, ReportRow};
@@ -47,6 +48,11 @@ pub struct Args {
     /// Only rows with this status: succeeded, failed, rejected, duplicate, pending.
     #[arg(long, value_parser = clap::value_parser!(StatusArg))]
     only: Option<StatusArg>,
+    /// CSV: write every cell byte for byte. By default control characters are escaped
+    /// and a cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, so a
+    /// spreadsheet shows it as text (README, "Security"). JSON is always exact.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +153,14 @@ async fn emit<W: Write>(
             csv.write_record(COLUMNS)?;
             report::for_each_report_row(store, run_id, only, |row| {
                 rows += 1;
-                csv.write_record(csv_fields(&row))
+                let fields = csv_fields(&row);
+                if args.raw {
+                    csv.write_record(&fields)
+                } else {
+                    // One call per cell, borrowing when the cell is already safe.
+                    let cells = fields.each_ref().map(|f| display::csv_cell(f));
+                    csv.write_record(cells.iter().map(|c| c.as_bytes()))
+                }
             })
             .await??;
             let out = csv.into_inner().map_err(|e| e.into_error())?;
@@ -195,6 +208,7 @@ pub async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::
         format: ReportFormat::Csv,
         output: Some(path.to_path_buf()),
         only: None,
+        raw: false,
     };
     write_report(store, &args).await
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use keyfleet::api::{ClientConfig, CvmClient};
 use keyfleet::credentials;
+use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
 use keyfleet::plan::{self, InputCheck, PlanOptions};
@@ -41,6 +42,13 @@ pub struct ExecFlags {
     /// How to show progress on stderr.
     #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
     pub progress: progress::Mode,
+    /// Do not verify at the end (by default every pair is checked against the cloud's
+    /// own state with DescribeInstances once the run finishes; see `keyfleet verify`).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Seconds the closing verification keeps looking at instances still OPERATING.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    pub verify_wait: Duration,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -123,7 +131,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
         for r in &s.rejections {
-            eprintln!("  rejected {}: {}", r.position, r.reason);
+            eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
     execute_with_client(&store, s.run_id, &args.exec, global).await
@@ -146,7 +154,7 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = report::resolve_run(&store, args.run).await?;
     let mut requeue = store.begin_requeue(run_id, &args.codes).await?;
-    for job in plan::chunk_failed(requeue.pairs()) {
+    for job in plan::chunk_requeued(requeue.pairs()) {
         requeue
             .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
             .await?;
@@ -206,28 +214,80 @@ pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot use database {}", path.display()))
 }
 
-/// Builds the real API client from the global flags and executes the run.
-pub async fn execute_with_client(
-    store: &Store,
-    run_id: i64,
-    flags: &ExecFlags,
-    global: &GlobalArgs,
-) -> anyhow::Result<u8> {
-    let credentials = credentials::resolve_credentials(global.profile.as_deref())?;
+/// The real API client, from the global flags and the execution's timeouts.
+pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
+    let credentials = super::resolve_credentials(global.profile.as_deref())?;
     let endpoint = global.endpoint();
-    tracing::info!(%endpoint, credentials_source = %credentials.source, run_id, "executing");
+    tracing::info!(%endpoint, credentials_source = %credentials.source, "API client");
     let client = CvmClient::new(ClientConfig {
         endpoint,
         credentials,
         connect_timeout: flags.connect_timeout,
         request_timeout: flags.timeout,
         resolve: global.resolve.clone(),
+        insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;
-    execute(store, run_id, Arc::new(client), flags, global).await
+    super::call::warn_about_transport(&client);
+    Ok(Arc::new(client))
 }
 
-/// Executes with the given API, showing progress, and prints the summary.
+/// Builds the real API client from the global flags, executes the run, and (unless
+/// `--no-verify`) verifies it.
+pub async fn execute_with_client(
+    store: &Store,
+    run_id: i64,
+    flags: &ExecFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let client = build_client(flags, global)?;
+    execute(store, run_id, client, flags, global).await
+}
+
+/// What [`execute_quietly`] ended with.
+pub enum Executed {
+    /// The execution ended (finished or stopped); nothing printed yet.
+    Summary(Summary),
+    /// It could not go on (storage): the message is printed; exit with this code.
+    Exit(u8),
+}
+
+/// Executes with progress and Ctrl-C handling, printing nothing but errors.
+pub async fn execute_quietly(
+    store: &Store,
+    run_id: i64,
+    api: Arc<CvmClient>,
+    config: ExecConfig,
+    flags: &ExecFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<Executed> {
+    let counters = Arc::new(Counters::default());
+    let stop = StopSignal::default();
+    let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.timeout));
+    let display = Display::start(flags.progress, counters.clone());
+    let result = executor::execute(store, run_id, api, &config, counters, stop).await;
+    display.finish().await;
+    interrupts.abort();
+    match result {
+        Ok(summary) => Ok(Executed::Summary(summary)),
+        // Another live process owns the run: nothing was done here.
+        Err(error @ executor::ExecError::Lease(_)) => Err(error.into()),
+        Err(error) => {
+            eprintln!(
+                "error: run {run_id} stopped: {}",
+                escape(&error.to_string())
+            );
+            eprintln!(
+                "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
+                db_flag(global)
+            );
+            Ok(Executed::Exit(exit::STOPPED))
+        }
+    }
+}
+
+/// Executes with the given API, showing progress, prints the summary, and verifies
+/// a finished run unless `--no-verify`.
 pub async fn execute(
     store: &Store,
     run_id: i64,
@@ -235,28 +295,39 @@ pub async fn execute(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let counters = Arc::new(Counters::default());
-    let stop = StopSignal::default();
-    let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.timeout));
-    let display = Display::start(flags.progress, counters.clone());
-    let result = executor::execute(store, run_id, api, &flags.exec_config(), counters, stop).await;
-    display.finish().await;
-    interrupts.abort();
-    let summary = match result {
-        Ok(summary) => summary,
-        // Another live process owns the run: nothing was done here.
-        Err(error @ executor::ExecError::Lease(_)) => return Err(error.into()),
-        Err(error) => {
-            eprintln!("error: run {run_id} stopped: {error}");
-            eprintln!(
-                "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
-                db_flag(global)
-            );
-            return Ok(exit::STOPPED);
-        }
+    let summary = match execute_quietly(
+        store,
+        run_id,
+        api.clone(),
+        flags.exec_config(),
+        flags,
+        global,
+    )
+    .await?
+    {
+        Executed::Summary(summary) => summary,
+        Executed::Exit(code) => return Ok(code),
     };
     print_summary(&summary, global);
-    Ok(exit_code(&summary))
+    let code = exit_code(&summary);
+    // Verify what this execution did; a run with nothing left to send (a resume of a
+    // finished run) is verified only on request (`keyfleet verify`).
+    if summary.stopped.is_some() || flags.no_verify || summary.requests == 0 {
+        return Ok(code);
+    }
+    let verification =
+        match super::verify::verify_run(store, run_id, api, flags.verify_wait, flags, global)
+            .await?
+        {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        };
+    super::verify::print_verification(&verification, global);
+    Ok(if code == exit::OK && !verification.all_gone() {
+        exit::FAILED
+    } else {
+        code
+    })
 }
 
 /// First Ctrl-C: stop dispatching and let requests in flight finish. Second: exit at once
@@ -290,7 +361,7 @@ pub fn exit_code(summary: &Summary) -> u8 {
     }
 }
 
-fn db_flag(global: &GlobalArgs) -> String {
+pub fn db_flag(global: &GlobalArgs) -> String {
     if global.db == Path::new(keyfleet::store::DEFAULT_DB) {
         String::new()
     } else {
@@ -304,7 +375,10 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let elapsed = summary.elapsed.as_secs_f64();
     match &summary.stopped {
         None => eprintln!("\nrun {run} finished in {elapsed:.1} s"),
-        Some(reason) => eprintln!("\nrun {run} stopped after {elapsed:.1} s: {reason}"),
+        Some(reason) => eprintln!(
+            "\nrun {run} stopped after {elapsed:.1} s: {}",
+            escape(&reason.to_string())
+        ),
     }
     eprintln!(
         "  pairs:    {} succeeded, {} failed, {} rejected, {} duplicate, {} pending",
@@ -314,7 +388,7 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
         let codes: Vec<String> = summary
             .failures_by_code
             .iter()
-            .map(|(code, n)| format!("{code} {n}"))
+            .map(|(code, n)| format!("{} {n}", escape(code)))
             .collect();
         eprintln!("  failures: {}", codes.join(", "));
     }

@@ -1,5 +1,6 @@
 //! `keyfleet runs`: the runs in the database, newest first.
 
+use keyfleet::display::escape;
 use keyfleet::store::{Store, report};
 
 use crate::GlobalArgs;
@@ -42,14 +43,14 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             "{:>5}  {:<20}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}  {}",
             r.run_id,
             super::status::utc(r.created_at),
-            r.state,
+            escape(&r.state),
             r.pairs,
             count("succeeded"),
             count("failed"),
             count("pending"),
             r.rejected,
             r.jobs,
-            r.input_path
+            escape(&r.input_path)
         );
     }
     Ok(crate::exit::OK)

@@ -1,5 +1,6 @@
 //! `keyfleet status [RUN]`: where a run stands.
 
+use keyfleet::display::escape;
 use keyfleet::store::{Store, report};
 
 use crate::GlobalArgs;
@@ -37,14 +38,16 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     println!(
         "run {} ({}): {}",
-        status.run_id, status.state, status.input_path
+        status.run_id,
+        escape(&status.state),
+        escape(&status.input_path)
     );
     if let Some(reason) = &status.stop_reason {
-        println!("  stopped because {reason}");
+        println!("  stopped because {}", escape(reason));
     }
     let list = |map: &std::collections::BTreeMap<String, i64>| {
         map.iter()
-            .map(|(k, v)| format!("{k} {v}"))
+            .map(|(k, v)| format!("{} {v}", escape(k)))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -57,7 +60,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if !status.failures_by_code.is_empty() {
         println!("  failed pairs by error code:");
         for (code, n) in &status.failures_by_code {
-            println!("    {code:<52} {n}");
+            println!("    {:<52} {n}", escape(code));
         }
     }
     println!("  created   {}", utc(status.created_at));

@@ -17,8 +17,12 @@ use std::future::Future;
 
 use serde_json::{Value, json};
 
+use crate::api::{self, InstanceInfo};
 use crate::cvm::Action;
+use crate::store::Verified;
+use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
+use crate::store::verify::VerifyPayload;
 use crate::taxonomy::Classification;
 
 use super::isolate;
@@ -108,6 +112,13 @@ pub enum Proof {
     /// The API accepted the operation: every pending pair of the job is covered by
     /// the reply's RequestId.
     Accepted,
+    /// A read of the cloud's state: what it says of each item (by id). With
+    /// `recheck_at`, some instance's operation was still running and the job is to
+    /// look again then; the verdicts so far are kept meanwhile.
+    Observed {
+        verified: Vec<(i64, Verified)>,
+        recheck_at: Option<i64>,
+    },
 }
 
 /// The (instance ids, key ids) of one child of a divided batch.
@@ -184,6 +195,106 @@ impl JobAction for KeyPairOperation {
     }
 }
 
+/// How long a verification batch waits before looking again at an instance whose
+/// operation is still running.
+pub const RECHECK_EVERY_MS: i64 = 2_000;
+
+/// `LatestOperationState` while an operation runs, and when it ended badly.
+const OPERATING: &str = "OPERATING";
+const FAILED: &str = "FAILED";
+
+/// What the cloud says of one pair: the instance as DescribeInstances showed it (or
+/// `None`: not there), the key, and the RequestId of the operation that claimed it.
+pub fn verdict(
+    instance: Option<&InstanceInfo>,
+    key_id: &str,
+    request_id: Option<&str>,
+) -> Verified {
+    let Some(instance) = instance else {
+        return Verified::InstanceMissing;
+    };
+    if !instance.key_ids.iter().any(|k| k == key_id) {
+        return Verified::Gone;
+    }
+    let state = instance.latest_operation_state.as_deref();
+    let ours =
+        request_id.is_some() && instance.latest_operation_request_id.as_deref() == request_id;
+    match state {
+        Some(OPERATING) => Verified::Operating,
+        Some(FAILED) if ours => Verified::OperationFailed,
+        _ => Verified::StillBound,
+    }
+}
+
+/// A verification batch: `DescribeInstances` of up to 100 instances, read against
+/// the items in the job's payload (those of its instances, after any split).
+struct VerifyBatch;
+
+impl VerifyBatch {
+    fn payload(job: &QueuedJob) -> Result<VerifyPayload, String> {
+        let text = job
+            .payload
+            .as_deref()
+            .ok_or("a verification job has no payload")?;
+        serde_json::from_str(text).map_err(|e| format!("job {}: unreadable payload: {e}", job.id))
+    }
+}
+
+impl JobAction for VerifyBatch {
+    fn action(&self) -> Action {
+        Action::DescribeInstances
+    }
+
+    fn call(&self, job: &QueuedJob) -> Call {
+        Call {
+            action: Action::DescribeInstances,
+            region: job.region.clone(),
+            body: json!({ "InstanceIds": job.instance_ids, "Limit": crate::ids::MAX_IDS_PER_REQUEST }),
+        }
+    }
+
+    fn read(&self, job: &QueuedJob, reply: &Reply) -> Result<Proof, String> {
+        let payload = Self::payload(job)?;
+        let limit = crate::ids::MAX_IDS_PER_REQUEST as u64;
+        let page = api::parse_instance_page(&reply.response, &reply.request_id, 0, limit)
+            .map_err(|e| e.message())?;
+        let now = now_ms();
+        let mut operating = false;
+        let verified: Vec<(i64, Verified)> = payload
+            .items
+            .iter()
+            .filter(|item| job.instance_ids.binary_search(&item.instance_id).is_ok())
+            .map(|item| {
+                let instance = page
+                    .instances
+                    .iter()
+                    .find(|i| i.instance_id == item.instance_id);
+                let value = verdict(instance, &item.key_id, item.request_id.as_deref());
+                operating |= value == Verified::Operating;
+                (item.item_id, value)
+            })
+            .collect();
+        let recheck_at = (operating && now < payload.recheck_until)
+            .then(|| (now + RECHECK_EVERY_MS).min(payload.recheck_until));
+        Ok(Proof::Observed {
+            verified,
+            recheck_at,
+        })
+    }
+
+    fn split(&self, job: &QueuedJob, error: Classification, message: &str) -> Option<Vec<Shape>> {
+        // Only instances divide a read; every child keeps the whole key list.
+        isolate::split(&job.instance_ids, &job.key_ids, error.scope, message).map(|children| {
+            children
+                .into_iter()
+                .filter(|(i, _)| !i.is_empty())
+                .collect()
+        })
+    }
+}
+
+static VERIFY: VerifyBatch = VerifyBatch;
+
 static DISASSOCIATE: KeyPairOperation = KeyPairOperation(Action::DisassociateInstancesKeyPairs);
 static ASSOCIATE: KeyPairOperation = KeyPairOperation(Action::AssociateInstancesKeyPairs);
 
@@ -192,7 +303,8 @@ pub fn job_action(action: Action) -> Option<&'static dyn JobAction> {
     match action {
         Action::DisassociateInstancesKeyPairs => Some(&DISASSOCIATE),
         Action::AssociateInstancesKeyPairs => Some(&ASSOCIATE),
-        Action::DescribeInstances | Action::DescribeKeyPairs | Action::DescribeRegions => None,
+        Action::DescribeInstances => Some(&VERIFY),
+        Action::DescribeKeyPairs | Action::DescribeRegions => None,
     }
 }
 
@@ -230,6 +342,108 @@ mod tests {
             associate.call(&job(false)).action,
             Action::AssociateInstancesKeyPairs
         );
+    }
+
+    fn instance(keys: &[&str], state: Option<&str>, request_id: Option<&str>) -> InstanceInfo {
+        InstanceInfo {
+            instance_id: "ins-00000001".into(),
+            instance_state: "STOPPED".into(),
+            os_name: "TencentOS".into(),
+            key_ids: keys.iter().map(|k| k.to_string()).collect(),
+            latest_operation: Some("DisassociateInstancesKeyPairs".into()),
+            latest_operation_state: state.map(str::to_string),
+            latest_operation_request_id: request_id.map(str::to_string),
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_clouds_own_state() {
+        let key = "skey-00000001";
+        let ours = Some("req-1");
+        assert_eq!(verdict(None, key, ours), Verified::InstanceMissing);
+        let gone = instance(&["skey-00000002"], Some("SUCCESS"), ours);
+        assert_eq!(verdict(Some(&gone), key, ours), Verified::Gone);
+        let running = instance(&[key], Some("OPERATING"), ours);
+        assert_eq!(verdict(Some(&running), key, ours), Verified::Operating);
+        let failed = instance(&[key], Some("FAILED"), ours);
+        assert_eq!(verdict(Some(&failed), key, ours), Verified::OperationFailed);
+        // Someone else's failed operation says nothing of ours: the key is still bound.
+        assert_eq!(
+            verdict(Some(&failed), key, Some("req-2")),
+            Verified::StillBound
+        );
+        assert_eq!(verdict(Some(&failed), key, None), Verified::StillBound);
+        let untouched = instance(&[key], None, None);
+        assert_eq!(verdict(Some(&untouched), key, None), Verified::StillBound);
+    }
+
+    #[test]
+    fn a_verification_batch_reads_its_items_and_rechecks_while_operating() {
+        let payload = VerifyPayload {
+            recheck_until: now_ms() + 60_000,
+            items: vec![
+                crate::store::verify::VerifyItem {
+                    item_id: 10,
+                    instance_id: "ins-00000001".into(),
+                    key_id: "skey-00000001".into(),
+                    request_id: Some("req-1".into()),
+                },
+                crate::store::verify::VerifyItem {
+                    item_id: 11,
+                    instance_id: "ins-00000002".into(),
+                    key_id: "skey-00000001".into(),
+                    request_id: Some("req-1".into()),
+                },
+            ],
+        };
+        let mut job = job(false);
+        job.action = Action::DescribeInstances;
+        job.payload = Some(serde_json::to_string(&payload).unwrap());
+        let action = job_action(Action::DescribeInstances).unwrap();
+        assert_eq!(
+            action.call(&job).body["InstanceIds"],
+            json!(job.instance_ids)
+        );
+        let reply = Reply {
+            request_id: "req-9".into(),
+            http_status: 200,
+            response: json!({
+                "TotalCount": 1,
+                "InstanceSet": [{
+                    "InstanceId": "ins-00000001",
+                    "LoginSettings": {"KeyIds": ["skey-00000001"]},
+                    "LatestOperationState": "OPERATING",
+                    "LatestOperationRequestId": "req-1"
+                }],
+                "RequestId": "req-9"
+            }),
+        };
+        let Proof::Observed {
+            verified,
+            recheck_at,
+        } = action.read(&job, &reply).unwrap()
+        else {
+            panic!("a read observes");
+        };
+        assert_eq!(
+            verified,
+            [(10, Verified::Operating), (11, Verified::InstanceMissing)]
+        );
+        assert!(recheck_at.is_some(), "still operating: look again");
+        // A split child reads only its own instances.
+        job.instance_ids = vec!["ins-00000002".into()];
+        let Proof::Observed {
+            verified,
+            recheck_at,
+        } = action.read(&job, &reply).unwrap()
+        else {
+            panic!("a read observes");
+        };
+        assert_eq!(verified, [(11, Verified::InstanceMissing)]);
+        assert_eq!(recheck_at, None);
+        job.payload = Some("{".into());
+        assert!(action.read(&job, &reply).is_err());
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct ExecConfig {
     pub throttle_delay: Duration,
     /// Seed for retry jitter; `None` draws one.
     pub seed: Option<u64>,
+    /// Send only jobs of this action (verification sends no key-pair operation);
+    /// `None` sends every job of the run.
+    pub only: Option<crate::cvm::Action>,
 }
 
 impl Default for ExecConfig {
@@ -93,6 +96,7 @@ impl Default for ExecConfig {
             retry_cap: delay::RETRY_CAP,
             throttle_delay: delay::THROTTLE_DELAY,
             seed: None,
+            only: None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct Counters {
     pub throttled: AtomicU64,
     /// Jobs split for isolation.
     pub splits: AtomicU64,
+    /// Pair verdicts recorded by verification batches.
+    pub verified: AtomicU64,
 }
 
 impl Counters {
@@ -274,9 +280,18 @@ pub async fn execute_with<A: Api>(
     )
     .await;
     let stopped = outcome.as_ref().ok().cloned().flatten();
+    // With `only`, the run is finished only if no job of another action is left.
+    let others_open = match (&outcome, config.only) {
+        (Ok(None), Some(_)) => store.open_jobs(run_id, None).await.unwrap_or(1),
+        _ => 0,
+    };
     let (state, reason) = match &outcome {
         Err(e) => (RunState::Stopped, Some(e.to_string())),
         Ok(Some(reason)) => (RunState::Stopped, Some(reason.to_string())),
+        Ok(None) if others_open > 0 => (
+            RunState::Stopped,
+            Some(format!("{others_open} jobs not sent yet (keyfleet resume)")),
+        ),
         Ok(None) => (RunState::Finished, None),
     };
     // Release even after an error, so that a resume does not wait for the lease.
@@ -508,7 +523,12 @@ async fn dispatch<A: Api>(
         let now = now_ms();
         let claimed = locked(&shared.claimed).len();
         let due = store
-            .due_jobs(run_id, now, (concurrency * 2 + claimed) as i64)
+            .due_jobs(
+                run_id,
+                shared.config.only,
+                now,
+                (concurrency * 2 + claimed) as i64,
+            )
             .await?;
         let due: Vec<QueuedJob> = {
             let claimed = locked(&shared.claimed);
@@ -519,9 +539,11 @@ async fn dispatch<A: Api>(
         if due.is_empty() {
             drop(first);
             let in_flight = concurrency - permits.available_permits();
-            let next_due = store.next_due_after(run_id, now).await?;
+            let next_due = store
+                .next_due_after(run_id, shared.config.only, now)
+                .await?;
             if in_flight == 0 && next_due.is_none() {
-                if store.open_jobs(run_id).await? == 0 {
+                if store.open_jobs(run_id, shared.config.only).await? == 0 {
                     return Ok(());
                 }
                 // Jobs marked in flight with no request of ours behind them: this
@@ -750,8 +772,20 @@ async fn send_and_record<A: Api>(
     let finished_at = now_ms();
     let refused = match reply {
         Ok(reply) => match action.read(&job, &reply) {
-            Ok(Proof::Accepted) => {
+            Ok(proof) => {
                 shared.limiter.feedback(key, Feedback::Passed);
+                let request_id = reply.request_id.clone();
+                let outcome = match proof {
+                    Proof::Accepted => Outcome::Succeeded { request_id },
+                    Proof::Observed {
+                        verified,
+                        recheck_at,
+                    } => Outcome::Observed {
+                        request_id,
+                        verified,
+                        recheck_at,
+                    },
+                };
                 let finish = Finish {
                     attempt_id,
                     job_id: job.id,
@@ -759,10 +793,8 @@ async fn send_and_record<A: Api>(
                     sent_at,
                     latency_ms,
                     http_status: Some(reply.http_status),
-                    request_id: Some(reply.request_id.clone()),
-                    outcome: Outcome::Succeeded {
-                        request_id: reply.request_id,
-                    },
+                    request_id: Some(reply.request_id),
+                    outcome,
                 };
                 record(shared, &job, finish).await;
                 return;
@@ -842,6 +874,11 @@ async fn record<A>(shared: &Arc<Shared<A>>, job: &QueuedJob, finish: Finish) {
                     shared.halt(StopReason::MaxErrors { failed });
                 }
             }
+        }
+        Outcome::Observed { verified, .. } => {
+            counters
+                .verified
+                .fetch_add(verified.len() as u64, Ordering::Relaxed);
         }
         Outcome::Split { .. } | Outcome::Fatal { .. } => {}
     }

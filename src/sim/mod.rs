@@ -392,8 +392,8 @@ mod tests {
             );
             assert!(
                 taxonomy::CODES.iter().any(|rule| rule.code == *code),
-                "{code} has no row in taxonomy::CODES (it would fall back to {:?})",
-                taxonomy::classify(crate::cvm::Action::DisassociateInstancesKeyPairs, code)
+                "{code} has no row in taxonomy::CODES (it would fall back to {})",
+                taxonomy::classify(crate::cvm::Action::DisassociateInstancesKeyPairs, code).class
             );
         }
     }

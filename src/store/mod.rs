@@ -5,12 +5,14 @@
 //! executor's claims, attempts, splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
+#[cfg(unix)]
+mod guard;
 pub mod plan;
 pub mod report;
 pub mod states;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 pub mod queue;
@@ -31,8 +33,20 @@ pub const DEFAULT_DB: &str = "keyfleet.db";
 /// Store failures. A per-pair outcome is data, not an error: these are setup or I/O failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}: {source}", path = path.display())]
     Open { path: PathBuf, source: sqlx::Error },
+    /// The database, its `-wal`/`-shm` or a directory above it is not safely the
+    /// user's own (another owner, writable by others, a symlink, read-only): nothing
+    /// was opened. `reason` says why, `fix` what to do.
+    #[error("refusing database {path}: {reason}; {fix}", path = path.display())]
+    Unsafe {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
+    /// The database's files could not be created or inspected before opening.
+    #[error("cannot open database {path}: {detail}", path = path.display())]
+    Prepare { path: PathBuf, detail: String },
     #[error("cannot migrate database {path}: {source}")]
     Migrate {
         path: PathBuf,
@@ -65,6 +79,11 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     ///
+    /// `path` is a file name, never a URL: `%`, `?` and `:memory:` are part of the name.
+    /// Before SQLite sees it, the database, its `-wal`/`-shm` and the directories above
+    /// are checked to be the user's own, and missing files are created mode 0600
+    /// (see `store/guard.rs`; refusals are [`StoreError::Unsafe`]).
+    ///
     /// WAL with `synchronous=FULL`: a committed plan or outcome survives a power loss,
     /// not only a `kill -9`. Foreign keys on; a busy timeout so that a second process
     /// waits briefly instead of failing at once.
@@ -73,8 +92,15 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(open_err)?
+        #[cfg(unix)]
+        let filename = guard::prepare(path)?;
+        #[cfg(not(unix))]
+        let filename = std::path::absolute(path).map_err(|err| StoreError::Prepare {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(&filename)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -88,7 +114,6 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        restrict_to_owner(path);
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -118,21 +143,6 @@ impl Store {
     }
 }
 
-/// The database holds instance ids and request ids of a fleet: owner-only, like an SSH key.
-fn restrict_to_owner(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
-            if file.exists() {
-                // Best effort: a file we cannot chmod (not ours) is still usable.
-                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +162,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+        #[cfg(unix)]
+        {
+            // While open, in WAL mode: the database, -wal and -shm are all owner-only.
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let file = PathBuf::from(format!("{}{suffix}", path.display()));
+                let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+            }
+        }
         store.close().await;
         Store::open(&path).await.unwrap().close().await;
         #[cfg(unix)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::states::{ItemStatus, JobState, RunState};
+use super::states::{ItemStatus, JobState, RunState, Verified};
 use super::{Store, StoreError, now_ms};
 use crate::cvm::Action;
 
@@ -150,6 +150,14 @@ pub enum Outcome {
     /// Success: the action accepted, proven by the reply's RequestId; every pending
     /// pair of the job succeeds with it.
     Succeeded { request_id: String },
+    /// A read of the cloud's state (verification): the verdict on each item, by id.
+    /// With `recheck_at` the job is queued again for then (nothing is spent);
+    /// otherwise it has succeeded. Pair statuses are not touched.
+    Observed {
+        request_id: String,
+        verified: Vec<(i64, Verified)>,
+        recheck_at: Option<i64>,
+    },
     /// A Retry-class failure: the budget is spent by one; the job waits or fails.
     Retry {
         error: ErrorInfo,
@@ -198,12 +206,12 @@ impl PairCounts {
     }
 }
 
-/// A failed pair of a run, as [`RequeueWriter`] offers it.
+/// A pair to send again, as [`RequeueWriter`] offers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedPair {
+pub struct RequeuedPair {
     pub item_id: i64,
     pub region: String,
-    /// The ForceStop of the job it failed in, which its new job keeps.
+    /// The ForceStop of the job it was in, which its new job keeps.
     pub force_stop: bool,
     pub instance_id: String,
     pub key_id: String,
@@ -390,15 +398,19 @@ impl Store {
 
     /// Up to `limit` queued jobs due at `now`, earliest first: their time has come
     /// and every job they depend on has succeeded.
+    /// `only` limits it to jobs of one action.
     pub async fn due_jobs(
         &self,
         run_id: i64,
+        only: Option<Action>,
         now: i64,
         limit: i64,
     ) -> Result<Vec<QueuedJob>, StoreError> {
+        let only = only.map(Action::name);
         let rows = sqlx::query(
             "SELECT id, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
              FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
+             AND (? IS NULL OR action = ?) \
              AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
                              WHERE d.job_id = j.id AND p.state != ?) \
              ORDER BY next_attempt_at, id LIMIT ?",
@@ -406,6 +418,8 @@ impl Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(now)
+        .bind(only)
+        .bind(only)
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
         .fetch_all(self.pool())
@@ -434,27 +448,39 @@ impl Store {
     /// When the earliest queued job that is not yet due at `now` falls due. Jobs due
     /// already are the dispatcher's to claim; jobs waiting for others are left out
     /// (they become due when those succeed, which a reply announces).
-    pub async fn next_due_after(&self, run_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
+    pub async fn next_due_after(
+        &self,
+        run_id: i64,
+        only: Option<Action>,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let only = only.map(Action::name);
         Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE run_id = ? AND state = ? AND next_attempt_at > ?",
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE run_id = ? AND state = ? AND next_attempt_at > ? \
+             AND (? IS NULL OR action = ?)",
         )
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(now)
+        .bind(only)
+        .bind(only)
         .fetch_one(self.pool())
         .await?)
     }
 
-    /// Jobs not yet final (queued or in flight).
-    pub async fn open_jobs(&self, run_id: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN (?, ?)")
-                .bind(run_id)
-                .bind(JobState::Queued.as_str())
-                .bind(JobState::InFlight.as_str())
-                .fetch_one(self.pool())
-                .await?,
+    /// Jobs not yet final (queued or in flight), of one action with `only`.
+    pub async fn open_jobs(&self, run_id: i64, only: Option<Action>) -> Result<i64, StoreError> {
+        let only = only.map(Action::name);
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN (?, ?) AND (? IS NULL OR action = ?)",
         )
+        .bind(run_id)
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::InFlight.as_str())
+        .bind(only)
+        .bind(only)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// Pair counts by status.
@@ -562,18 +588,34 @@ impl Store {
         run_id: i64,
         codes: &[String],
     ) -> Result<RequeueWriter, StoreError> {
+        self.begin_requeue_where(run_id, ItemStatus::Failed, codes, false)
+            .await
+    }
+
+    /// Pairs of `status` (with one of `codes`, or any when empty); with
+    /// `unverified_only`, only those verified as anything but `gone` or
+    /// `instance_missing` (a key still bound, or an operation still running or failed).
+    pub(crate) async fn begin_requeue_where(
+        &self,
+        run_id: i64,
+        status: ItemStatus,
+        codes: &[String],
+        unverified_only: bool,
+    ) -> Result<RequeueWriter, StoreError> {
         let mut jobs = self.begin_jobs(run_id).await?;
         let rows = sqlx::query(
             "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? ORDER BY i.id",
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? \
+             AND (? = 0 OR i.verified IN ('still_bound', 'operating', 'operation_failed')) ORDER BY i.id",
         )
         .bind(run_id)
-        .bind(ItemStatus::Failed.as_str())
+        .bind(status.as_str())
+        .bind(unverified_only as i64)
         .fetch_all(&mut *jobs.tx)
         .await?;
         let failed = rows
             .iter()
-            .map(|row| FailedPair {
+            .map(|row| RequeuedPair {
                 item_id: row.get("id"),
                 region: row.get("region"),
                 force_stop: row.get::<i64, _>("force_stop") != 0,
@@ -601,13 +643,15 @@ pub struct JobWriter {
 
 impl JobWriter {
     /// Adds one job, due now (once its prerequisites succeed); returns its id. Its
-    /// items, if any, become pending in it.
+    /// items, if any, become pending in it, with what an earlier job recorded of them
+    /// cleared (that history stays in the earlier job's attempts).
     pub async fn add(&mut self, job: &NewQueuedJob) -> Result<i64, StoreError> {
         let id = insert_job(&mut self.tx, self.run_id, job, None, self.now).await?;
         for chunk in job.item_ids.chunks(500) {
             let list = ids_json_i64(chunk);
             sqlx::query(
-                "UPDATE items SET job_id = ?, status = ?, error_code = NULL, error_message = NULL \
+                "UPDATE items SET job_id = ?, status = ?, error_code = NULL, error_message = NULL, \
+                 request_id = NULL, verified = NULL, verified_at = NULL, verify_request_id = NULL \
                  WHERE run_id = ? AND id IN (SELECT value FROM json_each(?))",
             )
             .bind(id)
@@ -638,12 +682,12 @@ impl JobWriter {
 /// Requeues failed pairs in new jobs (`Store::begin_requeue`).
 pub struct RequeueWriter {
     jobs: JobWriter,
-    failed: Vec<FailedPair>,
+    failed: Vec<RequeuedPair>,
 }
 
 impl RequeueWriter {
     /// The failed pairs to requeue, in input order.
-    pub fn pairs(&self) -> &[FailedPair] {
+    pub fn pairs(&self) -> &[RequeuedPair] {
         &self.failed
     }
 
@@ -757,7 +801,7 @@ async fn finish_attempt(
     finish: &Finish,
 ) -> Result<(), StoreError> {
     let (outcome, error) = match &finish.outcome {
-        Outcome::Succeeded { .. } => ("succeeded", None),
+        Outcome::Succeeded { .. } | Outcome::Observed { .. } => ("succeeded", None),
         Outcome::Retry {
             error,
             transport: true,
@@ -804,6 +848,38 @@ async fn finish_attempt(
             .bind(request_id)
             .bind(job_id)
             .bind(ItemStatus::Pending.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Outcome::Observed {
+            request_id,
+            verified,
+            recheck_at,
+        } => {
+            let verdicts: Vec<(i64, &str)> =
+                verified.iter().map(|(id, v)| (*id, v.as_str())).collect();
+            sqlx::query(
+                "UPDATE items SET verified = v.verdict, verified_at = ?, verify_request_id = ? \
+                 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS verdict \
+                       FROM json_each(?)) AS v WHERE items.id = v.id",
+            )
+            .bind(now)
+            .bind(request_id)
+            .bind(serde_json::to_string(&verdicts).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut **tx)
+            .await?;
+            let (state, next, finished_at) = match recheck_at {
+                Some(at) => (JobState::Queued, *at, None),
+                None => (JobState::Succeeded, now, Some(now)),
+            };
+            sqlx::query(
+                "UPDATE jobs SET state = ?, next_attempt_at = ?, request_id = ?, finished_at = ? WHERE id = ?",
+            )
+            .bind(state.as_str())
+            .bind(next)
+            .bind(request_id)
+            .bind(finished_at)
+            .bind(job_id)
             .execute(&mut **tx)
             .await?;
         }

@@ -331,6 +331,25 @@ const CORPUS: &[(&str, &[&str], Expect)] = &[
         },
     ),
     (
+        // OSC title, ANSI clear/colour, C1 CSI, bidi override, formulas: README, "Security".
+        "terminal_escapes.csv",
+        &[],
+        Planned {
+            rows: 7,
+            pairs: 1,
+            duplicates: 0,
+            jobs: 1,
+            rejected: &[
+                ("line 2", "instance id \"\\u{1b}]0;owned"),
+                ("line 3", "key id \"\\u{1b}[2J"),
+                ("line 4", "instance id \"=HYPERLINK("),
+                ("line 5", "region \"\\u{9b}31m"),
+                ("line 6", "key id \"-2+3\""),
+                ("line 7", "region \"ap-gu\\u{202e}angzhou\""),
+            ],
+        },
+    ),
+    (
         "formula_cells.csv",
         &[],
         Planned {

@@ -381,3 +381,476 @@ fn the_leak_check_finds_a_key_in_hex() {
     bytes.extend(hex::encode(SECRET_KEY).to_uppercase().into_bytes());
     assert_absent("a sample", &bytes, SECRET_KEY);
 }
+
+// ---------------------------------------------------------------- transport
+
+/// Proxy variables pointing at `proxy`, every spelling reqwest reads, and no exclusions.
+fn through_proxy(cmd: Cmd, proxy: &str) -> Cmd {
+    [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .fold(cmd, |cmd, name| cmd.env(name, proxy))
+    .env("NO_PROXY", "")
+    .env("no_proxy", "")
+}
+
+/// A capture listener on 127.0.0.1 standing in for a proxy on the way to a remote
+/// host: it records every connection it gets and answers 502.
+struct Capture {
+    address: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    fn start() -> Capture {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let address = listener.local_addr().expect("address");
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        // Detached: it ends with the test binary; each connection is bounded by a read timeout.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut bytes = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    }
+                }
+                log.lock().expect("log").push(bytes);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Capture { address, received }
+    }
+
+    fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().expect("log").clone()
+    }
+}
+
+/// The audit's finding 1: `--endpoint http://<name>.invalid` with a proxy sent the
+/// Authorization header and token in clear. Now `call` and `run` refuse before a
+/// single byte leaves (the capture proxy gets no connection at all); with
+/// `--insecure-http` the same request does go out, with a warning, which shows the
+/// capture would have seen it.
+#[test]
+fn an_http_endpoint_on_another_host_is_refused_before_any_byte_is_sent() {
+    let capture = Capture::start();
+    let proxy = format!("http://proxyuser:proxypass@{}", capture.address);
+    let db = TempDb::new();
+    let input = db.dir.path().join("unbind.csv");
+    std::fs::write(&input, fleet_and_input().1).expect("input");
+    let endpoint = "http://keyfleet-test.invalid";
+    let db_arg = db.path.to_str().unwrap();
+    let describe = [
+        "call",
+        "describe",
+        "--instance",
+        "ins-00000001",
+        "--region",
+        GZ,
+    ];
+    let attempts: [Vec<&str>; 2] = [
+        [&["--endpoint", endpoint][..], &describe].concat(),
+        vec![
+            "--db",
+            db_arg,
+            "--endpoint",
+            endpoint,
+            "run",
+            input.to_str().unwrap(),
+            "--progress",
+            "none",
+        ],
+    ];
+    for args in &attempts {
+        let out = through_proxy(keyfleet(db.dir.path(), SECRET_KEY, args), &proxy)
+            .env("TENCENTCLOUD_TOKEN", "kfTOKENCANARY")
+            .run();
+        let stderr = out.stderr_text();
+        assert_eq!(out.code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("uses http:// to a host that is not this machine")
+                && stderr.contains("--insecure-http"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        capture.received(),
+        Vec::<Vec<u8>>::new(),
+        "bytes reached the proxy"
+    );
+
+    // The positive control: allowed explicitly, the request goes out, and says so.
+    let args = [
+        &["-v", "--insecure-http", "--endpoint", endpoint][..],
+        &describe,
+    ]
+    .concat();
+    let out = through_proxy(keyfleet(db.dir.path(), SECRET_KEY, &args), &proxy).run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(1), "{stderr}");
+    assert!(stderr.contains("warning: --insecure-http"), "{stderr}");
+    assert!(stderr.contains("Transport.HttpStatus"), "{stderr}");
+    // The proxy is logged at info level, without its credentials.
+    assert!(
+        stderr.contains("requests go through a proxy")
+            && stderr.contains(&capture.address.to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("proxypass"), "{stderr}");
+    let received = capture.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let head = String::from_utf8_lossy(&received[0]);
+    assert!(
+        head.starts_with("POST http://keyfleet-test.invalid/"),
+        "{head}"
+    );
+}
+
+// ---------------------------------------------------------------- terminal and spreadsheet
+
+/// Characters that can act on a terminal: C0 (but the line feeds of the output), DEL, C1.
+fn controls_in(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// The audit's finding 4: `report --only rejected | cat -v` showed an OSC title, colour
+/// codes and `=HYPERLINK(...)`. Now the CSV report and the human output hold no
+/// control character and no cell a spreadsheet would run as a formula; `--raw` and
+/// JSON keep the bytes exactly.
+#[test]
+fn hostile_rows_reach_neither_a_terminal_nor_a_spreadsheet_raw() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile");
+    let db = TempDb::new();
+    let db_arg = db.path.to_str().unwrap();
+    for file in ["terminal_escapes.csv", "formula_cells.csv"] {
+        let input = corpus.join(file);
+        let planned = Cmd::new(["--db", db_arg, "plan", input.to_str().unwrap()]).run();
+        assert_eq!(planned.code, Some(0), "{}", planned.stderr_text());
+        assert_eq!(
+            controls_in(&planned.stderr_text()),
+            Vec::<char>::new(),
+            "plan output"
+        );
+
+        let run_id = Cmd::new(["--db", db_arg, "runs", "--json"]).run().json()[0]["run_id"]
+            .as_i64()
+            .expect("run id")
+            .to_string();
+        let report = Cmd::new(["--db", db_arg, "report", &run_id]).run();
+        assert_eq!(report.code, Some(0), "{}", report.stderr_text());
+        let text = report.stdout_text();
+        assert_eq!(controls_in(&text), Vec::<char>::new(), "{file}: {text}");
+        let mut cells = 0;
+        for record in csv::Reader::from_reader(text.as_bytes()).records() {
+            for cell in record.expect("csv").iter() {
+                cells += 1;
+                assert!(
+                    !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                    "{file}: cell {cell:?} starts a formula"
+                );
+            }
+        }
+        assert!(cells > 20, "{file}: {text}");
+        let status = Cmd::new(["--db", db_arg, "status", &run_id]).run();
+        assert_eq!(controls_in(&status.stdout_text()), Vec::<char>::new());
+
+        // Byte for byte: every rejected raw text (as kept, up to 40 characters) is
+        // in the --raw report exactly as JSON gives it.
+        let raw = Cmd::new(["--db", db_arg, "report", &run_id, "--raw"]).run();
+        assert_eq!(raw.code, Some(0), "{}", raw.stderr_text());
+        let raw_text = raw.stdout_text();
+        let json = Cmd::new(["--db", db_arg, "report", &run_id, "--format", "json"]).run();
+        for row in json.json().as_array().expect("rows") {
+            for column in ["instance_id", "key_id", "region"] {
+                let Some(value) = row[column].as_str() else {
+                    continue;
+                };
+                let mut writer = csv::Writer::from_writer(Vec::new());
+                writer.write_field(value).expect("csv field");
+                let quoted = String::from_utf8(writer.into_inner().expect("csv")).expect("utf-8");
+                assert!(raw_text.contains(&quoted), "{file}: --raw lacks {value:?}");
+            }
+        }
+    }
+    let raw = Cmd::new(["--db", db_arg, "report", "1", "--raw"])
+        .run()
+        .stdout;
+    for hostile in [
+        &b"\x1b]0;owned by keyfleet-test\x07"[..],
+        b"\x1b[2J\x1b[31m",
+        b"\xc2\x9b31m",
+    ] {
+        assert!(
+            raw.windows(hostile.len()).any(|w| w == hostile),
+            "--raw lost {hostile:?}"
+        );
+    }
+}
+
+/// A tiny endpoint on 127.0.0.1 that answers every request with `reply` (HTTP 200).
+fn fake_endpoint(reply: &'static str) -> String {
+    serve(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    ))
+}
+
+/// A server on 127.0.0.1 that reads each request whole and answers it with `response`.
+fn serve(response: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Head, then as many body bytes as Content-Length says.
+            let body_start = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                }
+                if let Some(i) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(body_start) = body_start else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&bytes[..body_start]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while bytes.len() < body_start + length {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    endpoint
+}
+
+/// The audit's fake server cleared the screen through an error code. Now the code,
+/// the message and the RequestId are escaped wherever they are shown: `call`, the
+/// run summary and `status`.
+#[test]
+fn an_endpoints_error_reply_cannot_drive_the_terminal() {
+    let endpoint = fake_endpoint(
+        r#"{"Response":{"Error":{"Code":"\u001b[2JInternalError.\u001b[31mOwned","Message":"\u001b]0;pwned\u0007boom \u009b2J"},"RequestId":"\u001b[5mr-1"}}"#,
+    );
+    let db = TempDb::new();
+    let db_arg = db.path.to_str().unwrap();
+    let call = keyfleet(
+        db.dir.path(),
+        SECRET_KEY,
+        &[
+            "--endpoint",
+            &endpoint,
+            "call",
+            "describe",
+            "--instance",
+            "ins-00000001",
+            "--region",
+            GZ,
+        ],
+    )
+    .run();
+    let stderr = call.stderr_text();
+    assert_eq!(call.code, Some(1), "{stderr}");
+    assert!(stderr.contains("\\u{1b}[2JInternalError"), "{stderr}");
+    assert_eq!(controls_in(&stderr), Vec::<char>::new(), "{stderr}");
+
+    let input = db.dir.path().join("unbind.csv");
+    std::fs::write(&input, fleet_and_input().1).expect("input");
+    let run = keyfleet(
+        db.dir.path(),
+        SECRET_KEY,
+        &[
+            "--db",
+            db_arg,
+            "--endpoint",
+            &endpoint,
+            "run",
+            input.to_str().unwrap(),
+            "--progress",
+            "none",
+        ],
+    )
+    .run();
+    let stderr = run.stderr_text();
+    // An unknown code is Fatal: the run stops, resumable, and the summary says why.
+    assert_eq!(run.code, Some(4), "{stderr}");
+    assert!(stderr.contains("\\u{1b}]0;pwned"), "{stderr}");
+    assert_eq!(controls_in(&stderr), Vec::<char>::new(), "{stderr}");
+    let status = Cmd::new(["--db", db_arg, "status"]).run();
+    let stdout = status.stdout_text();
+    assert!(stdout.contains("stopped because"), "{stdout}");
+    assert_eq!(controls_in(&stdout), Vec::<char>::new(), "{stdout}");
+}
+
+// ---------------------------------------------------------------- credentials and budgets
+
+/// ssh warns about a private key others can read; keyfleet warns the same way about a
+/// credential file, naming it, and still works.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_file_others_can_read_gets_a_warning_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (fleet, _) = fleet_and_input();
+    let simulator = start_sim(Duration::ZERO, fleet).await;
+    let db = TempDb::new();
+    let tccli = db.dir.path().join(".tccli");
+    std::fs::create_dir(&tccli).expect("dir");
+    let file = tccli.join("default.credential");
+    std::fs::write(
+        &file,
+        format!(r#"{{"secretId": "{SECRET_ID}", "secretKey": "{SECRET_KEY}"}}"#),
+    )
+    .expect("credential file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let endpoint = simulator.endpoint();
+    let home = db.dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Cmd::new([
+            "--endpoint",
+            &endpoint,
+            "call",
+            "describe",
+            "--instance",
+            "ins-00000001",
+            "--region",
+            GZ,
+        ])
+        .env("HOME", &home)
+        .run()
+    })
+    .await
+    .expect("call");
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}: readable or writable by group or others (mode 0644)",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert_absent("the warning", &out.stderr, SECRET_KEY);
+    simulator.shutdown().await;
+}
+
+/// The audit's 30 KB set row of 1,000 x 1,000 ids took 383 MB: now it is one rejected
+/// item with a positioned reason; and an input with more than
+/// `MAX_REJECTED_PAIRS_PER_INPUT` rejected pairs is refused whole, nothing written.
+#[test]
+fn set_rows_and_rejections_have_a_budget() {
+    use keyfleet::plan::{MAX_PAIRS_PER_SET_ROW, MAX_REJECTED_PAIRS_PER_INPUT};
+    let db = TempDb::new();
+    let db_arg = db.path.to_str().unwrap();
+    let ids: Vec<String> = (0..1000).map(|n| format!("ins-x{n:07}")).collect();
+    let keys: Vec<String> = (0..1000).map(|n| format!("skey-x{n:07}")).collect();
+    let set = json!([
+        {"InstanceIds": ids, "KeyIds": keys, "Region": GZ},
+        {"InstanceId": "ins-00000001", "KeyId": "skey-00000001", "Region": GZ}
+    ]);
+    let input = db.dir.path().join("big-set.json");
+    std::fs::write(&input, set.to_string()).expect("input");
+    let out = Cmd::new(["--db", db_arg, "plan", input.to_str().unwrap(), "--json"]).run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    let summary = out.json();
+    assert_eq!(summary["pairs"], 1, "{summary}");
+    assert_eq!(summary["rejected"], 1, "{summary}");
+    let reason = summary["rejections"][0]["reason"].as_str().expect("reason");
+    assert_eq!(summary["rejections"][0]["position"], "index 0");
+    assert!(
+        reason.contains("1000000 pairs (1000 instances x 1000 keys)")
+            && reason.contains(&format!("more than {MAX_PAIRS_PER_SET_ROW} per row")),
+        "{reason}"
+    );
+
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for n in 0..=MAX_REJECTED_PAIRS_PER_INPUT {
+        csv.push_str(&format!("bad-{n},skey-00000001,{GZ}\n"));
+    }
+    let flood = db.dir.path().join("flood.csv");
+    std::fs::write(&flood, csv).expect("flood");
+    let out = Cmd::new(["--db", db_arg, "plan", flood.to_str().unwrap()]).run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("flood.csv")
+            && stderr.contains(&format!(
+                "more than {MAX_REJECTED_PAIRS_PER_INPUT} input pairs rejected"
+            )),
+        "{stderr}"
+    );
+    let runs = Cmd::new(["--db", db_arg, "runs", "--json"]).run().json();
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(1),
+        "the flood was written: {runs}"
+    );
+}
+
+/// Redirects stay off: a signed request answered with a 307 is `Transport.HttpStatus`,
+/// and the redirect's target receives nothing (following it would send the signature,
+/// the SecretId and the token elsewhere).
+#[test]
+fn a_redirect_is_not_followed() {
+    let target = Capture::start();
+    let endpoint = serve(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{}/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        target.address
+    ));
+    let db = TempDb::new();
+    let out = keyfleet(
+        db.dir.path(),
+        SECRET_KEY,
+        &[
+            "--endpoint",
+            &endpoint,
+            "call",
+            "describe",
+            "--instance",
+            "ins-00000001",
+            "--region",
+            GZ,
+        ],
+    )
+    .run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Transport.HttpStatus") && stderr.contains("307"),
+        "{stderr}"
+    );
+    assert_eq!(
+        target.received(),
+        Vec::<Vec<u8>>::new(),
+        "the redirect was followed"
+    );
+}

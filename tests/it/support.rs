@@ -212,6 +212,11 @@ impl Cmd {
         self
     }
 
+    pub fn cwd(mut self, dir: impl AsRef<std::path::Path>) -> Cmd {
+        self.command.current_dir(dir);
+        self
+    }
+
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
         self.stdin = Some(bytes.into());
         self

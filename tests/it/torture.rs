@@ -136,14 +136,15 @@ async fn torture_sigkill_at_random_moments() {
     while killed < kills {
         let mut child = r
             .command(&args)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(r.dir.path().join("stderr.txt")).unwrap())
             .spawn()
             .unwrap();
         let moment = Duration::from_millis(rng.random_range(30..400));
         tokio::select! {
             status = child.wait() => {
                 let status = status.unwrap();
-                assert!(status.success(), "finished early with {status}");
+                let stderr = std::fs::read_to_string(r.dir.path().join("stderr.txt")).unwrap_or_default();
+                assert!(status.success(), "finished early with {status}: {stderr}");
                 break;
             }
             _ = tokio::time::sleep(moment) => {
