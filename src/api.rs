@@ -666,13 +666,7 @@ impl CvmClient {
         let (response, request_id) = self
             .call(Action::DescribeRegions.name(), region, &json!({}))
             .await?;
-        let regions = parse_set(&response, "RegionSet", &request_id, |item| {
-            Some(RegionInfo {
-                region: item.get("Region")?.as_str()?.to_string(),
-                region_name: string_field(item, "RegionName"),
-                region_state: string_field(item, "RegionState"),
-            })
-        })?;
+        let regions = parse_regions(&response, &request_id)?;
         Ok((regions, request_id))
     }
 
@@ -687,12 +681,7 @@ impl CvmClient {
         let (response, request_id) = self
             .call(Action::DescribeKeyPairs.name(), region, &body)
             .await?;
-        let keys = parse_set(&response, "KeyPairSet", &request_id, |item| {
-            Some(KeyPairInfo {
-                key_id: item.get("KeyId")?.as_str()?.to_string(),
-                associated_instance_ids: string_list(item.get("AssociatedInstanceIds")),
-            })
-        })?;
+        let keys = parse_key_pairs(&response, &request_id)?;
         Ok((keys, request_id))
     }
 
@@ -926,6 +915,27 @@ pub fn parse_instance_page(
         instances,
         total_count,
         next_offset,
+    })
+}
+
+/// Reads a `DescribeRegions` reply's `RegionSet`.
+pub fn parse_regions(response: &Value, request_id: &str) -> Result<Vec<RegionInfo>, CallError> {
+    parse_set(response, "RegionSet", request_id, |item| {
+        Some(RegionInfo {
+            region: item.get("Region")?.as_str()?.to_string(),
+            region_name: string_field(item, "RegionName"),
+            region_state: string_field(item, "RegionState"),
+        })
+    })
+}
+
+/// Reads a `DescribeKeyPairs` reply's `KeyPairSet`.
+pub fn parse_key_pairs(response: &Value, request_id: &str) -> Result<Vec<KeyPairInfo>, CallError> {
+    parse_set(response, "KeyPairSet", request_id, |item| {
+        Some(KeyPairInfo {
+            key_id: item.get("KeyId")?.as_str()?.to_string(),
+            associated_instance_ids: string_list(item.get("AssociatedInstanceIds")),
+        })
     })
 }
 

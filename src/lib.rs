@@ -37,6 +37,7 @@ pub mod api;
 pub mod credentials;
 pub mod cvm;
 pub mod delay;
+pub mod discover;
 pub mod display;
 pub mod executor;
 pub mod ids;

@@ -81,6 +81,8 @@ impl GlobalArgs {
 pub enum Command {
     /// The whole job on embedded defaults against an in-process simulator: no setup, about a minute.
     Demo(cli::demo::Args),
+    /// Find the instances holding leaked keys (DescribeInstances in every region): plan input.
+    Discover(cli::discover::Args),
     /// Plan INPUT (or find the run that planned it) and execute it: the fleet job.
     Run(cli::run::RunArgs),
     /// Continue a run where it stopped (crash, kill, Ctrl-C, fatal error); the newest by default.
@@ -158,6 +160,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Codes(args) => cli::codes::run(args),
             Command::Call(args) => cli::call::run(args, &cli.global).await,
             Command::Demo(args) => cli::demo::run(args, &cli.global).await,
+            Command::Discover(args) => cli::discover::run(args, &cli.global).await,
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,

@@ -1,12 +1,13 @@
-//! `keyfleet demo`: the whole job on embedded defaults, with no setup.
+//! `keyfleet demo`: a whole leaked-key incident on embedded defaults, with no setup.
 //!
-//! Generates a fleet and a matching rotation input, starts the simulator
-//! in-process on 127.0.0.1 with transient faults and the API's 10/s limit, plans
-//! and executes the input with progress bars, writes the report, and finally
-//! audits the simulator's fleet against what the run reports.
+//! Generates a fleet in two regions, starts the simulator in-process on 127.0.0.1
+//! with transient faults, asynchronous operations (some of which fail after being
+//! accepted) and the API's 10/s limit, then runs the runbook: `discover` the leaked
+//! key across both regions, `run` the rows it wrote (with progress bars and the
+//! closing verification), `verify --requeue` + `resume` until every pair is verified
+//! gone, the report, and an audit of the simulator's fleet against what keyfleet says.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +15,11 @@ use std::time::Duration;
 use anyhow::Context;
 use keyfleet::api::{ClientConfig, CvmClient};
 use keyfleet::credentials::Credentials;
+use keyfleet::discover::{self, DiscoverOptions};
+use keyfleet::executor::LocalLimiter;
 use keyfleet::plan::{self, PlanOptions};
 use keyfleet::secret::Secret;
 use keyfleet::sim::{self, Faults, Fleet, Mix, SimConfig};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use super::run::{ExecFlags, execute, open_store};
 use crate::{GlobalArgs, exit};
@@ -37,12 +38,15 @@ pub struct Args {
     /// Chance that a request meets a transient fault (split over the fault kinds).
     #[arg(long, default_value_t = 0.2)]
     faults: f64,
+    /// Chance that an accepted operation ends FAILED (what `verify` is there to catch).
+    #[arg(long, default_value_t = 0.15)]
+    async_fail: f64,
+    /// Rounds of `verify --requeue` + `resume` at most.
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
     #[command(flatten)]
     exec: ExecFlags,
 }
-
-/// Rows that point at instances which do not exist, and malformed rows.
-const UNKNOWN_INSTANCES: usize = 6;
 
 /// The demo fleet: mostly STOPPED Linux, with a few of every kind that cannot be
 /// unbound, some settling and some busy, in two regions.
@@ -73,43 +77,18 @@ fn demo_faults(total: f64) -> Faults {
     }
 }
 
-/// A key rotation: remove one or two of each instance's keys; plus a few unknown
-/// instances, two malformed rows and a duplicate, as real exports have.
-fn rotation_input(fleet: &Fleet, seed: u64) -> String {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let mut csv = String::from("instance_id,key_id,region,owner\n");
+/// The key the demo's incident is about: the one most instances hold.
+fn leaked_key(fleet: &Fleet) -> Option<String> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for instance in fleet.instances() {
-        let take = rng.random_range(1..=2).min(instance.key_ids.len());
-        for key in instance.key_ids.iter().take(take) {
-            csv.push_str(&format!(
-                "{},{key},{},team-{}\n",
-                instance.instance_id,
-                instance.region,
-                rng.random_range(1..9)
-            ));
+        for key in &instance.key_ids {
+            *counts.entry(key).or_default() += 1;
         }
     }
-    let some_key = fleet
-        .instances()
-        .first()
-        .and_then(|i| i.key_ids.first())
-        .cloned()
-        .unwrap_or_default();
-    for n in 0..UNKNOWN_INSTANCES {
-        csv.push_str(&format!(
-            "ins-zz{n:06},{some_key},ap-guangzhou,decommissioned\n"
-        ));
-    }
-    csv.push_str(&format!("ins-TYPO1234,{some_key},ap-guangzhou,typo\n"));
-    csv.push_str(&format!("ins-00000001,{some_key},,no region\n"));
-    if let Some(first) = fleet.instances().first() {
-        let key = first.key_ids.first().cloned().unwrap_or_default();
-        csv.push_str(&format!(
-            "{},{key},{},pasted twice\n",
-            first.instance_id, first.region
-        ));
-    }
-    csv
+    counts
+        .into_iter()
+        .max_by_key(|(key, n)| (*n, std::cmp::Reverse(*key)))
+        .map(|(key, _)| key.to_string())
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
@@ -120,15 +99,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let input = dir.join("rotation.csv");
+    let input = dir.join("leaked.csv");
     let db = dir.join("keyfleet.db");
     let report = dir.join("report.csv");
 
     let fleet = Fleet::generate(args.instances, args.seed, &demo_mix());
     let before: BTreeSet<(String, String)> = fleet.bindings();
-    std::fs::File::create(&input)
-        .and_then(|mut f| f.write_all(rotation_input(&fleet, args.seed).as_bytes()))
-        .with_context(|| format!("cannot write {}", input.display()))?;
+    let leaked = leaked_key(&fleet).context("the generated fleet has no keys")?;
 
     let secret_id = format!("AKIDdemo{}", uuid::Uuid::new_v4().simple());
     let secret_key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
@@ -141,29 +118,26 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         faults: demo_faults(args.faults),
         seed: args.seed,
         settle_after: Duration::from_secs(3),
-        ..SimConfig::default()
+        operation_time: Duration::from_millis(400),
+        async_fail: args.async_fail,
+        header_timeout: sim::DEFAULT_HEADER_TIMEOUT,
+        body_timeout: sim::DEFAULT_BODY_TIMEOUT,
+        max_connections: sim::DEFAULT_MAX_CONNECTIONS,
+        journal_capacity: sim::DEFAULT_JOURNAL_CAPACITY,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1")?;
     let simulator = sim::start(listener, config, fleet).await?;
     eprintln!(
-        "keyfleet demo: {} instances ({} key bindings) behind a simulated CVM API at {} (10 requests/s, {:.0}% transient faults)",
+        "keyfleet demo: key {leaked} has leaked. {} instances ({} key bindings) in two regions behind a simulated CVM API at {} (10 requests/s, {:.0}% transient faults, {:.0}% of accepted operations fail later)",
         args.instances,
         before.len(),
         simulator.endpoint(),
-        args.faults * 100.0
+        args.faults * 100.0,
+        args.async_fail * 100.0,
     );
-    eprintln!("  input:    {}", input.display());
-
-    let store = open_store(&db).await?;
-    let outcome = plan::plan_input(&store, &input, &PlanOptions::default()).await?;
-    let s = &outcome.summary;
-    eprintln!(
-        "  plan:     run {}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
-        s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
-    );
-    let client = CvmClient::new(ClientConfig {
+    let client = Arc::new(CvmClient::new(ClientConfig {
         endpoint: simulator.endpoint(),
         credentials: Credentials {
             secret_id,
@@ -176,45 +150,103 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         resolve: Vec::new(),
         // The demo's simulator is on 127.0.0.1.
         insecure_http: false,
-    })?;
+    })?);
+
+    eprintln!(
+        "\n1. keyfleet discover --key {leaked} --all-regions --output {}",
+        input.display()
+    );
+    let exec = args.exec.exec_config();
+    let options = DiscoverOptions {
+        keys: vec![leaked.clone()],
+        regions: None,
+        home_region: "ap-guangzhou".into(),
+        max_attempts: exec.max_attempts,
+        retry_base: exec.retry_base,
+        retry_cap: exec.retry_cap,
+        throttle_delay: exec.throttle_delay,
+    };
+    let limiter = Arc::new(LocalLimiter::new(exec.rate));
+    let discovery = discover::discover(client.clone(), limiter, &options).await?;
+    let rows = super::discover::render(&discovery.found, super::discover::OutputFormat::Csv, None)?;
+    super::report::write_private_file(&input, &rows)?;
+    super::discover::summarize(&discovery, std::slice::from_ref(&leaked));
+
+    eprintln!("\n2. keyfleet run {}", input.display());
+    let store = open_store(&db).await?;
+    let outcome = plan::plan_input(&store, &input, &PlanOptions::default()).await?;
+    let s = &outcome.summary;
+    let run_id = s.run_id;
+    eprintln!(
+        "  plan:     run {run_id}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
+        s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
+    );
     let demo_global = GlobalArgs {
         db: db.clone(),
         ..global.clone()
     };
-    let code = execute(&store, s.run_id, Arc::new(client), &args.exec, &demo_global).await?;
+    let mut code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
+    let mut round = 0;
+    while code != exit::STOPPED
+        && store.verification_counts(run_id).await?.succeeded_not_gone > 0
+        && round < args.rounds
+    {
+        round += 1;
+        eprintln!(
+            "\n{}. keyfleet verify {run_id} --requeue && keyfleet resume {run_id}",
+            2 + round
+        );
+        let mut requeue = store.begin_requeue_unverified(run_id).await?;
+        for job in plan::chunk_requeued(requeue.pairs()) {
+            requeue
+                .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
+                .await?;
+        }
+        let requeued = requeue.commit().await?;
+        eprintln!("  {requeued} pairs accepted but not applied are pending again");
+        code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
+    }
+    let verification = store.verification_counts(run_id).await?;
 
-    let rows = super::report::write_csv_file(&store, s.run_id, &report).await?;
+    let rows = super::report::write_csv_file(&store, run_id, &report).await?;
     eprintln!(
-        "  report:   {} ({rows} rows, one per input row)",
+        "\n  report:   {} ({rows} rows, one per input row)",
         report.display()
     );
     let stats = simulator.stats();
     let audit = sim::audit::audit(
         &before,
         &simulator.fleet().bindings(),
-        &store.pair_outcomes(s.run_id).await?,
+        &store.pair_outcomes(run_id).await?,
         &simulator.journal(),
     );
     eprintln!(
         "  simulator: {} requests admitted, {} throttled, at most {} in any second",
         stats.admitted, stats.throttled, stats.max_in_any_second
     );
-    if audit.is_clean() {
+    let all_gone = verification.succeeded_not_gone == 0;
+    if audit.is_clean() && audit.accepted_not_applied.is_empty() {
         eprintln!(
-            "  audit:    clean: {} bindings removed, every one asked for; {} pairs succeeded, each proven by a RequestId the simulator issued; {} failed pairs still bound",
-            audit.removed_as_asked, audit.succeeded, audit.failed_still_bound
+            "  audit:    clean: {} bindings removed, every one asked for; {} pairs succeeded, each proven by a RequestId the simulator issued and verified gone by DescribeInstances ({}); {} failed pairs still bound",
+            audit.removed_as_asked,
+            audit.succeeded,
+            if all_gone { "all of them" } else { "NOT all" },
+            audit.failed_still_bound
         );
     } else {
         eprintln!("  audit:    FAILED:");
         for violation in &audit.violations {
             eprintln!("    {violation}");
         }
+        for (instance, key) in &audit.accepted_not_applied {
+            eprintln!("    accepted but not applied: {instance} {key}");
+        }
     }
     store.close().await;
     simulator.shutdown().await;
-    // Failed and rejected rows are part of the demo: it succeeds when the run
-    // finished and the audit is clean.
-    Ok(match (audit.is_clean(), code) {
+    // Failed pairs (Windows, RUNNING, ...) are part of the demo: it succeeds when the
+    // run finished, every succeeded pair is verified gone and the audit is clean.
+    Ok(match (audit.is_clean() && all_gone, code) {
         (false, _) => exit::FAILED,
         (true, exit::STOPPED) => exit::STOPPED,
         (true, _) => exit::OK,

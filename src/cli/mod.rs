@@ -3,6 +3,7 @@
 pub mod call;
 pub mod codes;
 pub mod demo;
+pub mod discover;
 pub mod logging;
 pub mod plan;
 pub mod progress;

@@ -119,6 +119,24 @@ async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
     }
 }
 
+/// Writes `bytes` to `path` as a report is written: a private temporary file beside
+/// it, synced, then renamed into place (nothing half-written is ever at `path`).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let (tmp, mut file) = create_private_temp(path)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot move the output into {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// A new file beside `path`, readable by the owner only, that nobody else created.
 fn create_private_temp(path: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
     let name = path

@@ -69,6 +69,18 @@ impl Refused {
     }
 }
 
+impl From<crate::api::CallError> for Refused {
+    fn from(error: crate::api::CallError) -> Refused {
+        Refused {
+            code: error.code(),
+            message: error.message(),
+            request_id: error.request_id().map(str::to_string),
+            http_status: error.http_status(),
+            transport: matches!(error, crate::api::CallError::Transport(_)),
+        }
+    }
+}
+
 /// What the executor needs from an API client.
 pub trait Api: Send + Sync + 'static {
     /// Sends one call.
@@ -88,13 +100,7 @@ impl Api for crate::api::CvmClient {
                 http_status: 200,
                 response,
             })
-            .map_err(|error| Refused {
-                code: error.code(),
-                message: error.message(),
-                request_id: error.request_id().map(str::to_string),
-                http_status: error.http_status(),
-                transport: matches!(error, crate::api::CallError::Transport(_)),
-            })
+            .map_err(Refused::from)
     }
 
     fn endpoint(&self, region: &str) -> String {

@@ -518,3 +518,173 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
         .unwrap();
     assert_eq!(lost, 1, "the attempt the panic left open was resent");
 }
+
+/// A run whose pairs have items but no jobs yet (the jobs come from a `JobWriter`).
+async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>) {
+    use crate::store::plan::{Begin, NewItem, NewRun, begin_plan};
+    let sha = format!("{:x}", rand::random::<u128>());
+    let run = NewRun {
+        input_path: "t",
+        input_sha256: &sha,
+        options: "{}",
+        rows_read: pairs.len() as u64,
+        pairs: pairs.len() as u64,
+        duplicates: 0,
+        rejected: 0,
+        instances: 0,
+        keys: 0,
+        regions: 1,
+    };
+    let Begin::New(mut writer) = begin_plan(store, &run).await.unwrap() else {
+        panic!("a fresh input");
+    };
+    let mut ids = Vec::new();
+    for (n, (i, k)) in pairs.iter().enumerate() {
+        ids.push(
+            writer
+                .add_item(NewItem {
+                    position: format!("line {}", n + 2),
+                    region: Some("ap-guangzhou".into()),
+                    instance_id: Some(i.clone()),
+                    key_id: Some(k.clone()),
+                    status: ItemStatus::Pending,
+                    duplicate_of: None,
+                    reason: None,
+                    job_id: None,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    (writer.commit().await.unwrap(), ids)
+}
+
+fn job_of(
+    action: crate::cvm::Action,
+    instances: &[String],
+    keys: &[String],
+    after: Vec<i64>,
+    item_ids: Vec<i64>,
+) -> crate::store::queue::NewQueuedJob {
+    crate::store::queue::NewQueuedJob {
+        action,
+        region: "ap-guangzhou".into(),
+        force_stop: false,
+        instance_ids: instances.to_vec(),
+        key_ids: keys.to_vec(),
+        payload: None,
+        after,
+        item_ids,
+    }
+}
+
+async fn job_states(store: &Store, run_id: i64) -> Vec<(i64, String, String)> {
+    sqlx::query_as("SELECT id, action, state FROM jobs WHERE run_id = ? ORDER BY id")
+        .bind(run_id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_sent_only_after_the_jobs_it_depends_on_succeed() {
+    use crate::cvm::Action::{
+        AssociateInstancesKeyPairs as Bind, DisassociateInstancesKeyPairs as Unbind,
+    };
+    let (_dir, store) = open_store().await;
+    let old = (ins(1), key(1));
+    let (run_id, items) = seed_items(&store, std::slice::from_ref(&old)).await;
+    let mut writer = store.begin_jobs(run_id).await.unwrap();
+    // Added in the "wrong" order on purpose: the unbind has the lower id.
+    let bind = writer
+        .add(&job_of(Bind, &[ins(1)], &[key(9)], vec![], vec![]))
+        .await
+        .unwrap();
+    let unbind = writer
+        .add(&job_of(Unbind, &[ins(1)], &[key(1)], vec![bind], items))
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    assert!(bind < unbind);
+    let api = Arc::new(FakeApi::new(&[old]));
+    let summary = run(&store, run_id, api.clone(), &fast_config()).await;
+    assert_eq!(summary.stopped, None);
+    assert_eq!(summary.pairs.succeeded, 1);
+    assert_eq!(api.with(|s| s.calls.clone()), [Bind, Unbind]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
+    use crate::cvm::Action::{
+        AssociateInstancesKeyPairs as Bind, DisassociateInstancesKeyPairs as Unbind,
+    };
+    let (_dir, store) = open_store().await;
+    let pairs = [(ins(1), key(1)), (ins(2), key(1))];
+    let (run_id, items) = seed_items(&store, &pairs).await;
+    let mut writer = store.begin_jobs(run_id).await.unwrap();
+    // The bind of a batch with a Windows instance splits; one child fails for good.
+    let bind = writer
+        .add(&job_of(Bind, &[ins(1), ins(2)], &[key(9)], vec![], vec![]))
+        .await
+        .unwrap();
+    let unbind = writer
+        .add(&job_of(
+            Unbind,
+            &[ins(1), ins(2)],
+            &[key(1)],
+            vec![bind],
+            items,
+        ))
+        .await
+        .unwrap();
+    // And one more level: a job waiting for the unbind is skipped too.
+    let after_unbind = writer
+        .add(&job_of(Unbind, &[ins(3)], &[key(3)], vec![unbind], vec![]))
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    let api = Arc::new(FakeApi::new(&pairs));
+    api.with(|s| {
+        s.windows.insert(ins(2));
+    });
+    let summary = run(&store, run_id, api.clone(), &fast_config()).await;
+    assert_eq!(
+        summary.stopped, None,
+        "the run ends; it does not wait forever"
+    );
+    assert_eq!(summary.pairs.skipped, 2);
+    assert_eq!(summary.pairs.succeeded, 0);
+    assert!(
+        api.with(|s| s.calls.iter().all(|a| *a == Bind)),
+        "no unbind was sent"
+    );
+    let states = job_states(&store, run_id).await;
+    let state = |id: i64| states.iter().find(|(j, _, _)| *j == id).unwrap().2.clone();
+    assert_eq!(state(bind), "split");
+    assert_eq!(state(unbind), "skipped");
+    assert_eq!(state(after_unbind), "skipped");
+    // The split moved the dependency onto the children.
+    let deps: Vec<i64> =
+        sqlx::query_scalar("SELECT depends_on FROM job_deps WHERE job_id = ? ORDER BY depends_on")
+            .bind(unbind)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let children: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE parent_job_id = ? ORDER BY id")
+            .bind(bind)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(deps, children);
+    let (reason,): (String,) =
+        sqlx::query_as("SELECT error_message FROM items WHERE run_id = ? LIMIT 1")
+            .bind(run_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(
+        reason.contains("UnsupportedOperation.InstanceOsWindows"),
+        "{reason}"
+    );
+}

@@ -8,6 +8,7 @@ mod hostile;
 mod plan;
 mod regional;
 mod run;
+mod runbook;
 mod security;
 mod sim;
 mod support;

@@ -1,0 +1,257 @@
+//! `keyfleet discover`: the instances holding leaked keys, as plan input.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
+use keyfleet::discover::{self, DiscoverError, DiscoverOptions, Discovery, Found};
+use keyfleet::display::{csv_cell, escape};
+use keyfleet::executor::LocalLimiter;
+
+use super::run::{ExecFlags, build_client};
+use crate::{GlobalArgs, exit};
+
+/// Output formats: plan input, readable by `keyfleet plan` and `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+/// `keyfleet discover --key skey-... [--key ...]`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A key pair id to look for (repeatable).
+    #[arg(long = "key", value_name = "KEY_ID", required = true)]
+    keys: Vec<String>,
+    /// Regions to walk (repeatable or comma-separated); the configured region
+    /// (--region, TENCENTCLOUD_REGION, the profile's) when neither this nor --all-regions.
+    #[arg(
+        long = "regions",
+        value_name = "REGION",
+        value_delimiter = ',',
+        conflicts_with = "all_regions"
+    )]
+    regions: Vec<String>,
+    /// Walk every region DescribeRegions lists.
+    #[arg(long)]
+    all_regions: bool,
+    /// Write the rows here (owner-only, written whole or not at all); stdout when absent.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// csv (default), json or jsonl.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Csv)]
+    format: OutputFormat,
+    /// Add a `new_key_id` column: the key each instance is to be rotated to.
+    #[arg(long, value_name = "KEY_ID")]
+    rotate_to: Option<String>,
+    #[command(flatten)]
+    exec: ExecFlags,
+}
+
+/// Exit code when some region could not be walked: the output may lack instances.
+pub const INCOMPLETE: u8 = exit::FAILED;
+
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+    if let Some(new) = &args.rotate_to {
+        if !keyfleet::ids::is_key_id(new) {
+            bail!(
+                "--rotate-to {}: not a key pair id (skey- followed by 8 characters of 0-9 or a-z)",
+                escape(new)
+            );
+        }
+        if args.keys.contains(new) {
+            bail!(
+                "--rotate-to {}: the new key is one of the keys being removed",
+                escape(new)
+            );
+        }
+    }
+    let home_region = super::run::default_region(global)?;
+    let regions = if args.all_regions {
+        None
+    } else if !args.regions.is_empty() {
+        Some(args.regions.clone())
+    } else {
+        match &home_region {
+            Some(region) => Some(vec![region.clone()]),
+            None => bail!(
+                "discover needs a region: --regions R, --all-regions, --region or TENCENTCLOUD_REGION"
+            ),
+        }
+    };
+    let home_region = home_region
+        .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
+        .unwrap_or_else(|| "ap-guangzhou".to_string());
+    let config = args.exec.exec_config();
+    let options = DiscoverOptions {
+        keys: args.keys.clone(),
+        regions,
+        home_region,
+        max_attempts: config.max_attempts,
+        retry_base: config.retry_base,
+        retry_cap: config.retry_cap,
+        throttle_delay: config.throttle_delay,
+    };
+    let client = build_client(&args.exec, global)?;
+    let limiter = Arc::new(LocalLimiter::new(config.rate));
+    let discovery = match discover::discover(client, limiter, &options).await {
+        Ok(discovery) => discovery,
+        Err(
+            error @ (DiscoverError::MalformedKey(_)
+            | DiscoverError::MalformedRegion(_)
+            | DiscoverError::UnknownKey { .. }
+            | DiscoverError::UnknownRegion { .. }),
+        ) => {
+            eprintln!("error: {}", escape(&error.to_string()));
+            return Ok(exit::USAGE);
+        }
+        Err(error) => {
+            eprintln!("error: {}", escape(&error.to_string()));
+            return Ok(exit::STOPPED);
+        }
+    };
+    let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;
+    match &args.output {
+        Some(path) => super::report::write_private_file(path, &bytes)?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&bytes)?;
+        }
+    }
+    summarize(&discovery, &args.keys);
+    Ok(if discovery.is_incomplete() {
+        INCOMPLETE
+    } else {
+        exit::OK
+    })
+}
+
+/// The rows in the chosen format, sorted (so the same fleet gives the same bytes).
+pub fn render(
+    found: &[Found],
+    format: OutputFormat,
+    rotate_to: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match format {
+        OutputFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(&mut out);
+            let mut header = vec![
+                "instance_id",
+                "key_id",
+                "region",
+                "instance_state",
+                "os_name",
+                "keys_after",
+            ];
+            if rotate_to.is_some() {
+                header.push("new_key_id");
+            }
+            writer.write_record(&header)?;
+            for f in found {
+                let mut row = vec![
+                    csv_cell(&f.instance_id).into_owned(),
+                    csv_cell(&f.key_id).into_owned(),
+                    csv_cell(&f.region).into_owned(),
+                    csv_cell(&f.instance_state).into_owned(),
+                    csv_cell(&f.os_name).into_owned(),
+                    f.keys_after.to_string(),
+                ];
+                if let Some(new) = rotate_to {
+                    row.push(new.to_string());
+                }
+                writer.write_record(&row)?;
+            }
+            writer.flush()?;
+        }
+        OutputFormat::Json | OutputFormat::Jsonl => {
+            let rows: Vec<serde_json::Value> = found
+                .iter()
+                .map(|f| {
+                    let mut row = serde_json::json!({
+                        "instance_id": f.instance_id, "key_id": f.key_id, "region": f.region,
+                        "instance_state": f.instance_state, "os_name": f.os_name, "keys_after": f.keys_after,
+                    });
+                    if let Some(new) = rotate_to {
+                        row["new_key_id"] = serde_json::json!(new);
+                    }
+                    row
+                })
+                .collect();
+            if format == OutputFormat::Json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                out.push(b'\n');
+            } else {
+                for row in rows {
+                    serde_json::to_writer(&mut out, &row)?;
+                    out.push(b'\n');
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What was found, per region, and what will need attention: on stderr.
+pub fn summarize(discovery: &Discovery, keys: &[String]) {
+    for scan in &discovery.regions {
+        let matches = discovery
+            .found
+            .iter()
+            .filter(|f| f.region == scan.region)
+            .count();
+        match &scan.failed {
+            None => eprintln!(
+                "{}: {} instances scanned in {} requests, {} matching pairs",
+                scan.region, scan.scanned, scan.pages, matches
+            ),
+            Some((code, message)) => eprintln!(
+                "{}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",
+                scan.region,
+                scan.scanned,
+                escape(code),
+                escape(message)
+            ),
+        }
+    }
+    let found = &discovery.found;
+    if found.is_empty() {
+        eprintln!(
+            "no instance holds {} in the regions scanned",
+            keys.join(", ")
+        );
+        return;
+    }
+    let instances = |pred: &dyn Fn(&Found) -> bool| {
+        let mut ids: Vec<&str> = found
+            .iter()
+            .filter(|f| pred(f))
+            .map(|f| f.instance_id.as_str())
+            .collect();
+        ids.dedup();
+        ids.len()
+    };
+    let total = instances(&|_| true);
+    eprintln!("{} pairs on {total} instances", found.len());
+    let windows = instances(&|f| f.is_windows());
+    let running = instances(&|f| f.instance_state == "RUNNING");
+    let transitional =
+        instances(&|f| f.instance_state != "RUNNING" && f.instance_state != "STOPPED");
+    let keyless = instances(&|f| f.keys_after == 0);
+    if windows > 0 {
+        eprintln!("  {windows} Windows instances: their keys cannot be unbound");
+    }
+    if running > 0 {
+        eprintln!("  {running} RUNNING instances: stop them first or run with --force-stop");
+    }
+    if transitional > 0 {
+        eprintln!("  {transitional} instances in a transitional state: retried until they settle");
+    }
+    if keyless > 0 {
+        eprintln!(
+            "  {keyless} instances keep no key afterwards: they accept only password login (keys_after 0)"
+        );
+    }
+}
