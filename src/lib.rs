@@ -1,4 +1,4 @@
-//! keyfleet: Tencent Cloud CVM key-pair unbinding across a whole fleet.
+//! keyfleet: Tencent Cloud CVM key-pair operations across a whole fleet.
 //!
 //! # Layout
 //!
@@ -11,19 +11,33 @@
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
-//! - [`taxonomy`]: every API error code -> `ErrorClass` (Retry, Throttle, Isolate, Fatal).
+//! - [`taxonomy`]: every (action, error code) -> `ErrorClass` (Retry, Throttle, Isolate, Fatal)
+//!   and `Scope` (instance, key, request), from one table.
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
 //! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
 //!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
 //!   DescribeRegions); `{region}` endpoint templates; `api::resolve`, the `--resolve`
 //!   rules (and `is_loopback_host` for transport checks).
-//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
+//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
+//!   action, with a payload and prerequisites in `job_deps`), attempts;
+//!   `store::states` the stored states as enums (checked against the schema),
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
-//!   `store::queue` holds the executor's lease, claims and group-committed outcomes;
+//!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
+//!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
+//!   `store::verify` queues verification batches and counts their verdicts;
 //!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
-//! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
+//! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
+//!   per limiter key, one writer, one crash-recovery path. `executor::action` is the
+//!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
+//!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
+//!   means (pure); `executor::pacer` the `Limiter` interface and its pacing.
+//!   Adding an action to the queue: its name and rate in [`cvm`], a `JobAction`
+//!   implementation and its row in `executor::action::job_action`, any action-specific
+//!   codes in `taxonomy::ACTION_CODES`.
+//! - [`discover`]: from key ids to plan input: DescribeKeyPairs, DescribeRegions and
+//!   DescribeInstances pages through the executor's `Api` and `Limiter`.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
