@@ -18,6 +18,13 @@
 //! field being absent or null. A key-pair request's RequestId means accepted, not
 //! applied: only a later `DescribeInstances` (`LatestOperationState`, the key ids) shows
 //! the change made.
+//!
+//! Endpoints: one URL for every call, or a template with a `{region}` placeholder in
+//! the host ([`REGIONAL_ENDPOINT_TEMPLATE`]) so each region's calls go to its own access
+//! endpoint (URL, `Host` header and signature all name it; [`CvmClient::endpoint_for`]).
+//! [`resolve`] connects chosen names to chosen addresses (`--resolve`).
+
+pub mod resolve;
 
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +50,11 @@ pub const MAX_PAGE_LIMIT: u64 = 100;
 /// Largest reply read; a DescribeInstances page of 100 instances is far below it.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What an endpoint template holds where each call's region goes.
+pub const REGION_PLACEHOLDER: &str = "{region}";
+/// Tencent Cloud's regional access endpoints (`--regional-endpoints`).
+pub const REGIONAL_ENDPOINT_TEMPLATE: &str = "https://cvm.{region}.tencentcloudapi.com";
+
 /// The one content type sent and signed.
 const JSON_CONTENT_TYPE: &str = "application/json";
 /// The headers the signature covers: the documented `content-type;host;x-tc-action` set.
@@ -51,13 +63,16 @@ const SIGNED_HEADERS: [&str; 3] = ["content-type", "host", "x-tc-action"];
 /// Where to send requests and with what credentials.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `https://host[:port]`, or `http://host:port` for a local simulator.
+    /// `https://host[:port]`, or `http://host:port` for a local simulator; with
+    /// [`REGION_PLACEHOLDER`] in the host, a template resolved per call.
     pub endpoint: String,
     pub credentials: Credentials,
     /// Limit on establishing a connection.
     pub connect_timeout: Duration,
     /// Limit on a whole request, reply included.
     pub request_timeout: Duration,
+    /// `--resolve` rules: where to connect for chosen names (none: the system resolves).
+    pub resolve: Vec<resolve::ResolveRule>,
     /// Allow `http://` to a host that is not loopback (`--insecure-http`); see [`check_transport`].
     pub insecure_http: bool,
 }
@@ -70,6 +85,7 @@ impl ClientConfig {
             credentials,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            resolve: Vec::new(),
             insecure_http: false,
         }
     }
@@ -315,9 +331,22 @@ pub enum Transport {
 /// (`localhost`, 127.0.0.0/8, `::1`) unless `insecure_http`. Called for every
 /// endpoint a client is built for, before anything is sent.
 pub fn check_transport(url: &Url, insecure_http: bool) -> Result<Transport, ClientError> {
+    check_transport_resolved(url, insecure_http, &[])
+}
+
+/// [`check_transport`] with `--resolve` rules: a host they connect to a loopback
+/// address counts as loopback ([`resolve::is_loopback_host`]). Called for every URL a
+/// `{region}` template gives, before anything is sent.
+pub fn check_transport_resolved(
+    url: &Url,
+    insecure_http: bool,
+    rules: &[resolve::ResolveRule],
+) -> Result<Transport, ClientError> {
+    let loopback =
+        is_loopback(url) || resolve::is_loopback_host(url.host_str().unwrap_or_default(), rules);
     match url.scheme() {
         "https" => Ok(Transport::Tls),
-        "http" if is_loopback(url) => Ok(Transport::LoopbackHttp),
+        "http" if loopback => Ok(Transport::LoopbackHttp),
         "http" if insecure_http => Ok(Transport::InsecureHttp),
         "http" => Err(ClientError::InsecureHttp {
             endpoint: crate::ids::shorten(url.as_str()),
@@ -355,18 +384,110 @@ pub struct CvmClient {
 
 #[derive(Debug)]
 struct Target {
-    url: Url,
-    /// The `Host` header, exactly as sent and signed.
-    host: String,
+    endpoint: Endpoint,
     credentials: Credentials,
     transport: Transport,
+}
+
+/// Where calls go.
+#[derive(Debug)]
+enum Endpoint {
+    /// Every call to one URL; `host` is the `Host` header, exactly as sent and signed.
+    Fixed { url: Url, host: String },
+    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`];
+    /// each URL it gives passes [`check_transport_resolved`] before it is used.
+    Template {
+        template: String,
+        /// The template's URL for one region, for decisions made once (the proxy).
+        sample: Url,
+        insecure_http: bool,
+        rules: Vec<resolve::ResolveRule>,
+    },
+}
+
+impl Endpoint {
+    /// The endpoint of `config` and how its requests travel (for a template, judged on
+    /// one region's URL; every call's URL is checked again).
+    fn parse(config: &ClientConfig) -> Result<(Endpoint, Transport), ClientError> {
+        let endpoint = config.endpoint.trim();
+        if !endpoint.contains(REGION_PLACEHOLDER) {
+            let (url, host) = parse_endpoint(endpoint)?;
+            let transport = check_transport_resolved(&url, config.insecure_http, &config.resolve)?;
+            return Ok((Endpoint::Fixed { url, host }, transport));
+        }
+        // Two regions must give two hosts: the placeholder belongs in the host name.
+        let (a, b) = (
+            parse_endpoint(&endpoint.replace(REGION_PLACEHOLDER, "ap-guangzhou"))?,
+            parse_endpoint(&endpoint.replace(REGION_PLACEHOLDER, "ap-shanghai"))?,
+        );
+        if a.0.host_str() == b.0.host_str() || a.0.port() != b.0.port() {
+            return Err(ClientError::BadEndpoint {
+                endpoint: crate::ids::shorten(endpoint),
+                reason: format!("{REGION_PLACEHOLDER} may appear only in the host name"),
+            });
+        }
+        let transport = check_transport_resolved(&a.0, config.insecure_http, &config.resolve)?;
+        let template = Endpoint::Template {
+            template: endpoint.to_string(),
+            sample: a.0,
+            insecure_http: config.insecure_http,
+            rules: config.resolve.clone(),
+        };
+        Ok((template, transport))
+    }
+
+    /// The URL, or the template as given.
+    fn shown(&self) -> &str {
+        match self {
+            Endpoint::Fixed { url, .. } => url.as_str(),
+            Endpoint::Template { template, .. } => template,
+        }
+    }
+
+    /// The URL, or the template's for one region: what the proxy decision is made on
+    /// (the environment's proxy variables name hosts, so every region fares alike
+    /// unless NO_PROXY names one).
+    fn sample_url(&self) -> &Url {
+        match self {
+            Endpoint::Fixed { url, .. } => url,
+            Endpoint::Template { sample, .. } => sample,
+        }
+    }
+
+    /// The URL and `Host` header for a call to `region`.
+    fn for_region(&self, region: &str) -> Result<(Url, String), CallError> {
+        match self {
+            Endpoint::Fixed { url, host } => Ok((url.clone(), host.clone())),
+            Endpoint::Template {
+                template,
+                insecure_http,
+                rules,
+                ..
+            } => {
+                let not_sent = |detail: String| {
+                    CallError::Transport(TransportError::new(TransportKind::Connect, detail))
+                };
+                // A region becomes part of a host name: only region-shaped text may.
+                if !crate::ids::is_region(region) {
+                    return Err(not_sent(format!(
+                        "not sent: the region {:?} cannot be part of an endpoint's host name",
+                        crate::ids::shorten(region)
+                    )));
+                }
+                let (url, host) = parse_endpoint(&template.replace(REGION_PLACEHOLDER, region))
+                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
+                check_transport_resolved(&url, *insecure_http, rules)
+                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
+                Ok((url, host))
+            }
+        }
+    }
 }
 
 impl CvmClient {
     /// Builds a client; checks the endpoint and the timeouts.
     pub fn new(config: ClientConfig) -> Result<CvmClient, ClientError> {
-        let (url, host) = parse_endpoint(&config.endpoint)?;
-        let transport = check_transport(&url, config.insecure_http)?;
+        let (endpoint, transport) = Endpoint::parse(&config)?;
         if config.connect_timeout.is_zero() {
             return Err(ClientError::ZeroTimeout { which: "connect" });
         }
@@ -383,17 +504,24 @@ impl CvmClient {
             // The SDKs speak HTTP/1.1, where the Host header is sent exactly as signed.
             .http1_only()
             .user_agent(client_name());
+        let shown = endpoint.shown();
         match transport {
-            // A proxy from the environment must not swallow a local simulator's traffic.
+            // A proxy from the environment must not swallow a local simulator's traffic,
+            // nor resolve a name itself that --resolve sends elsewhere.
             Transport::LoopbackHttp => builder = builder.no_proxy(),
+            _ if !config.resolve.is_empty() => builder = builder.no_proxy(),
             Transport::Tls | Transport::InsecureHttp => {
-                if let Some(proxy) = proxy_for(&url) {
-                    tracing::info!(%proxy, endpoint = %url, "requests go through a proxy from the environment");
+                let sample = endpoint.sample_url();
+                if let Some(proxy) = proxy_for(sample) {
+                    tracing::info!(%proxy, endpoint = %shown, "requests go through a proxy from the environment");
                 }
             }
         }
         if transport == Transport::InsecureHttp {
-            tracing::warn!(endpoint = %url, "--insecure-http: credentials and signatures travel in clear");
+            tracing::warn!(endpoint = %shown, "--insecure-http: credentials and signatures travel in clear");
+        }
+        if !config.resolve.is_empty() {
+            builder = builder.dns_resolver(Arc::new(resolve::RuleResolver::new(&config.resolve)));
         }
         let http = builder
             .build()
@@ -401,8 +529,7 @@ impl CvmClient {
         Ok(CvmClient {
             http,
             target: Arc::new(Target {
-                url,
-                host,
+                endpoint,
                 credentials: config.credentials,
                 transport,
             }),
@@ -414,9 +541,19 @@ impl CvmClient {
         self.target.transport
     }
 
-    /// The endpoint URL requests go to.
+    /// The endpoint URL requests go to, or the template they are built from.
     pub fn endpoint(&self) -> &str {
-        self.target.url.as_str()
+        self.target.endpoint.shown()
+    }
+
+    /// The URL a call for `region` goes to: the endpoint, or the template with `region`
+    /// in place of `{region}` (as given when `region` cannot be part of a host name;
+    /// such a call is refused before sending).
+    pub fn endpoint_for(&self, region: &str) -> String {
+        match self.target.endpoint.for_region(region) {
+            Ok((url, _)) => url.to_string(),
+            Err(_) => self.endpoint().replace(REGION_PLACEHOLDER, region),
+        }
     }
 
     /// The SecretId requests are signed with (an identifier, not a secret: it names
@@ -557,8 +694,9 @@ impl CvmClient {
     ) -> Result<(Value, String), CallError> {
         let started = Instant::now();
         let payload = body.to_string().into_bytes();
-        let headers = self.headers(action, region, &payload, unix_now())?;
-        let result = self.send(headers, payload).await;
+        let (url, host) = self.target.endpoint.for_region(region)?;
+        let headers = self.headers(action, region, &host, &payload, unix_now())?;
+        let result = self.send(url, headers, payload).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok((_, request_id)) => {
@@ -580,6 +718,7 @@ impl CvmClient {
         &self,
         action: &str,
         region: &str,
+        host: &str,
         payload: &[u8],
         timestamp: i64,
     ) -> Result<HeaderMap, CallError> {
@@ -592,7 +731,7 @@ impl CvmClient {
                 query: "",
                 headers: vec![
                     (SIGNED_HEADERS[0], JSON_CONTENT_TYPE),
-                    (SIGNED_HEADERS[1], &target.host),
+                    (SIGNED_HEADERS[1], host),
                     (SIGNED_HEADERS[2], action),
                 ],
                 payload,
@@ -605,7 +744,7 @@ impl CvmClient {
         let timestamp = timestamp.to_string();
         let client = client_name();
         let mut pairs: Vec<(HeaderName, &str)> = vec![
-            (HOST, &target.host),
+            (HOST, host),
             (CONTENT_TYPE, JSON_CONTENT_TYPE),
             (HeaderName::from_static("x-tc-action"), action),
             (HeaderName::from_static("x-tc-version"), API_VERSION),
@@ -636,13 +775,14 @@ impl CvmClient {
 
     async fn send(
         &self,
+        url: Url,
         headers: HeaderMap,
         payload: Vec<u8>,
     ) -> Result<(Value, String), CallError> {
         let transport = |err: TransportError| CallError::Transport(err);
         let mut response = self
             .http
-            .post(self.target.url.clone())
+            .post(url)
             .headers(headers)
             .body(payload)
             .send()
@@ -1000,6 +1140,68 @@ mod tests {
     }
 
     #[test]
+    fn regional_templates_put_the_region_in_the_host() {
+        let client = |endpoint: &str| CvmClient::new(ClientConfig::new(endpoint, credentials()));
+        let regional = client(REGIONAL_ENDPOINT_TEMPLATE).unwrap();
+        assert_eq!(regional.endpoint(), REGIONAL_ENDPOINT_TEMPLATE);
+        assert_eq!(
+            regional.endpoint_for("ap-guangzhou"),
+            "https://cvm.ap-guangzhou.tencentcloudapi.com/"
+        );
+        let (url, host) = regional.target.endpoint.for_region("ap-shanghai").unwrap();
+        assert_eq!(url.as_str(), "https://cvm.ap-shanghai.tencentcloudapi.com/");
+        assert_eq!(host, "cvm.ap-shanghai.tencentcloudapi.com");
+        let mut config = ClientConfig::new("http://cvm.{region}.sim.test:9000", credentials());
+        config.resolve = vec!["*.sim.test=127.0.0.1".parse().unwrap()];
+        let local = CvmClient::new(config).unwrap();
+        let (_, host) = local.target.endpoint.for_region("na-ashburn").unwrap();
+        assert_eq!(host, "cvm.na-ashburn.sim.test:9000");
+        // A region that could change where the call goes is never substituted.
+        for hostile in ["evil.com/x", "a.b-c", "ap-guangzhou@x", ""] {
+            let refused = local.target.endpoint.for_region(hostile).unwrap_err();
+            assert_eq!(refused.code(), "Transport.Connect", "{hostile:?}");
+        }
+        // Plain http only where the name is loopback, by itself or by a --resolve rule;
+        // a template's every URL is checked before its call is sent.
+        assert!(matches!(
+            client("http://cvm.{region}.example.com:9000"),
+            Err(ClientError::InsecureHttp { .. })
+        ));
+        let mut config = ClientConfig::new("http://cvm.{region}.sim.test:9000", credentials());
+        config.resolve = vec!["cvm.ap-guangzhou.sim.test=127.0.0.1".parse().unwrap()];
+        let partly_local = CvmClient::new(config).unwrap();
+        assert_eq!(partly_local.transport(), Transport::LoopbackHttp);
+        assert!(
+            partly_local
+                .target
+                .endpoint
+                .for_region("ap-guangzhou")
+                .is_ok()
+        );
+        let refused = partly_local
+            .target
+            .endpoint
+            .for_region("ap-shanghai")
+            .unwrap_err();
+        assert_eq!(refused.code(), "Transport.Connect");
+        assert!(refused.message().contains("not sent"), "{refused}");
+        // Without the placeholder nothing changes: one URL for every region.
+        let fixed = client("http://127.0.0.1:9000").unwrap();
+        assert_eq!(fixed.endpoint_for("ap-guangzhou"), "http://127.0.0.1:9000/");
+        assert_eq!(fixed.endpoint_for("eu-frankfurt"), "http://127.0.0.1:9000/");
+        for bad in [
+            "https://cvm.tencentcloudapi.com/{region}",
+            "https://cvm.tencentcloudapi.com/?r={region}",
+            "https://cvm.{region}.sim.test/{region}",
+        ] {
+            assert!(
+                matches!(client(bad), Err(ClientError::BadEndpoint { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn envelopes() {
         let ok = parse_envelope(br#"{"Response":{"RequestId":"r-1"}}"#).unwrap();
         assert_eq!(ok.1, "r-1");
@@ -1054,6 +1256,7 @@ mod tests {
             .headers(
                 "DisassociateInstancesKeyPairs",
                 "ap-guangzhou",
+                "127.0.0.1:9",
                 payload,
                 1_700_000_000,
             )

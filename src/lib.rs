@@ -16,7 +16,8 @@
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
 //! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
 //!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
-//!   DescribeRegions).
+//!   DescribeRegions); `{region}` endpoint templates; `api::resolve`, the `--resolve`
+//!   rules (and `is_loopback_host` for transport checks).
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
 //!   action, with a payload and prerequisites in `job_deps`), attempts;
 //!   `store::states` the stored states as enums (checked against the schema),
@@ -39,7 +40,8 @@
 //!   DescribeInstances pages through the executor's `Api` and `Limiter`.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
-//!   rate limit and seeded faults over a real HTTP server; `sim::audit` proves a run
+//!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
+//!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,

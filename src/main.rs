@@ -36,9 +36,19 @@ pub struct GlobalArgs {
     /// The SQLite database holding runs, jobs and attempts.
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
-    /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator).
+    /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator);
+    /// `{region}` in the host sends each region's calls to its own endpoint, e.g.
+    /// https://cvm.{region}.tencentcloudapi.com.
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// Each region's calls to its own access endpoint, https://cvm.{region}.tencentcloudapi.com
+    /// (shorthand for that --endpoint; wins over KEYFLEET_ENDPOINT).
+    #[arg(long, global = true)]
+    pub regional_endpoints: bool,
+    /// Connect HOST (or every name under *.SUFFIX) to ADDR, an IP with an optional :PORT,
+    /// without changing the Host header or the signature, like curl's; repeatable.
+    #[arg(long = "resolve", global = true, value_name = "HOST=ADDR")]
+    pub resolve: Vec<keyfleet::api::resolve::ResolveRule>,
     /// Allow an http:// endpoint on another host: credentials and replayable signatures
     /// then travel in clear. For a trusted test network only; a warning is printed.
     #[arg(long, global = true)]
@@ -52,6 +62,19 @@ pub struct GlobalArgs {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl GlobalArgs {
+    /// The endpoint (or template) API clients are built for: `--regional-endpoints`,
+    /// else `--endpoint`/`KEYFLEET_ENDPOINT`, else the global endpoint.
+    pub fn endpoint(&self) -> String {
+        if self.regional_endpoints {
+            return keyfleet::api::REGIONAL_ENDPOINT_TEMPLATE.to_string();
+        }
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT.to_string())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,4 +172,37 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Sim(args) => cli::sim::run(*args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(args: &[&str]) -> GlobalArgs {
+        let mut argv = vec!["keyfleet"];
+        argv.extend_from_slice(args);
+        argv.push("codes");
+        Cli::try_parse_from(argv).unwrap().global
+    }
+
+    #[test]
+    fn regional_endpoints_and_resolve_rules_are_global_flags() {
+        assert_eq!(
+            global(&["--regional-endpoints"]).endpoint(),
+            keyfleet::api::REGIONAL_ENDPOINT_TEMPLATE
+        );
+        assert_eq!(
+            global(&["--endpoint", "http://cvm.{region}.sim.test:9"]).endpoint(),
+            "http://cvm.{region}.sim.test:9"
+        );
+        let rules = global(&[
+            "--resolve",
+            "*.sim.test=127.0.0.1",
+            "--resolve",
+            "a.test=::1",
+        ])
+        .resolve;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].to_string(), "a.test=::1");
+    }
 }

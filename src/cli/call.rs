@@ -92,10 +92,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let profile = global.profile.as_deref();
     let region = credentials::resolve_region(global.region.as_deref(), profile)?;
     let credentials = super::resolve_credentials(profile)?;
-    let endpoint = global
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    let endpoint = global.endpoint();
     tracing::info!(
         region = %region.name,
         region_source = %region.source,
@@ -108,6 +105,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         credentials,
         connect_timeout: args.connect_timeout,
         request_timeout: args.timeout,
+        resolve: global.resolve.clone(),
         insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keyfleet::api::{self, ClientConfig, CvmClient};
+use keyfleet::api::{ClientConfig, CvmClient};
 use keyfleet::credentials;
 use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
@@ -217,16 +217,14 @@ pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
 /// The real API client, from the global flags and the execution's timeouts.
 pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
     let credentials = super::resolve_credentials(global.profile.as_deref())?;
-    let endpoint = global
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| api::DEFAULT_ENDPOINT.to_string());
+    let endpoint = global.endpoint();
     tracing::info!(%endpoint, credentials_source = %credentials.source, "API client");
     let client = CvmClient::new(ClientConfig {
         endpoint,
         credentials,
         connect_timeout: flags.connect_timeout,
         request_timeout: flags.timeout,
+        resolve: global.resolve.clone(),
         insecure_http: global.insecure_http,
     })
     .context("cannot set up the API client")?;

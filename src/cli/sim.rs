@@ -33,20 +33,36 @@ pub struct Args {
     /// Seed for the generated fleet, faults, jitter and latency; random (and printed) when absent.
     #[arg(long)]
     seed: Option<u64>,
-    /// The SecretId to accept (generated when absent).
-    #[arg(long, env = "KEYFLEET_SIM_SECRET_ID", requires = "secret_key")]
+    /// The SecretId to accept (generated, with the SecretKey, when absent). Needs a
+    /// SecretKey from KEYFLEET_SIM_SECRET_KEY or --secret-key-file.
+    #[arg(long, env = "KEYFLEET_SIM_SECRET_ID")]
     secret_id: Option<String>,
-    /// The SecretKey to accept (generated when absent).
-    #[arg(
-        long,
-        env = "KEYFLEET_SIM_SECRET_KEY",
-        hide_env_values = true,
-        requires = "secret_id"
-    )]
+    /// Read the SecretKey to accept from FILE (one line; a trailing newline is ignored).
+    /// Without it, KEYFLEET_SIM_SECRET_KEY is used.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_key")]
+    secret_key_file: Option<PathBuf>,
+    /// Deprecated: a key on the command line is visible to every local user (ps,
+    /// /proc); use KEYFLEET_SIM_SECRET_KEY or --secret-key-file.
+    #[arg(long, hide = true)]
     secret_key: Option<String>,
-    /// Admitted requests per action in any sliding second (0: unlimited).
+    /// Admitted requests per (Host header, action, SecretId) in any sliding second
+    /// (0: unlimited); POST /_sim/rate changes it while running.
     #[arg(long, default_value_t = sim::DEFAULT_RATE_PER_SECOND)]
     rate: u32,
+    /// Time a connection has to send a request head (also ends idle keep-alive connections).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    header_timeout: Duration,
+    /// Time a request body has to arrive once its head has.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    body_timeout: Duration,
+    /// Connections open at once; past it new ones wait (in the kernel's backlog).
+    #[arg(long, value_name = "N", default_value_t = sim::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Journal entries kept; the oldest are dropped (and counted in the stats) past it.
+    #[arg(long, value_name = "N", default_value_t = sim::DEFAULT_JOURNAL_CAPACITY as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    journal_capacity: u32,
     /// Random delay 0..J before the rate limiter sees a request (e.g. 20ms).
     #[arg(long, value_parser = parse_duration, default_value = "0ms")]
     jitter: Duration,
@@ -126,6 +142,39 @@ fn parse_range(text: &str) -> Result<LatencyRange, String> {
     Ok(LatencyRange(low, high))
 }
 
+/// The environment variable holding the SecretKey to accept.
+const SECRET_KEY_ENV: &str = "KEYFLEET_SIM_SECRET_KEY";
+
+/// The SecretKey to accept: `--secret-key-file`, else the deprecated `--secret-key`
+/// (with a warning), else `KEYFLEET_SIM_SECRET_KEY`; `None` when none is given.
+fn given_secret_key(
+    file: Option<&std::path::Path>,
+    flag: Option<String>,
+    env: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --secret-key-file {}", path.display()))?;
+        let key = text.strip_suffix('\n').unwrap_or(&text);
+        let key = key.strip_suffix('\r').unwrap_or(key);
+        if key.is_empty() || key.contains(['\n', '\r']) {
+            bail!(
+                "--secret-key-file {}: expected one line holding the SecretKey",
+                path.display()
+            );
+        }
+        return Ok(Some(key.to_string()));
+    }
+    if let Some(key) = flag {
+        eprintln!(
+            "warning: --secret-key is deprecated (other local users can read a command line): \
+             set {SECRET_KEY_ENV} or pass --secret-key-file FILE instead"
+        );
+        return Ok(Some(key));
+    }
+    Ok(env.filter(|key| !key.is_empty()))
+}
+
 fn random_token(len: usize) -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
@@ -155,13 +204,25 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         std::fs::write(path, fleet.to_json_pretty() + "\n")
             .with_context(|| format!("cannot write the fleet to {}", path.display()))?;
     }
-    // A key given on the command line is not echoed: it might be a real one by mistake.
-    let (secret_id, secret_key, generated) = match (args.secret_id, args.secret_key) {
+    // A given key is not echoed: it might be a real one by mistake.
+    let given_key = given_secret_key(
+        args.secret_key_file.as_deref(),
+        args.secret_key,
+        std::env::var(SECRET_KEY_ENV).ok(),
+    )?;
+    let (secret_id, secret_key, generated) = match (args.secret_id, given_key) {
         (Some(id), Some(key)) => (id, key, false),
-        _ => (
+        (None, None) => (
             format!("AKIDsim{}", random_token(29)),
             random_token(32),
             true,
+        ),
+        (Some(_), None) => bail!(
+            "--secret-id (or KEYFLEET_SIM_SECRET_ID) needs a SecretKey: set {SECRET_KEY_ENV} \
+             or pass --secret-key-file FILE"
+        ),
+        (None, Some(_)) => bail!(
+            "a SecretKey was given without a SecretId: pass --secret-id or set KEYFLEET_SIM_SECRET_ID"
         ),
     };
     let shown_key = generated.then(|| secret_key.clone());
@@ -182,6 +243,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         settle_after: args.settle_after,
         operation_time: args.operation_time,
         async_fail: args.fault_async_fail,
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        max_connections: args.max_connections as usize,
+        journal_capacity: args.journal_capacity as usize,
     };
     let instances = fleet.instances().len();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -204,11 +269,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     eprintln!("  export TENCENTCLOUD_SECRET_ID={secret_id}");
     match &shown_key {
         Some(key) => eprintln!("  export TENCENTCLOUD_SECRET_KEY={key}"),
-        None => eprintln!("  (SecretKey as given with --secret-key)"),
+        None => eprintln!("  (SecretKey as given)"),
     }
     eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
     eprintln!(
-        "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal  stats: {endpoint}/_sim/stats"
+        "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal?after=0  stats: {endpoint}/_sim/stats  rate: {endpoint}/_sim/rate"
     );
     eprintln!("Ctrl-C stops.");
     tokio::signal::ctrl_c()
@@ -226,6 +291,29 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_key_comes_from_the_file_the_flag_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "fromfile\n").unwrap();
+        let env = || Some("fromenv".to_string());
+        let key = given_secret_key(Some(&file), None, env()).unwrap();
+        assert_eq!(key.as_deref(), Some("fromfile"));
+        let key = given_secret_key(None, Some("fromflag".into()), env()).unwrap();
+        assert_eq!(key.as_deref(), Some("fromflag"));
+        assert_eq!(
+            given_secret_key(None, None, env()).unwrap().as_deref(),
+            Some("fromenv")
+        );
+        assert_eq!(given_secret_key(None, None, None).unwrap(), None);
+        std::fs::write(&file, "two\nlines\n").unwrap();
+        let err = given_secret_key(Some(&file), None, None).unwrap_err();
+        assert!(err.to_string().contains("one line"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = given_secret_key(Some(&missing), None, None).unwrap_err();
+        assert!(format!("{err:#}").contains("missing"), "{err:#}");
+    }
 
     #[test]
     fn durations_and_ranges() {

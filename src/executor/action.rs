@@ -103,8 +103,8 @@ impl Api for crate::api::CvmClient {
             .map_err(Refused::from)
     }
 
-    fn endpoint(&self, _region: &str) -> String {
-        crate::api::CvmClient::endpoint(self).to_string()
+    fn endpoint(&self, region: &str) -> String {
+        crate::api::CvmClient::endpoint_for(self, region)
     }
 
     fn secret_id(&self) -> String {

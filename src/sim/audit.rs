@@ -156,6 +156,7 @@ mod tests {
     fn success(request_id: &str, instances: &[&str], keys: &[&str]) -> JournalEntry {
         JournalEntry {
             at_ms: 0,
+            host: String::new(),
             action: "DisassociateInstancesKeyPairs".into(),
             region: "ap-guangzhou".into(),
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),

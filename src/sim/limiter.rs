@@ -1,4 +1,4 @@
-//! The per-action sliding-window rate limit, on tokio's clock.
+//! The sliding-window rate limit (one window per limiter key), on tokio's clock.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -46,6 +46,12 @@ impl SlidingWindow {
         true
     }
 
+    /// Changes the limit from now on (0: unlimited). Admissions already in the window
+    /// still count: after lowering it, nothing is admitted until they age out.
+    pub fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
     /// The most admissions seen in any window so far.
     pub fn max_in_window(&self) -> u64 {
         self.max_in_window
@@ -81,6 +87,28 @@ mod tests {
             assert!(!w.try_admit(t0 + Duration::from_millis(n * 100)));
         }
         assert!(w.try_admit(t0 + WINDOW));
+    }
+
+    #[test]
+    fn a_changed_limit_applies_from_then_on() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut w = SlidingWindow::new(4);
+        for n in 0..3 {
+            assert!(w.try_admit(ms(n)));
+        }
+        w.set_limit(2);
+        // Three already in the window: none more until two have aged out.
+        assert!(!w.try_admit(ms(10)));
+        assert!(!w.try_admit(ms(1000)));
+        assert!(w.try_admit(ms(1002)));
+        assert!(w.try_admit(ms(1003)));
+        assert!(!w.try_admit(ms(1004)));
+        w.set_limit(5);
+        for n in 0..3 {
+            assert!(w.try_admit(ms(1005 + n)));
+        }
+        assert!(!w.try_admit(ms(1010)));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! It checks TC3 signatures with [`crate::sign::verify`], validates parameters in
 //! the real API's order, applies key unbinds all-or-nothing over a simulated fleet,
-//! limits each action to `rate` requests in any sliding second, and injects seeded
+//! limits each (Host, action, SecretId) to `rate` requests in any sliding second, as
+//! Tencent Cloud counts its limit per access endpoint, and injects seeded
 //! faults (error codes, connections dropped before or after applying), so rehearsals
 //! and tests meet what a bulk run meets in production.
 //!
@@ -39,15 +40,26 @@ use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use fleet::{Fleet, Instance, InstanceState, Mix, Os};
-pub use journal::{DROPPED_AFTER_APPLY, DROPPED_BEFORE_APPLY, JournalEntry, SUCCESS, Stats};
+pub use journal::{
+    DEFAULT_JOURNAL_CAPACITY, DROPPED_AFTER_APPLY, DROPPED_BEFORE_APPLY, JournalEntry, JournalPage,
+    MAX_PAGE_ENTRIES, SUCCESS, Stats,
+};
 pub use limiter::WINDOW as RATE_WINDOW;
 
 use crate::secret::Secret;
 
 /// The only API version served, and the service of the signature scope.
 pub use crate::cvm::{API_VERSION, SERVICE};
-/// The real API's limit for the key-pair actions, per action.
+/// The real API's limit for the key-pair actions, per access endpoint, action and SecretId.
 pub const DEFAULT_RATE_PER_SECOND: u32 = 10;
+/// How long a connection may take to send a request head (from connecting, or from
+/// the previous reply: idle keep-alive connections end after it too).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may take to arrive once its head has.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections open at once; past it the simulator stops accepting until one ends.
+/// keyfleet's `--concurrency` goes to 1000: those beyond wait, they do not fail.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// How long a transitional state (STOPPING, PENDING, ...) lasts when the fleet does not say.
 pub const DEFAULT_SETTLE_AFTER: Duration = Duration::from_secs(1);
 /// The SecretId of [`SimConfig::default`]; fake, for tests.
@@ -107,7 +119,8 @@ pub struct SimConfig {
     /// The one SecretId accepted; any other gets AuthFailure.SecretIdNotFound.
     pub secret_id: String,
     pub secret_key: Secret,
-    /// Admitted requests per action in any sliding second; 0 means unlimited.
+    /// Admitted requests per (Host header, action, SecretId) in any sliding second;
+    /// 0 means unlimited. [`SimHandle::set_rate`] changes it while running.
     pub rate: u32,
     /// Each request waits a random 0..=jitter before the rate limiter sees it.
     pub jitter: Duration,
@@ -126,6 +139,15 @@ pub struct SimConfig {
     /// Drawn once per admitted request from its own seeded stream, so turning it on does
     /// not change which requests get the other faults.
     pub async_fail: f64,
+    /// Time allowed for a request head (see [`DEFAULT_HEADER_TIMEOUT`]).
+    pub header_timeout: Duration,
+    /// Time allowed for a request body (see [`DEFAULT_BODY_TIMEOUT`]).
+    pub body_timeout: Duration,
+    /// Connections open at once, at least 1 (see [`DEFAULT_MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Journal entries kept; past it the oldest are dropped and counted in
+    /// [`Stats::journal_dropped`] (the stats themselves count every request).
+    pub journal_capacity: usize,
 }
 
 impl Default for SimConfig {
@@ -142,6 +164,10 @@ impl Default for SimConfig {
             settle_after: DEFAULT_SETTLE_AFTER,
             operation_time: Duration::ZERO,
             async_fail: 0.0,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            journal_capacity: DEFAULT_JOURNAL_CAPACITY,
         }
     }
 }
@@ -161,6 +187,16 @@ impl SimConfig {
                 "latency range {:?}..{:?} ends before it starts",
                 self.latency.0, self.latency.1
             )));
+        }
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            return Err(SimError::Config(
+                "the header and body timeouts must be more than zero".to_string(),
+            ));
+        }
+        if self.max_connections == 0 || self.journal_capacity == 0 {
+            return Err(SimError::Config(
+                "max_connections and journal_capacity must be at least 1".to_string(),
+            ));
         }
         if self.secret_id.is_empty() || self.secret_key.expose().is_empty() {
             return Err(SimError::Config(
@@ -246,9 +282,22 @@ impl SimHandle {
         self.shared.set_revoked(revoked);
     }
 
-    /// Every request so far, in arrival order.
+    /// The retained journal entries (the newest [`SimConfig::journal_capacity`]), in
+    /// arrival order. For tests: a copy of the whole journal.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.shared.journal()
+    }
+
+    /// One page of the journal, as `GET /_sim/journal?after=SEQ&limit=N` returns it:
+    /// entries in the order their requests finished, numbered from 1.
+    pub fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
+        self.shared.journal_page(after, limit)
+    }
+
+    /// Changes the rate limit of every limiter key from now on (0: unlimited), as
+    /// `POST /_sim/rate` with `{"rate": N}` does.
+    pub fn set_rate(&self, rate: u32) {
+        self.shared.set_rate(rate);
     }
 
     pub fn stats(&self) -> Stats {

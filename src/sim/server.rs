@@ -1,11 +1,21 @@
 //! The HTTP side: hyper on a given listener, the API 3.0 protocol (POST JSON and
 //! GET query), signature checks, the rate limiter, faults, and the `/_sim/` endpoints.
 //!
-//! A request goes through: read body -> jitter -> protocol and signature checks ->
-//! rate limiter (per action) -> fault and latency draws -> latency -> parameter
-//! validation -> fault -> all-or-nothing execution -> reply (or a dropped connection).
+//! A request goes through: read body (within the body timeout) -> jitter -> protocol
+//! and signature checks -> rate limiter (per Host, action and SecretId) -> fault and
+//! latency draws -> latency -> parameter validation -> fault -> all-or-nothing
+//! execution -> reply (or a dropped connection).
+//!
+//! Abuse is bounded: a connection must deliver each request head within
+//! [`SimConfig::header_timeout`] (which also ends idle keep-alive connections) and its
+//! body within [`SimConfig::body_timeout`]; at most [`SimConfig::max_connections`] are
+//! open, and past that the accept loop waits (new connections queue in the kernel's
+//! backlog) rather than closing them, so an honest client is served late instead of
+//! failing with an ambiguous transport error; the journal keeps at most
+//! [`SimConfig::journal_capacity`] entries, and none holds a failed request's ids.
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +25,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
@@ -27,7 +37,9 @@ use tokio::time::Instant;
 use super::actions::{self, Acceptance, Action, ApiError};
 use super::faults::Fault;
 use super::fleet::{Fleet, LiveFleet};
-use super::journal::{DROPPED_BEFORE_APPLY, JournalEntry, Recorder, Stats};
+use super::journal::{
+    DROPPED_BEFORE_APPLY, JournalEntry, JournalPage, MAX_PAGE_ENTRIES, Recorder, Stats,
+};
 use super::limiter::SlidingWindow;
 use super::{API_VERSION, SERVICE, SimConfig, SimError};
 use crate::sign;
@@ -56,16 +68,33 @@ const COMMON_QUERY_PARAMS: &[&str] = &[
 type Reply = Response<Full<Bytes>>;
 
 /// Returned by the service to make hyper close the connection without replying.
-#[derive(Debug)]
-struct Dropped;
+#[derive(Debug, PartialEq, Eq)]
+enum Close {
+    /// A drop fault.
+    Fault,
+    /// The body did not arrive within the body timeout.
+    BodyTimeout,
+}
 
-impl std::fmt::Display for Dropped {
+impl std::fmt::Display for Close {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by an injected fault")
+        f.write_str(match self {
+            Close::Fault => "connection dropped by an injected fault",
+            Close::BodyTimeout => "the request body did not arrive in time",
+        })
     }
 }
 
-impl std::error::Error for Dropped {}
+impl std::error::Error for Close {}
+
+/// What the rate limit is counted per, as on Tencent Cloud: the access endpoint (the
+/// `Host` header, lower-cased), the action and the SecretId that signed the request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LimiterKey {
+    host: String,
+    action: Action,
+    secret_id: String,
+}
 
 /// Everything the connections share.
 pub(crate) struct Shared {
@@ -78,7 +107,11 @@ pub(crate) struct Shared {
 
 struct Inner {
     fleet: LiveFleet,
-    limiters: HashMap<Action, SlidingWindow>,
+    limiters: HashMap<LimiterKey, SlidingWindow>,
+    /// Each action's admissions over every Host, unlimited: only for the stats.
+    action_windows: HashMap<Action, SlidingWindow>,
+    /// The limit now: `SimConfig::rate` until `/_sim/rate` or `SimHandle::set_rate`.
+    rate: u32,
     // Separate streams, so turning on jitter does not change which requests get faults.
     jitter_rng: StdRng,
     latency_rng: StdRng,
@@ -100,11 +133,13 @@ impl Shared {
         let inner = Inner {
             fleet: LiveFleet::new(fleet, start, config.settle_after),
             limiters: HashMap::new(),
+            action_windows: HashMap::new(),
+            rate: config.rate,
             jitter_rng: StdRng::seed_from_u64(config.seed ^ JITTER_STREAM),
             latency_rng: StdRng::seed_from_u64(config.seed ^ LATENCY_STREAM),
             fault_rng: StdRng::seed_from_u64(config.seed),
             async_rng: StdRng::seed_from_u64(config.seed ^ ASYNC_STREAM),
-            recorder: Recorder::default(),
+            recorder: Recorder::new(config.journal_capacity),
             next_seq: 0,
         };
         Shared {
@@ -154,6 +189,24 @@ impl Shared {
         self.lock().recorder.journal()
     }
 
+    pub fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
+        self.lock().recorder.page(after, limit)
+    }
+
+    /// Changes the limit of every limiter key, existing and future.
+    pub fn set_rate(&self, rate: u32) {
+        let mut inner = self.lock();
+        inner.rate = rate;
+        for window in inner.limiters.values_mut() {
+            window.set_limit(rate);
+        }
+        tracing::info!(rate, "sim rate changed");
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.lock().rate
+    }
+
     pub fn stats(&self) -> Stats {
         self.lock().recorder.stats()
     }
@@ -171,28 +224,24 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `stop` fires (or its sender is dropped).
+/// Accepts connections until `stop` fires (or its sender is dropped), at most
+/// `max_connections` open at once: at the cap it stops accepting until one ends.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<()>,
 ) {
     let mut connections = JoinSet::new();
+    let cap = shared.config.max_connections.max(1);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
+            // Not polled at the cap: the join branch below wakes the loop when one ends.
+            accepted = listener.accept(), if connections.len() < cap => match accepted {
                 Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    connections.spawn(async move {
-                        let service = service_fn(move |req| handle(shared.clone(), req));
-                        if let Err(err) = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            tracing::debug!("sim connection closed: {err}");
-                        }
-                    });
+                    connections.spawn(serve_connection(shared.clone(), stream));
+                    let open = connections.len() as u64;
+                    shared.lock().recorder.connection_opened(open);
                 }
                 Err(err) => {
                     tracing::warn!("sim accept failed: {err}");
@@ -205,11 +254,43 @@ pub(crate) async fn serve(
     connections.shutdown().await;
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Dropped> {
+/// One connection: HTTP/1.1 with the header timeout on (hyper ignores it without a timer).
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| handle(shared.clone(), req))
+    };
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = result {
+        let ours = err
+            .source()
+            .and_then(|s| s.downcast_ref::<Close>())
+            .is_some();
+        if err.is_timeout() && !ours {
+            shared.lock().recorder.header_timeout();
+        }
+        tracing::debug!("sim connection closed: {err}");
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Close> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let read = tokio::time::timeout(
+        shared.config.body_timeout,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await;
+    let body = match read {
+        Err(_elapsed) => {
+            shared.lock().recorder.body_timeout();
+            return Err(Close::BodyTimeout);
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return Ok(api_reply(
                 StatusCode::OK,
                 Err(ApiError::new(
@@ -221,7 +302,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Dr
         }
     };
     if parts.uri.path().starts_with(OBSERVE_PREFIX) {
-        return Ok(observe(&shared, &parts));
+        return Ok(observe(&shared, &parts, &body));
     }
     let jitter = shared.draw_jitter();
     if !jitter.is_zero() {
@@ -419,6 +500,11 @@ fn strings(params: &Result<Map<String, Value>, ApiError>, name: &str) -> Vec<Str
         .unwrap_or_default()
 }
 
+/// A journal entry's copy of a header value: short, so a failed request stores little.
+fn kept(value: Option<String>) -> String {
+    value.map(|v| crate::ids::shorten(&v)).unwrap_or_default()
+}
+
 /// An admitted request, between the rate limiter and processing.
 struct Ticket {
     seq: u64,
@@ -432,12 +518,13 @@ struct Ticket {
     latency: Duration,
 }
 
-/// The protocol checks, in order: method, path, signature, Action, Version, action, Region.
+/// The protocol checks, in order: method, path, signature, Action, Version, action,
+/// Region. Returns the action, the region and the SecretId that signed the request.
 fn check_protocol(
     call: &Call,
     config: &SimConfig,
     revoked: bool,
-) -> Result<(Action, String), ApiError> {
+) -> Result<(Action, String, String), ApiError> {
     if call.method != Method::POST && call.method != Method::GET {
         return Err(ApiError::new(
             "UnsupportedProtocol",
@@ -453,7 +540,8 @@ fn check_protocol(
             ),
         ));
     }
-    call.verify(config)
+    let secret_id = call
+        .verify(config)
         .map_err(|err| ApiError::new(err.code(), err.to_string()))?;
     if revoked {
         return Err(ApiError::new(
@@ -515,50 +603,74 @@ fn check_protocol(
             ),
         ));
     }
-    Ok((action, region))
+    Ok((action, region, secret_id))
 }
 
 /// Protocol and signature checks, then the rate limiter. An admitted request leaves
 /// with its fault and latency drawn (in arrival order, so a seed reproduces them).
 fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
-    let params = call.params();
+    // The signature (an HMAC over the body) is checked outside the lock; a request that
+    // fails it, or any protocol check, is journaled without its ids and its body unparsed.
+    let checked = check_protocol(
+        &call,
+        &shared.config,
+        shared.revoked.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    let params = match checked {
+        Ok(_) => call.params(),
+        Err(_) => Ok(Map::new()),
+    };
+    let host = call
+        .header("host")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_default();
     let mut inner = shared.lock();
     let now = Instant::now();
     let seq = inner.next_seq;
     inner.next_seq += 1;
-    let entry = JournalEntry {
+    let mut entry = JournalEntry {
         at_ms: i64::try_from(now.duration_since(shared.start).as_millis()).unwrap_or(i64::MAX),
-        action: call.common("action").unwrap_or_default(),
-        region: call.common("region").unwrap_or_default(),
-        instance_ids: strings(&params, "InstanceIds"),
-        key_ids: strings(&params, "KeyIds"),
-        force_stop: params
-            .as_ref()
-            .ok()
-            .and_then(|p| p.get("ForceStop"))
-            .is_some_and(|v| {
-                v == &Value::Bool(true)
-                    || v.as_str()
-                        .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
-            }),
+        host: crate::ids::shorten(&host),
+        action: kept(call.common("action")),
+        region: kept(call.common("region")),
+        instance_ids: Vec::new(),
+        key_ids: Vec::new(),
+        force_stop: false,
         code: None,
         request_id: None,
         applied: false,
         dropped: false,
         operation_failed: false,
     };
-    let (action, region) = match check_protocol(
-        &call,
-        &shared.config,
-        shared.revoked.load(std::sync::atomic::Ordering::SeqCst),
-    ) {
+    let (action, region, secret_id) = match checked {
         Ok(checked) => checked,
-        Err(err) => return Err(Box::new(inner.reply(seq, entry, Err(err)))),
+        Err(err) => {
+            inner.recorder.protocol_failure();
+            return Err(Box::new(inner.reply(seq, entry, Err(err))));
+        }
     };
-    let rate = shared.config.rate;
+    // Signed and well formed: the entry holds what was sent, in full.
+    entry.host.clone_from(&host);
+    entry.instance_ids = strings(&params, "InstanceIds");
+    entry.key_ids = strings(&params, "KeyIds");
+    entry.force_stop = params
+        .as_ref()
+        .ok()
+        .and_then(|p| p.get("ForceStop"))
+        .is_some_and(|v| {
+            v == &Value::Bool(true)
+                || v.as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
+        });
+    let rate = inner.rate;
+    let key = LimiterKey {
+        host,
+        action,
+        secret_id,
+    };
     let window = inner
         .limiters
-        .entry(action)
+        .entry(key.clone())
         .or_insert_with(|| SlidingWindow::new(rate));
     if !window.try_admit(now) {
         let err = ApiError::new(
@@ -567,8 +679,18 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         );
         return Err(Box::new(inner.reply(seq, entry, Err(err))));
     }
-    let max_in_window = window.max_in_window();
-    inner.recorder.admitted(&entry.action, max_in_window);
+    let per_key = window.max_in_window();
+    let per_action = {
+        let all_hosts = inner
+            .action_windows
+            .entry(action)
+            .or_insert_with(|| SlidingWindow::new(0));
+        all_hosts.try_admit(now);
+        all_hosts.max_in_window()
+    };
+    inner
+        .recorder
+        .admitted(&key.host, &entry.action, per_key, per_action);
     // Always one draw per admitted request, so the sequence does not depend on the outcome.
     let draw: f64 = inner.fault_rng.random();
     let fault = shared.config.faults.pick(draw);
@@ -594,7 +716,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
 }
 
 /// Validation, the fault, then the all-or-nothing change; `Err` drops the connection.
-fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
+fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Close> {
     let Ticket {
         seq,
         mut entry,
@@ -621,7 +743,7 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
             entry.code = Some(DROPPED_BEFORE_APPLY.to_string());
             entry.dropped = true;
             inner.recorder.record(seq, entry);
-            return Err(Dropped);
+            return Err(Close::Fault);
         }
     }
     // The RequestId exists before the change: the operation it starts carries it.
@@ -639,7 +761,7 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Dropped> {
         entry.code = result.err().map(|e| e.code);
         entry.dropped = true;
         inner.recorder.record(seq, entry);
-        return Err(Dropped);
+        return Err(Close::Fault);
     }
     Ok(inner.reply_as(
         seq,
@@ -714,27 +836,86 @@ fn json_reply(status: StatusCode, value: &mut Value) -> Reply {
     response
 }
 
-/// `GET /_sim/state`, `/_sim/journal`, `/_sim/stats`: unsigned, for tests and rehearsals.
-fn observe(shared: &Shared, parts: &hyper::http::request::Parts) -> Reply {
+/// The unsigned endpoints, for tests and rehearsals: `GET /_sim/state`, `/_sim/stats`,
+/// `/_sim/journal?after=SEQ&limit=N` (one page), `/_sim/rate`; `POST /_sim/rate`
+/// with `{"rate": N}` changes the limit.
+fn observe(shared: &Shared, parts: &hyper::http::request::Parts, body: &[u8]) -> Reply {
+    let path = parts.uri.path();
+    if path == "/_sim/rate" && parts.method == Method::POST {
+        return set_rate(shared, body);
+    }
     if parts.method != Method::GET {
         return json_reply(
             StatusCode::METHOD_NOT_ALLOWED,
-            &mut json!({ "error": "the /_sim/ endpoints answer GET only" }),
+            &mut json!({ "error": "the /_sim/ endpoints answer GET only (and POST /_sim/rate)" }),
         );
     }
-    let mut value = match parts.uri.path() {
+    let mut value = match path {
         "/_sim/state" => serde_json::to_value(shared.snapshot()),
-        "/_sim/journal" => serde_json::to_value(shared.journal()),
+        "/_sim/journal" => match page_query(parts.uri.query().unwrap_or("")) {
+            Ok((after, limit)) => serde_json::to_value(shared.journal_page(after, limit)),
+            Err(message) => {
+                return json_reply(StatusCode::BAD_REQUEST, &mut json!({ "error": message }));
+            }
+        },
         "/_sim/stats" => serde_json::to_value(shared.stats()),
+        "/_sim/rate" => Ok(json!({ "rate": shared.rate() })),
         _ => {
             return json_reply(
                 StatusCode::NOT_FOUND,
-                &mut json!({ "error": "try /_sim/state, /_sim/journal or /_sim/stats" }),
+                &mut json!({ "error": "try /_sim/state, /_sim/journal, /_sim/stats or /_sim/rate" }),
             );
         }
     }
     .unwrap_or(Value::Null);
     json_reply(StatusCode::OK, &mut value)
+}
+
+/// `after` (default 0: from the oldest retained) and `limit` (default and cap
+/// [`MAX_PAGE_ENTRIES`]) of a journal page.
+fn page_query(query: &str) -> Result<(u64, usize), String> {
+    let mut after = 0;
+    let mut limit = MAX_PAGE_ENTRIES;
+    for (name, value) in parse_query(query) {
+        let number = || {
+            value.trim().parse::<u64>().map_err(|_| {
+                format!(
+                    "{name}={} is not a whole number",
+                    crate::ids::shorten(&value)
+                )
+            })
+        };
+        match name.as_str() {
+            "after" => after = number()?,
+            "limit" => limit = usize::try_from(number()?).unwrap_or(usize::MAX),
+            other => {
+                return Err(format!(
+                    "unknown parameter {:?}: use after and limit",
+                    crate::ids::shorten(other)
+                ));
+            }
+        }
+    }
+    Ok((after, limit))
+}
+
+/// `POST /_sim/rate` with `{"rate": N}` (0: unlimited).
+fn set_rate(shared: &Shared, body: &[u8]) -> Reply {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RateBody {
+        rate: u32,
+    }
+    match serde_json::from_slice::<RateBody>(body) {
+        Ok(RateBody { rate }) => {
+            shared.set_rate(rate);
+            json_reply(StatusCode::OK, &mut json!({ "rate": rate }))
+        }
+        Err(err) => json_reply(
+            StatusCode::BAD_REQUEST,
+            &mut json!({ "error": format!("the body must be {{\"rate\": N}} with N a whole number of requests per second: {err}") }),
+        ),
+    }
 }
 
 #[cfg(test)]

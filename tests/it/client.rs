@@ -937,3 +937,89 @@ async fn keyfleet_call_describe_prints_json() {
     assert_eq!(report["instances"][0]["key_ids"], json!(["skey-cccc3333"]));
     assert_eq!(report["not_found"], json!(["ins-bbbb2222"]));
 }
+
+// ---------------------------------------------------------------- regional endpoints
+
+/// A `{region}` template with no port and an exact `--resolve` rule that names one: the
+/// call connects to the rule's address and port, with the regional Host header, signed
+/// as such (the simulator verifies it).
+#[tokio::test]
+async fn a_template_and_an_exact_resolve_rule_reach_the_simulator() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = keyfleet::sim::start(
+        listener,
+        keyfleet::sim::SimConfig::default(),
+        keyfleet::sim::Fleet::generate(4, 1, &keyfleet::sim::Mix::default()),
+    )
+    .await
+    .unwrap();
+    let rule = format!("cvm.ap-guangzhou.sim.test={}", sim.local_addr());
+    let credentials = Credentials {
+        secret_id: keyfleet::sim::TEST_SECRET_ID.to_string(),
+        secret_key: Secret::new(keyfleet::sim::TEST_SECRET_KEY),
+        token: None,
+        source: "test".to_string(),
+    };
+    let mut config = ClientConfig::new("http://cvm.{region}.sim.test", credentials);
+    config.resolve = vec![rule.parse().unwrap()];
+    config.request_timeout = TEST_DEADLINE;
+    let client = CvmClient::new(config).unwrap();
+    assert_eq!(
+        client.endpoint_for("ap-guangzhou"),
+        "http://cvm.ap-guangzhou.sim.test/"
+    );
+    let (regions, _) = client.describe_regions("ap-guangzhou").await.unwrap();
+    assert!(!regions.is_empty());
+    let journal = sim.journal();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].host, "cvm.ap-guangzhou.sim.test");
+    assert_eq!(journal[0].code, None, "signed for the regional host");
+    // A region that is not region-shaped is refused before anything is sent.
+    let refused = client.describe_regions("x.evil").await.unwrap_err();
+    assert_eq!(refused.code(), "Transport.Connect");
+    assert_eq!(sim.journal().len(), 1);
+}
+
+/// `keyfleet call` with an https `{region}` template and a wildcard `--resolve`: the TLS
+/// handshake reaches the loopback listener and names the regional host (SNI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyfleet_call_sends_an_https_template_where_resolve_says() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hello = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut bytes = vec![0u8; 4096];
+        let n = stream.read(&mut bytes).await.unwrap();
+        bytes.truncate(n);
+        bytes
+    });
+    let rule = format!("*.sim.test={addr}");
+    let output = run_keyfleet(&[
+        "--resolve",
+        &rule,
+        "call",
+        "describe",
+        "--endpoint",
+        "https://cvm.{region}.sim.test",
+        "--region",
+        "ap-shanghai",
+        "--instance",
+        "ins-aaaa1111",
+    ])
+    .await;
+    let hello = tokio::time::timeout(TEST_DEADLINE, hello)
+        .await
+        .expect("a connection arrived")
+        .unwrap();
+    let sni = b"cvm.ap-shanghai.sim.test";
+    assert!(
+        hello.windows(sni.len()).any(|w| w == sni),
+        "the ClientHello names the regional host"
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "no TLS server: a transport error"
+    );
+}

@@ -6,6 +6,7 @@ mod database;
 mod fuzz;
 mod hostile;
 mod plan;
+mod regional;
 mod run;
 mod runbook;
 mod security;

@@ -57,12 +57,17 @@ impl Rehearsal {
 
     /// `keyfleet --db DB --endpoint SIM ARGS...` with the simulator's test credentials.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_at(&self.sim.endpoint(), args)
+    }
+
+    /// The same with another `--endpoint` (a `{region}` template, say).
+    pub fn command_at(&self, endpoint: &str, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(keyfleet_bin());
         command
             .arg("--db")
             .arg(&self.db)
             .arg("--endpoint")
-            .arg(self.sim.endpoint())
+            .arg(endpoint)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
