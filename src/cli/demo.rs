@@ -120,10 +120,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         settle_after: Duration::from_secs(3),
         operation_time: Duration::from_millis(400),
         async_fail: args.async_fail,
-        header_timeout: sim::DEFAULT_HEADER_TIMEOUT,
-        body_timeout: sim::DEFAULT_BODY_TIMEOUT,
-        max_connections: sim::DEFAULT_MAX_CONNECTIONS,
-        journal_capacity: sim::DEFAULT_JOURNAL_CAPACITY,
+        ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -80,6 +80,10 @@ pub struct Args {
     /// (the reply still succeeds: a RequestId means accepted, not applied).
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     fault_async_fail: f64,
+    /// An action this SecretId may not call (repeatable): answered UnauthorizedOperation,
+    /// like a sub-account allowed to unbind but not to describe.
+    #[arg(long = "deny-action", value_name = "ACTION", value_parser = parse_action)]
+    deny_actions: Vec<keyfleet::cvm::Action>,
     /// Probability of MutexOperation.TaskRunning per request.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     fault_mutex: f64,
@@ -243,6 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         settle_after: args.settle_after,
         operation_time: args.operation_time,
         async_fail: args.fault_async_fail,
+        denied_actions: args.deny_actions.clone(),
         header_timeout: args.header_timeout,
         body_timeout: args.body_timeout,
         max_connections: args.max_connections as usize,
@@ -339,4 +344,14 @@ mod tests {
         );
         assert!(parse_range("300ms..50ms").is_err());
     }
+}
+
+fn parse_action(name: &str) -> Result<keyfleet::cvm::Action, String> {
+    keyfleet::cvm::Action::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = keyfleet::cvm::Action::ALL
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        format!("{name:?} is not an action; one of {}", names.join(", "))
+    })
 }

@@ -71,7 +71,7 @@ pub const TEST_SECRET_KEY: &str = "keyfleetSimulatorTestKey00000000";
 /// (a test walks the simulator's source to keep this list complete). The journal-only
 /// outcomes [`DROPPED_BEFORE_APPLY`] and [`DROPPED_AFTER_APPLY`] are never sent.
 pub const REPLY_CODES: &[&str] = &[
-    // Protocol and signature (server.rs, sign.rs).
+    // Protocol and signature (server.rs, sign.rs), and a denied action.
     "AuthFailure.InvalidAuthorization",
     "AuthFailure.SecretIdNotFound",
     "AuthFailure.SignatureExpire",
@@ -81,6 +81,7 @@ pub const REPLY_CODES: &[&str] = &[
     "NoSuchVersion",
     "RequestLimitExceeded",
     "RequestSizeLimitExceeded",
+    "UnauthorizedOperation",
     "UnsupportedProtocol",
     "UnsupportedRegion",
     // Parameters (actions.rs).
@@ -139,6 +140,9 @@ pub struct SimConfig {
     /// Drawn once per admitted request from its own seeded stream, so turning it on does
     /// not change which requests get the other faults.
     pub async_fail: f64,
+    /// Actions this SecretId may not call: answered `UnauthorizedOperation` (a
+    /// sub-account allowed to unbind but not to describe, for instance).
+    pub denied_actions: Vec<crate::cvm::Action>,
     /// Time allowed for a request head (see [`DEFAULT_HEADER_TIMEOUT`]).
     pub header_timeout: Duration,
     /// Time allowed for a request body (see [`DEFAULT_BODY_TIMEOUT`]).
@@ -164,6 +168,7 @@ impl Default for SimConfig {
             settle_after: DEFAULT_SETTLE_AFTER,
             operation_time: Duration::ZERO,
             async_fail: 0.0,
+            denied_actions: Vec::new(),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,

@@ -197,8 +197,8 @@ impl Shared {
     pub fn set_rate(&self, rate: u32) {
         let mut inner = self.lock();
         inner.rate = rate;
-        for window in inner.limiters.values_mut() {
-            window.set_limit(rate);
+        for (key, window) in inner.limiters.iter_mut() {
+            window.set_limit(action_limit(key.action, rate));
         }
         tracing::info!(rate, "sim rate changed");
     }
@@ -662,7 +662,14 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
                 || v.as_str()
                     .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
         });
-    let rate = inner.rate;
+    if shared.config.denied_actions.contains(&action) {
+        let err = ApiError::new(
+            "UnauthorizedOperation",
+            format!("This sub-account is not authorized to perform {action}."),
+        );
+        return Err(Box::new(inner.reply(seq, entry, Err(err))));
+    }
+    let rate = action_limit(action, inner.rate);
     let key = LimiterKey {
         host,
         action,
@@ -713,6 +720,20 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         async_fails,
         latency,
     })
+}
+
+/// The limit of `action` when the key-pair operations are limited to `rate` (0:
+/// unlimited): they get `rate`, the reads their documented limits scaled alike
+/// (DescribeInstances 40 at the documented 10, so a simulator slowed to 5 slows them too).
+pub(crate) fn action_limit(action: super::actions::Action, rate: u32) -> u32 {
+    if action.is_key_pair_operation() {
+        rate
+    } else {
+        let documented = u64::from(action.rate_limit());
+        let key_pair =
+            u64::from(super::actions::Action::DisassociateInstancesKeyPairs.rate_limit());
+        (u64::from(rate) * documented / key_pair).min(u64::from(u32::MAX)) as u32
+    }
 }
 
 /// Validation, the fault, then the all-or-nothing change; `Err` drops the connection.

@@ -293,3 +293,39 @@ async fn a_kill_during_verify_loses_nothing() {
     store.close().await;
     assert_eq!(open, 0, "the killed attempt was recovered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_account_that_may_not_describe_gets_its_run_completed_and_told_it_is_unverified() {
+    let (fleet, holders) = two_region_fleet(10);
+    let config = SimConfig {
+        denied_actions: vec![keyfleet::cvm::Action::DescribeInstances],
+        ..quiet()
+    };
+    let r = Rehearsal::start(config, fleet).await;
+    let rows: Vec<(String, String, String)> = holders
+        .iter()
+        .map(|(region, id)| (id.clone(), LEAKED.to_string(), region.clone()))
+        .collect();
+    let input = r.input("leaked.csv", &rows);
+    let (code, _, stderr) = r
+        .run(
+            &["run", input.to_str().unwrap(), "--progress", "none"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 1, "not verified, so not a clean exit: {stderr}");
+    assert!(stderr.contains("UNVERIFIED"), "{stderr}");
+    assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (code, status, _) = r.run(&["status", "--json"], LIMIT).await;
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "finished", "{status}");
+    assert_eq!(status["pairs"]["succeeded"], rows.len(), "{status}");
+    assert_eq!(status["pairs"]["failed"], 0, "no pair failed: {status}");
+    // The refused round is over: a resume sends nothing and meets no refusal.
+    let before = r.sim.journal().len();
+    let (code, _, stderr) = r.run(&["resume", "--progress", "none"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(r.sim.journal().len(), before);
+}
