@@ -293,6 +293,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     Ok(crate::exit::OK)
 }
 
+fn parse_action(name: &str) -> Result<keyfleet::cvm::Action, String> {
+    keyfleet::cvm::Action::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = keyfleet::cvm::Action::ALL
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        format!("{name:?} is not an action; one of {}", names.join(", "))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,14 +354,4 @@ mod tests {
         );
         assert!(parse_range("300ms..50ms").is_err());
     }
-}
-
-fn parse_action(name: &str) -> Result<keyfleet::cvm::Action, String> {
-    keyfleet::cvm::Action::from_name(name).ok_or_else(|| {
-        let names: Vec<&str> = keyfleet::cvm::Action::ALL
-            .iter()
-            .map(|a| a.name())
-            .collect();
-        format!("{name:?} is not an action; one of {}", names.join(", "))
-    })
 }
