@@ -1,7 +1,7 @@
 //! `keyfleet status [RUN]`: where a run stands.
 
 use keyfleet::display::escape;
-use keyfleet::store::{Store, report};
+use keyfleet::store::{Store, Verified, report};
 
 use crate::GlobalArgs;
 
@@ -27,13 +27,23 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = Store::open(&global.db).await?;
     let status = async {
         let run_id = report::resolve_run(&store, args.run).await?;
-        report::run_status(&store, run_id).await
+        let status = report::run_status(&store, run_id).await?;
+        let verification = store.verification_counts(run_id).await?;
+        Ok::<_, keyfleet::store::StoreError>((status, verification))
     }
     .await;
     store.close().await;
-    let status = status?;
+    let (status, verification) = status?;
+    // What `keyfleet verify` found, by verdict; `unverified` counts pairs never checked.
+    let mut verified: std::collections::BTreeMap<&str, i64> = Verified::ALL
+        .iter()
+        .map(|v| (v.as_str(), verification.get(*v)))
+        .collect();
+    verified.insert("unverified", verification.unverified);
     if args.json {
-        println!("{}", serde_json::to_string(&status)?);
+        let mut json = serde_json::to_value(&status)?;
+        json["verification"] = serde_json::json!(verified);
+        println!("{json}");
         return Ok(crate::exit::OK);
     }
     println!(
@@ -53,6 +63,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     };
     println!("  pairs     {}", list(&status.pairs));
     println!("  jobs      {}", list(&status.jobs));
+    let verified: std::collections::BTreeMap<String, i64> = verified
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
+    println!("  verified  {}", list(&verified));
     println!(
         "  requests  {} sent, {} throttled",
         status.requests, status.throttled
