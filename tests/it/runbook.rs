@@ -329,3 +329,95 @@ async fn a_sub_account_that_may_not_describe_gets_its_run_completed_and_told_it_
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(r.sim.journal().len(), before);
 }
+
+/// The whole runbook at fleet scale: 20,000 instances over three regions, each region at
+/// its own access endpoint (a `{region}` template and `--resolve` onto one simulator at
+/// the documented limits), and every request inside its API's limit at its endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_run_and_verify_twenty_thousand_instances_over_three_regions() {
+    const REGIONS: [&str; 3] = ["ap-guangzhou", "ap-shanghai", "eu-frankfurt"];
+    let mut instances = Vec::with_capacity(20_000);
+    for n in 0..20_000 {
+        let region = REGIONS[n % 3];
+        let mut keys = vec![key(1000 + n % 40)];
+        if n % 10 == 0 {
+            keys.push(LEAKED.to_string());
+        }
+        instances.push(Instance::new(ins(n), region).keys(keys));
+    }
+    let fleet = Fleet {
+        keys: vec![LEAKED.to_string()],
+        instances,
+    };
+    let config = SimConfig {
+        settle_after: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let r = Rehearsal::start(config, fleet).await;
+    let port = r.sim.local_addr().port();
+    let template = format!("http://cvm.{{region}}.sim.test:{port}");
+    let resolve = ["--resolve", "*.sim.test=127.0.0.1"];
+    let run = |args: Vec<String>| {
+        let mut command = r.command_at(&template, &resolve);
+        command.args(&args);
+        async move {
+            let output = tokio::time::timeout(LIMIT, command.output())
+                .await
+                .expect("in time")
+                .expect("keyfleet");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let found = r.dir.path().join("found.csv");
+    let found_arg = found.to_str().unwrap().to_string();
+    let (code, stderr) = run([
+        "discover",
+        "--key",
+        LEAKED,
+        "--regions",
+        &REGIONS.join(","),
+        "--output",
+        &found_arg,
+    ]
+    .map(String::from)
+    .to_vec())
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&found).unwrap().lines().count(),
+        2_001
+    );
+    let (code, stderr) = run(["run", &found_arg, "--progress", "none"]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert_eq!(
+        code,
+        Some(0),
+        "every pair unbound and verified gone: {stderr}"
+    );
+    assert!(stderr.contains("verified: 2000 gone"), "{stderr}");
+
+    let stats = r.sim.stats();
+    assert_eq!(stats.throttled, 0, "{stats:?}");
+    assert_eq!(stats.max_in_any_second_by_host.len(), 3, "{stats:?}");
+    for (host, by_action) in &stats.max_in_any_second_by_host {
+        for (action, max) in by_action {
+            let limit = keyfleet::cvm::Action::from_name(action)
+                .unwrap()
+                .rate_limit() as u64;
+            assert!(
+                *max <= limit,
+                "{host} {action}: {max} in one second, limit {limit}"
+            );
+        }
+    }
+    // ceil(6,667 / 100) pages per region, discovery and verification (100 instances a
+    // request) alike, no more.
+    let describes = requests_of(&r, "DescribeInstances");
+    assert_eq!(describes, 3 * 67 + 3 * 7, "{describes}");
+    assert!(r.sim.fleet().bindings().iter().all(|(_, k)| k != LEAKED));
+}
