@@ -7,9 +7,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
-use keyfleet::api::{self, CallError, ClientConfig, CvmClient};
+use keyfleet::api::CallError;
 use keyfleet::display::escape;
 use keyfleet::{credentials, cvm, ids, taxonomy};
 use serde_json::json;
@@ -91,25 +91,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     let profile = global.profile.as_deref();
     let region = credentials::resolve_region(global.region.as_deref(), profile)?;
-    let credentials = super::resolve_credentials(profile)?;
-    let endpoint = global.endpoint();
-    tracing::info!(
-        region = %region.name,
-        region_source = %region.source,
-        credentials_source = %credentials.source,
-        endpoint = %endpoint,
-        "calling"
-    );
-    let client = CvmClient::new(ClientConfig {
-        endpoint,
-        credentials,
-        connect_timeout: args.connect_timeout,
-        request_timeout: args.timeout,
-        resolve: global.resolve.clone(),
-        insecure_http: global.insecure_http,
-    })
-    .context("cannot set up the API client")?;
-    warn_about_transport(&client);
+    tracing::info!(region = %region.name, region_source = %region.source, "calling");
+    let client = super::common::client(global, args.connect_timeout, args.timeout)?;
 
     match args.action {
         Action::Disassociate(_) => {
@@ -158,17 +141,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             }
             Err(err) => report_failure(&err, cvm::Action::DescribeInstances, args.json),
         },
-    }
-}
-
-/// The warning `--insecure-http` promises, on stderr, before anything is sent.
-pub(crate) fn warn_about_transport(client: &CvmClient) {
-    if client.transport() == api::Transport::InsecureHttp {
-        eprintln!(
-            "warning: --insecure-http: requests to {} travel in clear; anyone on the way can read \
-             the SecretId and token and replay a signed request for about 5 minutes",
-            escape(client.endpoint())
-        );
     }
 }
 

@@ -6,7 +6,6 @@ use anyhow::Context;
 use keyfleet::display::escape;
 use keyfleet::input::Format;
 use keyfleet::plan::{self, PlanOptions, PlanOutcome};
-use keyfleet::store::Store;
 
 use crate::GlobalArgs;
 
@@ -46,7 +45,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         strict: args.strict,
         format: args.format.map(|f| f.0),
     };
-    let store = Store::open(&global.db).await?;
+    let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;
     store.close().await;
     let outcome = outcome?;

@@ -66,7 +66,7 @@ impl std::str::FromStr for StatusArg {
 }
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let store = Store::open(&global.db).await?;
+    let store = super::common::open_store(&global.db).await?;
     let result = write_report(&store, &args).await;
     store.close().await;
     let rows = match result {

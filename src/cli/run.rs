@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use keyfleet::api::{ClientConfig, CvmClient};
+use keyfleet::api::CvmClient;
 use keyfleet::credentials;
 use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
@@ -15,6 +14,7 @@ use keyfleet::plan::{self, InputCheck, PlanOptions};
 use keyfleet::store::{Store, report};
 
 use super::call::parse_seconds;
+pub use super::common::open_store;
 use super::progress::{self, Display};
 use crate::{GlobalArgs, exit};
 
@@ -207,29 +207,9 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
     execute_with_client(&store, run_id, &args.exec, global).await
 }
 
-/// Opens the database named by `--db`.
-pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
-    Store::open(path)
-        .await
-        .with_context(|| format!("cannot use database {}", path.display()))
-}
-
 /// The real API client, from the global flags and the execution's timeouts.
 pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
-    let credentials = super::resolve_credentials(global.profile.as_deref())?;
-    let endpoint = global.endpoint();
-    tracing::info!(%endpoint, credentials_source = %credentials.source, "API client");
-    let client = CvmClient::new(ClientConfig {
-        endpoint,
-        credentials,
-        connect_timeout: flags.connect_timeout,
-        request_timeout: flags.timeout,
-        resolve: global.resolve.clone(),
-        insecure_http: global.insecure_http,
-    })
-    .context("cannot set up the API client")?;
-    super::call::warn_about_transport(&client);
-    Ok(Arc::new(client))
+    super::common::client(global, flags.connect_timeout, flags.timeout).map(Arc::new)
 }
 
 /// Builds the real API client from the global flags, executes the run, and (unless

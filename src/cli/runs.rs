@@ -1,7 +1,7 @@
 //! `keyfleet runs`: the runs in the database, newest first.
 
 use keyfleet::display::escape;
-use keyfleet::store::{Store, report};
+use keyfleet::store::report;
 
 use crate::GlobalArgs;
 
@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let store = Store::open(&global.db).await?;
+    let store = super::common::open_store(&global.db).await?;
     let runs = report::list_runs(&store).await;
     store.close().await;
     let runs = runs?;

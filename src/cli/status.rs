@@ -1,7 +1,7 @@
 //! `keyfleet status [RUN]`: where a run stands.
 
 use keyfleet::display::escape;
-use keyfleet::store::{Store, Verified, report};
+use keyfleet::store::{Verified, report};
 
 use crate::GlobalArgs;
 
@@ -24,7 +24,7 @@ pub fn utc(ms: i64) -> String {
 }
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let store = Store::open(&global.db).await?;
+    let store = super::common::open_store(&global.db).await?;
     let status = async {
         let run_id = report::resolve_run(&store, args.run).await?;
         let status = report::run_status(&store, run_id).await?;
