@@ -42,6 +42,10 @@ pub struct ExecFlags {
     /// How to show progress on stderr.
     #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
     pub progress: progress::Mode,
+    /// Seconds of throttling on every request in a row after which the run stops
+    /// (resumable, exit 4): someone else may be using the account's limit.
+    #[arg(long, value_name = "SECS", default_value = "900", value_parser = parse_seconds)]
+    pub throttle_budget: Duration,
     /// Do not verify at the end (by default every pair is checked against the cloud's
     /// own state with DescribeInstances once the run finishes; see `keyfleet verify`).
     #[arg(long)]
@@ -72,6 +76,7 @@ impl ExecFlags {
             concurrency: self.concurrency as usize,
             max_attempts: self.max_attempts,
             max_errors: self.max_errors,
+            throttle_budget: self.throttle_budget,
             ..ExecConfig::default()
         }
     }

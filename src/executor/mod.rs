@@ -36,6 +36,9 @@ use crate::store::{RunState, Store, StoreError, now_ms};
 pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
 pub use pacer::{Feedback, Limiter, LimiterKey, LocalLimiter};
 
+/// Continuous throttling allowed before a run stops (see `ExecConfig::throttle_budget`).
+pub const THROTTLE_BUDGET: Duration = Duration::from_secs(15 * 60);
+
 /// Writes committed together at most; more wait for the next commit.
 const MAX_WRITES_PER_COMMIT: usize = 512;
 
@@ -83,6 +86,9 @@ pub struct ExecConfig {
     /// Send only jobs of this action (verification sends no key-pair operation);
     /// `None` sends every job of the run.
     pub only: Option<crate::cvm::Action>,
+    /// How long the API may throttle every reply in a row before the run stops
+    /// (resumable): a lasting `RequestLimitExceeded` must not retry forever.
+    pub throttle_budget: Duration,
 }
 
 impl Default for ExecConfig {
@@ -97,6 +103,7 @@ impl Default for ExecConfig {
             throttle_delay: delay::THROTTLE_DELAY,
             seed: None,
             only: None,
+            throttle_budget: THROTTLE_BUDGET,
         }
     }
 }
@@ -143,6 +150,9 @@ pub enum StopReason {
     Interrupted,
     /// Another process took the run over (our heartbeat was stale).
     LeaseLost,
+    /// Every reply was a throttle for longer than the budget: someone else is using
+    /// the account's limit, or it was lowered.
+    ThrottledTooLong { budget: Duration },
     /// A bug in keyfleet; what was recorded stays consistent and resume continues.
     Internal(String),
 }
@@ -166,6 +176,12 @@ impl std::fmt::Display for StopReason {
             }
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::LeaseLost => f.write_str("another process took this run over"),
+            StopReason::ThrottledTooLong { budget } => write!(
+                f,
+                "the API throttled every request for {} s (RequestLimitExceeded): another sender \
+                 may be using this account's limit; resume when it has stopped",
+                budget.as_secs()
+            ),
             StopReason::Internal(what) => write!(f, "internal error: {what}"),
         }
     }
@@ -339,6 +355,8 @@ struct Shared<A> {
     rng: Mutex<StdRng>,
     failed_here: AtomicU64,
     writer_error: Mutex<Option<String>>,
+    /// Since when every reply has been a throttle (`None`: the last one was not).
+    throttled_since: Mutex<Option<Instant>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -433,6 +451,7 @@ async fn drive<A: Api>(
         ),
         failed_here: AtomicU64::new(0),
         writer_error: Mutex::new(None),
+        throttled_since: Mutex::new(None),
     });
 
     let heartbeat = tokio::spawn(keep_lease(
@@ -780,6 +799,7 @@ async fn send_and_record<A: Api>(
     let (outcome, http_status, request_id) = match accepted {
         Ok((proof, reply)) => {
             shared.limiter.feedback(key, Feedback::Passed);
+            *locked(&shared.throttled_since) = None;
             let request_id = reply.request_id.clone();
             let outcome = match proof {
                 Proof::Accepted => Outcome::Succeeded { request_id },
@@ -839,6 +859,17 @@ fn refused_outcome<A>(
     shared.limiter.feedback(key, effects.feedback);
     if let Some(reason) = effects.halt {
         shared.halt(reason);
+    }
+    let mut since = locked(&shared.throttled_since);
+    if effects.feedback == Feedback::Passed {
+        *since = None;
+    } else {
+        let since = *since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= shared.config.throttle_budget {
+            shared.halt(StopReason::ThrottledTooLong {
+                budget: shared.config.throttle_budget,
+            });
+        }
     }
     outcome
 }

@@ -25,6 +25,7 @@ struct FakeState {
     requests: u64,
     successes: HashMap<String, Vec<(String, String)>>,
     calls: Vec<crate::cvm::Action>,
+    throttle_all: bool,
 }
 
 impl FakeApi {
@@ -41,6 +42,7 @@ impl FakeApi {
                 requests: 0,
                 successes: HashMap::new(),
                 calls: Vec::new(),
+                throttle_all: false,
             }),
         }
     }
@@ -97,6 +99,9 @@ impl FakeApi {
         let key_ids = ids(call, "KeyIds");
         self.with(|s| {
             s.calls.push(call.action);
+            if s.throttle_all {
+                return Err(refused("RequestLimitExceeded", "The number of requests exceeds the frequency limit."));
+            }
             s.requests += 1;
             if s.panic_on_request == Some(s.requests) {
                 s.panic_on_request = None;
@@ -687,4 +692,31 @@ async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
         reason.contains("UnsupportedOperation.InstanceOsWindows"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_that_never_ends_stops_the_run_resumable_after_its_budget() {
+    let (_dir, store) = open_store().await;
+    let groups: Vec<_> = (0..3).map(|n| (vec![ins(n)], vec![key(1)])).collect();
+    let run_id = seed(&store, &groups).await;
+    let api = Arc::new(FakeApi::new(&[]));
+    api.with(|s| s.throttle_all = true);
+    let config = ExecConfig {
+        throttle_budget: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let first = run(&store, run_id, api.clone(), &config).await;
+    assert_eq!(
+        first.stopped,
+        Some(StopReason::ThrottledTooLong {
+            budget: Duration::from_millis(200)
+        })
+    );
+    assert_eq!(first.pairs.failed, 0, "a throttle never fails a pair");
+    assert_eq!(first.pairs.pending, 3);
+    assert!(first.throttled > 3, "it kept trying within the budget");
+    api.with(|s| s.throttle_all = false);
+    let second = run(&store, run_id, api, &config).await;
+    assert_eq!(second.stopped, None);
+    assert_eq!(second.pairs.succeeded, 3);
 }
