@@ -711,48 +711,51 @@ fn write(
     }
     let mut first_item_id = None;
     let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
-    for item in &built.items {
-        position.clear();
-        // Writing into a String cannot fail.
-        let _ = write!(position, "{}", position_of(built, item));
-        let new = match item.kind {
-            Kind::Valid | Kind::Duplicate => {
-                unpack_id_into(item.instance, INSTANCE_PREFIX, &mut instance_id);
-                unpack_id_into(item.key, KEY_PREFIX, &mut key_id);
-                NewItem {
-                    position: &position,
-                    region: Some(&built.regions[item.region as usize]),
-                    instance_id: Some(&instance_id),
-                    key_id: Some(&key_id),
-                    status: if item.kind == Kind::Valid {
-                        ItemStatus::Pending
-                    } else {
-                        ItemStatus::Duplicate
-                    },
-                    duplicate_of: (item.kind == Kind::Duplicate)
-                        .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
-                        .flatten(),
-                    reason: None,
-                    job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
+    writer.add_items(|sink| -> Result<(), PlanError> {
+        for item in &built.items {
+            position.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(position, "{}", position_of(built, item));
+            let new = match item.kind {
+                Kind::Valid | Kind::Duplicate => {
+                    unpack_id_into(item.instance, INSTANCE_PREFIX, &mut instance_id);
+                    unpack_id_into(item.key, KEY_PREFIX, &mut key_id);
+                    NewItem {
+                        position: &position,
+                        region: Some(&built.regions[item.region as usize]),
+                        instance_id: Some(&instance_id),
+                        key_id: Some(&key_id),
+                        status: if item.kind == Kind::Valid {
+                            ItemStatus::Pending
+                        } else {
+                            ItemStatus::Duplicate
+                        },
+                        duplicate_of: (item.kind == Kind::Duplicate)
+                            .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
+                            .flatten(),
+                        reason: None,
+                        job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
+                    }
                 }
-            }
-            Kind::Rejected => {
-                let rejected = &built.rejections[item.link as usize];
-                NewItem {
-                    position: &position,
-                    region: rejected.region.as_deref(),
-                    instance_id: rejected.instance_id.as_deref(),
-                    key_id: rejected.key_id.as_deref(),
-                    status: ItemStatus::Rejected,
-                    duplicate_of: None,
-                    reason: Some(&rejected.reason),
-                    job_id: None,
+                Kind::Rejected => {
+                    let rejected = &built.rejections[item.link as usize];
+                    NewItem {
+                        position: &position,
+                        region: rejected.region.as_deref(),
+                        instance_id: rejected.instance_id.as_deref(),
+                        key_id: rejected.key_id.as_deref(),
+                        status: ItemStatus::Rejected,
+                        duplicate_of: None,
+                        reason: Some(&rejected.reason),
+                        job_id: None,
+                    }
                 }
-            }
-        };
-        let id = writer.add_item(new)?;
-        first_item_id.get_or_insert(id);
-    }
+            };
+            let id = sink.add(new)?;
+            first_item_id.get_or_insert(id);
+        }
+        Ok(())
+    })?;
     Ok(writer.commit()?)
 }
 

@@ -239,6 +239,43 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Where [`PlanWriter::add_items`] puts items.
+pub struct ItemSink<'w> {
+    statement: rusqlite::CachedStatement<'w>,
+    run_id: i64,
+    next_id: &'w mut i64,
+}
+
+impl fmt::Debug for ItemSink<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemSink")
+            .field("run_id", &self.run_id)
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ItemSink<'_> {
+    /// Adds an item; returns its id. Ids are consecutive in call order, which is input order.
+    pub fn add(&mut self, item: NewItem<'_>) -> Result<i64, StoreError> {
+        let id = *self.next_id;
+        self.statement.execute(rusqlite::params![
+            id,
+            self.run_id,
+            item.position,
+            item.region,
+            item.instance_id,
+            item.key_id,
+            item.status.as_str(),
+            item.duplicate_of,
+            item.reason,
+            item.job_id,
+        ])?;
+        *self.next_id += 1;
+        Ok(id)
+    }
+}
+
 /// A plan being written. Dropping it without [`PlanWriter::commit`] closes its
 /// connection, which rolls everything back.
 pub struct PlanWriter {
@@ -286,26 +323,25 @@ impl PlanWriter {
         Ok(id)
     }
 
-    /// Adds an item; returns its id. Ids are consecutive in call order, which is input order.
-    /// Every job an item names must have been added first.
-    pub fn add_item(&mut self, item: NewItem<'_>) -> Result<i64, StoreError> {
-        let id = self.next_item_id;
-        self.conn
-            .prepare_cached(ITEM_INSERT)?
-            .execute(rusqlite::params![
-                id,
-                self.run_id,
-                item.position,
-                item.region,
-                item.instance_id,
-                item.key_id,
-                item.status.as_str(),
-                item.duplicate_of,
-                item.reason,
-                item.job_id,
-            ])?;
-        self.next_item_id += 1;
-        Ok(id)
+    /// Adds items through `fill`, which calls [`ItemSink::add`] once per item, in
+    /// input order. Every job an item names must have been added first.
+    ///
+    /// A callback rather than a method per item: the prepared statement lives as
+    /// long as `fill`, so a million items do not look it up a million times.
+    pub fn add_items<E: From<StoreError>>(
+        &mut self,
+        fill: impl FnOnce(&mut ItemSink<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let statement = self
+            .conn
+            .prepare_cached(ITEM_INSERT)
+            .map_err(StoreError::from)?;
+        let mut sink = ItemSink {
+            statement,
+            run_id: self.run_id,
+            next_id: &mut self.next_item_id,
+        };
+        fill(&mut sink)
     }
 
     /// Commits: the plan becomes visible all at once, durable (`synchronous=FULL`).
@@ -380,9 +416,14 @@ mod tests {
                 key_ids: &key_ids,
             })
             .unwrap();
-        for _ in 0..1005 {
-            writer.add_item(item(job)).unwrap();
-        }
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for _ in 0..1005 {
+                    sink.add(item(job))?;
+                }
+                Ok(())
+            })
+            .unwrap();
         drop(writer);
         for table in ["runs", "jobs", "items"] {
             assert_eq!(count(&store, table).await, 0, "{table}");
@@ -399,8 +440,14 @@ mod tests {
                 key_ids: &key_ids,
             })
             .unwrap();
-        let first = writer.add_item(item(job)).unwrap();
-        let second = writer.add_item(item(job)).unwrap();
+        let (mut first, mut second) = (0, 0);
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                first = sink.add(item(job))?;
+                second = sink.add(item(job))?;
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(second, first + 1, "ids are consecutive in input order");
         let run_id = writer.commit().unwrap();
         assert_eq!(count(&store, "items").await, 2);
