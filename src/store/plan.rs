@@ -364,6 +364,7 @@ pub async fn run_input(store: &Store, run_id: i64) -> Result<(String, String), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::AssertSqlSafe;
 
     fn run<'a>(sha: &'a str) -> NewRun<'a> {
         NewRun {
