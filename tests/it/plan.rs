@@ -710,3 +710,68 @@ async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
     assert_eq!(other.len(), 7, "small.csv: its own rows only");
     assert!(other.iter().all(|r| r[0] != "line 99999"));
 }
+
+#[tokio::test]
+async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
+    // A database as release 0.1 left it: migration 0001 only, a run written by its
+    // planner (position as text, ids from 1).
+    let k = Keyfleet::new();
+    let migrations = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_init.sql"),
+        migrations.path().join("0001_init.sql"),
+    )
+    .unwrap();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&k.db.path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        for sql in [
+            "INSERT INTO runs (id, created_at, input_path, input_sha256, options, rows_read, pairs, duplicates, rejected, instances, keys, regions)
+             VALUES (1, 1, '/old/rows.csv', 'aa', '{}', 3, 2, 0, 1, 2, 1, 1)",
+            "INSERT INTO jobs (id, run_id, region, instance_ids, key_ids, pair_count, created_at)
+             VALUES (1, 1, 'ap-guangzhou', '[\"ins-00000001\",\"ins-00000002\"]', '[\"skey-00000001\"]', 2, 1)",
+            "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, reason, job_id) VALUES
+             (1, 1, 'line 2', 'ap-guangzhou', 'ins-00000001', 'skey-00000001', 'pending', NULL, 1),
+             (2, 1, 'line 3', NULL, 'ins-x', 'skey-00000001', 'rejected', 'instance id \"ins-x\" is not ins- and 8 characters', NULL),
+             (3, 1, 'line 4', 'ap-guangzhou', 'ins-00000002', 'skey-00000001', 'pending', NULL, 1)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    let report = k.report_csv(&["1"]);
+    let lines: Vec<String> = report.iter().map(|r| r.join(",")).collect();
+    assert_eq!(
+        lines,
+        [
+            "line 2,ap-guangzhou,ins-00000001,skey-00000001,pending,,,,0,1",
+            "line 3,,ins-x,skey-00000001,rejected,,,instance id \"ins-x\" is not ins- and 8 characters,0,",
+            "line 4,ap-guangzhou,ins-00000002,skey-00000001,pending,,,,0,1",
+        ]
+    );
+    let status = k.run(&["status", "1", "--json"]).ok().json();
+    assert_eq!(status["pairs"]["pending"], 2);
+
+    // A new plan goes in beside the old run, its ids after the old ones.
+    let plan = k.plan(&sample("small.csv"), &[]);
+    assert_eq!(count(&plan, "run_id"), 2);
+    let store = k.store().await;
+    let first_new: i64 = sqlx::query_scalar("SELECT MIN(id) FROM items WHERE run_id = 2")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(first_new, 4);
+    store.close().await;
+    assert_eq!(k.report_csv(&["1"]).len(), 3);
+    assert_eq!(k.report_csv(&["2"]).len(), 7);
+}
