@@ -15,7 +15,8 @@
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
 //! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
-//!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
+//!   `store::plan` writes a plan in one transaction (on a rusqlite connection of its own),
+//!   `store::report` reads runs back (the item report likewise, read-only),
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
