@@ -257,16 +257,22 @@ fn pack_id(id: &str, prefix: &str) -> u64 {
     })
 }
 
-fn unpack_id(mut packed: u64, prefix: &str) -> String {
+fn unpack_id(packed: u64, prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 8);
+    unpack_id_into(packed, prefix, &mut id);
+    id
+}
+
+/// [`unpack_id`] into a reused buffer.
+fn unpack_id_into(mut packed: u64, prefix: &str, id: &mut String) {
     let mut suffix = [0u8; 8];
     for slot in suffix.iter_mut().rev() {
         *slot = ID_ALPHABET[(packed % 36) as usize];
         packed /= 36;
     }
-    let mut id = String::with_capacity(prefix.len() + 8);
+    id.clear();
     id.push_str(prefix);
     id.extend(suffix.iter().map(|&b| b as char));
-    id
 }
 
 const INSTANCE_PREFIX: &str = "ins-";
@@ -667,30 +673,40 @@ pub async fn plan_input(
     }
     let options_json = canonical_options(options, built.format);
     let input_path = stored_input_path(path);
-    let run = NewRun {
-        input_path: &input_path,
-        input_sha256: &built.sha256,
-        options: &options_json,
-        rows_read: built.rows,
-        pairs: built.pairs,
-        duplicates: built.duplicates,
-        rejected,
-        instances: built.instances,
-        keys: built.keys,
-        regions: built.regions.len() as u64,
+    let writing = {
+        let store = store.clone();
+        let force_stop = options.force_stop;
+        // SQLite calls block: the whole write runs on a blocking thread, `built` moved in.
+        tokio::task::spawn_blocking(move || -> Result<(i64, bool), PlanError> {
+            let run = NewRun {
+                input_path: &input_path,
+                input_sha256: &built.sha256,
+                options: &options_json,
+                rows_read: built.rows,
+                pairs: built.pairs,
+                duplicates: built.duplicates,
+                rejected,
+                instances: built.instances,
+                keys: built.keys,
+                regions: built.regions.len() as u64,
+            };
+            match crate::store::plan::begin_plan(&store, &run)? {
+                Begin::Existing(id) => Ok((id, true)),
+                Begin::New(writer) => Ok((write(writer, &built, force_stop)?, false)),
+            }
+        })
     };
-    let (run_id, existing) = match crate::store::plan::begin_plan(store, &run).await? {
-        Begin::Existing(id) => (id, true),
-        Begin::New(writer) => {
-            let run_id = write(writer, &built, options.force_stop).await?;
-            tracing::info!(
-                run_id,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "plan committed"
-            );
-            (run_id, false)
-        }
+    let (run_id, existing) = match writing.await {
+        Ok(written) => written?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
+    if !existing {
+        tracing::info!(
+            run_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plan committed"
+        );
+    }
     let summary = report::run_summary(store, run_id).await?;
     let lower_bound = lower_bound(summary.pairs.max(0) as u64);
     Ok(PlanOutcome {
@@ -718,11 +734,16 @@ fn position_of(built: &Built, item: &Item) -> Position {
     }
 }
 
-async fn write(
+/// Writes the plan through `writer` and commits. Blocking: runs in `spawn_blocking`.
+///
+/// One reused buffer per text column: the million items of a large plan are
+/// written without allocating.
+fn write(
     mut writer: crate::store::plan::PlanWriter,
     built: &Built,
     force_stop: bool,
 ) -> Result<i64, PlanError> {
+    use std::fmt::Write as _;
     let mut job_ids = Vec::with_capacity(built.jobs.len());
     let mut instance_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
     let mut key_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
@@ -731,54 +752,62 @@ async fn write(
         instance_ids.extend(job.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)));
         key_ids.clear();
         key_ids.extend(job.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)));
-        let id = writer
-            .add_job(NewJob {
-                region: &built.regions[job.region as usize],
-                force_stop,
-                instance_ids: &instance_ids,
-                key_ids: &key_ids,
-            })
-            .await?;
+        let id = writer.add_job(NewJob {
+            region: &built.regions[job.region as usize],
+            force_stop,
+            instance_ids: &instance_ids,
+            key_ids: &key_ids,
+        })?;
         job_ids.push(id);
     }
     let mut first_item_id = None;
-    for item in &built.items {
-        let position = position_of(built, item).to_string();
-        let new = match item.kind {
-            Kind::Valid | Kind::Duplicate => NewItem {
-                position,
-                region: Some(built.regions[item.region as usize].clone()),
-                instance_id: Some(unpack_id(item.instance, INSTANCE_PREFIX)),
-                key_id: Some(unpack_id(item.key, KEY_PREFIX)),
-                status: if item.kind == Kind::Valid {
-                    ItemStatus::Pending
-                } else {
-                    ItemStatus::Duplicate
-                },
-                duplicate_of: (item.kind == Kind::Duplicate)
-                    .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
-                    .flatten(),
-                reason: None,
-                job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
-            },
-            Kind::Rejected => {
-                let rejected = &built.rejections[item.link as usize];
-                NewItem {
-                    position,
-                    region: rejected.region.clone(),
-                    instance_id: rejected.instance_id.clone(),
-                    key_id: rejected.key_id.clone(),
-                    status: ItemStatus::Rejected,
-                    duplicate_of: None,
-                    reason: Some(rejected.reason.clone()),
-                    job_id: None,
+    let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
+    writer.add_items(|sink| -> Result<(), PlanError> {
+        for item in &built.items {
+            position.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(position, "{}", position_of(built, item));
+            let new = match item.kind {
+                Kind::Valid | Kind::Duplicate => {
+                    unpack_id_into(item.instance, INSTANCE_PREFIX, &mut instance_id);
+                    unpack_id_into(item.key, KEY_PREFIX, &mut key_id);
+                    NewItem {
+                        position: &position,
+                        region: Some(&built.regions[item.region as usize]),
+                        instance_id: Some(&instance_id),
+                        key_id: Some(&key_id),
+                        status: if item.kind == Kind::Valid {
+                            ItemStatus::Pending
+                        } else {
+                            ItemStatus::Duplicate
+                        },
+                        duplicate_of: (item.kind == Kind::Duplicate)
+                            .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
+                            .flatten(),
+                        reason: None,
+                        job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
+                    }
                 }
-            }
-        };
-        let id = writer.add_item(new).await?;
-        first_item_id.get_or_insert(id);
-    }
-    Ok(writer.commit().await?)
+                Kind::Rejected => {
+                    let rejected = &built.rejections[item.link as usize];
+                    NewItem {
+                        position: &position,
+                        region: rejected.region.as_deref(),
+                        instance_id: rejected.instance_id.as_deref(),
+                        key_id: rejected.key_id.as_deref(),
+                        status: ItemStatus::Rejected,
+                        duplicate_of: None,
+                        reason: Some(&rejected.reason),
+                        job_id: None,
+                    }
+                }
+            };
+            let id = sink.add(new)?;
+            first_item_id.get_or_insert(id);
+        }
+        Ok(())
+    })?;
+    Ok(writer.commit()?)
 }
 
 /// Whether a run's input file still holds what was planned.

@@ -171,7 +171,7 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
         keys: 0,
         regions: 1,
     };
-    let Begin::New(mut writer) = begin_plan(store, &run).await.unwrap() else {
+    let Begin::New(mut writer) = begin_plan(store, &run).unwrap() else {
         panic!("a fresh input");
     };
     for (n, (instances, keys)) in groups.iter().enumerate() {
@@ -182,27 +182,29 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
                 instance_ids: instances,
                 key_ids: keys,
             })
-            .await
             .unwrap();
-        for i in instances {
-            for k in keys {
-                writer
-                    .add_item(NewItem {
-                        position: format!("group {n}"),
-                        region: Some("ap-guangzhou".into()),
-                        instance_id: Some(i.clone()),
-                        key_id: Some(k.clone()),
-                        status: ItemStatus::Pending,
-                        duplicate_of: None,
-                        reason: None,
-                        job_id: Some(job),
-                    })
-                    .await
-                    .unwrap();
-            }
-        }
+        let position = format!("group {n}");
+        writer
+            .add_items(|sink| {
+                for i in instances {
+                    for k in keys {
+                        sink.add(NewItem {
+                            position: &position,
+                            region: Some("ap-guangzhou"),
+                            instance_id: Some(i),
+                            key_id: Some(k),
+                            status: ItemStatus::Pending,
+                            duplicate_of: None,
+                            reason: None,
+                            job_id: Some(job),
+                        })?;
+                    }
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .unwrap();
     }
-    writer.commit().await.unwrap()
+    writer.commit().unwrap()
 }
 
 /// Executes with fresh counters and no stop request.
@@ -540,28 +542,29 @@ async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>
         keys: 0,
         regions: 1,
     };
-    let Begin::New(mut writer) = begin_plan(store, &run).await.unwrap() else {
+    let Begin::New(mut writer) = begin_plan(store, &run).unwrap() else {
         panic!("a fresh input");
     };
     let mut ids = Vec::new();
-    for (n, (i, k)) in pairs.iter().enumerate() {
-        ids.push(
-            writer
-                .add_item(NewItem {
-                    position: format!("line {}", n + 2),
-                    region: Some("ap-guangzhou".into()),
-                    instance_id: Some(i.clone()),
-                    key_id: Some(k.clone()),
+    writer
+        .add_items(|sink| {
+            for (n, (i, k)) in pairs.iter().enumerate() {
+                let position = format!("line {}", n + 2);
+                ids.push(sink.add(NewItem {
+                    position: &position,
+                    region: Some("ap-guangzhou"),
+                    instance_id: Some(i),
+                    key_id: Some(k),
                     status: ItemStatus::Pending,
                     duplicate_of: None,
                     reason: None,
                     job_id: None,
-                })
-                .await
-                .unwrap(),
-        );
-    }
-    (writer.commit().await.unwrap(), ids)
+                })?);
+            }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .unwrap();
+    (writer.commit().unwrap(), ids)
 }
 
 fn job_of(

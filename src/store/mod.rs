@@ -54,6 +54,9 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// From the planner's and the report's own connections (`store::plan`, `store::report`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("run {0} does not exist in this database")]
     NoSuchRun(i64),
     #[error("this database has no runs yet")]

@@ -1,24 +1,18 @@
 //! Writing a plan: one run, its jobs and its items, in one `BEGIN IMMEDIATE`
 //! transaction, all or nothing.
 //!
-//! Rows are buffered and written with multi-row `INSERT`s: sqlx pays a fixed cost
-//! per statement, so a million single-row inserts would take minutes where a few
-//! thousand statements of several hundred rows take seconds. Ids are assigned here,
-//! sequentially from the table's current maximum (safe: `BEGIN IMMEDIATE` holds the
-//! write lock), so that items can name their job and the item they duplicate
-//! before either is flushed.
+//! The write goes through a connection of its own (rusqlite, the same bundled
+//! SQLite as the pool's), one prepared statement per table stepped once per row:
+//! see [`open_plan_connection`] for why. Ids are assigned here, sequentially from
+//! the table's current maximum (safe: `BEGIN IMMEDIATE` holds the write lock), so
+//! that items can name their job and the item they duplicate.
 
 use std::fmt;
 
-use sqlx::sqlite::Sqlite;
-use sqlx::{AssertSqlSafe, Transaction};
+use rusqlite::OptionalExtension;
 
-use super::{Store, StoreError, now_ms};
+use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
 
-/// Rows per multi-row `INSERT` for items (10 values each: under SQLite's 32,766 variable limit).
-const ITEM_ROWS_PER_STATEMENT: usize = 1000;
-/// Rows per multi-row `INSERT` for jobs (8 values each).
-const JOB_ROWS_PER_STATEMENT: usize = 500;
 /// SQLite page cache for the planning connection, in KiB (negative `cache_size` means KiB).
 /// Index inserts for a million items stay in memory instead of re-reading pages.
 const PLAN_CACHE_KIB: i64 = 32 * 1024;
@@ -55,20 +49,20 @@ pub struct NewJob<'a> {
     pub key_ids: &'a [String],
 }
 
-/// One item (input pair) of a new plan.
-#[derive(Debug, Clone)]
-pub struct NewItem {
+/// One item (input pair) of a new plan. Borrowed: a million items cost no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct NewItem<'a> {
     /// `line 12`, `index 3`, `index 3, pair 2`.
-    pub position: String,
-    pub region: Option<String>,
-    pub instance_id: Option<String>,
-    pub key_id: Option<String>,
+    pub position: &'a str,
+    pub region: Option<&'a str>,
+    pub instance_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
     /// Pending, Rejected or Duplicate at planning time.
     pub status: ItemStatus,
     /// For a duplicate: the id of the item it repeats.
     pub duplicate_of: Option<i64>,
     /// For a rejected row: why.
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
     /// For a pending item: the job that covers it.
     pub job_id: Option<i64>,
 }
@@ -97,78 +91,145 @@ pub async fn find_run(
     )
 }
 
-/// Opens the plan's transaction (`BEGIN IMMEDIATE`) and inserts the run row,
-/// unless a run with the same input and options exists.
-pub async fn begin_plan(store: &Store, run: &NewRun<'_>) -> Result<Begin, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+/// Opens the plan's own connection and transaction (`BEGIN IMMEDIATE`) and inserts
+/// the run row, unless a run with the same input and options exists.
+///
+/// Blocking (SQLite calls on this thread): call it from `spawn_blocking`.
+pub fn begin_plan(store: &Store, run: &NewRun<'_>) -> Result<Begin, StoreError> {
+    let conn = open_plan_connection(store)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     // Checked inside the write lock: two `plan`s of one file cannot both create a run.
-    let existing: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM runs WHERE input_sha256 = ? AND options = ?")
-            .bind(run.input_sha256)
-            .bind(run.options)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let existing: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM runs WHERE input_sha256 = ? AND options = ?",
+            (run.input_sha256, run.options),
+            |row| row.get(0),
+        )
+        .optional()?;
     if let Some(id) = existing {
-        tx.rollback().await?;
+        conn.execute_batch("ROLLBACK")?;
         return Ok(Begin::Existing(id));
     }
-    sqlx::query(AssertSqlSafe(format!(
-        "PRAGMA cache_size = -{PLAN_CACHE_KIB}"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    let run_id: i64 = sqlx::query_scalar(
+    let created_at = now_ms();
+    let run_id: i64 = conn.query_row(
         "INSERT INTO runs (created_at, input_path, input_sha256, options, rows_read, pairs,
                            duplicates, rejected, instances, keys, regions)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(now_ms())
-    .bind(run.input_path)
-    .bind(run.input_sha256)
-    .bind(run.options)
-    .bind(as_i64(run.rows_read))
-    .bind(as_i64(run.pairs))
-    .bind(as_i64(run.duplicates))
-    .bind(as_i64(run.rejected))
-    .bind(as_i64(run.instances))
-    .bind(as_i64(run.keys))
-    .bind(as_i64(run.regions))
-    .fetch_one(&mut *tx)
-    .await?;
-    let next_job_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs")
-        .fetch_one(&mut *tx)
-        .await?;
-    let next_item_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM items")
-        .fetch_one(&mut *tx)
-        .await?;
+        rusqlite::params![
+            created_at,
+            run.input_path,
+            run.input_sha256,
+            run.options,
+            as_i64(run.rows_read),
+            as_i64(run.pairs),
+            as_i64(run.duplicates),
+            as_i64(run.rejected),
+            as_i64(run.instances),
+            as_i64(run.keys),
+            as_i64(run.regions),
+        ],
+        |row| row.get(0),
+    )?;
+    let next_job_id: i64 =
+        conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs", [], |row| {
+            row.get(0)
+        })?;
+    let next_item_id: i64 =
+        conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |row| {
+            row.get(0)
+        })?;
     Ok(Begin::New(PlanWriter {
-        tx,
+        conn,
         run_id,
-        created_at: now_ms(),
+        created_at,
         next_job_id,
         next_item_id,
-        jobs: Vec::with_capacity(JOB_ROWS_PER_STATEMENT),
-        items: Vec::with_capacity(ITEM_ROWS_PER_STATEMENT),
-        job_sql: None,
-        item_sql: None,
     }))
+}
+
+/// A connection of its own for one plan, closed when the plan is committed or dropped.
+///
+/// Why not the pool: sqlx copies every bound value and round-trips each statement
+/// through its worker thread; a million items cost several seconds more than the
+/// SQLite work itself (docs/BENCHMARKS.md). Here each item is one step of one
+/// prepared statement with borrowed values, as `sqlite3`'s own `.import` does.
+///
+/// Settings: the file is already in WAL mode (set by [`Store::open`], persistent);
+/// `synchronous=FULL` makes the commit durable. Foreign keys are off on this
+/// connection only: every id the planner writes (run, job, duplicate_of) is assigned
+/// here inside the write lock, so the references are correct by construction, and
+/// checking a million of them costs a B-tree lookup each (a test runs
+/// `PRAGMA foreign_key_check` after planning). `foreign_keys` cannot change inside
+/// a transaction, hence before `BEGIN`. CHECK constraints are skipped the same way:
+/// `items.status IN (...)` builds a temporary B-tree of the five words for every
+/// row inserted (a quarter of the write's time), and the planner writes only
+/// [`ItemStatus::as_str`] words and default run and job states.
+fn open_plan_connection(store: &Store) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        store.path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA ignore_check_constraints = ON;
+         PRAGMA cache_size = -{PLAN_CACHE_KIB};
+         PRAGMA temp_store = MEMORY;"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(8);
+    Ok(conn)
 }
 
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A plan being written. Dropping it without [`PlanWriter::commit`] rolls everything back.
+/// Where [`PlanWriter::add_items`] puts items.
+pub struct ItemSink<'w> {
+    statement: rusqlite::CachedStatement<'w>,
+    run_id: i64,
+    next_id: &'w mut i64,
+}
+
+impl fmt::Debug for ItemSink<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemSink")
+            .field("run_id", &self.run_id)
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ItemSink<'_> {
+    /// Adds an item; returns its id. Ids are consecutive in call order, which is input order.
+    pub fn add(&mut self, item: NewItem<'_>) -> Result<i64, StoreError> {
+        let id = *self.next_id;
+        self.statement.execute(rusqlite::params![
+            id,
+            self.run_id,
+            item.position,
+            item.region,
+            item.instance_id,
+            item.key_id,
+            item.status.as_str(),
+            item.duplicate_of,
+            item.reason,
+            item.job_id,
+        ])?;
+        *self.next_id += 1;
+        Ok(id)
+    }
+}
+
+/// A plan being written. Dropping it without [`PlanWriter::commit`] closes its
+/// connection, which rolls everything back.
 pub struct PlanWriter {
-    tx: Transaction<'static, Sqlite>,
+    conn: rusqlite::Connection,
     run_id: i64,
     created_at: i64,
     next_job_id: i64,
     next_item_id: i64,
-    jobs: Vec<PendingJob>,
-    items: Vec<(i64, NewItem)>,
-    job_sql: Option<String>,
-    item_sql: Option<String>,
 }
 
 impl fmt::Debug for PlanWriter {
@@ -179,47 +240,8 @@ impl fmt::Debug for PlanWriter {
     }
 }
 
-struct PendingJob {
-    id: i64,
-    region: String,
-    force_stop: bool,
-    instance_ids: String,
-    key_ids: String,
-    pair_count: i64,
-}
-
-/// The multi-row INSERT for `rows` rows; the full-size statement, used for every
-/// batch but the last, is built once and kept in `cache`.
-fn cached_values_sql(
-    cache: &mut Option<String>,
-    insert: &str,
-    columns: usize,
-    rows: usize,
-    full_rows: usize,
-) -> String {
-    if rows != full_rows {
-        return values_sql(insert, columns, rows);
-    }
-    cache
-        .get_or_insert_with(|| values_sql(insert, columns, rows))
-        .clone()
-}
-
-fn values_sql(head: &str, columns: usize, rows: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(","));
-    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 1));
-    sql.push_str(head);
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&row);
-    }
-    sql
-}
-
-const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at) VALUES ";
-const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id) VALUES ";
+const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.
@@ -228,103 +250,50 @@ impl PlanWriter {
     }
 
     /// Adds a job; returns its id. Ids are consecutive in call order.
-    pub async fn add_job(&mut self, job: NewJob<'_>) -> Result<i64, StoreError> {
+    pub fn add_job(&mut self, job: NewJob<'_>) -> Result<i64, StoreError> {
         let id = self.next_job_id;
-        self.next_job_id += 1;
         let json = |ids: &[String]| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        self.jobs.push(PendingJob {
-            id,
-            region: job.region.to_string(),
-            force_stop: job.force_stop,
-            instance_ids: json(job.instance_ids),
-            key_ids: json(job.key_ids),
-            pair_count: (job.instance_ids.len() * job.key_ids.len()) as i64,
-        });
-        if self.jobs.len() >= JOB_ROWS_PER_STATEMENT {
-            self.flush_jobs().await?;
-        }
+        self.conn
+            .prepare_cached(JOB_INSERT)?
+            .execute(rusqlite::params![
+                id,
+                self.run_id,
+                job.region,
+                job.force_stop,
+                json(job.instance_ids),
+                json(job.key_ids),
+                (job.instance_ids.len() * job.key_ids.len()) as i64,
+                self.created_at,
+            ])?;
+        self.next_job_id += 1;
         Ok(id)
     }
 
-    /// Adds an item; returns its id. Ids are consecutive in call order, which is input order.
-    /// Every job an item names must have been added first.
-    pub async fn add_item(&mut self, item: NewItem) -> Result<i64, StoreError> {
-        let id = self.next_item_id;
-        self.next_item_id += 1;
-        self.items.push((id, item));
-        if self.items.len() >= ITEM_ROWS_PER_STATEMENT {
-            self.flush_items().await?;
-        }
-        Ok(id)
+    /// Adds items through `fill`, which calls [`ItemSink::add`] once per item, in
+    /// input order. Every job an item names must have been added first.
+    ///
+    /// A callback rather than a method per item: the prepared statement lives as
+    /// long as `fill`, so a million items do not look it up a million times.
+    pub fn add_items<E: From<StoreError>>(
+        &mut self,
+        fill: impl FnOnce(&mut ItemSink<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let statement = self
+            .conn
+            .prepare_cached(ITEM_INSERT)
+            .map_err(StoreError::from)?;
+        let mut sink = ItemSink {
+            statement,
+            run_id: self.run_id,
+            next_id: &mut self.next_item_id,
+        };
+        fill(&mut sink)
     }
 
-    async fn flush_jobs(&mut self) -> Result<(), StoreError> {
-        if self.jobs.is_empty() {
-            return Ok(());
-        }
-        let sql = cached_values_sql(
-            &mut self.job_sql,
-            JOB_INSERT,
-            8,
-            self.jobs.len(),
-            JOB_ROWS_PER_STATEMENT,
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for job in self.jobs.drain(..) {
-            query = query
-                .bind(job.id)
-                .bind(self.run_id)
-                .bind(job.region)
-                .bind(job.force_stop)
-                .bind(job.instance_ids)
-                .bind(job.key_ids)
-                .bind(job.pair_count)
-                .bind(self.created_at);
-        }
-        query.execute(&mut *self.tx).await?;
-        Ok(())
-    }
-
-    async fn flush_items(&mut self) -> Result<(), StoreError> {
-        // Items name jobs: the jobs must be in the table first.
-        self.flush_jobs().await?;
-        if self.items.is_empty() {
-            return Ok(());
-        }
-        let sql = cached_values_sql(
-            &mut self.item_sql,
-            ITEM_INSERT,
-            10,
-            self.items.len(),
-            ITEM_ROWS_PER_STATEMENT,
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (id, item) in self.items.drain(..) {
-            query = query
-                .bind(id)
-                .bind(self.run_id)
-                .bind(item.position)
-                .bind(item.region)
-                .bind(item.instance_id)
-                .bind(item.key_id)
-                .bind(item.status.as_str())
-                .bind(item.duplicate_of)
-                .bind(item.reason)
-                .bind(item.job_id);
-        }
-        query.execute(&mut *self.tx).await?;
-        Ok(())
-    }
-
-    /// Writes what is buffered and commits: the plan becomes visible all at once.
-    pub async fn commit(mut self) -> Result<i64, StoreError> {
-        self.flush_jobs().await?;
-        self.flush_items().await?;
-        // Back to the default cache for whoever gets this pooled connection next.
-        sqlx::query("PRAGMA cache_size = -2000")
-            .execute(&mut *self.tx)
-            .await?;
-        self.tx.commit().await?;
+    /// Commits: the plan becomes visible all at once, durable (`synchronous=FULL`).
+    pub fn commit(self) -> Result<i64, StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        self.conn.close().map_err(|(_, err)| err)?;
         Ok(self.run_id)
     }
 }
@@ -341,6 +310,7 @@ pub async fn run_input(store: &Store, run_id: i64) -> Result<(String, String), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::AssertSqlSafe;
 
     fn run<'a>(sha: &'a str) -> NewRun<'a> {
         NewRun {
@@ -371,10 +341,10 @@ mod tests {
         let instance_ids = vec!["ins-00000001".to_string()];
         let key_ids = vec!["skey-00000001".to_string()];
         let item = |job_id| NewItem {
-            position: "line 2".into(),
-            region: Some("ap-guangzhou".into()),
-            instance_id: Some("ins-00000001".into()),
-            key_id: Some("skey-00000001".into()),
+            position: "line 2",
+            region: Some("ap-guangzhou"),
+            instance_id: Some("ins-00000001"),
+            key_id: Some("skey-00000001"),
             status: ItemStatus::Pending,
             duplicate_of: None,
             reason: None,
@@ -382,7 +352,7 @@ mod tests {
         };
 
         // Abandoned part way (more items than one statement): nothing remains.
-        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).await.unwrap() else {
+        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).unwrap() else {
             panic!("no run yet")
         };
         let job = writer
@@ -392,17 +362,21 @@ mod tests {
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
             })
-            .await
             .unwrap();
-        for _ in 0..ITEM_ROWS_PER_STATEMENT + 5 {
-            writer.add_item(item(job)).await.unwrap();
-        }
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for _ in 0..1005 {
+                    sink.add(item(job))?;
+                }
+                Ok(())
+            })
+            .unwrap();
         drop(writer);
         for table in ["runs", "jobs", "items"] {
             assert_eq!(count(&store, table).await, 0, "{table}");
         }
 
-        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).await.unwrap() else {
+        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).unwrap() else {
             panic!("the abandoned run must not count")
         };
         let job = writer
@@ -412,15 +386,20 @@ mod tests {
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
             })
-            .await
             .unwrap();
-        let first = writer.add_item(item(job)).await.unwrap();
-        let second = writer.add_item(item(job)).await.unwrap();
+        let (mut first, mut second) = (0, 0);
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                first = sink.add(item(job))?;
+                second = sink.add(item(job))?;
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(second, first + 1, "ids are consecutive in input order");
-        let run_id = writer.commit().await.unwrap();
+        let run_id = writer.commit().unwrap();
         assert_eq!(count(&store, "items").await, 2);
         assert!(
-            matches!(begin_plan(&store, &run("aa")).await.unwrap(), Begin::Existing(id) if id == run_id)
+            matches!(begin_plan(&store, &run("aa")).unwrap(), Begin::Existing(id) if id == run_id)
         );
         assert_eq!(find_run(&store, "aa", "{}").await.unwrap(), Some(run_id));
         assert_eq!(find_run(&store, "aa", "{\"x\":1}").await.unwrap(), None);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::Row;
 
 use super::plan::ItemStatus;
-use super::{Store, StoreError, now_ms};
+use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
 use crate::taxonomy;
 
 /// Items fetched per report page.
@@ -304,6 +304,12 @@ pub struct ReportRow {
 /// A duplicate shows status `duplicate` with the outcome (request id, error, job)
 /// of the item it repeats. The job is `items.job_id`, which the executor keeps
 /// pointing at the leaf job when it splits one.
+///
+/// The pages are read through a read-only connection of its own (rusqlite): sqlx
+/// decodes each row through its worker thread and a channel, which made the report
+/// of a million items several times slower than `sqlite3` printing the same table.
+/// Each page is one short read (blocking this thread for milliseconds), so no read
+/// snapshot is held while `emit` writes.
 pub async fn for_each_report_row<E>(
     store: &Store,
     run_id: i64,
@@ -311,57 +317,72 @@ pub async fn for_each_report_row<E>(
     mut emit: impl FnMut(ReportRow) -> Result<(), E>,
 ) -> Result<Result<(), E>, StoreError> {
     let attempts = attempts_with_ancestors(store, run_id).await?;
-    // A run's items have consecutive ids (one plan, one transaction): walk that id
-    // range in primary-key order. The `+` on run_id and status keeps SQLite from
-    // choosing the (run_id, status) index, which would sort the whole run per page.
-    let (first, last): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?")
-            .bind(run_id)
-            .fetch_one(store.pool())
-            .await?;
+    let conn = rusqlite::Connection::open_with_flags(
+        store.path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Pages walk the run's id range in primary-key order, keeping only the run's
+    // items: ids need not be consecutive (another run's items may sit between).
+    // The `+` on run_id and status keeps SQLite from choosing the (run_id, status)
+    // index, which would sort the whole run per page.
+    let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?",
+        [run_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     let (Some(first), Some(last)) = (first, last) else {
         return Ok(Ok(()));
     };
+    let only = only.map(ItemStatus::as_str);
     let mut after = first - 1;
+    let mut page: Vec<(i64, ReportRow)> = Vec::with_capacity(REPORT_PAGE_ROWS as usize);
     loop {
-        let rows = sqlx::query(
-            "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
-                    COALESCE(d.request_id, i.request_id) AS request_id,
-                    CASE WHEN i.status = 'rejected' THEN NULL
-                         ELSE COALESCE(d.error_code, i.error_code) END AS error_code,
-                    CASE WHEN i.status = 'rejected' THEN i.reason
-                         ELSE COALESCE(d.error_message, i.error_message) END AS error_message,
-                    COALESCE(d.job_id, i.job_id) AS job_id
-             FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
-             WHERE i.id > ? AND i.id <= ? AND +i.run_id = ? AND (? IS NULL OR +i.status = ?)
-             ORDER BY i.id LIMIT ?",
-        )
-        .bind(after)
-        .bind(last)
-        .bind(run_id)
-        .bind(only.map(ItemStatus::as_str))
-        .bind(only.map(ItemStatus::as_str))
-        .bind(REPORT_PAGE_ROWS)
-        .fetch_all(store.pool())
-        .await?;
-        let Some(last) = rows.last() else {
+        page.clear();
+        {
+            let mut statement = conn.prepare_cached(
+                "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
+                        COALESCE(d.request_id, i.request_id),
+                        CASE WHEN i.status = 'rejected' THEN NULL
+                             ELSE COALESCE(d.error_code, i.error_code) END,
+                        CASE WHEN i.status = 'rejected' THEN i.reason
+                             ELSE COALESCE(d.error_message, i.error_message) END,
+                        COALESCE(d.job_id, i.job_id)
+                 FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+                 WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
+                 ORDER BY i.id LIMIT ?5",
+            )?;
+            let mut rows = statement.query(rusqlite::params![
+                after,
+                last,
+                run_id,
+                only,
+                REPORT_PAGE_ROWS
+            ])?;
+            while let Some(row) = rows.next()? {
+                let job_id: Option<i64> = row.get(9)?;
+                page.push((
+                    row.get(0)?,
+                    ReportRow {
+                        position: row.get(1)?,
+                        region: row.get(2)?,
+                        instance_id: row.get(3)?,
+                        key_id: row.get(4)?,
+                        status: row.get(5)?,
+                        request_id: row.get(6)?,
+                        error_code: row.get(7)?,
+                        error_message: row.get(8)?,
+                        attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
+                        job_id,
+                    },
+                ));
+            }
+        }
+        let Some(&(last_id, _)) = page.last() else {
             return Ok(Ok(()));
         };
-        after = last.try_get("id")?;
-        for row in rows {
-            let job_id: Option<i64> = row.try_get("job_id")?;
-            let line = ReportRow {
-                position: row.try_get("position")?,
-                region: row.try_get("region")?,
-                instance_id: row.try_get("instance_id")?,
-                key_id: row.try_get("key_id")?,
-                status: row.try_get("status")?,
-                request_id: row.try_get("request_id")?,
-                error_code: row.try_get("error_code")?,
-                error_message: row.try_get("error_message")?,
-                attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
-                job_id,
-            };
+        after = last_id;
+        for (_, line) in page.drain(..) {
             if let Err(e) = emit(line) {
                 return Ok(Err(e));
             }

@@ -603,3 +603,175 @@ fn status_and_report_without_runs_explain_themselves() {
         ran.stderr
     );
 }
+
+#[tokio::test]
+async fn a_plan_written_without_enforcement_keeps_every_reference_and_status_valid() {
+    // The planner's connection skips foreign-key and CHECK enforcement (store::plan):
+    // what it writes must pass both checks afterwards.
+    let k = Keyfleet::new();
+    k.plan(&sample("bad-rows.csv"), &[]);
+    k.plan(&sample("small.json"), &["--region", "ap-shanghai"]);
+    k.plan(&sample("small.jsonl"), &["--region", "ap-shanghai"]);
+    let store = k.store().await;
+    let pool = store.pool();
+    let violations: Vec<(String, i64, String, i64)> = sqlx::query_as("PRAGMA foreign_key_check")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let (items, bad_status, duplicates): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*),
+                SUM(status NOT IN ('pending', 'succeeded', 'failed', 'rejected', 'duplicate')),
+                SUM(status = 'duplicate' AND duplicate_of IS NOT NULL)
+         FROM items",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(items > 0);
+    assert_eq!(bad_status, 0);
+    assert!(duplicates > 0, "bad-rows.csv repeats a pair");
+    let bad_states: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM runs WHERE state <> 'planned')
+              + (SELECT COUNT(*) FROM jobs WHERE state <> 'queued')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(bad_states, 0);
+    // The pool's own connections still enforce foreign keys.
+    let orphan = sqlx::query(
+        "INSERT INTO items (run_id, position, status) VALUES (999999, 'line 1', 'pending')",
+    )
+    .execute(pool)
+    .await;
+    assert!(orphan.is_err(), "foreign keys are on outside the planner");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
+    let k = Keyfleet::new();
+    // More rows than one report page (5,000), so the keyset paging is exercised.
+    let rows = 12_345;
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for i in 0..rows {
+        csv.push_str(&format!("ins-{i:08x},skey-{:08x},ap-guangzhou\n", i % 3));
+    }
+    let big = k.file("big.csv", csv.as_bytes());
+    let first = count(&k.plan(&big, &[]), "run_id");
+    let second = count(&k.plan(&sample("small.csv"), &[]), "run_id");
+    // An item of the first run after the second run's items: the first run's ids
+    // now have a gap holding another run's items.
+    let store = k.store().await;
+    let (job, last_of_second): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT MIN(id) FROM jobs WHERE run_id = ?1), (SELECT MAX(id) FROM items WHERE run_id = ?2)",
+    )
+    .bind(first)
+    .bind(second)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let appended: i64 = sqlx::query_scalar(
+        "INSERT INTO items (run_id, position, region, instance_id, key_id, status, job_id)
+         VALUES (?, 'line 99999', 'ap-guangzhou', 'ins-ffffffff', 'skey-00000000', 'pending', ?)
+         RETURNING id",
+    )
+    .bind(first)
+    .bind(job)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(appended > last_of_second);
+    store.close().await;
+
+    let report = k.report_csv(&[&first.to_string()]);
+    assert_eq!(
+        report.len(),
+        rows + 1,
+        "every row of the run, none of the other's"
+    );
+    let positions: Vec<&str> = report.iter().map(|r| r[0].as_str()).collect();
+    let expected: Vec<String> = (2..rows + 2)
+        .map(|line| format!("line {line}"))
+        .chain(["line 99999".to_string()])
+        .collect();
+    assert_eq!(positions, expected, "input order across pages");
+    assert_eq!(report[0][2], "ins-00000000");
+    assert_eq!(report[rows - 1][2], format!("ins-{:08x}", rows - 1));
+    let pending = k.report_csv(&[&first.to_string(), "--only", "pending"]);
+    assert_eq!(pending.len(), rows + 1);
+    let other = k.report_csv(&[&second.to_string()]);
+    assert_eq!(other.len(), 7, "small.csv: its own rows only");
+    assert!(other.iter().all(|r| r[0] != "line 99999"));
+}
+
+#[tokio::test]
+async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
+    // A database as release 0.1 left it: migration 0001 only, a run written by its
+    // planner (position as text, ids from 1).
+    let k = Keyfleet::new();
+    let migrations = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_init.sql"),
+        migrations.path().join("0001_init.sql"),
+    )
+    .unwrap();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&k.db.path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        for sql in [
+            "INSERT INTO runs (id, created_at, input_path, input_sha256, options, rows_read, pairs, duplicates, rejected, instances, keys, regions)
+             VALUES (1, 1, '/old/rows.csv', 'aa', '{}', 3, 2, 0, 1, 2, 1, 1)",
+            "INSERT INTO jobs (id, run_id, region, instance_ids, key_ids, pair_count, created_at)
+             VALUES (1, 1, 'ap-guangzhou', '[\"ins-00000001\",\"ins-00000002\"]', '[\"skey-00000001\"]', 2, 1)",
+            "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, reason, job_id) VALUES
+             (1, 1, 'line 2', 'ap-guangzhou', 'ins-00000001', 'skey-00000001', 'pending', NULL, 1),
+             (2, 1, 'line 3', NULL, 'ins-x', 'skey-00000001', 'rejected', 'instance id \"ins-x\" is not ins- and 8 characters', NULL),
+             (3, 1, 'line 4', 'ap-guangzhou', 'ins-00000002', 'skey-00000001', 'pending', NULL, 1)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    let report = k.report_csv(&["1"]);
+    let lines: Vec<String> = report.iter().map(|r| r.join(",")).collect();
+    assert_eq!(
+        lines,
+        [
+            "line 2,ap-guangzhou,ins-00000001,skey-00000001,pending,,,,0,1",
+            "line 3,,ins-x,skey-00000001,rejected,,,instance id \"ins-x\" is not ins- and 8 characters,0,",
+            "line 4,ap-guangzhou,ins-00000002,skey-00000001,pending,,,,0,1",
+        ]
+    );
+    let status = k.run(&["status", "1", "--json"]).ok().json();
+    assert_eq!(status["pairs"]["pending"], 2);
+
+    // A new plan goes in beside the old run, its ids after the old ones.
+    let plan = k.plan(&sample("small.csv"), &[]);
+    assert_eq!(count(&plan, "run_id"), 2);
+    let store = k.store().await;
+    let first_new: i64 = sqlx::query_scalar("SELECT MIN(id) FROM items WHERE run_id = 2")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(first_new, 4);
+    store.close().await;
+    assert_eq!(k.report_csv(&["1"]).len(), 3);
+    assert_eq!(k.report_csv(&["2"]).len(), 7);
+}
