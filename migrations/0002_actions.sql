@@ -6,7 +6,13 @@
 --
 -- SQLite cannot change a CHECK constraint in place, so `jobs` and `items` are rebuilt
 -- (SQLite's documented procedure: foreign keys off around one transaction; a test runs
--- foreign_key_check on a migrated 0.1.0 database). Everything else about the rows is copied as it was.
+-- foreign_key_check on a migrated 0.1.0 database). Everything else about the rows is
+-- copied as it was.
+--
+-- Foreign keys can only be turned off outside a transaction, so this migration runs
+-- outside the migrator's: its own transaction ends by marking version 2 in
+-- `schema_marks`. A kill between that commit and the migrator's record is repaired
+-- when the database is next opened (`Store::open` records marked versions first).
 
 PRAGMA foreign_keys = OFF;
 BEGIN IMMEDIATE;
@@ -99,6 +105,9 @@ CREATE INDEX items_job ON items (job_id);
 -- When the request really left (after pacing), as opposed to when its row was written.
 ALTER TABLE attempts ADD COLUMN sent_at INTEGER;
 CREATE INDEX attempts_sent ON attempts (sent_at);
+
+CREATE TABLE IF NOT EXISTS schema_marks (version INTEGER PRIMARY KEY);
+INSERT INTO schema_marks (version) VALUES (2);
 
 COMMIT;
 PRAGMA foreign_keys = ON;

@@ -16,7 +16,7 @@ use keyfleet::store::report::{self, ReportRow};
 use crate::GlobalArgs;
 
 /// The report's columns, in order (CSV header; JSON keys).
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 11] = [
     "position",
     "region",
     "instance_id",
@@ -27,6 +27,7 @@ pub const COLUMNS: [&str; 10] = [
     "error_message",
     "attempts",
     "job_id",
+    "verified",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,7 +204,7 @@ async fn emit<W: Write>(
     }
 }
 
-fn csv_fields(row: &ReportRow) -> [String; 10] {
+fn csv_fields(row: &ReportRow) -> [String; 11] {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         row.position.clone(),
@@ -216,6 +217,7 @@ fn csv_fields(row: &ReportRow) -> [String; 10] {
         text(&row.error_message),
         row.attempts.to_string(),
         row.job_id.map(|j| j.to_string()).unwrap_or_default(),
+        text(&row.verified),
     ]
 }
 

@@ -70,6 +70,7 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    file: PathBuf,
 }
 
 /// Current time in Unix milliseconds, the unit of every time column.
@@ -117,7 +118,9 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations")
+        let migrator = sqlx::migrate!("./migrations");
+        record_marked_migrations(&pool, &migrator).await?;
+        migrator
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
@@ -127,6 +130,7 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_path_buf(),
+            file: filename.clone(),
         })
     }
 
@@ -135,15 +139,68 @@ impl Store {
         &self.pool
     }
 
-    /// Where the database lives.
+    /// Where the database lives, as it was named (for messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database file's absolute path, for other connections to the same file:
+    /// a name such as `:memory:` or `file:x` opened again by a path SQLite would read
+    /// specially must be the file it names.
+    pub fn file(&self) -> &Path {
+        &self.file
     }
 
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(self) {
         self.pool.close().await;
     }
+}
+
+/// A migration that runs outside the migrator's transaction (it must turn foreign
+/// keys off) marks its version in `schema_marks` inside its own transaction. If a kill
+/// came after that commit and before the migrator recorded it, the migration is done
+/// but unrecorded: record it, rather than run it again on a schema it already changed.
+async fn record_marked_migrations(
+    pool: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let has_table = |name: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .map(|n| n > 0)
+    };
+    if !has_table("schema_marks").await? || !has_table("_sqlx_migrations").await? {
+        return Ok(());
+    }
+    let unrecorded: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM schema_marks WHERE version NOT IN (SELECT version FROM _sqlx_migrations)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for version in unrecorded {
+        let Some(migration) = migrator.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        tracing::warn!(
+            version,
+            "a migration that completed before a crash is recorded now"
+        );
+        sqlx::query(
+            "INSERT OR IGNORE INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, ?, TRUE, ?, -1)",
+        )
+        .bind(version)
+        .bind(migration.description.as_ref())
+        .bind(migration.checksum.as_ref())
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,5 +240,29 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// A kill after migration 2's own commit and before the migrator's record: the
+    /// next open records it instead of running it again (which would fail).
+    #[tokio::test]
+    async fn a_migration_done_but_not_recorded_is_recorded_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Store::open(&path).await.unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(&path).await.unwrap();
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 2")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(recorded, 1);
+        store.close().await;
+        // And the migrator agrees it is the same migration (checksum), on every open after.
+        Store::open(&path).await.unwrap().close().await;
     }
 }

@@ -166,7 +166,7 @@ pub fn begin_plan(store: &Store, run: &NewRun<'_>) -> Result<Begin, StoreError> 
 /// [`ItemStatus::as_str`] words and default run and job states.
 fn open_plan_connection(store: &Store) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open_with_flags(
-        store.path(),
+        store.file(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;

@@ -224,22 +224,12 @@ pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreEr
             .bind(run_id)
             .fetch_all(store.pool())
             .await?;
-    let mut jobs: BTreeMap<String, i64> = ["queued", "in_flight", "succeeded", "failed", "split"]
+    let mut jobs: BTreeMap<String, i64> = super::JobState::ALL
         .iter()
-        .map(|s| (s.to_string(), 0))
+        .map(|s| (s.as_str().to_string(), 0))
         .collect();
     jobs.extend(job_rows);
-    let failures: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT error_code, COUNT(*) FROM items WHERE run_id = ? AND status = 'failed'
-         GROUP BY error_code",
-    )
-    .bind(run_id)
-    .fetch_all(store.pool())
-    .await?;
-    let failures_by_code = failures
-        .into_iter()
-        .map(|(code, n)| (code.unwrap_or_else(|| "(none)".into()), n))
-        .collect();
+    let failures_by_code = store.failures_by_code(run_id).await?;
     let attempts: Vec<(Option<String>, i64)> = sqlx::query_as(
         "SELECT a.error_code, COUNT(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
          WHERE j.run_id = ? GROUP BY a.error_code",
@@ -296,6 +286,8 @@ pub struct ReportRow {
     pub attempts: i64,
     /// The leaf job that covered the pair (for a duplicate: the first occurrence's).
     pub job_id: Option<i64>,
+    /// What `keyfleet verify` found (`gone`, `still_bound`, ...); `None` when never verified.
+    pub verified: Option<String>,
 }
 
 /// Calls `emit` for every item of a run in input order (optionally only one status),
@@ -318,7 +310,7 @@ pub async fn for_each_report_row<E>(
 ) -> Result<Result<(), E>, StoreError> {
     let attempts = attempts_with_ancestors(store, run_id).await?;
     let conn = rusqlite::Connection::open_with_flags(
-        store.path(),
+        store.file(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -347,7 +339,8 @@ pub async fn for_each_report_row<E>(
                              ELSE COALESCE(d.error_code, i.error_code) END,
                         CASE WHEN i.status = 'rejected' THEN i.reason
                              ELSE COALESCE(d.error_message, i.error_message) END,
-                        COALESCE(d.job_id, i.job_id)
+                        COALESCE(d.job_id, i.job_id),
+                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END
                  FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
                  WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
                  ORDER BY i.id LIMIT ?5",
@@ -374,6 +367,7 @@ pub async fn for_each_report_row<E>(
                         error_message: row.get(8)?,
                         attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
                         job_id,
+                        verified: row.get(10)?,
                     },
                 ));
             }

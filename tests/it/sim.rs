@@ -1481,7 +1481,7 @@ async fn the_same_seed_reproduces_a_run() {
 async fn the_rate_limit_is_a_sliding_window_per_action_and_host() {
     let config = SimConfig { rate: 3, ..quiet() };
     let sim = start(config, small_fleet()).await;
-    let describe = Call::new("DescribeInstances", json!({}));
+    let describe = Call::new("DescribeKeyPairs", json!({}));
     let started = Instant::now();
     let mut codes = Vec::new();
     for _ in 0..5 {
@@ -1503,7 +1503,7 @@ async fn the_rate_limit_is_a_sliding_window_per_action_and_host() {
         let stats = sim.stats();
         assert!(stats.throttled >= 2);
         assert_eq!(stats.max_in_any_second, 3);
-        assert_eq!(stats.max_in_any_second_by_action["DescribeInstances"], 3);
+        assert_eq!(stats.max_in_any_second_by_action["DescribeKeyPairs"], 3);
     }
     // Refused requests did not use up the allowance: a second after the burst
     // the window has room again.
@@ -1512,11 +1512,11 @@ async fn the_rate_limit_is_a_sliding_window_per_action_and_host() {
     let stats = sim.stats();
     assert!(stats.max_in_any_second <= 3, "{stats:?}");
     assert_eq!(
-        stats.requests["DescribeInstances"]
+        stats.requests["DescribeKeyPairs"]
             .get("RequestLimitExceeded")
             .copied()
             .unwrap_or(0)
-            + stats.requests["DescribeInstances"]["Success"],
+            + stats.requests["DescribeKeyPairs"]["Success"],
         6
     );
 }
@@ -1876,7 +1876,7 @@ fn keyfleet_sim_refuses_a_public_listen_address() {
 
 /// `n` DescribeInstances requests with `Host: host`, sent at once; their codes.
 async fn burst(sim: &SimHandle, host: &str, n: usize) -> Vec<Option<String>> {
-    let mut call = Call::new("DescribeInstances", json!({}));
+    let mut call = Call::new("DescribeKeyPairs", json!({}));
     call.host = Some(host.to_string());
     let mut codes = Vec::new();
     for _ in 0..n {
@@ -1909,12 +1909,9 @@ async fn each_host_has_its_own_limit() {
     if one_window {
         assert_eq!(admitted(&a), 10, "{a:?}");
         assert_eq!(admitted(&b), 10, "{b:?}");
-        assert_eq!(
-            by_host["cvm.ap-guangzhou.sim.test"]["DescribeInstances"],
-            10
-        );
-        assert_eq!(by_host["cvm.ap-shanghai.sim.test"]["DescribeInstances"], 10);
-        assert_eq!(stats.max_in_any_second_by_action["DescribeInstances"], 20);
+        assert_eq!(by_host["cvm.ap-guangzhou.sim.test"]["DescribeKeyPairs"], 10);
+        assert_eq!(by_host["cvm.ap-shanghai.sim.test"]["DescribeKeyPairs"], 10);
+        assert_eq!(stats.max_in_any_second_by_action["DescribeKeyPairs"], 20);
         assert_eq!(stats.max_in_any_second, 10);
     }
     let journal = sim.journal();

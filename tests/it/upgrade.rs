@@ -95,6 +95,23 @@ async fn a_0_1_0_database_migrates_reports_and_resumes() {
     assert_eq!(code, 0, "resume 3: {stderr}");
     let store = r.store().await;
     let outcomes = store.pair_outcomes(3).await.unwrap();
+    // The rebuilt tables kept every reference whole.
+    let broken: Vec<(String, i64)> =
+        sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    let jobs: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, state FROM jobs WHERE run_id = 4 ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert!(
+        jobs.iter()
+            .all(|(a, _)| a == "DisassociateInstancesKeyPairs"),
+        "{jobs:?}"
+    );
     store.close().await;
     assert_eq!(outcomes.len(), 2);
     assert!(
