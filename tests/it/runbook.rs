@@ -424,3 +424,61 @@ async fn discover_run_and_verify_twenty_thousand_instances_over_three_regions() 
     assert_eq!(describes, 3 * 67 + 3 * 7, "{describes}");
     assert!(r.sim.fleet().bindings().iter().all(|(_, k)| k != LEAKED));
 }
+
+/// Until rotation is built, a row with a `new_key_id` is rejected with the reason rather
+/// than planned as a plain unbind (which would take the old key and bind nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_rows_are_refused_not_planned_as_plain_unbinds() {
+    let (fleet, _) = two_region_fleet(6);
+    let r = Rehearsal::start(quiet(), fleet).await;
+    let out = r.dir.path().join("rotate.csv");
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "discover",
+                "--key",
+                LEAKED,
+                "--all-regions",
+                "--rotate-to",
+                "skey-0000000a",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.lines().next().unwrap().ends_with(",new_key_id"),
+        "{text}"
+    );
+    let json = r.dir.path().join("rotate.json");
+    std::fs::write(
+        &json,
+        r#"[{"instance_id": "ins-00000000", "key_id": "skey-1eaked00", "region": "ap-guangzhou", "new_key_id": "skey-0000000a"},
+            {"instance_id": "ins-00000003", "key_id": "skey-1eaked00", "region": "ap-guangzhou"}]"#,
+    )
+    .unwrap();
+    for (input, rejected) in [(out.to_str().unwrap(), 4), (json.to_str().unwrap(), 1)] {
+        let (code, _, stderr) = r.run(&["run", input, "--progress", "none"], LIMIT).await;
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("key rotation"), "{stderr}");
+        let (_, report, _) = r.run(&["report", "--only", "rejected"], LIMIT).await;
+        assert_eq!(report.lines().count(), 1 + rejected, "{report}");
+    }
+    // Only the one plain row (ins-00000003) was unbound; every rotation row kept its key.
+    let still: BTreeSet<String> = r
+        .sim
+        .fleet()
+        .bindings()
+        .into_iter()
+        .filter(|(_, k)| k == LEAKED)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(still.len(), 3, "{still:?}");
+    assert!(
+        still.contains(&ins(0)) && !still.contains(&ins(3)),
+        "{still:?}"
+    );
+}
