@@ -350,30 +350,28 @@ impl<A: Api> Sender<A> {
                 let mut next = first.next_offset;
                 take(first, &mut scan);
                 if let Some(total) = total {
-                    // Every later page at once, at the limiter's pace.
-                    let offsets: Vec<u64> = (1..total.div_ceil(PAGE_LIMIT))
-                        .map(|p| p * PAGE_LIMIT)
-                        .collect();
-                    for wave in offsets.chunks(PAGES_IN_FLIGHT) {
-                        let mut pages = JoinSet::new();
-                        for &offset in wave {
+                    // Every later page at the limiter's pace, PAGES_IN_FLIGHT at a time
+                    // (a new one leaves as soon as one returns: no pause between waves).
+                    let mut offsets = (1..total.div_ceil(PAGE_LIMIT)).map(|p| p * PAGE_LIMIT);
+                    let mut pages = JoinSet::new();
+                    loop {
+                        while scan.failed.is_none() && pages.len() < PAGES_IN_FLIGHT {
+                            let Some(offset) = offsets.next() else { break };
                             let (sender, region) = (self.clone(), region.clone());
                             pages.spawn(async move { sender.page(&region, offset).await });
                         }
-                        while let Some(page) = pages.join_next().await {
-                            match page {
-                                Ok(Ok(page)) => take(page, &mut scan),
-                                Ok(Err(refused)) => {
-                                    scan.failed.get_or_insert((refused.code, refused.message));
-                                }
-                                Err(e) => {
-                                    scan.failed
-                                        .get_or_insert(("Keyfleet.Internal".into(), e.to_string()));
-                                }
-                            }
-                        }
-                        if scan.failed.is_some() {
+                        let Some(page) = pages.join_next().await else {
                             break;
+                        };
+                        match page {
+                            Ok(Ok(page)) => take(page, &mut scan),
+                            Ok(Err(refused)) => {
+                                scan.failed.get_or_insert((refused.code, refused.message));
+                            }
+                            Err(e) => {
+                                scan.failed
+                                    .get_or_insert(("Keyfleet.Internal".into(), e.to_string()));
+                            }
                         }
                     }
                 } else {
