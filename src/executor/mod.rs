@@ -535,10 +535,6 @@ async fn dispatch<A: Api>(
         if shared.is_halted() {
             return Ok(());
         }
-        let first = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
-            _ = halted(shared) => return Ok(()),
-        };
         let now = now_ms();
         let claimed = locked(&shared.claimed).len();
         let due = store
@@ -556,7 +552,6 @@ async fn dispatch<A: Api>(
                 .collect()
         };
         if due.is_empty() {
-            drop(first);
             let in_flight = concurrency - permits.available_permits();
             let next_due = store
                 .next_due_after(run_id, shared.config.only, now)
@@ -594,14 +589,13 @@ async fn dispatch<A: Api>(
             }
             continue;
         }
-        let mut permit = Some(first);
+        // One query serves every job it returned: each waits here for a permit (the
+        // queue does not change under us: this process alone sends the run's jobs, and
+        // a job skipped meanwhile is refused when its lane starts it).
         for job in due {
-            let permit = match permit.take() {
-                Some(permit) => permit,
-                None => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
+                _ = halted(shared) => return Ok(()),
             };
             let Some(action) = job_action(job.action) else {
                 shared.halt(StopReason::Internal(format!(
@@ -693,6 +687,10 @@ async fn start_wave<A: Api>(
     for (claimed, reply) in wave.into_iter().zip(replies) {
         let attempt = match reply.await {
             Ok(Ok(Applied::Started { attempt_id, .. })) => Ok(attempt_id),
+            Ok(Ok(Applied::NotQueued)) => {
+                shared.release(claimed.job.id);
+                continue;
+            }
             Ok(Ok(_)) => Err("unexpected reply to an attempt start".to_string()),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("no reply to an attempt start".to_string()),

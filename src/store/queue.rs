@@ -126,6 +126,8 @@ pub enum Write {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     Started { attempt_id: i64, number: i64 },
+    /// The job was no longer queued (skipped meanwhile): nothing started.
+    NotQueued,
     Finished,
 }
 
@@ -776,6 +778,18 @@ async fn start_attempt(
     job_id: i64,
     started_at: i64,
 ) -> Result<Applied, StoreError> {
+    // Only a queued job starts: one skipped (its prerequisite failed) after the
+    // dispatcher read it is not sent.
+    let queued = sqlx::query("UPDATE jobs SET state = ? WHERE id = ? AND state = ?")
+        .bind(JobState::InFlight.as_str())
+        .bind(job_id)
+        .bind(JobState::Queued.as_str())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if queued == 0 {
+        return Ok(Applied::NotQueued);
+    }
     let row = sqlx::query(
         "INSERT INTO attempts (job_id, number, started_at) \
          VALUES (?, (SELECT COUNT(*) + 1 FROM attempts WHERE job_id = ?), ?) RETURNING id, number",
@@ -785,11 +799,6 @@ async fn start_attempt(
     .bind(started_at)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
-        .bind(JobState::InFlight.as_str())
-        .bind(job_id)
-        .execute(&mut **tx)
-        .await?;
     Ok(Applied::Started {
         attempt_id: row.get("id"),
         number: row.get("number"),
