@@ -12,6 +12,8 @@ CREATE TABLE pacer (
     -- Unix ms (fractional): the last slot handed out, and the earliest the next may be.
     slot_at         REAL    NOT NULL,
     next_at         REAL    NOT NULL,
+    -- Slots handed out so far: a process compares it with its own to know its share.
+    slots           INTEGER NOT NULL DEFAULT 1,
     -- Requests per second in force at the last reservation (the adaptive rate).
     rate            REAL    NOT NULL,
     -- The rate that was left at the last throttle (requests per second), and when

@@ -19,10 +19,13 @@
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs, attempts;
 //!   `store::plan` writes a plan in one transaction, `store::report` reads runs back,
 //!   `store::queue` holds the executor's lease, claims and group-committed outcomes;
+//!   `store::pacer` the shared send slots (one row per limiter key, `synchronous=NORMAL`);
 //!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
-//! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume.
+//! - [`executor`]: the paced worker pool that drains a run: retries, isolation, stop, resume;
+//!   `executor::pacer` the limiters (shared through the database, or in-process) and the
+//!   adaptive rule.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   rate limit and seeded faults over a real HTTP server; `sim::audit` proves a run

@@ -228,19 +228,22 @@ pub fn adaptive_rate(max: f64, ceiling: Option<f64>, since_throttle: Option<Dura
 }
 
 /// The rate that is left, measured at a throttle. The passes of the last second
-/// themselves (`passed` over [`REPLY_WINDOW`], in the rate's units with
-/// [`RATE_MARGIN`]) are exact for a sender alone at a sliding-window limit, but only
-/// this process's share when several send. The rate in force times the share of
-/// replies that passed (`passed` of `passed + throttled`) holds whatever the share,
-/// but right after the limit is first met the passes' replies come before the
-/// throttles' and bias it high: it is taken (when larger) only once the second holds
+/// (`passed` over [`REPLY_WINDOW`], in the rate's units with [`RATE_MARGIN`]) are
+/// what a saturated sliding-window limit admits, exactly; divided by `share`, this
+/// process's share of the key's slots (1 alone; processes sharing a database each
+/// see only their part). The rate in force times the share of replies that passed
+/// (`passed` of `passed + throttled`) also holds whatever the share, but right after
+/// the limit is first met the passes' replies come before the throttles' and bias it
+/// high: it is taken (when larger) only once the second holds
 /// [`MIN_THROTTLES_TO_MEASURE`] throttles.
-pub fn ceiling_after_throttle(rate_in_force: f64, passed: u32, throttled: u32) -> f64 {
+pub fn ceiling_after_throttle(rate_in_force: f64, passed: u32, throttled: u32, share: f64) -> f64 {
     let replies = passed + throttled;
     if replies == 0 {
         return rate_in_force / 2.0;
     }
-    let passed_per_second = f64::from(passed) / REPLY_WINDOW.as_secs_f64() * RATE_MARGIN;
+    let share_of_slots = share.clamp(MIN_SHARE, 1.0);
+    let passed_per_second =
+        f64::from(passed) / REPLY_WINDOW.as_secs_f64() * RATE_MARGIN / share_of_slots;
     let share = rate_in_force * f64::from(passed) / f64::from(replies);
     let ceiling = if throttled >= MIN_THROTTLES_TO_MEASURE {
         share.max(passed_per_second)
@@ -249,6 +252,9 @@ pub fn ceiling_after_throttle(rate_in_force: f64, passed: u32, throttled: u32) -
     };
     ceiling.min(rate_in_force)
 }
+
+/// A share of the slots below this is not trusted (too few to count).
+const MIN_SHARE: f64 = 0.05;
 
 /// See [`ceiling_after_throttle`].
 const MIN_THROTTLES_TO_MEASURE: u32 = 3;
@@ -262,6 +268,8 @@ pub struct Adaptive {
     ceiling: Option<f64>,
     throttled_at: Option<i64>,
     replies: VecDeque<(i64, bool)>,
+    /// This process's share of the key's slots (1 when it paces alone).
+    share: f64,
 }
 
 impl Adaptive {
@@ -272,7 +280,13 @@ impl Adaptive {
             ceiling: None,
             throttled_at: None,
             replies: VecDeque::new(),
+            share: 1.0,
         }
+    }
+
+    /// This process's share of the key's recent slots, when several processes take them.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share;
     }
 
     /// The rate in force at `now_ms`.
@@ -300,7 +314,7 @@ impl Adaptive {
         let passed = self.replies.iter().filter(|(_, passed)| *passed).count() as u32;
         let throttled = self.replies.len() as u32 - passed;
         let rate = self.rate(now_ms);
-        let measured = ceiling_after_throttle(rate, passed, throttled);
+        let measured = ceiling_after_throttle(rate, passed, throttled, self.share);
         // A throttle while probing just beyond the ceiling confirms it (one request
         // over a limit that has not moved, and a second of replies is too few to
         // measure a few percent): keep it. Below the ceiling (the limit fell) or far
@@ -507,8 +521,12 @@ struct DbKeyState {
     adaptive: Adaptive,
     /// Whether this process has taken a slot of the key (and seeded a missing row).
     started: bool,
+    /// This process's recent slots: when, and the key's slot count then.
+    slots: VecDeque<(i64, i64)>,
 }
 
+/// A process's share of a key's slots is counted over this long.
+const SHARE_WINDOW_MS: i64 = 2000;
 /// How far back `attempts.sent_at` is read to seed a key without a row.
 const SEED_WINDOW_MS: i64 = 1000;
 
@@ -554,6 +572,7 @@ impl DbInner {
                     state: Mutex::new(DbKeyState {
                         adaptive: Adaptive::new(max),
                         started: false,
+                        slots: VecDeque::new(),
                     }),
                     fallback: Pacer::new(max),
                 })
@@ -584,6 +603,22 @@ impl DbInner {
             let mut state = key.lock();
             state.started = true;
             state.adaptive.adopt(slot.ceiling, slot.throttled_at, true);
+            // Own slots among all slots of the key over the last two seconds.
+            let now = now as i64;
+            state.slots.push_back((now, slot.number));
+            while state
+                .slots
+                .front()
+                .is_some_and(|(at, _)| *at < now - SHARE_WINDOW_MS)
+            {
+                state.slots.pop_front();
+            }
+            if let (Some(first), Some(last)) = (state.slots.front(), state.slots.back())
+                && last.1 > first.1
+            {
+                let share = (state.slots.len() - 1) as f64 / (last.1 - first.1) as f64;
+                state.adaptive.set_share(share);
+            }
         }
         let wait_ms = slot.at_ms - unix_ms_f64();
         let at = if wait_ms > 0.0 {
@@ -823,23 +858,32 @@ mod tests {
             adaptive_rate(10.0, Some(0.01), Some(Duration::ZERO)),
             10.0 / 16.0
         );
-        assert_eq!(ceiling_after_throttle(9.0, 5, 4), 5.0 * RATE_MARGIN);
+        assert_eq!(ceiling_after_throttle(9.0, 5, 4, 1.0), 5.0 * RATE_MARGIN);
         assert_eq!(
-            ceiling_after_throttle(9.0, 3, 6),
+            ceiling_after_throttle(9.0, 3, 6, 1.0),
             3.0 * RATE_MARGIN,
             "the passes win"
         );
         assert_eq!(
-            ceiling_after_throttle(20.0, 5, 5),
+            ceiling_after_throttle(20.0, 5, 5, 1.0),
             10.0,
             "one of several senders"
         );
         assert_eq!(
-            ceiling_after_throttle(10.0, 5, 1),
+            ceiling_after_throttle(10.0, 5, 1, 1.0),
             5.0 * RATE_MARGIN,
             "one throttle: the passes"
         );
-        assert_eq!(ceiling_after_throttle(8.0, 0, 0), 4.0, "no replies: halve");
+        assert_eq!(
+            ceiling_after_throttle(10.0, 4, 1, 0.5),
+            8.0 * RATE_MARGIN,
+            "half the slots: twice its passes"
+        );
+        assert_eq!(
+            ceiling_after_throttle(8.0, 0, 0, 1.0),
+            4.0,
+            "no replies: halve"
+        );
     }
 
     #[test]

@@ -46,6 +46,11 @@ impl SlidingWindow {
         true
     }
 
+    /// Changes the limit from the next admission on (0: unlimited).
+    pub fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
     /// The most admissions seen in any window so far.
     pub fn max_in_window(&self) -> u64 {
         self.max_in_window

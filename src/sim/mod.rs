@@ -246,6 +246,12 @@ impl SimHandle {
         self.shared.set_revoked(revoked);
     }
 
+    /// Changes the rate limit of every action from now on (0: unlimited), as when
+    /// another sender on the account starts or stops.
+    pub fn set_rate(&self, rate: u32) {
+        self.shared.set_rate(rate);
+    }
+
     /// Every request so far, in arrival order.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.shared.journal()

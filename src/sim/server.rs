@@ -79,6 +79,8 @@ pub(crate) struct Shared {
 struct Inner {
     fleet: LiveFleet,
     limiters: HashMap<Action, SlidingWindow>,
+    /// The limit now: `SimConfig::rate` until `SimHandle::set_rate`.
+    rate: u32,
     // Separate streams, so turning on jitter does not change which requests get faults.
     jitter_rng: StdRng,
     latency_rng: StdRng,
@@ -100,6 +102,7 @@ impl Shared {
         let inner = Inner {
             fleet: LiveFleet::new(fleet, start, config.settle_after),
             limiters: HashMap::new(),
+            rate: config.rate,
             jitter_rng: StdRng::seed_from_u64(config.seed ^ JITTER_STREAM),
             latency_rng: StdRng::seed_from_u64(config.seed ^ LATENCY_STREAM),
             fault_rng: StdRng::seed_from_u64(config.seed),
@@ -112,6 +115,15 @@ impl Shared {
             start,
             inner: Mutex::new(inner),
             revoked: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Changes every action's rate limit from now on (0: unlimited).
+    pub fn set_rate(&self, rate: u32) {
+        let mut inner = self.lock();
+        inner.rate = rate;
+        for window in inner.limiters.values_mut() {
+            window.set_limit(rate);
         }
     }
 
@@ -555,7 +567,7 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         Ok(checked) => checked,
         Err(err) => return Err(Box::new(inner.reply(seq, entry, Err(err)))),
     };
-    let rate = shared.config.rate;
+    let rate = inner.rate;
     let window = inner
         .limiters
         .entry(action)

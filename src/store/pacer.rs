@@ -44,6 +44,8 @@ pub struct Slot {
     pub ceiling: Option<f64>,
     /// When that throttle lowered the rate (Unix ms).
     pub throttled_at: Option<i64>,
+    /// How many slots of the key were handed out, this one included (any process).
+    pub number: i64,
 }
 
 /// The adaptive state of a key as the row holds it.
@@ -92,8 +94,8 @@ impl PacerDb {
              ON CONFLICT (action, endpoint, account) DO UPDATE SET \
                  slot_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at, ?7) END, \
                  next_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at, ?7) END + ?5, \
-                 rate = ?6 \
-             RETURNING slot_at, ceiling, throttled_at",
+                 rate = ?6, slots = slots + 1 \
+             RETURNING slot_at, ceiling, throttled_at, slots",
         )
         .bind(&key.action)
         .bind(&key.endpoint)
@@ -109,6 +111,7 @@ impl PacerDb {
             at_ms: row.try_get(0)?,
             ceiling: row.try_get(1)?,
             throttled_at: row.try_get(2)?,
+            number: row.try_get(3)?,
         })
     }
 
@@ -293,6 +296,7 @@ mod tests {
         // Asked at the same moment: the next slot is a spacing later, not now.
         let second = db.reserve(&k, t, 100.0, 10.0, None).await.unwrap();
         assert_eq!(second.at_ms, t + 140.0);
+        assert_eq!((first.number, second.number), (1, 2));
         // Asked after the slot was free: now.
         let third = db.reserve(&k, t + 500.0, 50.0, 10.0, None).await.unwrap();
         assert_eq!(third.at_ms, t + 500.0);
