@@ -4,12 +4,15 @@
 //! (requests admitted by the simulator per second) over a fixed window starting
 //! at the first arrival, the largest 1-second window, and throttles.
 //!
-//! A second case limits the simulator to 5/s with keyfleet still at 10/s: the run
-//! must complete through throttling; it reports throttles and goodput.
+//! Then (issue 12, keyfleet pacing through the database): `two_processes`, two
+//! executions with their own `Store` handles on one database running different runs
+//! together at 10/s (target >= 9.5/s together, no throttle); `limit_5_then_10`, the
+//! simulator at 5/s for a while with keyfleet at 10, then back to 10 (targets >= 4.5/s
+//! with <= 3% throttled, then >= 9.5/s within 10 s).
 //!
 //! `cargo bench --bench exec_rate [-- --quick]`. Full: 700 jobs, a 60 s window
-//! (about 72 s), then 300 jobs at 5/s. Quick: 200 jobs, a 15 s window, then 60 jobs.
-//! Target (issue 5): goodput >= 9.7/s over 60 s with no RequestLimitExceeded.
+//! (about 72 s), 250 x 2 jobs, 60 s at 5/s. Quick: 200 jobs and a 15 s window, 100 x 2,
+//! 30 s at 5/s. Target (issue 5): goodput >= 9.7/s over 60 s with no RequestLimitExceeded.
 
 mod exec_common;
 
