@@ -1066,6 +1066,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_first_slot_on_a_database_without_a_row_follows_the_last_recorded_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("k.db")).await.unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(
+            &input,
+            "instance_id,key_id,region\nins-00000001,skey-00000001,ap-guangzhou\n",
+        )
+        .unwrap();
+        crate::plan::plan_input(&store, &input, &crate::plan::PlanOptions::default())
+            .await
+            .unwrap();
+        // A request of a process that died: sent 20 ms ago, no pacer row.
+        let sent_at = now_ms() - 20;
+        sqlx::query(
+            "INSERT INTO attempts (job_id, number, started_at, finished_at, sent_at, outcome) \
+             SELECT id, 1, ?1, ?1, ?1, 'succeeded' FROM jobs",
+        )
+        .bind(sent_at)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let limiter = DbLimiter::open(&store, 10.0).await.unwrap();
+        let unbind = key(Action::DisassociateInstancesKeyPairs, "https://a", "AKID1");
+        let spacing_ms = 1000.0 * RATE_MARGIN / 10.0;
+        let first = limiter.reserve(&unbind).await;
+        let first_ms = now_ms() - first.elapsed().as_millis() as i64;
+        assert!(
+            (first_ms - sent_at) as f64 >= spacing_ms - 1.0,
+            "first slot {} ms after the recorded send",
+            first_ms - sent_at
+        );
+        let second = limiter.reserve(&unbind).await;
+        let gap = second.duration_since(first);
+        assert!(gap.as_secs_f64() * 1000.0 >= spacing_ms - 3.0, "{gap:?}");
+        // Unpaced keys never touch the table.
+        assert!(LocalLimiter::new(0.0).is_off(&unbind));
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pacer")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 1);
+        limiter.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn off_means_no_waiting() {
         let pacer = Pacer::new(0.0);
         for _ in 0..1000 {
