@@ -26,6 +26,7 @@
 //!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
 //!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
 //!   `store::verify` queues verification batches and counts their verdicts;
+//!   `store::pacer` the shared send slots (one row per limiter key, `synchronous=NORMAL`);
 //!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
@@ -33,7 +34,8 @@
 //!   per limiter key, one writer, one crash-recovery path. `executor::action` is the
 //!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
 //!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
-//!   means (pure); `executor::pacer` the `Limiter` interface and its pacing.
+//!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
+//!   through the database, or in-process) and the adaptive rule.
 //!   Adding an action to the queue: its name and rate in [`cvm`], a `JobAction`
 //!   implementation and its row in `executor::action::job_action`, any action-specific
 //!   codes in `taxonomy::ACTION_CODES`.

@@ -95,7 +95,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         throttle_delay: config.throttle_delay,
     };
     let client = build_client(&args.exec, global)?;
-    let limiter = Arc::new(LocalLimiter::new(config.rate));
+    // Paced through the database's shared slots, so a discovery beside a run (or a
+    // verification) on the same database stays inside the limit with it.
+    let store = super::common::open_store(&global.db).await?;
+    let limiter: Arc<dyn keyfleet::executor::Limiter> = if config.rate > 0.0 {
+        Arc::new(keyfleet::executor::DbLimiter::open(&store, config.rate).await?)
+    } else {
+        Arc::new(LocalLimiter::new(0.0))
+    };
     let discovery = match discover::discover(client, limiter, &options).await {
         Ok(discovery) => discovery,
         Err(
@@ -112,6 +119,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(exit::STOPPED);
         }
     };
+    store.close().await;
     let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;
     match &args.output {
         Some(path) => super::report::write_private_file(path, &bytes)?,

@@ -34,7 +34,7 @@ use crate::store::queue::{
 };
 use crate::store::{RunState, Store, StoreError, now_ms};
 pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
-pub use pacer::{Feedback, Limiter, LimiterKey, LocalLimiter};
+pub use pacer::{DbLimiter, Feedback, Limiter, LimiterKey, LocalLimiter};
 
 /// Continuous throttling allowed before a run stops (see `ExecConfig::throttle_budget`).
 pub const THROTTLE_BUDGET: Duration = Duration::from_secs(15 * 60);
@@ -256,7 +256,9 @@ impl StopSignal {
 }
 
 /// Executes run `run_id` until every job is final or something stops it, pacing
-/// each limiter key in this process ([`LocalLimiter`] at `config.rate`).
+/// each limiter key at `config.rate` through the database ([`DbLimiter`]), so that
+/// every keyfleet process on it shares one limit per key. Unpaced (`rate` 0), the
+/// database is not involved ([`LocalLimiter`], off).
 pub async fn execute<A: Api>(
     store: &Store,
     run_id: i64,
@@ -265,8 +267,23 @@ pub async fn execute<A: Api>(
     counters: Arc<Counters>,
     stop: StopSignal,
 ) -> Result<Summary, ExecError> {
-    let limiter = Arc::new(LocalLimiter::new(config.rate));
-    execute_with(store, run_id, api, limiter, config, counters, stop).await
+    if config.rate <= 0.0 {
+        let limiter = Arc::new(LocalLimiter::new(0.0));
+        return execute_with(store, run_id, api, limiter, config, counters, stop).await;
+    }
+    let limiter = DbLimiter::open(store, config.rate).await?;
+    let result = execute_with(
+        store,
+        run_id,
+        api,
+        Arc::new(limiter.clone()),
+        config,
+        counters,
+        stop,
+    )
+    .await;
+    limiter.close().await;
+    result
 }
 
 /// [`execute`] with the limiter given.

@@ -7,6 +7,7 @@
 
 #[cfg(unix)]
 mod guard;
+pub mod pacer;
 pub mod plan;
 pub mod report;
 pub mod states;
@@ -113,6 +114,11 @@ impl Store {
             // million-item plan about 12% faster than 4 KiB ones (docs/BENCHMARKS.md).
             .page_size(DB_PAGE_BYTES)
             .busy_timeout(BUSY_TIMEOUT);
+        // Two processes opening a new database at once would both try to create the
+        // schema, and the second would fail half way; one at a time, the second finds
+        // the migrations applied. The lock lives in its own file: closing any other
+        // descriptor of the database itself would drop SQLite's own POSIX locks on it.
+        let _migrating = lock_for_migration(&filename).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -203,9 +209,59 @@ async fn record_marked_migrations(
     Ok(())
 }
 
+/// Holds an exclusive lock on `<database>-migrate.lock` (created mode 0600 if missing,
+/// never through a symlink) until dropped; waits for another process's lock.
+async fn lock_for_migration(filename: &Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = PathBuf::from(format!("{}-migrate.lock", filename.display()));
+    let prepare_err = |err: std::io::Error| StoreError::Prepare {
+        path: lock_path.clone(),
+        detail: err.to_string(),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    let file = options.open(&lock_path).map_err(prepare_err)?;
+    // Waiting is blocking: off the async workers.
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|err| prepare_err(std::io::Error::other(err)))?
+        .map_err(prepare_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_processes_opening_a_new_database_at_once_all_succeed() {
+        // Each open has its own pool, as separate processes would; the tests in
+        // tests/it/database.rs do the same with processes.
+        for round in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("k{round}.db"));
+            let opens: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    tokio::spawn(async move { Store::open(&path).await })
+                })
+                .collect();
+            for open in opens {
+                let store = open.await.unwrap().expect("every open succeeds");
+                let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(runs, 0);
+                store.close().await;
+            }
+        }
+    }
 
     #[tokio::test]
     async fn opens_and_migrates_twice() {
