@@ -135,6 +135,7 @@ pub async fn discover<A: Api>(
         api,
         limiter,
         options: options.clone(),
+        turns: std::sync::Mutex::new(BTreeMap::new()),
     };
     sender.check_keys(&keys).await?;
     let regions = match &options.regions {
@@ -196,6 +197,10 @@ struct Sender<A> {
     api: Arc<A>,
     limiter: Arc<dyn Limiter>,
     options: DiscoverOptions,
+    /// One reservation at a time per limiter key, as the executor's lanes do: a slot is
+    /// taken only once the previous one's request has left, so a wake-up that came late
+    /// cannot leave the next, already reserved, slot right behind it.
+    turns: std::sync::Mutex<BTreeMap<LimiterKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<A: Api> Sender<A> {
@@ -208,8 +213,18 @@ impl<A: Api> Sender<A> {
         };
         let mut failures = 0u32;
         let mut rng = rand::rngs::StdRng::from_os_rng();
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
         loop {
-            self.limiter.reserve(&key).await;
+            {
+                let _turn = turn.lock().await;
+                self.limiter.reserve(&key).await;
+            }
             let refused = match self.api.call(&call).await {
                 Ok(reply) => {
                     self.limiter.feedback(&key, Feedback::Passed);

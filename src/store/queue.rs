@@ -125,7 +125,10 @@ pub enum Write {
 /// What [`Store::apply`] returns for each write, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Started { attempt_id: i64, number: i64 },
+    Started {
+        attempt_id: i64,
+        number: i64,
+    },
     /// The job was no longer queued (skipped meanwhile): nothing started.
     NotQueued,
     Finished,
