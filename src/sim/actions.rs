@@ -501,7 +501,8 @@ pub(crate) fn execute(
                 Action::DisassociateInstancesKeyPairs
             };
             for &n in instances {
-                fleet.instances[n].start_operation(
+                fleet.start_operation(
+                    n,
                     Operation {
                         action: action.name(),
                         request_id: acceptance.request_id.clone(),

@@ -535,9 +535,22 @@ impl LiveInstance {
 
     /// Starts an accepted Associate/Disassociate; it completes at `completes_at` (at once
     /// when that is `now`), changing the keys unless `fails`.
-    pub fn start_operation(&mut self, operation: Operation, now: Instant) {
+    fn start_operation(&mut self, operation: Operation, now: Instant) {
         self.operation = Some(operation);
         self.complete_operation(now);
+    }
+
+    /// The next moment something about it changes by itself, if any.
+    fn next_event(&self) -> Option<Instant> {
+        let operation = self
+            .operation
+            .as_ref()
+            .filter(|op| op.state == OperationState::Operating)
+            .map(|op| op.completes_at);
+        [self.settle.map(|(at, _)| at), self.busy_until, operation]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -581,6 +594,9 @@ pub(crate) struct LiveFleet {
     pub keys: BTreeSet<String>,
     pub instances: Vec<LiveInstance>,
     by_id: HashMap<String, usize>,
+    /// The earliest moment any instance changes by itself: until then `settle` has
+    /// nothing to do (it used to walk every instance on every request).
+    next_event: Option<Instant>,
 }
 
 impl LiveFleet {
@@ -617,15 +633,29 @@ impl LiveFleet {
             .enumerate()
             .map(|(n, i)| (i.spec.instance_id.clone(), n))
             .collect();
+        let next_event = instances.iter().filter_map(LiveInstance::next_event).min();
         LiveFleet {
             keys,
             instances,
             by_id,
+            next_event,
+        }
+    }
+
+    /// Starts an accepted operation on instance `n` (see `LiveInstance::start_operation`).
+    pub fn start_operation(&mut self, n: usize, operation: Operation, now: Instant) {
+        let instance = &mut self.instances[n];
+        instance.start_operation(operation, now);
+        if let Some(at) = instance.next_event() {
+            self.next_event = Some(self.next_event.map_or(at, |t| t.min(at)));
         }
     }
 
     /// Applies every state change due by `now`; each instance settles once.
     pub fn settle(&mut self, now: Instant) {
+        if self.next_event.is_none_or(|at| now < at) {
+            return;
+        }
         for instance in &mut self.instances {
             if let Some((at, to)) = instance.settle
                 && now >= at
@@ -638,6 +668,11 @@ impl LiveFleet {
             }
             instance.complete_operation(now);
         }
+        self.next_event = self
+            .instances
+            .iter()
+            .filter_map(LiveInstance::next_event)
+            .min();
     }
 
     /// Carries the key-pair operations of `previous` over to the instances of this
@@ -649,6 +684,11 @@ impl LiveFleet {
                 self.instances[n].operation = Some(op);
             }
         }
+        self.next_event = self
+            .instances
+            .iter()
+            .filter_map(LiveInstance::next_event)
+            .min();
     }
 
     /// The instance with this id in this region.
