@@ -153,27 +153,34 @@ fn key(n: usize) -> String {
     format!("skey-{n:08x}")
 }
 
-/// Writes a run whose jobs are `groups` (instances x keys), one item per pair,
-/// through the planner's own writer.
-async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
-    use crate::store::plan::{Begin, NewItem, NewJob, NewRun, begin_plan};
-    let pairs: usize = groups.iter().map(|(i, k)| i.len() * k.len()).sum();
+/// A fresh run of `pairs` pairs, open for its jobs and items (the planner's own writer).
+fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
+    use crate::store::plan::{Begin, NewRun, begin_plan};
     let sha = format!("{:x}", rand::random::<u128>());
     let run = NewRun {
         input_path: "t",
         input_sha256: &sha,
         options: "{}",
-        rows_read: pairs as u64,
-        pairs: pairs as u64,
+        rows_read: pairs,
+        pairs,
         duplicates: 0,
         rejected: 0,
         instances: 0,
         keys: 0,
         regions: 1,
     };
-    let Begin::New(mut writer) = begin_plan(store, &run).unwrap() else {
+    let Begin::New(writer) = begin_plan(store, &run).unwrap() else {
         panic!("a fresh input");
     };
+    writer
+}
+
+/// Writes a run whose jobs are `groups` (instances x keys), one item per pair,
+/// through the planner's own writer.
+async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
+    use crate::store::plan::{NewItem, NewJob};
+    let pairs: usize = groups.iter().map(|(i, k)| i.len() * k.len()).sum();
+    let mut writer = plan_writer(store, pairs as u64);
     for (n, (instances, keys)) in groups.iter().enumerate() {
         let job = writer
             .add_job(NewJob {
@@ -528,23 +535,8 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
 
 /// A run whose pairs have items but no jobs yet (the jobs come from a `JobWriter`).
 async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>) {
-    use crate::store::plan::{Begin, NewItem, NewRun, begin_plan};
-    let sha = format!("{:x}", rand::random::<u128>());
-    let run = NewRun {
-        input_path: "t",
-        input_sha256: &sha,
-        options: "{}",
-        rows_read: pairs.len() as u64,
-        pairs: pairs.len() as u64,
-        duplicates: 0,
-        rejected: 0,
-        instances: 0,
-        keys: 0,
-        regions: 1,
-    };
-    let Begin::New(mut writer) = begin_plan(store, &run).unwrap() else {
-        panic!("a fresh input");
-    };
+    use crate::store::plan::NewItem;
+    let mut writer = plan_writer(store, pairs.len() as u64);
     let mut ids = Vec::new();
     writer
         .add_items(|sink| {
