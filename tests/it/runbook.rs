@@ -43,6 +43,14 @@ fn two_region_fleet(per_region: usize) -> (Fleet, BTreeSet<(String, String)>) {
     (fleet, holders)
 }
 
+/// Input rows removing the leaked key from every holder (region, instance).
+fn leaked_rows(holders: &BTreeSet<(String, String)>) -> Vec<(String, String, String)> {
+    holders
+        .iter()
+        .map(|(region, id)| (id.clone(), LEAKED.to_string(), region.clone()))
+        .collect()
+}
+
 fn requests_of(r: &Rehearsal, action: &str) -> usize {
     r.sim
         .journal()
@@ -249,10 +257,7 @@ async fn a_kill_during_verify_loses_nothing() {
         ..quiet()
     };
     let r = Rehearsal::start(config, fleet).await;
-    let rows: Vec<(String, String, String)> = holders
-        .iter()
-        .map(|(region, id)| (id.clone(), LEAKED.to_string(), region.clone()))
-        .collect();
+    let rows = leaked_rows(&holders);
     let input = r.input("leaked.csv", &rows);
     let (code, _, stderr) = r
         .run(
@@ -302,10 +307,7 @@ async fn a_sub_account_that_may_not_describe_gets_its_run_completed_and_told_it_
         ..quiet()
     };
     let r = Rehearsal::start(config, fleet).await;
-    let rows: Vec<(String, String, String)> = holders
-        .iter()
-        .map(|(region, id)| (id.clone(), LEAKED.to_string(), region.clone()))
-        .collect();
+    let rows = leaked_rows(&holders);
     let input = r.input("leaked.csv", &rows);
     let (code, _, stderr) = r
         .run(
