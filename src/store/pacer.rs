@@ -194,25 +194,10 @@ impl PacerDb {
         .bind(hold_ms)
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query(
-            "SELECT ceiling, throttled_at FROM pacer \
-             WHERE action = ?1 AND endpoint = ?2 AND account = ?3",
-        )
-        .bind(&key.action)
-        .bind(&key.endpoint)
-        .bind(&key.account)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Shared {
-                ceiling: row.try_get(0)?,
-                throttled_at: row.try_get(1)?,
-            }),
-            None => Ok(Shared {
-                ceiling: None,
-                throttled_at: None,
-            }),
-        }
+        Ok(self.shared(key).await?.unwrap_or(Shared {
+            ceiling: None,
+            throttled_at: None,
+        }))
     }
 
     /// An account-wide throttle: every key of `account` starts again from `fraction`
