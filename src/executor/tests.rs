@@ -7,6 +7,7 @@ use rand::Rng;
 
 use super::*;
 use crate::store::ItemStatus;
+use crate::store::plan::NewItem;
 
 /// A fake CVM endpoint: all-or-nothing batches, Windows and unknown instances,
 /// seeded transient faults, and a log of every success with the pairs it covered.
@@ -153,6 +154,25 @@ fn key(n: usize) -> String {
     format!("skey-{n:08x}")
 }
 
+/// A pending pair in ap-guangzhou, in `job` if given.
+fn pending_item<'a>(
+    position: &'a str,
+    instance: &'a str,
+    key: &'a str,
+    job: Option<i64>,
+) -> NewItem<'a> {
+    NewItem {
+        position,
+        region: Some("ap-guangzhou"),
+        instance_id: Some(instance),
+        key_id: Some(key),
+        status: ItemStatus::Pending,
+        duplicate_of: None,
+        reason: None,
+        job_id: job,
+    }
+}
+
 /// A fresh run of `pairs` pairs, open for its jobs and items (the planner's own writer).
 fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
     use crate::store::plan::{Begin, NewRun, begin_plan};
@@ -178,7 +198,7 @@ fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
 /// Writes a run whose jobs are `groups` (instances x keys), one item per pair,
 /// through the planner's own writer.
 async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
-    use crate::store::plan::{NewItem, NewJob};
+    use crate::store::plan::NewJob;
     let pairs: usize = groups.iter().map(|(i, k)| i.len() * k.len()).sum();
     let mut writer = plan_writer(store, pairs as u64);
     for (n, (instances, keys)) in groups.iter().enumerate() {
@@ -195,16 +215,7 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
             .add_items(|sink| {
                 for i in instances {
                     for k in keys {
-                        sink.add(NewItem {
-                            position: &position,
-                            region: Some("ap-guangzhou"),
-                            instance_id: Some(i),
-                            key_id: Some(k),
-                            status: ItemStatus::Pending,
-                            duplicate_of: None,
-                            reason: None,
-                            job_id: Some(job),
-                        })?;
+                        sink.add(pending_item(&position, i, k, Some(job)))?;
                     }
                 }
                 Ok::<_, crate::store::StoreError>(())
@@ -535,23 +546,13 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
 
 /// A run whose pairs have items but no jobs yet (the jobs come from a `JobWriter`).
 async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>) {
-    use crate::store::plan::NewItem;
     let mut writer = plan_writer(store, pairs.len() as u64);
     let mut ids = Vec::new();
     writer
         .add_items(|sink| {
             for (n, (i, k)) in pairs.iter().enumerate() {
                 let position = format!("line {}", n + 2);
-                ids.push(sink.add(NewItem {
-                    position: &position,
-                    region: Some("ap-guangzhou"),
-                    instance_id: Some(i),
-                    key_id: Some(k),
-                    status: ItemStatus::Pending,
-                    duplicate_of: None,
-                    reason: None,
-                    job_id: None,
-                })?);
+                ids.push(sink.add(pending_item(&position, i, k, None))?);
             }
             Ok::<_, crate::store::StoreError>(())
         })
