@@ -22,6 +22,10 @@ pub struct Args {
     /// Refuse the whole input (write nothing) if any row is rejected.
     #[arg(long)]
     strict: bool,
+    /// Before unbinding, look at each instance (DescribeInstances) and skip, with the
+    /// reason, the pairs whose removal would leave it with no key.
+    #[arg(long)]
+    keep_one_key: bool,
     /// Print one JSON object on stdout instead of the summary on stderr.
     #[arg(long)]
     json: bool,
@@ -44,6 +48,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         force_stop: args.force_stop,
         strict: args.strict,
         format: args.format.map(|f| f.0),
+        keep_one_key: args.keep_one_key,
     };
     let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;

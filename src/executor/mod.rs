@@ -30,7 +30,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 
 use crate::delay;
 use crate::store::queue::{
-    Applied, Finish, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
+    Applied, Finish, FollowUp, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
 };
 use crate::store::{RunState, Store, StoreError, now_ms};
 pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
@@ -89,6 +89,9 @@ pub struct ExecConfig {
     /// How long the API may throttle every reply in a row before the run stops
     /// (resumable): a lasting `RequestLimitExceeded` must not retry forever.
     pub throttle_budget: Duration,
+    /// How long a rotation's confirmation looks again at an instance whose Associate
+    /// is still OPERATING before its old keys are kept (`--verify-wait`).
+    pub confirm_wait: Duration,
 }
 
 impl Default for ExecConfig {
@@ -104,6 +107,7 @@ impl Default for ExecConfig {
             seed: None,
             only: None,
             throttle_budget: THROTTLE_BUDGET,
+            confirm_wait: Duration::from_secs(60),
         }
     }
 }
@@ -193,7 +197,10 @@ pub struct Summary {
     pub run_id: i64,
     /// `None` when the run finished; otherwise why it stopped.
     pub stopped: Option<StopReason>,
+    /// Unbind pairs (the input's) by status.
     pub pairs: PairCounts,
+    /// A rotation's bind pairs (instance, new key) by status.
+    pub binds: PairCounts,
     pub failures_by_code: BTreeMap<String, i64>,
     pub requests: u64,
     pub retries: u64,
@@ -337,6 +344,7 @@ pub async fn execute_with<A: Api>(
         run_id,
         stopped,
         pairs: store.pair_counts(run_id).await?,
+        binds: store.bind_counts(run_id).await?,
         failures_by_code: store.failures_by_code(run_id).await?,
         requests: Counters::get(&counters.requests),
         retries: Counters::get(&counters.retries),
@@ -821,10 +829,14 @@ async fn send_and_record<A: Api>(
                 Proof::Observed {
                     verified,
                     recheck_at,
+                    purpose,
+                    keys,
                 } => Outcome::Observed {
                     request_id,
                     verified,
                     recheck_at,
+                    purpose,
+                    keys,
                 },
             };
             (outcome, Some(reply.http_status), Some(reply.request_id))
@@ -837,6 +849,11 @@ async fn send_and_record<A: Api>(
     let finish = Finish {
         attempt_id,
         job_id: job.id,
+        action: job.action,
+        follow_up: FollowUp {
+            max_attempts: i64::from(shared.config.max_attempts),
+            confirm_wait_ms: shared.config.confirm_wait.as_millis() as i64,
+        },
         finished_at,
         sent_at,
         latency_ms,

@@ -288,6 +288,13 @@ pub struct ReportRow {
     pub job_id: Option<i64>,
     /// What `keyfleet verify` found (`gone`, `still_bound`, ...); `None` when never verified.
     pub verified: Option<String>,
+    /// A rotation row: the new key(s) bound before the old one is unbound.
+    pub new_key_id: Option<String>,
+    /// A rotation row: the Associate half, per new key (space-separated): its status,
+    /// the RequestId that accepted it, and what the cloud showed (`bound`, ...).
+    pub associate_status: Option<String>,
+    pub associate_request_id: Option<String>,
+    pub associate_verified: Option<String>,
 }
 
 /// Calls `emit` for every item of a run in input order (optionally only one status),
@@ -340,9 +347,19 @@ pub async fn for_each_report_row<E>(
                         CASE WHEN i.status = 'rejected' THEN i.reason
                              ELSE COALESCE(d.error_message, i.error_message) END,
                         COALESCE(d.job_id, i.job_id),
-                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END
+                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
+                        i.new_key_id, b.statuses, b.request_ids, b.verdicts
                  FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+                 LEFT JOIN (SELECT bi.region, bi.instance_id, group_concat(bi.key_id, ' ') AS keys,
+                                   group_concat(bi.status, ' ') AS statuses,
+                                   group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
+                                   group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
+                            FROM (SELECT * FROM items WHERE run_id = ?3
+                                  AND action = 'AssociateInstancesKeyPairs' ORDER BY instance_id, key_id) bi
+                            GROUP BY bi.region, bi.instance_id) b
+                        ON i.new_key_id IS NOT NULL AND b.region = i.region AND b.instance_id = i.instance_id
                  WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
+                       AND +i.action = 'DisassociateInstancesKeyPairs'
                  ORDER BY i.id LIMIT ?5",
             )?;
             let mut rows = statement.query(rusqlite::params![
@@ -368,6 +385,10 @@ pub async fn for_each_report_row<E>(
                         attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
                         job_id,
                         verified: row.get(10)?,
+                        new_key_id: row.get(11)?,
+                        associate_status: row.get(12)?,
+                        associate_request_id: row.get(13)?,
+                        associate_verified: row.get(14)?,
                     },
                 ));
             }
