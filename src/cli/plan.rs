@@ -81,6 +81,16 @@ fn human(outcome: &PlanOutcome) -> String {
     text.push_str(&format!("  valid pairs  {}\n", s.pairs));
     text.push_str(&format!("  duplicates   {}\n", s.duplicates));
     text.push_str(&format!("  rejected     {}\n", s.rejected));
+    if s.binds > 0 || s.held > 0 {
+        text.push_str(&format!(
+            "  new keys     {} (bound and confirmed first)\n",
+            s.binds
+        ));
+        text.push_str(&format!(
+            "  held pairs   {} (unbound only once their instance is confirmed)\n",
+            s.held
+        ));
+    }
     for r in &s.rejections {
         text.push_str(&format!(
             "    {}: {}\n",

@@ -141,6 +141,13 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
+        if s.binds > 0 || s.held > 0 {
+            eprintln!(
+                "  rotation: {} new keys to bind and confirm first; {} pairs held until their \
+                 instance's new keys are confirmed (or checked, --keep-one-key)",
+                s.binds, s.held
+            );
+        }
         for r in &s.rejections {
             eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
@@ -171,6 +178,13 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             .await?;
     }
     let requeued = requeue.commit().await?;
+    let (binds, held) = store.requeue_rotation(run_id, &args.codes).await?;
+    if binds > 0 || held > 0 {
+        eprintln!(
+            "run {run_id}: {binds} new keys to bind again, {held} unbinds held until they are confirmed"
+        );
+    }
+    let requeued = requeued + binds as i64 + held as i64;
     if requeued == 0 {
         eprintln!(
             "run {run_id} has no failed pairs{} to retry",

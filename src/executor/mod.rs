@@ -320,6 +320,16 @@ pub async fn execute_with<A: Api>(
     )
     .await;
     let stopped = outcome.as_ref().ok().cloned().flatten();
+    if let (Ok(None), None) = (&outcome, config.only) {
+        let stranded = store.end_stranded_holds(run_id).await?;
+        if stranded > 0 {
+            tracing::error!(
+                run_id,
+                stranded,
+                "held unbinds had nothing left to release them: skipped, old keys kept"
+            );
+        }
+    }
     // With `only`, the run is finished only if no job of another action is left.
     let others_open = match (&outcome, config.only) {
         (Ok(None), Some(_)) => store.open_jobs(run_id, None).await.unwrap_or(1),

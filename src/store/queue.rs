@@ -739,10 +739,10 @@ impl Store {
 /// The typed counterpart of the planner's `PlanWriter` for everything after planning:
 /// `retry`, verification, the jobs one action makes for another.
 pub struct JobWriter {
-    tx: Transaction<'static, Sqlite>,
+    pub(super) tx: Transaction<'static, Sqlite>,
     run_id: i64,
-    now: i64,
-    added: u64,
+    pub(super) now: i64,
+    pub(super) added: u64,
 }
 
 impl JobWriter {

@@ -190,7 +190,14 @@ pub(super) async fn confirmed(
             code: code.clone(),
             message: format!("new key {key} not bound: {code}"),
         };
-        skip_held(tx, job.run_id, &job.region, std::slice::from_ref(instance), &reason).await?;
+        skip_held(
+            tx,
+            job.run_id,
+            &job.region,
+            std::slice::from_ref(instance),
+            &reason,
+        )
+        .await?;
     }
     // An instance is ready when every bind item it has in the run is bound.
     let mut ready = Vec::new();
@@ -500,4 +507,181 @@ async fn skip_held(
         .await?;
     }
     Ok(())
+}
+
+/// The code of an unbind that stayed held with nothing left to release it (a
+/// safety net: every path of a rotation ends a hold itself).
+pub const NOT_RELEASED: &str = "KeyFleet.NotReleased";
+
+impl super::Store {
+    /// `keyfleet retry` for what a rotation or `--keep-one-key` left undone: bind
+    /// pairs that failed (with one of `codes`, any when empty) or that the cloud did
+    /// not show bound go into new Associate jobs, and the unbinds their instances
+    /// skipped are held again; unbinds `--keep-one-key` skipped are held again behind
+    /// a new look. Returns (bind pairs, unbind pairs) requeued.
+    pub async fn requeue_rotation(
+        &self,
+        run_id: i64,
+        codes: &[String],
+    ) -> Result<(u64, u64), StoreError> {
+        let mut writer = self.begin_jobs(run_id).await?;
+        let tx = &mut writer.tx;
+        let rows = sqlx::query(
+            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.action = ? \
+             AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?)) \
+             ORDER BY i.region, i.instance_id, i.key_id",
+        )
+        .bind(run_id)
+        .bind(Action::AssociateInstancesKeyPairs.name())
+        .bind(ItemStatus::Failed.as_str())
+        .bind(ItemStatus::Succeeded.as_str())
+        .bind(Verified::Bound.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+        let wanted =
+            |code: Option<String>| codes.is_empty() || code.is_some_and(|c| codes.contains(&c));
+        // (region, force_stop) -> (item, instance, key)
+        let mut binds: BTreeMap<(String, bool), Vec<(i64, String, String)>> = BTreeMap::new();
+        for row in rows {
+            if !wanted(row.get("error_code")) {
+                continue;
+            }
+            binds
+                .entry((row.get("region"), row.get::<i64, _>("force_stop") != 0))
+                .or_default()
+                .push((row.get("id"), row.get("instance_id"), row.get("key_id")));
+        }
+        let (mut bind_pairs, mut held) = (0u64, 0u64);
+        for ((region, force_stop), pairs) in &binds {
+            let job = JobRow {
+                run_id,
+                region: region.clone(),
+                force_stop: *force_stop,
+                instance_ids: Vec::new(),
+                key_ids: Vec::new(),
+                payload: None,
+            };
+            let refs: Vec<(i64, &str, &str)> = pairs
+                .iter()
+                .map(|(id, i, k)| (*id, i.as_str(), k.as_str()))
+                .collect();
+            add_jobs(
+                tx,
+                &job,
+                Action::AssociateInstancesKeyPairs,
+                &refs,
+                writer.now,
+            )
+            .await?;
+            writer.added += 1;
+            bind_pairs += pairs.len() as u64;
+            let instances: Vec<String> = pairs
+                .iter()
+                .map(|(_, i, _)| i.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for chunk in instances.chunks(500) {
+                held += sqlx::query(
+                    "UPDATE items SET status = ?, held = 1, job_id = NULL, error_code = NULL, \
+                     error_message = NULL WHERE run_id = ? AND region = ? AND action = ? \
+                     AND status = ? AND new_key_id IS NOT NULL \
+                     AND instance_id IN (SELECT value FROM json_each(?))",
+                )
+                .bind(ItemStatus::Pending.as_str())
+                .bind(run_id)
+                .bind(region)
+                .bind(Action::DisassociateInstancesKeyPairs.name())
+                .bind(ItemStatus::Skipped.as_str())
+                .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            }
+        }
+        if codes.is_empty() || codes.iter().any(|c| c == LAST_KEY) {
+            let rows = sqlx::query(
+                "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.action = ? \
+                 AND i.status = ? AND i.error_code = ? AND i.new_key_id IS NULL \
+                 ORDER BY i.region, i.instance_id",
+            )
+            .bind(run_id)
+            .bind(Action::DisassociateInstancesKeyPairs.name())
+            .bind(ItemStatus::Skipped.as_str())
+            .bind(LAST_KEY)
+            .fetch_all(&mut **tx)
+            .await?;
+            let force_stop: bool = sqlx::query_scalar(
+                "SELECT COALESCE(json_extract(options, '$.force_stop'), 0) FROM runs WHERE id = ?",
+            )
+            .bind(run_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            let mut regions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for row in &rows {
+                regions
+                    .entry(row.get("region"))
+                    .or_default()
+                    .insert(row.get("instance_id"));
+            }
+            for chunk in rows.chunks(500) {
+                let ids: Vec<i64> = chunk.iter().map(|r| r.get("id")).collect();
+                held += sqlx::query(
+                    "UPDATE items SET status = ?, held = 1, job_id = NULL, error_code = NULL, \
+                     error_message = NULL WHERE id IN (SELECT value FROM json_each(?))",
+                )
+                .bind(ItemStatus::Pending.as_str())
+                .bind(ids_json_i64(&ids))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            }
+            let precheck = VerifyPayload::precheck().encode()?;
+            for (region, instances) in regions {
+                let instances: Vec<String> = instances.into_iter().collect();
+                for batch in instances.chunks(crate::ids::MAX_IDS_PER_REQUEST) {
+                    let look = NewQueuedJob {
+                        action: Action::DescribeInstances,
+                        region: region.clone(),
+                        force_stop,
+                        instance_ids: batch.to_vec(),
+                        key_ids: Vec::new(),
+                        payload: Some(precheck.clone()),
+                        after: Vec::new(),
+                        item_ids: Vec::new(),
+                    };
+                    add_job_with_items(tx, run_id, &look, writer.now).await?;
+                    writer.added += 1;
+                }
+            }
+        }
+        writer.commit().await?;
+        Ok((bind_pairs, held))
+    }
+
+    /// Ends, as skipped, every unbind still held once the run has no open job left
+    /// (nothing could release it any more). Every path of a rotation ends its holds
+    /// itself; this is the net under them, so no row is ever left pending unseen.
+    pub async fn end_stranded_holds(&self, run_id: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE items SET status = ?, held = 0, error_code = ?, error_message = ? \
+             WHERE run_id = ? AND held = 1 AND status = ? AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?))",
+        )
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(NOT_RELEASED)
+        .bind(
+            "held until its instance's new keys were confirmed, but nothing left in the queue \
+             could confirm them; its old key is still bound (keyfleet retry)",
+        )
+        .bind(run_id)
+        .bind(ItemStatus::Pending.as_str())
+        .bind(run_id)
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::InFlight.as_str())
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
 }

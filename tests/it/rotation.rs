@@ -236,6 +236,24 @@ async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() 
         e.action != "DisassociateInstancesKeyPairs"
             || e.instance_ids.iter().all(|i| !doomed.contains(i))
     }));
+
+    // The key is created: `retry` takes the rotation up again and completes it.
+    r.sim
+        .edit_fleet(|fleet| fleet.keys.push(missing.to_string()))
+        .unwrap();
+    let (code, _, stderr) = r.run(&["retry", "--progress", "none"], LIMIT).await;
+    let after = keys_of(&r.sim.fleet());
+    assert_eq!(
+        code, 1,
+        "Windows instances still keep their old key: {stderr}"
+    );
+    for i in 0..n {
+        let new = if i < n / 2 { NEW } else { missing };
+        let kept = if i % 10 == 3 { OLD } else { new };
+        assert!(after[&ins(i)].contains(kept), "{}: {stderr}", ins(i));
+        assert_eq!(after[&ins(i)].contains(OLD), i % 10 == 3, "{}", ins(i));
+    }
+    assert_bound_before_unbound(&r.sim.journal());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,4 +299,167 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
         reasons[2].0 == "line 5" && reasons[2].1.contains("conflicts with line 4"),
         "{reasons:?}"
     );
+}
+
+/// kill -9 at seeded moments in every phase (binding, confirming, unbinding), then
+/// the same command until it finishes: the fleet is exactly as asked, every unbound
+/// instance was bound and confirmed first, nothing is left uncertain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
+    use rand::{Rng, SeedableRng};
+    let n = 120;
+    let mut config = sim(200, 0.15, 11);
+    config.faults = keyfleet::sim::Faults {
+        mutex: 0.05,
+        drop_after: 0.05,
+        ..Default::default()
+    };
+    config.latency = (Duration::from_millis(5), Duration::from_millis(30));
+    // Groups of three instances per new key: many small Associate jobs, so kills land
+    // while some instances bind, others are confirmed and others unbound.
+    let news: Vec<String> = (0..n / 3).map(|g| format!("skey-9{g:07}")).collect();
+    let r = Rehearsal::start(config, fleet(n).with_keys(news.iter().cloned())).await;
+    let rows: Vec<(String, &str, &str)> = (0..n)
+        .map(|i| (ins(i), OLD, news[i / 3].as_str()))
+        .collect();
+    let input = rotation_csv(&r, "rotate.csv", &rows);
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "--rate",
+        "40",
+        "--progress",
+        "none",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut kills = 0;
+    let mut finished = None;
+    for _ in 0..40 {
+        let mut child = r
+            .command(&args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let moment = Duration::from_millis(rng.random_range(150..900));
+        tokio::select! {
+            status = child.wait() => { finished = Some(status.unwrap()); break; }
+            _ = tokio::time::sleep(moment) => {
+                child.start_kill().unwrap();
+                child.wait().await.unwrap();
+                kills += 1;
+            }
+        }
+        if kills >= 6 {
+            break;
+        }
+    }
+    let code = match finished {
+        Some(status) => status.code().unwrap_or(-1),
+        None => r.run(&args, LIMIT).await.0,
+    };
+    assert_eq!(code, 1, "Windows instances keep their old key: exit 1");
+    assert!(kills >= 3, "killed only {kills} times");
+    let after = keys_of(&r.sim.fleet());
+    for i in 0..n {
+        let mut expected: BTreeSet<String> = BTreeSet::new();
+        expected.insert(if i % 10 == 3 {
+            OLD.to_string()
+        } else {
+            news[i / 3].clone()
+        });
+        if i % 7 == 0 {
+            expected.insert(OTHER.into());
+        }
+        assert_eq!(after[&ins(i)], expected, "{} after {kills} kills", ins(i));
+    }
+    assert_bound_before_unbound(&r.sim.journal());
+    let store = r.store().await;
+    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let pairs = store.pair_counts(run_id).await.unwrap();
+    assert_eq!(pairs.pending, 0, "{pairs:?}");
+    assert_eq!(pairs.succeeded as usize, n - n / 10, "{pairs:?}");
+    assert_eq!(pairs.skipped as usize, n / 10, "{pairs:?}");
+    store.close().await;
+}
+
+/// `--keep-one-key`: instances are looked at before anything is unbound; a pair whose
+/// removal would leave its instance with no key is skipped with the reason; the
+/// others go. Without the flag the last key goes (a leaked key must).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
+    let n = 40;
+    let r = Rehearsal::start(sim(0, 0.0, 3), fleet(n)).await;
+    let rows: Vec<(String, String, String)> = (0..n)
+        .filter(|i| i % 10 != 3)
+        .map(|i| (ins(i), OLD.to_string(), GZ.to_string()))
+        .collect();
+    let input = r.input("unbind.csv", &rows);
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "run",
+                input.to_str().unwrap(),
+                "--keep-one-key",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 1, "{stderr}");
+    let after = keys_of(&r.sim.fleet());
+    for i in (0..n).filter(|i| i % 10 != 3) {
+        let expected: BTreeSet<String> = if i % 7 == 0 {
+            [OTHER.to_string()].into()
+        } else {
+            [OLD.to_string()].into()
+        };
+        assert_eq!(after[&ins(i)], expected, "{}", ins(i));
+    }
+    let (_, report, _) = r.run(&["report", "--format", "csv"], LIMIT).await;
+    let mut skipped = 0;
+    for row in report_rows(&r, &report) {
+        let i = usize::from_str_radix(&row["instance_id"][4..], 16).unwrap();
+        if i % 7 == 0 {
+            assert_eq!(row["status"], "succeeded", "{row:?}");
+        } else {
+            skipped += 1;
+            assert_eq!(row["status"], "skipped", "{row:?}");
+            assert_eq!(row["error_code"], "KeepOneKey.LastKey", "{row:?}");
+            assert!(row["error_message"].contains("no key"), "{row:?}");
+        }
+    }
+    assert!(skipped > 20, "{report}");
+    // One look per 100 instances, before any Disassociate.
+    let journal = r.sim.journal();
+    let first_unbind = journal
+        .iter()
+        .position(|e| e.action == "DisassociateInstancesKeyPairs")
+        .unwrap();
+    assert!(
+        journal[..first_unbind]
+            .iter()
+            .any(|e| e.action == "DescribeInstances")
+    );
+
+    // A second key is bound meanwhile: `retry` looks again and unbinds.
+    let spare = ins(1);
+    r.sim
+        .edit_fleet(|fleet| {
+            let i = fleet
+                .instances
+                .iter_mut()
+                .find(|i| i.instance_id == spare)
+                .unwrap();
+            i.key_ids.push(NEW.to_string());
+        })
+        .unwrap();
+    let (code, _, stderr) = r.run(&["retry", "--progress", "none"], LIMIT).await;
+    assert_eq!(
+        code, 1,
+        "the others still hold only their last key: {stderr}"
+    );
+    let after = keys_of(&r.sim.fleet());
+    assert_eq!(after[&ins(1)], [NEW.to_string()].into(), "{stderr}");
+    assert_eq!(after[&ins(2)], [OLD.to_string()].into(), "{stderr}");
 }
