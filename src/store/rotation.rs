@@ -38,6 +38,9 @@ pub const LAST_KEY: &str = "KeepOneKey.LastKey";
 
 type Tx<'a> = Transaction<'a, Sqlite>;
 
+/// An item of a run as a follow-up handles it: (item id, instance id, key id).
+type ItemPair = (i64, String, String);
+
 /// The parts of a job a follow-up needs.
 struct JobRow {
     run_id: i64,
@@ -145,7 +148,7 @@ pub(super) async fn confirmed(
     .bind(ids_json_i64(&verdict.keys().copied().collect::<Vec<_>>()))
     .fetch_all(&mut **tx)
     .await?;
-    let mut resend: Vec<(i64, String, String)> = Vec::new();
+    let mut resend: Vec<ItemPair> = Vec::new();
     let mut lost: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut bound: BTreeSet<String> = BTreeSet::new();
     for row in &rows {
@@ -399,7 +402,7 @@ async fn held_items(
     tx: &mut Tx<'_>,
     job: &JobRow,
     instances: &[String],
-) -> Result<Vec<(i64, String, String)>, StoreError> {
+) -> Result<Vec<ItemPair>, StoreError> {
     let mut held = Vec::new();
     for chunk in instances.chunks(500) {
         let rows = sqlx::query(
@@ -542,7 +545,7 @@ impl super::Store {
         let wanted =
             |code: Option<String>| codes.is_empty() || code.is_some_and(|c| codes.contains(&c));
         // (region, force_stop) -> (item, instance, key)
-        let mut binds: BTreeMap<(String, bool), Vec<(i64, String, String)>> = BTreeMap::new();
+        let mut binds: BTreeMap<(String, bool), Vec<ItemPair>> = BTreeMap::new();
         for row in rows {
             if !wanted(row.get("error_code")) {
                 continue;
