@@ -439,11 +439,28 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<Vec<QueuedJob>, StoreError> {
+        self.due_jobs_except(run_id, only, now, limit, &[]).await
+    }
+
+    /// [`Store::due_jobs`] leaving out jobs of the given (action, region) routes
+    /// (those whose lane is full, so that they do not hide the others).
+    pub async fn due_jobs_except(
+        &self,
+        run_id: i64,
+        only: Option<Action>,
+        now: i64,
+        limit: i64,
+        except: &[(Action, String)],
+    ) -> Result<Vec<QueuedJob>, StoreError> {
         let only = only.map(Action::name);
+        let except: Vec<[&str; 2]> = except.iter().map(|(a, r)| [a.name(), r.as_str()]).collect();
         let rows = sqlx::query(
             "SELECT id, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
              FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
              AND (? IS NULL OR action = ?) \
+             AND NOT EXISTS (SELECT 1 FROM json_each(?) x \
+                             WHERE json_extract(x.value, '$[0]') = j.action \
+                             AND json_extract(x.value, '$[1]') = j.region) \
              AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
                              WHERE d.job_id = j.id AND p.state != ?) \
              ORDER BY next_attempt_at, id LIMIT ?",
@@ -453,6 +470,7 @@ impl Store {
         .bind(now)
         .bind(only)
         .bind(only)
+        .bind(serde_json::to_string(&except).unwrap_or_else(|_| "[]".into()))
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
         .fetch_all(self.pool())
