@@ -585,6 +585,18 @@ impl Store {
         .await?)
     }
 
+    /// Every bind pair of a run (a rotation's new keys) with its status and the
+    /// RequestId of its accepted Associate, in id order.
+    pub async fn bind_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
+             WHERE run_id = ? AND action = 'AssociateInstancesKeyPairs' ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Failed pairs of a run by error code; a failed pair without a code (which
     /// keyfleet never writes) counts under `(none)`. The summary, `status` and
     /// `report` all read this one query.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keyfleet::sim::{Fleet, Instance, JournalEntry, Os, SimConfig};
+use keyfleet::sim::{Fleet, Instance, Os, SimConfig, audit};
 
 use crate::support::{Rehearsal, ins};
 
@@ -78,43 +78,23 @@ fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-fn accepted(e: &JournalEntry) -> bool {
-    e.code.is_none() && e.request_id.is_some() && !e.dropped
-}
-
-/// For every instance the journal shows unbinding from: an Associate of its new key
-/// was accepted and applied, and a DescribeInstances of it came after that and before
-/// the first Disassociate that names it.
-fn assert_bound_before_unbound(journal: &[JournalEntry]) {
-    let mut unbound: BTreeSet<&str> = BTreeSet::new();
-    for (n, entry) in journal.iter().enumerate() {
-        if entry.action != "DisassociateInstancesKeyPairs" || !accepted(entry) {
-            continue;
-        }
-        for instance in &entry.instance_ids {
-            if !unbound.insert(instance) {
-                continue;
-            }
-            let before = &journal[..n];
-            let bind = before.iter().rposition(|e| {
-                e.action == "AssociateInstancesKeyPairs"
-                    && accepted(e)
-                    && e.applied
-                    && !e.operation_failed
-                    && e.instance_ids.contains(instance)
-            });
-            let Some(bind) = bind else {
-                panic!("{instance} was unbound with no applied Associate before it");
-            };
-            let looked = before[bind + 1..].iter().any(|e| {
-                e.action == "DescribeInstances" && accepted(e) && e.instance_ids.contains(instance)
-            });
-            assert!(
-                looked,
-                "{instance}: no DescribeInstances between its Associate and its Disassociate"
-            );
-        }
-    }
+/// The simulator's audit of the newest run: nothing removed that was not asked for,
+/// nothing gained but the new keys, every success proven, every rotated instance bound
+/// and confirmed before it was unbound, none left keyless.
+async fn assert_audit_clean(r: &Rehearsal, before: &Fleet) {
+    let store = r.store().await;
+    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let binds = store.bind_outcomes(run_id).await.unwrap();
+    store.close().await;
+    let result = audit::audit_rotation(
+        &before.bindings(),
+        &r.sim.fleet().bindings(),
+        &outcomes,
+        &binds,
+        &r.sim.journal(),
+    );
+    assert!(result.is_clean(), "{:#?}", result.violations);
 }
 
 fn report_rows(r: &Rehearsal, csv: &str) -> Vec<BTreeMap<String, String>> {
@@ -161,8 +141,8 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
         }
         assert_eq!(after[&id], expected, "{id}: {stderr}");
     }
+    assert_audit_clean(&r, &fleet(n)).await;
     let journal = r.sim.journal();
-    assert_bound_before_unbound(&journal);
     assert!(
         journal
             .iter()
@@ -202,7 +182,8 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() {
     let n = 30;
-    let r = Rehearsal::start(sim(0, 0.0, 1), fleet(n)).await;
+    let before = fleet(n);
+    let r = Rehearsal::start(sim(0, 0.0, 1), before.clone()).await;
     // Half the fleet to a key that exists, half to one that does not.
     let missing = "skey-n0texist";
     let rows: Vec<(String, &str, &str)> = (0..n)
@@ -253,7 +234,7 @@ async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() 
         assert!(after[&ins(i)].contains(kept), "{}: {stderr}", ins(i));
         assert_eq!(after[&ins(i)].contains(OLD), i % 10 == 3, "{}", ins(i));
     }
-    assert_bound_before_unbound(&r.sim.journal());
+    assert_audit_clean(&r, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +299,8 @@ async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
     // Groups of three instances per new key: many small Associate jobs, so kills land
     // while some instances bind, others are confirmed and others unbound.
     let news: Vec<String> = (0..n / 3).map(|g| format!("skey-9{g:07}")).collect();
-    let r = Rehearsal::start(config, fleet(n).with_keys(news.iter().cloned())).await;
+    let before = fleet(n).with_keys(news.iter().cloned());
+    let r = Rehearsal::start(config, before.clone()).await;
     let rows: Vec<(String, &str, &str)> = (0..n)
         .map(|i| (ins(i), OLD, news[i / 3].as_str()))
         .collect();
@@ -372,7 +354,7 @@ async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
         }
         assert_eq!(after[&ins(i)], expected, "{} after {kills} kills", ins(i));
     }
-    assert_bound_before_unbound(&r.sim.journal());
+    assert_audit_clean(&r, &before).await;
     let store = r.store().await;
     let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
     let pairs = store.pair_counts(run_id).await.unwrap();
@@ -462,4 +444,7 @@ async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
     let after = keys_of(&r.sim.fleet());
     assert_eq!(after[&ins(1)], [NEW.to_string()].into(), "{stderr}");
     assert_eq!(after[&ins(2)], [OLD.to_string()].into(), "{stderr}");
+    let mut before = fleet(n);
+    before.instances[1].key_ids.push(NEW.to_string());
+    assert_audit_clean(&r, &before).await;
 }
