@@ -336,7 +336,7 @@ pub async fn execute(
             Ok(v) => v,
             Err(code) => return Ok(code),
         };
-        super::verify::print_verification(&verification, global);
+        super::verify::print_verification(&verification, global, true);
         if verification.complete() {
             let mut resend = store
                 .begin_resend_failed_operations(run_id, i64::from(flags.max_attempts))

@@ -448,3 +448,27 @@ async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
     before.instances[1].key_ids.push(NEW.to_string());
     assert_audit_clean(&r, &before).await;
 }
+
+/// `keyfleet demo --rotate` rehearses a rotation with faults, asynchronous failures
+/// and instances that cannot be rotated, and ends with a clean rotation audit.
+#[test]
+fn the_rotation_demo_ends_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::Cmd::new([
+        "demo",
+        "--rotate",
+        "--instances",
+        "300",
+        "--progress",
+        "none",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .timeout(LIMIT)
+    .run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(0), "{stderr}");
+    assert!(stderr.contains("audit:    clean"), "{stderr}");
+    assert!(stderr.contains("none left without a key"), "{stderr}");
+    assert!(stderr.contains("--rotate-to skey-r0tate0n"), "{stderr}");
+}
