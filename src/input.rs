@@ -578,11 +578,19 @@ fn csv_row(
             instance_id: field(instance_col, "instance_id"),
             key_id: field(key_col, "key_id"),
             region,
-            new_key_ids: new_key_col
-                .and_then(get)
-                .filter(|v| !v.is_empty())
-                .map(|v| vec![Ok(v.to_string())])
-                .unwrap_or_default(),
+            // A file with a new_key_id column is a rotation: an empty cell is a
+            // missing new key, never a plain unbind (which would bind nothing).
+            new_key_ids: match new_key_col {
+                None => Vec::new(),
+                Some(col) => match get(col) {
+                    Some(v) if !v.trim().is_empty() => vec![Ok(v.to_string())],
+                    _ => vec![Err(format!(
+                        "new_key_id (column {}) is empty: a rotation row needs the new key; plain \
+                         unbinds go in a file without the new_key_id column",
+                        col + 1
+                    ))],
+                },
+            },
         },
     }
 }
@@ -1004,9 +1012,21 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
         *slot = Some((name, value));
     }
     let new_key_ids = match new_key {
-        None | Some((_, Value::Null)) => Vec::new(),
-        Some((_, Value::String(s))) if s.is_empty() => Vec::new(),
-        Some((_, Value::Array(list))) if list.is_empty() => Vec::new(),
+        None => Vec::new(),
+        // Named but empty: a missing new key, never a plain unbind.
+        Some((name, Value::Null)) => vec![Err(format!(
+            "{name} is null: a rotation row needs the new key"
+        ))],
+        Some((name, Value::String(s))) if s.trim().is_empty() => {
+            vec![Err(format!(
+                "{name} is empty: a rotation row needs the new key"
+            ))]
+        }
+        Some((name, Value::Array(list))) if list.is_empty() => {
+            vec![Err(format!(
+                "{name} is an empty list: a rotation row needs the new key"
+            ))]
+        }
         Some((name, Value::Array(list))) => match list_field(Value::Array(list), &name) {
             Ok(ids) => ids,
             Err(reason) => return invalid(reason),
@@ -1535,5 +1555,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rows[0].position.kind, PositionKind::Line);
+    }
+
+    #[test]
+    fn rotation_rows_carry_their_new_keys_and_an_empty_one_is_an_error() {
+        let new_keys = |value: serde_json::Value| match row_from_value(value) {
+            RowContent::Pair { new_key_ids, .. } | RowContent::Set { new_key_ids, .. } => {
+                new_key_ids
+            }
+            RowContent::Invalid { reason } => panic!("invalid: {reason}"),
+        };
+        let pair = |extra: serde_json::Value| {
+            let mut row =
+                serde_json::json!({"instance_id": "ins-00000001", "key_id": "skey-00000001"});
+            row.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            row
+        };
+        assert!(new_keys(pair(serde_json::json!({}))).is_empty());
+        assert_eq!(
+            new_keys(pair(serde_json::json!({"new_key_id": "skey-00000002"}))),
+            [Ok("skey-00000002".to_string())]
+        );
+        assert_eq!(
+            new_keys(serde_json::json!({
+                "InstanceIds": ["ins-00000001"], "KeyIds": ["skey-00000001"],
+                "NewKeyIds": ["skey-00000002", "skey-00000003"]
+            })),
+            [
+                Ok("skey-00000002".to_string()),
+                Ok("skey-00000003".to_string())
+            ]
+        );
+        for empty in [
+            serde_json::json!({"new_key_id": ""}),
+            serde_json::json!({"new_key_id": null}),
+            serde_json::json!({"NewKeyIds": []}),
+        ] {
+            let keys = new_keys(pair(empty.clone()));
+            assert!(
+                matches!(keys.as_slice(), [Err(reason)] if reason.contains("needs the new key")),
+                "{empty}: {keys:?}"
+            );
+        }
+        let csv = read(
+            b"instance_id,key_id,new_key_id\nins-00000001,skey-00000001,skey-00000002\nins-00000002,skey-00000001,\n",
+            None,
+        )
+        .unwrap();
+        let keys: Vec<_> = csv
+            .iter()
+            .map(|row| match &row.content {
+                RowContent::Pair { new_key_ids, .. } => new_key_ids.clone(),
+                _ => panic!("a pair"),
+            })
+            .collect();
+        assert_eq!(keys[0], [Ok("skey-00000002".to_string())]);
+        assert!(matches!(keys[1].as_slice(), [Err(reason)] if reason.contains("is empty")));
     }
 }

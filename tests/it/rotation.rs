@@ -248,10 +248,12 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
              {a},{OLD},{GZ},skey-12\n\
              {b},{OLD},{GZ},{OLD}\n\
              {c},{OLD},{GZ},{NEW}\n\
-             {c},{OLD},{GZ},{OTHER}\n",
+             {c},{OLD},{GZ},{OTHER}\n\
+             {d},{OLD},{GZ},\n",
             a = ins(0),
             b = ins(1),
             c = ins(2),
+            d = ins(3),
         ),
     )
     .unwrap();
@@ -267,7 +269,7 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
         .iter()
         .map(|row| (row["position"].clone(), row["error_message"].clone()))
         .collect();
-    assert_eq!(reasons.len(), 3, "{report}");
+    assert_eq!(reasons.len(), 4, "{report}");
     assert!(
         reasons[0].0 == "line 2" && reasons[0].1.contains("new_key_id"),
         "{reasons:?}"
@@ -278,6 +280,10 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
     );
     assert!(
         reasons[2].0 == "line 5" && reasons[2].1.contains("conflicts with line 4"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].0 == "line 6" && reasons[3].1.contains("new_key_id (column 4) is empty"),
         "{reasons:?}"
     );
 }
