@@ -141,6 +141,16 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
+        if let Some(n) = outcome.keyless_after.filter(|n| *n > 0) {
+            eprintln!(
+                "  {n} instances keep no key after this unbind (keys_after 0){}",
+                if args.keep_one_key {
+                    ": --keep-one-key looks and skips them"
+                } else {
+                    "; --keep-one-key would skip them"
+                }
+            );
+        }
         if s.binds > 0 || s.held > 0 {
             eprintln!(
                 "  rotation: {} new keys to bind and confirm first; {} pairs held until their \

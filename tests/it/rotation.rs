@@ -478,3 +478,32 @@ fn the_rotation_demo_ends_clean() {
     assert!(stderr.contains("none left without a key"), "{stderr}");
     assert!(stderr.contains("--rotate-to skey-r0tate0n"), "{stderr}");
 }
+
+/// `plan` says how many instances the unbind would leave keyless when the input
+/// carries `discover`'s `keys_after` column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_counts_the_instances_a_plain_unbind_leaves_keyless() {
+    let r = Rehearsal::start(sim(0, 0.0, 1), fleet(3)).await;
+    let path = r.dir.path().join("found.csv");
+    std::fs::write(
+        &path,
+        format!(
+            "instance_id,key_id,region,instance_state,os_name,keys_after\n\
+             {a},{OLD},{GZ},STOPPED,Linux,0\n\
+             {b},{OLD},{GZ},STOPPED,Linux,1\n\
+             {c},{OLD},{GZ},STOPPED,Linux,0\n",
+            a = ins(0),
+            b = ins(1),
+            c = ins(2),
+        ),
+    )
+    .unwrap();
+    let (code, json, stderr) = r
+        .run(&["plan", path.to_str().unwrap(), "--json"], LIMIT)
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["keyless_after"], 2, "{json}");
+    let (_, _, stderr) = r.run(&["plan", path.to_str().unwrap()], LIMIT).await;
+    assert!(stderr.contains("keyless      2 instances"), "{stderr}");
+}
