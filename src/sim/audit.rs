@@ -147,7 +147,12 @@ pub fn audit_rotation(
                             && e.instance_ids.contains(&pair.0)
                             && e.key_ids.contains(&pair.1)
                     });
-                if let Some(entry) = accepted.filter(|e| e.operation_failed) {
+                // A FAILED operation proves nothing, unless the key is gone anyway: an
+                // earlier request covering it was applied and its reply lost, and the
+                // cloud's own state (what verification reads) says the key is gone.
+                if let Some(entry) =
+                    accepted.filter(|e| e.operation_failed && after.contains(&pair))
+                {
                     violations.push(format!(
                         "{} {} is reported succeeded with RequestId {:?}, which was accepted but whose operation ended FAILED",
                         pair.0,

@@ -227,7 +227,7 @@ impl ItemSink<'_> {
             item.duplicate_of,
             item.reason,
             item.job_id,
-            item.action.name(),
+            item.action == crate::cvm::Action::AssociateInstancesKeyPairs,
             item.new_key_id,
             item.held,
         ])?;
@@ -255,7 +255,7 @@ impl fmt::Debug for PlanWriter {
 }
 
 const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, action, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, bind, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.

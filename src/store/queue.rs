@@ -548,10 +548,10 @@ impl Store {
 
     async fn item_counts(&self, run_id: i64, action: Action) -> Result<PairCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? AND action = ? GROUP BY status",
+            "SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? AND bind = ? GROUP BY status",
         )
         .bind(run_id)
-        .bind(action.name())
+        .bind(action == Action::AssociateInstancesKeyPairs)
         .fetch_all(self.pool())
         .await?;
         let mut counts = PairCounts::default();
@@ -578,7 +578,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
              WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') \
-             AND action = 'DisassociateInstancesKeyPairs' ORDER BY id",
+             AND bind = 0 ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -590,7 +590,7 @@ impl Store {
     pub async fn bind_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
-             WHERE run_id = ? AND action = 'AssociateInstancesKeyPairs' ORDER BY id",
+             WHERE run_id = ? AND bind = 1 ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -725,13 +725,12 @@ impl Store {
         };
         let sql = format!(
             "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.action = ? \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.bind = 0 \
              {verdict_filter} AND (? IS NULL OR i.op_failures + 1 < ?) ORDER BY i.id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(run_id)
             .bind(status.as_str())
-            .bind(Action::DisassociateInstancesKeyPairs.name())
             .bind(max_sends)
             .bind(max_sends)
             .fetch_all(&mut *jobs.tx)

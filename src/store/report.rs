@@ -107,7 +107,7 @@ pub async fn run_summary(store: &Store, run_id: i64) -> Result<RunSummary, Store
                 rejected, instances, keys, regions,
                 (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs,
                 (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id
-                    AND action = 'AssociateInstancesKeyPairs') AS binds,
+                    AND bind = 1) AS binds,
                 (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id AND held = 1) AS held
          FROM runs WHERE id = ?",
     )
@@ -187,10 +187,10 @@ async fn item_counts(
     action: Action,
 ) -> Result<BTreeMap<String, i64>, StoreError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND action = ? GROUP BY status",
+        "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND bind = ? GROUP BY status",
     )
     .bind(run_id)
-    .bind(action.name())
+    .bind(action == Action::AssociateInstancesKeyPairs)
     .fetch_all(store.pool())
     .await?;
     let mut counts: BTreeMap<String, i64> = ItemStatus::ALL
@@ -395,11 +395,11 @@ pub async fn for_each_report_row<E>(
                                    group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
                                    group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
                             FROM (SELECT * FROM items WHERE run_id = ?3
-                                  AND action = 'AssociateInstancesKeyPairs' ORDER BY instance_id, key_id) bi
+                                  AND bind = 1 ORDER BY instance_id, key_id) bi
                             GROUP BY bi.region, bi.instance_id) b
                         ON i.new_key_id IS NOT NULL AND b.region = i.region AND b.instance_id = i.instance_id
                  WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
-                       AND +i.action = 'DisassociateInstancesKeyPairs'
+                       AND +i.bind = 0
                  ORDER BY i.id LIMIT ?5",
             )?;
             let mut rows = statement.query(rusqlite::params![

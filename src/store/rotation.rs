@@ -207,12 +207,11 @@ pub(super) async fn confirmed(
     for instance in bound {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM items WHERE run_id = ? AND region = ? AND instance_id = ? \
-             AND action = ? AND (status != ? OR verified IS NOT ?)",
+             AND bind = 1 AND (status != ? OR verified IS NOT ?)",
         )
         .bind(job.run_id)
         .bind(&job.region)
         .bind(&instance)
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(Verified::Bound.as_str())
         .fetch_one(&mut **tx)
@@ -531,12 +530,11 @@ impl super::Store {
         let tx = &mut writer.tx;
         let rows = sqlx::query(
             "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.action = ? \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.bind = 1 \
              AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?)) \
              ORDER BY i.region, i.instance_id, i.key_id",
         )
         .bind(run_id)
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(Verified::Bound.as_str())
@@ -588,14 +586,13 @@ impl super::Store {
             for chunk in instances.chunks(500) {
                 held += sqlx::query(
                     "UPDATE items SET status = ?, held = 1, job_id = NULL, error_code = NULL, \
-                     error_message = NULL WHERE run_id = ? AND region = ? AND action = ? \
+                     error_message = NULL WHERE run_id = ? AND region = ? AND bind = 0 \
                      AND status = ? AND new_key_id IS NOT NULL \
                      AND instance_id IN (SELECT value FROM json_each(?))",
                 )
                 .bind(ItemStatus::Pending.as_str())
                 .bind(run_id)
                 .bind(region)
-                .bind(Action::DisassociateInstancesKeyPairs.name())
                 .bind(ItemStatus::Skipped.as_str())
                 .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
                 .execute(&mut **tx)
@@ -605,12 +602,11 @@ impl super::Store {
         }
         if codes.is_empty() || codes.iter().any(|c| c == LAST_KEY) {
             let rows = sqlx::query(
-                "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.action = ? \
+                "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.bind = 0 \
                  AND i.status = ? AND i.error_code = ? AND i.new_key_id IS NULL \
                  ORDER BY i.region, i.instance_id",
             )
             .bind(run_id)
-            .bind(Action::DisassociateInstancesKeyPairs.name())
             .bind(ItemStatus::Skipped.as_str())
             .bind(LAST_KEY)
             .fetch_all(&mut **tx)

@@ -108,7 +108,7 @@ impl Store {
         recheck_for_ms: i64,
     ) -> Result<u64, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, region, instance_id, key_id, request_id, action FROM items \
+            "SELECT id, region, instance_id, key_id, request_id, bind FROM items \
              WHERE run_id = ? AND status IN (?, ?, ?, ?) ORDER BY region, instance_id, key_id",
         )
         .bind(run_id)
@@ -132,7 +132,7 @@ impl Store {
                     instance_id,
                     key_id: row.get("key_id"),
                     request_id: row.get("request_id"),
-                    bind: row.get::<&str, _>("action") == Action::AssociateInstancesKeyPairs.name(),
+                    bind: row.get::<bool, _>("bind"),
                 });
         }
         let recheck_until = now_ms() + recheck_for_ms;
@@ -217,11 +217,10 @@ impl Store {
     /// A run's valid pairs by verification result.
     pub async fn verification_counts(&self, run_id: i64) -> Result<VerificationCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT verified, status = ? AS succeeded, action = ? AS bind, COUNT(*) AS n FROM items \
-             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?, action",
+            "SELECT verified, status = ? AS succeeded, bind, COUNT(*) AS n FROM items \
+             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?, bind",
         )
         .bind(ItemStatus::Succeeded.as_str())
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(run_id)
         .bind(ItemStatus::Pending.as_str())
         .bind(ItemStatus::Succeeded.as_str())
