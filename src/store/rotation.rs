@@ -242,50 +242,33 @@ pub(super) async fn looked(
     }
     let mut ready = Vec::new();
     for (instance, removed) in removing {
-        let Some(bound) = seen.get(instance) else {
-            let reason = ErrorInfo {
+        let refusal = match seen.get(instance) {
+            None => Some(ErrorInfo {
                 code: "InvalidInstanceId.NotFound".into(),
                 message: format!("--keep-one-key: DescribeInstances does not know {instance}"),
-            };
-            skip_held(
-                tx,
-                job.run_id,
-                &job.region,
-                &[instance.to_string()],
-                &reason,
-            )
-            .await?;
-            continue;
+            }),
+            Some(bound) if bound.iter().any(|k| !removed.contains(&k.as_str())) => None,
+            Some(bound) => Some(ErrorInfo {
+                code: LAST_KEY.into(),
+                message: format!(
+                    "--keep-one-key: unbinding {} would leave {instance} with no key (it holds {}); \
+                     nothing was unbound from it",
+                    removed.join(" "),
+                    if bound.is_empty() {
+                        "none".to_string()
+                    } else {
+                        bound.join(" ")
+                    }
+                ),
+            }),
         };
-        let left = bound
-            .iter()
-            .filter(|k| !removed.contains(&k.as_str()))
-            .count();
-        if left > 0 {
-            ready.push(instance.to_string());
-            continue;
+        match refusal {
+            None => ready.push(instance.to_string()),
+            Some(reason) => {
+                let one = [instance.to_string()];
+                skip_held(tx, job.run_id, &job.region, &one, &reason).await?;
+            }
         }
-        let reason = ErrorInfo {
-            code: LAST_KEY.into(),
-            message: format!(
-                "--keep-one-key: unbinding {} would leave {instance} with no key (it holds {}); \
-                 nothing was unbound from it",
-                removed.join(" "),
-                if bound.is_empty() {
-                    "none".to_string()
-                } else {
-                    bound.join(" ")
-                }
-            ),
-        };
-        skip_held(
-            tx,
-            job.run_id,
-            &job.region,
-            &[instance.to_string()],
-            &reason,
-        )
-        .await?;
     }
     release(tx, &job, &ready, now).await
 }

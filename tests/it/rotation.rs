@@ -65,6 +65,14 @@ fn rotation_csv(r: &Rehearsal, name: &str, rows: &[(String, &str, &str)]) -> Pat
     path
 }
 
+/// `keyfleet run INPUT --progress none EXTRA...`: its exit code and stderr.
+async fn run_quietly(r: &Rehearsal, input: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["run", input.to_str().unwrap(), "--progress", "none"];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    (code, stderr)
+}
+
 fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
     fleet
         .instances()
@@ -119,12 +127,7 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
     let r = Rehearsal::start(sim(150, 0.3, 1), fleet(n)).await;
     let rows: Vec<(String, &str, &str)> = (0..n).map(|i| (ins(i), OLD, NEWS[i % 4])).collect();
     let input = rotation_csv(&r, "rotate.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &["run", input.to_str().unwrap(), "--progress", "none"],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &[]).await;
     // Windows instances cannot be rotated: the run ends with them skipped (exit 1).
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
@@ -190,12 +193,7 @@ async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() 
         .map(|i| (ins(i), OLD, if i < n / 2 { NEW } else { missing }))
         .collect();
     let input = rotation_csv(&r, "rotate.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &["run", input.to_str().unwrap(), "--progress", "none"],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &[]).await;
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
     for i in n / 2..n {
@@ -382,18 +380,7 @@ async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
         .map(|i| (ins(i), OLD.to_string(), GZ.to_string()))
         .collect();
     let input = r.input("unbind.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &[
-                "run",
-                input.to_str().unwrap(),
-                "--keep-one-key",
-                "--progress",
-                "none",
-            ],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &["--keep-one-key"]).await;
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
     for i in (0..n).filter(|i| i % 10 != 3) {
