@@ -512,15 +512,27 @@ impl super::Store {
         let mut writer = self.begin_jobs(run_id).await?;
         let tx = &mut writer.tx;
         let rows = sqlx::query(
-            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.bind = 1 \
-             AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?)) \
+            // A bind pair that succeeded has no error code of its own: the code its
+            // instance's skipped unbinds carry says why (`retry --code` matches it).
+            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, \
+                    COALESCE(i.error_code, (SELECT u.error_code FROM items u \
+                        WHERE u.run_id = i.run_id AND u.region = i.region \
+                        AND u.instance_id = i.instance_id AND u.bind = 0 AND u.status = ? \
+                        LIMIT 1)) AS error_code \
+             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.bind = 1 \
+             AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?) \
+                  OR EXISTS (SELECT 1 FROM items u WHERE u.run_id = i.run_id AND u.region = i.region \
+                             AND u.instance_id = i.instance_id AND u.bind = 0 AND u.status = ? \
+                             AND u.error_code = ?)) \
              ORDER BY i.region, i.instance_id, i.key_id",
         )
+        .bind(ItemStatus::Skipped.as_str())
         .bind(run_id)
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(Verified::Bound.as_str())
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(NOT_RELEASED)
         .fetch_all(&mut **tx)
         .await?;
         let wanted =

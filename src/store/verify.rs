@@ -87,10 +87,12 @@ impl VerificationCounts {
 
 impl Store {
     /// Open (queued or in flight) verification batches of a run: a verification that
-    /// a crash or a stop interrupted, to be finished rather than started again.
+    /// a crash or a stop interrupted, to be finished rather than started again. A
+    /// rotation's confirmations and `--keep-one-key` looks are not verification rounds.
     pub async fn open_verification(&self, run_id: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND action = ? AND state IN (?, ?)",
+            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND action = ? AND state IN (?, ?) \
+             AND COALESCE(json_extract(payload, '$.purpose'), 'verify') = 'verify'",
         )
         .bind(run_id)
         .bind(Action::DescribeInstances.name())
