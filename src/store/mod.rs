@@ -121,6 +121,10 @@ impl Store {
         let _migrating = lock_for_migration(&filename).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A ping before every acquire is a round trip to the connection's thread
+            // that a local file never needs: a broken SQLite connection fails its
+            // next statement just as clearly.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_err)?;
