@@ -175,7 +175,7 @@ fn pending_item<'a>(
 
 /// A fresh run of `pairs` pairs, open for its jobs and items (the planner's own writer).
 fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
-    use crate::store::plan::{Begin, NewRun, begin_plan};
+    use crate::store::plan::{Begin, NewRun};
     let sha = format!("{:x}", rand::random::<u128>());
     let run = NewRun {
         input_path: "t",
@@ -189,7 +189,7 @@ fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
         keys: 0,
         regions: 1,
     };
-    let Begin::New(writer) = begin_plan(store, &run).unwrap() else {
+    let Begin::New(writer) = store.begin_plan(&run).unwrap() else {
         panic!("a fresh input");
     };
     writer

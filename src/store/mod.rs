@@ -1,8 +1,9 @@
 //! The durable queue: SQLite through sqlx, schema in `migrations/`.
 //!
-//! `mod.rs` opens the database and owns the connection settings; the planner's
-//! writes and the report queries live beside it, and `queue` holds the
-//! executor's claims, attempts, splits and the run lease. No transaction is ever
+//! `mod.rs` opens the database and owns the connection settings. Everything else
+//! is a method on [`Store`], one file per concern: the planner's writes (`plan`),
+//! the report queries (`report`), and `queue`, the executor's claims, attempts,
+//! splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
 #[cfg(unix)]
@@ -144,7 +145,8 @@ impl Store {
         })
     }
 
-    /// The connection pool, for the store's submodules and for inspection in tests.
+    /// The connection pool, for tests and benchmarks that inspect the database; the
+    /// store's own code uses the field (the rest of keyfleet goes through methods).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -258,7 +260,7 @@ mod tests {
             for open in opens {
                 let store = open.await.unwrap().expect("every open succeeds");
                 let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
-                    .fetch_one(store.pool())
+                    .fetch_one(&store.pool)
                     .await
                     .unwrap();
                 assert_eq!(runs, 0);
@@ -273,12 +275,12 @@ mod tests {
         let path = dir.path().join("k.db");
         let store = Store::open(&path).await.unwrap();
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap();
         assert_eq!(mode, "wal");
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
@@ -310,14 +312,14 @@ mod tests {
         let path = dir.path().join("k.db");
         let store = Store::open(&path).await.unwrap();
         sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
-            .execute(store.pool())
+            .execute(&store.pool)
             .await
             .unwrap();
         store.close().await;
         let store = Store::open(&path).await.unwrap();
         let recorded: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 2")
-                .fetch_one(store.pool())
+                .fetch_one(&store.pool)
                 .await
                 .unwrap();
         assert_eq!(recorded, 1);

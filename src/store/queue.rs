@@ -259,7 +259,7 @@ impl Store {
     pub async fn run_info(&self, run_id: i64) -> Result<RunInfo, StoreError> {
         let row = sqlx::query("SELECT id, state, input_path, input_sha256, options, started_at FROM runs WHERE id = ?")
             .bind(run_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NoSuchRun(run_id))?;
         Ok(RunInfo {
@@ -285,7 +285,7 @@ impl Store {
         lease: &Lease,
         stale_after: Duration,
     ) -> Result<(), LeaseError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT owner_pid, owner_host, owner_token, heartbeat_at FROM runs WHERE id = ?",
         )
@@ -329,7 +329,7 @@ impl Store {
             .bind(now_ms())
             .bind(run_id)
             .bind(&lease.token)
-            .execute(self.pool())
+            .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -353,7 +353,7 @@ impl Store {
         .bind(finished_at)
         .bind(run_id)
         .bind(&lease.token)
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -367,7 +367,7 @@ impl Store {
         .bind(RunState::Running.as_str())
         .bind(now_ms())
         .bind(run_id)
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -377,7 +377,7 @@ impl Store {
     ///
     /// A lost attempt does not spend the job's budget: the crash was ours, not the API's.
     pub async fn recover_in_flight(&self, run_id: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         sqlx::query(
             "UPDATE attempts SET outcome = 'lost', finished_at = ? \
@@ -427,7 +427,7 @@ impl Store {
         .bind(only)
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
@@ -469,7 +469,7 @@ impl Store {
         .bind(now)
         .bind(only)
         .bind(only)
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -484,7 +484,7 @@ impl Store {
         .bind(JobState::InFlight.as_str())
         .bind(only)
         .bind(only)
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -493,7 +493,7 @@ impl Store {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? GROUP BY status")
                 .bind(run_id)
-                .fetch_all(self.pool())
+                .fetch_all(&self.pool)
                 .await?;
         let mut counts = PairCounts::default();
         for row in rows {
@@ -521,7 +521,7 @@ impl Store {
              WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') ORDER BY id",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -534,7 +534,7 @@ impl Store {
              WHERE run_id = ? AND status = 'failed' GROUP BY error_code",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .iter()
@@ -554,7 +554,7 @@ impl Store {
     /// job's next write is sent only after its previous one was committed. A batch
     /// that names a job twice (the executor never makes one) is applied in order.
     pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut bulk: Vec<Option<Applied>> = vec![None; writes.len()];
         if jobs_are_distinct(writes) {
             start_attempts(&mut tx, writes, &mut bulk).await?;
@@ -595,7 +595,7 @@ impl Store {
 
     /// Starts adding jobs to run `run_id` in one transaction (see [`JobWriter`]).
     pub async fn begin_jobs(&self, run_id: i64) -> Result<JobWriter, StoreError> {
-        let tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(JobWriter {
             tx,
             run_id,
@@ -1336,7 +1336,7 @@ async fn fail_items(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::plan::{Begin, NewItem, NewJob, NewRun, begin_plan};
+    use crate::store::plan::{Begin, NewItem, NewJob, NewRun};
 
     /// A store holding one run of `jobs` one-pair jobs (ids 1..=jobs).
     async fn store_with_jobs(dir: &tempfile::TempDir, name: &str, jobs: usize) -> Store {
@@ -1353,7 +1353,7 @@ mod tests {
             keys: 1,
             regions: 1,
         };
-        let Begin::New(mut writer) = begin_plan(&store, &run).unwrap() else {
+        let Begin::New(mut writer) = store.begin_plan(&run).unwrap() else {
             panic!("a fresh database");
         };
         let key = vec!["skey-00000001".to_string()];

@@ -59,7 +59,7 @@ impl Store {
         .bind(Action::DescribeInstances.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -79,7 +79,7 @@ impl Store {
         .bind(ItemStatus::Succeeded.as_str())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         // Region -> instance -> its items, in id order.
         let mut regions: BTreeMap<String, BTreeMap<String, Vec<VerifyItem>>> = BTreeMap::new();
@@ -153,7 +153,7 @@ impl Store {
         .bind(action.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }
@@ -172,7 +172,7 @@ impl Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -190,7 +190,7 @@ impl Store {
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
         .bind(ItemStatus::Succeeded.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         let mut counts = VerificationCounts::default();
         for row in rows {

@@ -36,7 +36,7 @@ fn quiet_sim() -> SimConfig {
 /// Audits the run against the simulator, asserting every promise held.
 async fn assert_audit(r: &Rehearsal, before: &Fleet) -> audit::Audit {
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     store.close().await;
     let result = audit::audit(
