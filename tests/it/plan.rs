@@ -1,13 +1,11 @@
 //! `keyfleet plan`, `runs`, `status` and `report`, run as a user would: the binary,
 //! a temporary database, sample inputs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{TempDb, keyfleet_bin};
+use crate::support::{Cmd, Output, TempDb};
 
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +18,7 @@ struct Keyfleet {
     db: TempDb,
 }
 
-/// What a command did.
+/// What a command did, as text.
 struct Ran {
     code: i32,
     stdout: String,
@@ -30,9 +28,9 @@ struct Ran {
 impl Ran {
     fn from(output: Output) -> Ran {
         Ran {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            code: output.code.unwrap_or(-1),
+            stdout: output.stdout_text(),
+            stderr: output.stderr_text(),
         }
     }
 
@@ -56,41 +54,19 @@ impl Keyfleet {
         Keyfleet { db: TempDb::new() }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(keyfleet_bin());
-        command
-            .arg("--db")
-            .arg(&self.db.path)
-            .args(args)
-            // Nothing of the developer's own setup may leak in: a private HOME (no tccli
-            // profile region) and no Tencent Cloud variables.
-            .env("HOME", self.db.dir.path())
-            .env_remove("TENCENTCLOUD_REGION")
-            .env_remove("TCCLI_PROFILE")
-            .env_remove("KEYFLEET_DB")
-            .env_remove("RUST_LOG");
-        command
+    /// `keyfleet --db DB ARGS...` through the shared harness (nothing of the
+    /// developer's own setup leaks in), with a private HOME beside the database.
+    fn command(&self, args: &[&str]) -> Cmd {
+        let db = self.db.path.to_str().expect("utf-8 path");
+        Cmd::new(["--db", db].iter().chain(args)).env("HOME", self.db.dir.path())
     }
 
     fn run(&self, args: &[&str]) -> Ran {
-        Ran::from(self.command(args).output().expect("run keyfleet"))
+        Ran::from(self.command(args).run())
     }
 
     fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Ran {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyfleet");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-        Ran::from(child.wait_with_output().expect("wait"))
+        Ran::from(self.command(args).stdin(input).run())
     }
 
     fn plan(&self, input: &Path, extra: &[&str]) -> Value {
