@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use keyfleet::store::queue::{Applied, ErrorInfo, Finish, Outcome, Write};
+use keyfleet::store::{Store, now_ms};
+
 use crate::support::{Cmd, Output, TempDb};
 
 fn sample(name: &str) -> PathBuf {
@@ -121,6 +124,38 @@ impl Keyfleet {
     async fn store(&self) -> keyfleet::store::Store {
         keyfleet::store::Store::open(&self.db.path).await.unwrap()
     }
+}
+
+/// One attempt of `job` as the executor records it: its start, then `outcome`.
+async fn attempt(store: &Store, job_id: i64, outcome: Outcome) {
+    let started = store
+        .apply(&[Write::Start {
+            job_id,
+            started_at: now_ms(),
+        }])
+        .await
+        .unwrap();
+    let [Applied::Started { attempt_id, .. }] = started[..] else {
+        panic!("job {job_id} did not start: {started:?}");
+    };
+    let request_id = match &outcome {
+        Outcome::Succeeded { request_id } => request_id.clone(),
+        _ => format!("reply-{attempt_id}"),
+    };
+    let finish = Finish {
+        attempt_id,
+        job_id,
+        finished_at: now_ms(),
+        sent_at: now_ms(),
+        latency_ms: 1,
+        http_status: Some(200),
+        request_id: Some(request_id),
+        outcome,
+    };
+    store
+        .apply(&[Write::Finish(Box::new(finish))])
+        .await
+        .unwrap();
 }
 
 fn count(v: &Value, key: &str) -> i64 {
@@ -443,33 +478,37 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     let k = Keyfleet::new();
     let plan = k.plan(&sample("bad-rows.csv"), &[]);
     let run = count(&plan, "run_id");
-    // Play the executor: the job fails once, is split, and its child succeeds.
+    // Play the executor through its own writes: the first job is throttled once, then
+    // split, and its child succeeds; the other job fails on its one attempt.
     let store = k.store().await;
-    let pool = store.pool();
     // Two jobs: ins-00000001 loses skey-00000001, ins-00000008 loses skey-00000002.
-    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ? ORDER BY id LIMIT 1")
-        .bind(run)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_code) VALUES (?, 1, 1, 2, 'error', 'RequestLimitExceeded'), (?, 2, 3, 4, 'error', 'InvalidInstanceId.NotFound')")
-        .bind(job).bind(job).execute(pool).await.unwrap();
-    sqlx::query("UPDATE jobs SET state = 'split' WHERE id = ?")
-        .bind(job)
-        .execute(pool)
-        .await
-        .unwrap();
-    let child: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, parent_job_id, created_at, state, request_id)
-         VALUES (?, 'ap-guangzhou', '[\"ins-00000001\"]', '[\"skey-00000001\"]', 1, ?, 5, 'succeeded', 'req-1') RETURNING id",
-    )
-    .bind(run).bind(job).fetch_one(pool).await.unwrap();
-    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, request_id) VALUES (?, 1, 6, 7, 'succeeded', 'req-1')")
-        .bind(child).execute(pool).await.unwrap();
-    sqlx::query("UPDATE items SET job_id = ?, status = 'succeeded', request_id = 'req-1' WHERE run_id = ? AND instance_id = 'ins-00000001' AND status = 'pending'")
-        .bind(child).bind(run).execute(pool).await.unwrap();
-    sqlx::query("UPDATE items SET status = 'failed', error_code = 'InvalidInstanceId.NotFound', error_message = 'No instance found.' WHERE run_id = ? AND status = 'pending'")
-        .bind(run).execute(pool).await.unwrap();
+    let due = store.due_jobs(run, None, now_ms(), 10).await.unwrap();
+    let (job, other) = (due[0].id, due[1].id);
+    let error = |code: &str, message: &str| ErrorInfo {
+        code: code.into(),
+        message: message.into(),
+    };
+    let throttled = Outcome::Throttled {
+        error: error("RequestLimitExceeded", "Too many requests."),
+        next_attempt_at: 0,
+    };
+    attempt(&store, job, throttled).await;
+    let split = Outcome::Split {
+        error: error("InvalidInstanceId.NotFound", "No instance found."),
+        children: vec![(vec!["ins-00000001".into()], vec!["skey-00000001".into()])],
+    };
+    attempt(&store, job, split).await;
+    let child = store.due_jobs(run, None, now_ms(), 10).await.unwrap();
+    let child = child.iter().map(|j| j.id).max().unwrap();
+    assert!(child > other, "the split's child is a new job");
+    let success = Outcome::Succeeded {
+        request_id: "req-1".into(),
+    };
+    attempt(&store, child, success).await;
+    let fail = Outcome::Fail {
+        error: error("InvalidInstanceId.NotFound", "No instance found."),
+    };
+    attempt(&store, other, fail).await;
     store.close().await;
 
     let report = k.report_csv(&[]);
@@ -503,7 +542,7 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
         (failed[4].as_str(), failed[6].as_str()),
         ("failed", "InvalidInstanceId.NotFound")
     );
-    assert_eq!(failed[8], "0", "the other job was never attempted");
+    assert_eq!(failed[8], "1", "the other job's one attempt");
     assert_ne!(failed[9], first[9]);
 
     let status = k.run(&["status", "--json"]).ok().json();
@@ -527,9 +566,10 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     assert_eq!(status["pairs"]["pending"], 0);
     assert_eq!(status["jobs"]["split"], 1);
     assert_eq!(status["jobs"]["succeeded"], 1);
-    assert_eq!(status["jobs"]["queued"], 1);
+    assert_eq!(status["jobs"]["failed"], 1);
+    assert_eq!(status["jobs"]["queued"], 0);
     assert_eq!(status["failures_by_code"]["InvalidInstanceId.NotFound"], 1);
-    assert_eq!(status["requests"], 3);
+    assert_eq!(status["requests"], 4);
     assert_eq!(status["throttled"], 1);
 
     let json = k
