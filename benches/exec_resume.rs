@@ -217,7 +217,7 @@ async fn query_plans(store: &Store, run_id: i64) {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
             .bind(run_id)
             .bind(now_ms())
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .expect("explain");
         let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();

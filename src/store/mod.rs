@@ -145,9 +145,11 @@ impl Store {
         })
     }
 
-    /// The connection pool, for tests and benchmarks that inspect the database; the
-    /// store's own code uses the field (the rest of keyfleet goes through methods).
-    pub fn pool(&self) -> &SqlitePool {
+    /// The connection pool, for tests and benchmarks that inspect the database (or
+    /// set up a state no writer makes, such as an old schema's). keyfleet's own code
+    /// never uses it: the store's files use the field, everything else a method.
+    #[doc(hidden)]
+    pub fn pool_for_tests(&self) -> &SqlitePool {
         &self.pool
     }
 

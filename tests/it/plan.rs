@@ -630,7 +630,7 @@ async fn a_plan_written_without_enforcement_keeps_every_reference_and_status_val
     k.plan(&sample("small.json"), &["--region", "ap-shanghai"]);
     k.plan(&sample("small.jsonl"), &["--region", "ap-shanghai"]);
     let store = k.store().await;
-    let pool = store.pool();
+    let pool = store.pool_for_tests();
     let violations: Vec<(String, i64, String, i64)> = sqlx::query_as("PRAGMA foreign_key_check")
         .fetch_all(pool)
         .await
@@ -691,7 +691,7 @@ async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
     )
     .bind(first)
     .bind(second)
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     let appended: i64 = sqlx::query_scalar(
@@ -701,7 +701,7 @@ async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
     )
     .bind(first)
     .bind(job)
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     assert!(appended > last_of_second);
@@ -784,7 +784,7 @@ async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
     assert_eq!(count(&plan, "run_id"), 2);
     let store = k.store().await;
     let first_new: i64 = sqlx::query_scalar("SELECT MIN(id) FROM items WHERE run_id = 2")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(first_new, 4);

@@ -110,7 +110,7 @@ async fn transient_faults_are_ridden_out() {
         "SELECT SUM(outcome IN ('succeeded', 'error')), SUM(outcome IN ('succeeded', 'error') AND request_id IS NOT NULL), \
          SUM(outcome = 'transport'), SUM(outcome IS NULL) FROM attempts",
     )
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     assert_eq!(
@@ -370,7 +370,7 @@ async fn interrupt_then_resume() {
     assert!(requests_at_stop < 60, "it stopped early");
     let store = r.store().await;
     let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(open, 0, "in-flight requests were recorded before exiting");
