@@ -22,8 +22,10 @@
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
 //!   action, with a payload and prerequisites in `job_deps`), attempts;
 //!   `store::states` the stored states as enums (checked against the schema),
-//!   `store::plan` writes a plan in one transaction (on a rusqlite connection of its own),
-//!   `store::report` reads runs back (the item report likewise, read-only),
+//!   every operation is a `Store` method, grouped by file:
+//!   `store::plan` writes a plan in one transaction (`Store::begin_plan`, on a rusqlite
+//!   connection of its own), `store::report` reads runs back (`Store::run_summary`,
+//!   `run_status`, `list_runs`, `for_each_report_row`, the last read-only likewise),
 //!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
 //!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
 //!   `store::verify` queues verification batches and counts their verdicts;

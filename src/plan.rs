@@ -18,7 +18,7 @@ use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::input::{self, Field, Format, InputError, InputRow, Position, PositionKind, RowContent};
 use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun};
-use crate::store::report::{self, RunSummary};
+use crate::store::report::RunSummary;
 use crate::store::{Store, StoreError};
 
 /// Rejections listed in a strict refusal's message.
@@ -953,7 +953,7 @@ pub async fn plan_input(
                 keys: built.keys,
                 regions: built.regions.len() as u64,
             };
-            match crate::store::plan::begin_plan(&store, &run)? {
+            match store.begin_plan(&run)? {
                 Begin::Existing(id) => Ok((id, true)),
                 Begin::New(writer) => Ok((write(writer, &built, force_stop)?, false)),
             }
@@ -970,7 +970,7 @@ pub async fn plan_input(
             "plan committed"
         );
     }
-    let summary = report::run_summary(store, run_id).await?;
+    let summary = store.run_summary(run_id).await?;
     let lower_bound = lower_bound(summary.pairs.max(0) as u64);
     Ok(PlanOutcome {
         existing,
@@ -1175,7 +1175,7 @@ pub enum InputCheck {
 /// Compares a run's input file with the SHA-256 recorded when it was planned.
 /// Call on resume: a run whose input has since changed must be reported, never mixed.
 pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, StoreError> {
-    let (path, planned) = crate::store::plan::run_input(store, run_id).await?;
+    let (path, planned) = store.run_input(run_id).await?;
     if path == input::STDIN_PATH {
         return Ok(InputCheck::Stdin);
     }

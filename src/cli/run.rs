@@ -11,7 +11,7 @@ use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
 use keyfleet::plan::{self, InputCheck, PlanOptions};
-use keyfleet::store::{Store, report};
+use keyfleet::store::Store;
 
 use super::call::parse_seconds;
 pub use super::common::open_store;
@@ -180,7 +180,7 @@ pub struct RetryArgs {
 /// Requeues failed pairs as fresh jobs and executes them.
 pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let mut requeue = store.begin_requeue(run_id, &args.codes).await?;
     for job in plan::chunk_requeued(requeue.pairs()) {
         requeue
@@ -221,7 +221,7 @@ pub struct ResumeArgs {
 
 pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let info = store.run_info(run_id).await?;
     if info.state == keyfleet::store::RunState::Finished {
         eprintln!(

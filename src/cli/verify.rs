@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyfleet::cvm::Action;
 use keyfleet::executor::StopReason;
 use keyfleet::store::verify::VerificationCounts;
-use keyfleet::store::{Store, Verified, report};
+use keyfleet::store::{Store, Verified};
 use serde_json::json;
 
 use super::call::parse_seconds;
@@ -191,7 +191,7 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let client = build_client(&args.exec, global)?;
     let verification =
         match verify_run(&store, run_id, client, args.wait, &args.exec, global).await? {

@@ -674,7 +674,7 @@ impl super::Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }

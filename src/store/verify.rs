@@ -98,7 +98,7 @@ impl Store {
         .bind(Action::DescribeInstances.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -118,7 +118,7 @@ impl Store {
         .bind(ItemStatus::Succeeded.as_str())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         // Region -> instance -> its items, in id order.
         let mut regions: BTreeMap<String, BTreeMap<String, Vec<VerifyItem>>> = BTreeMap::new();
@@ -192,7 +192,7 @@ impl Store {
         .bind(action.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }
@@ -211,7 +211,7 @@ impl Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -229,7 +229,7 @@ impl Store {
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
         .bind(ItemStatus::Succeeded.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         let mut counts = VerificationCounts::default();
         for row in rows {

@@ -91,7 +91,7 @@ fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
 /// and confirmed before it was unbound, none left keyless.
 async fn assert_audit_clean(r: &Rehearsal, before: &Fleet) {
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     let binds = store.bind_outcomes(run_id).await.unwrap();
     store.close().await;
@@ -360,7 +360,7 @@ async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
     }
     assert_audit_clean(&r, &before).await;
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let pairs = store.pair_counts(run_id).await.unwrap();
     assert_eq!(pairs.pending, 0, "{pairs:?}");
     assert_eq!(pairs.succeeded as usize, n - n / 10, "{pairs:?}");
