@@ -813,7 +813,9 @@ async fn send_and_record<A: Api>(
     };
     let (outcome, http_status, request_id) = match accepted {
         Ok((proof, reply)) => {
-            shared.limiter.feedback(key, Feedback::Passed);
+            shared
+                .limiter
+                .feedback_sent(key, Some(sent_at), Feedback::Passed);
             *locked(&shared.throttled_since) = None;
             let request_id = reply.request_id.clone();
             let outcome = match proof {
@@ -830,7 +832,8 @@ async fn send_and_record<A: Api>(
             (outcome, Some(reply.http_status), Some(reply.request_id))
         }
         Err(refused) => {
-            let outcome = refused_outcome(shared, action, &job, &refused, key, finished_at);
+            let outcome =
+                refused_outcome(shared, action, &job, &refused, key, sent_at, finished_at);
             (outcome, refused.http_status, refused.request_id)
         }
     };
@@ -854,6 +857,7 @@ fn refused_outcome<A>(
     job: &QueuedJob,
     refused: &Refused,
     key: &LimiterKey,
+    sent_at: i64,
     now: i64,
 ) -> Outcome {
     let (outcome, effects) = {
@@ -871,7 +875,9 @@ fn refused_outcome<A>(
     if effects.split {
         counters.splits.fetch_add(1, Ordering::Relaxed);
     }
-    shared.limiter.feedback(key, effects.feedback);
+    shared
+        .limiter
+        .feedback_sent(key, Some(sent_at), effects.feedback);
     if let Some(reason) = effects.halt {
         shared.halt(reason);
     }
