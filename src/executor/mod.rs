@@ -845,6 +845,7 @@ async fn send_and_record<A: Api>(
         latency_ms,
         http_status,
         request_id,
+        endpoint: Some(key.endpoint.clone()),
         outcome,
     };
     record(shared, &job, finish).await;

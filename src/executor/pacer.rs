@@ -424,7 +424,10 @@ impl Adaptive {
             .checked_sub(capacity)
             .map(|i| held[i] + WINDOW_MS + ARRIVAL_SPREAD_MS)
             .filter(|&at| at > now_ms);
-        self.ceiling = Some(ceiling);
+        // A window that held as many as the configured rate sends is the configured
+        // rate's own edge (jitter, a busy machine bunching sends), not a lower limit:
+        // the drain above is all it needs, and there is nothing to probe for.
+        self.ceiling = (ceiling < self.max).then_some(ceiling);
         self.throttled_at = Some(now_ms);
         self.lowered_at = Some(now_ms);
         self.probe_at = None;
@@ -462,7 +465,8 @@ impl Adaptive {
             self.room = false;
         }
         if newer || (!only_newer && throttled_at.is_some()) {
-            self.ceiling = ceiling;
+            // A ceiling at or above the configured rate is no ceiling (see `replied`).
+            self.ceiling = ceiling.filter(|&c| c < self.max);
             self.throttled_at = throttled_at;
         }
     }
@@ -1102,6 +1106,27 @@ mod tests {
         blind.passed(probe_at + 200);
         assert!(blind.rate(probe_at + 200) < 10.0);
         assert_eq!(blind.rate(probe_at + PROBE_QUIET.as_millis() as i64), 10.0);
+    }
+
+    #[test]
+    fn a_throttle_at_the_configured_rate_drains_but_sets_no_ceiling_to_probe() {
+        // Ten sent in a second at 10/s and the eleventh refused (sends bunched by a busy
+        // machine): the limit is the configured rate itself.
+        let mut rule = Adaptive::new(10.0);
+        for n in 0..11 {
+            rule.sent(n * 95, false);
+        }
+        assert!(rule.replied(960, Some(950), false).is_some());
+        assert_eq!(rule.rate(960), 10.0);
+        assert_eq!(rule.resume_at(), Some(1025), "the window drains first");
+        assert!(
+            !rule.probe_due(960 + 60_000),
+            "nothing above the configured rate to probe for"
+        );
+        // Another process's record of it is no ceiling either.
+        rule.adopt(Some(10.25), Some(2_000), true);
+        assert_eq!(rule.rate(2_000), 10.0);
+        assert!(!rule.probe_due(2_000 + 60_000));
     }
 
     /// What [`simulate`] saw.

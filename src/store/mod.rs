@@ -9,6 +9,7 @@
 mod guard;
 pub mod pacer;
 pub mod plan;
+pub mod rates;
 pub mod report;
 pub mod states;
 pub mod verify;

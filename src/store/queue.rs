@@ -146,6 +146,8 @@ pub struct Finish {
     pub http_status: Option<u16>,
     /// The reply's RequestId, when there was a reply.
     pub request_id: Option<String>,
+    /// The access endpoint the request went to (`attempts.endpoint`, for the rates).
+    pub endpoint: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -827,7 +829,7 @@ async fn finish_attempt(
     };
     sqlx::query(
         "UPDATE attempts SET finished_at = ?, sent_at = ?, outcome = ?, request_id = ?, error_code = ?, \
-         error_message = ?, http_status = ?, latency_ms = ? WHERE id = ?",
+         error_message = ?, http_status = ?, latency_ms = ?, endpoint = ? WHERE id = ?",
     )
     .bind(finish.finished_at)
     .bind(finish.sent_at)
@@ -837,6 +839,7 @@ async fn finish_attempt(
     .bind(error.map(|e| &e.message))
     .bind(finish.http_status.map(i64::from))
     .bind(finish.latency_ms)
+    .bind(&finish.endpoint)
     .bind(finish.attempt_id)
     .execute(&mut **tx)
     .await?;
