@@ -45,20 +45,32 @@ fn main() {
     let window_s = common::env_number("KEYFLEET_BENCH_WINDOW_S", window_s);
     let slow_jobs = common::env_number("KEYFLEET_BENCH_SLOW_JOBS", slow_jobs);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(case("at_limit", jobs, 10, 10.0, Some(window_s)));
+    // KEYFLEET_BENCH_CASES=a,b runs only those cases (default: all, in this order).
+    let cases = std::env::var("KEYFLEET_BENCH_CASES").unwrap_or_default();
+    let wanted = |name: &str| cases.is_empty() || cases.split(',').any(|c| c.trim() == name);
+    if wanted("at_limit") {
+        runtime.block_on(case("at_limit", jobs, 10, 10.0, Some(window_s)));
+    }
     let (pair_jobs, slow_s) = if opts.quick { (100, 30) } else { (250, 60) };
     let pair_jobs = common::env_number("KEYFLEET_BENCH_PAIR_JOBS", pair_jobs);
     let slow_s = common::env_number("KEYFLEET_BENCH_SLOW_S", slow_s);
-    runtime.block_on(two_processes(pair_jobs));
-    runtime.block_on(limit_drops_then_returns(
-        slow_jobs.max(slow_s as usize * 5 + 150),
-        slow_s,
-    ));
+    if wanted("two_processes") {
+        runtime.block_on(two_processes(pair_jobs));
+    }
+    if wanted("limit_5_then_10") {
+        runtime.block_on(limit_drops_then_returns(
+            slow_jobs.max(slow_s as usize * 5 + 150),
+            slow_s,
+        ));
+    }
     let region_jobs = common::env_number(
         "KEYFLEET_BENCH_REGION_JOBS",
         if opts.quick { 100 } else { 300 },
     );
-    runtime.block_on(three_regions(region_jobs));
+    let region_concurrency = common::env_number("KEYFLEET_BENCH_REGION_CONCURRENCY", 20);
+    if wanted("three_regions") {
+        runtime.block_on(three_regions(region_jobs, region_concurrency));
+    }
 }
 
 const THREE_REGIONS: [&str; 3] = ["ap-guangzhou", "ap-shanghai", "eu-frankfurt"];
@@ -67,7 +79,7 @@ const THREE_REGIONS: [&str; 3] = ["ap-guangzhou", "ap-shanghai", "eu-frankfurt"]
 /// `{region}` endpoint template whose hosts resolve to the one loopback simulator:
 /// three access endpoints, each limited to 10/s. "Together" = requests admitted up to
 /// the moment the first region's last request arrived, per second of that span.
-async fn three_regions(jobs_each: usize) {
+async fn three_regions(jobs_each: usize, concurrency: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut fleet = keyfleet::sim::Fleet::new();
     for (r, region) in THREE_REGIONS.iter().enumerate() {
@@ -97,7 +109,7 @@ async fn three_regions(jobs_each: usize) {
     let api = Arc::new(keyfleet::api::CvmClient::new(client).expect("build the client"));
     let config = ExecConfig {
         rate: 10.0,
-        concurrency: 20,
+        concurrency,
         ..ExecConfig::default()
     };
     let summary = executor::execute(
@@ -140,7 +152,7 @@ async fn three_regions(jobs_each: usize) {
         && summary.pairs.succeeded as usize == jobs_each * THREE_REGIONS.len();
     let met = together >= 28.0 && hosts == 3 && finished;
     println!(
-        "exec_rate case=three_regions jobs={jobs_each}x3 sim_rate=10 per host keyfleet_rate=10 \
+        "exec_rate case=three_regions jobs={jobs_each}x3 sim_rate=10 per host keyfleet_rate=10 concurrency={concurrency} \
          finished={finished} elapsed_s={:.1} hosts={hosts} sim_admitted={} sim_throttled={} \
          max_in_any_second_per_host={max_per_host} together_per_s={together:.3} target>=28 {}",
         summary.elapsed.as_secs_f64(),

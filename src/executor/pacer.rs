@@ -887,7 +887,7 @@ impl Limiter for DbLimiter {
                     let rate = state.adaptive.rate(now);
                     state
                         .adaptive
-                        .throttled(now)
+                        .replied(now, sent_at, false)
                         .map(|ceiling| ceiling / rate.max(f64::MIN_POSITIVE))
                 };
                 let account = reporting.row.account.clone();
