@@ -145,12 +145,16 @@ pub enum RowContent {
         instance_id: Field,
         key_id: Field,
         region: Option<Field>,
+        /// A rotation: the key(s) to bind first (empty: a plain unbind).
+        new_key_ids: Vec<Field>,
     },
     /// Every listed key from every listed instance (the cross product).
     Set {
         instance_ids: Vec<Field>,
         key_ids: Vec<Field>,
         region: Option<Field>,
+        /// A rotation: the key(s) to bind on every instance first.
+        new_key_ids: Vec<Field>,
     },
     /// A row that asks for nothing intelligible; the reason is for a person.
     Invalid { reason: String },
@@ -417,20 +421,14 @@ fn read_csv(
                 }
                 Some((instance_col, key_col, region_col, new_key_col)) => {
                     rows += 1;
-                    let row = match new_key_col.and_then(|col| held.get(col)) {
-                        Some(new_key) if !new_key.trim_end_matches('\r').is_empty() => InputRow {
-                            position: Position {
-                                kind: PositionKind::Line,
-                                row: line,
-                                pair: 0,
-                            },
-                            content: RowContent::Invalid {
-                                reason: ROTATION_NOT_BUILT.to_string(),
-                            },
-                        },
-                        _ => csv_row(&held, line, instance_col, key_col, region_col),
-                    };
-                    on_row(row);
+                    on_row(csv_row(
+                        &held,
+                        line,
+                        instance_col,
+                        key_col,
+                        region_col,
+                        new_key_col,
+                    ));
                 }
             }
         }
@@ -459,13 +457,6 @@ fn read_csv(
     }
     Ok(rows)
 }
-
-/// Why a row that names a `new_key_id` is not planned: binding the new key before
-/// the old one goes (key rotation) is not built yet, and planning the row as a plain
-/// unbind would remove the old key without binding the new one.
-pub const ROTATION_NOT_BUILT: &str = "new_key_id asks for a key rotation, which this version \
-    cannot do yet: bind the new key first (keyfleet call, the console), then unbind the old one \
-    from a file without new_key_id; this row is not sent";
 
 /// Finds the instance, key, (optional) region and (optional) new-key columns in the
 /// header on `line`.
@@ -552,6 +543,7 @@ fn csv_row(
     instance_col: usize,
     key_col: usize,
     region_col: Option<usize>,
+    new_key_col: Option<usize>,
 ) -> InputRow {
     let last = record.len().saturating_sub(1);
     let get = |col: usize| {
@@ -586,6 +578,11 @@ fn csv_row(
             instance_id: field(instance_col, "instance_id"),
             key_id: field(key_col, "key_id"),
             region,
+            new_key_ids: new_key_col
+                .and_then(get)
+                .filter(|v| !v.is_empty())
+                .map(|v| vec![Ok(v.to_string())])
+                .unwrap_or_default(),
         },
     }
 }
@@ -1006,12 +1003,16 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
         }
         *slot = Some((name, value));
     }
-    match &new_key {
-        None | Some((_, Value::Null)) => {}
-        Some((_, Value::String(s))) if s.is_empty() => {}
-        Some((_, Value::Array(a))) if a.is_empty() => {}
-        Some(_) => return invalid(ROTATION_NOT_BUILT.to_string()),
-    }
+    let new_key_ids = match new_key {
+        None | Some((_, Value::Null)) => Vec::new(),
+        Some((_, Value::String(s))) if s.is_empty() => Vec::new(),
+        Some((_, Value::Array(list))) if list.is_empty() => Vec::new(),
+        Some((name, Value::Array(list))) => match list_field(Value::Array(list), &name) {
+            Ok(ids) => ids,
+            Err(reason) => return invalid(reason),
+        },
+        Some((name, value)) => vec![text_field(value, &name)],
+    };
     let region = match region {
         None | Some((_, Value::Null)) => None,
         Some((_, Value::String(s))) if s.is_empty() => None,
@@ -1037,6 +1038,7 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
                 |(name, v)| text_field(v, &name),
             ),
             region,
+            new_key_ids,
         },
         (false, true) => {
             let Some((instances_name, instances)) = instances else {
@@ -1053,6 +1055,7 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
                     instance_ids,
                     key_ids,
                     region,
+                    new_key_ids,
                 },
                 (Err(reason), _) | (_, Err(reason)) => invalid(reason),
             }
@@ -1233,6 +1236,7 @@ mod tests {
             instance_id: Ok(instance.into()),
             key_id: Ok(key.into()),
             region: region.map(|r| Ok(r.into())),
+            new_key_ids: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::input::{self, Field, Format, InputError, InputRow, Position, PositionKind, RowContent};
 use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun};
@@ -45,6 +46,9 @@ pub struct PlanOptions {
     pub strict: bool,
     /// Input format; `None` takes it from the extension (or the first character).
     pub format: Option<Format>,
+    /// Look at every instance of a plain unbind first (DescribeInstances) and skip the
+    /// pairs whose removal would leave it with no key (`--keep-one-key`).
+    pub keep_one_key: bool,
 }
 
 /// Planning failures. A bad row is not one of them: it becomes a rejected item.
@@ -287,17 +291,36 @@ enum Kind {
     Rejected,
 }
 
-/// One input pair, compact: 40 bytes, whatever the row looked like.
+/// One input pair, compact: 48 bytes, whatever the row looked like.
 #[derive(Debug, Clone, Copy)]
 struct Item {
     row: u64,
     instance: u64,
     key: u64,
-    /// Valid: job index; Duplicate: item index of the first; Rejected: index into `rejections`.
+    /// Valid: job index ([`HELD`]: none yet); Duplicate: item index of the first;
+    /// Rejected: index into `rejections`.
     link: u32,
     pair: u32,
     region: u32,
+    /// A rotation row: index into `Builder::new_key_sets` (0: a plain unbind).
+    new_keys: u32,
     kind: Kind,
+}
+
+/// The `link` of a valid item that waits for its instance (rotation, --keep-one-key).
+const HELD: u32 = u32::MAX;
+
+/// One (instance, new key) pair a rotation binds: the item it becomes.
+#[derive(Debug, Clone, Copy)]
+struct BindItem {
+    region: u32,
+    instance: u64,
+    key: u64,
+    /// Where the first row that asks for it is.
+    row: u64,
+    pair: u32,
+    /// Index into `Built::bind_jobs`.
+    job: u32,
 }
 
 #[derive(Debug)]
@@ -318,7 +341,15 @@ struct Built {
     regions: Vec<String>,
     items: Vec<Item>,
     rejections: Vec<RejectedPair>,
+    /// Disassociate jobs of the pairs that are not held.
     jobs: Vec<RankedJob>,
+    /// Associate jobs of a rotation's new keys, and the bind items they cover.
+    bind_jobs: Vec<RankedJob>,
+    bind_items: Vec<BindItem>,
+    /// The new-key sets rotation rows name, packed (index 0: none).
+    new_key_sets: Vec<Vec<u64>>,
+    /// `--keep-one-key`: (region, instances) of each look before unbinding.
+    prechecks: Vec<(u32, Vec<u64>)>,
     pairs: u64,
     duplicates: u64,
     instances: u64,
@@ -327,6 +358,8 @@ struct Built {
 
 struct Builder {
     default_region: Option<String>,
+    new_key_sets: Vec<Vec<u64>>,
+    new_key_set_ids: HashMap<Vec<u64>, u32>,
     region_ids: HashMap<String, u32>,
     regions: Vec<String>,
     items: Vec<Item>,
@@ -345,11 +378,19 @@ impl Builder {
                 instance_id,
                 key_id,
                 region,
-            } => self.add_pair(row.position, instance_id, key_id, region.as_ref()),
+                new_key_ids,
+            } => self.add_pair(
+                row.position,
+                instance_id,
+                key_id,
+                region.as_ref(),
+                new_key_ids,
+            ),
             RowContent::Set {
                 instance_ids,
                 key_ids,
                 region,
+                new_key_ids,
             } => {
                 let pairs = (instance_ids.len() as u64).saturating_mul(key_ids.len() as u64);
                 if pairs > MAX_PAIRS_PER_SET_ROW {
@@ -380,6 +421,7 @@ impl Builder {
                             instance_id,
                             key_id,
                             region.as_ref(),
+                            new_key_ids,
                         );
                     }
                 }
@@ -393,6 +435,7 @@ impl Builder {
         instance_id: &Field,
         key_id: &Field,
         region: Option<&Field>,
+        new_key_ids: &[Field],
     ) {
         let mut reasons = Vec::new();
         match instance_id {
@@ -402,6 +445,20 @@ impl Builder {
         match key_id {
             Ok(id) => reasons.extend(ids::key_id_problem(id)),
             Err(why) => reasons.push(why.clone()),
+        }
+        let mut new_keys = Vec::with_capacity(new_key_ids.len());
+        for new_key in new_key_ids {
+            match new_key {
+                Ok(id) => match ids::key_id_problem(id) {
+                    Some(problem) => reasons.push(format!("new_key_id: {problem}")),
+                    None if key_id.as_ref().is_ok_and(|k| k == id) => reasons.push(format!(
+                        "new_key_id {id} is the key_id itself: binding and then unbinding it \
+                         would leave the instance without it"
+                    )),
+                    None => new_keys.push(pack_id(id, KEY_PREFIX)),
+                },
+                Err(why) => reasons.push(format!("new_key_id: {why}")),
+            }
         }
         let region: Option<&str> = match region {
             Some(Ok(name)) if ids::is_region(name) => Some(name),
@@ -448,6 +505,7 @@ impl Builder {
                 id
             }
         };
+        let new_keys = self.intern_new_keys(new_keys);
         self.push(Item {
             row: position.row,
             instance: pack_id(instance_id, INSTANCE_PREFIX),
@@ -455,8 +513,25 @@ impl Builder {
             link: 0,
             pair: position.pair,
             region,
+            new_keys,
             kind: Kind::Valid,
         });
+    }
+
+    /// The index of a new-key set (sorted, distinct), 0 for none.
+    fn intern_new_keys(&mut self, mut keys: Vec<u64>) -> u32 {
+        if keys.is_empty() {
+            return 0;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        if let Some(&id) = self.new_key_set_ids.get(&keys) {
+            return id;
+        }
+        let id = self.new_key_sets.len() as u32;
+        self.new_key_sets.push(keys.clone());
+        self.new_key_set_ids.insert(keys, id);
+        id
     }
 
     fn reject(
@@ -486,6 +561,7 @@ impl Builder {
             link,
             pair: position.pair,
             region: 0,
+            new_keys: 0,
             kind: Kind::Rejected,
         });
     }
@@ -504,8 +580,11 @@ impl Builder {
 
 /// Reads and plans the whole input in memory. Blocking: reads the file.
 fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
+    let keep_one_key = options.keep_one_key;
     let mut builder = Builder {
         default_region: options.default_region.clone(),
+        new_key_sets: vec![Vec::new()],
+        new_key_set_ids: HashMap::new(),
         region_ids: HashMap::new(),
         regions: Vec::new(),
         items: Vec::new(),
@@ -525,9 +604,26 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     let Builder {
         mut regions,
         mut items,
-        rejections,
+        mut rejections,
+        new_key_sets,
         ..
     } = builder;
+    let position_kind = match digest.format {
+        Format::Json => PositionKind::Index,
+        Format::Csv | Format::Jsonl => PositionKind::Line,
+    };
+    let position = |item: &Item| Position {
+        kind: position_kind,
+        row: item.row,
+        pair: item.pair,
+    };
+    let key_list = |set: u32| {
+        new_key_sets[set as usize]
+            .iter()
+            .map(|&k| unpack_id(k, KEY_PREFIX))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     // Regions in name order, so jobs come out in the same order whatever the row order.
     let mut by_name: Vec<u32> = (0..regions.len() as u32).collect();
     by_name.sort_by(|&a, &b| regions[a as usize].cmp(&regions[b as usize]));
@@ -553,11 +649,38 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     let mut unique: Vec<(u32, u64, u64)> = Vec::with_capacity(order.len());
     let mut first_item: Vec<u32> = Vec::with_capacity(order.len());
     let mut duplicates = 0u64;
+    let mut reject = |items: &mut Vec<Item>, i: u32, reason: String| {
+        let item = &mut items[i as usize];
+        let text = |packed: u64, prefix: &str| Some(unpack_id(packed, prefix));
+        item.link = rejections.len() as u32;
+        item.kind = Kind::Rejected;
+        rejections.push(RejectedPair {
+            region: Some(regions[item.region as usize].clone()),
+            instance_id: text(item.instance, INSTANCE_PREFIX),
+            key_id: text(item.key, KEY_PREFIX),
+            reason,
+        });
+    };
     for &i in &order {
         let item = items[i as usize];
         let triple = (item.region, item.instance, item.key);
         if unique.last() == Some(&triple) {
             let first = *first_item.last().unwrap_or(&i);
+            let asked = items[first as usize].new_keys;
+            if item.new_keys != asked {
+                // The same pair, rotated to other keys (or not at all): which was meant
+                // is the operator's to say.
+                let earlier = match asked {
+                    0 => "unbinds it without a new key".to_string(),
+                    set => format!("rotates it to {}", key_list(set)),
+                };
+                let reason = format!(
+                    "conflicts with {}, which {earlier}; keep one of the two rows",
+                    position(&items[first as usize])
+                );
+                reject(&mut items, i, reason);
+                continue;
+            }
             let dup = &mut items[i as usize];
             dup.kind = Kind::Duplicate;
             dup.link = first;
@@ -568,9 +691,118 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         }
     }
     drop(order);
-    let (jobs, job_of_pair) = chunk_sorted(&unique);
-    for (&i, &job) in first_item.iter().zip(&job_of_pair) {
+
+    // Per instance (a run of `unique`): the new keys its rotation rows bind; a new key
+    // that the same input also removes from it is a contradiction, rejected.
+    let mut keep = vec![true; unique.len()];
+    let mut rotating: Vec<(u32, u64, Vec<u64>, usize)> = Vec::new();
+    let mut start = 0;
+    while start < unique.len() {
+        let (region, instance, _) = unique[start];
+        let end = start
+            + unique[start..]
+                .iter()
+                .take_while(|p| p.0 == region && p.1 == instance)
+                .count();
+        let removed = |key: &u64| unique[start..end].iter().any(|p| p.2 == *key);
+        let mut bound: Vec<u64> = Vec::new();
+        for n in start..end {
+            let item = items[first_item[n] as usize];
+            let set = &new_key_sets[item.new_keys as usize];
+            if let Some(&clash) = set.iter().find(|k| removed(k)) {
+                reject(
+                    &mut items,
+                    first_item[n],
+                    format!(
+                        "new key {} is also to be removed from {} by this input",
+                        unpack_id(clash, KEY_PREFIX),
+                        unpack_id(instance, INSTANCE_PREFIX)
+                    ),
+                );
+                keep[n] = false;
+                continue;
+            }
+            bound.extend_from_slice(set);
+        }
+        bound.sort_unstable();
+        bound.dedup();
+        if !bound.is_empty() {
+            rotating.push((region, instance, bound, start));
+        }
+        start = end;
+    }
+    let (unique, first_item): (Vec<_>, Vec<_>) = unique
+        .into_iter()
+        .zip(first_item)
+        .zip(keep)
+        .filter_map(|(pair, keep)| keep.then_some(pair))
+        .unzip();
+
+    // Held: every pair of a rotating instance (it waits for its new keys), and with
+    // --keep-one-key every other pair (it waits for the look at its instance).
+    let is_rotating = |region: u32, instance: u64| {
+        rotating
+            .binary_search_by(|r| (r.0, r.1).cmp(&(region, instance)))
+            .is_ok()
+    };
+    let mut now: Vec<(u32, u64, u64)> = Vec::with_capacity(unique.len());
+    let mut now_items: Vec<u32> = Vec::with_capacity(unique.len());
+    let mut prechecks: Vec<(u32, Vec<u64>)> = Vec::new();
+    for (&pair, &i) in unique.iter().zip(&first_item) {
+        let (region, instance, _) = pair;
+        if is_rotating(region, instance) {
+            items[i as usize].link = HELD;
+        } else if keep_one_key {
+            items[i as usize].link = HELD;
+            match prechecks.last_mut() {
+                Some((r, batch))
+                    if *r == region
+                        && (batch.last() == Some(&instance)
+                            || batch.len() < MAX_IDS_PER_REQUEST) =>
+                {
+                    if batch.last() != Some(&instance) {
+                        batch.push(instance);
+                    }
+                }
+                _ => prechecks.push((region, vec![instance])),
+            }
+        } else {
+            now.push(pair);
+            now_items.push(i);
+        }
+    }
+    let (jobs, job_of_pair) = chunk_sorted(&now);
+    for (&i, &job) in now_items.iter().zip(&job_of_pair) {
         items[i as usize].link = job;
+    }
+    // The bind pairs: per rotating instance, each new key once, placed at the first
+    // row that asks for it.
+    let mut bind_pairs: Vec<(u32, u64, u64)> = Vec::new();
+    let mut bind_items: Vec<BindItem> = Vec::new();
+    for (region, instance, bound, start) in &rotating {
+        for &key in bound {
+            let origin = unique[*start..]
+                .iter()
+                .zip(&first_item[*start..])
+                .take_while(|(p, _)| p.0 == *region && p.1 == *instance)
+                .map(|(_, &i)| items[i as usize])
+                .filter(|item| new_key_sets[item.new_keys as usize].contains(&key))
+                .min_by_key(|item| (item.row, item.pair));
+            let Some(origin) = origin else { continue };
+            bind_pairs.push((*region, *instance, key));
+            bind_items.push(BindItem {
+                region: *region,
+                instance: *instance,
+                key,
+                row: origin.row,
+                pair: origin.pair,
+                job: 0,
+            });
+        }
+    }
+    let (bind_jobs, bind_job_of_pair) = chunk_sorted(&bind_pairs);
+    for (item, job) in bind_items.iter_mut().zip(bind_job_of_pair) {
+        item.job = job;
     }
     let count_distinct = |mut values: Vec<(u32, u64)>| {
         values.sort_unstable();
@@ -583,14 +815,15 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         sha256: digest.sha256,
         format: digest.format,
         rows: digest.rows,
-        position_kind: match digest.format {
-            Format::Json => PositionKind::Index,
-            Format::Csv | Format::Jsonl => PositionKind::Line,
-        },
+        position_kind,
         regions,
         items,
         rejections,
         jobs,
+        bind_jobs,
+        bind_items,
+        new_key_sets,
+        prechecks,
         pairs: unique.len() as u64,
         duplicates,
         instances,
@@ -601,13 +834,17 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
 /// The canonical JSON of options stored in `runs.options`: fixed key order, the
 /// format as actually read (so `--format csv` on a `.csv` file is the same run).
 fn canonical_options(options: &PlanOptions, format: Format) -> String {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "default_region": options.default_region,
         "force_stop": options.force_stop,
         "format": format.as_str(),
         "strict": options.strict,
-    })
-    .to_string()
+    });
+    // Only when set: runs planned before the option existed keep their identity.
+    if options.keep_one_key {
+        json["keep_one_key"] = serde_json::Value::Bool(true);
+    }
+    json.to_string()
 }
 
 /// What `plan` did.
@@ -744,22 +981,59 @@ fn write(
     force_stop: bool,
 ) -> Result<i64, PlanError> {
     use std::fmt::Write as _;
-    let mut job_ids = Vec::with_capacity(built.jobs.len());
     let mut instance_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
     let mut key_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
-    for job in &built.jobs {
-        instance_ids.clear();
-        instance_ids.extend(job.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)));
-        key_ids.clear();
-        key_ids.extend(job.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)));
-        let id = writer.add_job(NewJob {
-            region: &built.regions[job.region as usize],
-            force_stop,
-            instance_ids: &instance_ids,
-            key_ids: &key_ids,
-        })?;
-        job_ids.push(id);
-    }
+    let mut add_jobs = |writer: &mut crate::store::plan::PlanWriter,
+                        jobs: &[RankedJob],
+                        action: Action,
+                        payload: Option<&str>|
+     -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            instance_ids.clear();
+            instance_ids.extend(job.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)));
+            key_ids.clear();
+            key_ids.extend(job.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)));
+            ids.push(writer.add_job(NewJob {
+                action,
+                region: &built.regions[job.region as usize],
+                force_stop,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+                payload,
+            })?);
+        }
+        Ok(ids)
+    };
+    let job_ids = add_jobs(
+        &mut writer,
+        &built.jobs,
+        Action::DisassociateInstancesKeyPairs,
+        None,
+    )?;
+    let bind_job_ids = add_jobs(
+        &mut writer,
+        &built.bind_jobs,
+        Action::AssociateInstancesKeyPairs,
+        None,
+    )?;
+    let prechecks: Vec<RankedJob> = built
+        .prechecks
+        .iter()
+        .map(|(region, instances)| RankedJob {
+            region: *region,
+            instances: instances.clone(),
+            keys: Vec::new(),
+        })
+        .collect();
+    let precheck = crate::store::verify::VerifyPayload::precheck().encode()?;
+    add_jobs(
+        &mut writer,
+        &prechecks,
+        Action::DescribeInstances,
+        Some(&precheck),
+    )?;
+    let mut new_keys = String::new();
     let mut first_item_id = None;
     let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
     writer.add_items(|sink| -> Result<(), PlanError> {
@@ -771,8 +1045,20 @@ fn write(
                 Kind::Valid | Kind::Duplicate => {
                     unpack_id_into(item.instance, INSTANCE_PREFIX, &mut instance_id);
                     unpack_id_into(item.key, KEY_PREFIX, &mut key_id);
+                    new_keys.clear();
+                    for (n, &key) in built.new_key_sets[item.new_keys as usize]
+                        .iter()
+                        .enumerate()
+                    {
+                        if n > 0 {
+                            new_keys.push(' ');
+                        }
+                        new_keys.push_str(&unpack_id(key, KEY_PREFIX));
+                    }
+                    let held = item.kind == Kind::Valid && item.link == HELD;
                     NewItem {
                         position: &position,
+                        action: Action::DisassociateInstancesKeyPairs,
                         region: Some(&built.regions[item.region as usize]),
                         instance_id: Some(&instance_id),
                         key_id: Some(&key_id),
@@ -785,13 +1071,17 @@ fn write(
                             .then(|| first_item_id.map(|first: i64| first + i64::from(item.link)))
                             .flatten(),
                         reason: None,
-                        job_id: (item.kind == Kind::Valid).then(|| job_ids[item.link as usize]),
+                        job_id: (item.kind == Kind::Valid && !held)
+                            .then(|| job_ids[item.link as usize]),
+                        new_key_id: (item.new_keys != 0).then_some(new_keys.as_str()),
+                        held,
                     }
                 }
                 Kind::Rejected => {
                     let rejected = &built.rejections[item.link as usize];
                     NewItem {
                         position: &position,
+                        action: Action::DisassociateInstancesKeyPairs,
                         region: rejected.region.as_deref(),
                         instance_id: rejected.instance_id.as_deref(),
                         key_id: rejected.key_id.as_deref(),
@@ -799,11 +1089,38 @@ fn write(
                         duplicate_of: None,
                         reason: Some(&rejected.reason),
                         job_id: None,
+                        new_key_id: None,
+                        held: false,
                     }
                 }
             };
             let id = sink.add(new)?;
             first_item_id.get_or_insert(id);
+        }
+        // A rotation's bind items, after the input's: one per instance and new key.
+        for bind in &built.bind_items {
+            position.clear();
+            let origin = Position {
+                kind: built.position_kind,
+                row: bind.row,
+                pair: bind.pair,
+            };
+            let _ = write!(position, "{origin}");
+            unpack_id_into(bind.instance, INSTANCE_PREFIX, &mut instance_id);
+            unpack_id_into(bind.key, KEY_PREFIX, &mut key_id);
+            sink.add(NewItem {
+                position: &position,
+                action: Action::AssociateInstancesKeyPairs,
+                region: Some(&built.regions[bind.region as usize]),
+                instance_id: Some(&instance_id),
+                key_id: Some(&key_id),
+                status: ItemStatus::Pending,
+                duplicate_of: None,
+                reason: None,
+                job_id: Some(bind_job_ids[bind.job as usize]),
+                new_key_id: None,
+                held: false,
+            })?;
         }
         Ok(())
     })?;

@@ -22,6 +22,10 @@ pub struct Args {
     /// Refuse the whole input (write nothing) if any row is rejected.
     #[arg(long)]
     strict: bool,
+    /// Before unbinding, look at each instance (DescribeInstances) and skip, with the
+    /// reason, the pairs whose removal would leave it with no key.
+    #[arg(long)]
+    keep_one_key: bool,
     /// Print one JSON object on stdout instead of the summary on stderr.
     #[arg(long)]
     json: bool,
@@ -44,6 +48,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         force_stop: args.force_stop,
         strict: args.strict,
         format: args.format.map(|f| f.0),
+        keep_one_key: args.keep_one_key,
     };
     let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;
@@ -76,6 +81,16 @@ fn human(outcome: &PlanOutcome) -> String {
     text.push_str(&format!("  valid pairs  {}\n", s.pairs));
     text.push_str(&format!("  duplicates   {}\n", s.duplicates));
     text.push_str(&format!("  rejected     {}\n", s.rejected));
+    if s.binds > 0 || s.held > 0 {
+        text.push_str(&format!(
+            "  new keys     {} (bound and confirmed first)\n",
+            s.binds
+        ));
+        text.push_str(&format!(
+            "  held pairs   {} (unbound only once their instance is confirmed)\n",
+            s.held
+        ));
+    }
     for r in &s.rejections {
         text.push_str(&format!(
             "    {}: {}\n",

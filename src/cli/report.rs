@@ -16,7 +16,7 @@ use keyfleet::store::report::{self, ReportRow};
 use crate::GlobalArgs;
 
 /// The report's columns, in order (CSV header; JSON keys).
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 15] = [
     "position",
     "region",
     "instance_id",
@@ -28,6 +28,10 @@ pub const COLUMNS: [&str; 11] = [
     "attempts",
     "job_id",
     "verified",
+    "new_key_id",
+    "associate_status",
+    "associate_request_id",
+    "associate_verified",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -204,7 +208,7 @@ async fn emit<W: Write>(
     }
 }
 
-fn csv_fields(row: &ReportRow) -> [String; 11] {
+fn csv_fields(row: &ReportRow) -> [String; 15] {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         row.position.clone(),
@@ -218,6 +222,10 @@ fn csv_fields(row: &ReportRow) -> [String; 11] {
         row.attempts.to_string(),
         row.job_id.map(|j| j.to_string()).unwrap_or_default(),
         text(&row.verified),
+        text(&row.new_key_id),
+        text(&row.associate_status),
+        text(&row.associate_request_id),
+        text(&row.associate_verified),
     ]
 }
 

@@ -77,6 +77,7 @@ impl ExecFlags {
             max_attempts: self.max_attempts,
             max_errors: self.max_errors,
             throttle_budget: self.throttle_budget,
+            confirm_wait: self.verify_wait,
             ..ExecConfig::default()
         }
     }
@@ -96,6 +97,10 @@ pub struct RunArgs {
     /// Refuse the whole input (write nothing, send nothing) if any row is rejected.
     #[arg(long)]
     strict: bool,
+    /// Before unbinding, look at each instance (DescribeInstances) and skip, with the
+    /// reason, the pairs whose removal would leave it with no key.
+    #[arg(long)]
+    keep_one_key: bool,
     #[command(flatten)]
     exec: ExecFlags,
 }
@@ -122,6 +127,7 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         force_stop: args.force_stop,
         strict: args.strict,
         format: args.format,
+        keep_one_key: args.keep_one_key,
     };
     let outcome = plan::plan_input(&store, &args.input, &options).await?;
     let s = &outcome.summary;
@@ -135,6 +141,13 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
+        if s.binds > 0 || s.held > 0 {
+            eprintln!(
+                "  rotation: {} new keys to bind and confirm first; {} pairs held until their \
+                 instance's new keys are confirmed (or checked, --keep-one-key)",
+                s.binds, s.held
+            );
+        }
         for r in &s.rejections {
             eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
@@ -165,6 +178,13 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             .await?;
     }
     let requeued = requeue.commit().await?;
+    let (binds, held) = store.requeue_rotation(run_id, &args.codes).await?;
+    if binds > 0 || held > 0 {
+        eprintln!(
+            "run {run_id}: {binds} new keys to bind again, {held} unbinds held until they are confirmed"
+        );
+    }
+    let requeued = requeued + binds as i64 + held as i64;
     if requeued == 0 {
         eprintln!(
             "run {run_id} has no failed pairs{} to retry",
@@ -232,7 +252,7 @@ pub async fn execute_with_client(
 /// What [`execute_quietly`] ended with.
 pub enum Executed {
     /// The execution ended (finished or stopped); nothing printed yet.
-    Summary(Summary),
+    Summary(Box<Summary>),
     /// It could not go on (storage): the message is printed; exit with this code.
     Exit(u8),
 }
@@ -254,7 +274,7 @@ pub async fn execute_quietly(
     display.finish().await;
     interrupts.abort();
     match result {
-        Ok(summary) => Ok(Executed::Summary(summary)),
+        Ok(summary) => Ok(Executed::Summary(Box::new(summary))),
         // Another live process owns the run: nothing was done here.
         Err(error @ executor::ExecError::Lease(_)) => Err(error.into()),
         Err(error) => {
@@ -272,7 +292,9 @@ pub async fn execute_quietly(
 }
 
 /// Executes with the given API, showing progress, prints the summary, and verifies
-/// a finished run unless `--no-verify`.
+/// a finished run unless `--no-verify`. Pairs whose accepted operation the cloud
+/// reported FAILED are a transient outcome: they are sent again (up to
+/// `--max-attempts` operations each) and verified again.
 pub async fn execute(
     store: &Store,
     run_id: i64,
@@ -280,40 +302,65 @@ pub async fn execute(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let summary = match execute_quietly(
-        store,
-        run_id,
-        api.clone(),
-        flags.exec_config(),
-        flags,
-        global,
-    )
-    .await?
-    {
-        Executed::Summary(summary) => summary,
-        Executed::Exit(code) => return Ok(code),
-    };
-    print_summary(&summary, global);
-    super::rates::print_for_execution(store, &summary).await;
-    let code = exit_code(&summary);
-    // Verify what this execution did; a run with nothing left to send (a resume of a
-    // finished run) is verified only on request (`keyfleet verify`).
-    if summary.stopped.is_some() || flags.no_verify || summary.requests == 0 {
-        return Ok(code);
-    }
-    let verification =
-        match super::verify::verify_run(store, run_id, api, flags.verify_wait, flags, global)
-            .await?
+    loop {
+        let summary = match execute_quietly(
+            store,
+            run_id,
+            api.clone(),
+            flags.exec_config(),
+            flags,
+            global,
+        )
+        .await?
+        {
+            Executed::Summary(summary) => summary,
+            Executed::Exit(code) => return Ok(code),
+        };
+        print_summary(&summary, global);
+        super::rates::print_for_execution(store, &summary).await;
+        let code = exit_code(&summary);
+        // Verify what this execution did; a run with nothing left to send (a resume of a
+        // finished run) is verified only on request (`keyfleet verify`).
+        if summary.stopped.is_some() || flags.no_verify || summary.requests == 0 {
+            return Ok(code);
+        }
+        let verification = match super::verify::verify_run(
+            store,
+            run_id,
+            api.clone(),
+            flags.verify_wait,
+            flags,
+            global,
+        )
+        .await?
         {
             Ok(v) => v,
             Err(code) => return Ok(code),
         };
-    super::verify::print_verification(&verification, global);
-    Ok(if code == exit::OK && !verification.all_gone() {
-        exit::FAILED
-    } else {
-        code
-    })
+        super::verify::print_verification(&verification, global);
+        if verification.complete() {
+            let mut resend = store
+                .begin_resend_failed_operations(run_id, i64::from(flags.max_attempts))
+                .await?;
+            for job in plan::chunk_requeued(resend.pairs()) {
+                resend
+                    .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
+                    .await?;
+            }
+            let resent = resend.commit().await?;
+            if resent > 0 {
+                eprintln!(
+                    "\n{resent} pairs whose operation the cloud reported FAILED are sent again"
+                );
+                continue;
+            }
+        }
+        return Ok(if code == exit::OK && !verification.all_gone() {
+            exit::FAILED
+        } else {
+            code
+        });
+    }
 }
 
 /// First Ctrl-C: stop dispatching and let requests in flight finish. Second: exit at once
@@ -340,7 +387,12 @@ async fn handle_interrupts(stop: StopSignal, timeout: Duration) {
 pub fn exit_code(summary: &Summary) -> u8 {
     if summary.stopped.is_some() {
         exit::STOPPED
-    } else if summary.pairs.failed > 0 || summary.pairs.rejected > 0 || summary.pairs.pending > 0 {
+    } else if summary.pairs.failed > 0
+        || summary.pairs.rejected > 0
+        || summary.pairs.pending > 0
+        || summary.pairs.skipped > 0
+        || summary.binds.failed > 0
+    {
         exit::FAILED
     } else {
         exit::OK
@@ -367,9 +419,17 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
         ),
     }
     eprintln!(
-        "  pairs:    {} succeeded, {} failed, {} rejected, {} duplicate, {} pending",
-        p.succeeded, p.failed, p.rejected, p.duplicate, p.pending
+        "  pairs:    {} succeeded, {} failed, {} skipped, {} rejected, {} duplicate, {} pending",
+        p.succeeded, p.failed, p.skipped, p.rejected, p.duplicate, p.pending
     );
+    let b = &summary.binds;
+    if b.valid() > 0 {
+        eprintln!(
+            "  new keys: {} bound (accepted), {} failed, {} pending (rotation: each instance's old keys \
+             are unbound only once its new keys are confirmed)",
+            b.succeeded, b.failed, b.pending
+        );
+    }
     if !summary.failures_by_code.is_empty() {
         let codes: Vec<String> = summary
             .failures_by_code

@@ -64,7 +64,24 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             .join(", ")
     };
     println!("  pairs     {}", list(&status.pairs));
+    if status.binds.values().any(|n| *n > 0) || status.held > 0 {
+        println!("  new keys  {}", list(&status.binds));
+        println!(
+            "  held      {} (unbinds waiting for their instance's new keys)",
+            status.held
+        );
+    }
     println!("  jobs      {}", list(&status.jobs));
+    if status.jobs_by_action.len() > 1 {
+        for (action, states) in &status.jobs_by_action {
+            let states: std::collections::BTreeMap<String, i64> = states
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| (s.clone(), *n))
+                .collect();
+            println!("    {:<30} {}", escape(action), list(&states));
+        }
+    }
     let verified: std::collections::BTreeMap<String, i64> = verified
         .into_iter()
         .filter(|(_, n)| *n > 0)

@@ -59,9 +59,16 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// The round ended with a verdict on every pair it looked at.
+    pub fn complete(&self) -> bool {
+        self.ended == Ended::Complete
+    }
+
     /// Every succeeded pair verified gone, and the round complete.
     pub fn all_gone(&self) -> bool {
-        self.ended == Ended::Complete && self.counts.succeeded_not_gone == 0
+        self.ended == Ended::Complete
+            && self.counts.succeeded_not_gone == 0
+            && self.counts.binds_not_bound == 0
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -82,6 +89,7 @@ impl Verification {
             "verified": by_value,
             "unverified": self.counts.unverified,
             "succeeded_not_gone": self.counts.succeeded_not_gone,
+            "binds_not_bound": self.counts.binds_not_bound,
             "all_gone": self.all_gone(),
             "requests": self.requests,
         })

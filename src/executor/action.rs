@@ -22,7 +22,7 @@ use crate::cvm::Action;
 use crate::store::Verified;
 use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
-use crate::store::verify::VerifyPayload;
+use crate::store::verify::{Purpose, VerifyPayload};
 use crate::taxonomy::Classification;
 
 use super::isolate;
@@ -124,6 +124,9 @@ pub enum Proof {
     Observed {
         verified: Vec<(i64, Verified)>,
         recheck_at: Option<i64>,
+        purpose: Purpose,
+        /// The keys each instance shown holds (a `--keep-one-key` look decides on them).
+        keys: Vec<(String, Vec<String>)>,
     },
 }
 
@@ -210,25 +213,31 @@ const OPERATING: &str = "OPERATING";
 const FAILED: &str = "FAILED";
 
 /// What the cloud says of one pair: the instance as DescribeInstances showed it (or
-/// `None`: not there), the key, and the RequestId of the operation that claimed it.
+/// `None`: not there), the key, the RequestId of the operation that claimed it, and
+/// whether the key is to be bound (a rotation's new key) rather than gone.
 pub fn verdict(
     instance: Option<&InstanceInfo>,
     key_id: &str,
     request_id: Option<&str>,
+    bind: bool,
 ) -> Verified {
     let Some(instance) = instance else {
         return Verified::InstanceMissing;
     };
-    if !instance.key_ids.iter().any(|k| k == key_id) {
-        return Verified::Gone;
-    }
+    let present = instance.key_ids.iter().any(|k| k == key_id);
     let state = instance.latest_operation_state.as_deref();
     let ours =
         request_id.is_some() && instance.latest_operation_request_id.as_deref() == request_id;
-    match state {
-        Some(OPERATING) => Verified::Operating,
-        Some(FAILED) if ours => Verified::OperationFailed,
-        _ => Verified::StillBound,
+    match (bind, present, state) {
+        // Our Associate still runs: the key may be in the list before it is usable.
+        (true, _, Some(OPERATING)) if ours || !present => Verified::Operating,
+        (true, true, _) => Verified::Bound,
+        (true, false, Some(FAILED)) if ours => Verified::OperationFailed,
+        (true, false, _) => Verified::NotBound,
+        (false, false, _) => Verified::Gone,
+        (false, true, Some(OPERATING)) => Verified::Operating,
+        (false, true, Some(FAILED)) if ours => Verified::OperationFailed,
+        (false, true, _) => Verified::StillBound,
     }
 }
 
@@ -275,16 +284,29 @@ impl JobAction for VerifyBatch {
                     .instances
                     .iter()
                     .find(|i| i.instance_id == item.instance_id);
-                let value = verdict(instance, &item.key_id, item.request_id.as_deref());
+                let value = verdict(
+                    instance,
+                    &item.key_id,
+                    item.request_id.as_deref(),
+                    item.bind,
+                );
                 operating |= value == Verified::Operating;
                 (item.item_id, value)
             })
             .collect();
         let recheck_at = (operating && now < payload.recheck_until)
             .then(|| (now + RECHECK_EVERY_MS).min(payload.recheck_until));
+        let keys = page
+            .instances
+            .iter()
+            .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+            .map(|i| (i.instance_id.clone(), i.key_ids.clone()))
+            .collect();
         Ok(Proof::Observed {
             verified,
             recheck_at,
+            purpose: payload.purpose,
+            keys,
         })
     }
 
@@ -367,26 +389,66 @@ mod tests {
     fn verdicts_follow_the_clouds_own_state() {
         let key = "skey-00000001";
         let ours = Some("req-1");
-        assert_eq!(verdict(None, key, ours), Verified::InstanceMissing);
+        assert_eq!(verdict(None, key, ours, false), Verified::InstanceMissing);
         let gone = instance(&["skey-00000002"], Some("SUCCESS"), ours);
-        assert_eq!(verdict(Some(&gone), key, ours), Verified::Gone);
+        assert_eq!(verdict(Some(&gone), key, ours, false), Verified::Gone);
         let running = instance(&[key], Some("OPERATING"), ours);
-        assert_eq!(verdict(Some(&running), key, ours), Verified::Operating);
+        assert_eq!(
+            verdict(Some(&running), key, ours, false),
+            Verified::Operating
+        );
         let failed = instance(&[key], Some("FAILED"), ours);
-        assert_eq!(verdict(Some(&failed), key, ours), Verified::OperationFailed);
+        assert_eq!(
+            verdict(Some(&failed), key, ours, false),
+            Verified::OperationFailed
+        );
         // Someone else's failed operation says nothing of ours: the key is still bound.
         assert_eq!(
-            verdict(Some(&failed), key, Some("req-2")),
+            verdict(Some(&failed), key, Some("req-2"), false),
             Verified::StillBound
         );
-        assert_eq!(verdict(Some(&failed), key, None), Verified::StillBound);
+        assert_eq!(
+            verdict(Some(&failed), key, None, false),
+            Verified::StillBound
+        );
         let untouched = instance(&[key], None, None);
-        assert_eq!(verdict(Some(&untouched), key, None), Verified::StillBound);
+        assert_eq!(
+            verdict(Some(&untouched), key, None, false),
+            Verified::StillBound
+        );
+
+        // A new key (rotation): bound once it is in the list and our Associate is done.
+        let bound = instance(&[key], Some("SUCCESS"), ours);
+        assert_eq!(verdict(Some(&bound), key, ours, true), Verified::Bound);
+        let binding = instance(&[], Some("OPERATING"), ours);
+        assert_eq!(
+            verdict(Some(&binding), key, ours, true),
+            Verified::Operating
+        );
+        let listed_early = instance(&[key], Some("OPERATING"), ours);
+        assert_eq!(
+            verdict(Some(&listed_early), key, ours, true),
+            Verified::Operating
+        );
+        let bind_failed = instance(&[], Some("FAILED"), ours);
+        assert_eq!(
+            verdict(Some(&bind_failed), key, ours, true),
+            Verified::OperationFailed
+        );
+        assert_eq!(
+            verdict(Some(&untouched), "skey-00000009", None, true),
+            Verified::NotBound
+        );
+        // Bound by someone else's later operation: the list is the cloud's word.
+        let later = instance(&[key], Some("SUCCESS"), Some("req-7"));
+        assert_eq!(verdict(Some(&later), key, ours, true), Verified::Bound);
+        assert_eq!(verdict(None, key, ours, true), Verified::InstanceMissing);
     }
 
     #[test]
     fn a_verification_batch_reads_its_items_and_rechecks_while_operating() {
         let payload = VerifyPayload {
+            purpose: Purpose::Verify,
             recheck_until: now_ms() + 60_000,
             items: vec![
                 crate::store::verify::VerifyItem {
@@ -394,12 +456,14 @@ mod tests {
                     instance_id: "ins-00000001".into(),
                     key_id: "skey-00000001".into(),
                     request_id: Some("req-1".into()),
+                    bind: false,
                 },
                 crate::store::verify::VerifyItem {
                     item_id: 11,
                     instance_id: "ins-00000002".into(),
                     key_id: "skey-00000001".into(),
                     request_id: Some("req-1".into()),
+                    bind: false,
                 },
             ],
         };
@@ -428,6 +492,7 @@ mod tests {
         let Proof::Observed {
             verified,
             recheck_at,
+            ..
         } = action.read(&job, &reply).unwrap()
         else {
             panic!("a read observes");
@@ -442,6 +507,7 @@ mod tests {
         let Proof::Observed {
             verified,
             recheck_at,
+            ..
         } = action.read(&job, &reply).unwrap()
         else {
             panic!("a read observes");

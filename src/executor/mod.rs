@@ -20,17 +20,19 @@ pub mod isolate;
 pub mod pacer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::cvm::Action;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::delay;
 use crate::store::queue::{
-    Applied, Finish, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
+    Applied, Finish, FollowUp, Lease, LeaseError, Outcome, PairCounts, QueuedJob, Write,
 };
 use crate::store::{RunState, Store, StoreError, now_ms};
 pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
@@ -89,6 +91,9 @@ pub struct ExecConfig {
     /// How long the API may throttle every reply in a row before the run stops
     /// (resumable): a lasting `RequestLimitExceeded` must not retry forever.
     pub throttle_budget: Duration,
+    /// How long a rotation's confirmation looks again at an instance whose Associate
+    /// is still OPERATING before its old keys are kept (`--verify-wait`).
+    pub confirm_wait: Duration,
 }
 
 impl Default for ExecConfig {
@@ -104,6 +109,7 @@ impl Default for ExecConfig {
             seed: None,
             only: None,
             throttle_budget: THROTTLE_BUDGET,
+            confirm_wait: Duration::from_secs(60),
         }
     }
 }
@@ -193,7 +199,10 @@ pub struct Summary {
     pub run_id: i64,
     /// `None` when the run finished; otherwise why it stopped.
     pub stopped: Option<StopReason>,
+    /// Unbind pairs (the input's) by status.
     pub pairs: PairCounts,
+    /// A rotation's bind pairs (instance, new key) by status.
+    pub binds: PairCounts,
     pub failures_by_code: BTreeMap<String, i64>,
     pub requests: u64,
     pub retries: u64,
@@ -313,6 +322,16 @@ pub async fn execute_with<A: Api>(
     )
     .await;
     let stopped = outcome.as_ref().ok().cloned().flatten();
+    if let (Ok(None), None) = (&outcome, config.only) {
+        let stranded = store.end_stranded_holds(run_id).await?;
+        if stranded > 0 {
+            tracing::error!(
+                run_id,
+                stranded,
+                "held unbinds had nothing left to release them: skipped, old keys kept"
+            );
+        }
+    }
     // With `only`, the run is finished only if no job of another action is left.
     let others_open = match (&outcome, config.only) {
         (Ok(None), Some(_)) => store.open_jobs(run_id, None).await.unwrap_or(1),
@@ -337,6 +356,7 @@ pub async fn execute_with<A: Api>(
         run_id,
         stopped,
         pairs: store.pair_counts(run_id).await?,
+        binds: store.bind_counts(run_id).await?,
         failures_by_code: store.failures_by_code(run_id).await?,
         requests: Counters::get(&counters.requests),
         retries: Counters::get(&counters.retries),
@@ -346,11 +366,12 @@ pub async fn execute_with<A: Api>(
     })
 }
 
-/// A claimed job on its way to a lane, with its concurrency permit.
+/// A claimed job on its way to a lane. Its concurrency permit is taken once its
+/// send slot has come: a lane waiting for its limiter holds no permit, so a backlog
+/// of one API never keeps another API's lane from sending.
 struct Claimed {
     job: QueuedJob,
     action: &'static dyn JobAction,
-    permit: OwnedSemaphorePermit,
 }
 
 type WriteReply = oneshot::Sender<Result<Applied, String>>;
@@ -366,8 +387,11 @@ struct Shared<A> {
     stop_reason: Mutex<Option<StopReason>>,
     halted: AtomicBool,
     wake: Notify,
-    /// Jobs handed to a lane and not yet recorded as finished (or given back).
-    claimed: Mutex<HashSet<i64>>,
+    /// Jobs handed to a lane and not yet recorded as finished (or given back), with
+    /// the lane they are in.
+    claimed: Mutex<Claims>,
+    /// Requests in flight at most (`--concurrency`).
+    permits: Arc<Semaphore>,
     waiting_retry: Mutex<HashSet<i64>>,
     rng: Mutex<StdRng>,
     failed_here: AtomicU64,
@@ -398,7 +422,8 @@ impl<A> Shared<A> {
 
     /// The job is no longer this process's to send (recorded, or given back).
     fn release(&self, job_id: i64) {
-        locked(&self.claimed).remove(&job_id);
+        locked(&self.claimed).release(job_id);
+        self.wake.notify_waiters();
     }
 
     fn writer_failed(&self, error: String) {
@@ -459,7 +484,8 @@ async fn drive<A: Api>(
         stop_reason: Mutex::new(None),
         halted: AtomicBool::new(false),
         wake: Notify::new(),
-        claimed: Mutex::new(HashSet::new()),
+        claimed: Mutex::new(Claims::default()),
+        permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         waiting_retry: Mutex::new(HashSet::new()),
         rng: Mutex::new(
             config
@@ -487,15 +513,15 @@ async fn drive<A: Api>(
     };
 
     let concurrency = config.concurrency.max(1);
-    let permits = Arc::new(Semaphore::new(concurrency));
     let mut lanes = Lanes::default();
-    let result = dispatch(store, run_id, &shared, &permits, &mut lanes, concurrency).await;
+    let result = dispatch(store, run_id, &shared, &mut lanes, concurrency).await;
     if result.is_err() {
         shared.halt(StopReason::Interrupted);
     }
     lanes.close().await;
 
     // Let every request in flight finish and be recorded (each is bounded by the client's timeout).
+    let permits = shared.permits.clone();
     let _all = permits.acquire_many(concurrency as u32).await;
     heartbeat.abort();
     interrupt.abort();
@@ -539,41 +565,123 @@ impl Lanes {
     }
 }
 
+/// The jobs handed to lanes and not yet finished, by lane.
+#[derive(Default)]
+struct Claims {
+    lane_of: HashMap<i64, LimiterKey>,
+    per_lane: HashMap<LimiterKey, usize>,
+}
+
+impl Claims {
+    fn len(&self) -> usize {
+        self.lane_of.len()
+    }
+
+    fn contains(&self, job_id: i64) -> bool {
+        self.lane_of.contains_key(&job_id)
+    }
+
+    fn in_lane(&self, key: &LimiterKey) -> usize {
+        self.per_lane.get(key).copied().unwrap_or(0)
+    }
+
+    /// Claims the job for `key`'s lane unless that lane already holds `depth` jobs.
+    fn claim(&mut self, job_id: i64, key: &LimiterKey, depth: usize) -> bool {
+        if self.contains(job_id) || self.in_lane(key) >= depth {
+            return false;
+        }
+        self.lane_of.insert(job_id, key.clone());
+        *self.per_lane.entry(key.clone()).or_default() += 1;
+        true
+    }
+
+    fn release(&mut self, job_id: i64) {
+        if let Some(key) = self.lane_of.remove(&job_id)
+            && let Some(n) = self.per_lane.get_mut(&key)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Claims due jobs and hands them to their lanes until the queue is empty or a stop.
+///
+/// Each lane holds at most `concurrency` jobs; the due-jobs query leaves out the
+/// (action, region) routes of full lanes, so a backlog of one API (a rotation's
+/// thousand Associate jobs) never hides the jobs of another (the Disassociate jobs
+/// its confirmations release) or of another access endpoint.
 async fn dispatch<A: Api>(
     store: &Store,
     run_id: i64,
     shared: &Arc<Shared<A>>,
-    permits: &Arc<Semaphore>,
     lanes: &mut Lanes,
     concurrency: usize,
 ) -> Result<(), ExecError> {
+    let depth = concurrency;
+    let mut routes: HashMap<(Action, String), LimiterKey> = HashMap::new();
     loop {
         if shared.is_halted() {
             return Ok(());
         }
+        // Registered before looking, so a job released meanwhile wakes the wait below.
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let now = now_ms();
-        let claimed = locked(&shared.claimed).len();
+        let (claimed, full) = {
+            let claims = locked(&shared.claimed);
+            let full: Vec<(Action, String)> = routes
+                .iter()
+                .filter(|(_, key)| claims.in_lane(key) >= depth)
+                .map(|(route, _)| route.clone())
+                .collect();
+            (claims.len(), full)
+        };
         let due = store
-            .due_jobs(
+            .due_jobs_except(
                 run_id,
                 shared.config.only,
                 now,
                 (concurrency * 2 + claimed) as i64,
+                &full,
             )
             .await?;
-        let due: Vec<QueuedJob> = {
-            let claimed = locked(&shared.claimed);
-            due.into_iter()
-                .filter(|job| !claimed.contains(&job.id))
-                .collect()
-        };
-        if due.is_empty() {
-            let in_flight = concurrency - permits.available_permits();
+        let (mut seen, mut handed) = (0, 0);
+        for job in due {
+            if locked(&shared.claimed).contains(job.id) {
+                continue;
+            }
+            seen += 1;
+            let Some(action) = job_action(job.action) else {
+                shared.halt(StopReason::Internal(format!(
+                    "job {} is a {} job, which this version cannot send",
+                    job.id, job.action
+                )));
+                return Ok(());
+            };
+            let key = action.limiter_key(&job, &*shared.api);
+            routes
+                .entry((job.action, job.region.clone()))
+                .or_insert_with(|| key.clone());
+            // The queue does not change under us (this process alone sends the run's
+            // jobs; one skipped meanwhile is refused when its lane starts it).
+            if !locked(&shared.claimed).claim(job.id, &key, depth) {
+                continue;
+            }
+            lanes.send(shared, key, Claimed { job, action });
+            handed += 1;
+        }
+        if handed > 0 {
+            continue;
+        }
+        let wait = if seen > 0 {
+            // Due jobs, all for full lanes: a job finishing wakes us.
+            Duration::from_secs(1)
+        } else {
             let next_due = store
                 .next_due_after(run_id, shared.config.only, now)
                 .await?;
-            if in_flight == 0 && next_due.is_none() {
+            if claimed == 0 && full.is_empty() && next_due.is_none() {
                 if store.open_jobs(run_id, shared.config.only).await? == 0 {
                     return Ok(());
                 }
@@ -596,42 +704,14 @@ async fn dispatch<A: Api>(
                 continue;
             }
             // Sleep until the next job falls due or a reply changes the queue.
-            let wait = match next_due {
+            match next_due {
                 Some(due) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
                 None => Duration::from_secs(1),
-            };
-            tokio::select! {
-                _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
             }
-            continue;
-        }
-        // One query serves every job it returned: each waits here for a permit (the
-        // queue does not change under us: this process alone sends the run's jobs, and
-        // a job skipped meanwhile is refused when its lane starts it).
-        for job in due {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.map_err(|e| ExecError::Writer(e.to_string()))?,
-                _ = halted(shared) => return Ok(()),
-            };
-            let Some(action) = job_action(job.action) else {
-                shared.halt(StopReason::Internal(format!(
-                    "job {} is a {} job, which this version cannot send",
-                    job.id, job.action
-                )));
-                return Ok(());
-            };
-            let key = action.limiter_key(&job, &*shared.api);
-            locked(&shared.claimed).insert(job.id);
-            lanes.send(
-                shared,
-                key,
-                Claimed {
-                    job,
-                    action,
-                    permit,
-                },
-            );
+        };
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -734,11 +814,20 @@ async fn start_wave<A: Api>(
     }
     let mut started = started.into_iter();
     while let Some((claimed, attempt_id)) = started.next() {
-        let slot = tokio::select! {
-            slot = shared.limiter.reserve(key) => (!shared.is_halted()).then_some(slot),
+        // A permit first (requests in flight are bounded), then the send slot: a lane
+        // holds at most one permit while it waits for its limiter.
+        let permit = tokio::select! {
+            permit = shared.permits.clone().acquire_owned() => permit.ok(),
             _ = halted(shared) => None,
         };
-        let Some(slot) = slot else {
+        let slot = match permit {
+            Some(permit) => tokio::select! {
+                slot = shared.limiter.reserve(key) => (!shared.is_halted()).then_some((slot, permit)),
+                _ = halted(shared) => None,
+            },
+            None => None,
+        };
+        let Some((slot, permit)) = slot else {
             // Never sent: withdraw the attempt rows, so nothing looks uncertain.
             for (claimed, attempt_id) in std::iter::once((claimed, attempt_id)).chain(started) {
                 shared
@@ -757,11 +846,7 @@ async fn start_wave<A: Api>(
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let Claimed {
-            job,
-            action,
-            permit,
-        } = claimed;
+        let Claimed { job, action } = claimed;
         let job_id = job.id;
         let request = {
             let shared = shared.clone();
@@ -823,10 +908,14 @@ async fn send_and_record<A: Api>(
                 Proof::Observed {
                     verified,
                     recheck_at,
+                    purpose,
+                    keys,
                 } => Outcome::Observed {
                     request_id,
                     verified,
                     recheck_at,
+                    purpose,
+                    keys,
                 },
             };
             (outcome, Some(reply.http_status), Some(reply.request_id))
@@ -840,6 +929,11 @@ async fn send_and_record<A: Api>(
     let finish = Finish {
         attempt_id,
         job_id: job.id,
+        action: job.action,
+        follow_up: FollowUp {
+            max_attempts: i64::from(shared.config.max_attempts),
+            confirm_wait_ms: shared.config.confirm_wait.as_millis() as i64,
+        },
         finished_at,
         sent_at,
         latency_ms,

@@ -286,6 +286,8 @@ pub struct Adaptive {
     probe_at: Option<i64>,
     /// The probe passed: the limit has risen.
     room: bool,
+    /// A throttle at the configured rate's own edge: hold just under it until then.
+    edge_until: Option<i64>,
     sends: VecDeque<Sent>,
     /// This process's share of the key's slots (1 when it paces alone).
     share: f64,
@@ -302,6 +304,7 @@ impl Adaptive {
             resume_at: None,
             probe_at: None,
             room: false,
+            edge_until: None,
             sends: VecDeque::new(),
             share: 1.0,
         }
@@ -314,6 +317,9 @@ impl Adaptive {
 
     /// The rate in force at `now_ms`.
     pub fn rate(&self, now_ms: i64) -> f64 {
+        if self.ceiling.is_none() && self.edge_until.is_some_and(|until| now_ms < until) {
+            return adaptive_rate(self.max, Some(self.max), false);
+        }
         adaptive_rate(self.max, self.ceiling, self.has_room(now_ms))
     }
 
@@ -426,8 +432,10 @@ impl Adaptive {
             .filter(|&at| at > now_ms);
         // A window that held as many as the configured rate sends is the configured
         // rate's own edge (jitter, a busy machine bunching sends), not a lower limit:
-        // the drain above is all it needs, and there is nothing to probe for.
+        // there is nothing to probe for. It holds just under the configured rate for a
+        // probe interval (a busy machine stays busy a while), then goes back to it.
         self.ceiling = (ceiling < self.max).then_some(ceiling);
+        self.edge_until = (ceiling >= self.max).then(|| now_ms + PROBE_INTERVAL.as_millis() as i64);
         self.throttled_at = Some(now_ms);
         self.lowered_at = Some(now_ms);
         self.probe_at = None;
@@ -467,6 +475,12 @@ impl Adaptive {
         if newer || (!only_newer && throttled_at.is_some()) {
             // A ceiling at or above the configured rate is no ceiling (see `replied`).
             self.ceiling = ceiling.filter(|&c| c < self.max);
+            self.edge_until = match (ceiling, throttled_at) {
+                (Some(c), Some(at)) if c >= self.max => {
+                    Some(at + PROBE_INTERVAL.as_millis() as i64)
+                }
+                _ => None,
+            };
             self.throttled_at = throttled_at;
         }
     }
@@ -1117,16 +1131,27 @@ mod tests {
             rule.sent(n * 95, false);
         }
         assert!(rule.replied(960, Some(950), false).is_some());
-        assert_eq!(rule.rate(960), 10.0);
         assert_eq!(rule.resume_at(), Some(1025), "the window drains first");
+        let interval = PROBE_INTERVAL.as_millis() as i64;
+        assert_eq!(
+            rule.rate(960),
+            10.0 * HOLD_FRACTION,
+            "just under it for a while"
+        );
+        assert_eq!(
+            rule.rate(960 + interval),
+            10.0,
+            "then the configured rate again"
+        );
         assert!(
             !rule.probe_due(960 + 60_000),
             "nothing above the configured rate to probe for"
         );
         // Another process's record of it is no ceiling either.
-        rule.adopt(Some(10.25), Some(2_000), true);
-        assert_eq!(rule.rate(2_000), 10.0);
-        assert!(!rule.probe_due(2_000 + 60_000));
+        rule.adopt(Some(10.25), Some(20_000), true);
+        assert_eq!(rule.rate(20_000), 10.0 * HOLD_FRACTION);
+        assert_eq!(rule.rate(20_000 + interval), 10.0);
+        assert!(!rule.probe_due(20_000 + 60_000));
     }
 
     /// What [`simulate`] saw.

@@ -163,6 +163,7 @@ fn pending_item<'a>(
 ) -> NewItem<'a> {
     NewItem {
         position,
+        action: crate::cvm::Action::DisassociateInstancesKeyPairs,
         region: Some("ap-guangzhou"),
         instance_id: Some(instance),
         key_id: Some(key),
@@ -170,6 +171,8 @@ fn pending_item<'a>(
         duplicate_of: None,
         reason: None,
         job_id: job,
+        new_key_id: None,
+        held: false,
     }
 }
 
@@ -204,10 +207,12 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
     for (n, (instances, keys)) in groups.iter().enumerate() {
         let job = writer
             .add_job(NewJob {
+                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: instances,
                 key_ids: keys,
+                payload: None,
             })
             .unwrap();
         let position = format!("group {n}");

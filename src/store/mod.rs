@@ -11,6 +11,7 @@ pub mod pacer;
 pub mod plan;
 pub mod rates;
 pub mod report;
+mod rotation;
 pub mod states;
 pub mod verify;
 

@@ -41,12 +41,17 @@ pub struct NewRun<'a> {
 /// One job of a new plan.
 #[derive(Debug, Clone)]
 pub struct NewJob<'a> {
+    /// Disassociate for the input's pairs; Associate for a rotation's new keys;
+    /// DescribeInstances for the `--keep-one-key` look before unbinding.
+    pub action: crate::cvm::Action,
     pub region: &'a str,
     pub force_stop: bool,
     /// Sorted; at most 100.
     pub instance_ids: &'a [String],
     /// Sorted; at most 100.
     pub key_ids: &'a [String],
+    /// Action-specific JSON (see `jobs.payload`).
+    pub payload: Option<&'a str>,
 }
 
 /// One item (input pair) of a new plan. Borrowed: a million items cost no allocation.
@@ -54,6 +59,8 @@ pub struct NewJob<'a> {
 pub struct NewItem<'a> {
     /// `line 12`, `index 3`, `index 3, pair 2`.
     pub position: &'a str,
+    /// Unbind (the input's pairs) or bind (a rotation's new keys).
+    pub action: crate::cvm::Action,
     pub region: Option<&'a str>,
     pub instance_id: Option<&'a str>,
     pub key_id: Option<&'a str>,
@@ -63,8 +70,12 @@ pub struct NewItem<'a> {
     pub duplicate_of: Option<i64>,
     /// For a rejected row: why.
     pub reason: Option<&'a str>,
-    /// For a pending item: the job that covers it.
+    /// For a pending item: the job that covers it (`None` while held).
     pub job_id: Option<i64>,
+    /// An unbind item of a rotation row: its new key id(s), space-separated.
+    pub new_key_id: Option<&'a str>,
+    /// Waits for a condition on its instance before it gets a job.
+    pub held: bool,
 }
 
 /// What [`begin_plan`] found.
@@ -216,6 +227,9 @@ impl ItemSink<'_> {
             item.duplicate_of,
             item.reason,
             item.job_id,
+            item.action.name(),
+            item.new_key_id,
+            item.held,
         ])?;
         *self.next_id += 1;
         Ok(id)
@@ -240,8 +254,8 @@ impl fmt::Debug for PlanWriter {
     }
 }
 
-const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
-const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, action, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.
@@ -264,6 +278,8 @@ impl PlanWriter {
                 json(job.key_ids),
                 (job.instance_ids.len() * job.key_ids.len()) as i64,
                 self.created_at,
+                job.action.name(),
+                job.payload,
             ])?;
         self.next_job_id += 1;
         Ok(id)
@@ -342,6 +358,7 @@ mod tests {
         let key_ids = vec!["skey-00000001".to_string()];
         let item = |job_id| NewItem {
             position: "line 2",
+            action: crate::cvm::Action::DisassociateInstancesKeyPairs,
             region: Some("ap-guangzhou"),
             instance_id: Some("ins-00000001"),
             key_id: Some("skey-00000001"),
@@ -349,6 +366,8 @@ mod tests {
             duplicate_of: None,
             reason: None,
             job_id: Some(job_id),
+            new_key_id: None,
+            held: false,
         };
 
         // Abandoned part way (more items than one statement): nothing remains.
@@ -357,10 +376,12 @@ mod tests {
         };
         let job = writer
             .add_job(NewJob {
+                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
+                payload: None,
             })
             .unwrap();
         writer
@@ -381,10 +402,12 @@ mod tests {
         };
         let job = writer
             .add_job(NewJob {
+                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
+                payload: None,
             })
             .unwrap();
         let (mut first, mut second) = (0, 0);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::states::{ItemStatus, JobState, RunState, Verified};
+use super::verify::Purpose;
 use super::{Store, StoreError, now_ms};
 use crate::cvm::Action;
 
@@ -139,6 +140,10 @@ pub enum Applied {
 pub struct Finish {
     pub attempt_id: i64,
     pub job_id: i64,
+    /// The job's action (what follows an outcome depends on it).
+    pub action: Action,
+    /// How the jobs an outcome makes are bounded (a rotation's next steps).
+    pub follow_up: FollowUp,
     pub finished_at: i64,
     /// When the request really left (its send slot), Unix ms.
     pub sent_at: i64,
@@ -149,6 +154,25 @@ pub struct Finish {
     /// The access endpoint the request went to (`attempts.endpoint`, for the rates).
     pub endpoint: Option<String>,
     pub outcome: Outcome,
+}
+
+/// The executor's settings the queue needs for the jobs one outcome makes for
+/// another (an accepted Associate's confirmation, a FAILED operation sent again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowUp {
+    /// `--max-attempts`: also how often an operation the cloud reported FAILED is sent.
+    pub max_attempts: i64,
+    /// How long (ms) a confirmation looks again at an instance still OPERATING.
+    pub confirm_wait_ms: i64,
+}
+
+impl Default for FollowUp {
+    fn default() -> Self {
+        FollowUp {
+            max_attempts: 10,
+            confirm_wait_ms: 60_000,
+        }
+    }
 }
 
 /// What the executor decided about a finished attempt.
@@ -164,6 +188,10 @@ pub enum Outcome {
         request_id: String,
         verified: Vec<(i64, Verified)>,
         recheck_at: Option<i64>,
+        /// What the read was for (a rotation's confirmation or look acts on it).
+        purpose: Purpose,
+        /// The keys each instance the reply showed holds, by instance id.
+        keys: Vec<(String, Vec<String>)>,
     },
     /// A Retry-class failure: the budget is spent by one; the job waits or fails.
     Retry {
@@ -413,11 +441,28 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<Vec<QueuedJob>, StoreError> {
+        self.due_jobs_except(run_id, only, now, limit, &[]).await
+    }
+
+    /// [`Store::due_jobs`] leaving out jobs of the given (action, region) routes
+    /// (those whose lane is full, so that they do not hide the others).
+    pub async fn due_jobs_except(
+        &self,
+        run_id: i64,
+        only: Option<Action>,
+        now: i64,
+        limit: i64,
+        except: &[(Action, String)],
+    ) -> Result<Vec<QueuedJob>, StoreError> {
         let only = only.map(Action::name);
+        let except: Vec<[&str; 2]> = except.iter().map(|(a, r)| [a.name(), r.as_str()]).collect();
         let rows = sqlx::query(
             "SELECT id, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
              FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
              AND (? IS NULL OR action = ?) \
+             AND NOT EXISTS (SELECT 1 FROM json_each(?) x \
+                             WHERE json_extract(x.value, '$[0]') = j.action \
+                             AND json_extract(x.value, '$[1]') = j.region) \
              AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
                              WHERE d.job_id = j.id AND p.state != ?) \
              ORDER BY next_attempt_at, id LIMIT ?",
@@ -427,6 +472,7 @@ impl Store {
         .bind(now)
         .bind(only)
         .bind(only)
+        .bind(serde_json::to_string(&except).unwrap_or_else(|_| "[]".into()))
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
         .fetch_all(self.pool())
@@ -490,13 +536,26 @@ impl Store {
         .await?)
     }
 
-    /// Pair counts by status.
+    /// Unbind pair counts (the input's pairs) by status.
     pub async fn pair_counts(&self, run_id: i64) -> Result<PairCounts, StoreError> {
-        let rows =
-            sqlx::query("SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? GROUP BY status")
-                .bind(run_id)
-                .fetch_all(self.pool())
-                .await?;
+        self.item_counts(run_id, Action::DisassociateInstancesKeyPairs)
+            .await
+    }
+
+    /// A rotation's bind pairs (instance, new key) by status.
+    pub async fn bind_counts(&self, run_id: i64) -> Result<PairCounts, StoreError> {
+        self.item_counts(run_id, Action::AssociateInstancesKeyPairs)
+            .await
+    }
+
+    async fn item_counts(&self, run_id: i64, action: Action) -> Result<PairCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? AND action = ? GROUP BY status",
+        )
+        .bind(run_id)
+        .bind(action.name())
+        .fetch_all(self.pool())
+        .await?;
         let mut counts = PairCounts::default();
         for row in rows {
             let n: i64 = row.get("n");
@@ -520,7 +579,8 @@ impl Store {
     pub async fn pair_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
-             WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') ORDER BY id",
+             WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') \
+             AND action = 'DisassociateInstancesKeyPairs' ORDER BY id",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -609,17 +669,74 @@ impl Store {
         codes: &[String],
         unverified_only: bool,
     ) -> Result<RequeueWriter, StoreError> {
-        let mut jobs = self.begin_jobs(run_id).await?;
-        let rows = sqlx::query(
-            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? \
-             AND (? = 0 OR i.verified IN ('still_bound', 'operating', 'operation_failed')) ORDER BY i.id",
+        let verdicts = if unverified_only {
+            "('still_bound', 'operating', 'operation_failed')"
+        } else {
+            ""
+        };
+        self.begin_requeue_of(run_id, status, codes, verdicts, None)
+            .await
+    }
+
+    /// Unbind pairs whose accepted operation the cloud reported FAILED (verified
+    /// `operation_failed`), while each has been sent fewer than `max_attempts` times:
+    /// a transient outcome, sent again by the run itself. Counts the resend.
+    pub async fn begin_resend_failed_operations(
+        &self,
+        run_id: i64,
+        max_attempts: i64,
+    ) -> Result<RequeueWriter, StoreError> {
+        self.begin_requeue_of(
+            run_id,
+            ItemStatus::Succeeded,
+            &[],
+            "('operation_failed')",
+            Some(max_attempts),
         )
-        .bind(run_id)
-        .bind(status.as_str())
-        .bind(unverified_only as i64)
-        .fetch_all(&mut *jobs.tx)
-        .await?;
+        .await
+    }
+
+    /// The unbind pairs of `status` whose verdict is in `verdicts` (an SQL list, or
+    /// empty for any), with one of `codes` (any when empty), and with fewer than
+    /// `max_sends` operations sent (their resend counted).
+    async fn begin_requeue_of(
+        &self,
+        run_id: i64,
+        status: ItemStatus,
+        codes: &[String],
+        verdicts: &'static str,
+        max_sends: Option<i64>,
+    ) -> Result<RequeueWriter, StoreError> {
+        let mut jobs = self.begin_jobs(run_id).await?;
+        let verdict_filter = if verdicts.is_empty() {
+            String::new()
+        } else {
+            format!("AND i.verified IN {verdicts}")
+        };
+        let sql = format!(
+            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.action = ? \
+             {verdict_filter} AND (? IS NULL OR i.op_failures + 1 < ?) ORDER BY i.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .bind(status.as_str())
+            .bind(Action::DisassociateInstancesKeyPairs.name())
+            .bind(max_sends)
+            .bind(max_sends)
+            .fetch_all(&mut *jobs.tx)
+            .await?;
+        if max_sends.is_some() {
+            let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
+            for chunk in ids.chunks(500) {
+                sqlx::query(
+                    "UPDATE items SET op_failures = op_failures + 1 WHERE id IN (SELECT value FROM json_each(?))",
+                )
+                .bind(ids_json_i64(chunk))
+                .execute(&mut *jobs.tx)
+                .await?;
+            }
+        }
         let failed = rows
             .iter()
             .map(|row| RequeuedPair {
@@ -642,10 +759,10 @@ impl Store {
 /// The typed counterpart of the planner's `PlanWriter` for everything after planning:
 /// `retry`, verification, the jobs one action makes for another.
 pub struct JobWriter {
-    tx: Transaction<'static, Sqlite>,
+    pub(super) tx: Transaction<'static, Sqlite>,
     run_id: i64,
-    now: i64,
-    added: u64,
+    pub(super) now: i64,
+    pub(super) added: u64,
 }
 
 impl JobWriter {
@@ -653,21 +770,7 @@ impl JobWriter {
     /// items, if any, become pending in it, with what an earlier job recorded of them
     /// cleared (that history stays in the earlier job's attempts).
     pub async fn add(&mut self, job: &NewQueuedJob) -> Result<i64, StoreError> {
-        let id = insert_job(&mut self.tx, self.run_id, job, None, self.now).await?;
-        for chunk in job.item_ids.chunks(500) {
-            let list = ids_json_i64(chunk);
-            sqlx::query(
-                "UPDATE items SET job_id = ?, status = ?, error_code = NULL, error_message = NULL, \
-                 request_id = NULL, verified = NULL, verified_at = NULL, verify_request_id = NULL \
-                 WHERE run_id = ? AND id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(id)
-            .bind(ItemStatus::Pending.as_str())
-            .bind(self.run_id)
-            .bind(list)
-            .execute(&mut *self.tx)
-            .await?;
-        }
+        let id = add_job_with_items(&mut self.tx, self.run_id, job, self.now).await?;
         self.added += 1;
         Ok(id)
     }
@@ -739,11 +842,37 @@ impl RequeueWriter {
     }
 }
 
-fn ids_json_i64(ids: &[i64]) -> String {
+/// Inserts a job and moves its items into it (pending, not held, what an earlier job
+/// recorded of them cleared).
+pub(super) async fn add_job_with_items(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: i64,
+    job: &NewQueuedJob,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let id = insert_job(tx, run_id, job, None, now).await?;
+    for chunk in job.item_ids.chunks(500) {
+        let list = ids_json_i64(chunk);
+        sqlx::query(
+            "UPDATE items SET job_id = ?, status = ?, held = 0, error_code = NULL, error_message = NULL, \
+             request_id = NULL, verified = NULL, verified_at = NULL, verify_request_id = NULL \
+             WHERE run_id = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(id)
+        .bind(ItemStatus::Pending.as_str())
+        .bind(run_id)
+        .bind(list)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(id)
+}
+
+pub(super) fn ids_json_i64(ids: &[i64]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
-async fn insert_job(
+pub(super) async fn insert_job(
     tx: &mut Transaction<'_, Sqlite>,
     run_id: i64,
     job: &NewQueuedJob,
@@ -865,11 +994,16 @@ async fn finish_attempt(
             .bind(ItemStatus::Pending.as_str())
             .execute(&mut **tx)
             .await?;
+            if finish.action == Action::AssociateInstancesKeyPairs {
+                super::rotation::confirm_later(tx, job_id, now, &finish.follow_up).await?;
+            }
         }
         Outcome::Observed {
             request_id,
             verified,
             recheck_at,
+            purpose,
+            keys,
         } => {
             let verdicts: Vec<(i64, &str)> =
                 verified.iter().map(|(id, v)| (*id, v.as_str())).collect();
@@ -897,6 +1031,16 @@ async fn finish_attempt(
             .bind(job_id)
             .execute(&mut **tx)
             .await?;
+            if recheck_at.is_none() {
+                match purpose {
+                    Purpose::Verify => {}
+                    Purpose::Confirm => {
+                        super::rotation::confirmed(tx, job_id, verified, now, &finish.follow_up)
+                            .await?
+                    }
+                    Purpose::Precheck => super::rotation::looked(tx, job_id, keys, now).await?,
+                }
+            }
         }
         Outcome::Retry {
             error,
@@ -920,6 +1064,7 @@ async fn finish_attempt(
             if *give_up {
                 fail_items(tx, job_id, error).await?;
                 skip_dependents(tx, job_id, error, now).await?;
+                after_final_failure(tx, finish, error).await?;
             }
         }
         Outcome::Throttled {
@@ -956,10 +1101,27 @@ async fn finish_attempt(
             update.apply(tx, job_id, error).await?;
             fail_items(tx, job_id, error).await?;
             skip_dependents(tx, job_id, error, now).await?;
+            after_final_failure(tx, finish, error).await?;
         }
         Outcome::Split { error, children } => split_job(tx, job_id, error, children, now).await?,
     }
     Ok(())
+}
+
+/// A job failed for good: what waited on it in another way than `job_deps` (a
+/// rotation's held unbinds, a look that could not be made) is skipped too.
+async fn after_final_failure(
+    tx: &mut Transaction<'_, Sqlite>,
+    finish: &Finish,
+    error: &ErrorInfo,
+) -> Result<(), StoreError> {
+    match finish.action {
+        Action::AssociateInstancesKeyPairs => {
+            super::rotation::bind_failed(tx, finish.job_id, error, finish.finished_at).await
+        }
+        Action::DescribeInstances => super::rotation::look_failed(tx, finish.job_id, error).await,
+        _ => Ok(()),
+    }
 }
 
 /// Replaces a job by its children: each child takes the parent's action, region,

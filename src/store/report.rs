@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::plan::ItemStatus;
 use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
+use crate::cvm::Action;
 use crate::taxonomy;
 
 /// Items fetched per report page.
@@ -45,6 +46,11 @@ pub struct RunSummary {
     pub regions: i64,
     /// Jobs as planned (splits made later by the executor not counted).
     pub jobs: i64,
+    /// A rotation's bind pairs (instance, new key): Associate work.
+    pub binds: i64,
+    /// Unbind pairs held until their instance's new keys are confirmed (or until the
+    /// `--keep-one-key` look): Disassociate jobs made as they become ready.
+    pub held: i64,
     /// The first few rejections in input order.
     pub rejections: Vec<Rejection>,
 }
@@ -99,7 +105,10 @@ pub async fn run_summary(store: &Store, run_id: i64) -> Result<RunSummary, Store
     let row = sqlx::query(
         "SELECT id, created_at, input_path, input_sha256, state, rows_read, pairs, duplicates,
                 rejected, instances, keys, regions,
-                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs
+                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs,
+                (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id
+                    AND action = 'AssociateInstancesKeyPairs') AS binds,
+                (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id AND held = 1) AS held
          FROM runs WHERE id = ?",
     )
     .bind(run_id)
@@ -120,6 +129,8 @@ pub async fn run_summary(store: &Store, run_id: i64) -> Result<RunSummary, Store
         keys: row.try_get("keys")?,
         regions: row.try_get("regions")?,
         jobs: row.try_get("jobs")?,
+        binds: row.try_get("binds")?,
+        held: row.try_get("held")?,
         rejections: rejections(store, run_id, SUMMARY_REJECTIONS).await?,
     })
 }
@@ -162,18 +173,26 @@ pub async fn list_runs(store: &Store) -> Result<Vec<RunListing>, StoreError> {
             duplicates: row.try_get("duplicates")?,
             rejected: row.try_get("rejected")?,
             jobs: row.try_get("jobs")?,
-            items: item_counts(store, run_id).await?,
+            items: item_counts(store, run_id, Action::DisassociateInstancesKeyPairs).await?,
         });
     }
     Ok(runs)
 }
 
-async fn item_counts(store: &Store, run_id: i64) -> Result<BTreeMap<String, i64>, StoreError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM items WHERE run_id = ? GROUP BY status")
-            .bind(run_id)
-            .fetch_all(store.pool())
-            .await?;
+/// A run's items of one action (unbind: the input's pairs; bind: a rotation's new
+/// keys) by status, every status present.
+async fn item_counts(
+    store: &Store,
+    run_id: i64,
+    action: Action,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND action = ? GROUP BY status",
+    )
+    .bind(run_id)
+    .bind(action.name())
+    .fetch_all(store.pool())
+    .await?;
     let mut counts: BTreeMap<String, i64> = ItemStatus::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
@@ -189,10 +208,18 @@ pub struct RunStatus {
     pub state: String,
     pub stop_reason: Option<String>,
     pub input_path: String,
-    /// Item counts by status: succeeded, failed, rejected, duplicate, pending.
+    /// Unbind pairs (the input's) by status: succeeded, failed, rejected, duplicate,
+    /// pending, skipped.
     pub pairs: BTreeMap<String, i64>,
-    /// Job counts by state: queued, in_flight, succeeded, failed, split.
+    /// A rotation's bind pairs (instance, new key) by status; all zero without one.
+    pub binds: BTreeMap<String, i64>,
+    /// Unbind pairs still held: waiting for their instance's new keys to be confirmed
+    /// (or for the `--keep-one-key` look).
+    pub held: i64,
+    /// Job counts by state: queued, in_flight, succeeded, failed, split, skipped.
     pub jobs: BTreeMap<String, i64>,
+    /// Job counts by API action, then state (both phases of a rotation, the reads).
+    pub jobs_by_action: BTreeMap<String, BTreeMap<String, i64>>,
     /// Failed pairs by the error code that failed them.
     pub failures_by_code: BTreeMap<String, i64>,
     /// Attempts recorded: requests sent (or started).
@@ -218,17 +245,27 @@ pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreEr
     .fetch_optional(store.pool())
     .await?
     .ok_or(StoreError::NoSuchRun(run_id))?;
-    let pairs = item_counts(store, run_id).await?;
-    let job_rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY state")
-            .bind(run_id)
-            .fetch_all(store.pool())
-            .await?;
+    let pairs = item_counts(store, run_id, Action::DisassociateInstancesKeyPairs).await?;
+    let binds = item_counts(store, run_id, Action::AssociateInstancesKeyPairs).await?;
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id = ? AND held = 1")
+        .bind(run_id)
+        .fetch_one(store.pool())
+        .await?;
+    let job_rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT action, state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY action, state",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool())
+    .await?;
     let mut jobs: BTreeMap<String, i64> = super::JobState::ALL
         .iter()
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
-    jobs.extend(job_rows);
+    let mut jobs_by_action: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for (action, state, n) in job_rows {
+        *jobs.entry(state.clone()).or_default() += n;
+        jobs_by_action.entry(action).or_default().insert(state, n);
+    }
     let failures_by_code = store.failures_by_code(run_id).await?;
     let attempts: Vec<(Option<String>, i64)> = sqlx::query_as(
         "SELECT a.error_code, COUNT(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
@@ -257,7 +294,10 @@ pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreEr
         stop_reason: run.try_get("stop_reason")?,
         input_path: run.try_get("input_path")?,
         pairs,
+        binds,
+        held,
         jobs,
+        jobs_by_action,
         failures_by_code,
         requests,
         throttled,
@@ -288,6 +328,13 @@ pub struct ReportRow {
     pub job_id: Option<i64>,
     /// What `keyfleet verify` found (`gone`, `still_bound`, ...); `None` when never verified.
     pub verified: Option<String>,
+    /// A rotation row: the new key(s) bound before the old one is unbound.
+    pub new_key_id: Option<String>,
+    /// A rotation row: the Associate half, per new key (space-separated): its status,
+    /// the RequestId that accepted it, and what the cloud showed (`bound`, ...).
+    pub associate_status: Option<String>,
+    pub associate_request_id: Option<String>,
+    pub associate_verified: Option<String>,
 }
 
 /// Calls `emit` for every item of a run in input order (optionally only one status),
@@ -340,9 +387,19 @@ pub async fn for_each_report_row<E>(
                         CASE WHEN i.status = 'rejected' THEN i.reason
                              ELSE COALESCE(d.error_message, i.error_message) END,
                         COALESCE(d.job_id, i.job_id),
-                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END
+                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
+                        i.new_key_id, b.statuses, b.request_ids, b.verdicts
                  FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+                 LEFT JOIN (SELECT bi.region, bi.instance_id, group_concat(bi.key_id, ' ') AS keys,
+                                   group_concat(bi.status, ' ') AS statuses,
+                                   group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
+                                   group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
+                            FROM (SELECT * FROM items WHERE run_id = ?3
+                                  AND action = 'AssociateInstancesKeyPairs' ORDER BY instance_id, key_id) bi
+                            GROUP BY bi.region, bi.instance_id) b
+                        ON i.new_key_id IS NOT NULL AND b.region = i.region AND b.instance_id = i.instance_id
                  WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
+                       AND +i.action = 'DisassociateInstancesKeyPairs'
                  ORDER BY i.id LIMIT ?5",
             )?;
             let mut rows = statement.query(rusqlite::params![
@@ -368,6 +425,10 @@ pub async fn for_each_report_row<E>(
                         attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
                         job_id,
                         verified: row.get(10)?,
+                        new_key_id: row.get(11)?,
+                        associate_status: row.get(12)?,
+                        associate_request_id: row.get(13)?,
+                        associate_verified: row.get(14)?,
                     },
                 ));
             }

@@ -132,6 +132,11 @@ stored_words! {
         OperationFailed => "operation_failed",
         /// DescribeInstances does not know the instance.
         InstanceMissing => "instance_missing",
+        /// A bind item (rotation): the new key is in `LoginSettings.KeyIds` and no
+        /// operation is running: confirmed.
+        Bound => "bound",
+        /// A bind item: the new key is not bound, and no operation of ours failed or runs.
+        NotBound => "not_bound",
     }
 }
 

@@ -22,15 +22,50 @@ pub struct VerifyItem {
     /// The RequestId of the operation that claimed the pair, if any: the one whose
     /// `LatestOperationState` tells whether it was applied.
     pub request_id: Option<String>,
+    /// A bind item (rotation): the key is to be bound, not gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bind: bool,
+}
+
+/// What a `DescribeInstances` job of the queue is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// `keyfleet verify`: what became of the run's pairs.
+    #[default]
+    Verify,
+    /// A rotation: are an Associate job's new keys bound? Releases the held unbinds.
+    Confirm,
+    /// `--keep-one-key`: which keys instances hold before anything is unbound.
+    Precheck,
 }
 
 /// A verification batch's payload.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VerifyPayload {
+    #[serde(default)]
+    pub purpose: Purpose,
     /// Until when (Unix ms) an instance whose operation is still OPERATING is looked
     /// at again; after it, `operating` is the answer.
     pub recheck_until: i64,
     pub items: Vec<VerifyItem>,
+}
+
+impl VerifyPayload {
+    /// The payload of a `--keep-one-key` look: its instances are the job's, the
+    /// pairs it decides on are their held items.
+    pub fn precheck() -> VerifyPayload {
+        VerifyPayload {
+            purpose: Purpose::Precheck,
+            recheck_until: 0,
+            items: Vec::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a verification: {e}")))
+    }
 }
 
 /// Counts of a run's valid pairs by verification result (`None`: never verified).
@@ -38,8 +73,10 @@ pub struct VerifyPayload {
 pub struct VerificationCounts {
     pub by_value: BTreeMap<Verified, i64>,
     pub unverified: i64,
-    /// Succeeded pairs whose key is not verified `gone`.
+    /// Succeeded unbind pairs whose key is not verified `gone`.
     pub succeeded_not_gone: i64,
+    /// Succeeded bind pairs (a rotation's new keys) not verified `bound`.
+    pub binds_not_bound: i64,
 }
 
 impl VerificationCounts {
@@ -71,7 +108,7 @@ impl Store {
         recheck_for_ms: i64,
     ) -> Result<u64, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, region, instance_id, key_id, request_id FROM items \
+            "SELECT id, region, instance_id, key_id, request_id, action FROM items \
              WHERE run_id = ? AND status IN (?, ?, ?, ?) ORDER BY region, instance_id, key_id",
         )
         .bind(run_id)
@@ -95,6 +132,7 @@ impl Store {
                     instance_id,
                     key_id: row.get("key_id"),
                     request_id: row.get("request_id"),
+                    bind: row.get::<&str, _>("action") == Action::AssociateInstancesKeyPairs.name(),
                 });
         }
         let recheck_until = now_ms() + recheck_for_ms;
@@ -110,6 +148,7 @@ impl Store {
                 key_ids.sort();
                 key_ids.dedup();
                 let payload = VerifyPayload {
+                    purpose: Purpose::Verify,
                     recheck_until,
                     items: batch.iter().flat_map(|(_, items)| items.clone()).collect(),
                 };
@@ -120,9 +159,7 @@ impl Store {
                         force_stop: false,
                         instance_ids,
                         key_ids,
-                        payload: Some(serde_json::to_string(&payload).map_err(|e| {
-                            StoreError::Corrupt(format!("cannot encode a verification: {e}"))
-                        })?),
+                        payload: Some(payload.encode()?),
                         after: Vec::new(),
                         item_ids: Vec::new(),
                     })
@@ -180,10 +217,11 @@ impl Store {
     /// A run's valid pairs by verification result.
     pub async fn verification_counts(&self, run_id: i64) -> Result<VerificationCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT verified, status = ? AS succeeded, COUNT(*) AS n FROM items \
-             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?",
+            "SELECT verified, status = ? AS succeeded, action = ? AS bind, COUNT(*) AS n FROM items \
+             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?, action",
         )
         .bind(ItemStatus::Succeeded.as_str())
+        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(run_id)
         .bind(ItemStatus::Pending.as_str())
         .bind(ItemStatus::Succeeded.as_str())
@@ -196,6 +234,7 @@ impl Store {
         for row in rows {
             let n: i64 = row.get("n");
             let succeeded: bool = row.get("succeeded");
+            let bind: bool = row.get("bind");
             let value: Option<Verified> = row
                 .get::<Option<&str>, _>("verified")
                 .map(str::parse)
@@ -205,8 +244,10 @@ impl Store {
                 Some(v) => *counts.by_value.entry(v).or_default() += n,
                 None => counts.unverified += n,
             }
-            if succeeded && value != Some(Verified::Gone) {
-                counts.succeeded_not_gone += n;
+            match (succeeded, bind) {
+                (true, false) if value != Some(Verified::Gone) => counts.succeeded_not_gone += n,
+                (true, true) if value != Some(Verified::Bound) => counts.binds_not_bound += n,
+                _ => {}
             }
         }
         Ok(counts)

@@ -8,6 +8,7 @@ mod hostile;
 mod pacing;
 mod plan;
 mod regional;
+mod rotation;
 mod run;
 mod runbook;
 mod security;

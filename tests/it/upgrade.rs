@@ -151,3 +151,102 @@ async fn a_0_1_0_database_migrates_reports_and_resumes() {
             .contains(&("ins-00000001".to_string(), "skey-00000009".to_string()))
     );
 }
+
+/// A database made by the version before rotation (schema up to 0004: actions,
+/// verification, the pacer), with a verified run and a planned one, is opened by this
+/// version: migration 0005 rebuilds `items` keeping every value, the verified run
+/// reports as it was, and the planned run resumes to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_version_before_rotation_migrates_reports_and_resumes() {
+    use std::borrow::Cow;
+    let (r, fleet) = rehearsal_on_fixture().await;
+    std::fs::remove_file(&r.db).unwrap();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&r.db)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let mut migrator =
+            sqlx::migrate::Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+                .await
+                .unwrap();
+        migrator.migrations = Cow::Owned(
+            migrator
+                .migrations
+                .iter()
+                .filter(|m| m.version < 5)
+                .cloned()
+                .collect(),
+        );
+        migrator.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO runs (id, created_at, input_path, input_sha256, options, rows_read, pairs,
+                               duplicates, rejected, instances, keys, regions, state, finished_at)
+             VALUES (1, 1, '/in/a.csv', 'aa', '{}', 2, 1, 0, 1, 1, 1, 1, 'finished', 5),
+                    (2, 2, '/in/b.csv', 'bb', '{}', 1, 1, 0, 0, 1, 1, 1, 'planned', NULL)",
+            "INSERT INTO jobs (id, run_id, action, region, instance_ids, key_ids, pair_count, state,
+                               request_id, created_at, finished_at)
+             VALUES (1, 1, 'DisassociateInstancesKeyPairs', 'ap-guangzhou', '[\"ins-00000002\"]',
+                     '[\"skey-00000003\"]', 1, 'succeeded', 'req-1', 1, 3),
+                    (2, 2, 'DisassociateInstancesKeyPairs', 'ap-guangzhou', '[\"ins-00000001\"]',
+                     '[\"skey-00000009\"]', 1, 'queued', NULL, 2, NULL)",
+            "INSERT INTO attempts (id, job_id, number, started_at, finished_at, sent_at, outcome, request_id)
+             VALUES (1, 1, 1, 2, 3, 2, 'succeeded', 'req-1')",
+            "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, reason,
+                                job_id, request_id, verified, verified_at, verify_request_id)
+             VALUES (1, 1, 'line 2', 'ap-guangzhou', 'ins-00000002', 'skey-00000003', 'succeeded',
+                     NULL, 1, 'req-1', 'gone', 4, 'req-v'),
+                    (2, 1, 'line 3', NULL, 'ins-x', 'skey-00000003', 'rejected',
+                     'instance id \"ins-x\" is not ins- and 8 characters', NULL, NULL, NULL, NULL, NULL),
+                    (3, 2, 'line 2', 'ap-guangzhou', 'ins-00000001', 'skey-00000009', 'pending',
+                     NULL, 2, NULL, NULL, NULL, NULL)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    let (code, report, stderr) = r.run(&["report", "1", "--format", "json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(rows[0]["status"], "succeeded");
+    assert_eq!(rows[0]["request_id"], "req-1");
+    assert_eq!(rows[0]["verified"], "gone");
+    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows[1]["status"], "rejected");
+    assert!(rows[0]["new_key_id"].is_null());
+    let (code, status, stderr) = r.run(&["status", "1", "--json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pairs"]["succeeded"], 1, "{status}");
+    assert_eq!(status["verification"]["gone"], 1, "{status}");
+    assert_eq!(status["held"], 0, "{status}");
+
+    let (code, _, stderr) = r.run(&["resume", "2", "--progress", "none"], LIMIT).await;
+    assert_eq!(code, 0, "resume 2: {stderr}");
+    assert!(
+        !r.sim
+            .fleet()
+            .bindings()
+            .contains(&("ins-00000001".to_string(), "skey-00000009".to_string()))
+    );
+    assert!(
+        fleet
+            .bindings()
+            .contains(&("ins-00000001".to_string(), "skey-00000009".to_string()))
+    );
+    let store = r.store().await;
+    let broken: Vec<(String, i64)> =
+        sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    store.close().await;
+}
