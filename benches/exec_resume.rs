@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use exec_common as common;
 use keyfleet::executor::{self, Api, Call, Counters, ExecConfig, Refused, Reply, StopSignal};
 use keyfleet::sim::SimHandle;
+use keyfleet::store::queue::{Applied, Finish, LEASE_STALE_AFTER, Lease, Outcome, Write};
 use keyfleet::store::{Store, now_ms};
 use sqlx::Row;
 
@@ -112,87 +113,81 @@ async fn resume(pairs: usize, repeat: usize) {
     simulator.shutdown().await;
 }
 
-/// Marks the first half of the jobs succeeded, with one finished attempt each.
+/// Marks the first half of the jobs succeeded, with one finished attempt each,
+/// through the executor's own writes (attempt starts, then successes).
 async fn half_done(store: &Store, run_id: i64, jobs: i64) {
-    let pool = store.pool();
     let now = now_ms();
-    let first: i64 = sqlx::query_scalar("SELECT MIN(id) FROM jobs WHERE run_id = ?")
-        .bind(run_id)
-        .fetch_one(pool)
+    store.mark_running(run_id).await.expect("mark running");
+    let done = store
+        .due_jobs(run_id, None, now, jobs / 2)
         .await
-        .expect("first job");
-    let last_done = first + jobs / 2 - 1;
-    let mut tx = pool.begin().await.expect("begin");
-    for sql in [
-        "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, request_id, http_status, latency_ms) \
-         SELECT id, 1, ?1, ?1, 'succeeded', 'prior-' || id, 200, 150 FROM jobs WHERE run_id = ?2 AND id <= ?3",
-        "UPDATE jobs SET state = 'succeeded', request_id = 'prior-' || id, finished_at = ?1 \
-         WHERE run_id = ?2 AND id <= ?3",
-        "UPDATE items SET status = 'succeeded', request_id = 'prior-' || job_id \
-         WHERE run_id = ?2 AND job_id <= ?3 AND status = 'pending'",
-        "UPDATE runs SET state = 'running', started_at = ?1 WHERE id = ?2 AND ?3 IS NOT NULL",
-    ] {
-        sqlx::query(sql)
-            .bind(now)
-            .bind(run_id)
-            .bind(last_done)
-            .execute(&mut *tx)
-            .await
-            .expect("mark half done");
-    }
-    tx.commit().await.expect("commit");
+        .expect("first half of the jobs");
+    let starts: Vec<Write> = done
+        .iter()
+        .map(|job| Write::Start {
+            job_id: job.id,
+            started_at: now,
+        })
+        .collect();
+    let started = store.apply(&starts).await.expect("start attempts");
+    let finishes: Vec<Write> = done
+        .iter()
+        .zip(started)
+        .map(|(job, applied)| {
+            let Applied::Started { attempt_id, .. } = applied else {
+                panic!("job {} did not start: {applied:?}", job.id);
+            };
+            let request_id = format!("prior-{}", job.id);
+            Write::Finish(Box::new(Finish {
+                action: keyfleet::cvm::Action::DisassociateInstancesKeyPairs,
+                follow_up: keyfleet::store::queue::FollowUp::default(),
+                attempt_id,
+                job_id: job.id,
+                finished_at: now,
+                sent_at: now,
+                latency_ms: 150,
+                http_status: Some(200),
+                request_id: Some(request_id.clone()),
+                endpoint: None,
+                outcome: Outcome::Succeeded { request_id },
+            }))
+        })
+        .collect();
+    store.apply(&finishes).await.expect("record successes");
 }
 
 /// Leaves the run as `kill -9` does: the next jobs in flight with open attempts, and
 /// the lease held by a process that is gone (its heartbeat still fresh).
 async fn crash(store: &Store, run_id: i64) {
-    let pool = store.pool();
-    let now = now_ms();
-    let mut tx = pool.begin().await.expect("begin");
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE run_id = ? AND state = 'queued' ORDER BY next_attempt_at, id LIMIT ?",
-    )
-    .bind(run_id)
-    .bind(IN_FLIGHT_AT_CRASH)
-    .fetch_all(&mut *tx)
-    .await
-    .expect("next jobs");
-    for id in ids {
-        sqlx::query(
-            "INSERT INTO attempts (job_id, number, started_at) \
-             VALUES (?1, (SELECT COUNT(*) + 1 FROM attempts WHERE job_id = ?1), ?2)",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
+    let next = store
+        .due_jobs(run_id, None, now_ms(), IN_FLIGHT_AT_CRASH)
         .await
-        .expect("open attempt");
-        sqlx::query("UPDATE jobs SET state = 'in_flight' WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .expect("in flight");
-    }
-    sqlx::query(
-        "UPDATE runs SET state = 'running', owner_pid = ?, owner_host = ?, owner_token = 'killed', \
-         heartbeat_at = ? WHERE id = ?",
-    )
-    .bind(dead_pid())
-    .bind(hostname())
-    .bind(now)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await
-    .expect("stale lease");
-    tx.commit().await.expect("commit");
+        .expect("next jobs");
+    let starts: Vec<Write> = next
+        .iter()
+        .map(|job| Write::Start {
+            job_id: job.id,
+            started_at: now_ms(),
+        })
+        .collect();
+    store.apply(&starts).await.expect("open attempts");
+    let gone = Lease {
+        token: "killed".to_string(),
+        pid: dead_pid(),
+        host: hostname(),
+    };
+    store
+        .acquire_run(run_id, &gone, LEASE_STALE_AFTER)
+        .await
+        .expect("the dead process's lease");
 }
 
 /// A pid no process can have: one above the kernel's maximum.
-fn dead_pid() -> i64 {
+fn dead_pid() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .map_or(i32::MAX as i64, |max| max + 1)
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(i32::MAX as u32, |max| max + 1)
 }
 
 /// The host name as the executor's lease records it.
@@ -225,7 +220,7 @@ async fn query_plans(store: &Store, run_id: i64) {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
             .bind(run_id)
             .bind(now_ms())
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .expect("explain");
         let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();

@@ -1,9 +1,9 @@
 -- no-transaction
--- Key rotation: an item is one pair of one of two actions. An unbind item
--- (DisassociateInstancesKeyPairs) may name the new key(s) bound first (`new_key_id`),
+-- Key rotation: an item is one pair of one of two kinds. An unbind item (`bind` 0:
+-- DisassociateInstancesKeyPairs, the input's pairs) may name the new key(s) bound first (`new_key_id`),
 -- and waits (`held`) until its instance's new keys are confirmed bound, or until
--- `--keep-one-key` has looked at its instance; a bind item (AssociateInstancesKeyPairs)
--- is one (instance, new key) pair of the rotation. `verified` gains the associate
+-- `--keep-one-key` has looked at its instance; a bind item (`bind` 1:
+-- AssociateInstancesKeyPairs) is one (instance, new key) pair of the rotation. `verified` gains the associate
 -- half's words (`bound`, `not_bound`); `op_failures` counts accepted operations the
 -- cloud reported FAILED, each sent again within --max-attempts.
 --
@@ -19,10 +19,10 @@ CREATE TABLE items_new (
     id              INTEGER PRIMARY KEY,
     run_id          INTEGER NOT NULL REFERENCES runs (id),
     position        TEXT    NOT NULL,
-    -- The API action this pair is for: unbind (the input's pairs) or bind (a rotation's
-    -- new keys, one item per instance and new key).
-    action          TEXT    NOT NULL DEFAULT 'DisassociateInstancesKeyPairs'
-                    CHECK (action IN ('DisassociateInstancesKeyPairs', 'AssociateInstancesKeyPairs')),
+    -- 0: an unbind pair (the input's; DisassociateInstancesKeyPairs); 1: a bind pair (a
+    -- rotation's new key, one item per instance and new key; AssociateInstancesKeyPairs).
+    -- A flag, not the action's name: 0 and 1 take no bytes in a row or an index entry.
+    bind            INTEGER NOT NULL DEFAULT 0 CHECK (bind IN (0, 1)),
     region          TEXT,
     instance_id     TEXT,
     key_id          TEXT,
@@ -55,13 +55,12 @@ INSERT INTO items_new (id, run_id, position, region, instance_id, key_id, status
     FROM items;
 DROP TABLE items;
 ALTER TABLE items_new RENAME TO items;
--- status then action: the per-status counts of each half read the index alone.
-CREATE INDEX items_run ON items (run_id, status, action);
+-- status then bind: the per-status counts of each half read the index alone.
+CREATE INDEX items_run ON items (run_id, status, bind);
 CREATE INDEX items_job ON items (job_id);
 -- What a rotation looks up per instance: its held unbinds, its bind items.
 CREATE INDEX items_held ON items (run_id, region, instance_id) WHERE held = 1;
-CREATE INDEX items_bind ON items (run_id, region, instance_id)
-    WHERE action = 'AssociateInstancesKeyPairs';
+CREATE INDEX items_bind ON items (run_id, region, instance_id) WHERE bind = 1;
 
 INSERT INTO schema_marks (version) VALUES (5);
 

@@ -147,6 +147,9 @@ pub enum RowContent {
         region: Option<Field>,
         /// A rotation: the key(s) to bind first (empty: a plain unbind).
         new_key_ids: Vec<Field>,
+        /// `keys_after` as `discover` writes it (keys the instance keeps), when the
+        /// input carries it: informational, so a value that is not a number is ignored.
+        keys_after: Option<u64>,
     },
     /// Every listed key from every listed instance (the cross product).
     Set {
@@ -394,7 +397,7 @@ fn read_csv(
     let mut current = csv::StringRecord::new();
     let mut held = csv::StringRecord::new();
     let mut held_end: Option<u64> = None;
-    let mut columns: Option<(usize, usize, Option<usize>, Option<usize>)> = None;
+    let mut columns: Option<Columns> = None;
     let mut header_line = 1 + skipped_lines;
     let mut rows = 0u64;
     loop {
@@ -419,16 +422,9 @@ fn read_csv(
                     }
                     columns = Some(csv_columns(&held, file, line)?);
                 }
-                Some((instance_col, key_col, region_col, new_key_col)) => {
+                Some(columns) => {
                     rows += 1;
-                    on_row(csv_row(
-                        &held,
-                        line,
-                        instance_col,
-                        key_col,
-                        region_col,
-                        new_key_col,
-                    ));
+                    on_row(csv_row(&held, line, columns));
                 }
             }
         }
@@ -460,11 +456,17 @@ fn read_csv(
 
 /// Finds the instance, key, (optional) region and (optional) new-key columns in the
 /// header on `line`.
-fn csv_columns(
-    headers: &csv::StringRecord,
-    file: &str,
-    line: u64,
-) -> Result<(usize, usize, Option<usize>, Option<usize>), InputError> {
+/// Where a CSV header puts the columns keyfleet reads.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    instance: usize,
+    key: usize,
+    region: Option<usize>,
+    new_key: Option<usize>,
+    keys_after: Option<usize>,
+}
+
+fn csv_columns(headers: &csv::StringRecord, file: &str, line: u64) -> Result<Columns, InputError> {
     if let Some(column) = headers
         .iter()
         .position(|h| h.trim_end_matches('\r').contains('\r'))
@@ -484,12 +486,14 @@ fn csv_columns(
     let mut key_col = None;
     let mut region_col = None;
     let mut new_key_col = None;
+    let mut keys_after_col = None;
     for (i, name) in headers.iter().enumerate() {
         let slot = match normalize_name(name.trim()).as_str() {
             "instanceid" => &mut instance_col,
             "keyid" => &mut key_col,
             "region" => &mut region_col,
             "newkeyid" | "newkeyids" => &mut new_key_col,
+            "keysafter" => &mut keys_after_col,
             _ => continue,
         };
         if let Some(earlier) = *slot {
@@ -507,8 +511,14 @@ fn csv_columns(
         }
         *slot = Some(i);
     }
-    if let (Some(instance_col), Some(key_col)) = (instance_col, key_col) {
-        return Ok((instance_col, key_col, region_col, new_key_col));
+    if let (Some(instance), Some(key)) = (instance_col, key_col) {
+        return Ok(Columns {
+            instance,
+            key,
+            region: region_col,
+            new_key: new_key_col,
+            keys_after: keys_after_col,
+        });
     }
     let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
         .iter()
@@ -537,14 +547,14 @@ fn csv_columns(
 
 /// One CSV record as a pair row. With '\n' as the only terminator, a CRLF line
 /// leaves its '\r' at the end of the last field: it is not part of the value.
-fn csv_row(
-    record: &csv::StringRecord,
-    line: u64,
-    instance_col: usize,
-    key_col: usize,
-    region_col: Option<usize>,
-    new_key_col: Option<usize>,
-) -> InputRow {
+fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -> InputRow {
+    let Columns {
+        instance: instance_col,
+        key: key_col,
+        region: region_col,
+        new_key: new_key_col,
+        keys_after: keys_after_col,
+    } = columns;
     let last = record.len().saturating_sub(1);
     let get = |col: usize| {
         record.get(col).map(|v| {
@@ -578,11 +588,22 @@ fn csv_row(
             instance_id: field(instance_col, "instance_id"),
             key_id: field(key_col, "key_id"),
             region,
-            new_key_ids: new_key_col
+            // A file with a new_key_id column is a rotation: an empty cell is a
+            // missing new key, never a plain unbind (which would bind nothing).
+            new_key_ids: match new_key_col {
+                None => Vec::new(),
+                Some(col) => match get(col) {
+                    Some(v) if !v.trim().is_empty() => vec![Ok(v.to_string())],
+                    _ => vec![Err(format!(
+                        "new_key_id (column {}) is empty: a rotation row needs the new key; plain \
+                         unbinds go in a file without the new_key_id column",
+                        col + 1
+                    ))],
+                },
+            },
+            keys_after: keys_after_col
                 .and_then(get)
-                .filter(|v| !v.is_empty())
-                .map(|v| vec![Ok(v.to_string())])
-                .unwrap_or_default(),
+                .and_then(|v| v.trim().parse().ok()),
         },
     }
 }
@@ -986,6 +1007,7 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
     let mut keys = None;
     let mut region = None;
     let mut new_key = None;
+    let mut keys_after = None;
     for (name, value) in fields {
         let slot = match &*normalized_key(&name) {
             "instanceid" => &mut instance,
@@ -994,6 +1016,10 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
             "keyids" => &mut keys,
             "region" => &mut region,
             "newkeyid" | "newkeyids" => &mut new_key,
+            "keysafter" => {
+                keys_after = value.as_u64();
+                continue;
+            }
             _ => continue,
         };
         if let Some((earlier, _)) = slot {
@@ -1004,9 +1030,21 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
         *slot = Some((name, value));
     }
     let new_key_ids = match new_key {
-        None | Some((_, Value::Null)) => Vec::new(),
-        Some((_, Value::String(s))) if s.is_empty() => Vec::new(),
-        Some((_, Value::Array(list))) if list.is_empty() => Vec::new(),
+        None => Vec::new(),
+        // Named but empty: a missing new key, never a plain unbind.
+        Some((name, Value::Null)) => vec![Err(format!(
+            "{name} is null: a rotation row needs the new key"
+        ))],
+        Some((name, Value::String(s))) if s.trim().is_empty() => {
+            vec![Err(format!(
+                "{name} is empty: a rotation row needs the new key"
+            ))]
+        }
+        Some((name, Value::Array(list))) if list.is_empty() => {
+            vec![Err(format!(
+                "{name} is an empty list: a rotation row needs the new key"
+            ))]
+        }
         Some((name, Value::Array(list))) => match list_field(Value::Array(list), &name) {
             Ok(ids) => ids,
             Err(reason) => return invalid(reason),
@@ -1039,6 +1077,7 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
             ),
             region,
             new_key_ids,
+            keys_after,
         },
         (false, true) => {
             let Some((instances_name, instances)) = instances else {
@@ -1237,6 +1276,7 @@ mod tests {
             key_id: Ok(key.into()),
             region: region.map(|r| Ok(r.into())),
             new_key_ids: Vec::new(),
+            keys_after: None,
         }
     }
 
@@ -1535,5 +1575,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rows[0].position.kind, PositionKind::Line);
+    }
+
+    #[test]
+    fn rotation_rows_carry_their_new_keys_and_an_empty_one_is_an_error() {
+        let new_keys = |value: serde_json::Value| match row_from_value(value) {
+            RowContent::Pair { new_key_ids, .. } | RowContent::Set { new_key_ids, .. } => {
+                new_key_ids
+            }
+            RowContent::Invalid { reason } => panic!("invalid: {reason}"),
+        };
+        let pair = |extra: serde_json::Value| {
+            let mut row =
+                serde_json::json!({"instance_id": "ins-00000001", "key_id": "skey-00000001"});
+            row.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            row
+        };
+        assert!(new_keys(pair(serde_json::json!({}))).is_empty());
+        assert_eq!(
+            new_keys(pair(serde_json::json!({"new_key_id": "skey-00000002"}))),
+            [Ok("skey-00000002".to_string())]
+        );
+        assert_eq!(
+            new_keys(serde_json::json!({
+                "InstanceIds": ["ins-00000001"], "KeyIds": ["skey-00000001"],
+                "NewKeyIds": ["skey-00000002", "skey-00000003"]
+            })),
+            [
+                Ok("skey-00000002".to_string()),
+                Ok("skey-00000003".to_string())
+            ]
+        );
+        for empty in [
+            serde_json::json!({"new_key_id": ""}),
+            serde_json::json!({"new_key_id": null}),
+            serde_json::json!({"NewKeyIds": []}),
+        ] {
+            let keys = new_keys(pair(empty.clone()));
+            assert!(
+                matches!(keys.as_slice(), [Err(reason)] if reason.contains("needs the new key")),
+                "{empty}: {keys:?}"
+            );
+        }
+        let csv = read(
+            b"instance_id,key_id,new_key_id\nins-00000001,skey-00000001,skey-00000002\nins-00000002,skey-00000001,\n",
+            None,
+        )
+        .unwrap();
+        let keys: Vec<_> = csv
+            .iter()
+            .map(|row| match &row.content {
+                RowContent::Pair { new_key_ids, .. } => new_key_ids.clone(),
+                _ => panic!("a pair"),
+            })
+            .collect();
+        assert_eq!(keys[0], [Ok("skey-00000002".to_string())]);
+        assert!(matches!(keys[1].as_slice(), [Err(reason)] if reason.contains("is empty")));
     }
 }

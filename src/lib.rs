@@ -6,7 +6,8 @@
 //! (or the simulator).
 //!
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
-//! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run.
+//! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
+//!   a rotation row's new keys become bind pairs (Associate jobs) and its unbinds are held.
 //! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
@@ -21,12 +22,18 @@
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
 //!   action, with a payload and prerequisites in `job_deps`), attempts;
 //!   `store::states` the stored states as enums (checked against the schema),
-//!   `store::plan` writes a plan in one transaction (on a rusqlite connection of its own),
-//!   `store::report` reads runs back (the item report likewise, read-only),
-//!   `store::rates` the achieved rate and throttles per API and access endpoint,
+//!   every operation is a `Store` method, grouped by file:
+//!   `store::plan` writes a plan in one transaction (`Store::begin_plan`, on a rusqlite
+//!   connection of its own), `store::report` reads runs back (`Store::run_summary`,
+//!   `run_status`, `list_runs`, `for_each_report_row`, the last read-only likewise),
+//!   `store::rates` the achieved rate and throttles per API and access endpoint
+//!   (`Store::achieved_rates`),
 //!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
 //!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
 //!   `store::verify` queues verification batches and counts their verdicts;
+//!   `store::rotation` writes, in the transaction of an outcome, what follows it in a
+//!   rotation or a `--keep-one-key` run (an Associate's confirmation, the unbind jobs a
+//!   confirmation releases, the skips a failed bind causes), and `retry` for them;
 //!   `store::pacer` the shared send slots (one row per limiter key, `synchronous=NORMAL`);
 //!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.

@@ -18,7 +18,7 @@ use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::input::{self, Field, Format, InputError, InputRow, Position, PositionKind, RowContent};
 use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun};
-use crate::store::report::{self, RunSummary};
+use crate::store::report::RunSummary;
 use crate::store::{Store, StoreError};
 
 /// Rejections listed in a strict refusal's message.
@@ -350,6 +350,8 @@ struct Built {
     new_key_sets: Vec<Vec<u64>>,
     /// `--keep-one-key`: (region, instances) of each look before unbinding.
     prechecks: Vec<(u32, Vec<u64>)>,
+    /// Instances the input's `keys_after` says a plain unbind leaves keyless.
+    keyless: Option<u64>,
     pairs: u64,
     duplicates: u64,
     instances: u64,
@@ -358,6 +360,9 @@ struct Built {
 
 struct Builder {
     default_region: Option<String>,
+    /// Instances a plain unbind leaves with no key, by the input's own `keys_after`.
+    keyless: std::collections::HashSet<String>,
+    saw_keys_after: bool,
     new_key_sets: Vec<Vec<u64>>,
     new_key_set_ids: HashMap<Vec<u64>, u32>,
     region_ids: HashMap<String, u32>,
@@ -379,13 +384,25 @@ impl Builder {
                 key_id,
                 region,
                 new_key_ids,
-            } => self.add_pair(
-                row.position,
-                instance_id,
-                key_id,
-                region.as_ref(),
-                new_key_ids,
-            ),
+                keys_after,
+            } => {
+                if let Some(after) = keys_after {
+                    self.saw_keys_after = true;
+                    if *after == 0
+                        && new_key_ids.is_empty()
+                        && let Ok(id) = instance_id
+                    {
+                        self.keyless.insert(id.clone());
+                    }
+                }
+                self.add_pair(
+                    row.position,
+                    instance_id,
+                    key_id,
+                    region.as_ref(),
+                    new_key_ids,
+                )
+            }
             RowContent::Set {
                 instance_ids,
                 key_ids,
@@ -583,6 +600,8 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     let keep_one_key = options.keep_one_key;
     let mut builder = Builder {
         default_region: options.default_region.clone(),
+        keyless: Default::default(),
+        saw_keys_after: false,
         new_key_sets: vec![Vec::new()],
         new_key_set_ids: HashMap::new(),
         region_ids: HashMap::new(),
@@ -606,6 +625,8 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         mut items,
         mut rejections,
         new_key_sets,
+        keyless,
+        saw_keys_after,
         ..
     } = builder;
     let position_kind = match digest.format {
@@ -824,6 +845,7 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         bind_items,
         new_key_sets,
         prechecks,
+        keyless: saw_keys_after.then_some(keyless.len() as u64),
         pairs: unique.len() as u64,
         duplicates,
         instances,
@@ -857,6 +879,9 @@ pub struct PlanOutcome {
     pub summary: RunSummary,
     /// ceil(pairs / 10,000): no plan can take fewer requests.
     pub lower_bound: u64,
+    /// Instances a plain unbind would leave with no key, by the input's `keys_after`
+    /// column (`discover` writes it); `None` when the input does not say.
+    pub keyless_after: Option<u64>,
 }
 
 /// Plans `path` (`-` for stdin) into `store`, or finds the run that already planned it.
@@ -880,6 +905,7 @@ pub async fn plan_input(
         }
     };
     let rejected = built.rejections.len() as u64;
+    let keyless_after = built.keyless;
     tracing::info!(
         rows = built.rows,
         pairs = built.pairs,
@@ -927,7 +953,7 @@ pub async fn plan_input(
                 keys: built.keys,
                 regions: built.regions.len() as u64,
             };
-            match crate::store::plan::begin_plan(&store, &run)? {
+            match store.begin_plan(&run)? {
                 Begin::Existing(id) => Ok((id, true)),
                 Begin::New(writer) => Ok((write(writer, &built, force_stop)?, false)),
             }
@@ -944,12 +970,13 @@ pub async fn plan_input(
             "plan committed"
         );
     }
-    let summary = report::run_summary(store, run_id).await?;
+    let summary = store.run_summary(run_id).await?;
     let lower_bound = lower_bound(summary.pairs.max(0) as u64);
     Ok(PlanOutcome {
         existing,
         summary,
         lower_bound,
+        keyless_after,
     })
 }
 
@@ -1148,7 +1175,7 @@ pub enum InputCheck {
 /// Compares a run's input file with the SHA-256 recorded when it was planned.
 /// Call on resume: a run whose input has since changed must be reported, never mixed.
 pub async fn check_input(store: &Store, run_id: i64) -> Result<InputCheck, StoreError> {
-    let (path, planned) = crate::store::plan::run_input(store, run_id).await?;
+    let (path, planned) = store.run_input(run_id).await?;
     if path == input::STDIN_PATH {
         return Ok(InputCheck::Stdin);
     }

@@ -6,6 +6,9 @@
 //! key across both regions, `run` the rows it wrote (with progress bars and the
 //! closing verification), `verify --requeue` + `resume` until every pair is verified
 //! gone, the report, and an audit of the simulator's fleet against what keyfleet says.
+//!
+//! `--rotate` rehearses a key rotation instead: every holder of the key is rotated to
+//! a new one (bound, confirmed, then the old one unbound), with the same faults.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -44,6 +47,10 @@ pub struct Args {
     /// Rounds of `verify --requeue` + `resume` at most.
     #[arg(long, default_value_t = 10)]
     rounds: u32,
+    /// Rehearse a key rotation: bind a new key to every holder of the old one, confirm
+    /// it with DescribeInstances, then unbind the old key, instance by instance.
+    #[arg(long)]
+    rotate: bool,
     #[command(flatten)]
     exec: ExecFlags,
 }
@@ -91,6 +98,9 @@ fn leaked_key(fleet: &Fleet) -> Option<String> {
         .map(|(key, _)| key.to_string())
 }
 
+/// The key `--rotate` binds.
+const ROTATE_TO: &str = "skey-r0tate0n";
+
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
@@ -103,9 +113,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let db = dir.join("keyfleet.db");
     let report = dir.join("report.csv");
 
-    let fleet = Fleet::generate(args.instances, args.seed, &demo_mix());
+    let mut fleet = Fleet::generate(args.instances, args.seed, &demo_mix());
     let before: BTreeSet<(String, String)> = fleet.bindings();
     let leaked = leaked_key(&fleet).context("the generated fleet has no keys")?;
+    // The key a rotation binds: it exists in the account, bound nowhere yet.
+    let new_key = args.rotate.then(|| ROTATE_TO.to_string());
+    fleet.keys.extend(new_key.clone());
 
     let secret_id = format!("AKIDdemo{}", uuid::Uuid::new_v4().simple());
     let secret_key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
@@ -126,6 +139,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         .await
         .context("cannot listen on 127.0.0.1")?;
     let simulator = sim::start(listener, config, fleet).await?;
+    if let Some(new) = &new_key {
+        eprintln!("keyfleet demo: rotating every holder of {leaked} to {new}.");
+    }
     eprintln!(
         "keyfleet demo: key {leaked} has leaked. {} instances ({} key bindings) in two regions behind a simulated CVM API at {} (10 requests/s, {:.0}% transient faults, {:.0}% of accepted operations fail later)",
         args.instances,
@@ -150,7 +166,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     })?);
 
     eprintln!(
-        "\n1. keyfleet discover --key {leaked} --all-regions --output {}",
+        "\n1. keyfleet discover --key {leaked} --all-regions{} --output {}",
+        new_key
+            .as_ref()
+            .map(|k| format!(" --rotate-to {k}"))
+            .unwrap_or_default(),
         input.display()
     );
     let exec = args.exec.exec_config();
@@ -165,9 +185,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     let limiter = Arc::new(LocalLimiter::new(exec.rate));
     let discovery = discover::discover(client.clone(), limiter, &options).await?;
-    let rows = super::discover::render(&discovery.found, super::discover::OutputFormat::Csv, None)?;
+    let rows = super::discover::render(
+        &discovery.found,
+        super::discover::OutputFormat::Csv,
+        new_key.as_deref(),
+    )?;
     super::report::write_private_file(&input, &rows)?;
-    super::discover::summarize(&discovery, std::slice::from_ref(&leaked));
+    super::discover::summarize(
+        &discovery,
+        std::slice::from_ref(&leaked),
+        new_key.as_deref(),
+    );
 
     eprintln!("\n2. keyfleet run {}", input.display());
     let store = open_store(&db).await?;
@@ -178,6 +206,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         "  plan:     run {run_id}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
         s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
     );
+    if s.binds > 0 {
+        eprintln!(
+            "  rotation: {} new keys to bind and confirm first; {} unbinds held until their instance is confirmed",
+            s.binds, s.held
+        );
+    }
     let demo_global = GlobalArgs {
         db: db.clone(),
         ..global.clone()
@@ -211,10 +245,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         report.display()
     );
     let stats = simulator.stats();
-    let audit = sim::audit::audit(
+    let after = simulator.fleet().bindings();
+    let audit = sim::audit::audit_rotation(
         &before,
-        &simulator.fleet().bindings(),
+        &after,
         &store.pair_outcomes(run_id).await?,
+        &store.bind_outcomes(run_id).await?,
         &simulator.journal(),
     );
     eprintln!(
@@ -230,6 +266,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             if all_gone { "all of them" } else { "NOT all" },
             audit.failed_still_bound
         );
+        if let Some(new) = &new_key {
+            let holders = |key: &str| after.iter().filter(|(_, k)| k == key).count();
+            eprintln!(
+                "  rotation: {} instances now hold {new}, each bound and confirmed before {leaked} was unbound; {} kept {leaked} because {new} could not be bound there (skipped, with the reason in the report); none left without a key",
+                holders(new),
+                holders(&leaked)
+            );
+        }
     } else {
         eprintln!("  audit:    FAILED:");
         for violation in &audit.violations {

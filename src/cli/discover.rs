@@ -128,7 +128,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             std::io::stdout().lock().write_all(&bytes)?;
         }
     }
-    summarize(&discovery, &args.keys);
+    summarize(&discovery, &args.keys, args.rotate_to.as_deref());
     Ok(if discovery.is_incomplete() {
         INCOMPLETE
     } else {
@@ -203,7 +203,7 @@ pub fn render(
 }
 
 /// What was found, per region, and what will need attention: on stderr.
-pub fn summarize(discovery: &Discovery, keys: &[String]) {
+pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>) {
     for scan in &discovery.regions {
         let matches = discovery
             .found
@@ -257,9 +257,15 @@ pub fn summarize(discovery: &Discovery, keys: &[String]) {
     if transitional > 0 {
         eprintln!("  {transitional} instances in a transitional state: retried until they settle");
     }
-    if keyless > 0 {
-        eprintln!(
-            "  {keyless} instances keep no key afterwards: they accept only password login (keys_after 0)"
-        );
+    match rotate_to {
+        Some(new) => eprintln!(
+            "  rotation to {new}: each instance keeps its old key until {new} is confirmed bound \
+             (so none is left keyless; {keyless} would be by a plain unbind)"
+        ),
+        None if keyless > 0 => eprintln!(
+            "  {keyless} instances keep no key afterwards: they accept only password login \
+             (keys_after 0; --keep-one-key skips them, --rotate-to binds a new key first)"
+        ),
+        None => {}
     }
 }

@@ -81,6 +81,13 @@ fn human(outcome: &PlanOutcome) -> String {
     text.push_str(&format!("  valid pairs  {}\n", s.pairs));
     text.push_str(&format!("  duplicates   {}\n", s.duplicates));
     text.push_str(&format!("  rejected     {}\n", s.rejected));
+    match outcome.keyless_after {
+        Some(n) if n > 0 => text.push_str(&format!(
+            "  keyless      {n} instances keep no key after this unbind (keys_after 0): they \
+             accept only password login; --keep-one-key skips them, a new_key_id rotates them\n"
+        )),
+        _ => {}
+    }
     if s.binds > 0 || s.held > 0 {
         text.push_str(&format!(
             "  new keys     {} (bound and confirmed first)\n",

@@ -11,7 +11,7 @@ use anyhow::Context;
 use keyfleet::display;
 use keyfleet::store::Store;
 use keyfleet::store::plan::ItemStatus;
-use keyfleet::store::report::{self, ReportRow};
+use keyfleet::store::report::ReportRow;
 
 use crate::GlobalArgs;
 
@@ -98,7 +98,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
-    let run_id = report::resolve_run(store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
@@ -174,34 +174,36 @@ async fn emit<W: Write>(
         ReportFormat::Csv => {
             let mut csv = csv::Writer::from_writer(out);
             csv.write_record(COLUMNS)?;
-            report::for_each_report_row(store, run_id, only, |row| {
-                rows += 1;
-                let fields = csv_fields(&row);
-                if args.raw {
-                    csv.write_record(&fields)
-                } else {
-                    // One call per cell, borrowing when the cell is already safe.
-                    let cells = fields.each_ref().map(|f| display::csv_cell(f));
-                    csv.write_record(cells.iter().map(|c| c.as_bytes()))
-                }
-            })
-            .await??;
+            store
+                .for_each_report_row(run_id, only, |row| {
+                    rows += 1;
+                    let fields = csv_fields(&row);
+                    if args.raw {
+                        csv.write_record(&fields)
+                    } else {
+                        // One call per cell, borrowing when the cell is already safe.
+                        let cells = fields.each_ref().map(|f| display::csv_cell(f));
+                        csv.write_record(cells.iter().map(|c| c.as_bytes()))
+                    }
+                })
+                .await??;
             let out = csv.into_inner().map_err(|e| e.into_error())?;
             Ok((rows, out))
         }
         ReportFormat::Json => {
             let mut out = out;
             out.write_all(b"[")?;
-            report::for_each_report_row(store, run_id, only, |row| -> anyhow::Result<()> {
-                if rows > 0 {
-                    out.write_all(b",")?;
-                }
-                out.write_all(b"\n")?;
-                serde_json::to_writer(&mut out, &row)?;
-                rows += 1;
-                Ok(())
-            })
-            .await??;
+            store
+                .for_each_report_row(run_id, only, |row| -> anyhow::Result<()> {
+                    if rows > 0 {
+                        out.write_all(b",")?;
+                    }
+                    out.write_all(b"\n")?;
+                    serde_json::to_writer(&mut out, &row)?;
+                    rows += 1;
+                    Ok(())
+                })
+                .await??;
             out.write_all(b"\n]\n")?;
             Ok((rows, out))
         }

@@ -11,7 +11,7 @@ use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
 use keyfleet::plan::{self, InputCheck, PlanOptions};
-use keyfleet::store::{Store, report};
+use keyfleet::store::Store;
 
 use super::call::parse_seconds;
 pub use super::common::open_store;
@@ -141,6 +141,16 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
             s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
         );
+        if let Some(n) = outcome.keyless_after.filter(|n| *n > 0) {
+            eprintln!(
+                "  {n} instances keep no key after this unbind (keys_after 0){}",
+                if args.keep_one_key {
+                    ": --keep-one-key looks and skips them"
+                } else {
+                    "; --keep-one-key would skip them"
+                }
+            );
+        }
         if s.binds > 0 || s.held > 0 {
             eprintln!(
                 "  rotation: {} new keys to bind and confirm first; {} pairs held until their \
@@ -170,7 +180,7 @@ pub struct RetryArgs {
 /// Requeues failed pairs as fresh jobs and executes them.
 pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let mut requeue = store.begin_requeue(run_id, &args.codes).await?;
     for job in plan::chunk_requeued(requeue.pairs()) {
         requeue
@@ -211,7 +221,7 @@ pub struct ResumeArgs {
 
 pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let info = store.run_info(run_id).await?;
     if info.state == keyfleet::store::RunState::Finished {
         eprintln!(
@@ -337,7 +347,7 @@ pub async fn execute(
             Ok(v) => v,
             Err(code) => return Ok(code),
         };
-        super::verify::print_verification(&verification, global);
+        super::verify::print_verification(&verification, global, true);
         if verification.complete() {
             let mut resend = store
                 .begin_resend_failed_operations(run_id, i64::from(flags.max_attempts))

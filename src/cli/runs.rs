@@ -1,7 +1,6 @@
 //! `keyfleet runs`: the runs in the database, newest first.
 
 use keyfleet::display::escape;
-use keyfleet::store::report;
 
 use crate::GlobalArgs;
 
@@ -14,7 +13,7 @@ pub struct Args {
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = super::common::open_store(&global.db).await?;
-    let runs = report::list_runs(&store).await;
+    let runs = store.list_runs().await;
     store.close().await;
     let runs = runs?;
     if args.json {

@@ -1,7 +1,7 @@
 //! `keyfleet status [RUN]`: where a run stands.
 
 use keyfleet::display::escape;
-use keyfleet::store::{Verified, report};
+use keyfleet::store::Verified;
 
 use crate::GlobalArgs;
 
@@ -26,8 +26,8 @@ pub fn utc(ms: i64) -> String {
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = super::common::open_store(&global.db).await?;
     let status = async {
-        let run_id = report::resolve_run(&store, args.run).await?;
-        let status = report::run_status(&store, run_id).await?;
+        let run_id = store.resolve_run(args.run).await?;
+        let status = store.run_status(run_id).await?;
         let verification = store.verification_counts(run_id).await?;
         let rates = store.achieved_rates(run_id, None).await?;
         Ok::<_, keyfleet::store::StoreError>((status, verification, rates))

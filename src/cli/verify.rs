@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyfleet::cvm::Action;
 use keyfleet::executor::StopReason;
 use keyfleet::store::verify::VerificationCounts;
-use keyfleet::store::{Store, Verified, report};
+use keyfleet::store::{Store, Verified};
 use serde_json::json;
 
 use super::call::parse_seconds;
@@ -143,7 +143,9 @@ pub async fn verify_run(
 }
 
 /// The verification in words, on stderr.
-pub fn print_verification(v: &Verification, global: &GlobalArgs) {
+/// With `resending`, the caller sends FAILED operations again itself (`run`), so the
+/// advice to requeue them is left out.
+pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool) {
     let c = &v.counts;
     let db = super::run::db_flag(global);
     match &v.ended {
@@ -169,17 +171,27 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs) {
             v.run_id
         ),
     }
-    if v.ended == Ended::Complete && c.succeeded_not_gone > 0 {
+    let (bound, not_bound) = (c.get(Verified::Bound), c.get(Verified::NotBound));
+    if v.ended == Ended::Complete && bound + not_bound > 0 {
+        eprintln!("  new keys: {bound} bound, {not_bound} not bound");
+    }
+    let failed_operations = if resending {
+        c.get(Verified::OperationFailed)
+    } else {
+        0
+    };
+    let unresolved = c.succeeded_not_gone.saturating_sub(failed_operations);
+    if v.ended == Ended::Complete && unresolved > 0 {
         eprintln!(
             "  {} succeeded pairs are not verified gone: keyfleet{db} verify {} --requeue, then keyfleet{db} resume {}",
-            c.succeeded_not_gone, v.run_id, v.run_id
+            unresolved, v.run_id, v.run_id
         );
     }
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let run_id = report::resolve_run(&store, args.run).await?;
+    let run_id = store.resolve_run(args.run).await?;
     let client = build_client(&args.exec, global)?;
     let verification =
         match verify_run(&store, run_id, client, args.wait, &args.exec, global).await? {
@@ -187,7 +199,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             Err(code) => return Ok(code),
         };
     eprintln!("run {run_id}:");
-    print_verification(&verification, global);
+    print_verification(&verification, global, false);
     if args.json {
         println!("{}", verification.to_json());
     }

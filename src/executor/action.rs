@@ -231,8 +231,10 @@ pub fn verdict(
     match (bind, present, state) {
         // Our Associate still runs: the key may be in the list before it is usable.
         (true, _, Some(OPERATING)) if ours || !present => Verified::Operating,
+        // Confirmed means listed *and* our operation not FAILED: a key listed because an
+        // earlier request (whose reply was lost) bound it is confirmed by sending again.
+        (true, _, Some(FAILED)) if ours => Verified::OperationFailed,
         (true, true, _) => Verified::Bound,
-        (true, false, Some(FAILED)) if ours => Verified::OperationFailed,
         (true, false, _) => Verified::NotBound,
         (false, false, _) => Verified::Gone,
         (false, true, Some(OPERATING)) => Verified::Operating,
@@ -433,6 +435,11 @@ mod tests {
         let bind_failed = instance(&[], Some("FAILED"), ours);
         assert_eq!(
             verdict(Some(&bind_failed), key, ours, true),
+            Verified::OperationFailed
+        );
+        let listed_but_failed = instance(&[key], Some("FAILED"), ours);
+        assert_eq!(
+            verdict(Some(&listed_but_failed), key, ours, true),
             Verified::OperationFailed
         );
         assert_eq!(

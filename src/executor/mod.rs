@@ -41,6 +41,10 @@ pub use pacer::{DbLimiter, Feedback, Limiter, LimiterKey, LocalLimiter};
 /// Continuous throttling allowed before a run stops (see `ExecConfig::throttle_budget`).
 pub const THROTTLE_BUDGET: Duration = Duration::from_secs(15 * 60);
 
+/// How often the dispatcher asks the queue for due jobs while every lane it knows is
+/// well supplied (for jobs of lanes it has not seen yet: a rotation's first unbinds).
+const REQUERY_EVERY: Duration = Duration::from_millis(200);
+
 /// Writes committed together at most; more wait for the next commit.
 const MAX_WRITES_PER_COMMIT: usize = 512;
 
@@ -606,10 +610,12 @@ impl Claims {
 
 /// Claims due jobs and hands them to their lanes until the queue is empty or a stop.
 ///
-/// Each lane holds at most `concurrency` jobs; the due-jobs query leaves out the
+/// Each lane holds at most `2 x concurrency` jobs; the due-jobs query leaves out the
 /// (action, region) routes of full lanes, so a backlog of one API (a rotation's
 /// thousand Associate jobs) never hides the jobs of another (the Disassociate jobs
-/// its confirmations release) or of another access endpoint.
+/// its confirmations release) or of another access endpoint. The queue is asked
+/// again once some lane is down to `concurrency` jobs, or every [`REQUERY_EVERY`]
+/// for lanes not seen yet: one query serves many jobs, not one per job finished.
 async fn dispatch<A: Api>(
     store: &Store,
     run_id: i64,
@@ -617,8 +623,10 @@ async fn dispatch<A: Api>(
     lanes: &mut Lanes,
     concurrency: usize,
 ) -> Result<(), ExecError> {
-    let depth = concurrency;
+    let depth = 2 * concurrency;
+    let refill = concurrency;
     let mut routes: HashMap<(Action, String), LimiterKey> = HashMap::new();
+    let mut asked: Option<Instant> = None;
     loop {
         if shared.is_halted() {
             return Ok(());
@@ -627,16 +635,26 @@ async fn dispatch<A: Api>(
         let notified = shared.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = now_ms();
-        let (claimed, full) = {
+        let (claimed, full, hungry) = {
             let claims = locked(&shared.claimed);
             let full: Vec<(Action, String)> = routes
                 .iter()
                 .filter(|(_, key)| claims.in_lane(key) >= depth)
                 .map(|(route, _)| route.clone())
                 .collect();
-            (claims.len(), full)
+            let hungry = routes.values().any(|key| claims.in_lane(key) < refill)
+                || asked.is_none_or(|at| at.elapsed() >= REQUERY_EVERY);
+            (claims.len(), full, hungry)
         };
+        if !hungry {
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(REQUERY_EVERY) => {}
+            }
+            continue;
+        }
+        asked = Some(Instant::now());
+        let now = now_ms();
         let due = store
             .due_jobs_except(
                 run_id,

@@ -1373,7 +1373,7 @@ mod tests {
              SELECT id, 1, ?1, ?1, ?1, 'succeeded' FROM jobs",
         )
         .bind(sent_at)
-        .execute(store.pool())
+        .execute(store.pool_for_tests())
         .await
         .unwrap();
         let limiter = DbLimiter::open(&store, 10.0).await.unwrap();
@@ -1392,7 +1392,7 @@ mod tests {
         // Unpaced keys never touch the table.
         assert!(LocalLimiter::new(0.0).is_off(&unbind));
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pacer")
-            .fetch_one(store.pool())
+            .fetch_one(store.pool_for_tests())
             .await
             .unwrap();
         assert_eq!(rows, 1);

@@ -178,7 +178,7 @@ fn pending_item<'a>(
 
 /// A fresh run of `pairs` pairs, open for its jobs and items (the planner's own writer).
 fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
-    use crate::store::plan::{Begin, NewRun, begin_plan};
+    use crate::store::plan::{Begin, NewRun};
     let sha = format!("{:x}", rand::random::<u128>());
     let run = NewRun {
         input_path: "t",
@@ -192,7 +192,7 @@ fn plan_writer(store: &Store, pairs: u64) -> crate::store::plan::PlanWriter {
         keys: 0,
         regions: 1,
     };
-    let Begin::New(writer) = begin_plan(store, &run).unwrap() else {
+    let Begin::New(writer) = store.begin_plan(&run).unwrap() else {
         panic!("a fresh input");
     };
     writer
@@ -259,7 +259,7 @@ fn fast_config() -> ExecConfig {
 async fn items(store: &Store, run_id: i64) -> Vec<ItemRow> {
     sqlx::query_as("SELECT instance_id, key_id, status, request_id, error_code FROM items WHERE run_id = ? ORDER BY id")
         .bind(run_id)
-        .fetch_all(store.pool())
+        .fetch_all(store.pool_for_tests())
         .await
         .unwrap()
 }
@@ -305,7 +305,7 @@ async fn transient_faults_are_ridden_out_and_every_success_is_proven() {
     });
     let unfinished: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
-            .fetch_one(store.pool())
+            .fetch_one(store.pool_for_tests())
             .await
             .unwrap();
     assert_eq!(unfinished, 0);
@@ -385,7 +385,7 @@ async fn a_fatal_error_stops_without_failing_anything_and_resume_completes() {
     assert!(first.pairs.pending > 0);
     let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
         .bind(run_id)
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(state, "stopped");
@@ -408,18 +408,21 @@ async fn a_crash_mid_attempt_is_recovered_and_resent() {
         }])
         .await
         .unwrap();
-    sqlx::query("UPDATE runs SET owner_token = 'dead', owner_pid = 999999999, owner_host = ?, heartbeat_at = ? WHERE id = ?")
-        .bind(Lease::for_this_process().host)
-        .bind(now_ms())
-        .bind(run_id)
-        .execute(store.pool())
+    // Its lease is fresh, but its pid is gone.
+    let dead = Lease {
+        token: "dead".into(),
+        pid: 999_999_999,
+        ..Lease::for_this_process()
+    };
+    store
+        .acquire_run(run_id, &dead, crate::store::queue::LEASE_STALE_AFTER)
         .await
         .unwrap();
     let api = Arc::new(FakeApi::new(&[(ins(1), key(1)), (ins(2), key(1))]));
     let summary = run(&store, run_id, api, &fast_config()).await;
     assert_eq!(summary.pairs.succeeded, 2);
     let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM attempts ORDER BY id")
-        .fetch_all(store.pool())
+        .fetch_all(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(outcomes, ["lost", "succeeded"]);
@@ -543,7 +546,7 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
     assert_eq!(second.stopped, None);
     assert_eq!(second.pairs.succeeded, 10);
     let lost: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'lost'")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(lost, 1, "the attempt the panic left open was resent");
@@ -587,7 +590,7 @@ fn job_of(
 async fn job_states(store: &Store, run_id: i64) -> Vec<(i64, String, String)> {
     sqlx::query_as("SELECT id, action, state FROM jobs WHERE run_id = ? ORDER BY id")
         .bind(run_id)
-        .fetch_all(store.pool())
+        .fetch_all(store.pool_for_tests())
         .await
         .unwrap()
 }
@@ -673,20 +676,20 @@ async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
     let deps: Vec<i64> =
         sqlx::query_scalar("SELECT depends_on FROM job_deps WHERE job_id = ? ORDER BY depends_on")
             .bind(unbind)
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     let children: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE parent_job_id = ? ORDER BY id")
             .bind(bind)
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     assert_eq!(deps, children);
     let (reason,): (String,) =
         sqlx::query_as("SELECT error_message FROM items WHERE run_id = ? LIMIT 1")
             .bind(run_id)
-            .fetch_one(store.pool())
+            .fetch_one(store.pool_for_tests())
             .await
             .unwrap();
     assert!(

@@ -31,6 +31,11 @@ pub struct Audit {
     /// Pairs reported failed whose binding is gone anyway (an earlier attempt was
     /// applied but its reply was lost, and a later one was refused).
     pub failed_but_unbound: usize,
+    /// Pairs reported skipped (never sent: a rotation's new key was not bound, or
+    /// `--keep-one-key`), still bound as the skip says.
+    pub skipped_still_bound: usize,
+    /// Bindings gained that a rotation asked for (its bind pairs).
+    pub added_as_asked: usize,
     /// Pairs reported succeeded whose key is still bound: the request was accepted but
     /// not applied (its operation ended FAILED, or has not completed). Sorted.
     pub accepted_not_applied: Vec<Binding>,
@@ -52,10 +57,30 @@ pub fn audit(
     outcomes: &[PairOutcome],
     journal: &[JournalEntry],
 ) -> Audit {
+    audit_rotation(before, after, outcomes, &[], journal)
+}
+
+/// [`audit`] of a run that also binds keys (a rotation): `binds` are its bind pairs'
+/// outcomes. Besides every promise of [`audit`]: a key gained is one a bind pair
+/// asked for; a bind reported succeeded is bound; a skipped unbind is still bound;
+/// for every rotated instance the journal shows its new key's Associate accepted and
+/// applied, then a DescribeInstances of it, before the first Disassociate that names
+/// it; and no rotated instance is left without a key.
+pub fn audit_rotation(
+    before: &BTreeSet<Binding>,
+    after: &BTreeSet<Binding>,
+    outcomes: &[PairOutcome],
+    binds: &[PairOutcome],
+    journal: &[JournalEntry],
+) -> Audit {
     const SHOWN: usize = 10;
     let mut report = Audit::default();
     let mut violations = Vec::new();
     let requested: BTreeSet<Binding> = outcomes
+        .iter()
+        .map(|o| (o.instance_id.clone(), o.key_id.clone()))
+        .collect();
+    let to_bind: BTreeSet<Binding> = binds
         .iter()
         .map(|o| (o.instance_id.clone(), o.key_id.clone()))
         .collect();
@@ -71,7 +96,27 @@ pub fn audit(
         }
     }
     for added in after.difference(before) {
-        violations.push(format!("{} gained key {}", added.0, added.1));
+        if to_bind.contains(added) {
+            report.added_as_asked += 1;
+        } else {
+            violations.push(format!("{} gained key {}", added.0, added.1));
+        }
+    }
+    for bind in binds {
+        let pair = (bind.instance_id.clone(), bind.key_id.clone());
+        if bind.status == "succeeded" && !after.contains(&pair) {
+            violations.push(format!(
+                "{} {} is reported bound (Associate succeeded) but is not bound",
+                pair.0, pair.1
+            ));
+        }
+    }
+    violations.extend(unbound_before_confirmed(binds, journal));
+    let rotated: BTreeSet<&str> = binds.iter().map(|b| b.instance_id.as_str()).collect();
+    for instance in &rotated {
+        if !after.iter().any(|(i, _)| i == instance) {
+            violations.push(format!("{instance} was rotated and is left with no key"));
+        }
     }
 
     // Each accepted disassociation in the journal, by RequestId, with what it covered.
@@ -102,7 +147,12 @@ pub fn audit(
                             && e.instance_ids.contains(&pair.0)
                             && e.key_ids.contains(&pair.1)
                     });
-                if let Some(entry) = accepted.filter(|e| e.operation_failed) {
+                // A FAILED operation proves nothing, unless the key is gone anyway: an
+                // earlier request covering it was applied and its reply lost, and the
+                // cloud's own state (what verification reads) says the key is gone.
+                if let Some(entry) =
+                    accepted.filter(|e| e.operation_failed && after.contains(&pair))
+                {
                     violations.push(format!(
                         "{} {} is reported succeeded with RequestId {:?}, which was accepted but whose operation ended FAILED",
                         pair.0,
@@ -121,6 +171,13 @@ pub fn audit(
                 report.failed_still_bound += 1
             }
             "failed" => report.failed_but_unbound += 1,
+            "skipped" if after.contains(&pair) || !before.contains(&pair) => {
+                report.skipped_still_bound += 1
+            }
+            "skipped" => violations.push(format!(
+                "{} {} is reported skipped (never sent) but is gone",
+                pair.0, pair.1
+            )),
             other => violations.push(format!("{} {} is still {other}", pair.0, pair.1)),
         }
     }
@@ -132,6 +189,44 @@ pub fn audit(
     }
     report.violations = violations;
     report
+}
+
+/// Rotated instances whose first Disassociate came before their new key was bound
+/// and looked at: each in words.
+fn unbound_before_confirmed(binds: &[PairOutcome], journal: &[JournalEntry]) -> Vec<String> {
+    let rotated: BTreeSet<&str> = binds.iter().map(|b| b.instance_id.as_str()).collect();
+    let accepted = |e: &JournalEntry| e.code.is_none() && e.request_id.is_some() && !e.dropped;
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut violations = Vec::new();
+    for (n, entry) in journal.iter().enumerate() {
+        if entry.action != "DisassociateInstancesKeyPairs" || !accepted(entry) {
+            continue;
+        }
+        for instance in entry.instance_ids.iter().map(String::as_str) {
+            if !rotated.contains(instance) || !seen.insert(instance) {
+                continue;
+            }
+            let names = |e: &JournalEntry| e.instance_ids.iter().any(|i| i == instance);
+            let bound = journal[..n].iter().rposition(|e| {
+                e.action == "AssociateInstancesKeyPairs"
+                    && accepted(e)
+                    && e.applied
+                    && !e.operation_failed
+                    && names(e)
+            });
+            let looked = bound.is_some_and(|b| {
+                journal[b + 1..n]
+                    .iter()
+                    .any(|e| e.action == "DescribeInstances" && accepted(e) && names(e))
+            });
+            if !looked {
+                violations.push(format!(
+                    "{instance} was unbound before its new key was bound and confirmed"
+                ));
+            }
+        }
+    }
+    violations
 }
 
 #[cfg(test)]
@@ -260,5 +355,53 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ins-c skey-1 is still pending"), "{text}");
+    }
+
+    #[test]
+    fn a_rotation_must_bind_and_look_before_it_unbinds() {
+        let before = BTreeSet::from([pair("ins-a", "skey-old"), pair("ins-b", "skey-old")]);
+        let after = BTreeSet::from([pair("ins-a", "skey-new")]);
+        let outcomes = [
+            outcome("ins-a", "skey-old", "succeeded", Some("r2")),
+            outcome("ins-b", "skey-old", "succeeded", Some("r3")),
+        ];
+        let binds = [
+            outcome("ins-a", "skey-new", "succeeded", Some("r1")),
+            outcome("ins-b", "skey-new", "failed", None),
+        ];
+        let entry = |action: &str, id: &str, instance: &str, key: &str| JournalEntry {
+            action: action.into(),
+            ..success(id, &[instance], &[key])
+        };
+        let journal = [
+            entry("AssociateInstancesKeyPairs", "r1", "ins-a", "skey-new"),
+            entry("DescribeInstances", "r4", "ins-a", ""),
+            entry("DisassociateInstancesKeyPairs", "r2", "ins-a", "skey-old"),
+            // ins-b: unbound with no bind before it, and left keyless.
+            entry("DisassociateInstancesKeyPairs", "r3", "ins-b", "skey-old"),
+        ];
+        let audit = audit_rotation(&before, &after, &outcomes, &binds, &journal);
+        assert_eq!(audit.added_as_asked, 1);
+        let text = audit.violations.join("\n");
+        assert!(
+            text.contains("ins-b was unbound before its new key was bound and confirmed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ins-b was rotated and is left with no key"),
+            "{text}"
+        );
+        assert!(!text.contains("ins-a"), "{text}");
+        // Without the look between bind and unbind, ins-a breaks the promise too.
+        let unlooked = [journal[0].clone(), journal[2].clone()];
+        let audit = audit_rotation(&before, &after, &outcomes[..1], &binds[..1], &unlooked);
+        assert!(
+            audit
+                .violations
+                .join("\n")
+                .contains("ins-a was unbound before"),
+            "{:?}",
+            audit.violations
+        );
     }
 }

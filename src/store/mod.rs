@@ -1,8 +1,9 @@
 //! The durable queue: SQLite through sqlx, schema in `migrations/`.
 //!
-//! `mod.rs` opens the database and owns the connection settings; the planner's
-//! writes and the report queries live beside it, and `queue` holds the
-//! executor's claims, attempts, splits and the run lease. No transaction is ever
+//! `mod.rs` opens the database and owns the connection settings. Everything else
+//! is a method on [`Store`], one file per concern: the planner's writes (`plan`),
+//! the report queries (`report`), and `queue`, the executor's claims, attempts,
+//! splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
 #[cfg(unix)]
@@ -123,6 +124,10 @@ impl Store {
         let _migrating = lock_for_migration(&filename).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A ping before every acquire is a round trip to the connection's thread
+            // that a local file never needs: a broken SQLite connection fails its
+            // next statement just as clearly.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_err)?;
@@ -142,8 +147,11 @@ impl Store {
         })
     }
 
-    /// The connection pool, for the store's submodules and for inspection in tests.
-    pub fn pool(&self) -> &SqlitePool {
+    /// The connection pool, for tests and benchmarks that inspect the database (or
+    /// set up a state no writer makes, such as an old schema's). keyfleet's own code
+    /// never uses it: the store's files use the field, everything else a method.
+    #[doc(hidden)]
+    pub fn pool_for_tests(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -256,7 +264,7 @@ mod tests {
             for open in opens {
                 let store = open.await.unwrap().expect("every open succeeds");
                 let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
-                    .fetch_one(store.pool())
+                    .fetch_one(&store.pool)
                     .await
                     .unwrap();
                 assert_eq!(runs, 0);
@@ -271,12 +279,12 @@ mod tests {
         let path = dir.path().join("k.db");
         let store = Store::open(&path).await.unwrap();
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap();
         assert_eq!(mode, "wal");
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
@@ -308,14 +316,14 @@ mod tests {
         let path = dir.path().join("k.db");
         let store = Store::open(&path).await.unwrap();
         sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
-            .execute(store.pool())
+            .execute(&store.pool)
             .await
             .unwrap();
         store.close().await;
         let store = Store::open(&path).await.unwrap();
         let recorded: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 2")
-                .fetch_one(store.pool())
+                .fetch_one(&store.pool)
                 .await
                 .unwrap();
         assert_eq!(recorded, 1);

@@ -65,7 +65,7 @@ impl PacerDb {
     /// A second, small pool on the store's file (already migrated by
     /// [`Store::open`]), with `synchronous=NORMAL`.
     pub async fn open(store: &Store) -> Result<PacerDb, StoreError> {
-        let options = (*store.pool().connect_options())
+        let options = (*store.pool.connect_options())
             .clone()
             .synchronous(SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new()

@@ -78,84 +78,13 @@ pub struct NewItem<'a> {
     pub held: bool,
 }
 
-/// What [`begin_plan`] found.
+/// What [`Store::begin_plan`] found.
 #[derive(Debug)]
 pub enum Begin {
     /// No run has this input and these options: write the plan through this writer.
     New(PlanWriter),
     /// A run with the same input SHA-256 and options exists: its id. Nothing was written.
     Existing(i64),
-}
-
-/// The id of the run planned from this input with these options, if any.
-pub async fn find_run(
-    store: &Store,
-    input_sha256: &str,
-    options: &str,
-) -> Result<Option<i64>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT id FROM runs WHERE input_sha256 = ? AND options = ?")
-            .bind(input_sha256)
-            .bind(options)
-            .fetch_optional(store.pool())
-            .await?,
-    )
-}
-
-/// Opens the plan's own connection and transaction (`BEGIN IMMEDIATE`) and inserts
-/// the run row, unless a run with the same input and options exists.
-///
-/// Blocking (SQLite calls on this thread): call it from `spawn_blocking`.
-pub fn begin_plan(store: &Store, run: &NewRun<'_>) -> Result<Begin, StoreError> {
-    let conn = open_plan_connection(store)?;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    // Checked inside the write lock: two `plan`s of one file cannot both create a run.
-    let existing: Option<i64> = conn
-        .query_row(
-            "SELECT id FROM runs WHERE input_sha256 = ? AND options = ?",
-            (run.input_sha256, run.options),
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(id) = existing {
-        conn.execute_batch("ROLLBACK")?;
-        return Ok(Begin::Existing(id));
-    }
-    let created_at = now_ms();
-    let run_id: i64 = conn.query_row(
-        "INSERT INTO runs (created_at, input_path, input_sha256, options, rows_read, pairs,
-                           duplicates, rejected, instances, keys, regions)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        rusqlite::params![
-            created_at,
-            run.input_path,
-            run.input_sha256,
-            run.options,
-            as_i64(run.rows_read),
-            as_i64(run.pairs),
-            as_i64(run.duplicates),
-            as_i64(run.rejected),
-            as_i64(run.instances),
-            as_i64(run.keys),
-            as_i64(run.regions),
-        ],
-        |row| row.get(0),
-    )?;
-    let next_job_id: i64 =
-        conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs", [], |row| {
-            row.get(0)
-        })?;
-    let next_item_id: i64 =
-        conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |row| {
-            row.get(0)
-        })?;
-    Ok(Begin::New(PlanWriter {
-        conn,
-        run_id,
-        created_at,
-        next_job_id,
-        next_item_id,
-    }))
 }
 
 /// A connection of its own for one plan, closed when the plan is committed or dropped.
@@ -227,7 +156,7 @@ impl ItemSink<'_> {
             item.duplicate_of,
             item.reason,
             item.job_id,
-            item.action.name(),
+            item.action == crate::cvm::Action::AssociateInstancesKeyPairs,
             item.new_key_id,
             item.held,
         ])?;
@@ -255,7 +184,7 @@ impl fmt::Debug for PlanWriter {
 }
 
 const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, action, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, bind, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.
@@ -314,13 +243,86 @@ impl PlanWriter {
     }
 }
 
-/// Where a run's input came from and what it hashed to when planned.
-pub async fn run_input(store: &Store, run_id: i64) -> Result<(String, String), StoreError> {
-    sqlx::query_as("SELECT input_path, input_sha256 FROM runs WHERE id = ?")
-        .bind(run_id)
-        .fetch_optional(store.pool())
-        .await?
-        .ok_or(StoreError::NoSuchRun(run_id))
+impl Store {
+    /// The id of the run planned from this input with these options, if any.
+    pub async fn find_run(
+        &self,
+        input_sha256: &str,
+        options: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM runs WHERE input_sha256 = ? AND options = ?")
+                .bind(input_sha256)
+                .bind(options)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Opens the plan's own connection and transaction (`BEGIN IMMEDIATE`) and inserts
+    /// the run row, unless a run with the same input and options exists.
+    ///
+    /// Blocking (SQLite calls on this thread): call it from `spawn_blocking`.
+    pub fn begin_plan(&self, run: &NewRun<'_>) -> Result<Begin, StoreError> {
+        let conn = open_plan_connection(self)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Checked inside the write lock: two `plan`s of one file cannot both create a run.
+        let existing: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM runs WHERE input_sha256 = ? AND options = ?",
+                (run.input_sha256, run.options),
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            conn.execute_batch("ROLLBACK")?;
+            return Ok(Begin::Existing(id));
+        }
+        let created_at = now_ms();
+        let run_id: i64 = conn.query_row(
+            "INSERT INTO runs (created_at, input_path, input_sha256, options, rows_read, pairs,
+                               duplicates, rejected, instances, keys, regions)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            rusqlite::params![
+                created_at,
+                run.input_path,
+                run.input_sha256,
+                run.options,
+                as_i64(run.rows_read),
+                as_i64(run.pairs),
+                as_i64(run.duplicates),
+                as_i64(run.rejected),
+                as_i64(run.instances),
+                as_i64(run.keys),
+                as_i64(run.regions),
+            ],
+            |row| row.get(0),
+        )?;
+        let next_job_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs", [], |row| {
+                row.get(0)
+            })?;
+        let next_item_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |row| {
+                row.get(0)
+            })?;
+        Ok(Begin::New(PlanWriter {
+            conn,
+            run_id,
+            created_at,
+            next_job_id,
+            next_item_id,
+        }))
+    }
+
+    /// Where a run's input came from and what it hashed to when planned.
+    pub async fn run_input(&self, run_id: i64) -> Result<(String, String), StoreError> {
+        sqlx::query_as("SELECT input_path, input_sha256 FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NoSuchRun(run_id))
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +347,7 @@ mod tests {
 
     async fn count(store: &Store, table: &str) -> i64 {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap()
     }
@@ -371,7 +373,7 @@ mod tests {
         };
 
         // Abandoned part way (more items than one statement): nothing remains.
-        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).unwrap() else {
+        let Begin::New(mut writer) = store.begin_plan(&run("aa")).unwrap() else {
             panic!("no run yet")
         };
         let job = writer
@@ -397,7 +399,7 @@ mod tests {
             assert_eq!(count(&store, table).await, 0, "{table}");
         }
 
-        let Begin::New(mut writer) = begin_plan(&store, &run("aa")).unwrap() else {
+        let Begin::New(mut writer) = store.begin_plan(&run("aa")).unwrap() else {
             panic!("the abandoned run must not count")
         };
         let job = writer
@@ -422,11 +424,11 @@ mod tests {
         let run_id = writer.commit().unwrap();
         assert_eq!(count(&store, "items").await, 2);
         assert!(
-            matches!(begin_plan(&store, &run("aa")).unwrap(), Begin::Existing(id) if id == run_id)
+            matches!(store.begin_plan(&run("aa")).unwrap(), Begin::Existing(id) if id == run_id)
         );
-        assert_eq!(find_run(&store, "aa", "{}").await.unwrap(), Some(run_id));
-        assert_eq!(find_run(&store, "aa", "{\"x\":1}").await.unwrap(), None);
-        assert_eq!(run_input(&store, run_id).await.unwrap().1, "aa");
+        assert_eq!(store.find_run("aa", "{}").await.unwrap(), Some(run_id));
+        assert_eq!(store.find_run("aa", "{\"x\":1}").await.unwrap(), None);
+        assert_eq!(store.run_input(run_id).await.unwrap().1, "aa");
         store.close().await;
     }
 }

@@ -289,7 +289,7 @@ impl Store {
     pub async fn run_info(&self, run_id: i64) -> Result<RunInfo, StoreError> {
         let row = sqlx::query("SELECT id, state, input_path, input_sha256, options, started_at FROM runs WHERE id = ?")
             .bind(run_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NoSuchRun(run_id))?;
         Ok(RunInfo {
@@ -315,7 +315,7 @@ impl Store {
         lease: &Lease,
         stale_after: Duration,
     ) -> Result<(), LeaseError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT owner_pid, owner_host, owner_token, heartbeat_at FROM runs WHERE id = ?",
         )
@@ -359,7 +359,7 @@ impl Store {
             .bind(now_ms())
             .bind(run_id)
             .bind(&lease.token)
-            .execute(self.pool())
+            .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -383,7 +383,7 @@ impl Store {
         .bind(finished_at)
         .bind(run_id)
         .bind(&lease.token)
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -397,7 +397,7 @@ impl Store {
         .bind(RunState::Running.as_str())
         .bind(now_ms())
         .bind(run_id)
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -407,7 +407,7 @@ impl Store {
     ///
     /// A lost attempt does not spend the job's budget: the crash was ours, not the API's.
     pub async fn recover_in_flight(&self, run_id: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         sqlx::query(
             "UPDATE attempts SET outcome = 'lost', finished_at = ? \
@@ -475,7 +475,7 @@ impl Store {
         .bind(serde_json::to_string(&except).unwrap_or_else(|_| "[]".into()))
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
@@ -517,7 +517,7 @@ impl Store {
         .bind(now)
         .bind(only)
         .bind(only)
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -532,7 +532,7 @@ impl Store {
         .bind(JobState::InFlight.as_str())
         .bind(only)
         .bind(only)
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -550,11 +550,11 @@ impl Store {
 
     async fn item_counts(&self, run_id: i64, action: Action) -> Result<PairCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? AND action = ? GROUP BY status",
+            "SELECT status, COUNT(*) AS n FROM items WHERE run_id = ? AND bind = ? GROUP BY status",
         )
         .bind(run_id)
-        .bind(action.name())
-        .fetch_all(self.pool())
+        .bind(action == Action::AssociateInstancesKeyPairs)
+        .fetch_all(&self.pool)
         .await?;
         let mut counts = PairCounts::default();
         for row in rows {
@@ -580,10 +580,22 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
              WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') \
-             AND action = 'DisassociateInstancesKeyPairs' ORDER BY id",
+             AND bind = 0 ORDER BY id",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every bind pair of a run (a rotation's new keys) with its status and the
+    /// RequestId of its accepted Associate, in id order.
+    pub async fn bind_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
+             WHERE run_id = ? AND bind = 1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -596,7 +608,7 @@ impl Store {
              WHERE run_id = ? AND status = 'failed' GROUP BY error_code",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .iter()
@@ -604,11 +616,30 @@ impl Store {
             .collect())
     }
 
-    /// Applies a batch of writes in one transaction (one fsync), in order.
+    /// Applies a batch of writes in one transaction (one fsync); returns what each
+    /// did, in the order given.
+    ///
+    /// The batch's attempt starts and its plain successes are applied first, each kind
+    /// in a few statements for all of them, then the other writes in order. Each SQLite
+    /// statement is a round trip to sqlx's connection thread, and the single writer
+    /// spends most of its time on those (docs/BENCHMARKS.md, engine overhead), so a
+    /// batch costs a handful of them rather than two or three per write. Moving them
+    /// first is safe because the writes of one batch come from different jobs: a
+    /// job's next write is sent only after its previous one was committed. A batch
+    /// that names a job twice (the executor never makes one) is applied in order.
     pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut bulk: Vec<Option<Applied>> = vec![None; writes.len()];
+        if jobs_are_distinct(writes) {
+            start_attempts(&mut tx, writes, &mut bulk).await?;
+            finish_successes(&mut tx, writes, &mut bulk).await?;
+        }
         let mut applied = Vec::with_capacity(writes.len());
-        for write in writes {
+        for (write, done) in writes.iter().zip(bulk) {
+            if let Some(done) = done {
+                applied.push(done);
+                continue;
+            }
             applied.push(match write {
                 Write::Start { job_id, started_at } => {
                     start_attempt(&mut tx, *job_id, *started_at).await?
@@ -638,7 +669,7 @@ impl Store {
 
     /// Starts adding jobs to run `run_id` in one transaction (see [`JobWriter`]).
     pub async fn begin_jobs(&self, run_id: i64) -> Result<JobWriter, StoreError> {
-        let tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(JobWriter {
             tx,
             run_id,
@@ -715,13 +746,12 @@ impl Store {
         };
         let sql = format!(
             "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.action = ? \
+             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.bind = 0 \
              {verdict_filter} AND (? IS NULL OR i.op_failures + 1 < ?) ORDER BY i.id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(run_id)
             .bind(status.as_str())
-            .bind(Action::DisassociateInstancesKeyPairs.name())
             .bind(max_sends)
             .bind(max_sends)
             .fetch_all(&mut *jobs.tx)
@@ -905,6 +935,169 @@ pub(super) async fn insert_job(
             .await?;
     }
     Ok(id)
+}
+
+/// The job each write is for.
+fn write_job(write: &Write) -> i64 {
+    match write {
+        Write::Start { job_id, .. } | Write::Withdraw { job_id, .. } => *job_id,
+        Write::Finish(finish) => finish.job_id,
+    }
+}
+
+fn jobs_are_distinct(writes: &[Write]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(writes.len());
+    writes.iter().all(|write| seen.insert(write_job(write)))
+}
+
+/// Every [`Write::Start`] of the batch, as [`start_attempt`] does one, in two
+/// statements; fills in `applied` at their places.
+async fn start_attempts(
+    tx: &mut Transaction<'_, Sqlite>,
+    writes: &[Write],
+    applied: &mut [Option<Applied>],
+) -> Result<(), StoreError> {
+    let starts: Vec<(usize, i64, i64)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(at, write)| match write {
+            Write::Start { job_id, started_at } => Some((at, *job_id, *started_at)),
+            _ => None,
+        })
+        .collect();
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let job_ids: Vec<i64> = starts.iter().map(|(_, job_id, _)| *job_id).collect();
+    // Only a queued job starts: one skipped (its prerequisite failed) after the
+    // dispatcher read it is not sent.
+    let queued: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = ? WHERE state = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+    )
+    .bind(JobState::InFlight.as_str())
+    .bind(JobState::Queued.as_str())
+    .bind(ids_json_i64(&job_ids))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let started: Vec<(i64, i64)> = starts
+        .iter()
+        .filter(|(_, job_id, _)| queued.contains(job_id))
+        .map(|(_, job_id, started_at)| (*job_id, *started_at))
+        .collect();
+    let mut attempts = std::collections::HashMap::with_capacity(started.len());
+    if !started.is_empty() {
+        let rows = sqlx::query(
+            "INSERT INTO attempts (job_id, number, started_at) \
+             SELECT json_extract(value, '$[0]'), \
+                    (SELECT COUNT(*) + 1 FROM attempts a WHERE a.job_id = json_extract(value, '$[0]')), \
+                    json_extract(value, '$[1]') \
+             FROM json_each(?) RETURNING id, job_id, number",
+        )
+        .bind(serde_json::to_string(&started).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in rows {
+            let job_id: i64 = row.get("job_id");
+            attempts.insert(
+                job_id,
+                Applied::Started {
+                    attempt_id: row.get("id"),
+                    number: row.get("number"),
+                },
+            );
+        }
+    }
+    for (at, job_id, _) in starts {
+        applied[at] = Some(match attempts.remove(&job_id) {
+            Some(started) => started,
+            None if queued.contains(&job_id) => {
+                return Err(StoreError::Corrupt(format!(
+                    "job {job_id} was started but its attempt row was not written"
+                )));
+            }
+            None => Applied::NotQueued,
+        });
+    }
+    Ok(())
+}
+
+/// Every [`Write::Finish`] of the batch whose outcome is [`Outcome::Succeeded`], as
+/// [`finish_attempt`] does one, in three statements; fills in `applied`.
+async fn finish_successes(
+    tx: &mut Transaction<'_, Sqlite>,
+    writes: &[Write],
+    applied: &mut [Option<Applied>],
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for (at, write) in writes.iter().enumerate() {
+        let Write::Finish(finish) = write else {
+            continue;
+        };
+        let Outcome::Succeeded { request_id } = &finish.outcome else {
+            continue;
+        };
+        // An accepted Associate has a follow-up (its confirmation): one by one.
+        if finish.action != Action::DisassociateInstancesKeyPairs {
+            continue;
+        }
+        rows.push(serde_json::json!({
+            "attempt_id": finish.attempt_id,
+            "job_id": finish.job_id,
+            "finished_at": finish.finished_at,
+            "sent_at": finish.sent_at,
+            "latency_ms": finish.latency_ms,
+            "http_status": finish.http_status,
+            "reply_id": finish.request_id,
+            "request_id": request_id,
+            "endpoint": finish.endpoint,
+        }));
+        applied[at] = Some(Applied::Finished);
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows = serde_json::Value::Array(rows).to_string();
+    sqlx::query(
+        "UPDATE attempts SET finished_at = v.finished_at, sent_at = v.sent_at, outcome = 'succeeded', \
+         request_id = v.reply_id, error_code = NULL, error_message = NULL, http_status = v.http_status, \
+         latency_ms = v.latency_ms, endpoint = v.endpoint \
+         FROM (SELECT json_extract(value, '$.attempt_id') AS attempt_id, \
+                      json_extract(value, '$.endpoint') AS endpoint, \
+                      json_extract(value, '$.finished_at') AS finished_at, \
+                      json_extract(value, '$.sent_at') AS sent_at, \
+                      json_extract(value, '$.reply_id') AS reply_id, \
+                      json_extract(value, '$.http_status') AS http_status, \
+                      json_extract(value, '$.latency_ms') AS latency_ms FROM json_each(?)) AS v \
+         WHERE attempts.id = v.attempt_id",
+    )
+    .bind(&rows)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET state = ?, request_id = v.request_id, finished_at = v.finished_at \
+         FROM (SELECT json_extract(value, '$.job_id') AS job_id, \
+                      json_extract(value, '$.request_id') AS request_id, \
+                      json_extract(value, '$.finished_at') AS finished_at FROM json_each(?)) AS v \
+         WHERE jobs.id = v.job_id",
+    )
+    .bind(JobState::Succeeded.as_str())
+    .bind(&rows)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE items SET status = ?, request_id = v.request_id, error_code = NULL, error_message = NULL \
+         FROM (SELECT json_extract(value, '$.job_id') AS job_id, \
+                      json_extract(value, '$.request_id') AS request_id FROM json_each(?)) AS v \
+         WHERE items.job_id = v.job_id AND items.status = ?",
+    )
+    .bind(ItemStatus::Succeeded.as_str())
+    .bind(&rows)
+    .bind(ItemStatus::Pending.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn start_attempt(
@@ -1320,4 +1513,226 @@ async fn fail_items(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::plan::{Begin, NewItem, NewJob, NewRun};
+
+    /// A store holding one run of `jobs` one-pair jobs (ids 1..=jobs).
+    async fn store_with_jobs(dir: &tempfile::TempDir, name: &str, jobs: usize) -> Store {
+        let store = Store::open(&dir.path().join(name)).await.unwrap();
+        let run = NewRun {
+            input_path: "t",
+            input_sha256: "0",
+            options: "{}",
+            rows_read: jobs as u64,
+            pairs: jobs as u64,
+            duplicates: 0,
+            rejected: 0,
+            instances: jobs as u64,
+            keys: 1,
+            regions: 1,
+        };
+        let Begin::New(mut writer) = store.begin_plan(&run).unwrap() else {
+            panic!("a fresh database");
+        };
+        let key = vec!["skey-00000001".to_string()];
+        for n in 1..=jobs {
+            let instance = vec![format!("ins-{n:08x}")];
+            let job = writer
+                .add_job(NewJob {
+                    action: Action::DisassociateInstancesKeyPairs,
+                    region: "ap-guangzhou",
+                    force_stop: false,
+                    instance_ids: &instance,
+                    key_ids: &key,
+                    payload: None,
+                })
+                .unwrap();
+            let position = format!("line {}", n + 1);
+            writer
+                .add_items(|sink| {
+                    sink.add(NewItem {
+                        position: &position,
+                        action: Action::DisassociateInstancesKeyPairs,
+                        region: Some("ap-guangzhou"),
+                        instance_id: Some(&instance[0]),
+                        key_id: Some(&key[0]),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: Some(job),
+                        new_key_id: None,
+                        held: false,
+                    })
+                    .map(|_| ())
+                })
+                .unwrap();
+        }
+        writer.commit().unwrap();
+        store
+    }
+
+    fn start(job_id: i64) -> Write {
+        Write::Start {
+            job_id,
+            started_at: 1_000 + job_id,
+        }
+    }
+
+    fn finish(attempt_id: i64, job_id: i64, outcome: Outcome) -> Write {
+        Write::Finish(Box::new(Finish {
+            attempt_id,
+            job_id,
+            action: Action::DisassociateInstancesKeyPairs,
+            follow_up: FollowUp::default(),
+            finished_at: 2_000 + job_id,
+            sent_at: 1_500 + job_id,
+            latency_ms: 7,
+            http_status: Some(200),
+            request_id: Some(format!("reply-{job_id}")),
+            endpoint: None,
+            outcome,
+        }))
+    }
+
+    fn succeeded(job_id: i64) -> Outcome {
+        Outcome::Succeeded {
+            request_id: format!("req-{job_id}"),
+        }
+    }
+
+    fn retry(job_id: i64) -> Outcome {
+        Outcome::Retry {
+            error: ErrorInfo {
+                code: "InternalError".into(),
+                message: format!("job {job_id}"),
+            },
+            transport: false,
+            next_attempt_at: 9_000,
+            give_up: false,
+        }
+    }
+
+    /// Every row the writes touch, as text.
+    async fn dump(store: &Store) -> Vec<String> {
+        let mut rows = Vec::new();
+        for query in [
+            "SELECT json_array(id, job_id, number, started_at, finished_at, sent_at, outcome, request_id, \
+             error_code, error_message, http_status, latency_ms) FROM attempts ORDER BY id",
+            "SELECT json_array(id, state, attempts, throttles, next_attempt_at, last_error_code, \
+             last_error_message, request_id, finished_at) FROM jobs ORDER BY id",
+            "SELECT json_array(id, job_id, status, request_id, error_code, error_message) FROM items ORDER BY id",
+        ] {
+            let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            rows.extend(found);
+        }
+        rows
+    }
+
+    /// The writes of one batch give the same replies and the same rows whether they
+    /// are committed together (bulk starts and successes) or one commit each.
+    #[tokio::test]
+    async fn a_batch_records_what_its_writes_record_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let together = store_with_jobs(&dir, "together.db", 5).await;
+        let alone = store_with_jobs(&dir, "alone.db", 5).await;
+        for store in [&together, &alone] {
+            // Job 5 was skipped after the dispatcher read it: its start is refused.
+            sqlx::query("UPDATE jobs SET state = 'skipped' WHERE id = 5")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let first = [start(1), start(2), start(3), start(5)];
+        // Attempt ids 1..=3 are jobs 1..=3; job 4 starts in the same batch as the others end.
+        let second = [
+            finish(1, 1, succeeded(1)),
+            start(4),
+            finish(2, 2, retry(2)),
+            finish(3, 3, succeeded(3)),
+        ];
+        let mut replies_together = together.apply(&first).await.unwrap();
+        replies_together.extend(together.apply(&second).await.unwrap());
+        let mut replies_alone = Vec::new();
+        for write in first.iter().chain(&second) {
+            replies_alone.extend(alone.apply(std::slice::from_ref(write)).await.unwrap());
+        }
+        assert_eq!(
+            replies_together,
+            [
+                Applied::Started {
+                    attempt_id: 1,
+                    number: 1
+                },
+                Applied::Started {
+                    attempt_id: 2,
+                    number: 1
+                },
+                Applied::Started {
+                    attempt_id: 3,
+                    number: 1
+                },
+                Applied::NotQueued,
+                Applied::Finished,
+                Applied::Started {
+                    attempt_id: 4,
+                    number: 1
+                },
+                Applied::Finished,
+                Applied::Finished,
+            ]
+        );
+        assert_eq!(replies_together, replies_alone);
+        assert_eq!(dump(&together).await, dump(&alone).await);
+        // And what they record is what a success means: job, item and attempt proven.
+        let (state, item, attempt): (String, String, String) = sqlx::query_as(
+            "SELECT j.state || ' ' || j.request_id, i.status || ' ' || i.request_id, \
+             a.outcome || ' ' || a.request_id || ' ' || a.sent_at FROM jobs j \
+             JOIN items i ON i.job_id = j.id JOIN attempts a ON a.job_id = j.id WHERE j.id = 3",
+        )
+        .fetch_one(&together.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (state.as_str(), item.as_str(), attempt.as_str()),
+            (
+                "succeeded req-3",
+                "succeeded req-3",
+                "succeeded reply-3 1503"
+            )
+        );
+        // The retried job starts its second attempt as number 2.
+        let again = together.apply(&[start(2)]).await.unwrap();
+        assert_eq!(
+            again,
+            [Applied::Started {
+                attempt_id: 5,
+                number: 2
+            }]
+        );
+    }
+
+    /// A batch that names one job twice is applied write by write, in order.
+    #[tokio::test]
+    async fn a_batch_naming_a_job_twice_is_applied_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_jobs(&dir, "k.db", 1).await;
+        let replies = store.apply(&[start(1), start(1)]).await.unwrap();
+        assert_eq!(
+            replies,
+            [
+                Applied::Started {
+                    attempt_id: 1,
+                    number: 1
+                },
+                Applied::NotQueued
+            ]
+        );
+    }
 }

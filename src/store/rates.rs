@@ -53,7 +53,7 @@ impl Store {
             )
             .bind(run_id)
             .bind(since_ms.unwrap_or(i64::MIN))
-            .fetch_all(self.pool())
+            .fetch_all(&self.pool)
             .await?;
         let mut rates: BTreeMap<(String, Option<String>), EndpointRate> = BTreeMap::new();
         for (action, endpoint, code, n, first, last) in groups {
@@ -111,7 +111,7 @@ mod tests {
         let jobs: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, region FROM jobs WHERE run_id = ? ORDER BY id")
                 .bind(run_id)
-                .fetch_all(store.pool())
+                .fetch_all(&store.pool)
                 .await
                 .unwrap();
         assert_eq!(jobs.len(), 2);
@@ -127,7 +127,7 @@ mod tests {
             .bind(outcome)
             .bind(code)
             .bind(endpoint)
-            .execute(store.pool())
+            .execute(&store.pool)
         };
         let gz = Some("https://cvm.ap-guangzhou.tencentcloudapi.com/");
         let sh = Some("https://cvm.ap-shanghai.tencentcloudapi.com/");
@@ -155,7 +155,7 @@ mod tests {
             "INSERT INTO attempts (job_id, number, started_at, outcome) VALUES (?1, 3, 13000, 'lost')",
         )
         .bind(s)
-        .execute(store.pool())
+        .execute(&store.pool)
         .await
         .unwrap();
 

@@ -55,86 +55,6 @@ pub struct RunSummary {
     pub rejections: Vec<Rejection>,
 }
 
-/// The newest run's id.
-pub async fn newest_run(store: &Store) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT id FROM runs ORDER BY id DESC LIMIT 1")
-        .fetch_optional(store.pool())
-        .await?
-        .ok_or(StoreError::NoRuns)
-}
-
-/// `run` if given (and it exists), else the newest run.
-pub async fn resolve_run(store: &Store, run: Option<i64>) -> Result<i64, StoreError> {
-    match run {
-        None => newest_run(store).await,
-        Some(id) => {
-            let found: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ?")
-                .bind(id)
-                .fetch_optional(store.pool())
-                .await?;
-            found.ok_or(StoreError::NoSuchRun(id))
-        }
-    }
-}
-
-/// The first `limit` rejections of a run, in input order.
-pub async fn rejections(
-    store: &Store,
-    run_id: i64,
-    limit: i64,
-) -> Result<Vec<Rejection>, StoreError> {
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT position, reason FROM items WHERE run_id = ? AND status = 'rejected'
-         ORDER BY id LIMIT ?",
-    )
-    .bind(run_id)
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(position, reason)| Rejection {
-            position,
-            reason: reason.unwrap_or_default(),
-        })
-        .collect())
-}
-
-/// A run's plan summary.
-pub async fn run_summary(store: &Store, run_id: i64) -> Result<RunSummary, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, created_at, input_path, input_sha256, state, rows_read, pairs, duplicates,
-                rejected, instances, keys, regions,
-                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs,
-                (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id
-                    AND action = 'AssociateInstancesKeyPairs') AS binds,
-                (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id AND held = 1) AS held
-         FROM runs WHERE id = ?",
-    )
-    .bind(run_id)
-    .fetch_optional(store.pool())
-    .await?
-    .ok_or(StoreError::NoSuchRun(run_id))?;
-    Ok(RunSummary {
-        run_id: row.try_get("id")?,
-        created_at: row.try_get("created_at")?,
-        input_path: row.try_get("input_path")?,
-        input_sha256: row.try_get("input_sha256")?,
-        state: row.try_get("state")?,
-        rows: row.try_get("rows_read")?,
-        pairs: row.try_get("pairs")?,
-        duplicates: row.try_get("duplicates")?,
-        rejected: row.try_get("rejected")?,
-        instances: row.try_get("instances")?,
-        keys: row.try_get("keys")?,
-        regions: row.try_get("regions")?,
-        jobs: row.try_get("jobs")?,
-        binds: row.try_get("binds")?,
-        held: row.try_get("held")?,
-        rejections: rejections(store, run_id, SUMMARY_REJECTIONS).await?,
-    })
-}
-
 /// One line of `keyfleet runs`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunListing {
@@ -149,56 +69,6 @@ pub struct RunListing {
     pub jobs: i64,
     /// Item counts by status (all five statuses present).
     pub items: BTreeMap<String, i64>,
-}
-
-/// Every run, newest first.
-pub async fn list_runs(store: &Store) -> Result<Vec<RunListing>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, created_at, state, input_path, rows_read, pairs, duplicates, rejected,
-                (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs
-         FROM runs ORDER BY id DESC",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let mut runs = Vec::with_capacity(rows.len());
-    for row in rows {
-        let run_id: i64 = row.try_get("id")?;
-        runs.push(RunListing {
-            run_id,
-            created_at: row.try_get("created_at")?,
-            state: row.try_get("state")?,
-            input_path: row.try_get("input_path")?,
-            rows: row.try_get("rows_read")?,
-            pairs: row.try_get("pairs")?,
-            duplicates: row.try_get("duplicates")?,
-            rejected: row.try_get("rejected")?,
-            jobs: row.try_get("jobs")?,
-            items: item_counts(store, run_id, Action::DisassociateInstancesKeyPairs).await?,
-        });
-    }
-    Ok(runs)
-}
-
-/// A run's items of one action (unbind: the input's pairs; bind: a rotation's new
-/// keys) by status, every status present.
-async fn item_counts(
-    store: &Store,
-    run_id: i64,
-    action: Action,
-) -> Result<BTreeMap<String, i64>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND action = ? GROUP BY status",
-    )
-    .bind(run_id)
-    .bind(action.name())
-    .fetch_all(store.pool())
-    .await?;
-    let mut counts: BTreeMap<String, i64> = ItemStatus::ALL
-        .iter()
-        .map(|s| (s.as_str().to_string(), 0))
-        .collect();
-    counts.extend(rows);
-    Ok(counts)
 }
 
 /// Where a run stands: what `keyfleet status` prints.
@@ -235,80 +105,6 @@ pub struct RunStatus {
     pub elapsed_ms: Option<i64>,
 }
 
-/// A run's status: counts of pairs, jobs, attempts and failures.
-pub async fn run_status(store: &Store, run_id: i64) -> Result<RunStatus, StoreError> {
-    let run = sqlx::query(
-        "SELECT id, state, stop_reason, input_path, created_at, started_at, finished_at
-         FROM runs WHERE id = ?",
-    )
-    .bind(run_id)
-    .fetch_optional(store.pool())
-    .await?
-    .ok_or(StoreError::NoSuchRun(run_id))?;
-    let pairs = item_counts(store, run_id, Action::DisassociateInstancesKeyPairs).await?;
-    let binds = item_counts(store, run_id, Action::AssociateInstancesKeyPairs).await?;
-    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id = ? AND held = 1")
-        .bind(run_id)
-        .fetch_one(store.pool())
-        .await?;
-    let job_rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT action, state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY action, state",
-    )
-    .bind(run_id)
-    .fetch_all(store.pool())
-    .await?;
-    let mut jobs: BTreeMap<String, i64> = super::JobState::ALL
-        .iter()
-        .map(|s| (s.as_str().to_string(), 0))
-        .collect();
-    let mut jobs_by_action: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (action, state, n) in job_rows {
-        *jobs.entry(state.clone()).or_default() += n;
-        jobs_by_action.entry(action).or_default().insert(state, n);
-    }
-    let failures_by_code = store.failures_by_code(run_id).await?;
-    let attempts: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT a.error_code, COUNT(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
-         WHERE j.run_id = ? GROUP BY a.error_code",
-    )
-    .bind(run_id)
-    .fetch_all(store.pool())
-    .await?;
-    let mut requests = 0;
-    let mut throttled = 0;
-    let mut errors_by_code = BTreeMap::new();
-    for (code, n) in attempts {
-        requests += n;
-        if let Some(code) = code {
-            if taxonomy::is_throttle(&code) {
-                throttled += n;
-            }
-            errors_by_code.insert(code, n);
-        }
-    }
-    let started_at: Option<i64> = run.try_get("started_at")?;
-    let finished_at: Option<i64> = run.try_get("finished_at")?;
-    Ok(RunStatus {
-        run_id,
-        state: run.try_get("state")?,
-        stop_reason: run.try_get("stop_reason")?,
-        input_path: run.try_get("input_path")?,
-        pairs,
-        binds,
-        held,
-        jobs,
-        jobs_by_action,
-        failures_by_code,
-        requests,
-        throttled,
-        errors_by_code,
-        created_at: run.try_get("created_at")?,
-        started_at,
-        finished_at,
-        elapsed_ms: started_at.map(|start| finished_at.unwrap_or_else(now_ms) - start),
-    })
-}
-
 /// One line of the report: one input pair and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReportRow {
@@ -337,143 +133,349 @@ pub struct ReportRow {
     pub associate_verified: Option<String>,
 }
 
-/// Calls `emit` for every item of a run in input order (optionally only one status),
-/// reading in pages. Stops at the first error `emit` returns.
-///
-/// A duplicate shows status `duplicate` with the outcome (request id, error, job)
-/// of the item it repeats. The job is `items.job_id`, which the executor keeps
-/// pointing at the leaf job when it splits one.
-///
-/// The pages are read through a read-only connection of its own (rusqlite): sqlx
-/// decodes each row through its worker thread and a channel, which made the report
-/// of a million items several times slower than `sqlite3` printing the same table.
-/// Each page is one short read (blocking this thread for milliseconds), so no read
-/// snapshot is held while `emit` writes.
-pub async fn for_each_report_row<E>(
-    store: &Store,
-    run_id: i64,
-    only: Option<ItemStatus>,
-    mut emit: impl FnMut(ReportRow) -> Result<(), E>,
-) -> Result<Result<(), E>, StoreError> {
-    let attempts = attempts_with_ancestors(store, run_id).await?;
-    let conn = rusqlite::Connection::open_with_flags(
-        store.file(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // Pages walk the run's id range in primary-key order, keeping only the run's
-    // items: ids need not be consecutive (another run's items may sit between).
-    // The `+` on run_id and status keeps SQLite from choosing the (run_id, status)
-    // index, which would sort the whole run per page.
-    let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?",
-        [run_id],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    let (Some(first), Some(last)) = (first, last) else {
-        return Ok(Ok(()));
-    };
-    let only = only.map(ItemStatus::as_str);
-    let mut after = first - 1;
-    let mut page: Vec<(i64, ReportRow)> = Vec::with_capacity(REPORT_PAGE_ROWS as usize);
-    loop {
-        page.clear();
-        {
-            let mut statement = conn.prepare_cached(
-                "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
-                        COALESCE(d.request_id, i.request_id),
-                        CASE WHEN i.status = 'rejected' THEN NULL
-                             ELSE COALESCE(d.error_code, i.error_code) END,
-                        CASE WHEN i.status = 'rejected' THEN i.reason
-                             ELSE COALESCE(d.error_message, i.error_message) END,
-                        COALESCE(d.job_id, i.job_id),
-                        CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
-                        i.new_key_id, b.statuses, b.request_ids, b.verdicts
-                 FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
-                 LEFT JOIN (SELECT bi.region, bi.instance_id, group_concat(bi.key_id, ' ') AS keys,
-                                   group_concat(bi.status, ' ') AS statuses,
-                                   group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
-                                   group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
-                            FROM (SELECT * FROM items WHERE run_id = ?3
-                                  AND action = 'AssociateInstancesKeyPairs' ORDER BY instance_id, key_id) bi
-                            GROUP BY bi.region, bi.instance_id) b
-                        ON i.new_key_id IS NOT NULL AND b.region = i.region AND b.instance_id = i.instance_id
-                 WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
-                       AND +i.action = 'DisassociateInstancesKeyPairs'
-                 ORDER BY i.id LIMIT ?5",
-            )?;
-            let mut rows = statement.query(rusqlite::params![
-                after,
-                last,
-                run_id,
-                only,
-                REPORT_PAGE_ROWS
-            ])?;
-            while let Some(row) = rows.next()? {
-                let job_id: Option<i64> = row.get(9)?;
-                page.push((
-                    row.get(0)?,
-                    ReportRow {
-                        position: row.get(1)?,
-                        region: row.get(2)?,
-                        instance_id: row.get(3)?,
-                        key_id: row.get(4)?,
-                        status: row.get(5)?,
-                        request_id: row.get(6)?,
-                        error_code: row.get(7)?,
-                        error_message: row.get(8)?,
-                        attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
-                        job_id,
-                        verified: row.get(10)?,
-                        new_key_id: row.get(11)?,
-                        associate_status: row.get(12)?,
-                        associate_request_id: row.get(13)?,
-                        associate_verified: row.get(14)?,
-                    },
-                ));
+impl Store {
+    /// The newest run's id.
+    pub async fn newest_run(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT id FROM runs ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NoRuns)
+    }
+
+    /// `run` if given (and it exists), else the newest run.
+    pub async fn resolve_run(&self, run: Option<i64>) -> Result<i64, StoreError> {
+        match run {
+            None => self.newest_run().await,
+            Some(id) => {
+                let found: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                found.ok_or(StoreError::NoSuchRun(id))
             }
         }
-        let Some(&(last_id, _)) = page.last() else {
+    }
+
+    /// The first `limit` rejections of a run, in input order.
+    pub async fn rejections(&self, run_id: i64, limit: i64) -> Result<Vec<Rejection>, StoreError> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT position, reason FROM items WHERE run_id = ? AND status = 'rejected'
+             ORDER BY id LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, reason)| Rejection {
+                position,
+                reason: reason.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// A run's plan summary.
+    pub async fn run_summary(&self, run_id: i64) -> Result<RunSummary, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, created_at, input_path, input_sha256, state, rows_read, pairs, duplicates,
+                    rejected, instances, keys, regions,
+                    (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs,
+                    (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id AND bind = 1) AS binds,
+                    (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id AND held = 1) AS held
+             FROM runs WHERE id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NoSuchRun(run_id))?;
+        Ok(RunSummary {
+            run_id: row.try_get("id")?,
+            created_at: row.try_get("created_at")?,
+            input_path: row.try_get("input_path")?,
+            input_sha256: row.try_get("input_sha256")?,
+            state: row.try_get("state")?,
+            rows: row.try_get("rows_read")?,
+            pairs: row.try_get("pairs")?,
+            duplicates: row.try_get("duplicates")?,
+            rejected: row.try_get("rejected")?,
+            instances: row.try_get("instances")?,
+            keys: row.try_get("keys")?,
+            regions: row.try_get("regions")?,
+            jobs: row.try_get("jobs")?,
+            binds: row.try_get("binds")?,
+            held: row.try_get("held")?,
+            rejections: self.rejections(run_id, SUMMARY_REJECTIONS).await?,
+        })
+    }
+
+    /// Every run, newest first.
+    pub async fn list_runs(&self) -> Result<Vec<RunListing>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, state, input_path, rows_read, pairs, duplicates, rejected,
+                    (SELECT COUNT(*) FROM jobs WHERE jobs.run_id = runs.id AND parent_job_id IS NULL) AS jobs
+             FROM runs ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let run_id: i64 = row.try_get("id")?;
+            runs.push(RunListing {
+                run_id,
+                created_at: row.try_get("created_at")?,
+                state: row.try_get("state")?,
+                input_path: row.try_get("input_path")?,
+                rows: row.try_get("rows_read")?,
+                pairs: row.try_get("pairs")?,
+                duplicates: row.try_get("duplicates")?,
+                rejected: row.try_get("rejected")?,
+                jobs: row.try_get("jobs")?,
+                items: self
+                    .status_counts(run_id, Action::DisassociateInstancesKeyPairs)
+                    .await?,
+            });
+        }
+        Ok(runs)
+    }
+
+    /// A run's items of one action (unbind: the input's pairs; bind: a rotation's new
+    /// keys) by status, every status present.
+    async fn status_counts(
+        &self,
+        run_id: i64,
+        action: Action,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND bind = ? GROUP BY status",
+        )
+        .bind(run_id)
+        .bind(action == Action::AssociateInstancesKeyPairs)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: BTreeMap<String, i64> = ItemStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
+        counts.extend(rows);
+        Ok(counts)
+    }
+
+    /// A run's status: counts of pairs, jobs, attempts and failures.
+    pub async fn run_status(&self, run_id: i64) -> Result<RunStatus, StoreError> {
+        let run = sqlx::query(
+            "SELECT id, state, stop_reason, input_path, created_at, started_at, finished_at
+             FROM runs WHERE id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NoSuchRun(run_id))?;
+        let pairs = self
+            .status_counts(run_id, Action::DisassociateInstancesKeyPairs)
+            .await?;
+        let binds = self
+            .status_counts(run_id, Action::AssociateInstancesKeyPairs)
+            .await?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id = ? AND held = 1")
+                .bind(run_id)
+                .fetch_one(&self.pool)
+                .await?;
+        let job_rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT action, state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY action, state",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs: BTreeMap<String, i64> = super::JobState::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
+        let mut jobs_by_action: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (action, state, n) in job_rows {
+            *jobs.entry(state.clone()).or_default() += n;
+            jobs_by_action.entry(action).or_default().insert(state, n);
+        }
+        let failures_by_code = self.failures_by_code(run_id).await?;
+        let attempts: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT a.error_code, COUNT(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+             WHERE j.run_id = ? GROUP BY a.error_code",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut requests = 0;
+        let mut throttled = 0;
+        let mut errors_by_code = BTreeMap::new();
+        for (code, n) in attempts {
+            requests += n;
+            if let Some(code) = code {
+                if taxonomy::is_throttle(&code) {
+                    throttled += n;
+                }
+                errors_by_code.insert(code, n);
+            }
+        }
+        let started_at: Option<i64> = run.try_get("started_at")?;
+        let finished_at: Option<i64> = run.try_get("finished_at")?;
+        Ok(RunStatus {
+            run_id,
+            state: run.try_get("state")?,
+            stop_reason: run.try_get("stop_reason")?,
+            input_path: run.try_get("input_path")?,
+            pairs,
+            binds,
+            held,
+            jobs,
+            jobs_by_action,
+            failures_by_code,
+            requests,
+            throttled,
+            errors_by_code,
+            created_at: run.try_get("created_at")?,
+            started_at,
+            finished_at,
+            elapsed_ms: started_at.map(|start| finished_at.unwrap_or_else(now_ms) - start),
+        })
+    }
+
+    /// Calls `emit` for every item of a run in input order (optionally only one status),
+    /// reading in pages. Stops at the first error `emit` returns.
+    ///
+    /// A duplicate shows status `duplicate` with the outcome (request id, error, job)
+    /// of the item it repeats. The job is `items.job_id`, which the executor keeps
+    /// pointing at the leaf job when it splits one.
+    ///
+    /// The pages are read through a read-only connection of its own (rusqlite): sqlx
+    /// decodes each row through its worker thread and a channel, which made the report
+    /// of a million items several times slower than `sqlite3` printing the same table.
+    /// Each page is one short read (blocking this thread for milliseconds), so no read
+    /// snapshot is held while `emit` writes.
+    pub async fn for_each_report_row<E>(
+        &self,
+        run_id: i64,
+        only: Option<ItemStatus>,
+        mut emit: impl FnMut(ReportRow) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let attempts = self.attempts_with_ancestors(run_id).await?;
+        let conn = rusqlite::Connection::open_with_flags(
+            self.file(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Pages walk the run's id range in primary-key order, keeping only the run's
+        // items: ids need not be consecutive (another run's items may sit between).
+        // The `+` on run_id and status keeps SQLite from choosing the (run_id, status)
+        // index, which would sort the whole run per page.
+        let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?",
+            [run_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let (Some(first), Some(last)) = (first, last) else {
             return Ok(Ok(()));
         };
-        after = last_id;
-        for (_, line) in page.drain(..) {
-            if let Err(e) = emit(line) {
-                return Ok(Err(e));
+        let only = only.map(ItemStatus::as_str);
+        let mut after = first - 1;
+        let mut page: Vec<(i64, ReportRow)> = Vec::with_capacity(REPORT_PAGE_ROWS as usize);
+        loop {
+            page.clear();
+            {
+                let mut statement = conn.prepare_cached(
+                    "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
+                            COALESCE(d.request_id, i.request_id),
+                            CASE WHEN i.status = 'rejected' THEN NULL
+                                 ELSE COALESCE(d.error_code, i.error_code) END,
+                            CASE WHEN i.status = 'rejected' THEN i.reason
+                                 ELSE COALESCE(d.error_message, i.error_message) END,
+                            COALESCE(d.job_id, i.job_id),
+                            CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
+                            i.new_key_id, b.statuses, b.request_ids, b.verdicts
+                     FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+                     LEFT JOIN (SELECT bi.region, bi.instance_id,
+                                       group_concat(bi.status, ' ') AS statuses,
+                                       group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
+                                       group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
+                                FROM (SELECT * FROM items WHERE run_id = ?3 AND bind = 1
+                                      ORDER BY instance_id, key_id) bi
+                                GROUP BY bi.region, bi.instance_id) b
+                            ON i.new_key_id IS NOT NULL AND b.region = i.region
+                               AND b.instance_id = i.instance_id
+                     WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
+                           AND +i.bind = 0
+                     ORDER BY i.id LIMIT ?5",
+                )?;
+                let mut rows = statement.query(rusqlite::params![
+                    after,
+                    last,
+                    run_id,
+                    only,
+                    REPORT_PAGE_ROWS
+                ])?;
+                while let Some(row) = rows.next()? {
+                    let job_id: Option<i64> = row.get(9)?;
+                    page.push((
+                        row.get(0)?,
+                        ReportRow {
+                            position: row.get(1)?,
+                            region: row.get(2)?,
+                            instance_id: row.get(3)?,
+                            key_id: row.get(4)?,
+                            status: row.get(5)?,
+                            request_id: row.get(6)?,
+                            error_code: row.get(7)?,
+                            error_message: row.get(8)?,
+                            attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
+                            job_id,
+                            verified: row.get(10)?,
+                            new_key_id: row.get(11)?,
+                            associate_status: row.get(12)?,
+                            associate_request_id: row.get(13)?,
+                            associate_verified: row.get(14)?,
+                        },
+                    ));
+                }
+            }
+            let Some(&(last_id, _)) = page.last() else {
+                return Ok(Ok(()));
+            };
+            after = last_id;
+            for (_, line) in page.drain(..) {
+                if let Err(e) = emit(line) {
+                    return Ok(Err(e));
+                }
             }
         }
     }
-}
 
-/// For every job of a run: attempts of the job itself plus those of its ancestors
-/// (the jobs it was split from). Jobs are few (pairs / 10,000 or so), so this fits in memory.
-async fn attempts_with_ancestors(
-    store: &Store,
-    run_id: i64,
-) -> Result<HashMap<i64, i64>, StoreError> {
-    let jobs: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
-        "SELECT j.id, j.parent_job_id, (SELECT COUNT(*) FROM attempts a WHERE a.job_id = j.id)
-         FROM jobs j WHERE j.run_id = ? ORDER BY j.id",
-    )
-    .bind(run_id)
-    .fetch_all(store.pool())
-    .await?;
-    let parent: HashMap<i64, (Option<i64>, i64)> =
-        jobs.iter().map(|&(id, p, n)| (id, (p, n))).collect();
-    let mut total = HashMap::with_capacity(jobs.len());
-    for &(id, _, _) in &jobs {
-        let mut sum = 0;
-        let mut cursor = Some(id);
-        // Bounded walk: a malformed cycle cannot loop forever.
-        for _ in 0..=jobs.len() {
-            let Some(job) = cursor else { break };
-            let Some(&(up, n)) = parent.get(&job) else {
-                break;
-            };
-            sum += n;
-            cursor = up;
+    /// For every job of a run: attempts of the job itself plus those of its ancestors
+    /// (the jobs it was split from). Jobs are few (pairs / 10,000 or so), so this fits in memory.
+    async fn attempts_with_ancestors(&self, run_id: i64) -> Result<HashMap<i64, i64>, StoreError> {
+        let jobs: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT j.id, j.parent_job_id, (SELECT COUNT(*) FROM attempts a WHERE a.job_id = j.id)
+             FROM jobs j WHERE j.run_id = ? ORDER BY j.id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let parent: HashMap<i64, (Option<i64>, i64)> =
+            jobs.iter().map(|&(id, p, n)| (id, (p, n))).collect();
+        let mut total = HashMap::with_capacity(jobs.len());
+        for &(id, _, _) in &jobs {
+            let mut sum = 0;
+            let mut cursor = Some(id);
+            // Bounded walk: a malformed cycle cannot loop forever.
+            for _ in 0..=jobs.len() {
+                let Some(job) = cursor else { break };
+                let Some(&(up, n)) = parent.get(&job) else {
+                    break;
+                };
+                sum += n;
+                cursor = up;
+            }
+            total.insert(id, sum);
         }
-        total.insert(id, sum);
+        Ok(total)
     }
-    Ok(total)
 }

@@ -207,12 +207,11 @@ pub(super) async fn confirmed(
     for instance in bound {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM items WHERE run_id = ? AND region = ? AND instance_id = ? \
-             AND action = ? AND (status != ? OR verified IS NOT ?)",
+             AND bind = 1 AND (status != ? OR verified IS NOT ?)",
         )
         .bind(job.run_id)
         .bind(&job.region)
         .bind(&instance)
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(Verified::Bound.as_str())
         .fetch_one(&mut **tx)
@@ -243,50 +242,33 @@ pub(super) async fn looked(
     }
     let mut ready = Vec::new();
     for (instance, removed) in removing {
-        let Some(bound) = seen.get(instance) else {
-            let reason = ErrorInfo {
+        let refusal = match seen.get(instance) {
+            None => Some(ErrorInfo {
                 code: "InvalidInstanceId.NotFound".into(),
                 message: format!("--keep-one-key: DescribeInstances does not know {instance}"),
-            };
-            skip_held(
-                tx,
-                job.run_id,
-                &job.region,
-                &[instance.to_string()],
-                &reason,
-            )
-            .await?;
-            continue;
+            }),
+            Some(bound) if bound.iter().any(|k| !removed.contains(&k.as_str())) => None,
+            Some(bound) => Some(ErrorInfo {
+                code: LAST_KEY.into(),
+                message: format!(
+                    "--keep-one-key: unbinding {} would leave {instance} with no key (it holds {}); \
+                     nothing was unbound from it",
+                    removed.join(" "),
+                    if bound.is_empty() {
+                        "none".to_string()
+                    } else {
+                        bound.join(" ")
+                    }
+                ),
+            }),
         };
-        let left = bound
-            .iter()
-            .filter(|k| !removed.contains(&k.as_str()))
-            .count();
-        if left > 0 {
-            ready.push(instance.to_string());
-            continue;
+        match refusal {
+            None => ready.push(instance.to_string()),
+            Some(reason) => {
+                let one = [instance.to_string()];
+                skip_held(tx, job.run_id, &job.region, &one, &reason).await?;
+            }
         }
-        let reason = ErrorInfo {
-            code: LAST_KEY.into(),
-            message: format!(
-                "--keep-one-key: unbinding {} would leave {instance} with no key (it holds {}); \
-                 nothing was unbound from it",
-                removed.join(" "),
-                if bound.is_empty() {
-                    "none".to_string()
-                } else {
-                    bound.join(" ")
-                }
-            ),
-        };
-        skip_held(
-            tx,
-            job.run_id,
-            &job.region,
-            &[instance.to_string()],
-            &reason,
-        )
-        .await?;
     }
     release(tx, &job, &ready, now).await
 }
@@ -530,16 +512,27 @@ impl super::Store {
         let mut writer = self.begin_jobs(run_id).await?;
         let tx = &mut writer.tx;
         let rows = sqlx::query(
-            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.action = ? \
-             AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?)) \
+            // A bind pair that succeeded has no error code of its own: the code its
+            // instance's skipped unbinds carry says why (`retry --code` matches it).
+            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, \
+                    COALESCE(i.error_code, (SELECT u.error_code FROM items u \
+                        WHERE u.run_id = i.run_id AND u.region = i.region \
+                        AND u.instance_id = i.instance_id AND u.bind = 0 AND u.status = ? \
+                        LIMIT 1)) AS error_code \
+             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.bind = 1 \
+             AND (i.status = ? OR (i.status = ? AND i.verified IS NOT NULL AND i.verified != ?) \
+                  OR EXISTS (SELECT 1 FROM items u WHERE u.run_id = i.run_id AND u.region = i.region \
+                             AND u.instance_id = i.instance_id AND u.bind = 0 AND u.status = ? \
+                             AND u.error_code = ?)) \
              ORDER BY i.region, i.instance_id, i.key_id",
         )
+        .bind(ItemStatus::Skipped.as_str())
         .bind(run_id)
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(Verified::Bound.as_str())
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(NOT_RELEASED)
         .fetch_all(&mut **tx)
         .await?;
         let wanted =
@@ -588,14 +581,13 @@ impl super::Store {
             for chunk in instances.chunks(500) {
                 held += sqlx::query(
                     "UPDATE items SET status = ?, held = 1, job_id = NULL, error_code = NULL, \
-                     error_message = NULL WHERE run_id = ? AND region = ? AND action = ? \
+                     error_message = NULL WHERE run_id = ? AND region = ? AND bind = 0 \
                      AND status = ? AND new_key_id IS NOT NULL \
                      AND instance_id IN (SELECT value FROM json_each(?))",
                 )
                 .bind(ItemStatus::Pending.as_str())
                 .bind(run_id)
                 .bind(region)
-                .bind(Action::DisassociateInstancesKeyPairs.name())
                 .bind(ItemStatus::Skipped.as_str())
                 .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
                 .execute(&mut **tx)
@@ -605,12 +597,11 @@ impl super::Store {
         }
         if codes.is_empty() || codes.iter().any(|c| c == LAST_KEY) {
             let rows = sqlx::query(
-                "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.action = ? \
+                "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.bind = 0 \
                  AND i.status = ? AND i.error_code = ? AND i.new_key_id IS NULL \
                  ORDER BY i.region, i.instance_id",
             )
             .bind(run_id)
-            .bind(Action::DisassociateInstancesKeyPairs.name())
             .bind(ItemStatus::Skipped.as_str())
             .bind(LAST_KEY)
             .fetch_all(&mut **tx)
@@ -683,7 +674,7 @@ impl super::Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }

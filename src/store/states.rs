@@ -149,7 +149,7 @@ mod tests {
     async fn check_list(store: &Store, table: &str, column: &str) -> Vec<String> {
         let sql: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = ?")
             .bind(table)
-            .fetch_one(store.pool())
+            .fetch_one(&store.pool)
             .await
             .unwrap();
         let start = sql

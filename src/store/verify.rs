@@ -87,16 +87,18 @@ impl VerificationCounts {
 
 impl Store {
     /// Open (queued or in flight) verification batches of a run: a verification that
-    /// a crash or a stop interrupted, to be finished rather than started again.
+    /// a crash or a stop interrupted, to be finished rather than started again. A
+    /// rotation's confirmations and `--keep-one-key` looks are not verification rounds.
     pub async fn open_verification(&self, run_id: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND action = ? AND state IN (?, ?)",
+            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND action = ? AND state IN (?, ?) \
+             AND COALESCE(json_extract(payload, '$.purpose'), 'verify') = 'verify'",
         )
         .bind(run_id)
         .bind(Action::DescribeInstances.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .fetch_one(self.pool())
+        .fetch_one(&self.pool)
         .await?)
     }
 
@@ -108,7 +110,7 @@ impl Store {
         recheck_for_ms: i64,
     ) -> Result<u64, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, region, instance_id, key_id, request_id, action FROM items \
+            "SELECT id, region, instance_id, key_id, request_id, bind FROM items \
              WHERE run_id = ? AND status IN (?, ?, ?, ?) ORDER BY region, instance_id, key_id",
         )
         .bind(run_id)
@@ -116,7 +118,7 @@ impl Store {
         .bind(ItemStatus::Succeeded.as_str())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         // Region -> instance -> its items, in id order.
         let mut regions: BTreeMap<String, BTreeMap<String, Vec<VerifyItem>>> = BTreeMap::new();
@@ -132,7 +134,7 @@ impl Store {
                     instance_id,
                     key_id: row.get("key_id"),
                     request_id: row.get("request_id"),
-                    bind: row.get::<&str, _>("action") == Action::AssociateInstancesKeyPairs.name(),
+                    bind: row.get::<bool, _>("bind"),
                 });
         }
         let recheck_until = now_ms() + recheck_for_ms;
@@ -190,7 +192,7 @@ impl Store {
         .bind(action.name())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }
@@ -209,7 +211,7 @@ impl Store {
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
-        .execute(self.pool())
+        .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -217,18 +219,17 @@ impl Store {
     /// A run's valid pairs by verification result.
     pub async fn verification_counts(&self, run_id: i64) -> Result<VerificationCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT verified, status = ? AS succeeded, action = ? AS bind, COUNT(*) AS n FROM items \
-             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?, action",
+            "SELECT verified, status = ? AS succeeded, bind, COUNT(*) AS n FROM items \
+             WHERE run_id = ? AND status IN (?, ?, ?, ?) GROUP BY verified, status = ?, bind",
         )
         .bind(ItemStatus::Succeeded.as_str())
-        .bind(Action::AssociateInstancesKeyPairs.name())
         .bind(run_id)
         .bind(ItemStatus::Pending.as_str())
         .bind(ItemStatus::Succeeded.as_str())
         .bind(ItemStatus::Failed.as_str())
         .bind(ItemStatus::Skipped.as_str())
         .bind(ItemStatus::Succeeded.as_str())
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         let mut counts = VerificationCounts::default();
         for row in rows {

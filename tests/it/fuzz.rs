@@ -335,7 +335,7 @@ fn fuzz_planner_accounts_for_every_row() {
                         let items: i64 =
                             sqlx::query_scalar("SELECT count(*) FROM items WHERE run_id = ?")
                                 .bind(s.run_id)
-                                .fetch_one(store.pool())
+                                .fetch_one(store.pool_for_tests())
                                 .await
                                 .expect("items");
                         prop_assert_eq!(items as u64, pairs);
@@ -361,7 +361,7 @@ fn fuzz_planner_accounts_for_every_row() {
 
 async fn count(store: &Store, query: &'static str) -> i64 {
     sqlx::query_scalar(query)
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .expect("count")
 }

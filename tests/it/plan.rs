@@ -1,13 +1,14 @@
 //! `keyfleet plan`, `runs`, `status` and `report`, run as a user would: the binary,
 //! a temporary database, sample inputs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{TempDb, keyfleet_bin};
+use keyfleet::store::queue::{Applied, ErrorInfo, Finish, Outcome, Write};
+use keyfleet::store::{Store, now_ms};
+
+use crate::support::{Cmd, Output, TempDb};
 
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +21,7 @@ struct Keyfleet {
     db: TempDb,
 }
 
-/// What a command did.
+/// What a command did, as text.
 struct Ran {
     code: i32,
     stdout: String,
@@ -30,9 +31,9 @@ struct Ran {
 impl Ran {
     fn from(output: Output) -> Ran {
         Ran {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            code: output.code.unwrap_or(-1),
+            stdout: output.stdout_text(),
+            stderr: output.stderr_text(),
         }
     }
 
@@ -56,41 +57,19 @@ impl Keyfleet {
         Keyfleet { db: TempDb::new() }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(keyfleet_bin());
-        command
-            .arg("--db")
-            .arg(&self.db.path)
-            .args(args)
-            // Nothing of the developer's own setup may leak in: a private HOME (no tccli
-            // profile region) and no Tencent Cloud variables.
-            .env("HOME", self.db.dir.path())
-            .env_remove("TENCENTCLOUD_REGION")
-            .env_remove("TCCLI_PROFILE")
-            .env_remove("KEYFLEET_DB")
-            .env_remove("RUST_LOG");
-        command
+    /// `keyfleet --db DB ARGS...` through the shared harness (nothing of the
+    /// developer's own setup leaks in), with a private HOME beside the database.
+    fn command(&self, args: &[&str]) -> Cmd {
+        let db = self.db.path.to_str().expect("utf-8 path");
+        Cmd::new(["--db", db].iter().chain(args)).env("HOME", self.db.dir.path())
     }
 
     fn run(&self, args: &[&str]) -> Ran {
-        Ran::from(self.command(args).output().expect("run keyfleet"))
+        Ran::from(self.command(args).run())
     }
 
     fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Ran {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyfleet");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-        Ran::from(child.wait_with_output().expect("wait"))
+        Ran::from(self.command(args).stdin(input).run())
     }
 
     fn plan(&self, input: &Path, extra: &[&str]) -> Value {
@@ -149,6 +128,41 @@ impl Keyfleet {
     async fn store(&self) -> keyfleet::store::Store {
         keyfleet::store::Store::open(&self.db.path).await.unwrap()
     }
+}
+
+/// One attempt of `job` as the executor records it: its start, then `outcome`.
+async fn attempt(store: &Store, job_id: i64, outcome: Outcome) {
+    let started = store
+        .apply(&[Write::Start {
+            job_id,
+            started_at: now_ms(),
+        }])
+        .await
+        .unwrap();
+    let [Applied::Started { attempt_id, .. }] = started[..] else {
+        panic!("job {job_id} did not start: {started:?}");
+    };
+    let request_id = match &outcome {
+        Outcome::Succeeded { request_id } => request_id.clone(),
+        _ => format!("reply-{attempt_id}"),
+    };
+    let finish = Finish {
+        attempt_id,
+        job_id,
+        action: keyfleet::cvm::Action::DisassociateInstancesKeyPairs,
+        follow_up: keyfleet::store::queue::FollowUp::default(),
+        finished_at: now_ms(),
+        sent_at: now_ms(),
+        latency_ms: 1,
+        http_status: Some(200),
+        request_id: Some(request_id),
+        endpoint: None,
+        outcome,
+    };
+    store
+        .apply(&[Write::Finish(Box::new(finish))])
+        .await
+        .unwrap();
 }
 
 fn count(v: &Value, key: &str) -> i64 {
@@ -471,33 +485,37 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     let k = Keyfleet::new();
     let plan = k.plan(&sample("bad-rows.csv"), &[]);
     let run = count(&plan, "run_id");
-    // Play the executor: the job fails once, is split, and its child succeeds.
+    // Play the executor through its own writes: the first job is throttled once, then
+    // split, and its child succeeds; the other job fails on its one attempt.
     let store = k.store().await;
-    let pool = store.pool();
     // Two jobs: ins-00000001 loses skey-00000001, ins-00000008 loses skey-00000002.
-    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ? ORDER BY id LIMIT 1")
-        .bind(run)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_code) VALUES (?, 1, 1, 2, 'error', 'RequestLimitExceeded'), (?, 2, 3, 4, 'error', 'InvalidInstanceId.NotFound')")
-        .bind(job).bind(job).execute(pool).await.unwrap();
-    sqlx::query("UPDATE jobs SET state = 'split' WHERE id = ?")
-        .bind(job)
-        .execute(pool)
-        .await
-        .unwrap();
-    let child: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, region, instance_ids, key_ids, pair_count, parent_job_id, created_at, state, request_id)
-         VALUES (?, 'ap-guangzhou', '[\"ins-00000001\"]', '[\"skey-00000001\"]', 1, ?, 5, 'succeeded', 'req-1') RETURNING id",
-    )
-    .bind(run).bind(job).fetch_one(pool).await.unwrap();
-    sqlx::query("INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, request_id) VALUES (?, 1, 6, 7, 'succeeded', 'req-1')")
-        .bind(child).execute(pool).await.unwrap();
-    sqlx::query("UPDATE items SET job_id = ?, status = 'succeeded', request_id = 'req-1' WHERE run_id = ? AND instance_id = 'ins-00000001' AND status = 'pending'")
-        .bind(child).bind(run).execute(pool).await.unwrap();
-    sqlx::query("UPDATE items SET status = 'failed', error_code = 'InvalidInstanceId.NotFound', error_message = 'No instance found.' WHERE run_id = ? AND status = 'pending'")
-        .bind(run).execute(pool).await.unwrap();
+    let due = store.due_jobs(run, None, now_ms(), 10).await.unwrap();
+    let (job, other) = (due[0].id, due[1].id);
+    let error = |code: &str, message: &str| ErrorInfo {
+        code: code.into(),
+        message: message.into(),
+    };
+    let throttled = Outcome::Throttled {
+        error: error("RequestLimitExceeded", "Too many requests."),
+        next_attempt_at: 0,
+    };
+    attempt(&store, job, throttled).await;
+    let split = Outcome::Split {
+        error: error("InvalidInstanceId.NotFound", "No instance found."),
+        children: vec![(vec!["ins-00000001".into()], vec!["skey-00000001".into()])],
+    };
+    attempt(&store, job, split).await;
+    let child = store.due_jobs(run, None, now_ms(), 10).await.unwrap();
+    let child = child.iter().map(|j| j.id).max().unwrap();
+    assert!(child > other, "the split's child is a new job");
+    let success = Outcome::Succeeded {
+        request_id: "req-1".into(),
+    };
+    attempt(&store, child, success).await;
+    let fail = Outcome::Fail {
+        error: error("InvalidInstanceId.NotFound", "No instance found."),
+    };
+    attempt(&store, other, fail).await;
     store.close().await;
 
     let report = k.report_csv(&[]);
@@ -531,7 +549,7 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
         (failed[4].as_str(), failed[6].as_str()),
         ("failed", "InvalidInstanceId.NotFound")
     );
-    assert_eq!(failed[8], "0", "the other job was never attempted");
+    assert_eq!(failed[8], "1", "the other job's one attempt");
     assert_ne!(failed[9], first[9]);
 
     let status = k.run(&["status", "--json"]).ok().json();
@@ -555,9 +573,10 @@ async fn the_report_accounts_for_every_row_with_outcomes_and_attempts() {
     assert_eq!(status["pairs"]["pending"], 0);
     assert_eq!(status["jobs"]["split"], 1);
     assert_eq!(status["jobs"]["succeeded"], 1);
-    assert_eq!(status["jobs"]["queued"], 1);
+    assert_eq!(status["jobs"]["failed"], 1);
+    assert_eq!(status["jobs"]["queued"], 0);
     assert_eq!(status["failures_by_code"]["InvalidInstanceId.NotFound"], 1);
-    assert_eq!(status["requests"], 3);
+    assert_eq!(status["requests"], 4);
     assert_eq!(status["throttled"], 1);
 
     let json = k
@@ -618,7 +637,7 @@ async fn a_plan_written_without_enforcement_keeps_every_reference_and_status_val
     k.plan(&sample("small.json"), &["--region", "ap-shanghai"]);
     k.plan(&sample("small.jsonl"), &["--region", "ap-shanghai"]);
     let store = k.store().await;
-    let pool = store.pool();
+    let pool = store.pool_for_tests();
     let violations: Vec<(String, i64, String, i64)> = sqlx::query_as("PRAGMA foreign_key_check")
         .fetch_all(pool)
         .await
@@ -679,7 +698,7 @@ async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
     )
     .bind(first)
     .bind(second)
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     let appended: i64 = sqlx::query_scalar(
@@ -689,7 +708,7 @@ async fn the_report_pages_through_a_large_run_whose_ids_are_not_consecutive() {
     )
     .bind(first)
     .bind(job)
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     assert!(appended > last_of_second);
@@ -772,7 +791,7 @@ async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
     assert_eq!(count(&plan, "run_id"), 2);
     let store = k.store().await;
     let first_new: i64 = sqlx::query_scalar("SELECT MIN(id) FROM items WHERE run_id = 2")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(first_new, 4);

@@ -74,7 +74,7 @@ async fn a_run_over_three_regions_reaches_three_access_endpoints() {
     assert_eq!(hosts, expected.iter().collect(), "{stats:?}");
 
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     store.close().await;
     let result = audit::audit(

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keyfleet::sim::{Fleet, Instance, JournalEntry, Os, SimConfig};
+use keyfleet::sim::{Fleet, Instance, Os, SimConfig, audit};
 
 use crate::support::{Rehearsal, ins};
 
@@ -65,6 +65,14 @@ fn rotation_csv(r: &Rehearsal, name: &str, rows: &[(String, &str, &str)]) -> Pat
     path
 }
 
+/// `keyfleet run INPUT --progress none EXTRA...`: its exit code and stderr.
+async fn run_quietly(r: &Rehearsal, input: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["run", input.to_str().unwrap(), "--progress", "none"];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    (code, stderr)
+}
+
 fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
     fleet
         .instances()
@@ -78,43 +86,23 @@ fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-fn accepted(e: &JournalEntry) -> bool {
-    e.code.is_none() && e.request_id.is_some() && !e.dropped
-}
-
-/// For every instance the journal shows unbinding from: an Associate of its new key
-/// was accepted and applied, and a DescribeInstances of it came after that and before
-/// the first Disassociate that names it.
-fn assert_bound_before_unbound(journal: &[JournalEntry]) {
-    let mut unbound: BTreeSet<&str> = BTreeSet::new();
-    for (n, entry) in journal.iter().enumerate() {
-        if entry.action != "DisassociateInstancesKeyPairs" || !accepted(entry) {
-            continue;
-        }
-        for instance in &entry.instance_ids {
-            if !unbound.insert(instance) {
-                continue;
-            }
-            let before = &journal[..n];
-            let bind = before.iter().rposition(|e| {
-                e.action == "AssociateInstancesKeyPairs"
-                    && accepted(e)
-                    && e.applied
-                    && !e.operation_failed
-                    && e.instance_ids.contains(instance)
-            });
-            let Some(bind) = bind else {
-                panic!("{instance} was unbound with no applied Associate before it");
-            };
-            let looked = before[bind + 1..].iter().any(|e| {
-                e.action == "DescribeInstances" && accepted(e) && e.instance_ids.contains(instance)
-            });
-            assert!(
-                looked,
-                "{instance}: no DescribeInstances between its Associate and its Disassociate"
-            );
-        }
-    }
+/// The simulator's audit of the newest run: nothing removed that was not asked for,
+/// nothing gained but the new keys, every success proven, every rotated instance bound
+/// and confirmed before it was unbound, none left keyless.
+async fn assert_audit_clean(r: &Rehearsal, before: &Fleet) {
+    let store = r.store().await;
+    let run_id = store.newest_run().await.unwrap();
+    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let binds = store.bind_outcomes(run_id).await.unwrap();
+    store.close().await;
+    let result = audit::audit_rotation(
+        &before.bindings(),
+        &r.sim.fleet().bindings(),
+        &outcomes,
+        &binds,
+        &r.sim.journal(),
+    );
+    assert!(result.is_clean(), "{:#?}", result.violations);
 }
 
 fn report_rows(r: &Rehearsal, csv: &str) -> Vec<BTreeMap<String, String>> {
@@ -139,12 +127,7 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
     let r = Rehearsal::start(sim(150, 0.3, 1), fleet(n)).await;
     let rows: Vec<(String, &str, &str)> = (0..n).map(|i| (ins(i), OLD, NEWS[i % 4])).collect();
     let input = rotation_csv(&r, "rotate.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &["run", input.to_str().unwrap(), "--progress", "none"],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &[]).await;
     // Windows instances cannot be rotated: the run ends with them skipped (exit 1).
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
@@ -161,8 +144,8 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
         }
         assert_eq!(after[&id], expected, "{id}: {stderr}");
     }
+    assert_audit_clean(&r, &fleet(n)).await;
     let journal = r.sim.journal();
-    assert_bound_before_unbound(&journal);
     assert!(
         journal
             .iter()
@@ -202,19 +185,15 @@ async fn a_rotation_binds_confirms_then_unbinds_and_keeps_the_old_key_where_it_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() {
     let n = 30;
-    let r = Rehearsal::start(sim(0, 0.0, 1), fleet(n)).await;
+    let before = fleet(n);
+    let r = Rehearsal::start(sim(0, 0.0, 1), before.clone()).await;
     // Half the fleet to a key that exists, half to one that does not.
     let missing = "skey-n0texist";
     let rows: Vec<(String, &str, &str)> = (0..n)
         .map(|i| (ins(i), OLD, if i < n / 2 { NEW } else { missing }))
         .collect();
     let input = rotation_csv(&r, "rotate.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &["run", input.to_str().unwrap(), "--progress", "none"],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &[]).await;
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
     for i in n / 2..n {
@@ -253,7 +232,7 @@ async fn a_new_key_that_does_not_exist_stops_its_rotation_and_unbinds_nothing() 
         assert!(after[&ins(i)].contains(kept), "{}: {stderr}", ins(i));
         assert_eq!(after[&ins(i)].contains(OLD), i % 10 == 3, "{}", ins(i));
     }
-    assert_bound_before_unbound(&r.sim.journal());
+    assert_audit_clean(&r, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,10 +246,12 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
              {a},{OLD},{GZ},skey-12\n\
              {b},{OLD},{GZ},{OLD}\n\
              {c},{OLD},{GZ},{NEW}\n\
-             {c},{OLD},{GZ},{OTHER}\n",
+             {c},{OLD},{GZ},{OTHER}\n\
+             {d},{OLD},{GZ},\n",
             a = ins(0),
             b = ins(1),
             c = ins(2),
+            d = ins(3),
         ),
     )
     .unwrap();
@@ -286,7 +267,7 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
         .iter()
         .map(|row| (row["position"].clone(), row["error_message"].clone()))
         .collect();
-    assert_eq!(reasons.len(), 3, "{report}");
+    assert_eq!(reasons.len(), 4, "{report}");
     assert!(
         reasons[0].0 == "line 2" && reasons[0].1.contains("new_key_id"),
         "{reasons:?}"
@@ -297,6 +278,10 @@ async fn bad_rotation_rows_are_rejected_with_their_place() {
     );
     assert!(
         reasons[2].0 == "line 5" && reasons[2].1.contains("conflicts with line 4"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].0 == "line 6" && reasons[3].1.contains("new_key_id (column 4) is empty"),
         "{reasons:?}"
     );
 }
@@ -318,7 +303,8 @@ async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
     // Groups of three instances per new key: many small Associate jobs, so kills land
     // while some instances bind, others are confirmed and others unbound.
     let news: Vec<String> = (0..n / 3).map(|g| format!("skey-9{g:07}")).collect();
-    let r = Rehearsal::start(config, fleet(n).with_keys(news.iter().cloned())).await;
+    let before = fleet(n).with_keys(news.iter().cloned());
+    let r = Rehearsal::start(config, before.clone()).await;
     let rows: Vec<(String, &str, &str)> = (0..n)
         .map(|i| (ins(i), OLD, news[i / 3].as_str()))
         .collect();
@@ -372,9 +358,9 @@ async fn kill_9_in_any_phase_then_the_same_command_ends_with_the_same_fleet() {
         }
         assert_eq!(after[&ins(i)], expected, "{} after {kills} kills", ins(i));
     }
-    assert_bound_before_unbound(&r.sim.journal());
+    assert_audit_clean(&r, &before).await;
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let pairs = store.pair_counts(run_id).await.unwrap();
     assert_eq!(pairs.pending, 0, "{pairs:?}");
     assert_eq!(pairs.succeeded as usize, n - n / 10, "{pairs:?}");
@@ -394,18 +380,7 @@ async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
         .map(|i| (ins(i), OLD.to_string(), GZ.to_string()))
         .collect();
     let input = r.input("unbind.csv", &rows);
-    let (code, _, stderr) = r
-        .run(
-            &[
-                "run",
-                input.to_str().unwrap(),
-                "--keep-one-key",
-                "--progress",
-                "none",
-            ],
-            LIMIT,
-        )
-        .await;
+    let (code, stderr) = run_quietly(&r, &input, &["--keep-one-key"]).await;
     assert_eq!(code, 1, "{stderr}");
     let after = keys_of(&r.sim.fleet());
     for i in (0..n).filter(|i| i % 10 != 3) {
@@ -462,4 +437,60 @@ async fn keep_one_key_skips_the_last_key_and_unbinds_the_rest() {
     let after = keys_of(&r.sim.fleet());
     assert_eq!(after[&ins(1)], [NEW.to_string()].into(), "{stderr}");
     assert_eq!(after[&ins(2)], [OLD.to_string()].into(), "{stderr}");
+    let mut before = fleet(n);
+    before.instances[1].key_ids.push(NEW.to_string());
+    assert_audit_clean(&r, &before).await;
+}
+
+/// `keyfleet demo --rotate` rehearses a rotation with faults, asynchronous failures
+/// and instances that cannot be rotated, and ends with a clean rotation audit.
+#[test]
+fn the_rotation_demo_ends_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::Cmd::new([
+        "demo",
+        "--rotate",
+        "--instances",
+        "300",
+        "--progress",
+        "none",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .timeout(LIMIT)
+    .run();
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(0), "{stderr}");
+    assert!(stderr.contains("audit:    clean"), "{stderr}");
+    assert!(stderr.contains("none left without a key"), "{stderr}");
+    assert!(stderr.contains("--rotate-to skey-r0tate0n"), "{stderr}");
+}
+
+/// `plan` says how many instances the unbind would leave keyless when the input
+/// carries `discover`'s `keys_after` column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_counts_the_instances_a_plain_unbind_leaves_keyless() {
+    let r = Rehearsal::start(sim(0, 0.0, 1), fleet(3)).await;
+    let path = r.dir.path().join("found.csv");
+    std::fs::write(
+        &path,
+        format!(
+            "instance_id,key_id,region,instance_state,os_name,keys_after\n\
+             {a},{OLD},{GZ},STOPPED,Linux,0\n\
+             {b},{OLD},{GZ},STOPPED,Linux,1\n\
+             {c},{OLD},{GZ},STOPPED,Linux,0\n",
+            a = ins(0),
+            b = ins(1),
+            c = ins(2),
+        ),
+    )
+    .unwrap();
+    let (code, json, stderr) = r
+        .run(&["plan", path.to_str().unwrap(), "--json"], LIMIT)
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["keyless_after"], 2, "{json}");
+    let (_, _, stderr) = r.run(&["plan", path.to_str().unwrap()], LIMIT).await;
+    assert!(stderr.contains("keyless      2 instances"), "{stderr}");
 }

@@ -36,7 +36,7 @@ fn quiet_sim() -> SimConfig {
 /// Audits the run against the simulator, asserting every promise held.
 async fn assert_audit(r: &Rehearsal, before: &Fleet) -> audit::Audit {
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     store.close().await;
     let result = audit::audit(
@@ -110,7 +110,7 @@ async fn transient_faults_are_ridden_out() {
         "SELECT SUM(outcome IN ('succeeded', 'error')), SUM(outcome IN ('succeeded', 'error') AND request_id IS NOT NULL), \
          SUM(outcome = 'transport'), SUM(outcome IS NULL) FROM attempts",
     )
-    .fetch_one(store.pool())
+    .fetch_one(store.pool_for_tests())
     .await
     .unwrap();
     assert_eq!(
@@ -370,7 +370,7 @@ async fn interrupt_then_resume() {
     assert!(requests_at_stop < 60, "it stopped early");
     let store = r.store().await;
     let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(open, 0, "in-flight requests were recorded before exiting");

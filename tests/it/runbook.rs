@@ -221,7 +221,7 @@ async fn async_failures_are_caught_by_verify_and_fixed_by_requeue_and_resume() {
     let store = r.store().await;
     let flagged: BTreeSet<(String, String)> =
         sqlx::query_as("SELECT instance_id, key_id FROM items WHERE verified = 'operation_failed'")
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap()
             .into_iter()
@@ -292,7 +292,7 @@ async fn a_kill_during_verify_loses_nothing() {
     assert_eq!(v["unverified"].as_u64().unwrap(), 0);
     let store = r.store().await;
     let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     store.close().await;

@@ -1225,7 +1225,7 @@ async fn the_audit_flags_pairs_accepted_but_not_applied() {
     assert_eq!(after, fleet.bindings(), "no operation was applied");
 
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     let audit = sim::audit::audit(&fleet.bindings(), &after, &outcomes, &r.sim.journal());
     assert_eq!(audit.succeeded, 6);

@@ -53,7 +53,7 @@ async fn assert_exact_outcome(
     );
 
     let store = r.store().await;
-    let run_id = keyfleet::store::report::newest_run(&store).await.unwrap();
+    let run_id = store.newest_run().await.unwrap();
     let outcomes = store.pair_outcomes(run_id).await.unwrap();
     let result = audit::audit(&before.bindings(), &after, &outcomes, &r.sim.journal());
     assert!(result.is_clean(), "{:#?}", result.violations);
@@ -62,7 +62,7 @@ async fn assert_exact_outcome(
     let statuses: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, COUNT(*) FROM items WHERE run_id = ? GROUP BY status")
             .bind(run_id)
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     assert_eq!(
@@ -71,7 +71,7 @@ async fn assert_exact_outcome(
         "every row final and succeeded"
     );
     let max_attempts: i64 = sqlx::query_scalar("SELECT MAX(attempts) FROM jobs")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert!(
@@ -79,7 +79,7 @@ async fn assert_exact_outcome(
         "a job spent {max_attempts} attempts"
     );
     let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE finished_at IS NULL")
-        .fetch_one(store.pool())
+        .fetch_one(store.pool_for_tests())
         .await
         .unwrap();
     assert_eq!(open, 0);

@@ -117,13 +117,13 @@ async fn a_0_1_0_database_migrates_reports_and_resumes() {
     // The rebuilt tables kept every reference whole.
     let broken: Vec<(String, i64)> =
         sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     assert!(broken.is_empty(), "{broken:?}");
     let jobs: Vec<(String, String)> =
         sqlx::query_as("SELECT action, state FROM jobs WHERE run_id = 4 ORDER BY id")
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     assert!(
@@ -244,7 +244,7 @@ async fn a_database_of_the_version_before_rotation_migrates_reports_and_resumes(
     let store = r.store().await;
     let broken: Vec<(String, i64)> =
         sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
-            .fetch_all(store.pool())
+            .fetch_all(store.pool_for_tests())
             .await
             .unwrap();
     assert!(broken.is_empty(), "{broken:?}");
