@@ -8,7 +8,10 @@
 //! executions with their own `Store` handles on one database running different runs
 //! together at 10/s (target >= 9.5/s together, no throttle); `limit_5_then_10`, the
 //! simulator at 5/s for a while with keyfleet at 10, then back to 10 (targets >= 4.5/s
-//! with <= 3% throttled, then >= 9.5/s within 10 s).
+//! with <= 3% throttled, then >= 9.5/s within 10 s); `three_regions`, one run over three
+//! regions with a `{region}` endpoint template resolved (`--resolve`-style) to the one
+//! loopback simulator, which limits each (Host, action, SecretId) to 10/s (target >= 28/s
+//! together).
 //!
 //! `cargo bench --bench exec_rate [-- --quick]`. Full: 700 jobs, a 60 s window
 //! (about 72 s), 250 x 2 jobs, 60 s at 5/s. Quick: 200 jobs and a 15 s window, 100 x 2,
@@ -42,15 +45,123 @@ fn main() {
     let window_s = common::env_number("KEYFLEET_BENCH_WINDOW_S", window_s);
     let slow_jobs = common::env_number("KEYFLEET_BENCH_SLOW_JOBS", slow_jobs);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(case("at_limit", jobs, 10, 10.0, Some(window_s)));
+    // KEYFLEET_BENCH_CASES=a,b runs only those cases (default: all, in this order).
+    let cases = std::env::var("KEYFLEET_BENCH_CASES").unwrap_or_default();
+    let wanted = |name: &str| cases.is_empty() || cases.split(',').any(|c| c.trim() == name);
+    if wanted("at_limit") {
+        runtime.block_on(case("at_limit", jobs, 10, 10.0, Some(window_s)));
+    }
     let (pair_jobs, slow_s) = if opts.quick { (100, 30) } else { (250, 60) };
     let pair_jobs = common::env_number("KEYFLEET_BENCH_PAIR_JOBS", pair_jobs);
     let slow_s = common::env_number("KEYFLEET_BENCH_SLOW_S", slow_s);
-    runtime.block_on(two_processes(pair_jobs));
-    runtime.block_on(limit_drops_then_returns(
-        slow_jobs.max(slow_s as usize * 5 + 150),
-        slow_s,
-    ));
+    if wanted("two_processes") {
+        runtime.block_on(two_processes(pair_jobs));
+    }
+    if wanted("limit_5_then_10") {
+        runtime.block_on(limit_drops_then_returns(
+            slow_jobs.max(slow_s as usize * 5 + 150),
+            slow_s,
+        ));
+    }
+    let region_jobs = common::env_number(
+        "KEYFLEET_BENCH_REGION_JOBS",
+        if opts.quick { 100 } else { 300 },
+    );
+    let region_concurrency = common::env_number("KEYFLEET_BENCH_REGION_CONCURRENCY", 20);
+    if wanted("three_regions") {
+        runtime.block_on(three_regions(region_jobs, region_concurrency));
+    }
+}
+
+const THREE_REGIONS: [&str; 3] = ["ap-guangzhou", "ap-shanghai", "eu-frankfurt"];
+
+/// One run of `jobs_each` one-pair jobs in each of three regions, through a
+/// `{region}` endpoint template whose hosts resolve to the one loopback simulator:
+/// three access endpoints, each limited to 10/s. "Together" = requests admitted up to
+/// the moment the first region's last request arrived, per second of that span.
+async fn three_regions(jobs_each: usize, concurrency: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut fleet = keyfleet::sim::Fleet::new();
+    for (r, region) in THREE_REGIONS.iter().enumerate() {
+        for n in 0..jobs_each {
+            let i = r * jobs_each + n;
+            fleet = fleet.with(
+                keyfleet::sim::Instance::new(common::instance_id(i), *region)
+                    .keys([common::key_id(i)]),
+            );
+        }
+    }
+    let input = dir.path().join("input.csv");
+    common::write_input(&input, &fleet).expect("write the input");
+    let (store, run_id, _) = common::plan(&dir.path().join("keyfleet.db"), &input).await;
+    let simulator = common::start_sim(common::sim_config(10, JITTER, LATENCY), fleet).await;
+    let port = simulator.local_addr().port();
+    let mut client = keyfleet::api::ClientConfig::new(
+        format!("http://cvm.{{region}}.bench.test:{port}"),
+        keyfleet::credentials::Credentials {
+            secret_id: keyfleet::sim::TEST_SECRET_ID.to_string(),
+            secret_key: keyfleet::secret::Secret::new(keyfleet::sim::TEST_SECRET_KEY),
+            token: None,
+            source: "benchmark".into(),
+        },
+    );
+    client.resolve = vec!["*.bench.test=127.0.0.1".parse().expect("a resolve rule")];
+    let api = Arc::new(keyfleet::api::CvmClient::new(client).expect("build the client"));
+    let config = ExecConfig {
+        rate: 10.0,
+        concurrency,
+        ..ExecConfig::default()
+    };
+    let summary = executor::execute(
+        &store,
+        run_id,
+        api,
+        &config,
+        Arc::new(Counters::default()),
+        StopSignal::default(),
+    )
+    .await
+    .expect("execute");
+    let stats = simulator.stats();
+    let journal = simulator.journal();
+    let admitted: Vec<&JournalEntry> = journal.iter().filter(|e| e.code.is_none()).collect();
+    let first = admitted.first().map_or(0, |e| e.at_ms);
+    let ends: Vec<i64> = THREE_REGIONS
+        .iter()
+        .map(|region| {
+            admitted
+                .iter()
+                .filter(|e| e.region == *region)
+                .map(|e| e.at_ms)
+                .max()
+                .unwrap_or(first)
+        })
+        .collect();
+    let together_end = ends.iter().copied().min().unwrap_or(first);
+    let together = admitted.iter().filter(|e| e.at_ms <= together_end).count() as f64
+        / ((together_end - first).max(1) as f64 / 1000.0);
+    let hosts = stats.max_in_any_second_by_host.len();
+    let max_per_host = stats
+        .max_in_any_second_by_host
+        .values()
+        .flat_map(|by_action| by_action.values())
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let finished = summary.stopped.is_none()
+        && summary.pairs.succeeded as usize == jobs_each * THREE_REGIONS.len();
+    let met = together >= 28.0 && hosts == 3 && finished;
+    println!(
+        "exec_rate case=three_regions jobs={jobs_each}x3 sim_rate=10 per host keyfleet_rate=10 concurrency={concurrency} \
+         finished={finished} elapsed_s={:.1} hosts={hosts} sim_admitted={} sim_throttled={} \
+         max_in_any_second_per_host={max_per_host} together_per_s={together:.3} target>=28 {}",
+        summary.elapsed.as_secs_f64(),
+        stats.admitted,
+        stats.throttled,
+        if met { "MET" } else { "MISSED" }
+    );
+    store.close().await;
+    simulator.shutdown().await;
 }
 
 /// Two executions, each with its own `Store` handle on one database (as two

@@ -148,6 +148,7 @@ async fn half_done(store: &Store, run_id: i64, jobs: i64) {
                 latency_ms: 150,
                 http_status: Some(200),
                 request_id: Some(request_id.clone()),
+                endpoint: None,
                 outcome: Outcome::Succeeded { request_id },
             }))
         })

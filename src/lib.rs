@@ -26,6 +26,8 @@
 //!   `store::plan` writes a plan in one transaction (`Store::begin_plan`, on a rusqlite
 //!   connection of its own), `store::report` reads runs back (`Store::run_summary`,
 //!   `run_status`, `list_runs`, `for_each_report_row`, the last read-only likewise),
+//!   `store::rates` the achieved rate and throttles per API and access endpoint
+//!   (`Store::achieved_rates`),
 //!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
 //!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
 //!   `store::verify` queues verification batches and counts their verdicts;
@@ -41,7 +43,8 @@
 //!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
 //!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
 //!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
-//!   through the database, or in-process) and the adaptive rule.
+//!   through the database, or in-process) and the adaptive rule (`Adaptive`: hold under
+//!   the ceiling the server's window measured, probe with one request).
 //!   Adding an action to the queue: its name and rate in [`cvm`], a `JobAction`
 //!   implementation and its row in `executor::action::job_action`, any action-specific
 //!   codes in `taxonomy::ACTION_CODES`.

@@ -8,6 +8,7 @@ pub mod discover;
 pub mod logging;
 pub mod plan;
 pub mod progress;
+pub mod rates;
 pub mod report;
 pub mod run;
 pub mod runs;

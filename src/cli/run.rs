@@ -327,6 +327,7 @@ pub async fn execute(
             Executed::Exit(code) => return Ok(code),
         };
         print_summary(&summary, global);
+        super::rates::print_for_execution(store, &summary).await;
         let code = exit_code(&summary);
         // Verify what this execution did; a run with nothing left to send (a resume of a
         // finished run) is verified only on request (`keyfleet verify`).

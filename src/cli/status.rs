@@ -29,11 +29,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         let run_id = store.resolve_run(args.run).await?;
         let status = store.run_status(run_id).await?;
         let verification = store.verification_counts(run_id).await?;
-        Ok::<_, keyfleet::store::StoreError>((status, verification))
+        let rates = store.achieved_rates(run_id, None).await?;
+        Ok::<_, keyfleet::store::StoreError>((status, verification, rates))
     }
     .await;
     store.close().await;
-    let (status, verification) = status?;
+    let (status, verification, rates) = status?;
     // What `keyfleet verify` found, by verdict; `unverified` counts pairs never checked.
     let mut verified: std::collections::BTreeMap<&str, i64> = Verified::ALL
         .iter()
@@ -43,6 +44,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if args.json {
         let mut json = serde_json::to_value(&status)?;
         json["verification"] = serde_json::json!(verified);
+        json["rates"] = serde_json::to_value(&rates)?;
         println!("{json}");
         return Ok(crate::exit::OK);
     }
@@ -90,6 +92,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         "  requests  {} sent, {} throttled",
         status.requests, status.throttled
     );
+    if !rates.is_empty() {
+        println!("  rates     per API and access endpoint:");
+        for line in super::rates::lines(&rates, "    ") {
+            println!("{line}");
+        }
+    }
     if !status.failures_by_code.is_empty() {
         println!("  failed pairs by error code:");
         for (code, n) in &status.failures_by_code {

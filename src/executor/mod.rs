@@ -916,7 +916,9 @@ async fn send_and_record<A: Api>(
     };
     let (outcome, http_status, request_id) = match accepted {
         Ok((proof, reply)) => {
-            shared.limiter.feedback(key, Feedback::Passed);
+            shared
+                .limiter
+                .feedback_sent(key, Some(sent_at), Feedback::Passed);
             *locked(&shared.throttled_since) = None;
             let request_id = reply.request_id.clone();
             let outcome = match proof {
@@ -937,7 +939,8 @@ async fn send_and_record<A: Api>(
             (outcome, Some(reply.http_status), Some(reply.request_id))
         }
         Err(refused) => {
-            let outcome = refused_outcome(shared, action, &job, &refused, key, finished_at);
+            let outcome =
+                refused_outcome(shared, action, &job, &refused, key, sent_at, finished_at);
             (outcome, refused.http_status, refused.request_id)
         }
     };
@@ -954,6 +957,7 @@ async fn send_and_record<A: Api>(
         latency_ms,
         http_status,
         request_id,
+        endpoint: Some(key.endpoint.clone()),
         outcome,
     };
     record(shared, &job, finish).await;
@@ -966,6 +970,7 @@ fn refused_outcome<A>(
     job: &QueuedJob,
     refused: &Refused,
     key: &LimiterKey,
+    sent_at: i64,
     now: i64,
 ) -> Outcome {
     let (outcome, effects) = {
@@ -983,7 +988,9 @@ fn refused_outcome<A>(
     if effects.split {
         counters.splits.fetch_add(1, Ordering::Relaxed);
     }
-    shared.limiter.feedback(key, effects.feedback);
+    shared
+        .limiter
+        .feedback_sent(key, Some(sent_at), effects.feedback);
     if let Some(reason) = effects.halt {
         shared.halt(reason);
     }

@@ -4,8 +4,8 @@
 //! The executor sees only the [`Limiter`] interface: `reserve` a send slot under a
 //! [`LimiterKey`] (action, access endpoint, SecretId: the scope of Tencent Cloud's
 //! limit) and report `feedback` on the reply. [`LocalLimiter`] keeps one [`Pacer`] per
-//! key in this process; another implementation (shared through the database) can
-//! stand behind the same interface without the executor changing.
+//! key in this process; [`DbLimiter`] shares the slots and the adaptive state of a
+//! key through the database. Both run the same rule, [`Adaptive`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -25,29 +25,39 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// 10/s limit's edge, while 2.5% wider leaves 25 ms of slack per ten requests
 /// (enough for the simulator's 20 ms jitter) and still delivers 9.75 of 10/s.
 pub const RATE_MARGIN: f64 = 1.025;
-/// After a throttle, the rate starts again at this fraction of the ceiling (the rate
-/// that was left), so that the server's window drains what overshot.
-const RESTART_FRACTION: f64 = 0.9;
-/// It then approaches (`HOLD_FRACTION` of) the ceiling concavely (quickly at first, flat at the end),
-/// reaching it after this long: the plateau where it spends most of its time.
-const APPROACH: Duration = Duration::from_secs(6);
-/// The plateau is this fraction of the measured ceiling: at the ceiling itself,
-/// network jitter alone would push a request over it now and then.
+/// Under a limit below the configured rate, the rate holds at this fraction of the
+/// measured ceiling: at a ceiling of 5/s, five spacings span 1042 ms, 42 ms of slack
+/// for jitter on top of the margin's 25 ms (at the ceiling itself jitter alone would
+/// push a request over now and then, and every throttle costs a lowering).
 const HOLD_FRACTION: f64 = 0.96;
-/// Then it probes beyond the ceiling, slowly at first (quadratic), reaching
-/// `PROBE_TOP` x the ceiling after this long. A limit still in place throttles
-/// one request early in the probe, and the cycle starts again.
-const PROBE: Duration = Duration::from_secs(3);
-const PROBE_TOP: f64 = 1.05;
-/// Past `PROBE_TOP` x the ceiling with no throttle, the limit has gone (the other
-/// sender stopped): the rate grows by this factor per second up to the configured one.
-const FAST_GROWTH_PER_SECOND: f64 = 2.0;
-/// Throttles within this long of the one that lowered the rate belong to the same
-/// burst: the server's window still holds requests sent before the change, so they
-/// do not lower it again (nor, through the database, in another process).
+/// A probe (one request beyond the ceiling) is due this long after the throttle that
+/// started the cycle. Only a probe can see that a limit went back up, and a probe at
+/// a limit still in place costs exactly one throttle, so this interval trades the one
+/// against the other: at 5/s, 60 s hold about 6-7 probes (2.3% of the requests
+/// throttled), and a limit that returns is seen at most this long after (then a
+/// second at the full rate: recovery within 8.5 + 0.3 + 1 s).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(8_500);
+/// The probe leaves this fraction of a spacing after the request before it: with
+/// the window holding as many of ours as the ceiling, it is the one over the limit
+/// if the limit has not moved, whatever the jitter.
+const PROBE_GAP_FRACTION: f64 = 0.25;
+/// A probe whose own reply cannot be told apart (feedback without a send time) and
+/// that no throttle answered within this long has passed.
+const PROBE_QUIET: Duration = Duration::from_secs(1);
+/// Throttles without a send time within this long of the one that lowered the rate
+/// belong to the same burst (with a send time, a throttle of a request sent before
+/// the lowering is such an echo): they do not lower it again (nor, through the
+/// database, in another process).
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(1);
-/// The replies of this long measure which share of requests passes.
-const REPLY_WINDOW: Duration = Duration::from_secs(1);
+/// The server's window: the limit counts arrivals in any sliding second.
+const WINDOW_MS: i64 = 1000;
+/// Arrivals follow sends by up to this much more than the one before (network
+/// jitter): after a lowering, the next send waits for the window to drain plus this.
+const ARRIVAL_SPREAD_MS: i64 = 25;
+/// How long this rule remembers its own sends.
+const SEND_MEMORY_MS: i64 = 2 * WINDOW_MS;
+/// A reply's send time matches a recorded send within this (whole milliseconds, two clocks).
+const SEND_MATCH_MS: i64 = 3;
 /// A request that leaves at most this late after `ready` allowed it is spaced from
 /// the moment it was due. Timer wake-ups and task scheduling make nearly every send
 /// about a millisecond late; counted into the spacing, that cost 1% of the rate (9.65
@@ -61,7 +71,6 @@ const MIN_RATE_FRACTION: f64 = 1.0 / 16.0;
 #[derive(Debug)]
 pub struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
-    origin: Instant,
     state: Mutex<PacerState>,
 }
 
@@ -84,7 +93,6 @@ impl Pacer {
         });
         Pacer {
             limiter,
-            origin: Instant::now(),
             state: Mutex::new(PacerState {
                 adaptive: Adaptive::new(rate),
                 last_start: None,
@@ -92,13 +100,28 @@ impl Pacer {
         }
     }
 
-    /// Milliseconds since this pacer was made: the adaptive rule's clock.
-    fn now_ms(&self) -> i64 {
-        self.origin.elapsed().as_millis() as i64
+    /// How long after `last` the next request may start, and whether it is a probe.
+    fn gap(state: &PacerState, now: i64) -> (Duration, bool) {
+        let spacing = RATE_MARGIN / state.adaptive.rate(now);
+        if state.adaptive.probe_due(now) {
+            (Duration::from_secs_f64(spacing * PROBE_GAP_FRACTION), true)
+        } else {
+            (Duration::from_secs_f64(spacing), false)
+        }
     }
 
-    fn spacing(&self, state: &PacerState) -> Duration {
-        Duration::from_secs_f64(RATE_MARGIN / state.adaptive.rate(self.now_ms()))
+    /// How long to wait now: for the spacing after the last start, and for the
+    /// server's window to drain after a lowering. Zero when the request may leave.
+    fn wait(state: &PacerState, now: Instant, now_unix: i64) -> (Duration, bool) {
+        let (gap, probe) = Pacer::gap(state, now_unix);
+        let spaced = match state.last_start {
+            Some(last) if now < last + gap => last + gap - now,
+            _ => Duration::ZERO,
+        };
+        let drained = state.adaptive.resume_at().map_or(Duration::ZERO, |at| {
+            Duration::from_millis(at.saturating_sub(now_unix).max(0) as u64)
+        });
+        (spaced.max(drained), probe)
     }
 
     /// Waits until the next request may start.
@@ -110,15 +133,10 @@ impl Pacer {
         // its send (a busy machine) must not let the next one follow it closely,
         // since the server counts arrivals. While throttled, current < target.
         loop {
-            let wait = {
-                let state = self.lock();
-                let spacing = self.spacing(&state);
-                let now = Instant::now();
-                match state.last_start {
-                    Some(last) if now < last + spacing => last + spacing - now,
-                    _ => return,
-                }
-            };
+            let wait = Pacer::wait(&self.lock(), Instant::now(), now_ms()).0;
+            if wait.is_zero() {
+                return;
+            }
             tokio::time::sleep(wait).await;
         }
     }
@@ -131,8 +149,10 @@ impl Pacer {
             return;
         }
         let mut state = self.lock();
-        let spacing = self.spacing(&state);
-        state.last_start = Some(spaced_from(state.last_start, spacing, Instant::now()));
+        let now = now_ms();
+        let (gap, probe) = Pacer::gap(&state, now);
+        state.last_start = Some(spaced_from(state.last_start, gap, Instant::now()));
+        state.adaptive.sent(now, probe);
     }
 
     /// Waits for the next send slot and takes it, in one step: the slot's moment is
@@ -145,15 +165,16 @@ impl Pacer {
         loop {
             let wait = {
                 let mut state = self.lock();
-                let spacing = self.spacing(&state);
                 let now = Instant::now();
-                match state.last_start {
-                    Some(last) if now < last + spacing => last + spacing - now,
-                    _ => {
-                        state.last_start = Some(spaced_from(state.last_start, spacing, now));
-                        return now;
-                    }
+                let now_unix = now_ms();
+                let (wait, probe) = Pacer::wait(&state, now, now_unix);
+                if wait.is_zero() {
+                    let (gap, _) = Pacer::gap(&state, now_unix);
+                    state.last_start = Some(spaced_from(state.last_start, gap, now));
+                    state.adaptive.sent(now_unix, probe);
+                    return now;
                 }
+                wait
             };
             tokio::time::sleep(wait).await;
         }
@@ -166,26 +187,29 @@ impl Pacer {
 
     /// The API said we are too fast: the rule of [`Adaptive`] lowers the rate.
     pub fn throttled(&self) {
-        if self.limiter.is_none() {
-            return;
-        }
-        let now = self.now_ms();
-        let mut state = self.lock();
-        if state.adaptive.throttled(now).is_some() {
-            tracing::info!(rate = state.adaptive.rate(now), "throttled: slowing down");
-        }
+        self.replied(None, false);
     }
 
     /// A request went through: the rule counts it into the rate that is left.
     pub fn succeeded(&self) {
-        let now = self.now_ms();
-        self.lock().adaptive.passed(now);
+        self.replied(None, true);
+    }
+
+    /// The reply to the request sent at `sent_at` (Unix ms, when known).
+    pub fn replied(&self, sent_at: Option<i64>, passed: bool) {
+        if self.limiter.is_none() {
+            return;
+        }
+        let now = now_ms();
+        let mut state = self.lock();
+        if state.adaptive.replied(now, sent_at, passed).is_some() {
+            tracing::info!(rate = state.adaptive.rate(now), "throttled: slowing down");
+        }
     }
 
     /// The rate in force now, requests per second (0 when pacing is off).
     pub fn current_rate(&self) -> f64 {
-        let now = self.now_ms();
-        self.lock().adaptive.rate(now)
+        self.lock().adaptive.rate(now_ms())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
@@ -194,80 +218,77 @@ impl Pacer {
     }
 }
 
-/// The rate in force `since_throttle` after the throttle that measured `ceiling`
-/// (requests per second), for a key configured at `max`: the adaptive rule, a pure
-/// function of time.
-///
-/// CUBIC-like: start again at [`RESTART_FRACTION`] of the ceiling, approach it
-/// concavely over [`APPROACH`] and hold near it, probe beyond it slowly over
-/// [`PROBE`], and once well past it with no throttle grow fast
-/// ([`FAST_GROWTH_PER_SECOND`]) up to `max`. Never below `max` x 1/16. With no
-/// throttle yet, `max`.
-pub fn adaptive_rate(max: f64, ceiling: Option<f64>, since_throttle: Option<Duration>) -> f64 {
+/// The rate in force for a key configured at `max` (requests per second) under the
+/// measured `ceiling`, the adaptive rule's level: `max` before any throttle and once
+/// a probe found room again (`room`); otherwise [`HOLD_FRACTION`] of the ceiling,
+/// never below `max` x 1/16. When to probe is [`Adaptive::probe_due`].
+pub fn adaptive_rate(max: f64, ceiling: Option<f64>, room: bool) -> f64 {
     if max <= 0.0 {
         return 0.0;
     }
-    let (Some(ceiling), Some(since)) = (ceiling, since_throttle) else {
-        return max;
-    };
-    let t = since.as_secs_f64();
-    let approach = APPROACH.as_secs_f64();
-    let probe = PROBE.as_secs_f64();
-    let hold = ceiling * HOLD_FRACTION;
-    let restart = ceiling * RESTART_FRACTION;
-    let rate = if t < approach {
-        hold - (hold - restart) * (1.0 - t / approach).powi(3)
-    } else if t < approach + probe {
-        hold + (ceiling * PROBE_TOP - hold) * ((t - approach) / probe).powi(2)
-    } else {
-        // Capped before it can overflow: max / ceiling is at most 16 x PROBE_TOP.
-        let grown = FAST_GROWTH_PER_SECOND.powf((t - approach - probe).min(60.0));
-        ceiling * PROBE_TOP * grown
-    };
-    rate.clamp(max * MIN_RATE_FRACTION, max)
+    match ceiling {
+        Some(ceiling) if !room => (ceiling * HOLD_FRACTION).clamp(max * MIN_RATE_FRACTION, max),
+        _ => max,
+    }
 }
 
-/// The rate that is left, measured at a throttle. The passes of the last second
-/// (`passed` over [`REPLY_WINDOW`], in the rate's units with [`RATE_MARGIN`]) are
-/// what a saturated sliding-window limit admits, exactly; divided by `share`, this
+/// The rate that is left, measured at a throttle from the server's own window: the
+/// requests of ours that were not refused among those sent in the second before the
+/// throttled one (`admitted`; a saturated sliding-window limit holds exactly that
+/// many), in the rate's units (with [`RATE_MARGIN`]), divided by `share`, this
 /// process's share of the key's slots (1 alone; processes sharing a database each
-/// see only their part). The rate in force times the share of replies that passed
-/// (`passed` of `passed + throttled`) also holds whatever the share, but right after
-/// the limit is first met the passes' replies come before the throttles' and bias it
-/// high: it is taken (when larger) only once the second holds
-/// [`MIN_THROTTLES_TO_MEASURE`] throttles.
-pub fn ceiling_after_throttle(rate_in_force: f64, passed: u32, throttled: u32, share: f64) -> f64 {
-    let replies = passed + throttled;
-    if replies == 0 {
+/// see only their part). It may exceed the rate in force (sends bunched by a busy
+/// machine fill the window faster): the window, not our rate, is the measure. With
+/// none admitted, half the rate in force.
+pub fn ceiling_after_throttle(rate_in_force: f64, admitted: u32, share: f64) -> f64 {
+    if admitted == 0 {
         return rate_in_force / 2.0;
     }
-    let share_of_slots = share.clamp(MIN_SHARE, 1.0);
-    let passed_per_second =
-        f64::from(passed) / REPLY_WINDOW.as_secs_f64() * RATE_MARGIN / share_of_slots;
-    let share = rate_in_force * f64::from(passed) / f64::from(replies);
-    let ceiling = if throttled >= MIN_THROTTLES_TO_MEASURE {
-        share.max(passed_per_second)
-    } else {
-        passed_per_second
-    };
-    ceiling.min(rate_in_force)
+    let share = share.clamp(MIN_SHARE, 1.0);
+    f64::from(admitted) * RATE_MARGIN / share
 }
 
 /// A share of the slots below this is not trusted (too few to count).
 const MIN_SHARE: f64 = 0.05;
 
-/// See [`ceiling_after_throttle`].
-const MIN_THROTTLES_TO_MEASURE: u32 = 3;
+/// One request this rule let out: when (ms), whether it was the probe, and what its
+/// reply said (`None` until it comes: counted as admitted meanwhile).
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: i64,
+    probe: bool,
+    passed: Option<bool>,
+}
 
-/// The adaptive rule's state for one key: the ceiling and when it was measured,
-/// and the recent replies that measure the next one. Times are milliseconds on any
-/// clock the caller keeps (Unix ms when shared through the database).
+/// The adaptive rule's state for one key. Times are milliseconds on any clock the
+/// caller keeps (Unix ms in the limiters, so that a reply's send time and the
+/// database's throttles compare).
+///
+/// The cycle: before any throttle, `max`. A throttle measures the ceiling from the
+/// server's window ([`ceiling_after_throttle`]), the next send waits until that window
+/// has drained ([`Adaptive::resume_at`]) and the rate holds just under the ceiling. A
+/// throttle of a request sent before that lowering is an echo of the same excess and
+/// changes nothing. [`PROBE_INTERVAL`] after the cycle began, one request leaves early
+/// (the probe): refused, it confirms the ceiling and starts the next cycle at the same
+/// level; admitted, the limit has risen and the rate goes back to `max` (a lower limit
+/// meets a throttle at once and is measured again).
 #[derive(Debug, Clone)]
 pub struct Adaptive {
     max: f64,
     ceiling: Option<f64>,
+    /// When the cycle began: the throttle that set or confirmed the ceiling (shared).
     throttled_at: Option<i64>,
-    replies: VecDeque<(i64, bool)>,
+    /// When this rule last lowered the rate: requests sent before are echoes.
+    lowered_at: Option<i64>,
+    /// No send before this (the server's window is still full).
+    resume_at: Option<i64>,
+    /// When this cycle's probe left, if it did.
+    probe_at: Option<i64>,
+    /// The probe passed: the limit has risen.
+    room: bool,
+    /// A throttle at the configured rate's own edge: hold just under it until then.
+    edge_until: Option<i64>,
+    sends: VecDeque<Sent>,
     /// This process's share of the key's slots (1 when it paces alone).
     share: f64,
 }
@@ -279,7 +300,12 @@ impl Adaptive {
             max,
             ceiling: None,
             throttled_at: None,
-            replies: VecDeque::new(),
+            lowered_at: None,
+            resume_at: None,
+            probe_at: None,
+            room: false,
+            edge_until: None,
+            sends: VecDeque::new(),
             share: 1.0,
         }
     }
@@ -291,41 +317,141 @@ impl Adaptive {
 
     /// The rate in force at `now_ms`.
     pub fn rate(&self, now_ms: i64) -> f64 {
-        let since = self
-            .throttled_at
-            .map(|at| Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64));
-        adaptive_rate(self.max, self.ceiling, since)
+        if self.ceiling.is_none() && self.edge_until.is_some_and(|until| now_ms < until) {
+            return adaptive_rate(self.max, Some(self.max), false);
+        }
+        adaptive_rate(self.max, self.ceiling, self.has_room(now_ms))
     }
 
-    /// A reply that passed.
+    /// A probe passed, or (replies without a send time) no throttle answered it.
+    fn has_room(&self, now_ms: i64) -> bool {
+        self.room
+            || self
+                .probe_at
+                .is_some_and(|at| now_ms - at >= PROBE_QUIET.as_millis() as i64)
+    }
+
+    /// Whether the next request should be this cycle's probe: a ceiling holds, the
+    /// cycle is [`PROBE_INTERVAL`] old and has not probed yet. The caller sends it
+    /// [`PROBE_GAP_FRACTION`] of a spacing after the one before and says so to `sent`.
+    pub fn probe_due(&self, now_ms: i64) -> bool {
+        let (Some(_), Some(at)) = (self.ceiling, self.throttled_at) else {
+            return false;
+        };
+        self.probe_at.is_none() && !self.room && now_ms - at >= PROBE_INTERVAL.as_millis() as i64
+    }
+
+    /// No request should leave before this (Unix ms): the window the last lowering
+    /// measured is still full until then.
+    pub fn resume_at(&self) -> Option<i64> {
+        self.resume_at
+    }
+
+    /// A request left at `at_ms` (`probe`: as this cycle's probe).
+    pub fn sent(&mut self, at_ms: i64, probe: bool) {
+        if probe && self.probe_due(at_ms) {
+            self.probe_at = Some(at_ms);
+        }
+        self.sends.push_back(Sent {
+            at: at_ms,
+            probe: probe && self.probe_at == Some(at_ms),
+            passed: None,
+        });
+        while self
+            .sends
+            .front()
+            .is_some_and(|s| s.at < at_ms - SEND_MEMORY_MS)
+        {
+            self.sends.pop_front();
+        }
+    }
+
+    /// A reply that passed (send time unknown).
     pub fn passed(&mut self, now_ms: i64) {
-        self.record(now_ms, true);
+        self.replied(now_ms, None, true);
     }
 
-    /// A throttle: lowers the rate to start from the measured ceiling, unless the
-    /// last lowering was less than [`THROTTLE_HOLD`] ago. Returns the new ceiling
-    /// when it lowered.
+    /// A throttle (send time unknown); see [`Adaptive::replied`].
     pub fn throttled(&mut self, now_ms: i64) -> Option<f64> {
-        self.record(now_ms, false);
-        let hold = THROTTLE_HOLD.as_millis() as i64;
-        if self.throttled_at.is_some_and(|at| now_ms - at < hold) {
+        self.replied(now_ms, None, false)
+    }
+
+    /// The reply at `now_ms` to the request sent at `sent_at` (when known). Returns
+    /// the ceiling when a throttle lowered the rate or confirmed it (a refused probe):
+    /// the cycle restarts, which other processes sharing the key should adopt.
+    pub fn replied(&mut self, now_ms: i64, sent_at: Option<i64>, passed: bool) -> Option<f64> {
+        let index = sent_at.and_then(|sent| self.find(sent));
+        let was_probe = index.is_some_and(|i| self.sends[i].probe);
+        if let Some(i) = index {
+            self.sends[i].passed = Some(passed);
+        }
+        if passed {
+            if was_probe {
+                self.room = true;
+            }
             return None;
         }
-        let passed = self.replies.iter().filter(|(_, passed)| *passed).count() as u32;
-        let throttled = self.replies.len() as u32 - passed;
-        let rate = self.rate(now_ms);
-        let measured = ceiling_after_throttle(rate, passed, throttled, self.share);
-        // A throttle while probing just beyond the ceiling confirms it (one request
-        // over a limit that has not moved, and a second of replies is too few to
-        // measure a few percent): keep it. Below the ceiling (the limit fell) or far
-        // beyond it (it had risen), the measurement is the new ceiling.
-        let ceiling = match self.ceiling {
-            Some(old) if rate > old && rate <= old * PROBE_TOP * 1.000_001 => measured.max(old),
-            _ => measured,
+        let probing = self.probe_at.is_some() && !self.room;
+        let unknown_probe = index.is_none() && probing;
+        if was_probe || unknown_probe {
+            // The limit has not moved: same ceiling, the next cycle, no drain (a
+            // refused request does not count in the server's window).
+            self.probe_at = None;
+            self.throttled_at = Some(now_ms);
+            return self.ceiling;
+        }
+        let echo = match (sent_at, self.lowered_at) {
+            (Some(sent), Some(lowered)) => sent < lowered,
+            (None, Some(lowered)) => now_ms - lowered < THROTTLE_HOLD.as_millis() as i64,
+            (_, None) => false,
         };
-        self.ceiling = Some(ceiling);
+        if echo {
+            return None;
+        }
+        let sent = sent_at.unwrap_or(now_ms);
+        let admitted: Vec<i64> = self
+            .sends
+            .iter()
+            .filter(|s| s.at > sent - WINDOW_MS && s.at < sent && s.passed != Some(false))
+            .map(|s| s.at)
+            .collect();
+        let ceiling = ceiling_after_throttle(self.rate(now_ms), admitted.len() as u32, self.share);
+        // The window drains when as many of ours as it held have aged out: the next
+        // send waits for the oldest of the latest that many not refused.
+        let held: Vec<i64> = self
+            .sends
+            .iter()
+            .filter(|s| s.passed != Some(false))
+            .map(|s| s.at)
+            .collect();
+        let capacity = ((ceiling * self.share / RATE_MARGIN).round() as usize).max(1);
+        self.resume_at = held
+            .len()
+            .checked_sub(capacity)
+            .map(|i| held[i] + WINDOW_MS + ARRIVAL_SPREAD_MS)
+            .filter(|&at| at > now_ms);
+        // A window that held as many as the configured rate sends is the configured
+        // rate's own edge (jitter, a busy machine bunching sends), not a lower limit:
+        // there is nothing to probe for. It holds just under the configured rate for a
+        // probe interval (a busy machine stays busy a while), then goes back to it.
+        self.ceiling = (ceiling < self.max).then_some(ceiling);
+        self.edge_until = (ceiling >= self.max).then(|| now_ms + PROBE_INTERVAL.as_millis() as i64);
         self.throttled_at = Some(now_ms);
+        self.lowered_at = Some(now_ms);
+        self.probe_at = None;
+        self.room = false;
         Some(ceiling)
+    }
+
+    /// The recorded send nearest `sent_at`, within [`SEND_MATCH_MS`].
+    fn find(&self, sent_at: i64) -> Option<usize> {
+        self.sends
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, (s.at - sent_at).abs()))
+            .filter(|&(_, distance)| distance <= SEND_MATCH_MS)
+            .min_by_key(|&(_, distance)| distance)
+            .map(|(i, _)| i)
     }
 
     /// The shared state: the ceiling and when the throttle that set it came.
@@ -335,27 +461,27 @@ impl Adaptive {
 
     /// Takes the shared state as the database holds it: a throttle another process
     /// (or this one) recorded. `only_newer` keeps a lowering of ours not written yet.
+    /// A newer cycle than ours (another process lowered or probed) restarts ours.
     pub fn adopt(&mut self, ceiling: Option<f64>, throttled_at: Option<i64>, only_newer: bool) {
         let newer = match (throttled_at, self.throttled_at) {
             (Some(theirs), Some(ours)) => theirs > ours,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if newer || (!only_newer && throttled_at.is_some()) {
-            self.ceiling = ceiling;
-            self.throttled_at = throttled_at;
+        if newer {
+            self.probe_at = None;
+            self.room = false;
         }
-    }
-
-    fn record(&mut self, now_ms: i64, passed: bool) {
-        self.replies.push_back((now_ms, passed));
-        let window = REPLY_WINDOW.as_millis() as i64;
-        while self
-            .replies
-            .front()
-            .is_some_and(|(at, _)| *at <= now_ms - window)
-        {
-            self.replies.pop_front();
+        if newer || (!only_newer && throttled_at.is_some()) {
+            // A ceiling at or above the configured rate is no ceiling (see `replied`).
+            self.ceiling = ceiling.filter(|&c| c < self.max);
+            self.edge_until = match (ceiling, throttled_at) {
+                (Some(c), Some(at)) if c >= self.max => {
+                    Some(at + PROBE_INTERVAL.as_millis() as i64)
+                }
+                _ => None,
+            };
+            self.throttled_at = throttled_at;
         }
     }
 }
@@ -406,7 +532,12 @@ pub trait Limiter: Send + Sync {
     /// Waits for a send slot under `key` and takes it.
     fn reserve<'a>(&'a self, key: &'a LimiterKey) -> Reservation<'a>;
     /// What the reply to a request sent under `key` said about the pace.
-    fn feedback(&self, key: &LimiterKey, feedback: Feedback);
+    fn feedback(&self, key: &LimiterKey, feedback: Feedback) {
+        self.feedback_sent(key, None, feedback);
+    }
+    /// The same, for the request sent at `sent_at` (Unix ms, the slot's moment) when
+    /// known: the rule then tells a refused probe from an echo of an earlier excess.
+    fn feedback_sent(&self, key: &LimiterKey, sent_at: Option<i64>, feedback: Feedback);
     /// True when `key` is not paced at all (engine benchmarks).
     fn is_off(&self, key: &LimiterKey) -> bool;
 }
@@ -461,10 +592,10 @@ impl Limiter for LocalLimiter {
         Box::pin(async move { pacer.reserve().await })
     }
 
-    fn feedback(&self, key: &LimiterKey, feedback: Feedback) {
+    fn feedback_sent(&self, key: &LimiterKey, sent_at: Option<i64>, feedback: Feedback) {
         match feedback {
-            Feedback::Passed => self.pacer(key).succeeded(),
-            Feedback::Throttled => self.pacer(key).throttled(),
+            Feedback::Passed => self.pacer(key).replied(sent_at, true),
+            Feedback::Throttled => self.pacer(key).replied(sent_at, false),
             Feedback::ThrottledAccount => {
                 let pacers: Vec<Arc<Pacer>> = {
                     let pacers = self.pacers.lock().unwrap_or_else(|e| e.into_inner());
@@ -591,13 +722,28 @@ impl DbInner {
                 .await?;
         }
         let now = unix_ms_f64();
-        let rate = key.lock().adaptive.rate(now as i64);
+        let (rate, probe, resume_at) = {
+            let state = key.lock();
+            let at = now as i64;
+            (
+                state.adaptive.rate(at),
+                state.adaptive.probe_due(at),
+                state.adaptive.resume_at(),
+            )
+        };
         let spacing_ms = 1000.0 * RATE_MARGIN / rate;
+        // A probe leaves a fraction of a spacing after the slot before it.
+        let pull_ms = if probe {
+            spacing_ms * (1.0 - PROBE_GAP_FRACTION)
+        } else {
+            0.0
+        };
         // sent_at is whole milliseconds, rounded down: one more keeps the spacing.
         let seed = seed_after.map(|sent| sent as f64 + 1.0 + spacing_ms);
+        let earliest = resume_at.map_or(now, |at| now.max(at as f64));
         let slot = self
             .db
-            .reserve(&key.row, now, spacing_ms, rate, seed)
+            .reserve(&key.row, earliest, spacing_ms, pull_ms, rate, seed)
             .await?;
         {
             let mut state = key.lock();
@@ -621,15 +767,33 @@ impl DbInner {
             }
         }
         let wait_ms = slot.at_ms - unix_ms_f64();
-        let at = if wait_ms > 0.0 {
+        let mut at = if wait_ms > 0.0 {
             let at = Instant::now() + Duration::from_secs_f64(wait_ms / 1000.0);
             tokio::time::sleep_until(at.into()).await;
             at
         } else {
             Instant::now()
         };
+        // A throttle while this slot was waiting may have found the window full:
+        // then this request waits for it to drain too (and is late, below).
+        let drained = key.lock().adaptive.resume_at();
+        if let Some(wait_ms) = drained.map(|resume| resume as f64 - unix_ms_f64())
+            && wait_ms > 0.0
+        {
+            tokio::time::sleep(Duration::from_secs_f64(wait_ms / 1000.0)).await;
+            at = Instant::now();
+        }
         let late_ms = unix_ms_f64() - slot.at_ms;
         let forgiven_ms = SEND_LATENESS_FORGIVEN.as_secs_f64() * 1000.0;
+        let sent_at = now_ms() - at.elapsed().as_millis() as i64;
+        // The slot was spaced at the rate before the lowering: the next one is
+        // spaced at the rate in force now.
+        let spacing_ms = if drained.is_some() {
+            1000.0 * RATE_MARGIN / key.lock().adaptive.rate(sent_at)
+        } else {
+            spacing_ms
+        };
+        key.lock().adaptive.sent(sent_at, probe);
         if late_ms <= forgiven_ms {
             return Ok(at);
         }
@@ -647,7 +811,19 @@ impl DbInner {
     }
 
     /// Writes a lowering of `key`'s rate, then takes the row's state as it is.
-    async fn write_throttle(&self, key: Arc<DbKey>, ceiling: f64, at_ms: i64) {
+    async fn write_throttle(
+        &self,
+        key: Arc<DbKey>,
+        ceiling: f64,
+        at_ms: i64,
+        resume_at: Option<i64>,
+    ) {
+        // Every process's next slot waits for the window the throttle measured to drain.
+        if let Some(resume_at) = resume_at.filter(|&at| at > now_ms())
+            && let Err(error) = self.db.sent_late(&key.row, resume_at as f64, 0.0).await
+        {
+            tracing::warn!(%error, "pacer: could not record a throttle");
+        }
         let hold = THROTTLE_HOLD.as_millis() as i64;
         match self.db.throttled(&key.row, ceiling, at_ms, hold).await {
             Ok(shared) => {
@@ -691,7 +867,7 @@ impl Limiter for DbLimiter {
         })
     }
 
-    fn feedback(&self, key: &LimiterKey, feedback: Feedback) {
+    fn feedback_sent(&self, key: &LimiterKey, sent_at: Option<i64>, feedback: Feedback) {
         if self.is_off(key) {
             return;
         }
@@ -699,17 +875,23 @@ impl Limiter for DbLimiter {
         match feedback {
             Feedback::Passed => {
                 let db_key = self.inner.key(key);
-                db_key.lock().adaptive.passed(now);
-                db_key.fallback.succeeded();
+                db_key.lock().adaptive.replied(now, sent_at, true);
+                db_key.fallback.replied(sent_at, true);
             }
             Feedback::Throttled => {
                 let db_key = self.inner.key(key);
-                db_key.fallback.throttled();
-                let lowered = db_key.lock().adaptive.throttled(now);
+                db_key.fallback.replied(sent_at, false);
+                let (lowered, resume_at) = {
+                    let mut state = db_key.lock();
+                    let lowered = state.adaptive.replied(now, sent_at, false);
+                    (lowered, state.adaptive.resume_at())
+                };
                 if let Some(ceiling) = lowered {
                     tracing::info!(ceiling, "throttled: slowing down");
                     let inner = self.inner.clone();
-                    spawn_write(async move { inner.write_throttle(db_key, ceiling, now).await });
+                    spawn_write(async move {
+                        inner.write_throttle(db_key, ceiling, now, resume_at).await
+                    });
                 }
             }
             Feedback::ThrottledAccount => {
@@ -719,7 +901,7 @@ impl Limiter for DbLimiter {
                     let rate = state.adaptive.rate(now);
                     state
                         .adaptive
-                        .throttled(now)
+                        .replied(now, sent_at, false)
                         .map(|ceiling| ceiling / rate.max(f64::MIN_POSITIVE))
                 };
                 let account = reporting.row.account.clone();
@@ -832,131 +1014,221 @@ mod tests {
     }
 
     #[test]
-    fn the_rule_restarts_below_the_ceiling_approaches_it_probes_then_grows_fast() {
-        let at = |s: f64| adaptive_rate(10.0, Some(5.0), Some(Duration::from_secs_f64(s)));
-        assert_eq!(adaptive_rate(10.0, None, None), 10.0, "no throttle yet");
-        assert_eq!(adaptive_rate(0.0, Some(5.0), None), 0.0, "off stays off");
-        assert!(
-            (at(0.0) - 4.5).abs() < 1e-9,
-            "restart at 90% of the ceiling"
-        );
-        // Concave: most of the way in the first third, flat at the end, 96% of it.
-        assert!(at(2.0) > 4.7 && at(2.0) < 4.8, "{}", at(2.0));
-        assert!((at(6.0) - 4.8).abs() < 1e-9);
-        for pair in [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 9.5].windows(2) {
-            assert!(at(pair[1]) > at(pair[0]), "always growing: {pair:?}");
-        }
-        // The probe: slowly beyond the ceiling, 1.05 x after 3 s.
-        assert!(at(7.0) < 4.9, "{}", at(7.0));
-        assert!((at(9.0) - 5.25).abs() < 1e-9);
-        // Then fast, up to the configured rate.
-        assert!(at(9.9) >= 9.75, "{}", at(9.9));
-        assert_eq!(at(100.0), 10.0);
-        assert_eq!(at(1e9), 10.0, "no overflow");
-        // Floored at 1/16 of the configured rate.
+    fn the_rule_holds_under_the_ceiling_and_returns_to_the_configured_rate_once_there_is_room() {
+        assert_eq!(adaptive_rate(10.0, None, false), 10.0, "no throttle yet");
+        assert_eq!(adaptive_rate(0.0, Some(5.0), false), 0.0, "off stays off");
+        assert!((adaptive_rate(10.0, Some(5.0), false) - 5.0 * HOLD_FRACTION).abs() < 1e-9);
         assert_eq!(
-            adaptive_rate(10.0, Some(0.01), Some(Duration::ZERO)),
-            10.0 / 16.0
-        );
-        assert_eq!(ceiling_after_throttle(9.0, 5, 4, 1.0), 5.0 * RATE_MARGIN);
-        assert_eq!(
-            ceiling_after_throttle(9.0, 3, 6, 1.0),
-            3.0 * RATE_MARGIN,
-            "the passes win"
-        );
-        assert_eq!(
-            ceiling_after_throttle(20.0, 5, 5, 1.0),
+            adaptive_rate(10.0, Some(5.0), true),
             10.0,
-            "one of several senders"
+            "a probe found room"
         );
         assert_eq!(
-            ceiling_after_throttle(10.0, 5, 1, 1.0),
-            5.0 * RATE_MARGIN,
-            "one throttle: the passes"
+            adaptive_rate(10.0, Some(20.0), false),
+            10.0,
+            "never above max"
         );
         assert_eq!(
-            ceiling_after_throttle(10.0, 4, 1, 0.5),
+            adaptive_rate(10.0, Some(0.01), false),
+            10.0 / 16.0,
+            "floored at 1/16 of the configured rate"
+        );
+        assert_eq!(ceiling_after_throttle(10.0, 5, 1.0), 5.0 * RATE_MARGIN);
+        assert_eq!(
+            ceiling_after_throttle(10.0, 4, 0.5),
             8.0 * RATE_MARGIN,
-            "half the slots: twice its passes"
+            "half the slots: twice its admitted"
         );
         assert_eq!(
-            ceiling_after_throttle(8.0, 0, 0, 1.0),
+            ceiling_after_throttle(4.0, 5, 1.0),
+            5.0 * RATE_MARGIN,
+            "the window, not the rate in force"
+        );
+        assert_eq!(
+            ceiling_after_throttle(8.0, 0, 1.0),
             4.0,
-            "no replies: halve"
+            "none admitted: halve"
         );
     }
 
     #[test]
-    fn one_lowering_per_burst_of_throttles() {
+    fn the_ceiling_is_what_the_window_admitted_and_echoes_change_nothing() {
         let mut rule = Adaptive::new(10.0);
-        for t in 0..5 {
-            rule.passed(t * 100);
+        // Ten a second; the sixth is refused (a limit of 5) and so is the seventh,
+        // sent before the first refusal came back.
+        for n in 0..7 {
+            rule.sent(n * 100, false);
         }
-        assert_eq!(rule.throttled(500), Some(5.0 * RATE_MARGIN));
-        assert_eq!(rule.throttled(700), None, "the same burst");
-        assert_eq!(rule.shared(), (Some(5.0 * RATE_MARGIN), Some(500)));
+        for n in 0..5 {
+            rule.replied(n * 100 + 200, Some(n * 100), true);
+        }
+        let ceiling = rule.replied(610, Some(500), false);
+        assert_eq!(ceiling, Some(5.0 * RATE_MARGIN));
+        // The window holds five of ours: the next send waits until the oldest of the
+        // latest five not refused ages out (the seventh, unanswered yet, counts).
+        assert_eq!(rule.resume_at(), Some(1125));
+        assert_eq!(rule.replied(615, Some(600), false), None, "an echo");
+        assert_eq!(rule.shared(), (Some(5.0 * RATE_MARGIN), Some(610)));
+        assert!(!rule.probe_due(610 + PROBE_INTERVAL.as_millis() as i64 - 1));
         // Another process's later throttle wins; an older one does not.
         rule.adopt(Some(4.0), Some(400), true);
-        assert_eq!(rule.shared().1, Some(500));
+        assert_eq!(rule.shared().1, Some(610));
         rule.adopt(Some(4.0), Some(900), true);
         assert_eq!(rule.shared(), (Some(4.0), Some(900)));
-        assert!(
-            rule.throttled(1950).is_some(),
-            "a second later: lowers again"
+        // A request sent after the lowering and refused: a new signal.
+        rule.sent(1100, false);
+        assert!(rule.replied(1110, Some(1100), false).is_some());
+    }
+
+    #[test]
+    fn a_refused_probe_confirms_the_ceiling_and_an_admitted_one_restores_the_rate() {
+        let mut rule = Adaptive::new(10.0);
+        for n in 0..6 {
+            rule.sent(n * 100, false);
+        }
+        let lowered = rule.replied(510, Some(500), false).unwrap();
+        let probe_at = 510 + PROBE_INTERVAL.as_millis() as i64;
+        assert!(rule.probe_due(probe_at));
+        rule.sent(probe_at, true);
+        assert!(!rule.probe_due(probe_at + 1), "one probe per cycle");
+        assert_eq!(
+            rule.replied(probe_at + 10, Some(probe_at), false),
+            Some(lowered)
         );
+        assert_eq!(
+            rule.rate(probe_at + 10),
+            lowered * HOLD_FRACTION,
+            "same level"
+        );
+        assert_eq!(
+            rule.resume_at(),
+            Some(1025),
+            "no new drain for a refused probe"
+        );
+        let next = probe_at + 10 + PROBE_INTERVAL.as_millis() as i64;
+        assert!(!rule.probe_due(next - 1) && rule.probe_due(next));
+        rule.sent(next, true);
+        rule.replied(next + 200, Some(next), true);
+        assert_eq!(rule.rate(next + 200), 10.0, "room again");
+        // Without send times: a probe no throttle answered within PROBE_QUIET passed.
+        let mut blind = Adaptive::new(10.0);
+        for n in 0..6 {
+            blind.sent(n * 100, false);
+        }
+        blind.throttled(510);
+        blind.sent(probe_at, true);
+        blind.passed(probe_at + 200);
+        assert!(blind.rate(probe_at + 200) < 10.0);
+        assert_eq!(blind.rate(probe_at + PROBE_QUIET.as_millis() as i64), 10.0);
+    }
+
+    #[test]
+    fn a_throttle_at_the_configured_rate_drains_but_sets_no_ceiling_to_probe() {
+        // Ten sent in a second at 10/s and the eleventh refused (sends bunched by a busy
+        // machine): the limit is the configured rate itself.
+        let mut rule = Adaptive::new(10.0);
+        for n in 0..11 {
+            rule.sent(n * 95, false);
+        }
+        assert!(rule.replied(960, Some(950), false).is_some());
+        assert_eq!(rule.resume_at(), Some(1025), "the window drains first");
+        let interval = PROBE_INTERVAL.as_millis() as i64;
+        assert_eq!(
+            rule.rate(960),
+            10.0 * HOLD_FRACTION,
+            "just under it for a while"
+        );
+        assert_eq!(
+            rule.rate(960 + interval),
+            10.0,
+            "then the configured rate again"
+        );
+        assert!(
+            !rule.probe_due(960 + 60_000),
+            "nothing above the configured rate to probe for"
+        );
+        // Another process's record of it is no ceiling either.
+        rule.adopt(Some(10.25), Some(20_000), true);
+        assert_eq!(rule.rate(20_000), 10.0 * HOLD_FRACTION);
+        assert_eq!(rule.rate(20_000 + interval), 10.0);
+        assert!(!rule.probe_due(20_000 + 60_000));
     }
 
     /// What [`simulate`] saw.
     #[derive(Debug, Default)]
     struct Outcome {
         sent: u32,
-        throttled: u32,
+        /// Arrival times of the refused requests (ms).
+        throttled: Vec<i64>,
         /// Admission times (ms).
         admitted: Vec<i64>,
     }
 
     /// The rule against a server admitting `limit(t)` requests in any sliding second
-    /// of arrivals, deterministically: a sender spaced as the limiters space
-    /// (`RATE_MARGIN / rate`, the rate taken at each send), arrivals up to 20 ms late
-    /// (seeded jitter), replies 200 ms after arrival.
-    fn simulate(configured: f64, until_ms: i64, limit: impl Fn(i64) -> usize) -> Outcome {
+    /// of arrivals, the way the simulator does (`sim::limiter`: refusals not counted),
+    /// deterministically (seeded): slots taken as [`DbLimiter`] takes them (the next
+    /// one reserved when the one before leaves, spaced at the rate in force then, a
+    /// probe pulled early, none before the window drains), arrivals 0-20 ms after the
+    /// send, a refusal's reply right away, an admitted request's 100-300 ms later.
+    fn simulate(
+        seed: u64,
+        configured: f64,
+        until_ms: i64,
+        limit: impl Fn(i64) -> usize,
+    ) -> Outcome {
         use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut rule = Adaptive::new(configured);
         let mut window: VecDeque<i64> = VecDeque::new();
-        let mut replies: VecDeque<(i64, bool)> = VecDeque::new();
+        let mut replies: Vec<(i64, i64, bool)> = Vec::new();
         let mut outcome = Outcome::default();
-        let mut next_send = 0.0_f64;
-        while (next_send as i64) < until_ms {
-            let send = next_send as i64;
-            while let Some(&(at, passed)) = replies.front() {
-                if at > send {
-                    break;
-                }
-                replies.pop_front();
-                if passed {
-                    rule.passed(at);
-                } else {
-                    rule.throttled(at);
-                }
+        let mut next_at: Option<f64> = None;
+        let mut now = 0_i64;
+        let deliver = |rule: &mut Adaptive, replies: &mut Vec<(i64, i64, bool)>, until: i64| {
+            replies.sort_by_key(|r| r.0);
+            while replies.first().is_some_and(|r| r.0 <= until) {
+                let (at, sent, passed) = replies.remove(0);
+                rule.replied(at, Some(sent), passed);
             }
+        };
+        while now < until_ms {
+            deliver(&mut rule, &mut replies, now);
+            let rate = rule.rate(now);
+            let probe = rule.probe_due(now);
+            let spacing = 1000.0 * RATE_MARGIN / rate;
+            let pull = if probe {
+                spacing * (1.0 - PROBE_GAP_FRACTION)
+            } else {
+                0.0
+            };
+            let earliest = rule.resume_at().map_or(now, |at| at.max(now)) as f64;
+            let slot = next_at.map_or(earliest, |next| (next - pull).max(earliest));
+            next_at = Some(slot + spacing);
+            let mut send = slot.ceil() as i64;
+            deliver(&mut rule, &mut replies, send);
+            if let Some(resume) = rule.resume_at().filter(|&at| at > send) {
+                send = resume;
+                let spacing = 1000.0 * RATE_MARGIN / rule.rate(send);
+                next_at = Some(next_at.unwrap_or(0.0).max(send as f64 + spacing));
+                deliver(&mut rule, &mut replies, send);
+            }
+            rule.sent(send, probe);
             let arrival = send + rng.random_range(0..=20);
             while window.front().is_some_and(|&t| t <= arrival - 1000) {
                 window.pop_front();
             }
             let passed = window.len() < limit(arrival);
-            if passed {
+            let reply_at = if passed {
                 window.push_back(arrival);
                 outcome.admitted.push(arrival);
+                arrival + rng.random_range(100..=300)
             } else {
-                outcome.throttled += 1;
-            }
+                outcome.throttled.push(arrival);
+                arrival + 1
+            };
             outcome.sent += 1;
-            // Replies come back in arrival order here (one latency for all).
-            let reply_at = arrival + 200;
-            let index = replies.partition_point(|&(at, _)| at <= reply_at);
-            replies.insert(index, (reply_at, passed));
-            next_send += 1000.0 * RATE_MARGIN / rule.rate(send);
+            replies.push((reply_at, send, passed));
+            now = send;
         }
         outcome
     }
@@ -969,39 +1241,55 @@ mod tests {
             .count()
     }
 
+    /// Rate at 5/s, share throttled then, and ms from the limit's return to the end of
+    /// the first full second holding 10 admitted.
+    fn five_then_ten(seed: u64, change_ms: i64) -> (f64, f64, Option<i64>) {
+        let outcome = simulate(seed, 10.0, change_ms + 15_000, |t| {
+            if t < change_ms { 5 } else { 10 }
+        });
+        let at_5 = admitted_between(&outcome, 0, change_ms) as f64 / (change_ms as f64 / 1000.0);
+        let throttled = outcome.throttled.iter().filter(|&&t| t < change_ms).count();
+        let sent_at_5 = admitted_between(&outcome, 0, change_ms) + throttled;
+        let recovered = outcome
+            .admitted
+            .iter()
+            .filter(|&&t| t >= change_ms)
+            .find(|&&t| admitted_between(&outcome, t, t + 1000) >= 10)
+            .map(|t| t + 1000 - change_ms);
+        (at_5, throttled as f64 / sent_at_5 as f64, recovered)
+    }
+
     #[test]
     fn under_a_lower_limit_it_takes_what_is_left_and_recovers_when_it_returns() {
-        // Configured 10/s, the server allows 5/s for a minute, then 10/s again.
-        let outcome = simulate(10.0, 75_000, |t| if t < 60_000 { 5 } else { 10 });
-        let at_5 = admitted_between(&outcome, 0, 60_000) as f64 / 60.0;
-        let sent_at_5 =
-            outcome.admitted.iter().filter(|&&t| t < 60_000).count() as u32 + outcome.throttled;
-        let throttled_share = f64::from(outcome.throttled) / f64::from(sent_at_5);
-        assert!(at_5 >= 4.5, "{at_5:.2}/s of 5 ({outcome:?})");
-        // The target is 3%; in this model the rule reaches 3.4% (about 1.7
-        // throttles per probe, every 9 s, plus 3 when the limit is first met).
-        assert!(
-            throttled_share <= 0.035,
-            "{:.1}% throttled",
-            throttled_share * 100.0
-        );
-        // Within 10 s of the limit's return, a full second at >= 9.5/s.
-        let recovered = (60_000..=69_000)
-            .step_by(100)
-            .find(|&t| admitted_between(&outcome, t, t + 1000) >= 10)
-            .map(|t| t + 1000 - 60_000);
-        assert!(
-            recovered.is_some_and(|ms| ms <= 10_000),
-            "recovered after {recovered:?} ms"
-        );
+        // Configured 10/s, the server allows 5/s for a minute, then 10/s again: the
+        // issue's targets (>= 4.5/s, <= 3% throttled, back within 10 s) for several
+        // seeds and moments of the change (a change just after a probe is the worst).
+        for seed in 1..=6 {
+            for change_ms in [60_000, 61_300, 62_600, 64_000, 65_700, 67_100] {
+                let (at_5, throttled, recovered) = five_then_ten(seed, change_ms);
+                let case = format!("seed {seed}, change at {change_ms} ms");
+                assert!(at_5 >= 4.5, "{case}: {at_5:.2}/s of 5");
+                assert!(
+                    throttled <= 0.03,
+                    "{case}: {:.1}% throttled",
+                    throttled * 100.0
+                );
+                assert!(
+                    recovered.is_some_and(|ms| ms <= 10_000),
+                    "{case}: recovered after {recovered:?} ms"
+                );
+            }
+        }
     }
 
     #[test]
     fn alone_at_the_limit_it_never_throttles() {
-        let outcome = simulate(10.0, 30_000, |_| 10);
-        assert_eq!(outcome.throttled, 0);
-        let rate = admitted_between(&outcome, 0, 30_000) as f64 / 30.0;
-        assert!(rate >= 9.7, "{rate:.3}/s");
+        for seed in 1..=3 {
+            let outcome = simulate(seed, 10.0, 30_000, |_| 10);
+            assert!(outcome.throttled.is_empty(), "{:?}", outcome.throttled);
+            let rate = admitted_between(&outcome, 0, 30_000) as f64 / 30.0;
+            assert!(rate >= 9.7, "{rate:.3}/s");
+        }
     }
 
     #[tokio::test]
@@ -1037,8 +1325,8 @@ mod tests {
         limiter.feedback(&unbind, Feedback::Throttled);
         assert_eq!(
             limiter.current_rate(&unbind),
-            10.0 / 16.0,
-            "no pass in the last second: the floor"
+            5.0 * HOLD_FRACTION,
+            "none admitted in the last second: half"
         );
         assert_eq!(
             limiter.current_rate(&bind),

@@ -10,6 +10,7 @@
 mod guard;
 pub mod pacer;
 pub mod plan;
+pub mod rates;
 pub mod report;
 mod rotation;
 pub mod states;

@@ -76,14 +76,15 @@ impl PacerDb {
     }
 
     /// Takes the next send slot of `key` in one statement: the later of the row's
-    /// `next_at` and `now_ms`, and moves `next_at` to that plus `spacing_ms`; records
-    /// `rate` as the rate in force. A missing row is created, its first slot after
-    /// `seed_ms` (see [`PacerDb::last_sent`]).
+    /// `next_at` (minus `pull_ms`: a probe leaves early) and `now_ms`, and moves
+    /// `next_at` to that plus `spacing_ms`; records `rate` as the rate in force. A
+    /// missing row is created, its first slot after `seed_ms` (see [`PacerDb::last_sent`]).
     pub async fn reserve(
         &self,
         key: &PacerKey,
         now_ms: f64,
         spacing_ms: f64,
+        pull_ms: f64,
         rate: f64,
         seed_ms: Option<f64>,
     ) -> Result<Slot, StoreError> {
@@ -92,8 +93,8 @@ impl PacerDb {
             "INSERT INTO pacer (action, endpoint, account, slot_at, next_at, rate) \
              VALUES (?1, ?2, ?3, ?4, ?4 + ?5, ?6) \
              ON CONFLICT (action, endpoint, account) DO UPDATE SET \
-                 slot_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at, ?7) END, \
-                 next_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at, ?7) END + ?5, \
+                 slot_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at - ?9, ?7) END, \
+                 next_at = CASE WHEN next_at > ?7 + ?8 THEN ?7 ELSE MAX(next_at - ?9, ?7) END + ?5, \
                  rate = ?6, slots = slots + 1 \
              RETURNING slot_at, ceiling, throttled_at, slots",
         )
@@ -105,6 +106,7 @@ impl PacerDb {
         .bind(rate)
         .bind(now_ms)
         .bind(MAX_SLOT_AHEAD_MS)
+        .bind(pull_ms)
         .fetch_one(&self.pool)
         .await?;
         Ok(Slot {
@@ -273,28 +275,37 @@ mod tests {
         assert!(!db.exists(&k).await.unwrap());
         let t = 1_000_000.0;
         let first = db
-            .reserve(&k, t, 100.0, 10.0, Some(t + 40.0))
+            .reserve(&k, t, 100.0, 0.0, 10.0, Some(t + 40.0))
             .await
             .unwrap();
         assert_eq!(first.at_ms, t + 40.0, "seeded: after the recorded send");
         assert_eq!(first.ceiling, None);
         // Asked at the same moment: the next slot is a spacing later, not now.
-        let second = db.reserve(&k, t, 100.0, 10.0, None).await.unwrap();
+        let second = db.reserve(&k, t, 100.0, 0.0, 10.0, None).await.unwrap();
         assert_eq!(second.at_ms, t + 140.0);
         assert_eq!((first.number, second.number), (1, 2));
         // Asked after the slot was free: now.
-        let third = db.reserve(&k, t + 500.0, 50.0, 10.0, None).await.unwrap();
+        let third = db
+            .reserve(&k, t + 500.0, 50.0, 0.0, 10.0, None)
+            .await
+            .unwrap();
         assert_eq!(third.at_ms, t + 500.0);
         // A send 30 ms late pushes the next slot.
         db.sent_late(&k, t + 530.0, 50.0).await.unwrap();
-        let fourth = db.reserve(&k, t + 500.0, 50.0, 10.0, None).await.unwrap();
+        let fourth = db
+            .reserve(&k, t + 500.0, 50.0, 0.0, 10.0, None)
+            .await
+            .unwrap();
         assert_eq!(fourth.at_ms, t + 580.0);
         // A slot a clock jump ahead is not waited for.
         sqlx::query("UPDATE pacer SET next_at = next_at + 3600000")
             .execute(&db.pool)
             .await
             .unwrap();
-        let after_jump = db.reserve(&k, t + 600.0, 50.0, 10.0, None).await.unwrap();
+        let after_jump = db
+            .reserve(&k, t + 600.0, 50.0, 0.0, 10.0, None)
+            .await
+            .unwrap();
         assert_eq!(after_jump.at_ms, t + 600.0);
 
         let now = 2_000_000;
@@ -309,7 +320,10 @@ mod tests {
         db.throttled_account(&k.account, 0.5, now + 3000, 1000)
             .await
             .unwrap();
-        let slot = db.reserve(&k, t + 700.0, 50.0, 10.0, None).await.unwrap();
+        let slot = db
+            .reserve(&k, t + 700.0, 50.0, 0.0, 10.0, None)
+            .await
+            .unwrap();
         assert_eq!(slot.ceiling, Some(5.0), "half the rate in force (10)");
         assert_eq!(slot.throttled_at, Some(now + 3000));
         db.close().await;

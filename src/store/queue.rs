@@ -151,6 +151,8 @@ pub struct Finish {
     pub http_status: Option<u16>,
     /// The reply's RequestId, when there was a reply.
     pub request_id: Option<String>,
+    /// The access endpoint the request went to (`attempts.endpoint`, for the rates).
+    pub endpoint: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -1049,6 +1051,7 @@ async fn finish_successes(
             "http_status": finish.http_status,
             "reply_id": finish.request_id,
             "request_id": request_id,
+            "endpoint": finish.endpoint,
         }));
         applied[at] = Some(Applied::Finished);
     }
@@ -1059,8 +1062,9 @@ async fn finish_successes(
     sqlx::query(
         "UPDATE attempts SET finished_at = v.finished_at, sent_at = v.sent_at, outcome = 'succeeded', \
          request_id = v.reply_id, error_code = NULL, error_message = NULL, http_status = v.http_status, \
-         latency_ms = v.latency_ms \
+         latency_ms = v.latency_ms, endpoint = v.endpoint \
          FROM (SELECT json_extract(value, '$.attempt_id') AS attempt_id, \
+                      json_extract(value, '$.endpoint') AS endpoint, \
                       json_extract(value, '$.finished_at') AS finished_at, \
                       json_extract(value, '$.sent_at') AS sent_at, \
                       json_extract(value, '$.reply_id') AS reply_id, \
@@ -1147,7 +1151,7 @@ async fn finish_attempt(
     };
     sqlx::query(
         "UPDATE attempts SET finished_at = ?, sent_at = ?, outcome = ?, request_id = ?, error_code = ?, \
-         error_message = ?, http_status = ?, latency_ms = ? WHERE id = ?",
+         error_message = ?, http_status = ?, latency_ms = ?, endpoint = ? WHERE id = ?",
     )
     .bind(finish.finished_at)
     .bind(finish.sent_at)
@@ -1157,6 +1161,7 @@ async fn finish_attempt(
     .bind(error.map(|e| &e.message))
     .bind(finish.http_status.map(i64::from))
     .bind(finish.latency_ms)
+    .bind(&finish.endpoint)
     .bind(finish.attempt_id)
     .execute(&mut **tx)
     .await?;
@@ -1588,6 +1593,7 @@ mod tests {
             latency_ms: 7,
             http_status: Some(200),
             request_id: Some(format!("reply-{job_id}")),
+            endpoint: None,
             outcome,
         }))
     }

@@ -156,6 +156,7 @@ async fn attempt(store: &Store, job_id: i64, outcome: Outcome) {
         latency_ms: 1,
         http_status: Some(200),
         request_id: Some(request_id),
+        endpoint: None,
         outcome,
     };
     store

@@ -89,10 +89,29 @@ async fn a_0_1_0_database_migrates_reports_and_resumes() {
     // Not a fact of the database: `elapsed_ms` of a finished run is fixed, the rest too.
     new.as_object_mut().unwrap().remove("verification");
     assert_superset(&old, &new, "status 4");
+    // Attempts 0.1.0 recorded name no endpoint (migration 0006): an unknown one, sent
+    // at their `started_at`.
+    let rates = new["rates"].as_array().expect("rates");
+    assert_eq!(rates.len(), 1, "{rates:#?}");
+    assert_eq!(rates[0]["endpoint"], serde_json::Value::Null);
+    assert_eq!(rates[0]["requests"], old["requests"]);
 
     // Run 3 was planned by 0.1.0 and never started: this version executes it.
     let (code, _, stderr) = r.run(&["resume", "3", "--progress", "none"], LIMIT).await;
     assert_eq!(code, 0, "resume 3: {stderr}");
+    let (code, status, stderr) = r.run(&["status", "3", "--json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let endpoints: Vec<&str> = status["rates"]
+        .as_array()
+        .expect("rates")
+        .iter()
+        .filter_map(|rate| rate["endpoint"].as_str())
+        .collect();
+    assert!(
+        !endpoints.is_empty() && endpoints.iter().all(|e| e.starts_with(&r.sim.endpoint())),
+        "the new attempts name their endpoint: {status}"
+    );
     let store = r.store().await;
     let outcomes = store.pair_outcomes(3).await.unwrap();
     // The rebuilt tables kept every reference whole.
