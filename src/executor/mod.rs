@@ -611,11 +611,12 @@ impl Claims {
 /// Claims due jobs and hands them to their lanes until the queue is empty or a stop.
 ///
 /// Each lane holds at most `2 x concurrency` jobs; the due-jobs query leaves out the
-/// (action, region) routes of full lanes, so a backlog of one API (a rotation's
-/// thousand Associate jobs) never hides the jobs of another (the Disassociate jobs
-/// its confirmations release) or of another access endpoint. The queue is asked
-/// again once some lane is down to `concurrency` jobs, or every [`REQUERY_EVERY`]
-/// for lanes not seen yet: one query serves many jobs, not one per job finished.
+/// (action, region) routes of lanes that still hold `concurrency` or more, so a
+/// backlog of one API (a rotation's thousand Associate jobs) or of one endpoint
+/// never hides the jobs of another (the Disassociate jobs its confirmations release,
+/// another region's). The queue is asked again once some lane is down to
+/// `concurrency` jobs, or every [`REQUERY_EVERY`] for lanes not seen yet: one query
+/// serves many jobs, not one per job finished.
 async fn dispatch<A: Api>(
     store: &Store,
     run_id: i64,
@@ -637,9 +638,11 @@ async fn dispatch<A: Api>(
         notified.as_mut().enable();
         let (claimed, full, hungry) = {
             let claims = locked(&shared.claimed);
+            // Supplied enough: left out of the query, so that its backlog (the oldest
+            // jobs, returned first) does not take the rows another lane needs.
             let full: Vec<(Action, String)> = routes
                 .iter()
-                .filter(|(_, key)| claims.in_lane(key) >= depth)
+                .filter(|(_, key)| claims.in_lane(key) >= refill)
                 .map(|(route, _)| route.clone())
                 .collect();
             let hungry = routes.values().any(|key| claims.in_lane(key) < refill)
