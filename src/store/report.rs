@@ -391,17 +391,23 @@ impl Store {
                                  ELSE COALESCE(d.error_message, i.error_message) END,
                             COALESCE(d.job_id, i.job_id),
                             CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
-                            i.new_key_id, b.statuses, b.request_ids, b.verdicts
+                            i.new_key_id,
+                            CASE WHEN i.new_key_id IS NOT NULL THEN
+                                (SELECT group_concat(b.status, ' ') FROM (SELECT status FROM items
+                                     INDEXED BY items_bind WHERE run_id = i.run_id AND bind = 1
+                                     AND region = i.region AND instance_id = i.instance_id
+                                     ORDER BY key_id) b) END,
+                            CASE WHEN i.new_key_id IS NOT NULL THEN
+                                (SELECT group_concat(COALESCE(b.request_id, '-'), ' ') FROM
+                                    (SELECT request_id FROM items INDEXED BY items_bind
+                                     WHERE run_id = i.run_id AND bind = 1 AND region = i.region
+                                     AND instance_id = i.instance_id ORDER BY key_id) b) END,
+                            CASE WHEN i.new_key_id IS NOT NULL THEN
+                                (SELECT group_concat(COALESCE(b.verified, '-'), ' ') FROM
+                                    (SELECT verified FROM items INDEXED BY items_bind
+                                     WHERE run_id = i.run_id AND bind = 1 AND region = i.region
+                                     AND instance_id = i.instance_id ORDER BY key_id) b) END
                      FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
-                     LEFT JOIN (SELECT bi.region, bi.instance_id,
-                                       group_concat(bi.status, ' ') AS statuses,
-                                       group_concat(COALESCE(bi.request_id, '-'), ' ') AS request_ids,
-                                       group_concat(COALESCE(bi.verified, '-'), ' ') AS verdicts
-                                FROM (SELECT * FROM items WHERE run_id = ?3 AND bind = 1
-                                      ORDER BY instance_id, key_id) bi
-                                GROUP BY bi.region, bi.instance_id) b
-                            ON i.new_key_id IS NOT NULL AND b.region = i.region
-                               AND b.instance_id = i.instance_id
                      WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
                            AND +i.bind = 0
                      ORDER BY i.id LIMIT ?5",
