@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exec_common as common;
-use keyfleet::executor::{self, Counters, ExecConfig, StopSignal};
+use keyfleet::executor::ExecConfig;
 
 const TARGET_JOBS_PER_SECOND: f64 = 1000.0;
 
@@ -58,16 +58,7 @@ async fn engine(jobs: usize, concurrency: usize) {
         concurrency,
         ..ExecConfig::default()
     };
-    let summary = executor::execute(
-        &store,
-        run_id,
-        api,
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .expect("execute");
+    let summary = common::execute(&store, run_id, api, &config).await;
     let secs = summary.elapsed.as_secs_f64();
     let stats = simulator.stats();
     assert!(summary.stopped.is_none(), "stopped: {:?}", summary.stopped);

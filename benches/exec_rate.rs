@@ -112,16 +112,7 @@ async fn three_regions(jobs_each: usize, concurrency: usize) {
         concurrency,
         ..ExecConfig::default()
     };
-    let summary = executor::execute(
-        &store,
-        run_id,
-        api,
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .expect("execute");
+    let summary = common::execute(&store, run_id, api, &config).await;
     let stats = simulator.stats();
     let journal = simulator.journal();
     let admitted: Vec<&JournalEntry> = journal.iter().filter(|e| e.code.is_none()).collect();
@@ -193,18 +184,7 @@ async fn two_processes(jobs_each: usize) {
         let api = Arc::new(common::client(simulator.endpoint()));
         let store = store.clone();
         let config = config.clone();
-        async move {
-            executor::execute(
-                &store,
-                run_id,
-                api,
-                &config,
-                Arc::new(Counters::default()),
-                StopSignal::default(),
-            )
-            .await
-            .expect("execute")
-        }
+        async move { common::execute(&store, run_id, api, &config).await }
     };
     let (a, b) = tokio::join!(
         execute(&runs[0].0, runs[0].1),
@@ -332,16 +312,7 @@ async fn case(name: &str, jobs: usize, sim_rate: u32, rate: f64, window_s: Optio
         concurrency: 20,
         ..ExecConfig::default()
     };
-    let summary = executor::execute(
-        &store,
-        run_id,
-        api.clone(),
-        &config,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .expect("execute");
+    let summary = common::execute(&store, run_id, api.clone(), &config).await;
     let stats = simulator.stats();
     let journal = simulator.journal();
     let admitted: Vec<i64> = journal

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exec_common as common;
-use keyfleet::executor::{self, Counters, ExecConfig, StopSignal};
+use keyfleet::executor::ExecConfig;
 use keyfleet::plan::{self, PlanOptions};
 use keyfleet::sim::{Fleet, Instance, JournalEntry};
 use keyfleet::store::Store;
@@ -161,16 +161,7 @@ async fn rotate(n: usize) {
         ..ExecConfig::default()
     };
     let started = Instant::now();
-    let summary = executor::execute(
-        &store,
-        run_id,
-        api,
-        &exec,
-        Arc::new(Counters::default()),
-        StopSignal::default(),
-    )
-    .await
-    .expect("execute");
+    let summary = common::execute(&store, run_id, api, &exec).await;
     let elapsed = started.elapsed().as_secs_f64();
     assert!(summary.stopped.is_none(), "stopped: {:?}", summary.stopped);
 

@@ -160,3 +160,23 @@ pub fn one_key_shared(n: usize) -> Fleet {
             .collect(),
     }
 }
+
+/// Executes run `run_id` to its end with fresh counters and no stop signal, as every
+/// benchmark does; panics on a storage error (a benchmark has nothing to recover).
+pub async fn execute<A: keyfleet::executor::Api>(
+    store: &Store,
+    run_id: i64,
+    api: std::sync::Arc<A>,
+    config: &keyfleet::executor::ExecConfig,
+) -> keyfleet::executor::Summary {
+    keyfleet::executor::execute(
+        store,
+        run_id,
+        api,
+        config,
+        std::sync::Arc::new(keyfleet::executor::Counters::default()),
+        keyfleet::executor::StopSignal::default(),
+    )
+    .await
+    .expect("execute")
+}

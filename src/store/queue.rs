@@ -1460,19 +1460,19 @@ async fn skip_dependents(
 }
 
 /// How an attempt's error changes its job.
-struct JobUpdate {
-    state: JobState,
+pub(super) struct JobUpdate {
+    pub state: JobState,
     /// When the job is due again; `None` keeps it.
-    next_attempt_at: Option<i64>,
-    finished_at: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub finished_at: Option<i64>,
     /// Attempts of the Retry budget spent (0 or 1).
-    spent: i64,
+    pub spent: i64,
     /// Throttles counted (0 or 1).
-    throttled: i64,
+    pub throttled: i64,
 }
 
 impl JobUpdate {
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
         job_id: i64,
@@ -1497,7 +1497,7 @@ impl JobUpdate {
     }
 }
 
-async fn fail_items(
+pub(super) async fn fail_items(
     tx: &mut Transaction<'_, Sqlite>,
     job_id: i64,
     error: &ErrorInfo,

@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::StoreError;
-use super::queue::{ErrorInfo, FollowUp, NewQueuedJob, add_job_with_items, ids_json_i64};
+use super::queue::{
+    ErrorInfo, FollowUp, JobUpdate, NewQueuedJob, add_job_with_items, fail_items, ids_json_i64,
+};
 use super::states::{ItemStatus, JobState, Verified};
 use super::verify::{Purpose, VerifyItem, VerifyPayload};
 use crate::cvm::Action;
@@ -319,26 +321,15 @@ pub(super) async fn bind_failed(
         let other_id: i64 = other.get("id");
         let instances: Vec<String> = serde_json::from_str(other.get::<&str, _>("instance_ids"))
             .map_err(|e| StoreError::Corrupt(format!("job {other_id} has unreadable ids: {e}")))?;
-        sqlx::query(
-            "UPDATE jobs SET state = ?, finished_at = ?, last_error_code = ?, last_error_message = ? WHERE id = ?",
-        )
-        .bind(JobState::Failed.as_str())
-        .bind(now)
-        .bind(&stopped.code)
-        .bind(&stopped.message)
-        .bind(other_id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE items SET status = ?, error_code = ?, error_message = ? WHERE job_id = ? AND status = ?",
-        )
-        .bind(ItemStatus::Failed.as_str())
-        .bind(&stopped.code)
-        .bind(&stopped.message)
-        .bind(other_id)
-        .bind(ItemStatus::Pending.as_str())
-        .execute(&mut **tx)
-        .await?;
+        let update = JobUpdate {
+            state: JobState::Failed,
+            next_attempt_at: None,
+            finished_at: Some(now),
+            spent: 0,
+            throttled: 0,
+        };
+        update.apply(tx, other_id, &stopped).await?;
+        fail_items(tx, other_id, &stopped).await?;
         let region: String = other.get("region");
         skip_held(tx, job.run_id, &region, &instances, &reason).await?;
     }
