@@ -29,7 +29,6 @@ use keyfleet::sim::JournalEntry;
 const TARGET_GOODPUT_PER_SECOND: f64 = 9.7;
 const JITTER: Duration = Duration::from_millis(20);
 const LATENCY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_millis(300));
-const THROTTLE_CODE: &str = "RequestLimitExceeded";
 
 fn main() {
     let Some(opts) = common::opts("exec_rate") else {
@@ -195,7 +194,7 @@ async fn two_processes(jobs_each: usize) {
     let journal = simulator.journal();
     let admitted: Vec<i64> = journal
         .iter()
-        .filter(|e| e.code.as_deref() != Some(THROTTLE_CODE))
+        .filter(|e| common::admitted(e))
         .map(|e| e.at_ms)
         .collect();
     // Together while both ran: up to the end of the shorter one.
@@ -260,7 +259,7 @@ async fn limit_drops_then_returns(jobs: usize, slow_s: u64) {
     let summary = summary.expect("execute");
     let journal = simulator.journal();
     let first = journal.first().map_or(0, |e| e.at_ms);
-    let passed = |e: &JournalEntry| e.code.as_deref() != Some(THROTTLE_CODE);
+    let passed = |e: &JournalEntry| common::admitted(e);
     let slow: Vec<&JournalEntry> = journal.iter().filter(|e| e.at_ms < change_ms).collect();
     let slow_admitted = slow.iter().filter(|e| passed(e)).count();
     let slow_throttled = slow.len() - slow_admitted;
@@ -317,7 +316,7 @@ async fn case(name: &str, jobs: usize, sim_rate: u32, rate: f64, window_s: Optio
     let journal = simulator.journal();
     let admitted: Vec<i64> = journal
         .iter()
-        .filter(|e| e.code.as_deref() != Some(THROTTLE_CODE))
+        .filter(|e| common::admitted(e))
         .map(|e| e.at_ms)
         .collect();
     let first = admitted.first().copied().unwrap_or(0);
@@ -400,7 +399,7 @@ fn goodput_in_window(journal: &[JournalEntry], first: i64, window_s: u64) -> f64
     let end = first + window_s as i64 * 1000;
     let admitted = journal
         .iter()
-        .filter(|e| e.code.as_deref() != Some(THROTTLE_CODE) && e.at_ms >= first && e.at_ms < end)
+        .filter(|e| common::admitted(e) && e.at_ms >= first && e.at_ms < end)
         .count();
     admitted as f64 / window_s as f64
 }

@@ -29,9 +29,7 @@ use std::time::{Duration, Instant};
 
 use exec_common as common;
 use keyfleet::executor::ExecConfig;
-use keyfleet::plan::{self, PlanOptions};
 use keyfleet::sim::{Fleet, Instance, JournalEntry};
-use keyfleet::store::Store;
 
 const GROUP: usize = 10;
 const LIMIT: f64 = 10.0;
@@ -76,14 +74,10 @@ impl Phase {
         let mut times: Vec<i64> = Vec::new();
         let mut throttled = 0;
         for entry in journal.iter().filter(|e| e.action == action) {
-            if entry
-                .code
-                .as_deref()
-                .is_some_and(keyfleet::taxonomy::is_throttle)
-            {
-                throttled += 1;
-            } else {
+            if common::admitted(entry) {
                 times.push(entry.at_ms);
+            } else {
+                throttled += 1;
             }
         }
         times.sort_unstable();
@@ -144,13 +138,7 @@ async fn rotate(n: usize) {
         }
         out.flush().expect("write");
     }
-    let store = Store::open(&dir.path().join("keyfleet.db"))
-        .await
-        .expect("open the database");
-    let planned = plan::plan_input(&store, &input, &PlanOptions::default())
-        .await
-        .expect("plan");
-    let run_id = planned.summary.run_id;
+    let (store, run_id, jobs) = common::plan(&dir.path().join("keyfleet.db"), &input).await;
     let mut config = common::sim_config(LIMIT as u32, JITTER, LATENCY);
     config.operation_time = OPERATION_TIME;
     let sim = common::start_sim(config, fleet).await;
@@ -168,22 +156,6 @@ async fn rotate(n: usize) {
     // The last operations accepted are still running: let them complete.
     tokio::time::sleep(OPERATION_TIME * 2).await;
     let journal = sim.journal();
-    if std::env::var("KEYFLEET_BENCH_DEBUG").is_ok() {
-        let unbinds: Vec<&JournalEntry> = journal
-            .iter()
-            .filter(|e| e.action == DISASSOCIATE)
-            .collect();
-        for (k, e) in unbinds.iter().enumerate() {
-            if e.code
-                .as_deref()
-                .is_some_and(keyfleet::taxonomy::is_throttle)
-            {
-                let from = k.saturating_sub(12);
-                let times: Vec<i64> = unbinds[from..=k].iter().map(|e| e.at_ms).collect();
-                eprintln!("throttled at {} after {:?}", e.at_ms, times);
-            }
-        }
-    }
     let bind = Phase::of(&journal, ASSOCIATE);
     let unbind = Phase::of(&journal, DISASSOCIATE);
     let reads = Phase::of(&journal, "DescribeInstances");
@@ -195,10 +167,7 @@ async fn rotate(n: usize) {
             .iter()
             .filter(|e| {
                 e.action == action
-                    && !e
-                        .code
-                        .as_deref()
-                        .is_some_and(keyfleet::taxonomy::is_throttle)
+                    && common::admitted(e)
                     && e.at_ms >= both_from
                     && e.at_ms <= both_to
             })
@@ -225,7 +194,7 @@ async fn rotate(n: usize) {
         }
     }
 
-    println!("instances {n}, plan: {} jobs", planned.summary.jobs);
+    println!("instances {n}, plan: {jobs} jobs");
     for (name, phase) in [
         ("associate", &bind),
         ("disassociate", &unbind),

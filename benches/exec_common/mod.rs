@@ -180,3 +180,12 @@ pub async fn execute<A: keyfleet::executor::Api>(
     .await
     .expect("execute")
 }
+
+/// A journal entry the simulator admitted: anything but a throttle (what "goodput"
+/// and the phases' rates count).
+pub fn admitted(entry: &sim::JournalEntry) -> bool {
+    !entry
+        .code
+        .as_deref()
+        .is_some_and(keyfleet::taxonomy::is_throttle)
+}
