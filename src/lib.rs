@@ -60,6 +60,7 @@
 //! draws progress and maps errors to exit codes; nothing in the library prints.
 
 pub mod api;
+pub mod chunk;
 pub mod credentials;
 pub mod cvm;
 pub mod delay;
@@ -68,9 +69,12 @@ pub mod display;
 pub mod executor;
 pub mod ids;
 pub mod input;
+pub mod lifecycle;
 pub mod plan;
+pub mod rules;
 pub mod secret;
 pub mod sign;
 pub mod sim;
+pub mod states;
 pub mod store;
 pub mod taxonomy;

@@ -227,13 +227,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             "\n{}. keyfleet verify {run_id} --requeue && keyfleet resume {run_id}",
             2 + round
         );
-        let mut requeue = store.begin_requeue_unverified(run_id).await?;
-        for job in plan::chunk_requeued(requeue.pairs()) {
-            requeue
-                .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-                .await?;
-        }
-        let requeued = requeue.commit().await?;
+        let requeued = keyfleet::lifecycle::requeue_unverified(&store, run_id)
+            .await?
+            .pairs;
         eprintln!("  {requeued} pairs accepted but not applied are pending again");
         code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
     }
