@@ -991,4 +991,78 @@ mod tests {
         assert_eq!(snap.instances[1].busy_for_ms, Some(5000));
         assert_eq!(Fleet::from_json(&snap.to_json_pretty()).unwrap(), snap);
     }
+
+    #[test]
+    fn the_live_mix_runs_over_three_zones_and_places_apart_from_the_rest() {
+        let live = Fleet::generate(1000, 7, &Mix::live());
+        assert_eq!(live, Fleet::generate(1000, 7, &Mix::live()));
+        assert!(live.validate().is_ok());
+        let running = live
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .count();
+        assert!((750..=850).contains(&running), "{running}");
+        let zones: BTreeSet<String> = live.instances.iter().map(Instance::zone_name).collect();
+        assert_eq!(
+            zones.into_iter().collect::<Vec<_>>(),
+            ["ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6"]
+        );
+        assert!(
+            live.instances
+                .iter()
+                .all(|i| i.tags.contains_key("service"))
+        );
+        // Zones and tags come from their own stream: without them, the same fleet.
+        let unplaced = Fleet::generate(
+            1000,
+            7,
+            &Mix {
+                zones: Vec::new(),
+                tags: Vec::new(),
+                ..Mix::live()
+            },
+        );
+        let mut stripped = live.clone();
+        for instance in &mut stripped.instances {
+            instance.zone = None;
+            instance.tags.clear();
+        }
+        assert_eq!(stripped, unplaced);
+        // The default fleet has none of them, so its files read as before.
+        let default = Fleet::generate(50, 7, &Mix::default());
+        assert!(
+            default
+                .instances
+                .iter()
+                .all(|i| i.zone.is_none() && i.tags.is_empty())
+        );
+        assert!(!default.to_json_pretty().contains("zone"));
+    }
+
+    #[test]
+    fn a_zone_must_be_in_its_region() {
+        let fleet = |zone: &str| {
+            Fleet::new().with(Instance::new("ins-00000001", "ap-guangzhou").zone(zone))
+        };
+        assert!(fleet("ap-guangzhou-3").validate().is_ok());
+        for bad in [
+            "ap-shanghai-2",
+            "ap-guangzhou",
+            "ap-guangzhou-",
+            "ap-guangzhou-3 x",
+        ] {
+            let err = fleet(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("instances[0].zone"), "{bad}: {err}");
+        }
+        let parsed = Fleet::from_json(
+            r#"{"instances":[{"instance_id":"ins-00000001","region":"ap-guangzhou","os":"linux","state":"RUNNING","zone":"ap-guangzhou-4","tags":{"service":"web"},"soft_stop_fails":true,"start_fails":true}]}"#,
+        )
+        .unwrap();
+        let instance = &parsed.instances[0];
+        assert_eq!(instance.zone_name(), "ap-guangzhou-4");
+        assert_eq!(instance.tags["service"], "web");
+        assert!(instance.soft_stop_fails && instance.start_fails);
+        assert_eq!(Fleet::from_json(&parsed.to_json_pretty()).unwrap(), parsed);
+    }
 }
