@@ -17,7 +17,9 @@
 //! reply that breaks them is a [`TransportKind::BadBody`]) and tolerant of every other
 //! field being absent or null. A key-pair request's RequestId means accepted, not
 //! applied: only a later `DescribeInstances` (`LatestOperationState`, the key ids) shows
-//! the change made.
+//! the change made. The same holds for [`CvmClient::stop_instances`] and
+//! [`CvmClient::start_instances`] (`InstanceState`, `LatestOperation*`); their bodies
+//! come from [`stop_instances_body`] and [`start_instances_body`], for the executor too.
 //!
 //! Endpoints: one URL for every call, or a template with a `{region}` placeholder in
 //! the host ([`REGIONAL_ENDPOINT_TEMPLATE`]) so each region's calls go to its own access
