@@ -624,7 +624,8 @@ async fn keyfleet_sim_serves_a_live_fleet_with_power_flags() {
 /// stop -> unbind -> start under a budget, looking every `KEYFLEET_POWER_TICK_MS`, and the
 /// audit measures what the simulator saw. It shows the budget-use and p95 targets can be
 /// met against this simulator at 10 requests/s, and what a look interval costs. Run with
-/// `KEYFLEET_POWER_INSTANCES=2000 cargo test --release --test it power::reference -- --ignored --nocapture`.
+/// `KEYFLEET_POWER_INSTANCES=2000 cargo test --locked --test it power::reference -- --ignored --nocapture`
+/// (docs/BENCHMARKS.md, "Power").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement of about 2 minutes: run by hand for docs/BENCHMARKS.md"]
 async fn reference_rolling_controller_under_a_budget() {
