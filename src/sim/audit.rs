@@ -245,6 +245,10 @@ pub struct PowerRules {
     pub max_down: usize,
     /// At most this many down at once in any one zone (`--max-down-per zone`).
     pub max_down_per_zone: Option<usize>,
+    /// At most this many down at once among the instances sharing a value of this tag
+    /// (`--max-down-per tag:KEY`), e.g. (`service`, 1): instances without the tag share
+    /// the empty value. Tags are read from the fleet at the start.
+    pub max_down_per_tag: Option<(String, usize)>,
     /// StopInstances with `StopType` HARD (or the deprecated `ForceStop`) was asked for.
     pub allow_hard_stop: bool,
     /// Key-pair requests with `ForceStop=true` were asked for (`--running force-stop`):
@@ -272,6 +276,9 @@ pub struct PowerAudit {
     pub max_down_at_ms: i64,
     /// The most down at once in each zone (zones where one went down).
     pub max_down_per_zone: BTreeMap<String, usize>,
+    /// With [`PowerRules::max_down_per_tag`]: the most down at once for each value of
+    /// the tag (values where one went down).
+    pub max_down_per_tag_value: BTreeMap<String, usize>,
     /// From the first instance taken down to the last one RUNNING again (or to the last
     /// event, for one still down), in ms since the simulator started.
     pub window_ms: Option<(i64, i64)>,
@@ -355,6 +362,19 @@ pub fn audit_power(
     let mut down_since: BTreeMap<&str, i64> = BTreeMap::new();
     let mut down_in_zone: BTreeMap<&str, usize> = BTreeMap::new();
     let mut over_zone: BTreeSet<String> = BTreeSet::new();
+    let tag_of: BTreeMap<&str, &str> = match &rules.max_down_per_tag {
+        Some((key, _)) => before
+            .instances()
+            .iter()
+            .map(|i| {
+                let value = i.tags.get(key).map_or("", String::as_str);
+                (i.instance_id.as_str(), value)
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let mut down_with_tag: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut over_tag: BTreeSet<&str> = BTreeSet::new();
     let mut over_total = false;
     let mut taken: BTreeSet<&str> = BTreeSet::new();
     for event in &events {
@@ -403,6 +423,22 @@ pub fn audit_power(
                     rules.max_down_per_zone.unwrap_or_default()
                 ));
             }
+            if let Some((key, budget)) = &rules.max_down_per_tag {
+                let value = tag_of.get(id).copied().unwrap_or("");
+                let with_tag = down_with_tag.entry(value).or_default();
+                *with_tag += 1;
+                let peak = report
+                    .max_down_per_tag_value
+                    .entry(value.to_string())
+                    .or_default();
+                *peak = (*peak).max(*with_tag);
+                if *with_tag > *budget && over_tag.insert(value) {
+                    violations.push(format!(
+                        "{with_tag} instances tagged {key}={value:?} were down at once at {} ms, over the budget of {budget} per value",
+                        event.at_ms
+                    ));
+                }
+            }
             if down_since.len() > report.max_down {
                 report.max_down = down_since.len();
                 report.max_down_at_ms = event.at_ms;
@@ -424,6 +460,12 @@ pub fn audit_power(
             close_down(&mut report, id, since, event.at_ms);
             if let Some(in_zone) = down_in_zone.get_mut(event.zone.as_str()) {
                 *in_zone = in_zone.saturating_sub(1);
+            }
+            if let Some(with_tag) = tag_of
+                .get(id)
+                .and_then(|value| down_with_tag.get_mut(value))
+            {
+                *with_tag = with_tag.saturating_sub(1);
             }
         }
     }
@@ -794,6 +836,57 @@ mod tests {
         }
 
         #[test]
+        fn a_tag_budget_counts_each_value_apart() {
+            let fleet = Fleet::new()
+                .with(
+                    Instance::new("ins-a", "ap-guangzhou")
+                        .state(InstanceState::Running)
+                        .tag("service", "web"),
+                )
+                .with(
+                    Instance::new("ins-b", "ap-guangzhou")
+                        .state(InstanceState::Running)
+                        .tag("service", "web"),
+                )
+                .with(
+                    Instance::new("ins-c", "ap-guangzhou")
+                        .state(InstanceState::Running)
+                        .tag("service", "api"),
+                )
+                .with(Instance::new("ins-d", "ap-guangzhou").state(InstanceState::Running));
+            // a and c together (two services), then b with d (untagged) once a is back.
+            let mut timeline = cycle("ins-a", Z3, 0, 1000);
+            timeline.extend(cycle("ins-c", Z3, 0, 1000));
+            timeline.extend(cycle("ins-b", Z3, 1000, 2000));
+            timeline.extend(cycle("ins-d", Z3, 1000, 2000));
+            let rules = PowerRules {
+                max_down: 2,
+                max_down_per_tag: Some(("service".into(), 1)),
+                ..PowerRules::default()
+            };
+            let audit = audit_power(&fleet, &fleet, &timeline, &[], &rules);
+            assert!(audit.is_clean(), "{:?}", audit.violations);
+            assert_eq!(
+                audit.max_down_per_tag_value,
+                BTreeMap::from([
+                    (String::new(), 1),
+                    ("api".to_string(), 1),
+                    ("web".to_string(), 1)
+                ])
+            );
+            // b while a is still down: two web servers at once.
+            let mut overlapping = cycle("ins-a", Z3, 0, 1000);
+            overlapping.extend(cycle("ins-b", Z3, 500, 1500));
+            let audit = audit_power(&fleet, &fleet, &overlapping, &[], &rules);
+            assert_eq!(
+                audit.violations,
+                [
+                    "2 instances tagged service=\"web\" were down at once at 500 ms, over the budget of 1 per value"
+                ]
+            );
+        }
+
+        #[test]
         fn left_down_and_started_when_stopped_are_violations() {
             use InstanceState::*;
             let fleet =
@@ -894,6 +987,7 @@ mod tests {
             let allowed = PowerRules {
                 max_down: 2,
                 max_down_per_zone: None,
+                max_down_per_tag: None,
                 allow_hard_stop: true,
                 allow_force_stop: true,
                 allow_stop_charging: true,
