@@ -5,6 +5,7 @@ pub mod codes;
 pub mod common;
 pub mod demo;
 pub mod discover;
+pub mod live;
 pub mod logging;
 pub mod plan;
 pub mod progress;
