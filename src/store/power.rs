@@ -27,8 +27,9 @@ pub(super) async fn live_of(tx: &mut Tx<'_>, run_id: i64) -> Result<Option<Live>
             .await?
             .flatten();
     live.map(|text| {
-        serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("run {run_id} has unreadable live options: {e}")))
+        serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt(format!("run {run_id} has unreadable live options: {e}"))
+        })
     })
     .transpose()
 }
@@ -187,11 +188,12 @@ pub(super) async fn halt(tx: &mut Tx<'_>, run_id: i64, reason: &str) -> Result<(
         .bind(run_id)
         .execute(&mut **tx)
         .await?;
-    let waiting = sqlx::query("SELECT region, instance_id FROM power WHERE run_id = ? AND state = ?")
-        .bind(run_id)
-        .bind(PowerState::Waiting.as_str())
-        .fetch_all(&mut **tx)
-        .await?;
+    let waiting =
+        sqlx::query("SELECT region, instance_id FROM power WHERE run_id = ? AND state = ?")
+            .bind(run_id)
+            .bind(PowerState::Waiting.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for row in &waiting {
         by_region
@@ -201,7 +203,9 @@ pub(super) async fn halt(tx: &mut Tx<'_>, run_id: i64, reason: &str) -> Result<(
     }
     let why = ErrorInfo::new(
         power::NOT_STOPPED,
-        format!("not stopped: the run stopped taking instances down ({reason}); its keys were not changed"),
+        format!(
+            "not stopped: the run stopped taking instances down ({reason}); its keys were not changed"
+        ),
     );
     for (region, instances) in by_region {
         fail_held(tx, run_id, &region, &instances, &why, ItemStatus::Skipped).await?;
@@ -234,11 +238,10 @@ pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), 
     if surveying > 0 {
         return Ok(());
     }
-    let admissions: Option<String> =
-        sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let admissions: Option<String> = sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_one(&mut **tx)
+        .await?;
     let all = rows(tx, run_id, None).await?;
     let effects = power::admit(&live, &all, admissions.is_some(), now);
     super::follow::apply(tx, run_id, effects, now).await
