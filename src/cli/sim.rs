@@ -99,6 +99,14 @@ pub struct Args {
     /// Probability of applying the request, then closing the connection without a reply.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     fault_drop_after: f64,
+    /// Change the fleet while it is listed, as Auto Scaling does: before every Nth
+    /// DescribeInstances listing page of a region, create an instance there (with
+    /// another's keys) or terminate one, on a schedule seeded by --seed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    churn_every: Option<u32>,
+    /// Stop changing the fleet after this many changes (with --churn-every).
+    #[arg(long, value_name = "N", requires = "churn_every")]
+    churn_limit: Option<u32>,
     /// Write the starting fleet to FILE (to build input rows from a generated fleet).
     #[arg(long, value_name = "FILE")]
     write_fleet: Option<PathBuf>,
@@ -252,6 +260,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         body_timeout: args.body_timeout,
         max_connections: args.max_connections as usize,
         journal_capacity: args.journal_capacity as usize,
+        churn: args.churn_every.map(|every| sim::Churn {
+            every,
+            limit: args.churn_limit,
+        }),
     };
     let instances = fleet.instances().len();
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -11,6 +11,8 @@
 //! - `server`: hyper, the protocol, signature checks, the request pipeline.
 //! - `actions`: parameter validation, the instance-state codes, the changes.
 //! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
+//! - `churn`: a fleet that changes while it is listed (instances created and terminated
+//!   on a seeded schedule counted in pages), as under Auto Scaling.
 //!
 //! Key-pair operations are asynchronous, as on the cloud: an accepted Associate or
 //! Disassociate puts each of its instances in `LatestOperationState` `OPERATING` for
@@ -23,6 +25,7 @@
 
 mod actions;
 pub mod audit;
+pub mod churn;
 pub mod faults;
 pub mod fleet;
 pub mod journal;
@@ -38,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use churn::{Change, Churn};
 pub use faults::Faults;
 pub use fleet::{Fleet, Instance, InstanceState, Mix, Os};
 pub use journal::{
@@ -152,6 +156,9 @@ pub struct SimConfig {
     /// Journal entries kept; past it the oldest are dropped and counted in
     /// [`Stats::journal_dropped`] (the stats themselves count every request).
     pub journal_capacity: usize,
+    /// A fleet that changes while it is listed (instances created and terminated on
+    /// a seeded schedule, see [`churn`]); `None`: it changes only by the API's actions.
+    pub churn: Option<Churn>,
 }
 
 impl Default for SimConfig {
@@ -173,6 +180,7 @@ impl Default for SimConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
+            churn: None,
         }
     }
 }
@@ -201,6 +209,11 @@ impl SimConfig {
         if self.max_connections == 0 || self.journal_capacity == 0 {
             return Err(SimError::Config(
                 "max_connections and journal_capacity must be at least 1".to_string(),
+            ));
+        }
+        if self.churn.is_some_and(|churn| churn.every == 0) {
+            return Err(SimError::Config(
+                "the churn schedule needs a change every 1 or more pages".to_string(),
             ));
         }
         if self.secret_id.is_empty() || self.secret_key.expose().is_empty() {
@@ -307,6 +320,11 @@ impl SimHandle {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// What the churn schedule ([`SimConfig::churn`]) has changed so far, in order.
+    pub fn fleet_changes(&self) -> Vec<Change> {
+        self.shared.fleet_changes()
     }
 
     /// Stops accepting, closes open connections, and waits for the server task.
