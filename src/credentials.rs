@@ -99,7 +99,9 @@ pub enum CredentialsError {
     /// `TENCENTCLOUD_TOKEN` is set without the SecretId and SecretKey it belongs to:
     /// a session token is issued with a temporary key pair and means nothing alone.
     #[error(
-        "{token} is set but {id} and {key} are not: a session token works only with the          temporary SecretId and SecretKey issued with it; set all three, or unset {token}          to use a profile or file"
+        "{token} is set but {id} and {key} are not: a session token works only with the \
+         temporary SecretId and SecretKey issued with it; set all three, or unset {token} \
+         to use a profile or file"
     )]
     TokenWithoutKeys {
         token: &'static str,
