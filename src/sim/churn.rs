@@ -67,7 +67,7 @@ impl Schedule {
         }
         let count = self.pages.entry(region.to_string()).or_insert(0);
         *count += 1;
-        *count % self.churn.every.max(1) == 0
+        (*count).is_multiple_of(self.churn.every.max(1))
     }
 
     /// Changes `fleet` in `region`: terminates one instance or creates one, at random.
@@ -149,12 +149,19 @@ mod tests {
         // Without changes made, every third page is due; the limit counts changes.
         assert_eq!(due.iter().filter(|d| **d).count(), 4);
         assert!(!schedule.page("ap-shanghai") && !schedule.page("ap-shanghai"));
-        assert!(schedule.page("ap-shanghai"), "each region counts its own pages");
+        assert!(
+            schedule.page("ap-shanghai"),
+            "each region counts its own pages"
+        );
         let mut f = fleet(10);
         schedule.change(&mut f, GZ).unwrap();
         schedule.change(&mut f, GZ).unwrap();
         assert_eq!(schedule.changes().len(), 2);
-        assert_eq!(schedule.change(&mut Fleet::new(), GZ), None, "no region, no change");
+        assert_eq!(
+            schedule.change(&mut Fleet::new(), GZ),
+            None,
+            "no region, no change"
+        );
         assert!((0..30).all(|_| !schedule.page(GZ)), "the limit is reached");
     }
 
