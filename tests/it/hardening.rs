@@ -537,3 +537,33 @@ fn a_token_without_its_key_pair_stops_before_anything_is_sent() {
         fake.seen()
     );
 }
+
+// ---------------------------------------------------------------- L4: the migration lock
+
+/// The audit's L4 reproduction: `x.db-migrate.lock` owned by nobody, mode 0666, and
+/// locked: `keyfleet --db x.db runs` hung silently. Now the lock file is checked like
+/// the database and refused at once, naming it and its owner (tests run as root, so
+/// the file can be given to nobody, uid 65534). The wait for a lock that is ours is
+/// bounded too (`store::tests::a_held_migration_lock_ends_the_wait_naming_its_holder`).
+#[cfg(unix)]
+#[test]
+fn a_migration_lock_file_of_another_user_is_refused_not_waited_for() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let lock = dir.path().join("x.db-migrate.lock");
+    let held = std::fs::File::create(&lock).unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&lock, Some(65534), None).expect("chown (tests run as root)");
+    held.lock().unwrap();
+    let out = Cmd::new(["--db", db.to_str().unwrap(), "runs"])
+        .timeout(Duration::from_secs(15))
+        .run();
+    let stderr = out.stderr_text();
+    assert_ne!(out.code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("x.db-migrate.lock is owned by uid 65534"),
+        "{stderr}"
+    );
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+}
