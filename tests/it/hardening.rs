@@ -567,3 +567,134 @@ fn a_migration_lock_file_of_another_user_is_refused_not_waited_for() {
     );
     assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
 }
+
+// ---------------------------------------------------------------- L5: jobs checked against the plan
+
+/// The audit's L5 reproduction: after `plan c.csv` (one pair), an edit set the job to
+/// two keys with ForceStop, and `resume` sent both keys with ForceStop; both were
+/// removed while `report` showed the one planned pair. Now the job fails with
+/// `KeyFleet.NotPlanned` and nothing is sent for it; a job of the same run that
+/// was not changed is sent as planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_row_changed_after_planning_is_not_sent() {
+    let fleet = Fleet::new()
+        .with(Instance::new("ins-aaaaaaa1", GZ).keys(["skey-aaaaaaa1", "skey-aaaaaaa2"]))
+        .with(Instance::new("ins-aaaaaaa2", GZ).keys(["skey-bbbbbbb1", "skey-bbbbbbb2"]));
+    let config = SimConfig {
+        rate: 0,
+        settle_after: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let r = Rehearsal::start(config, fleet).await;
+    let rows = [
+        ("ins-aaaaaaa1", "skey-aaaaaaa1"),
+        ("ins-aaaaaaa2", "skey-bbbbbbb1"),
+    ]
+    .map(|(i, k)| (i.to_string(), k.to_string(), GZ.to_string()));
+    let input = r.input("c.csv", &rows);
+    let (code, _, stderr) = r.run(&["plan", input.to_str().unwrap()], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let store = r.store().await;
+    let edited = sqlx::query(
+        "UPDATE jobs SET key_ids = '[\"skey-aaaaaaa1\",\"skey-aaaaaaa2\"]', force_stop = 1, \
+         pair_count = 2 WHERE instance_ids = '[\"ins-aaaaaaa1\"]'",
+    )
+    .execute(store.pool_for_tests())
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(edited, 1);
+    store.close().await;
+
+    let (code, _, stderr) = r.run(&["resume", "--progress", "none"], LIMIT).await;
+    assert_eq!(code, 1, "a pair failed: {stderr}");
+    let sent: Vec<Vec<String>> = r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == "DisassociateInstancesKeyPairs")
+        .map(|e| e.instance_ids.clone())
+        .collect();
+    assert_eq!(
+        sent,
+        [vec!["ins-aaaaaaa2".to_string()]],
+        "only the unchanged job"
+    );
+    let fleet = r.sim.fleet();
+    assert_eq!(
+        fleet.instance("ins-aaaaaaa1").unwrap().key_ids,
+        ["skey-aaaaaaa1", "skey-aaaaaaa2"],
+        "nothing removed from the changed job's instance"
+    );
+    assert_eq!(
+        fleet.instance("ins-aaaaaaa2").unwrap().key_ids,
+        ["skey-bbbbbbb2"]
+    );
+
+    let db = r.db.to_str().unwrap();
+    let report = Cmd::new(["--db", db, "report", "--format", "json"]).run();
+    let rows = report.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let changed = rows
+        .iter()
+        .find(|row| row["instance_id"] == "ins-aaaaaaa1")
+        .unwrap();
+    assert_eq!(changed["status"], "failed", "{changed}");
+    assert_eq!(changed["error_code"], "KeyFleet.NotPlanned", "{changed}");
+    // `resume` again sends nothing either: the job is final.
+    let (_, _, stderr) = r.run(&["resume", "--progress", "none"], LIMIT).await;
+    let again = r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == "DisassociateInstancesKeyPairs")
+        .count();
+    assert_eq!(again, 1, "{stderr}");
+}
+
+/// ForceStop alone set on a job of a run planned without `--force-stop` is refused
+/// the same way: a RUNNING instance is not stopped because a row says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_stop_a_run_was_not_planned_with_is_not_sent() {
+    use keyfleet::sim::InstanceState;
+    let fleet = Fleet::new().with(
+        Instance::new("ins-aaaaaaa1", GZ)
+            .state(InstanceState::Running)
+            .keys(["skey-aaaaaaa1", "skey-aaaaaaa2"]),
+    );
+    let config = SimConfig {
+        rate: 0,
+        settle_after: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let r = Rehearsal::start(config, fleet).await;
+    let rows = [(
+        "ins-aaaaaaa1".to_string(),
+        "skey-aaaaaaa1".to_string(),
+        GZ.to_string(),
+    )];
+    let input = r.input("c.csv", &rows);
+    let (code, _, stderr) = r.run(&["plan", input.to_str().unwrap()], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let store = r.store().await;
+    sqlx::query("UPDATE jobs SET force_stop = 1")
+        .execute(store.pool_for_tests())
+        .await
+        .unwrap();
+    store.close().await;
+    let (code, _, stderr) = r.run(&["resume", "--progress", "none"], LIMIT).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        r.sim
+            .journal()
+            .iter()
+            .filter(|e| e.action == "DisassociateInstancesKeyPairs")
+            .count(),
+        0,
+        "nothing sent: {stderr}"
+    );
+    let instance = r.sim.fleet().instance("ins-aaaaaaa1").unwrap().clone();
+    assert_eq!(instance.state, InstanceState::Running);
+    assert_eq!(instance.key_ids, ["skey-aaaaaaa1", "skey-aaaaaaa2"]);
+}
