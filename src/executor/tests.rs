@@ -552,14 +552,9 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
     assert_eq!(lost, 1, "the attempt the panic left open was resent");
 }
 
-/// A run whose pairs have items but no jobs yet (the jobs come from a `JobWriter`).
-async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>) {
-    let (run_id, ids, _) = seed_rotation_items(store, pairs, &[]).await;
-    (run_id, ids)
-}
-
-/// [`seed_items`] plus bind items (a rotation's new keys): a key-pair job is sent
-/// only for pairs its items hold (`KeyFleet.NotPlanned`), binds included.
+/// A run whose unbind `pairs` and `binds` (a rotation's new keys) have items but no
+/// jobs yet (the jobs come from a `JobWriter`): a key-pair job is sent only for
+/// pairs its items hold (`KeyFleet.NotPlanned`), binds included.
 async fn seed_rotation_items(
     store: &Store,
     pairs: &[(String, String)],
