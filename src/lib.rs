@@ -35,7 +35,9 @@
 //!   rotation or a `--keep-one-key` run (an Associate's confirmation, the unbind jobs a
 //!   confirmation releases, the skips a failed bind causes), and `retry` for them;
 //!   `store::pacer` the shared send slots (one row per limiter key, `synchronous=NORMAL`);
-//!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
+//!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes),
+//!   the `-migrate.lock` file included; a key-pair job whose ids are not its planned pairs
+//!   fails `KeyFleet.NotPlanned` unsent, in the transaction that would start it (`store::queue`).
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
@@ -49,11 +51,14 @@
 //!   implementation and its row in `executor::action::job_action`, any action-specific
 //!   codes in `taxonomy::ACTION_CODES`.
 //! - [`discover`]: from key ids to plan input: DescribeKeyPairs, DescribeRegions and
-//!   DescribeInstances pages through the executor's `Api` and `Limiter`.
+//!   DescribeInstances pages through the executor's `Api` and `Limiter`; a region is
+//!   complete only when its pages agree with `TotalCount` (else walked again, then
+//!   INCOMPLETE), and holders DescribeKeyPairs names that no walk listed are looked up by id.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
-//!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
+//!   with header/body timeouts, a connection cap and a bounded journal; `sim::churn` changes
+//!   the fleet while it is listed (seeded, counted in pages); `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
