@@ -250,7 +250,9 @@ pub async fn discover<A: Api>(
             .collect();
         for region in regions {
             let (instances, requests) = sender.lookup(&region, &missed).await;
-            let walked = scans.get_mut(&region).expect("a region walked");
+            let Some(walked) = scans.get_mut(&region) else {
+                continue;
+            };
             walked.scan.pages += requests;
             for instance in instances {
                 if located.insert(instance.instance_id.clone()) {
