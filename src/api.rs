@@ -347,8 +347,9 @@ pub fn check_transport_resolved(
     insecure_http: bool,
     rules: &[resolve::ResolveRule],
 ) -> Result<Transport, ClientError> {
-    let loopback =
-        is_loopback(url) || resolve::is_loopback_host(url.host_str().unwrap_or_default(), rules);
+    // Judged on where the connection goes: a `--resolve` rule covering the host
+    // decides, even for `localhost` (the audit's L1).
+    let loopback = resolve::is_loopback_host(url.host_str().unwrap_or_default(), rules);
     match url.scheme() {
         "https" => Ok(Transport::Tls),
         "http" if loopback => Ok(Transport::LoopbackHttp),
@@ -1125,15 +1126,6 @@ fn parse_endpoint(endpoint: &str) -> Result<(Url, String), ClientError> {
         None => host.to_string(),
     };
     Ok((url, host_header))
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `keyfleet/<version>`, sent as `X-TC-RequestClient` and `User-Agent`.

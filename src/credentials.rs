@@ -96,6 +96,18 @@ pub enum CredentialsError {
         present: &'static str,
         missing: &'static str,
     },
+    /// `TENCENTCLOUD_TOKEN` is set without the SecretId and SecretKey it belongs to:
+    /// a session token is issued with a temporary key pair and means nothing alone.
+    #[error(
+        "{token} is set but {id} and {key} are not: a session token works only with the \
+         temporary SecretId and SecretKey issued with it; set all three, or unset {token} \
+         to use a profile or file"
+    )]
+    TokenWithoutKeys {
+        token: &'static str,
+        id: &'static str,
+        key: &'static str,
+    },
     /// A profile was named (by `--profile` or `TCCLI_PROFILE`) and has no credential file.
     #[error("tccli profile {profile:?} was asked for, but {} does not exist", path.display())]
     ProfileNotFound { profile: String, path: PathBuf },
@@ -193,6 +205,15 @@ pub fn resolve_credentials_from(
             return Err(CredentialsError::HalfSetEnvironment {
                 present: ENV_SECRET_KEY,
                 missing: ENV_SECRET_ID,
+            });
+        }
+        // A token alone would otherwise be dropped and the request signed with a
+        // profile's long-term key: another identity than the one the user set up.
+        (None, None) if var(ENV_TOKEN).is_some() => {
+            return Err(CredentialsError::TokenWithoutKeys {
+                token: ENV_TOKEN,
+                id: ENV_SECRET_ID,
+                key: ENV_SECRET_KEY,
             });
         }
         (None, None) => looked.push(format!(
@@ -373,14 +394,21 @@ fn tccli_fields(
             Some(_) => Err(malformed(path, format!("{name} is not a string"))),
         }
     };
-    let secret_id =
-        field("secretId")?.ok_or_else(|| malformed(path, "secretId is missing or empty"))?;
-    let secret_key =
-        field("secretKey")?.ok_or_else(|| malformed(path, "secretKey is missing or empty"))?;
+    let token = field("token")?;
+    let missing = |name: &str| {
+        let also = if token.is_some() {
+            " (a token works only with the temporary secretId and secretKey issued with it)"
+        } else {
+            ""
+        };
+        malformed(path, format!("{name} is missing or empty{also}"))
+    };
+    let secret_id = field("secretId")?.ok_or_else(|| missing("secretId"))?;
+    let secret_key = field("secretKey")?.ok_or_else(|| missing("secretKey"))?;
     Ok(Credentials {
         secret_id,
         secret_key: Secret::new(secret_key),
-        token: field("token")?.map(Secret::new),
+        token: token.map(Secret::new),
         source: format!("tccli profile {profile} ({})", path.display()),
     })
 }
@@ -646,6 +674,47 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains(KEY));
+    }
+
+    /// The audit's L3: a token alone was dropped without a word and the request
+    /// signed with the profile's long-term key. Now it is an error that says so, and
+    /// a profile's token without its key pair names the token too.
+    #[test]
+    fn a_token_without_its_key_pair_is_an_error_not_a_fall_through() {
+        let dirs = Dirs::new();
+        dirs.write_home(".tccli/default.credential", &tccli_json("AKIDlongterm"));
+        let err = dirs.resolve(&[(ENV_TOKEN, TOKEN)], None).unwrap_err();
+        assert_eq!(
+            err,
+            CredentialsError::TokenWithoutKeys {
+                token: ENV_TOKEN,
+                id: ENV_SECRET_ID,
+                key: ENV_SECRET_KEY
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("TENCENTCLOUD_TOKEN is set but TENCENTCLOUD_SECRET_ID"),
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN), "{text}");
+        // Whitespace only counts as unset, as for the other variables.
+        assert_eq!(
+            dirs.resolve(&[(ENV_TOKEN, "  ")], None).unwrap().secret_id,
+            "AKIDlongterm"
+        );
+
+        let profile = Dirs::new();
+        profile.write_home(
+            ".tccli/default.credential",
+            &format!(r#"{{"token": "{TOKEN}"}}"#),
+        );
+        let err = profile.resolve(&[], None).unwrap_err().to_string();
+        assert!(
+            err.contains("secretId is missing or empty (a token works only with"),
+            "{err}"
+        );
+        assert!(!err.contains(TOKEN), "{err}");
     }
 
     #[cfg(unix)]

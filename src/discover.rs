@@ -11,7 +11,16 @@
 //!
 //! Pages after the first of a region are sent side by side once its `TotalCount`
 //! is known, so a region is walked at the full rate: ceil(N / 100) requests for N
-//! instances, no more.
+//! instances, no more, when the fleet holds still.
+//!
+//! A walk is complete only when every page reported the same `TotalCount` and the
+//! distinct instances seen equal it: an instance created or terminated mid-walk (Auto
+//! Scaling does this all day) shifts the offsets, and one at a page boundary would be
+//! skipped. Otherwise the region is walked again, up to [`MAX_WALKS`] times, and then
+//! reported INCOMPLETE. Independently, every instance that `DescribeKeyPairs` names
+//! (`AssociatedInstanceIds`, asked before and after the walks) and no walk listed is
+//! looked up by id in every region walked; one found nowhere is reported, and the
+//! discovery is incomplete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,6 +41,13 @@ use crate::taxonomy::{ErrorClass, classify};
 pub const PAGE_LIMIT: u64 = ids::MAX_IDS_PER_REQUEST as u64;
 /// Pages of one region in flight at once.
 const PAGES_IN_FLIGHT: usize = 16;
+/// Walks of one region before it is reported INCOMPLETE because the listing kept
+/// changing under it.
+pub const MAX_WALKS: u32 = 3;
+/// The code of a region whose listing changed during each of its walks.
+pub const FLEET_CHANGED: &str = "KeyFleet.FleetChanged";
+/// The code of a region `DescribeRegions` listed under a name that is not a region name.
+pub const MALFORMED_REGION: &str = "KeyFleet.MalformedRegion";
 
 /// What to look for, and where.
 #[derive(Debug, Clone)]
@@ -73,13 +89,27 @@ impl Found {
 /// What was seen of one region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionScan {
+    /// As `--regions` or `DescribeRegions` gave it: escape it before showing it.
     pub region: String,
-    /// Instances listed.
+    /// Instances listed (by the last walk), plus those found by id.
     pub scanned: u64,
-    /// Pages (requests that succeeded).
+    /// DescribeInstances requests answered for this region, every walk and lookup.
     pub pages: u64,
+    /// Walks of the region's pages (more than 1 when the listing changed meanwhile).
+    pub walks: u32,
+    /// Instances `DescribeKeyPairs` named that the walks missed and a lookup by id
+    /// found here.
+    pub looked_up: u64,
     /// Why the region could not be walked to the end (code, message).
     pub failed: Option<(String, String)>,
+}
+
+/// An instance `DescribeKeyPairs` says holds a key, found in none of the regions
+/// walked (not even by id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Unlocated {
+    pub instance_id: String,
+    pub key_id: String,
 }
 
 /// The result: matches sorted by (region, instance, key), and every region's scan.
@@ -87,14 +117,17 @@ pub struct RegionScan {
 pub struct Discovery {
     pub found: Vec<Found>,
     pub regions: Vec<RegionScan>,
+    /// Holders `DescribeKeyPairs` named that are in none of the regions walked.
+    pub unlocated: Vec<Unlocated>,
     /// DescribeInstances requests that got an answer, all regions.
     pub requests: u64,
 }
 
 impl Discovery {
-    /// True when some region could not be walked: the list may lack instances.
+    /// True when the list may lack a holder: some region could not be walked
+    /// completely, or some instance named as a holder was found in no region walked.
     pub fn is_incomplete(&self) -> bool {
-        self.regions.iter().any(|r| r.failed.is_some())
+        self.regions.iter().any(|r| r.failed.is_some()) || !self.unlocated.is_empty()
     }
 }
 
@@ -137,7 +170,7 @@ pub async fn discover<A: Api>(
         options: options.clone(),
         turns: std::sync::Mutex::new(BTreeMap::new()),
     };
-    sender.check_keys(&keys).await?;
+    let mut holders = sender.check_keys(&keys).await?;
     let regions = match &options.regions {
         Some(regions) => {
             for region in regions {
@@ -161,35 +194,196 @@ pub async fn discover<A: Api>(
         None => sender.regions().await?,
     };
     let sender = Arc::new(sender);
-    let keys = Arc::new(keys);
     let mut walks = JoinSet::new();
+    let mut scans: BTreeMap<String, Walked> = BTreeMap::new();
     for region in regions {
-        let (sender, keys) = (sender.clone(), keys.clone());
-        walks.spawn(async move { sender.walk(region, &keys).await });
+        if !ids::is_region(&region) {
+            // Never put into a URL or walked; shown (escaped) as a region not walked.
+            scans.insert(
+                region.clone(),
+                Walked::failed(
+                    &region,
+                    MALFORMED_REGION,
+                    "DescribeRegions listed this name, which is not a region name: not walked",
+                ),
+            );
+            continue;
+        }
+        let sender = sender.clone();
+        walks.spawn(async move { sender.walk(region).await });
     }
-    let mut discovery = Discovery::default();
     while let Some(walk) = walks.join_next().await {
         // A walk task cannot panic short of a bug; its region then counts as failed.
-        let (scan, found, requests) = walk.unwrap_or_else(|e| {
-            (
-                RegionScan {
-                    region: "?".into(),
-                    scanned: 0,
-                    pages: 0,
-                    failed: Some(("Keyfleet.Internal".into(), e.to_string())),
-                },
-                Vec::new(),
-                0,
-            )
-        });
-        discovery.found.extend(found);
-        discovery.regions.push(scan);
-        discovery.requests += requests;
+        let walked =
+            walk.unwrap_or_else(|e| Walked::failed("?", "KeyFleet.Internal", &e.to_string()));
+        scans.insert(walked.scan.region.clone(), walked);
+    }
+    // Asked again: holders bound or launched while the walks ran are named now. A
+    // holder named before and not now (terminated, or its key removed meanwhile) is
+    // still looked up, but only one named now counts as missing when found nowhere.
+    let current = match sender.key_holders(&keys).await {
+        Ok(after) => {
+            for (instance, held) in &after {
+                holders
+                    .entry(instance.clone())
+                    .or_default()
+                    .extend(held.iter().cloned());
+            }
+            after
+        }
+        Err(refused) => {
+            tracing::warn!(code = %refused.code, "DescribeKeyPairs after the walks refused");
+            holders.clone()
+        }
+    };
+    let missed: Vec<String> = holders
+        .keys()
+        .filter(|id| !scans.values().any(|w| w.instances.contains_key(*id)))
+        .cloned()
+        .collect();
+    let mut located: BTreeSet<String> = BTreeSet::new();
+    if !missed.is_empty() {
+        let regions: Vec<String> = scans
+            .keys()
+            .filter(|r| ids::is_region(r) && *r != "?")
+            .cloned()
+            .collect();
+        for region in regions {
+            let (instances, requests) = sender.lookup(&region, &missed).await;
+            let Some(walked) = scans.get_mut(&region) else {
+                continue;
+            };
+            walked.scan.pages += requests;
+            for instance in instances {
+                if located.insert(instance.instance_id.clone()) {
+                    walked.scan.looked_up += 1;
+                    walked
+                        .instances
+                        .insert(instance.instance_id.clone(), instance);
+                }
+            }
+        }
+    }
+    let mut discovery = Discovery::default();
+    for instance_id in missed.iter().filter(|id| !located.contains(*id)) {
+        let Some(held) = current.get(instance_id) else {
+            continue;
+        };
+        for key_id in held {
+            discovery.unlocated.push(Unlocated {
+                instance_id: instance_id.clone(),
+                key_id: key_id.clone(),
+            });
+        }
+    }
+    for (_, mut walked) in scans {
+        walked.scan.scanned = walked.instances.len() as u64;
+        discovery
+            .found
+            .extend(matches(&walked.scan.region, &walked.instances, &keys));
+        discovery.requests += walked.scan.pages;
+        discovery.regions.push(walked.scan);
     }
     discovery.found.sort();
     discovery.found.dedup();
+    discovery.unlocated.sort();
     discovery.regions.sort_by(|a, b| a.region.cmp(&b.region));
     Ok(discovery)
+}
+
+/// Every (instance, key) of `keys` that `instances` of `region` hold.
+fn matches(
+    region: &str,
+    instances: &BTreeMap<String, InstanceInfo>,
+    keys: &[String],
+) -> Vec<Found> {
+    let mut found = Vec::new();
+    for instance in instances.values() {
+        let held: Vec<&String> = keys
+            .iter()
+            .filter(|k| instance.key_ids.contains(k))
+            .collect();
+        let keys_after = instance.key_ids.len() - held.len();
+        for key in held {
+            found.push(Found {
+                region: region.to_string(),
+                instance_id: instance.instance_id.clone(),
+                key_id: key.clone(),
+                instance_state: instance.instance_state.clone(),
+                os_name: instance.os_name.clone(),
+                keys_after,
+            });
+        }
+    }
+    found
+}
+
+/// One region's scan and the instances it listed, by id.
+struct Walked {
+    scan: RegionScan,
+    instances: BTreeMap<String, InstanceInfo>,
+}
+
+impl Walked {
+    fn failed(region: &str, code: &str, message: &str) -> Walked {
+        Walked {
+            scan: RegionScan {
+                region: region.to_string(),
+                scanned: 0,
+                pages: 0,
+                walks: 0,
+                looked_up: 0,
+                failed: Some((code.to_string(), message.to_string())),
+            },
+            instances: BTreeMap::new(),
+        }
+    }
+}
+
+/// One walk of a region's pages.
+#[derive(Default)]
+struct Pass {
+    instances: BTreeMap<String, InstanceInfo>,
+    pages: u64,
+    /// Every `TotalCount` the pages reported (`None`: a page without one).
+    totals: BTreeSet<Option<u64>>,
+    failed: Option<(String, String)>,
+}
+
+impl Pass {
+    fn take(&mut self, page: api::InstancePage) {
+        self.pages += 1;
+        self.totals.insert(page.total_count);
+        for instance in page.instances {
+            self.instances
+                .entry(instance.instance_id.clone())
+                .or_insert(instance);
+        }
+    }
+
+    /// Complete: every page reported one `TotalCount`, and it is the number of
+    /// distinct instances listed. `Err` says what did not add up.
+    fn check(&self) -> Result<(), String> {
+        let seen = self.instances.len() as u64;
+        match self.totals.iter().collect::<Vec<_>>()[..] {
+            [Some(total)] if *total == seen => Ok(()),
+            [Some(total)] => Err(format!(
+                "TotalCount {total} but {seen} distinct instances listed"
+            )),
+            _ if self.totals.contains(&None) => {
+                Err("a page gave no TotalCount, so the listing cannot be checked".to_string())
+            }
+            _ => Err(format!(
+                "the pages reported TotalCount {}; {seen} distinct instances listed",
+                self.totals
+                    .iter()
+                    .flatten()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
 }
 
 /// Sends discovery's requests: paced, retried, classified.
@@ -267,8 +461,10 @@ impl<A: Api> Sender<A> {
         }
     }
 
-    /// Every key exists (DescribeKeyPairs names the ones that do not).
-    async fn check_keys(&self, keys: &[String]) -> Result<(), DiscoverError> {
+    /// Every key exists (DescribeKeyPairs names the ones that do not); returns the
+    /// instances it names as holders (`AssociatedInstanceIds`) and their keys.
+    async fn check_keys(&self, keys: &[String]) -> Result<Holders, DiscoverError> {
+        let mut holders = Holders::new();
         for chunk in keys.chunks(ids::MAX_IDS_PER_REQUEST) {
             let call = Call {
                 action: Action::DescribeKeyPairs,
@@ -293,6 +489,7 @@ impl<A: Api> Sender<A> {
                             code: "not listed by DescribeKeyPairs".into(),
                         });
                     }
+                    add_holders(&mut holders, chunk, listed);
                 }
                 Err(refused) if refused.code.starts_with("InvalidKeyPairId.") => {
                     return Err(DiscoverError::UnknownKey {
@@ -303,7 +500,57 @@ impl<A: Api> Sender<A> {
                 Err(refused) => return Err(Self::refused(Action::DescribeKeyPairs, refused)),
             }
         }
-        Ok(())
+        Ok(holders)
+    }
+
+    /// The holders `DescribeKeyPairs` names now (asked again after the walks, for
+    /// instances bound or launched meanwhile).
+    async fn key_holders(&self, keys: &[String]) -> Result<Holders, Refused> {
+        let mut holders = Holders::new();
+        for chunk in keys.chunks(ids::MAX_IDS_PER_REQUEST) {
+            let call = Call {
+                action: Action::DescribeKeyPairs,
+                region: self.options.home_region.clone(),
+                body: json!({ "KeyIds": chunk, "Limit": ids::MAX_IDS_PER_REQUEST }),
+            };
+            let reply = self.send(call).await?;
+            let listed = api::parse_key_pairs(&reply.response, &reply.request_id)?;
+            add_holders(&mut holders, chunk, listed);
+        }
+        Ok(holders)
+    }
+
+    /// `ids` looked up in `region` by id, 100 at a time; returns those found there
+    /// and the requests answered. A refused lookup leaves its ids unfound.
+    async fn lookup(&self, region: &str, wanted: &[String]) -> (Vec<InstanceInfo>, u64) {
+        let (mut found, mut requests) = (Vec::new(), 0);
+        for chunk in wanted.chunks(ids::MAX_IDS_PER_REQUEST) {
+            let call = Call {
+                action: Action::DescribeInstances,
+                region: region.to_string(),
+                body: json!({ "InstanceIds": chunk, "Limit": PAGE_LIMIT }),
+            };
+            let page = match self.send(call).await {
+                Ok(reply) => {
+                    requests += 1;
+                    api::parse_instance_page(&reply.response, &reply.request_id, 0, PAGE_LIMIT)
+                }
+                Err(refused) => {
+                    tracing::warn!(%region, code = %refused.code, "lookup by instance id refused");
+                    continue;
+                }
+            };
+            match page {
+                // Only the ids asked for: a reply cannot add instances of its own.
+                Ok(page) => found.extend(
+                    page.instances
+                        .into_iter()
+                        .filter(|i| chunk.contains(&i.instance_id)),
+                ),
+                Err(e) => tracing::warn!(%region, error = %e, "unreadable lookup reply"),
+            }
+        }
+        (found, requests)
     }
 
     /// The regions `DescribeRegions` lists as available.
@@ -337,95 +584,122 @@ impl<A: Api> Sender<A> {
             .map_err(Refused::from)
     }
 
-    /// Walks one region; returns its scan, its matches and the requests answered.
-    async fn walk(
-        self: Arc<Self>,
-        region: String,
-        keys: &[String],
-    ) -> (RegionScan, Vec<Found>, u64) {
+    /// Walks one region until a walk is complete (see [`Pass::check`]) or
+    /// [`MAX_WALKS`] walks found the listing changing; returns its scan and instances.
+    async fn walk(self: Arc<Self>, region: String) -> Walked {
         let mut scan = RegionScan {
             region: region.clone(),
             scanned: 0,
             pages: 0,
+            walks: 0,
+            looked_up: 0,
             failed: None,
         };
-        let mut instances: BTreeMap<String, InstanceInfo> = BTreeMap::new();
-        let mut take = |page: api::InstancePage, scan: &mut RegionScan| {
-            scan.pages += 1;
-            for instance in page.instances {
-                instances
-                    .entry(instance.instance_id.clone())
-                    .or_insert(instance);
+        let mut instances = BTreeMap::new();
+        for walk in 1..=MAX_WALKS {
+            let pass = self.clone().walk_once(&region).await;
+            scan.walks = walk;
+            scan.pages += pass.pages;
+            let checked = pass.check();
+            // Without a TotalCount no walk can be checked: walking again cannot help.
+            let last = walk == MAX_WALKS || pass.totals.contains(&None);
+            // Whatever was listed is kept (an incomplete walk still found these).
+            instances = pass.instances;
+            if let Some(failed) = pass.failed {
+                scan.failed = Some(failed);
+                break;
+            }
+            match checked {
+                Ok(()) => break,
+                Err(why) if last => {
+                    scan.failed = Some((
+                        FLEET_CHANGED.to_string(),
+                        format!("the listing did not add up in {walk} walk(s): {why}"),
+                    ));
+                    break;
+                }
+                Err(why) => {
+                    tracing::info!(%region, walk, %why, "the listing changed during the walk: walking again");
+                }
+            }
+        }
+        Walked { scan, instances }
+    }
+
+    /// One walk of a region's pages: the first, then the rest side by side.
+    async fn walk_once(self: Arc<Self>, region: &str) -> Pass {
+        let mut pass = Pass::default();
+        let first = match self.page(region, 0).await {
+            Ok(first) => first,
+            Err(refused) => {
+                pass.failed = Some((refused.code, refused.message));
+                return pass;
             }
         };
-        match self.page(&region, 0).await {
-            Err(refused) => scan.failed = Some((refused.code, refused.message)),
-            Ok(first) => {
-                let total = first.total_count;
-                let mut next = first.next_offset;
-                take(first, &mut scan);
-                if let Some(total) = total {
-                    // Every later page at the limiter's pace, PAGES_IN_FLIGHT at a time
-                    // (a new one leaves as soon as one returns: no pause between waves).
-                    let mut offsets = (1..total.div_ceil(PAGE_LIMIT)).map(|p| p * PAGE_LIMIT);
-                    let mut pages = JoinSet::new();
-                    loop {
-                        while scan.failed.is_none() && pages.len() < PAGES_IN_FLIGHT {
-                            let Some(offset) = offsets.next() else { break };
-                            let (sender, region) = (self.clone(), region.clone());
-                            pages.spawn(async move { sender.page(&region, offset).await });
-                        }
-                        let Some(page) = pages.join_next().await else {
-                            break;
-                        };
-                        match page {
-                            Ok(Ok(page)) => take(page, &mut scan),
-                            Ok(Err(refused)) => {
-                                scan.failed.get_or_insert((refused.code, refused.message));
-                            }
-                            Err(e) => {
-                                scan.failed
-                                    .get_or_insert(("Keyfleet.Internal".into(), e.to_string()));
-                            }
-                        }
+        let total = first.total_count;
+        let mut next = first.next_offset;
+        pass.take(first);
+        if let Some(total) = total {
+            // Every later page at the limiter's pace, PAGES_IN_FLIGHT at a time
+            // (a new one leaves as soon as one returns: no pause between waves).
+            let mut offsets = (1..total.div_ceil(PAGE_LIMIT)).map(|p| p * PAGE_LIMIT);
+            let mut pages = JoinSet::new();
+            loop {
+                while pass.failed.is_none() && pages.len() < PAGES_IN_FLIGHT {
+                    let Some(offset) = offsets.next() else { break };
+                    let (sender, region) = (self.clone(), region.to_string());
+                    pages.spawn(async move { sender.page(&region, offset).await });
+                }
+                let Some(page) = pages.join_next().await else {
+                    break;
+                };
+                match page {
+                    Ok(Ok(page)) => pass.take(page),
+                    Ok(Err(refused)) => {
+                        pass.failed.get_or_insert((refused.code, refused.message));
                     }
-                } else {
-                    // No total: follow the pages one after another.
-                    while let Some(offset) = next {
-                        match self.page(&region, offset).await {
-                            Ok(page) => {
-                                next = page.next_offset;
-                                take(page, &mut scan);
-                            }
-                            Err(refused) => {
-                                scan.failed = Some((refused.code, refused.message));
-                                break;
-                            }
-                        }
+                    Err(e) => {
+                        pass.failed
+                            .get_or_insert(("KeyFleet.Internal".into(), e.to_string()));
+                    }
+                }
+            }
+        } else {
+            // No total: follow the pages one after another.
+            while let Some(offset) = next {
+                match self.page(region, offset).await {
+                    Ok(page) => {
+                        next = page.next_offset;
+                        pass.take(page);
+                    }
+                    Err(refused) => {
+                        pass.failed = Some((refused.code, refused.message));
+                        break;
                     }
                 }
             }
         }
-        scan.scanned = instances.len() as u64;
-        let requests = scan.pages;
-        let mut found = Vec::new();
-        for instance in instances.values() {
-            let held: Vec<&String> = keys
-                .iter()
-                .filter(|k| instance.key_ids.contains(k))
-                .collect();
-            let keys_after = instance.key_ids.len() - held.len();
-            for key in held {
-                found.push(Found {
-                    region: region.clone(),
-                    instance_id: instance.instance_id.clone(),
-                    key_id: key.clone(),
-                    instance_state: instance.instance_state.clone(),
-                    os_name: instance.os_name.clone(),
-                    keys_after,
-                });
+        pass
+    }
+}
+
+/// Instance id -> the looked-for keys `DescribeKeyPairs` says it holds.
+type Holders = BTreeMap<String, BTreeSet<String>>;
+
+/// Adds what `listed` names for the keys of `asked` (a reply cannot add other keys).
+fn add_holders(holders: &mut Holders, asked: &[String], listed: Vec<api::KeyPairInfo>) {
+    for pair in listed {
+        if !asked.contains(&pair.key_id) {
+            continue;
+        }
+        for instance in pair.associated_instance_ids {
+            // A malformed id is never sent back in a lookup.
+            if ids::is_instance_id(&instance) {
+                holders
+                    .entry(instance)
+                    .or_default()
+                    .insert(pair.key_id.clone());
             }
         }
-        (scan, found, requests)
     }
 }

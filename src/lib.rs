@@ -44,8 +44,10 @@
 //!   transaction each); `store::verify` verification rounds and their counts;
 //!   `store::power` a live run's power rows, admission, its preparation and counts;
 //!   `store::pacer` the shared send slots; before SQLite opens a file, `store/guard.rs`
-//!   checks it is the user's own (ssh's StrictModes). The store imports nothing from the
-//!   planner, the executor, discovery or the binary.
+//!   checks it is the user's own (ssh's StrictModes), the `-migrate.lock` file included;
+//!   a key-pair job whose ids are not its planned pairs fails `KeyFleet.NotPlanned`
+//!   unsent, in the transaction that would start it (`store::queue`). The store imports
+//!   nothing from the planner, the executor, discovery or the binary.
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
@@ -64,13 +66,16 @@
 //!   cloud reported FAILED, verify again (`Lifecycle::run_to_verified`), a live run's
 //!   preparation and drain on interrupt, `retry`; progress through an `Observer`.
 //! - [`discover`]: from key ids to plan input: DescribeKeyPairs, DescribeRegions and
-//!   DescribeInstances pages through the executor's `Api` and `Limiter`.
+//!   DescribeInstances pages through the executor's `Api` and `Limiter`; a region is
+//!   complete only when its pages agree with `TotalCount` (else walked again, then
+//!   INCOMPLETE), and holders DescribeKeyPairs names that no walk listed are looked up by id.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
 //!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
-//!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
+//!   with header/body timeouts, a connection cap and a bounded journal; `sim::churn` changes
+//!   the fleet while it is listed (seeded, counted in pages); `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied, and
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
 //!   final power states, budget use.

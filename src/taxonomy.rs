@@ -102,6 +102,13 @@ impl Classification {
     }
 }
 
+/// The code keyfleet records, never the API, for a key-pair job whose `InstanceIds` x
+/// `KeyIds` names a pair that is not one of its planned pairs (a job row changed
+/// after planning). Such a job is never sent; it fails as an isolated pair does
+/// (its pairs are `failed`, the run goes on): the rest of the plan is still the
+/// operator's, and `resume` must not send the changed row either.
+pub const NOT_PLANNED: &str = "KeyFleet.NotPlanned";
+
 /// The code keyfleet records for a transport failure; every `Transport.*` code is `Retry`.
 pub const TRANSPORT_PREFIX: &str = "Transport.";
 

@@ -101,14 +101,21 @@ pub fn lookup(rules: &[ResolveRule], host: &str) -> Option<SocketAddr> {
         .map(ResolveRule::addr)
 }
 
-/// True when `host` (a URL's host, `[v6]` brackets allowed) is a loopback address, is
-/// `localhost`, or is connected by one of `rules` to a loopback address. For checks such
-/// as "plain http only to loopback": with `--resolve`, a name sent to 127.0.0.1 is local.
+/// True when what keyfleet connects to for `host` (a URL's host, `[v6]` brackets
+/// allowed) is a loopback address: an address literal by itself; a name covered by one
+/// of `rules` by that rule's address alone (the connection goes there, so
+/// `localhost=10.0.0.1` is not local); any other name only if it is `localhost`. For
+/// checks such as "plain http only to loopback".
 pub fn is_loopback_host(host: &str, rules: &[ResolveRule]) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        || lookup(rules, bare).is_some_and(|addr| addr.ip().is_loopback())
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        // An address is connected to as written: no rule applies to it.
+        return ip.is_loopback();
+    }
+    match lookup(rules, bare) {
+        Some(addr) => addr.ip().is_loopback(),
+        None => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 fn parse_addr(text: &str) -> Option<SocketAddr> {
@@ -240,5 +247,21 @@ mod tests {
         ] {
             assert!(!is_loopback_host(host, &rules), "{host}");
         }
+    }
+
+    /// The audit's L1: `localhost` was local by name even when a rule sent it elsewhere.
+    /// A covered name is judged by its rule's address only; an address literal, which
+    /// the resolver never sees, by itself.
+    #[test]
+    fn a_rule_decides_for_the_name_it_covers_even_localhost() {
+        let away = [rule("localhost=0.0.0.0:18084"), rule("*.test=192.0.2.1")];
+        for host in ["localhost", "LOCALHOST.", "x.test"] {
+            assert!(!is_loopback_host(host, &away), "{host}");
+        }
+        assert!(is_loopback_host("127.0.0.1", &away));
+        assert!(is_loopback_host("[::1]", &away));
+        let here = [rule("localhost=127.0.0.1:9000")];
+        assert!(is_loopback_host("localhost", &here));
+        assert!(is_loopback_host("localhost", &[]));
     }
 }

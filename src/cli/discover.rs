@@ -50,7 +50,8 @@ pub struct Args {
     exec: ExecFlags,
 }
 
-/// Exit code when some region could not be walked: the output may lack instances.
+/// Exit code when some region could not be walked completely, or a holder
+/// DescribeKeyPairs names was found nowhere: the output may lack instances.
 pub const INCOMPLETE: u8 = exit::FAILED;
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
@@ -210,26 +211,55 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
             .iter()
             .filter(|f| f.region == scan.region)
             .count();
+        // Region names come from DescribeRegions: escaped like any server text.
+        let region = escape(&scan.region);
+        let mut extra = String::new();
+        if scan.walks > 1 {
+            extra.push_str(&format!(
+                " (walked {} times: the listing changed meanwhile)",
+                scan.walks
+            ));
+        }
+        if scan.looked_up > 0 {
+            extra.push_str(&format!(
+                "; {} instances DescribeKeyPairs named were missed by the walk and found by id",
+                scan.looked_up
+            ));
+        }
         match &scan.failed {
             None => eprintln!(
-                "{}: {} instances scanned in {} requests, {} matching pairs",
-                scan.region, scan.scanned, scan.pages, matches
+                "{region}: {} instances scanned in {} requests, {matches} matching pairs{extra}",
+                scan.scanned, scan.pages
             ),
             Some((code, message)) => eprintln!(
-                "{}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",
-                scan.region,
+                "{region}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",
                 scan.scanned,
                 escape(code),
                 escape(message)
             ),
         }
     }
+    for missing in &discovery.unlocated {
+        eprintln!(
+            "INCOMPLETE: DescribeKeyPairs says {} is bound to {}, which is in none of the regions scanned \
+             (not listed, not found by id): walk its region, or check it in the console",
+            escape(&missing.key_id),
+            escape(&missing.instance_id)
+        );
+    }
     let found = &discovery.found;
     if found.is_empty() {
-        eprintln!(
-            "no instance holds {} in the regions scanned",
-            keys.join(", ")
-        );
+        if discovery.is_incomplete() {
+            eprintln!(
+                "no instance found holding {}, but the discovery is INCOMPLETE (above)",
+                keys.join(", ")
+            );
+        } else {
+            eprintln!(
+                "no instance holds {} in the regions scanned",
+                keys.join(", ")
+            );
+        }
         return;
     }
     let instances = |pred: &dyn Fn(&Found) -> bool| {

@@ -124,6 +124,14 @@ pub struct Args {
     /// (80% RUNNING over three zones of ap-guangzhou, tagged with a service).
     #[arg(long, value_enum, default_value_t = MixName::Default, conflicts_with = "fleet")]
     mix: MixName,
+    /// Change the fleet while it is listed, as Auto Scaling does: before every Nth
+    /// DescribeInstances listing page of a region, create an instance there (with
+    /// another's keys) or terminate one, on a schedule seeded by --seed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    churn_every: Option<u32>,
+    /// Stop changing the fleet after this many changes (with --churn-every).
+    #[arg(long, value_name = "N", requires = "churn_every")]
+    churn_limit: Option<u32>,
     /// Write the starting fleet to FILE (to build input rows from a generated fleet).
     #[arg(long, value_name = "FILE")]
     write_fleet: Option<PathBuf>,
@@ -297,6 +305,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             start_fail: args.fault_start_fail,
             start_error: args.fault_start_error,
         },
+        churn: args.churn_every.map(|every| sim::Churn {
+            every,
+            limit: args.churn_limit,
+        }),
     };
     let instances = fleet.instances().len();
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -552,20 +552,32 @@ async fn a_panicking_request_task_stops_the_run_and_resume_completes() {
     assert_eq!(lost, 1, "the attempt the panic left open was resent");
 }
 
-/// A run whose pairs have items but no jobs yet (the jobs come from a `JobWriter`).
-async fn seed_items(store: &Store, pairs: &[(String, String)]) -> (i64, Vec<i64>) {
+/// A run whose unbind `pairs` and `binds` (a rotation's new keys) have items but no
+/// jobs yet (the jobs come from a `JobWriter`): a key-pair job is sent only for
+/// pairs its items hold (`KeyFleet.NotPlanned`), binds included.
+async fn seed_rotation_items(
+    store: &Store,
+    pairs: &[(String, String)],
+    binds: &[(String, String)],
+) -> (i64, Vec<i64>, Vec<i64>) {
     let mut writer = plan_writer(store, pairs.len() as u64);
-    let mut ids = Vec::new();
+    let (mut ids, mut bind_ids) = (Vec::new(), Vec::new());
     writer
         .add_items(|sink| {
             for (n, (i, k)) in pairs.iter().enumerate() {
                 let position = format!("line {}", n + 2);
                 ids.push(sink.add(pending_item(&position, i, k, None))?);
             }
+            for (i, k) in binds {
+                bind_ids.push(sink.add(NewItem {
+                    action: crate::cvm::Action::AssociateInstancesKeyPairs,
+                    ..pending_item("line 2", i, k, None)
+                })?);
+            }
             Ok::<_, crate::store::StoreError>(())
         })
         .unwrap();
-    (writer.commit().unwrap(), ids)
+    (writer.commit().unwrap(), ids, bind_ids)
 }
 
 fn job_of(
@@ -607,11 +619,12 @@ async fn a_job_is_sent_only_after_the_jobs_it_depends_on_succeed() {
     };
     let (_dir, store) = open_store().await;
     let old = (ins(1), key(1));
-    let (run_id, items) = seed_items(&store, std::slice::from_ref(&old)).await;
+    let (run_id, items, bind_items) =
+        seed_rotation_items(&store, std::slice::from_ref(&old), &[(ins(1), key(9))]).await;
     let mut writer = store.begin_jobs(run_id).await.unwrap();
     // Added in the "wrong" order on purpose: the unbind has the lower id.
     let bind = writer
-        .add(&job_of(Bind, &[ins(1)], &[key(9)], vec![], vec![]))
+        .add(&job_of(Bind, &[ins(1)], &[key(9)], vec![], bind_items))
         .await
         .unwrap();
     let unbind = writer
@@ -624,7 +637,15 @@ async fn a_job_is_sent_only_after_the_jobs_it_depends_on_succeed() {
     let summary = run(&store, run_id, api.clone(), &fast_config()).await;
     assert_eq!(summary.stopped, None);
     assert_eq!(summary.pairs.succeeded, 1);
-    assert_eq!(api.with(|s| s.calls.clone()), [Bind, Unbind]);
+    // Then only the bind's confirmation (a read), as its pair is a planned bind item.
+    let calls = api.with(|s| s.calls.clone());
+    assert_eq!(calls[..2], [Bind, Unbind], "{calls:?}");
+    assert!(
+        calls[2..]
+            .iter()
+            .all(|a| *a == crate::cvm::Action::DescribeInstances),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,11 +655,18 @@ async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
     };
     let (_dir, store) = open_store().await;
     let pairs = [(ins(1), key(1)), (ins(2), key(1))];
-    let (run_id, items) = seed_items(&store, &pairs).await;
+    let (run_id, items, bind_items) =
+        seed_rotation_items(&store, &pairs, &[(ins(1), key(9)), (ins(2), key(9))]).await;
     let mut writer = store.begin_jobs(run_id).await.unwrap();
     // The bind of a batch with a Windows instance splits; one child fails for good.
     let bind = writer
-        .add(&job_of(Bind, &[ins(1), ins(2)], &[key(9)], vec![], vec![]))
+        .add(&job_of(
+            Bind,
+            &[ins(1), ins(2)],
+            &[key(9)],
+            vec![],
+            bind_items,
+        ))
         .await
         .unwrap();
     let unbind = writer
@@ -669,7 +697,7 @@ async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
     assert_eq!(summary.pairs.skipped, 2);
     assert_eq!(summary.pairs.succeeded, 0);
     assert!(
-        api.with(|s| s.calls.iter().all(|a| *a == Bind)),
+        api.with(|s| s.calls.iter().all(|a| *a != Unbind)),
         "no unbind was sent"
     );
     let states = job_states(&store, run_id).await;
@@ -691,15 +719,19 @@ async fn a_failed_prerequisite_skips_its_dependents_and_their_pairs() {
             .await
             .unwrap();
     assert_eq!(deps, children);
-    let (reason,): (String,) =
-        sqlx::query_as("SELECT error_message FROM items WHERE run_id = ? LIMIT 1")
-            .bind(run_id)
-            .fetch_one(store.pool_for_tests())
-            .await
-            .unwrap();
+    // The unbind pairs (bind 0) carry the failed prerequisite's code.
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT COALESCE(error_message, '') FROM items WHERE run_id = ? AND bind = 0 ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool_for_tests())
+    .await
+    .unwrap();
     assert!(
-        reason.contains("UnsupportedOperation.InstanceOsWindows"),
-        "{reason}"
+        reasons
+            .iter()
+            .all(|r| r.contains("UnsupportedOperation.InstanceOsWindows")),
+        "{reasons:?}"
     );
 }
 

@@ -13,6 +13,8 @@
 //! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
 //! - `power`: StopInstances, StartInstances and ForceStop as timed steps, the power
 //!   faults, and the timeline of every instance's state (`SimHandle::power_timeline`).
+//! - `churn`: a fleet that changes while it is listed (instances created and terminated
+//!   on a seeded schedule counted in pages), as under Auto Scaling.
 //!
 //! Key-pair operations are asynchronous, as on the cloud: an accepted Associate or
 //! Disassociate puts each of its instances in `LatestOperationState` `OPERATING` for
@@ -29,6 +31,7 @@
 
 mod actions;
 pub mod audit;
+pub mod churn;
 pub mod faults;
 pub mod fleet;
 pub mod journal;
@@ -45,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use churn::{Change, Churn};
 pub use faults::Faults;
 pub use fleet::{Fleet, Instance, InstanceState, Mix, Os};
 pub use journal::{
@@ -167,6 +171,9 @@ pub struct SimConfig {
     pub journal_capacity: usize,
     /// Stops and starts: their times, what ForceStop does, the power faults.
     pub power: Power,
+    /// A fleet that changes while it is listed (instances created and terminated on
+    /// a seeded schedule, see [`churn`]); `None`: it changes only by the API's actions.
+    pub churn: Option<Churn>,
 }
 
 impl Default for SimConfig {
@@ -189,6 +196,7 @@ impl Default for SimConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
             power: Power::default(),
+            churn: None,
         }
     }
 }
@@ -218,6 +226,11 @@ impl SimConfig {
         if self.max_connections == 0 || self.journal_capacity == 0 {
             return Err(SimError::Config(
                 "max_connections and journal_capacity must be at least 1".to_string(),
+            ));
+        }
+        if self.churn.is_some_and(|churn| churn.every == 0) {
+            return Err(SimError::Config(
+                "the churn schedule needs a change every 1 or more pages".to_string(),
             ));
         }
         if self.secret_id.is_empty() || self.secret_key.expose().is_empty() {
@@ -343,6 +356,11 @@ impl SimHandle {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// What the churn schedule ([`SimConfig::churn`]) has changed so far, in order.
+    pub fn fleet_changes(&self) -> Vec<Change> {
+        self.shared.fleet_changes()
     }
 
     /// Stops accepting, closes open connections, and waits for the server task.

@@ -124,6 +124,8 @@ struct Inner {
     power_rng: StdRng,
     recorder: Recorder,
     next_seq: u64,
+    /// The changing fleet's schedule, when [`SimConfig::churn`] asks for one.
+    churn: Option<super::churn::Schedule>,
 }
 
 /// Constants that derive the independent RNG streams from one seed.
@@ -147,6 +149,9 @@ impl Shared {
             power_rng: StdRng::seed_from_u64(config.seed ^ POWER_STREAM),
             recorder: Recorder::new(config.journal_capacity),
             next_seq: 0,
+            churn: config
+                .churn
+                .map(|churn| super::churn::Schedule::new(churn, config.seed)),
         };
         Shared {
             config,
@@ -235,6 +240,36 @@ impl Shared {
 
     pub fn stats(&self) -> Stats {
         self.lock().recorder.stats()
+    }
+
+    /// The changes the churn schedule has made so far.
+    pub fn fleet_changes(&self) -> Vec<super::churn::Change> {
+        self.lock()
+            .churn
+            .as_ref()
+            .map(|schedule| schedule.changes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Before a listing page is served: the churn schedule's change, if one is due.
+    fn churn(&self, inner: &mut Inner, region: &str, now: Instant) {
+        let inner = &mut *inner;
+        let Some(schedule) = inner.churn.as_mut() else {
+            return;
+        };
+        if !schedule.page(region) {
+            return;
+        }
+        let mut fleet = inner.fleet.snapshot(now);
+        let Some(change) = schedule.change(&mut fleet, region) else {
+            return;
+        };
+        tracing::debug!(?change, "sim fleet changed mid-listing");
+        let previous = std::mem::replace(
+            &mut inner.fleet,
+            LiveFleet::new(fleet, now, self.config.settle_after),
+        );
+        inner.fleet.keep_operations(previous);
     }
 
     fn draw_jitter(&self) -> Duration {
@@ -791,6 +826,13 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Close> {
     let mut inner = shared.lock();
     let now = Instant::now();
     inner.fleet.settle(now);
+    if action == Action::DescribeInstances
+        && params
+            .as_ref()
+            .is_ok_and(|p| !p.contains_key("InstanceIds"))
+    {
+        shared.churn(&mut inner, &region, now);
+    }
     let validated = params.and_then(|p| actions::validate(action, &p, &inner.fleet, &region));
     let validated = match validated {
         Ok(v) => v,

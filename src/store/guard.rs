@@ -11,6 +11,9 @@
 //! - a database without its owner's write bit (mode 0400): keyfleet never makes a
 //!   file writable; it refuses and says so.
 //!
+//! The `<db>-migrate.lock` file that serializes opening gets the same checks
+//! ([`open_lock_file`]).
+//!
 //! Missing files are created here, `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600, so there is
 //! no moment when one exists with a wider mode; SQLite gives a `-wal` or `-shm` it
 //! creates later the database file's mode. An existing file readable by group or
@@ -78,6 +81,45 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
         })?;
     }
     Ok(absolute)
+}
+
+/// Opens the lock file `lock` beside the database `db` (whose directories
+/// [`prepare`] has checked) for reading and writing: created owner-only when missing,
+/// else checked like the database (a regular file, no symbolic link, the user's own,
+/// not writable by group or others). Another user's lock file in a shared sticky
+/// directory could otherwise hold every open of the database forever, or feed it
+/// a holder's name.
+pub fn open_lock_file(lock: &Path, db: &Path) -> Result<File, StoreError> {
+    let refuse = |reason: String, fix: String| StoreError::Unsafe {
+        path: db.to_path_buf(),
+        reason,
+        fix,
+    };
+    let io_error = |err: io::Error| StoreError::Prepare {
+        path: db.to_path_buf(),
+        detail: format!("{}: {err}", lock.display()),
+    };
+    let uid = effective_uid();
+    prepare_one(lock, false, uid, db).map_err(|err| match err {
+        Check::Refused(reason, fix) => refuse(reason, fix),
+        Check::Io(err) => io_error(err),
+    })?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(lock)
+        .map_err(io_error)?;
+    // The file checked is the file opened: nobody else can rename entries in a
+    // directory that passed, but the descriptor says so without that argument.
+    let meta = file.metadata().map_err(io_error)?;
+    if !meta.is_file() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(refuse(
+            format!("{} changed while it was opened", lock.display()),
+            "try again; if it persists, remove the lock file".into(),
+        ));
+    }
+    Ok(file)
 }
 
 /// Times a file that vanished between "it exists" and opening it is tried again.

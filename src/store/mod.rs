@@ -32,6 +32,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// How long an open waits for another process's `<db>-migrate.lock` (held while
+/// that process opens the database and applies migrations) before it gives up and
+/// names the holder.
+pub const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(120);
 /// How long a writer waits for another connection's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite page size for new databases, in bytes.
@@ -56,6 +60,20 @@ pub enum StoreError {
     /// The database's files could not be created or inspected before opening.
     #[error("cannot open database {path}: {detail}", path = path.display())]
     Prepare { path: PathBuf, detail: String },
+    /// Another process held `<db>-migrate.lock` (it opens or migrates the database)
+    /// for longer than keyfleet waits. `holder` is what it recorded (pid and host).
+    #[error(
+        "database {path} is being opened or migrated by another process ({holder}), which has held \
+         {lock} for over {waited_secs} s; wait for it to finish, or stop it, and try again",
+        path = path.display(),
+        lock = lock.display()
+    )]
+    MigrationLocked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+        waited_secs: u64,
+    },
     #[error("cannot migrate database {path}: {source}")]
     Migrate {
         path: PathBuf,
@@ -126,7 +144,7 @@ impl Store {
         // schema, and the second would fail half way; one at a time, the second finds
         // the migrations applied. The lock lives in its own file: closing any other
         // descriptor of the database itself would drop SQLite's own POSIX locks on it.
-        let _migrating = lock_for_migration(&filename).await?;
+        let _migrating = lock_for_migration(&filename, path, MIGRATE_LOCK_WAIT).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A ping before every acquire is a round trip to the connection's thread
@@ -224,29 +242,101 @@ async fn record_marked_migrations(
     Ok(())
 }
 
-/// Holds an exclusive lock on `<database>-migrate.lock` (created mode 0600 if missing,
-/// never through a symlink) until dropped; waits for another process's lock.
-async fn lock_for_migration(filename: &Path) -> Result<std::fs::File, StoreError> {
+/// Holds an exclusive lock on `<database>-migrate.lock` until dropped: the file is
+/// created mode 0600 if missing, else checked like the database (`guard.rs`), and
+/// records its holder (pid and host). Another process's lock is waited for up to
+/// `wait`, then [`StoreError::MigrationLocked`] names that holder.
+async fn lock_for_migration(
+    filename: &Path,
+    db: &Path,
+    wait: Duration,
+) -> Result<std::fs::File, StoreError> {
     let lock_path = PathBuf::from(format!("{}-migrate.lock", filename.display()));
-    let prepare_err = |err: std::io::Error| StoreError::Prepare {
-        path: lock_path.clone(),
-        detail: err.to_string(),
+    let prepare_err = {
+        let lock_path = lock_path.clone();
+        move |err: std::io::Error| StoreError::Prepare {
+            path: lock_path.clone(),
+            detail: err.to_string(),
+        }
     };
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    }
-    let file = options.open(&lock_path).map_err(prepare_err)?;
+    let file = guard::open_lock_file(&lock_path, db)?;
+    #[cfg(not(unix))]
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(&prepare_err)?;
+    let db = db.to_path_buf();
     // Waiting is blocking: off the async workers.
-    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-        .await
-        .map_err(|err| prepare_err(std::io::Error::other(err)))?
-        .map_err(prepare_err)
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    record_holder(&file);
+                    return Ok(file);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(err)) => return Err(prepare_err(err)),
+            }
+            let holder = read_holder(&file);
+            if started.elapsed() >= wait {
+                return Err(StoreError::MigrationLocked {
+                    path: db,
+                    lock: lock_path,
+                    holder,
+                    waited_secs: wait.as_secs(),
+                });
+            }
+            if !told && started.elapsed() >= LOCK_QUIET {
+                tracing::warn!(lock = %lock_path.display(), %holder, "waiting for another process to finish opening the database");
+                told = true;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    })
+    .await
+    .map_err(|err| StoreError::Prepare {
+        path: PathBuf::new(),
+        detail: err.to_string(),
+    })?
+}
+
+/// How often a held migration lock is tried again, and how long before the wait is told.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+const LOCK_QUIET: Duration = Duration::from_secs(1);
+
+/// Writes `pid N on HOST` into the lock file just locked, for whoever waits on it.
+fn record_holder(mut file: &std::fs::File) {
+    use std::io::{Seek, Write};
+    let text = format!("pid {} on {}\n", std::process::id(), queue::hostname());
+    // Best effort: a lock without its holder's name still locks.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(text.as_bytes()));
+}
+
+/// What the lock's holder recorded, made safe to show (printable ASCII, 100 bytes).
+fn read_holder(mut file: &std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    let read = file
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| file.take(100).read_to_end(&mut bytes));
+    let text: String = String::from_utf8_lossy(&bytes)
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect();
+    match read {
+        Ok(_) if !text.is_empty() => text,
+        _ => "holder not recorded".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +401,64 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// The audit's L4: a held `<db>-migrate.lock` made every open wait forever, with
+    /// no word. Now the wait ends and the error names the holder it recorded.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_migration_lock_ends_the_wait_naming_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let filename = guard::prepare(&path).unwrap();
+        // Another open file description of the lock, as another process would hold it.
+        let held = lock_for_migration(&filename, &path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = lock_for_migration(&filename, &path, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let text = err.to_string();
+        let holder = format!("pid {} on ", std::process::id());
+        assert!(
+            matches!(&err, StoreError::MigrationLocked { holder: h, .. } if h.starts_with(&holder)),
+            "{text}"
+        );
+        assert!(
+            text.contains("k.db-migrate.lock") && text.contains(&holder),
+            "{text}"
+        );
+        drop(held);
+        lock_for_migration(&filename, &path, Duration::from_millis(300))
+            .await
+            .expect("free once the holder lets go");
+    }
+
+    /// The lock file is checked like the database: one others may write is refused
+    /// (its owner is checked the same way, `guard::check_existing`).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_migration_lock_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let lock = dir.path().join("k.db-migrate.lock");
+        std::fs::write(&lock, b"").unwrap();
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Store::open(&path).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("k.db-migrate.lock is writable by group or others"),
+            "{err}"
+        );
+        // A fresh lock file is created owner-only.
+        std::fs::remove_file(&lock).unwrap();
+        Store::open(&path).await.unwrap().close().await;
+        let mode = std::fs::metadata(&lock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     /// A kill after migration 2's own commit and before the migrator's record: the

@@ -183,7 +183,10 @@ async fn start_attempts(
     if starts.is_empty() {
         return Ok(());
     }
-    let job_ids: Vec<i64> = starts.iter().map(|(_, job_id, _)| *job_id).collect();
+    let mut job_ids: Vec<i64> = starts.iter().map(|(_, job_id, _)| *job_id).collect();
+    // A key-pair job naming a pair its items do not hold fails here, unsent.
+    let refused = fail_not_planned(tx, &job_ids, starts[0].2).await?;
+    job_ids.retain(|id| !refused.contains(id));
     // Only a queued job starts: one skipped (its prerequisite failed) after the
     // dispatcher read it is not sent.
     let queued: std::collections::HashSet<i64> = sqlx::query_scalar(
@@ -336,6 +339,12 @@ async fn start_attempt(
     job_id: i64,
     started_at: i64,
 ) -> Result<Applied, StoreError> {
+    if !fail_not_planned(tx, &[job_id], started_at)
+        .await?
+        .is_empty()
+    {
+        return Ok(Applied::NotQueued);
+    }
     // Only a queued job starts: one skipped (its prerequisite failed) after the
     // dispatcher read it is not sent.
     let queued = sqlx::query("UPDATE jobs SET state = ? WHERE id = ? AND state = ?")
@@ -361,6 +370,80 @@ async fn start_attempt(
         attempt_id: row.get("id"),
         number: row.get("number"),
     })
+}
+
+/// The queued key-pair jobs among `job_ids` whose `InstanceIds` x `KeyIds` holds a
+/// pair that is not one of the job's own items (same region, same kind), or that
+/// carry ForceStop when their run was planned without it (a live `force-stop` run
+/// sends ForceStop by design): a job row changed after planning (the audit's L5: an
+/// edited row made `resume` remove a key nobody asked for, with ForceStop). Each fails
+/// with [`crate::taxonomy::NOT_PLANNED`] before any attempt, as a final failure does
+/// (its pending pairs fail, what waits on it is skipped, its kind's rules follow);
+/// nothing is sent. Returns their ids.
+///
+/// One pass over each job's items (the `items_job` index), counting the distinct
+/// planned pairs inside its cross product against the cross product's size.
+async fn fail_not_planned(
+    tx: &mut Transaction<'_, Sqlite>,
+    job_ids: &[i64],
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT j.id, j.kind, j.action, \
+                (SELECT COUNT(DISTINCT value) FROM json_each(j.instance_ids)) AS instances, \
+                (SELECT COUNT(DISTINCT value) FROM json_each(j.key_ids)) AS keys \
+         FROM jobs j JOIN runs r ON r.id = j.run_id \
+         WHERE j.id IN (SELECT value FROM json_each(?)) AND j.state = ? \
+         AND j.kind IN (?, ?) \
+         AND ((SELECT COUNT(DISTINCT value) FROM json_each(j.instance_ids)) \
+              * (SELECT COUNT(DISTINCT value) FROM json_each(j.key_ids)) \
+              != (SELECT COUNT(DISTINCT i.instance_id || ' ' || i.key_id) FROM items i \
+                  WHERE i.job_id = j.id AND i.region = j.region AND i.bind = (j.kind = ?) \
+                  AND i.instance_id IN (SELECT value FROM json_each(j.instance_ids)) \
+                  AND i.key_id IN (SELECT value FROM json_each(j.key_ids))) \
+              OR (j.force_stop != 0 AND NOT COALESCE(json_extract(r.options, '$.force_stop'), 0) \
+                  AND COALESCE(json_extract(r.options, '$.live.running'), '') != 'force-stop'))",
+    )
+    .bind(ids_json_i64(job_ids))
+    .bind(JobState::Queued.as_str())
+    .bind(JobKind::Unbind.as_str())
+    .bind(JobKind::Bind.as_str())
+    .bind(JobKind::Bind.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut failed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let job_id: i64 = row.get("id");
+        let kind: JobKind = row
+            .get::<&str, _>("kind")
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?;
+        let action: String = row.get("action");
+        let error = ErrorInfo {
+            code: crate::taxonomy::NOT_PLANNED.to_string(),
+            message: format!(
+                "job {job_id} ({action}, {} instances x {} keys) names pairs that are not its planned \
+                 pairs, or ForceStop its run was not planned with: nothing was sent (was the \
+                 database changed outside keyfleet?)",
+                row.get::<i64, _>("instances"),
+                row.get::<i64, _>("keys"),
+            ),
+        };
+        tracing::error!(job = job_id, code = %error.code, "a job names pairs its plan does not hold; not sent");
+        let update = JobUpdate {
+            state: JobState::Failed,
+            next_attempt_at: None,
+            finished_at: Some(now),
+            spent: 0,
+            throttled: 0,
+        };
+        update.apply(tx, job_id, &error).await?;
+        fail_items(tx, job_id, &error).await?;
+        skip_dependents(tx, job_id, &error, now).await?;
+        super::follow::after_failure(tx, job_id, kind, &error, now).await?;
+        failed.push(job_id);
+    }
+    Ok(failed)
 }
 
 async fn finish_attempt(

@@ -4,6 +4,7 @@
 mod client;
 mod database;
 mod fuzz;
+mod hardening;
 mod hostile;
 mod live;
 mod pacing;
