@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Planning and reporting benchmark (issue 13), measured against SQLite itself in
-# the same run: for each shape, RUNS runs (default 3) of
+# Planning and reporting benchmark (issues 13 and 25), measured against SQLite itself
+# in the same run: for each shape, RUNS runs (default 3) of
 #   keyfleet plan FILE.csv            vs  sqlite3 DB ".mode csv" ".import FILE.csv t"
 #   keyfleet plan FILE.json / .jsonl  vs  keyfleet plan FILE.csv
 #   keyfleet report (1,000,000 items) vs  sqlite3 -csv DB "select * from items"
-# each into a fresh database, timed with /usr/bin/time (wall clock, peak RSS).
-# Prints every time, the medians and the ratios of the medians against the targets
-# (plan <= 3x import, report <= 2x select, JSON and JSON Lines <= 1.3x CSV,
-# peak RSS <= 200 MB). Numbers go in docs/BENCHMARKS.md.
+# each into a fresh database, timed with /usr/bin/time (wall clock, user CPU, peak RSS).
+# Prints every time with the load average when it started, the medians and the ratios
+# of the medians against the targets (plan <= 2x import, report <= 1x select, JSON and
+# JSON Lines <= 1.3x CSV, peak RSS <= 200 MB), wall clock and user CPU both: on a
+# shared machine the CPU ratio is the steadier one. Numbers go in docs/BENCHMARKS.md.
 #   scripts/bench-plan.sh            # builds the release binary first
 #   SKIP_BUILD=1 RUNS=5 scripts/bench-plan.sh
 set -euo pipefail
@@ -19,10 +20,11 @@ for tool in sqlite3 /usr/bin/time awk; do
   fi
 done
 dir=${BENCH_DIR:-/tmp/keyfleet-bench}
+# BIN: another keyfleet binary to measure (e.g. an earlier build kept for comparison).
 runs=${RUNS:-3}
 mkdir -p "$dir"
 if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release --quiet; fi
-bin=${CARGO_TARGET_DIR:-target}/release/keyfleet
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/keyfleet}
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(sqlite3 --version | cut -d' ' -f1,2)"
 
 # Instance and key ids: ins-/skey- + 8 lowercase hex digits (a subset of [0-9a-z]).
@@ -45,17 +47,19 @@ done
 
 fresh() { rm -f "$1" "$1-wal" "$1-shm"; }
 # timed NAME CMD...: runs CMD under /usr/bin/time, stdout discarded, and appends
-# "NAME seconds kilobytes" to $dir/times.
+# "NAME seconds kilobytes user-seconds load LOAD" to $dir/times.
 timed() {
   local name=$1; shift
   # Flush the previous command's dirty pages first: otherwise a plan's fsyncs wait for
   # the writeback of the database written just before it (250 MB), and whichever
   # command comes second pays for the first.
   sync
-  if ! /usr/bin/time -f "%e %M" -o "$dir/one.time" "$@" > /dev/null 2> "$dir/one.err"; then
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  if ! /usr/bin/time -f "%e %M %U" -o "$dir/one.time" "$@" > /dev/null 2> "$dir/one.err"; then
     echo "$name failed:" >&2; cat "$dir/one.err" >&2; exit 1
   fi
-  echo "$name $(cat "$dir/one.time")" | tee -a "$dir/times"
+  echo "$name $(cat "$dir/one.time") load $load" | tee -a "$dir/times"
 }
 : > "$dir/times"
 for run in $(seq "$runs"); do
@@ -73,27 +77,29 @@ for run in $(seq "$runs"); do
 done
 
 awk -v runs="$runs" '
-  { t[$1, ++n[$1]] = $2 }
+  { n[$1]++; t[$1, n[$1]] = $2; u[$1, n[$1]] = $4 }
   $1 ~ /^plan\.wide/ && $3 > rss_wide { rss_wide = $3 }
   $1 ~ /^plan\.square/ && $3 > rss_square { rss_square = $3 }
-  function median(name,   i, j, k, v, m) {
+  function median(name, user,   i, j, k, v, m) {
     m = n[name]
-    for (i = 1; i <= m; i++) v[i] = t[name, i]
+    for (i = 1; i <= m; i++) v[i] = user ? u[name, i] : t[name, i]
     for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] < v[i]) { k = v[i]; v[i] = v[j]; v[j] = k }
     return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
   }
-  function row(label, a, b, target,   ma, mb, r) {
-    ma = median(a); mb = median(b); r = ma / mb
-    printf "%-34s %7.2f s / %7.2f s = %5.2fx  (target <= %.1fx: %s)\n", label, ma, mb, r, target, r <= target ? "MET" : "MISSED"
+  function row(label, a, b, target,   ma, mb, r, ua, ub) {
+    ma = median(a, 0); mb = median(b, 0); r = ma / mb
+    ua = median(a, 1); ub = median(b, 1)
+    printf "%-36s %6.2f s / %6.2f s = %5.2fx  (target <= %.1fx: %s)  user CPU %5.2f / %5.2f s = %5.2fx\n",
+      label, ma, mb, r, target, r <= target ? "MET" : "MISSED", ua, ub, (ub > 0 ? ua / ub : 0)
   }
   END {
     printf "\nmedians of %d runs; largest peak RSS of plan: wide %d MB, square %d MB (target <= 200 MB: %s)\n",
       runs, rss_wide / 1024, rss_square / 1024, rss_wide <= 204800 && rss_square <= 204800 ? "MET" : "MISSED"
-    row("plan wide csv / sqlite3 .import", "plan.wide.csv", "import.wide", 3)
-    row("plan square csv / sqlite3 .import", "plan.square.csv", "import.square", 3)
+    row("plan wide csv / sqlite3 .import", "plan.wide.csv", "import.wide", 2)
+    row("plan square csv / sqlite3 .import", "plan.square.csv", "import.square", 2)
     row("plan wide json / plan wide csv", "plan.wide.json", "plan.wide.csv", 1.3)
     row("plan wide jsonl / plan wide csv", "plan.wide.jsonl", "plan.wide.csv", 1.3)
     row("plan square json / plan square csv", "plan.square.json", "plan.square.csv", 1.3)
     row("plan square jsonl / plan square csv", "plan.square.jsonl", "plan.square.csv", 1.3)
-    row("report wide / sqlite3 select *", "report.wide", "select.wide", 2)
+    row("report wide / sqlite3 select *", "report.wide", "select.wide", 1)
   }' "$dir/times"

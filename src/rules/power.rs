@@ -603,7 +603,11 @@ pub fn settled(
                                 .map(Effect::AddJob),
                         );
                     }
-                    effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Stopped)));
+                    effects.push(Effect::Power(PowerChange::to(
+                        region,
+                        instance,
+                        PowerState::Stopped,
+                    )));
                 }
                 _ => start.push(instance.clone()),
             },
@@ -1076,13 +1080,31 @@ mod tests {
             instance_id: "ins-a".into(),
             ..row(1, PowerState::Starting, None)
         }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
+        let effects = settled(
+            &live,
+            &job,
+            Target::Running,
+            &failed,
+            &rows,
+            &BTreeMap::new(),
+            3,
+            0,
+        );
         assert!(effects.iter().any(|e| matches!(e, Effect::AddJob(j) if j.kind == JobKind::Start && j.due_at == START_RETRY_MS)));
         let rows = [PowerRow {
             start_failures: 2,
             ..rows[0].clone()
         }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
+        let effects = settled(
+            &live,
+            &job,
+            Target::Running,
+            &failed,
+            &rows,
+            &BTreeMap::new(),
+            3,
+            0,
+        );
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::LeftStopped));
         assert!(halts(&[PowerChange::to("r", "ins-a", PowerState::LeftStopped)]).is_some());
     }
@@ -1092,21 +1114,42 @@ mod tests {
         let live = live(Budget::Count(1), None, 0);
         let job = facts(JobKind::Settle, &["ins-a", "ins-b"]);
         let rows = [
-            PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Starting, None) },
-            PowerRow { instance_id: "ins-b".into(), ..row(2, PowerState::Starting, None) },
+            PowerRow {
+                instance_id: "ins-a".into(),
+                ..row(1, PowerState::Starting, None)
+            },
+            PowerRow {
+                instance_id: "ins-b".into(),
+                ..row(2, PowerState::Starting, None)
+            },
         ];
         let seen = [
-            seen("ins-a", "STOPPED", Some(("DisassociateInstancesKeyPairs", "FAILED"))),
-            seen("ins-b", "STOPPED", Some(("DisassociateInstancesKeyPairs", "SUCCESS"))),
+            seen(
+                "ins-a",
+                "STOPPED",
+                Some(("DisassociateInstancesKeyPairs", "FAILED")),
+            ),
+            seen(
+                "ins-b",
+                "STOPPED",
+                Some(("DisassociateInstancesKeyPairs", "SUCCESS")),
+            ),
         ];
         let failed = BTreeMap::from([(
             "ins-a".to_string(),
             vec![(super::super::Pair::new(7, "ins-a", "skey-1eak0001"), false)],
         )]);
         let effects = settled(&live, &job, Target::Idle, &seen, &rows, &failed, 10, 0);
-        assert_eq!(effects[0], Effect::CountOperationFailure { item_ids: vec![7] });
-        assert!(matches!(&effects[1], Effect::AddJob(j) if j.kind == JobKind::Unbind && j.item_ids == [7]));
-        assert!(matches!(&effects[2], Effect::Power(c) if c.instance_id == "ins-a" && c.state == PowerState::Stopped));
+        assert_eq!(
+            effects[0],
+            Effect::CountOperationFailure { item_ids: vec![7] }
+        );
+        assert!(
+            matches!(&effects[1], Effect::AddJob(j) if j.kind == JobKind::Unbind && j.item_ids == [7])
+        );
+        assert!(
+            matches!(&effects[2], Effect::Power(c) if c.instance_id == "ins-a" && c.state == PowerState::Stopped)
+        );
         let started: Vec<&NewJob> = effects
             .iter()
             .filter_map(|e| match e {
@@ -1115,7 +1158,11 @@ mod tests {
             })
             .collect();
         assert_eq!(started.len(), 1);
-        assert_eq!(started[0].instance_ids, ["ins-b"], "only the one whose keys are done");
+        assert_eq!(
+            started[0].instance_ids,
+            ["ins-b"],
+            "only the one whose keys are done"
+        );
     }
 
     #[test]
@@ -1132,10 +1179,28 @@ mod tests {
             "RUNNING",
             Some(("StartInstances", "SUCCESS")),
         )];
-        let effects = settled(&live, &job, Target::Running, &up, &rows, &BTreeMap::new(), 3, 1_000);
+        let effects = settled(
+            &live,
+            &job,
+            Target::Running,
+            &up,
+            &rows,
+            &BTreeMap::new(),
+            3,
+            1_000,
+        );
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Warming));
         assert!(matches!(&effects[1], Effect::AddJob(j) if j.due_at == 31_000));
-        let effects = settled(&live, &job, Target::WarmedUp, &up, &rows, &BTreeMap::new(), 3, 31_000);
+        let effects = settled(
+            &live,
+            &job,
+            Target::WarmedUp,
+            &up,
+            &rows,
+            &BTreeMap::new(),
+            3,
+            31_000,
+        );
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Up));
     }
 

@@ -269,7 +269,7 @@ impl Shared {
             &mut inner.fleet,
             LiveFleet::new(fleet, now, self.config.settle_after),
         );
-        inner.fleet.keep_operations(previous);
+        inner.fleet.keep_operations(previous, now);
     }
 
     fn draw_jitter(&self) -> Duration {

@@ -2,10 +2,12 @@
 //! transaction, all or nothing.
 //!
 //! The write goes through a connection of its own (rusqlite, the same bundled
-//! SQLite as the pool's), one prepared statement per table stepped once per row:
-//! see [`open_plan_connection`] for why. Ids are assigned here, sequentially from
-//! the table's current maximum (safe: `BEGIN IMMEDIATE` holds the write lock), so
-//! that items can name their job and the item they duplicate.
+//! SQLite as the pool's): one prepared statement per table, items 64 to a statement
+//! (see [`open_plan_connection`] and [`ItemSink`] for why). Ids are assigned here,
+//! sequentially from the table's current maximum (safe: `BEGIN IMMEDIATE` holds the
+//! write lock), so that items can name their job and the item they duplicate. A plan
+//! at least as large as the items already stored builds two of the item indexes once
+//! at commit instead of row by row ([`deferred_indexes`]).
 
 use std::fmt;
 
@@ -16,6 +18,20 @@ use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
 /// SQLite page cache for the planning connection, in KiB (negative `cache_size` means KiB).
 /// Index inserts for a million items stay in memory instead of re-reading pages.
 const PLAN_CACHE_KIB: i64 = 32 * 1024;
+
+/// The page cache while deferred indexes are built at commit, in KiB (see
+/// [`PlanWriter::commit`]).
+const INDEX_BUILD_CACHE_KIB: i64 = 8 * 1024;
+
+/// The indexes on `items` that a large plan builds once, after its rows, instead of
+/// inserting into them row by row (see [`deferred_indexes`]). The partial indexes
+/// (`items_held`, `items_bind`) are not among them: a plain item only tests their
+/// condition, and rebuilding them would scan the whole table twice more.
+const DEFERRABLE_INDEXES: [&str; 2] = ["items_run", "items_job"];
+
+/// Below this many new items a plan keeps every index up to date as it goes: the
+/// schema change of dropping and recreating indexes is not worth it.
+const DEFER_INDEXES_FROM_ITEMS: i64 = 20_000;
 
 pub use super::states::ItemStatus;
 
@@ -103,7 +119,9 @@ pub enum Begin {
 /// a transaction, hence before `BEGIN`. CHECK constraints are skipped the same way:
 /// `items.status IN (...)` builds a temporary B-tree of the five words for every
 /// row inserted (a quarter of the write's time), and the planner writes only
-/// [`ItemStatus::as_str`] words and default run and job states.
+/// [`ItemStatus::as_str`] words and default run and job states. Temporary files
+/// (the sort of a deferred index build) stay files: in memory they would add the
+/// whole sort to the process's peak RSS.
 fn open_plan_connection(store: &Store) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open_with_flags(
         store.file(),
@@ -114,8 +132,7 @@ fn open_plan_connection(store: &Store) -> Result<rusqlite::Connection, StoreErro
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = OFF;
          PRAGMA ignore_check_constraints = ON;
-         PRAGMA cache_size = -{PLAN_CACHE_KIB};
-         PRAGMA temp_store = MEMORY;"
+         PRAGMA cache_size = -{PLAN_CACHE_KIB};"
     ))?;
     conn.set_prepared_statement_cache_capacity(8);
     Ok(conn)
@@ -125,11 +142,44 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Items per `INSERT` statement of [`ItemSink`]: one statement execution (cursors
+/// opened, the program run, the statement reset) per batch rather than per item.
+const ITEMS_PER_INSERT: usize = 64;
+
+/// Values bound per item: every column the planner writes but `id` (assigned by
+/// SQLite as the next rowid, checked) and `run_id` (a literal in the statement).
+const ITEM_VALUES: usize = 11;
+
 /// Where [`PlanWriter::add_items`] puts items.
+///
+/// Items are buffered ([`NewItem`]s borrow the caller's buffers, reused from one item
+/// to the next) and written [`ITEMS_PER_INSERT`] at a time through one multi-row
+/// `INSERT`; the last partial batch row by row.
 pub struct ItemSink<'w> {
-    statement: rusqlite::CachedStatement<'w>,
+    conn: &'w rusqlite::Connection,
+    batch: rusqlite::CachedStatement<'w>,
+    single: rusqlite::CachedStatement<'w>,
+    /// The text of the buffered items, back to back; `BufferedItem`s hold ranges.
+    text: String,
+    buffered: Vec<BufferedItem>,
     run_id: i64,
     next_id: &'w mut i64,
+}
+
+/// An item waiting in [`ItemSink`]'s buffer: its text columns as ranges of `text`.
+#[derive(Debug, Clone)]
+struct BufferedItem {
+    position: (usize, usize),
+    region: Option<(usize, usize)>,
+    instance_id: Option<(usize, usize)>,
+    key_id: Option<(usize, usize)>,
+    reason: Option<(usize, usize)>,
+    new_key_id: Option<(usize, usize)>,
+    status: &'static str,
+    duplicate_of: Option<i64>,
+    job_id: Option<i64>,
+    bind: bool,
+    held: bool,
 }
 
 impl fmt::Debug for ItemSink<'_> {
@@ -137,31 +187,106 @@ impl fmt::Debug for ItemSink<'_> {
         f.debug_struct("ItemSink")
             .field("run_id", &self.run_id)
             .field("next_id", &self.next_id)
+            .field("buffered", &self.buffered.len())
             .finish_non_exhaustive()
     }
+}
+
+/// `INSERT INTO items (...) VALUES (...), ...` of `rows` items of run `run_id`.
+fn item_insert(run_id: i64, rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO items (run_id, position, region, instance_id, key_id, status, duplicate_of, \
+         reason, job_id, bind, new_key_id, held) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        // The run id is an integer this writer assigned, not input.
+        sql.push_str(&format!("({run_id}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    }
+    sql
 }
 
 impl ItemSink<'_> {
     /// Adds an item; returns its id. Ids are consecutive in call order, which is input order.
     pub fn add(&mut self, item: NewItem<'_>) -> Result<i64, StoreError> {
-        let id = *self.next_id;
-        self.statement.execute(rusqlite::params![
-            id,
-            self.run_id,
-            item.position,
-            item.region,
-            item.instance_id,
-            item.key_id,
-            item.status.as_str(),
-            item.duplicate_of,
-            item.reason,
-            item.job_id,
-            item.action == crate::cvm::Action::AssociateInstancesKeyPairs,
-            item.new_key_id,
-            item.held,
-        ])?;
-        *self.next_id += 1;
+        let id = *self.next_id + self.buffered.len() as i64;
+        let text = &mut self.text;
+        let mut keep = |value: &str| {
+            let start = text.len();
+            text.push_str(value);
+            (start, text.len())
+        };
+        let buffered = BufferedItem {
+            position: keep(item.position),
+            region: item.region.map(&mut keep),
+            instance_id: item.instance_id.map(&mut keep),
+            key_id: item.key_id.map(&mut keep),
+            reason: item.reason.map(&mut keep),
+            new_key_id: item.new_key_id.map(&mut keep),
+            status: item.status.as_str(),
+            duplicate_of: item.duplicate_of,
+            job_id: item.job_id,
+            bind: item.action == crate::cvm::Action::AssociateInstancesKeyPairs,
+            held: item.held,
+        };
+        self.buffered.push(buffered);
+        if self.buffered.len() == ITEMS_PER_INSERT {
+            self.flush()?;
+        }
         Ok(id)
+    }
+
+    /// Writes the buffered items: a full batch through the multi-row statement, a
+    /// partial one row by row. SQLite gives each the next rowid (the largest plus one:
+    /// the write lock is held, and `next_id` started there); checked, so an id handed
+    /// out by [`ItemSink::add`] is always the row's.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let text = self.text.as_str();
+        let slice = |range: (usize, usize)| &text[range.0..range.1];
+        let bind_item = |statement: &mut rusqlite::CachedStatement<'_>,
+                         first: usize,
+                         item: &BufferedItem|
+         -> rusqlite::Result<()> {
+            statement.raw_bind_parameter(first, slice(item.position))?;
+            statement.raw_bind_parameter(first + 1, item.region.map(slice))?;
+            statement.raw_bind_parameter(first + 2, item.instance_id.map(slice))?;
+            statement.raw_bind_parameter(first + 3, item.key_id.map(slice))?;
+            statement.raw_bind_parameter(first + 4, item.status)?;
+            statement.raw_bind_parameter(first + 5, item.duplicate_of)?;
+            statement.raw_bind_parameter(first + 6, item.reason.map(slice))?;
+            statement.raw_bind_parameter(first + 7, item.job_id)?;
+            statement.raw_bind_parameter(first + 8, item.bind)?;
+            statement.raw_bind_parameter(first + 9, item.new_key_id.map(slice))?;
+            statement.raw_bind_parameter(first + 10, item.held)?;
+            Ok(())
+        };
+        if self.buffered.len() == ITEMS_PER_INSERT {
+            for (n, item) in self.buffered.iter().enumerate() {
+                bind_item(&mut self.batch, n * ITEM_VALUES + 1, item)?;
+            }
+            self.batch.raw_execute()?;
+        } else {
+            for item in &self.buffered {
+                bind_item(&mut self.single, 1, item)?;
+                self.single.raw_execute()?;
+            }
+        }
+        let last = *self.next_id + self.buffered.len() as i64 - 1;
+        let written = self.conn.last_insert_rowid();
+        if written != last {
+            return Err(StoreError::Corrupt(format!(
+                "item ids out of step: SQLite gave {written}, the plan expected {last}"
+            )));
+        }
+        *self.next_id = last + 1;
+        self.buffered.clear();
+        self.text.clear();
+        Ok(())
     }
 }
 
@@ -169,6 +294,8 @@ impl ItemSink<'_> {
 /// connection, which rolls everything back.
 pub struct PlanWriter {
     conn: rusqlite::Connection,
+    /// `CREATE INDEX` statements of the indexes dropped for this plan, run at commit.
+    deferred_indexes: Vec<String>,
     run_id: i64,
     created_at: i64,
     next_job_id: i64,
@@ -184,7 +311,6 @@ impl fmt::Debug for PlanWriter {
 }
 
 const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, kind, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, bind, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.
@@ -224,24 +350,82 @@ impl PlanWriter {
         &mut self,
         fill: impl FnOnce(&mut ItemSink<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let statement = self
+        let batch = self
             .conn
-            .prepare_cached(ITEM_INSERT)
+            .prepare_cached(&item_insert(self.run_id, ITEMS_PER_INSERT))
+            .map_err(StoreError::from)?;
+        let single = self
+            .conn
+            .prepare_cached(&item_insert(self.run_id, 1))
             .map_err(StoreError::from)?;
         let mut sink = ItemSink {
-            statement,
+            conn: &self.conn,
+            batch,
+            single,
+            text: String::new(),
+            buffered: Vec::with_capacity(ITEMS_PER_INSERT),
             run_id: self.run_id,
             next_id: &mut self.next_item_id,
         };
-        fill(&mut sink)
+        fill(&mut sink)?;
+        sink.flush()?;
+        Ok(())
     }
 
     /// Commits: the plan becomes visible all at once, durable (`synchronous=FULL`).
     pub fn commit(self) -> Result<i64, StoreError> {
+        if !self.deferred_indexes.is_empty() {
+            // `CREATE INDEX` sorts in memory up to the page cache's size, then in
+            // temporary files: a smaller cache keeps the sort's memory small (a
+            // million items: 20 MB instead of 80 MB) for about the same time.
+            self.conn
+                .execute_batch(&format!("PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}"))?;
+        }
+        for create in &self.deferred_indexes {
+            self.conn.execute_batch(create)?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.conn.close().map_err(|(_, err)| err)?;
         Ok(self.run_id)
     }
+}
+
+/// Drops the [`DEFERRABLE_INDEXES`] inside the plan's transaction when building them
+/// again over the whole table at commit costs less than inserting `expected_items`
+/// entries one by one; returns their `CREATE INDEX` statements, as stored in the
+/// schema (so whatever a migration made them, they come back the same).
+///
+/// Why: each item's index entry is a descent from the root of each index; `CREATE
+/// INDEX` sorts the entries once and fills its pages left to right, full. Rebuilding
+/// costs in proportion to every item in the table, so only a plan at least as large as
+/// what the table already holds (`existing_items`, an upper bound: the largest id)
+/// defers. The drop and the rebuild are in the plan's transaction: a plan that fails or
+/// is killed part way leaves the indexes as they were, and other connections never see
+/// the table without them (their reads are of the last commit).
+fn deferred_indexes(
+    conn: &rusqlite::Connection,
+    expected_items: i64,
+    existing_items: i64,
+) -> Result<Vec<String>, StoreError> {
+    if expected_items < DEFER_INDEXES_FROM_ITEMS || existing_items > expected_items {
+        return Ok(Vec::new());
+    }
+    let mut creates = Vec::new();
+    for name in DEFERRABLE_INDEXES {
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'items' AND name = ?",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(sql) = sql {
+            // The name comes from DEFERRABLE_INDEXES, not from input.
+            conn.execute_batch(&format!("DROP INDEX {name}"))?;
+            creates.push(sql);
+        }
+    }
+    Ok(creates)
 }
 
 impl Store {
@@ -307,8 +491,13 @@ impl Store {
             conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |row| {
                 row.get(0)
             })?;
+        let expected_items = as_i64(run.pairs)
+            .saturating_add(as_i64(run.duplicates))
+            .saturating_add(as_i64(run.rejected));
+        let deferred_indexes = deferred_indexes(&conn, expected_items, next_item_id - 1)?;
         Ok(Begin::New(PlanWriter {
             conn,
+            deferred_indexes,
             run_id,
             created_at,
             next_job_id,
@@ -430,6 +619,130 @@ mod tests {
         assert_eq!(store.find_run("aa", "{}").await.unwrap(), Some(run_id));
         assert_eq!(store.find_run("aa", "{\"x\":1}").await.unwrap(), None);
         assert_eq!(store.run_input(run_id).await.unwrap().1, "aa");
+        store.close().await;
+    }
+
+    async fn item_indexes(store: &Store) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'items'
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Writes `items` pending items of one job for run `sha`; commits or abandons.
+    fn write_items(store: &Store, sha: &str, items: u64, commit: bool) -> Vec<i64> {
+        let instance_ids = vec!["ins-00000001".to_string()];
+        let key_ids = vec!["skey-00000001".to_string()];
+        let Begin::New(mut writer) = store
+            .begin_plan(&NewRun {
+                pairs: items,
+                ..run(sha)
+            })
+            .unwrap()
+        else {
+            panic!("a new input")
+        };
+        let job = writer
+            .add_job(NewJob {
+                kind: crate::states::JobKind::Unbind,
+                region: "ap-guangzhou",
+                force_stop: false,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+                payload: None,
+            })
+            .unwrap();
+        let mut ids = Vec::new();
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for n in 0..items {
+                    let position = format!("line {}", n + 2);
+                    let instance = format!("ins-{n:08x}");
+                    ids.push(sink.add(NewItem {
+                        position: &position,
+                        action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                        region: Some("ap-guangzhou"),
+                        instance_id: Some(&instance),
+                        key_id: Some("skey-00000001"),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: Some(job),
+                        new_key_id: None,
+                        held: false,
+                    })?);
+                }
+                Ok(())
+            })
+            .unwrap();
+        if commit {
+            writer.commit().unwrap();
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_large_plan_rebuilds_the_indexes_it_deferred_and_an_abandoned_one_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("k.db")).await.unwrap();
+        let indexes = item_indexes(&store).await;
+        assert!(indexes.iter().any(|(name, _)| name == "items_run"));
+        let large = DEFER_INDEXES_FROM_ITEMS as u64 + 7;
+
+        // Abandoned after its items (the indexes dropped inside its transaction).
+        write_items(&store, "aa", large, false);
+        assert_eq!(count(&store, "items").await, 0);
+        assert_eq!(
+            item_indexes(&store).await,
+            indexes,
+            "rolled back with the rest"
+        );
+
+        // Committed: the same indexes, defined as before, holding every item; the ids
+        // handed out are the rows' (not a multiple of the batch: a partial last batch).
+        let ids = write_items(&store, "bb", large, true);
+        assert_eq!(item_indexes(&store).await, indexes);
+        assert_eq!(ids.len() as u64, large);
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+        let (rows, first, last): (i64, i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), MIN(id), MAX(id) FROM items")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (rows, first, last),
+            (large as i64, ids[0], ids[ids.len() - 1])
+        );
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(ok, "ok", "every index entry matches its row");
+        let by_index: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM items INDEXED BY items_run
+             WHERE run_id = (SELECT id FROM runs WHERE input_sha256 = 'bb') AND status = 'pending'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(by_index, large as i64);
+
+        // A plan smaller than what is stored keeps the indexes as it goes.
+        let conn = open_plan_connection(&store).unwrap();
+        assert!(
+            deferred_indexes(&conn, large as i64 - 1, large as i64)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            deferred_indexes(&conn, DEFER_INDEXES_FROM_ITEMS - 1, 0)
+                .unwrap()
+                .is_empty()
+        );
+        drop(conn);
         store.close().await;
     }
 }

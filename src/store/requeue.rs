@@ -219,7 +219,10 @@ async fn unbinds_of(
 /// left RUNNING) needs it stopped again: it is held, and its instance waits for a slot
 /// of the budget once more (`resume` admits it). Returns the pairs that need no power
 /// cycle (their instance was not RUNNING): those are queued at once.
-async fn hold_for_power(writer: &mut JobWriter, again: Vec<Again>) -> Result<Vec<Again>, StoreError> {
+async fn hold_for_power(
+    writer: &mut JobWriter,
+    again: Vec<Again>,
+) -> Result<Vec<Again>, StoreError> {
     let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM power WHERE run_id = ?)")
         .bind(writer.run_id)
         .fetch_one(&mut *writer.tx)
@@ -255,10 +258,12 @@ async fn hold_for_power(writer: &mut JobWriter, again: Vec<Again>) -> Result<Vec
         writer.added += 1;
     }
     if writer.added > 0 {
-        sqlx::query("UPDATE runs SET admissions = NULL WHERE id = ? AND admissions NOT LIKE 'halted%'")
-            .bind(writer.run_id)
-            .execute(&mut *writer.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET admissions = NULL WHERE id = ? AND admissions NOT LIKE 'halted%'",
+        )
+        .bind(writer.run_id)
+        .execute(&mut *writer.tx)
+        .await?;
     }
     Ok(now)
 }

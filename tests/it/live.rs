@@ -269,7 +269,13 @@ async fn force_stop_in_both_readings_keeps_the_budget_and_ends_everyone_running(
         let input = r.input("leak.csv", &rows(15));
         let path = input.to_str().unwrap();
         let args = [
-            "run", path, "--force-stop", "--max-down", "2", "--progress", "none",
+            "run",
+            path,
+            "--force-stop",
+            "--max-down",
+            "2",
+            "--progress",
+            "none",
         ];
         let (code, _, stderr) = r.run(&args, LIMIT).await;
         assert_eq!(code, 0, "{reading:?}: {stderr}");

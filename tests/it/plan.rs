@@ -802,3 +802,112 @@ async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
     assert_eq!(k.report_csv(&["1"]).len(), 3);
     assert_eq!(k.report_csv(&["2"]).len(), 7);
 }
+
+/// kill -9 while a large plan is being written, at several depths into the write (the
+/// database files' growth past a threshold), then the same plan again: every kill leaves
+/// no run or the whole one, never part of one, and the database stays intact.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_killed_midway_leaves_no_run_or_a_whole_one() {
+    let k = Keyfleet::new();
+    let rows = 60_000;
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for i in 0..rows {
+        csv.push_str(&format!("ins-{i:08x},skey-{:08x},ap-guangzhou\n", i % 7));
+    }
+    let big = k.file("big.csv", csv.as_bytes());
+    let db = k.db.path.clone();
+    let footprint = || -> u64 {
+        ["", "-wal", "-journal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = db.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).ok().map(|m| m.len())
+            })
+            .sum()
+    };
+    // A first `plan` creates the schema; a run of another input makes the killed plan
+    // one of several, as in a database in use.
+    k.plan(&sample("small.csv"), &[]);
+    let before = footprint();
+    let mut mid_write = 0;
+    for grown in [64 << 10, 512 << 10, 2 << 20, 4 << 20] {
+        let running = k
+            .command(&["plan", big.to_str().unwrap(), "--json"])
+            .timeout(std::time::Duration::from_secs(120))
+            .spawn();
+        let pid = i32::try_from(running.pid()).unwrap();
+        let started = std::time::Instant::now();
+        while footprint() < before + grown && started.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // SAFETY: kill(2) on the child this test started and has not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let ended = running.wait();
+        let store = k.store().await;
+        let pool = store.pool_for_tests();
+        let runs: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT runs.id, (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id)
+             FROM runs WHERE input_path LIKE '%big.csv'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok", "after a kill {grown} bytes in");
+        let small: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id = 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(small, 7, "the earlier run is untouched");
+        store.close().await;
+        match runs.as_slice() {
+            [] => {
+                assert_eq!(
+                    ended.code, None,
+                    "no run, so the kill came before the commit"
+                );
+                mid_write += 1;
+            }
+            [(_, items)] => {
+                assert_eq!(*items, rows as i64, "a run is whole ({grown} bytes in)");
+                // The plan was complete: start again from no run.
+                let store = k.store().await;
+                let pool = store.pool_for_tests();
+                for table in ["items", "jobs"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE run_id <> 1"
+                    )))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                }
+                sqlx::query("DELETE FROM runs WHERE id <> 1")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                store.close().await;
+            }
+            more => panic!("one input, one run: {more:?}"),
+        }
+    }
+    assert!(
+        mid_write >= 2,
+        "only {mid_write} kills landed inside the write"
+    );
+    // And the same plan, left alone, writes the whole run.
+    let done = k.plan(&big, &[]);
+    assert_eq!(count(&done, "rows"), rows as i64);
+    let store = k.store().await;
+    let items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id <> 1")
+        .fetch_one(store.pool_for_tests())
+        .await
+        .unwrap();
+    assert_eq!(items, rows as i64);
+    store.close().await;
+}
