@@ -267,7 +267,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     );
     let stats = simulator.stats();
     let after = simulator.fleet().bindings();
-    let budget_per_zone = power_budget_per_zone(&before_fleet);
+    let budget_per_zone = power_budget_per_zone(&before_fleet, &leaked);
     let power = sim::audit::audit_power_of(
         &simulator,
         &before_fleet,
@@ -360,20 +360,13 @@ fn audit_rows(outcomes: Vec<keyfleet::store::queue::PairOutcome>) -> Vec<sim::au
         .collect()
 }
 
-/// The smallest per-zone budget the demo's 5% gives (each zone's own 5% of its
-/// instances found RUNNING, at least 1): what the audit holds every zone to.
-fn power_budget_per_zone(fleet: &Fleet) -> usize {
-    let mut running: std::collections::BTreeMap<(String, String), usize> = Default::default();
-    for instance in fleet.instances() {
-        if instance.state == sim::InstanceState::Running {
-            *running
-                .entry((instance.region.clone(), instance.zone_name()))
-                .or_default() += 1;
-        }
-    }
-    running
-        .values()
-        .map(|&n| keyfleet::rules::power::Budget::Percent(5).of(n))
-        .max()
-        .unwrap_or(1)
+/// The demo's budget per zone: 5% of the run's instances found RUNNING (those holding
+/// the leaked key), at least 1, as `--max-down 5% --max-down-per zone` counts it.
+fn power_budget_per_zone(fleet: &Fleet, leaked: &str) -> usize {
+    let running = fleet
+        .instances()
+        .iter()
+        .filter(|i| i.state == sim::InstanceState::Running && i.key_ids.iter().any(|k| k == leaked))
+        .count();
+    keyfleet::rules::power::Budget::Percent(5).of(running)
 }

@@ -121,7 +121,8 @@ impl std::fmt::Display for Per {
 pub struct Live {
     pub running: Running,
     pub max_down: Budget,
-    /// With a grouping, the budget applies to each group.
+    /// With a grouping, the budget (P% of the run's instances found RUNNING, or N)
+    /// applies to each group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per: Option<Per>,
     /// How long an instance keeps its slot after it is RUNNING again (ms).
@@ -379,10 +380,10 @@ pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
     effects
 }
 
-/// Which waiting instances go down now: in survey order, while the budget (and each
-/// group's) has room, the canaries alone until they are all back up. `running` counts
-/// the instances found RUNNING (per group with `--max-down-per`); `halted`: the run
-/// takes no further instance down.
+/// Which waiting instances go down now: in survey order, while the budget (or, with
+/// `--max-down-per`, each group's) has room, the canaries alone until they are all back
+/// up. A percentage is of the run's instances found RUNNING; `halted`: the run takes no
+/// further instance down.
 pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effect> {
     if halted {
         return Vec::new();
@@ -415,10 +416,9 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
             continue;
         }
         let group = row.group.as_deref();
-        let allowed = match &live.per {
-            None => live.max_down.of(total_running),
-            Some(_) => live.max_down.of(running.get(&group).copied().unwrap_or(0)),
-        };
+        // P% is of the run's instances found RUNNING; with a grouping, that budget
+        // applies to each group.
+        let allowed = live.max_down.of(total_running);
         let in_group = down.get(&group).copied().unwrap_or(0);
         let room = match &live.per {
             None => total_down < allowed,
@@ -945,7 +945,7 @@ mod tests {
             .map(|n| row(n, PowerState::Waiting, Some("z1")))
             .collect();
         let pct = live_pct();
-        assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 2);
+        assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 4);
     }
 
     fn live_pct() -> Live {
