@@ -140,9 +140,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         .context("cannot listen on 127.0.0.1")?;
     let simulator = sim::start(listener, config, fleet).await?;
     if let Some(new) = &new_key {
-        eprintln!("keyfleet demo: rotating every holder of {leaked} to {new}.");
+        crate::note!("keyfleet demo: rotating every holder of {leaked} to {new}.");
     }
-    eprintln!(
+    crate::note!(
         "keyfleet demo: key {leaked} has leaked. {} instances ({} key bindings) in two regions behind a simulated CVM API at {} (10 requests/s, {:.0}% transient faults, {:.0}% of accepted operations fail later)",
         args.instances,
         before.len(),
@@ -158,14 +158,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             token: None,
             source: "demo".into(),
         },
-        connect_timeout: args.exec.connect_timeout,
-        request_timeout: args.exec.timeout,
+        connect_timeout: args.exec.send.connect_timeout,
+        request_timeout: args.exec.send.timeout,
         resolve: Vec::new(),
         // The demo's simulator is on 127.0.0.1.
         insecure_http: false,
     })?);
 
-    eprintln!(
+    crate::note!(
         "\n1. keyfleet discover --key {leaked} --all-regions{} --output {}",
         new_key
             .as_ref()
@@ -197,17 +197,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         new_key.as_deref(),
     );
 
-    eprintln!("\n2. keyfleet run {}", input.display());
+    crate::note!("\n2. keyfleet run {}", input.display());
     let store = open_store(&db).await?;
     let outcome = plan::plan_input(&store, &input, &PlanOptions::default()).await?;
     let s = &outcome.summary;
     let run_id = s.run_id;
-    eprintln!(
+    crate::note!(
         "  plan:     run {run_id}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
         s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
     );
     if s.binds > 0 {
-        eprintln!(
+        crate::note!(
             "  rotation: {} new keys to bind and confirm first; {} unbinds held until their instance is confirmed",
             s.binds, s.held
         );
@@ -223,7 +223,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         && round < args.rounds
     {
         round += 1;
-        eprintln!(
+        crate::note!(
             "\n{}. keyfleet verify {run_id} --requeue && keyfleet resume {run_id}",
             2 + round
         );
@@ -234,13 +234,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
                 .await?;
         }
         let requeued = requeue.commit().await?;
-        eprintln!("  {requeued} pairs accepted but not applied are pending again");
+        crate::note!("  {requeued} pairs accepted but not applied are pending again");
         code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
     }
     let verification = store.verification_counts(run_id).await?;
 
     let rows = super::report::write_csv_file(&store, run_id, &report).await?;
-    eprintln!(
+    crate::note!(
         "\n  report:   {} ({rows} rows, one per input row)",
         report.display()
     );
@@ -253,13 +253,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         &store.bind_outcomes(run_id).await?,
         &simulator.journal(),
     );
-    eprintln!(
+    crate::note!(
         "  simulator: {} requests admitted, {} throttled, at most {} in any second",
         stats.admitted, stats.throttled, stats.max_in_any_second
     );
     let all_gone = verification.succeeded_not_gone == 0;
     if audit.is_clean() && audit.accepted_not_applied.is_empty() {
-        eprintln!(
+        crate::note!(
             "  audit:    clean: {} bindings removed, every one asked for; {} pairs succeeded, each proven by a RequestId the simulator issued and verified gone by DescribeInstances ({}); {} failed pairs still bound",
             audit.removed_as_asked,
             audit.succeeded,
@@ -268,19 +268,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         );
         if let Some(new) = &new_key {
             let holders = |key: &str| after.iter().filter(|(_, k)| k == key).count();
-            eprintln!(
+            crate::note!(
                 "  rotation: {} instances now hold {new}, each bound and confirmed before {leaked} was unbound; {} kept {leaked} because {new} could not be bound there (skipped, with the reason in the report); none left without a key",
                 holders(new),
                 holders(&leaked)
             );
         }
     } else {
-        eprintln!("  audit:    FAILED:");
+        crate::note!("  audit:    FAILED:");
         for violation in &audit.violations {
-            eprintln!("    {violation}");
+            crate::note!("    {violation}");
         }
         for (instance, key) in &audit.accepted_not_applied {
-            eprintln!("    accepted but not applied: {instance} {key}");
+            crate::note!("    accepted but not applied: {instance} {key}");
         }
     }
     store.close().await;

@@ -13,12 +13,12 @@ pub async fn print_for_execution(store: &Store, summary: &Summary) {
     match store.achieved_rates(summary.run_id, Some(since)).await {
         Ok(rates) if rates.is_empty() => {}
         Ok(rates) => {
-            eprintln!("  rates:");
+            crate::note!("  rates:");
             for line in lines(&rates, "    ") {
-                eprintln!("{line}");
+                crate::note!("{line}");
             }
         }
-        Err(error) => eprintln!("  rates: could not be read: {error}"),
+        Err(error) => crate::note!("  rates: could not be read: {error}"),
     }
 }
 

@@ -108,27 +108,9 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatencyRange(Duration, Duration);
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+/// The simulator's time flags: a bare number is milliseconds (`cli::flags::duration`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 20ms or 1s"))?;
-    let secs = match unit.trim() {
-        "" | "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s or m"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
+    super::flags::millis(text)
 }
 
 /// Parses `50ms..300ms`, or one duration for a fixed latency.
@@ -270,23 +252,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             "instances": instances,
         })
     );
-    eprintln!("keyfleet sim: {instances} instances, seed {seed}, listening on {endpoint}");
-    eprintln!("  export TENCENTCLOUD_SECRET_ID={secret_id}");
+    crate::note!("keyfleet sim: {instances} instances, seed {seed}, listening on {endpoint}");
+    crate::note!("  export TENCENTCLOUD_SECRET_ID={secret_id}");
     match &shown_key {
-        Some(key) => eprintln!("  export TENCENTCLOUD_SECRET_KEY={key}"),
-        None => eprintln!("  (SecretKey as given)"),
+        Some(key) => crate::note!("  export TENCENTCLOUD_SECRET_KEY={key}"),
+        None => crate::note!("  (SecretKey as given)"),
     }
-    eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
-    eprintln!(
+    crate::note!("  export KEYFLEET_ENDPOINT={endpoint}");
+    crate::note!(
         "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal?after=0  stats: {endpoint}/_sim/stats  rate: {endpoint}/_sim/rate"
     );
-    eprintln!("Ctrl-C stops.");
+    crate::note!("Ctrl-C stops.");
     tokio::signal::ctrl_c()
         .await
         .context("cannot wait for Ctrl-C")?;
     let stats = handle.stats();
     handle.shutdown().await;
-    eprintln!(
+    crate::note!(
         "keyfleet sim: stopped; {} admitted, {} throttled, {} dropped, at most {} per second",
         stats.admitted, stats.throttled, stats.dropped, stats.max_in_any_second
     );
