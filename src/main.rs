@@ -266,6 +266,32 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_exit_constant_is_one_row_of_the_table() {
+        let codes: Vec<u8> = exit::TABLE.iter().map(|c| c.code).collect();
+        assert_eq!(
+            codes,
+            [
+                exit::OK,
+                exit::FAILED,
+                exit::USAGE,
+                exit::STOPPED,
+                exit::INSTANCES_LEFT_STOPPED
+            ]
+        );
+        assert!(codes.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+        assert!(codes.contains(&exit::INTERRUPTED) && codes.contains(&exit::INCOMPLETE));
+        // clap exits 2 on a usage error: the table's usage code must be that one.
+        let err = Cli::try_parse_from(["keyfleet", "--no-such-flag"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
     fn regional_endpoints_and_resolve_rules_are_global_flags() {
         assert_eq!(
             global(&["--regional-endpoints"]).endpoint(),

@@ -55,12 +55,19 @@ fn filter(verbose: u8, floor: u8) -> EnvFilter {
     })
 }
 
-/// Installs the global subscriber: stderr (text at warn by default, JSON at info, as
-/// log shippers want every request), plus the log file at info or more.
+/// Installs the global subscriber. Without `--log-file`, events go to stderr in
+/// `--log-format` (text at warn by default; JSON at info, as log shippers want every
+/// request). With it, they go to the file in that format (info or more) and stderr
+/// stays the operator's: text, warnings only unless `-v`, beside the progress bars.
 pub fn init(global: &GlobalArgs) -> anyhow::Result<()> {
     let verbose = global.verbose;
     let stderr_writer = IndicatifWriter::<Stderr>::new(bars());
-    let stderr = match global.log_format {
+    let stderr_format = if global.log_file.is_some() {
+        LogFormat::Text
+    } else {
+        global.log_format
+    };
+    let stderr = match stderr_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(stderr_writer)
             .with_ansi(Env::stderr().colour())
