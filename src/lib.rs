@@ -56,8 +56,9 @@
 //!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied.
 //!
-//! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
-//! draws progress and maps errors to exit codes; nothing in the library prints.
+//! The binary (`src/main.rs`, one file per subcommand in `src/cli/`, flag groups in
+//! `cli/flags.rs`) parses flags, draws progress, writes logs (text or JSON Lines) and maps
+//! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
 
 pub mod api;
 pub mod credentials;

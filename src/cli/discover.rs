@@ -206,7 +206,10 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
         match &scan.failed {
             None => crate::note!(
                 "{}: {} instances scanned in {} requests, {} matching pairs",
-                scan.region, scan.scanned, scan.pages, matches
+                scan.region,
+                scan.scanned,
+                scan.pages,
+                matches
             ),
             Some((code, message)) => crate::note!(
                 "{}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",
@@ -248,7 +251,9 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
         crate::note!("  {running} RUNNING instances: stop them first or run with --force-stop");
     }
     if transitional > 0 {
-        crate::note!("  {transitional} instances in a transitional state: retried until they settle");
+        crate::note!(
+            "  {transitional} instances in a transitional state: retried until they settle"
+        );
     }
     match rotate_to {
         Some(new) => crate::note!(

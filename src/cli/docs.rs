@@ -46,8 +46,7 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
 pub fn man(args: ManArgs) -> anyhow::Result<u8> {
     let command = command();
     if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let written = write_pages(command, dir)?;
         crate::note!("wrote {} man pages to {}", written, dir.display());
         return Ok(exit::OK);
@@ -117,7 +116,10 @@ mod tests {
             let mut roff = Vec::new();
             render(page, &mut roff).unwrap();
             let roff = String::from_utf8(roff).unwrap();
-            assert!(roff.starts_with(".ie \\n(.g .ds Aq"), "{name:?}: {roff:.80}");
+            assert!(
+                roff.starts_with(".ie \\n(.g .ds Aq"),
+                "{name:?}: {roff:.80}"
+            );
             for section in [".TH ", ".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS"] {
                 assert!(roff.contains(section), "{name:?} lacks {section}");
             }

@@ -256,9 +256,21 @@ mod tests {
             assert_eq!(duration(text, bare), Ok(expected), "{text}");
         }
         assert!(duration("fast", BareUnit::Seconds).is_err());
-        assert!(duration("5d", BareUnit::Seconds).unwrap_err().contains("unit"));
-        assert!(duration("1441m", BareUnit::Seconds).unwrap_err().contains("24 hours"));
-        assert!(duration("5h", BareUnit::Seconds).unwrap_err().contains("unit"));
+        assert!(
+            duration("5d", BareUnit::Seconds)
+                .unwrap_err()
+                .contains("unit")
+        );
+        assert!(
+            duration("1441m", BareUnit::Seconds)
+                .unwrap_err()
+                .contains("24 hours")
+        );
+        assert!(
+            duration("5h", BareUnit::Seconds)
+                .unwrap_err()
+                .contains("unit")
+        );
         assert!(seconds("0").unwrap_err().contains("more than 0"));
         assert_eq!(millis("0"), Ok(Duration::ZERO));
     }

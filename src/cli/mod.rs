@@ -1,4 +1,8 @@
-//! One file per subcommand; each exposes `Args` and a `run` function.
+//! One file per subcommand; each exposes `Args` and a `run` function. Shared by them:
+//! `flags` (flag groups and value parsers), `common` (client and store setup), `term`
+//! (`--quiet`, colour), `logging` (text or JSON events, `--log-file`), `signals`
+//! (Ctrl-C, SIGTERM, SIGHUP), `progress`, `rates`, `verdict` (the final line), and
+//! `docs` (completions and man pages from the same definitions).
 
 pub mod call;
 pub mod codes;

@@ -270,7 +270,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     handle.shutdown().await;
     crate::note!(
         "keyfleet sim: stopped; {} admitted, {} throttled, {} dropped, at most {} per second",
-        stats.admitted, stats.throttled, stats.dropped, stats.max_in_any_second
+        stats.admitted,
+        stats.throttled,
+        stats.dropped,
+        stats.max_in_any_second
     );
     Ok(crate::exit::OK)
 }

@@ -240,10 +240,7 @@ impl Snapshot {
             out.push(format!("  errors    {}", codes.join(", ")));
         }
         if !status.failures_by_code.is_empty() {
-            out.push(format!(
-                "  failed    {}",
-                list(&status.failures_by_code)
-            ));
+            out.push(format!("  failed    {}", list(&status.failures_by_code)));
         }
         let verified: BTreeMap<String, i64> = self
             .verified()
@@ -385,7 +382,10 @@ fn truncate(line: &str, width: usize) -> String {
     if line.chars().count() <= width {
         line.to_string()
     } else {
-        line.chars().take(width.saturating_sub(1)).chain(['…']).collect()
+        line.chars()
+            .take(width.saturating_sub(1))
+            .chain(['…'])
+            .collect()
     }
 }
 
@@ -452,7 +452,12 @@ mod tests {
     fn a_watch_line_holds_the_progress_and_the_counts() {
         let s = snapshot(
             "running",
-            &[("succeeded", 30), ("failed", 1), ("pending", 9), ("rejected", 2)],
+            &[
+                ("succeeded", 30),
+                ("failed", 1),
+                ("pending", 9),
+                ("rejected", 2),
+            ],
         );
         assert_eq!(
             s.watch_line(0),
@@ -469,9 +474,16 @@ mod tests {
     fn a_frame_has_a_bar_in_flight_and_the_most_frequent_codes_first() {
         let s = snapshot("running", &[("succeeded", 15), ("pending", 15)]);
         let frame = s.frame(0, Duration::from_secs(2));
-        assert!(frame[0].starts_with("run 3 (running) leaked.csv"), "{frame:?}");
         assert!(
-            frame[1].starts_with(&format!("  pairs     [{}{}]  50.0% 15/30", "#".repeat(15), ".".repeat(15))),
+            frame[0].starts_with("run 3 (running) leaked.csv"),
+            "{frame:?}"
+        );
+        assert!(
+            frame[1].starts_with(&format!(
+                "  pairs     [{}{}]  50.0% 15/30",
+                "#".repeat(15),
+                ".".repeat(15)
+            )),
             "{frame:?}"
         );
         assert!(frame.contains(&"  in flight 2 requests · queued 5 jobs".to_string()));

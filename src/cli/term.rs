@@ -90,8 +90,20 @@ mod tests {
         assert!(tty.colour() && tty.redraw());
         assert!(!Env { tty: false, ..tty }.colour());
         assert!(!Env { tty: false, ..tty }.redraw());
-        assert!(!Env { no_color: true, ..tty }.colour());
-        assert!(Env { no_color: true, ..tty }.redraw());
+        assert!(
+            !Env {
+                no_color: true,
+                ..tty
+            }
+            .colour()
+        );
+        assert!(
+            Env {
+                no_color: true,
+                ..tty
+            }
+            .redraw()
+        );
         assert!(!Env { dumb: true, ..tty }.colour());
         assert!(!Env { dumb: true, ..tty }.redraw());
         assert_eq!(paint("ok", 32, false), "ok");

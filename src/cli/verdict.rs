@@ -156,7 +156,9 @@ mod tests {
         assert!(stopped.ends_with("; continue with: keyfleet resume 7"));
         let mut rotation = counts();
         rotation.binds.insert("succeeded".into(), 5);
-        assert!(line(Outcome::Ok, 7, &rotation, "").contains("; new keys 5 bound, 0 failed, 0 pending"));
+        assert!(
+            line(Outcome::Ok, 7, &rotation, "").contains("; new keys 5 bound, 0 failed, 0 pending")
+        );
     }
 
     #[test]

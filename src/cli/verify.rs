@@ -187,7 +187,9 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     if v.ended == Ended::Complete && unresolved > 0 {
         crate::note!(
             "  {} succeeded pairs are not verified gone: keyfleet{db} verify {} --requeue, then keyfleet{db} resume {}",
-            unresolved, v.run_id, v.run_id
+            unresolved,
+            v.run_id,
+            v.run_id
         );
     }
 }
@@ -197,14 +199,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let run_id = store.resolve_run(args.run).await?;
     let client = build_client(&args.send, global)?;
     let exec = ExecFlags::without_verification(args.send, args.queue, args.wait);
-    let verification =
-        match verify_run(&store, run_id, client, args.wait, &exec, global).await? {
-            Ok(v) => v,
-            Err(code) => {
-                super::verdict::print(&store, run_id, code, global, "verify").await;
-                return Ok(code);
-            }
-        };
+    let verification = match verify_run(&store, run_id, client, args.wait, &exec, global).await? {
+        Ok(v) => v,
+        Err(code) => {
+            super::verdict::print(&store, run_id, code, global, "verify").await;
+            return Ok(code);
+        }
+    };
     crate::note!("run {run_id}:");
     print_verification(&verification, global, false);
     if args.json {
@@ -234,5 +235,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     super::verdict::print(&store, run_id, code, global, "verify").await;
     // An interrupted verification keeps its old exit code (1): scripts read it.
-    Ok(if code == exit::STOPPED { exit::FAILED } else { code })
+    Ok(if code == exit::STOPPED {
+        exit::FAILED
+    } else {
+        code
+    })
 }

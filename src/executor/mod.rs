@@ -950,7 +950,14 @@ async fn send_and_record<A: Api>(
             (outcome, refused.http_status, refused.request_id)
         }
     };
-    log_request(shared.run_id, &job, key, &outcome, request_id.as_deref(), latency_ms);
+    log_request(
+        shared.run_id,
+        &job,
+        key,
+        &outcome,
+        request_id.as_deref(),
+        latency_ms,
+    );
     let finish = Finish {
         attempt_id,
         job_id: job.id,
@@ -991,8 +998,12 @@ fn log_request(
                 "request refused: retried later"
             },
         ),
-        Outcome::Throttled { error, .. } => (error.code.as_str(), "request throttled: retried later"),
-        Outcome::Split { error, .. } => (error.code.as_str(), "request refused: the batch is split"),
+        Outcome::Throttled { error, .. } => {
+            (error.code.as_str(), "request throttled: retried later")
+        }
+        Outcome::Split { error, .. } => {
+            (error.code.as_str(), "request refused: the batch is split")
+        }
         Outcome::Fail { error } => (error.code.as_str(), "request refused: the job's pairs fail"),
         Outcome::Fatal { error } => (error.code.as_str(), "request refused: the run stops"),
     };

@@ -303,7 +303,14 @@ async fn json_logs_hold_no_secret_key() {
                 "run, JSON on stderr",
                 with(
                     SECRET_KEY,
-                    &["--log-format", "json", "run", &input_arg, "--progress", "none"],
+                    &[
+                        "--log-format",
+                        "json",
+                        "run",
+                        &input_arg,
+                        "--progress",
+                        "none",
+                    ],
                 ),
             ),
             (
@@ -322,7 +329,12 @@ async fn json_logs_hold_no_secret_key() {
     .await
     .expect("runs");
     let codes: Vec<Option<i32>> = outputs.iter().map(|(_, out)| out.code).collect();
-    assert_eq!(codes, [Some(0), Some(0), Some(1)], "{}", outputs[2].1.stderr_text());
+    assert_eq!(
+        codes,
+        [Some(0), Some(0), Some(1)],
+        "{}",
+        outputs[2].1.stderr_text()
+    );
     for (what, out) in &outputs {
         for key in [SECRET_KEY, WRONG_KEY] {
             assert_absent(&format!("stdout of {what}"), &out.stdout, key);
@@ -347,8 +359,16 @@ async fn json_logs_hold_no_secret_key() {
         outputs[2].1.stderr_text()
     );
     let in_file = std::fs::read_to_string(&log).expect("log file");
-    assert_eq!(json_lines(&in_file).len(), in_file.lines().count(), "only JSON lines");
-    assert!(json_lines(&in_file).iter().any(|e| e["action"] == "DescribeInstances"));
+    assert_eq!(
+        json_lines(&in_file).len(),
+        in_file.lines().count(),
+        "only JSON lines"
+    );
+    assert!(
+        json_lines(&in_file)
+            .iter()
+            .any(|e| e["action"] == "DescribeInstances")
+    );
     for file in files_under(db.dir.path()) {
         let bytes = std::fs::read(&file).unwrap();
         for key in [SECRET_KEY, WRONG_KEY] {

@@ -191,7 +191,10 @@ async fn status_watch_follows_a_run_to_its_end() {
             line.contains(" run 1 ") && line.contains(" pairs ("),
             "{line}"
         );
-        assert!(!line.contains('\x1b'), "no escapes off a terminal: {line:?}");
+        assert!(
+            !line.contains('\x1b'),
+            "no escapes off a terminal: {line:?}"
+        );
     }
     assert!(text[summary..].iter().any(|l| l.starts_with("  pairs ")));
     assert_eq!(
@@ -325,10 +328,16 @@ async fn quiet_prints_only_the_verdict() {
     let (code, _, stderr) = r.run(&["-q", "verify"], LIMIT).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("ok run 1: pairs 10 succeeded"), "{stderr}");
+    assert!(
+        stderr.starts_with("ok run 1: pairs 10 succeeded"),
+        "{stderr}"
+    );
     let (code, _, stderr) = r.run(&["-q", "retry"], LIMIT).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.starts_with("ok run 1: pairs 10 succeeded"), "{stderr}");
+    assert!(
+        stderr.starts_with("ok run 1: pairs 10 succeeded"),
+        "{stderr}"
+    );
     // Off a terminal, and with NO_COLOR, no colour.
     let (_, _, stderr) = r.run(&["resume"], LIMIT).await;
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
@@ -460,7 +469,12 @@ fn man_pages_for_every_command_render_without_warnings() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for name in ["keyfleet.1", "keyfleet-run.1", "keyfleet-status.1", "keyfleet-call-describe.1"] {
+    for name in [
+        "keyfleet.1",
+        "keyfleet-run.1",
+        "keyfleet-status.1",
+        "keyfleet-call-describe.1",
+    ] {
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
     // One page printed is the page written.
@@ -471,7 +485,11 @@ fn man_pages_for_every_command_render_without_warnings() {
     );
     let unknown = Cmd::new(["man", "nosuch"]).run();
     assert_eq!(unknown.code, Some(2));
-    assert!(unknown.stderr_text().contains("one of"), "{}", unknown.stderr_text());
+    assert!(
+        unknown.stderr_text().contains("one of"),
+        "{}",
+        unknown.stderr_text()
+    );
 
     for page in &pages {
         let roff = std::fs::read_to_string(page).unwrap();
@@ -479,7 +497,10 @@ fn man_pages_for_every_command_render_without_warnings() {
         assert!(roff.contains(".SH NAME"), "{}", page.display());
         assert!(roff.contains(".SH SYNOPSIS"), "{}", page.display());
     }
-    let Ok(_) = std::process::Command::new("groff").arg("--version").output() else {
+    let Ok(_) = std::process::Command::new("groff")
+        .arg("--version")
+        .output()
+    else {
         println!("skipped: groff is not installed; the roff structure was checked");
         return;
     };
