@@ -58,7 +58,7 @@ pub fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
 }
 
 /// Unix ms as `HH:MM:SS.mmm` UTC.
-fn clock(ms: i64) -> String {
+pub fn clock(ms: i64) -> String {
     let format = time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()

@@ -16,6 +16,7 @@ use keyfleet::display::escape;
 use keyfleet::store::rates::EndpointRate;
 use keyfleet::store::report::RunStatus;
 use keyfleet::store::verify::VerificationCounts;
+use keyfleet::store::watch::RecentError;
 use keyfleet::store::{Store, StoreError, Verified};
 
 use super::flags;
@@ -53,7 +54,12 @@ pub struct Snapshot {
     pub status: RunStatus,
     pub verification: VerificationCounts,
     pub rates: Vec<EndpointRate>,
+    /// The latest error replies, newest first ([`RECENT_ERRORS`] at most).
+    pub recent_errors: Vec<RecentError>,
 }
+
+/// Error replies a snapshot keeps.
+pub const RECENT_ERRORS: i64 = 5;
 
 impl Snapshot {
     pub async fn read(store: &Store, run_id: i64) -> Result<Snapshot, StoreError> {
@@ -61,6 +67,7 @@ impl Snapshot {
             status: store.run_status(run_id).await?,
             verification: store.verification_counts(run_id).await?,
             rates: store.achieved_rates(run_id, None).await?,
+            recent_errors: store.recent_errors(run_id, RECENT_ERRORS).await?,
         })
     }
 
@@ -84,6 +91,7 @@ impl Snapshot {
         let mut json = serde_json::to_value(&self.status)?;
         json["verification"] = serde_json::json!(self.verified());
         json["rates"] = serde_json::to_value(&self.rates)?;
+        json["recent_errors"] = serde_json::to_value(&self.recent_errors)?;
         Ok(json)
     }
 
@@ -241,6 +249,23 @@ impl Snapshot {
         }
         if !status.failures_by_code.is_empty() {
             out.push(format!("  failed    {}", list(&status.failures_by_code)));
+        }
+        if !self.recent_errors.is_empty() {
+            out.push("  latest errors:".into());
+            for e in &self.recent_errors {
+                out.push(format!(
+                    "    {} {} {} job {}: {}{}",
+                    super::rates::clock(e.at),
+                    escape(&e.action),
+                    escape(&e.region),
+                    e.job_id,
+                    escape(&e.code),
+                    e.message
+                        .as_deref()
+                        .map(|m| format!(": {}", escape(m)))
+                        .unwrap_or_default()
+                ));
+            }
         }
         let verified: BTreeMap<String, i64> = self
             .verified()
@@ -445,6 +470,14 @@ mod tests {
             },
             verification: VerificationCounts::default(),
             rates: Vec::new(),
+            recent_errors: vec![RecentError {
+                at: 1_500,
+                action: "DisassociateInstancesKeyPairs".into(),
+                region: "ap-guangzhou".into(),
+                code: "InternalError".into(),
+                message: Some("try again\x1b[2J".into()),
+                job_id: 17,
+            }],
         }
     }
 
@@ -494,6 +527,13 @@ mod tests {
             ),
             "{frame:?}"
         );
+        assert!(
+            frame.contains(
+                &"    00:00:01.500 DisassociateInstancesKeyPairs ap-guangzhou job 17: InternalError: try again\\u{1b}[2J"
+                    .to_string()
+            ),
+            "the latest errors, escaped: {frame:?}"
+        );
         // No rotation, no new-keys line.
         assert!(!frame.iter().any(|l| l.contains("new keys")));
     }
@@ -514,5 +554,6 @@ mod tests {
         assert_eq!(json["pairs"]["succeeded"], 2);
         assert_eq!(json["verification"]["unverified"], 0);
         assert!(json["rates"].as_array().unwrap().is_empty());
+        assert_eq!(json["recent_errors"][0]["code"], "InternalError");
     }
 }

@@ -953,6 +953,7 @@ async fn send_and_record<A: Api>(
     log_request(
         shared.run_id,
         &job,
+        attempt_id,
         key,
         &outcome,
         request_id.as_deref(),
@@ -982,6 +983,7 @@ async fn send_and_record<A: Api>(
 fn log_request(
     run_id: i64,
     job: &QueuedJob,
+    attempt_id: i64,
     key: &LimiterKey,
     outcome: &Outcome,
     request_id: Option<&str>,
@@ -1018,6 +1020,7 @@ fn log_request(
         code,
         latency_ms,
         attempt = job.attempts + 1,
+        attempt_id,
         pairs = job.pair_count,
         "{message}"
     );

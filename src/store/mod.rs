@@ -15,6 +15,7 @@ pub mod report;
 mod rotation;
 pub mod states;
 pub mod verify;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,61 +145,6 @@ impl Store {
             pool,
             path: path.to_path_buf(),
             file: filename.clone(),
-        })
-    }
-
-    /// Opens an existing database for reading only (`status --watch`): nothing is
-    /// created, migrated or written, so a watcher never disturbs the run it watches
-    /// (WAL lets it read while the run commits). A database whose schema is older than
-    /// this keyfleet's is refused: any other command upgrades it.
-    pub async fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        let prepare_err = |detail: String| StoreError::Prepare {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let filename = std::path::absolute(path).map_err(|err| prepare_err(err.to_string()))?;
-        if !filename.is_file() {
-            return Err(prepare_err("no such database file".into()));
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(&filename)
-            .read_only(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let latest = sqlx::migrate!("./migrations")
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&pool)
-                .await
-                .map_err(|source| StoreError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        if applied.unwrap_or(0) < latest {
-            pool.close().await;
-            return Err(StoreError::Corrupt(format!(
-                "database {} has an older schema ({} < {latest}); any other keyfleet command \
-                 (`keyfleet status`, say) upgrades it",
-                path.display(),
-                applied.unwrap_or(0)
-            )));
-        }
-        Ok(Store {
-            pool,
-            path: path.to_path_buf(),
-            file: filename,
         })
     }
 

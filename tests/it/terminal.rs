@@ -301,6 +301,21 @@ async fn json_log_lines_carry_each_request() {
         requests.iter().filter(|e| e["code"] == "ok").count() >= 30,
         "every pair's success"
     );
+    // `status --json` (and each `--watch` frame) lists the latest of those errors.
+    let (code, status, stderr_status) = r.run(&["status", "--json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr_status}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let recent = status["recent_errors"].as_array().unwrap();
+    assert_eq!(recent.len(), refused.min(5), "{status}");
+    let last_refused: Vec<&Value> = requests
+        .iter()
+        .filter(|e| e["code"] != "ok")
+        .map(|e| &e["code"])
+        .collect();
+    for error in recent {
+        assert!(last_refused.contains(&&error["code"]), "{error}");
+        assert_eq!(error["region"], GZ);
+    }
     // The terminal still had the human summary (and no JSON: info events go to the file).
     assert!(stderr.contains("ok run 1: pairs 30 succeeded"), "{stderr}");
     assert!(!stderr.contains("keyfleet::request"), "{stderr}");
