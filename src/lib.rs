@@ -27,7 +27,8 @@
 //!   connection of its own), `store::report` reads runs back (`Store::run_summary`,
 //!   `run_status`, `list_runs`, `for_each_report_row`, the last read-only likewise),
 //!   `store::rates` the achieved rate and throttles per API and access endpoint
-//!   (`Store::achieved_rates`),
+//!   (`Store::achieved_rates`), `store::watch` what `status --watch` reads
+//!   (`Store::open_read_only`, which creates, migrates and writes nothing; `recent_errors`),
 //!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
 //!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
 //!   `store::verify` queues verification batches and counts their verdicts;
