@@ -202,18 +202,22 @@ impl Snapshot {
         let status = &self.status;
         let (done, total) = self.progress();
         let mut out = vec![
+            // The input path last: on a narrow terminal the cut takes it, not the rest.
             format!(
-                "run {} ({}) {} · {} UTC · every {:.1} s, Ctrl-C to leave",
+                "run {} ({}) · {} UTC · every {:.1} s · Ctrl-C leaves · {}",
                 status.run_id,
                 escape(&status.state),
-                escape(&status.input_path),
                 utc(now_ms),
-                interval.as_secs_f64()
+                interval.as_secs_f64(),
+                escape(&status.input_path),
             ),
             format!(
-                "  pairs     {} {:>5.1}% {done}/{total} · succeeded {} · failed {} · skipped {} · pending {}",
+                "  pairs     {} {:>5.1}% {done}/{total}",
                 bar(done, total, BAR_WIDTH),
                 percent(done, total),
+            ),
+            format!(
+                "            succeeded {} · failed {} · skipped {} · pending {}",
                 self.pair("succeeded"),
                 self.pair("failed"),
                 self.pair("skipped"),
@@ -508,7 +512,7 @@ mod tests {
         let s = snapshot("running", &[("succeeded", 15), ("pending", 15)]);
         let frame = s.frame(0, Duration::from_secs(2));
         assert!(
-            frame[0].starts_with("run 3 (running) leaked.csv"),
+            frame[0].starts_with("run 3 (running) · 1970-01-01 00:00:00 UTC · every 2.0 s · Ctrl-C leaves · leaked.csv"),
             "{frame:?}"
         );
         assert!(
@@ -518,6 +522,10 @@ mod tests {
                 ".".repeat(15)
             )),
             "{frame:?}"
+        );
+        assert_eq!(
+            frame[2],
+            "            succeeded 15 · failed 0 · skipped 0 · pending 15"
         );
         assert!(frame.contains(&"  in flight 2 requests · queued 5 jobs".to_string()));
         assert!(

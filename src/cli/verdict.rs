@@ -2,11 +2,11 @@
 //! `resume`, `retry`, `verify`; later `retire`): one shape, the outcome word first,
 //! then the run's counts as the database holds them. Printed even with `--quiet`.
 //!
-//! `ok run 7: pairs 118 succeeded, 2 failed, 0 skipped, 1 rejected, 0 pending; verified 118 gone, 0 not gone`
+//! `ok run 7: pairs 118 succeeded, 2 failed, 0 skipped, 1 rejected, 0 pending; verified gone 118 of 118`
 
 use std::collections::BTreeMap;
 
-use keyfleet::store::{Store, Verified};
+use keyfleet::store::Store;
 
 use super::term::{Env, paint};
 use crate::exit;
@@ -56,7 +56,7 @@ pub struct Counts {
     pub pairs: BTreeMap<String, i64>,
     /// A rotation's new keys by status; empty or all zero otherwise.
     pub binds: BTreeMap<String, i64>,
-    pub gone: i64,
+    /// Succeeded unbind pairs not verified gone (never verified, or still bound).
     pub not_gone: i64,
 }
 
@@ -65,15 +65,15 @@ pub struct Counts {
 pub fn line(outcome: Outcome, run_id: i64, counts: &Counts, resume: &str) -> String {
     let n = |map: &BTreeMap<String, i64>, key: &str| map.get(key).copied().unwrap_or(0);
     let mut text = format!(
-        "{} run {run_id}: pairs {} succeeded, {} failed, {} skipped, {} rejected, {} pending; verified {} gone, {} not gone",
+        "{} run {run_id}: pairs {} succeeded, {} failed, {} skipped, {} rejected, {} pending; verified gone {} of {}",
         outcome.word(),
         n(&counts.pairs, "succeeded"),
         n(&counts.pairs, "failed"),
         n(&counts.pairs, "skipped"),
         n(&counts.pairs, "rejected"),
         n(&counts.pairs, "pending"),
-        counts.gone,
-        counts.not_gone,
+        (n(&counts.pairs, "succeeded") - counts.not_gone).max(0),
+        n(&counts.pairs, "succeeded"),
     );
     if counts.binds.values().any(|v| *v > 0) {
         text.push_str(&format!(
@@ -101,7 +101,6 @@ pub async fn print(store: &Store, run_id: i64, code: u8, global: &crate::GlobalA
         Ok::<_, keyfleet::store::StoreError>(Counts {
             pairs: status.pairs,
             binds: status.binds,
-            gone: verification.get(Verified::Gone),
             not_gone: verification.succeeded_not_gone,
         })
     }
@@ -134,8 +133,7 @@ mod tests {
         Counts {
             pairs: map(&[("succeeded", 118), ("failed", 2), ("rejected", 1)]),
             binds: map(&[("succeeded", 0)]),
-            gone: 118,
-            not_gone: 0,
+            not_gone: 3,
         }
     }
 
@@ -144,7 +142,7 @@ mod tests {
         let text = line(Outcome::Failed, 7, &counts(), "keyfleet resume 7");
         assert_eq!(
             text,
-            "failed run 7: pairs 118 succeeded, 2 failed, 0 skipped, 1 rejected, 0 pending; verified 118 gone, 0 not gone"
+            "failed run 7: pairs 118 succeeded, 2 failed, 0 skipped, 1 rejected, 0 pending; verified gone 115 of 118"
         );
         let stopped = line(
             Outcome::of(exit::STOPPED, true),

@@ -205,6 +205,88 @@ async fn status_watch_follows_a_run_to_its_end() {
     );
 }
 
+/// On a terminal (a pseudo-terminal here) `--watch` redraws one frame in place: the
+/// cursor goes back up over the last frame, which is cleared; then the final summary.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_redraws_in_place_on_a_terminal() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let r = Rehearsal::start(sim(Duration::from_millis(40)), fleet(30)).await;
+    let input = r.input("in.csv", &own_keys(30));
+    let input = input.to_str().unwrap();
+    let (code, _, stderr) = r.run(&["plan", input], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the pointers given; the rest may be null.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let watcher = r
+        .command(&["status", "--watch", "--interval", "100ms"])
+        .env("TERM", "xterm")
+        .stdout(std::process::Stdio::from(slave))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the terminal until the watcher has exited (then the read fails: EIO).
+    let reader = std::thread::spawn(move || {
+        let mut terminal = std::fs::File::from(master);
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = terminal.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buffer[..n]);
+        }
+        bytes
+    });
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "run",
+                input,
+                "--no-verify",
+                "--rate",
+                "20",
+                "--concurrency",
+                "2",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let out = tokio::time::timeout(LIMIT, watcher.wait_with_output())
+        .await
+        .expect("the watcher exits once the run is finished")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let screen = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    let redraws = screen.matches("\r\x1b[J").count();
+    assert!(redraws >= 2, "frames redrawn in place: {screen:?}");
+    assert!(screen.contains("  pairs     [#"), "a bar: {screen:?}");
+    assert!(screen.contains("Ctrl-C leaves"), "{screen:?}");
+    let summary = screen.rfind("run 1 (finished)").expect("the summary");
+    assert!(
+        screen[..summary].ends_with("\x1b[J"),
+        "the summary replaces the last frame: {screen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_reads_only() {
     let r = Rehearsal::start(sim(Duration::ZERO), fleet(1)).await;
@@ -335,7 +417,7 @@ async fn quiet_prints_only_the_verdict() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with(
-            "ok run 1: pairs 10 succeeded, 0 failed, 0 skipped, 0 rejected, 0 pending; verified 10 gone, 0 not gone"
+            "ok run 1: pairs 10 succeeded, 0 failed, 0 skipped, 0 rejected, 0 pending; verified gone 10 of 10"
         ),
         "{stderr}"
     );
