@@ -5,8 +5,9 @@
 //! migrates and writes nothing, and WAL lets it read while the run commits, so it
 //! never disturbs the run. Each interval it reads a [`Snapshot`] and draws it: a frame
 //! redrawn in place on a terminal, one line otherwise, or one JSON object (the shape
-//! of `status --json`) with `--json`. Once the run is finished (or stopped) it prints
-//! the final summary once and exits 0; Ctrl-C exits 0 too.
+//! of `status --json`) with `--json`. Once the run is finished (or stopped), and still
+//! so 2 s later (a run's closing verification starts right after its unbinds finish),
+//! it prints the final summary once and exits 0; Ctrl-C exits 0 too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -282,6 +283,9 @@ impl Snapshot {
     }
 }
 
+/// How long a run must stay ended before `--watch` calls it over (see `watch_store`).
+const END_GRACE: Duration = Duration::from_secs(2);
+
 /// Width of the frame's pairs bar, in characters.
 const BAR_WIDTH: usize = 30;
 /// Error codes the frame lists, the most frequent first.
@@ -360,6 +364,7 @@ async fn watch_store(store: &Store, args: &Args) -> anyhow::Result<u8> {
     };
     let mut out = std::io::stdout().lock();
     let mut drawn = 0usize;
+    let mut ended_since = None;
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let interrupt = tokio::signal::ctrl_c();
@@ -376,11 +381,22 @@ async fn watch_store(store: &Store, args: &Args) -> anyhow::Result<u8> {
         }
         let snapshot = Snapshot::read(store, run_id).await?;
         let now = keyfleet::store::now_ms();
+        let ended = snapshot.ended();
+        if ended {
+            // `run` finishes its unbinds, then verifies (and may resend): the run is
+            // `finished` for a moment between those phases. Only a run still ended after
+            // the grace is over; until then nothing is drawn, so the end prints once.
+            let since = *ended_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < END_GRACE {
+                continue;
+            }
+        } else {
+            ended_since = None;
+        }
         if drawing == Drawing::Frame && drawn > 0 {
             // Up to the frame's first line, then clear everything below.
             write!(out, "\x1b[{drawn}A\r\x1b[J")?;
         }
-        let ended = snapshot.ended();
         match drawing {
             Drawing::Json => writeln!(out, "{}", snapshot.to_json()?)?,
             _ if ended => {
