@@ -62,6 +62,7 @@
 //! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
 
 pub mod api;
+pub mod chunk;
 pub mod credentials;
 pub mod cvm;
 pub mod delay;
@@ -70,9 +71,12 @@ pub mod display;
 pub mod executor;
 pub mod ids;
 pub mod input;
+pub mod lifecycle;
 pub mod plan;
+pub mod rules;
 pub mod secret;
 pub mod sign;
 pub mod sim;
+pub mod states;
 pub mod store;
 pub mod taxonomy;

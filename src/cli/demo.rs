@@ -204,18 +204,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let run_id = s.run_id;
     crate::note!(
         "  plan:     run {run_id}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
-        s.rows,
-        s.pairs,
-        s.jobs,
-        outcome.lower_bound,
-        s.duplicates,
-        s.rejected
+        s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
     );
     if s.binds > 0 {
         crate::note!(
             "  rotation: {} new keys to bind and confirm first; {} unbinds held until their instance is confirmed",
-            s.binds,
-            s.held
+            s.binds, s.held
         );
     }
     let demo_global = GlobalArgs {
@@ -233,13 +227,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             "\n{}. keyfleet verify {run_id} --requeue && keyfleet resume {run_id}",
             2 + round
         );
-        let mut requeue = store.begin_requeue_unverified(run_id).await?;
-        for job in plan::chunk_requeued(requeue.pairs()) {
-            requeue
-                .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-                .await?;
-        }
-        let requeued = requeue.commit().await?;
+        let requeued = keyfleet::lifecycle::requeue_unverified(&store, run_id)
+            .await?
+            .pairs;
         crate::note!("  {requeued} pairs accepted but not applied are pending again");
         code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
     }
@@ -255,15 +245,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let audit = sim::audit::audit_rotation(
         &before,
         &after,
-        &store.pair_outcomes(run_id).await?,
-        &store.bind_outcomes(run_id).await?,
+        &audit_rows(store.pair_outcomes(run_id).await?),
+        &audit_rows(store.bind_outcomes(run_id).await?),
         &simulator.journal(),
     );
     crate::note!(
         "  simulator: {} requests admitted, {} throttled, at most {} in any second",
-        stats.admitted,
-        stats.throttled,
-        stats.max_in_any_second
+        stats.admitted, stats.throttled, stats.max_in_any_second
     );
     let all_gone = verification.succeeded_not_gone == 0;
     if audit.is_clean() && audit.accepted_not_applied.is_empty() {
@@ -300,4 +288,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         (true, exit::STOPPED) => exit::STOPPED,
         (true, _) => exit::OK,
     })
+}
+
+/// The run's reported outcomes as the simulator's audit takes them (its own row type:
+/// the oracle imports nothing from the store).
+fn audit_rows(outcomes: Vec<keyfleet::store::queue::PairOutcome>) -> Vec<sim::audit::PairOutcome> {
+    outcomes
+        .into_iter()
+        .map(|o| sim::audit::PairOutcome {
+            region: o.region,
+            instance_id: o.instance_id,
+            key_id: o.key_id,
+            status: o.status,
+            request_id: o.request_id,
+            error_code: o.error_code,
+        })
+        .collect()
 }

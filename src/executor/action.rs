@@ -22,7 +22,7 @@ use crate::cvm::Action;
 use crate::store::Verified;
 use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
-use crate::store::verify::{Purpose, VerifyPayload};
+use crate::store::verify::VerifyPayload;
 use crate::taxonomy::Classification;
 
 use super::isolate;
@@ -124,7 +124,6 @@ pub enum Proof {
     Observed {
         verified: Vec<(i64, Verified)>,
         recheck_at: Option<i64>,
-        purpose: Purpose,
         /// The keys each instance shown holds (a `--keep-one-key` look decides on them).
         keys: Vec<(String, Vec<String>)>,
     },
@@ -307,7 +306,6 @@ impl JobAction for VerifyBatch {
         Ok(Proof::Observed {
             verified,
             recheck_at,
-            purpose: payload.purpose,
             keys,
         })
     }
@@ -345,6 +343,7 @@ mod tests {
     fn job(force_stop: bool) -> QueuedJob {
         QueuedJob {
             id: 1,
+            kind: crate::states::JobKind::Unbind,
             action: Action::DisassociateInstancesKeyPairs,
             region: "ap-guangzhou".into(),
             force_stop,
@@ -455,7 +454,6 @@ mod tests {
     #[test]
     fn a_verification_batch_reads_its_items_and_rechecks_while_operating() {
         let payload = VerifyPayload {
-            purpose: Purpose::Verify,
             recheck_until: now_ms() + 60_000,
             items: vec![
                 crate::store::verify::VerifyItem {

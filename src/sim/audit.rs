@@ -12,9 +12,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::store::queue::PairOutcome;
-
 use super::JournalEntry;
+
+/// One valid pair's outcome as keyfleet reports it. The audit's own row type: the
+/// simulator is the independent oracle and imports nothing from keyfleet's store
+/// (callers copy `store::queue::PairOutcome` rows into it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairOutcome {
+    pub region: String,
+    pub instance_id: String,
+    pub key_id: String,
+    pub status: String,
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+}
 
 /// A pair as (instance id, key id).
 pub type Binding = (String, String);

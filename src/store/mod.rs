@@ -6,13 +6,14 @@
 //! splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
+mod follow;
 #[cfg(unix)]
 mod guard;
 pub mod pacer;
 pub mod plan;
 pub mod rates;
 pub mod report;
-mod rotation;
+pub mod requeue;
 pub mod states;
 pub mod verify;
 pub mod watch;
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 pub mod queue;
 
-pub use states::{ItemStatus, JobState, RunState, Verified};
+pub use requeue::{Requeue, Requeued};
+pub use states::{ItemStatus, JobKind, JobState, RunState, Verified};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::states::{ItemStatus, JobState, RunState, Verified};
-use super::verify::Purpose;
+use super::states::{ItemStatus, JobKind, JobState, RunState, Verified};
 use super::{Store, StoreError, now_ms};
 use crate::cvm::Action;
 
@@ -83,6 +82,9 @@ impl From<sqlx::Error> for LeaseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedJob {
     pub id: i64,
+    /// Its step in the instance's workflow (what follows its outcome).
+    pub kind: JobKind,
+    /// The API action it sends (its kind's).
     pub action: Action,
     pub region: String,
     pub force_stop: bool,
@@ -98,7 +100,8 @@ pub struct QueuedJob {
 /// A job to add to a run's queue (see [`JobWriter`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewQueuedJob {
-    pub action: Action,
+    /// Its step in the instance's workflow; the action is the kind's.
+    pub kind: JobKind,
     pub region: String,
     pub force_stop: bool,
     pub instance_ids: Vec<String>,
@@ -140,8 +143,8 @@ pub enum Applied {
 pub struct Finish {
     pub attempt_id: i64,
     pub job_id: i64,
-    /// The job's action (what follows an outcome depends on it).
-    pub action: Action,
+    /// The job's kind (what follows an outcome depends on it).
+    pub kind: JobKind,
     /// How the jobs an outcome makes are bounded (a rotation's next steps).
     pub follow_up: FollowUp,
     pub finished_at: i64,
@@ -156,24 +159,7 @@ pub struct Finish {
     pub outcome: Outcome,
 }
 
-/// The executor's settings the queue needs for the jobs one outcome makes for
-/// another (an accepted Associate's confirmation, a FAILED operation sent again).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FollowUp {
-    /// `--max-attempts`: also how often an operation the cloud reported FAILED is sent.
-    pub max_attempts: i64,
-    /// How long (ms) a confirmation looks again at an instance still OPERATING.
-    pub confirm_wait_ms: i64,
-}
-
-impl Default for FollowUp {
-    fn default() -> Self {
-        FollowUp {
-            max_attempts: 10,
-            confirm_wait_ms: 60_000,
-        }
-    }
-}
+pub use crate::rules::{ErrorInfo, FollowUp};
 
 /// What the executor decided about a finished attempt.
 #[derive(Debug, Clone)]
@@ -188,8 +174,6 @@ pub enum Outcome {
         request_id: String,
         verified: Vec<(i64, Verified)>,
         recheck_at: Option<i64>,
-        /// What the read was for (a rotation's confirmation or look acts on it).
-        purpose: Purpose,
         /// The keys each instance the reply showed holds, by instance id.
         keys: Vec<(String, Vec<String>)>,
     },
@@ -216,13 +200,6 @@ pub enum Outcome {
     Fatal { error: ErrorInfo },
 }
 
-/// An error code and message as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorInfo {
-    pub code: String,
-    pub message: String,
-}
-
 /// Pair counts of a run, by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PairCounts {
@@ -239,18 +216,6 @@ impl PairCounts {
     pub fn valid(&self) -> i64 {
         self.pending + self.succeeded + self.failed + self.skipped
     }
-}
-
-/// A pair to send again, as [`RequeueWriter`] offers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequeuedPair {
-    pub item_id: i64,
-    pub region: String,
-    /// The ForceStop of the job it was in, which its new job keeps.
-    pub force_stop: bool,
-    pub instance_id: String,
-    pub key_id: String,
-    pub error_code: Option<String>,
 }
 
 /// One valid pair's outcome, for audits.
@@ -457,7 +422,7 @@ impl Store {
         let only = only.map(Action::name);
         let except: Vec<[&str; 2]> = except.iter().map(|(a, r)| [a.name(), r.as_str()]).collect();
         let rows = sqlx::query(
-            "SELECT id, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
+            "SELECT id, kind, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
              FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
              AND (? IS NULL OR action = ?) \
              AND NOT EXISTS (SELECT 1 FROM json_each(?) x \
@@ -483,6 +448,10 @@ impl Store {
                 let action: &str = row.get("action");
                 Ok(QueuedJob {
                     id,
+                    kind: row
+                        .get::<&str, _>("kind")
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))?,
                     action: Action::from_name(action).ok_or_else(|| {
                         StoreError::Corrupt(format!("job {id} has an unknown action {action:?}"))
                     })?,
@@ -666,210 +635,6 @@ impl Store {
         tx.commit().await?;
         Ok(applied)
     }
-
-    /// Starts adding jobs to run `run_id` in one transaction (see [`JobWriter`]).
-    pub async fn begin_jobs(&self, run_id: i64) -> Result<JobWriter, StoreError> {
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(JobWriter {
-            tx,
-            run_id,
-            now: now_ms(),
-            added: 0,
-        })
-    }
-
-    /// Starts requeueing a run's failed pairs (`keyfleet retry`): the writer offers
-    /// the failed pairs (only those with one of `codes`, or all when empty) and takes
-    /// the new jobs that cover them.
-    pub async fn begin_requeue(
-        &self,
-        run_id: i64,
-        codes: &[String],
-    ) -> Result<RequeueWriter, StoreError> {
-        self.begin_requeue_where(run_id, ItemStatus::Failed, codes, false)
-            .await
-    }
-
-    /// Pairs of `status` (with one of `codes`, or any when empty); with
-    /// `unverified_only`, only those verified as anything but `gone` or
-    /// `instance_missing` (a key still bound, or an operation still running or failed).
-    pub(crate) async fn begin_requeue_where(
-        &self,
-        run_id: i64,
-        status: ItemStatus,
-        codes: &[String],
-        unverified_only: bool,
-    ) -> Result<RequeueWriter, StoreError> {
-        let verdicts = if unverified_only {
-            "('still_bound', 'operating', 'operation_failed')"
-        } else {
-            ""
-        };
-        self.begin_requeue_of(run_id, status, codes, verdicts, None)
-            .await
-    }
-
-    /// Unbind pairs whose accepted operation the cloud reported FAILED (verified
-    /// `operation_failed`), while each has been sent fewer than `max_attempts` times:
-    /// a transient outcome, sent again by the run itself. Counts the resend.
-    pub async fn begin_resend_failed_operations(
-        &self,
-        run_id: i64,
-        max_attempts: i64,
-    ) -> Result<RequeueWriter, StoreError> {
-        self.begin_requeue_of(
-            run_id,
-            ItemStatus::Succeeded,
-            &[],
-            "('operation_failed')",
-            Some(max_attempts),
-        )
-        .await
-    }
-
-    /// The unbind pairs of `status` whose verdict is in `verdicts` (an SQL list, or
-    /// empty for any), with one of `codes` (any when empty), and with fewer than
-    /// `max_sends` operations sent (their resend counted).
-    async fn begin_requeue_of(
-        &self,
-        run_id: i64,
-        status: ItemStatus,
-        codes: &[String],
-        verdicts: &'static str,
-        max_sends: Option<i64>,
-    ) -> Result<RequeueWriter, StoreError> {
-        let mut jobs = self.begin_jobs(run_id).await?;
-        let verdict_filter = if verdicts.is_empty() {
-            String::new()
-        } else {
-            format!("AND i.verified IN {verdicts}")
-        };
-        let sql = format!(
-            "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
-             JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.bind = 0 \
-             {verdict_filter} AND (? IS NULL OR i.op_failures + 1 < ?) ORDER BY i.id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(run_id)
-            .bind(status.as_str())
-            .bind(max_sends)
-            .bind(max_sends)
-            .fetch_all(&mut *jobs.tx)
-            .await?;
-        if max_sends.is_some() {
-            let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
-            for chunk in ids.chunks(500) {
-                sqlx::query(
-                    "UPDATE items SET op_failures = op_failures + 1 WHERE id IN (SELECT value FROM json_each(?))",
-                )
-                .bind(ids_json_i64(chunk))
-                .execute(&mut *jobs.tx)
-                .await?;
-            }
-        }
-        let failed = rows
-            .iter()
-            .map(|row| RequeuedPair {
-                item_id: row.get("id"),
-                region: row.get("region"),
-                force_stop: row.get::<i64, _>("force_stop") != 0,
-                instance_id: row.get("instance_id"),
-                key_id: row.get("key_id"),
-                error_code: row.get("error_code"),
-            })
-            .filter(|pair| {
-                codes.is_empty() || pair.error_code.as_ref().is_some_and(|c| codes.contains(c))
-            })
-            .collect();
-        Ok(RequeueWriter { jobs, failed })
-    }
-}
-
-/// Adds jobs (of any action) to a run in one transaction; dropping it rolls back.
-/// The typed counterpart of the planner's `PlanWriter` for everything after planning:
-/// `retry`, verification, the jobs one action makes for another.
-pub struct JobWriter {
-    pub(super) tx: Transaction<'static, Sqlite>,
-    run_id: i64,
-    pub(super) now: i64,
-    pub(super) added: u64,
-}
-
-impl JobWriter {
-    /// Adds one job, due now (once its prerequisites succeed); returns its id. Its
-    /// items, if any, become pending in it, with what an earlier job recorded of them
-    /// cleared (that history stays in the earlier job's attempts).
-    pub async fn add(&mut self, job: &NewQueuedJob) -> Result<i64, StoreError> {
-        let id = add_job_with_items(&mut self.tx, self.run_id, job, self.now).await?;
-        self.added += 1;
-        Ok(id)
-    }
-
-    /// Commits; the run becomes `planned` again when jobs were added (it has work).
-    pub async fn commit(mut self) -> Result<u64, StoreError> {
-        if self.added > 0 {
-            sqlx::query("UPDATE runs SET state = ?, finished_at = NULL WHERE id = ?")
-                .bind(RunState::Planned.as_str())
-                .bind(self.run_id)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        self.tx.commit().await?;
-        Ok(self.added)
-    }
-}
-
-/// Requeues failed pairs in new jobs (`Store::begin_requeue`).
-pub struct RequeueWriter {
-    jobs: JobWriter,
-    failed: Vec<RequeuedPair>,
-}
-
-impl RequeueWriter {
-    /// The failed pairs to requeue, in input order.
-    pub fn pairs(&self) -> &[RequeuedPair] {
-        &self.failed
-    }
-
-    /// Adds a job for some of [`RequeueWriter::pairs`]: every offered pair in the
-    /// job's cross product (same region and ForceStop) moves into it.
-    pub async fn add(
-        &mut self,
-        region: &str,
-        force_stop: bool,
-        instance_ids: Vec<String>,
-        key_ids: Vec<String>,
-    ) -> Result<i64, StoreError> {
-        let item_ids = self
-            .failed
-            .iter()
-            .filter(|p| {
-                p.region == region
-                    && p.force_stop == force_stop
-                    && instance_ids.binary_search(&p.instance_id).is_ok()
-                    && key_ids.binary_search(&p.key_id).is_ok()
-            })
-            .map(|p| p.item_id)
-            .collect();
-        let job = NewQueuedJob {
-            action: Action::DisassociateInstancesKeyPairs,
-            region: region.to_string(),
-            force_stop,
-            instance_ids,
-            key_ids,
-            payload: None,
-            after: Vec::new(),
-            item_ids,
-        };
-        self.jobs.add(&job).await
-    }
-
-    /// Commits; returns the number of pairs requeued.
-    pub async fn commit(self) -> Result<i64, StoreError> {
-        let requeued = self.failed.len() as i64;
-        self.jobs.commit().await?;
-        Ok(requeued)
-    }
 }
 
 /// Inserts a job and moves its items into it (pending, not held, what an earlier job
@@ -910,11 +675,12 @@ pub(super) async fn insert_job(
     now: i64,
 ) -> Result<i64, StoreError> {
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, action, region, force_stop, instance_ids, key_ids, payload, pair_count, \
-         state, next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO jobs (run_id, kind, action, region, force_stop, instance_ids, key_ids, payload, pair_count, \
+         state, next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(run_id)
-    .bind(job.action.name())
+    .bind(job.kind.as_str())
+    .bind(job.kind.action().name())
     .bind(&job.region)
     .bind(job.force_stop as i64)
     .bind(ids_json(&job.instance_ids))
@@ -1038,8 +804,8 @@ async fn finish_successes(
         let Outcome::Succeeded { request_id } = &finish.outcome else {
             continue;
         };
-        // An accepted Associate has a follow-up (its confirmation): one by one.
-        if finish.action != Action::DisassociateInstancesKeyPairs {
+        // Only an unbind's success causes nothing further; the others one by one.
+        if finish.kind != JobKind::Unbind {
             continue;
         }
         rows.push(serde_json::json!({
@@ -1187,15 +953,12 @@ async fn finish_attempt(
             .bind(ItemStatus::Pending.as_str())
             .execute(&mut **tx)
             .await?;
-            if finish.action == Action::AssociateInstancesKeyPairs {
-                super::rotation::confirm_later(tx, job_id, now, &finish.follow_up).await?;
-            }
+            super::follow::after_success(tx, job_id, finish.kind, now, &finish.follow_up).await?;
         }
         Outcome::Observed {
             request_id,
             verified,
             recheck_at,
-            purpose,
             keys,
         } => {
             let verdicts: Vec<(i64, &str)> =
@@ -1225,14 +988,9 @@ async fn finish_attempt(
             .execute(&mut **tx)
             .await?;
             if recheck_at.is_none() {
-                match purpose {
-                    Purpose::Verify => {}
-                    Purpose::Confirm => {
-                        super::rotation::confirmed(tx, job_id, verified, now, &finish.follow_up)
-                            .await?
-                    }
-                    Purpose::Precheck => super::rotation::looked(tx, job_id, keys, now).await?,
-                }
+                let read = super::follow::Read { verified, keys };
+                super::follow::after_read(tx, job_id, finish.kind, read, now, &finish.follow_up)
+                    .await?;
             }
         }
         Outcome::Retry {
@@ -1302,19 +1060,13 @@ async fn finish_attempt(
 }
 
 /// A job failed for good: what waited on it in another way than `job_deps` (a
-/// rotation's held unbinds, a look that could not be made) is skipped too.
+/// rotation's held unbinds, a look that could not be made) follows its kind's rules.
 async fn after_final_failure(
     tx: &mut Transaction<'_, Sqlite>,
     finish: &Finish,
     error: &ErrorInfo,
 ) -> Result<(), StoreError> {
-    match finish.action {
-        Action::AssociateInstancesKeyPairs => {
-            super::rotation::bind_failed(tx, finish.job_id, error, finish.finished_at).await
-        }
-        Action::DescribeInstances => super::rotation::look_failed(tx, finish.job_id, error).await,
-        _ => Ok(()),
-    }
+    super::follow::after_failure(tx, finish.job_id, finish.kind, error, finish.finished_at).await
 }
 
 /// Replaces a job by its children: each child takes the parent's action, region,
@@ -1328,15 +1080,15 @@ async fn split_job(
     now: i64,
 ) -> Result<(), StoreError> {
     let parent =
-        sqlx::query("SELECT run_id, action, region, force_stop, payload FROM jobs WHERE id = ?")
+        sqlx::query("SELECT run_id, kind, region, force_stop, payload FROM jobs WHERE id = ?")
             .bind(job_id)
             .fetch_one(&mut **tx)
             .await?;
     let run_id: i64 = parent.get("run_id");
-    let action: &str = parent.get("action");
-    let action = Action::from_name(action).ok_or_else(|| {
-        StoreError::Corrupt(format!("job {job_id} has an unknown action {action:?}"))
-    })?;
+    let kind: JobKind = parent
+        .get::<&str, _>("kind")
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?;
     let after: Vec<i64> = sqlx::query_scalar("SELECT depends_on FROM job_deps WHERE job_id = ?")
         .bind(job_id)
         .fetch_all(&mut **tx)
@@ -1361,7 +1113,7 @@ async fn split_job(
         .await?;
     for (instance_ids, key_ids) in children {
         let child = NewQueuedJob {
-            action,
+            kind,
             region: parent.get("region"),
             force_stop: parent.get::<i64, _>("force_stop") != 0,
             instance_ids: instance_ids.clone(),
@@ -1543,7 +1295,7 @@ mod tests {
             let instance = vec![format!("ins-{n:08x}")];
             let job = writer
                 .add_job(NewJob {
-                    action: Action::DisassociateInstancesKeyPairs,
+                    kind: JobKind::Unbind,
                     region: "ap-guangzhou",
                     force_stop: false,
                     instance_ids: &instance,
@@ -1586,7 +1338,7 @@ mod tests {
         Write::Finish(Box::new(Finish {
             attempt_id,
             job_id,
-            action: Action::DisassociateInstancesKeyPairs,
+            kind: JobKind::Unbind,
             follow_up: FollowUp::default(),
             finished_at: 2_000 + job_id,
             sent_at: 1_500 + job_id,
