@@ -8,7 +8,8 @@
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
 //!   a rotation row's new keys become bind pairs (Associate jobs) and its unbinds are held.
-//! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate.
+//! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate
+//!   (the key-pair actions, the reads, StopInstances/StartInstances), `StopType`.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
@@ -53,9 +54,13 @@
 //!   DescribeInstances pages through the executor's `Api` and `Limiter`.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
+//!   StopInstances/StartInstances and ForceStop with each instance's power timeline
+//!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
 //!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
-//!   against the simulator's fleet and journal, telling accepted from applied.
+//!   against the simulator's fleet and journal, telling accepted from applied, and
+//!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
+//!   final power states, budget use.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`, flag groups in
 //! `cli/flags.rs`) parses flags, draws progress, writes logs (text or JSON Lines) and maps

@@ -332,7 +332,10 @@ pub fn job_action(action: Action) -> Option<&'static dyn JobAction> {
         Action::DisassociateInstancesKeyPairs => Some(&DISASSOCIATE),
         Action::AssociateInstancesKeyPairs => Some(&ASSOCIATE),
         Action::DescribeInstances => Some(&VERIFY),
-        Action::DescribeKeyPairs | Action::DescribeRegions => None,
+        Action::DescribeKeyPairs
+        | Action::DescribeRegions
+        | Action::StopInstances
+        | Action::StartInstances => None,
     }
 }
 
@@ -383,6 +386,7 @@ mod tests {
             latest_operation_state: state.map(str::to_string),
             latest_operation_request_id: request_id.map(str::to_string),
             zone: None,
+            tags: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::StoreError;
-use super::queue::{NewQueuedJob, add_job_with_items, fail_items, ids_json_i64};
+use super::jobs::{NewQueuedJob, add_job_with_items, fail_items, ids_json_i64};
 use super::states::{ItemStatus, JobKind, JobState, Verified};
 use crate::rules::keep_one_key;
 use crate::rules::rotation::{self, Confirmed, OtherBind};

@@ -9,6 +9,8 @@
 mod follow;
 #[cfg(unix)]
 mod guard;
+mod jobs;
+mod outcome;
 pub mod pacer;
 pub mod plan;
 pub mod rates;

@@ -7,6 +7,7 @@ mod fuzz;
 mod hostile;
 mod pacing;
 mod plan;
+mod power;
 mod regional;
 mod rotation;
 mod run;
