@@ -204,12 +204,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let run_id = s.run_id;
     crate::note!(
         "  plan:     run {run_id}: {} rows -> {} pairs in {} requests (lower bound {}), {} duplicate, {} rejected",
-        s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
+        s.rows,
+        s.pairs,
+        s.jobs,
+        outcome.lower_bound,
+        s.duplicates,
+        s.rejected
     );
     if s.binds > 0 {
         crate::note!(
             "  rotation: {} new keys to bind and confirm first; {} unbinds held until their instance is confirmed",
-            s.binds, s.held
+            s.binds,
+            s.held
         );
     }
     let demo_global = GlobalArgs {
@@ -251,7 +257,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     );
     crate::note!(
         "  simulator: {} requests admitted, {} throttled, at most {} in any second",
-        stats.admitted, stats.throttled, stats.max_in_any_second
+        stats.admitted,
+        stats.throttled,
+        stats.max_in_any_second
     );
     let all_gone = verification.succeeded_not_gone == 0;
     if audit.is_clean() && audit.accepted_not_applied.is_empty() {

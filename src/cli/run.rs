@@ -54,7 +54,13 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     } else {
         crate::note!(
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
-            s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
+            s.run_id,
+            s.rows,
+            s.pairs,
+            s.jobs,
+            outcome.lower_bound,
+            s.duplicates,
+            s.rejected
         );
         if let Some(n) = outcome.keyless_after.filter(|n| *n > 0) {
             crate::note!(
@@ -70,7 +76,8 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             crate::note!(
                 "  rotation: {} new keys to bind and confirm first; {} pairs held until their \
                  instance's new keys are confirmed (or checked, --keep-one-key)",
-                s.binds, s.held
+                s.binds,
+                s.held
             );
         }
         for r in &s.rejections {
@@ -102,7 +109,8 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     if again.binds > 0 || again.held > 0 {
         crate::note!(
             "run {run_id}: {} new keys to bind again, {} unbinds held until they are confirmed",
-            again.binds, again.held
+            again.binds,
+            again.held
         );
     }
     let requeued = again.total();
@@ -344,14 +352,21 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     }
     crate::note!(
         "  pairs:    {} succeeded, {} failed, {} skipped, {} rejected, {} duplicate, {} pending",
-        p.succeeded, p.failed, p.skipped, p.rejected, p.duplicate, p.pending
+        p.succeeded,
+        p.failed,
+        p.skipped,
+        p.rejected,
+        p.duplicate,
+        p.pending
     );
     let b = &summary.binds;
     if b.valid() > 0 {
         crate::note!(
             "  new keys: {} bound (accepted), {} failed, {} pending (rotation: each instance's old keys \
              are unbound only once its new keys are confirmed)",
-            b.succeeded, b.failed, b.pending
+            b.succeeded,
+            b.failed,
+            b.pending
         );
     }
     if !summary.failures_by_code.is_empty() {

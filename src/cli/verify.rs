@@ -79,7 +79,9 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     if v.ended == Ended::Complete && unresolved > 0 {
         crate::note!(
             "  {} succeeded pairs are not verified gone: keyfleet{db} verify {} --requeue, then keyfleet{db} resume {}",
-            unresolved, v.run_id, v.run_id
+            unresolved,
+            v.run_id,
+            v.run_id
         );
     }
 }
@@ -123,5 +125,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     super::verdict::print(&store, run_id, code, global, "verify").await;
     // An interrupted verification keeps its old exit code (1): scripts read it.
-    Ok(if code == exit::STOPPED { exit::FAILED } else { code })
+    Ok(if code == exit::STOPPED {
+        exit::FAILED
+    } else {
+        code
+    })
 }
