@@ -23,8 +23,9 @@ pub mod exit {
     /// Stopped early and resumable: interrupted (Ctrl-C, SIGTERM, SIGHUP), a fatal API
     /// error, `--max-errors`, the throttle budget, a storage failure.
     pub const STOPPED: u8 = 4;
-    /// Reserved for live fleets: the run ended with instances it stopped not started again.
-    pub const INSTANCES_LEFT_STOPPED: u8 = 5;
+    /// A live run left instances stopped: their start failed for good (named first in
+    /// the summary, in `status` and in the report).
+    pub const LEFT_STOPPED: u8 = 5;
 
     /// The name a person reads for the code an interrupt ends with.
     pub const INTERRUPTED: u8 = STOPPED;
@@ -69,9 +70,11 @@ pub mod exit {
                       `keyfleet resume` continues",
         },
         Code {
-            code: INSTANCES_LEFT_STOPPED,
-            name: "instances-left-stopped",
-            meaning: "reserved for live fleets: instances keyfleet stopped were left stopped",
+            code: LEFT_STOPPED,
+            name: "left-stopped",
+            meaning: "a live run (--running stop-start|force-stop) left instances stopped: \
+                      their start failed for good; they are named first in the summary, in \
+                      `status` and in the report",
         },
     ];
 }
@@ -281,7 +284,7 @@ mod tests {
                 exit::FAILED,
                 exit::USAGE,
                 exit::STOPPED,
-                exit::INSTANCES_LEFT_STOPPED
+                exit::LEFT_STOPPED
             ]
         );
         assert!(codes.windows(2).all(|w| w[0] < w[1]), "in order, once each");

@@ -6,6 +6,7 @@
 //! | group         | configures                                  | flattened into                    |
 //! |---------------|---------------------------------------------|-----------------------------------|
 //! | [`PlanFlags`] | how an input becomes a run                  | `plan`, `run`                     |
+//! | `live::LiveFlags` | RUNNING instances and the downtime budget | `plan`, `run`                   |
 //! | [`SendFlags`] | one request: rate, retries, timeouts        | `run`, `resume`, `retry`, `verify`, `discover`, `demo` |
 //! | [`QueueFlags`]| draining a run's queue: concurrency, stops  | `run`, `resume`, `retry`, `verify`, `demo` |
 //! | [`VerifyFlags`]| the verification that closes an execution  | `run`, `resume`, `retry`, `demo`  |
@@ -108,12 +109,10 @@ impl From<DataFormat> for keyfleet::input::Format {
     }
 }
 
-/// How an input becomes a run (`plan`, `run`).
+/// How an input becomes a run (`plan`, `run`); RUNNING instances have their own
+/// group (`live::LiveFlags`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanFlags {
-    /// Stop running instances to unbind (ForceStop); they are started again afterwards.
-    #[arg(long)]
-    pub force_stop: bool,
     /// Input format, when the extension does not say.
     #[arg(long, value_enum, ignore_case = true)]
     pub format: Option<DataFormat>,
@@ -127,14 +126,21 @@ pub struct PlanFlags {
 }
 
 impl PlanFlags {
-    /// The planner's options, with the region for rows that name none.
-    pub fn options(&self, default_region: Option<String>) -> keyfleet::plan::PlanOptions {
+    /// The planner's options, with the region for rows that name none and the live
+    /// settings (`live::LiveFlags::live`).
+    pub fn options(
+        &self,
+        default_region: Option<String>,
+        live: Option<keyfleet::rules::power::Live>,
+    ) -> keyfleet::plan::PlanOptions {
         keyfleet::plan::PlanOptions {
             default_region,
-            force_stop: self.force_stop,
+            // `--force-stop` is `--running force-stop` now: the live settings carry it.
+            force_stop: false,
             strict: self.strict,
             format: self.format.map(Into::into),
             keep_one_key: self.keep_one_key,
+            live,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod discover;
 pub mod docs;
 pub mod flags;
+pub mod live;
 pub mod logging;
 pub mod plan;
 pub mod progress;

@@ -16,13 +16,23 @@ pub struct Args {
     input: PathBuf,
     #[command(flatten)]
     plan: PlanFlags,
+    #[command(flatten)]
+    live: super::live::LiveFlags,
     /// Print one JSON object on stdout instead of the summary on stderr.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let options = args.plan.options(super::run::default_region(global)?);
+    let options = args
+        .plan
+        .options(super::run::default_region(global)?, args.live.live()?);
+    if options.live.is_some() && options.keep_one_key {
+        anyhow::bail!(
+            "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
+             --keep-one-key unbinds first"
+        );
+    }
     let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;
     store.close().await;

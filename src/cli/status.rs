@@ -14,6 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use keyfleet::display::escape;
+use keyfleet::store::power::PowerCounts;
 use keyfleet::store::rates::EndpointRate;
 use keyfleet::store::report::RunStatus;
 use keyfleet::store::verify::VerificationCounts;
@@ -57,6 +58,8 @@ pub struct Snapshot {
     pub rates: Vec<EndpointRate>,
     /// The latest error replies, newest first ([`RECENT_ERRORS`] at most).
     pub recent_errors: Vec<RecentError>,
+    /// A live run's instances by power state and its downtime budget; `None` otherwise.
+    pub power: Option<PowerCounts>,
 }
 
 /// Error replies a snapshot keeps.
@@ -69,6 +72,7 @@ impl Snapshot {
             verification: store.verification_counts(run_id).await?,
             rates: store.achieved_rates(run_id, None).await?,
             recent_errors: store.recent_errors(run_id, RECENT_ERRORS).await?,
+            power: store.power_counts(run_id).await?,
         })
     }
 
@@ -93,6 +97,7 @@ impl Snapshot {
         json["verification"] = serde_json::json!(self.verified());
         json["rates"] = serde_json::to_value(&self.rates)?;
         json["recent_errors"] = serde_json::to_value(&self.recent_errors)?;
+        json["power"] = serde_json::to_value(&self.power)?;
         Ok(json)
     }
 
@@ -122,6 +127,8 @@ impl Snapshot {
         if let Some(reason) = &status.stop_reason {
             out.push(format!("  stopped because {}", escape(reason)));
         }
+        // Instances left stopped come first: someone has to start them.
+        out.extend(left_stopped_lines(self.power.as_ref()));
         out.push(format!("  pairs     {}", list(&status.pairs)));
         if status.binds.values().any(|n| *n > 0) || status.held > 0 {
             out.push(format!("  new keys  {}", list(&status.binds)));
@@ -129,6 +136,9 @@ impl Snapshot {
                 "  held      {} (unbinds waiting for their instance's new keys)",
                 status.held
             ));
+        }
+        if let Some(power) = &self.power {
+            out.push(budget_line(power));
         }
         out.push(format!("  jobs      {}", list(&status.jobs)));
         if status.jobs_by_action.len() > 1 {
@@ -237,6 +247,13 @@ impl Snapshot {
             self.jobs("in_flight"),
             self.jobs("queued")
         ));
+        if let Some(power) = &self.power {
+            out.push(budget_line(power));
+            if let Some(why) = &power.admissions {
+                out.push(format!("            no more go down: {}", escape(why)));
+            }
+            out.extend(left_stopped_lines(Some(power)));
+        }
         out.push(format!(
             "  requests  {} sent, {} throttled",
             status.requests, status.throttled
@@ -285,6 +302,35 @@ impl Snapshot {
 
 /// How long a run must stay ended before `--watch` calls it over (see `watch_store`).
 const END_GRACE: Duration = Duration::from_secs(2);
+
+/// A live run's budget: down now against the budget, the peak, the states.
+fn budget_line(power: &PowerCounts) -> String {
+    format!(
+        "  budget    down now {} (budget {}, most at once {}) · {}",
+        power.down,
+        escape(&power.budget),
+        power.max_down,
+        list(&power.by_state)
+    )
+}
+
+/// `LEFT STOPPED` and each instance with why, or nothing.
+fn left_stopped_lines(power: Option<&PowerCounts>) -> Vec<String> {
+    let Some(power) = power.filter(|p| !p.left_stopped.is_empty()) else {
+        return Vec::new();
+    };
+    let mut out = vec![format!(
+        "  LEFT STOPPED {} instances (start them, or `keyfleet resume`):",
+        power.left_stopped.len()
+    )];
+    out.extend(
+        power
+            .left_stopped
+            .iter()
+            .map(|(instance, why)| format!("    {} {}", escape(instance), escape(why))),
+    );
+    out
+}
 
 /// Width of the frame's pairs bar, in characters.
 const BAR_WIDTH: usize = 30;
@@ -498,6 +544,7 @@ mod tests {
                 message: Some("try again\x1b[2J".into()),
                 job_id: 17,
             }],
+            power: None,
         }
     }
 
@@ -579,5 +626,48 @@ mod tests {
         assert_eq!(json["verification"]["unverified"], 0);
         assert!(json["rates"].as_array().unwrap().is_empty());
         assert_eq!(json["recent_errors"][0]["code"], "InternalError");
+        assert!(json["power"].is_null(), "not a live run");
+    }
+
+    #[test]
+    fn a_live_run_has_its_budget_line_and_left_stopped_instances_first() {
+        let mut s = snapshot("running", &[("succeeded", 1), ("pending", 3)]);
+        s.power = Some(PowerCounts {
+            by_state: [("down".to_string(), 2), ("up".to_string(), 5)]
+                .into_iter()
+                .collect(),
+            down: 2,
+            max_down: 3,
+            budget: "3".into(),
+            left_stopped: vec![("ins-0000000a".into(), "StartInstances failed".into())],
+            downtime_s: None,
+            admissions: Some("an instance was left stopped".into()),
+        });
+        let frame = s.frame(0, Duration::from_secs(2));
+        let budget = frame
+            .iter()
+            .position(|l| l.starts_with("  budget "))
+            .unwrap();
+        assert_eq!(
+            frame[budget],
+            "  budget    down now 2 (budget 3, most at once 3) · down 2, up 5"
+        );
+        assert_eq!(
+            frame[budget + 1],
+            "            no more go down: an instance was left stopped"
+        );
+        assert!(frame[budget + 2].starts_with("  LEFT STOPPED 1 instances"));
+        assert_eq!(frame[budget + 3], "    ins-0000000a StartInstances failed");
+        let summary = s.summary_lines();
+        assert!(
+            summary[1].starts_with("  LEFT STOPPED 1"),
+            "named first: {summary:?}"
+        );
+        assert!(
+            summary
+                .iter()
+                .any(|l| l.starts_with("  budget    down now 2"))
+        );
+        assert_eq!(s.to_json().unwrap()["power"]["down"], 2);
     }
 }

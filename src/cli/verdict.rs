@@ -18,6 +18,8 @@ pub enum Outcome {
     Failed,
     Stopped,
     Interrupted,
+    /// A live run left instances stopped (exit 5).
+    LeftStopped,
 }
 
 impl Outcome {
@@ -26,6 +28,7 @@ impl Outcome {
             exit::OK => Outcome::Ok,
             exit::STOPPED if interrupted => Outcome::Interrupted,
             exit::STOPPED => Outcome::Stopped,
+            exit::LEFT_STOPPED => Outcome::LeftStopped,
             _ => Outcome::Failed,
         }
     }
@@ -36,6 +39,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Stopped => "stopped",
             Outcome::Interrupted => "interrupted",
+            Outcome::LeftStopped => "left-stopped",
         }
     }
 
@@ -43,7 +47,7 @@ impl Outcome {
     fn colour(self) -> u8 {
         match self {
             Outcome::Ok => 32,
-            Outcome::Failed => 31,
+            Outcome::Failed | Outcome::LeftStopped => 31,
             Outcome::Stopped | Outcome::Interrupted => 33,
         }
     }
@@ -166,5 +170,9 @@ mod tests {
         assert_eq!(Outcome::of(exit::USAGE, false), Outcome::Failed);
         assert_eq!(Outcome::of(exit::STOPPED, false), Outcome::Stopped);
         assert_eq!(Outcome::of(exit::STOPPED, true), Outcome::Interrupted);
+        assert_eq!(
+            Outcome::of(exit::LEFT_STOPPED, false).word(),
+            "left-stopped"
+        );
     }
 }
