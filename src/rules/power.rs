@@ -134,9 +134,9 @@ pub struct Live {
 }
 
 /// How long a settle looks again at an instance still on its way.
-pub const SETTLE_EVERY_MS: i64 = 2_000;
+pub const SETTLE_EVERY_MS: i64 = 500;
 /// How long after a stop or start is accepted its settle first looks.
-pub const FIRST_SETTLE_MS: i64 = 1_000;
+pub const FIRST_SETTLE_MS: i64 = 500;
 /// How long an instance may take to stop or start before it is given up on.
 pub const SETTLE_LIMIT_MS: i64 = 30 * 60 * 1_000;
 /// How long a failed start waits before it is sent again, times the failures so far.
@@ -528,12 +528,19 @@ fn stop_failure_reason(live: &Live, code: &str, detail: &str) -> String {
 
 /// A settle's answer, once every instance is where it waits for it to be (or the wait
 /// is over). `rows` are the job's instances' power rows.
+///
+/// `failed` holds, per instance whose latest key-pair operation (ours) ended FAILED,
+/// the pairs it claimed that may be sent again (fewer than `--max-attempts` operations
+/// so far; `true` for a bind pair): before such an instance is started, they are sent
+/// again while it is still stopped.
+#[allow(clippy::too_many_arguments)]
 pub fn settled(
     live: &Live,
     job: &JobFacts,
     target: Target,
     seen: &[Seen],
     rows: &[PowerRow],
+    failed: &BTreeMap<String, Vec<(super::Pair, bool)>>,
     max_attempts: i64,
     now: i64,
 ) -> Vec<Effect> {
@@ -579,7 +586,27 @@ pub fn settled(
                         .because(format!("did not stop in time (state {state:?})")),
                 )),
             },
-            Target::Idle => start.push(instance.clone()),
+            Target::Idle => match failed.get(instance.as_str()) {
+                Some(pairs) if !pairs.is_empty() => {
+                    effects.push(Effect::CountOperationFailure {
+                        item_ids: pairs.iter().map(|(p, _)| p.item_id).collect(),
+                    });
+                    for (kind, bind) in [(JobKind::Bind, true), (JobKind::Unbind, false)] {
+                        let again: Vec<super::Pair> = pairs
+                            .iter()
+                            .filter(|(_, b)| *b == bind)
+                            .map(|(p, _)| p.clone())
+                            .collect();
+                        effects.extend(
+                            super::jobs_for_pairs(kind, region, false, &again, now)
+                                .into_iter()
+                                .map(Effect::AddJob),
+                        );
+                    }
+                    effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Stopped)));
+                }
+                _ => start.push(instance.clone()),
+            },
             Target::Running => match s {
                 Some(s) if s.state == "RUNNING" => warm.push(instance.clone()),
                 Some(s) if s.state == "STOPPED" => {
@@ -1025,6 +1052,7 @@ mod tests {
             Target::Stopped,
             &[seen("ins-a", "RUNNING", Some(("StopInstances", "FAILED")))],
             &rows,
+            &BTreeMap::new(),
             10,
             0,
         );
@@ -1048,15 +1076,46 @@ mod tests {
             instance_id: "ins-a".into(),
             ..row(1, PowerState::Starting, None)
         }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, 3, 0);
+        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
         assert!(effects.iter().any(|e| matches!(e, Effect::AddJob(j) if j.kind == JobKind::Start && j.due_at == START_RETRY_MS)));
         let rows = [PowerRow {
             start_failures: 2,
             ..rows[0].clone()
         }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, 3, 0);
+        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::LeftStopped));
         assert!(halts(&[PowerChange::to("r", "ins-a", PowerState::LeftStopped)]).is_some());
+    }
+
+    #[test]
+    fn a_key_operation_that_ended_failed_is_sent_again_before_the_start() {
+        let live = live(Budget::Count(1), None, 0);
+        let job = facts(JobKind::Settle, &["ins-a", "ins-b"]);
+        let rows = [
+            PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Starting, None) },
+            PowerRow { instance_id: "ins-b".into(), ..row(2, PowerState::Starting, None) },
+        ];
+        let seen = [
+            seen("ins-a", "STOPPED", Some(("DisassociateInstancesKeyPairs", "FAILED"))),
+            seen("ins-b", "STOPPED", Some(("DisassociateInstancesKeyPairs", "SUCCESS"))),
+        ];
+        let failed = BTreeMap::from([(
+            "ins-a".to_string(),
+            vec![(super::super::Pair::new(7, "ins-a", "skey-1eak0001"), false)],
+        )]);
+        let effects = settled(&live, &job, Target::Idle, &seen, &rows, &failed, 10, 0);
+        assert_eq!(effects[0], Effect::CountOperationFailure { item_ids: vec![7] });
+        assert!(matches!(&effects[1], Effect::AddJob(j) if j.kind == JobKind::Unbind && j.item_ids == [7]));
+        assert!(matches!(&effects[2], Effect::Power(c) if c.instance_id == "ins-a" && c.state == PowerState::Stopped));
+        let started: Vec<&NewJob> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddJob(j) if j.kind == JobKind::Start => Some(j),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].instance_ids, ["ins-b"], "only the one whose keys are done");
     }
 
     #[test]
@@ -1073,10 +1132,10 @@ mod tests {
             "RUNNING",
             Some(("StartInstances", "SUCCESS")),
         )];
-        let effects = settled(&live, &job, Target::Running, &up, &rows, 3, 1_000);
+        let effects = settled(&live, &job, Target::Running, &up, &rows, &BTreeMap::new(), 3, 1_000);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Warming));
         assert!(matches!(&effects[1], Effect::AddJob(j) if j.due_at == 31_000));
-        let effects = settled(&live, &job, Target::WarmedUp, &up, &rows, 3, 31_000);
+        let effects = settled(&live, &job, Target::WarmedUp, &up, &rows, &BTreeMap::new(), 3, 31_000);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Up));
     }
 

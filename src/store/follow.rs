@@ -125,12 +125,25 @@ pub(super) async fn after_seen(
                     })?;
             let rows =
                 super::power::rows(tx, run_id, Some((&job.region, &job.instance_ids))).await?;
+            let failed = if payload.target == power::Target::Idle {
+                super::power::failed_key_operations(
+                    tx,
+                    run_id,
+                    &job.region,
+                    seen,
+                    follow_up.max_attempts,
+                )
+                .await?
+            } else {
+                Default::default()
+            };
             power::settled(
                 &live,
                 &job,
                 payload.target,
                 seen,
                 &rows,
+                &failed,
                 follow_up.max_attempts,
                 now,
             )

@@ -72,6 +72,56 @@ pub(super) async fn rows(
         .collect()
 }
 
+/// Per instance whose latest key-pair operation ended FAILED, the pairs of the run it
+/// claimed (the operation's RequestId is theirs) that may be sent again: fewer than
+/// `max_attempts` operations so far. `true` marks a bind pair.
+pub(super) async fn failed_key_operations(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    region: &str,
+    seen: &[power::Seen],
+    max_attempts: i64,
+) -> Result<BTreeMap<String, Vec<(crate::rules::Pair, bool)>>, StoreError> {
+    let mut failed = BTreeMap::new();
+    for s in seen {
+        let key_operation = matches!(
+            s.latest_operation.as_deref(),
+            Some("DisassociateInstancesKeyPairs" | "AssociateInstancesKeyPairs")
+        );
+        let Some(request_id) = s.latest_request_id.as_deref() else {
+            continue;
+        };
+        if !key_operation || s.latest_state.as_deref() != Some("FAILED") {
+            continue;
+        }
+        let rows = sqlx::query(
+            "SELECT id, key_id, bind FROM items WHERE run_id = ? AND region = ? AND instance_id = ? \
+             AND status = ? AND request_id = ? AND op_failures + 1 < ? ORDER BY key_id",
+        )
+        .bind(run_id)
+        .bind(region)
+        .bind(&s.instance_id)
+        .bind(ItemStatus::Succeeded.as_str())
+        .bind(request_id)
+        .bind(max_attempts)
+        .fetch_all(&mut **tx)
+        .await?;
+        let pairs: Vec<(crate::rules::Pair, bool)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    crate::rules::Pair::new(row.get("id"), &s.instance_id, row.get("key_id")),
+                    row.get::<bool, _>("bind"),
+                )
+            })
+            .collect();
+        if !pairs.is_empty() {
+            failed.insert(s.instance_id.clone(), pairs);
+        }
+    }
+    Ok(failed)
+}
+
 /// Applies one power change.
 pub(super) async fn change(
     tx: &mut Tx<'_>,
