@@ -80,8 +80,11 @@
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
 //!   final power states, budget use.
 //!
-//! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
-//! draws progress and maps errors to exit codes; nothing in the library prints.
+//! The binary (`src/main.rs`, one file per subcommand in `src/cli/`, flag groups in
+//! `cli/flags.rs`) parses flags, draws progress, writes logs (text or JSON Lines) and maps
+//! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
+//! `store::watch` is what `status --watch` reads (`Store::open_read_only`, which creates,
+//! migrates and writes nothing; `recent_errors`).
 
 pub mod api;
 pub mod chunk;

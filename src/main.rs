@@ -8,19 +8,75 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// Exit codes, documented in the README.
+/// Exit codes: every code keyfleet exits with, one constant each, and the table that
+/// `docs/exit-codes.md` and `keyfleet codes --exit` show (a test keeps the three equal).
 pub mod exit {
-    /// Every valid pair succeeded and none was rejected.
+    /// Every valid pair succeeded (and verified gone), none was rejected; or nothing to do.
     pub const OK: u8 = 0;
-    /// The run finished with failed or rejected pairs (or a single call failed).
+    /// The run finished with failed, skipped or rejected pairs, or a succeeded pair is not
+    /// verified gone; a single call got an error reply; `discover` could not walk a region
+    /// (its output is incomplete).
     pub const FAILED: u8 = 1;
-    /// Usage error or unreadable input.
+    /// Usage error (clap's own too), unreadable input, a `--strict` refusal, or nothing
+    /// could be started (another process holds the run).
     pub const USAGE: u8 = 2;
-    /// Stopped early and resumable: a fatal API error, --max-errors, or an interrupt.
+    /// Stopped early and resumable: interrupted (Ctrl-C, SIGTERM, SIGHUP), a fatal API
+    /// error, `--max-errors`, the throttle budget, a storage failure.
     pub const STOPPED: u8 = 4;
     /// A live run left instances stopped: their start failed for good (named first in
     /// the summary, in `status` and in the report).
     pub const LEFT_STOPPED: u8 = 5;
+
+    /// The name a person reads for the code an interrupt ends with.
+    pub const INTERRUPTED: u8 = STOPPED;
+    /// `discover`: a region could not be walked.
+    pub const INCOMPLETE: u8 = FAILED;
+
+    /// One row of the exit-code table.
+    #[derive(Debug, Clone, Copy, serde::Serialize)]
+    pub struct Code {
+        pub code: u8,
+        pub name: &'static str,
+        pub meaning: &'static str,
+    }
+
+    /// Every exit code, in order: the source of `docs/exit-codes.md` and `codes --exit`.
+    pub const TABLE: &[Code] = &[
+        Code {
+            code: OK,
+            name: "ok",
+            meaning: "every valid pair succeeded, no row was rejected, and (unless --no-verify) \
+                      every succeeded pair is verified gone and every new key of a rotation \
+                      verified bound; also: nothing to do (retry with no failed pairs)",
+        },
+        Code {
+            code: FAILED,
+            name: "failed",
+            meaning: "the run finished with failed, skipped or rejected pairs, or a succeeded \
+                      pair is not verified gone; call: an error reply; discover: a region \
+                      could not be walked (incomplete output)",
+        },
+        Code {
+            code: USAGE,
+            name: "usage",
+            meaning: "usage error, unreadable input, a --strict refusal, or nothing could be \
+                      started (another process holds the run)",
+        },
+        Code {
+            code: STOPPED,
+            name: "stopped",
+            meaning: "stopped early, resumable: interrupted (Ctrl-C, SIGTERM, SIGHUP), a fatal \
+                      API error, --max-errors, the throttle budget, a storage failure; \
+                      `keyfleet resume` continues",
+        },
+        Code {
+            code: LEFT_STOPPED,
+            name: "left-stopped",
+            meaning: "a live run (--running stop-start|force-stop) left instances stopped: \
+                      their start failed for good; they are named first in the summary, in \
+                      `status` and in the report",
+        },
+    ];
 }
 
 /// Unbind SSH key pairs from Tencent Cloud CVM instances across a whole fleet.
@@ -65,6 +121,17 @@ pub struct GlobalArgs {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Only errors and the final one-line verdict on stderr (no progress, no summary).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log events as text, or as JSON Lines (one object per event: timestamp, level,
+    /// run, job, action, region, endpoint, request_id, code, latency_ms, attempt, message).
+    #[arg(long, global = true, value_enum, env = "KEYFLEET_LOG_FORMAT", default_value_t = cli::logging::LogFormat::Text)]
+    pub log_format: cli::logging::LogFormat,
+    /// Also write log events (info and above; more with -v) to FILE, created owner-only
+    /// and appended to; the terminal keeps its progress display.
+    #[arg(long, global = true, value_name = "FILE", env = "KEYFLEET_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -106,13 +173,24 @@ pub enum Command {
     Call(cli::call::Args),
     /// Serve a local CVM simulator (signatures, batch semantics, rate limit, faults) until Ctrl-C.
     Sim(Box<cli::sim::Args>),
-    /// Print the error-code table: each API error code, its class, and what keyfleet does.
+    /// Print the error-code table (each API error code, its class, what keyfleet does), or --exit codes.
     Codes(cli::codes::Args),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions(cli::docs::CompletionsArgs),
+    /// Print the man page of keyfleet (or of one COMMAND) as roff, or write them all to a directory.
+    Man(cli::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::logging::init(cli.global.verbose);
+    cli::term::init(cli.global.quiet);
+    if let Err(err) = cli::logging::init(&cli.global) {
+        eprintln!(
+            "error: {}",
+            keyfleet::display::escape_keeping_newlines(&describe(&err))
+        );
+        return ExitCode::from(exit::USAGE);
+    }
     let db = cli.global.db.clone();
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
@@ -161,6 +239,8 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
     runtime.block_on(async move {
         match cli.command {
             Command::Codes(args) => cli::codes::run(args),
+            Command::Completions(args) => cli::docs::completions(args),
+            Command::Man(args) => cli::docs::man(args),
             Command::Call(args) => cli::call::run(args, &cli.global).await,
             Command::Demo(args) => cli::demo::run(args, &cli.global).await,
             Command::Discover(args) => cli::discover::run(args, &cli.global).await,
@@ -186,6 +266,32 @@ mod tests {
         argv.extend_from_slice(args);
         argv.push("codes");
         Cli::try_parse_from(argv).unwrap().global
+    }
+
+    #[test]
+    fn the_flag_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_exit_constant_is_one_row_of_the_table() {
+        let codes: Vec<u8> = exit::TABLE.iter().map(|c| c.code).collect();
+        assert_eq!(
+            codes,
+            [
+                exit::OK,
+                exit::FAILED,
+                exit::USAGE,
+                exit::STOPPED,
+                exit::LEFT_STOPPED
+            ]
+        );
+        assert!(codes.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+        assert!(codes.contains(&exit::INTERRUPTED) && codes.contains(&exit::INCOMPLETE));
+        // clap exits 2 on a usage error: the table's usage code must be that one.
+        let err = Cli::try_parse_from(["keyfleet", "--no-such-flag"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
     }
 
     #[test]

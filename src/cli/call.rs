@@ -14,6 +14,7 @@ use keyfleet::display::escape;
 use keyfleet::{credentials, cvm, ids, taxonomy};
 use serde_json::json;
 
+use super::flags;
 use crate::GlobalArgs;
 use crate::exit;
 
@@ -21,11 +22,11 @@ use crate::exit;
 pub struct Args {
     #[command(subcommand)]
     action: Action,
-    /// Seconds allowed to establish a connection.
-    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    /// Time allowed to establish a connection (a bare number is seconds).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = flags::seconds)]
     connect_timeout: Duration,
-    /// Seconds allowed for the whole request, reply included.
-    #[arg(long, global = true, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    /// Time allowed for the whole request, reply included (a bare number is seconds).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = flags::seconds)]
     timeout: Duration,
     /// Print the result (or the error) as one JSON object on stdout.
     #[arg(long, global = true)]
@@ -110,7 +111,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
                             "http_status": success.http_status,
                         }))?;
                     } else {
-                        eprintln!(
+                        crate::note!(
                             "unbound {} key(s) from {} instance(s) in {}",
                             keys.len(),
                             instances.len(),
@@ -210,18 +211,4 @@ fn checked_ids(
         }
     }
     Ok(values.to_vec())
-}
-
-/// Parses a positive number of seconds, fractions allowed (`0.5`).
-pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 3600.0) {
-        return Err(format!(
-            "{text} must be more than 0 and at most 3600 seconds"
-        ));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }

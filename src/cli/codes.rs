@@ -1,4 +1,5 @@
-//! `keyfleet codes`: the error-code table, for people and for scripts.
+//! `keyfleet codes`: the error-code table, for people and for scripts; `--exit`: the
+//! exit-code table (`crate::exit::TABLE`, also `docs/exit-codes.md`).
 
 use keyfleet::cvm::Action;
 use keyfleet::taxonomy::{self, ACTION_CODES, CODES, Rule};
@@ -8,9 +9,22 @@ pub struct Args {
     /// Print JSON (a list of {code, class, scope, why, action, for_action}) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the exit codes keyfleet ends with instead (with --json: a list of {code, name, meaning}).
+    #[arg(long)]
+    exit: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    if args.exit {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(crate::exit::TABLE)?);
+        } else {
+            for code in crate::exit::TABLE {
+                println!("{:<3} {:<24} {}", code.code, code.name, code.meaning);
+            }
+        }
+        return Ok(crate::exit::OK);
+    }
     if args.json {
         let row = |rule: &Rule, only: Option<Action>| {
             serde_json::json!({

@@ -166,8 +166,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             token: None,
             source: "demo".into(),
         },
-        connect_timeout: args.exec.connect_timeout,
-        request_timeout: args.exec.timeout,
+        connect_timeout: args.exec.send.connect_timeout,
+        request_timeout: args.exec.send.timeout,
         resolve: Vec::new(),
         // The demo's simulator is on 127.0.0.1.
         insecure_http: false,

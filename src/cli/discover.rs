@@ -8,16 +8,12 @@ use keyfleet::discover::{self, DiscoverError, DiscoverOptions, Discovery, Found}
 use keyfleet::display::{csv_cell, escape};
 use keyfleet::executor::LocalLimiter;
 
-use super::run::{ExecFlags, build_client};
+use super::flags::{DataFormat, SendFlags};
+use super::run::build_client;
 use crate::{GlobalArgs, exit};
 
 /// Output formats: plan input, readable by `keyfleet plan` and `run`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Csv,
-    Json,
-    Jsonl,
-}
+pub type OutputFormat = DataFormat;
 
 /// `keyfleet discover --key skey-... [--key ...]`.
 #[derive(Debug, clap::Args)]
@@ -41,18 +37,14 @@ pub struct Args {
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// csv (default), json or jsonl.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Csv)]
-    format: OutputFormat,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DataFormat::Csv)]
+    format: DataFormat,
     /// Add a `new_key_id` column: the key each instance is to be rotated to.
     #[arg(long, value_name = "KEY_ID")]
     rotate_to: Option<String>,
     #[command(flatten)]
-    exec: ExecFlags,
+    send: SendFlags,
 }
-
-/// Exit code when some region could not be walked completely, or a holder
-/// DescribeKeyPairs names was found nowhere: the output may lack instances.
-pub const INCOMPLETE: u8 = exit::FAILED;
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     if let Some(new) = &args.rotate_to {
@@ -85,7 +77,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let home_region = home_region
         .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
         .unwrap_or_else(|| "ap-guangzhou".to_string());
-    let config = args.exec.exec_config();
+    let config = args.send.exec_config();
     let options = DiscoverOptions {
         keys: args.keys.clone(),
         regions,
@@ -95,7 +87,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         retry_cap: config.retry_cap,
         throttle_delay: config.throttle_delay,
     };
-    let client = build_client(&args.exec, global)?;
+    let client = build_client(&args.send, global)?;
     // Paced through the database's shared slots, so a discovery beside a run (or a
     // verification) on the same database stays inside the limit with it.
     let store = super::common::open_store(&global.db).await?;
@@ -131,7 +123,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     }
     summarize(&discovery, &args.keys, args.rotate_to.as_deref());
     Ok(if discovery.is_incomplete() {
-        INCOMPLETE
+        exit::INCOMPLETE
     } else {
         exit::OK
     })
@@ -227,11 +219,11 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
             ));
         }
         match &scan.failed {
-            None => eprintln!(
+            None => crate::note!(
                 "{region}: {} instances scanned in {} requests, {matches} matching pairs{extra}",
                 scan.scanned, scan.pages
             ),
-            Some((code, message)) => eprintln!(
+            Some((code, message)) => crate::note!(
                 "{region}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",
                 scan.scanned,
                 escape(code),
@@ -240,7 +232,7 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
         }
     }
     for missing in &discovery.unlocated {
-        eprintln!(
+        crate::note!(
             "INCOMPLETE: DescribeKeyPairs says {} is bound to {}, which is in none of the regions scanned \
              (not listed, not found by id): walk its region, or check it in the console",
             escape(&missing.key_id),
@@ -250,12 +242,12 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
     let found = &discovery.found;
     if found.is_empty() {
         if discovery.is_incomplete() {
-            eprintln!(
+            crate::note!(
                 "no instance found holding {}, but the discovery is INCOMPLETE (above)",
                 keys.join(", ")
             );
         } else {
-            eprintln!(
+            crate::note!(
                 "no instance holds {} in the regions scanned",
                 keys.join(", ")
             );
@@ -272,27 +264,29 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
         ids.len()
     };
     let total = instances(&|_| true);
-    eprintln!("{} pairs on {total} instances", found.len());
+    crate::note!("{} pairs on {total} instances", found.len());
     let windows = instances(&|f| f.is_windows());
     let running = instances(&|f| f.instance_state == "RUNNING");
     let transitional =
         instances(&|f| f.instance_state != "RUNNING" && f.instance_state != "STOPPED");
     let keyless = instances(&|f| f.keys_after == 0);
     if windows > 0 {
-        eprintln!("  {windows} Windows instances: their keys cannot be unbound");
+        crate::note!("  {windows} Windows instances: their keys cannot be unbound");
     }
     if running > 0 {
-        eprintln!("  {running} RUNNING instances: stop them first or run with --force-stop");
+        crate::note!("  {running} RUNNING instances: stop them first or run with --force-stop");
     }
     if transitional > 0 {
-        eprintln!("  {transitional} instances in a transitional state: retried until they settle");
+        crate::note!(
+            "  {transitional} instances in a transitional state: retried until they settle"
+        );
     }
     match rotate_to {
-        Some(new) => eprintln!(
+        Some(new) => crate::note!(
             "  rotation to {new}: each instance keeps its old key until {new} is confirmed bound \
              (so none is left keyless; {keyless} would be by a plain unbind)"
         ),
-        None if keyless > 0 => eprintln!(
+        None if keyless > 0 => crate::note!(
             "  {keyless} instances keep no key afterwards: they accept only password login \
              (keys_after 0; --keep-one-key skips them, --rotate-to binds a new key first)"
         ),

@@ -101,25 +101,12 @@ impl LiveFlags {
     }
 }
 
-/// `--warmup`: `500ms`, `30s`, `2m`, or a bare number of seconds; 0 for none.
+/// `--warmup`: the one duration syntax (`super::flags::duration`), a bare number of
+/// seconds; 0 for none, at most one hour.
 fn parse_warmup(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1_000.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (text, 1_000.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (500ms, 30s, 2m)"))?;
-    let ms = value * unit_ms;
-    if !(0.0..=3_600_000.0).contains(&ms) {
+    let warmup = super::flags::duration(text, super::flags::BareUnit::Seconds)?;
+    if warmup > Duration::from_secs(3600) {
         return Err(format!("{text} must be between 0 and one hour"));
     }
-    Ok(Duration::from_millis(ms as u64))
+    Ok(warmup)
 }

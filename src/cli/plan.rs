@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use keyfleet::display::escape;
-use keyfleet::input::Format;
-use keyfleet::plan::{self, PlanOptions, PlanOutcome};
+use keyfleet::plan::{self, PlanOutcome};
+
+use super::flags::PlanFlags;
 
 use crate::GlobalArgs;
 
@@ -13,16 +14,8 @@ use crate::GlobalArgs;
 pub struct Args {
     /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
     input: PathBuf,
-    /// Input format, when the extension does not say (csv, json, jsonl).
-    #[arg(long, value_parser = clap::value_parser!(FormatArg))]
-    format: Option<FormatArg>,
-    /// Refuse the whole input (write nothing) if any row is rejected.
-    #[arg(long)]
-    strict: bool,
-    /// Before unbinding, look at each instance (DescribeInstances) and skip, with the
-    /// reason, the pairs whose removal would leave it with no key.
-    #[arg(long)]
-    keep_one_key: bool,
+    #[command(flatten)]
+    plan: PlanFlags,
     #[command(flatten)]
     live: super::live::LiveFlags,
     /// Print one JSON object on stdout instead of the summary on stderr.
@@ -30,26 +23,10 @@ pub struct Args {
     json: bool,
 }
 
-/// `--format`, parsed by the library's own `FromStr`.
-#[derive(Debug, Clone, Copy)]
-pub struct FormatArg(Format);
-
-impl std::str::FromStr for FormatArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<FormatArg, String> {
-        s.parse().map(FormatArg)
-    }
-}
-
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let options = PlanOptions {
-        default_region: super::run::default_region(global)?,
-        force_stop: false,
-        strict: args.strict,
-        format: args.format.map(|f| f.0),
-        keep_one_key: args.keep_one_key,
-        live: args.live.live()?,
-    };
+    let options = args
+        .plan
+        .options(super::run::default_region(global)?, args.live.live()?);
     if options.live.is_some() && options.keep_one_key {
         anyhow::bail!(
             "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
@@ -65,7 +42,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             "{}",
             serde_json::to_string(&outcome).context("cannot encode the summary")?
         );
-    } else {
+    } else if !super::term::quiet() {
         eprint!("{}", human(&outcome));
     }
     Ok(crate::exit::OK)

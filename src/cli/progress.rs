@@ -1,7 +1,6 @@
 //! The live display of an execution on stderr: bars on a terminal, a summary
 //! line every few seconds elsewhere, or nothing.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,10 +8,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyfleet::executor::Counters;
 use tokio::sync::oneshot;
 
-/// `--progress`.
+use super::term::Env;
+
+/// `--progress` (`--quiet` means `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Bars when stderr is a terminal, plain lines otherwise.
+    /// Bars when stderr is a terminal (not `TERM=dumb`), plain lines otherwise.
     Auto,
     Bar,
     Plain,
@@ -30,14 +31,16 @@ pub struct Display {
 
 impl Display {
     pub fn start(mode: Mode, counters: Arc<Counters>) -> Display {
+        let terminal = Env::stderr();
         let mode = match mode {
-            Mode::Auto if std::io::stderr().is_terminal() => Mode::Bar,
+            _ if super::term::quiet() => Mode::None,
+            Mode::Auto if terminal.redraw() => Mode::Bar,
             Mode::Auto => Mode::Plain,
             other => other,
         };
         let (done, rx) = oneshot::channel();
         let task = match mode {
-            Mode::Bar => Some(tokio::spawn(bars(counters, rx))),
+            Mode::Bar => Some(tokio::spawn(bars(counters, rx, terminal.colour()))),
             Mode::Plain => Some(tokio::spawn(plain(counters, rx))),
             Mode::None | Mode::Auto => None,
         };
@@ -101,14 +104,16 @@ fn rate(requests: u64, since: Instant) -> f64 {
     }
 }
 
-async fn bars(counters: Arc<Counters>, mut done: oneshot::Receiver<()>) {
+async fn bars(counters: Arc<Counters>, mut done: oneshot::Receiver<()>, colour: bool) {
     let multi = super::logging::bars();
     multi.set_draw_target(ProgressDrawTarget::stderr());
     let bar = multi.add(ProgressBar::new(0));
     bar.set_style(
-        ProgressStyle::with_template(
-            "{wide_bar:.cyan/blue} {pos}/{len} pairs {percent:>3}% · {msg} · ETA {eta}",
-        )
+        ProgressStyle::with_template(if colour {
+            "{wide_bar:.cyan/blue} {pos}/{len} pairs {percent:>3}% · {msg} · ETA {eta}"
+        } else {
+            "{wide_bar} {pos}/{len} pairs {percent:>3}% · {msg} · ETA {eta}"
+        })
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );

@@ -13,12 +13,12 @@ pub async fn print_for_execution(store: &Store, summary: &Summary) {
     match store.achieved_rates(summary.run_id, Some(since)).await {
         Ok(rates) if rates.is_empty() => {}
         Ok(rates) => {
-            eprintln!("  rates:");
+            crate::note!("  rates:");
             for line in lines(&rates, "    ") {
-                eprintln!("{line}");
+                crate::note!("{line}");
             }
         }
-        Err(error) => eprintln!("  rates: could not be read: {error}"),
+        Err(error) => crate::note!("  rates: could not be read: {error}"),
     }
 }
 
@@ -58,7 +58,7 @@ pub fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
 }
 
 /// Unix ms as `HH:MM:SS.mmm` UTC.
-fn clock(ms: i64) -> String {
+pub fn clock(ms: i64) -> String {
     let format = time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()

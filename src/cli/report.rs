@@ -81,7 +81,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         Err(err) => return Err(err),
     };
     if let Some(path) = &args.output {
-        eprintln!("wrote {rows} rows to {}", path.display());
+        crate::note!("wrote {rows} rows to {}", path.display());
     }
     Ok(crate::exit::OK)
 }

@@ -8,97 +8,24 @@ use std::time::Duration;
 use keyfleet::api::CvmClient;
 use keyfleet::credentials;
 use keyfleet::display::escape;
-use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
-use keyfleet::input::Format;
+use keyfleet::executor::{self, Counters, StopSignal, Summary};
 use keyfleet::lifecycle::{self, Lifecycle, LifecycleError, Observer, Phase};
-use keyfleet::plan::{self, InputCheck, PlanOptions};
+use keyfleet::plan::{self, InputCheck};
 use keyfleet::store::Store;
 
-use super::call::parse_seconds;
 pub use super::common::open_store;
+pub use super::flags::ExecFlags;
+use super::flags::{PlanFlags, SendFlags};
 use super::progress::{self, Display};
 use crate::{GlobalArgs, exit};
-
-/// Flags that shape an execution (shared by run, resume, retry and demo).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ExecFlags {
-    /// Requests per second at most (the API allows 10); a small margin is kept under it.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
-    pub rate: f64,
-    /// Requests in flight at most.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub concurrency: u32,
-    /// Transient failures a job may have before its pairs fail with the last code.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub max_attempts: u32,
-    /// Stop dispatching once this many pairs have failed (a count, or a percentage like 5%).
-    #[arg(long, value_name = "N|P%")]
-    pub max_errors: Option<MaxErrors>,
-    /// Seconds allowed for one request, reply included.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
-    pub timeout: Duration,
-    /// Seconds allowed to establish a connection.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
-    pub connect_timeout: Duration,
-    /// How to show progress on stderr.
-    #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
-    pub progress: progress::Mode,
-    /// Seconds of throttling on every request in a row after which the run stops
-    /// (resumable, exit 4): someone else may be using the account's limit.
-    #[arg(long, value_name = "SECS", default_value = "900", value_parser = parse_seconds)]
-    pub throttle_budget: Duration,
-    /// Do not verify at the end (by default every pair is checked against the cloud's
-    /// own state with DescribeInstances once the run finishes; see `keyfleet verify`).
-    #[arg(long)]
-    pub no_verify: bool,
-    /// Seconds the closing verification keeps looking at instances still OPERATING.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
-    pub verify_wait: Duration,
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    let rate: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of requests per second"))?;
-    if rate > 0.0 && rate <= 1000.0 {
-        Ok(rate)
-    } else {
-        Err(format!(
-            "--rate must be more than 0 and at most 1000, not {text}"
-        ))
-    }
-}
-
-impl ExecFlags {
-    pub fn exec_config(&self) -> ExecConfig {
-        ExecConfig {
-            rate: self.rate,
-            concurrency: self.concurrency as usize,
-            max_attempts: self.max_attempts,
-            max_errors: self.max_errors,
-            throttle_budget: self.throttle_budget,
-            confirm_wait: self.verify_wait,
-            ..ExecConfig::default()
-        }
-    }
-}
 
 /// `keyfleet run INPUT`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
     input: PathBuf,
-    /// Input format, when the extension does not say (csv, json, jsonl).
-    #[arg(long, value_parser = parse_format)]
-    format: Option<Format>,
-    /// Refuse the whole input (write nothing, send nothing) if any row is rejected.
-    #[arg(long)]
-    strict: bool,
-    /// Before unbinding, look at each instance (DescribeInstances) and skip, with the
-    /// reason, the pairs whose removal would leave it with no key.
-    #[arg(long)]
-    keep_one_key: bool,
+    #[command(flatten)]
+    plan: PlanFlags,
     #[command(flatten)]
     live: super::live::LiveFlags,
     #[command(flatten)]
@@ -115,21 +42,12 @@ pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn parse_format(text: &str) -> Result<Format, String> {
-    text.parse()
-}
-
 /// Plans the input (or finds the run that already planned it) and executes it.
 pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let options = PlanOptions {
-        default_region: default_region(global)?,
-        force_stop: false,
-        strict: args.strict,
-        format: args.format,
-        keep_one_key: args.keep_one_key,
-        live: args.live.live()?,
-    };
+    let options = args
+        .plan
+        .options(default_region(global)?, args.live.live()?);
     if options.live.is_some() && options.keep_one_key {
         anyhow::bail!(
             "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
@@ -139,19 +57,25 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let outcome = plan::plan_input(&store, &args.input, &options).await?;
     let s = &outcome.summary;
     if outcome.existing {
-        eprintln!(
+        crate::note!(
             "run {} already holds this input with these options: continuing it",
             s.run_id
         );
     } else {
-        eprintln!(
+        crate::note!(
             "planned run {}: {} rows, {} pairs in {} requests (at least {}), {} duplicates, {} rejected",
-            s.run_id, s.rows, s.pairs, s.jobs, outcome.lower_bound, s.duplicates, s.rejected
+            s.run_id,
+            s.rows,
+            s.pairs,
+            s.jobs,
+            outcome.lower_bound,
+            s.duplicates,
+            s.rejected
         );
         if let Some(n) = outcome.keyless_after.filter(|n| *n > 0) {
-            eprintln!(
+            crate::note!(
                 "  {n} instances keep no key after this unbind (keys_after 0){}",
-                if args.keep_one_key {
+                if args.plan.keep_one_key {
                     ": --keep-one-key looks and skips them"
                 } else {
                     "; --keep-one-key would skip them"
@@ -159,17 +83,20 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             );
         }
         if s.binds > 0 || s.held > 0 {
-            eprintln!(
+            crate::note!(
                 "  rotation: {} new keys to bind and confirm first; {} pairs held until their \
                  instance's new keys are confirmed (or checked, --keep-one-key)",
-                s.binds, s.held
+                s.binds,
+                s.held
             );
         }
         for r in &s.rejections {
-            eprintln!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
+            crate::note!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
-    execute_with_client(&store, s.run_id, &args.exec, global).await
+    let code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
+    super::verdict::print(&store, s.run_id, code, global, "resume").await;
+    Ok(code)
 }
 
 /// `keyfleet retry [RUN] [--code CODE ...]`.
@@ -190,14 +117,15 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let run_id = store.resolve_run(args.run).await?;
     let again = lifecycle::retry(&store, run_id, &args.codes).await?;
     if again.binds > 0 || again.held > 0 {
-        eprintln!(
+        crate::note!(
             "run {run_id}: {} new keys to bind again, {} unbinds held until they are confirmed",
-            again.binds, again.held
+            again.binds,
+            again.held
         );
     }
     let requeued = again.total();
     if requeued == 0 {
-        eprintln!(
+        crate::note!(
             "run {run_id} has no failed pairs{} to retry",
             if args.codes.is_empty() {
                 ""
@@ -205,10 +133,13 @@ pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
                 " with those codes"
             }
         );
+        super::verdict::print(&store, run_id, exit::OK, global, "resume").await;
         return Ok(exit::OK);
     }
-    eprintln!("run {run_id}: {requeued} failed pairs requeued");
-    execute_with_client(&store, run_id, &args.exec, global).await
+    crate::note!("run {run_id}: {requeued} failed pairs requeued");
+    let code = execute_with_client(&store, run_id, &args.exec, global).await?;
+    super::verdict::print(&store, run_id, code, global, "resume").await;
+    Ok(code)
 }
 
 /// `keyfleet resume [RUN]`.
@@ -225,7 +156,7 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
     let run_id = store.resolve_run(args.run).await?;
     let info = store.run_info(run_id).await?;
     if info.state == keyfleet::store::RunState::Finished {
-        eprintln!(
+        crate::note!(
             "run {run_id} has already finished; `keyfleet retry {run_id}` sends its failed pairs again"
         );
     }
@@ -237,14 +168,16 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
             path.display()
         ),
         InputCheck::Missing { path, .. } => {
-            eprintln!("note: {} is gone; resuming the stored plan", path.display())
+            crate::note!("note: {} is gone; resuming the stored plan", path.display())
         }
     }
-    execute_with_client(&store, run_id, &args.exec, global).await
+    let code = execute_with_client(&store, run_id, &args.exec, global).await?;
+    super::verdict::print(&store, run_id, code, global, "resume").await;
+    Ok(code)
 }
 
 /// The real API client, from the global flags and the execution's timeouts.
-pub fn build_client(flags: &ExecFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
+pub fn build_client(flags: &SendFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
     super::common::client(global, flags.connect_timeout, flags.timeout).map(Arc::new)
 }
 
@@ -256,7 +189,7 @@ pub async fn execute_with_client(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let client = build_client(flags, global)?;
+    let client = build_client(&flags.send, global)?;
     execute(store, run_id, client, flags, global).await
 }
 
@@ -288,7 +221,7 @@ impl Observer for Progress {
     }
 
     fn resending(&self, pairs: u64) {
-        eprintln!("\n{pairs} pairs whose operation the cloud reported FAILED are sent again");
+        crate::note!("\n{pairs} pairs whose operation the cloud reported FAILED are sent again");
     }
 }
 
@@ -307,14 +240,14 @@ where
     A: keyfleet::executor::Api,
     F: AsyncFnOnce(&Lifecycle<'_, A, Progress>) -> Result<T, LifecycleError>,
 {
-    let progress = Progress::new(flags.progress);
+    let progress = Progress::new(flags.queue.progress);
     let stop = StopSignal::default();
-    let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.timeout));
+    let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.send.timeout));
     let lifecycle = Lifecycle {
         store,
         api,
         config: flags.exec_config(),
-        verify_wait: flags.verify_wait,
+        verify_wait: flags.verify.verify_wait,
         stop,
         observer: &progress,
     };
@@ -348,7 +281,7 @@ pub async fn execute<A: keyfleet::executor::Api>(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let verify = !flags.no_verify;
+    let verify = !flags.verify.no_verify;
     let outcome = match with_lifecycle(store, run_id, api, flags, global, async |lifecycle| {
         lifecycle.run_to_verified(run_id, verify).await
     })
@@ -381,22 +314,23 @@ pub async fn execute<A: keyfleet::executor::Api>(
     })
 }
 
-/// First Ctrl-C: stop dispatching and let requests in flight finish. Second: exit at once
-/// (the store stays consistent; open attempts are resent on resume).
+/// First Ctrl-C, SIGTERM or SIGHUP: stop dispatching and let requests in flight finish.
+/// A second: exit at once (the store stays consistent; open attempts are resent on resume).
 async fn handle_interrupts(stop: StopSignal, timeout: Duration) {
-    if tokio::signal::ctrl_c().await.is_err() {
+    let mut stops = super::signals::Stops::listen();
+    let Some(signal) = stops.next().await else {
         return;
-    }
+    };
     stop.stop();
     eprintln!(
-        "\ninterrupt: no new requests; waiting up to {} s for those in flight (Ctrl-C again to exit at once)",
+        "\ninterrupt ({signal}): no new requests; waiting up to {} s for those in flight (Ctrl-C again to exit at once)",
         timeout.as_secs()
     );
-    if tokio::signal::ctrl_c().await.is_ok() {
+    if stops.next().await.is_some() {
         eprintln!(
             "second interrupt: exiting now; `keyfleet resume` sends the unfinished requests again"
         );
-        std::process::exit(exit::STOPPED.into());
+        std::process::exit(exit::INTERRUPTED.into());
     }
 }
 
@@ -475,22 +409,29 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let p = &summary.pairs;
     let elapsed = summary.elapsed.as_secs_f64();
     match &summary.stopped {
-        None => eprintln!("\nrun {run} finished in {elapsed:.1} s"),
-        Some(reason) => eprintln!(
+        None => crate::note!("\nrun {run} finished in {elapsed:.1} s"),
+        Some(reason) => crate::note!(
             "\nrun {run} stopped after {elapsed:.1} s: {}",
             escape(&reason.to_string())
         ),
     }
-    eprintln!(
+    crate::note!(
         "  pairs:    {} succeeded, {} failed, {} skipped, {} rejected, {} duplicate, {} pending",
-        p.succeeded, p.failed, p.skipped, p.rejected, p.duplicate, p.pending
+        p.succeeded,
+        p.failed,
+        p.skipped,
+        p.rejected,
+        p.duplicate,
+        p.pending
     );
     let b = &summary.binds;
     if b.valid() > 0 {
-        eprintln!(
+        crate::note!(
             "  new keys: {} bound (accepted), {} failed, {} pending (rotation: each instance's old keys \
              are unbound only once its new keys are confirmed)",
-            b.succeeded, b.failed, b.pending
+            b.succeeded,
+            b.failed,
+            b.pending
         );
     }
     if !summary.failures_by_code.is_empty() {
@@ -499,9 +440,9 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
             .iter()
             .map(|(code, n)| format!("{} {n}", escape(code)))
             .collect();
-        eprintln!("  failures: {}", codes.join(", "));
+        crate::note!("  failures: {}", codes.join(", "));
     }
-    eprintln!(
+    crate::note!(
         "  requests: {} ({:.2}/s), retries {}, throttled {}, isolation splits {}",
         summary.requests,
         summary.achieved_rate(),
@@ -511,9 +452,9 @@ pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
     );
     let db = db_flag(global);
     if summary.stopped.is_some() {
-        eprintln!(
+        crate::note!(
             "  nothing was marked failed by the stop; fix the cause, then: keyfleet{db} resume {run}"
         );
     }
-    eprintln!("  details:  keyfleet{db} report {run} --format csv --output report-{run}.csv");
+    crate::note!("  details:  keyfleet{db} report {run} --format csv --output report-{run}.csv");
 }

@@ -150,27 +150,9 @@ enum MixName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatencyRange(Duration, Duration);
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+/// The simulator's time flags: a bare number is milliseconds (`cli::flags::duration`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 20ms or 1s"))?;
-    let secs = match unit.trim() {
-        "" | "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s or m"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is out of range"))
+    super::flags::millis(text)
 }
 
 /// Parses `50ms..300ms`, or one duration for a fixed latency.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyfleet::lifecycle::{self, Ended, Verification};
 use keyfleet::store::Verified;
 
-use super::call::parse_seconds;
+use super::flags::{self, QueueFlags, SendFlags};
 use super::run::{ExecFlags, build_client, open_store, with_lifecycle};
 use crate::{GlobalArgs, exit};
 
@@ -27,11 +27,14 @@ pub struct Args {
     /// or is still running) to pending, so that `keyfleet resume` sends it again.
     #[arg(long)]
     requeue: bool,
-    /// Seconds to keep looking at instances whose operation is still OPERATING.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    /// How long to keep looking at instances whose operation is still OPERATING (a
+    /// bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = flags::seconds)]
     wait: Duration,
     #[command(flatten)]
-    exec: ExecFlags,
+    send: SendFlags,
+    #[command(flatten)]
+    queue: QueueFlags,
 }
 
 /// The verification in words, on stderr.
@@ -41,7 +44,7 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     let c = &v.counts;
     let db = super::run::db_flag(global);
     match &v.ended {
-        Ended::Complete => eprintln!(
+        Ended::Complete => crate::note!(
             "  verified: {} gone, {} still bound, {} operating, {} operation failed, {} instance missing ({} DescribeInstances requests)",
             c.get(Verified::Gone),
             c.get(Verified::StillBound),
@@ -50,14 +53,14 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
             c.get(Verified::InstanceMissing),
             v.requests
         ),
-        Ended::Unavailable { code, message } => eprintln!(
+        Ended::Unavailable { code, message } => crate::note!(
             "  UNVERIFIED: DescribeInstances was refused ({}: {}); the run stands, but nothing \
              proves the keys are gone. Grant DescribeInstances, then: keyfleet{db} verify {}",
             keyfleet::display::escape(code),
             keyfleet::display::escape(message),
             v.run_id
         ),
-        Ended::Interrupted(reason) => eprintln!(
+        Ended::Interrupted(reason) => crate::note!(
             "  verification stopped ({}); finish it with: keyfleet{db} verify {}",
             keyfleet::display::escape(reason),
             v.run_id
@@ -65,7 +68,7 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     }
     let (bound, not_bound) = (c.get(Verified::Bound), c.get(Verified::NotBound));
     if v.ended == Ended::Complete && bound + not_bound > 0 {
-        eprintln!("  new keys: {bound} bound, {not_bound} not bound");
+        crate::note!("  new keys: {bound} bound, {not_bound} not bound");
     }
     let failed_operations = if resending {
         c.get(Verified::OperationFailed)
@@ -74,9 +77,11 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     };
     let unresolved = c.succeeded_not_gone.saturating_sub(failed_operations);
     if v.ended == Ended::Complete && unresolved > 0 {
-        eprintln!(
+        crate::note!(
             "  {} succeeded pairs are not verified gone: keyfleet{db} verify {} --requeue, then keyfleet{db} resume {}",
-            unresolved, v.run_id, v.run_id
+            unresolved,
+            v.run_id,
+            v.run_id
         );
     }
 }
@@ -84,18 +89,20 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
-    let client = build_client(&args.exec, global)?;
-    let mut flags = args.exec.clone();
-    flags.verify_wait = args.wait;
+    let client = build_client(&args.send, global)?;
+    let flags = ExecFlags::without_verification(args.send, args.queue, args.wait);
     let verification = match with_lifecycle(&store, run_id, client, &flags, global, async |l| {
         l.verify(run_id).await
     })
     .await?
     {
         Ok(v) => v,
-        Err(code) => return Ok(code),
+        Err(code) => {
+            super::verdict::print(&store, run_id, code, global, "verify").await;
+            return Ok(code);
+        }
     };
-    eprintln!("run {run_id}:");
+    crate::note!("run {run_id}:");
     print_verification(&verification, global, false);
     if args.json {
         println!("{}", verification.to_json());
@@ -104,16 +111,23 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         let requeued = lifecycle::requeue_unverified(&store, run_id).await?.pairs;
         let db = super::run::db_flag(global);
         if requeued > 0 {
-            eprintln!(
+            crate::note!(
                 "  {requeued} pairs are pending again; send them with: keyfleet{db} resume {run_id}"
             );
         } else {
-            eprintln!("  nothing to requeue");
+            crate::note!("  nothing to requeue");
         }
     }
-    Ok(if verification.all_gone() {
-        exit::OK
-    } else {
+    let code = match &verification.ended {
+        Ended::Interrupted(_) => exit::STOPPED,
+        _ if verification.all_gone() => exit::OK,
+        _ => exit::FAILED,
+    };
+    super::verdict::print(&store, run_id, code, global, "verify").await;
+    // An interrupted verification keeps its old exit code (1): scripts read it.
+    Ok(if code == exit::STOPPED {
         exit::FAILED
+    } else {
+        code
     })
 }

@@ -385,6 +385,8 @@ type WriteReply = oneshot::Sender<Result<Applied, String>>;
 
 /// Shared state of one execution.
 struct Shared<A> {
+    /// The run being executed (named in each request's log event).
+    run_id: i64,
     api: Arc<A>,
     limiter: Arc<dyn Limiter>,
     config: ExecConfig,
@@ -483,6 +485,7 @@ async fn drive<A: Api>(
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(run_writer(store.clone(), writer_rx));
     let shared = Arc::new(Shared {
+        run_id,
         api,
         limiter,
         config: config.clone(),
@@ -950,6 +953,15 @@ async fn send_and_record<A: Api>(
             (outcome, refused.http_status, refused.request_id)
         }
     };
+    log_request(
+        shared.run_id,
+        &job,
+        attempt_id,
+        key,
+        &outcome,
+        request_id.as_deref(),
+        latency_ms,
+    );
     let finish = Finish {
         attempt_id,
         job_id: job.id,
@@ -967,6 +979,54 @@ async fn send_and_record<A: Api>(
         outcome,
     };
     record(shared, &job, finish).await;
+}
+
+/// One event per request answered (or failed in transport), for `--log-format json`
+/// and `--log-file`: what a log shipper indexes. `code` is the error code, or `ok`.
+fn log_request(
+    run_id: i64,
+    job: &QueuedJob,
+    attempt_id: i64,
+    key: &LimiterKey,
+    outcome: &Outcome,
+    request_id: Option<&str>,
+    latency_ms: i64,
+) {
+    let (code, message) = match outcome {
+        Outcome::Succeeded { .. } => ("ok", "request accepted"),
+        Outcome::Observed { .. } => ("ok", "state read"),
+        Outcome::Retry { error, give_up, .. } => (
+            error.code.as_str(),
+            if *give_up {
+                "request refused: attempts spent, the job's pairs fail"
+            } else {
+                "request refused: retried later"
+            },
+        ),
+        Outcome::Throttled { error, .. } => {
+            (error.code.as_str(), "request throttled: retried later")
+        }
+        Outcome::Split { error, .. } => {
+            (error.code.as_str(), "request refused: the batch is split")
+        }
+        Outcome::Fail { error } => (error.code.as_str(), "request refused: the job's pairs fail"),
+        Outcome::Fatal { error } => (error.code.as_str(), "request refused: the run stops"),
+    };
+    tracing::info!(
+        target: "keyfleet::request",
+        run = run_id,
+        job = job.id,
+        action = %job.action,
+        region = %job.region,
+        endpoint = %key.endpoint,
+        request_id,
+        code,
+        latency_ms,
+        attempt = job.attempts + 1,
+        attempt_id,
+        pairs = job.pair_count,
+        "{message}"
+    );
 }
 
 /// Decides what a refusal means and applies its effects (counters, pacing, halt).

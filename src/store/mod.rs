@@ -19,6 +19,7 @@ pub mod report;
 pub mod requeue;
 pub mod states;
 pub mod verify;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

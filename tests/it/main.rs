@@ -17,5 +17,6 @@ mod runbook;
 mod security;
 mod sim;
 mod support;
+mod terminal;
 mod torture;
 mod upgrade;

@@ -279,6 +279,107 @@ async fn a_wrong_key_names_auth_failure_but_not_the_key() {
     simulator.shutdown().await;
 }
 
+/// The JSON log format (`--log-format json`, on stderr and in `--log-file`) at trace
+/// level holds no SecretKey either, right or wrong, and every line of it parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_hold_no_secret_key() {
+    let (fleet, csv) = fleet_and_input();
+    let simulator = start_sim(Duration::ZERO, fleet).await;
+    let db = TempDb::new();
+    let input = db.dir.path().join("unbind.csv");
+    std::fs::write(&input, csv).expect("input");
+    let log = db.dir.path().join("keyfleet.log");
+    let endpoint = simulator.endpoint();
+    let (home, db_arg) = (db.dir.path().to_path_buf(), db.path.display().to_string());
+    let (log_arg, input_arg) = (log.display().to_string(), input.display().to_string());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let with = |key: &str, args: &[&str]| {
+            let mut all = vec!["-vvv", "--db", &db_arg, "--endpoint", &endpoint];
+            all.extend_from_slice(args);
+            keyfleet(&home, key, &all).env("RUST_LOG", "trace").run()
+        };
+        vec![
+            (
+                "run, JSON on stderr",
+                with(
+                    SECRET_KEY,
+                    &[
+                        "--log-format",
+                        "json",
+                        "run",
+                        &input_arg,
+                        "--progress",
+                        "none",
+                    ],
+                ),
+            ),
+            (
+                "verify, JSON in the log file",
+                with(
+                    SECRET_KEY,
+                    &["--log-format", "json", "--log-file", &log_arg, "verify"],
+                ),
+            ),
+            (
+                "verify with a wrong key, JSON on stderr",
+                with(WRONG_KEY, &["--log-format", "json", "verify"]),
+            ),
+        ]
+    })
+    .await
+    .expect("runs");
+    let codes: Vec<Option<i32>> = outputs.iter().map(|(_, out)| out.code).collect();
+    assert_eq!(
+        codes,
+        [Some(0), Some(0), Some(1)],
+        "{}",
+        outputs[2].1.stderr_text()
+    );
+    for (what, out) in &outputs {
+        for key in [SECRET_KEY, WRONG_KEY] {
+            assert_absent(&format!("stdout of {what}"), &out.stdout, key);
+            assert_absent(&format!("stderr of {what}"), &out.stderr, key);
+        }
+    }
+    let json_lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let on_stderr = json_lines(&outputs[0].1.stderr_text());
+    assert!(
+        on_stderr.iter().any(|e| e["level"] == "TRACE"),
+        "not the most verbose level"
+    );
+    assert!(on_stderr.iter().any(|e| e["target"] == "keyfleet::request"));
+    assert!(
+        outputs[2].1.stderr_text().contains("AuthFailure"),
+        "{}",
+        outputs[2].1.stderr_text()
+    );
+    let in_file = std::fs::read_to_string(&log).expect("log file");
+    assert_eq!(
+        json_lines(&in_file).len(),
+        in_file.lines().count(),
+        "only JSON lines"
+    );
+    assert!(
+        json_lines(&in_file)
+            .iter()
+            .any(|e| e["action"] == "DescribeInstances")
+    );
+    for file in files_under(db.dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for key in [SECRET_KEY, WRONG_KEY] {
+            assert_absent(&file.display().to_string(), &bytes, key);
+        }
+    }
+    #[cfg(unix)]
+    assert_eq!(mode(&log), 0o600, "log file mode");
+    simulator.shutdown().await;
+}
+
 /// A signed `DisassociateInstancesKeyPairs`, sent as given; `body` may differ from what was signed.
 async fn send_signed(endpoint: &str, signed_body: &str, sent_body: &str, timestamp: i64) -> Value {
     let host = endpoint.trim_start_matches("http://").to_string();
