@@ -69,6 +69,7 @@ pub mod executor;
 pub mod ids;
 pub mod input;
 pub mod plan;
+pub mod pubkey;
 pub mod secret;
 pub mod sign;
 pub mod sim;

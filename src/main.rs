@@ -37,11 +37,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
     /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator);
-    /// `{region}` in the host sends each region's calls to its own endpoint, e.g.
-    /// https://cvm.{region}.tencentcloudapi.com.
+    /// `{region}` in the host sends each region's calls to its own endpoint and
+    /// `{service}` each service's (cvm, as) to its own host, e.g.
+    /// https://{service}.{region}.tencentcloudapi.com; without `{service}` one endpoint
+    /// takes every service's calls. Default: https://{service}.tencentcloudapi.com.
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// Each region's calls to its own access endpoint, https://cvm.{region}.tencentcloudapi.com
+    /// Each region's calls to its own access endpoint, https://{service}.{region}.tencentcloudapi.com
     /// (shorthand for that --endpoint; wins over KEYFLEET_ENDPOINT).
     #[arg(long, global = true)]
     pub regional_endpoints: bool,
@@ -73,7 +75,7 @@ impl GlobalArgs {
         }
         self.endpoint
             .clone()
-            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT.to_string())
+            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT_TEMPLATE.to_string())
     }
 }
 
