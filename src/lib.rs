@@ -67,6 +67,7 @@ pub mod discover;
 pub mod display;
 pub mod executor;
 pub mod ids;
+pub mod incident;
 pub mod input;
 pub mod plan;
 pub mod pubkey;

@@ -93,6 +93,8 @@ pub enum Command {
     Verify(cli::verify::Args),
     /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
     Retry(cli::run::RetryArgs),
+    /// Delete leaked key pairs once no instance, default template or launch configuration holds them.
+    Retire(cli::retire::Args),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
     Plan(cli::plan::Args),
     /// Show where a run stands: pairs, jobs, requests, failures.
@@ -165,6 +167,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Discover(args) => cli::discover::run(args, &cli.global).await,
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
+            Command::Retire(args) => cli::retire::run(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
             Command::Verify(args) => cli::verify::run(args, &cli.global).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,

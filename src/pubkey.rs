@@ -50,7 +50,9 @@ pub enum PublicKeyError {
     PrivateKey,
     #[error("it holds {0} public keys (lines {1}): give one")]
     SeveralKeys(usize, String),
-    #[error("line {line}: no OpenSSH key type (ssh-rsa, ssh-ed25519, ecdsa-sha2-nistp256, ...) found")]
+    #[error(
+        "line {line}: no OpenSSH key type (ssh-rsa, ssh-ed25519, ecdsa-sha2-nistp256, ...) found"
+    )]
     NoKeyType { line: usize },
     #[error("line {line}: the {key_type} key has no base64 body after its type")]
     NoBody { line: usize, key_type: String },
@@ -245,7 +247,8 @@ mod tests {
     use super::*;
 
     /// An ed25519 public key (generated for these tests; its private half was never kept).
-    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdxVnQ5k7mFM0oNdFTQVq3TVqYmyJ6bIj4lUq0BBXJ0";
+    const ED: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdxVnQ5k7mFM0oNdFTQVq3TVqYmyJ6bIj4lUq0BBXJ0";
 
     #[test]
     fn lines_with_comments_and_options_are_the_same_key() {
@@ -269,7 +272,10 @@ mod tests {
     fn fingerprints_are_ssh_keygens() {
         let key = PublicKey::parse(ED).unwrap();
         let shown = key.fingerprint().to_string();
-        assert!(shown.starts_with("SHA256:") && shown.len() == 7 + 43, "{shown}");
+        assert!(
+            shown.starts_with("SHA256:") && shown.len() == 7 + 43,
+            "{shown}"
+        );
         assert_eq!(Fingerprint::parse(&shown).unwrap(), key.fingerprint());
         assert_eq!(
             Fingerprint::parse(&format!("{shown}=")).unwrap(),
@@ -278,7 +284,10 @@ mod tests {
         assert!(KeyMatcher::Fingerprint(key.fingerprint()).matches(ED));
         for bad in ["", "MD5:aa:bb", "SHA256:", "SHA256:abc", "sha256:xyz"] {
             assert!(
-                matches!(Fingerprint::parse(bad), Err(PublicKeyError::BadFingerprint(_))),
+                matches!(
+                    Fingerprint::parse(bad),
+                    Err(PublicKeyError::BadFingerprint(_))
+                ),
                 "{bad:?}"
             );
         }
@@ -300,7 +309,10 @@ mod tests {
         ));
         assert_eq!(err("hello world"), PublicKeyError::NoKeyType { line: 1 });
         assert!(matches!(err("ssh-rsa"), PublicKeyError::NoBody { .. }));
-        assert!(matches!(err("ssh-rsa !!!!"), PublicKeyError::BadBase64 { .. }));
+        assert!(matches!(
+            err("ssh-rsa !!!!"),
+            PublicKeyError::BadBase64 { .. }
+        ));
         // An ed25519 body under an rsa type.
         let body = ED.split(' ').nth(1).unwrap();
         assert!(matches!(

@@ -124,7 +124,10 @@ pub(crate) fn check_known(params: &Map<String, Value>, allowed: &[&str]) -> Resu
 }
 
 /// An array-of-strings parameter; `None` when absent.
-pub(crate) fn string_list(params: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+pub(crate) fn string_list(
+    params: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
     let wrong = || {
         ApiError::new(
             "InvalidParameter",
@@ -143,7 +146,10 @@ pub(crate) fn string_list(params: &Map<String, Value>, name: &str) -> Result<Opt
 }
 
 /// A boolean parameter: JSON true/false, or the strings a GET query carries.
-pub(crate) fn bool_param(params: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn bool_param(
+    params: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<bool>, ApiError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -581,10 +587,20 @@ pub(crate) fn execute(
             })
         }
         Validated::DescribeRegions => {
+            // Every region something lives in: instances, launch templates, launch
+            // configurations.
             let regions: std::collections::BTreeSet<&str> = fleet
                 .instances
                 .iter()
                 .map(|i| i.spec.region.as_str())
+                .chain(fleet.incident.templates.iter().map(|t| t.region.as_str()))
+                .chain(
+                    fleet
+                        .incident
+                        .configurations
+                        .iter()
+                        .map(|c| c.region.as_str()),
+                )
                 .collect();
             let set: Vec<Value> = regions
                 .iter()

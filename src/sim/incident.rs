@@ -170,7 +170,10 @@ impl LaunchConfiguration {
         }
     }
 
-    pub fn keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> LaunchConfiguration {
+    pub fn keys<S: Into<String>>(
+        mut self,
+        keys: impl IntoIterator<Item = S>,
+    ) -> LaunchConfiguration {
         self.key_ids = keys.into_iter().map(Into::into).collect();
         self
     }
@@ -448,7 +451,9 @@ fn version_param(params: &Map<String, Value>, name: &str) -> Result<Option<u64>,
     match actions::int_param(params, name)? {
         None => Ok(None),
         Some(n) if n >= 1 => Ok(Some(n as u64)),
-        Some(_) => Err(invalid(format!("`{name}` must be a version number (1 or more)."))),
+        Some(_) => Err(invalid(format!(
+            "`{name}` must be a version number (1 or more)."
+        ))),
     }
 }
 
@@ -461,7 +466,10 @@ pub(crate) fn validate(
 ) -> Result<Validated, ApiError> {
     match action {
         Action::ImportKeyPair => {
-            actions::check_known(params, &["KeyName", "ProjectId", "PublicKey", "TagSpecification"])?;
+            actions::check_known(
+                params,
+                &["KeyName", "ProjectId", "PublicKey", "TagSpecification"],
+            )?;
             let name = required_string(params, "KeyName")?;
             let text = required_string(params, "PublicKey")?;
             actions::int_param(params, "ProjectId")?;
@@ -530,8 +538,7 @@ pub(crate) fn validate(
             let selected = (0..fleet.incident.templates.len())
                 .filter(|&n| {
                     let t = &fleet.incident.templates[n];
-                    t.region == region
-                        && wanted.as_ref().is_none_or(|w| w.contains(&t.template_id))
+                    t.region == region && wanted.as_ref().is_none_or(|w| w.contains(&t.template_id))
                 })
                 .collect();
             Ok(Validated::DescribeLaunchTemplates {
@@ -562,7 +569,9 @@ pub(crate) fn validate(
                     .map(|v| {
                         v.as_u64()
                             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                            .ok_or_else(|| invalid("`LaunchTemplateVersions` holds version numbers."))
+                            .ok_or_else(|| {
+                                invalid("`LaunchTemplateVersions` holds version numbers.")
+                            })
                     })
                     .collect::<Result<_, _>>()?,
                 Some(_) => {
@@ -644,8 +653,8 @@ pub(crate) fn validate(
         Action::ModifyLaunchTemplateDefaultVersion => {
             actions::check_known(params, &["LaunchTemplateId", "DefaultVersion"])?;
             let id = required_string(params, "LaunchTemplateId")?;
-            let version =
-                version_param(params, "DefaultVersion")?.ok_or_else(|| actions::missing("DefaultVersion"))?;
+            let version = version_param(params, "DefaultVersion")?
+                .ok_or_else(|| actions::missing("DefaultVersion"))?;
             let template = find_template(fleet, &id, region)?;
             if !fleet.incident.templates[template]
                 .versions
@@ -683,7 +692,11 @@ pub(crate) fn validate(
         Action::ModifyLaunchConfigurationAttributes => {
             actions::check_known(
                 params,
-                &["LaunchConfigurationId", "LaunchConfigurationName", "LoginSettings"],
+                &[
+                    "LaunchConfigurationId",
+                    "LaunchConfigurationName",
+                    "LoginSettings",
+                ],
             )?;
             let id = required_string(params, "LaunchConfigurationId")?;
             let name = string_param(params, "LaunchConfigurationName")?;
@@ -843,13 +856,17 @@ pub(crate) fn execute(request: &Validated, fleet: &mut LiveFleet) -> Result<Exec
                 {
                     return Err(ApiError::new(
                         "InvalidParameterValue.KeyPairNotSupported",
-                        format!("The key pair {key} is bound to an instance and cannot be deleted."),
+                        format!(
+                            "The key pair {key} is bound to an instance and cannot be deleted."
+                        ),
                     ));
                 }
                 if !fleet.incident.images(key).is_empty() {
                     return Err(ApiError::new(
                         "InvalidKeyPair.NotSupported",
-                        format!("The key pair {key} is referenced by an image and cannot be deleted."),
+                        format!(
+                            "The key pair {key} is referenced by an image and cannot be deleted."
+                        ),
                     ));
                 }
             }

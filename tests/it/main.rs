@@ -5,6 +5,7 @@ mod client;
 mod database;
 mod fuzz;
 mod hostile;
+mod incident;
 mod pacing;
 mod plan;
 mod regional;
