@@ -7,7 +7,7 @@
 //! - [`find_templates`]: every launch template version (CVM) and Auto Scaling launch
 //!   configuration, in every region given, whose `LoginSettings.KeyIds` holds a key.
 //! - [`retire`]: deletes key pairs once nothing holds them: no instance
-//!   (`AssociatedInstanceIds`, read now), no default template version or launch
+//!   (`AssociatedInstanceIds`, read now in every region), no default template version or launch
 //!   configuration (unless told to ignore them); then DeleteKeyPairs and a listing
 //!   that shows each one gone. A refusal names what holds the key and deletes nothing.
 //!
@@ -480,6 +480,18 @@ pub async fn retire<A: Api>(
             .into_iter()
             .collect(),
     };
+    // Whether AssociatedInstanceIds covers every region or only the one asked is not
+    // documented: every region is asked, and their answers joined.
+    let mut details = details;
+    for region in &regions {
+        for (key, bound) in associated_in(&sender, region, &keys).await? {
+            if let Some(detail) = details.get_mut(&key) {
+                detail.associated_instance_ids.extend(bound);
+                detail.associated_instance_ids.sort();
+                detail.associated_instance_ids.dedup();
+            }
+        }
+    }
     let bound: Vec<String> = details
         .values()
         .flat_map(|d| d.associated_instance_ids.iter().cloned())
@@ -619,6 +631,34 @@ async fn describe_keys<A: Api>(
         }
     }
     Ok(details)
+}
+
+/// Each key's `AssociatedInstanceIds` as `region` answers them.
+async fn associated_in<A: Api>(
+    sender: &Sender<A>,
+    region: &str,
+    keys: &[String],
+) -> Result<Vec<(String, Vec<String>)>, IncidentError> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(MAX_IDS_PER_REQUEST) {
+        let call = Call {
+            action: Action::DescribeKeyPairs,
+            region: region.to_string(),
+            body: json!({ "KeyIds": chunk, "Limit": PAGE_LIMIT }),
+        };
+        let reply = sender
+            .send(call)
+            .await
+            .map_err(|r| IncidentError::refused(Action::DescribeKeyPairs, r))?;
+        let page = templates::parse_key_pair_details(&reply.response, &reply.request_id)
+            .map_err(|e| IncidentError::refused(Action::DescribeKeyPairs, e.into()))?;
+        found.extend(
+            page.items
+                .into_iter()
+                .map(|k| (k.key_id, k.associated_instance_ids)),
+        );
+    }
+    Ok(found)
 }
 
 /// The region of each instance (AssociatedInstanceIds names none): DescribeInstances

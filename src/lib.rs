@@ -8,17 +8,22 @@
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
 //!   a rotation row's new keys become bind pairs (Associate jobs) and its unbinds are held.
-//! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate.
+//! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
+//!   action's name, service and rate; [`cvm::Action::ALL`] the queue's actions,
+//!   [`cvm::Action::INCIDENT`] the ones `discover` and `retire` send directly.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every (action, error code) -> `ErrorClass` (Retry, Throttle, Isolate, Fatal)
 //!   and `Scope` (instance, key, request), from one table.
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
-//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
+//! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
-//!   DescribeRegions); `{region}` endpoint templates; `api::resolve`, the `--resolve`
-//!   rules (and `is_loopback_host` for transport checks).
+//!   DescribeRegions); each call signed for its action's service; `{region}` and
+//!   `{service}` endpoint templates; `api::resolve`, the `--resolve` rules (and
+//!   `is_loopback_host` for transport checks); `api::templates`, the replies of the
+//!   incident's reads (key pairs' public keys, launch templates, launch configurations).
+//! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
 //!   action, with a payload and prerequisites in `job_deps`), attempts;
 //!   `store::states` the stored states as enums (checked against the schema),
@@ -50,10 +55,16 @@
 //!   codes in `taxonomy::ACTION_CODES`.
 //! - [`discover`]: from key ids to plan input: DescribeKeyPairs, DescribeRegions and
 //!   DescribeInstances pages through the executor's `Api` and `Limiter`.
+//! - [`incident`]: closing an incident through discovery's sender: the key ids holding a
+//!   public key, the launch template versions and launch configurations handing a key
+//!   out (every region), and `retire` (DeleteKeyPairs once nothing holds the key, confirmed
+//!   by listing again).
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
-//!   with header/body timeouts, a connection cap and a bounded journal; `sim::audit` proves a run
+//!   with header/body timeouts, a connection cap and a bounded journal; every service on one
+//!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
+//!   service's launch configurations); `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,

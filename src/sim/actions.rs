@@ -576,7 +576,7 @@ pub(crate) fn execute(
         } => {
             let set: Vec<Value> = page(keys, *offset, *limit)
                 .into_iter()
-                .map(|key| super::incident::key_pair_json(fleet, &key))
+                .map(|key| super::incident::key_pair_json(fleet, &key, region))
                 .collect();
             let mut data = Map::new();
             data.insert("TotalCount".into(), json!(keys.len()));

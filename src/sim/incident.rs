@@ -749,13 +749,14 @@ pub(crate) fn validate(
 }
 
 /// `DescribeKeyPairs`' item for `key_id`: the public key with its comment replaced by
-/// the key id, and every instance it is bound to, in any region (key pairs are
-/// account-wide; `AssociatedInstanceIds` names no region).
-pub(crate) fn key_pair_json(fleet: &LiveFleet, key_id: &str) -> Value {
+/// the key id, and the instances of the request's region it is bound to. Key pairs are
+/// account-wide; whether the real `AssociatedInstanceIds` covers other regions is not
+/// documented, so the simulator takes the narrower reading and `retire` asks every region.
+pub(crate) fn key_pair_json(fleet: &LiveFleet, key_id: &str, region: &str) -> Value {
     let mut holders: Vec<&str> = fleet
         .instances
         .iter()
-        .filter(|i| i.spec.key_ids.iter().any(|k| k == key_id))
+        .filter(|i| i.spec.region == region && i.spec.key_ids.iter().any(|k| k == key_id))
         .map(|i| i.spec.instance_id.as_str())
         .collect();
     holders.sort_unstable();
