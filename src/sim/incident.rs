@@ -986,3 +986,86 @@ pub(crate) fn execute(request: &Validated, fleet: &mut LiveFleet) -> Result<Exec
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Fleet;
+
+    fn estate() -> Fleet {
+        Fleet::new()
+            .with_key_pair(KeyPair::new("skey-0000000a").name("deploy"))
+            .with_template(
+                LaunchTemplate::new("lt-0000000a", "web", "ap-guangzhou")
+                    .version(["skey-0000000a"])
+                    .version(Vec::<String>::new())
+                    .default_version(2),
+            )
+            .with_configuration(
+                LaunchConfiguration::new("asc-0000000a", "asg", "ap-shanghai")
+                    .keys(["skey-0000000a"]),
+            )
+    }
+
+    #[test]
+    fn the_fleet_file_round_trips_and_names_what_is_wrong() {
+        let fleet = estate();
+        let text = fleet.to_json_pretty();
+        assert_eq!(Fleet::from_json(&text).unwrap(), fleet);
+        assert!(fleet.all_keys().contains("skey-0000000a"));
+        // A fleet without any of it serializes as before.
+        assert!(!Fleet::new().to_json_pretty().contains("launch_templates"));
+        let refused = |edit: &dyn Fn(&mut Fleet), says: &str| {
+            let mut fleet = estate();
+            edit(&mut fleet);
+            let err = Fleet::from_json(&fleet.to_json_pretty())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err}");
+        };
+        refused(
+            &|f| f.launch_templates[0].template_id = "lt-1".into(),
+            "launch_templates[0].template_id",
+        );
+        refused(
+            &|f| f.launch_templates[0].default_version = 7,
+            "is not one of its versions",
+        );
+        refused(
+            &|f| {
+                let t = f.launch_templates[0].clone();
+                f.launch_templates[0] = (0..31).fold(t, |t, _| t.version(["skey-0000000a"]));
+            },
+            "1 to 30 versions",
+        );
+        refused(
+            &|f| f.key_pairs.push(KeyPair::new("skey-0000000a")),
+            "appears twice",
+        );
+        refused(
+            &|f| f.key_pairs[0].public_key = "ssh-rsa !!".into(),
+            "key_pairs[0].public_key",
+        );
+        refused(
+            &|f| f.launch_configurations[0].region = "mars".into(),
+            "launch_configurations[0].region",
+        );
+    }
+
+    #[test]
+    fn derived_keys_are_distinct_stable_public_keys() {
+        let a = derived_public_key("skey-0000000a");
+        assert_eq!(a, derived_public_key("skey-0000000a"));
+        assert_ne!(a, derived_public_key("skey-0000000b"));
+        assert_eq!(PublicKey::parse(&a.to_openssh("x")).unwrap(), a);
+    }
+
+    #[test]
+    fn the_incident_actions_are_limited_at_their_documented_rates() {
+        use crate::sim::server::action_limit;
+        assert_eq!(action_limit(Action::DescribeLaunchTemplates, 10), 20);
+        assert_eq!(action_limit(Action::DescribeLaunchConfigurations, 10), 20);
+        assert_eq!(action_limit(Action::DeleteKeyPairs, 10), 10);
+        assert_eq!(action_limit(Action::ImportKeyPair, 5), 5);
+    }
+}
