@@ -699,3 +699,157 @@ async fn locate_instances<A: Api>(
     }
     Ok(located)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::executor::{LocalLimiter, Reply};
+
+    /// An account with one free key, whose DeleteKeyPairs replies as `deletes` says,
+    /// in turn; every request is recorded.
+    struct Account {
+        listed: Mutex<Vec<&'static str>>,
+        deletes: Mutex<Vec<Result<(), &'static str>>>,
+        sent: Mutex<Vec<Action>>,
+    }
+
+    impl Account {
+        fn new(deletes: Vec<Result<(), &'static str>>) -> Arc<Account> {
+            Arc::new(Account {
+                listed: Mutex::new(vec!["skey-0000000a"]),
+                deletes: Mutex::new(deletes),
+                sent: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    fn refused(code: &str) -> Refused {
+        Refused {
+            code: code.to_string(),
+            message: "refused".into(),
+            request_id: None,
+            http_status: None,
+            transport: code.starts_with("Transport."),
+        }
+    }
+
+    impl Api for Account {
+        async fn call(&self, call: &Call) -> Result<Reply, Refused> {
+            self.sent.lock().unwrap().push(call.action);
+            let listed = self.listed.lock().unwrap().clone();
+            let response: Value = match call.action {
+                Action::DescribeKeyPairs => {
+                    let set: Vec<Value> = listed
+                        .iter()
+                        .map(|k| json!({"KeyId": k, "KeyName": "old", "AssociatedInstanceIds": []}))
+                        .collect();
+                    json!({"KeyPairSet": set, "TotalCount": listed.len()})
+                }
+                Action::DescribeRegions => json!({"RegionSet": [{"Region": "ap-guangzhou"}]}),
+                Action::DescribeLaunchTemplates => {
+                    json!({"LaunchTemplateSet": [], "TotalCount": 0})
+                }
+                Action::DescribeLaunchConfigurations => {
+                    json!({"LaunchConfigurationSet": [], "TotalCount": 0})
+                }
+                Action::DeleteKeyPairs => {
+                    let next = self.deletes.lock().unwrap().remove(0);
+                    match next {
+                        // Applied, then the reply was lost.
+                        Err(code) if code.starts_with("Transport.") => {
+                            self.listed.lock().unwrap().clear();
+                            return Err(refused(code));
+                        }
+                        Err(code) => return Err(refused(code)),
+                        Ok(()) => {
+                            self.listed.lock().unwrap().clear();
+                            json!({})
+                        }
+                    }
+                }
+                other => panic!("unexpected {other}"),
+            };
+            Ok(Reply {
+                request_id: format!("req-{}", self.sent.lock().unwrap().len()),
+                http_status: 200,
+                response,
+            })
+        }
+
+        fn endpoint(&self, _region: &str) -> String {
+            "stub".into()
+        }
+
+        fn secret_id(&self) -> String {
+            "AKIDstub".into()
+        }
+    }
+
+    fn options() -> DiscoverOptions {
+        DiscoverOptions {
+            keys: Vec::new(),
+            regions: None,
+            home_region: "ap-guangzhou".into(),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(2),
+            throttle_delay: Duration::from_millis(1),
+        }
+    }
+
+    async fn retire_one(account: &Arc<Account>) -> Retirement {
+        let retire_options = RetireOptions {
+            keys: vec!["skey-0000000a".into()],
+            dry_run: false,
+            ignore_templates: false,
+        };
+        retire(
+            account.clone(),
+            Arc::new(LocalLimiter::new(0.0)),
+            &options(),
+            &retire_options,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delete_whose_reply_was_lost_is_confirmed_by_the_listing() {
+        let account = Account::new(vec![Err("Transport.Io"), Err("InvalidKeyPairId.NotFound")]);
+        let retirement = retire_one(&account).await;
+        assert!(retirement.retired(), "{retirement:?}");
+        assert!(retirement.delete_request_ids.is_empty());
+        let sent = account.sent.lock().unwrap().clone();
+        assert_eq!(
+            sent.iter()
+                .filter(|a| **a == Action::DeleteKeyPairs)
+                .count(),
+            2,
+            "resent once after the lost reply"
+        );
+        assert_eq!(
+            sent.last(),
+            Some(&Action::DescribeKeyPairs),
+            "confirmed by listing"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_image_reference_is_a_refusal_naming_it() {
+        let account = Account::new(vec![Err("InvalidKeyPair.NotSupported")]);
+        let retirement = retire_one(&account).await;
+        assert!(retirement.refused() && !retirement.retired());
+        let holds = &retirement.verdicts[0].holds;
+        assert_eq!(holds.len(), 1);
+        assert!(
+            holds[0].describe().contains("an image references it"),
+            "{holds:?}"
+        );
+        assert!(!retirement.verdicts[0].confirmed_gone);
+    }
+}

@@ -32,6 +32,14 @@ const IMAGED: &str = "skey-1maged00";
 const TEMPLATED: &str = "skey-templ000";
 const CONFIGURED: &str = "skey-c0nf1g00";
 
+/// The template versions and launch configurations of [`estate`] that hand out the
+/// leaked public key's ids.
+const TEMPLATES_CSV: &str = "kind,id,name,version,region,default,keys\n\
+     launch_template,lt-0000000a,web,1,ap-guangzhou,false,skey-1eaked0a\n\
+     launch_template,lt-0000000b,api,1,ap-shanghai,true,skey-1eaked0b skey-0ther000\n\
+     launch_configuration,asc-0000000a,web-asg,,ap-shanghai,true,skey-1eaked0a\n\
+     launch_configuration,asc-0000000b,eu-asg,,eu-frankfurt,true,skey-1eaked0b\n";
+
 fn quiet() -> SimConfig {
     SimConfig {
         rate: 0,
@@ -176,14 +184,7 @@ async fn public_key_finds_every_key_id_holding_it_and_the_same_rows_as_those_ids
 
     // Every region scanned, Frankfurt (no instance) included; exactly the holders.
     let listed = std::fs::read_to_string(&templates).unwrap();
-    assert_eq!(
-        listed,
-        "kind,id,name,version,region,default,keys\n\
-         launch_template,lt-0000000a,web,1,ap-guangzhou,false,skey-1eaked0a\n\
-         launch_template,lt-0000000b,api,1,ap-shanghai,true,skey-1eaked0b skey-0ther000\n\
-         launch_configuration,asc-0000000a,web-asg,,ap-shanghai,true,skey-1eaked0a\n\
-         launch_configuration,asc-0000000b,eu-asg,,eu-frankfurt,true,skey-1eaked0b\n",
-    );
+    assert_eq!(listed, TEMPLATES_CSV);
     assert!(stderr.contains("templates: 4 hand out"), "{stderr}");
     #[cfg(unix)]
     {
@@ -254,6 +255,15 @@ async fn a_key_nobody_holds_or_a_malformed_one_is_a_clear_usage_error() {
         (
             vec!["--fingerprint".into(), "MD5:12:34".into()],
             "is not a SHA256 fingerprint",
+        ),
+        (
+            vec![
+                "--key".into(),
+                LEAKED_A.into(),
+                "--fingerprint".into(),
+                "SHA256:x".into(),
+            ],
+            "cannot be used with",
         ),
     ];
     for (extra, says) in cases {
@@ -653,4 +663,72 @@ async fn a_service_template_sends_each_service_to_its_own_host() {
         "{hosts:?}"
     );
     assert!(r.sim.journal().iter().all(|e| e.code.is_none()));
+}
+
+/// At the documented limits, with seeded transient faults (lost replies among them),
+/// the public key, the templates and the retirement come out exactly as without them,
+/// and no action of either service exceeds its limit at its endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_and_limits_change_nothing_found_or_retired() {
+    let config = SimConfig {
+        faults: keyfleet::sim::Faults {
+            mutex: 0.03,
+            in_progress: 0.0,
+            internal: 0.03,
+            drop_before: 0.02,
+            drop_after: 0.02,
+        },
+        seed: 22,
+        settle_after: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let r = Rehearsal::start(config, estate()).await;
+    let key_file = write(&r, "leaked.pub", LEAKED_PUB);
+    let templates = r.dir.path().join("templates.csv");
+    let found = r.dir.path().join("found.csv");
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "discover",
+                "--public-key",
+                &key_file,
+                "--all-regions",
+                "--output",
+                found.to_str().unwrap(),
+                "--templates-output",
+                templates.to_str().unwrap(),
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&templates).unwrap(), TEMPLATES_CSV);
+    // 6 instances of each n % 5: 1, 1, 0, 2 and 2 pairs.
+    let rows = std::fs::read_to_string(&found).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 36, "{rows}");
+    let (code, _, stderr) = r.run(&["retire", "--key", SPARE], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!r.sim.fleet().all_keys().contains(SPARE));
+    let stats = r.sim.stats();
+    let faulted = r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| {
+            e.dropped
+                || e.code
+                    .as_deref()
+                    .is_some_and(|c| c != "RequestLimitExceeded")
+        })
+        .count();
+    assert!(faulted > 0, "the seed faults some requests: {stats:?}");
+    for (host, by_action) in &stats.max_in_any_second_by_host {
+        for (action, max) in by_action {
+            let limit = u64::from(Action::from_name(action).unwrap().rate_limit());
+            assert!(
+                *max <= limit,
+                "{host} {action}: {max} in one second, limit {limit}"
+            );
+        }
+    }
 }
