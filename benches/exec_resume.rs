@@ -139,7 +139,7 @@ async fn half_done(store: &Store, run_id: i64, jobs: i64) {
             };
             let request_id = format!("prior-{}", job.id);
             Write::Finish(Box::new(Finish {
-                action: keyfleet::cvm::Action::DisassociateInstancesKeyPairs,
+                kind: keyfleet::store::JobKind::Unbind,
                 follow_up: keyfleet::store::queue::FollowUp::default(),
                 attempt_id,
                 job_id: job.id,

@@ -17,7 +17,9 @@
 //! reply that breaks them is a [`TransportKind::BadBody`]) and tolerant of every other
 //! field being absent or null. A key-pair request's RequestId means accepted, not
 //! applied: only a later `DescribeInstances` (`LatestOperationState`, the key ids) shows
-//! the change made.
+//! the change made. The same holds for [`CvmClient::stop_instances`] and
+//! [`CvmClient::start_instances`] (`InstanceState`, `LatestOperation*`); their bodies
+//! come from [`stop_instances_body`] and [`start_instances_body`], for the executor too.
 //!
 //! Endpoints: one URL for every call, or a template with a `{region}` placeholder in
 //! the host ([`REGIONAL_ENDPOINT_TEMPLATE`]) so each region's calls go to its own access
@@ -48,7 +50,7 @@ use crate::credentials::Credentials;
 use crate::sign::{self, RequestParts};
 use crate::taxonomy::{self, ErrorClass, TRANSPORT_PREFIX};
 
-pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE, Service};
+pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE, Service, StopType};
 /// How long establishing a connection (TCP and TLS) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one whole request may take, from connecting to the last byte of the reply.
@@ -157,6 +159,9 @@ pub struct InstanceInfo {
     pub latest_operation_request_id: Option<String>,
     /// `Placement.Zone`, e.g. `ap-guangzhou-3`.
     pub zone: Option<String>,
+    /// `Tags`, each `{Key, Value}` (a key without a value reads as empty), e.g.
+    /// `service` -> `web`: what `--max-down-per tag:KEY` groups by.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// One page of `DescribeInstances`.
@@ -657,6 +662,43 @@ impl CvmClient {
         })
     }
 
+    /// Stops instances (at most [`crate::ids::MAX_IDS_PER_REQUEST`]; the caller checks),
+    /// keeping them charged ([`stop_instances_body`]). The RequestId means accepted: each
+    /// instance is STOPPING, and STOPPED only when a later `DescribeInstances` says so
+    /// (with `LatestOperation` `StopInstances` and this RequestId `SUCCESS`).
+    pub async fn stop_instances(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        stop_type: StopType,
+    ) -> Result<Success, CallError> {
+        let body = stop_instances_body(instance_ids, stop_type);
+        let (_, request_id) = self
+            .call(Action::StopInstances.name(), region, &body)
+            .await?;
+        Ok(Success {
+            request_id,
+            http_status: 200,
+        })
+    }
+
+    /// Starts instances (at most [`crate::ids::MAX_IDS_PER_REQUEST`]; the caller checks).
+    /// Accepted, not done: each is STARTING, RUNNING when a later look says so.
+    pub async fn start_instances(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Success, CallError> {
+        let body = start_instances_body(instance_ids);
+        let (_, request_id) = self
+            .call(Action::StartInstances.name(), region, &body)
+            .await?;
+        Ok(Success {
+            request_id,
+            http_status: 200,
+        })
+    }
+
     /// Describes instances by id (at most 100). With an empty list the API lists the
     /// region's instances instead, up to 100 (the first page of
     /// [`CvmClient::describe_instances_page`]).
@@ -963,6 +1005,7 @@ pub fn parse_instance_page(
             latest_operation_state: optional_string(item.get("LatestOperationState")),
             latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
             zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
+            tags: tags(item.get("Tags")),
         })
     })?;
     let total_count = total_count(response, request_id)?;
@@ -1048,6 +1091,42 @@ fn total_count(response: &Value, request_id: &str) -> Result<Option<u64>, CallEr
             CallError::Transport(err)
         }),
     }
+}
+
+/// `Tags` of an instance: every `{Key, Value}` item with a non-empty string `Key`;
+/// anything else (absent, null, not a list, an item without a key) is left out.
+fn tags(value: Option<&Value>) -> std::collections::BTreeMap<String, String> {
+    value
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|tag| {
+            let key = optional_string(tag.get("Key"))?;
+            let value = tag
+                .get("Value")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// The body of a `StopInstances` request: up to 100 instances (the caller checks),
+/// `StopType` as asked, and `StoppedMode` always `KEEP_CHARGING` (`STOP_CHARGING`
+/// releases CPU, memory and the public IP, so the restart may fail; reference, section 1).
+/// `ForceStop` is never sent: it is deprecated and refused together with `StopType`.
+pub fn stop_instances_body(instance_ids: &[String], stop_type: StopType) -> Value {
+    json!({
+        "InstanceIds": instance_ids,
+        "StopType": stop_type.as_str(),
+        "StoppedMode": crate::cvm::STOPPED_MODE_KEEP_CHARGING,
+    })
+}
+
+/// The body of a `StartInstances` request: up to 100 instances (the caller checks).
+pub fn start_instances_body(instance_ids: &[String]) -> Value {
+    json!({ "InstanceIds": instance_ids })
 }
 
 /// An optional string field: absent, null, empty or not a string is `None`.
@@ -1496,5 +1575,74 @@ mod tests {
             CvmClient::new(config).unwrap_err(),
             ClientError::ZeroTimeout { which: "request" }
         );
+    }
+    #[test]
+    fn stop_and_start_bodies() {
+        let ids = vec!["ins-00000001".to_string(), "ins-00000002".to_string()];
+        for stop_type in StopType::ALL {
+            assert_eq!(
+                stop_instances_body(&ids, stop_type),
+                json!({
+                    "InstanceIds": ["ins-00000001", "ins-00000002"],
+                    "StopType": stop_type.as_str(),
+                    "StoppedMode": "KEEP_CHARGING",
+                })
+            );
+        }
+        assert_eq!(
+            stop_instances_body(&ids, StopType::SoftFirst)["StopType"],
+            "SOFT_FIRST"
+        );
+        assert!(
+            stop_instances_body(&ids, StopType::Hard)
+                .get("ForceStop")
+                .is_none(),
+            "ForceStop is refused together with StopType"
+        );
+        assert_eq!(
+            start_instances_body(&ids),
+            json!({ "InstanceIds": ["ins-00000001", "ins-00000002"] })
+        );
+    }
+
+    #[test]
+    fn an_instance_page_reads_zone_tags_and_the_latest_operation() {
+        let response = json!({
+            "TotalCount": 2,
+            "InstanceSet": [
+                {
+                    "InstanceId": "ins-00000001",
+                    "InstanceState": "STOPPING",
+                    "Placement": { "Zone": "ap-guangzhou-3", "ProjectId": 0 },
+                    "Tags": [
+                        { "Key": "service", "Value": "web" },
+                        { "Key": "owner" },
+                        { "Value": "no key" },
+                        "junk",
+                    ],
+                    "LatestOperation": "StopInstances",
+                    "LatestOperationState": "OPERATING",
+                    "LatestOperationRequestId": "r-stop",
+                },
+                { "InstanceId": "ins-00000002", "Tags": null },
+            ],
+        });
+        let page = parse_instance_page(&response, "r", 0, 100).unwrap();
+        let first = &page.instances[0];
+        assert_eq!(first.zone.as_deref(), Some("ap-guangzhou-3"));
+        assert_eq!(
+            first.tags,
+            std::collections::BTreeMap::from([
+                ("owner".to_string(), String::new()),
+                ("service".to_string(), "web".to_string()),
+            ])
+        );
+        assert_eq!(first.latest_operation.as_deref(), Some("StopInstances"));
+        assert_eq!(first.latest_operation_state.as_deref(), Some("OPERATING"));
+        assert_eq!(first.latest_operation_request_id.as_deref(), Some("r-stop"));
+        assert_eq!(first.instance_state, "STOPPING");
+        let second = &page.instances[1];
+        assert!(second.tags.is_empty());
+        assert_eq!(second.zone, None);
     }
 }

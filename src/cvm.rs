@@ -75,6 +75,8 @@ pub enum Action {
     DescribeInstances,
     DescribeKeyPairs,
     DescribeRegions,
+    StopInstances,
+    StartInstances,
     // Closing an incident (issue 22): read and sent directly by `discover` and `retire`,
     // never queued (the jobs table's CHECK does not name them), so not in `ALL`.
     ImportKeyPair,
@@ -89,12 +91,14 @@ pub enum Action {
 
 impl Action {
     /// Every action the queue can hold, in a fixed order (tables and tests walk it).
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 7] = [
         Action::DisassociateInstancesKeyPairs,
         Action::AssociateInstancesKeyPairs,
         Action::DescribeInstances,
         Action::DescribeKeyPairs,
         Action::DescribeRegions,
+        Action::StopInstances,
+        Action::StartInstances,
     ];
 
     /// The actions that close an incident, sent directly, never queued.
@@ -122,6 +126,8 @@ impl Action {
             Action::DescribeInstances => "DescribeInstances",
             Action::DescribeKeyPairs => "DescribeKeyPairs",
             Action::DescribeRegions => "DescribeRegions",
+            Action::StopInstances => "StopInstances",
+            Action::StartInstances => "StartInstances",
             Action::ImportKeyPair => "ImportKeyPair",
             Action::DeleteKeyPairs => "DeleteKeyPairs",
             Action::DescribeLaunchTemplates => "DescribeLaunchTemplates",
@@ -178,6 +184,7 @@ impl Action {
             Action::DescribeInstances => 40,
             Action::DescribeRegions => 20,
             Action::DescribeKeyPairs => 10,
+            Action::StopInstances | Action::StartInstances => 10,
             Action::ImportKeyPair | Action::DeleteKeyPairs => 10,
             Action::DescribeLaunchTemplates | Action::DescribeLaunchTemplateVersions => 20,
             Action::CreateLaunchTemplateVersion | Action::ModifyLaunchTemplateDefaultVersion => 10,
@@ -194,7 +201,80 @@ impl Action {
             Action::DisassociateInstancesKeyPairs | Action::AssociateInstancesKeyPairs
         )
     }
+
+    /// True for the actions that power an instance off or on (asynchronous too:
+    /// STOPPING then STOPPED, STARTING then RUNNING).
+    pub fn is_power_operation(self) -> bool {
+        matches!(self, Action::StopInstances | Action::StartInstances)
+    }
 }
+
+/// `StopType` of StopInstances (reference, section 1).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StopType {
+    /// Shut the OS down; it can fail (the operation ends FAILED, the instance RUNNING).
+    #[default]
+    Soft,
+    /// Soft first, then forced if the soft shutdown fails.
+    SoftFirst,
+    /// Power off: the documentation warns of data loss and file-system damage.
+    Hard,
+}
+
+impl StopType {
+    pub const ALL: [StopType; 3] = [StopType::Soft, StopType::SoftFirst, StopType::Hard];
+
+    /// The API's spelling, e.g. `SOFT_FIRST`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopType::Soft => "SOFT",
+            StopType::SoftFirst => "SOFT_FIRST",
+            StopType::Hard => "HARD",
+        }
+    }
+
+    /// The command line's spelling, e.g. `soft-first`.
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            StopType::Soft => "soft",
+            StopType::SoftFirst => "soft-first",
+            StopType::Hard => "hard",
+        }
+    }
+
+    /// The stop type the API spells `name` (exact, as the API matches it).
+    pub fn from_api_name(name: &str) -> Option<StopType> {
+        StopType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for StopType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StopType {
+    type Err = String;
+
+    /// Parses the command line's `soft`, `soft-first` or `hard` (the API's spellings too).
+    fn from_str(text: &str) -> Result<StopType, String> {
+        StopType::ALL
+            .into_iter()
+            .find(|t| text == t.flag_name() || text == t.as_str())
+            .ok_or_else(|| format!("{text:?} is not a stop type: use soft, soft-first or hard"))
+    }
+}
+
+/// `StoppedMode` keyfleet always sends: the instance keeps its CPU, memory and public IP
+/// while stopped. `STOP_CHARGING` releases them, so the restart may fail and the address
+/// changes (reference, section 1): keyfleet never asks for it.
+pub const STOPPED_MODE_KEEP_CHARGING: &str = "KEEP_CHARGING";
+/// The `StoppedMode` keyfleet never sends (the simulator records it, the audit flags it).
+pub const STOPPED_MODE_STOP_CHARGING: &str = "STOP_CHARGING";
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,5 +328,33 @@ mod tests {
         assert_eq!(Action::DescribeInstances.rate_limit(), 40);
         assert_eq!(Action::DescribeRegions.rate_limit(), 20);
         assert_eq!(Action::DescribeKeyPairs.rate_limit(), 10);
+        assert_eq!(Action::StopInstances.rate_limit(), 10);
+        assert_eq!(Action::StartInstances.rate_limit(), 10);
+    }
+
+    #[test]
+    fn power_actions_are_not_key_pair_operations() {
+        for action in Action::ALL {
+            assert!(!(action.is_power_operation() && action.is_key_pair_operation()));
+        }
+        assert!(Action::StopInstances.is_power_operation());
+        assert!(Action::StartInstances.is_power_operation());
+    }
+
+    #[test]
+    fn stop_types_parse_from_both_spellings() {
+        for stop_type in StopType::ALL {
+            assert_eq!(stop_type.flag_name().parse(), Ok(stop_type));
+            assert_eq!(stop_type.as_str().parse(), Ok(stop_type));
+            assert_eq!(StopType::from_api_name(stop_type.as_str()), Some(stop_type));
+        }
+        assert_eq!(StopType::default(), StopType::Soft);
+        assert!(
+            "gentle"
+                .parse::<StopType>()
+                .unwrap_err()
+                .contains("soft-first")
+        );
+        assert_eq!(StopType::from_api_name("soft"), None);
     }
 }

@@ -9,7 +9,8 @@
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
 //!   a rotation row's new keys become bind pairs (Associate jobs) and its unbinds are held.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
-//!   action's name, service and rate; [`cvm::Action::ALL`] the queue's actions,
+//!   action's name, service and rate (the key-pair actions, the reads,
+//!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
 //!   [`cvm::Action::INCIDENT`] the ones `discover` and `retire` send directly.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
@@ -61,16 +62,21 @@
 //!   by listing again).
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
+//!   StopInstances/StartInstances and ForceStop with each instance's power timeline
+//!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
 //!   with header/body timeouts, a connection cap and a bounded journal; every service on one
 //!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
 //!   service's launch configurations); `sim::audit` proves a run
-//!   against the simulator's fleet and journal, telling accepted from applied.
+//!   against the simulator's fleet and journal, telling accepted from applied, and
+//!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
+//!   final power states, budget use.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`) parses flags,
 //! draws progress and maps errors to exit codes; nothing in the library prints.
 
 pub mod api;
+pub mod chunk;
 pub mod credentials;
 pub mod cvm;
 pub mod delay;
@@ -80,10 +86,13 @@ pub mod executor;
 pub mod ids;
 pub mod incident;
 pub mod input;
+pub mod lifecycle;
 pub mod plan;
 pub mod pubkey;
+pub mod rules;
 pub mod secret;
 pub mod sign;
 pub mod sim;
+pub mod states;
 pub mod store;
 pub mod taxonomy;

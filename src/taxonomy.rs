@@ -154,6 +154,12 @@ pub const CODES: &[Rule] = &[
         "a key does not exist (in this region)",
     ),
     rule(
+        "InvalidParameterCombination",
+        Fatal,
+        Request,
+        "parameters that may not go together (StopType with ForceStop): a keyfleet bug, never expected",
+    ),
+    rule(
         "InvalidParameterValue",
         Isolate,
         Request,
@@ -254,6 +260,12 @@ pub const CODES: &[Rule] = &[
         Retry,
         Instance,
         "the instance is stopping; it will settle",
+    ),
+    rule(
+        "UnsupportedOperation.InstanceStateStopped",
+        Isolate,
+        Instance,
+        "StopInstances: the instance is already STOPPED; look before calling the stop failed (a lost reply of our own stop reads the same)",
     ),
     rule(
         "UnsupportedOperation.InstanceStateTerminating",
@@ -586,6 +598,15 @@ pub const ACTION_CODES: &[(Action, Rule)] = &[
             "the instance no longer exists: recorded as instance_missing, not retried",
         ),
     ),
+    (
+        Action::StartInstances,
+        rule(
+            "UnsupportedOperation.InstanceStateRunning",
+            Isolate,
+            Instance,
+            "already RUNNING: the start's goal holds; split off and confirmed by a look, not a failure of the instance",
+        ),
+    ),
 ];
 
 /// The class and scope of an error code from `action`; total over every string.
@@ -775,6 +796,67 @@ mod tests {
         }
         assert!(ACTION_CODES.iter().all(|(_, rule)| rule.class != Throttle
             && classify(Action::DisassociateInstancesKeyPairs, rule.code).class != Throttle));
+    }
+
+    /// StopInstances and StartInstances: transient codes are retried, state refusals
+    /// are what the reference says, and the "already there" refusals isolate one instance.
+    #[test]
+    fn power_codes_have_their_classes() {
+        for action in [Action::StopInstances, Action::StartInstances] {
+            for code in [
+                "InternalServerError",
+                "MutexOperation.TaskRunning",
+                "OperationDenied.InstanceOperationInProgress",
+                "ResourceInsufficient",
+                "UnsupportedOperation.InstanceStatePending",
+                "UnsupportedOperation.InstanceStateRebooting",
+                "UnsupportedOperation.InstanceStateStarting",
+                "UnsupportedOperation.InstanceStateStopping",
+            ] {
+                assert_eq!(classify(action, code).class, Retry, "{action} {code}");
+            }
+            for code in [
+                "UnsupportedOperation.InstanceStateShutdown",
+                "UnsupportedOperation.InstanceStateTerminating",
+                "UnsupportedOperation.InstanceStateFreezing",
+                "UnsupportedOperation.InstanceStateBanning",
+                "UnsupportedOperation.StoppedModeStopCharging",
+                "InvalidInstanceId.NotFound",
+            ] {
+                assert_eq!(
+                    classify(action, code),
+                    Classification {
+                        class: Isolate,
+                        scope: Instance
+                    },
+                    "{action} {code}"
+                );
+            }
+            assert_eq!(classify(action, "InvalidParameterCombination").class, Fatal);
+            assert_eq!(
+                classify(action, "InvalidParameterValue.LimitExceeded").class,
+                Fatal
+            );
+        }
+        let already = |action, code| classify(action, code);
+        let isolated = Classification {
+            class: Isolate,
+            scope: Instance,
+        };
+        assert_eq!(
+            already(
+                Action::StopInstances,
+                "UnsupportedOperation.InstanceStateStopped"
+            ),
+            isolated
+        );
+        assert_eq!(
+            already(
+                Action::StartInstances,
+                "UnsupportedOperation.InstanceStateRunning"
+            ),
+            isolated
+        );
     }
 
     #[test]

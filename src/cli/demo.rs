@@ -227,13 +227,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             "\n{}. keyfleet verify {run_id} --requeue && keyfleet resume {run_id}",
             2 + round
         );
-        let mut requeue = store.begin_requeue_unverified(run_id).await?;
-        for job in plan::chunk_requeued(requeue.pairs()) {
-            requeue
-                .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-                .await?;
-        }
-        let requeued = requeue.commit().await?;
+        let requeued = keyfleet::lifecycle::requeue_unverified(&store, run_id)
+            .await?
+            .pairs;
         eprintln!("  {requeued} pairs accepted but not applied are pending again");
         code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
     }
@@ -249,8 +245,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let audit = sim::audit::audit_rotation(
         &before,
         &after,
-        &store.pair_outcomes(run_id).await?,
-        &store.bind_outcomes(run_id).await?,
+        &audit_rows(store.pair_outcomes(run_id).await?),
+        &audit_rows(store.bind_outcomes(run_id).await?),
         &simulator.journal(),
     );
     eprintln!(
@@ -292,4 +288,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         (true, exit::STOPPED) => exit::STOPPED,
         (true, _) => exit::OK,
     })
+}
+
+/// The run's reported outcomes as the simulator's audit takes them (its own row type:
+/// the oracle imports nothing from the store).
+fn audit_rows(outcomes: Vec<keyfleet::store::queue::PairOutcome>) -> Vec<sim::audit::PairOutcome> {
+    outcomes
+        .into_iter()
+        .map(|o| sim::audit::PairOutcome {
+            region: o.region,
+            instance_id: o.instance_id,
+            key_id: o.key_id,
+            status: o.status,
+            request_id: o.request_id,
+            error_code: o.error_code,
+        })
+        .collect()
 }

@@ -10,6 +10,7 @@ use keyfleet::credentials;
 use keyfleet::display::escape;
 use keyfleet::executor::{self, Counters, ExecConfig, MaxErrors, StopSignal, Summary};
 use keyfleet::input::Format;
+use keyfleet::lifecycle::{self, Lifecycle, LifecycleError, Observer, Phase};
 use keyfleet::plan::{self, InputCheck, PlanOptions};
 use keyfleet::store::Store;
 
@@ -181,20 +182,14 @@ pub struct RetryArgs {
 pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
-    let mut requeue = store.begin_requeue(run_id, &args.codes).await?;
-    for job in plan::chunk_requeued(requeue.pairs()) {
-        requeue
-            .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-            .await?;
-    }
-    let requeued = requeue.commit().await?;
-    let (binds, held) = store.requeue_rotation(run_id, &args.codes).await?;
-    if binds > 0 || held > 0 {
+    let again = lifecycle::retry(&store, run_id, &args.codes).await?;
+    if again.binds > 0 || again.held > 0 {
         eprintln!(
-            "run {run_id}: {binds} new keys to bind again, {held} unbinds held until they are confirmed"
+            "run {run_id}: {} new keys to bind again, {} unbinds held until they are confirmed",
+            again.binds, again.held
         );
     }
-    let requeued = requeued + binds as i64 + held as i64;
+    let requeued = again.total();
     if requeued == 0 {
         eprintln!(
             "run {run_id} has no failed pairs{} to retry",
@@ -259,34 +254,70 @@ pub async fn execute_with_client(
     execute(store, run_id, client, flags, global).await
 }
 
-/// What [`execute_quietly`] ended with.
-pub enum Executed {
-    /// The execution ended (finished or stopped); nothing printed yet.
-    Summary(Box<Summary>),
-    /// It could not go on (storage): the message is printed; exit with this code.
-    Exit(u8),
+/// Draws an execution's progress on stderr and says when FAILED operations are sent
+/// again: the lifecycle's [`Observer`].
+pub struct Progress {
+    mode: progress::Mode,
+    display: tokio::sync::Mutex<Option<Display>>,
 }
 
-/// Executes with progress and Ctrl-C handling, printing nothing but errors.
-pub async fn execute_quietly(
+impl Progress {
+    pub fn new(mode: progress::Mode) -> Progress {
+        Progress {
+            mode,
+            display: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Observer for Progress {
+    async fn started(&self, _: Phase, counters: Arc<Counters>) {
+        *self.display.lock().await = Some(Display::start(self.mode, counters));
+    }
+
+    async fn finished(&self, _: Phase) {
+        if let Some(display) = self.display.lock().await.take() {
+            display.finish().await;
+        }
+    }
+
+    fn resending(&self, pairs: u64) {
+        eprintln!("\n{pairs} pairs whose operation the cloud reported FAILED are sent again");
+    }
+}
+
+/// Runs `work` on the lifecycle of run `run_id` with progress and Ctrl-C handling.
+/// A storage failure is printed here (the run stays resumable) and becomes
+/// `Err(exit::STOPPED)`; another live process owning the run is an error.
+pub async fn with_lifecycle<A, T, F>(
     store: &Store,
     run_id: i64,
-    api: Arc<CvmClient>,
-    config: ExecConfig,
+    api: Arc<A>,
     flags: &ExecFlags,
     global: &GlobalArgs,
-) -> anyhow::Result<Executed> {
-    let counters = Arc::new(Counters::default());
+    work: F,
+) -> anyhow::Result<Result<T, u8>>
+where
+    A: keyfleet::executor::Api,
+    F: AsyncFnOnce(&Lifecycle<'_, A, Progress>) -> Result<T, LifecycleError>,
+{
+    let progress = Progress::new(flags.progress);
     let stop = StopSignal::default();
     let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.timeout));
-    let display = Display::start(flags.progress, counters.clone());
-    let result = executor::execute(store, run_id, api, &config, counters, stop).await;
-    display.finish().await;
+    let lifecycle = Lifecycle {
+        store,
+        api,
+        config: flags.exec_config(),
+        verify_wait: flags.verify_wait,
+        stop,
+        observer: &progress,
+    };
+    let result = work(&lifecycle).await;
     interrupts.abort();
     match result {
-        Ok(summary) => Ok(Executed::Summary(Box::new(summary))),
+        Ok(value) => Ok(Ok(value)),
         // Another live process owns the run: nothing was done here.
-        Err(error @ executor::ExecError::Lease(_)) => Err(error.into()),
+        Err(LifecycleError::Exec(error @ executor::ExecError::Lease(_))) => Err(error.into()),
         Err(error) => {
             eprintln!(
                 "error: run {run_id} stopped: {}",
@@ -296,81 +327,42 @@ pub async fn execute_quietly(
                 "  the database holds every recorded outcome; fix the cause, then: keyfleet{} resume {run_id}",
                 db_flag(global)
             );
-            Ok(Executed::Exit(exit::STOPPED))
+            Ok(Err(exit::STOPPED))
         }
     }
 }
 
-/// Executes with the given API, showing progress, prints the summary, and verifies
-/// a finished run unless `--no-verify`. Pairs whose accepted operation the cloud
-/// reported FAILED are a transient outcome: they are sent again (up to
-/// `--max-attempts` operations each) and verified again.
-pub async fn execute(
+/// Executes with the given API, showing progress, and verifies a finished run unless
+/// `--no-verify` (sending again what the cloud reported FAILED); prints one closing
+/// summary and returns the exit code.
+pub async fn execute<A: keyfleet::executor::Api>(
     store: &Store,
     run_id: i64,
-    api: Arc<CvmClient>,
+    api: Arc<A>,
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    loop {
-        let summary = match execute_quietly(
-            store,
-            run_id,
-            api.clone(),
-            flags.exec_config(),
-            flags,
-            global,
-        )
-        .await?
-        {
-            Executed::Summary(summary) => summary,
-            Executed::Exit(code) => return Ok(code),
-        };
-        print_summary(&summary, global);
-        super::rates::print_for_execution(store, &summary).await;
-        let code = exit_code(&summary);
-        // Verify what this execution did; a run with nothing left to send (a resume of a
-        // finished run) is verified only on request (`keyfleet verify`).
-        if summary.stopped.is_some() || flags.no_verify || summary.requests == 0 {
-            return Ok(code);
-        }
-        let verification = match super::verify::verify_run(
-            store,
-            run_id,
-            api.clone(),
-            flags.verify_wait,
-            flags,
-            global,
-        )
-        .await?
-        {
-            Ok(v) => v,
-            Err(code) => return Ok(code),
-        };
-        super::verify::print_verification(&verification, global, true);
-        if verification.complete() {
-            let mut resend = store
-                .begin_resend_failed_operations(run_id, i64::from(flags.max_attempts))
-                .await?;
-            for job in plan::chunk_requeued(resend.pairs()) {
-                resend
-                    .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-                    .await?;
-            }
-            let resent = resend.commit().await?;
-            if resent > 0 {
-                eprintln!(
-                    "\n{resent} pairs whose operation the cloud reported FAILED are sent again"
-                );
-                continue;
-            }
-        }
-        return Ok(if code == exit::OK && !verification.all_gone() {
-            exit::FAILED
-        } else {
-            code
-        });
-    }
+    let verify = !flags.no_verify;
+    let outcome = match with_lifecycle(store, run_id, api, flags, global, async |lifecycle| {
+        lifecycle.run_to_verified(run_id, verify).await
+    })
+    .await?
+    {
+        Ok(outcome) => outcome,
+        Err(code) => return Ok(code),
+    };
+    print_summary(&outcome.summary, global);
+    super::rates::print_for_execution(store, &outcome.summary).await;
+    let code = exit_code(&outcome.summary);
+    let Some(verification) = &outcome.verification else {
+        return Ok(code);
+    };
+    super::verify::print_verification(verification, global, true);
+    Ok(if code == exit::OK && !verification.all_gone() {
+        exit::FAILED
+    } else {
+        code
+    })
 }
 
 /// First Ctrl-C: stop dispatching and let requests in flight finish. Second: exit at once

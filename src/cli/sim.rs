@@ -99,9 +99,43 @@ pub struct Args {
     /// Probability of applying the request, then closing the connection without a reply.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     fault_drop_after: f64,
+    /// How long an accepted StopInstances (and a ForceStop's hard stop) stays STOPPING.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    stop_time: Duration,
+    /// How long an accepted StartInstances (and a ForceStop's restart) stays STARTING.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    start_time: Duration,
+    /// What a key-pair request with ForceStop=true does to a RUNNING instance after the
+    /// change: restart (the current documentation) or left-stopped (the older one).
+    #[arg(long, value_name = "READING", default_value = "restart")]
+    force_stop_reading: sim::ForceStopReading,
+    /// Probability, per instance of an accepted SOFT stop, that its OS does not shut down:
+    /// the stop ends FAILED and the instance is RUNNING again.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_soft_stop_fail: f64,
+    /// Probability, per instance of an accepted start, that it ends FAILED, still STOPPED.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_start_fail: f64,
+    /// Probability, per StartInstances request, of the reply ResourceInsufficient
+    /// (nothing started).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fault_start_error: f64,
+    /// The generated fleet's make-up: `default` (mostly STOPPED, two regions) or `live`
+    /// (80% RUNNING over three zones of ap-guangzhou, tagged with a service).
+    #[arg(long, value_enum, default_value_t = MixName::Default, conflicts_with = "fleet")]
+    mix: MixName,
     /// Write the starting fleet to FILE (to build input rows from a generated fleet).
     #[arg(long, value_name = "FILE")]
     write_fleet: Option<PathBuf>,
+}
+
+/// The generated fleets `--mix` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MixName {
+    /// Mostly STOPPED Linux instances in two regions (`Mix::default`).
+    Default,
+    /// A production fleet: most RUNNING, three zones (`Mix::live`).
+    Live,
 }
 
 /// A latency range, `low..high`.
@@ -201,7 +235,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         None => Fleet::generate(
             args.generate.unwrap_or(DEFAULT_GENERATED),
             seed,
-            &Mix::default(),
+            &match args.mix {
+                MixName::Default => Mix::default(),
+                MixName::Live => Mix::live(),
+            },
         ),
     };
     if let Some(path) = &args.write_fleet {
@@ -252,6 +289,14 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         body_timeout: args.body_timeout,
         max_connections: args.max_connections as usize,
         journal_capacity: args.journal_capacity as usize,
+        power: sim::Power {
+            stop_time: args.stop_time,
+            start_time: args.start_time,
+            force_stop: args.force_stop_reading,
+            soft_stop_fail: args.fault_soft_stop_fail,
+            start_fail: args.fault_start_fail,
+            start_error: args.fault_start_error,
+        },
     };
     let instances = fleet.instances().len();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -278,7 +323,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
     eprintln!(
-        "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal?after=0  stats: {endpoint}/_sim/stats  rate: {endpoint}/_sim/rate"
+        "  state: {endpoint}/_sim/state  journal: {endpoint}/_sim/journal?after=0  power: {endpoint}/_sim/power?after=0  stats: {endpoint}/_sim/stats  rate: {endpoint}/_sim/rate"
     );
     eprintln!("Ctrl-C stops.");
     tokio::signal::ctrl_c()

@@ -8,14 +8,11 @@
 
 use std::time::Duration;
 
-use keyfleet::cvm::Action;
-use keyfleet::executor::StopReason;
-use keyfleet::store::verify::VerificationCounts;
-use keyfleet::store::{Store, Verified};
-use serde_json::json;
+use keyfleet::lifecycle::{self, Ended, Verification};
+use keyfleet::store::Verified;
 
 use super::call::parse_seconds;
-use super::run::{ExecFlags, Executed, build_client, execute_quietly, open_store};
+use super::run::{ExecFlags, build_client, open_store, with_lifecycle};
 use crate::{GlobalArgs, exit};
 
 /// `keyfleet verify [RUN]`.
@@ -35,111 +32,6 @@ pub struct Args {
     wait: Duration,
     #[command(flatten)]
     exec: ExecFlags,
-}
-
-/// How a verification ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
-    /// Every batch was read.
-    Complete,
-    /// The cloud will not answer DescribeInstances for these credentials (for
-    /// example `UnauthorizedOperation`): the run stands, unverified.
-    Unavailable { code: String, message: String },
-    /// Stopped (Ctrl-C, a transient stop): `keyfleet verify` again finishes it.
-    Interrupted(String),
-}
-
-/// What a verification found.
-#[derive(Debug, Clone)]
-pub struct Verification {
-    pub run_id: i64,
-    pub ended: Ended,
-    pub counts: VerificationCounts,
-    pub requests: u64,
-}
-
-impl Verification {
-    /// The round ended with a verdict on every pair it looked at.
-    pub fn complete(&self) -> bool {
-        self.ended == Ended::Complete
-    }
-
-    /// Every succeeded pair verified gone, and the round complete.
-    pub fn all_gone(&self) -> bool {
-        self.ended == Ended::Complete
-            && self.counts.succeeded_not_gone == 0
-            && self.counts.binds_not_bound == 0
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let (state, code, message) = match &self.ended {
-            Ended::Complete => ("complete", None, None),
-            Ended::Unavailable { code, message } => ("unavailable", Some(code), Some(message)),
-            Ended::Interrupted(reason) => ("interrupted", None, Some(reason)),
-        };
-        let by_value: serde_json::Map<String, serde_json::Value> = Verified::ALL
-            .iter()
-            .map(|v| (v.as_str().to_string(), json!(self.counts.get(*v))))
-            .collect();
-        json!({
-            "run_id": self.run_id,
-            "verification": state,
-            "code": code,
-            "message": message,
-            "verified": by_value,
-            "unverified": self.counts.unverified,
-            "succeeded_not_gone": self.counts.succeeded_not_gone,
-            "binds_not_bound": self.counts.binds_not_bound,
-            "all_gone": self.all_gone(),
-            "requests": self.requests,
-        })
-    }
-}
-
-/// Verifies run `run_id` (finishing an interrupted round, or starting a new one).
-pub async fn verify_run(
-    store: &Store,
-    run_id: i64,
-    client: std::sync::Arc<keyfleet::api::CvmClient>,
-    wait: Duration,
-    flags: &ExecFlags,
-    global: &GlobalArgs,
-) -> anyhow::Result<Result<Verification, u8>> {
-    if store.open_verification(run_id).await? == 0 {
-        store
-            .begin_verification(run_id, wait.as_millis() as i64)
-            .await?;
-    }
-    let mut config = flags.exec_config();
-    config.only = Some(Action::DescribeInstances);
-    let summary = match execute_quietly(store, run_id, client, config, flags, global).await? {
-        Executed::Summary(summary) => summary,
-        Executed::Exit(code) => return Ok(Err(code)),
-    };
-    let ended = match summary.stopped {
-        None => Ended::Complete,
-        Some(StopReason::Fatal { code, message, .. }) => {
-            // Nothing a resume could change: end the round, so the run is complete
-            // without it (and `resume` does not meet the same refusal again).
-            store
-                .cancel_open_jobs(
-                    run_id,
-                    Action::DescribeInstances,
-                    &code,
-                    &format!("verification unavailable: {message}"),
-                )
-                .await?;
-            store.finish_if_done(run_id).await?;
-            Ended::Unavailable { code, message }
-        }
-        Some(other) => Ended::Interrupted(other.to_string()),
-    };
-    Ok(Ok(Verification {
-        run_id,
-        ended,
-        counts: store.verification_counts(run_id).await?,
-        requests: summary.requests,
-    }))
 }
 
 /// The verification in words, on stderr.
@@ -193,24 +85,23 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let client = build_client(&args.exec, global)?;
-    let verification =
-        match verify_run(&store, run_id, client, args.wait, &args.exec, global).await? {
-            Ok(v) => v,
-            Err(code) => return Ok(code),
-        };
+    let mut flags = args.exec.clone();
+    flags.verify_wait = args.wait;
+    let verification = match with_lifecycle(&store, run_id, client, &flags, global, async |l| {
+        l.verify(run_id).await
+    })
+    .await?
+    {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
     eprintln!("run {run_id}:");
     print_verification(&verification, global, false);
     if args.json {
         println!("{}", verification.to_json());
     }
     if args.requeue && verification.ended == Ended::Complete {
-        let mut requeue = store.begin_requeue_unverified(run_id).await?;
-        for job in keyfleet::plan::chunk_requeued(requeue.pairs()) {
-            requeue
-                .add(&job.region, job.force_stop, job.instance_ids, job.key_ids)
-                .await?;
-        }
-        let requeued = requeue.commit().await?;
+        let requeued = lifecycle::requeue_unverified(&store, run_id).await?.pairs;
         let db = super::run::db_flag(global);
         if requeued > 0 {
             eprintln!(

@@ -22,7 +22,7 @@ use crate::cvm::Action;
 use crate::store::Verified;
 use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
-use crate::store::verify::{Purpose, VerifyPayload};
+use crate::store::verify::VerifyPayload;
 use crate::taxonomy::Classification;
 
 use super::isolate;
@@ -134,7 +134,6 @@ pub enum Proof {
     Observed {
         verified: Vec<(i64, Verified)>,
         recheck_at: Option<i64>,
-        purpose: Purpose,
         /// The keys each instance shown holds (a `--keep-one-key` look decides on them).
         keys: Vec<(String, Vec<String>)>,
     },
@@ -317,7 +316,6 @@ impl JobAction for VerifyBatch {
         Ok(Proof::Observed {
             verified,
             recheck_at,
-            purpose: payload.purpose,
             keys,
         })
     }
@@ -344,7 +342,10 @@ pub fn job_action(action: Action) -> Option<&'static dyn JobAction> {
         Action::DisassociateInstancesKeyPairs => Some(&DISASSOCIATE),
         Action::AssociateInstancesKeyPairs => Some(&ASSOCIATE),
         Action::DescribeInstances => Some(&VERIFY),
-        Action::DescribeKeyPairs | Action::DescribeRegions => None,
+        Action::DescribeKeyPairs
+        | Action::DescribeRegions
+        | Action::StopInstances
+        | Action::StartInstances => None,
         // Closing an incident: sent directly by discover and retire, never queued.
         Action::ImportKeyPair
         | Action::DeleteKeyPairs
@@ -364,6 +365,7 @@ mod tests {
     fn job(force_stop: bool) -> QueuedJob {
         QueuedJob {
             id: 1,
+            kind: crate::states::JobKind::Unbind,
             action: Action::DisassociateInstancesKeyPairs,
             region: "ap-guangzhou".into(),
             force_stop,
@@ -403,6 +405,7 @@ mod tests {
             latest_operation_state: state.map(str::to_string),
             latest_operation_request_id: request_id.map(str::to_string),
             zone: None,
+            tags: Default::default(),
         }
     }
 
@@ -474,7 +477,6 @@ mod tests {
     #[test]
     fn a_verification_batch_reads_its_items_and_rechecks_while_operating() {
         let payload = VerifyPayload {
-            purpose: Purpose::Verify,
             recheck_until: now_ms() + 60_000,
             items: vec![
                 crate::store::verify::VerifyItem {

@@ -109,6 +109,7 @@ mod tests {
     fn job(instances: usize, attempts: i64) -> QueuedJob {
         QueuedJob {
             id: 7,
+            kind: crate::states::JobKind::Unbind,
             action: Action::DisassociateInstancesKeyPairs,
             region: "ap-guangzhou".into(),
             force_stop: false,

@@ -929,13 +929,11 @@ async fn send_and_record<A: Api>(
                 Proof::Observed {
                     verified,
                     recheck_at,
-                    purpose,
                     keys,
                 } => Outcome::Observed {
                     request_id,
                     verified,
                     recheck_at,
-                    purpose,
                     keys,
                 },
             };
@@ -950,7 +948,7 @@ async fn send_and_record<A: Api>(
     let finish = Finish {
         attempt_id,
         job_id: job.id,
-        action: job.action,
+        kind: job.kind,
         follow_up: FollowUp {
             max_attempts: i64::from(shared.config.max_attempts),
             confirm_wait_ms: shared.config.confirm_wait.as_millis() as i64,

@@ -207,7 +207,7 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
     for (n, (instances, keys)) in groups.iter().enumerate() {
         let job = writer
             .add_job(NewJob {
-                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: instances,
@@ -575,8 +575,13 @@ fn job_of(
     after: Vec<i64>,
     item_ids: Vec<i64>,
 ) -> crate::store::queue::NewQueuedJob {
+    let kind = match action {
+        crate::cvm::Action::AssociateInstancesKeyPairs => crate::states::JobKind::Bind,
+        crate::cvm::Action::DisassociateInstancesKeyPairs => crate::states::JobKind::Unbind,
+        other => panic!("no job kind sends {other}"),
+    };
     crate::store::queue::NewQueuedJob {
-        action,
+        kind,
         region: "ap-guangzhou".into(),
         force_stop: false,
         instance_ids: instances.to_vec(),

@@ -1,5 +1,6 @@
-//! The CVM actions of a run (the incident's are in `incident`): parameter validation in the API's order of concern, the
-//! all-or-nothing instance checks, the asynchronous key-pair operations, and the replies.
+//! The CVM actions of a run (the incident's are in `incident`): parameter validation in
+//! the API's order of concern, the all-or-nothing instance checks, the asynchronous key-pair
+//! and power operations (their steps in `sim::power`), and the replies.
 
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::fleet::{InstanceState, LiveFleet, LiveInstance, Operation, Os};
+use super::power::{self, Power};
+use crate::cvm::{STOPPED_MODE_KEEP_CHARGING, STOPPED_MODE_STOP_CHARGING, StopType};
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 
 /// The actions the simulator serves: the API vocabulary shared with the client.
@@ -48,17 +51,35 @@ pub(crate) enum Validated {
         limit: usize,
     },
     DescribeRegions,
+    /// StopInstances of RUNNING instances (`StopType`, default SOFT; `StoppedMode`,
+    /// default KEEP_CHARGING; the deprecated `ForceStop=true` reads as HARD).
+    Stop {
+        instances: Vec<usize>,
+        stop_type: StopType,
+        stop_charging: bool,
+    },
+    /// StartInstances of STOPPED instances.
+    Start {
+        instances: Vec<usize>,
+    },
     /// One of the incident's actions (key pairs, templates, launch configurations).
     Incident(super::incident::Validated),
 }
 
-/// How an accepted Associate/Disassociate runs: the RequestId its reply carries, how
-/// long it stays OPERATING, and whether it ends FAILED.
+/// How an accepted operation runs: the RequestId its reply carries, how long a
+/// key-pair change stays OPERATING, whether it ends FAILED, and for the power actions
+/// the timings and the seeded draws.
 #[derive(Debug, Clone)]
 pub(crate) struct Acceptance {
     pub request_id: String,
     pub operation_time: Duration,
     pub fails: bool,
+    pub power: Power,
+    /// One uniform draw in 0..1 per instance of a Stop or Start, in request order: below
+    /// `soft_stop_fail` (or `start_fail`) that instance's operation fails.
+    pub power_draws: Vec<f64>,
+    /// A StartInstances refused outright (`ResourceInsufficient`), nothing started.
+    pub start_refused: bool,
 }
 
 /// A processed request: the reply's fields besides RequestId, and whether it took effect.
@@ -318,6 +339,43 @@ pub(crate) fn validate(
             check_known(params, &[])?;
             Ok(Validated::DescribeRegions)
         }
+        Action::StopInstances | Action::StartInstances => {
+            let stop = action == Action::StopInstances;
+            let allowed: &[&str] = if stop {
+                &["InstanceIds", "StopType", "StoppedMode", "ForceStop"]
+            } else {
+                &["InstanceIds"]
+            };
+            check_known(params, allowed)?;
+            let instance_ids = string_list(params, "InstanceIds")?.unwrap_or_default();
+            let (stop_type, stop_charging) = if stop {
+                stop_parameters(params)?
+            } else {
+                (StopType::Soft, false)
+            };
+            if instance_ids.is_empty() {
+                return Err(missing("InstanceIds"));
+            }
+            if instance_ids.len() > MAX_IDS_PER_REQUEST {
+                return Err(limit_exceeded());
+            }
+            if !instance_ids.iter().all(|id| ids::is_instance_id(id)) {
+                return Err(instance_malformed());
+            }
+            let instances = dedup(instance_ids)
+                .iter()
+                .map(|id| fleet.find(id, region).ok_or_else(instance_not_found))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if stop {
+                Validated::Stop {
+                    instances,
+                    stop_type,
+                    stop_charging,
+                }
+            } else {
+                Validated::Start { instances }
+            })
+        }
         Action::ImportKeyPair
         | Action::DeleteKeyPairs
         | Action::DescribeLaunchTemplates
@@ -329,6 +387,59 @@ pub(crate) fn validate(
             super::incident::validate(action, params, fleet, region).map(Validated::Incident)
         }
     }
+}
+
+/// A string parameter; `None` when absent.
+fn string_param(params: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::new(
+            "InvalidParameter",
+            format!("The parameter `{name}` must be a string."),
+        )),
+    }
+}
+
+/// StopInstances' `StopType`, `StoppedMode` and the deprecated `ForceStop` (refused
+/// together with `StopType`, as documented): the stop type and whether STOP_CHARGING.
+fn stop_parameters(params: &Map<String, Value>) -> Result<(StopType, bool), ApiError> {
+    let stop_type = string_param(params, "StopType")?;
+    let stopped_mode = string_param(params, "StoppedMode")?;
+    let force_stop = bool_param(params, "ForceStop")?;
+    if stop_type.is_some() && force_stop.is_some() {
+        return Err(ApiError::new(
+            "InvalidParameterCombination",
+            "The parameters `StopType` and `ForceStop` cannot be specified at the same time.",
+        ));
+    }
+    let stop_type = match stop_type.as_deref() {
+        None if force_stop == Some(true) => StopType::Hard,
+        None => StopType::Soft,
+        Some(name) => StopType::from_api_name(name).ok_or_else(|| {
+            ApiError::new(
+                "InvalidParameterValue",
+                format!(
+                    "Incorrect parameter value. `StopType` {:?} is not SOFT, SOFT_FIRST or HARD.",
+                    ids::shorten(name)
+                ),
+            )
+        })?,
+    };
+    let stop_charging = match stopped_mode.as_deref() {
+        None | Some(STOPPED_MODE_KEEP_CHARGING) => false,
+        Some(STOPPED_MODE_STOP_CHARGING) => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                "InvalidParameterValue",
+                format!(
+                    "Incorrect parameter value. `StoppedMode` {:?} is not KEEP_CHARGING or STOP_CHARGING.",
+                    ids::shorten(other)
+                ),
+            ));
+        }
+    };
+    Ok((stop_type, stop_charging))
 }
 
 /// Display names of the regions the real API names; any other region is named by its id.
@@ -356,48 +467,27 @@ fn region_name(region: &str) -> &str {
         .map_or(region, |(_, name)| name)
 }
 
-/// Why this instance may not be operated on now, with the documented code and message.
-/// Checked in this order: banned, frozen, Windows, state, stop-charging, busy window.
-fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<ApiError> {
+/// An `UnsupportedOperation.{code}` refusal.
+fn unsupported(code: &str, message: &str) -> Option<ApiError> {
+    Some(ApiError::new(
+        &format!("UnsupportedOperation.{code}"),
+        message,
+    ))
+}
+
+fn in_progress() -> Option<ApiError> {
+    Some(ApiError::new(
+        "OperationDenied.InstanceOperationInProgress",
+        "The instance has an operation in progress. Please try again later.",
+    ))
+}
+
+/// The refusal for an instance in `state` when the action needs it STOPPED: `None`
+/// for STOPPED, the documented code for every other state.
+fn state_refusal(state: InstanceState) -> Option<ApiError> {
     use InstanceState::*;
-    let spec = &instance.spec;
-    let unsupported = |code: &str, message: &str| {
-        Some(ApiError::new(
-            &format!("UnsupportedOperation.{code}"),
-            message,
-        ))
-    };
-    if spec.banned {
-        return unsupported(
-            "InstanceStateBanning",
-            "This CVM is blocked. Please submit a ticket.",
-        );
-    }
-    if spec.frozen {
-        return unsupported(
-            "InstanceStateFreezing",
-            "The operation is not supported for the frozen instances.",
-        );
-    }
-    if spec.os == Os::Windows {
-        // The one documented message that names the instance.
-        return Some(ApiError::new(
-            "UnsupportedOperation.InstanceOsWindows",
-            format!(
-                "The instance {} with the {} operating system does not support this operation.",
-                spec.instance_id, spec.os_name
-            ),
-        ));
-    }
-    let in_progress = || {
-        Some(ApiError::new(
-            "OperationDenied.InstanceOperationInProgress",
-            "The instance has an operation in progress. Please try again later.",
-        ))
-    };
-    let by_state = match spec.state {
+    match state {
         Stopped => None,
-        Running if force_stop => None,
         Running => unsupported(
             "InstanceStateRunning",
             "Running instances do not support this operation.",
@@ -442,6 +532,46 @@ fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<Ap
         ExitRescueMode | EnterServiceLiveMigrate | ServiceLiveMigrate | ExitServiceLiveMigrate => {
             in_progress()
         }
+    }
+}
+
+/// Banned or frozen instances take no operation at all.
+fn account_refusal(instance: &LiveInstance) -> Option<ApiError> {
+    if instance.spec.banned {
+        return unsupported(
+            "InstanceStateBanning",
+            "This CVM is blocked. Please submit a ticket.",
+        );
+    }
+    if instance.spec.frozen {
+        return unsupported(
+            "InstanceStateFreezing",
+            "The operation is not supported for the frozen instances.",
+        );
+    }
+    None
+}
+
+/// Why this instance may not be operated on now, with the documented code and message.
+/// Checked in this order: banned, frozen, Windows, state, stop-charging, busy window.
+fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<ApiError> {
+    let spec = &instance.spec;
+    if let Some(refusal) = account_refusal(instance) {
+        return Some(refusal);
+    }
+    if spec.os == Os::Windows {
+        // The one documented message that names the instance.
+        return Some(ApiError::new(
+            "UnsupportedOperation.InstanceOsWindows",
+            format!(
+                "The instance {} with the {} operating system does not support this operation.",
+                spec.instance_id, spec.os_name
+            ),
+        ));
+    }
+    let by_state = match spec.state {
+        InstanceState::Running if force_stop => None,
+        state => state_refusal(state),
     };
     if by_state.is_some() {
         return by_state;
@@ -452,25 +582,45 @@ fn blocker(instance: &LiveInstance, force_stop: bool, now: Instant) -> Option<Ap
             "The instance does not support the no charges when shut down feature.",
         );
     }
-    // A busy window (an operation started elsewhere) or an accepted key-pair operation
-    // that has not completed: the same refusal.
+    // A busy window (an operation started elsewhere) or an accepted operation that has
+    // not completed: the same refusal.
     if instance.is_busy(now) || instance.is_operating(now) {
         return in_progress();
     }
     None
 }
 
-/// Longest an operation can take: beyond the clock's range (a huge `--operation-time`)
-/// it simply never completes while the simulator runs.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// When an operation started at `now` that takes `time` completes; never overflows.
-fn completion(now: Instant, time: Duration) -> Instant {
-    now.checked_add(time).unwrap_or_else(|| now + NEVER)
+/// Why this instance may not be stopped (`stop`) or started now. Checked in this order:
+/// banned, frozen, state, busy window. Windows instances power off and on like any other.
+fn power_blocker(instance: &LiveInstance, stop: bool, now: Instant) -> Option<ApiError> {
+    use InstanceState::*;
+    if let Some(refusal) = account_refusal(instance) {
+        return Some(refusal);
+    }
+    let by_state = match (instance.spec.state, stop) {
+        (Running, true) => None,
+        (Stopped, true) => unsupported(
+            "InstanceStateStopped",
+            "The instance is already shut down, and this operation is not supported.",
+        ),
+        (Stopped, false) => None,
+        (Running, false) => unsupported(
+            "InstanceStateRunning",
+            "The instance is already running, and this operation is not supported.",
+        ),
+        (state, _) => state_refusal(state),
+    };
+    if by_state.is_some() {
+        return by_state;
+    }
+    if instance.is_busy(now) || instance.is_operating(now) {
+        return in_progress();
+    }
+    None
 }
 
 /// `LatestOperation`, `LatestOperationState`, `LatestOperationRequestId` of an instance:
-/// its last key-pair operation; a busy window shows as an unnamed OPERATING one; null
+/// its last key-pair, stop or start operation; a busy window shows as an unnamed OPERATING one; null
 /// when there was none, as the real API reports an instance nothing was done to.
 fn latest_operation(live: &LiveInstance, now: Instant) -> (Value, Value, Value) {
     if live.is_busy(now) && !live.is_operating(now) {
@@ -519,17 +669,82 @@ pub(crate) fn execute(
                 Action::DisassociateInstancesKeyPairs
             };
             for &n in instances {
+                let running_force_stop =
+                    *force_stop && fleet.instances[n].spec.state == InstanceState::Running;
+                let steps = power::key_pair_steps(
+                    now,
+                    *associate,
+                    keys,
+                    acceptance.fails,
+                    acceptance.operation_time,
+                    running_force_stop,
+                    &acceptance.power,
+                );
                 fleet.start_operation(
                     n,
-                    Operation {
-                        action: action.name(),
-                        request_id: acceptance.request_id.clone(),
-                        state: super::fleet::OperationState::Operating,
-                        completes_at: completion(now, acceptance.operation_time),
-                        associate: *associate,
-                        keys: keys.clone(),
-                        fails: acceptance.fails,
-                    },
+                    Operation::new(action.name(), &acceptance.request_id, steps),
+                    now,
+                );
+            }
+            Ok(Executed {
+                data: Map::new(),
+                applied: true,
+            })
+        }
+        Validated::Stop {
+            instances,
+            stop_type,
+            stop_charging,
+        } => {
+            if let Some(err) = instances
+                .iter()
+                .find_map(|&n| power_blocker(&fleet.instances[n], true, now))
+            {
+                return Err(err);
+            }
+            for (i, &n) in instances.iter().enumerate() {
+                let draw = acceptance.power_draws.get(i).copied().unwrap_or(1.0);
+                let soft_fails = fleet.instances[n].spec.soft_stop_fails
+                    || draw < acceptance.power.soft_stop_fail;
+                let steps = power::stop_steps(
+                    now,
+                    *stop_type,
+                    *stop_charging,
+                    soft_fails,
+                    &acceptance.power,
+                );
+                fleet.start_operation(
+                    n,
+                    Operation::new(Action::StopInstances.name(), &acceptance.request_id, steps),
+                    now,
+                );
+            }
+            Ok(Executed {
+                data: Map::new(),
+                applied: true,
+            })
+        }
+        Validated::Start { instances } => {
+            if let Some(err) = instances
+                .iter()
+                .find_map(|&n| power_blocker(&fleet.instances[n], false, now))
+            {
+                return Err(err);
+            }
+            if acceptance.start_refused {
+                return Err(ApiError::new(
+                    "ResourceInsufficient",
+                    "Insufficient resources to start the instance. Please try again later.",
+                ));
+            }
+            for (i, &n) in instances.iter().enumerate() {
+                let draw = acceptance.power_draws.get(i).copied().unwrap_or(1.0);
+                let fails =
+                    fleet.instances[n].spec.start_fails || draw < acceptance.power.start_fail;
+                let steps = power::start_steps(now, fails, &acceptance.power);
+                fleet.start_operation(
+                    n,
+                    Operation::new(Action::StartInstances.name(), &acceptance.request_id, steps),
                     now,
                 );
             }
@@ -557,7 +772,17 @@ pub(crate) fn execute(
                         "LatestOperation": operation,
                         "LatestOperationState": state,
                         "LatestOperationRequestId": request_id,
-                        "Placement": { "Zone": format!("{region}-1") },
+                        "Placement": { "Zone": spec.zone_name() },
+                        "Tags": spec
+                            .tags
+                            .iter()
+                            .map(|(key, value)| json!({ "Key": key, "Value": value }))
+                            .collect::<Vec<_>>(),
+                        "StopChargingMode": match (spec.stop_charging, spec.state) {
+                            (true, _) => STOPPED_MODE_STOP_CHARGING,
+                            (false, InstanceState::Stopped) => STOPPED_MODE_KEEP_CHARGING,
+                            _ => "NOT_APPLICABLE",
+                        },
                     })
                 })
                 .collect();
@@ -649,6 +874,9 @@ mod tests {
             request_id: request_id.to_string(),
             operation_time,
             fails,
+            power: Power::default(),
+            power_draws: Vec::new(),
+            start_refused: false,
         }
     }
 
@@ -858,5 +1086,537 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, "UnknownParameter");
+    }
+
+    mod power {
+        use super::*;
+        use crate::sim::ForceStopReading;
+
+        const S: Duration = Duration::from_millis(1000);
+        const T: Duration = Duration::from_millis(1500);
+        const OP: Duration = Duration::from_millis(300);
+
+        /// Two RUNNING instances (one Windows) and one STOPPED, in zones 3 and 4.
+        fn live(start: Instant) -> LiveFleet {
+            let fleet = Fleet::new()
+                .with(
+                    Instance::new("ins-0000000r", GZ)
+                        .state(InstanceState::Running)
+                        .zone("ap-guangzhou-3")
+                        .tag("service", "web")
+                        .keys(["skey-0000000a"]),
+                )
+                .with(
+                    Instance::new("ins-0000000w", GZ)
+                        .os(Os::Windows)
+                        .state(InstanceState::Running)
+                        .zone("ap-guangzhou-4"),
+                )
+                .with(Instance::new("ins-0000000s", GZ).keys(["skey-0000000a"]));
+            LiveFleet::new(fleet, start, Duration::from_secs(1))
+        }
+
+        fn timed() -> Power {
+            Power {
+                stop_time: S,
+                start_time: T,
+                ..Power::default()
+            }
+        }
+
+        fn acceptance(id: &str, power: Power, draws: &[f64], refused: bool) -> Acceptance {
+            Acceptance {
+                request_id: id.to_string(),
+                operation_time: OP,
+                fails: false,
+                power,
+                power_draws: draws.to_vec(),
+                start_refused: refused,
+            }
+        }
+
+        fn request(
+            fleet: &LiveFleet,
+            action: Action,
+            params: Value,
+        ) -> Result<Validated, ApiError> {
+            validate(action, params.as_object().unwrap(), fleet, GZ)
+        }
+
+        fn stop(fleet: &LiveFleet, ids: &[&str]) -> Validated {
+            request(
+                fleet,
+                Action::StopInstances,
+                json!({"InstanceIds": ids, "StopType": "SOFT", "StoppedMode": "KEEP_CHARGING"}),
+            )
+            .unwrap()
+        }
+
+        fn start(fleet: &LiveFleet, ids: &[&str]) -> Validated {
+            request(fleet, Action::StartInstances, json!({"InstanceIds": ids})).unwrap()
+        }
+
+        fn state_of(fleet: &mut LiveFleet, id: &str, now: Instant) -> (String, Value, Value) {
+            let item = describe(fleet, id, now);
+            (
+                item["InstanceState"].as_str().unwrap().to_string(),
+                item["LatestOperationState"].clone(),
+                item["LatestOperationRequestId"].clone(),
+            )
+        }
+
+        fn states(fleet: &LiveFleet, id: &str) -> Vec<(i64, InstanceState)> {
+            fleet
+                .timeline
+                .events()
+                .into_iter()
+                .filter(|e| e.instance_id == id)
+                .map(|e| (e.at_ms, e.state))
+                .collect()
+        }
+
+        #[test]
+        fn a_stop_then_a_start_go_through_their_states_in_their_times() {
+            use InstanceState::*;
+            let t0 = Instant::now();
+            let mut fleet = live(t0);
+            let power = timed();
+            let both = stop(&fleet, &["ins-0000000r", "ins-0000000w"]);
+            execute(
+                &both,
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r-stop", power, &[0.5, 0.5], false),
+            )
+            .unwrap();
+            let during = describe(&mut fleet, "ins-0000000r", t0 + S / 2);
+            assert_eq!(during["InstanceState"], "STOPPING");
+            assert_eq!(during["LatestOperation"], "StopInstances");
+            assert_eq!(during["LatestOperationState"], "OPERATING");
+            assert_eq!(during["LatestOperationRequestId"], "r-stop");
+            assert_eq!(during["Placement"]["Zone"], "ap-guangzhou-3");
+            assert_eq!(during["Tags"], json!([{"Key": "service", "Value": "web"}]));
+            // The keys cannot change while it stops.
+            let unbind = bind(
+                Action::DisassociateInstancesKeyPairs,
+                &fleet,
+                &["ins-0000000r"],
+                &["skey-0000000a"],
+            );
+            let refused = execute(
+                &unbind,
+                &mut fleet,
+                GZ,
+                t0 + S / 2,
+                &accepted("r-x", OP, false),
+            )
+            .unwrap_err();
+            assert_eq!(refused.code, "UnsupportedOperation.InstanceStateStopping");
+            let stopped = describe(&mut fleet, "ins-0000000r", t0 + S);
+            assert_eq!(stopped["InstanceState"], "STOPPED");
+            assert_eq!(stopped["LatestOperationState"], "SUCCESS");
+            assert_eq!(stopped["StopChargingMode"], "KEEP_CHARGING");
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000w", t0 + S).0,
+                "STOPPED",
+                "Windows stops too"
+            );
+
+            let later = t0 + S + Duration::from_millis(200);
+            execute(
+                &start(&fleet, &["ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                later,
+                &acceptance("r-start", power, &[0.5], false),
+            )
+            .unwrap();
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", later),
+                ("STARTING".to_string(), json!("OPERATING"), json!("r-start"))
+            );
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", later + T),
+                ("RUNNING".to_string(), json!("SUCCESS"), json!("r-start"))
+            );
+            assert_eq!(
+                states(&fleet, "ins-0000000r"),
+                [
+                    (0, Stopping),
+                    (1000, Stopped),
+                    (1200, Starting),
+                    (2700, Running)
+                ]
+            );
+            let event = &fleet.timeline.events()[0];
+            assert_eq!(event.action.as_deref(), Some("StopInstances"));
+            assert_eq!(event.request_id.as_deref(), Some("r-stop"));
+            assert_eq!(event.zone, "ap-guangzhou-3");
+        }
+
+        #[test]
+        fn already_there_is_refused_and_one_refusal_stops_the_whole_batch() {
+            let t0 = Instant::now();
+            let mut fleet = live(t0);
+            let power = timed();
+            let mixed = stop(&fleet, &["ins-0000000r", "ins-0000000s"]);
+            let err = execute(
+                &mixed,
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r", power, &[0.5, 0.5], false),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, "UnsupportedOperation.InstanceStateStopped");
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", t0).0,
+                "RUNNING",
+                "nothing changed"
+            );
+            let err = execute(
+                &start(&fleet, &["ins-0000000s", "ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r", power, &[0.5, 0.5], false),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, "UnsupportedOperation.InstanceStateRunning");
+            assert_eq!(state_of(&mut fleet, "ins-0000000s", t0).0, "STOPPED");
+            assert!(fleet.timeline.events().is_empty());
+            // A stop still running refuses a second stop as an operation in progress.
+            execute(
+                &stop(&fleet, &["ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r1", power, &[0.5], false),
+            )
+            .unwrap();
+            let err = execute(
+                &start(&fleet, &["ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r2", power, &[0.5], false),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, "UnsupportedOperation.InstanceStateStopping");
+        }
+
+        #[test]
+        fn faults_fail_a_soft_stop_and_a_start() {
+            use InstanceState::*;
+            let t0 = Instant::now();
+            let mut fleet = live(t0);
+            let power = Power {
+                soft_stop_fail: 0.3,
+                start_fail: 0.3,
+                ..timed()
+            };
+            // Draws below the probability fail: ins-r's soft stop fails, ins-w's works.
+            execute(
+                &stop(&fleet, &["ins-0000000r", "ins-0000000w"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r-stop", power, &[0.1, 0.9], false),
+            )
+            .unwrap();
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", t0 + S),
+                ("RUNNING".to_string(), json!("FAILED"), json!("r-stop"))
+            );
+            assert_eq!(
+                states(&fleet, "ins-0000000r"),
+                [(0, Stopping), (1000, Running)]
+            );
+            assert_eq!(state_of(&mut fleet, "ins-0000000w", t0 + S).0, "STOPPED");
+            // SOFT_FIRST forces it off after the soft attempt's time.
+            let soft_first = request(
+                &fleet,
+                Action::StopInstances,
+                json!({"InstanceIds": ["ins-0000000r"], "StopType": "SOFT_FIRST"}),
+            )
+            .unwrap();
+            let t1 = t0 + S;
+            execute(
+                &soft_first,
+                &mut fleet,
+                GZ,
+                t1,
+                &acceptance("r-sf", power, &[0.1], false),
+            )
+            .unwrap();
+            assert_eq!(state_of(&mut fleet, "ins-0000000r", t1 + S).0, "STOPPING");
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", t1 + 2 * S).1,
+                json!("SUCCESS")
+            );
+            // A start that fails ends FAILED, still STOPPED; a refused one changes nothing.
+            let t2 = t1 + 2 * S;
+            execute(
+                &start(&fleet, &["ins-0000000w"]),
+                &mut fleet,
+                GZ,
+                t2,
+                &acceptance("r-s1", power, &[0.2], false),
+            )
+            .unwrap();
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000w", t2 + T),
+                ("STOPPED".to_string(), json!("FAILED"), json!("r-s1"))
+            );
+            let err = execute(
+                &start(&fleet, &["ins-0000000w"]),
+                &mut fleet,
+                GZ,
+                t2 + T,
+                &acceptance("r-s2", power, &[0.9], true),
+            )
+            .unwrap_err();
+            assert_eq!(err.code, "ResourceInsufficient");
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000w", t2 + T).2,
+                json!("r-s1")
+            );
+        }
+
+        #[test]
+        fn instances_that_always_fail_to_stop_softly_or_to_start() {
+            let t0 = Instant::now();
+            let fleet = Fleet::new()
+                .with(
+                    Instance::new("ins-0000000r", GZ)
+                        .state(InstanceState::Running)
+                        .soft_stop_fails(),
+                )
+                .with(Instance::new("ins-0000000s", GZ).start_fails());
+            let mut fleet = LiveFleet::new(fleet, t0, Duration::from_secs(1));
+            let power = timed();
+            execute(
+                &stop(&fleet, &["ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("a", power, &[0.99], false),
+            )
+            .unwrap();
+            execute(
+                &start(&fleet, &["ins-0000000s"]),
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("b", power, &[0.99], false),
+            )
+            .unwrap();
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000r", t0 + T).1,
+                json!("FAILED")
+            );
+            assert_eq!(
+                state_of(&mut fleet, "ins-0000000s", t0 + T),
+                ("STOPPED".to_string(), json!("FAILED"), json!("b"))
+            );
+        }
+
+        #[test]
+        fn force_stop_restarts_or_leaves_stopped_as_configured() {
+            use InstanceState::*;
+            for (reading, end) in [
+                (ForceStopReading::Restart, "RUNNING"),
+                (ForceStopReading::LeftStopped, "STOPPED"),
+            ] {
+                let t0 = Instant::now();
+                let mut fleet = live(t0);
+                let power = Power {
+                    force_stop: reading,
+                    ..timed()
+                };
+                let params = json!({"InstanceIds": ["ins-0000000r", "ins-0000000s"], "KeyIds": ["skey-0000000a"], "ForceStop": true});
+                let unbind =
+                    request(&fleet, Action::DisassociateInstancesKeyPairs, params).unwrap();
+                execute(
+                    &unbind,
+                    &mut fleet,
+                    GZ,
+                    t0,
+                    &acceptance("r-fs", power, &[], false),
+                )
+                .unwrap();
+                let mid = describe(&mut fleet, "ins-0000000r", t0 + S);
+                assert_eq!(mid["InstanceState"], "STOPPED");
+                assert_eq!(mid["LatestOperation"], "DisassociateInstancesKeyPairs");
+                assert_eq!(mid["LatestOperationState"], "OPERATING");
+                assert_eq!(
+                    mid["LoginSettings"]["KeyIds"],
+                    json!(["skey-0000000a"]),
+                    "{reading:?}"
+                );
+                let done = describe(&mut fleet, "ins-0000000r", t0 + S + OP + T);
+                assert_eq!(done["InstanceState"], end, "{reading:?}");
+                assert_eq!(done["LatestOperationState"], "SUCCESS");
+                assert_eq!(done["LoginSettings"]["KeyIds"], json!([]));
+                let expected: Vec<(i64, InstanceState)> = match reading {
+                    ForceStopReading::Restart => vec![
+                        (0, Stopping),
+                        (1000, Stopped),
+                        (1300, Starting),
+                        (2800, Running),
+                    ],
+                    ForceStopReading::LeftStopped => vec![(0, Stopping), (1000, Stopped)],
+                };
+                assert_eq!(states(&fleet, "ins-0000000r"), expected);
+                // The STOPPED instance of the same request never changes power.
+                assert!(states(&fleet, "ins-0000000s").is_empty());
+                assert_eq!(
+                    state_of(&mut fleet, "ins-0000000s", t0 + OP).1,
+                    json!("SUCCESS")
+                );
+            }
+        }
+
+        #[test]
+        fn stop_and_start_parameters_are_checked() {
+            let t0 = Instant::now();
+            let fleet = live(t0);
+            let code = |action, params: Value| request(&fleet, action, params).unwrap_err().code;
+            let ids = json!(["ins-0000000r"]);
+            assert_eq!(
+                code(
+                    Action::StopInstances,
+                    json!({"InstanceIds": ids, "StopType": "HARD", "ForceStop": true})
+                ),
+                "InvalidParameterCombination"
+            );
+            assert_eq!(
+                code(
+                    Action::StopInstances,
+                    json!({"InstanceIds": ids, "StopType": "GENTLE"})
+                ),
+                "InvalidParameterValue"
+            );
+            assert_eq!(
+                code(
+                    Action::StopInstances,
+                    json!({"InstanceIds": ids, "StoppedMode": "MAYBE"})
+                ),
+                "InvalidParameterValue"
+            );
+            assert_eq!(
+                code(
+                    Action::StopInstances,
+                    json!({"InstanceIds": ids, "StopType": 3})
+                ),
+                "InvalidParameter"
+            );
+            assert_eq!(
+                code(Action::StopInstances, json!({"StopType": "SOFT"})),
+                "MissingParameter"
+            );
+            assert_eq!(
+                code(
+                    Action::StartInstances,
+                    json!({"InstanceIds": ids, "StopType": "SOFT"})
+                ),
+                "UnknownParameter"
+            );
+            assert_eq!(
+                code(Action::StartInstances, json!({"InstanceIds": ["ins-1"]})),
+                "InvalidInstanceId.Malformed"
+            );
+            assert_eq!(
+                code(
+                    Action::StartInstances,
+                    json!({"InstanceIds": ["ins-00000077"]})
+                ),
+                "InvalidInstanceId.NotFound"
+            );
+            let many: Vec<String> = (0..101).map(|n| format!("ins-{n:08}")).collect();
+            assert_eq!(
+                code(Action::StopInstances, json!({"InstanceIds": many})),
+                "InvalidParameterValue.LimitExceeded"
+            );
+            let Validated::Stop {
+                stop_type,
+                stop_charging,
+                ..
+            } = request(
+                &fleet,
+                Action::StopInstances,
+                json!({"InstanceIds": ids, "ForceStop": true}),
+            )
+            .unwrap()
+            else {
+                panic!("a stop");
+            };
+            assert_eq!(
+                (stop_type, stop_charging),
+                (StopType::Hard, false),
+                "the deprecated ForceStop is HARD"
+            );
+            let Validated::Stop {
+                stop_type,
+                stop_charging,
+                ..
+            } = request(
+                &fleet,
+                Action::StopInstances,
+                json!({"InstanceIds": ids, "StoppedMode": "STOP_CHARGING"}),
+            )
+            .unwrap()
+            else {
+                panic!("a stop");
+            };
+            assert_eq!((stop_type, stop_charging), (StopType::Soft, true));
+        }
+
+        #[test]
+        fn stop_charging_takes_effect_when_stopped_and_ends_with_the_start() {
+            let t0 = Instant::now();
+            let mut fleet = live(t0);
+            let power = timed();
+            let stop = request(
+                &fleet,
+                Action::StopInstances,
+                json!({"InstanceIds": ["ins-0000000r"], "StoppedMode": "STOP_CHARGING"}),
+            )
+            .unwrap();
+            execute(
+                &stop,
+                &mut fleet,
+                GZ,
+                t0,
+                &acceptance("r", power, &[0.5], false),
+            )
+            .unwrap();
+            assert_eq!(
+                describe(&mut fleet, "ins-0000000r", t0 + S)["StopChargingMode"],
+                "STOP_CHARGING"
+            );
+            let unbind = bind(
+                Action::DisassociateInstancesKeyPairs,
+                &fleet,
+                &["ins-0000000r"],
+                &["skey-0000000a"],
+            );
+            let err =
+                execute(&unbind, &mut fleet, GZ, t0 + S, &accepted("r2", OP, false)).unwrap_err();
+            assert_eq!(err.code, "UnsupportedOperation.StoppedModeStopCharging");
+            execute(
+                &start(&fleet, &["ins-0000000r"]),
+                &mut fleet,
+                GZ,
+                t0 + S,
+                &acceptance("r3", power, &[0.5], false),
+            )
+            .unwrap();
+            assert_eq!(
+                describe(&mut fleet, "ins-0000000r", t0 + S + T)["StopChargingMode"],
+                "NOT_APPLICABLE"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The simulated fleet: its JSON file format, seeded generation, and the live
 //! state the server mutates (with settling states and busy windows on tokio's clock).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::SimError;
 use super::incident::{Holdings, KeyPair, LaunchConfiguration, LaunchTemplate};
+use super::power::{PowerEvent, PowerTimeline};
 use crate::ids;
 
 /// An instance's operating system family; only Linux instances may be unbound.
@@ -141,6 +142,24 @@ pub struct Instance {
     /// When the state settles; defaults to the simulator's `settle_after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_after_ms: Option<u64>,
+    /// `Placement.Zone`, e.g. `ap-guangzhou-3` (it must start with the region); when
+    /// absent the instance is in `{region}-1` (see [`Instance::zone_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `Tags`: key -> value, e.g. `service` -> `web`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Its OS never shuts down: every SOFT stop of it ends FAILED and it stays RUNNING
+    /// (SOFT_FIRST then forces it off; HARD always works).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub soft_stop_fails: bool,
+    /// Every start of it ends FAILED and it stays STOPPED (a start that fails for good).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub start_fails: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Instance {
@@ -159,7 +178,42 @@ impl Instance {
             busy_for_ms: None,
             settles_to: None,
             settle_after_ms: None,
+            zone: None,
+            tags: BTreeMap::new(),
+            soft_stop_fails: false,
+            start_fails: false,
         }
+    }
+
+    /// `Placement.Zone`: the given zone, or `{region}-1`.
+    pub fn zone_name(&self) -> String {
+        self.zone
+            .clone()
+            .unwrap_or_else(|| format!("{}-1", self.region))
+    }
+
+    /// Places it in `zone` (e.g. `ap-guangzhou-3`).
+    pub fn zone(mut self, zone: impl Into<String>) -> Instance {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Adds the tag `key` = `value`.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Instance {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Every SOFT stop of it fails (see [`Instance::soft_stop_fails`]).
+    pub fn soft_stop_fails(mut self) -> Instance {
+        self.soft_stop_fails = true;
+        self
+    }
+
+    /// Every start of it fails (see [`Instance::start_fails`]).
+    pub fn start_fails(mut self) -> Instance {
+        self.start_fails = true;
+        self
     }
 
     /// Sets the OS family and its typical `os_name`.
@@ -253,6 +307,38 @@ pub struct Mix {
     pub busy: f64,
     pub busy_for: Duration,
     pub settle_after: Duration,
+    /// Zone numbers each instance is spread over in its region (`3` is
+    /// `ap-guangzhou-3`); empty: no `zone` (every instance in `{region}-1`).
+    pub zones: Vec<u32>,
+    /// Tags drawn for each instance: a key and the values it takes, e.g.
+    /// (`service`, [`web`, `api`, `worker`]); empty: no tags.
+    pub tags: Vec<(String, Vec<String>)>,
+}
+
+impl Mix {
+    /// A production fleet: most instances RUNNING (80%), spread over three zones of
+    /// `ap-guangzhou` (3, 4, 6), each tagged with a `service`, with rare Windows,
+    /// SHUTDOWN, banned and frozen ones and no settling or busy ones (those follow the
+    /// clock, and a live-fleet run should meet only what it causes).
+    pub fn live() -> Mix {
+        Mix {
+            regions: vec!["ap-guangzhou".into()],
+            windows: 0.01,
+            running: 0.8,
+            shutdown: 0.005,
+            settling: 0.0,
+            stop_charging: 0.0,
+            banned: 0.002,
+            frozen: 0.002,
+            busy: 0.0,
+            zones: vec![3, 4, 6],
+            tags: vec![(
+                "service".into(),
+                vec!["web".into(), "api".into(), "worker".into()],
+            )],
+            ..Mix::default()
+        }
+    }
 }
 
 impl Default for Mix {
@@ -271,9 +357,15 @@ impl Default for Mix {
             busy: 0.02,
             busy_for: Duration::from_secs(3),
             settle_after: Duration::from_secs(2),
+            zones: Vec::new(),
+            tags: Vec::new(),
         }
     }
 }
+
+/// Seeds the zone and tag draws apart from the rest, so a mix with zones or tags gives
+/// the same instances, states and keys as the same mix without them.
+const PLACEMENT_STREAM: u64 = 0x510e_527f_ade6_82d1;
 
 const ID_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 const LINUX_NAMES: [&str; 4] = [
@@ -345,6 +437,7 @@ impl Fleet {
         let (lo, hi) = mix.keys_per_instance;
         let hi = hi.min(keys.len()).max(lo.min(keys.len()));
         let lo = lo.min(hi);
+        let mut placement = StdRng::seed_from_u64(seed ^ PLACEMENT_STREAM);
         let mut instances = Vec::with_capacity(n);
         while instances.len() < n {
             let id = random_id(&mut rng, "ins-");
@@ -392,6 +485,16 @@ impl Fleet {
             }
             if roll(mix.busy) {
                 instance.busy_for_ms = Some(duration_ms(mix.busy_for));
+            }
+            if !mix.zones.is_empty() {
+                let zone = mix.zones[placement.random_range(0..mix.zones.len())];
+                instance.zone = Some(format!("{}-{zone}", instance.region));
+            }
+            for (key, values) in &mix.tags {
+                if !values.is_empty() {
+                    let value = &values[placement.random_range(0..values.len())];
+                    instance.tags.insert(key.clone(), value.clone());
+                }
             }
             instances.push(instance);
         }
@@ -478,6 +581,20 @@ impl Fleet {
                     return bad(format!("{at}.key_ids: {problem}"));
                 }
             }
+            if let Some(zone) = &instance.zone {
+                let in_region = zone
+                    .strip_prefix(instance.region.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+                if !in_region {
+                    return bad(format!(
+                        "{at}.zone: {:?} is not a zone of {} such as {}-3",
+                        ids::shorten(zone),
+                        instance.region,
+                        instance.region
+                    ));
+                }
+            }
             if instance.settle_after_ms.is_some()
                 && instance.settles_to.is_none()
                 && instance.state.default_settle_target().is_none()
@@ -528,7 +645,8 @@ pub(crate) struct LiveInstance {
     pub spec: Instance,
     pub busy_until: Option<Instant>,
     pub settle: Option<(Instant, InstanceState)>,
-    /// The last Associate/Disassociate accepted for it (`LatestOperation*`).
+    /// The last operation accepted for it (`LatestOperation*`): a key-pair action, a
+    /// stop or a start.
     pub operation: Option<Operation>,
 }
 
@@ -538,46 +656,67 @@ impl LiveInstance {
         self.busy_until.is_some_and(|until| now < until)
     }
 
-    /// An accepted key-pair operation on it has not completed yet.
+    /// An accepted operation on it has not completed yet.
     pub fn is_operating(&self, now: Instant) -> bool {
         self.operation
             .as_ref()
-            .is_some_and(|op| op.state == OperationState::Operating && now < op.completes_at)
+            .and_then(Operation::completes_at)
+            .is_some_and(|at| now < at)
     }
 
-    /// Completes the operation if it is due: the key change is made now, or, for one
-    /// that fails, never.
-    fn complete_operation(&mut self, now: Instant) {
+    /// Carries out every step of its operation due by `now`, in order; a state change
+    /// is recorded in `changes` at the step's own moment.
+    fn complete_operation(&mut self, now: Instant, changes: &mut Vec<(Instant, PowerEvent)>) {
         let Some(op) = self.operation.as_mut() else {
             return;
         };
-        if op.state != OperationState::Operating || now < op.completes_at {
-            return;
-        }
-        if op.fails {
-            op.state = OperationState::Failed;
-            return;
-        }
-        op.state = OperationState::Success;
-        let bound = &mut self.spec.key_ids;
-        if op.associate {
-            // Associate adds keys and never removes one (see the reference: never rely on
-            // it to remove a key), so a caller that does is caught here.
-            for key in &op.keys {
-                if !bound.contains(key) {
-                    bound.push(key.clone());
+        while op.steps.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((at, step)) = op.steps.pop_front() else {
+                break;
+            };
+            match step {
+                Step::Power(state) => {
+                    if self.spec.state != state {
+                        self.spec.state = state;
+                        // The operation owns the state now: a settle from the fleet
+                        // file would undo it.
+                        self.settle = None;
+                        changes.push((
+                            at,
+                            PowerEvent::new(&self.spec, Some((op.action, &op.request_id))),
+                        ));
+                    }
                 }
+                Step::Keys { associate, keys } => {
+                    let bound = &mut self.spec.key_ids;
+                    if associate {
+                        // Associate adds keys and never removes one (see the reference:
+                        // never rely on it to remove a key), so a caller that does is
+                        // caught here.
+                        for key in keys {
+                            if !bound.contains(&key) {
+                                bound.push(key);
+                            }
+                        }
+                    } else {
+                        bound.retain(|k| !keys.contains(k));
+                    }
+                }
+                Step::StopCharging(on) => self.spec.stop_charging = on,
+                Step::End(state) => op.state = state,
             }
-        } else {
-            bound.retain(|k| !op.keys.contains(k));
         }
     }
 
-    /// Starts an accepted Associate/Disassociate; it completes at `completes_at` (at once
-    /// when that is `now`), changing the keys unless `fails`.
-    fn start_operation(&mut self, operation: Operation, now: Instant) {
+    /// Starts an accepted operation; its steps due at `now` happen at once.
+    fn start_operation(
+        &mut self,
+        operation: Operation,
+        now: Instant,
+        changes: &mut Vec<(Instant, PowerEvent)>,
+    ) {
         self.operation = Some(operation);
-        self.complete_operation(now);
+        self.complete_operation(now, changes);
     }
 
     /// The next moment something about it changes by itself, if any.
@@ -585,8 +724,7 @@ impl LiveInstance {
         let operation = self
             .operation
             .as_ref()
-            .filter(|op| op.state == OperationState::Operating)
-            .map(|op| op.completes_at);
+            .and_then(|op| op.steps.front().map(|(at, _)| *at));
         [self.settle.map(|(at, _)| at), self.busy_until, operation]
             .into_iter()
             .flatten()
@@ -612,7 +750,22 @@ impl OperationState {
     }
 }
 
-/// An accepted key-pair operation on one instance: asynchronous, as on the cloud.
+/// One thing an operation does to its instance at its moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `InstanceState` becomes this one (recorded in the power timeline).
+    Power(InstanceState),
+    /// The keys change: Associate adds `keys`, Disassociate removes them.
+    Keys { associate: bool, keys: Vec<String> },
+    /// Stopped in `STOP_CHARGING` mode (true), or started again (false).
+    StopCharging(bool),
+    /// `LatestOperationState` becomes SUCCESS or FAILED: the operation is over.
+    End(OperationState),
+}
+
+/// An accepted operation on one instance: asynchronous, as on the cloud. A key-pair
+/// change, a stop, a start, or a key-pair change with ForceStop (a hard stop, the change,
+/// and a start again): each is a list of timed steps (see `sim::power`).
 #[derive(Debug, Clone)]
 pub(crate) struct Operation {
     /// `LatestOperation`: the action's name.
@@ -620,12 +773,32 @@ pub(crate) struct Operation {
     /// `LatestOperationRequestId`: the RequestId of the reply that accepted it.
     pub request_id: String,
     pub state: OperationState,
-    pub completes_at: Instant,
-    /// Associate (add `keys`) or Disassociate (remove them).
-    pub associate: bool,
-    pub keys: Vec<String>,
-    /// Ends FAILED with the keys unchanged (the async-fail fault).
-    pub fails: bool,
+    /// What is still to happen, in time order; the last step is an [`Step::End`].
+    pub steps: VecDeque<(Instant, Step)>,
+}
+
+impl Operation {
+    /// An operation of `action` accepted with `request_id`, OPERATING until its steps end.
+    pub fn new(
+        action: &'static str,
+        request_id: &str,
+        steps: impl IntoIterator<Item = (Instant, Step)>,
+    ) -> Operation {
+        Operation {
+            action,
+            request_id: request_id.to_string(),
+            state: OperationState::Operating,
+            steps: steps.into_iter().collect(),
+        }
+    }
+
+    /// When it ends, while it runs.
+    pub fn completes_at(&self) -> Option<Instant> {
+        if self.state != OperationState::Operating {
+            return None;
+        }
+        self.steps.back().map(|(at, _)| *at)
+    }
 }
 
 /// The fleet the server reads and changes.
@@ -639,6 +812,8 @@ pub(crate) struct LiveFleet {
     /// The earliest moment any instance changes by itself: until then `settle` has
     /// nothing to do (it used to walk every instance on every request).
     next_event: Option<Instant>,
+    /// Every change of an instance's state, in time order (`SimHandle::power_timeline`).
+    pub timeline: PowerTimeline,
 }
 
 impl LiveFleet {
@@ -687,16 +862,19 @@ impl LiveFleet {
             instances,
             by_id,
             next_event,
+            timeline: PowerTimeline::new(start),
         }
     }
 
     /// Starts an accepted operation on instance `n` (see `LiveInstance::start_operation`).
     pub fn start_operation(&mut self, n: usize, operation: Operation, now: Instant) {
+        let mut changes = Vec::new();
         let instance = &mut self.instances[n];
-        instance.start_operation(operation, now);
+        instance.start_operation(operation, now, &mut changes);
         if let Some(at) = instance.next_event() {
             self.next_event = Some(self.next_event.map_or(at, |t| t.min(at)));
         }
+        self.timeline.record(changes);
     }
 
     /// Applies every state change due by `now`; each instance settles once.
@@ -704,18 +882,23 @@ impl LiveFleet {
         if self.next_event.is_none_or(|at| now < at) {
             return;
         }
+        let mut changes = Vec::new();
         for instance in &mut self.instances {
             if let Some((at, to)) = instance.settle
                 && now >= at
             {
-                instance.spec.state = to;
+                if instance.spec.state != to {
+                    instance.spec.state = to;
+                    changes.push((at, PowerEvent::new(&instance.spec, None)));
+                }
                 instance.settle = None;
             }
             if instance.busy_until.is_some_and(|until| now >= until) {
                 instance.busy_until = None;
             }
-            instance.complete_operation(now);
+            instance.complete_operation(now, &mut changes);
         }
+        self.timeline.record(changes);
         self.next_event = self
             .instances
             .iter()
@@ -723,15 +906,32 @@ impl LiveFleet {
             .min();
     }
 
-    /// Carries the key-pair operations of `previous` over to the instances of this
-    /// fleet with the same id (after an edit, which rebuilds the fleet from a snapshot
-    /// that does not hold them).
-    pub fn keep_operations(&mut self, previous: LiveFleet) {
+    /// Carries the operations and the power timeline of `previous` over to this fleet
+    /// (after an edit at `now`, which rebuilds the fleet from a snapshot that holds
+    /// neither); a state the edit changed is recorded as the fleet's own change.
+    pub fn keep_operations(&mut self, previous: LiveFleet, now: Instant) {
+        let mut changes = Vec::new();
         for old in previous.instances {
-            if let (Some(op), Some(&n)) = (old.operation, self.by_id.get(&old.spec.instance_id)) {
-                self.instances[n].operation = Some(op);
+            let Some(&n) = self.by_id.get(&old.spec.instance_id) else {
+                continue;
+            };
+            let instance = &mut self.instances[n];
+            if instance.spec.state != old.spec.state {
+                changes.push((now, PowerEvent::new(&instance.spec, None)));
+            }
+            if let Some(op) = old.operation {
+                // A stop or start still running owns the state: the default settle of
+                // the snapshot's STOPPING or STARTING must not race it.
+                if op.completes_at().is_some()
+                    && op.steps.iter().any(|(_, s)| matches!(s, Step::Power(_)))
+                {
+                    instance.settle = None;
+                }
+                instance.operation = Some(op);
             }
         }
+        self.timeline = previous.timeline;
+        self.timeline.record(changes);
         self.next_event = self
             .instances
             .iter()
@@ -841,5 +1041,79 @@ mod tests {
         assert_eq!(snap.instances[1].settle_after_ms, Some(2000));
         assert_eq!(snap.instances[1].busy_for_ms, Some(5000));
         assert_eq!(Fleet::from_json(&snap.to_json_pretty()).unwrap(), snap);
+    }
+
+    #[test]
+    fn the_live_mix_runs_over_three_zones_and_places_apart_from_the_rest() {
+        let live = Fleet::generate(1000, 7, &Mix::live());
+        assert_eq!(live, Fleet::generate(1000, 7, &Mix::live()));
+        assert!(live.validate().is_ok());
+        let running = live
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .count();
+        assert!((750..=850).contains(&running), "{running}");
+        let zones: BTreeSet<String> = live.instances.iter().map(Instance::zone_name).collect();
+        assert_eq!(
+            zones.into_iter().collect::<Vec<_>>(),
+            ["ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6"]
+        );
+        assert!(
+            live.instances
+                .iter()
+                .all(|i| i.tags.contains_key("service"))
+        );
+        // Zones and tags come from their own stream: without them, the same fleet.
+        let unplaced = Fleet::generate(
+            1000,
+            7,
+            &Mix {
+                zones: Vec::new(),
+                tags: Vec::new(),
+                ..Mix::live()
+            },
+        );
+        let mut stripped = live.clone();
+        for instance in &mut stripped.instances {
+            instance.zone = None;
+            instance.tags.clear();
+        }
+        assert_eq!(stripped, unplaced);
+        // The default fleet has none of them, so its files read as before.
+        let default = Fleet::generate(50, 7, &Mix::default());
+        assert!(
+            default
+                .instances
+                .iter()
+                .all(|i| i.zone.is_none() && i.tags.is_empty())
+        );
+        assert!(!default.to_json_pretty().contains("zone"));
+    }
+
+    #[test]
+    fn a_zone_must_be_in_its_region() {
+        let fleet = |zone: &str| {
+            Fleet::new().with(Instance::new("ins-00000001", "ap-guangzhou").zone(zone))
+        };
+        assert!(fleet("ap-guangzhou-3").validate().is_ok());
+        for bad in [
+            "ap-shanghai-2",
+            "ap-guangzhou",
+            "ap-guangzhou-",
+            "ap-guangzhou-3 x",
+        ] {
+            let err = fleet(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("instances[0].zone"), "{bad}: {err}");
+        }
+        let parsed = Fleet::from_json(
+            r#"{"instances":[{"instance_id":"ins-00000001","region":"ap-guangzhou","os":"linux","state":"RUNNING","zone":"ap-guangzhou-4","tags":{"service":"web"},"soft_stop_fails":true,"start_fails":true}]}"#,
+        )
+        .unwrap();
+        let instance = &parsed.instances[0];
+        assert_eq!(instance.zone_name(), "ap-guangzhou-4");
+        assert_eq!(instance.tags["service"], "web");
+        assert!(instance.soft_stop_fails && instance.start_fails);
+        assert_eq!(Fleet::from_json(&parsed.to_json_pretty()).unwrap(), parsed);
     }
 }

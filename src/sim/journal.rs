@@ -39,6 +39,14 @@ pub struct JournalEntry {
     /// `FAILED` with the keys unchanged (the async-fail fault): accepted, never applied.
     #[serde(default)]
     pub operation_failed: bool,
+    /// StopInstances' `StopType` as sent (`SOFT`, `SOFT_FIRST`, `HARD`); `None` when
+    /// absent (the API then stops SOFT) and for every other action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_type: Option<String>,
+    /// StopInstances' `StoppedMode` as sent (`KEEP_CHARGING`, `STOP_CHARGING`); `None`
+    /// when absent (the API then keeps charging) and for every other action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_mode: Option<String>,
 }
 
 /// The journal code of a request whose connection was dropped before it was applied.
@@ -263,6 +271,8 @@ mod tests {
             applied: false,
             dropped: false,
             operation_failed: false,
+            stop_type: None,
+            stopped_mode: None,
         }
     }
 

@@ -16,11 +16,17 @@
 //! Every service is served on the one port: a request is verified with the service its
 //! signature's credential scope names, and its action and version must be that service's.
 //! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
+//! - `power`: StopInstances, StartInstances and ForceStop as timed steps, the power
+//!   faults, and the timeline of every instance's state (`SimHandle::power_timeline`).
 //!
 //! Key-pair operations are asynchronous, as on the cloud: an accepted Associate or
 //! Disassociate puts each of its instances in `LatestOperationState` `OPERATING` for
 //! [`SimConfig::operation_time`]; the keys change when it completes (`SUCCESS`), or
-//! never when it fails (`FAILED`, [`SimConfig::async_fail`]).
+//! never when it fails (`FAILED`, [`SimConfig::async_fail`]). Stops and starts are
+//! asynchronous too (RUNNING -> STOPPING -> STOPPED, STOPPED -> STARTING -> RUNNING, in
+//! [`Power::stop_time`] and [`Power::start_time`]), and a key-pair request with
+//! `ForceStop=true` on a RUNNING instance stops it hard, changes the keys, and starts it
+//! again (or not: [`ForceStopReading`]).
 //!
 //! Time: latency, jitter, settling states, busy windows, operations, the rate limit and
 //! `JournalEntry::at_ms` all use tokio's clock (`tokio::time::Instant`), so paused-time
@@ -33,6 +39,7 @@ pub mod fleet;
 pub mod incident;
 pub mod journal;
 mod limiter;
+pub mod power;
 mod server;
 
 use std::net::SocketAddr;
@@ -52,6 +59,9 @@ pub use journal::{
     MAX_PAGE_ENTRIES, SUCCESS, Stats,
 };
 pub use limiter::WINDOW as RATE_WINDOW;
+pub use power::{
+    DEFAULT_POWER_CAPACITY, ForceStopReading, MAX_POWER_PAGE, Power, PowerEvent, PowerPage,
+};
 
 use crate::secret::Secret;
 
@@ -97,12 +107,14 @@ pub const REPLY_CODES: &[&str] = &[
     "InvalidKeyPairId.Malformed",
     "InvalidKeyPairId.NotFound",
     "InvalidParameter",
+    "InvalidParameterCombination",
     "InvalidParameterValue",
     "InvalidParameterValue.LimitExceeded",
     "MissingParameter",
     "UnknownParameter",
-    // Instances (actions.rs) and injected faults (faults.rs).
+    // Instances (actions.rs) and injected faults (faults.rs, power.rs).
     "InternalServerError",
+    "ResourceInsufficient",
     "InvalidInstance.NotSupported",
     "MutexOperation.TaskRunning",
     "OperationDenied.InstanceOperationInProgress",
@@ -116,6 +128,7 @@ pub const REPLY_CODES: &[&str] = &[
     "UnsupportedOperation.InstanceStateRunning",
     "UnsupportedOperation.InstanceStateShutdown",
     "UnsupportedOperation.InstanceStateStarting",
+    "UnsupportedOperation.InstanceStateStopped",
     "UnsupportedOperation.InstanceStateStopping",
     "UnsupportedOperation.InstanceStateTerminating",
     "UnsupportedOperation.StoppedModeStopCharging",
@@ -172,6 +185,8 @@ pub struct SimConfig {
     /// Journal entries kept; past it the oldest are dropped and counted in
     /// [`Stats::journal_dropped`] (the stats themselves count every request).
     pub journal_capacity: usize,
+    /// Stops and starts: their times, what ForceStop does, the power faults.
+    pub power: Power,
 }
 
 impl Default for SimConfig {
@@ -193,6 +208,7 @@ impl Default for SimConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             journal_capacity: DEFAULT_JOURNAL_CAPACITY,
+            power: Power::default(),
         }
     }
 }
@@ -201,6 +217,7 @@ impl SimConfig {
     /// Checks probabilities and the latency range.
     pub fn validate(&self) -> Result<(), SimError> {
         self.faults.validate()?;
+        self.power.validate()?;
         if !(0.0..=1.0).contains(&self.async_fail) {
             return Err(SimError::Config(format!(
                 "fault probability async_fail = {} is not between 0 and 1",
@@ -317,6 +334,25 @@ impl SimHandle {
     /// entries in the order their requests finished, numbered from 1.
     pub fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
         self.shared.journal_page(after, limit)
+    }
+
+    /// Every change of an instance's `InstanceState` so far, in time order: by a stop, a
+    /// start or a ForceStop key-pair request (with its action and RequestId), or by the
+    /// fleet itself (a settling state, an edit). The oldest past
+    /// [`DEFAULT_POWER_CAPACITY`] are dropped ([`SimHandle::power_dropped`] counts them).
+    pub fn power_timeline(&self) -> Vec<PowerEvent> {
+        self.shared.power_timeline()
+    }
+
+    /// One page of the power timeline, as `GET /_sim/power?after=SEQ&limit=N` returns
+    /// it: events numbered from 1 in time order.
+    pub fn power_page(&self, after: u64, limit: usize) -> PowerPage {
+        self.shared.power_page(after, limit)
+    }
+
+    /// Power events dropped from the timeline (an audit of a longer run is incomplete).
+    pub fn power_dropped(&self) -> u64 {
+        self.shared.power_dropped()
     }
 
     /// Changes the rate limit of every limiter key from now on (0: unlimited), as

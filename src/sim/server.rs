@@ -41,6 +41,7 @@ use super::journal::{
     DROPPED_BEFORE_APPLY, JournalEntry, JournalPage, MAX_PAGE_ENTRIES, Recorder, Stats,
 };
 use super::limiter::SlidingWindow;
+use super::power::{PowerEvent, PowerPage};
 use super::{SimConfig, SimError};
 use crate::cvm::Service;
 use crate::sign;
@@ -119,6 +120,9 @@ struct Inner {
     fault_rng: StdRng,
     /// Whether an accepted operation ends FAILED: its own stream, one draw per admitted request.
     async_rng: StdRng,
+    /// The power faults: one draw per admitted StartInstances request (refused?) and one
+    /// per instance of an executed stop or start (fails?), so they change no other stream.
+    power_rng: StdRng,
     recorder: Recorder,
     next_seq: u64,
 }
@@ -127,6 +131,7 @@ struct Inner {
 const JITTER_STREAM: u64 = 0x6a09_e667_f3bc_c908;
 const LATENCY_STREAM: u64 = 0xbb67_ae85_84ca_a73b;
 const ASYNC_STREAM: u64 = 0x3c6e_f372_fe94_f82b;
+const POWER_STREAM: u64 = 0xa54f_f53a_5f1d_36f1;
 
 impl Shared {
     pub fn new(config: SimConfig, fleet: Fleet) -> Shared {
@@ -140,6 +145,7 @@ impl Shared {
             latency_rng: StdRng::seed_from_u64(config.seed ^ LATENCY_STREAM),
             fault_rng: StdRng::seed_from_u64(config.seed),
             async_rng: StdRng::seed_from_u64(config.seed ^ ASYNC_STREAM),
+            power_rng: StdRng::seed_from_u64(config.seed ^ POWER_STREAM),
             recorder: Recorder::new(config.journal_capacity),
             next_seq: 0,
         };
@@ -182,7 +188,7 @@ impl Shared {
             &mut inner.fleet,
             LiveFleet::new(fleet, now, self.config.settle_after),
         );
-        inner.fleet.keep_operations(previous);
+        inner.fleet.keep_operations(previous, now);
         Ok(())
     }
 
@@ -192,6 +198,26 @@ impl Shared {
 
     pub fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
         self.lock().recorder.page(after, limit)
+    }
+
+    /// Every kept power event, in time order (state changes due by now recorded first).
+    pub fn power_timeline(&self) -> Vec<PowerEvent> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.fleet.settle(now);
+        inner.fleet.timeline.events()
+    }
+
+    pub fn power_page(&self, after: u64, limit: usize) -> PowerPage {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.fleet.settle(now);
+        inner.fleet.timeline.page(after, limit)
+    }
+
+    /// Power events dropped to keep the timeline within its capacity.
+    pub fn power_dropped(&self) -> u64 {
+        self.lock().fleet.timeline.dropped()
     }
 
     /// Changes the limit of every limiter key, existing and future.
@@ -654,6 +680,8 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
         applied: false,
         dropped: false,
         operation_failed: false,
+        stop_type: None,
+        stopped_mode: None,
     };
     let (action, region, secret_id) = match checked {
         Ok(checked) => checked,
@@ -666,6 +694,18 @@ fn admit(shared: &Shared, call: Call) -> Result<Ticket, Box<Reply>> {
     entry.host.clone_from(&host);
     entry.instance_ids = strings(&params, "InstanceIds");
     entry.key_ids = strings(&params, "KeyIds");
+    if action == Action::StopInstances {
+        let sent = |name: &str| {
+            params
+                .as_ref()
+                .ok()
+                .and_then(|p| p.get(name))
+                .and_then(Value::as_str)
+                .map(crate::ids::shorten)
+        };
+        entry.stop_type = sent("StopType");
+        entry.stopped_mode = sent("StoppedMode");
+    }
     entry.force_stop = params
         .as_ref()
         .ok()
@@ -780,11 +820,25 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Close> {
             return Err(Close::Fault);
         }
     }
+    // Drawn whatever the outcome, so one request's fate does not shift the next one's.
+    let (power_draws, start_refused) = match &validated {
+        actions::Validated::Stop { instances, .. } => {
+            (draws(&mut inner.power_rng, instances.len()), false)
+        }
+        actions::Validated::Start { instances } => {
+            let refused = inner.power_rng.random::<f64>() < shared.config.power.start_error;
+            (draws(&mut inner.power_rng, instances.len()), refused)
+        }
+        _ => (Vec::new(), false),
+    };
     // The RequestId exists before the change: the operation it starts carries it.
     let acceptance = Acceptance {
         request_id: new_request_id(),
         operation_time: shared.config.operation_time,
         fails: async_fails,
+        power: shared.config.power,
+        power_draws,
+        start_refused,
     };
     let result = actions::execute(&validated, &mut inner.fleet, &region, now, &acceptance);
     if let Ok(done) = &result {
@@ -803,6 +857,11 @@ fn process(shared: &Shared, ticket: Ticket) -> Result<Reply, Close> {
         result.map(|done| done.data),
         acceptance.request_id,
     ))
+}
+
+/// `n` uniform draws in 0..1.
+fn draws(rng: &mut StdRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.random()).collect()
 }
 
 impl Inner {
@@ -871,7 +930,8 @@ fn json_reply(status: StatusCode, value: &mut Value) -> Reply {
 }
 
 /// The unsigned endpoints, for tests and rehearsals: `GET /_sim/state`, `/_sim/stats`,
-/// `/_sim/journal?after=SEQ&limit=N` (one page), `/_sim/rate`; `POST /_sim/rate`
+/// `/_sim/journal?after=SEQ&limit=N` (one page), `/_sim/power?after=SEQ&limit=N` (one
+/// page of the power timeline), `/_sim/rate`; `POST /_sim/rate`
 /// with `{"rate": N}` changes the limit.
 fn observe(shared: &Shared, parts: &hyper::http::request::Parts, body: &[u8]) -> Reply {
     let path = parts.uri.path();
@@ -892,12 +952,18 @@ fn observe(shared: &Shared, parts: &hyper::http::request::Parts, body: &[u8]) ->
                 return json_reply(StatusCode::BAD_REQUEST, &mut json!({ "error": message }));
             }
         },
+        "/_sim/power" => match page_query(parts.uri.query().unwrap_or("")) {
+            Ok((after, limit)) => serde_json::to_value(shared.power_page(after, limit)),
+            Err(message) => {
+                return json_reply(StatusCode::BAD_REQUEST, &mut json!({ "error": message }));
+            }
+        },
         "/_sim/stats" => serde_json::to_value(shared.stats()),
         "/_sim/rate" => Ok(json!({ "rate": shared.rate() })),
         _ => {
             return json_reply(
                 StatusCode::NOT_FOUND,
-                &mut json!({ "error": "try /_sim/state, /_sim/journal, /_sim/stats or /_sim/rate" }),
+                &mut json!({ "error": "try /_sim/state, /_sim/journal, /_sim/power, /_sim/stats or /_sim/rate" }),
             );
         }
     }

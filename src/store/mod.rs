@@ -6,13 +6,16 @@
 //! splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
+mod follow;
 #[cfg(unix)]
 mod guard;
+mod jobs;
+mod outcome;
 pub mod pacer;
 pub mod plan;
 pub mod rates;
 pub mod report;
-mod rotation;
+pub mod requeue;
 pub mod states;
 pub mod verify;
 
@@ -21,7 +24,8 @@ use std::time::Duration;
 
 pub mod queue;
 
-pub use states::{ItemStatus, JobState, RunState, Verified};
+pub use requeue::{Requeue, Requeued};
+pub use states::{ItemStatus, JobKind, JobState, RunState, Verified};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

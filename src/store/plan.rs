@@ -41,9 +41,9 @@ pub struct NewRun<'a> {
 /// One job of a new plan.
 #[derive(Debug, Clone)]
 pub struct NewJob<'a> {
-    /// Disassociate for the input's pairs; Associate for a rotation's new keys;
-    /// DescribeInstances for the `--keep-one-key` look before unbinding.
-    pub action: crate::cvm::Action,
+    /// `unbind` for the input's pairs; `bind` for a rotation's new keys; `look` for
+    /// the `--keep-one-key` look before unbinding. The action is the kind's.
+    pub kind: super::states::JobKind,
     pub region: &'a str,
     pub force_stop: bool,
     /// Sorted; at most 100.
@@ -183,7 +183,7 @@ impl fmt::Debug for PlanWriter {
     }
 }
 
-const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, kind, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const ITEM_INSERT: &str = "INSERT INTO items (id, run_id, position, region, instance_id, key_id, status, duplicate_of, reason, job_id, bind, new_key_id, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
@@ -207,7 +207,8 @@ impl PlanWriter {
                 json(job.key_ids),
                 (job.instance_ids.len() * job.key_ids.len()) as i64,
                 self.created_at,
-                job.action.name(),
+                job.kind.as_str(),
+                job.kind.action().name(),
                 job.payload,
             ])?;
         self.next_job_id += 1;
@@ -378,7 +379,7 @@ mod tests {
         };
         let job = writer
             .add_job(NewJob {
-                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: &instance_ids,
@@ -404,7 +405,7 @@ mod tests {
         };
         let job = writer
             .add_job(NewJob {
-                action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
                 force_stop: false,
                 instance_ids: &instance_ids,

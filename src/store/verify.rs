@@ -8,65 +8,12 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 
 use super::queue::NewQueuedJob;
-use super::states::{ItemStatus, JobState, Verified};
+use super::states::{ItemStatus, JobKind, JobState, Verified};
 use super::{Store, StoreError, now_ms};
 use crate::cvm::Action;
 use crate::ids::MAX_IDS_PER_REQUEST;
 
-/// One pair a verification batch checks.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VerifyItem {
-    pub item_id: i64,
-    pub instance_id: String,
-    pub key_id: String,
-    /// The RequestId of the operation that claimed the pair, if any: the one whose
-    /// `LatestOperationState` tells whether it was applied.
-    pub request_id: Option<String>,
-    /// A bind item (rotation): the key is to be bound, not gone.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub bind: bool,
-}
-
-/// What a `DescribeInstances` job of the queue is for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Purpose {
-    /// `keyfleet verify`: what became of the run's pairs.
-    #[default]
-    Verify,
-    /// A rotation: are an Associate job's new keys bound? Releases the held unbinds.
-    Confirm,
-    /// `--keep-one-key`: which keys instances hold before anything is unbound.
-    Precheck,
-}
-
-/// A verification batch's payload.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VerifyPayload {
-    #[serde(default)]
-    pub purpose: Purpose,
-    /// Until when (Unix ms) an instance whose operation is still OPERATING is looked
-    /// at again; after it, `operating` is the answer.
-    pub recheck_until: i64,
-    pub items: Vec<VerifyItem>,
-}
-
-impl VerifyPayload {
-    /// The payload of a `--keep-one-key` look: its instances are the job's, the
-    /// pairs it decides on are their held items.
-    pub fn precheck() -> VerifyPayload {
-        VerifyPayload {
-            purpose: Purpose::Precheck,
-            recheck_until: 0,
-            items: Vec::new(),
-        }
-    }
-
-    pub fn encode(&self) -> Result<String, StoreError> {
-        serde_json::to_string(self)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode a verification: {e}")))
-    }
-}
+pub use crate::rules::{ReadItem as VerifyItem, ReadPayload as VerifyPayload};
 
 /// Counts of a run's valid pairs by verification result (`None`: never verified).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,11 +38,10 @@ impl Store {
     /// rotation's confirmations and `--keep-one-key` looks are not verification rounds.
     pub async fn open_verification(&self, run_id: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND action = ? AND state IN (?, ?) \
-             AND COALESCE(json_extract(payload, '$.purpose'), 'verify') = 'verify'",
+            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND kind = ? AND state IN (?, ?)",
         )
         .bind(run_id)
-        .bind(Action::DescribeInstances.name())
+        .bind(JobKind::Verify.as_str())
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
         .fetch_one(&self.pool)
@@ -150,18 +96,17 @@ impl Store {
                 key_ids.sort();
                 key_ids.dedup();
                 let payload = VerifyPayload {
-                    purpose: Purpose::Verify,
                     recheck_until,
                     items: batch.iter().flat_map(|(_, items)| items.clone()).collect(),
                 };
                 writer
                     .add(&NewQueuedJob {
-                        action: Action::DescribeInstances,
+                        kind: JobKind::Verify,
                         region: region.clone(),
                         force_stop: false,
                         instance_ids,
                         key_ids,
-                        payload: Some(payload.encode()?),
+                        payload: Some(payload.encode()),
                         after: Vec::new(),
                         item_ids: Vec::new(),
                     })
@@ -252,17 +197,5 @@ impl Store {
             }
         }
         Ok(counts)
-    }
-
-    /// Every succeeded pair that verification found not applied (`still_bound`,
-    /// `operating`, `operation_failed`) goes back to `pending` in a new job, keeping
-    /// its attempt history: the writer offers them, the caller chunks them
-    /// (`plan::chunk_requeued`). `keyfleet resume` then sends them again.
-    pub async fn begin_requeue_unverified(
-        &self,
-        run_id: i64,
-    ) -> Result<super::queue::RequeueWriter, StoreError> {
-        self.begin_requeue_where(run_id, ItemStatus::Succeeded, &[], true)
-            .await
     }
 }

@@ -517,6 +517,7 @@ async fn describe_instances_reads_state_os_and_bound_keys() {
                 latest_operation_state: None,
                 latest_operation_request_id: None,
                 zone: None,
+                tags: Default::default(),
             },
             InstanceInfo {
                 instance_id: "ins-bbbb2222".into(),
@@ -527,6 +528,7 @@ async fn describe_instances_reads_state_os_and_bound_keys() {
                 latest_operation_state: None,
                 latest_operation_request_id: None,
                 zone: None,
+                tags: Default::default(),
             },
         ]
     );

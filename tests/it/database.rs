@@ -133,7 +133,7 @@ async fn two_resumes_one_works_one_refuses_naming_the_holder() {
     assert_eq!(status["state"], "finished", "{status}");
     assert_eq!(status["pairs"]["succeeded"], INSTANCES as i64, "{status}");
     let store = Store::open(&db.path).await.expect("store");
-    let outcomes = store.pair_outcomes(1).await.expect("outcomes");
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(1).await.expect("outcomes"));
     store.close().await;
     let audit = sim::audit::audit(
         &before,

@@ -8,6 +8,7 @@ mod hostile;
 mod incident;
 mod pacing;
 mod plan;
+mod power;
 mod regional;
 mod rotation;
 mod run;

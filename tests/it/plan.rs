@@ -149,7 +149,7 @@ async fn attempt(store: &Store, job_id: i64, outcome: Outcome) {
     let finish = Finish {
         attempt_id,
         job_id,
-        action: keyfleet::cvm::Action::DisassociateInstancesKeyPairs,
+        kind: keyfleet::store::JobKind::Unbind,
         follow_up: keyfleet::store::queue::FollowUp::default(),
         finished_at: now_ms(),
         sent_at: now_ms(),

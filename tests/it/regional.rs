@@ -75,7 +75,7 @@ async fn a_run_over_three_regions_reaches_three_access_endpoints() {
 
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
-    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(run_id).await.unwrap());
     store.close().await;
     let result = audit::audit(
         &before.bindings(),

@@ -92,8 +92,8 @@ fn keys_of(fleet: &Fleet) -> BTreeMap<String, BTreeSet<String>> {
 async fn assert_audit_clean(r: &Rehearsal, before: &Fleet) {
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
-    let outcomes = store.pair_outcomes(run_id).await.unwrap();
-    let binds = store.bind_outcomes(run_id).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(run_id).await.unwrap());
+    let binds = crate::support::audit_rows(store.bind_outcomes(run_id).await.unwrap());
     store.close().await;
     let result = audit::audit_rotation(
         &before.bindings(),

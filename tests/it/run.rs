@@ -37,7 +37,7 @@ fn quiet_sim() -> SimConfig {
 async fn assert_audit(r: &Rehearsal, before: &Fleet) -> audit::Audit {
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
-    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(run_id).await.unwrap());
     store.close().await;
     let result = audit::audit(
         &before.bindings(),

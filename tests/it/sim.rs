@@ -1226,7 +1226,7 @@ async fn the_audit_flags_pairs_accepted_but_not_applied() {
 
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
-    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(run_id).await.unwrap());
     let audit = sim::audit::audit(&fleet.bindings(), &after, &outcomes, &r.sim.journal());
     assert_eq!(audit.succeeded, 6);
     let requested: Vec<(String, String)> = rows

@@ -318,3 +318,20 @@ impl Running {
         output
     }
 }
+
+/// A run's reported outcomes as the simulator's audit takes them (its own row type).
+pub fn audit_rows(
+    outcomes: Vec<keyfleet::store::queue::PairOutcome>,
+) -> Vec<keyfleet::sim::audit::PairOutcome> {
+    outcomes
+        .into_iter()
+        .map(|o| keyfleet::sim::audit::PairOutcome {
+            region: o.region,
+            instance_id: o.instance_id,
+            key_id: o.key_id,
+            status: o.status,
+            request_id: o.request_id,
+            error_code: o.error_code,
+        })
+        .collect()
+}

@@ -54,7 +54,7 @@ async fn assert_exact_outcome(
 
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
-    let outcomes = store.pair_outcomes(run_id).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(run_id).await.unwrap());
     let result = audit::audit(&before.bindings(), &after, &outcomes, &r.sim.journal());
     assert!(result.is_clean(), "{:#?}", result.violations);
     assert_eq!(result.succeeded, requested.len());

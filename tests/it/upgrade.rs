@@ -113,7 +113,7 @@ async fn a_0_1_0_database_migrates_reports_and_resumes() {
         "the new attempts name their endpoint: {status}"
     );
     let store = r.store().await;
-    let outcomes = store.pair_outcomes(3).await.unwrap();
+    let outcomes = crate::support::audit_rows(store.pair_outcomes(3).await.unwrap());
     // The rebuilt tables kept every reference whole.
     let broken: Vec<(String, i64)> =
         sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")

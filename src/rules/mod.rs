@@ -1,0 +1,206 @@
+//! What follows an outcome: pure rules, (a job's outcome, the rows the store read in
+//! its transaction) -> a list of [`Effect`]s, which the store applies in that same
+//! transaction, so a crash never separates an outcome from what it causes.
+//!
+//! A job's [`JobKind`] is its step in an instance's workflow; the rules are per kind:
+//!
+//! - [`rotation`]: an accepted Associate (`bind`) is confirmed later (`confirm`); a
+//!   confirmation releases the instance's held unbinds, sends a new key again, or skips
+//!   the unbinds with the reason; a bind that failed for good keeps the old keys.
+//! - [`keep_one_key`]: a `look` releases the unbinds that leave the instance a key and
+//!   skips the others.
+//! - `unbind` and `verify` jobs cause nothing beyond their own rows.
+//!
+//! Adding a step to the workflow: a [`JobKind`] (and its word in a migration's CHECK
+//! list), its action's `JobAction` in the executor, and its rules here, tested without
+//! a database. Nothing here does I/O; the store's `outcome` module is the only caller.
+
+pub mod keep_one_key;
+pub mod rotation;
+
+use crate::chunk::{PairRef, chunk};
+pub use crate::states::JobKind;
+use crate::states::Verified;
+
+/// An error code and message as recorded (on an attempt, a job or an item).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The executor's settings that bound the jobs one outcome makes for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowUp {
+    /// `--max-attempts`: also how often an operation the cloud reported FAILED is sent.
+    pub max_attempts: i64,
+    /// How long (ms) a confirmation looks again at an instance still OPERATING.
+    pub confirm_wait_ms: i64,
+}
+
+impl Default for FollowUp {
+    fn default() -> Self {
+        FollowUp {
+            max_attempts: 10,
+            confirm_wait_ms: 60_000,
+        }
+    }
+}
+
+/// The job whose outcome the rules decide on, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFacts {
+    pub id: i64,
+    pub kind: JobKind,
+    pub region: String,
+    pub force_stop: bool,
+    pub instance_ids: Vec<String>,
+    pub key_ids: Vec<String>,
+}
+
+/// One pair (item) of a run, as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub item_id: i64,
+    pub instance_id: String,
+    pub key_id: String,
+}
+
+impl Pair {
+    pub fn new(item_id: i64, instance_id: &str, key_id: &str) -> Pair {
+        Pair {
+            item_id,
+            instance_id: instance_id.to_string(),
+            key_id: key_id.to_string(),
+        }
+    }
+}
+
+/// One pair a read (`confirm`, `verify`) decides on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadItem {
+    pub item_id: i64,
+    pub instance_id: String,
+    pub key_id: String,
+    /// The RequestId of the operation that claimed the pair, if any: the one whose
+    /// `LatestOperationState` tells whether it was applied.
+    pub request_id: Option<String>,
+    /// A bind item (rotation): the key is to be bound, not gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bind: bool,
+}
+
+/// The payload of a read job (`confirm`, `look`, `verify`): the pairs it decides on
+/// and until when an instance still OPERATING is looked at again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReadPayload {
+    /// Until when (Unix ms) an instance whose operation is still OPERATING is looked
+    /// at again; after it, `operating` is the answer.
+    pub recheck_until: i64,
+    /// Empty for a `look`: its instances are the job's, the pairs it decides on are
+    /// their held items.
+    pub items: Vec<ReadItem>,
+}
+
+impl ReadPayload {
+    pub fn encode(&self) -> String {
+        // A struct of strings and integers always serializes.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// A job an effect adds to the run's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub kind: JobKind,
+    pub region: String,
+    pub force_stop: bool,
+    /// Sorted, distinct, at most 100.
+    pub instance_ids: Vec<String>,
+    /// Sorted, distinct, at most 100.
+    pub key_ids: Vec<String>,
+    pub payload: Option<String>,
+    /// The items it works for (they become pending in it); empty for a read.
+    pub item_ids: Vec<i64>,
+    /// When it is first due (Unix ms).
+    pub due_at: i64,
+}
+
+/// What follows an outcome, applied by the store in the outcome's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Queue a job.
+    AddJob(NewJob),
+    /// The held unbinds of these instances (of the run, in `region`) are released
+    /// into unbind jobs, chunked like a plan (identical key sets, <= 100 x 100).
+    Release {
+        region: String,
+        force_stop: bool,
+        instances: Vec<String>,
+    },
+    /// The held unbinds of these instances end `skipped`, with the reason.
+    SkipHeld {
+        region: String,
+        instances: Vec<String>,
+        reason: ErrorInfo,
+    },
+    /// A queued job is not sent: it fails, and so do its pending pairs.
+    FailJob { job_id: i64, reason: ErrorInfo },
+    /// These items' accepted operations were reported FAILED once more (each such
+    /// failure spends one of `--max-attempts`).
+    CountOperationFailure { item_ids: Vec<i64> },
+}
+
+/// Jobs of `kind` for `pairs` of one region, chunked like a plan (identical key sets,
+/// <= 100 x 100), each taking the pairs in its cross product.
+pub fn jobs_for_pairs(
+    kind: JobKind,
+    region: &str,
+    force_stop: bool,
+    pairs: &[Pair],
+    due_at: i64,
+) -> Vec<NewJob> {
+    let specs = chunk(
+        pairs.iter().map(|p| PairRef {
+            region,
+            instance_id: &p.instance_id,
+            key_id: &p.key_id,
+        }),
+        force_stop,
+    );
+    specs
+        .into_iter()
+        .map(|spec| {
+            let item_ids = pairs
+                .iter()
+                .filter(|p| {
+                    spec.instance_ids.binary_search(&p.instance_id).is_ok()
+                        && spec.key_ids.binary_search(&p.key_id).is_ok()
+                })
+                .map(|p| p.item_id)
+                .collect();
+            NewJob {
+                kind,
+                region: spec.region,
+                force_stop: spec.force_stop,
+                instance_ids: spec.instance_ids,
+                key_ids: spec.key_ids,
+                payload: None,
+                item_ids,
+                due_at,
+            }
+        })
+        .collect()
+}
+
+/// A read's verdict on one pair, as the rules take it.
+pub type Verdict = (i64, Verified);

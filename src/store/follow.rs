@@ -1,0 +1,368 @@
+//! What follows an outcome, inside the transaction that records it: this file reads
+//! the rows a job kind's rules need ([`crate::rules`], pure), calls them, and applies
+//! the [`Effect`]s they return. A crash never separates an outcome from what it causes,
+//! and no policy lives here: only reads and writes.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::StoreError;
+use super::jobs::{NewQueuedJob, add_job_with_items, fail_items, ids_json_i64};
+use super::states::{ItemStatus, JobKind, JobState, Verified};
+use crate::rules::keep_one_key;
+use crate::rules::rotation::{self, Confirmed, OtherBind};
+use crate::rules::{Effect, ErrorInfo, FollowUp, JobFacts, NewJob, Pair, ReadItem};
+
+type Tx<'a> = Transaction<'a, Sqlite>;
+
+/// What a read (`confirm`, `look`, `verify`) saw, as the executor recorded it.
+pub(super) struct Read<'a> {
+    /// The verdict on each item, by id.
+    pub verified: &'a [(i64, Verified)],
+    /// The keys each instance the reply showed holds, by instance id.
+    pub keys: &'a [(String, Vec<String>)],
+}
+
+/// A job's rows as the rules see them, and its run.
+async fn job_facts(tx: &mut Tx<'_>, job_id: i64) -> Result<(i64, JobFacts), StoreError> {
+    let row = sqlx::query(
+        "SELECT run_id, kind, region, force_stop, instance_ids, key_ids FROM jobs WHERE id = ?",
+    )
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let ids = |column: &str| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(row.get::<&str, _>(column))
+            .map_err(|e| StoreError::Corrupt(format!("job {job_id} has unreadable ids: {e}")))
+    };
+    let facts = JobFacts {
+        id: job_id,
+        kind: row
+            .get::<&str, _>("kind")
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?,
+        region: row.get("region"),
+        force_stop: row.get::<i64, _>("force_stop") != 0,
+        instance_ids: ids("instance_ids")?,
+        key_ids: ids("key_ids")?,
+    };
+    Ok((row.get("run_id"), facts))
+}
+
+/// A job of `kind` succeeded (the API accepted it).
+pub(super) async fn after_success(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: JobKind,
+    now: i64,
+    follow_up: &FollowUp,
+) -> Result<(), StoreError> {
+    if kind != JobKind::Bind {
+        return Ok(());
+    }
+    let (run_id, job) = job_facts(tx, job_id).await?;
+    let rows = sqlx::query(
+        "SELECT id, instance_id, key_id, request_id FROM items WHERE job_id = ? AND status = ? \
+         ORDER BY instance_id, key_id",
+    )
+    .bind(job_id)
+    .bind(ItemStatus::Succeeded.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let accepted = rows
+        .iter()
+        .map(|row| ReadItem {
+            item_id: row.get("id"),
+            instance_id: row.get("instance_id"),
+            key_id: row.get("key_id"),
+            request_id: row.get("request_id"),
+            bind: true,
+        })
+        .collect();
+    let effects = rotation::bind_accepted(&job, accepted, now, follow_up);
+    apply(tx, run_id, effects, now).await
+}
+
+/// A read of `kind` ended (no recheck left): its verdicts are stored already.
+pub(super) async fn after_read(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: JobKind,
+    read: Read<'_>,
+    now: i64,
+    follow_up: &FollowUp,
+) -> Result<(), StoreError> {
+    let effects = match kind {
+        JobKind::Confirm => {
+            let (run_id, job) = job_facts(tx, job_id).await?;
+            let effects = confirmed(tx, run_id, &job, read.verified, now, follow_up).await?;
+            return apply(tx, run_id, effects, now).await;
+        }
+        JobKind::Look => {
+            let (run_id, job) = job_facts(tx, job_id).await?;
+            let seen: BTreeMap<String, Vec<String>> = read.keys.iter().cloned().collect();
+            let held = held_items(tx, run_id, &job.region, &job.instance_ids).await?;
+            (run_id, keep_one_key::looked(&job, &seen, &held))
+        }
+        JobKind::Verify | JobKind::Unbind | JobKind::Bind => return Ok(()),
+    };
+    apply(tx, effects.0, effects.1, now).await
+}
+
+/// The rows a confirmation's rule needs: its pairs with their verdicts and operation
+/// failures, and how many bind pairs each bound instance still waits for.
+async fn confirmed(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    job: &JobFacts,
+    verified: &[(i64, Verified)],
+    now: i64,
+    follow_up: &FollowUp,
+) -> Result<Vec<Effect>, StoreError> {
+    let verdict: BTreeMap<i64, Verified> = verified.iter().copied().collect();
+    let rows = sqlx::query(
+        "SELECT id, instance_id, key_id, op_failures FROM items \
+         WHERE id IN (SELECT value FROM json_each(?)) ORDER BY instance_id, key_id",
+    )
+    .bind(ids_json_i64(&verdict.keys().copied().collect::<Vec<_>>()))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    let mut unconfirmed = BTreeMap::new();
+    for row in &rows {
+        let id: i64 = row.get("id");
+        let Some(verdict) = verdict.get(&id).copied() else {
+            continue;
+        };
+        let instance: String = row.get("instance_id");
+        if verdict == Verified::Bound && !unconfirmed.contains_key(&instance) {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM items WHERE run_id = ? AND region = ? AND instance_id = ? \
+                 AND bind = 1 AND (status != ? OR verified IS NOT ?)",
+            )
+            .bind(run_id)
+            .bind(&job.region)
+            .bind(&instance)
+            .bind(ItemStatus::Succeeded.as_str())
+            .bind(Verified::Bound.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+            unconfirmed.insert(instance.clone(), waiting);
+        }
+        pairs.push(Confirmed {
+            pair: Pair::new(id, &instance, row.get("key_id")),
+            verdict,
+            op_failures: row.get("op_failures"),
+        });
+    }
+    Ok(rotation::confirmed(
+        job,
+        &pairs,
+        &unconfirmed,
+        now,
+        follow_up,
+    ))
+}
+
+/// A job of `kind` failed for good.
+pub(super) async fn after_failure(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: JobKind,
+    error: &ErrorInfo,
+    now: i64,
+) -> Result<(), StoreError> {
+    if matches!(kind, JobKind::Unbind | JobKind::Verify) {
+        return Ok(());
+    }
+    let (run_id, job) = job_facts(tx, job_id).await?;
+    let effects = match kind {
+        JobKind::Bind => {
+            let others = match rotation::stopped_key(&job, error) {
+                Some(key) => queued_binds_of(tx, run_id, key).await?,
+                None => Vec::new(),
+            };
+            rotation::bind_failed(&job, error, &others)
+        }
+        JobKind::Confirm => rotation::confirm_failed(&job, error),
+        JobKind::Look => keep_one_key::look_failed(&job, error),
+        JobKind::Unbind | JobKind::Verify => Vec::new(),
+    };
+    apply(tx, run_id, effects, now).await
+}
+
+/// The queued `bind` jobs of the run that bind `key`.
+async fn queued_binds_of(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    key: &str,
+) -> Result<Vec<OtherBind>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, region, instance_ids FROM jobs WHERE run_id = ? AND kind = ? AND state = ? \
+         AND EXISTS (SELECT 1 FROM json_each(jobs.key_ids) WHERE value = ?)",
+    )
+    .bind(run_id)
+    .bind(JobKind::Bind.as_str())
+    .bind(JobState::Queued.as_str())
+    .bind(key)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let job_id: i64 = row.get("id");
+            Ok(OtherBind {
+                job_id,
+                region: row.get("region"),
+                instance_ids: serde_json::from_str(row.get::<&str, _>("instance_ids")).map_err(
+                    |e| StoreError::Corrupt(format!("job {job_id} has unreadable ids: {e}")),
+                )?,
+            })
+        })
+        .collect()
+}
+
+/// Applies effects, in order, in the outcome's transaction.
+pub(super) async fn apply(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    effects: Vec<Effect>,
+    now: i64,
+) -> Result<(), StoreError> {
+    for effect in effects {
+        match effect {
+            Effect::AddJob(job) => {
+                add_job(tx, run_id, job, now).await?;
+            }
+            Effect::Release {
+                region,
+                force_stop,
+                instances,
+            } => {
+                let held = held_items(tx, run_id, &region, &instances).await?;
+                let jobs =
+                    crate::rules::jobs_for_pairs(JobKind::Unbind, &region, force_stop, &held, now);
+                for job in jobs {
+                    add_job(tx, run_id, job, now).await?;
+                }
+            }
+            Effect::SkipHeld {
+                region,
+                instances,
+                reason,
+            } => skip_held(tx, run_id, &region, &instances, &reason).await?,
+            Effect::FailJob { job_id, reason } => {
+                sqlx::query(
+                    "UPDATE jobs SET state = ?, finished_at = ?, last_error_code = ?, \
+                     last_error_message = ? WHERE id = ? AND state = ?",
+                )
+                .bind(JobState::Failed.as_str())
+                .bind(now)
+                .bind(&reason.code)
+                .bind(&reason.message)
+                .bind(job_id)
+                .bind(JobState::Queued.as_str())
+                .execute(&mut **tx)
+                .await?;
+                fail_items(tx, job_id, &reason).await?;
+            }
+            Effect::CountOperationFailure { item_ids } => {
+                for chunk in item_ids.chunks(500) {
+                    sqlx::query(
+                        "UPDATE items SET op_failures = op_failures + 1 \
+                         WHERE id IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(ids_json_i64(chunk))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a job an effect adds, due at its time.
+pub(super) async fn add_job(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    job: NewJob,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let due_at = job.due_at;
+    let new = NewQueuedJob {
+        kind: job.kind,
+        region: job.region,
+        force_stop: job.force_stop,
+        instance_ids: job.instance_ids,
+        key_ids: job.key_ids,
+        payload: job.payload,
+        after: Vec::new(),
+        item_ids: job.item_ids,
+    };
+    let id = add_job_with_items(tx, run_id, &new, now).await?;
+    if due_at != now {
+        sqlx::query("UPDATE jobs SET next_attempt_at = ? WHERE id = ?")
+            .bind(due_at)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(id)
+}
+
+/// The held unbind pairs of some instances of a run in one region, in instance and
+/// key order.
+pub(super) async fn held_items(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    region: &str,
+    instances: &[String],
+) -> Result<Vec<Pair>, StoreError> {
+    let mut held = Vec::new();
+    for chunk in instances.chunks(500) {
+        let rows = sqlx::query(
+            "SELECT id, instance_id, key_id FROM items WHERE run_id = ? AND region = ? AND held = 1 \
+             AND instance_id IN (SELECT value FROM json_each(?)) AND status = ?",
+        )
+        .bind(run_id)
+        .bind(region)
+        .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
+        .bind(ItemStatus::Pending.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+        held.extend(
+            rows.iter()
+                .map(|r| Pair::new(r.get("id"), r.get("instance_id"), r.get("key_id"))),
+        );
+    }
+    held.sort_by(|a, b| (&a.instance_id, &a.key_id).cmp(&(&b.instance_id, &b.key_id)));
+    Ok(held)
+}
+
+/// Ends the held unbinds of `instances` as skipped, with the reason.
+async fn skip_held(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    region: &str,
+    instances: &[String],
+    reason: &ErrorInfo,
+) -> Result<(), StoreError> {
+    for chunk in instances.chunks(500) {
+        sqlx::query(
+            "UPDATE items SET status = ?, held = 0, error_code = ?, error_message = ? \
+             WHERE run_id = ? AND region = ? AND held = 1 AND status = ? \
+             AND instance_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(&reason.code)
+        .bind(&reason.message)
+        .bind(run_id)
+        .bind(region)
+        .bind(ItemStatus::Pending.as_str())
+        .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
