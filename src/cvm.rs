@@ -166,6 +166,8 @@ impl Action {
             self,
             Action::DisassociateInstancesKeyPairs
                 | Action::AssociateInstancesKeyPairs
+                | Action::StopInstances
+                | Action::StartInstances
                 | Action::ImportKeyPair
                 | Action::DeleteKeyPairs
                 | Action::CreateLaunchTemplateVersion

@@ -148,10 +148,75 @@ pub struct Lifecycle<'a, A: Api, O: Observer> {
 }
 
 impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
-    /// Executes the run's queue once, until every job is final or something stops it.
+    /// Executes the run's queue until every job is final or something stops it. A
+    /// live run is made ready first (its survey queued, once) and its waiting instances
+    /// admitted into the budget's room; a stop (Ctrl-C) then takes no new instance down
+    /// and waits until the ones down are back up before it stops the execution.
     pub async fn execute(&self, run_id: i64) -> Result<Summary, LifecycleError> {
-        self.execute_with(run_id, &self.config, Phase::Execute)
-            .await
+        if !self.store.prepare_live(run_id).await? {
+            return self
+                .execute_with(run_id, &self.config, Phase::Execute)
+                .await;
+        }
+        let mut total: Option<Summary> = None;
+        loop {
+            self.store.resume_admissions(run_id).await?;
+            let summary = self.execute_live(run_id).await?;
+            let stopped = summary.stopped.is_some();
+            total = Some(match total {
+                None => summary,
+                Some(earlier) => combine(earlier, summary),
+            });
+            // Instances still waiting with nothing in the queue: admit them and go on,
+            // unless the run was stopped or has nothing it could send.
+            if stopped
+                || self.stop.is_stopped()
+                || self.store.waiting_instances(run_id).await? == 0
+                || self.store.open_jobs(run_id, None).await? == 0
+                    && self.store.down_now(run_id).await? == 0
+                    && !self.admits(run_id).await?
+            {
+                return Ok(total.expect("set above"));
+            }
+        }
+    }
+
+    /// Admits waiting instances; true when that queued work.
+    async fn admits(&self, run_id: i64) -> Result<bool, LifecycleError> {
+        self.store.resume_admissions(run_id).await?;
+        Ok(self.store.open_jobs(run_id, None).await? > 0)
+    }
+
+    /// One execution of a live run: a stop request drains it (no new instance down,
+    /// those down brought back up) before the executor is told to stop.
+    async fn execute_live(&self, run_id: i64) -> Result<Summary, LifecycleError> {
+        let inner = StopSignal::default();
+        let drain = tokio::spawn({
+            let (outer, inner, store) = (self.stop.clone(), inner.clone(), self.store.clone());
+            async move {
+                outer.stopped().await;
+                if store.drain_admissions(run_id).await.is_ok() {
+                    while store.down_now(run_id).await.unwrap_or(0) > 0 {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+                inner.stop();
+            }
+        });
+        let counters = Arc::new(Counters::default());
+        self.observer.started(Phase::Execute, counters.clone()).await;
+        let result = executor::execute(
+            self.store,
+            run_id,
+            self.api.clone(),
+            &self.config,
+            counters,
+            inner,
+        )
+        .await;
+        self.observer.finished(Phase::Execute).await;
+        drain.abort();
+        Ok(result?)
     }
 
     async fn execute_with(

@@ -18,6 +18,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Stopped early and resumable: a fatal API error, --max-errors, or an interrupt.
     pub const STOPPED: u8 = 4;
+    /// A live run left instances stopped: their start failed for good (named first in
+    /// the summary, in `status` and in the report).
+    pub const LEFT_STOPPED: u8 = 5;
 }
 
 /// Unbind SSH key pairs from Tencent Cloud CVM instances across a whole fleet.

@@ -54,6 +54,9 @@ pub struct PlanOptions {
     /// Look at every instance of a plain unbind first (DescribeInstances) and skip the
     /// pairs whose removal would leave it with no key (`--keep-one-key`).
     pub keep_one_key: bool,
+    /// A live run (`--running stop-start|force-stop`): RUNNING instances go through
+    /// their key steps under a downtime budget ([`crate::rules::power`]).
+    pub live: Option<crate::rules::power::Live>,
 }
 
 /// Planning failures. A bad row is not one of them: it becomes a rejected item.
@@ -665,6 +668,9 @@ fn canonical_options(options: &PlanOptions, format: Format) -> String {
     // Only when set: runs planned before the option existed keep their identity.
     if options.keep_one_key {
         json["keep_one_key"] = serde_json::Value::Bool(true);
+    }
+    if let Some(live) = &options.live {
+        json["live"] = serde_json::to_value(live).unwrap_or_default();
     }
     json.to_string()
 }

@@ -157,6 +157,16 @@ stored_words! {
         Look => "look",
         /// `keyfleet verify`: what became of the run's pairs.
         Verify => "verify",
+        /// A live run (`--running stop-start|force-stop`): the instances' power state,
+        /// zone and tags before anything is done (`DescribeInstances`).
+        Survey => "survey",
+        /// A live run: power instances off within the downtime budget (`StopInstances`).
+        Stop => "stop",
+        /// A live run: wait until instances reach a power state (STOPPED, no operation in
+        /// progress, RUNNING again) (`DescribeInstances`).
+        Settle => "settle",
+        /// A live run: power instances the run stopped back on (`StartInstances`).
+        Start => "start",
     }
 }
 
@@ -167,12 +177,62 @@ impl JobKind {
         match self {
             JobKind::Unbind => Action::DisassociateInstancesKeyPairs,
             JobKind::Bind => Action::AssociateInstancesKeyPairs,
-            JobKind::Confirm | JobKind::Look | JobKind::Verify => Action::DescribeInstances,
+            JobKind::Confirm
+            | JobKind::Look
+            | JobKind::Verify
+            | JobKind::Survey
+            | JobKind::Settle => Action::DescribeInstances,
+            JobKind::Stop => Action::StopInstances,
+            JobKind::Start => Action::StartInstances,
         }
     }
 
     /// True for the kinds that read the cloud's state and change nothing.
     pub fn is_read(self) -> bool {
-        !self.action().is_key_pair_operation()
+        self.action() == crate::cvm::Action::DescribeInstances
+    }
+}
+
+stored_words! {
+    /// Where an instance of a live run (`--running stop-start|force-stop`) is, as
+    /// stored in `power.state`.
+    PowerState {
+        /// RUNNING when the run looked at it: waits for a slot of the downtime budget.
+        Waiting => "waiting",
+        /// Taken down: its stop (or ForceStop key request) is on its way. Down.
+        Stopping => "stopping",
+        /// STOPPED by the run; its key steps go on. Down.
+        Stopped => "stopped",
+        /// Its start is on its way. Down.
+        Starting => "starting",
+        /// RUNNING again, keeping its slot for `--warmup`. Down (for the budget).
+        Warming => "warming",
+        /// RUNNING again after its cycle: its slot is free.
+        Up => "up",
+        /// Not RUNNING when the run looked at it: never stopped nor started.
+        Kept => "kept",
+        /// RUNNING, never taken down (a stop that failed, Windows, the run halted).
+        NotStopped => "not_stopped",
+        /// Down and not coming back: its start failed for good. Down.
+        LeftStopped => "left_stopped",
+    }
+}
+
+impl PowerState {
+    /// Counts against the downtime budget.
+    pub fn is_down(self) -> bool {
+        matches!(
+            self,
+            PowerState::Stopping
+                | PowerState::Stopped
+                | PowerState::Starting
+                | PowerState::Warming
+                | PowerState::LeftStopped
+        )
+    }
+
+    /// Was RUNNING when the run looked at it (a budget's base).
+    pub fn was_running(self) -> bool {
+        !matches!(self, PowerState::Kept)
     }
 }

@@ -6,6 +6,7 @@ pub mod common;
 pub mod demo;
 pub mod discover;
 pub mod incident;
+pub mod live;
 pub mod logging;
 pub mod plan;
 pub mod progress;

@@ -13,9 +13,6 @@ use crate::GlobalArgs;
 pub struct Args {
     /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
     input: PathBuf,
-    /// Stop running instances to unbind (ForceStop); they are started again afterwards.
-    #[arg(long)]
-    force_stop: bool,
     /// Input format, when the extension does not say (csv, json, jsonl).
     #[arg(long, value_parser = clap::value_parser!(FormatArg))]
     format: Option<FormatArg>,
@@ -26,6 +23,8 @@ pub struct Args {
     /// reason, the pairs whose removal would leave it with no key.
     #[arg(long)]
     keep_one_key: bool,
+    #[command(flatten)]
+    live: super::live::LiveFlags,
     /// Print one JSON object on stdout instead of the summary on stderr.
     #[arg(long)]
     json: bool,
@@ -45,11 +44,18 @@ impl std::str::FromStr for FormatArg {
 pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let options = PlanOptions {
         default_region: super::run::default_region(global)?,
-        force_stop: args.force_stop,
+        force_stop: false,
         strict: args.strict,
         format: args.format.map(|f| f.0),
         keep_one_key: args.keep_one_key,
+        live: args.live.live()?,
     };
+    if options.live.is_some() && options.keep_one_key {
+        anyhow::bail!(
+            "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
+             --keep-one-key unbinds first"
+        );
+    }
     let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;
     store.close().await;

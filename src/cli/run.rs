@@ -89,9 +89,6 @@ impl ExecFlags {
 pub struct RunArgs {
     /// CSV, JSON or JSON Lines file of (instance, key, region) rows; `-` reads stdin.
     input: PathBuf,
-    /// Stop running instances to unbind (ForceStop); they are started again afterwards.
-    #[arg(long)]
-    force_stop: bool,
     /// Input format, when the extension does not say (csv, json, jsonl).
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
@@ -102,6 +99,8 @@ pub struct RunArgs {
     /// reason, the pairs whose removal would leave it with no key.
     #[arg(long)]
     keep_one_key: bool,
+    #[command(flatten)]
+    live: super::live::LiveFlags,
     #[command(flatten)]
     exec: ExecFlags,
 }
@@ -125,11 +124,18 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let options = PlanOptions {
         default_region: default_region(global)?,
-        force_stop: args.force_stop,
+        force_stop: false,
         strict: args.strict,
         format: args.format,
         keep_one_key: args.keep_one_key,
+        live: args.live.live()?,
     };
+    if options.live.is_some() && options.keep_one_key {
+        anyhow::bail!(
+            "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
+             --keep-one-key unbinds first"
+        );
+    }
     let outcome = plan::plan_input(&store, &args.input, &options).await?;
     let s = &outcome.summary;
     if outcome.existing {
@@ -351,9 +357,19 @@ pub async fn execute<A: keyfleet::executor::Api>(
         Ok(outcome) => outcome,
         Err(code) => return Ok(code),
     };
+    let power = store.power_counts(run_id).await?;
+    if let Some(power) = &power {
+        print_left_stopped(power, run_id, global);
+    }
     print_summary(&outcome.summary, global);
+    if let Some(power) = &power {
+        print_power(power);
+    }
     super::rates::print_for_execution(store, &outcome.summary).await;
-    let code = exit_code(&outcome.summary);
+    let code = match &power {
+        Some(power) if !power.left_stopped.is_empty() => exit::LEFT_STOPPED,
+        _ => exit_code(&outcome.summary),
+    };
     let Some(verification) = &outcome.verification else {
         return Ok(code);
     };
@@ -398,6 +414,51 @@ pub fn exit_code(summary: &Summary) -> u8 {
         exit::FAILED
     } else {
         exit::OK
+    }
+}
+
+/// Instances a live run left stopped, first and loudly.
+pub fn print_left_stopped(
+    power: &keyfleet::store::power::PowerCounts,
+    run_id: i64,
+    global: &GlobalArgs,
+) {
+    if power.left_stopped.is_empty() {
+        return;
+    }
+    eprintln!(
+        "\nLEFT STOPPED: {} instances of run {run_id} are down and were not started again:",
+        power.left_stopped.len()
+    );
+    for (instance, reason) in &power.left_stopped {
+        eprintln!("  {}  {}", escape(instance), escape(reason));
+    }
+    eprintln!(
+        "  start them (StartInstances, or the console), then: keyfleet{} report {run_id}",
+        db_flag(global)
+    );
+}
+
+/// A live run's power line: what is down against the budget, the most ever down,
+/// downtime per instance.
+pub fn print_power(power: &keyfleet::store::power::PowerCounts) {
+    let count = |state: &str| power.by_state.get(state).copied().unwrap_or(0);
+    eprintln!(
+        "  power:    down {} now (budget {}), at most {} at once; {} stopped and started, {} not \
+         RUNNING before (untouched), {} not stopped, {} left stopped",
+        power.down,
+        power.budget,
+        power.max_down,
+        count("up"),
+        count("kept"),
+        count("not_stopped"),
+        power.left_stopped.len()
+    );
+    if let Some((p50, p95, max)) = power.downtime_s {
+        eprintln!("  downtime: p50 {p50:.1} s, p95 {p95:.1} s, max {max:.1} s per instance");
+    }
+    if let Some(why) = &power.admissions {
+        eprintln!("  no further instance is taken down: {}", escape(why));
     }
 }
 

@@ -22,6 +22,8 @@ use crate::cvm::Action;
 use crate::store::Verified;
 use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
+use crate::rules::power;
+use crate::states::JobKind;
 use crate::store::verify::VerifyPayload;
 use crate::taxonomy::Classification;
 
@@ -136,6 +138,8 @@ pub enum Proof {
         recheck_at: Option<i64>,
         /// The keys each instance shown holds (a `--keep-one-key` look decides on them).
         keys: Vec<(String, Vec<String>)>,
+        /// What a live run's read (survey, settle) saw of each instance.
+        seen: Vec<crate::rules::power::Seen>,
     },
 }
 
@@ -317,6 +321,7 @@ impl JobAction for VerifyBatch {
             verified,
             recheck_at,
             keys,
+            seen: Vec::new(),
         })
     }
 
@@ -331,31 +336,136 @@ impl JobAction for VerifyBatch {
     }
 }
 
+/// A live run's read (`survey`, `settle`): `DescribeInstances` of up to 100
+/// instances, each as seen ([`crate::rules::power::Seen`]); a settle looks again every
+/// [`power::SETTLE_EVERY_MS`] while an instance is not yet where it waits for it.
+struct PowerRead;
+
+/// What a read saw of one instance, as the rules take it.
+fn seen(info: &InstanceInfo) -> power::Seen {
+    power::Seen {
+        instance_id: info.instance_id.clone(),
+        state: info.instance_state.clone(),
+        zone: info.zone.clone(),
+        tags: info.tags.clone(),
+        windows: info.os_name.to_ascii_lowercase().contains("windows"),
+        latest_operation: info.latest_operation.clone(),
+        latest_state: info.latest_operation_state.clone(),
+        latest_request_id: info.latest_operation_request_id.clone(),
+    }
+}
+
+impl JobAction for PowerRead {
+    fn action(&self) -> Action {
+        Action::DescribeInstances
+    }
+
+    fn call(&self, job: &QueuedJob) -> Call {
+        VerifyBatch.call(job)
+    }
+
+    fn read(&self, job: &QueuedJob, reply: &Reply) -> Result<Proof, String> {
+        let limit = crate::ids::MAX_IDS_PER_REQUEST as u64;
+        let page = api::parse_instance_page(&reply.response, &reply.request_id, 0, limit)
+            .map_err(|e| e.message())?;
+        let seen: Vec<power::Seen> = page
+            .instances
+            .iter()
+            .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+            .map(seen)
+            .collect();
+        let mut recheck_at = None;
+        if job.kind == crate::states::JobKind::Settle {
+            let text = job.payload.as_deref().ok_or("a settle job has no payload")?;
+            let payload: power::SettlePayload = serde_json::from_str(text)
+                .map_err(|e| format!("job {}: unreadable payload: {e}", job.id))?;
+            let now = now_ms();
+            let waiting = job.instance_ids.iter().any(|id| {
+                seen.iter()
+                    .find(|s| &s.instance_id == id)
+                    .is_some_and(|s| !s.settled(payload.target, payload.request_id.as_deref()))
+            });
+            if waiting && now < payload.until {
+                recheck_at = Some((now + power::SETTLE_EVERY_MS).min(payload.until));
+            }
+        }
+        Ok(Proof::Observed {
+            verified: Vec::new(),
+            recheck_at,
+            keys: Vec::new(),
+            seen,
+        })
+    }
+
+    fn split(&self, job: &QueuedJob, error: Classification, message: &str) -> Option<Vec<Shape>> {
+        VerifyBatch.split(job, error, message)
+    }
+}
+
+/// StopInstances or StartInstances of up to 100 instances.
+struct PowerOperation(Action);
+
+impl JobAction for PowerOperation {
+    fn action(&self) -> Action {
+        self.0
+    }
+
+    fn call(&self, job: &QueuedJob) -> Call {
+        let body = match self.0 {
+            Action::StopInstances => {
+                let stop_type = job
+                    .payload
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str::<power::StopPayload>(p).ok())
+                    .map(|p| p.stop_type)
+                    .unwrap_or_default();
+                api::stop_instances_body(&job.instance_ids, stop_type)
+            }
+            _ => api::start_instances_body(&job.instance_ids),
+        };
+        Call {
+            action: self.0,
+            region: job.region.clone(),
+            body,
+        }
+    }
+
+    fn read(&self, _job: &QueuedJob, _reply: &Reply) -> Result<Proof, String> {
+        // Accepted: the settle that follows shows where each instance went.
+        Ok(Proof::Accepted)
+    }
+
+    fn split(&self, job: &QueuedJob, error: Classification, message: &str) -> Option<Vec<Shape>> {
+        // Only instances divide a power request (it names no key).
+        let keys = [String::new()];
+        isolate::split(&job.instance_ids, &keys, error.scope, message).map(|children| {
+            children
+                .into_iter()
+                .filter(|(i, _)| !i.is_empty())
+                .map(|(i, _)| (i, Vec::new()))
+                .collect()
+        })
+    }
+}
+
 static VERIFY: VerifyBatch = VerifyBatch;
+static POWER_READ: PowerRead = PowerRead;
+static STOP: PowerOperation = PowerOperation(Action::StopInstances);
+static START: PowerOperation = PowerOperation(Action::StartInstances);
 
 static DISASSOCIATE: KeyPairOperation = KeyPairOperation(Action::DisassociateInstancesKeyPairs);
 static ASSOCIATE: KeyPairOperation = KeyPairOperation(Action::AssociateInstancesKeyPairs);
 
-/// The implementation for jobs of `action`; `None` for an action the queue does not hold.
-pub fn job_action(action: Action) -> Option<&'static dyn JobAction> {
-    match action {
-        Action::DisassociateInstancesKeyPairs => Some(&DISASSOCIATE),
-        Action::AssociateInstancesKeyPairs => Some(&ASSOCIATE),
-        Action::DescribeInstances => Some(&VERIFY),
-        Action::DescribeKeyPairs
-        | Action::DescribeRegions
-        | Action::StopInstances
-        | Action::StartInstances => None,
-        // Closing an incident: sent directly by discover and retire, never queued.
-        Action::ImportKeyPair
-        | Action::DeleteKeyPairs
-        | Action::DescribeLaunchTemplates
-        | Action::DescribeLaunchTemplateVersions
-        | Action::CreateLaunchTemplateVersion
-        | Action::ModifyLaunchTemplateDefaultVersion
-        | Action::DescribeLaunchConfigurations
-        | Action::ModifyLaunchConfigurationAttributes => None,
-    }
+/// The implementation for jobs of `kind`.
+pub fn job_action(kind: JobKind) -> Option<&'static dyn JobAction> {
+    Some(match kind {
+        JobKind::Unbind => &DISASSOCIATE,
+        JobKind::Bind => &ASSOCIATE,
+        JobKind::Confirm | JobKind::Look | JobKind::Verify => &VERIFY,
+        JobKind::Survey | JobKind::Settle => &POWER_READ,
+        JobKind::Stop => &STOP,
+        JobKind::Start => &START,
+    })
 }
 
 #[cfg(test)]
@@ -379,7 +489,7 @@ mod tests {
 
     #[test]
     fn key_pair_calls_name_the_cross_product_and_force_stop_only_when_asked() {
-        let action = job_action(Action::DisassociateInstancesKeyPairs).unwrap();
+        let action = job_action(JobKind::Unbind).unwrap();
         let call = action.call(&job(false));
         assert_eq!(call.action, Action::DisassociateInstancesKeyPairs);
         assert_eq!(
@@ -388,7 +498,7 @@ mod tests {
         );
         let forced = action.call(&job(true));
         assert_eq!(forced.body["ForceStop"], Value::Bool(true));
-        let associate = job_action(Action::AssociateInstancesKeyPairs).unwrap();
+        let associate = job_action(JobKind::Bind).unwrap();
         assert_eq!(
             associate.call(&job(false)).action,
             Action::AssociateInstancesKeyPairs
@@ -498,7 +608,7 @@ mod tests {
         let mut job = job(false);
         job.action = Action::DescribeInstances;
         job.payload = Some(serde_json::to_string(&payload).unwrap());
-        let action = job_action(Action::DescribeInstances).unwrap();
+        let action = job_action(JobKind::Verify).unwrap();
         assert_eq!(
             action.call(&job).body["InstanceIds"],
             json!(job.instance_ids)
@@ -547,11 +657,10 @@ mod tests {
     }
 
     #[test]
-    fn every_action_the_queue_holds_has_an_implementation_of_its_own_name() {
-        for action in Action::ALL {
-            if let Some(implementation) = job_action(action) {
-                assert_eq!(implementation.action(), action);
-            }
+    fn every_kind_has_an_implementation_that_sends_its_action() {
+        for kind in JobKind::ALL {
+            let implementation = job_action(*kind).expect("every kind is sendable");
+            assert_eq!(implementation.action(), kind.action(), "{kind}");
         }
     }
 }

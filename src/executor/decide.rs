@@ -132,7 +132,7 @@ mod tests {
     }
 
     fn run(job: &QueuedJob, code: &str) -> (Outcome, Effects) {
-        let action = job_action(job.action).unwrap();
+        let action = job_action(job.kind).unwrap();
         let config = ExecConfig::default();
         decide(
             action,

@@ -261,7 +261,8 @@ impl StopSignal {
         *self.sender.borrow()
     }
 
-    async fn stopped(&self) {
+    /// Returns once a stop is requested.
+    pub async fn stopped(&self) {
         let mut rx = self.sender.subscribe();
         // wait_for returns at once when already stopped; Err only if the sender is gone, which it is not.
         let _ = rx.wait_for(|stopped| *stopped).await;
@@ -339,6 +340,8 @@ pub async fn execute_with<A: Api>(
     // With `only`, the run is finished only if no job of another action is left.
     let others_open = match (&outcome, config.only) {
         (Ok(None), Some(_)) => store.open_jobs(run_id, None).await.unwrap_or(1),
+        // A live run's instances waiting for a slot have no job yet: not finished.
+        (Ok(None), None) => store.waiting_instances(run_id).await.unwrap_or(1),
         _ => 0,
     };
     let (state, reason) = match &outcome {
@@ -673,7 +676,7 @@ async fn dispatch<A: Api>(
                 continue;
             }
             seen += 1;
-            let Some(action) = job_action(job.action) else {
+            let Some(action) = job_action(job.kind) else {
                 shared.halt(StopReason::Internal(format!(
                     "job {} is a {} job, which this version cannot send",
                     job.id, job.action
@@ -930,11 +933,13 @@ async fn send_and_record<A: Api>(
                     verified,
                     recheck_at,
                     keys,
+                    seen,
                 } => Outcome::Observed {
                     request_id,
                     verified,
                     recheck_at,
                     keys,
+                    seen,
                 },
             };
             (outcome, Some(reply.http_status), Some(reply.request_id))

@@ -16,6 +16,7 @@
 //! a database. Nothing here does I/O; the store's `outcome` module is the only caller.
 
 pub mod keep_one_key;
+pub mod power;
 pub mod rotation;
 
 use crate::chunk::{PairRef, chunk};
@@ -158,6 +159,25 @@ pub enum Effect {
     /// These items' accepted operations were reported FAILED once more (each such
     /// failure spends one of `--max-attempts`).
     CountOperationFailure { item_ids: Vec<i64> },
+    /// A live run: an instance's power row changes.
+    Power(power::PowerChange),
+    /// A live run: the held key pairs of these instances (binds first, for a rotation;
+    /// otherwise unbinds) go into jobs, with `ForceStop` as given.
+    ReleaseKeys {
+        region: String,
+        instances: Vec<String>,
+        force_stop: bool,
+    },
+    /// A live run: the held pairs of these instances fail with the reason.
+    FailHeld {
+        region: String,
+        instances: Vec<String>,
+        reason: ErrorInfo,
+    },
+    /// A live run: a start failed once more.
+    CountStartFailure { region: String, instance_id: String },
+    /// A live run takes no further instance down (one was left stopped).
+    Halt { reason: String },
 }
 
 /// Jobs of `kind` for `pairs` of one region, chunked like a plan (identical key sets,

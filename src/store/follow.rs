@@ -9,8 +9,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::StoreError;
 use super::jobs::{NewQueuedJob, add_job_with_items, fail_items, ids_json_i64};
-use super::states::{ItemStatus, JobKind, JobState, Verified};
+use super::states::{ItemStatus, JobKind, JobState, PowerState, Verified};
 use crate::rules::keep_one_key;
+use crate::rules::power;
 use crate::rules::rotation::{self, Confirmed, OtherBind};
 use crate::rules::{Effect, ErrorInfo, FollowUp, JobFacts, NewJob, Pair, ReadItem};
 
@@ -50,16 +51,28 @@ async fn job_facts(tx: &mut Tx<'_>, job_id: i64) -> Result<(i64, JobFacts), Stor
     Ok((row.get("run_id"), facts))
 }
 
-/// A job of `kind` succeeded (the API accepted it).
+/// A job of `kind` succeeded (the API accepted it, `request_id`).
 pub(super) async fn after_success(
     tx: &mut Tx<'_>,
     job_id: i64,
     kind: JobKind,
+    request_id: &str,
     now: i64,
     follow_up: &FollowUp,
 ) -> Result<(), StoreError> {
-    if kind != JobKind::Bind {
-        return Ok(());
+    match kind {
+        JobKind::Stop | JobKind::Start => {
+            let (run_id, job) = job_facts(tx, job_id).await?;
+            let effects = if kind == JobKind::Stop {
+                power::stop_accepted(&job, request_id, now)
+            } else {
+                power::start_accepted(&job, request_id, now)
+            };
+            return apply(tx, run_id, effects, now).await;
+        }
+        JobKind::Unbind => return keys_maybe_done(tx, job_id, now).await,
+        JobKind::Bind => {}
+        _ => return Ok(()),
     }
     let (run_id, job) = job_facts(tx, job_id).await?;
     let rows = sqlx::query(
@@ -81,6 +94,94 @@ pub(super) async fn after_success(
         })
         .collect();
     let effects = rotation::bind_accepted(&job, accepted, now, follow_up);
+    apply(tx, run_id, effects, now).await?;
+    keys_maybe_done(tx, job_id, now).await
+}
+
+/// What a read (`survey`, `settle`) saw of a live run's instances, recorded.
+pub(super) async fn after_seen(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: JobKind,
+    seen: &[power::Seen],
+    now: i64,
+    follow_up: &FollowUp,
+) -> Result<(), StoreError> {
+    let (run_id, job) = job_facts(tx, job_id).await?;
+    let Some(live) = super::power::live_of(tx, run_id).await? else {
+        return Ok(());
+    };
+    let effects = match kind {
+        JobKind::Survey => power::surveyed(&live, &job, seen),
+        JobKind::Settle => {
+            let payload: power::SettlePayload = sqlx::query_scalar::<_, Option<String>>(
+                "SELECT payload FROM jobs WHERE id = ?",
+            )
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("settle job {job_id} has no target")))?;
+            let rows =
+                super::power::rows(tx, run_id, Some((&job.region, &job.instance_ids))).await?;
+            power::settled(
+                &live,
+                &job,
+                payload.target,
+                seen,
+                &rows,
+                follow_up.max_attempts,
+                now,
+            )
+        }
+        _ => Vec::new(),
+    };
+    apply(tx, run_id, effects, now).await?;
+    super::power::admit(tx, run_id, now).await
+}
+
+/// After a key step of a live run: the instances of job `job_id` that are down by the
+/// run and have no pair left to do are brought back (their keys are done).
+async fn keys_maybe_done(tx: &mut Tx<'_>, job_id: i64, now: i64) -> Result<(), StoreError> {
+    let (run_id, job) = job_facts(tx, job_id).await?;
+    let Some(live) = super::power::live_of(tx, run_id).await? else {
+        return Ok(());
+    };
+    let down_state = match live.running {
+        power::Running::StopStart => PowerState::Stopped,
+        power::Running::ForceStop => PowerState::Stopping,
+    };
+    let done: Vec<String> = sqlx::query_scalar(
+        "SELECT p.instance_id FROM power p WHERE p.run_id = ? AND p.region = ? AND p.state = ? \
+         AND p.instance_id IN (SELECT value FROM json_each(?)) \
+         AND NOT EXISTS (SELECT 1 FROM items i WHERE i.run_id = p.run_id AND i.region = p.region \
+                         AND i.instance_id = p.instance_id AND i.status = ?) ORDER BY p.instance_id",
+    )
+    .bind(run_id)
+    .bind(&job.region)
+    .bind(down_state.as_str())
+    .bind(super::jobs::ids_json(&job.instance_ids))
+    .bind(ItemStatus::Pending.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    if done.is_empty() {
+        return Ok(());
+    }
+    let mut effects: Vec<Effect> = done
+        .iter()
+        .map(|instance| {
+            Effect::Power(power::PowerChange {
+                region: job.region.clone(),
+                instance_id: instance.clone(),
+                state: PowerState::Starting,
+                before: None,
+                zone: None,
+                group: None,
+                reason: None,
+            })
+        })
+        .collect();
+    effects.extend(power::keys_done(&live, &job.region, done, now));
     apply(tx, run_id, effects, now).await
 }
 
@@ -97,15 +198,16 @@ pub(super) async fn after_read(
         JobKind::Confirm => {
             let (run_id, job) = job_facts(tx, job_id).await?;
             let effects = confirmed(tx, run_id, &job, read.verified, now, follow_up).await?;
-            return apply(tx, run_id, effects, now).await;
+            apply(tx, run_id, effects, now).await?;
+            return keys_maybe_done(tx, job_id, now).await;
         }
         JobKind::Look => {
             let (run_id, job) = job_facts(tx, job_id).await?;
             let seen: BTreeMap<String, Vec<String>> = read.keys.iter().cloned().collect();
-            let held = held_items(tx, run_id, &job.region, &job.instance_ids).await?;
+            let held = held_items(tx, run_id, &job.region, &job.instance_ids, false).await?;
             (run_id, keep_one_key::looked(&job, &seen, &held))
         }
-        JobKind::Verify | JobKind::Unbind | JobKind::Bind => return Ok(()),
+        _ => return Ok(()),
     };
     apply(tx, effects.0, effects.1, now).await
 }
@@ -173,23 +275,39 @@ pub(super) async fn after_failure(
     error: &ErrorInfo,
     now: i64,
 ) -> Result<(), StoreError> {
-    if matches!(kind, JobKind::Unbind | JobKind::Verify) {
-        return Ok(());
-    }
     let (run_id, job) = job_facts(tx, job_id).await?;
-    let effects = match kind {
-        JobKind::Bind => {
-            let others = match rotation::stopped_key(&job, error) {
-                Some(key) => queued_binds_of(tx, run_id, key).await?,
-                None => Vec::new(),
+    match kind {
+        JobKind::Verify => Ok(()),
+        JobKind::Unbind => keys_maybe_done(tx, job_id, now).await,
+        JobKind::Bind | JobKind::Confirm | JobKind::Look => {
+            let effects = match kind {
+                JobKind::Bind => {
+                    let others = match rotation::stopped_key(&job, error) {
+                        Some(key) => queued_binds_of(tx, run_id, key).await?,
+                        None => Vec::new(),
+                    };
+                    rotation::bind_failed(&job, error, &others)
+                }
+                JobKind::Confirm => rotation::confirm_failed(&job, error),
+                _ => keep_one_key::look_failed(&job, error),
             };
-            rotation::bind_failed(&job, error, &others)
+            apply(tx, run_id, effects, now).await?;
+            keys_maybe_done(tx, job_id, now).await
         }
-        JobKind::Confirm => rotation::confirm_failed(&job, error),
-        JobKind::Look => keep_one_key::look_failed(&job, error),
-        JobKind::Unbind | JobKind::Verify => Vec::new(),
-    };
-    apply(tx, run_id, effects, now).await
+        JobKind::Stop | JobKind::Start | JobKind::Survey | JobKind::Settle => {
+            let Some(live) = super::power::live_of(tx, run_id).await? else {
+                return Ok(());
+            };
+            let effects = match kind {
+                JobKind::Stop => power::stop_failed(&live, &job, error),
+                JobKind::Start => power::start_failed(&job, error),
+                JobKind::Survey => power::survey_failed(&job, error),
+                _ => power::settle_failed(&job, error),
+            };
+            apply(tx, run_id, effects, now).await?;
+            super::power::admit(tx, run_id, now).await
+        }
+    }
 }
 
 /// The queued `bind` jobs of the run that bind `key`.
@@ -229,6 +347,7 @@ pub(super) async fn apply(
     effects: Vec<Effect>,
     now: i64,
 ) -> Result<(), StoreError> {
+    let mut halted = Vec::new();
     for effect in effects {
         match effect {
             Effect::AddJob(job) => {
@@ -239,7 +358,7 @@ pub(super) async fn apply(
                 force_stop,
                 instances,
             } => {
-                let held = held_items(tx, run_id, &region, &instances).await?;
+                let held = held_items(tx, run_id, &region, &instances, false).await?;
                 let jobs =
                     crate::rules::jobs_for_pairs(JobKind::Unbind, &region, force_stop, &held, now);
                 for job in jobs {
@@ -266,6 +385,40 @@ pub(super) async fn apply(
                 .await?;
                 fail_items(tx, job_id, &reason).await?;
             }
+            Effect::Power(change) => {
+                if change.state == PowerState::LeftStopped {
+                    halted.push(change.instance_id.clone());
+                }
+                super::power::change(tx, run_id, &change, now).await?
+            }
+            Effect::ReleaseKeys {
+                region,
+                instances,
+                force_stop,
+            } => super::power::release_keys(tx, run_id, &region, &instances, force_stop, now).await?,
+            Effect::FailHeld {
+                region,
+                instances,
+                reason,
+            } => {
+                super::power::fail_held(tx, run_id, &region, &instances, &reason, ItemStatus::Failed)
+                    .await?
+            }
+            Effect::CountStartFailure {
+                region,
+                instance_id,
+            } => {
+                sqlx::query(
+                    "UPDATE power SET start_failures = start_failures + 1 \
+                     WHERE run_id = ? AND region = ? AND instance_id = ?",
+                )
+                .bind(run_id)
+                .bind(region)
+                .bind(instance_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Effect::Halt { reason } => super::power::halt(tx, run_id, &reason).await?,
             Effect::CountOperationFailure { item_ids } => {
                 for chunk in item_ids.chunks(500) {
                     sqlx::query(
@@ -278,6 +431,10 @@ pub(super) async fn apply(
                 }
             }
         }
+    }
+    if !halted.is_empty() {
+        let reason = format!("{} left stopped", halted.join(" "));
+        super::power::halt(tx, run_id, &reason).await?;
     }
     Ok(())
 }
@@ -318,17 +475,19 @@ pub(super) async fn held_items(
     run_id: i64,
     region: &str,
     instances: &[String],
+    bind: bool,
 ) -> Result<Vec<Pair>, StoreError> {
     let mut held = Vec::new();
     for chunk in instances.chunks(500) {
         let rows = sqlx::query(
             "SELECT id, instance_id, key_id FROM items WHERE run_id = ? AND region = ? AND held = 1 \
-             AND instance_id IN (SELECT value FROM json_each(?)) AND status = ?",
+             AND instance_id IN (SELECT value FROM json_each(?)) AND status = ? AND bind = ?",
         )
         .bind(run_id)
         .bind(region)
         .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
         .bind(ItemStatus::Pending.as_str())
+        .bind(bind)
         .fetch_all(&mut **tx)
         .await?;
         held.extend(
@@ -351,7 +510,7 @@ async fn skip_held(
     for chunk in instances.chunks(500) {
         sqlx::query(
             "UPDATE items SET status = ?, held = 0, error_code = ?, error_message = ? \
-             WHERE run_id = ? AND region = ? AND held = 1 AND status = ? \
+             WHERE run_id = ? AND region = ? AND held = 1 AND status = ? AND bind = 0 \
              AND instance_id IN (SELECT value FROM json_each(?))",
         )
         .bind(ItemStatus::Skipped.as_str())

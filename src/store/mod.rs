@@ -13,6 +13,7 @@ mod jobs;
 mod outcome;
 pub mod pacer;
 pub mod plan;
+pub mod power;
 pub mod rates;
 pub mod report;
 pub mod requeue;

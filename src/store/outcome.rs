@@ -73,6 +73,8 @@ pub enum Outcome {
         recheck_at: Option<i64>,
         /// The keys each instance the reply showed holds, by instance id.
         keys: Vec<(String, Vec<String>)>,
+        /// What a live run's read (survey, settle) saw of each instance.
+        seen: Vec<crate::rules::power::Seen>,
     },
     /// A Retry-class failure: the budget is spent by one; the job waits or fails.
     Retry {
@@ -400,13 +402,22 @@ async fn finish_attempt(
             .bind(ItemStatus::Pending.as_str())
             .execute(&mut **tx)
             .await?;
-            super::follow::after_success(tx, job_id, finish.kind, now, &finish.follow_up).await?;
+            super::follow::after_success(
+                tx,
+                job_id,
+                finish.kind,
+                request_id,
+                now,
+                &finish.follow_up,
+            )
+            .await?;
         }
         Outcome::Observed {
             request_id,
             verified,
             recheck_at,
             keys,
+            seen,
         } => {
             let verdicts: Vec<(i64, &str)> =
                 verified.iter().map(|(id, v)| (*id, v.as_str())).collect();
@@ -435,9 +446,14 @@ async fn finish_attempt(
             .execute(&mut **tx)
             .await?;
             if recheck_at.is_none() {
-                let read = super::follow::Read { verified, keys };
-                super::follow::after_read(tx, job_id, finish.kind, read, now, &finish.follow_up)
-                    .await?;
+                if matches!(finish.kind, JobKind::Survey | JobKind::Settle) {
+                    super::follow::after_seen(tx, job_id, finish.kind, seen, now, &finish.follow_up)
+                        .await?;
+                } else {
+                    let read = super::follow::Read { verified, keys };
+                    super::follow::after_read(tx, job_id, finish.kind, read, now, &finish.follow_up)
+                        .await?;
+                }
             }
         }
         Outcome::Retry {

@@ -140,7 +140,10 @@ impl Store {
         Ok(sqlx::query(
             "UPDATE items SET status = ?, held = 0, error_code = ?, error_message = ? \
              WHERE run_id = ? AND held = 1 AND status = ? AND NOT EXISTS \
-             (SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?))",
+             (SELECT 1 FROM jobs WHERE run_id = ? AND state IN (?, ?)) \
+             AND NOT EXISTS (SELECT 1 FROM power p WHERE p.run_id = items.run_id \
+                             AND p.region = items.region AND p.instance_id = items.instance_id \
+                             AND p.state = 'waiting')",
         )
         .bind(ItemStatus::Skipped.as_str())
         .bind(NOT_RELEASED)

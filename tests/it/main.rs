@@ -6,6 +6,7 @@ mod database;
 mod fuzz;
 mod hostile;
 mod incident;
+mod live;
 mod pacing;
 mod plan;
 mod power;

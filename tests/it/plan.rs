@@ -273,7 +273,7 @@ fn a_set_larger_than_one_request_is_split_100_by_100() {
     let keys: Vec<String> = (0..120).map(|i| format!("skey-{i:08x}")).collect();
     let body = serde_json::json!([{ "instance_ids": instances, "key_ids": keys, "region": "ap-shanghai" }]);
     let path = k.file("big.json", body.to_string().as_bytes());
-    let plan = k.plan(&path, &["--force-stop"]);
+    let plan = k.plan(&path, &["--force-stop", "--max-down", "10"]);
     assert_eq!(count(&plan, "pairs"), 18_000);
     assert_eq!(count(&plan, "jobs"), 4);
     assert_eq!(count(&plan, "lower_bound"), 2);
@@ -441,7 +441,7 @@ fn planning_the_same_input_twice_finds_the_same_run() {
     assert_eq!(k.report_csv(&[]).len(), 10, "no new items");
 
     // Different options are a different run.
-    let forced = k.plan(&sample("bad-rows.csv"), &["--force-stop"]);
+    let forced = k.plan(&sample("bad-rows.csv"), &["--force-stop", "--max-down", "10"]);
     assert_eq!(forced["existing"], false);
     assert_ne!(forced["run_id"], first["run_id"]);
     let runs = k.runs();

@@ -1,0 +1,208 @@
+//! Live fleets against the simulator (issue 21): RUNNING instances go through their key
+//! change under a downtime budget (total, or per zone), come back RUNNING, and the
+//! simulator's own power timeline proves the budget held; an instance STOPPED before the
+//! run is never started; a start that fails for good leaves the instance named LEFT
+//! STOPPED with its own exit code and no further stop; kill -9 and the same command.
+
+use std::time::Duration;
+
+use keyfleet::sim::audit::{PowerRules, audit_power_of};
+use keyfleet::sim::{Fleet, Instance, InstanceState, Power, SimConfig, audit};
+
+use crate::support::{Rehearsal, audit_rows, ins};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const GZ: &str = "ap-guangzhou";
+const LEAK: &str = "skey-1eak0001";
+const OTHER: &str = "skey-0ther001";
+const ZONES: [&str; 3] = ["ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6"];
+
+fn sim(power: Power, seed: u64) -> SimConfig {
+    SimConfig {
+        rate: 0,
+        settle_after: Duration::from_secs(3600),
+        operation_time: Duration::from_millis(50),
+        power,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+fn power(stop_ms: u64, start_ms: u64) -> Power {
+    Power {
+        stop_time: Duration::from_millis(stop_ms),
+        start_time: Duration::from_millis(start_ms),
+        ..Power::default()
+    }
+}
+
+/// `n` instances holding LEAK and OTHER over three zones; every fifth STOPPED.
+fn fleet(n: usize) -> Fleet {
+    (0..n).fold(Fleet::new(), |fleet, i| {
+        let state = if i % 5 == 4 {
+            InstanceState::Stopped
+        } else {
+            InstanceState::Running
+        };
+        fleet.with(
+            Instance::new(ins(i), GZ)
+                .state(state)
+                .zone(ZONES[i % 3])
+                .keys([LEAK, OTHER]),
+        )
+    })
+}
+
+fn rows(n: usize) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|i| (ins(i), LEAK.to_string(), GZ.to_string()))
+        .collect()
+}
+
+async fn assert_keys_and_power(r: &Rehearsal, before: &Fleet, rules: &PowerRules) {
+    let power = audit_power_of(&r.sim, before, rules);
+    assert!(power.violations.is_empty(), "{:#?}", power.violations);
+    assert!(power.left_down.is_empty(), "{:?}", power.left_down);
+    assert!(power.started_not_running_before.is_empty());
+    assert!(power.taken_down > 0, "nothing was stopped");
+    let store = keyfleet::store::Store::open(&r.db).await.unwrap();
+    let run_id = store.resolve_run(None).await.unwrap();
+    let outcomes = audit_rows(store.pair_outcomes(run_id).await.unwrap());
+    let after = r.sim.fleet().bindings();
+    let keys = audit::audit(&before.bindings(), &after, &outcomes, &r.sim.journal());
+    assert!(keys.violations.is_empty(), "{:#?}", keys.violations);
+    // Every pair asked for is gone, and nothing else was touched.
+    for (instance, key) in &after {
+        assert_ne!(key, LEAK, "{instance} still holds the leaked key");
+    }
+    assert_eq!(
+        after.iter().filter(|(_, k)| k == OTHER).count(),
+        before.instances().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_rolls_through_the_fleet_within_the_budget() {
+    let before = fleet(30);
+    let r = Rehearsal::start(sim(power(150, 200), 1), before.clone()).await;
+    let input = r.input("leak.csv", &rows(30));
+    let path = input.to_str().unwrap();
+    let args = [
+        "run", path, "--running", "stop-start", "--max-down", "3", "--canary", "1",
+        "--progress", "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("power:    down 0 now (budget 3), at most 3 at once"), "{stderr}");
+    assert!(stderr.contains("downtime: p50"), "{stderr}");
+    let rules = PowerRules {
+        max_down: 3,
+        ..PowerRules::default()
+    };
+    assert_keys_and_power(&r, &before, &rules).await;
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert_eq!(power.taken_down, 24, "every RUNNING instance, once");
+    assert_eq!(power.max_down, 3, "the budget is used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_per_zone_holds_in_every_zone() {
+    let before = fleet(30);
+    let r = Rehearsal::start(sim(power(100, 150), 2), before.clone()).await;
+    let input = r.input("leak.csv", &rows(30));
+    let path = input.to_str().unwrap();
+    let args = [
+        "run", path, "--running", "stop-start", "--max-down", "1", "--max-down-per", "zone",
+        "--progress", "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rules = PowerRules {
+        max_down: 3,
+        max_down_per_zone: Some(1),
+        ..PowerRules::default()
+    };
+    assert_keys_and_power(&r, &before, &rules).await;
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert!(power.max_down_per_zone.values().all(|&n| n == 1), "{power:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_seeded_moments_the_same_command_keeps_the_budget_and_brings_all_back() {
+    let before = fleet(24);
+    let r = Rehearsal::start(sim(power(200, 250), 3), before.clone()).await;
+    let input = r.input("leak.csv", &rows(24));
+    let path = input.to_str().unwrap();
+    let args = [
+        "run", path, "--running", "stop-start", "--max-down", "2", "--progress", "none",
+    ];
+    // Two kills, each once some requests have gone out: mid-cycle, instances down.
+    for sent in [6, 20] {
+        let mut child = r.command(&args).spawn().unwrap();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while r.sim.journal().len() < sent {
+            assert!(tokio::time::Instant::now() < deadline, "the run never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rules = PowerRules {
+        max_down: 2,
+        ..PowerRules::default()
+    };
+    assert_keys_and_power(&r, &before, &rules).await;
+    // None was stopped twice: each instance's timeline has one stop.
+    let journal = r.sim.journal();
+    let mut stops = std::collections::BTreeMap::<String, usize>::new();
+    for e in journal.iter().filter(|e| e.action == "StopInstances" && e.applied) {
+        for i in &e.instance_ids {
+            *stops.entry(i.clone()).or_default() += 1;
+        }
+    }
+    assert!(stops.values().all(|&n| n == 1), "{stops:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_for_good_is_left_stopped_named_and_halts_the_rollout() {
+    // The canary (the survey's first) fails every start.
+    let before = (1..10).fold(
+        Fleet::new().with(
+            Instance::new(ins(0), GZ)
+                .state(InstanceState::Running)
+                .zone(ZONES[0])
+                .keys([LEAK, OTHER])
+                .start_fails(),
+        ),
+        |fleet, i| {
+            fleet.with(
+                Instance::new(ins(i), GZ)
+                    .state(InstanceState::Running)
+                    .zone(ZONES[i % 3])
+                    .keys([LEAK, OTHER]),
+            )
+        },
+    );
+    let r = Rehearsal::start(sim(power(50, 50), 4), before.clone()).await;
+    let input = r.input("leak.csv", &rows(10));
+    let path = input.to_str().unwrap();
+    let args = [
+        "run", path, "--running", "stop-start", "--max-down", "2", "--max-attempts", "2",
+        "--progress", "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 5, "{stderr}");
+    let left = stderr.find("LEFT STOPPED").expect("named");
+    assert!(left < stderr.find("pairs:").unwrap(), "named first:\n{stderr}");
+    assert!(stderr.contains(&ins(0)), "{stderr}");
+    // Nothing but the canary went down.
+    let journal = r.sim.journal();
+    let stopped: Vec<&String> = journal
+        .iter()
+        .filter(|e| e.action == "StopInstances" && e.applied)
+        .flat_map(|e| e.instance_ids.iter())
+        .collect();
+    assert_eq!(stopped, [&ins(0)], "no further stop after the canary failed");
+}
