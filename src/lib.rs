@@ -7,7 +7,17 @@
 //!
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
-//!   a rotation row's new keys become bind pairs (Associate jobs) and its unbinds are held.
+//!   a rotation row's new keys become bind pairs (`bind` jobs) and its unbinds are held.
+//! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
+//!   leaf: the planner and the store both use it).
+//! - [`states`]: the words the database stores, one enum each: run, job and item states,
+//!   verdicts, a job's kind (`JobKind`: its step in an instance's workflow), a live
+//!   instance's power state (a leaf).
+//! - [`rules`]: what follows an outcome, as pure functions of (the outcome, the rows read
+//!   in its transaction) returning `Effect`s: `rules::rotation` (bind, confirm, release
+//!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
+//!   fleets: survey, admission into the downtime budget, stop, settle, start). Tested
+//!   without a database; the store applies the effects.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
 //!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
@@ -19,29 +29,28 @@
 //!   and `Scope` (instance, key, request), from one table.
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
-//!   the key-pair actions and the reads (DescribeInstances pages, DescribeKeyPairs,
-//!   DescribeRegions); each call signed for its action's service; `{region}` and
-//!   `{service}` endpoint templates; `api::resolve`, the `--resolve` rules (and
-//!   `is_loopback_host` for transport checks); `api::templates`, the replies of the
+//!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
+//!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
+//!   `{region}` and `{service}` endpoint templates; `api::resolve`, the `--resolve` rules
+//!   (and `is_loopback_host` for transport checks); `api::templates`, the replies of the
 //!   incident's reads (key pairs' public keys, launch templates, launch configurations).
 //! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
-//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one API
-//!   action, with a payload and prerequisites in `job_deps`), attempts;
-//!   `store::states` the stored states as enums (checked against the schema),
-//!   every operation is a `Store` method, grouped by file:
-//!   `store::plan` writes a plan in one transaction (`Store::begin_plan`, on a rusqlite
-//!   connection of its own), `store::report` reads runs back (`Store::run_summary`,
-//!   `run_status`, `list_runs`, `for_each_report_row`, the last read-only likewise),
-//!   `store::rates` the achieved rate and throttles per API and access endpoint
-//!   (`Store::achieved_rates`),
-//!   `store::queue` holds the executor's lease, due jobs, group-committed outcomes and
-//!   the typed writers for jobs added later (`JobWriter`, `RequeueWriter`),
-//!   `store::verify` queues verification batches and counts their verdicts;
-//!   `store::rotation` writes, in the transaction of an outcome, what follows it in a
-//!   rotation or a `--keep-one-key` run (an Associate's confirmation, the unbind jobs a
-//!   confirmation releases, the skips a failed bind causes), and `retry` for them;
-//!   `store::pacer` the shared send slots (one row per limiter key, `synchronous=NORMAL`);
-//!   before SQLite opens a file, `store/guard.rs` checks it is the user's own (ssh's StrictModes).
+//! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one kind
+//!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
+//!   run's power rows. Every operation is a `Store` method, grouped by file:
+//!   `store::states` checks the stored words against the schema; `store::plan` writes a
+//!   plan in one transaction (on a rusqlite connection of its own); `store::report` reads
+//!   runs back; `store::rates` the achieved rate and throttles per API and endpoint;
+//!   `store::queue` the executor's lease, due jobs and counts; `store::outcome` the
+//!   group-committed attempt starts and outcomes (`Store::apply`); `store::follow`
+//!   reads what a kind's rules need, calls them and applies their effects in the
+//!   outcome's transaction; `store::jobs` the rows every writer shares; `store::requeue`
+//!   `JobWriter` and `Store::requeue` (retry, verify --requeue, the run's resend, one
+//!   transaction each); `store::verify` verification rounds and their counts;
+//!   `store::power` a live run's power rows, admission, its preparation and counts;
+//!   `store::pacer` the shared send slots; before SQLite opens a file, `store/guard.rs`
+//!   checks it is the user's own (ssh's StrictModes). The store imports nothing from the
+//!   planner, the executor, discovery or the binary.
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
@@ -51,9 +60,14 @@
 //!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
 //!   through the database, or in-process) and the adaptive rule (`Adaptive`: hold under
 //!   the ceiling the server's window measured, probe with one request).
-//!   Adding an action to the queue: its name and rate in [`cvm`], a `JobAction`
-//!   implementation and its row in `executor::action::job_action`, any action-specific
-//!   codes in `taxonomy::ACTION_CODES`.
+//!   Adding a step to an instance's workflow: a [`states::JobKind`] (and its word in a
+//!   migration's CHECK list), its action's name and rate in [`cvm`] if new, a `JobAction`
+//!   and its row in `executor::action::job_action`, its rules in [`rules`] (with what the
+//!   store reads for them in `store::follow`), any action-specific codes in
+//!   `taxonomy::ACTION_CODES`.
+//! - [`lifecycle`]: the run lifecycle as a library: execute, verify, send again what the
+//!   cloud reported FAILED, verify again (`Lifecycle::run_to_verified`), a live run's
+//!   preparation and drain on interrupt, `retry`; progress through an `Observer`.
 //! - [`discover`]: from key ids to plan input: DescribeKeyPairs, DescribeRegions and
 //!   DescribeInstances pages through the executor's `Api` and `Limiter`.
 //! - [`incident`]: closing an incident through discovery's sender: the key ids holding a

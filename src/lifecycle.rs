@@ -204,7 +204,9 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
             }
         });
         let counters = Arc::new(Counters::default());
-        self.observer.started(Phase::Execute, counters.clone()).await;
+        self.observer
+            .started(Phase::Execute, counters.clone())
+            .await;
         let result = executor::execute(
             self.store,
             run_id,

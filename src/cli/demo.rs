@@ -55,12 +55,14 @@ pub struct Args {
     exec: ExecFlags,
 }
 
-/// The demo fleet: mostly STOPPED Linux, with a few of every kind that cannot be
-/// unbound, some settling and some busy, in two regions.
+/// The demo fleet: a production fleet, most instances RUNNING over three zones per
+/// region, with a few of every kind that cannot be unbound, some settling and some
+/// busy, in two regions.
 fn demo_mix() -> Mix {
     Mix {
         windows: 0.01,
-        running: 0.01,
+        running: 0.8,
+        zones: vec![3, 4, 6],
         shutdown: 0.005,
         settling: 0.02,
         stop_charging: 0.003,
@@ -114,6 +116,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let report = dir.join("report.csv");
 
     let mut fleet = Fleet::generate(args.instances, args.seed, &demo_mix());
+    let before_fleet = fleet.clone();
     let before: BTreeSet<(String, String)> = fleet.bindings();
     let leaked = leaked_key(&fleet).context("the generated fleet has no keys")?;
     // The key a rotation binds: it exists in the account, bound nowhere yet.
@@ -133,6 +136,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         settle_after: Duration::from_secs(3),
         operation_time: Duration::from_millis(400),
         async_fail: args.async_fail,
+        power: sim::Power {
+            stop_time: Duration::from_millis(500),
+            start_time: Duration::from_millis(700),
+            ..sim::Power::default()
+        },
         ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -197,9 +205,26 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         new_key.as_deref(),
     );
 
-    eprintln!("\n2. keyfleet run {}", input.display());
+    eprintln!(
+        "\n2. keyfleet run {} --running stop-start --max-down 5% --max-down-per zone",
+        input.display()
+    );
     let store = open_store(&db).await?;
-    let outcome = plan::plan_input(&store, &input, &PlanOptions::default()).await?;
+    // A production fleet runs: each RUNNING instance is stopped, its keys changed and
+    // started again, never more than 5% of a zone's RUNNING instances down at once.
+    let live = keyfleet::rules::power::Live {
+        running: keyfleet::rules::power::Running::StopStart,
+        max_down: keyfleet::rules::power::Budget::Percent(5),
+        per: Some(keyfleet::rules::power::Per::Zone),
+        warmup_ms: 0,
+        stop_type: keyfleet::cvm::StopType::Soft,
+        canary: 1,
+    };
+    let options = PlanOptions {
+        live: Some(live),
+        ..PlanOptions::default()
+    };
+    let outcome = plan::plan_input(&store, &input, &options).await?;
     let s = &outcome.summary;
     let run_id = s.run_id;
     eprintln!(
@@ -242,6 +267,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     );
     let stats = simulator.stats();
     let after = simulator.fleet().bindings();
+    let budget_per_zone = power_budget_per_zone(&before_fleet);
+    let power = sim::audit::audit_power_of(
+        &simulator,
+        &before_fleet,
+        &sim::audit::PowerRules {
+            max_down: usize::MAX,
+            max_down_per_zone: Some(budget_per_zone),
+            ..sim::audit::PowerRules::default()
+        },
+    );
     let audit = sim::audit::audit_rotation(
         &before,
         &after,
@@ -254,6 +289,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         stats.admitted, stats.throttled, stats.max_in_any_second
     );
     let all_gone = verification.succeeded_not_gone == 0;
+    if power.violations.is_empty() {
+        eprintln!(
+            "  power:    clean: {} instances stopped and started, at most {} down at once in any zone \
+             (budget {budget_per_zone} per zone), every instance RUNNING before is RUNNING now, none \
+             that was stopped was started",
+            power.taken_down,
+            power.max_down_per_zone.values().max().copied().unwrap_or(0),
+        );
+    } else {
+        eprintln!("  power:    FAILED:");
+        for violation in &power.violations {
+            eprintln!("    {violation}");
+        }
+    }
     if audit.is_clean() && audit.accepted_not_applied.is_empty() {
         eprintln!(
             "  audit:    clean: {} bindings removed, every one asked for; {} pairs succeeded, each proven by a RequestId the simulator issued and verified gone by DescribeInstances ({}); {} failed pairs still bound",
@@ -283,11 +332,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     simulator.shutdown().await;
     // Failed pairs (Windows, RUNNING, ...) are part of the demo: it succeeds when the
     // run finished, every succeeded pair is verified gone and the audit is clean.
-    Ok(match (audit.is_clean() && all_gone, code) {
-        (false, _) => exit::FAILED,
-        (true, exit::STOPPED) => exit::STOPPED,
-        (true, _) => exit::OK,
-    })
+    Ok(
+        match (
+            audit.is_clean() && all_gone && power.violations.is_empty(),
+            code,
+        ) {
+            (false, _) => exit::FAILED,
+            (true, exit::STOPPED) => exit::STOPPED,
+            (true, _) => exit::OK,
+        },
+    )
 }
 
 /// The run's reported outcomes as the simulator's audit takes them (its own row type:
@@ -304,4 +358,22 @@ fn audit_rows(outcomes: Vec<keyfleet::store::queue::PairOutcome>) -> Vec<sim::au
             error_code: o.error_code,
         })
         .collect()
+}
+
+/// The smallest per-zone budget the demo's 5% gives (each zone's own 5% of its
+/// instances found RUNNING, at least 1): what the audit holds every zone to.
+fn power_budget_per_zone(fleet: &Fleet) -> usize {
+    let mut running: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for instance in fleet.instances() {
+        if instance.state == sim::InstanceState::Running {
+            *running
+                .entry((instance.region.clone(), instance.zone_name()))
+                .or_default() += 1;
+        }
+    }
+    running
+        .values()
+        .map(|&n| keyfleet::rules::power::Budget::Percent(5).of(n))
+        .max()
+        .unwrap_or(1)
 }

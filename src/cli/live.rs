@@ -6,7 +6,6 @@ use std::time::Duration;
 use keyfleet::cvm::StopType;
 use keyfleet::rules::power::{Budget, Live, Per, Running};
 
-
 /// `--running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunningMode {

@@ -19,11 +19,11 @@ use serde_json::{Value, json};
 
 use crate::api::{self, InstanceInfo};
 use crate::cvm::Action;
+use crate::rules::power;
+use crate::states::JobKind;
 use crate::store::Verified;
 use crate::store::now_ms;
 use crate::store::queue::QueuedJob;
-use crate::rules::power;
-use crate::states::JobKind;
 use crate::store::verify::VerifyPayload;
 use crate::taxonomy::Classification;
 
@@ -376,7 +376,10 @@ impl JobAction for PowerRead {
             .collect();
         let mut recheck_at = None;
         if job.kind == crate::states::JobKind::Settle {
-            let text = job.payload.as_deref().ok_or("a settle job has no payload")?;
+            let text = job
+                .payload
+                .as_deref()
+                .ok_or("a settle job has no payload")?;
             let payload: power::SettlePayload = serde_json::from_str(text)
                 .map_err(|e| format!("job {}: unreadable payload: {e}", job.id))?;
             let now = now_ms();

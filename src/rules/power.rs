@@ -134,9 +134,9 @@ pub struct Live {
 }
 
 /// How long a settle looks again at an instance still on its way.
-pub const SETTLE_EVERY_MS: i64 = 2_000;
+pub const SETTLE_EVERY_MS: i64 = 500;
 /// How long after a stop or start is accepted its settle first looks.
-pub const FIRST_SETTLE_MS: i64 = 1_000;
+pub const FIRST_SETTLE_MS: i64 = 500;
 /// How long an instance may take to stop or start before it is given up on.
 pub const SETTLE_LIMIT_MS: i64 = 30 * 60 * 1_000;
 /// How long a failed start waits before it is sent again, times the failures so far.
@@ -222,7 +222,8 @@ impl Seen {
             Target::Idle => !self.operating(),
             Target::Running => {
                 (self.state == "RUNNING" && !self.operating())
-                    || (self.state == "STOPPED" && (self.ours_failed(ours) || ours.is_none() && !self.operating()))
+                    || (self.state == "STOPPED"
+                        && (self.ours_failed(ours) || ours.is_none() && !self.operating()))
             }
             Target::WarmedUp => true,
         }
@@ -310,7 +311,8 @@ fn stop_or_start(
     stop_type: Option<StopType>,
     due_at: i64,
 ) -> Vec<Effect> {
-    let payload = stop_type.and_then(|stop_type| serde_json::to_string(&StopPayload { stop_type }).ok());
+    let payload =
+        stop_type.and_then(|stop_type| serde_json::to_string(&StopPayload { stop_type }).ok());
     instances
         .chunks(crate::ids::MAX_IDS_PER_REQUEST)
         .map(|batch| {
@@ -387,10 +389,7 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
     }
     let mut running: BTreeMap<Option<&str>, usize> = BTreeMap::new();
     let mut down: BTreeMap<Option<&str>, usize> = BTreeMap::new();
-    let mut ordered: Vec<&PowerRow> = rows
-        .iter()
-        .filter(|r| r.state.was_running())
-        .collect();
+    let mut ordered: Vec<&PowerRow> = rows.iter().filter(|r| r.state.was_running()).collect();
     ordered.sort_by_key(|r| r.seq);
     for row in &ordered {
         *running.entry(row.group.as_deref()).or_default() += 1;
@@ -439,7 +438,11 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
     for (region, mut instances) in admitted {
         instances.sort();
         for instance in &instances {
-            effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Stopping)));
+            effects.push(Effect::Power(PowerChange::to(
+                region,
+                instance,
+                PowerState::Stopping,
+            )));
         }
         match live.running {
             Running::StopStart => effects.extend(stop_or_start(
@@ -487,7 +490,13 @@ const ALREADY_STARTING: [&str; 2] = [
 /// whose reply was lost) is settled instead.
 pub fn stop_failed(live: &Live, job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     if ALREADY_STOPPING.contains(&error.code.as_str()) {
-        return vec![settle(&job.region, job.instance_ids.clone(), Target::Stopped, None, 0)];
+        return vec![settle(
+            &job.region,
+            job.instance_ids.clone(),
+            Target::Stopped,
+            None,
+            0,
+        )];
     }
     let reason = stop_failure_reason(live, &error.code, &error.message);
     let mut effects: Vec<Effect> = job
@@ -519,12 +528,19 @@ fn stop_failure_reason(live: &Live, code: &str, detail: &str) -> String {
 
 /// A settle's answer, once every instance is where it waits for it to be (or the wait
 /// is over). `rows` are the job's instances' power rows.
+///
+/// `failed` holds, per instance whose latest key-pair operation (ours) ended FAILED,
+/// the pairs it claimed that may be sent again (fewer than `--max-attempts` operations
+/// so far; `true` for a bind pair): before such an instance is started, they are sent
+/// again while it is still stopped.
+#[allow(clippy::too_many_arguments)]
 pub fn settled(
     live: &Live,
     job: &JobFacts,
     target: Target,
     seen: &[Seen],
     rows: &[PowerRow],
+    failed: &BTreeMap<String, Vec<(super::Pair, bool)>>,
     max_attempts: i64,
     now: i64,
 ) -> Vec<Effect> {
@@ -546,7 +562,11 @@ pub fn settled(
         match target {
             Target::Stopped => match s {
                 Some(s) if s.state == "STOPPED" => {
-                    effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Stopped)));
+                    effects.push(Effect::Power(PowerChange::to(
+                        region,
+                        instance,
+                        PowerState::Stopped,
+                    )));
                     release.push(instance.clone());
                 }
                 Some(s) if s.state == "RUNNING" => {
@@ -566,14 +586,38 @@ pub fn settled(
                         .because(format!("did not stop in time (state {state:?})")),
                 )),
             },
-            Target::Idle => start.push(instance.clone()),
+            Target::Idle => match failed.get(instance.as_str()) {
+                Some(pairs) if !pairs.is_empty() => {
+                    effects.push(Effect::CountOperationFailure {
+                        item_ids: pairs.iter().map(|(p, _)| p.item_id).collect(),
+                    });
+                    for (kind, bind) in [(JobKind::Bind, true), (JobKind::Unbind, false)] {
+                        let again: Vec<super::Pair> = pairs
+                            .iter()
+                            .filter(|(_, b)| *b == bind)
+                            .map(|(p, _)| p.clone())
+                            .collect();
+                        effects.extend(
+                            super::jobs_for_pairs(kind, region, false, &again, now)
+                                .into_iter()
+                                .map(Effect::AddJob),
+                        );
+                    }
+                    effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Stopped)));
+                }
+                _ => start.push(instance.clone()),
+            },
             Target::Running => match s {
                 Some(s) if s.state == "RUNNING" => warm.push(instance.clone()),
                 Some(s) if s.state == "STOPPED" => {
                     // A start that ended FAILED, or a ForceStop the cloud left stopped.
                     let failed_start = s.failed("StartInstances");
                     if failed_start && row.start_failures + 1 >= max_attempts {
-                        effects.push(left_stopped(region, instance, "StartInstances ended FAILED"));
+                        effects.push(left_stopped(
+                            region,
+                            instance,
+                            "StartInstances ended FAILED",
+                        ));
                     } else {
                         if failed_start {
                             effects.push(Effect::CountStartFailure {
@@ -607,7 +651,11 @@ pub fn settled(
             },
             Target::WarmedUp => {
                 if state == "RUNNING" {
-                    effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Up)));
+                    effects.push(Effect::Power(PowerChange::to(
+                        region,
+                        instance,
+                        PowerState::Up,
+                    )));
                 } else {
                     // It went down again during its warmup: not ours to fix, but not up.
                     effects.push(left_stopped(
@@ -635,19 +683,37 @@ pub fn settled(
     }
     if !start.is_empty() {
         for instance in &start {
-            effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Starting)));
+            effects.push(Effect::Power(PowerChange::to(
+                region,
+                instance,
+                PowerState::Starting,
+            )));
         }
         effects.extend(power_job(JobKind::Start, region, &start, now));
     }
     if !warm.is_empty() {
         if live.warmup_ms > 0 {
             for instance in &warm {
-                effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Warming)));
+                effects.push(Effect::Power(PowerChange::to(
+                    region,
+                    instance,
+                    PowerState::Warming,
+                )));
             }
-            effects.push(settle(region, warm, Target::WarmedUp, None, now + live.warmup_ms));
+            effects.push(settle(
+                region,
+                warm,
+                Target::WarmedUp,
+                None,
+                now + live.warmup_ms,
+            ));
         } else {
             for instance in &warm {
-                effects.push(Effect::Power(PowerChange::to(region, instance, PowerState::Up)));
+                effects.push(Effect::Power(PowerChange::to(
+                    region,
+                    instance,
+                    PowerState::Up,
+                )));
             }
         }
     }
@@ -669,7 +735,13 @@ pub fn keys_done(live: &Live, region: &str, instances: Vec<String>, now: i64) ->
         Running::StopStart => Target::Idle,
         Running::ForceStop => Target::Running,
     };
-    vec![settle(region, instances, target, None, now + FIRST_SETTLE_MS)]
+    vec![settle(
+        region,
+        instances,
+        target,
+        None,
+        now + FIRST_SETTLE_MS,
+    )]
 }
 
 /// A start was accepted (`request_id`): settle until RUNNING.
@@ -687,7 +759,13 @@ pub fn start_accepted(job: &JobFacts, request_id: &str, now: i64) -> Vec<Effect>
 /// further instance down.
 pub fn start_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     if ALREADY_STARTING.contains(&error.code.as_str()) {
-        return vec![settle(&job.region, job.instance_ids.clone(), Target::Running, None, 0)];
+        return vec![settle(
+            &job.region,
+            job.instance_ids.clone(),
+            Target::Running,
+            None,
+            0,
+        )];
     }
     let mut effects: Vec<Effect> = job
         .instance_ids
@@ -719,8 +797,10 @@ pub fn survey_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
         .map(|i| {
             Effect::Power(PowerChange {
                 before: Some(String::new()),
-                ..PowerChange::to(&job.region, i, PowerState::NotStopped)
-                    .because(format!("its power state could not be read ({})", error.code))
+                ..PowerChange::to(&job.region, i, PowerState::NotStopped).because(format!(
+                    "its power state could not be read ({})",
+                    error.code
+                ))
             })
         })
         .collect();
@@ -742,7 +822,13 @@ pub fn survey_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
 pub fn settle_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     job.instance_ids
         .iter()
-        .map(|i| left_stopped(&job.region, i, &format!("its state could not be read ({})", error.code)))
+        .map(|i| {
+            left_stopped(
+                &job.region,
+                i,
+                &format!("its state could not be read ({})", error.code),
+            )
+        })
         .collect()
 }
 
@@ -826,8 +912,14 @@ mod tests {
             })
             .collect();
         assert_eq!(stops.len(), 1);
-        assert_eq!((stops[0].kind, stops[0].instance_ids.as_slice()), (JobKind::Stop, &["ins-00000003".to_string()][..]));
-        assert!(admit(&live, &rows, true, 0).is_empty(), "a halted run takes nothing down");
+        assert_eq!(
+            (stops[0].kind, stops[0].instance_ids.as_slice()),
+            (JobKind::Stop, &["ins-00000003".to_string()][..])
+        );
+        assert!(
+            admit(&live, &rows, true, 0).is_empty(),
+            "a halted run takes nothing down"
+        );
     }
 
     #[test]
@@ -840,9 +932,14 @@ mod tests {
             row(4, PowerState::Waiting, Some("z2")),
             row(5, PowerState::Waiting, Some("z3")),
         ];
-        assert_eq!(stopped_now(&admit(&live, &rows, false, 0)), ["ins-00000003", "ins-00000005"]);
+        assert_eq!(
+            stopped_now(&admit(&live, &rows, false, 0)),
+            ["ins-00000003", "ins-00000005"]
+        );
         // 10% of 20 RUNNING instances in one zone: 2 there.
-        let rows: Vec<PowerRow> = (1..=20).map(|n| row(n, PowerState::Waiting, Some("z1"))).collect();
+        let rows: Vec<PowerRow> = (1..=20)
+            .map(|n| row(n, PowerState::Waiting, Some("z1")))
+            .collect();
         let pct = live_pct();
         assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 2);
     }
@@ -854,13 +951,31 @@ mod tests {
     #[test]
     fn canaries_go_alone_and_a_failed_canary_stops_the_rollout() {
         let live = live(Budget::Count(5), None, 1);
-        let rows = [row(1, PowerState::Waiting, None), row(2, PowerState::Waiting, None)];
-        assert_eq!(stopped_now(&admit(&live, &rows, false, 0)), ["ins-00000001"]);
-        let rows = [row(1, PowerState::Warming, None), row(2, PowerState::Waiting, None)];
+        let rows = [
+            row(1, PowerState::Waiting, None),
+            row(2, PowerState::Waiting, None),
+        ];
+        assert_eq!(
+            stopped_now(&admit(&live, &rows, false, 0)),
+            ["ins-00000001"]
+        );
+        let rows = [
+            row(1, PowerState::Warming, None),
+            row(2, PowerState::Waiting, None),
+        ];
         assert!(stopped_now(&admit(&live, &rows, false, 0)).is_empty());
-        let rows = [row(1, PowerState::Up, None), row(2, PowerState::Waiting, None)];
-        assert_eq!(stopped_now(&admit(&live, &rows, false, 0)), ["ins-00000002"]);
-        let rows = [row(1, PowerState::LeftStopped, None), row(2, PowerState::Waiting, None)];
+        let rows = [
+            row(1, PowerState::Up, None),
+            row(2, PowerState::Waiting, None),
+        ];
+        assert_eq!(
+            stopped_now(&admit(&live, &rows, false, 0)),
+            ["ins-00000002"]
+        );
+        let rows = [
+            row(1, PowerState::LeftStopped, None),
+            row(2, PowerState::Waiting, None),
+        ];
         assert!(admit(&live, &rows, false, 0).is_empty());
     }
 
@@ -896,7 +1011,11 @@ mod tests {
         let effects = surveyed(
             &live,
             &job,
-            &[seen("ins-a", "RUNNING", None), seen("ins-b", "STOPPED", None), windows],
+            &[
+                seen("ins-a", "RUNNING", None),
+                seen("ins-b", "STOPPED", None),
+                windows,
+            ],
         );
         let states: Vec<(String, PowerState)> = effects
             .iter()
@@ -913,21 +1032,38 @@ mod tests {
                 ("ins-c".into(), PowerState::NotStopped)
             ]
         );
-        assert!(matches!(effects.last(), Some(Effect::ReleaseKeys { instances, force_stop: false, .. })
-            if instances == &["ins-b", "ins-c", "ins-d"]));
+        assert!(
+            matches!(effects.last(), Some(Effect::ReleaseKeys { instances, force_stop: false, .. })
+            if instances == &["ins-b", "ins-c", "ins-d"])
+        );
     }
 
     #[test]
     fn a_soft_stop_that_failed_fails_the_pairs_and_frees_the_slot() {
         let live = live(Budget::Count(1), None, 0);
         let job = facts(JobKind::Settle, &["ins-a"]);
-        let rows = [PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Stopping, None) }];
-        let effects = settled(&live, &job, Target::Stopped, &[seen("ins-a", "RUNNING", Some(("StopInstances", "FAILED")))], &rows, 10, 0);
+        let rows = [PowerRow {
+            instance_id: "ins-a".into(),
+            ..row(1, PowerState::Stopping, None)
+        }];
+        let effects = settled(
+            &live,
+            &job,
+            Target::Stopped,
+            &[seen("ins-a", "RUNNING", Some(("StopInstances", "FAILED")))],
+            &rows,
+            10,
+            0,
+        );
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::NotStopped));
         let Some(Effect::FailHeld { reason, .. }) = effects.last() else {
             panic!("{effects:?}");
         };
-        assert!(reason.message.contains("--stop-type soft-first"), "{}", reason.message);
+        assert!(
+            reason.message.contains("--stop-type soft-first"),
+            "{}",
+            reason.message
+        );
     }
 
     #[test]
@@ -935,13 +1071,50 @@ mod tests {
         let live = live(Budget::Count(1), None, 0);
         let job = facts(JobKind::Settle, &["ins-a"]);
         let failed = [seen("ins-a", "STOPPED", Some(("StartInstances", "FAILED")))];
-        let rows = [PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Starting, None) }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, 3, 0);
+        let rows = [PowerRow {
+            instance_id: "ins-a".into(),
+            ..row(1, PowerState::Starting, None)
+        }];
+        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
         assert!(effects.iter().any(|e| matches!(e, Effect::AddJob(j) if j.kind == JobKind::Start && j.due_at == START_RETRY_MS)));
-        let rows = [PowerRow { start_failures: 2, ..rows[0].clone() }];
-        let effects = settled(&live, &job, Target::Running, &failed, &rows, 3, 0);
+        let rows = [PowerRow {
+            start_failures: 2,
+            ..rows[0].clone()
+        }];
+        let effects = settled(&live, &job, Target::Running, &failed, &rows, &BTreeMap::new(), 3, 0);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::LeftStopped));
         assert!(halts(&[PowerChange::to("r", "ins-a", PowerState::LeftStopped)]).is_some());
+    }
+
+    #[test]
+    fn a_key_operation_that_ended_failed_is_sent_again_before_the_start() {
+        let live = live(Budget::Count(1), None, 0);
+        let job = facts(JobKind::Settle, &["ins-a", "ins-b"]);
+        let rows = [
+            PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Starting, None) },
+            PowerRow { instance_id: "ins-b".into(), ..row(2, PowerState::Starting, None) },
+        ];
+        let seen = [
+            seen("ins-a", "STOPPED", Some(("DisassociateInstancesKeyPairs", "FAILED"))),
+            seen("ins-b", "STOPPED", Some(("DisassociateInstancesKeyPairs", "SUCCESS"))),
+        ];
+        let failed = BTreeMap::from([(
+            "ins-a".to_string(),
+            vec![(super::super::Pair::new(7, "ins-a", "skey-1eak0001"), false)],
+        )]);
+        let effects = settled(&live, &job, Target::Idle, &seen, &rows, &failed, 10, 0);
+        assert_eq!(effects[0], Effect::CountOperationFailure { item_ids: vec![7] });
+        assert!(matches!(&effects[1], Effect::AddJob(j) if j.kind == JobKind::Unbind && j.item_ids == [7]));
+        assert!(matches!(&effects[2], Effect::Power(c) if c.instance_id == "ins-a" && c.state == PowerState::Stopped));
+        let started: Vec<&NewJob> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddJob(j) if j.kind == JobKind::Start => Some(j),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].instance_ids, ["ins-b"], "only the one whose keys are done");
     }
 
     #[test]
@@ -949,12 +1122,19 @@ mod tests {
         let mut live = live(Budget::Count(1), None, 0);
         live.warmup_ms = 30_000;
         let job = facts(JobKind::Settle, &["ins-a"]);
-        let rows = [PowerRow { instance_id: "ins-a".into(), ..row(1, PowerState::Starting, None) }];
-        let up = [seen("ins-a", "RUNNING", Some(("StartInstances", "SUCCESS")))];
-        let effects = settled(&live, &job, Target::Running, &up, &rows, 3, 1_000);
+        let rows = [PowerRow {
+            instance_id: "ins-a".into(),
+            ..row(1, PowerState::Starting, None)
+        }];
+        let up = [seen(
+            "ins-a",
+            "RUNNING",
+            Some(("StartInstances", "SUCCESS")),
+        )];
+        let effects = settled(&live, &job, Target::Running, &up, &rows, &BTreeMap::new(), 3, 1_000);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Warming));
         assert!(matches!(&effects[1], Effect::AddJob(j) if j.due_at == 31_000));
-        let effects = settled(&live, &job, Target::WarmedUp, &up, &rows, 3, 31_000);
+        let effects = settled(&live, &job, Target::WarmedUp, &up, &rows, &BTreeMap::new(), 3, 31_000);
         assert!(matches!(&effects[0], Effect::Power(c) if c.state == PowerState::Up));
     }
 
@@ -965,13 +1145,32 @@ mod tests {
         assert!(!stopping.settled(Target::Stopped, ours));
         assert!(seen("i", "STOPPED", None).settled(Target::Stopped, ours));
         // Still RUNNING, the latest operation someone else's: the cloud has not caught up.
-        let mut lagging = seen("i", "RUNNING", Some(("AssociateInstancesKeyPairs", "FAILED")));
+        let mut lagging = seen(
+            "i",
+            "RUNNING",
+            Some(("AssociateInstancesKeyPairs", "FAILED")),
+        );
         lagging.latest_request_id = Some("req-earlier".into());
         assert!(!lagging.settled(Target::Stopped, ours));
-        assert!(seen("i", "RUNNING", Some(("StopInstances", "FAILED"))).settled(Target::Stopped, ours));
-        assert!(!seen("i", "STOPPED", Some(("DisassociateInstancesKeyPairs", "OPERATING"))).settled(Target::Idle, None));
-        assert!(!seen("i", "STARTING", Some(("StartInstances", "OPERATING"))).settled(Target::Running, ours));
-        assert!(seen("i", "RUNNING", Some(("StartInstances", "SUCCESS"))).settled(Target::Running, ours));
+        assert!(
+            seen("i", "RUNNING", Some(("StopInstances", "FAILED"))).settled(Target::Stopped, ours)
+        );
+        assert!(
+            !seen(
+                "i",
+                "STOPPED",
+                Some(("DisassociateInstancesKeyPairs", "OPERATING"))
+            )
+            .settled(Target::Idle, None)
+        );
+        assert!(
+            !seen("i", "STARTING", Some(("StartInstances", "OPERATING")))
+                .settled(Target::Running, ours)
+        );
+        assert!(
+            seen("i", "RUNNING", Some(("StartInstances", "SUCCESS")))
+                .settled(Target::Running, ours)
+        );
         // A ForceStop the cloud left stopped (no start of ours yet): keyfleet starts it.
         assert!(seen("i", "STOPPED", None).settled(Target::Running, None));
     }

@@ -114,22 +114,36 @@ pub(super) async fn after_seen(
     let effects = match kind {
         JobKind::Survey => power::surveyed(&live, &job, seen),
         JobKind::Settle => {
-            let payload: power::SettlePayload = sqlx::query_scalar::<_, Option<String>>(
-                "SELECT payload FROM jobs WHERE id = ?",
-            )
-            .bind(job_id)
-            .fetch_one(&mut **tx)
-            .await?
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("settle job {job_id} has no target")))?;
+            let payload: power::SettlePayload =
+                sqlx::query_scalar::<_, Option<String>>("SELECT payload FROM jobs WHERE id = ?")
+                    .bind(job_id)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("settle job {job_id} has no target"))
+                    })?;
             let rows =
                 super::power::rows(tx, run_id, Some((&job.region, &job.instance_ids))).await?;
+            let failed = if payload.target == power::Target::Idle {
+                super::power::failed_key_operations(
+                    tx,
+                    run_id,
+                    &job.region,
+                    seen,
+                    follow_up.max_attempts,
+                )
+                .await?
+            } else {
+                Default::default()
+            };
             power::settled(
                 &live,
                 &job,
                 payload.target,
                 seen,
                 &rows,
+                &failed,
                 follow_up.max_attempts,
                 now,
             )
@@ -395,14 +409,23 @@ pub(super) async fn apply(
                 region,
                 instances,
                 force_stop,
-            } => super::power::release_keys(tx, run_id, &region, &instances, force_stop, now).await?,
+            } => {
+                super::power::release_keys(tx, run_id, &region, &instances, force_stop, now).await?
+            }
             Effect::FailHeld {
                 region,
                 instances,
                 reason,
             } => {
-                super::power::fail_held(tx, run_id, &region, &instances, &reason, ItemStatus::Failed)
-                    .await?
+                super::power::fail_held(
+                    tx,
+                    run_id,
+                    &region,
+                    &instances,
+                    &reason,
+                    ItemStatus::Failed,
+                )
+                .await?
             }
             Effect::CountStartFailure {
                 region,

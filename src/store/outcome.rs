@@ -312,6 +312,22 @@ async fn finish_successes(
     .bind(ItemStatus::Pending.as_str())
     .execute(&mut **tx)
     .await?;
+    // In a live run an unbind may be an instance's last key step: it is then brought
+    // back up (one query tells whether any of these jobs is of a live run).
+    let live: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT j.id, a.finished_at FROM jobs j \
+         JOIN (SELECT json_extract(value, '$.job_id') AS job_id, \
+                      json_extract(value, '$.finished_at') AS finished_at FROM json_each(?)) AS a \
+           ON a.job_id = j.id \
+         WHERE EXISTS (SELECT 1 FROM power p WHERE p.run_id = j.run_id)",
+    )
+    .bind(&rows)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (job_id, now) in live {
+        super::follow::after_success(tx, job_id, JobKind::Unbind, "", now, &FollowUp::default())
+            .await?;
+    }
     Ok(())
 }
 
@@ -447,12 +463,26 @@ async fn finish_attempt(
             .await?;
             if recheck_at.is_none() {
                 if matches!(finish.kind, JobKind::Survey | JobKind::Settle) {
-                    super::follow::after_seen(tx, job_id, finish.kind, seen, now, &finish.follow_up)
-                        .await?;
+                    super::follow::after_seen(
+                        tx,
+                        job_id,
+                        finish.kind,
+                        seen,
+                        now,
+                        &finish.follow_up,
+                    )
+                    .await?;
                 } else {
                     let read = super::follow::Read { verified, keys };
-                    super::follow::after_read(tx, job_id, finish.kind, read, now, &finish.follow_up)
-                        .await?;
+                    super::follow::after_read(
+                        tx,
+                        job_id,
+                        finish.kind,
+                        read,
+                        now,
+                        &finish.follow_up,
+                    )
+                    .await?;
                 }
             }
         }

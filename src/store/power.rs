@@ -27,8 +27,9 @@ pub(super) async fn live_of(tx: &mut Tx<'_>, run_id: i64) -> Result<Option<Live>
             .await?
             .flatten();
     live.map(|text| {
-        serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("run {run_id} has unreadable live options: {e}")))
+        serde_json::from_str(&text).map_err(|e| {
+            StoreError::Corrupt(format!("run {run_id} has unreadable live options: {e}"))
+        })
     })
     .transpose()
 }
@@ -69,6 +70,56 @@ pub(super) async fn rows(
             })
         })
         .collect()
+}
+
+/// Per instance whose latest key-pair operation ended FAILED, the pairs of the run it
+/// claimed (the operation's RequestId is theirs) that may be sent again: fewer than
+/// `max_attempts` operations so far. `true` marks a bind pair.
+pub(super) async fn failed_key_operations(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    region: &str,
+    seen: &[power::Seen],
+    max_attempts: i64,
+) -> Result<BTreeMap<String, Vec<(crate::rules::Pair, bool)>>, StoreError> {
+    let mut failed = BTreeMap::new();
+    for s in seen {
+        let key_operation = matches!(
+            s.latest_operation.as_deref(),
+            Some("DisassociateInstancesKeyPairs" | "AssociateInstancesKeyPairs")
+        );
+        let Some(request_id) = s.latest_request_id.as_deref() else {
+            continue;
+        };
+        if !key_operation || s.latest_state.as_deref() != Some("FAILED") {
+            continue;
+        }
+        let rows = sqlx::query(
+            "SELECT id, key_id, bind FROM items WHERE run_id = ? AND region = ? AND instance_id = ? \
+             AND status = ? AND request_id = ? AND op_failures + 1 < ? ORDER BY key_id",
+        )
+        .bind(run_id)
+        .bind(region)
+        .bind(&s.instance_id)
+        .bind(ItemStatus::Succeeded.as_str())
+        .bind(request_id)
+        .bind(max_attempts)
+        .fetch_all(&mut **tx)
+        .await?;
+        let pairs: Vec<(crate::rules::Pair, bool)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    crate::rules::Pair::new(row.get("id"), &s.instance_id, row.get("key_id")),
+                    row.get::<bool, _>("bind"),
+                )
+            })
+            .collect();
+        if !pairs.is_empty() {
+            failed.insert(s.instance_id.clone(), pairs);
+        }
+    }
+    Ok(failed)
 }
 
 /// Applies one power change.
@@ -187,11 +238,12 @@ pub(super) async fn halt(tx: &mut Tx<'_>, run_id: i64, reason: &str) -> Result<(
         .bind(run_id)
         .execute(&mut **tx)
         .await?;
-    let waiting = sqlx::query("SELECT region, instance_id FROM power WHERE run_id = ? AND state = ?")
-        .bind(run_id)
-        .bind(PowerState::Waiting.as_str())
-        .fetch_all(&mut **tx)
-        .await?;
+    let waiting =
+        sqlx::query("SELECT region, instance_id FROM power WHERE run_id = ? AND state = ?")
+            .bind(run_id)
+            .bind(PowerState::Waiting.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for row in &waiting {
         by_region
@@ -201,7 +253,9 @@ pub(super) async fn halt(tx: &mut Tx<'_>, run_id: i64, reason: &str) -> Result<(
     }
     let why = ErrorInfo::new(
         power::NOT_STOPPED,
-        format!("not stopped: the run stopped taking instances down ({reason}); its keys were not changed"),
+        format!(
+            "not stopped: the run stopped taking instances down ({reason}); its keys were not changed"
+        ),
     );
     for (region, instances) in by_region {
         fail_held(tx, run_id, &region, &instances, &why, ItemStatus::Skipped).await?;
@@ -234,11 +288,10 @@ pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), 
     if surveying > 0 {
         return Ok(());
     }
-    let admissions: Option<String> =
-        sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let admissions: Option<String> = sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_one(&mut **tx)
+        .await?;
     let all = rows(tx, run_id, None).await?;
     let effects = power::admit(&live, &all, admissions.is_some(), now);
     super::follow::apply(tx, run_id, effects, now).await

@@ -125,6 +125,7 @@ impl Store {
             pairs: again.len() as u64,
             ..Requeued::default()
         };
+        let again = hold_for_power(&mut writer, again).await?;
         add_unbind_jobs(&mut writer, &again).await?;
         if let Requeue::Failed { codes } = what {
             requeue_rotation(&mut writer, codes, &mut requeued).await?;
@@ -212,6 +213,54 @@ async fn unbinds_of(
         }
     }
     Ok(again)
+}
+
+/// In a live run, a pair to send again on an instance the run powered off and on (or
+/// left RUNNING) needs it stopped again: it is held, and its instance waits for a slot
+/// of the budget once more (`resume` admits it). Returns the pairs that need no power
+/// cycle (their instance was not RUNNING): those are queued at once.
+async fn hold_for_power(writer: &mut JobWriter, again: Vec<Again>) -> Result<Vec<Again>, StoreError> {
+    let live: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM power WHERE run_id = ?)")
+        .bind(writer.run_id)
+        .fetch_one(&mut *writer.tx)
+        .await?;
+    if !live {
+        return Ok(again);
+    }
+    let mut now = Vec::new();
+    for a in again {
+        let cycled = sqlx::query(
+            "UPDATE power SET state = 'waiting', stopped_at = NULL, started_at = NULL, up_at = NULL, \
+             reason = NULL WHERE run_id = ? AND region = ? AND instance_id = ? \
+             AND (state IN ('up', 'waiting') OR (state = 'not_stopped' AND reason LIKE 'StopInstances%'))",
+        )
+        .bind(writer.run_id)
+        .bind(&a.region)
+        .bind(&a.pair.instance_id)
+        .execute(&mut *writer.tx)
+        .await?
+        .rows_affected();
+        if cycled == 0 {
+            now.push(a);
+            continue;
+        }
+        sqlx::query(
+            "UPDATE items SET status = ?, held = 1, job_id = NULL, error_code = NULL, error_message = NULL, \
+             request_id = NULL, verified = NULL, verified_at = NULL, verify_request_id = NULL WHERE id = ?",
+        )
+        .bind(ItemStatus::Pending.as_str())
+        .bind(a.pair.item_id)
+        .execute(&mut *writer.tx)
+        .await?;
+        writer.added += 1;
+    }
+    if writer.added > 0 {
+        sqlx::query("UPDATE runs SET admissions = NULL WHERE id = ? AND admissions NOT LIKE 'halted%'")
+            .bind(writer.run_id)
+            .execute(&mut *writer.tx)
+            .await?;
+    }
+    Ok(now)
 }
 
 /// Queues unbind jobs for `again`, chunked per (region, ForceStop).

@@ -88,12 +88,23 @@ async fn stop_start_rolls_through_the_fleet_within_the_budget() {
     let input = r.input("leak.csv", &rows(30));
     let path = input.to_str().unwrap();
     let args = [
-        "run", path, "--running", "stop-start", "--max-down", "3", "--canary", "1",
-        "--progress", "none",
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "3",
+        "--canary",
+        "1",
+        "--progress",
+        "none",
     ];
     let (code, _, stderr) = r.run(&args, LIMIT).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("power:    down 0 now (budget 3), at most 3 at once"), "{stderr}");
+    assert!(
+        stderr.contains("power:    down 0 now (budget 3), at most 3 at once"),
+        "{stderr}"
+    );
     assert!(stderr.contains("downtime: p50"), "{stderr}");
     let rules = PowerRules {
         max_down: 3,
@@ -112,8 +123,16 @@ async fn a_budget_per_zone_holds_in_every_zone() {
     let input = r.input("leak.csv", &rows(30));
     let path = input.to_str().unwrap();
     let args = [
-        "run", path, "--running", "stop-start", "--max-down", "1", "--max-down-per", "zone",
-        "--progress", "none",
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "1",
+        "--max-down-per",
+        "zone",
+        "--progress",
+        "none",
     ];
     let (code, _, stderr) = r.run(&args, LIMIT).await;
     assert_eq!(code, 0, "{stderr}");
@@ -124,7 +143,10 @@ async fn a_budget_per_zone_holds_in_every_zone() {
     };
     assert_keys_and_power(&r, &before, &rules).await;
     let power = audit_power_of(&r.sim, &before, &rules);
-    assert!(power.max_down_per_zone.values().all(|&n| n == 1), "{power:?}");
+    assert!(
+        power.max_down_per_zone.values().all(|&n| n == 1),
+        "{power:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +156,14 @@ async fn killed_at_seeded_moments_the_same_command_keeps_the_budget_and_brings_a
     let input = r.input("leak.csv", &rows(24));
     let path = input.to_str().unwrap();
     let args = [
-        "run", path, "--running", "stop-start", "--max-down", "2", "--progress", "none",
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "2",
+        "--progress",
+        "none",
     ];
     // Two kills, each once some requests have gone out: mid-cycle, instances down.
     for sent in [6, 20] {
@@ -157,7 +186,10 @@ async fn killed_at_seeded_moments_the_same_command_keeps_the_budget_and_brings_a
     // None was stopped twice: each instance's timeline has one stop.
     let journal = r.sim.journal();
     let mut stops = std::collections::BTreeMap::<String, usize>::new();
-    for e in journal.iter().filter(|e| e.action == "StopInstances" && e.applied) {
+    for e in journal
+        .iter()
+        .filter(|e| e.action == "StopInstances" && e.applied)
+    {
         for i in &e.instance_ids {
             *stops.entry(i.clone()).or_default() += 1;
         }
@@ -189,13 +221,24 @@ async fn a_start_that_fails_for_good_is_left_stopped_named_and_halts_the_rollout
     let input = r.input("leak.csv", &rows(10));
     let path = input.to_str().unwrap();
     let args = [
-        "run", path, "--running", "stop-start", "--max-down", "2", "--max-attempts", "2",
-        "--progress", "none",
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "2",
+        "--max-attempts",
+        "2",
+        "--progress",
+        "none",
     ];
     let (code, _, stderr) = r.run(&args, LIMIT).await;
     assert_eq!(code, 5, "{stderr}");
     let left = stderr.find("LEFT STOPPED").expect("named");
-    assert!(left < stderr.find("pairs:").unwrap(), "named first:\n{stderr}");
+    assert!(
+        left < stderr.find("pairs:").unwrap(),
+        "named first:\n{stderr}"
+    );
     assert!(stderr.contains(&ins(0)), "{stderr}");
     // Nothing but the canary went down.
     let journal = r.sim.journal();
@@ -204,5 +247,9 @@ async fn a_start_that_fails_for_good_is_left_stopped_named_and_halts_the_rollout
         .filter(|e| e.action == "StopInstances" && e.applied)
         .flat_map(|e| e.instance_ids.iter())
         .collect();
-    assert_eq!(stopped, [&ins(0)], "no further stop after the canary failed");
+    assert_eq!(
+        stopped,
+        [&ins(0)],
+        "no further stop after the canary failed"
+    );
 }

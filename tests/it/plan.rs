@@ -441,7 +441,10 @@ fn planning_the_same_input_twice_finds_the_same_run() {
     assert_eq!(k.report_csv(&[]).len(), 10, "no new items");
 
     // Different options are a different run.
-    let forced = k.plan(&sample("bad-rows.csv"), &["--force-stop", "--max-down", "10"]);
+    let forced = k.plan(
+        &sample("bad-rows.csv"),
+        &["--force-stop", "--max-down", "10"],
+    );
     assert_eq!(forced["existing"], false);
     assert_ne!(forced["run_id"], first["run_id"]);
     let runs = k.runs();
