@@ -1052,6 +1052,7 @@ mod tests {
             Target::Stopped,
             &[seen("ins-a", "RUNNING", Some(("StopInstances", "FAILED")))],
             &rows,
+            &BTreeMap::new(),
             10,
             0,
         );

@@ -253,3 +253,42 @@ async fn a_start_that_fails_for_good_is_left_stopped_named_and_halts_the_rollout
         "no further stop after the canary failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_stop_in_both_readings_keeps_the_budget_and_ends_everyone_running() {
+    for (seed, reading) in [
+        (5, keyfleet::sim::ForceStopReading::Restart),
+        (6, keyfleet::sim::ForceStopReading::LeftStopped),
+    ] {
+        let before = fleet(15);
+        let power = Power {
+            force_stop: reading,
+            ..power(100, 150)
+        };
+        let r = Rehearsal::start(sim(power, seed), before.clone()).await;
+        let input = r.input("leak.csv", &rows(15));
+        let path = input.to_str().unwrap();
+        let args = [
+            "run", path, "--force-stop", "--max-down", "2", "--progress", "none",
+        ];
+        let (code, _, stderr) = r.run(&args, LIMIT).await;
+        assert_eq!(code, 0, "{reading:?}: {stderr}");
+        let rules = PowerRules {
+            max_down: 2,
+            allow_force_stop: true,
+            ..PowerRules::default()
+        };
+        assert_keys_and_power(&r, &before, &rules).await;
+        let journal = r.sim.journal();
+        let starts = journal
+            .iter()
+            .filter(|e| e.action == "StartInstances" && e.applied)
+            .count();
+        match reading {
+            // The cloud restarts them: keyfleet only sees them RUNNING.
+            keyfleet::sim::ForceStopReading::Restart => assert_eq!(starts, 0, "{stderr}"),
+            // The older reading leaves them STOPPED: keyfleet starts them.
+            keyfleet::sim::ForceStopReading::LeftStopped => assert!(starts > 0, "{stderr}"),
+        }
+    }
+}
