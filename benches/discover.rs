@@ -43,6 +43,7 @@ async fn main() {
                 Instance::new(common::instance_id(i), region).keys(keys)
             })
             .collect(),
+        ..Fleet::default()
     };
     let sim = common::start_sim(
         common::sim_config(

@@ -163,6 +163,7 @@ async fn two_processes(jobs_each: usize) {
         .map(|half| keyfleet::sim::Fleet {
             keys: Vec::new(),
             instances: fleet.instances[half * jobs_each..(half + 1) * jobs_each].to_vec(),
+            ..keyfleet::sim::Fleet::default()
         })
         .collect();
     let db = dir.path().join("keyfleet.db");

@@ -25,8 +25,18 @@
 //! the host ([`REGIONAL_ENDPOINT_TEMPLATE`]) so each region's calls go to its own access
 //! endpoint (URL, `Host` header and signature all name it; [`CvmClient::endpoint_for`]).
 //! [`resolve`] connects chosen names to chosen addresses (`--resolve`).
+//!
+//! Services: every call belongs to one [`Service`] (`cvm`, `as`), named by its action
+//! ([`Action::service`]); it is signed with that service's name in the credential scope
+//! and sends that service's `X-TC-Version`. A `{service}` placeholder in the endpoint's
+//! host ([`DEFAULT_ENDPOINT_TEMPLATE`]) sends each service's calls to its own host; an
+//! endpoint without it (a simulator's `http://127.0.0.1:PORT`) takes every service's
+//! calls, each still signed for its own service. [`templates`] reads the replies of the
+//! incident's actions (key pairs with their public keys, launch templates, launch
+//! configurations).
 
 pub mod resolve;
+pub mod templates;
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,7 +50,7 @@ use crate::credentials::Credentials;
 use crate::sign::{self, RequestParts};
 use crate::taxonomy::{self, ErrorClass, TRANSPORT_PREFIX};
 
-pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE, StopType};
+pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE, Service, StopType};
 /// How long establishing a connection (TCP and TLS) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one whole request may take, from connecting to the last byte of the reply.
@@ -54,8 +64,13 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What an endpoint template holds where each call's region goes.
 pub const REGION_PLACEHOLDER: &str = "{region}";
-/// Tencent Cloud's regional access endpoints (`--regional-endpoints`).
-pub const REGIONAL_ENDPOINT_TEMPLATE: &str = "https://cvm.{region}.tencentcloudapi.com";
+/// What an endpoint template holds where each call's service name goes.
+pub const SERVICE_PLACEHOLDER: &str = "{service}";
+/// Each service's documented host (`cvm.tencentcloudapi.com`, `as.tencentcloudapi.com`):
+/// the endpoint when none is given.
+pub const DEFAULT_ENDPOINT_TEMPLATE: &str = "https://{service}.tencentcloudapi.com";
+/// Tencent Cloud's regional access endpoints (`--regional-endpoints`), each service's own.
+pub const REGIONAL_ENDPOINT_TEMPLATE: &str = "https://{service}.{region}.tencentcloudapi.com";
 
 /// The one content type sent and signed.
 const JSON_CONTENT_TYPE: &str = "application/json";
@@ -66,7 +81,8 @@ const SIGNED_HEADERS: [&str; 3] = ["content-type", "host", "x-tc-action"];
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `https://host[:port]`, or `http://host:port` for a local simulator; with
-    /// [`REGION_PLACEHOLDER`] in the host, a template resolved per call.
+    /// [`REGION_PLACEHOLDER`] or [`SERVICE_PLACEHOLDER`] in the host, a template
+    /// resolved per call.
     pub endpoint: String,
     pub credentials: Credentials,
     /// Limit on establishing a connection.
@@ -400,8 +416,9 @@ struct Target {
 enum Endpoint {
     /// Every call to one URL; `host` is the `Host` header, exactly as sent and signed.
     Fixed { url: Url, host: String },
-    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`];
-    /// each URL it gives passes [`check_transport_resolved`] before it is used.
+    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`] and
+    /// its service's name in place of [`SERVICE_PLACEHOLDER`]; each URL it gives passes
+    /// [`check_transport_resolved`] before it is used.
     Template {
         template: String,
         /// The template's URL for one region, for decisions made once (the proxy).
@@ -416,21 +433,30 @@ impl Endpoint {
     /// one region's URL; every call's URL is checked again).
     fn parse(config: &ClientConfig) -> Result<(Endpoint, Transport), ClientError> {
         let endpoint = config.endpoint.trim();
-        if !endpoint.contains(REGION_PLACEHOLDER) {
+        if !endpoint.contains(REGION_PLACEHOLDER) && !endpoint.contains(SERVICE_PLACEHOLDER) {
             let (url, host) = parse_endpoint(endpoint)?;
             let transport = check_transport_resolved(&url, config.insecure_http, &config.resolve)?;
             return Ok((Endpoint::Fixed { url, host }, transport));
         }
-        // Two regions must give two hosts: the placeholder belongs in the host name.
-        let (a, b) = (
-            parse_endpoint(&endpoint.replace(REGION_PLACEHOLDER, "ap-guangzhou"))?,
-            parse_endpoint(&endpoint.replace(REGION_PLACEHOLDER, "ap-shanghai"))?,
-        );
-        if a.0.host_str() == b.0.host_str() || a.0.port() != b.0.port() {
-            return Err(ClientError::BadEndpoint {
-                endpoint: crate::ids::shorten(endpoint),
-                reason: format!("{REGION_PLACEHOLDER} may appear only in the host name"),
-            });
+        let fill = |service: Service, region: &str| fill_template(endpoint, service, region);
+        let a = parse_endpoint(&fill(Service::Cvm, "ap-guangzhou"))?;
+        // Each placeholder, varied alone, must change the host and nothing else: it
+        // belongs in the host name.
+        let variations = [
+            (REGION_PLACEHOLDER, fill(Service::Cvm, "ap-shanghai")),
+            (SERVICE_PLACEHOLDER, fill(Service::As, "ap-guangzhou")),
+        ];
+        for (placeholder, varied) in variations {
+            if !endpoint.contains(placeholder) {
+                continue;
+            }
+            let b = parse_endpoint(&varied)?;
+            if a.0.host_str() == b.0.host_str() || a.0.port() != b.0.port() {
+                return Err(ClientError::BadEndpoint {
+                    endpoint: crate::ids::shorten(endpoint),
+                    reason: format!("{placeholder} may appear only in the host name"),
+                });
+            }
         }
         let transport = check_transport_resolved(&a.0, config.insecure_http, &config.resolve)?;
         let template = Endpoint::Template {
@@ -460,8 +486,14 @@ impl Endpoint {
         }
     }
 
-    /// The URL and `Host` header for a call to `region`.
+    /// The URL and `Host` header for a CVM call to `region`.
+    #[cfg(test)]
     fn for_region(&self, region: &str) -> Result<(Url, String), CallError> {
+        self.for_call(Service::Cvm, region)
+    }
+
+    /// The URL and `Host` header for a call of `service` to `region`.
+    fn for_call(&self, service: Service, region: &str) -> Result<(Url, String), CallError> {
         match self {
             Endpoint::Fixed { url, host } => Ok((url.clone(), host.clone())),
             Endpoint::Template {
@@ -474,13 +506,13 @@ impl Endpoint {
                     CallError::Transport(TransportError::new(TransportKind::Connect, detail))
                 };
                 // A region becomes part of a host name: only region-shaped text may.
-                if !crate::ids::is_region(region) {
+                if template.contains(REGION_PLACEHOLDER) && !crate::ids::is_region(region) {
                     return Err(not_sent(format!(
                         "not sent: the region {:?} cannot be part of an endpoint's host name",
                         crate::ids::shorten(region)
                     )));
                 }
-                let (url, host) = parse_endpoint(&template.replace(REGION_PLACEHOLDER, region))
+                let (url, host) = parse_endpoint(&fill_template(template, service, region))
                     .map_err(|err| not_sent(format!("not sent: {err}")))?;
                 check_transport_resolved(&url, *insecure_http, rules)
                     .map_err(|err| not_sent(format!("not sent: {err}")))?;
@@ -552,13 +584,18 @@ impl CvmClient {
         self.target.endpoint.shown()
     }
 
-    /// The URL a call for `region` goes to: the endpoint, or the template with `region`
-    /// in place of `{region}` (as given when `region` cannot be part of a host name;
-    /// such a call is refused before sending).
+    /// The URL a CVM call for `region` goes to: the endpoint, or the template with
+    /// `region` in place of `{region}` (as given when `region` cannot be part of a host
+    /// name; such a call is refused before sending).
     pub fn endpoint_for(&self, region: &str) -> String {
-        match self.target.endpoint.for_region(region) {
+        self.endpoint_for_service(Service::Cvm, region)
+    }
+
+    /// The URL a call of `service` for `region` goes to (see [`CvmClient::endpoint_for`]).
+    pub fn endpoint_for_service(&self, service: Service, region: &str) -> String {
+        match self.target.endpoint.for_call(service, region) {
             Ok((url, _)) => url.to_string(),
-            Err(_) => self.endpoint().replace(REGION_PLACEHOLDER, region),
+            Err(_) => fill_template(self.endpoint(), service, region),
         }
     }
 
@@ -728,17 +765,42 @@ impl CvmClient {
         Ok((keys, request_id))
     }
 
-    /// Sends one API call and returns the `Response` object and its RequestId.
+    /// Sends one API call and returns the `Response` object and its RequestId. The
+    /// service is the action's ([`Action::service`]); a name keyfleet does not know is
+    /// sent to CVM.
     pub async fn call(
         &self,
         action: &str,
         region: &str,
         body: &Value,
     ) -> Result<(Value, String), CallError> {
+        let service = Action::from_name(action).map_or(Service::Cvm, Action::service);
+        self.call_service(service, action, region, body).await
+    }
+
+    /// [`CvmClient::call`] for a known action, to its service.
+    pub async fn call_action(
+        &self,
+        action: Action,
+        region: &str,
+        body: &Value,
+    ) -> Result<(Value, String), CallError> {
+        self.call_service(action.service(), action.name(), region, body)
+            .await
+    }
+
+    /// Sends one call of `service`: to its host, signed for it, naming its version.
+    pub async fn call_service(
+        &self,
+        service: Service,
+        action: &str,
+        region: &str,
+        body: &Value,
+    ) -> Result<(Value, String), CallError> {
         let started = Instant::now();
         let payload = body.to_string().into_bytes();
-        let (url, host) = self.target.endpoint.for_region(region)?;
-        let headers = self.headers(action, region, &host, &payload, unix_now())?;
+        let (url, host) = self.target.endpoint.for_call(service, region)?;
+        let headers = self.headers(service, action, region, &host, &payload, unix_now())?;
         let result = self.send(url, headers, payload).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
@@ -759,6 +821,7 @@ impl CvmClient {
 
     fn headers(
         &self,
+        service: Service,
         action: &str,
         region: &str,
         host: &str,
@@ -779,7 +842,7 @@ impl CvmClient {
                 ],
                 payload,
             },
-            SERVICE,
+            service.name(),
             timestamp,
             &credentials.secret_id,
             &credentials.secret_key,
@@ -790,7 +853,7 @@ impl CvmClient {
             (HOST, host),
             (CONTENT_TYPE, JSON_CONTENT_TYPE),
             (HeaderName::from_static("x-tc-action"), action),
-            (HeaderName::from_static("x-tc-version"), API_VERSION),
+            (HeaderName::from_static("x-tc-version"), service.version()),
             (HeaderName::from_static("x-tc-region"), region),
             (HeaderName::from_static("x-tc-timestamp"), &timestamp),
             (HeaderName::from_static("x-tc-requestclient"), &client),
@@ -1128,6 +1191,13 @@ fn parse_endpoint(endpoint: &str) -> Result<(Url, String), ClientError> {
     Ok((url, host_header))
 }
 
+/// An endpoint template with `service`'s name and `region` in place of the placeholders.
+fn fill_template(template: &str, service: Service, region: &str) -> String {
+    template
+        .replace(SERVICE_PLACEHOLDER, service.name())
+        .replace(REGION_PLACEHOLDER, region)
+}
+
 /// `keyfleet/<version>`, sent as `X-TC-RequestClient` and `User-Agent`.
 fn client_name() -> String {
     format!("keyfleet/{}", env!("CARGO_PKG_VERSION"))
@@ -1273,6 +1343,69 @@ mod tests {
     }
 
     #[test]
+    fn each_service_has_its_host_version_and_signing_scope() {
+        let client = |endpoint: &str| CvmClient::new(ClientConfig::new(endpoint, credentials()));
+        let default = client(DEFAULT_ENDPOINT_TEMPLATE).unwrap();
+        assert_eq!(
+            default.endpoint_for_service(Service::As, "ap-guangzhou"),
+            "https://as.tencentcloudapi.com/"
+        );
+        assert_eq!(
+            default.endpoint_for("ap-guangzhou"),
+            "https://cvm.tencentcloudapi.com/"
+        );
+        let regional = client(REGIONAL_ENDPOINT_TEMPLATE).unwrap();
+        assert_eq!(
+            regional.endpoint_for_service(Service::As, "eu-frankfurt"),
+            "https://as.eu-frankfurt.tencentcloudapi.com/"
+        );
+        // Without the placeholder one endpoint serves every service.
+        let fixed = client("http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            fixed.endpoint_for_service(Service::As, "ap-guangzhou"),
+            "http://127.0.0.1:9/"
+        );
+        for bad in [
+            "https://tencentcloudapi.com/{service}",
+            "https://{service}.tencentcloudapi.com/{service}",
+        ] {
+            assert!(
+                matches!(client(bad), Err(ClientError::BadEndpoint { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        // Each request is signed for its own service and names its version.
+        let payload = b"{}";
+        let headers = fixed
+            .headers(
+                Service::As,
+                "DescribeLaunchConfigurations",
+                "ap-guangzhou",
+                "127.0.0.1:9",
+                payload,
+                1_700_000_000,
+            )
+            .unwrap();
+        let get = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_string();
+        assert_eq!(get("x-tc-version"), "2018-04-19");
+        assert!(get("authorization").contains("/as/tc3_request"));
+        let received: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        let parts = |headers| sign::Received {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            payload,
+        };
+        let key = |_: &str| Some(Secret::new("topsecretkey"));
+        assert!(sign::verify(&parts(received.clone()), "as", 1_700_000_000, key).is_ok());
+        assert!(sign::verify(&parts(received), SERVICE, 1_700_000_000, key).is_err());
+    }
+
+    #[test]
     fn envelopes() {
         let ok = parse_envelope(br#"{"Response":{"RequestId":"r-1"}}"#).unwrap();
         assert_eq!(ok.1, "r-1");
@@ -1325,6 +1458,7 @@ mod tests {
         let payload = br#"{"InstanceIds":["ins-12345678"]}"#;
         let headers = client
             .headers(
+                Service::Cvm,
                 "DisassociateInstancesKeyPairs",
                 "ap-guangzhou",
                 "127.0.0.1:9",

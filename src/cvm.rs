@@ -1,17 +1,71 @@
-//! The CVM API's vocabulary, defined once for the client, the executor and the
-//! simulator: service, version, endpoint, and each action's name and documented rate.
+//! The API's vocabulary, defined once for the client, the executor and the
+//! simulator: each service (name, version, host) and each action's name, service and
+//! documented rate.
 //!
-//! Adding an action starts here: a variant, its name and its limit. The simulator
-//! serves the same names (it keeps its own messages: it is the test oracle).
+//! Adding an action starts here: a variant, its name, its service and its limit. The
+//! simulator serves the same names (it keeps its own messages: it is the test oracle).
+//! Adding a service (`sts` next) is one more [`Service`] variant with its name, version
+//! and host; the client signs, routes and paces by it without further change.
 
 use std::fmt;
 
 /// Tencent Cloud's CVM endpoint (it resolves to the nearest access region).
 pub const DEFAULT_ENDPOINT: &str = "https://cvm.tencentcloudapi.com";
-/// The CVM API version every call names in `X-TC-Version`.
+/// The CVM API version every CVM call names in `X-TC-Version`.
 pub const API_VERSION: &str = "2017-03-12";
-/// The service name in the signature's credential scope.
+/// The CVM service name in the signature's credential scope.
 pub const SERVICE: &str = "cvm";
+
+/// A Tencent Cloud service keyfleet calls. Each has its own name (the first label
+/// of its host and the service in the signature's credential scope), API version and
+/// documented host; all are regional (`X-TC-Region`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Cloud Virtual Machine: instances, key pairs, launch templates.
+    Cvm,
+    /// Auto Scaling: launch configurations.
+    As,
+}
+
+impl Service {
+    /// Every service, in a fixed order.
+    pub const ALL: [Service; 2] = [Service::Cvm, Service::As];
+
+    /// The name in the credential scope and in the host (`cvm`, `as`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Cvm => SERVICE,
+            Service::As => "as",
+        }
+    }
+
+    /// The version every call to the service names in `X-TC-Version`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Service::Cvm => API_VERSION,
+            Service::As => "2018-04-19",
+        }
+    }
+
+    /// The documented host (it resolves to the nearest access region).
+    pub fn host(self) -> &'static str {
+        match self {
+            Service::Cvm => "cvm.tencentcloudapi.com",
+            Service::As => "as.tencentcloudapi.com",
+        }
+    }
+
+    /// The service with this name (exact, as the credential scope carries it).
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A CVM API action keyfleet calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,10 +77,20 @@ pub enum Action {
     DescribeRegions,
     StopInstances,
     StartInstances,
+    // Closing an incident (issue 22): read and sent directly by `discover` and `retire`,
+    // never queued (the jobs table's CHECK does not name them), so not in `ALL`.
+    ImportKeyPair,
+    DeleteKeyPairs,
+    DescribeLaunchTemplates,
+    DescribeLaunchTemplateVersions,
+    CreateLaunchTemplateVersion,
+    ModifyLaunchTemplateDefaultVersion,
+    DescribeLaunchConfigurations,
+    ModifyLaunchConfigurationAttributes,
 }
 
 impl Action {
-    /// Every action, in a fixed order (tables and tests walk it).
+    /// Every action the queue can hold, in a fixed order (tables and tests walk it).
     pub const ALL: [Action; 7] = [
         Action::DisassociateInstancesKeyPairs,
         Action::AssociateInstancesKeyPairs,
@@ -36,6 +100,23 @@ impl Action {
         Action::StopInstances,
         Action::StartInstances,
     ];
+
+    /// The actions that close an incident, sent directly, never queued.
+    pub const INCIDENT: [Action; 8] = [
+        Action::ImportKeyPair,
+        Action::DeleteKeyPairs,
+        Action::DescribeLaunchTemplates,
+        Action::DescribeLaunchTemplateVersions,
+        Action::CreateLaunchTemplateVersion,
+        Action::ModifyLaunchTemplateDefaultVersion,
+        Action::DescribeLaunchConfigurations,
+        Action::ModifyLaunchConfigurationAttributes,
+    ];
+
+    /// Every action of every service: [`Action::ALL`], then [`Action::INCIDENT`].
+    pub fn every() -> impl Iterator<Item = Action> {
+        Action::ALL.into_iter().chain(Action::INCIDENT)
+    }
 
     /// The name sent in `X-TC-Action`.
     pub fn name(self) -> &'static str {
@@ -47,16 +128,58 @@ impl Action {
             Action::DescribeRegions => "DescribeRegions",
             Action::StopInstances => "StopInstances",
             Action::StartInstances => "StartInstances",
+            Action::ImportKeyPair => "ImportKeyPair",
+            Action::DeleteKeyPairs => "DeleteKeyPairs",
+            Action::DescribeLaunchTemplates => "DescribeLaunchTemplates",
+            Action::DescribeLaunchTemplateVersions => "DescribeLaunchTemplateVersions",
+            Action::CreateLaunchTemplateVersion => "CreateLaunchTemplateVersion",
+            Action::ModifyLaunchTemplateDefaultVersion => "ModifyLaunchTemplateDefaultVersion",
+            Action::DescribeLaunchConfigurations => "DescribeLaunchConfigurations",
+            Action::ModifyLaunchConfigurationAttributes => "ModifyLaunchConfigurationAttributes",
         }
     }
 
-    /// The action with this `X-TC-Action` name (exact, as the API matches it).
+    /// The action with this `X-TC-Action` name (exact, as the API matches it), in any service.
     pub fn from_name(name: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.name() == name)
+        Action::every().find(|a| a.name() == name)
+    }
+
+    /// The action with this name in `service` (an action belongs to one service).
+    pub fn from_service_name(service: Service, name: &str) -> Option<Action> {
+        Action::from_name(name).filter(|a| a.service() == service)
+    }
+
+    /// The service the action belongs to: its host, version and signing scope.
+    pub fn service(self) -> Service {
+        match self {
+            Action::DescribeLaunchConfigurations | Action::ModifyLaunchConfigurationAttributes => {
+                Service::As
+            }
+            _ => Service::Cvm,
+        }
+    }
+
+    /// True for the actions that change something in the account (the ones a
+    /// `--dry-run` never sends).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Action::DisassociateInstancesKeyPairs
+                | Action::AssociateInstancesKeyPairs
+                | Action::StopInstances
+                | Action::StartInstances
+                | Action::ImportKeyPair
+                | Action::DeleteKeyPairs
+                | Action::CreateLaunchTemplateVersion
+                | Action::ModifyLaunchTemplateDefaultVersion
+                | Action::ModifyLaunchConfigurationAttributes
+        )
     }
 
     /// The documented limit in requests per second, per access region and sub-account
-    /// (reference, section 1).
+    /// (reference, section 1; the incident's actions: live-fleets-and-incident.md,
+    /// sections 2 and 3). CreateLaunchTemplateVersion and ModifyLaunchTemplateDefaultVersion
+    /// have no published limit: 10, the lowest of CVM's.
     pub fn rate_limit(self) -> u32 {
         match self {
             Action::DisassociateInstancesKeyPairs | Action::AssociateInstancesKeyPairs => 10,
@@ -64,6 +187,12 @@ impl Action {
             Action::DescribeRegions => 20,
             Action::DescribeKeyPairs => 10,
             Action::StopInstances | Action::StartInstances => 10,
+            Action::ImportKeyPair | Action::DeleteKeyPairs => 10,
+            Action::DescribeLaunchTemplates | Action::DescribeLaunchTemplateVersions => 20,
+            Action::CreateLaunchTemplateVersion | Action::ModifyLaunchTemplateDefaultVersion => 10,
+            Action::DescribeLaunchConfigurations | Action::ModifyLaunchConfigurationAttributes => {
+                20
+            }
         }
     }
 
@@ -161,10 +290,37 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for action in Action::ALL {
+        for action in Action::every() {
             assert_eq!(Action::from_name(action.name()), Some(action));
+            assert_eq!(
+                Action::from_service_name(action.service(), action.name()),
+                Some(action)
+            );
         }
         assert_eq!(Action::from_name("disassociateinstanceskeypairs"), None);
+        assert_eq!(
+            Action::from_service_name(Service::As, "DescribeInstances"),
+            None
+        );
+        for service in Service::ALL {
+            assert_eq!(Service::from_name(service.name()), Some(service));
+            assert!(service.host().starts_with(&format!("{}.", service.name())));
+        }
+    }
+
+    #[test]
+    fn incident_services_versions_and_limits() {
+        assert_eq!(Action::DescribeLaunchConfigurations.service(), Service::As);
+        assert_eq!(Service::As.version(), "2018-04-19");
+        assert_eq!(Service::As.host(), "as.tencentcloudapi.com");
+        assert_eq!(Action::DeleteKeyPairs.service(), Service::Cvm);
+        assert_eq!(Action::DeleteKeyPairs.rate_limit(), 10);
+        assert_eq!(Action::DescribeLaunchTemplateVersions.rate_limit(), 20);
+        assert_eq!(Action::ModifyLaunchConfigurationAttributes.rate_limit(), 20);
+        // The queue's actions are exactly ALL; no incident action is queued yet.
+        assert!(Action::INCIDENT.iter().all(|a| !Action::ALL.contains(a)));
+        assert!(!Action::DescribeKeyPairs.is_write());
+        assert!(Action::DeleteKeyPairs.is_write());
     }
 
     #[test]

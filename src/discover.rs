@@ -386,8 +386,9 @@ impl Pass {
     }
 }
 
-/// Sends discovery's requests: paced, retried, classified.
-struct Sender<A> {
+/// Sends discovery's requests: paced, retried, classified (the incident's reads and
+/// writes in [`crate::incident`] go through it too).
+pub(crate) struct Sender<A> {
     api: Arc<A>,
     limiter: Arc<dyn Limiter>,
     options: DiscoverOptions,
@@ -399,10 +400,10 @@ struct Sender<A> {
 
 impl<A: Api> Sender<A> {
     /// One call, paced under its limiter key and retried as a run would retry it.
-    async fn send(&self, call: Call) -> Result<Reply, Refused> {
+    pub(crate) async fn send(&self, call: Call) -> Result<Reply, Refused> {
         let key = LimiterKey {
             action: call.action,
-            endpoint: self.api.endpoint(&call.region),
+            endpoint: self.api.endpoint_of(call.action, &call.region),
             secret_id: self.api.secret_id(),
         };
         let mut failures = 0u32;
@@ -554,7 +555,7 @@ impl<A: Api> Sender<A> {
     }
 
     /// The regions `DescribeRegions` lists as available.
-    async fn regions(&self) -> Result<BTreeSet<String>, DiscoverError> {
+    pub(crate) async fn regions(&self) -> Result<BTreeSet<String>, DiscoverError> {
         let call = Call {
             action: Action::DescribeRegions,
             region: self.options.home_region.clone(),
@@ -700,6 +701,18 @@ fn add_holders(holders: &mut Holders, asked: &[String], listed: Vec<api::KeyPair
                     .or_default()
                     .insert(pair.key_id.clone());
             }
+        }
+    }
+}
+
+impl<A: Api> Sender<A> {
+    /// A sender for `options`' pacing and retries (used by [`crate::incident`]).
+    pub(crate) fn new(api: Arc<A>, limiter: Arc<dyn Limiter>, options: DiscoverOptions) -> Self {
+        Sender {
+            api,
+            limiter,
+            options,
+            turns: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 }

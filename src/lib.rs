@@ -18,18 +18,23 @@
 //!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
 //!   fleets: survey, admission into the downtime budget, stop, settle, start). Tested
 //!   without a database; the store applies the effects.
-//! - [`cvm`]: the API's vocabulary: service, version, endpoint, each action's name and rate
-//!   (the key-pair actions, the reads, StopInstances/StartInstances), `StopType`.
+//! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
+//!   action's name, service and rate (the key-pair actions, the reads,
+//!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
+//!   [`cvm::Action::INCIDENT`] the ones `discover` and `retire` send directly.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
 //! - [`taxonomy`]: every (action, error code) -> `ErrorClass` (Retry, Throttle, Isolate, Fatal)
 //!   and `Scope` (instance, key, request), from one table.
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
-//! - [`api`]: `CvmClient`, the signed HTTP client for the CVM API and its error types:
+//! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
-//!   DescribeKeyPairs, DescribeRegions); `{region}` endpoint templates; `api::resolve`, the
-//!   `--resolve` rules (and `is_loopback_host` for transport checks).
+//!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
+//!   `{region}` and `{service}` endpoint templates; `api::resolve`, the `--resolve` rules
+//!   (and `is_loopback_host` for transport checks); `api::templates`, the replies of the
+//!   incident's reads (key pairs' public keys, launch templates, launch configurations).
+//! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one kind
 //!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
 //!   run's power rows. Every operation is a `Store` method, grouped by file:
@@ -69,13 +74,19 @@
 //!   DescribeInstances pages through the executor's `Api` and `Limiter`; a region is
 //!   complete only when its pages agree with `TotalCount` (else walked again, then
 //!   INCOMPLETE), and holders DescribeKeyPairs names that no walk listed are looked up by id.
+//! - [`incident`]: closing an incident through discovery's sender: the key ids holding a
+//!   public key, the launch template versions and launch configurations handing a key
+//!   out (every region), and `retire` (DeleteKeyPairs once nothing holds the key, confirmed
+//!   by listing again).
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
 //!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
-//!   with header/body timeouts, a connection cap and a bounded journal; `sim::churn` changes
-//!   the fleet while it is listed (seeded, counted in pages); `sim::audit` proves a run
+//!   with header/body timeouts, a connection cap and a bounded journal; every service on one
+//!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
+//!   service's launch configurations); `sim::churn` changes the fleet while it is listed
+//!   (seeded, counted in pages); `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied, and
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
 //!   final power states, budget use.
@@ -95,9 +106,11 @@ pub mod discover;
 pub mod display;
 pub mod executor;
 pub mod ids;
+pub mod incident;
 pub mod input;
 pub mod lifecycle;
 pub mod plan;
+pub mod pubkey;
 pub mod rules;
 pub mod secret;
 pub mod sign;

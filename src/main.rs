@@ -96,11 +96,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "KEYFLEET_DB", default_value = keyfleet::store::DEFAULT_DB)]
     pub db: PathBuf,
     /// API endpoint URL: https://, or http:// to localhost/127.0.0.0/8/::1 (the simulator);
-    /// `{region}` in the host sends each region's calls to its own endpoint, e.g.
-    /// https://cvm.{region}.tencentcloudapi.com.
+    /// `{region}` in the host sends each region's calls to its own endpoint and
+    /// `{service}` each service's (cvm, as) to its own host, e.g.
+    /// https://{service}.{region}.tencentcloudapi.com; without `{service}` one endpoint
+    /// takes every service's calls. Default: https://{service}.tencentcloudapi.com.
     #[arg(long, global = true, env = "KEYFLEET_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// Each region's calls to its own access endpoint, https://cvm.{region}.tencentcloudapi.com
+    /// Each region's calls to its own access endpoint, https://{service}.{region}.tencentcloudapi.com
     /// (shorthand for that --endpoint; wins over KEYFLEET_ENDPOINT).
     #[arg(long, global = true)]
     pub regional_endpoints: bool,
@@ -143,7 +145,7 @@ impl GlobalArgs {
         }
         self.endpoint
             .clone()
-            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT.to_string())
+            .unwrap_or_else(|| keyfleet::api::DEFAULT_ENDPOINT_TEMPLATE.to_string())
     }
 }
 
@@ -161,6 +163,8 @@ pub enum Command {
     Verify(cli::verify::Args),
     /// Requeue a run's failed pairs (all, or those with --code) as fresh jobs and execute them.
     Retry(cli::run::RetryArgs),
+    /// Delete leaked key pairs once no instance, default template or launch configuration holds them.
+    Retire(cli::retire::Args),
     /// Read an input of (instance, key, region) rows and store a plan of jobs (a run).
     Plan(cli::plan::Args),
     /// Show where a run stands: pairs, jobs, requests, failures.
@@ -246,6 +250,7 @@ fn try_main(cli: Cli) -> anyhow::Result<u8> {
             Command::Discover(args) => cli::discover::run(args, &cli.global).await,
             Command::Run(args) => cli::run::run(args, &cli.global).await,
             Command::Retry(args) => cli::run::retry(args, &cli.global).await,
+            Command::Retire(args) => cli::retire::run(args, &cli.global).await,
             Command::Resume(args) => cli::run::resume(args, &cli.global).await,
             Command::Verify(args) => cli::verify::run(args, &cli.global).await,
             Command::Plan(args) => cli::plan::run(&cli.global, args).await,

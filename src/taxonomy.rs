@@ -498,6 +498,79 @@ pub const CODES: &[Rule] = &[
         Request,
         "the region does not offer this API",
     ),
+    // Closing an incident (issue 22): key pairs, launch templates, launch configurations.
+    rule(
+        "InvalidParameterValue.KeyPairNotSupported",
+        Isolate,
+        Key,
+        "the key pair is bound to an instance: it cannot be deleted",
+    ),
+    rule(
+        "InvalidKeyPair.NotSupported",
+        Isolate,
+        Key,
+        "the key pair is referenced by an image (or bound): it cannot be deleted",
+    ),
+    rule(
+        "InvalidPublicKey.Malformed",
+        Fatal,
+        Request,
+        "the public key to import is not in OpenSSH format",
+    ),
+    rule(
+        "InvalidPublicKey.Duplicate",
+        Fatal,
+        Request,
+        "the account already holds this public key",
+    ),
+    rule(
+        "InvalidKeyPairName.Duplicate",
+        Fatal,
+        Request,
+        "the account already holds a key pair of this name",
+    ),
+    rule(
+        "InvalidKeyPair.LimitExceeded",
+        Fatal,
+        Request,
+        "the account holds the most key pairs it may",
+    ),
+    rule(
+        "InvalidParameterValue.LaunchTemplateIdMalformed",
+        Fatal,
+        Request,
+        "a launch template id is not lt- and 8 characters",
+    ),
+    rule(
+        "InvalidParameterValue.LaunchTemplateIdNotExisted",
+        Fatal,
+        Request,
+        "the launch template does not exist (in this region)",
+    ),
+    rule(
+        "InvalidParameterValue.LaunchTemplateIdVerNotExisted",
+        Fatal,
+        Request,
+        "the launch template has no such version",
+    ),
+    rule(
+        "LimitExceeded.LaunchTemplateVersionQuota",
+        Fatal,
+        Request,
+        "the launch template holds the most versions it may (30)",
+    ),
+    rule(
+        "InvalidParameterValue.InvalidLaunchConfigurationId",
+        Fatal,
+        Request,
+        "a launch configuration id is not asc- and 8 characters",
+    ),
+    rule(
+        "ResourceNotFound.LaunchConfigurationIdNotFound",
+        Fatal,
+        Request,
+        "the launch configuration does not exist (in this region)",
+    ),
 ];
 
 /// Families of codes not in [`CODES`], matched by prefix.

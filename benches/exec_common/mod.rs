@@ -66,6 +66,7 @@ pub fn one_key_each(n: usize) -> Fleet {
         instances: (0..n)
             .map(|i| Instance::new(instance_id(i), REGION).keys([key_id(i)]))
             .collect(),
+        ..Fleet::default()
     }
 }
 
@@ -158,6 +159,7 @@ pub fn one_key_shared(n: usize) -> Fleet {
         instances: (0..n)
             .map(|i| Instance::new(instance_id(i), REGION).keys([key.clone()]))
             .collect(),
+        ..Fleet::default()
     }
 }
 

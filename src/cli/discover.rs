@@ -1,12 +1,11 @@
 //! `keyfleet discover`: the instances holding leaked keys, as plan input.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::bail;
 use keyfleet::discover::{self, DiscoverError, DiscoverOptions, Discovery, Found};
 use keyfleet::display::{csv_cell, escape};
-use keyfleet::executor::LocalLimiter;
+use keyfleet::incident;
 
 use super::flags::{DataFormat, SendFlags};
 use super::run::build_client;
@@ -15,12 +14,25 @@ use crate::{GlobalArgs, exit};
 /// Output formats: plan input, readable by `keyfleet plan` and `run`.
 pub type OutputFormat = DataFormat;
 
-/// `keyfleet discover --key skey-... [--key ...]`.
+/// `keyfleet discover --key skey-... [--key ...]`, or `--public-key FILE`, or
+/// `--fingerprint SHA256:...`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("leaked").required(true).args(["keys", "public_key", "fingerprint"])))]
 pub struct Args {
     /// A key pair id to look for (repeatable).
-    #[arg(long = "key", value_name = "KEY_ID", required = true)]
+    #[arg(long = "key", value_name = "KEY_ID")]
     keys: Vec<String>,
+    /// The leaked key's public half (an OpenSSH .pub file or an authorized_keys line):
+    /// every key pair of the account holding it is looked for.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+    /// The leaked key's fingerprint, as `ssh-keygen -lf KEY.pub` prints it (SHA256:...).
+    #[arg(long, value_name = "SHA256:...")]
+    fingerprint: Option<String>,
+    /// Write the launch template versions and launch configurations that hand the keys
+    /// out here (CSV: kind,id,name,version,region,default,keys; owner-only, written whole).
+    #[arg(long, value_name = "FILE")]
+    templates_output: Option<PathBuf>,
     /// Regions to walk (repeatable or comma-separated); the configured region
     /// (--region, TENCENTCLOUD_REGION, the profile's) when neither this nor --all-regions.
     #[arg(
@@ -46,7 +58,16 @@ pub struct Args {
     send: SendFlags,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+    // Every local check happens before anything is sent.
+    let matcher =
+        match super::incident::matcher(args.public_key.as_deref(), args.fingerprint.as_deref()) {
+            Ok(matcher) => matcher,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Ok(exit::USAGE);
+            }
+        };
     if let Some(new) = &args.rotate_to {
         if !keyfleet::ids::is_key_id(new) {
             bail!(
@@ -78,7 +99,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
         .unwrap_or_else(|| "ap-guangzhou".to_string());
     let config = args.send.exec_config();
-    let options = DiscoverOptions {
+    let mut options = DiscoverOptions {
         keys: args.keys.clone(),
         regions,
         home_region,
@@ -91,12 +112,40 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     // Paced through the database's shared slots, so a discovery beside a run (or a
     // verification) on the same database stays inside the limit with it.
     let store = super::common::open_store(&global.db).await?;
-    let limiter: Arc<dyn keyfleet::executor::Limiter> = if config.rate > 0.0 {
-        Arc::new(keyfleet::executor::DbLimiter::open(&store, config.rate).await?)
-    } else {
-        Arc::new(LocalLimiter::new(0.0))
-    };
-    let discovery = match discover::discover(client, limiter, &options).await {
+    let limiter = super::incident::limiter(&store, config.rate).await?;
+    if let Some(matcher) = &matcher {
+        // The public key's ids in this account, then discovery as with --key.
+        let hunt = match incident::find_key_pairs(
+            client.clone(),
+            limiter.clone(),
+            &options,
+            matcher,
+        )
+        .await
+        {
+            Ok(hunt) => hunt,
+            Err(error) => {
+                eprintln!("error: {}", escape(&error.to_string()));
+                return Ok(if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::STOPPED
+                });
+            }
+        };
+        super::incident::summarize_hunt(&hunt, matcher);
+        args.keys = hunt.key_ids();
+        options.keys = args.keys.clone();
+        if let Some(new) = &args.rotate_to
+            && args.keys.contains(new)
+        {
+            bail!(
+                "--rotate-to {}: the new key holds the leaked public key",
+                escape(new)
+            );
+        }
+    }
+    let discovery = match discover::discover(client.clone(), limiter.clone(), &options).await {
         Ok(discovery) => discovery,
         Err(
             error @ (DiscoverError::MalformedKey(_)
@@ -112,6 +161,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(exit::STOPPED);
         }
     };
+    // The templates of every region walked, whether or not an instance holds the key.
+    let walked: Vec<String> = discovery.regions.iter().map(|r| r.region.clone()).collect();
+    let templates = incident::find_templates(client, limiter, &options, &args.keys, &walked).await;
     store.close().await;
     let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;
     match &args.output {
@@ -121,8 +173,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             std::io::stdout().lock().write_all(&bytes)?;
         }
     }
+    if let Some(path) = &args.templates_output {
+        super::report::write_private_file(path, &super::incident::render_templates(&templates)?)?;
+    }
     summarize(&discovery, &args.keys, args.rotate_to.as_deref());
-    Ok(if discovery.is_incomplete() {
+    super::incident::summarize_templates(&templates, &args.keys);
+    Ok(if discovery.is_incomplete() || templates.is_incomplete() {
         exit::INCOMPLETE
     } else {
         exit::OK
@@ -221,7 +277,8 @@ pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>
         match &scan.failed {
             None => crate::note!(
                 "{region}: {} instances scanned in {} requests, {matches} matching pairs{extra}",
-                scan.scanned, scan.pages
+                scan.scanned,
+                scan.pages
             ),
             Some((code, message)) => crate::note!(
                 "{region}: INCOMPLETE after {} instances ({}: {}); the output lacks what was not listed",

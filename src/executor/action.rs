@@ -91,11 +91,17 @@ pub trait Api: Send + Sync + 'static {
     fn endpoint(&self, region: &str) -> String;
     /// The SecretId calls are signed with (part of the limiter key; not a secret).
     fn secret_id(&self) -> String;
+    /// The access endpoint a call of `action` for `region` reaches: its service's
+    /// (part of the limiter key). By default [`Api::endpoint`], one for every service.
+    fn endpoint_of(&self, action: Action, region: &str) -> String {
+        let _ = action;
+        self.endpoint(region)
+    }
 }
 
 impl Api for crate::api::CvmClient {
     async fn call(&self, call: &Call) -> Result<Reply, Refused> {
-        crate::api::CvmClient::call(self, call.action.name(), &call.region, &call.body)
+        crate::api::CvmClient::call_action(self, call.action, &call.region, &call.body)
             .await
             .map(|(response, request_id)| Reply {
                 request_id,
@@ -111,6 +117,10 @@ impl Api for crate::api::CvmClient {
 
     fn secret_id(&self) -> String {
         crate::api::CvmClient::secret_id(self).to_string()
+    }
+
+    fn endpoint_of(&self, action: Action, region: &str) -> String {
+        crate::api::CvmClient::endpoint_for_service(self, action.service(), region)
     }
 }
 

@@ -1,6 +1,6 @@
-//! The CVM actions: parameter validation in the API's order of concern, the
-//! all-or-nothing instance checks, the asynchronous key-pair and power operations (their
-//! steps in `sim::power`), and the replies.
+//! The CVM actions of a run (the incident's are in `incident`): parameter validation in
+//! the API's order of concern, the all-or-nothing instance checks, the asynchronous key-pair
+//! and power operations (their steps in `sim::power`), and the replies.
 
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub(crate) enum Validated {
     Start {
         instances: Vec<usize>,
     },
+    /// One of the incident's actions (key pairs, templates, launch configurations).
+    Incident(super::incident::Validated),
 }
 
 /// How an accepted operation runs: the RequestId its reply carries, how long a
@@ -90,14 +92,14 @@ pub(crate) struct Executed {
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
-fn missing(name: &str) -> ApiError {
+pub(crate) fn missing(name: &str) -> ApiError {
     ApiError::new(
         "MissingParameter",
         format!("The request is missing a required parameter `{name}`."),
     )
 }
 
-fn limit_exceeded() -> ApiError {
+pub(crate) fn limit_exceeded() -> ApiError {
     ApiError::new(
         "InvalidParameterValue.LimitExceeded",
         "The number of parameter values exceeds the limit.",
@@ -111,7 +113,7 @@ fn instance_malformed() -> ApiError {
     )
 }
 
-fn key_malformed() -> ApiError {
+pub(crate) fn key_malformed() -> ApiError {
     ApiError::new(
         "InvalidKeyPairId.Malformed",
         "Invalid key pair ID. The specified key pair ID has an invalid format. For example, skey-1122 has an invalid ID length.",
@@ -122,14 +124,14 @@ fn instance_not_found() -> ApiError {
     ApiError::new("InvalidInstanceId.NotFound", "No instance found.")
 }
 
-fn key_not_found() -> ApiError {
+pub(crate) fn key_not_found() -> ApiError {
     ApiError::new(
         "InvalidKeyPairId.NotFound",
         "Invalid key pair ID. The specified key pair ID does not exist.",
     )
 }
 
-fn check_known(params: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn check_known(params: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::new(
             "UnknownParameter",
@@ -143,7 +145,10 @@ fn check_known(params: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiE
 }
 
 /// An array-of-strings parameter; `None` when absent.
-fn string_list(params: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+pub(crate) fn string_list(
+    params: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
     let wrong = || {
         ApiError::new(
             "InvalidParameter",
@@ -162,7 +167,10 @@ fn string_list(params: &Map<String, Value>, name: &str) -> Result<Option<Vec<Str
 }
 
 /// A boolean parameter: JSON true/false, or the strings a GET query carries.
-fn bool_param(params: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn bool_param(
+    params: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<bool>, ApiError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -176,7 +184,7 @@ fn bool_param(params: &Map<String, Value>, name: &str) -> Result<Option<bool>, A
 }
 
 /// An integer parameter: a JSON number, or the string a GET query carries.
-fn int_param(params: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn int_param(params: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
     let wrong = || {
         ApiError::new(
             "InvalidParameter",
@@ -191,7 +199,7 @@ fn int_param(params: &Map<String, Value>, name: &str) -> Result<Option<i64>, Api
     }
 }
 
-fn paging(params: &Map<String, Value>) -> Result<(usize, usize), ApiError> {
+pub(crate) fn paging(params: &Map<String, Value>) -> Result<(usize, usize), ApiError> {
     let offset = int_param(params, "Offset")?.unwrap_or(0);
     let limit = int_param(params, "Limit")?.unwrap_or(DEFAULT_LIMIT);
     if offset < 0 {
@@ -212,7 +220,7 @@ fn paging(params: &Map<String, Value>) -> Result<(usize, usize), ApiError> {
     ))
 }
 
-fn dedup(values: Vec<String>) -> Vec<String> {
+pub(crate) fn dedup(values: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     values
         .into_iter()
@@ -367,6 +375,16 @@ pub(crate) fn validate(
             } else {
                 Validated::Start { instances }
             })
+        }
+        Action::ImportKeyPair
+        | Action::DeleteKeyPairs
+        | Action::DescribeLaunchTemplates
+        | Action::DescribeLaunchTemplateVersions
+        | Action::CreateLaunchTemplateVersion
+        | Action::ModifyLaunchTemplateDefaultVersion
+        | Action::DescribeLaunchConfigurations
+        | Action::ModifyLaunchConfigurationAttributes => {
+            super::incident::validate(action, params, fleet, region).map(Validated::Incident)
         }
     }
 }
@@ -783,20 +801,7 @@ pub(crate) fn execute(
         } => {
             let set: Vec<Value> = page(keys, *offset, *limit)
                 .into_iter()
-                .map(|key| {
-                    let mut holders: Vec<&str> = fleet
-                        .instances
-                        .iter()
-                        .filter(|i| i.spec.region == region && i.spec.key_ids.contains(&key))
-                        .map(|i| i.spec.instance_id.as_str())
-                        .collect();
-                    holders.sort_unstable();
-                    json!({
-                        "KeyId": key,
-                        "KeyName": key,
-                        "AssociatedInstanceIds": holders,
-                    })
-                })
+                .map(|key| super::incident::key_pair_json(fleet, &key, region))
                 .collect();
             let mut data = Map::new();
             data.insert("TotalCount".into(), json!(keys.len()));
@@ -807,10 +812,20 @@ pub(crate) fn execute(
             })
         }
         Validated::DescribeRegions => {
+            // Every region something lives in: instances, launch templates, launch
+            // configurations.
             let regions: std::collections::BTreeSet<&str> = fleet
                 .instances
                 .iter()
                 .map(|i| i.spec.region.as_str())
+                .chain(fleet.incident.templates.iter().map(|t| t.region.as_str()))
+                .chain(
+                    fleet
+                        .incident
+                        .configurations
+                        .iter()
+                        .map(|c| c.region.as_str()),
+                )
                 .collect();
             let set: Vec<Value> = regions
                 .iter()
@@ -830,6 +845,7 @@ pub(crate) fn execute(
                 applied: false,
             })
         }
+        Validated::Incident(request) => super::incident::execute(request, fleet),
     }
 }
 

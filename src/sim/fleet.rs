@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::SimError;
+use super::incident::{Holdings, KeyPair, LaunchConfiguration, LaunchTemplate};
 use super::power::{PowerEvent, PowerTimeline};
 use crate::ids;
 
@@ -274,6 +275,15 @@ pub struct Fleet {
     #[serde(default)]
     pub keys: Vec<String>,
     pub instances: Vec<Instance>,
+    /// Key pairs' names, public keys and referencing images (they exist too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_pairs: Vec<KeyPair>,
+    /// CVM launch templates, with their versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_templates: Vec<LaunchTemplate>,
+    /// Auto Scaling launch configurations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_configurations: Vec<LaunchConfiguration>,
 }
 
 /// The proportions of a generated fleet. Each fraction is the chance an instance
@@ -384,6 +394,24 @@ impl Fleet {
         self
     }
 
+    /// Declares a key pair with its details (name, public key, images).
+    pub fn with_key_pair(mut self, key_pair: KeyPair) -> Fleet {
+        self.key_pairs.push(key_pair);
+        self
+    }
+
+    /// Adds a launch template.
+    pub fn with_template(mut self, template: LaunchTemplate) -> Fleet {
+        self.launch_templates.push(template);
+        self
+    }
+
+    /// Adds a launch configuration.
+    pub fn with_configuration(mut self, configuration: LaunchConfiguration) -> Fleet {
+        self.launch_configurations.push(configuration);
+        self
+    }
+
     /// Declares key pairs that exist without being bound anywhere.
     pub fn with_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Fleet {
         self.keys.extend(keys.into_iter().map(Into::into));
@@ -470,7 +498,11 @@ impl Fleet {
             }
             instances.push(instance);
         }
-        Fleet { keys, instances }
+        Fleet {
+            keys,
+            instances,
+            ..Fleet::default()
+        }
     }
 
     /// Parses a fleet file's text and checks it (see [`Fleet::validate`]).
@@ -514,6 +546,13 @@ impl Fleet {
     /// Checks ids, regions and uniqueness, naming the first offending instance.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |message: String| Err(SimError::InvalidFleet(message));
+        if let Err(message) = super::incident::validate_fleet(
+            &self.key_pairs,
+            &self.launch_templates,
+            &self.launch_configurations,
+        ) {
+            return bad(message);
+        }
         for key in &self.keys {
             if let Some(problem) = ids::key_id_problem(key) {
                 return bad(format!("keys: {problem}"));
@@ -595,6 +634,7 @@ impl Fleet {
                     .iter()
                     .flat_map(|i| i.key_ids.iter().cloned()),
             )
+            .chain(self.key_pairs.iter().map(|k| k.key_id.clone()))
             .collect()
     }
 }
@@ -765,6 +805,8 @@ impl Operation {
 #[derive(Debug)]
 pub(crate) struct LiveFleet {
     pub keys: BTreeSet<String>,
+    /// Key pairs' details, launch templates and launch configurations.
+    pub incident: Holdings,
     pub instances: Vec<LiveInstance>,
     by_id: HashMap<String, usize>,
     /// The earliest moment any instance changes by itself: until then `settle` has
@@ -777,6 +819,11 @@ pub(crate) struct LiveFleet {
 impl LiveFleet {
     pub fn new(fleet: Fleet, start: Instant, default_settle: Duration) -> LiveFleet {
         let keys = fleet.all_keys();
+        let incident = Holdings::new(
+            fleet.key_pairs,
+            fleet.launch_templates,
+            fleet.launch_configurations,
+        );
         let instances: Vec<LiveInstance> = fleet
             .instances
             .into_iter()
@@ -811,6 +858,7 @@ impl LiveFleet {
         let next_event = instances.iter().filter_map(LiveInstance::next_event).min();
         LiveFleet {
             keys,
+            incident,
             instances,
             by_id,
             next_event,
@@ -918,6 +966,9 @@ impl LiveFleet {
         Fleet {
             keys: self.keys.iter().cloned().collect(),
             instances,
+            key_pairs: self.incident.key_pairs.values().cloned().collect(),
+            launch_templates: self.incident.templates.clone(),
+            launch_configurations: self.incident.configurations.clone(),
         }
     }
 }

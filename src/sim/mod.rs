@@ -10,6 +10,11 @@
 //! - `fleet`: the fleet file format, seeded generation, the live state.
 //! - `server`: hyper, the protocol, signature checks, the request pipeline.
 //! - `actions`: parameter validation, the instance-state codes, the changes.
+//! - `incident`: key pairs' public keys and images (ImportKeyPair, DeleteKeyPairs), launch
+//!   templates and the `as` service's launch configurations, in the fleet file too.
+//!
+//! Every service is served on the one port: a request is verified with the service its
+//! signature's credential scope names, and its action and version must be that service's.
 //! - `faults`, `limiter`, `journal`: injected failures, the sliding window, the records.
 //! - `power`: StopInstances, StartInstances and ForceStop as timed steps, the power
 //!   faults, and the timeline of every instance's state (`SimHandle::power_timeline`).
@@ -34,6 +39,7 @@ pub mod audit;
 pub mod churn;
 pub mod faults;
 pub mod fleet;
+pub mod incident;
 pub mod journal;
 mod limiter;
 pub mod power;
@@ -51,6 +57,7 @@ use tokio::task::JoinHandle;
 pub use churn::{Change, Churn};
 pub use faults::Faults;
 pub use fleet::{Fleet, Instance, InstanceState, Mix, Os};
+pub use incident::{KeyPair, LaunchConfiguration, LaunchTemplate, TemplateVersion};
 pub use journal::{
     DEFAULT_JOURNAL_CAPACITY, DROPPED_AFTER_APPLY, DROPPED_BEFORE_APPLY, JournalEntry, JournalPage,
     MAX_PAGE_ENTRIES, SUCCESS, Stats,
@@ -62,7 +69,7 @@ pub use power::{
 
 use crate::secret::Secret;
 
-/// The only API version served, and the service of the signature scope.
+/// The CVM API version and service name (every service's are in [`crate::cvm::Service`]).
 pub use crate::cvm::{API_VERSION, SERVICE};
 /// The real API's limit for the key-pair actions, per access endpoint, action and SecretId.
 pub const DEFAULT_RATE_PER_SECOND: u32 = 10;
@@ -129,6 +136,19 @@ pub const REPLY_CODES: &[&str] = &[
     "UnsupportedOperation.InstanceStateStopping",
     "UnsupportedOperation.InstanceStateTerminating",
     "UnsupportedOperation.StoppedModeStopCharging",
+    // Key pairs, launch templates, launch configurations (incident.rs).
+    "InvalidParameterValue.KeyPairNotSupported",
+    "InvalidKeyPair.NotSupported",
+    "InvalidPublicKey.Malformed",
+    "InvalidPublicKey.Duplicate",
+    "InvalidKeyPairName.Duplicate",
+    "InvalidKeyPair.LimitExceeded",
+    "InvalidParameterValue.LaunchTemplateIdMalformed",
+    "InvalidParameterValue.LaunchTemplateIdNotExisted",
+    "InvalidParameterValue.LaunchTemplateIdVerNotExisted",
+    "LimitExceeded.LaunchTemplateVersionQuota",
+    "InvalidParameterValue.InvalidLaunchConfigurationId",
+    "ResourceNotFound.LaunchConfigurationIdNotFound",
 ];
 
 /// How the simulator behaves. `Debug` never shows the SecretKey.
@@ -407,9 +427,10 @@ mod tests {
         let actions = include_str!("actions.rs");
         let server = include_str!("server.rs");
         let faults = include_str!("faults.rs");
+        let incident = include_str!("incident.rs");
         let mut found = Vec::new();
         let mut computed = 0;
-        for source in [actions, server] {
+        for source in [actions, server, incident] {
             let (literals, dynamic) = literal_args(source, "ApiError::new(");
             found.extend(literals);
             computed += dynamic;

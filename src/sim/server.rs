@@ -42,7 +42,8 @@ use super::journal::{
 };
 use super::limiter::SlidingWindow;
 use super::power::{PowerEvent, PowerPage};
-use super::{API_VERSION, SERVICE, SimConfig, SimError};
+use super::{SimConfig, SimError};
+use crate::cvm::Service;
 use crate::sign;
 
 /// Largest request body accepted; the biggest legal request is a few kilobytes.
@@ -454,7 +455,17 @@ impl Call {
         }
     }
 
-    fn verify(&self, config: &SimConfig) -> Result<String, sign::VerifyError> {
+    /// The service the request's signature names (its credential scope): every service
+    /// is served on this one port. CVM when the header cannot be read (the signature
+    /// check then says why); an unknown service fails the signature check.
+    fn service(&self) -> Service {
+        self.header("authorization")
+            .and_then(|a| sign::parse_authorization(a).ok())
+            .and_then(|a| Service::from_name(&a.service))
+            .unwrap_or(Service::Cvm)
+    }
+
+    fn verify(&self, config: &SimConfig, service: Service) -> Result<String, sign::VerifyError> {
         let received = sign::Received {
             method: self.method.as_str(),
             path: &self.path,
@@ -470,7 +481,7 @@ impl Call {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        sign::verify(&received, SERVICE, now, |id| {
+        sign::verify(&received, service.name(), now, |id| {
             (id == config.secret_id).then(|| config.secret_key.clone())
         })
     }
@@ -601,8 +612,9 @@ fn check_protocol(
             ),
         ));
     }
+    let service = call.service();
     let secret_id = call
-        .verify(config)
+        .verify(config, service)
         .map_err(|err| ApiError::new(err.code(), err.to_string()))?;
     if revoked {
         return Err(ApiError::new(
@@ -628,16 +640,17 @@ fn check_protocol(
                 "The request is missing a required parameter `Version`.",
             )
         })?;
-    if version != API_VERSION {
+    if version != service.version() {
         return Err(ApiError::new(
             "NoSuchVersion",
             format!(
-                "The requested version `{}` of service `{SERVICE}` does not exist.",
+                "The requested version `{}` of service `{service}` does not exist.",
                 crate::ids::shorten(&version)
             ),
         ));
     }
-    let action = Action::from_name(&action).ok_or_else(|| {
+    // An action of another service does not exist in this one.
+    let action = Action::from_service_name(service, &action).ok_or_else(|| {
         ApiError::new(
             "InvalidAction",
             format!(

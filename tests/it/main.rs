@@ -6,6 +6,7 @@ mod database;
 mod fuzz;
 mod hardening;
 mod hostile;
+mod incident;
 mod live;
 mod pacing;
 mod plan;

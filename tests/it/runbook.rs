@@ -350,6 +350,7 @@ async fn discover_run_and_verify_twenty_thousand_instances_over_three_regions() 
     let fleet = Fleet {
         keys: vec![LEAKED.to_string()],
         instances,
+        ..Fleet::default()
     };
     let config = SimConfig {
         settle_after: Duration::from_secs(3600),
