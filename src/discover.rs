@@ -387,7 +387,7 @@ impl Pass {
 }
 
 /// Sends discovery's requests: paced, retried, classified (the incident's reads and
-/// writes in [`crate::incident`] go through it too).
+/// writes of the `incident` module go through it too).
 pub(crate) struct Sender<A> {
     api: Arc<A>,
     limiter: Arc<dyn Limiter>,
@@ -706,7 +706,7 @@ fn add_holders(holders: &mut Holders, asked: &[String], listed: Vec<api::KeyPair
 }
 
 impl<A: Api> Sender<A> {
-    /// A sender for `options`' pacing and retries (used by [`crate::incident`]).
+    /// A sender for `options`' pacing and retries (used by the `incident` module).
     pub(crate) fn new(api: Arc<A>, limiter: Arc<dyn Limiter>, options: DiscoverOptions) -> Self {
         Sender {
             api,

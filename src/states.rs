@@ -144,7 +144,7 @@ stored_words! {
 
 stored_words! {
     /// A job's step in an instance's workflow (`jobs.kind`): what the job is for, and
-    /// so which rules decide what follows its outcome ([`crate::rules`]). Each kind
+    /// so which rules decide what follows its outcome (the `rules` module). Each kind
     /// sends one API action ([`JobKind::action`]).
     JobKind {
         /// Unbind pairs: `DisassociateInstancesKeyPairs`.

@@ -940,9 +940,15 @@ mod tests {
             stopped_now(&admit(&live, &rows, false, 0)),
             ["ins-00000003", "ins-00000005"]
         );
-        // 10% of 20 RUNNING instances in one zone: 2 there.
+        // 10% of the run's 20 RUNNING instances: 2 in each zone.
         let rows: Vec<PowerRow> = (1..=20)
-            .map(|n| row(n, PowerState::Waiting, Some("z1")))
+            .map(|n| {
+                row(
+                    n,
+                    PowerState::Waiting,
+                    Some(if n % 2 == 0 { "z1" } else { "z2" }),
+                )
+            })
             .collect();
         let pct = live_pct();
         assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 4);

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::StoreError;
-use super::jobs::{NewQueuedJob, add_job_with_items, fail_items, ids_json_i64};
+use super::jobs::{add_job, fail_items, held_items, ids_json_i64};
 use super::states::{ItemStatus, JobKind, JobState, PowerState, Verified};
 use crate::rules::keep_one_key;
 use crate::rules::power;
 use crate::rules::rotation::{self, Confirmed, OtherBind};
-use crate::rules::{Effect, ErrorInfo, FollowUp, JobFacts, NewJob, Pair, ReadItem};
+use crate::rules::{Effect, ErrorInfo, FollowUp, JobFacts, Pair, ReadItem};
 
 type Tx<'a> = Transaction<'a, Sqlite>;
 
@@ -151,7 +151,7 @@ pub(super) async fn after_seen(
         _ => Vec::new(),
     };
     apply(tx, run_id, effects, now).await?;
-    super::power::admit(tx, run_id, now).await
+    admit(tx, run_id, now).await
 }
 
 /// After a key step of a live run: the instances of job `job_id` that are down by the
@@ -319,7 +319,7 @@ pub(super) async fn after_failure(
                 _ => power::settle_failed(&job, error),
             };
             apply(tx, run_id, effects, now).await?;
-            super::power::admit(tx, run_id, now).await
+            admit(tx, run_id, now).await
         }
     }
 }
@@ -462,66 +462,6 @@ pub(super) async fn apply(
     Ok(())
 }
 
-/// Inserts a job an effect adds, due at its time.
-pub(super) async fn add_job(
-    tx: &mut Tx<'_>,
-    run_id: i64,
-    job: NewJob,
-    now: i64,
-) -> Result<i64, StoreError> {
-    let due_at = job.due_at;
-    let new = NewQueuedJob {
-        kind: job.kind,
-        region: job.region,
-        force_stop: job.force_stop,
-        instance_ids: job.instance_ids,
-        key_ids: job.key_ids,
-        payload: job.payload,
-        after: Vec::new(),
-        item_ids: job.item_ids,
-    };
-    let id = add_job_with_items(tx, run_id, &new, now).await?;
-    if due_at != now {
-        sqlx::query("UPDATE jobs SET next_attempt_at = ? WHERE id = ?")
-            .bind(due_at)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(id)
-}
-
-/// The held unbind pairs of some instances of a run in one region, in instance and
-/// key order.
-pub(super) async fn held_items(
-    tx: &mut Tx<'_>,
-    run_id: i64,
-    region: &str,
-    instances: &[String],
-    bind: bool,
-) -> Result<Vec<Pair>, StoreError> {
-    let mut held = Vec::new();
-    for chunk in instances.chunks(500) {
-        let rows = sqlx::query(
-            "SELECT id, instance_id, key_id FROM items WHERE run_id = ? AND region = ? AND held = 1 \
-             AND instance_id IN (SELECT value FROM json_each(?)) AND status = ? AND bind = ?",
-        )
-        .bind(run_id)
-        .bind(region)
-        .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
-        .bind(ItemStatus::Pending.as_str())
-        .bind(bind)
-        .fetch_all(&mut **tx)
-        .await?;
-        held.extend(
-            rows.iter()
-                .map(|r| Pair::new(r.get("id"), r.get("instance_id"), r.get("key_id"))),
-        );
-    }
-    held.sort_by(|a, b| (&a.instance_id, &a.key_id).cmp(&(&b.instance_id, &b.key_id)));
-    Ok(held)
-}
-
 /// Ends the held unbinds of `instances` as skipped, with the reason.
 async fn skip_held(
     tx: &mut Tx<'_>,
@@ -547,4 +487,47 @@ async fn skip_held(
         .await?;
     }
     Ok(())
+}
+
+/// Admits waiting instances into the budget, unless a survey is still open (the
+/// budget's base is not known yet) or the run takes none (halted, draining).
+pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), StoreError> {
+    let Some(live) = super::power::live_of(tx, run_id).await? else {
+        return Ok(());
+    };
+    let surveying: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND kind = ? AND state IN (?, ?)",
+    )
+    .bind(run_id)
+    .bind(JobKind::Survey.as_str())
+    .bind(JobState::Queued.as_str())
+    .bind(JobState::InFlight.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    if surveying > 0 {
+        return Ok(());
+    }
+    let admissions: Option<String> = sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let all = super::power::rows(tx, run_id, None).await?;
+    let effects = power::admit(&live, &all, admissions.is_some(), now);
+    apply(tx, run_id, effects, now).await
+}
+
+impl super::Store {
+    /// Before a live run goes on (resume): an interrupt's drain is over, and waiting
+    /// instances are admitted into whatever room the budget has.
+    pub async fn resume_admissions(&self, run_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE runs SET admissions = NULL WHERE id = ? AND admissions = ?")
+            .bind(run_id)
+            .bind(super::power::DRAINING)
+            .execute(&mut *tx)
+            .await?;
+        admit(&mut tx, run_id, super::now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

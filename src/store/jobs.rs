@@ -1,11 +1,11 @@
 //! The rows every writer shares: inserting a job (and moving its items into it),
 //! failing a job's items, the update an attempt's error makes to its job.
 
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::StoreError;
 use super::states::{ItemStatus, JobKind, JobState};
-use crate::rules::ErrorInfo;
+use crate::rules::{ErrorInfo, NewJob, Pair};
 
 /// A job to add to a run's queue (see [`JobWriter`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,4 +149,64 @@ pub(super) async fn fail_items(
 /// Ids as stored (a JSON array).
 pub(super) fn ids_json(ids: &[String]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// Inserts a job an effect adds, due at its time.
+pub(super) async fn add_job(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: i64,
+    job: NewJob,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let due_at = job.due_at;
+    let new = NewQueuedJob {
+        kind: job.kind,
+        region: job.region,
+        force_stop: job.force_stop,
+        instance_ids: job.instance_ids,
+        key_ids: job.key_ids,
+        payload: job.payload,
+        after: Vec::new(),
+        item_ids: job.item_ids,
+    };
+    let id = add_job_with_items(tx, run_id, &new, now).await?;
+    if due_at != now {
+        sqlx::query("UPDATE jobs SET next_attempt_at = ? WHERE id = ?")
+            .bind(due_at)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(id)
+}
+
+/// The held unbind pairs of some instances of a run in one region, in instance and
+/// key order.
+pub(super) async fn held_items(
+    tx: &mut Transaction<'_, Sqlite>,
+    run_id: i64,
+    region: &str,
+    instances: &[String],
+    bind: bool,
+) -> Result<Vec<Pair>, StoreError> {
+    let mut held = Vec::new();
+    for chunk in instances.chunks(500) {
+        let rows = sqlx::query(
+            "SELECT id, instance_id, key_id FROM items WHERE run_id = ? AND region = ? AND held = 1 \
+             AND instance_id IN (SELECT value FROM json_each(?)) AND status = ? AND bind = ?",
+        )
+        .bind(run_id)
+        .bind(region)
+        .bind(serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into()))
+        .bind(ItemStatus::Pending.as_str())
+        .bind(bind)
+        .fetch_all(&mut **tx)
+        .await?;
+        held.extend(
+            rows.iter()
+                .map(|r| Pair::new(r.get("id"), r.get("instance_id"), r.get("key_id"))),
+        );
+    }
+    held.sort_by(|a, b| (&a.instance_id, &a.key_id).cmp(&(&b.instance_id, &b.key_id)));
+    Ok(held)
 }

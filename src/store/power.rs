@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::follow::{add_job, held_items};
 use super::jobs::ids_json;
+use super::jobs::{add_job, held_items};
 use super::states::{ItemStatus, JobKind, JobState, PowerState};
 use super::{Store, StoreError, now_ms};
 use crate::rules::power::{self, Live, PowerChange, PowerRow};
@@ -16,7 +16,7 @@ use crate::rules::{ErrorInfo, jobs_for_pairs};
 type Tx<'a> = Transaction<'a, Sqlite>;
 
 /// The prefix of `runs.admissions` while an interrupt brings instances back up.
-const DRAINING: &str = "draining";
+pub(super) const DRAINING: &str = "draining";
 
 /// A live run's settings (`runs.options.live`), `None` for any other run.
 pub(super) async fn live_of(tx: &mut Tx<'_>, run_id: i64) -> Result<Option<Live>, StoreError> {
@@ -270,33 +270,6 @@ pub(super) async fn halt(tx: &mut Tx<'_>, run_id: i64, reason: &str) -> Result<(
     Ok(())
 }
 
-/// Admits waiting instances into the budget, unless a survey is still open (the
-/// budget's base is not known yet) or the run takes none (halted, draining).
-pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), StoreError> {
-    let Some(live) = live_of(tx, run_id).await? else {
-        return Ok(());
-    };
-    let surveying: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND kind = ? AND state IN (?, ?)",
-    )
-    .bind(run_id)
-    .bind(JobKind::Survey.as_str())
-    .bind(JobState::Queued.as_str())
-    .bind(JobState::InFlight.as_str())
-    .fetch_one(&mut **tx)
-    .await?;
-    if surveying > 0 {
-        return Ok(());
-    }
-    let admissions: Option<String> = sqlx::query_scalar("SELECT admissions FROM runs WHERE id = ?")
-        .bind(run_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let all = rows(tx, run_id, None).await?;
-    let effects = power::admit(&live, &all, admissions.is_some(), now);
-    super::follow::apply(tx, run_id, effects, now).await
-}
-
 /// Instances of a live run by power state, and the budget's figures.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct PowerCounts {
@@ -384,20 +357,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// Before a live run goes on (resume): an interrupt's drain is over, and waiting
-    /// instances are admitted into whatever room the budget has.
-    pub async fn resume_admissions(&self, run_id: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE runs SET admissions = NULL WHERE id = ? AND admissions = ?")
-            .bind(run_id)
-            .bind(DRAINING)
-            .execute(&mut *tx)
-            .await?;
-        admit(&mut tx, run_id, now_ms()).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Instances of a live run still waiting for a slot of the budget (a run that

@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::follow::add_job;
-use super::jobs::{NewQueuedJob, add_job_with_items, ids_json_i64};
+use super::jobs::{NewQueuedJob, add_job, add_job_with_items, ids_json_i64};
 use super::states::{ItemStatus, JobKind, RunState, Verified};
 use super::{Store, StoreError, now_ms};
 use crate::rules::keep_one_key::LAST_KEY;
