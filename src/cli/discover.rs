@@ -161,8 +161,14 @@ pub async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(exit::STOPPED);
         }
     };
-    // The templates of every region walked, whether or not an instance holds the key.
-    let walked: Vec<String> = discovery.regions.iter().map(|r| r.region.clone()).collect();
+    // The templates of every region walked, whether or not an instance holds the key
+    // (a region name DescribeRegions gave that is not region-shaped is never asked).
+    let walked: Vec<String> = discovery
+        .regions
+        .iter()
+        .map(|r| r.region.clone())
+        .filter(|r| keyfleet::ids::is_region(r))
+        .collect();
     let templates = incident::find_templates(client, limiter, &options, &args.keys, &walked).await;
     store.close().await;
     let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;

@@ -116,6 +116,8 @@ fn canonical_action(lower: &str) -> String {
         "DescribeRegions",
         "DisassociateInstancesKeyPairs",
         "AssociateInstancesKeyPairs",
+        "DescribeLaunchTemplates",
+        "DescribeLaunchConfigurations",
     ]
     .into_iter()
     .find(|a| a.eq_ignore_ascii_case(lower))
@@ -158,6 +160,16 @@ fn key_pairs_reply(holders: &[&str]) -> Value {
     json!({ "TotalCount": 1, "KeyPairSet": [{
         "KeyId": LEAKED, "KeyName": "leak", "AssociatedInstanceIds": holders,
     }]})
+}
+
+/// What the fake account answers to anything else: no launch template nor launch
+/// configuration (discover lists them too), and `InvalidAction` for the rest.
+fn other_reply(action: &str) -> Value {
+    match action {
+        "DescribeLaunchTemplates" => json!({ "TotalCount": 0, "LaunchTemplateSet": [] }),
+        "DescribeLaunchConfigurations" => json!({ "TotalCount": 0, "LaunchConfigurationSet": [] }),
+        _ => json!({ "Error": { "Code": "InvalidAction", "Message": "not here" } }),
+    }
 }
 
 fn regions_reply(regions: &[&str]) -> Value {
@@ -215,7 +227,7 @@ fn discover_walks_again_when_the_listing_changes_and_finds_the_holder() {
                 }
                 reply
             }
-            _ => json!({ "Error": { "Code": "InvalidAction", "Message": "not here" } }),
+            other => other_reply(other),
         }
     });
     let db = TempDb::new();
@@ -272,7 +284,7 @@ fn a_holder_the_key_pair_names_is_looked_up_by_id_or_reported_missing() {
                     .collect();
                 instances_reply(&listed, body, "")
             }
-            _ => json!({ "Error": { "Code": "InvalidAction", "Message": "not here" } }),
+            other => other_reply(other),
         });
         let db = TempDb::new();
         let out = keyfleet(
@@ -420,7 +432,7 @@ fn a_hostile_region_name_is_not_walked_and_reaches_the_terminal_escaped() {
         "DescribeKeyPairs" => key_pairs_reply(&[]),
         "DescribeRegions" => regions_reply(&[GZ, HOSTILE]),
         "DescribeInstances" => instances_reply(&decimal_ids(3), body, ""),
-        _ => json!({ "Error": { "Code": "InvalidAction", "Message": "not here" } }),
+        other => other_reply(other),
     });
     let db = TempDb::new();
     let out = keyfleet(
