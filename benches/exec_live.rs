@@ -216,7 +216,30 @@ async fn roll(n: usize, budget: u32) {
     for violation in power.violations.iter().chain(&keys) {
         println!("    {violation}");
     }
-    print_cycle(&cycles(&journal, &timeline, &before));
+    let cycles = cycles(&journal, &timeline, &before);
+    print_cycle(&cycles);
+    print_slots(&cycles, &power, budget);
+    let mut by_action: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in journal.iter().filter(|e| common::admitted(e)) {
+        *by_action.entry(entry.action.as_str()).or_default() += 1;
+    }
+    let sent: Vec<String> = by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
+    println!("  requests admitted per action: {}", sent.join(", "));
+    for entry in journal.iter().filter(|e| !common::admitted(e)) {
+        println!(
+            "  throttled: {} at {} ms ({} instances), {} admitted of it in the second before",
+            entry.action,
+            entry.at_ms,
+            entry.instance_ids.len(),
+            journal
+                .iter()
+                .filter(|e| e.action == entry.action
+                    && common::admitted(e)
+                    && e.at_ms > entry.at_ms - 1000
+                    && e.at_ms <= entry.at_ms)
+                .count()
+        );
+    }
     let met = use_ >= 0.9
         && ms(0.95) <= p95_target
         && over_limit.is_empty()
@@ -359,19 +382,17 @@ fn print_cycle(cycles: &[Cycle]) {
     type Step = (&'static str, fn(&Cycle) -> i64);
     let steps: [Step; 7] = [
         ("stop accepted -> STOPPED", |c| c.stopped - c.stop_accepted),
-        ("STOPPED -> seen by a look", |c| {
-            c.stopped_seen - c.stopped
-        }),
+        ("STOPPED -> seen by a look", |c| c.stopped_seen - c.stopped),
         ("STOPPED -> unbind accepted", |c| {
             c.unbind_accepted - c.stopped
         }),
         ("unbind accepted -> start accepted", |c| {
             c.start_accepted - c.unbind_accepted
         }),
-        ("start accepted -> RUNNING", |c| c.running - c.start_accepted),
-        ("RUNNING -> seen by a look", |c| {
-            c.running_seen - c.running
+        ("start accepted -> RUNNING", |c| {
+            c.running - c.start_accepted
         }),
+        ("RUNNING -> seen by a look", |c| c.running_seen - c.running),
         ("stop accepted -> RUNNING seen", |c| {
             c.running_seen - c.stop_accepted
         }),
@@ -385,6 +406,38 @@ fn print_cycle(cycles: &[Cycle]) {
             quantile(values, 1.0)
         );
     }
+}
+
+/// Where the budget's slot-seconds went: held by keyfleet while the simulator shows the
+/// instance down, held while keyfleet has not yet seen it (stop accepted to RUNNING seen,
+/// less the downtime), and free (no instance in the slot: the canary's cycle alone, the
+/// gaps between a slot's release and its next stop, the last cycles' tail).
+fn print_slots(cycles: &[Cycle], power: &PowerAudit, budget: u32) {
+    let Some((first, last)) = power.window_ms else {
+        return;
+    };
+    let capacity = (last - first) as f64 * f64::from(budget);
+    if capacity <= 0.0 {
+        return;
+    }
+    let held: i64 = cycles
+        .iter()
+        .map(|c| c.running_seen - c.stop_accepted)
+        .sum();
+    let down = power.down_ms_total;
+    let mut stops: Vec<i64> = cycles.iter().map(|c| c.stop_accepted).collect();
+    stops.sort_unstable();
+    let canary = match (stops.first(), stops.get(1)) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0,
+    };
+    println!(
+        "  the budget's slot-time over the window: down {:.1}%, held unseen (RUNNING not yet seen) {:.1}%, free {:.1}% (the canary alone: {canary} ms, {:.1}%)",
+        down as f64 / capacity * 100.0,
+        (held - down) as f64 / capacity * 100.0,
+        (capacity - held as f64) / capacity * 100.0,
+        canary as f64 * f64::from(budget.saturating_sub(1)) / capacity * 100.0
+    );
 }
 
 /// Says in words which target was missed.
