@@ -225,6 +225,14 @@ async fn roll(n: usize, budget: u32) {
     }
     let sent: Vec<String> = by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
     println!("  requests admitted per action: {}", sent.join(", "));
+    let began = journal.iter().map(|e| e.at_ms).min().unwrap_or(0);
+    for action in by_action.keys() {
+        let (most, at) = busiest_second(&journal, action);
+        println!(
+            "  {action}: its busiest sliding second ({most}) ends {:.1} s after the first request",
+            (at - began) as f64 / 1000.0
+        );
+    }
     for entry in journal.iter().filter(|e| !common::admitted(e)) {
         println!(
             "  throttled: {} at {} ms ({} instances), {} admitted of it in the second before",
@@ -362,6 +370,27 @@ fn cycles(journal: &[JournalEntry], timeline: &[PowerEvent], before: &Fleet) -> 
         out.extend(cycle);
     }
     out
+}
+
+/// The most admitted requests of `action` in any sliding second, and when that second ends.
+fn busiest_second(journal: &[JournalEntry], action: &str) -> (usize, i64) {
+    let mut times: Vec<i64> = journal
+        .iter()
+        .filter(|e| e.action == action && common::admitted(e))
+        .map(|e| e.at_ms)
+        .collect();
+    times.sort_unstable();
+    let (mut most, mut at, mut start) = (0, 0, 0);
+    for end in 0..times.len() {
+        while times[end] - times[start] >= 1000 {
+            start += 1;
+        }
+        if end - start + 1 > most {
+            most = end - start + 1;
+            at = times[end];
+        }
+    }
+    (most, at)
 }
 
 fn quantile(mut values: Vec<i64>, q: f64) -> i64 {
