@@ -161,7 +161,15 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
         let mut total: Option<Summary> = None;
         loop {
             self.store.resume_admissions(run_id).await?;
-            let summary = self.execute_live(run_id).await?;
+            let mut summary = self.execute_live(run_id).await?;
+            // Interrupted and drained: the queue ran dry with instances still waiting for
+            // a slot. The run is not finished (the store left it stopped): say so.
+            if summary.stopped.is_none()
+                && self.stop.is_stopped()
+                && self.store.waiting_instances(run_id).await? > 0
+            {
+                summary.stopped = Some(StopReason::Interrupted);
+            }
             let stopped = summary.stopped.is_some();
             total = Some(match total {
                 None => summary,

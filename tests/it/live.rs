@@ -298,3 +298,92 @@ async fn force_stop_in_both_readings_keeps_the_budget_and_ends_everyone_running(
         }
     }
 }
+
+/// SIGTERM (a cancelled CI job, `systemctl stop`) mid-rollout: no new instance goes
+/// down, the ones down finish their cycle and are RUNNING before the process exits
+/// (resumable, exit 4); the same command then finishes the rollout within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_brings_the_down_instances_back_up_before_it_exits_and_resume_finishes() {
+    let before = fleet(30);
+    let r = Rehearsal::start(sim(power(300, 400), 7), before.clone()).await;
+    let input = r.input("leak.csv", &rows(30));
+    let path = input.to_str().unwrap();
+    let args = [
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "3",
+        "--progress",
+        "none",
+    ];
+    let child = r
+        .command(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // Once a few stops are out (past the canary), some instances are down.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == "StopInstances" && e.applied)
+        .count()
+        < 3
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no stop was sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stops_at_signal = r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == "StopInstances" && e.applied)
+        .count();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    // Nobody is left down by the interrupt, and nothing new went down after it (a
+    // stop already admitted in the same instant may still go out: at most the budget).
+    let rules = PowerRules {
+        max_down: 3,
+        ..PowerRules::default()
+    };
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert!(
+        power.left_down.is_empty(),
+        "left down: {:?}\n{stderr}",
+        power.left_down
+    );
+    assert!(power.violations.is_empty(), "{:#?}", power.violations);
+    let stops_after = r
+        .sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == "StopInstances" && e.applied)
+        .count();
+    assert!(
+        stops_after <= stops_at_signal + 1,
+        "{stops_at_signal} -> {stops_after}"
+    );
+    assert!(
+        power.taken_down < 24,
+        "the interrupt stopped the rollout early"
+    );
+    // The same command finishes it.
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_keys_and_power(&r, &before, &rules).await;
+    assert_eq!(audit_power_of(&r.sim, &before, &rules).taken_down, 24);
+}
