@@ -155,7 +155,7 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
     pub async fn execute(&self, run_id: i64) -> Result<Summary, LifecycleError> {
         if !self.store.prepare_live(run_id).await? {
             return self
-                .execute_with(run_id, &self.config, Phase::Execute)
+                .execute_with(run_id, &self.config, Phase::Execute, self.stop.clone())
                 .await;
         }
         let mut total: Option<Summary> = None;
@@ -211,22 +211,11 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
                 inner.stop();
             }
         });
-        let counters = Arc::new(Counters::default());
-        self.observer
-            .started(Phase::Execute, counters.clone())
+        let result = self
+            .execute_with(run_id, &self.config, Phase::Execute, inner)
             .await;
-        let result = executor::execute(
-            self.store,
-            run_id,
-            self.api.clone(),
-            &self.config,
-            counters,
-            inner,
-        )
-        .await;
-        self.observer.finished(Phase::Execute).await;
         drain.abort();
-        Ok(result?)
+        result
     }
 
     async fn execute_with(
@@ -234,18 +223,12 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
         run_id: i64,
         config: &ExecConfig,
         phase: Phase,
+        stop: StopSignal,
     ) -> Result<Summary, LifecycleError> {
         let counters = Arc::new(Counters::default());
         self.observer.started(phase, counters.clone()).await;
-        let result = executor::execute(
-            self.store,
-            run_id,
-            self.api.clone(),
-            config,
-            counters,
-            self.stop.clone(),
-        )
-        .await;
+        let result =
+            executor::execute(self.store, run_id, self.api.clone(), config, counters, stop).await;
         self.observer.finished(phase).await;
         Ok(result?)
     }
@@ -259,7 +242,9 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
         }
         let mut config = self.config.clone();
         config.only = Some(Action::DescribeInstances);
-        let summary = self.execute_with(run_id, &config, Phase::Verify).await?;
+        let summary = self
+            .execute_with(run_id, &config, Phase::Verify, self.stop.clone())
+            .await?;
         let ended = match summary.stopped {
             None => Ended::Complete,
             Some(StopReason::Fatal { code, message, .. }) => {

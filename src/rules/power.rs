@@ -739,13 +739,19 @@ pub fn keys_done(live: &Live, region: &str, instances: Vec<String>, now: i64) ->
         Running::StopStart => Target::Idle,
         Running::ForceStop => Target::Running,
     };
-    vec![settle(
+    // On its way back: a second key step ending meanwhile does not bring it back twice.
+    let mut effects: Vec<Effect> = instances
+        .iter()
+        .map(|i| Effect::Power(PowerChange::to(region, i, PowerState::Starting)))
+        .collect();
+    effects.push(settle(
         region,
         instances,
         target,
         None,
         now + FIRST_SETTLE_MS,
-    )]
+    ));
+    effects
 }
 
 /// A start was accepted (`request_id`): settle until RUNNING.

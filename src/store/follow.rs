@@ -181,21 +181,7 @@ async fn keys_maybe_done(tx: &mut Tx<'_>, job_id: i64, now: i64) -> Result<(), S
     if done.is_empty() {
         return Ok(());
     }
-    let mut effects: Vec<Effect> = done
-        .iter()
-        .map(|instance| {
-            Effect::Power(power::PowerChange {
-                region: job.region.clone(),
-                instance_id: instance.clone(),
-                state: PowerState::Starting,
-                before: None,
-                zone: None,
-                group: None,
-                reason: None,
-            })
-        })
-        .collect();
-    effects.extend(power::keys_done(&live, &job.region, done, now));
+    let effects = power::keys_done(&live, &job.region, done, now);
     apply(tx, run_id, effects, now).await
 }
 
@@ -361,7 +347,7 @@ pub(super) async fn apply(
     effects: Vec<Effect>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut halted = Vec::new();
+    let mut left_stopped = Vec::new();
     for effect in effects {
         match effect {
             Effect::AddJob(job) => {
@@ -400,10 +386,10 @@ pub(super) async fn apply(
                 fail_items(tx, job_id, &reason).await?;
             }
             Effect::Power(change) => {
+                super::power::change(tx, run_id, &change, now).await?;
                 if change.state == PowerState::LeftStopped {
-                    halted.push(change.instance_id.clone());
+                    left_stopped.push(change);
                 }
-                super::power::change(tx, run_id, &change, now).await?
             }
             Effect::ReleaseKeys {
                 region,
@@ -455,8 +441,7 @@ pub(super) async fn apply(
             }
         }
     }
-    if !halted.is_empty() {
-        let reason = format!("{} left stopped", halted.join(" "));
+    if let Some(reason) = power::halts(&left_stopped) {
         super::power::halt(tx, run_id, &reason).await?;
     }
     Ok(())
