@@ -174,20 +174,6 @@ pub(super) async fn dispatch<A: Api>(
     }
 }
 
-/// Resolves once dispatching must end.
-pub(super) async fn halted<A>(shared: &Shared<A>) {
-    loop {
-        // Register for the wake-up before checking, so a halt in between is not missed.
-        let notified = shared.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if shared.is_halted() {
-            return;
-        }
-        notified.await;
-    }
-}
-
 /// A lane: starts its key's jobs in order, each when the limiter gives a slot.
 /// Unpaced (benchmarks), whatever has queued up starts as one wave and one commit.
 pub(super) async fn lane<A: Api>(

@@ -14,8 +14,8 @@ use super::MAX_WRITES_PER_COMMIT;
 use super::action::{Api, JobAction, Proof, Refused};
 use super::config::{Counters, MaxErrors, StopReason};
 use super::decide;
-use super::dispatch::halted;
 use super::pacer::{Feedback, LimiterKey};
+use super::shared::halted;
 use super::shared::{Claimed, Shared, WriteReply, locked};
 
 /// Commits the attempt rows of a wave, then sends each request when the limiter

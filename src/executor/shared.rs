@@ -130,3 +130,17 @@ impl Claims {
         }
     }
 }
+
+/// Resolves once dispatching must end.
+pub(super) async fn halted<A>(shared: &Shared<A>) {
+    loop {
+        // Register for the wake-up before checking, so a halt in between is not missed.
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.is_halted() {
+            return;
+        }
+        notified.await;
+    }
+}
