@@ -31,9 +31,12 @@
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
 //!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
-//!   `{region}` and `{service}` endpoint templates; `api::resolve`, the `--resolve` rules
-//!   (and `is_loopback_host` for transport checks); `api::templates`, the replies of the
-//!   incident's reads (key pairs' public keys, launch templates, launch configurations).
+//!   `{region}` and `{service}` endpoint templates. Its files: `api/endpoint.rs` (where
+//!   calls go: URLs, templates, the http/https check, the proxy), `api/error.rs` (why a
+//!   call failed), `api/wire.rs` (a reply's envelope, the reads' replies, the power
+//!   requests' bodies), `api::resolve` (the `--resolve` rules, `is_loopback_host`),
+//!   `api::templates` (the incident's reads: key pairs' public keys, launch templates,
+//!   launch configurations).
 //! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one kind
 //!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
@@ -56,7 +59,10 @@
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
-//!   per limiter key, one writer, one crash-recovery path. `executor::action` is the
+//!   per limiter key, one writer, one crash-recovery path (`executor/config.rs` what a run
+//!   is given and returns, `executor/shared.rs` the state its tasks share,
+//!   `executor/dispatch.rs` the dispatcher and lanes, `executor/send.rs` a wave's attempt
+//!   rows, the paced sends and the writer). `executor::action` is the
 //!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
 //!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
 //!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
@@ -83,6 +89,9 @@
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
 //!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
+//!   (`sim/server.rs`; `sim/call.rs` decodes a request and makes the protocol checks,
+//!   `sim/request.rs` reads its parameters, `sim/instance.rs` is one instance and its
+//!   timed operations, `sim/holdings.rs` an account's key pairs and templates)
 //!   with header/body timeouts, a connection cap and a bounded journal; every service on one
 //!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
 //!   service's launch configurations); `sim::churn` changes the fleet while it is listed
