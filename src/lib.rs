@@ -105,12 +105,23 @@
 //! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
 //! `store::watch` is what `status --watch` reads (`Store::open_read_only`, which creates,
 //! migrates and writes nothing; `recent_errors`).
+//!
+//! # Surface
+//!
+//! `pub` means used from outside the library (the binary, the integration tests, the
+//! benchmarks); everything else is `pub(crate)` or private, and the `unreachable_pub`
+//! lint (here and in `main.rs`, denied in CI through clippy's `-D warnings`) keeps it so.
+//! Modules nothing outside needs are private or `pub(crate)` (`chunk`, `delay`, the
+//! executor's parts, the simulator's fleet, journal and power model, the store's pacer,
+//! requeue and schema checks), their types re-exported where the outside needs them.
+
+#![warn(unreachable_pub)]
 
 pub mod api;
-pub mod chunk;
+mod chunk;
 pub mod credentials;
 pub mod cvm;
-pub mod delay;
+mod delay;
 pub mod discover;
 pub mod display;
 pub mod executor;
