@@ -94,6 +94,9 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             crate::note!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
+    if let Some(path) = &args.plan.templates {
+        super::incident::plan_templates(&store, s.run_id, path).await?;
+    }
     let code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
     super::verdict::print(&store, s.run_id, code, global, "resume").await;
     Ok(code)

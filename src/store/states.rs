@@ -1,6 +1,8 @@
 //! The stored words ([`crate::states`]) against the schema the migrations build.
 
-pub use crate::states::{ItemStatus, JobKind, JobState, PowerState, RunState, Verified};
+pub use crate::states::{
+    ItemStatus, JobKind, JobState, PowerState, RunState, TemplateKind, TemplateState, Verified,
+};
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +62,14 @@ mod tests {
         assert_eq!(
             check_list(&store, "jobs", "kind").await,
             words(JobKind::ALL, JobKind::as_str)
+        );
+        assert_eq!(
+            check_list(&store, "template_changes", "kind").await,
+            words(TemplateKind::ALL, TemplateKind::as_str)
+        );
+        assert_eq!(
+            check_list(&store, "template_changes", "state").await,
+            words(TemplateState::ALL, TemplateState::as_str)
         );
         let mut report_order = ItemStatus::REPORT_ORDER.to_vec();
         report_order.sort();

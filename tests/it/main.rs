@@ -18,6 +18,7 @@ mod runbook;
 mod security;
 mod sim;
 mod support;
+mod templates;
 mod terminal;
 mod torture;
 mod upgrade;

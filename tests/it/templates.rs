@@ -1,0 +1,247 @@
+//! Templates that hand a leaked key out, changed through the run's queue
+//! (`run --templates FILE`): a rotation gives each launch template version a new
+//! version with the new key (made the default when the old one was) and each launch
+//! configuration new `LoginSettings`, other settings unchanged; without a rotation
+//! target the leaked key is removed where another remains and a template whose only key
+//! it is stays as it was. A CreateLaunchTemplateVersion whose outcome is unknown (no
+//! reply, a kill) is never sent twice.
+
+use std::time::Duration;
+
+use keyfleet::cvm::Action;
+use keyfleet::sim::{Faults, Fleet, Instance, KeyPair, LaunchConfiguration, LaunchTemplate, SimConfig};
+
+use crate::support::{Rehearsal, ins};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const GZ: &str = "ap-guangzhou";
+const SH: &str = "ap-shanghai";
+const LEAKED: &str = "skey-1eaked0a";
+const NEW: &str = "skey-n3wkey00";
+const OTHER: &str = "skey-0ther000";
+
+fn quiet() -> SimConfig {
+    SimConfig {
+        rate: 0,
+        settle_after: Duration::from_millis(50),
+        ..SimConfig::default()
+    }
+}
+
+/// lt-a: its only version, the default, hands out the leaked key alone. lt-b: version 1
+/// (not the default) holds it beside another key. asc-a (Shanghai): the leaked key
+/// alone, on a larger instance type; asc-b: beside another key. lt-c and asc-c hold
+/// only other keys.
+pub fn estate() -> Fleet {
+    let mut asc_a = LaunchConfiguration::new("asc-0000000a", "web-asg", SH).keys([LEAKED]);
+    asc_a.instance_type = "S5.LARGE8".into();
+    let mut fleet = Fleet::new()
+        .with_key_pair(KeyPair::new(LEAKED).name("deploy"))
+        .with_key_pair(KeyPair::new(NEW).name("deploy-2026"))
+        .with_key_pair(KeyPair::new(OTHER).name("ops"))
+        .with_template(LaunchTemplate::new("lt-0000000a", "web", GZ).version([LEAKED]))
+        .with_template(
+            LaunchTemplate::new("lt-0000000b", "api", GZ)
+                .version([LEAKED, OTHER])
+                .version([OTHER])
+                .default_version(2),
+        )
+        .with_template(LaunchTemplate::new("lt-0000000c", "batch", SH).version([OTHER]))
+        .with_configuration(asc_a)
+        .with_configuration(
+            LaunchConfiguration::new("asc-0000000b", "api-asg", GZ).keys([OTHER, LEAKED]),
+        )
+        .with_configuration(LaunchConfiguration::new("asc-0000000c", "ops-asg", GZ).keys([OTHER]));
+    for n in 0..6 {
+        let region = if n % 2 == 0 { GZ } else { SH };
+        fleet = fleet.with(Instance::new(ins(n), region).keys([LEAKED, OTHER]));
+    }
+    fleet
+}
+
+/// `discover` (with `--rotate-to` when given) writes the input and the templates file.
+async fn discover(r: &Rehearsal, rotate_to: Option<&str>) -> (String, String) {
+    let input = r.dir.path().join("found.csv");
+    let templates = r.dir.path().join("templates.csv");
+    let mut args = vec![
+        "discover",
+        "--key",
+        LEAKED,
+        "--all-regions",
+        "--output",
+        input.to_str().unwrap(),
+        "--templates-output",
+        templates.to_str().unwrap(),
+    ];
+    if let Some(key) = rotate_to {
+        args.extend(["--rotate-to", key]);
+    }
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    (
+        input.to_str().unwrap().to_string(),
+        templates.to_str().unwrap().to_string(),
+    )
+}
+
+fn template(fleet: &Fleet, id: &str) -> LaunchTemplate {
+    fleet
+        .launch_templates
+        .iter()
+        .find(|t| t.template_id == id)
+        .cloned()
+        .unwrap()
+}
+
+fn configuration(fleet: &Fleet, id: &str) -> LaunchConfiguration {
+    fleet
+        .launch_configurations
+        .iter()
+        .find(|c| c.configuration_id == id)
+        .cloned()
+        .unwrap()
+}
+
+fn sent(r: &Rehearsal, action: Action) -> usize {
+    r.sim
+        .journal()
+        .iter()
+        .filter(|e| e.action == action.name())
+        .count()
+}
+
+/// The rotation's target everywhere, other settings unchanged, nothing extra written.
+fn assert_rotated(r: &Rehearsal, before: &Fleet) {
+    let after = r.sim.fleet();
+    let a = template(&after, "lt-0000000a");
+    assert_eq!(a.versions.len(), 2, "one new version: {a:?}");
+    assert_eq!(a.default_version, 2, "the new version is the default");
+    assert_eq!(a.versions[1].key_ids, [NEW]);
+    assert_eq!(a.versions[1].instance_type, a.versions[0].instance_type);
+    assert!(a.versions[1].description.starts_with("keyfleet run "), "{a:?}");
+    assert_eq!(a.versions[0], template(before, "lt-0000000a").versions[0]);
+
+    let b = template(&after, "lt-0000000b");
+    assert_eq!(b.versions.len(), 3, "{b:?}");
+    assert_eq!(b.versions[2].key_ids, [OTHER, NEW], "made from version 1");
+    assert_eq!(b.default_version, 2, "version 1 was not the default: neither is its fix");
+
+    assert_eq!(template(&after, "lt-0000000c"), template(before, "lt-0000000c"));
+
+    let asc_a = configuration(&after, "asc-0000000a");
+    assert_eq!(asc_a.key_ids, [NEW]);
+    assert_eq!(asc_a.instance_type, "S5.LARGE8", "other settings kept");
+    assert_eq!(asc_a.name, "web-asg");
+    assert_eq!(configuration(&after, "asc-0000000b").key_ids, [OTHER, NEW]);
+    assert_eq!(
+        configuration(&after, "asc-0000000c"),
+        configuration(before, "asc-0000000c")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_gives_templates_and_launch_configurations_the_new_key() {
+    let before = estate();
+    let r = Rehearsal::start(quiet(), before.clone()).await;
+    let (input, templates) = discover(&r, Some(NEW)).await;
+    let (code, _, stderr) = r
+        .run(
+            &["run", &input, "--templates", &templates, "--progress", "none"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("templates: 4 to change"), "{stderr}");
+    assert_rotated(&r, &before);
+    assert_eq!(sent(&r, Action::CreateLaunchTemplateVersion), 2);
+    assert_eq!(sent(&r, Action::ModifyLaunchTemplateDefaultVersion), 1);
+    assert_eq!(sent(&r, Action::ModifyLaunchConfigurationAttributes), 2);
+
+    // Every change recorded, with the RequestIds of its writes in the journal.
+    let store = r.store().await;
+    let run_id = store.newest_run().await.unwrap();
+    let changes = store.template_changes(run_id).await.unwrap();
+    assert_eq!(changes.len(), 4);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.state == keyfleet::states::TemplateState::Changed),
+        "{changes:#?}"
+    );
+    let a = changes.iter().find(|c| c.template_id == "lt-0000000a").unwrap();
+    assert_eq!(a.made_version, Some(2));
+
+    // The same command again changes nothing more.
+    let (code, _, stderr) = r
+        .run(
+            &["run", &input, "--templates", &templates, "--progress", "none"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sent(&r, Action::CreateLaunchTemplateVersion), 2);
+    assert_rotated(&r, &before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_rotation_target_the_leaked_key_goes_only_where_another_remains() {
+    let before = estate();
+    let r = Rehearsal::start(quiet(), before.clone()).await;
+    let (input, templates) = discover(&r, None).await;
+    let (code, _, stderr) = r
+        .run(
+            &["run", &input, "--templates", &templates, "--progress", "none"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("templates: 2 to change"), "{stderr}");
+    assert!(stderr.contains("kept launch_template lt-0000000a"), "{stderr}");
+    let after = r.sim.fleet();
+    // Its only key: kept as it was (retire names it).
+    assert_eq!(template(&after, "lt-0000000a"), template(&before, "lt-0000000a"));
+    assert_eq!(
+        configuration(&after, "asc-0000000a"),
+        configuration(&before, "asc-0000000a")
+    );
+    let b = template(&after, "lt-0000000b");
+    assert_eq!(b.versions[2].key_ids, [OTHER]);
+    assert_eq!(configuration(&after, "asc-0000000b").key_ids, [OTHER]);
+
+    let (code, _, stderr) = r.run(&["retire", "--key", LEAKED], LIMIT).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("lt-0000000a"), "{stderr}");
+    assert!(stderr.contains("asc-0000000a"), "{stderr}");
+}
+
+/// Every reply of a write lost after it was applied (`drop_after`), then the run
+/// resumed: no template gets a second version, every change ends where it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_reply_was_lost_is_found_not_made_again() {
+    let before = estate();
+    let config = SimConfig {
+        faults: Faults {
+            drop_after: 0.3,
+            ..Faults::default()
+        },
+        seed: 7,
+        ..quiet()
+    };
+    let r = Rehearsal::start(config, before.clone()).await;
+    let (input, templates) = discover(&r, Some(NEW)).await;
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_rotated(&r, &before);
+}
