@@ -245,3 +245,113 @@ async fn a_create_whose_reply_was_lost_is_found_not_made_again() {
     assert_eq!(code, 0, "{stderr}");
     assert_rotated(&r, &before);
 }
+
+/// A loopback proxy in front of the simulator that forwards everything, except that a
+/// connection which carried a request for `hold` never gets its reply: the request is
+/// applied, its answer never arrives (as when keyfleet is killed before reading it).
+async fn holding_proxy(target: std::net::SocketAddr, hold: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let seen = held.clone();
+                let upstream = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if String::from_utf8_lossy(&buf[..n]).contains(hold) {
+                            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 || held.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Hold the connection open, never answering.
+                        std::future::pending::<()>().await;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                upstream.abort();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// kill -9 while both CreateLaunchTemplateVersion requests are applied and unanswered:
+/// the same command again finds the versions they made (by their description) and
+/// makes no second one; the default moves to the new version; the lost attempts are
+/// recorded as such, their jobs replaced by looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_a_new_version_is_unanswered_makes_no_second_version() {
+    let before = estate();
+    let r = Rehearsal::start(quiet(), before.clone()).await;
+    let (input, templates) = discover(&r, Some(NEW)).await;
+    let proxy = holding_proxy(r.sim.local_addr(), "CreateLaunchTemplateVersion").await;
+    let args = ["run", &input, "--templates", &templates, "--progress", "none"];
+    let mut child = r
+        .command_at(&proxy, &args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let applied = || {
+        r.sim
+            .journal()
+            .iter()
+            .filter(|e| e.action == Action::CreateLaunchTemplateVersion.name() && e.applied)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    while applied() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the creates never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    let store = r.store().await;
+    let run_id = store.newest_run().await.unwrap();
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND kind = 'template' AND state = 'in_flight'",
+    )
+    .bind(run_id)
+    .fetch_one(store.pool_for_tests())
+    .await
+    .unwrap();
+    assert_eq!(open, 2, "both creates were in flight at the kill");
+    store.close().await;
+
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(applied(), 2, "no second version");
+    assert_rotated(&r, &before);
+    let store = r.store().await;
+    let lost: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT state, last_error_code FROM jobs WHERE run_id = ? AND kind = 'template' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(store.pool_for_tests())
+    .await
+    .unwrap();
+    assert_eq!(
+        lost,
+        vec![("split".to_string(), Some("KeyFleet.Lost".to_string())); 2],
+        "the lost creates are replaced by looks"
+    );
+}
