@@ -194,3 +194,32 @@ pub async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> anyhow::
     }
     Ok(())
 }
+
+/// A run's template changes on stderr: one line of counts, then each one not changed.
+pub fn print_template_changes(changes: &[keyfleet::store::templates::TemplateChangeRow]) {
+    use keyfleet::states::TemplateState;
+    if changes.is_empty() {
+        return;
+    }
+    let count = |state: TemplateState| changes.iter().filter(|c| c.state == state).count();
+    eprintln!(
+        "  templates: {} changed, {} kept (only key), {} unchanged, {} failed, {} not finished",
+        count(TemplateState::Changed),
+        count(TemplateState::Kept),
+        count(TemplateState::Unchanged),
+        count(TemplateState::Failed),
+        count(TemplateState::Pending)
+    );
+    for c in changes.iter().filter(|c| c.state != TemplateState::Changed) {
+        let version = c.version.map(|v| format!(" version {v}")).unwrap_or_default();
+        eprintln!(
+            "    {} {} {} ({}){version} in {}: {}",
+            c.state,
+            c.kind,
+            c.template_id,
+            escape(&c.name),
+            c.region,
+            escape(c.reason.as_deref().unwrap_or(""))
+        );
+    }
+}

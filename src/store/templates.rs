@@ -216,6 +216,23 @@ impl Store {
         .await?)
     }
 
+    /// A run's unbind pairs (valid, distinct) whose key the last verification did not
+    /// find gone: 0 when `run --retire` may retire the run's keys.
+    pub async fn pairs_not_verified_gone(&self, run_id: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM items WHERE run_id = ? AND bind = 0 AND status IN (?, ?, ?, ?) \
+             AND verified IS NOT ?",
+        )
+        .bind(run_id)
+        .bind(ItemStatus::Pending.as_str())
+        .bind(ItemStatus::Succeeded.as_str())
+        .bind(ItemStatus::Failed.as_str())
+        .bind(ItemStatus::Skipped.as_str())
+        .bind(crate::states::Verified::Gone.as_str())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Records what a retirement found and did (`result`: its JSON).
     pub async fn record_retirement(
         &self,

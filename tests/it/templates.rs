@@ -146,13 +146,29 @@ async fn a_rotation_gives_templates_and_launch_configurations_the_new_key() {
     let (input, templates) = discover(&r, Some(NEW)).await;
     let (code, _, stderr) = r
         .run(
-            &["run", &input, "--templates", &templates, "--progress", "none"],
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--retire",
+                "--progress",
+                "none",
+            ],
             LIMIT,
         )
         .await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("templates: 4 to change"), "{stderr}");
+    assert!(stderr.contains("templates: 4 changed"), "{stderr}");
     assert_rotated(&r, &before);
+    // --retire: every pair verified gone, no default template or configuration names
+    // the key: it is deleted and confirmed gone.
+    assert!(
+        stderr.contains(&format!("{LEAKED} (deploy): deleted; gone from DescribeKeyPairs")),
+        "{stderr}"
+    );
+    assert_eq!(sent(&r, Action::DeleteKeyPairs), 1);
     assert_eq!(sent(&r, Action::CreateLaunchTemplateVersion), 2);
     assert_eq!(sent(&r, Action::ModifyLaunchTemplateDefaultVersion), 1);
     assert_eq!(sent(&r, Action::ModifyLaunchConfigurationAttributes), 2);
@@ -208,10 +224,25 @@ async fn without_a_rotation_target_the_leaked_key_goes_only_where_another_remain
     assert_eq!(b.versions[2].key_ids, [OTHER]);
     assert_eq!(configuration(&after, "asc-0000000b").key_ids, [OTHER]);
 
-    let (code, _, stderr) = r.run(&["retire", "--key", LEAKED], LIMIT).await;
+    // --retire after the verification: refused, naming what still hands the key out.
+    let (code, _, stderr) = r
+        .run(
+            &["run", &input, "--templates", &templates, "--retire", "--progress", "none"],
+            LIMIT,
+        )
+        .await;
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("lt-0000000a"), "{stderr}");
-    assert!(stderr.contains("asc-0000000a"), "{stderr}");
+    assert!(stderr.contains("retire: every pair verified gone"), "{stderr}");
+    assert!(stderr.contains("NOT retired"), "{stderr}");
+    assert!(stderr.contains("launch template lt-0000000a (web) default version 1"), "{stderr}");
+    assert!(stderr.contains("launch configuration asc-0000000a"), "{stderr}");
+    assert_eq!(sent(&r, Action::DeleteKeyPairs), 0);
+    let store = r.store().await;
+    let run_id = store.newest_run().await.unwrap();
+    let keys = vec![LEAKED.to_string()];
+    let recorded = store.retirements_for(run_id, &keys, 0).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert!(!recorded[0].retired && recorded[0].result.contains("lt-0000000a"));
 }
 
 /// Every reply of a write lost after it was applied (`drop_after`), then the run
