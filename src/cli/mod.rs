@@ -12,6 +12,7 @@ pub mod discover;
 pub mod docs;
 pub mod flags;
 pub mod incident;
+pub mod incident_report;
 pub mod live;
 pub mod logging;
 pub mod plan;

@@ -18,6 +18,7 @@ pub mod rates;
 pub mod report;
 pub mod requeue;
 pub mod states;
+pub mod incident;
 pub mod templates;
 pub mod verify;
 pub mod watch;

@@ -7,6 +7,7 @@ mod fuzz;
 mod hardening;
 mod hostile;
 mod incident;
+mod incident_report;
 mod live;
 mod pacing;
 mod plan;

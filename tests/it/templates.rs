@@ -16,8 +16,8 @@ use crate::support::{Rehearsal, ins};
 const LIMIT: Duration = Duration::from_secs(120);
 const GZ: &str = "ap-guangzhou";
 const SH: &str = "ap-shanghai";
-const LEAKED: &str = "skey-1eaked0a";
-const NEW: &str = "skey-n3wkey00";
+pub const LEAKED: &str = "skey-1eaked0a";
+pub const NEW: &str = "skey-n3wkey00";
 const OTHER: &str = "skey-0ther000";
 
 fn quiet() -> SimConfig {
@@ -60,7 +60,7 @@ pub fn estate() -> Fleet {
 }
 
 /// `discover` (with `--rotate-to` when given) writes the input and the templates file.
-async fn discover(r: &Rehearsal, rotate_to: Option<&str>) -> (String, String) {
+pub async fn discover(r: &Rehearsal, rotate_to: Option<&str>) -> (String, String) {
     let input = r.dir.path().join("found.csv");
     let templates = r.dir.path().join("templates.csv");
     let mut args = vec![
