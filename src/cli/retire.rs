@@ -70,6 +70,23 @@ pub async fn retire_keys(
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
     let home_region = super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into());
+    let client = build_client(send, global)?;
+    retire_with(store, run_id, retire, client, send, &home_region, json_output)
+        .await
+        .map(|(code, _)| code)
+}
+
+/// [`retire_keys`] with a client of its own (the demo's): also returns what was found.
+pub async fn retire_with(
+    store: &keyfleet::store::Store,
+    run_id: Option<i64>,
+    retire: &RetireOptions,
+    client: std::sync::Arc<keyfleet::api::CvmClient>,
+    send: &SendFlags,
+    home_region: &str,
+    json_output: Option<&std::path::Path>,
+) -> anyhow::Result<(u8, Option<Retirement>)> {
+    let home_region = home_region.to_string();
     let config = send.exec_config();
     let options = DiscoverOptions {
         keys: retire.keys.clone(),
@@ -81,7 +98,6 @@ pub async fn retire_keys(
         retry_cap: config.retry_cap,
         throttle_delay: config.throttle_delay,
     };
-    let client = build_client(send, global)?;
     let limiter = super::incident::limiter(store, config.rate).await?;
     let outcome = incident::retire(client, limiter, &options, retire).await;
     let retirement = match outcome {
@@ -93,11 +109,14 @@ pub async fn retire_keys(
                 .record_retirement(run_id, &retire.keys, retire.dry_run, false, &result)
                 .await?;
             eprintln!("error: {}", escape(&message));
-            return Ok(if error.is_usage() {
-                exit::USAGE
-            } else {
-                exit::STOPPED
-            });
+            return Ok((
+                if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::STOPPED
+                },
+                None,
+            ));
         }
     };
     let result = serde_json::to_string(&retirement)?;
@@ -116,13 +135,12 @@ pub async fn retire_keys(
         super::report::write_private_file(path, &bytes)?;
     }
     summarize(&retirement, retire.ignore_templates);
-    Ok(
-        if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
-            exit::FAILED
-        } else {
-            exit::OK
-        },
-    )
+    let code = if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
+        exit::FAILED
+    } else {
+        exit::OK
+    };
+    Ok((code, Some(retirement)))
 }
 
 /// `run --retire`: once the run's verification found every pair gone, its keys are

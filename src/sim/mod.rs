@@ -38,6 +38,7 @@ mod actions;
 pub mod audit;
 mod call;
 pub mod churn;
+pub mod closing;
 pub mod faults;
 pub mod fleet;
 mod holdings;
