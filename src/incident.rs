@@ -172,7 +172,8 @@ pub use crate::rules::template::Holder as TemplateHolder;
 pub use crate::states::TemplateKind;
 
 /// The header `discover --templates-output` writes and `run --templates` reads.
-pub const TEMPLATES_HEADER: [&str; 7] = ["kind", "id", "name", "version", "region", "default", "keys"];
+pub const TEMPLATES_HEADER: [&str; 7] =
+    ["kind", "id", "name", "version", "region", "default", "keys"];
 
 /// Reads a templates file (the CSV `discover --templates-output` wrote): every row
 /// checked (kind, id, version, region, default, key ids); an error names the file,
@@ -227,7 +228,9 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
         let id_ok = id.strip_prefix(prefix).is_some_and(|rest| {
             !rest.is_empty()
                 && rest.len() <= 32
-                && rest.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         });
         if !id_ok {
             return Err(bad(
@@ -246,26 +249,26 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
                     ),
                 ));
             }
-            (TemplateKind::LaunchTemplate, text) => Some(
-                text.parse::<u64>()
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| {
-                        bad(
-                            line,
-                            format!(
-                                "version {:?} is not a version number",
-                                crate::display::escape(text)
-                            ),
-                        )
-                    })?,
-            ),
+            (TemplateKind::LaunchTemplate, text) => {
+                Some(text.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                    bad(
+                        line,
+                        format!(
+                            "version {:?} is not a version number",
+                            crate::display::escape(text)
+                        ),
+                    )
+                })?)
+            }
         };
         let region = field(4).to_string();
         if !ids::is_region(&region) {
             return Err(bad(
                 line,
-                format!("region {:?} is not a region name", crate::display::escape(&region)),
+                format!(
+                    "region {:?} is not a region name",
+                    crate::display::escape(&region)
+                ),
             ));
         }
         let default = match field(5) {
@@ -274,7 +277,10 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
             other => {
                 return Err(bad(
                     line,
-                    format!("default {:?} is neither true nor false", crate::display::escape(other)),
+                    format!(
+                        "default {:?} is neither true nor false",
+                        crate::display::escape(other)
+                    ),
                 ));
             }
         };

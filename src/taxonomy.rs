@@ -613,7 +613,8 @@ pub const ACTION_CODES: &[(Action, Rule)] = &[
             Instance,
             "already RUNNING: the start's goal holds; split off and confirmed by a look, not a failure of the instance",
         ),
-    ),    (
+    ),
+    (
         Action::DescribeLaunchTemplateVersions,
         rule(
             "InvalidParameterValue.LaunchTemplateIdNotExisted",

@@ -319,10 +319,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     }
     let verification = store.verification_counts(run_id).await?;
 
-    eprintln!(
-        "\n{}. keyfleet retire --key {leaked}",
-        3 + round
-    );
+    eprintln!("\n{}. keyfleet retire --key {leaked}", 3 + round);
     let retire = keyfleet::incident::RetireOptions {
         keys: vec![leaked.clone()],
         dry_run: false,
@@ -347,10 +344,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let incident = super::incident_report::gather(&store, &[run_id]).await?;
     let beside = super::incident_report::csv_beside(&incident_md);
     super::report::write_private_file(&beside, &super::incident_report::requests_csv(&incident)?)?;
-    let markdown = super::incident_report::markdown(
-        &incident,
-        beside.file_name().and_then(|n| n.to_str()),
-    );
+    let markdown =
+        super::incident_report::markdown(&incident, beside.file_name().and_then(|n| n.to_str()));
     super::report::write_private_file(&incident_md, markdown.as_bytes())?;
     let first_screen = markdown.split("\n## ").next().unwrap_or("");
     for line in first_screen.lines() {

@@ -211,7 +211,10 @@ pub fn print_template_changes(changes: &[keyfleet::store::templates::TemplateCha
         count(TemplateState::Pending)
     );
     for c in changes.iter().filter(|c| c.state != TemplateState::Changed) {
-        let version = c.version.map(|v| format!(" version {v}")).unwrap_or_default();
+        let version = c
+            .version
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
         eprintln!(
             "    {} {} {} ({}){version} in {}: {}",
             c.state,

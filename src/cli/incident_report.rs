@@ -158,7 +158,11 @@ pub async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<IncidentRepor
                     names.insert(id.to_string(), name.to_string());
                 }
             }
-            for request_id in result["delete_request_ids"].as_array().into_iter().flatten() {
+            for request_id in result["delete_request_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 requests.push(RequestRecord {
                     run_id: row.run_id.unwrap_or(0),
                     job_id: 0,
@@ -186,7 +190,8 @@ pub async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<IncidentRepor
         let count = requests_by_api.entry(r.action.clone()).or_default();
         count.sent += 1;
         count.with_request_id += i64::from(r.request_id.is_some());
-        count.errors += i64::from(r.error_code.is_some() || r.outcome.as_deref() != Some("succeeded"));
+        count.errors +=
+            i64::from(r.error_code.is_some() || r.outcome.as_deref() != Some("succeeded"));
     }
     Ok(IncidentReport {
         runs,
@@ -272,15 +277,26 @@ pub fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> String {
         .collect();
     line(format!("- **Key:** {}", names.join(", ")));
     if !report.key.new_keys.is_empty() {
-        line(format!("- **Rotated to:** `{}`", report.key.new_keys.join("`, `")));
+        line(format!(
+            "- **Rotated to:** `{}`",
+            report.key.new_keys.join("`, `")
+        ));
     }
     line(format!(
         "- **From** {} **to** {} (UTC)",
         report.started.as_deref().unwrap_or("not started"),
         report.ended.as_deref().unwrap_or("not finished")
     ));
-    let unbound: i64 = report.run_details.iter().map(|r| r.facts.instances_unbound).sum();
-    let rotated: i64 = report.run_details.iter().map(|r| r.facts.instances_rotated).sum();
+    let unbound: i64 = report
+        .run_details
+        .iter()
+        .map(|r| r.facts.instances_unbound)
+        .sum();
+    let rotated: i64 = report
+        .run_details
+        .iter()
+        .map(|r| r.facts.instances_rotated)
+        .sum();
     let instances: i64 = report
         .run_details
         .iter()
@@ -298,7 +314,9 @@ pub fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> String {
     line(format!("- **Verification:** {}", counts(&verdicts)));
     let mut template_states: BTreeMap<String, i64> = BTreeMap::new();
     for t in &report.templates {
-        *template_states.entry(t.change.state.to_string()).or_default() += 1;
+        *template_states
+            .entry(t.change.state.to_string())
+            .or_default() += 1;
     }
     line(format!(
         "- **Templates:** {} found; {}",
@@ -394,7 +412,10 @@ pub fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> String {
                 c.region,
                 c.was_default,
                 c.keys_before.join(" "),
-                c.keys_after.as_ref().map(|k| k.join(" ")).unwrap_or_default(),
+                c.keys_after
+                    .as_ref()
+                    .map(|k| k.join(" "))
+                    .unwrap_or_default(),
                 c.state,
                 c.made_version.map(|v| v.to_string()).unwrap_or_default(),
                 cell(c.reason.as_deref().unwrap_or(""))
@@ -416,7 +437,11 @@ pub fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> String {
         } else {
             "not retired"
         };
-        line(format!("- {} UTC: `{}`: {what}", r.at, r.key_ids.join("`, `")));
+        line(format!(
+            "- {} UTC: `{}`: {what}",
+            r.at,
+            r.key_ids.join("`, `")
+        ));
         if let Some(error) = r.result["error"].as_str() {
             line(format!("  - {}", escape(error)));
         }
@@ -429,8 +454,15 @@ pub fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> String {
                 ));
             }
         }
-        for id in r.result["delete_request_ids"].as_array().into_iter().flatten() {
-            line(format!("  - DeleteKeyPairs RequestId `{}`", id.as_str().unwrap_or("")));
+        for id in r.result["delete_request_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            line(format!(
+                "  - DeleteKeyPairs RequestId `{}`",
+                id.as_str().unwrap_or("")
+            ));
         }
     }
     line(String::new());

@@ -270,7 +270,9 @@ async fn incident(global: &GlobalArgs, args: &Args) -> anyhow::Result<u8> {
         None | Some(ReportFormat::Md) => ReportFormat::Md,
         Some(ReportFormat::Json) => ReportFormat::Json,
         Some(ReportFormat::Csv) => {
-            anyhow::bail!("the incident report is md or json (its RequestIds come as CSV beside --output)")
+            anyhow::bail!(
+                "the incident report is md or json (its RequestIds come as CSV beside --output)"
+            )
         }
     };
     if args.only.is_some() || args.raw {

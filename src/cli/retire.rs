@@ -71,9 +71,17 @@ pub async fn retire_keys(
 ) -> anyhow::Result<u8> {
     let home_region = super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into());
     let client = build_client(send, global)?;
-    retire_with(store, run_id, retire, client, send, &home_region, json_output)
-        .await
-        .map(|(code, _)| code)
+    retire_with(
+        store,
+        run_id,
+        retire,
+        client,
+        send,
+        &home_region,
+        json_output,
+    )
+    .await
+    .map(|(code, _)| code)
 }
 
 /// [`retire_keys`] with a client of its own (the demo's): also returns what was found.
@@ -172,7 +180,10 @@ pub async fn after_run(
             .await?;
         return Ok(exit::FAILED);
     }
-    eprintln!("retire: every pair verified gone; retiring {}", keys.join(", "));
+    eprintln!(
+        "retire: every pair verified gone; retiring {}",
+        keys.join(", ")
+    );
     let retire = RetireOptions {
         keys,
         dry_run: false,

@@ -545,7 +545,10 @@ impl JobAction for TemplateStep {
                     &reply.request_id,
                 )
                 .map_err(|e| e.message())?;
-                if page.total_count.is_some_and(|n| n as usize > page.items.len()) {
+                if page
+                    .total_count
+                    .is_some_and(|n| n as usize > page.items.len())
+                {
                     return Err(format!(
                         "{} lists more versions than one page holds",
                         change.template_id
@@ -590,7 +593,12 @@ impl JobAction for TemplateStep {
         })
     }
 
-    fn split(&self, _job: &QueuedJob, _error: Classification, _message: &str) -> Option<Vec<Shape>> {
+    fn split(
+        &self,
+        _job: &QueuedJob,
+        _error: Classification,
+        _message: &str,
+    ) -> Option<Vec<Shape>> {
         // One template per job: nothing to divide; the change fails with the code.
         None
     }

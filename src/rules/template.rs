@@ -153,7 +153,8 @@ pub struct Planned {
 impl Planned {
     /// The job that starts the change; `None` for a kept one.
     pub fn first_job(&self, now: i64) -> Option<NewJob> {
-        (self.state == TemplateState::Pending).then(|| look_job(&self.holder.region, &self.change, now))
+        (self.state == TemplateState::Pending)
+            .then(|| look_job(&self.holder.region, &self.change, now))
     }
 }
 
@@ -444,7 +445,12 @@ pub fn failed(job_facts: &JobFacts, change: &Change, error: &ErrorInfo) -> Vec<E
     vec![ended(
         change,
         TemplateState::Failed,
-        format!("{} failed: {}: {}", job_facts.kind.action().name(), error.code, error.message),
+        format!(
+            "{} failed: {}: {}",
+            job_facts.kind.action().name(),
+            error.code,
+            error.message
+        ),
     )]
 }
 

@@ -150,17 +150,18 @@ pub fn audit_closing(
     }
     let exists = after.keys.iter().any(|k| k == leaked)
         || after.key_pairs.iter().any(|k| k.key_id == leaked)
-        || after.instances().iter().any(|i| i.key_ids.iter().any(|k| k == leaked));
+        || after
+            .instances()
+            .iter()
+            .any(|i| i.key_ids.iter().any(|k| k == leaked));
     audit.key_deleted = !exists;
     let deleted_by_request = journal.iter().any(|e| {
-        e.action == "DeleteKeyPairs"
-            && e.code.is_none()
-            && e.key_ids.iter().any(|k| k == leaked)
+        e.action == "DeleteKeyPairs" && e.code.is_none() && e.key_ids.iter().any(|k| k == leaked)
     });
     if audit.key_deleted && !deleted_by_request {
-        audit
-            .violations
-            .push(format!("{leaked} is gone without a DeleteKeyPairs that succeeded"));
+        audit.violations.push(format!(
+            "{leaked} is gone without a DeleteKeyPairs that succeeded"
+        ));
     }
     if !audit.key_deleted && deleted_by_request {
         audit.violations.push(format!(

@@ -9,6 +9,7 @@
 mod follow;
 #[cfg(unix)]
 mod guard;
+pub mod incident;
 mod jobs;
 mod outcome;
 pub mod pacer;
@@ -18,7 +19,6 @@ pub mod rates;
 pub mod report;
 pub mod requeue;
 pub mod states;
-pub mod incident;
 pub mod templates;
 pub mod verify;
 pub mod watch;

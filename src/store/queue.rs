@@ -278,13 +278,12 @@ impl Store {
         .await?;
         // A write that is not sent twice (a template's new version) is replaced by a
         // look that finds what it did (`rules::template::in_doubt`).
-        let doubtful: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, kind FROM jobs WHERE run_id = ? AND state = ? ORDER BY id",
-        )
-        .bind(run_id)
-        .bind(JobState::InFlight.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
+        let doubtful: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, kind FROM jobs WHERE run_id = ? AND state = ? ORDER BY id")
+                .bind(run_id)
+                .bind(JobState::InFlight.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
         let lost = crate::rules::ErrorInfo::new(
             "KeyFleet.Lost",
             "the attempt was open when keyfleet stopped: whether it was applied is unknown",

@@ -31,7 +31,14 @@ async fn the_incident_report_of_a_faulted_run_matches_the_database_and_the_journ
     let before_run = r.sim.journal().len();
     let (code, _, stderr) = r
         .run(
-            &["run", &input, "--templates", &templates, "--progress", "none"],
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--progress",
+                "none",
+            ],
             LIMIT,
         )
         .await;
@@ -64,7 +71,10 @@ async fn the_incident_report_of_a_faulted_run_matches_the_database_and_the_journ
         .iter()
         .filter_map(|e| e.request_id.clone())
         .collect();
-    assert_eq!(run_ids, journal_ids, "the run's RequestIds are the journal's");
+    assert_eq!(
+        run_ids, journal_ids,
+        "the run's RequestIds are the journal's"
+    );
     let mut journal_by_api: BTreeMap<String, i64> = BTreeMap::new();
     for e in &run_journal {
         *journal_by_api.entry(e.action.clone()).or_default() += 1;
@@ -114,13 +124,21 @@ async fn the_incident_report_of_a_faulted_run_matches_the_database_and_the_journ
     let md_path = r.dir.path().join("incident.md");
     let (code, _, stderr) = r
         .run(
-            &["report", "--incident", "--output", md_path.to_str().unwrap()],
+            &[
+                "report",
+                "--incident",
+                "--output",
+                md_path.to_str().unwrap(),
+            ],
             LIMIT,
         )
         .await;
     assert_eq!(code, 0, "{stderr}");
     let md = std::fs::read_to_string(&md_path).unwrap();
-    assert!(md.starts_with(&format!("# Incident report: run {run_id}")), "{md}");
+    assert!(
+        md.starts_with(&format!("# Incident report: run {run_id}")),
+        "{md}"
+    );
     assert!(md.contains(&format!("`{LEAKED}` (deploy)")), "{md}");
     assert!(md.contains("**Key pair:** retired"), "{md}");
     assert!(md.contains("**Templates:** 4 found; 4 changed"), "{md}");

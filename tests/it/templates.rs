@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use keyfleet::cvm::Action;
-use keyfleet::sim::{Faults, Fleet, Instance, KeyPair, LaunchConfiguration, LaunchTemplate, SimConfig};
+use keyfleet::sim::{
+    Faults, Fleet, Instance, KeyPair, LaunchConfiguration, LaunchTemplate, SimConfig,
+};
 
 use crate::support::{Rehearsal, ins};
 
@@ -118,15 +120,24 @@ fn assert_rotated(r: &Rehearsal, before: &Fleet) {
     assert_eq!(a.default_version, 2, "the new version is the default");
     assert_eq!(a.versions[1].key_ids, [NEW]);
     assert_eq!(a.versions[1].instance_type, a.versions[0].instance_type);
-    assert!(a.versions[1].description.starts_with("keyfleet run "), "{a:?}");
+    assert!(
+        a.versions[1].description.starts_with("keyfleet run "),
+        "{a:?}"
+    );
     assert_eq!(a.versions[0], template(before, "lt-0000000a").versions[0]);
 
     let b = template(&after, "lt-0000000b");
     assert_eq!(b.versions.len(), 3, "{b:?}");
     assert_eq!(b.versions[2].key_ids, [OTHER, NEW], "made from version 1");
-    assert_eq!(b.default_version, 2, "version 1 was not the default: neither is its fix");
+    assert_eq!(
+        b.default_version, 2,
+        "version 1 was not the default: neither is its fix"
+    );
 
-    assert_eq!(template(&after, "lt-0000000c"), template(before, "lt-0000000c"));
+    assert_eq!(
+        template(&after, "lt-0000000c"),
+        template(before, "lt-0000000c")
+    );
 
     let asc_a = configuration(&after, "asc-0000000a");
     assert_eq!(asc_a.key_ids, [NEW]);
@@ -165,7 +176,9 @@ async fn a_rotation_gives_templates_and_launch_configurations_the_new_key() {
     // --retire: every pair verified gone, no default template or configuration names
     // the key: it is deleted and confirmed gone.
     assert!(
-        stderr.contains(&format!("{LEAKED} (deploy): deleted; gone from DescribeKeyPairs")),
+        stderr.contains(&format!(
+            "{LEAKED} (deploy): deleted; gone from DescribeKeyPairs"
+        )),
         "{stderr}"
     );
     assert_eq!(sent(&r, Action::DeleteKeyPairs), 1);
@@ -184,13 +197,23 @@ async fn a_rotation_gives_templates_and_launch_configurations_the_new_key() {
             .all(|c| c.state == keyfleet::states::TemplateState::Changed),
         "{changes:#?}"
     );
-    let a = changes.iter().find(|c| c.template_id == "lt-0000000a").unwrap();
+    let a = changes
+        .iter()
+        .find(|c| c.template_id == "lt-0000000a")
+        .unwrap();
     assert_eq!(a.made_version, Some(2));
 
     // The same command again changes nothing more.
     let (code, _, stderr) = r
         .run(
-            &["run", &input, "--templates", &templates, "--progress", "none"],
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--progress",
+                "none",
+            ],
             LIMIT,
         )
         .await;
@@ -206,16 +229,29 @@ async fn without_a_rotation_target_the_leaked_key_goes_only_where_another_remain
     let (input, templates) = discover(&r, None).await;
     let (code, _, stderr) = r
         .run(
-            &["run", &input, "--templates", &templates, "--progress", "none"],
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--progress",
+                "none",
+            ],
             LIMIT,
         )
         .await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("templates: 2 to change"), "{stderr}");
-    assert!(stderr.contains("kept launch_template lt-0000000a"), "{stderr}");
+    assert!(
+        stderr.contains("kept launch_template lt-0000000a"),
+        "{stderr}"
+    );
     let after = r.sim.fleet();
     // Its only key: kept as it was (retire names it).
-    assert_eq!(template(&after, "lt-0000000a"), template(&before, "lt-0000000a"));
+    assert_eq!(
+        template(&after, "lt-0000000a"),
+        template(&before, "lt-0000000a")
+    );
     assert_eq!(
         configuration(&after, "asc-0000000a"),
         configuration(&before, "asc-0000000a")
@@ -227,15 +263,32 @@ async fn without_a_rotation_target_the_leaked_key_goes_only_where_another_remain
     // --retire after the verification: refused, naming what still hands the key out.
     let (code, _, stderr) = r
         .run(
-            &["run", &input, "--templates", &templates, "--retire", "--progress", "none"],
+            &[
+                "run",
+                &input,
+                "--templates",
+                &templates,
+                "--retire",
+                "--progress",
+                "none",
+            ],
             LIMIT,
         )
         .await;
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("retire: every pair verified gone"), "{stderr}");
+    assert!(
+        stderr.contains("retire: every pair verified gone"),
+        "{stderr}"
+    );
     assert!(stderr.contains("NOT retired"), "{stderr}");
-    assert!(stderr.contains("launch template lt-0000000a (web) default version 1"), "{stderr}");
-    assert!(stderr.contains("launch configuration asc-0000000a"), "{stderr}");
+    assert!(
+        stderr.contains("launch template lt-0000000a (web) default version 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("launch configuration asc-0000000a"),
+        "{stderr}"
+    );
     assert_eq!(sent(&r, Action::DeleteKeyPairs), 0);
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
@@ -335,7 +388,14 @@ async fn kill_9_while_a_new_version_is_unanswered_makes_no_second_version() {
     let r = Rehearsal::start(quiet(), before.clone()).await;
     let (input, templates) = discover(&r, Some(NEW)).await;
     let proxy = holding_proxy(r.sim.local_addr(), "CreateLaunchTemplateVersion").await;
-    let args = ["run", &input, "--templates", &templates, "--progress", "none"];
+    let args = [
+        "run",
+        &input,
+        "--templates",
+        &templates,
+        "--progress",
+        "none",
+    ];
     let mut child = r
         .command_at(&proxy, &args)
         .stderr(std::process::Stdio::null())
@@ -350,7 +410,10 @@ async fn kill_9_while_a_new_version_is_unanswered_makes_no_second_version() {
     };
     let deadline = std::time::Instant::now() + LIMIT;
     while applied() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the creates never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the creates never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.start_kill().unwrap(); // SIGKILL
