@@ -477,3 +477,218 @@ pub fn in_doubt(job_facts: &JobFacts, change: &Change, now: i64) -> Vec<Effect> 
     };
     vec![Effect::AddJob(look_job(&job_facts.region, &next, now))]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEAKED: &str = "skey-1eaked0a";
+    const NEW: &str = "skey-n3wkey00";
+    const OTHER: &str = "skey-0ther000";
+
+    fn holder(kind: TemplateKind, keys: &[&str], default: bool) -> Holder {
+        Holder {
+            region: "ap-guangzhou".into(),
+            kind,
+            id: match kind {
+                TemplateKind::LaunchTemplate => "lt-0000000a".into(),
+                TemplateKind::LaunchConfiguration => "asc-0000000a".into(),
+            },
+            name: "web".into(),
+            version: (kind == TemplateKind::LaunchTemplate).then_some(1),
+            default,
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn facts(kind: JobKind) -> JobFacts {
+        JobFacts {
+            id: 9,
+            kind,
+            region: "ap-guangzhou".into(),
+            force_stop: false,
+            instance_ids: Vec::new(),
+            key_ids: Vec::new(),
+        }
+    }
+
+    fn version(n: u64, keys: &[&str], default: bool, description: &str) -> VersionSeen {
+        VersionSeen {
+            version: n,
+            is_default: default,
+            key_ids: keys.iter().map(|k| k.to_string()).collect(),
+            description: description.into(),
+        }
+    }
+
+    fn strings(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn added(effects: &[Effect]) -> Vec<(JobKind, Change)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddJob(job) => Some((
+                    job.kind,
+                    Change::decode(job.payload.as_deref().unwrap()).unwrap(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn state(effects: &[Effect]) -> Option<TemplateState> {
+        effects.iter().rev().find_map(|e| match e {
+            Effect::Template(u) => Some(u.state),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn new_keys_replace_the_leaked_one_keeping_the_others_in_order() {
+        let leaked = strings(&[LEAKED]);
+        assert_eq!(new_keys(&strings(&[OTHER, LEAKED]), &leaked, &strings(&[NEW])), [OTHER, NEW]);
+        assert_eq!(new_keys(&strings(&[LEAKED, NEW]), &leaked, &strings(&[NEW])), [NEW]);
+        assert_eq!(new_keys(&strings(&[LEAKED]), &leaked, &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn planning_keeps_a_template_whose_only_key_is_the_leaked_one_without_a_target() {
+        let leaked = strings(&[LEAKED]);
+        let only = holder(TemplateKind::LaunchTemplate, &[LEAKED], true);
+        let kept = plan(3, &only, &leaked, &[]).unwrap();
+        assert_eq!(kept.state, TemplateState::Kept);
+        assert!(kept.first_job(0).is_none(), "nothing is sent for a kept one");
+        let rotated = plan(3, &only, &leaked, &strings(&[NEW])).unwrap();
+        assert_eq!(rotated.state, TemplateState::Pending);
+        assert_eq!(rotated.keys_after, [NEW]);
+        assert_eq!(rotated.first_job(0).unwrap().kind, JobKind::TemplateLook);
+        let config = holder(TemplateKind::LaunchConfiguration, &[OTHER, LEAKED], true);
+        let job = plan(3, &config, &leaked, &[]).unwrap().first_job(0).unwrap();
+        assert_eq!(job.kind, JobKind::LaunchConfigLook);
+        let unrelated = holder(TemplateKind::LaunchTemplate, &[OTHER], true);
+        assert!(plan(3, &unrelated, &leaked, &[]).is_none());
+    }
+
+    fn change() -> Change {
+        plan(
+            3,
+            &holder(TemplateKind::LaunchTemplate, &[LEAKED, OTHER], true),
+            &strings(&[LEAKED]),
+            &strings(&[NEW]),
+        )
+        .unwrap()
+        .change
+    }
+
+    #[test]
+    fn a_look_creates_only_when_no_version_carries_the_marker() {
+        let c = change();
+        let look = facts(JobKind::TemplateLook);
+        let fresh = Listed::Versions(vec![version(1, &[LEAKED, OTHER], true, "")]);
+        let effects = looked(&look, &c, &fresh, 0);
+        let jobs = added(&effects);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].0, JobKind::Template);
+        assert_eq!(jobs[0].1.keys, [OTHER, NEW]);
+
+        // Made already (a lost reply, a kill): the default moves to it, nothing is created.
+        let made = Listed::Versions(vec![
+            version(1, &[LEAKED, OTHER], true, ""),
+            version(2, &[OTHER, NEW], false, &c.marker),
+        ]);
+        let jobs = added(&looked(&look, &c, &made, 0));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].0, JobKind::TemplateDefault);
+        assert_eq!(jobs[0].1.made, Some(2));
+
+        // ... and when it is the default already, the change is done.
+        let done = Listed::Versions(vec![
+            version(1, &[LEAKED, OTHER], false, ""),
+            version(2, &[OTHER, NEW], true, &c.marker),
+        ]);
+        let effects = looked(&look, &c, &done, 0);
+        assert!(added(&effects).is_empty());
+        assert_eq!(state(&effects), Some(TemplateState::Changed));
+    }
+
+    #[test]
+    fn a_look_after_an_accepted_create_never_creates_again() {
+        let c = change();
+        let accepted_create = accepted(&facts(JobKind::Template), &c, "req-1", 0);
+        let (kind, next) = added(&accepted_create).pop().unwrap();
+        assert_eq!(kind, JobKind::TemplateLook);
+        assert_eq!(next.created_by.as_deref(), Some("req-1"));
+        let missing = Listed::Versions(vec![version(1, &[LEAKED, OTHER], true, "")]);
+        let effects = looked(&facts(JobKind::TemplateLook), &next, &missing, 0);
+        assert!(added(&effects).is_empty());
+        assert_eq!(state(&effects), Some(TemplateState::Failed));
+    }
+
+    #[test]
+    fn a_look_checks_the_source_and_the_quota_before_creating() {
+        let c = change();
+        let look = facts(JobKind::TemplateLook);
+        let gone = Listed::Versions(vec![version(2, &[OTHER], true, "")]);
+        assert_eq!(state(&looked(&look, &c, &gone, 0)), Some(TemplateState::Failed));
+        let moved = Listed::Versions(vec![
+            version(1, &[LEAKED, OTHER], false, ""),
+            version(2, &[OTHER], true, "someone"),
+        ]);
+        assert_eq!(state(&looked(&look, &c, &moved, 0)), Some(TemplateState::Unchanged));
+        let full = Listed::Versions(
+            (1..=MAX_TEMPLATE_VERSIONS as u64)
+                .map(|n| version(n, &[LEAKED, OTHER], n == 1, ""))
+                .collect(),
+        );
+        let effects = looked(&look, &c, &full, 0);
+        assert!(added(&effects).is_empty());
+        assert_eq!(state(&effects), Some(TemplateState::Failed));
+    }
+
+    #[test]
+    fn a_write_in_doubt_becomes_a_look_and_at_last_a_failure() {
+        let mut c = change();
+        let jobs = added(&in_doubt(&facts(JobKind::Template), &c, 0));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].0, JobKind::TemplateLook);
+        assert_eq!(jobs[0].1.doubts, 1);
+        c.doubts = MAX_DOUBTS - 1;
+        let effects = in_doubt(&facts(JobKind::Template), &c, 0);
+        assert!(added(&effects).is_empty());
+        assert_eq!(state(&effects), Some(TemplateState::Failed));
+        assert!(in_doubt(&facts(JobKind::TemplateDefault), &c, 0).is_empty());
+    }
+
+    #[test]
+    fn a_launch_configuration_is_rewritten_from_what_it_holds_now() {
+        let c = plan(
+            3,
+            &holder(TemplateKind::LaunchConfiguration, &[LEAKED], true),
+            &strings(&[LEAKED]),
+            &strings(&[NEW]),
+        )
+        .unwrap()
+        .change;
+        let look = facts(JobKind::LaunchConfigLook);
+        let seen = Listed::Configuration(Some(ConfigSeen {
+            key_ids: strings(&[OTHER, LEAKED]),
+            keep_image_login: true,
+        }));
+        let jobs = added(&looked(&look, &c, &seen, 0));
+        assert_eq!(jobs[0].0, JobKind::LaunchConfig);
+        assert_eq!(jobs[0].1.keys, [OTHER, NEW]);
+        assert!(jobs[0].1.keep_image_login);
+        // Written already: ours, changed; nothing written again.
+        let written = Listed::Configuration(Some(ConfigSeen {
+            key_ids: strings(&[OTHER, NEW]),
+            keep_image_login: true,
+        }));
+        let effects = looked(&look, &jobs[0].1, &written, 0);
+        assert!(added(&effects).is_empty());
+        assert_eq!(state(&effects), Some(TemplateState::Changed));
+        let vanished = Listed::Configuration(None);
+        assert_eq!(state(&looked(&look, &c, &vanished, 0)), Some(TemplateState::Failed));
+    }
+}
