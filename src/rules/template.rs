@@ -548,9 +548,18 @@ mod tests {
     #[test]
     fn new_keys_replace_the_leaked_one_keeping_the_others_in_order() {
         let leaked = strings(&[LEAKED]);
-        assert_eq!(new_keys(&strings(&[OTHER, LEAKED]), &leaked, &strings(&[NEW])), [OTHER, NEW]);
-        assert_eq!(new_keys(&strings(&[LEAKED, NEW]), &leaked, &strings(&[NEW])), [NEW]);
-        assert_eq!(new_keys(&strings(&[LEAKED]), &leaked, &[]), Vec::<String>::new());
+        assert_eq!(
+            new_keys(&strings(&[OTHER, LEAKED]), &leaked, &strings(&[NEW])),
+            [OTHER, NEW]
+        );
+        assert_eq!(
+            new_keys(&strings(&[LEAKED, NEW]), &leaked, &strings(&[NEW])),
+            [NEW]
+        );
+        assert_eq!(
+            new_keys(&strings(&[LEAKED]), &leaked, &[]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -559,13 +568,19 @@ mod tests {
         let only = holder(TemplateKind::LaunchTemplate, &[LEAKED], true);
         let kept = plan(3, &only, &leaked, &[]).unwrap();
         assert_eq!(kept.state, TemplateState::Kept);
-        assert!(kept.first_job(0).is_none(), "nothing is sent for a kept one");
+        assert!(
+            kept.first_job(0).is_none(),
+            "nothing is sent for a kept one"
+        );
         let rotated = plan(3, &only, &leaked, &strings(&[NEW])).unwrap();
         assert_eq!(rotated.state, TemplateState::Pending);
         assert_eq!(rotated.keys_after, [NEW]);
         assert_eq!(rotated.first_job(0).unwrap().kind, JobKind::TemplateLook);
         let config = holder(TemplateKind::LaunchConfiguration, &[OTHER, LEAKED], true);
-        let job = plan(3, &config, &leaked, &[]).unwrap().first_job(0).unwrap();
+        let job = plan(3, &config, &leaked, &[])
+            .unwrap()
+            .first_job(0)
+            .unwrap();
         assert_eq!(job.kind, JobKind::LaunchConfigLook);
         let unrelated = holder(TemplateKind::LaunchTemplate, &[OTHER], true);
         assert!(plan(3, &unrelated, &leaked, &[]).is_none());
@@ -631,12 +646,18 @@ mod tests {
         let c = change();
         let look = facts(JobKind::TemplateLook);
         let gone = Listed::Versions(vec![version(2, &[OTHER], true, "")]);
-        assert_eq!(state(&looked(&look, &c, &gone, 0)), Some(TemplateState::Failed));
+        assert_eq!(
+            state(&looked(&look, &c, &gone, 0)),
+            Some(TemplateState::Failed)
+        );
         let moved = Listed::Versions(vec![
             version(1, &[LEAKED, OTHER], false, ""),
             version(2, &[OTHER], true, "someone"),
         ]);
-        assert_eq!(state(&looked(&look, &c, &moved, 0)), Some(TemplateState::Unchanged));
+        assert_eq!(
+            state(&looked(&look, &c, &moved, 0)),
+            Some(TemplateState::Unchanged)
+        );
         let full = Listed::Versions(
             (1..=MAX_TEMPLATE_VERSIONS as u64)
                 .map(|n| version(n, &[LEAKED, OTHER], n == 1, ""))
@@ -689,6 +710,9 @@ mod tests {
         assert!(added(&effects).is_empty());
         assert_eq!(state(&effects), Some(TemplateState::Changed));
         let vanished = Listed::Configuration(None);
-        assert_eq!(state(&looked(&look, &c, &vanished, 0)), Some(TemplateState::Failed));
+        assert_eq!(
+            state(&looked(&look, &c, &vanished, 0)),
+            Some(TemplateState::Failed)
+        );
     }
 }
