@@ -182,6 +182,18 @@ async fn a_rotation_gives_templates_and_launch_configurations_the_new_key() {
         "{stderr}"
     );
     assert_eq!(sent(&r, Action::DeleteKeyPairs), 1);
+    // The simulator's own proof: templates as asked, one version each, the key deleted
+    // by a DeleteKeyPairs that succeeded.
+    let closing = keyfleet::sim::closing::audit_closing(
+        &before,
+        &r.sim.fleet(),
+        LEAKED,
+        Some(NEW),
+        &r.sim.journal(),
+    );
+    assert!(closing.is_clean(), "{:#?}", closing.violations);
+    assert_eq!((closing.changed, closing.kept), (4, 0));
+    assert!(closing.key_deleted);
     assert_eq!(sent(&r, Action::CreateLaunchTemplateVersion), 2);
     assert_eq!(sent(&r, Action::ModifyLaunchTemplateDefaultVersion), 1);
     assert_eq!(sent(&r, Action::ModifyLaunchConfigurationAttributes), 2);
@@ -290,6 +302,16 @@ async fn without_a_rotation_target_the_leaked_key_goes_only_where_another_remain
         "{stderr}"
     );
     assert_eq!(sent(&r, Action::DeleteKeyPairs), 0);
+    let closing = keyfleet::sim::closing::audit_closing(
+        &before,
+        &r.sim.fleet(),
+        LEAKED,
+        None,
+        &r.sim.journal(),
+    );
+    assert!(closing.is_clean(), "{:#?}", closing.violations);
+    assert_eq!((closing.changed, closing.kept), (2, 2));
+    assert!(!closing.key_deleted);
     let store = r.store().await;
     let run_id = store.newest_run().await.unwrap();
     let keys = vec![LEAKED.to_string()];
