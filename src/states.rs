@@ -214,7 +214,8 @@ impl JobKind {
 
     /// True for the kinds whose request, when its outcome is unknown (no reply, or an
     /// attempt a kill left open), is not sent again as is: a look replaces it and finds
-    /// what it did first (`rules::template::in_doubt`). CreateLaunchTemplateVersion
+    /// what it did first (`rules::template::in_doubt`); so is one that met a transient
+    /// error (it may have been applied). CreateLaunchTemplateVersion
     /// makes a new version each time; a launch configuration is re-read so that a
     /// resumed change never writes over what it did not read.
     pub fn rereads_when_in_doubt(self) -> bool {

@@ -10,9 +10,9 @@
 //!   out, the template has room for a version) and a `template` job is added.
 //! - `template` (CreateLaunchTemplateVersion, described with the marker) is not
 //!   idempotent: an accepted one is followed by a look (which finds the version and
-//!   sets the default); one whose outcome is unknown (a transport failure, an attempt
-//!   a kill left open) is never sent again as is: the store replaces it by a look
-//!   ([`in_doubt`]).
+//!   sets the default); one whose outcome is unknown (a transport failure, a transient
+//!   error, an attempt a kill left open) is never sent again as is: the store replaces
+//!   it by a look ([`in_doubt`]).
 //! - `template_default` (ModifyLaunchTemplateDefaultVersion) ends the change.
 //! - `launch_config_look` (DescribeLaunchConfigurations) re-reads the configuration and
 //!   adds a `launch_config` job (ModifyLaunchConfigurationAttributes) with the key set

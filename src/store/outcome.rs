@@ -576,12 +576,9 @@ async fn finish_attempt(
                 }
             }
         }
-        Outcome::Retry {
-            error,
-            transport: true,
-            ..
-        } if finish.kind.rereads_when_in_doubt() => {
-            // No reply: whether it was applied is unknown. Never sent again as is.
+        Outcome::Retry { error, .. } if finish.kind.rereads_when_in_doubt() => {
+            // No reply, or a transient error (an internal error may have been applied):
+            // whether it was is unknown. Never sent again as is: a look finds out.
             super::follow::after_doubt(tx, job_id, finish.kind, error, now).await?;
         }
         Outcome::Retry {
