@@ -11,17 +11,20 @@
 //! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
 //!   leaf: the planner and the store both use it).
 //! - [`states`]: the words the database stores, one enum each: run, job and item states,
-//!   verdicts, a job's kind (`JobKind`: its step in an instance's workflow), a live
-//!   instance's power state (a leaf).
+//!   verdicts, a job's kind (`JobKind`: its step in an instance's or a template's
+//!   workflow), a live instance's power state, a template change's kind and state (a leaf).
 //! - [`rules`]: what follows an outcome, as pure functions of (the outcome, the rows read
 //!   in its transaction) returning `Effect`s: `rules::rotation` (bind, confirm, release
 //!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
-//!   fleets: survey, admission into the downtime budget, stop, settle, start). Tested
-//!   without a database; the store applies the effects.
+//!   fleets: survey, admission into the downtime budget, stop, settle, start),
+//!   `rules::template` (a launch template's new version and default, a launch
+//!   configuration's key set: look, write, look again; a write in doubt replaced by a
+//!   look, never sent twice). Tested without a database; the store applies the effects.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
-//!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
-//!   [`cvm::Action::INCIDENT`] the ones `discover` and `retire` send directly.
+//!   StopInstances/StartInstances, the template actions), `StopType`;
+//!   [`cvm::Action::ALL`] the queue's actions, [`cvm::Action::INCIDENT`] the ones
+//!   `discover` and `retire` send directly.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
@@ -51,6 +54,9 @@
 //!   `JobWriter` and `Store::requeue` (retry, verify --requeue, the run's resend, one
 //!   transaction each); `store::verify` verification rounds and their counts;
 //!   `store::power` a live run's power rows, admission, its preparation and counts;
+//!   `store::templates` a run's template changes (`template_changes`), its leaked and
+//!   new keys, and the recorded retirements (`retirements`); `store::incident` what the
+//!   incident report reads of a run (where, what was done and skipped, every request);
 //!   `store::pacer` the shared send slots; before SQLite opens a file, `store/guard.rs`
 //!   checks it is the user's own (ssh's StrictModes), the `-migrate.lock` file included;
 //!   a key-pair job whose ids are not its planned pairs fails `KeyFleet.NotPlanned`
@@ -83,7 +89,7 @@
 //! - [`incident`]: closing an incident through discovery's sender: the key ids holding a
 //!   public key, the launch template versions and launch configurations handing a key
 //!   out (every region), and `retire` (DeleteKeyPairs once nothing holds the key, confirmed
-//!   by listing again).
+//!   by listing again); `read_templates_csv`, the templates file `run --templates` takes.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
@@ -95,7 +101,9 @@
 //!   with header/body timeouts, a connection cap and a bounded journal; every service on one
 //!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
 //!   service's launch configurations); `sim::churn` changes the fleet while it is listed
-//!   (seeded, counted in pages); `sim::audit` proves a run
+//!   (seeded, counted in pages); `sim::closing` proves templates and the key pair's
+//!   deletion (no second version, defaults moved, a key deleted only when free);
+//!   `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied, and
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
 //!   final power states, budget use.

@@ -101,6 +101,9 @@ pub(crate) struct LaunchTemplateVersion {
     pub is_default: bool,
     /// `LaunchTemplateVersionData.LoginSettings.KeyIds`.
     pub key_ids: Vec<String>,
+    /// `LaunchTemplateVersionDescription` (a template change marks its version with it).
+    #[serde(skip)]
+    pub description: String,
 }
 
 /// Reads a `DescribeLaunchTemplateVersions` reply; a version without its template id
@@ -121,6 +124,7 @@ pub(crate) fn parse_launch_template_versions(
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
+            description: string_field(item, "LaunchTemplateVersionDescription"),
         })
     })?;
     Ok(Page {
@@ -137,6 +141,9 @@ pub(crate) struct LaunchConfiguration {
     pub name: String,
     /// `LoginSettings.KeyIds`.
     pub key_ids: Vec<String>,
+    /// `LoginSettings.KeepImageLogin` (kept when the key set is rewritten).
+    #[serde(skip)]
+    pub keep_image_login: bool,
 }
 
 /// Reads a `DescribeLaunchConfigurations` reply.
@@ -149,6 +156,11 @@ pub(crate) fn parse_launch_configurations(
             configuration_id: item.get("LaunchConfigurationId")?.as_str()?.to_string(),
             name: string_field(item, "LaunchConfigurationName"),
             key_ids: string_list(item.get("LoginSettings").and_then(|l| l.get("KeyIds"))),
+            keep_image_login: item
+                .get("LoginSettings")
+                .and_then(|l| l.get("KeepImageLogin"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     })?;
     Ok(Page {

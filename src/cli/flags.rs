@@ -123,6 +123,12 @@ pub(crate) struct PlanFlags {
     /// reason, the pairs whose removal would leave it with no key.
     #[arg(long)]
     pub keep_one_key: bool,
+    /// The launch templates and launch configurations that hand out the run's keys
+    /// (the CSV `discover --templates-output` wrote): each gets the run's new key in
+    /// place of the leaked one (a rotation) or loses the leaked one where another
+    /// remains, through the run's queue (docs/incident.md).
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<std::path::PathBuf>,
 }
 
 impl PlanFlags {

@@ -131,3 +131,98 @@ pub(crate) fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
     drop(writer);
     Ok(out)
 }
+
+/// `run --templates FILE` / `plan --templates FILE`: the run's changes of the templates
+/// the file lists (the CSV `discover --templates-output` wrote), recorded and their
+/// looks queued with the run's jobs. The leaked keys are the keys the run unbinds; the
+/// rotation target is the new key the run binds (one at most: templates get one). A run
+/// that has its changes already keeps them (resumed with the same command).
+pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<()> {
+    use keyfleet::rules::template;
+    use keyfleet::states::TemplateState;
+
+    let shown = escape(&path.display().to_string()).into_owned();
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("--templates {shown}: cannot read it: {err}"))?;
+    let holders = keyfleet::incident::read_templates_csv(&text, &shown)
+        .map_err(|err| anyhow::anyhow!("--templates {}", escape(&err.to_string())))?;
+    let keys = store.run_keys(run_id).await?;
+    if keys.new_keys.len() > 1 {
+        anyhow::bail!(
+            "--templates: run {run_id} binds {} different new keys ({}): a template gets one; \
+             plan the templates with a run that rotates to one key",
+            keys.new_keys.len(),
+            keys.new_keys.join(", ")
+        );
+    }
+    let mut planned = Vec::new();
+    let mut ignored = 0;
+    for holder in &holders {
+        match template::plan(run_id, holder, &keys.leaked, &keys.new_keys) {
+            Some(p) => planned.push(p),
+            None => ignored += 1,
+        }
+    }
+    if !store.add_template_changes(run_id, &planned).await? {
+        crate::note!("run {run_id}: its template changes are planned already: continuing them");
+        return Ok(());
+    }
+    let kept = planned
+        .iter()
+        .filter(|p| p.state == TemplateState::Kept)
+        .count();
+    crate::note!(
+        "templates: {} to change ({}), {kept} kept{}",
+        planned.len() - kept,
+        if keys.new_keys.is_empty() {
+            "the leaked key removed".to_string()
+        } else {
+            format!("the leaked key replaced by {}", keys.new_keys.join(" "))
+        },
+        if ignored > 0 {
+            format!(", {ignored} rows name none of the run's keys (ignored)")
+        } else {
+            String::new()
+        }
+    );
+    for p in planned.iter().filter(|p| p.state == TemplateState::Kept) {
+        crate::note!(
+            "  kept {}: {}",
+            describe_holder(&p.holder),
+            p.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// A run's template changes on stderr: one line of counts, then each one not changed.
+pub(crate) fn print_template_changes(changes: &[keyfleet::store::templates::TemplateChangeRow]) {
+    use keyfleet::states::TemplateState;
+    if changes.is_empty() {
+        return;
+    }
+    let count = |state: TemplateState| changes.iter().filter(|c| c.state == state).count();
+    eprintln!(
+        "  templates: {} changed, {} kept (only key), {} unchanged, {} failed, {} not finished",
+        count(TemplateState::Changed),
+        count(TemplateState::Kept),
+        count(TemplateState::Unchanged),
+        count(TemplateState::Failed),
+        count(TemplateState::Pending)
+    );
+    for c in changes.iter().filter(|c| c.state != TemplateState::Changed) {
+        let version = c
+            .version
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
+        eprintln!(
+            "    {} {} {} ({}){version} in {}: {}",
+            c.state,
+            c.kind,
+            c.template_id,
+            escape(&c.name),
+            c.region,
+            escape(c.reason.as_deref().unwrap_or(""))
+        );
+    }
+}

@@ -12,6 +12,7 @@ pub(crate) mod discover;
 pub(crate) mod docs;
 pub(crate) mod flags;
 pub(crate) mod incident;
+pub(crate) mod incident_report;
 pub(crate) mod live;
 pub(crate) mod logging;
 pub(crate) mod plan;

@@ -28,6 +28,11 @@ pub struct RunArgs {
     plan: PlanFlags,
     #[command(flatten)]
     live: super::live::LiveFlags,
+    /// After a verification that found every pair gone, retire the run's keys (the
+    /// same checks and deletion as `keyfleet retire`; its refusals are reported and
+    /// make the exit 1).
+    #[arg(long)]
+    retire: bool,
     #[command(flatten)]
     exec: ExecFlags,
 }
@@ -94,7 +99,19 @@ pub(crate) async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8
             crate::note!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
-    let code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
+    if let Some(path) = &args.plan.templates {
+        super::incident::plan_templates(&store, s.run_id, path).await?;
+    }
+    if args.retire && args.exec.verify.no_verify {
+        anyhow::bail!("--retire needs the run's verification: drop --no-verify");
+    }
+    let mut code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
+    if args.retire && code != exit::STOPPED && code != exit::INTERRUPTED {
+        let retired = super::retire::after_run(&store, s.run_id, &args.exec.send, global).await?;
+        if code == exit::OK {
+            code = retired;
+        }
+    }
     super::verdict::print(&store, s.run_id, code, global, "resume").await;
     Ok(code)
 }
@@ -301,10 +318,24 @@ pub(crate) async fn execute<A: keyfleet::executor::Api>(
     if let Some(power) = &power {
         print_power(power);
     }
+    let templates = store.template_changes(run_id).await?;
+    super::incident::print_template_changes(&templates);
     super::rates::print_for_execution(store, &outcome.summary).await;
     let code = match &power {
         Some(power) if !power.left_stopped.is_empty() => exit::LEFT_STOPPED,
         _ => exit_code(&outcome.summary),
+    };
+    // A template change that failed (or could not finish) leaves the key handed out.
+    let code = if code == exit::OK
+        && templates.iter().any(|t| {
+            matches!(
+                t.state,
+                keyfleet::states::TemplateState::Failed | keyfleet::states::TemplateState::Pending
+            )
+        }) {
+        exit::FAILED
+    } else {
+        code
     };
     let Some(verification) = &outcome.verification else {
         return Ok(code);

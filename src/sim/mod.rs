@@ -38,6 +38,7 @@ mod actions;
 pub mod audit;
 mod call;
 mod churn;
+pub mod closing;
 mod faults;
 mod fleet;
 mod holdings;

@@ -9,6 +9,7 @@
 mod follow;
 #[cfg(unix)]
 mod guard;
+pub mod incident;
 mod jobs;
 mod outcome;
 pub(crate) mod pacer;
@@ -18,6 +19,7 @@ pub mod rates;
 pub mod report;
 mod requeue;
 mod states;
+pub mod templates;
 pub mod verify;
 pub mod watch;
 
