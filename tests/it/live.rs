@@ -81,6 +81,61 @@ async fn assert_keys_and_power(r: &Rehearsal, before: &Fleet, rules: &PowerRules
     );
 }
 
+/// The report's power columns against the simulator's own power timeline: an instance
+/// the simulator saw go down has `stopped_at`, a `downtime_s` at least as long as the
+/// simulator's (keyfleet counts from before it sends until it has seen RUNNING) and
+/// `power_after` RUNNING; `started_at` follows `stopped_at` when a start was sent (always
+/// with `stop-start`); one never taken down has them all empty and its state before.
+async fn assert_report_matches_the_power_timeline(r: &Rehearsal, before: &Fleet, starts: bool) {
+    let (code, stdout, stderr) = r.run(&["report", "--format", "json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let power = audit_power_of(&r.sim, before, &PowerRules::default());
+    let was: std::collections::BTreeMap<String, InstanceState> = before
+        .instances()
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.state))
+        .collect();
+    assert!(!report.is_empty());
+    for row in &report {
+        let instance = row["instance_id"].as_str().unwrap();
+        let text = |column: &str| row[column].as_str().map(str::to_string);
+        match power.downtime_ms.get(instance) {
+            Some(&sim_ms) => {
+                assert_eq!(text("power_before").as_deref(), Some("RUNNING"), "{row}");
+                assert_eq!(text("power_after").as_deref(), Some("RUNNING"), "{row}");
+                let stopped = text("stopped_at").expect("stopped_at");
+                assert!(stopped.ends_with('Z') && stopped.len() == 24, "{row}");
+                let downtime: f64 = text("downtime_s").unwrap().parse().unwrap();
+                assert!(
+                    downtime * 1000.0 + 1.0 >= sim_ms as f64,
+                    "{instance}: keyfleet {downtime} s < the simulator's {sim_ms} ms"
+                );
+                match text("started_at") {
+                    Some(started) => assert!(started >= stopped, "{row}"),
+                    None => assert!(!starts, "no started_at: {row}"),
+                }
+            }
+            None => {
+                for column in ["stopped_at", "started_at", "downtime_s", "power_after"] {
+                    assert!(row[column].is_null(), "{column} of {instance}: {row}");
+                }
+                let before = format!("{:?}", was[instance]).to_uppercase();
+                assert_eq!(text("power_before"), Some(before), "{row}");
+            }
+        }
+    }
+    // Every instance the simulator saw go down is in the report as stopped.
+    let stopped: std::collections::BTreeSet<&str> = report
+        .iter()
+        .filter(|row| !row["stopped_at"].is_null())
+        .map(|row| row["instance_id"].as_str().unwrap())
+        .collect();
+    let sim_down: std::collections::BTreeSet<&str> =
+        power.downtime_ms.keys().map(String::as_str).collect();
+    assert_eq!(stopped, sim_down);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_rolls_through_the_fleet_within_the_budget() {
     let before = fleet(30);
@@ -114,6 +169,7 @@ async fn stop_start_rolls_through_the_fleet_within_the_budget() {
     let power = audit_power_of(&r.sim, &before, &rules);
     assert_eq!(power.taken_down, 24, "every RUNNING instance, once");
     assert_eq!(power.max_down, 3, "the budget is used");
+    assert_report_matches_the_power_timeline(&r, &before, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +352,7 @@ async fn force_stop_in_both_readings_keeps_the_budget_and_ends_everyone_running(
             // The older reading leaves them STOPPED: keyfleet starts them.
             keyfleet::sim::ForceStopReading::LeftStopped => assert!(starts > 0, "{stderr}"),
         }
+        assert_report_matches_the_power_timeline(&r, &before, false).await;
     }
 }
 

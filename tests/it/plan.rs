@@ -116,7 +116,12 @@ impl Keyfleet {
                 "new_key_id",
                 "associate_status",
                 "associate_request_id",
-                "associate_verified"
+                "associate_verified",
+                "power_before",
+                "stopped_at",
+                "started_at",
+                "downtime_s",
+                "power_after"
             ]
         );
         reader
