@@ -89,6 +89,9 @@ pub enum Per {
     Zone,
     /// The value of an instance tag (instances without it share the empty value).
     Tag(String),
+    /// The value of an input column, given per instance in the run's input (stored
+    /// when the run is planned).
+    Column(String),
 }
 
 impl std::str::FromStr for Per {
@@ -96,15 +99,26 @@ impl std::str::FromStr for Per {
     fn from_str(text: &str) -> Result<Per, String> {
         match text.trim() {
             "zone" => Ok(Per::Zone),
-            other => match other.strip_prefix("tag:") {
-                Some(key) if !key.is_empty() => Ok(Per::Tag(key.to_string())),
+            other => match (other.strip_prefix("tag:"), other.strip_prefix("column:")) {
+                (Some(key), _) if !key.is_empty() => Ok(Per::Tag(key.to_string())),
+                (_, Some(column)) if is_column_name(column) => Ok(Per::Column(column.to_string())),
+                (None, None) if is_column_name(other) => Ok(Per::Column(other.to_string())),
                 _ => Err(format!(
-                    "--max-down-per takes `zone` or `tag:KEY`, not {other:?} (an input column is not \
-                     supported yet)"
+                    "--max-down-per takes `zone`, `tag:KEY` or an input column's name \
+                     (letters, digits, `_`, `-`, `.`), not {other:?}"
                 )),
             },
         }
     }
+}
+
+/// A column name `--max-down-per` accepts: short, and plain enough to print.
+fn is_column_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 impl std::fmt::Display for Per {
@@ -112,6 +126,7 @@ impl std::fmt::Display for Per {
         match self {
             Per::Zone => f.write_str("zone"),
             Per::Tag(key) => write!(f, "tag:{key}"),
+            Per::Column(column) => f.write_str(column),
         }
     }
 }
@@ -332,8 +347,15 @@ fn stop_or_start(
 }
 
 /// A survey's answer: RUNNING instances wait for a slot; the others have their key
-/// steps released at once and are never stopped nor started.
-pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
+/// steps released at once and are never stopped nor started. `columns`: with
+/// `--max-down-per COLUMN`, each instance's value of the column (an instance without
+/// one shares the empty value).
+pub fn surveyed(
+    live: &Live,
+    job: &JobFacts,
+    seen: &[Seen],
+    columns: &BTreeMap<String, String>,
+) -> Vec<Effect> {
     let by_id: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.instance_id.as_str(), s)).collect();
     let mut effects = Vec::new();
     let mut release = Vec::new();
@@ -346,6 +368,7 @@ pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
         let group = live.per.as_ref().map(|per| match per {
             Per::Zone => s.zone.clone().unwrap_or_default(),
             Per::Tag(key) => s.tags.get(key).cloned().unwrap_or_default(),
+            Per::Column(_) => columns.get(instance).cloned().unwrap_or_default(),
         });
         let (state, reason) = if s.state != "RUNNING" {
             (PowerState::Kept, None)
@@ -903,6 +926,37 @@ mod tests {
     }
 
     #[test]
+    fn max_down_per_takes_a_zone_a_tag_or_an_input_column() {
+        assert_eq!("zone".parse::<Per>(), Ok(Per::Zone));
+        assert_eq!("tag:service".parse::<Per>(), Ok(Per::Tag("service".into())));
+        assert_eq!("rack".parse::<Per>(), Ok(Per::Column("rack".into())));
+        assert_eq!("column:zone".parse::<Per>(), Ok(Per::Column("zone".into())));
+        assert!("tag:".parse::<Per>().is_err());
+        assert!("a b".parse::<Per>().unwrap_err().contains("input column"));
+        assert_eq!(Per::Column("rack".into()).to_string(), "rack");
+        // The survey puts each instance in its column's group.
+        let live = live(Budget::Count(1), Some(Per::Column("rack".into())), 0);
+        let job = facts(JobKind::Survey, &["ins-a", "ins-b"]);
+        let columns = BTreeMap::from([("ins-a".to_string(), "r1".to_string())]);
+        let groups: Vec<Option<String>> = surveyed(
+            &live,
+            &job,
+            &[
+                seen("ins-a", "RUNNING", None),
+                seen("ins-b", "RUNNING", None),
+            ],
+            &columns,
+        )
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Power(c) => Some(c.group),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(groups, [Some("r1".to_string()), Some(String::new())]);
+    }
+
+    #[test]
     fn admission_fills_the_budget_in_survey_order_and_no_further() {
         let live = live(Budget::Count(2), None, 0);
         let rows = [
@@ -1032,6 +1086,7 @@ mod tests {
                 seen("ins-b", "STOPPED", None),
                 windows,
             ],
+            &BTreeMap::new(),
         );
         let states: Vec<(String, PowerState)> = effects
             .iter()

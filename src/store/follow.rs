@@ -112,7 +112,15 @@ pub(super) async fn after_seen(
         return Ok(());
     };
     let effects = match kind {
-        JobKind::Survey => power::surveyed(&live, &job, seen),
+        JobKind::Survey => {
+            let columns = match &live.per {
+                Some(power::Per::Column(_)) => {
+                    super::power::column_groups(tx, run_id, &job.instance_ids).await?
+                }
+                _ => BTreeMap::new(),
+            };
+            power::surveyed(&live, &job, seen, &columns)
+        }
         JobKind::Settle => {
             let payload: power::SettlePayload =
                 sqlx::query_scalar::<_, Option<String>>("SELECT payload FROM jobs WHERE id = ?")

@@ -444,3 +444,164 @@ async fn sigterm_brings_the_down_instances_back_up_before_it_exits_and_resume_fi
     assert_keys_and_power(&r, &before, &rules).await;
     assert_eq!(audit_power_of(&r.sim, &before, &rules).taken_down, 24);
 }
+
+/// `plan` says how many instances are RUNNING and need the budget: from the input's
+/// `instance_state` column (`discover` writes it), else that the survey finds out,
+/// with the budget's rule; `plan --json` carries the number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_says_how_many_instances_are_running_and_need_the_budget() {
+    let r = Rehearsal::start(sim(power(50, 50), 8), fleet(1)).await;
+    let with_state = r.dir.path().join("discovered.csv");
+    std::fs::write(
+        &with_state,
+        format!(
+            "region,instance_id,key_id,instance_state,keys_after\n\
+             {GZ},{},{LEAK},RUNNING,1\n{GZ},{},{LEAK},STOPPED,1\n{GZ},{},{LEAK},RUNNING,1\n\
+             {GZ},{},{OTHER},RUNNING,0\n",
+            ins(0),
+            ins(1),
+            ins(2),
+            ins(2)
+        ),
+    )
+    .unwrap();
+    let path = with_state.to_str().unwrap();
+    let (code, stdout, stderr) = r.run(&["plan", path, "--json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["running"], 2, "{plan}");
+    let (code, _, stderr) = r.run(&["plan", path], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "running      2 instances RUNNING (the input's instance_state): --running fail"
+        ),
+        "{stderr}"
+    );
+    let live = [
+        "plan",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "50%",
+        "--max-down-per",
+        "zone",
+    ];
+    let (code, _, stderr) = r.run(&live, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "running      2 instances RUNNING (the input's instance_state) need the budget: at \
+             most 1 (50% of 2, rounded down, at least 1) down at once in each zone"
+        ),
+        "{stderr}"
+    );
+    // Without the column: the survey finds out; --json says null.
+    let plain = r.input("plain.csv", &rows(3));
+    let plain = plain.to_str().unwrap();
+    let (code, stdout, stderr) = r
+        .run(
+            &[
+                "plan",
+                plain,
+                "--running",
+                "stop-start",
+                "--max-down",
+                "2",
+                "--json",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(plan["running"].is_null(), "{plan}");
+    let (code, _, stderr) = r
+        .run(
+            &["plan", plain, "--running", "stop-start", "--max-down", "2"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("RUNNING instances known after the survey (DescribeInstances; the input has no instance_state column): at most 2 down at once"),
+        "{stderr}"
+    );
+}
+
+/// `--max-down-per COLUMN`: the budget holds for each value of an input column (here a
+/// rack that crosses the zones), by the simulator's own power timeline; an input
+/// without the column is an error naming it, before anything is written or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_per_input_column_holds_in_every_group() {
+    let n = 18;
+    let before = fleet(n);
+    let r = Rehearsal::start(sim(power(100, 150), 9), before.clone()).await;
+    let rack = |i: usize| format!("rack-{}", i % 2);
+    let mut csv = String::from("instance_id,key_id,region,rack\n");
+    for i in 0..n {
+        csv.push_str(&format!("{},{LEAK},{GZ},{}\n", ins(i), rack(i)));
+    }
+    let input = r.dir.path().join("racks.csv");
+    std::fs::write(&input, csv).unwrap();
+    let path = input.to_str().unwrap();
+
+    let missing = r.input("no-rack.csv", &rows(n));
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "run",
+                missing.to_str().unwrap(),
+                "--running",
+                "stop-start",
+                "--max-down",
+                "2",
+                "--max-down-per",
+                "rack",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("--max-down-per rack: the header has no rack column"),
+        "{stderr}"
+    );
+    assert!(r.sim.journal().is_empty(), "nothing was sent");
+
+    let args = [
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "2",
+        "--max-down-per",
+        "rack",
+        "--canary",
+        "0",
+        "--progress",
+        "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("(budget 2 per rack)"), "{stderr}");
+    let groups: std::collections::BTreeMap<String, String> =
+        (0..n).map(|i| (ins(i), rack(i))).collect();
+    let rules = PowerRules {
+        max_down: 4,
+        max_down_per_group: Some((groups, 2)),
+        ..PowerRules::default()
+    };
+    assert_keys_and_power(&r, &before, &rules).await;
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert!(
+        power.max_down_per_tag_value.values().all(|&n| n <= 2)
+            && power.max_down_per_tag_value.values().any(|&n| n == 2),
+        "{:?}",
+        power.max_down_per_tag_value
+    );
+}
