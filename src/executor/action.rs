@@ -309,19 +309,28 @@ impl JobAction for VerifyBatch {
                 (item.item_id, value)
             })
             .collect();
+        let shown = || {
+            page.instances
+                .iter()
+                .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+        };
+        // A `--keep-one-key` look carries what it saw of each instance: its rules wait
+        // out an operation in progress (issue 26, M2).
+        let look = job.kind == crate::states::JobKind::Look;
         let recheck_at = (operating && now < payload.recheck_until)
             .then(|| (now + RECHECK_EVERY_MS).min(payload.recheck_until));
-        let keys = page
-            .instances
-            .iter()
-            .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+        let keys = shown()
             .map(|i| (i.instance_id.clone(), i.key_ids.clone()))
             .collect();
         Ok(Proof::Observed {
             verified,
             recheck_at,
             keys,
-            seen: Vec::new(),
+            seen: if look {
+                shown().map(seen).collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 

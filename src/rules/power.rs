@@ -407,7 +407,18 @@ pub fn surveyed(
 /// `--max-down-per`, each group's) has room, the canaries alone until they are all back
 /// up. A percentage is of the run's instances found RUNNING; `halted`: the run takes no
 /// further instance down.
-pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effect> {
+///
+/// `claims`: waiting instances another run of the database holds (issue 26, M2). One
+/// whose run is running waits; one whose run stopped with work left on it is not
+/// stopped (its pairs fail, [`super::CLAIMED`]); a stale claim is taken over. Every
+/// instance taken down is claimed ([`Effect::Claim`]) until it is back up.
+pub fn admit(
+    live: &Live,
+    rows: &[PowerRow],
+    halted: bool,
+    now: i64,
+    claims: &BTreeMap<String, super::Claim>,
+) -> Vec<Effect> {
     if halted {
         return Vec::new();
     }
@@ -433,10 +444,19 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
     }
     let candidates: &[&PowerRow] = if canary_pending { canaries } else { &ordered };
     let mut admitted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut stuck: Vec<(&PowerRow, i64)> = Vec::new();
     let mut total_down: usize = down.values().sum();
     for row in candidates {
         if row.state != PowerState::Waiting {
             continue;
+        }
+        match claims.get(&row.instance_id) {
+            Some(super::Claim::Busy { .. }) => continue,
+            Some(super::Claim::Stuck { run_id }) => {
+                stuck.push((row, *run_id));
+                continue;
+            }
+            Some(super::Claim::Stale { .. }) | None => {}
         }
         let group = row.group.as_deref();
         // P% is of the run's instances found RUNNING; with a grouping, that budget
@@ -458,8 +478,27 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
             .push(row.instance_id.clone());
     }
     let mut effects = Vec::new();
+    for (row, run_id) in stuck {
+        let why = format!(
+            "not stopped: run {run_id} of this database holds it (it was taking it through its own \
+             key change) and is not running: resume or finish run {run_id}, then retry this run"
+        );
+        effects.push(Effect::Power(
+            PowerChange::to(&row.region, &row.instance_id, PowerState::NotStopped).because(&why),
+        ));
+        effects.push(Effect::FailHeld {
+            region: row.region.clone(),
+            instances: vec![row.instance_id.clone()],
+            reason: ErrorInfo::new(super::CLAIMED, why),
+        });
+    }
     for (region, mut instances) in admitted {
         instances.sort();
+        effects.push(Effect::Claim {
+            region: region.to_string(),
+            instances: instances.clone(),
+            reason: super::ClaimReason::Down,
+        });
         for instance in &instances {
             effects.push(Effect::Power(PowerChange::to(
                 region,
@@ -957,6 +996,42 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_another_run_holds_is_not_taken_down_by_this_one() {
+        let live = live(Budget::Count(3), None, 0);
+        let rows = [
+            row(1, PowerState::Waiting, None),
+            row(2, PowerState::Waiting, None),
+            row(3, PowerState::Waiting, None),
+        ];
+        let claims = BTreeMap::from([
+            (
+                "ins-00000001".to_string(),
+                crate::rules::Claim::Busy { run_id: 4 },
+            ),
+            (
+                "ins-00000002".to_string(),
+                crate::rules::Claim::Stuck { run_id: 5 },
+            ),
+            (
+                "ins-00000003".to_string(),
+                crate::rules::Claim::Stale { run_id: 6 },
+            ),
+        ]);
+        let effects = admit(&live, &rows, false, 0, &claims);
+        // Busy waits (no effect), stuck is given up on, stale is taken over and stopped.
+        assert_eq!(stopped_now(&effects), ["ins-00000003"]);
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::Power(c) if c.instance_id == "ins-00000002" && c.state == PowerState::NotStopped)));
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::FailHeld { reason, .. } if reason.code == crate::rules::CLAIMED)));
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::Claim { instances, reason: crate::rules::ClaimReason::Down, .. }
+                if instances == &["ins-00000003".to_string()])));
+        assert!(!effects.iter().any(|e| matches!(e,
+            Effect::Power(c) if c.instance_id == "ins-00000001")));
+    }
+
+    #[test]
     fn admission_fills_the_budget_in_survey_order_and_no_further() {
         let live = live(Budget::Count(2), None, 0);
         let rows = [
@@ -966,7 +1041,7 @@ mod tests {
             row(4, PowerState::Waiting, None),
             row(5, PowerState::Kept, None),
         ];
-        let effects = admit(&live, &rows, false, 0);
+        let effects = admit(&live, &rows, false, 0, &BTreeMap::new());
         assert_eq!(stopped_now(&effects), ["ins-00000003"]);
         let stops: Vec<&NewJob> = effects
             .iter()
@@ -981,7 +1056,7 @@ mod tests {
             (JobKind::Stop, &["ins-00000003".to_string()][..])
         );
         assert!(
-            admit(&live, &rows, true, 0).is_empty(),
+            admit(&live, &rows, true, 0, &BTreeMap::new()).is_empty(),
             "a halted run takes nothing down"
         );
     }
@@ -997,7 +1072,7 @@ mod tests {
             row(5, PowerState::Waiting, Some("z3")),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000003", "ins-00000005"]
         );
         // 10% of the run's 20 RUNNING instances: 2 in each zone.
@@ -1011,7 +1086,10 @@ mod tests {
             })
             .collect();
         let pct = live_pct();
-        assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 4);
+        assert_eq!(
+            stopped_now(&admit(&pct, &rows, false, 0, &BTreeMap::new())).len(),
+            4
+        );
     }
 
     fn live_pct() -> Live {
@@ -1026,27 +1104,27 @@ mod tests {
             row(2, PowerState::Waiting, None),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000001"]
         );
         let rows = [
             row(1, PowerState::Warming, None),
             row(2, PowerState::Waiting, None),
         ];
-        assert!(stopped_now(&admit(&live, &rows, false, 0)).is_empty());
+        assert!(stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())).is_empty());
         let rows = [
             row(1, PowerState::Up, None),
             row(2, PowerState::Waiting, None),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000002"]
         );
         let rows = [
             row(1, PowerState::LeftStopped, None),
             row(2, PowerState::Waiting, None),
         ];
-        assert!(admit(&live, &rows, false, 0).is_empty());
+        assert!(admit(&live, &rows, false, 0, &BTreeMap::new()).is_empty());
     }
 
     fn facts(kind: JobKind, instances: &[&str]) -> JobFacts {

@@ -556,7 +556,11 @@ async fn finish_attempt(
                     )
                     .await?;
                 } else {
-                    let read = super::follow::Read { verified, keys };
+                    let read = super::follow::Read {
+                        verified,
+                        keys,
+                        seen,
+                    };
                     super::follow::after_read(
                         tx,
                         job_id,
