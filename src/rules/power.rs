@@ -349,12 +349,15 @@ fn stop_or_start(
 /// A survey's answer: RUNNING instances wait for a slot; the others have their key
 /// steps released at once and are never stopped nor started. `columns`: with
 /// `--max-down-per COLUMN`, each instance's value of the column (an instance without
-/// one shares the empty value).
+/// one shares the empty value). `held`: instances another run of the database holds
+/// (it may have them down): they wait for a slot like a RUNNING one, whatever their
+/// state now, since that run brings them back up ([`admit`] waits for its claim).
 pub fn surveyed(
     live: &Live,
     job: &JobFacts,
     seen: &[Seen],
     columns: &BTreeMap<String, String>,
+    held: &std::collections::BTreeSet<String>,
 ) -> Vec<Effect> {
     let by_id: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.instance_id.as_str(), s)).collect();
     let mut effects = Vec::new();
@@ -370,7 +373,7 @@ pub fn surveyed(
             Per::Tag(key) => s.tags.get(key).cloned().unwrap_or_default(),
             Per::Column(_) => columns.get(instance).cloned().unwrap_or_default(),
         });
-        let (state, reason) = if s.state != "RUNNING" {
+        let (state, reason) = if s.state != "RUNNING" && !held.contains(instance) {
             (PowerState::Kept, None)
         } else if s.windows {
             (
@@ -985,6 +988,7 @@ mod tests {
                 seen("ins-b", "RUNNING", None),
             ],
             &columns,
+            &Default::default(),
         )
         .into_iter()
         .filter_map(|e| match e {
@@ -1165,6 +1169,7 @@ mod tests {
                 windows,
             ],
             &BTreeMap::new(),
+            &Default::default(),
         );
         let states: Vec<(String, PowerState)> = effects
             .iter()

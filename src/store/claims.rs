@@ -59,23 +59,27 @@ fn fresh_since() -> i64 {
     now_ms() - super::queue::LEASE_STALE_AFTER.as_millis() as i64
 }
 
-/// The instances of `instances` (in `region`) that another run holds.
+/// The instances of `instances` (in `region`) that another run holds (only for
+/// `reason`, when given).
 pub(super) async fn held_by_others(
     tx: &mut Tx<'_>,
     run_id: i64,
     region: &str,
     instances: &[String],
+    reason: Option<ClaimReason>,
 ) -> Result<BTreeMap<String, Claim>, StoreError> {
     let rows = sqlx::query(concat!(
         "SELECT c.instance_id, c.run_id, ",
         classify!(),
         " AS class FROM claims c JOIN runs r ON r.id = c.run_id \
-         WHERE c.region = ?2 AND c.instance_id IN (SELECT value FROM json_each(?3)) AND c.run_id != ?4"
+         WHERE c.region = ?2 AND c.instance_id IN (SELECT value FROM json_each(?3)) AND c.run_id != ?4 \
+         AND (?5 IS NULL OR c.reason = ?5)"
     ))
     .bind(fresh_since())
     .bind(region)
     .bind(ids_json(instances))
     .bind(run_id)
+    .bind(reason.map(ClaimReason::as_str))
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows

@@ -121,7 +121,19 @@ pub(super) async fn after_seen(
                 }
                 _ => BTreeMap::new(),
             };
-            power::surveyed(&live, &job, seen, &columns)
+            let held = super::claims::held_by_others(
+                tx,
+                run_id,
+                &job.region,
+                &job.instance_ids,
+                Some(crate::rules::ClaimReason::Down),
+            )
+            .await?
+            .into_iter()
+            .filter(|(_, claim)| claim.blocks())
+            .map(|(instance, _)| instance)
+            .collect();
+            power::surveyed(&live, &job, seen, &columns, &held)
         }
         JobKind::Settle => {
             let payload: power::SettlePayload =
@@ -229,7 +241,8 @@ pub(super) async fn after_read(
                 now + follow_up.confirm_wait_ms
             };
             let claims =
-                super::claims::held_by_others(tx, run_id, &job.region, &job.instance_ids).await?;
+                super::claims::held_by_others(tx, run_id, &job.region, &job.instance_ids, None)
+                    .await?;
             let view = keep_one_key::LookView {
                 now,
                 recheck_until,
