@@ -7,7 +7,8 @@
 
 use serde_json::Value;
 
-use super::{CallError, parse_set, string_field, string_list, total_count};
+use super::CallError;
+use super::wire::{parse_set, string_field, string_list, total_count};
 
 /// One key pair as `DescribeKeyPairs` lists it, with what matching and retiring need.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

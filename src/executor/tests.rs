@@ -8,6 +8,7 @@ use rand::Rng;
 use super::*;
 use crate::store::ItemStatus;
 use crate::store::plan::NewItem;
+use crate::store::queue::Write;
 
 /// A fake CVM endpoint: all-or-nothing batches, Windows and unknown instances,
 /// seeded transient faults, and a log of every success with the pairs it covered.

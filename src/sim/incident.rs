@@ -5,326 +5,20 @@
 //! 2 and 3). The fleet file holds them beside the instances; validation follows the
 //! API's order of concern like `actions`.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::actions::{self, Action, ApiError, Executed};
 use super::fleet::LiveFleet;
+use super::request::{self, ApiError, Executed};
+use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::pubkey::PublicKey;
 
-/// The most key pairs an account holds.
-pub const MAX_KEY_PAIRS: usize = 100;
-/// The most versions a launch template holds.
-pub const MAX_TEMPLATE_VERSIONS: usize = 30;
-/// The longest `KeyName` ImportKeyPair accepts.
-pub const MAX_KEY_NAME_CHARS: usize = 25;
-
-/// A key pair's details in the fleet file. A key without an entry is named by its id
-/// and has a public key derived from its id ([`derived_public_key`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyPair {
-    pub key_id: String,
-    /// `KeyName`; the key id when empty.
-    #[serde(default)]
-    pub name: String,
-    /// The OpenSSH public key (its comment is ignored: replies carry the key id
-    /// there); derived from the key id when empty. Two key pairs may hold the same
-    /// one, as keys imported before the API's duplicate check do.
-    #[serde(default)]
-    pub public_key: String,
-    /// Custom images that reference the key: DeleteKeyPairs refuses it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub image_ids: Vec<String>,
-}
-
-impl KeyPair {
-    pub fn new(key_id: impl Into<String>) -> KeyPair {
-        KeyPair {
-            key_id: key_id.into(),
-            name: String::new(),
-            public_key: String::new(),
-            image_ids: Vec::new(),
-        }
-    }
-
-    pub fn name(mut self, name: impl Into<String>) -> KeyPair {
-        self.name = name.into();
-        self
-    }
-
-    pub fn public_key(mut self, public_key: impl Into<String>) -> KeyPair {
-        self.public_key = public_key.into();
-        self
-    }
-
-    /// An image that references the key.
-    pub fn image(mut self, image_id: impl Into<String>) -> KeyPair {
-        self.image_ids.push(image_id.into());
-        self
-    }
-}
-
-/// One immutable version of a launch template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateVersion {
-    pub version: u64,
-    /// `LaunchTemplateVersionData.LoginSettings.KeyIds`.
-    #[serde(default)]
-    pub key_ids: Vec<String>,
-    /// `LaunchTemplateVersionData.InstanceType`: a setting a new version keeps.
-    #[serde(default)]
-    pub instance_type: String,
-    #[serde(default)]
-    pub description: String,
-}
-
-/// A CVM launch template (regional).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LaunchTemplate {
-    /// `lt-` and 8 characters of 0-9 or a-z.
-    pub template_id: String,
-    pub name: String,
-    pub region: String,
-    pub default_version: u64,
-    pub versions: Vec<TemplateVersion>,
-}
-
-impl LaunchTemplate {
-    /// A template with no version yet: add them with [`LaunchTemplate::version`].
-    pub fn new(
-        template_id: impl Into<String>,
-        name: impl Into<String>,
-        region: impl Into<String>,
-    ) -> LaunchTemplate {
-        LaunchTemplate {
-            template_id: template_id.into(),
-            name: name.into(),
-            region: region.into(),
-            default_version: 1,
-            versions: Vec::new(),
-        }
-    }
-
-    /// Adds the next version, with these keys.
-    pub fn version<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> LaunchTemplate {
-        let version = self.versions.len() as u64 + 1;
-        self.versions.push(TemplateVersion {
-            version,
-            key_ids: keys.into_iter().map(Into::into).collect(),
-            instance_type: "S5.MEDIUM2".into(),
-            description: String::new(),
-        });
-        self
-    }
-
-    /// Makes `version` the default.
-    pub fn default_version(mut self, version: u64) -> LaunchTemplate {
-        self.default_version = version;
-        self
-    }
-}
-
-/// An Auto Scaling launch configuration (regional).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LaunchConfiguration {
-    /// `asc-` and 8 characters of 0-9 or a-z.
-    pub configuration_id: String,
-    pub name: String,
-    pub region: String,
-    /// `LoginSettings.KeyIds`.
-    #[serde(default)]
-    pub key_ids: Vec<String>,
-    /// `LoginSettings.KeepImageLogin`.
-    #[serde(default)]
-    pub keep_image_login: bool,
-    /// `LoginSettings.Password` was set (never shown back, as the API does not).
-    #[serde(default)]
-    pub password_set: bool,
-    /// `InstanceType`: a setting ModifyLaunchConfigurationAttributes keeps.
-    #[serde(default)]
-    pub instance_type: String,
-}
-
-impl LaunchConfiguration {
-    pub fn new(
-        configuration_id: impl Into<String>,
-        name: impl Into<String>,
-        region: impl Into<String>,
-    ) -> LaunchConfiguration {
-        LaunchConfiguration {
-            configuration_id: configuration_id.into(),
-            name: name.into(),
-            region: region.into(),
-            key_ids: Vec::new(),
-            keep_image_login: false,
-            password_set: false,
-            instance_type: "S5.MEDIUM2".into(),
-        }
-    }
-
-    pub fn keys<S: Into<String>>(
-        mut self,
-        keys: impl IntoIterator<Item = S>,
-    ) -> LaunchConfiguration {
-        self.key_ids = keys.into_iter().map(Into::into).collect();
-        self
-    }
-}
-
-/// The public key a key pair without one in the fleet file has: an ed25519-shaped
-/// key whose 32 bytes are the SHA-256 of its id, so every key differs and the same
-/// id always has the same key.
-pub fn derived_public_key(key_id: &str) -> PublicKey {
-    let mut blob = Vec::with_capacity(51);
-    let key_type = "ssh-ed25519";
-    blob.extend_from_slice(&(key_type.len() as u32).to_be_bytes());
-    blob.extend_from_slice(key_type.as_bytes());
-    blob.extend_from_slice(&32u32.to_be_bytes());
-    blob.extend_from_slice(&Sha256::digest(format!("keyfleet-sim:{key_id}")));
-    PublicKey::from_blob(key_type, blob)
-}
-
-/// The key pairs, templates and configurations of a live fleet.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Holdings {
-    /// Details of the key pairs that have them (declared or imported).
-    pub key_pairs: BTreeMap<String, KeyPair>,
-    pub templates: Vec<LaunchTemplate>,
-    pub configurations: Vec<LaunchConfiguration>,
-}
-
-impl Holdings {
-    pub fn new(
-        key_pairs: Vec<KeyPair>,
-        templates: Vec<LaunchTemplate>,
-        configurations: Vec<LaunchConfiguration>,
-    ) -> Holdings {
-        Holdings {
-            key_pairs: key_pairs
-                .into_iter()
-                .map(|k| (k.key_id.clone(), k))
-                .collect(),
-            templates,
-            configurations,
-        }
-    }
-
-    /// The name of `key_id`.
-    fn name(&self, key_id: &str) -> String {
-        match self.key_pairs.get(key_id) {
-            Some(k) if !k.name.is_empty() => k.name.clone(),
-            _ => key_id.to_string(),
-        }
-    }
-
-    /// The public key of `key_id` (a declared one that does not parse counts as derived;
-    /// the fleet file's validation refuses those).
-    fn public_key(&self, key_id: &str) -> PublicKey {
-        self.key_pairs
-            .get(key_id)
-            .filter(|k| !k.public_key.is_empty())
-            .and_then(|k| PublicKey::parse(&k.public_key).ok())
-            .unwrap_or_else(|| derived_public_key(key_id))
-    }
-
-    fn images(&self, key_id: &str) -> &[String] {
-        self.key_pairs
-            .get(key_id)
-            .map_or(&[][..], |k| k.image_ids.as_slice())
-    }
-}
-
-/// Checks the fleet file's key pairs, templates and configurations; names the first
-/// offending entry.
-pub(crate) fn validate_fleet(
-    key_pairs: &[KeyPair],
-    templates: &[LaunchTemplate],
-    configurations: &[LaunchConfiguration],
-) -> Result<(), String> {
-    let mut seen = std::collections::BTreeSet::new();
-    for (n, key) in key_pairs.iter().enumerate() {
-        let at = format!("key_pairs[{n}]");
-        if let Some(problem) = ids::key_id_problem(&key.key_id) {
-            return Err(format!("{at}.key_id: {problem}"));
-        }
-        if !seen.insert(key.key_id.as_str()) {
-            return Err(format!("{at}.key_id: {} appears twice", key.key_id));
-        }
-        if !key.public_key.is_empty()
-            && let Err(problem) = PublicKey::parse(&key.public_key)
-        {
-            return Err(format!("{at}.public_key: {problem}"));
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (n, template) in templates.iter().enumerate() {
-        let at = format!("launch_templates[{n}]");
-        if !is_resource_id(&template.template_id, "lt-") {
-            return Err(format!(
-                "{at}.template_id: {:?} is not lt- followed by 8 characters of 0-9 or a-z",
-                ids::shorten(&template.template_id)
-            ));
-        }
-        if !seen.insert(template.template_id.as_str()) {
-            return Err(format!("{at}.template_id: appears twice"));
-        }
-        if !ids::is_region(&template.region) {
-            return Err(format!("{at}.region: not a region name"));
-        }
-        if template.versions.is_empty() || template.versions.len() > MAX_TEMPLATE_VERSIONS {
-            return Err(format!(
-                "{at}.versions: a template has 1 to {MAX_TEMPLATE_VERSIONS} versions"
-            ));
-        }
-        let mut numbers: Vec<u64> = template.versions.iter().map(|v| v.version).collect();
-        numbers.sort_unstable();
-        numbers.dedup();
-        if numbers.len() != template.versions.len() {
-            return Err(format!("{at}.versions: a version number appears twice"));
-        }
-        if !numbers.contains(&template.default_version) {
-            return Err(format!(
-                "{at}.default_version: {} is not one of its versions",
-                template.default_version
-            ));
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (n, configuration) in configurations.iter().enumerate() {
-        let at = format!("launch_configurations[{n}]");
-        if !is_resource_id(&configuration.configuration_id, "asc-") {
-            return Err(format!(
-                "{at}.configuration_id: {:?} is not asc- followed by 8 characters of 0-9 or a-z",
-                ids::shorten(&configuration.configuration_id)
-            ));
-        }
-        if !seen.insert(configuration.configuration_id.as_str()) {
-            return Err(format!("{at}.configuration_id: appears twice"));
-        }
-        if !ids::is_region(&configuration.region) {
-            return Err(format!("{at}.region: not a region name"));
-        }
-    }
-    Ok(())
-}
-
-/// `prefix` and 8 characters of 0-9 or a-z.
-fn is_resource_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == 8
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-    })
-}
+pub(crate) use super::holdings::is_resource_id;
+pub use super::holdings::{
+    KeyPair, LaunchConfiguration, LaunchTemplate, MAX_KEY_NAME_CHARS, MAX_KEY_PAIRS,
+    MAX_TEMPLATE_VERSIONS, TemplateVersion, derived_public_key,
+};
 
 /// A request of one of the incident's actions that passed validation.
 #[derive(Debug)]
@@ -430,7 +124,7 @@ fn string_param(params: &Map<String, Value>, name: &str) -> Result<Option<String
 fn required_string(params: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
     string_param(params, name)?
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| actions::missing(name))
+        .ok_or_else(|| request::missing(name))
 }
 
 /// The template `id` names in `region`.
@@ -448,7 +142,7 @@ fn find_template(fleet: &LiveFleet, id: &str, region: &str) -> Result<usize, Api
 
 /// A version number parameter: a positive integer.
 fn version_param(params: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
-    match actions::int_param(params, name)? {
+    match request::int_param(params, name)? {
         None => Ok(None),
         Some(n) if n >= 1 => Ok(Some(n as u64)),
         Some(_) => Err(invalid(format!(
@@ -466,13 +160,13 @@ pub(crate) fn validate(
 ) -> Result<Validated, ApiError> {
     match action {
         Action::ImportKeyPair => {
-            actions::check_known(
+            request::check_known(
                 params,
                 &["KeyName", "ProjectId", "PublicKey", "TagSpecification"],
             )?;
             let name = required_string(params, "KeyName")?;
             let text = required_string(params, "PublicKey")?;
-            actions::int_param(params, "ProjectId")?;
+            request::int_param(params, "ProjectId")?;
             if name.chars().count() > MAX_KEY_NAME_CHARS {
                 return Err(invalid(format!(
                     "`KeyName` is longer than {MAX_KEY_NAME_CHARS} characters."
@@ -509,27 +203,27 @@ pub(crate) fn validate(
             Ok(Validated::ImportKeyPair { name, public_key })
         }
         Action::DeleteKeyPairs => {
-            actions::check_known(params, &["KeyIds"])?;
-            let key_ids = actions::string_list(params, "KeyIds")?.unwrap_or_default();
+            request::check_known(params, &["KeyIds"])?;
+            let key_ids = request::string_list(params, "KeyIds")?.unwrap_or_default();
             if key_ids.is_empty() {
-                return Err(actions::missing("KeyIds"));
+                return Err(request::missing("KeyIds"));
             }
             if key_ids.len() > MAX_IDS_PER_REQUEST {
-                return Err(actions::limit_exceeded());
+                return Err(request::limit_exceeded());
             }
             if !key_ids.iter().all(|id| ids::is_key_id(id)) {
-                return Err(actions::key_malformed());
+                return Err(request::key_malformed());
             }
-            let keys = actions::dedup(key_ids);
+            let keys = request::dedup(key_ids);
             if !keys.iter().all(|k| fleet.keys.contains(k)) {
-                return Err(actions::key_not_found());
+                return Err(request::key_not_found());
             }
             Ok(Validated::DeleteKeyPairs { keys })
         }
         Action::DescribeLaunchTemplates => {
-            actions::check_known(params, &["LaunchTemplateIds", "Offset", "Limit"])?;
-            let wanted = actions::string_list(params, "LaunchTemplateIds")?;
-            let (offset, limit) = actions::paging(params)?;
+            request::check_known(params, &["LaunchTemplateIds", "Offset", "Limit"])?;
+            let wanted = request::string_list(params, "LaunchTemplateIds")?;
+            let (offset, limit) = request::paging(params)?;
             if let Some(list) = &wanted
                 && !list.iter().all(|id| is_resource_id(id, "lt-"))
             {
@@ -548,7 +242,7 @@ pub(crate) fn validate(
             })
         }
         Action::DescribeLaunchTemplateVersions => {
-            actions::check_known(
+            request::check_known(
                 params,
                 &[
                     "LaunchTemplateId",
@@ -559,7 +253,7 @@ pub(crate) fn validate(
                 ],
             )?;
             let id = required_string(params, "LaunchTemplateId")?;
-            let (offset, limit) = actions::paging(params)?;
+            let (offset, limit) = request::paging(params)?;
             let template = find_template(fleet, &id, region)?;
             let listed = &fleet.incident.templates[template];
             let mut versions: Vec<u64> = match params.get("LaunchTemplateVersions") {
@@ -587,7 +281,7 @@ pub(crate) fn validate(
             {
                 return Err(version_not_found());
             }
-            if actions::bool_param(params, "DefaultVersion")?.unwrap_or(false) {
+            if request::bool_param(params, "DefaultVersion")?.unwrap_or(false) {
                 versions.retain(|&n| n == listed.default_version);
             }
             versions.sort_unstable();
@@ -600,7 +294,7 @@ pub(crate) fn validate(
             })
         }
         Action::CreateLaunchTemplateVersion => {
-            actions::check_known(
+            request::check_known(
                 params,
                 &[
                     "LaunchTemplateId",
@@ -620,12 +314,12 @@ pub(crate) fn validate(
             let key_ids = match params.get("LoginSettings") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(login)) => {
-                    let keys = actions::string_list(login, "KeyIds")?.unwrap_or_default();
+                    let keys = request::string_list(login, "KeyIds")?.unwrap_or_default();
                     if !keys.iter().all(|k| ids::is_key_id(k)) {
-                        return Err(actions::key_malformed());
+                        return Err(request::key_malformed());
                     }
                     if !keys.iter().all(|k| fleet.keys.contains(k)) {
-                        return Err(actions::key_not_found());
+                        return Err(request::key_not_found());
                     }
                     Some(keys)
                 }
@@ -651,10 +345,10 @@ pub(crate) fn validate(
             })
         }
         Action::ModifyLaunchTemplateDefaultVersion => {
-            actions::check_known(params, &["LaunchTemplateId", "DefaultVersion"])?;
+            request::check_known(params, &["LaunchTemplateId", "DefaultVersion"])?;
             let id = required_string(params, "LaunchTemplateId")?;
             let version = version_param(params, "DefaultVersion")?
-                .ok_or_else(|| actions::missing("DefaultVersion"))?;
+                .ok_or_else(|| request::missing("DefaultVersion"))?;
             let template = find_template(fleet, &id, region)?;
             if !fleet.incident.templates[template]
                 .versions
@@ -666,9 +360,9 @@ pub(crate) fn validate(
             Ok(Validated::ModifyLaunchTemplateDefaultVersion { template, version })
         }
         Action::DescribeLaunchConfigurations => {
-            actions::check_known(params, &["LaunchConfigurationIds", "Offset", "Limit"])?;
-            let wanted = actions::string_list(params, "LaunchConfigurationIds")?;
-            let (offset, limit) = actions::paging(params)?;
+            request::check_known(params, &["LaunchConfigurationIds", "Offset", "Limit"])?;
+            let wanted = request::string_list(params, "LaunchConfigurationIds")?;
+            let (offset, limit) = request::paging(params)?;
             if let Some(list) = &wanted
                 && !list.iter().all(|id| is_resource_id(id, "asc-"))
             {
@@ -690,7 +384,7 @@ pub(crate) fn validate(
             })
         }
         Action::ModifyLaunchConfigurationAttributes => {
-            actions::check_known(
+            request::check_known(
                 params,
                 &[
                     "LaunchConfigurationId",
@@ -703,17 +397,17 @@ pub(crate) fn validate(
             let login = match params.get("LoginSettings") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(login)) => {
-                    actions::check_known(login, &["Password", "KeyIds", "KeepImageLogin"])?;
-                    let key_ids = actions::string_list(login, "KeyIds")?.unwrap_or_default();
+                    request::check_known(login, &["Password", "KeyIds", "KeepImageLogin"])?;
+                    let key_ids = request::string_list(login, "KeyIds")?.unwrap_or_default();
                     if !key_ids.iter().all(|k| ids::is_key_id(k)) {
-                        return Err(actions::key_malformed());
+                        return Err(request::key_malformed());
                     }
                     if !key_ids.iter().all(|k| fleet.keys.contains(k)) {
-                        return Err(actions::key_not_found());
+                        return Err(request::key_not_found());
                     }
                     Some(Login {
                         key_ids,
-                        keep_image_login: actions::bool_param(login, "KeepImageLogin")?
+                        keep_image_login: request::bool_param(login, "KeepImageLogin")?
                             .unwrap_or(false),
                         password_set: string_param(login, "Password")?
                             .is_some_and(|p| !p.is_empty()),

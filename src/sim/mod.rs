@@ -36,13 +36,17 @@
 
 mod actions;
 pub mod audit;
+mod call;
 pub mod churn;
 pub mod faults;
 pub mod fleet;
+mod holdings;
 pub mod incident;
+mod instance;
 pub mod journal;
 mod limiter;
 pub mod power;
+mod request;
 mod server;
 
 use std::net::SocketAddr;
@@ -428,9 +432,14 @@ mod tests {
         let server = include_str!("server.rs");
         let faults = include_str!("faults.rs");
         let incident = include_str!("incident.rs");
+        let others = [
+            include_str!("call.rs"),
+            include_str!("request.rs"),
+            include_str!("holdings.rs"),
+        ];
         let mut found = Vec::new();
         let mut computed = 0;
-        for source in [actions, server, incident] {
+        for source in [actions, server, incident].into_iter().chain(others) {
             let (literals, dynamic) = literal_args(source, "ApiError::new(");
             found.extend(literals);
             computed += dynamic;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::SimError;
-use super::fleet::{Instance, InstanceState, OperationState, Step};
+use super::instance::{Instance, InstanceState, OperationState, Step};
 use crate::cvm::StopType;
 
 /// Power events kept by default; past it the oldest are dropped and counted.

@@ -35,10 +35,12 @@
 //! incident's actions (key pairs with their public keys, launch templates, launch
 //! configurations).
 
+mod endpoint;
+mod error;
 pub mod resolve;
 pub mod templates;
+mod wire;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +50,16 @@ use serde_json::{Value, json};
 
 use crate::credentials::Credentials;
 use crate::sign::{self, RequestParts};
-use crate::taxonomy::{self, ErrorClass, TRANSPORT_PREFIX};
+
+pub use endpoint::{Transport, check_transport, check_transport_resolved, proxy_for};
+pub use error::{ApiError, CallError, ClientError, TransportError, TransportKind};
+pub use wire::{
+    parse_instance_page, parse_key_pairs, parse_regions, start_instances_body, stop_instances_body,
+};
+
+use endpoint::{Endpoint, fill_template};
+use error::{error_chain, from_reqwest};
+use wire::parse_envelope;
 
 pub use crate::cvm::{API_VERSION, Action, DEFAULT_ENDPOINT, SERVICE, Service, StopType};
 /// How long establishing a connection (TCP and TLS) may take.
@@ -107,30 +118,6 @@ impl ClientConfig {
             insecure_http: false,
         }
     }
-}
-
-/// Why a client could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    /// The endpoint is not an `http://` or `https://` URL of a host.
-    #[error("endpoint {endpoint:?} is not usable: {reason}")]
-    BadEndpoint { endpoint: String, reason: String },
-    /// A zero timeout would fail every request.
-    #[error("the {which} timeout must be more than zero")]
-    ZeroTimeout { which: &'static str },
-    /// A credential that cannot be sent in a header.
-    #[error("unusable credentials: {0}")]
-    BadCredentials(String),
-    /// `http://` to a host that is not this machine, without `--insecure-http`.
-    #[error(
-        "endpoint {endpoint:?} uses http:// to a host that is not this machine: the SecretId, \
-         a replayable signature and the session token would travel in clear; use https://, \
-         or pass --insecure-http if this network is trusted"
-    )]
-    InsecureHttp { endpoint: String },
-    /// The HTTP stack could not be set up (TLS roots, for example).
-    #[error("cannot set up the HTTP client: {0}")]
-    Http(String),
 }
 
 /// A successful call: the RequestId Tencent Cloud gave it, and the HTTP status (200).
@@ -193,209 +180,6 @@ pub struct KeyPairInfo {
     pub associated_instance_ids: Vec<String>,
 }
 
-/// The endpoint answered with `Response.Error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// The error code, e.g. `UnsupportedOperation.InstanceStateRunning`.
-    pub code: String,
-    pub message: String,
-    /// Empty only when the endpoint omitted it from an error reply.
-    pub request_id: String,
-}
-
-/// What went wrong below the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransportKind {
-    /// The connection could not be established (refused, DNS, TLS).
-    Connect,
-    /// The connect or request timeout passed. The request may or may not have been applied.
-    Timeout,
-    /// The connection broke (reset, closed mid-reply). The request may or may not have been applied.
-    Io,
-    /// A status other than 200.
-    HttpStatus,
-    /// HTTP 200 with a body that is not the API envelope, or a success without a RequestId.
-    BadBody,
-}
-
-impl TransportKind {
-    /// The code recorded for this failure, under [`TRANSPORT_PREFIX`].
-    pub fn code(self) -> String {
-        let name = match self {
-            TransportKind::Connect => "Connect",
-            TransportKind::Timeout => "Timeout",
-            TransportKind::Io => "Io",
-            TransportKind::HttpStatus => "HttpStatus",
-            TransportKind::BadBody => "BadBody",
-        };
-        format!("{TRANSPORT_PREFIX}{name}")
-    }
-}
-
-/// No API reply could be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportError {
-    pub kind: TransportKind,
-    /// The HTTP status, when a reply's head arrived.
-    pub status: Option<u16>,
-    /// The first [`BODY_PREFIX_BYTES`] bytes of the reply body (invalid UTF-8 replaced).
-    pub body_prefix: String,
-    /// What happened, for a person.
-    pub detail: String,
-}
-
-impl TransportError {
-    fn new(kind: TransportKind, detail: impl Into<String>) -> TransportError {
-        TransportError {
-            kind,
-            status: None,
-            body_prefix: String::new(),
-            detail: detail.into(),
-        }
-    }
-
-    fn with_reply(mut self, status: u16, body: &[u8]) -> TransportError {
-        self.status = Some(status);
-        self.body_prefix = body_prefix(body);
-        self
-    }
-}
-
-/// A call that did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    #[error("{0}")]
-    Api(ApiError),
-    #[error("{0}")]
-    Transport(TransportError),
-}
-
-impl CallError {
-    /// The API error code, or `Transport.Connect|Timeout|Io|HttpStatus|BadBody`.
-    pub fn code(&self) -> String {
-        match self {
-            CallError::Api(err) => err.code.clone(),
-            CallError::Transport(err) => err.kind.code(),
-        }
-    }
-
-    /// What the caller of `action` should do, from [`taxonomy::classify`].
-    pub fn class(&self, action: Action) -> ErrorClass {
-        taxonomy::classify(action, &self.code()).class
-    }
-
-    /// The API's message, or what went wrong in transport.
-    pub fn message(&self) -> String {
-        match self {
-            CallError::Api(err) => err.message.clone(),
-            CallError::Transport(err) => err.detail.clone(),
-        }
-    }
-
-    /// The RequestId, when the endpoint gave one.
-    pub fn request_id(&self) -> Option<&str> {
-        match self {
-            CallError::Api(err) if !err.request_id.is_empty() => Some(&err.request_id),
-            _ => None,
-        }
-    }
-
-    /// The HTTP status of the reply, when one arrived.
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            // API errors arrive with status 200: only a 200 is read as an envelope.
-            CallError::Api(_) => Some(200),
-            CallError::Transport(err) => err.status,
-        }
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)?;
-        if !self.request_id.is_empty() {
-            write!(f, " (RequestId {})", self.request_id)?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.code(), self.detail)?;
-        if let Some(status) = self.status {
-            write!(f, " (HTTP {status})")?;
-        }
-        if !self.body_prefix.is_empty() {
-            write!(f, "; body starts: {:?}", self.body_prefix)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ApiError {}
-impl std::error::Error for TransportError {}
-
-/// How a client's requests travel, as [`check_transport`] decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// `https://`: TLS, the certificate verified against the system's roots.
-    Tls,
-    /// `http://` to `localhost`, 127.0.0.0/8 or `::1` (the simulator): nothing leaves the machine.
-    LoopbackHttp,
-    /// `http://` to another host, allowed by `--insecure-http`: everything, the
-    /// credentials included, can be read and replayed on the way.
-    InsecureHttp,
-}
-
-/// Decides whether requests may go to `url`: https always; http only to loopback
-/// (`localhost`, 127.0.0.0/8, `::1`) unless `insecure_http`. Called for every
-/// endpoint a client is built for, before anything is sent.
-pub fn check_transport(url: &Url, insecure_http: bool) -> Result<Transport, ClientError> {
-    check_transport_resolved(url, insecure_http, &[])
-}
-
-/// [`check_transport`] with `--resolve` rules: a host they connect to a loopback
-/// address counts as loopback ([`resolve::is_loopback_host`]). Called for every URL a
-/// `{region}` template gives, before anything is sent.
-pub fn check_transport_resolved(
-    url: &Url,
-    insecure_http: bool,
-    rules: &[resolve::ResolveRule],
-) -> Result<Transport, ClientError> {
-    // Judged on where the connection goes: a `--resolve` rule covering the host
-    // decides, even for `localhost` (the audit's L1).
-    let loopback = resolve::is_loopback_host(url.host_str().unwrap_or_default(), rules);
-    match url.scheme() {
-        "https" => Ok(Transport::Tls),
-        "http" if loopback => Ok(Transport::LoopbackHttp),
-        "http" if insecure_http => Ok(Transport::InsecureHttp),
-        "http" => Err(ClientError::InsecureHttp {
-            endpoint: crate::ids::shorten(url.as_str()),
-        }),
-        _ => Err(ClientError::BadEndpoint {
-            endpoint: crate::ids::shorten(url.as_str()),
-            reason: "the scheme must be https:// (or http:// for a local endpoint)".into(),
-        }),
-    }
-}
-
-/// The proxy the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`,
-/// upper or lower case) sends requests for `url` through, as `scheme://host:port`
-/// without any user name or password; `None` when requests go direct. It is the same
-/// matcher reqwest applies, so what this says is what happens.
-pub fn proxy_for(url: &Url) -> Option<String> {
-    let uri: hyper::Uri = url.as_str().parse().ok()?;
-    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
-    let proxy = intercept.uri();
-    let scheme = proxy.scheme_str().unwrap_or("http");
-    let host = proxy.host().unwrap_or_default();
-    Some(match proxy.port_u16() {
-        Some(port) => format!("{scheme}://{host}:{port}"),
-        None => format!("{scheme}://{host}"),
-    })
-}
-
 /// The CVM API client. Cloning is cheap (the connection pool and credentials are
 /// shared), so one client serves every worker task.
 #[derive(Debug, Clone)]
@@ -409,117 +193,6 @@ struct Target {
     endpoint: Endpoint,
     credentials: Credentials,
     transport: Transport,
-}
-
-/// Where calls go.
-#[derive(Debug)]
-enum Endpoint {
-    /// Every call to one URL; `host` is the `Host` header, exactly as sent and signed.
-    Fixed { url: Url, host: String },
-    /// Each call to the template with its region in place of [`REGION_PLACEHOLDER`] and
-    /// its service's name in place of [`SERVICE_PLACEHOLDER`]; each URL it gives passes
-    /// [`check_transport_resolved`] before it is used.
-    Template {
-        template: String,
-        /// The template's URL for one region, for decisions made once (the proxy).
-        sample: Url,
-        insecure_http: bool,
-        rules: Vec<resolve::ResolveRule>,
-    },
-}
-
-impl Endpoint {
-    /// The endpoint of `config` and how its requests travel (for a template, judged on
-    /// one region's URL; every call's URL is checked again).
-    fn parse(config: &ClientConfig) -> Result<(Endpoint, Transport), ClientError> {
-        let endpoint = config.endpoint.trim();
-        if !endpoint.contains(REGION_PLACEHOLDER) && !endpoint.contains(SERVICE_PLACEHOLDER) {
-            let (url, host) = parse_endpoint(endpoint)?;
-            let transport = check_transport_resolved(&url, config.insecure_http, &config.resolve)?;
-            return Ok((Endpoint::Fixed { url, host }, transport));
-        }
-        let fill = |service: Service, region: &str| fill_template(endpoint, service, region);
-        let a = parse_endpoint(&fill(Service::Cvm, "ap-guangzhou"))?;
-        // Each placeholder, varied alone, must change the host and nothing else: it
-        // belongs in the host name.
-        let variations = [
-            (REGION_PLACEHOLDER, fill(Service::Cvm, "ap-shanghai")),
-            (SERVICE_PLACEHOLDER, fill(Service::As, "ap-guangzhou")),
-        ];
-        for (placeholder, varied) in variations {
-            if !endpoint.contains(placeholder) {
-                continue;
-            }
-            let b = parse_endpoint(&varied)?;
-            if a.0.host_str() == b.0.host_str() || a.0.port() != b.0.port() {
-                return Err(ClientError::BadEndpoint {
-                    endpoint: crate::ids::shorten(endpoint),
-                    reason: format!("{placeholder} may appear only in the host name"),
-                });
-            }
-        }
-        let transport = check_transport_resolved(&a.0, config.insecure_http, &config.resolve)?;
-        let template = Endpoint::Template {
-            template: endpoint.to_string(),
-            sample: a.0,
-            insecure_http: config.insecure_http,
-            rules: config.resolve.clone(),
-        };
-        Ok((template, transport))
-    }
-
-    /// The URL, or the template as given.
-    fn shown(&self) -> &str {
-        match self {
-            Endpoint::Fixed { url, .. } => url.as_str(),
-            Endpoint::Template { template, .. } => template,
-        }
-    }
-
-    /// The URL, or the template's for one region: what the proxy decision is made on
-    /// (the environment's proxy variables name hosts, so every region fares alike
-    /// unless NO_PROXY names one).
-    fn sample_url(&self) -> &Url {
-        match self {
-            Endpoint::Fixed { url, .. } => url,
-            Endpoint::Template { sample, .. } => sample,
-        }
-    }
-
-    /// The URL and `Host` header for a CVM call to `region`.
-    #[cfg(test)]
-    fn for_region(&self, region: &str) -> Result<(Url, String), CallError> {
-        self.for_call(Service::Cvm, region)
-    }
-
-    /// The URL and `Host` header for a call of `service` to `region`.
-    fn for_call(&self, service: Service, region: &str) -> Result<(Url, String), CallError> {
-        match self {
-            Endpoint::Fixed { url, host } => Ok((url.clone(), host.clone())),
-            Endpoint::Template {
-                template,
-                insecure_http,
-                rules,
-                ..
-            } => {
-                let not_sent = |detail: String| {
-                    CallError::Transport(TransportError::new(TransportKind::Connect, detail))
-                };
-                // A region becomes part of a host name: only region-shaped text may.
-                if template.contains(REGION_PLACEHOLDER) && !crate::ids::is_region(region) {
-                    return Err(not_sent(format!(
-                        "not sent: the region {:?} cannot be part of an endpoint's host name",
-                        crate::ids::shorten(region)
-                    )));
-                }
-                let (url, host) = parse_endpoint(&fill_template(template, service, region))
-                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
-                check_transport_resolved(&url, *insecure_http, rules)
-                    .map_err(|err| not_sent(format!("not sent: {err}")))?;
-                Ok((url, host))
-            }
-        }
-    }
 }
 
 impl CvmClient {
@@ -956,248 +629,6 @@ fn check_credentials(credentials: &Credentials) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Sorts a 200 reply's body into success, API error or bad body.
-fn parse_envelope(body: &[u8]) -> Result<(Value, String), CallError> {
-    let bad =
-        |detail: &str| CallError::Transport(TransportError::new(TransportKind::BadBody, detail));
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| bad(&format!("the reply is not JSON ({err})")))?;
-    let Some(Value::Object(response)) = value.get("Response") else {
-        return Err(bad("the reply is not the {\"Response\": {...}} envelope"));
-    };
-    let request_id = match response.get("RequestId") {
-        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
-        _ => None,
-    };
-    if let Some(error) = response.get("Error") {
-        let code = error.get("Code").and_then(Value::as_str);
-        let Some(code) = code.filter(|c| !c.is_empty()) else {
-            return Err(bad("Response.Error has no Code"));
-        };
-        return Err(CallError::Api(ApiError {
-            code: code.to_string(),
-            message: string_field(error, "Message"),
-            request_id: request_id.unwrap_or_default(),
-        }));
-    }
-    match request_id {
-        Some(id) => Ok((Value::Object(response.clone()), id)),
-        None => Err(bad("the reply has neither an Error nor a RequestId")),
-    }
-}
-
-/// Reads a `DescribeInstances` reply (its `Response` object) asked from `offset`
-/// with `limit`: the instances, `TotalCount` and the next page's offset. Shared by the
-/// client and the executor's verification batches, which get the reply as JSON.
-pub fn parse_instance_page(
-    response: &Value,
-    request_id: &str,
-    offset: u64,
-    limit: u64,
-) -> Result<InstancePage, CallError> {
-    let instances = parse_set(response, "InstanceSet", request_id, |item| {
-        let login = item.get("LoginSettings");
-        Some(InstanceInfo {
-            instance_id: item.get("InstanceId")?.as_str()?.to_string(),
-            instance_state: string_field(item, "InstanceState"),
-            os_name: string_field(item, "OsName"),
-            key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
-            latest_operation: optional_string(item.get("LatestOperation")),
-            latest_operation_state: optional_string(item.get("LatestOperationState")),
-            latest_operation_request_id: optional_string(item.get("LatestOperationRequestId")),
-            zone: optional_string(item.get("Placement").and_then(|p| p.get("Zone"))),
-            tags: tags(item.get("Tags")),
-        })
-    })?;
-    let total_count = total_count(response, request_id)?;
-    let returned = instances.len() as u64;
-    let next = offset.saturating_add(returned);
-    let more = match total_count {
-        Some(total) => next < total,
-        // Without a total, a full page may have a successor.
-        None => returned == limit,
-    };
-    let next_offset = (more && returned > 0 && next > offset).then_some(next);
-    Ok(InstancePage {
-        instances,
-        total_count,
-        next_offset,
-    })
-}
-
-/// Reads a `DescribeRegions` reply's `RegionSet`.
-pub fn parse_regions(response: &Value, request_id: &str) -> Result<Vec<RegionInfo>, CallError> {
-    parse_set(response, "RegionSet", request_id, |item| {
-        Some(RegionInfo {
-            region: item.get("Region")?.as_str()?.to_string(),
-            region_name: string_field(item, "RegionName"),
-            region_state: string_field(item, "RegionState"),
-        })
-    })
-}
-
-/// Reads a `DescribeKeyPairs` reply's `KeyPairSet`.
-pub fn parse_key_pairs(response: &Value, request_id: &str) -> Result<Vec<KeyPairInfo>, CallError> {
-    parse_set(response, "KeyPairSet", request_id, |item| {
-        Some(KeyPairInfo {
-            key_id: item.get("KeyId")?.as_str()?.to_string(),
-            associated_instance_ids: string_list(item.get("AssociatedInstanceIds")),
-        })
-    })
-}
-
-/// Reads `Response.<set_name>[]` with `item`; any item it cannot read makes the reply a bad body.
-fn parse_set<T>(
-    response: &Value,
-    set_name: &str,
-    request_id: &str,
-    item: impl Fn(&Value) -> Option<T>,
-) -> Result<Vec<T>, CallError> {
-    let bad = |detail: String| {
-        let mut err = TransportError::new(TransportKind::BadBody, detail);
-        err.status = Some(200);
-        CallError::Transport(err)
-    };
-    let set = match response.get(set_name) {
-        Some(Value::Array(set)) => set,
-        Some(Value::Null) | None => return Ok(Vec::new()),
-        Some(_) => {
-            return Err(bad(format!(
-                "{set_name} is not a list (RequestId {request_id})"
-            )));
-        }
-    };
-    set.iter()
-        .enumerate()
-        .map(|(index, value)| {
-            item(value).ok_or_else(|| {
-                bad(format!(
-                    "{set_name}[{index}] lacks its id (RequestId {request_id})"
-                ))
-            })
-        })
-        .collect()
-}
-
-/// `Response.TotalCount`: absent or null is `None`; anything but a whole number is a bad body.
-fn total_count(response: &Value, request_id: &str) -> Result<Option<u64>, CallError> {
-    match response.get("TotalCount") {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            let mut err = TransportError::new(
-                TransportKind::BadBody,
-                format!("TotalCount is not a whole number (RequestId {request_id})"),
-            );
-            err.status = Some(200);
-            CallError::Transport(err)
-        }),
-    }
-}
-
-/// `Tags` of an instance: every `{Key, Value}` item with a non-empty string `Key`;
-/// anything else (absent, null, not a list, an item without a key) is left out.
-fn tags(value: Option<&Value>) -> std::collections::BTreeMap<String, String> {
-    value
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|tag| {
-            let key = optional_string(tag.get("Key"))?;
-            let value = tag
-                .get("Value")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            Some((key, value))
-        })
-        .collect()
-}
-
-/// The body of a `StopInstances` request: up to 100 instances (the caller checks),
-/// `StopType` as asked, and `StoppedMode` always `KEEP_CHARGING` (`STOP_CHARGING`
-/// releases CPU, memory and the public IP, so the restart may fail; reference, section 1).
-/// `ForceStop` is never sent: it is deprecated and refused together with `StopType`.
-pub fn stop_instances_body(instance_ids: &[String], stop_type: StopType) -> Value {
-    json!({
-        "InstanceIds": instance_ids,
-        "StopType": stop_type.as_str(),
-        "StoppedMode": crate::cvm::STOPPED_MODE_KEEP_CHARGING,
-    })
-}
-
-/// The body of a `StartInstances` request: up to 100 instances (the caller checks).
-pub fn start_instances_body(instance_ids: &[String]) -> Value {
-    json!({ "InstanceIds": instance_ids })
-}
-
-/// An optional string field: absent, null, empty or not a string is `None`.
-fn optional_string(value: Option<&Value>) -> Option<String> {
-    value
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-fn string_field(value: &Value, name: &str) -> String {
-    value
-        .get(name)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn string_list(value: Option<&Value>) -> Vec<String> {
-    value
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Checks an endpoint URL; returns it and the `Host` header value for it.
-fn parse_endpoint(endpoint: &str) -> Result<(Url, String), ClientError> {
-    let bad = |reason: &str| ClientError::BadEndpoint {
-        endpoint: crate::ids::shorten(endpoint),
-        reason: reason.to_string(),
-    };
-    let url = Url::parse(endpoint.trim()).map_err(|err| bad(&format!("not a URL ({err})")))?;
-    if !matches!(url.scheme(), "https" | "http") {
-        return Err(bad(
-            "the scheme must be https:// (or http:// for a local endpoint)",
-        ));
-    }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("there is no host"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("it must not carry a user name or password"));
-    }
-    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(bad(
-            "API 3.0 requests go to the root path: give only scheme, host and port",
-        ));
-    }
-    // `port()` is None for the scheme's default port, which is also when clients omit it.
-    let host_header = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    Ok((url, host_header))
-}
-
-/// An endpoint template with `service`'s name and `region` in place of the placeholders.
-fn fill_template(template: &str, service: Service, region: &str) -> String {
-    template
-        .replace(SERVICE_PLACEHOLDER, service.name())
-        .replace(REGION_PLACEHOLDER, region)
-}
-
 /// `keyfleet/<version>`, sent as `X-TC-RequestClient` and `User-Agent`.
 fn client_name() -> String {
     format!("keyfleet/{}", env!("CARGO_PKG_VERSION"))
@@ -1209,41 +640,13 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn body_prefix(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(BODY_PREFIX_BYTES)]).into_owned()
-}
-
-fn from_reqwest(err: &reqwest::Error) -> TransportError {
-    let kind = if err.is_timeout() {
-        TransportKind::Timeout
-    } else if err.is_connect() {
-        TransportKind::Connect
-    } else {
-        TransportKind::Io
-    };
-    let mut transport = TransportError::new(kind, error_chain(err));
-    transport.status = err.status().map(|s| s.as_u16());
-    transport
-}
-
-/// An error and its sources, `outer: inner: innermost`, without repeats.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = inner.source();
-    }
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::endpoint::parse_endpoint;
+    use super::error::body_prefix;
     use super::*;
     use crate::secret::Secret;
+    use crate::taxonomy::{self, ErrorClass};
 
     fn credentials() -> Credentials {
         Credentials {
@@ -1499,7 +902,7 @@ mod tests {
 
     #[test]
     fn published_table_lists_every_transport_code() {
-        let doc = include_str!("../docs/errors.md");
+        let doc = include_str!("../../docs/errors.md");
         for kind in [
             TransportKind::Connect,
             TransportKind::Timeout,
