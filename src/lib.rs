@@ -5,7 +5,9 @@
 //! Data flows one way: input -> plan -> store -> executor -> api -> Tencent Cloud
 //! (or the simulator).
 //!
-//! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
+//! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256),
+//!   with the optional columns a plan reads (`instance_state`, `keys_after`, the
+//!   `--max-down-per COLUMN` column).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
 //!   a rotation row's new keys become bind pairs (`bind` jobs) and its unbinds are held.
 //! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
@@ -15,9 +17,11 @@
 //!   instance's power state (a leaf).
 //! - [`rules`]: what follows an outcome, as pure functions of (the outcome, the rows read
 //!   in its transaction) returning `Effect`s: `rules::rotation` (bind, confirm, release
-//!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
-//!   fleets: survey, admission into the downtime budget, stop, settle, start). Tested
-//!   without a database; the store applies the effects.
+//!   or skip the held unbinds), `rules::keep_one_key` (the look: it waits out operations
+//!   in progress and other runs' claims), `rules::power` (live fleets: survey, admission
+//!   into the downtime budget, stop, settle, start), and the claims runs on one database
+//!   take on the instances they decide on (`rules::Claim`). Tested without a database;
+//!   the store applies the effects.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
 //!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
@@ -47,7 +51,10 @@
 //!   outcome's transaction; `store::jobs` the rows every writer shares; `store::requeue`
 //!   `JobWriter` and `Store::requeue` (retry, verify --requeue, the run's resend, one
 //!   transaction each); `store::verify` verification rounds and their counts;
-//!   `store::power` a live run's power rows, admission, its preparation and counts;
+//!   `store::power` a live run's power rows, admission, its preparation and counts (and
+//!   the budget groups of `--max-down-per COLUMN`); `store::claims` which run of the
+//!   database may unbind an instance's keys (`--keep-one-key`) or have it down, read,
+//!   taken and released in outcomes' transactions (busy, stuck, stale: `rules::Claim`);
 //!   `store::pacer` the shared send slots; before SQLite opens a file, `store/guard.rs`
 //!   checks it is the user's own (ssh's StrictModes), the `-migrate.lock` file included;
 //!   a key-pair job whose ids are not its planned pairs fails `KeyFleet.NotPlanned`

@@ -43,9 +43,10 @@ pub struct LiveFlags {
     /// `--running stop-start|force-stop`.
     #[arg(long, value_name = "N|P%")]
     pub max_down: Option<Budget>,
-    /// Apply the budget to each availability zone (`zone`) or each value of an
-    /// instance tag (`tag:KEY`) instead of the whole fleet.
-    #[arg(long, value_name = "zone|tag:KEY", requires = "max_down")]
+    /// Apply the budget to each availability zone (`zone`), each value of an
+    /// instance tag (`tag:KEY`) or each value of an input column (`COLUMN`, or
+    /// `column:NAME`) instead of the whole fleet.
+    #[arg(long, value_name = "zone|tag:KEY|COLUMN", requires = "max_down")]
     pub max_down_per: Option<Per>,
     /// How long an instance keeps its slot after it is RUNNING again (e.g. 30s), so a
     /// service rejoins its load balancer before the next one goes.

@@ -347,7 +347,7 @@ impl JobAction for VerifyBatch {
 
 /// A live run's read (`survey`, `settle`): `DescribeInstances` of up to 100
 /// instances, each as seen ([`crate::rules::power::Seen`]); a settle looks again every
-/// [`power::SETTLE_EVERY_MS`] while an instance is not yet where it waits for it.
+/// [`power::Target::look_again_ms`] while an instance is not yet where it waits for it.
 struct PowerRead;
 
 /// What a read saw of one instance, as the rules take it.
@@ -398,7 +398,7 @@ impl JobAction for PowerRead {
                     .is_some_and(|s| !s.settled(payload.target, payload.request_id.as_deref()))
             });
             if waiting && now < payload.until {
-                recheck_at = Some((now + power::SETTLE_EVERY_MS).min(payload.until));
+                recheck_at = Some((now + payload.target.look_again_ms()).min(payload.until));
             }
         }
         Ok(Proof::Observed {
