@@ -35,9 +35,12 @@
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
 //!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
-//!   `{region}` and `{service}` endpoint templates; `api::resolve`, the `--resolve` rules
-//!   (and `is_loopback_host` for transport checks); `api::templates`, the replies of the
-//!   incident's reads (key pairs' public keys, launch templates, launch configurations).
+//!   `{region}` and `{service}` endpoint templates. Its files: `api/endpoint.rs` (where
+//!   calls go: URLs, templates, the http/https check, the proxy), `api/error.rs` (why a
+//!   call failed), `api/wire.rs` (a reply's envelope, the reads' replies, the power
+//!   requests' bodies), `api::resolve` (the `--resolve` rules, `is_loopback_host`),
+//!   `api::templates` (the incident's reads: key pairs' public keys, launch templates,
+//!   launch configurations).
 //! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one kind
 //!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
@@ -63,7 +66,10 @@
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
-//!   per limiter key, one writer, one crash-recovery path. `executor::action` is the
+//!   per limiter key, one writer, one crash-recovery path (`executor/config.rs` what a run
+//!   is given and returns, `executor/shared.rs` the state its tasks share,
+//!   `executor/dispatch.rs` the dispatcher and lanes, `executor/send.rs` a wave's attempt
+//!   rows, the paced sends and the writer). `executor::action` is the
 //!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
 //!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
 //!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
@@ -90,6 +96,9 @@
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
 //!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
+//!   (`sim/server.rs`; `sim/call.rs` decodes a request and makes the protocol checks,
+//!   `sim/request.rs` reads its parameters, `sim/instance.rs` is one instance and its
+//!   timed operations, `sim/holdings.rs` an account's key pairs and templates)
 //!   with header/body timeouts, a connection cap and a bounded journal; every service on one
 //!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
 //!   service's launch configurations); `sim::churn` changes the fleet while it is listed
@@ -103,12 +112,23 @@
 //! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
 //! `store::watch` is what `status --watch` reads (`Store::open_read_only`, which creates,
 //! migrates and writes nothing; `recent_errors`).
+//!
+//! # Surface
+//!
+//! `pub` means used from outside the library (the binary, the integration tests, the
+//! benchmarks); everything else is `pub(crate)` or private, and the `unreachable_pub`
+//! lint (here and in `main.rs`, denied in CI through clippy's `-D warnings`) keeps it so.
+//! Modules nothing outside needs are private or `pub(crate)` (`chunk`, `delay`, the
+//! executor's parts, the simulator's fleet, journal and power model, the store's pacer,
+//! requeue and schema checks), their types re-exported where the outside needs them.
+
+#![warn(unreachable_pub)]
 
 pub mod api;
-pub mod chunk;
+mod chunk;
 pub mod credentials;
 pub mod cvm;
-pub mod delay;
+mod delay;
 pub mod discover;
 pub mod display;
 pub mod executor;

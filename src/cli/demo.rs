@@ -103,7 +103,7 @@ fn leaked_key(fleet: &Fleet) -> Option<String> {
 /// The key `--rotate` binds.
 const ROTATE_TO: &str = "skey-r0tate0n";
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {

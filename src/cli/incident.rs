@@ -11,7 +11,7 @@ use keyfleet::store::Store;
 
 /// The key `--public-key FILE` or `--fingerprint SHA256:...` describes; the error
 /// names the flag, the file and the problem (never the file's content).
-pub fn matcher(
+pub(crate) fn matcher(
     public_key: Option<&Path>,
     fingerprint: Option<&str>,
 ) -> Result<Option<KeyMatcher>, String> {
@@ -36,7 +36,7 @@ pub fn matcher(
 
 /// The limiter of discovery and retirement: the database's shared slots, so they stay
 /// inside the limit beside a run on the same database; none at `--rate 0`.
-pub async fn limiter(
+pub(crate) async fn limiter(
     store: &Store,
     rate: f64,
 ) -> anyhow::Result<Arc<dyn keyfleet::executor::Limiter>> {
@@ -48,7 +48,7 @@ pub async fn limiter(
 }
 
 /// The key pairs found for a public key, on stderr.
-pub fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
+pub(crate) fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
     let names: Vec<String> = hunt
         .matched
         .iter()
@@ -64,7 +64,7 @@ pub fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
 }
 
 /// One holder as a line: `launch_template lt-... (name) version 3 in REGION, default: KEYS`.
-pub fn describe_holder(t: &TemplateHolder) -> String {
+pub(crate) fn describe_holder(t: &TemplateHolder) -> String {
     let version = t
         .version
         .map(|v| format!(" version {v}"))
@@ -85,7 +85,7 @@ pub fn describe_holder(t: &TemplateHolder) -> String {
 }
 
 /// The `templates` lines on stderr.
-pub fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
+pub(crate) fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
     for (region, code, message) in &scan.failed {
         eprintln!(
             "templates: {region}: INCOMPLETE ({}: {}); launch templates or configurations there are not listed",
@@ -112,7 +112,7 @@ pub fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
 }
 
 /// The templates CSV: kind,id,name,version,region,default,keys (keys space-separated).
-pub fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut writer = csv::Writer::from_writer(&mut out);
     writer.write_record(["kind", "id", "name", "version", "region", "default", "keys"])?;

@@ -23,7 +23,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let options = args
         .plan
         .options(super::run::default_region(global)?, args.live.live()?);

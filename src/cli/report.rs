@@ -18,7 +18,7 @@ use crate::GlobalArgs;
 /// The report's columns, in order (CSV header; JSON keys).
 ///
 /// Columns are only ever appended: scripts read them by position too.
-pub const COLUMNS: [&str; 20] = [
+pub(crate) const COLUMNS: [&str; 20] = [
     "position",
     "region",
     "instance_id",
@@ -42,7 +42,7 @@ pub const COLUMNS: [&str; 20] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     Csv,
     Json,
 }
@@ -68,7 +68,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct StatusArg(ItemStatus);
+pub(crate) struct StatusArg(ItemStatus);
 
 impl std::str::FromStr for StatusArg {
     type Err = String;
@@ -77,7 +77,7 @@ impl std::str::FromStr for StatusArg {
     }
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = super::common::open_store(&global.db).await?;
     let result = write_report(&store, &args).await;
     store.close().await;
@@ -133,7 +133,7 @@ async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
 
 /// Writes `bytes` to `path` as a report is written: a private temporary file beside
 /// it, synced, then renamed into place (nothing half-written is ever at `path`).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let (tmp, mut file) = create_private_temp(path)?;
     let written = file
         .write_all(bytes)
@@ -244,7 +244,7 @@ fn csv_fields(row: &ReportRow) -> [String; 20] {
 }
 
 /// Writes run `run_id`'s full CSV report to `path` (as `report RUN --output PATH` does).
-pub async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
+pub(crate) async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
     let args = Args {
         run: Some(run_id),
         format: ReportFormat::Csv,

@@ -29,7 +29,7 @@ pub struct Args {
     send: SendFlags,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     for key in &args.keys {
         if !keyfleet::ids::is_key_id(key) {
             eprintln!(

@@ -13,8 +13,8 @@ use keyfleet::lifecycle::{self, Lifecycle, LifecycleError, Observer, Phase};
 use keyfleet::plan::{self, InputCheck};
 use keyfleet::store::Store;
 
-pub use super::common::open_store;
-pub use super::flags::ExecFlags;
+pub(crate) use super::common::open_store;
+pub(crate) use super::flags::ExecFlags;
 use super::flags::{PlanFlags, SendFlags};
 use super::progress::{self, Display};
 use crate::{GlobalArgs, exit};
@@ -34,7 +34,7 @@ pub struct RunArgs {
 
 /// The region for rows that name none: `--region`, else `TENCENTCLOUD_REGION`, else
 /// the tccli profile's region; none at all leaves such rows rejected, with a reason.
-pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
+pub(crate) fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
     match credentials::resolve_region(global.region.as_deref(), global.profile.as_deref()) {
         Ok(region) => Ok(Some(region.name)),
         Err(credentials::CredentialsError::NoRegion { .. }) => Ok(None),
@@ -43,7 +43,7 @@ pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
 }
 
 /// Plans the input (or finds the run that already planned it) and executes it.
-pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let options = args
         .plan
@@ -115,7 +115,7 @@ pub struct RetryArgs {
 }
 
 /// Requeues failed pairs as fresh jobs and executes them.
-pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let again = lifecycle::retry(&store, run_id, &args.codes).await?;
@@ -154,7 +154,7 @@ pub struct ResumeArgs {
     exec: ExecFlags,
 }
 
-pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let info = store.run_info(run_id).await?;
@@ -180,13 +180,16 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
 }
 
 /// The real API client, from the global flags and the execution's timeouts.
-pub fn build_client(flags: &SendFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
+pub(crate) fn build_client(
+    flags: &SendFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<Arc<CvmClient>> {
     super::common::client(global, flags.connect_timeout, flags.timeout).map(Arc::new)
 }
 
 /// Builds the real API client from the global flags, executes the run, and (unless
 /// `--no-verify`) verifies it.
-pub async fn execute_with_client(
+pub(crate) async fn execute_with_client(
     store: &Store,
     run_id: i64,
     flags: &ExecFlags,
@@ -198,13 +201,13 @@ pub async fn execute_with_client(
 
 /// Draws an execution's progress on stderr and says when FAILED operations are sent
 /// again: the lifecycle's [`Observer`].
-pub struct Progress {
+pub(crate) struct Progress {
     mode: progress::Mode,
     display: tokio::sync::Mutex<Option<Display>>,
 }
 
 impl Progress {
-    pub fn new(mode: progress::Mode) -> Progress {
+    pub(crate) fn new(mode: progress::Mode) -> Progress {
         Progress {
             mode,
             display: tokio::sync::Mutex::new(None),
@@ -231,7 +234,7 @@ impl Observer for Progress {
 /// Runs `work` on the lifecycle of run `run_id` with progress and Ctrl-C handling.
 /// A storage failure is printed here (the run stays resumable) and becomes
 /// `Err(exit::STOPPED)`; another live process owning the run is an error.
-pub async fn with_lifecycle<A, T, F>(
+pub(crate) async fn with_lifecycle<A, T, F>(
     store: &Store,
     run_id: i64,
     api: Arc<A>,
@@ -277,7 +280,7 @@ where
 /// Executes with the given API, showing progress, and verifies a finished run unless
 /// `--no-verify` (sending again what the cloud reported FAILED); prints one closing
 /// summary and returns the exit code.
-pub async fn execute<A: keyfleet::executor::Api>(
+pub(crate) async fn execute<A: keyfleet::executor::Api>(
     store: &Store,
     run_id: i64,
     api: Arc<A>,
@@ -339,7 +342,7 @@ async fn handle_interrupts(stop: StopSignal, timeout: Duration) {
 
 /// 0: every valid pair succeeded, none rejected; 1: finished with failed or rejected
 /// pairs; 4: stopped early, resumable.
-pub fn exit_code(summary: &Summary) -> u8 {
+pub(crate) fn exit_code(summary: &Summary) -> u8 {
     if summary.stopped.is_some() {
         exit::STOPPED
     } else if summary.pairs.failed > 0
@@ -355,7 +358,7 @@ pub fn exit_code(summary: &Summary) -> u8 {
 }
 
 /// Instances a live run left stopped, first and loudly.
-pub fn print_left_stopped(
+pub(crate) fn print_left_stopped(
     power: &keyfleet::store::power::PowerCounts,
     run_id: i64,
     global: &GlobalArgs,
@@ -378,7 +381,7 @@ pub fn print_left_stopped(
 
 /// A live run's power line: what is down against the budget, the most ever down,
 /// downtime per instance.
-pub fn print_power(power: &keyfleet::store::power::PowerCounts) {
+pub(crate) fn print_power(power: &keyfleet::store::power::PowerCounts) {
     let count = |state: &str| power.by_state.get(state).copied().unwrap_or(0);
     eprintln!(
         "  power:    down {} now (budget {}), at most {} at once; {} stopped and started, {} not \
@@ -399,7 +402,7 @@ pub fn print_power(power: &keyfleet::store::power::PowerCounts) {
     }
 }
 
-pub fn db_flag(global: &GlobalArgs) -> String {
+pub(crate) fn db_flag(global: &GlobalArgs) -> String {
     if global.db == Path::new(keyfleet::store::DEFAULT_DB) {
         String::new()
     } else {
@@ -407,7 +410,7 @@ pub fn db_flag(global: &GlobalArgs) -> String {
     }
 }
 
-pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
+pub(crate) fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let run = summary.run_id;
     let p = &summary.pairs;
     let elapsed = summary.elapsed.as_secs_f64();

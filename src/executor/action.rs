@@ -144,7 +144,7 @@ pub enum Proof {
 }
 
 /// The (instance ids, key ids) of one child of a divided batch.
-pub type Shape = (Vec<String>, Vec<String>);
+pub(super) type Shape = (Vec<String>, Vec<String>);
 
 /// One action the queue can hold. Implementations are stateless and `'static`.
 pub trait JobAction: Send + Sync {
@@ -219,7 +219,7 @@ impl JobAction for KeyPairOperation {
 
 /// How long a verification batch waits before looking again at an instance whose
 /// operation is still running.
-pub const RECHECK_EVERY_MS: i64 = 2_000;
+pub(super) const RECHECK_EVERY_MS: i64 = 2_000;
 
 /// `LatestOperationState` while an operation runs, and when it ended badly.
 const OPERATING: &str = "OPERATING";
@@ -228,7 +228,7 @@ const FAILED: &str = "FAILED";
 /// What the cloud says of one pair: the instance as DescribeInstances showed it (or
 /// `None`: not there), the key, the RequestId of the operation that claimed it, and
 /// whether the key is to be bound (a rotation's new key) rather than gone.
-pub fn verdict(
+pub(super) fn verdict(
     instance: Option<&InstanceInfo>,
     key_id: &str,
     request_id: Option<&str>,

@@ -19,17 +19,17 @@ use super::{Claim, ClaimReason, Effect, ErrorInfo, JobFacts, JobKind, NewJob, Pa
 
 /// The code recorded on an unbind skipped because it would leave its instance with
 /// no key.
-pub const LAST_KEY: &str = "KeepOneKey.LastKey";
+pub(crate) const LAST_KEY: &str = "KeepOneKey.LastKey";
 /// The code recorded on an unbind skipped because an operation was still in progress
 /// on its instance when the look's wait ended.
-pub const OPERATING: &str = "KeepOneKey.Operating";
+pub(crate) const OPERATING: &str = "KeepOneKey.Operating";
 /// How long a look waits before looking again at instances still OPERATING or held
 /// by another run.
-pub const LOOK_AGAIN_MS: i64 = 1_000;
+pub(crate) const LOOK_AGAIN_MS: i64 = 1_000;
 
 /// What the store read beside a look's reply, in the look's transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LookView {
+pub(crate) struct LookView {
     pub now: i64,
     /// Until when (Unix ms) instances still OPERATING, or held by another run, are
     /// looked at again (`--verify-wait` after the first look).
@@ -48,7 +48,7 @@ pub struct LookView {
 ///
 /// `seen` holds the keys each instance the reply showed holds; `held` the held unbind
 /// pairs of the job's instances.
-pub fn looked(
+pub(crate) fn looked(
     job: &JobFacts,
     seen: &BTreeMap<String, Vec<String>>,
     held: &[Pair],
@@ -172,7 +172,7 @@ pub fn looked(
 }
 
 /// A look failed for good: without the cloud's word nothing held is unbound.
-pub fn look_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
+pub(crate) fn look_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     vec![Effect::SkipHeld {
         region: job.region.clone(),
         instances: job.instance_ids.clone(),

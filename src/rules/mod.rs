@@ -15,9 +15,9 @@
 //! list), its action's `JobAction` in the executor, and its rules here, tested without
 //! a database. Nothing here does I/O; the store's `outcome` module is the only caller.
 
-pub mod keep_one_key;
+pub(crate) mod keep_one_key;
 pub mod power;
-pub mod rotation;
+pub(crate) mod rotation;
 
 use crate::chunk::{PairRef, chunk};
 pub use crate::states::JobKind;

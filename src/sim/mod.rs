@@ -37,15 +37,15 @@
 mod actions;
 pub mod audit;
 mod call;
-pub mod churn;
-pub mod faults;
-pub mod fleet;
+mod churn;
+mod faults;
+mod fleet;
 mod holdings;
 pub mod incident;
 mod instance;
-pub mod journal;
+mod journal;
 mod limiter;
-pub mod power;
+mod power;
 mod request;
 mod server;
 

@@ -12,13 +12,13 @@ mod follow;
 mod guard;
 mod jobs;
 mod outcome;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod plan;
 pub mod power;
 pub mod rates;
 pub mod report;
-pub mod requeue;
-pub mod states;
+mod requeue;
+mod states;
 pub mod verify;
 pub mod watch;
 

@@ -1,6 +1,7 @@
 //! The stored words ([`crate::states`]) against the schema the migrations build.
 
-pub use crate::states::{ItemStatus, JobKind, JobState, PowerState, RunState, Verified};
+pub(super) use crate::states::PowerState;
+pub use crate::states::{ItemStatus, JobKind, JobState, RunState, Verified};
 
 #[cfg(test)]
 mod tests {
