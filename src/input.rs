@@ -150,6 +150,12 @@ pub enum RowContent {
         /// `keys_after` as `discover` writes it (keys the instance keeps), when the
         /// input carries it: informational, so a value that is not a number is ignored.
         keys_after: Option<u64>,
+        /// `instance_state` as `discover` writes it (`RUNNING`, `STOPPED`, ...), when
+        /// the input carries it: informational (`plan` counts the RUNNING instances).
+        state: Option<String>,
+        /// The value of the column `--max-down-per COLUMN` names (its budget group);
+        /// `None` when no such column was asked for, or the row lacks it.
+        group: Option<String>,
     },
     /// Every listed key from every listed instance (the cross product).
     Set {
@@ -158,6 +164,8 @@ pub enum RowContent {
         region: Option<Field>,
         /// A rotation: the key(s) to bind on every instance first.
         new_key_ids: Vec<Field>,
+        /// As a pair's: every instance of the set is in this budget group.
+        group: Option<String>,
     },
     /// A row that asks for nothing intelligible; the reason is for a person.
     Invalid { reason: String },
@@ -232,9 +240,13 @@ pub fn display_name(path: &Path) -> String {
 ///
 /// The format is `format`, else the extension's, else guessed from the first
 /// character (`[` JSON, `{` JSON Lines, anything else CSV).
+///
+/// `group_column` names an extra column (`--max-down-per COLUMN`) whose value each
+/// row carries in `group`; a CSV header without it is an error naming it.
 pub fn read_input(
     path: &Path,
     format: Option<Format>,
+    group_column: Option<&str>,
     on_row: impl FnMut(InputRow),
 ) -> Result<InputDigest, InputError> {
     let file = display_name(path);
@@ -246,10 +258,11 @@ pub fn read_input(
             error,
         })?)
     };
-    read_from(
+    read_from_with(
         source,
         &file,
         format.or_else(|| Format::from_extension(path)),
+        group_column,
         on_row,
     )
 }
@@ -259,10 +272,22 @@ pub fn read_from(
     source: impl Read,
     file: &str,
     format: Option<Format>,
+    on_row: impl FnMut(InputRow),
+) -> Result<InputDigest, InputError> {
+    read_from_with(source, file, format, None, on_row)
+}
+
+/// [`read_from`] with a budget-group column (see [`read_input`]).
+pub fn read_from_with(
+    source: impl Read,
+    file: &str,
+    format: Option<Format>,
+    group_column: Option<&str>,
     mut on_row: impl FnMut(InputRow),
 ) -> Result<InputDigest, InputError> {
     let mut tap = Tap::new(source);
-    let outcome = read_tapped(&mut tap, file, format, &mut on_row);
+    let group = group_column.map(normalize_name);
+    let outcome = read_tapped(&mut tap, file, format, group.as_deref(), &mut on_row);
     let (format, rows) = match outcome {
         Ok(done) => done,
         // The tap's own diagnosis is more precise than whatever the parser made of it.
@@ -282,6 +307,7 @@ fn read_tapped<R: Read>(
     tap: &mut Tap<R>,
     file: &str,
     format: Option<Format>,
+    group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<(Format, u64), InputError> {
     let last_byte = Rc::clone(&tap.last_byte);
@@ -305,9 +331,9 @@ fn read_tapped<R: Read>(
         _ => Format::Csv,
     });
     let rows = match format {
-        Format::Csv => read_csv(&mut reader, file, skipped, &last_byte, on_row)?,
-        Format::Jsonl => read_jsonl(&mut reader, file, skipped, on_row)?,
-        Format::Json => read_json(&mut reader, file, skipped, on_row)?,
+        Format::Csv => read_csv(&mut reader, file, skipped, &last_byte, group, on_row)?,
+        Format::Jsonl => read_jsonl(&mut reader, file, skipped, group, on_row)?,
+        Format::Json => read_json(&mut reader, file, skipped, group, on_row)?,
     };
     // Hash every byte even if the parser stopped early (trailing blank lines).
     io::copy(&mut reader, &mut io::sink()).map_err(|e| read_err(e, 0))?;
@@ -379,6 +405,7 @@ fn read_csv(
     file: &str,
     skipped_lines: u64,
     last_byte: &Cell<u8>,
+    group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut csv = csv::ReaderBuilder::new()
@@ -420,7 +447,7 @@ fn read_csv(
                     if let Some(err) = csv.get_ref().unclosed(file) {
                         return Err(err);
                     }
-                    columns = Some(csv_columns(&held, file, line)?);
+                    columns = Some(csv_columns(&held, file, line, group)?);
                 }
                 Some(columns) => {
                     rows += 1;
@@ -464,9 +491,17 @@ struct Columns {
     region: Option<usize>,
     new_key: Option<usize>,
     keys_after: Option<usize>,
+    state: Option<usize>,
+    group: Option<usize>,
 }
 
-fn csv_columns(headers: &csv::StringRecord, file: &str, line: u64) -> Result<Columns, InputError> {
+/// `group`: the normalized name of the `--max-down-per` column, which must be there.
+fn csv_columns(
+    headers: &csv::StringRecord,
+    file: &str,
+    line: u64,
+    group: Option<&str>,
+) -> Result<Columns, InputError> {
     if let Some(column) = headers
         .iter()
         .position(|h| h.trim_end_matches('\r').contains('\r'))
@@ -487,6 +522,31 @@ fn csv_columns(headers: &csv::StringRecord, file: &str, line: u64) -> Result<Col
     let mut region_col = None;
     let mut new_key_col = None;
     let mut keys_after_col = None;
+    let mut state_col = None;
+    let group_col = match group {
+        None => None,
+        Some(group) => {
+            let found = headers
+                .iter()
+                .position(|h| normalize_name(h.trim_end_matches('\r').trim()) == group);
+            if found.is_none() {
+                let names: Vec<String> = headers
+                    .iter()
+                    .map(|h| format!("{:?}", crate::ids::shorten(h.trim())))
+                    .collect();
+                return Err(unreadable(
+                    file,
+                    line,
+                    1,
+                    format!(
+                        "--max-down-per {group}: the header has no {group} column (columns found: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            found
+        }
+    };
     for (i, name) in headers.iter().enumerate() {
         let slot = match normalize_name(name.trim()).as_str() {
             "instanceid" => &mut instance_col,
@@ -494,6 +554,7 @@ fn csv_columns(headers: &csv::StringRecord, file: &str, line: u64) -> Result<Col
             "region" => &mut region_col,
             "newkeyid" | "newkeyids" => &mut new_key_col,
             "keysafter" => &mut keys_after_col,
+            "instancestate" | "state" => &mut state_col,
             _ => continue,
         };
         if let Some(earlier) = *slot {
@@ -518,6 +579,8 @@ fn csv_columns(headers: &csv::StringRecord, file: &str, line: u64) -> Result<Col
             region: region_col,
             new_key: new_key_col,
             keys_after: keys_after_col,
+            state: state_col,
+            group: group_col,
         });
     }
     let missing: Vec<&str> = [("instance_id", instance_col), ("key_id", key_col)]
@@ -554,6 +617,8 @@ fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -> InputRow 
         region: region_col,
         new_key: new_key_col,
         keys_after: keys_after_col,
+        state: state_col,
+        group: group_col,
     } = columns;
     let last = record.len().saturating_sub(1);
     let get = |col: usize| {
@@ -604,6 +669,11 @@ fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -> InputRow 
             keys_after: keys_after_col
                 .and_then(get)
                 .and_then(|v| v.trim().parse().ok()),
+            state: state_col
+                .and_then(get)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+            group: group_col.and_then(get).map(|v| v.trim().to_string()),
         },
     }
 }
@@ -715,6 +785,7 @@ fn read_jsonl(
     reader: &mut impl BufRead,
     file: &str,
     skipped_lines: u64,
+    group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut line = Vec::new();
@@ -740,7 +811,7 @@ fn read_jsonl(
             continue;
         }
         let mut de = serde_json::Deserializer::from_slice(text);
-        let content = RowSeed
+        let content = RowSeed { group }
             .deserialize(&mut de)
             .and_then(|content| de.end().map(|()| content));
         let content = content.map_err(|e| {
@@ -800,6 +871,7 @@ fn read_json(
     reader: &mut impl BufRead,
     file: &str,
     skipped_lines: u64,
+    group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
     let mut rows = 0u64;
@@ -814,6 +886,7 @@ fn read_json(
     let parsed = ArrayOfRows {
         on_row,
         rows: &mut rows,
+        group,
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
@@ -845,6 +918,7 @@ fn read_json(
 struct ArrayOfRows<'a> {
     on_row: &'a mut dyn FnMut(InputRow),
     rows: &'a mut u64,
+    group: Option<&'a str>,
 }
 
 impl<'de> DeserializeSeed<'de> for ArrayOfRows<'_> {
@@ -863,7 +937,7 @@ impl<'de> Visitor<'de> for ArrayOfRows<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0u64;
-        while let Some(content) = seq.next_element_seed(RowSeed)? {
+        while let Some(content) = seq.next_element_seed(RowSeed { group: self.group })? {
             (self.on_row)(InputRow {
                 position: Position {
                     kind: PositionKind::Index,
@@ -918,9 +992,13 @@ fn list_field(value: Value, name: &str) -> Result<Vec<Field>, String> {
 /// [`row_from_value`] makes of the element's `Value`, without building the
 /// element's map (a million objects cost a map and its nodes each). The fields'
 /// values are still `Value`s, so every number and string is checked as before.
-struct RowSeed;
+#[derive(Clone, Copy)]
+struct RowSeed<'a> {
+    /// The normalized name of the `--max-down-per` field, if any.
+    group: Option<&'a str>,
+}
 
-impl<'de> DeserializeSeed<'de> for RowSeed {
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = RowContent;
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
@@ -930,7 +1008,7 @@ impl<'de> DeserializeSeed<'de> for RowSeed {
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed {
+impl<'de> Visitor<'de> for RowSeed<'_> {
     type Value = RowContent;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -979,7 +1057,7 @@ impl<'de> Visitor<'de> for RowSeed {
         fields.reverse();
         fields.dedup_by(|a, b| a.0 == b.0);
         fields.reverse();
-        Ok(row_from_fields(fields))
+        Ok(row_from_fields(fields, self.group))
     }
 }
 
@@ -993,13 +1071,19 @@ fn not_an_object(what: &str) -> RowContent {
 #[cfg(test)]
 fn row_from_value(value: Value) -> RowContent {
     match value {
-        Value::Object(map) => row_from_fields(map),
+        Value::Object(map) => row_from_fields(map, None),
         other => not_an_object(json_type(&other)),
     }
 }
 
 /// An object's fields (in name order, names distinct) -> a row.
-fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowContent {
+///
+/// `group`: the normalized name of the `--max-down-per` field, whose value (a string
+/// or a number, as text) becomes the row's `group`.
+fn row_from_fields(
+    fields: impl IntoIterator<Item = (String, Value)>,
+    group: Option<&str>,
+) -> RowContent {
     let invalid = |reason: String| RowContent::Invalid { reason };
     let mut instance = None;
     let mut key = None;
@@ -1008,7 +1092,17 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
     let mut region = None;
     let mut new_key = None;
     let mut keys_after = None;
+    let mut state = None;
+    let mut group_value = None;
     for (name, value) in fields {
+        if group.is_some_and(|group| *normalized_key(&name) == *group) {
+            group_value = match value {
+                Value::String(s) => Some(s.trim().to_string()),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            };
+            continue;
+        }
         let slot = match &*normalized_key(&name) {
             "instanceid" => &mut instance,
             "keyid" => &mut key,
@@ -1018,6 +1112,10 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
             "newkeyid" | "newkeyids" => &mut new_key,
             "keysafter" => {
                 keys_after = value.as_u64();
+                continue;
+            }
+            "instancestate" | "state" => {
+                state = value.as_str().map(|s| s.trim().to_string());
                 continue;
             }
             _ => continue,
@@ -1078,6 +1176,8 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
             region,
             new_key_ids,
             keys_after,
+            state,
+            group: group_value,
         },
         (false, true) => {
             let Some((instances_name, instances)) = instances else {
@@ -1095,6 +1195,7 @@ fn row_from_fields(fields: impl IntoIterator<Item = (String, Value)>) -> RowCont
                     key_ids,
                     region,
                     new_key_ids,
+                    group: group_value,
                 },
                 (Err(reason), _) | (_, Err(reason)) => invalid(reason),
             }
@@ -1277,6 +1378,8 @@ mod tests {
             region: region.map(|r| Ok(r.into())),
             new_key_ids: Vec::new(),
             keys_after: None,
+            state: None,
+            group: None,
         }
     }
 
@@ -1390,7 +1493,7 @@ mod tests {
 
     #[test]
     fn open_error_names_the_cause_once() {
-        let err = read_input(Path::new("/nonexistent/in.csv"), None, |_| {}).unwrap_err();
+        let err = read_input(Path::new("/nonexistent/in.csv"), None, None, |_| {}).unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("cannot open /nonexistent/in.csv: "),
@@ -1483,7 +1586,7 @@ mod tests {
         for text in elements {
             let value: Value = serde_json::from_str(text).unwrap();
             let mut de = serde_json::Deserializer::from_str(text);
-            let direct = RowSeed.deserialize(&mut de).unwrap();
+            let direct = RowSeed { group: None }.deserialize(&mut de).unwrap();
             assert_eq!(direct, row_from_value(value), "{text}");
         }
         // Numbers out of range are refused the same way, wherever they sit.
@@ -1494,7 +1597,10 @@ mod tests {
         ] {
             let as_value = serde_json::from_str::<Value>(text).unwrap_err().to_string();
             let mut de = serde_json::Deserializer::from_str(text);
-            let direct = RowSeed.deserialize(&mut de).unwrap_err().to_string();
+            let direct = RowSeed { group: None }
+                .deserialize(&mut de)
+                .unwrap_err()
+                .to_string();
             assert_eq!(direct, as_value, "{text}");
         }
     }

@@ -5,7 +5,9 @@
 //! Data flows one way: input -> plan -> store -> executor -> api -> Tencent Cloud
 //! (or the simulator).
 //!
-//! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256).
+//! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256),
+//!   with the optional columns a plan reads (`instance_state`, `keys_after`, the
+//!   `--max-down-per COLUMN` column).
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
 //!   a rotation row's new keys become bind pairs (`bind` jobs) and its unbinds are held.
 //! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
@@ -15,11 +17,13 @@
 //!   workflow), a live instance's power state, a template change's kind and state (a leaf).
 //! - [`rules`]: what follows an outcome, as pure functions of (the outcome, the rows read
 //!   in its transaction) returning `Effect`s: `rules::rotation` (bind, confirm, release
-//!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
-//!   fleets: survey, admission into the downtime budget, stop, settle, start),
-//!   `rules::template` (a launch template's new version and default, a launch
-//!   configuration's key set: look, write, look again; a write in doubt replaced by a
-//!   look, never sent twice). Tested without a database; the store applies the effects.
+//!   or skip the held unbinds), `rules::keep_one_key` (the look: it waits out operations
+//!   in progress and other runs' claims), `rules::power` (live fleets: survey, admission
+//!   into the downtime budget, stop, settle, start), `rules::template` (a launch
+//!   template's new version and default, a launch configuration's key set: look, write,
+//!   look again; a write in doubt replaced by a look, never sent twice), and the claims
+//!   runs on one database take on the instances they decide on (`rules::Claim`). Tested
+//!   without a database; the store applies the effects.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
 //!   StopInstances/StartInstances, the template actions), `StopType`;
@@ -53,7 +57,10 @@
 //!   outcome's transaction; `store::jobs` the rows every writer shares; `store::requeue`
 //!   `JobWriter` and `Store::requeue` (retry, verify --requeue, the run's resend, one
 //!   transaction each); `store::verify` verification rounds and their counts;
-//!   `store::power` a live run's power rows, admission, its preparation and counts;
+//!   `store::power` a live run's power rows, admission, its preparation and counts (and
+//!   the budget groups of `--max-down-per COLUMN`); `store::claims` which run of the
+//!   database may unbind an instance's keys (`--keep-one-key`) or have it down, read,
+//!   taken and released in outcomes' transactions (busy, stuck, stale: `rules::Claim`);
 //!   `store::templates` a run's template changes (`template_changes`), its leaked and
 //!   new keys, and the recorded retirements (`retirements`); `store::incident` what the
 //!   incident report reads of a run (where, what was done and skipped, every request);

@@ -137,6 +137,9 @@ pub enum LifecycleError {
 
 /// One run's lifecycle: the store, the API, the execution's settings, one stop signal
 /// for every round (a Ctrl-C stops the lifecycle, not just the round it came in).
+/// How often a live run whose waiting instances another run holds looks again.
+const CLAIM_WAIT_EVERY: Duration = Duration::from_millis(500);
+
 pub struct Lifecycle<'a, A: Api, O: Observer> {
     pub store: &'a Store,
     pub api: Arc<A>,
@@ -189,10 +192,23 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
         }
     }
 
-    /// Admits waiting instances; true when that queued work.
+    /// Admits waiting instances; true when that queued work. While nothing can be
+    /// admitted because another running run of the database holds waiting instances
+    /// (issue 26, M2), it waits for that run to let them go, until a stop.
     async fn admits(&self, run_id: i64) -> Result<bool, LifecycleError> {
-        self.store.resume_admissions(run_id).await?;
-        Ok(self.store.open_jobs(run_id, None).await? > 0)
+        loop {
+            self.store.resume_admissions(run_id).await?;
+            if self.store.open_jobs(run_id, None).await? > 0 {
+                return Ok(true);
+            }
+            if self.store.waiting_on_claims(run_id).await? == 0 {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = self.stop.stopped() => return Ok(false),
+                _ = tokio::time::sleep(CLAIM_WAIT_EVERY) => {}
+            }
+        }
     }
 
     /// One execution of a live run: a stop request drains it (no new instance down,

@@ -59,6 +59,16 @@ pub struct PlanOptions {
     pub live: Option<crate::rules::power::Live>,
 }
 
+impl PlanOptions {
+    /// The input column `--max-down-per COLUMN` names, if the budget is per column.
+    pub fn group_column(&self) -> Option<&str> {
+        match self.live.as_ref()?.per.as_ref()? {
+            crate::rules::power::Per::Column(column) => Some(column),
+            _ => None,
+        }
+    }
+}
+
 /// Planning failures. A bad row is not one of them: it becomes a rejected item.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -81,6 +91,10 @@ pub enum PlanError {
     /// More items than a plan can index (over four billion).
     #[error("the input expands to more than {max} pairs; split it", max = u32::MAX)]
     TooLarge,
+    /// `--max-down-per COLUMN`: a row without the column, or an instance given two
+    /// values of it; nothing was written.
+    #[error("--max-down-per {column}: {problem}")]
+    Group { column: String, problem: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -155,6 +169,10 @@ struct Built {
     prechecks: Vec<(u32, Vec<u64>)>,
     /// Instances the input's `keys_after` says a plain unbind leaves keyless.
     keyless: Option<u64>,
+    /// Instances the input's `instance_state` says are RUNNING.
+    running: Option<u64>,
+    /// `--max-down-per COLUMN`: each instance's value of the column.
+    groups: Vec<(String, String)>,
     pairs: u64,
     duplicates: u64,
     instances: u64,
@@ -166,6 +184,14 @@ struct Builder {
     /// Instances a plain unbind leaves with no key, by the input's own `keys_after`.
     keyless: std::collections::HashSet<String>,
     saw_keys_after: bool,
+    /// Instances the input's `instance_state` column says are RUNNING.
+    running: std::collections::HashSet<String>,
+    saw_state: bool,
+    /// `--max-down-per COLUMN`: the column, each instance's value of it, and the first
+    /// row that lacks it or gives an instance a second value.
+    group_column: Option<String>,
+    groups: HashMap<String, String>,
+    group_problem: Option<String>,
     new_key_sets: Vec<Vec<u64>>,
     new_key_set_ids: HashMap<Vec<u64>, u32>,
     region_ids: HashMap<String, u32>,
@@ -177,6 +203,36 @@ struct Builder {
 }
 
 impl Builder {
+    /// `--max-down-per COLUMN`: records the instance's value of the column; the first
+    /// row without it, or giving the instance another value, is the plan's error.
+    fn note_group(&mut self, position: Position, instance: &str, group: Option<&str>) {
+        let Some(column) = &self.group_column else {
+            return;
+        };
+        if self.group_problem.is_some() {
+            return;
+        }
+        let Some(group) = group else {
+            self.group_problem = Some(format!("{position} has no {column} value"));
+            return;
+        };
+        match self.groups.get(instance) {
+            Some(earlier) if earlier != group => {
+                self.group_problem = Some(format!(
+                    "{position} puts {} in {column} {:?}, an earlier row in {:?}; one instance \
+                     has one budget group",
+                    crate::ids::shorten(instance),
+                    crate::ids::shorten(group),
+                    crate::ids::shorten(earlier)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.groups.insert(instance.to_string(), group.to_string());
+            }
+        }
+    }
+
     fn add_row(&mut self, row: InputRow) {
         match &row.content {
             RowContent::Invalid { reason } => {
@@ -188,7 +244,20 @@ impl Builder {
                 region,
                 new_key_ids,
                 keys_after,
+                state,
+                group,
             } => {
+                if let Some(state) = state {
+                    self.saw_state = true;
+                    if state == "RUNNING"
+                        && let Ok(id) = instance_id
+                    {
+                        self.running.insert(id.clone());
+                    }
+                }
+                if let Ok(id) = instance_id {
+                    self.note_group(row.position, id, group.as_deref());
+                }
                 if let Some(after) = keys_after {
                     self.saw_keys_after = true;
                     if *after == 0
@@ -211,7 +280,11 @@ impl Builder {
                 key_ids,
                 region,
                 new_key_ids,
+                group,
             } => {
+                for id in instance_ids.iter().flatten() {
+                    self.note_group(row.position, id, group.as_deref());
+                }
                 let pairs = (instance_ids.len() as u64).saturating_mul(key_ids.len() as u64);
                 if pairs > MAX_PAIRS_PER_SET_ROW {
                     let region = region
@@ -401,10 +474,16 @@ impl Builder {
 /// Reads and plans the whole input in memory. Blocking: reads the file.
 fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     let keep_one_key = options.keep_one_key;
+    let group_column = options.group_column().map(str::to_string);
     let mut builder = Builder {
         default_region: options.default_region.clone(),
         keyless: Default::default(),
         saw_keys_after: false,
+        running: Default::default(),
+        saw_state: false,
+        group_column: group_column.clone(),
+        groups: HashMap::new(),
+        group_problem: None,
         new_key_sets: vec![Vec::new()],
         new_key_set_ids: HashMap::new(),
         region_ids: HashMap::new(),
@@ -414,7 +493,15 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         too_large: false,
         too_many_rejected: false,
     };
-    let digest = input::read_input(path, options.format, |row| builder.add_row(row))?;
+    let digest = input::read_input(path, options.format, group_column.as_deref(), |row| {
+        builder.add_row(row)
+    })?;
+    if let (Some(column), Some(problem)) = (&group_column, builder.group_problem.take()) {
+        return Err(PlanError::Group {
+            column: column.clone(),
+            problem,
+        });
+    }
     if builder.too_many_rejected {
         return Err(PlanError::TooManyRejected {
             file: input::display_name(path),
@@ -430,6 +517,9 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         new_key_sets,
         keyless,
         saw_keys_after,
+        running,
+        saw_state,
+        groups,
         ..
     } = builder;
     let position_kind = match digest.format {
@@ -649,6 +739,12 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         new_key_sets,
         prechecks,
         keyless: saw_keys_after.then_some(keyless.len() as u64),
+        running: saw_state.then_some(running.len() as u64),
+        groups: {
+            let mut groups: Vec<(String, String)> = groups.into_iter().collect();
+            groups.sort();
+            groups
+        },
         pairs: unique.len() as u64,
         duplicates,
         instances,
@@ -688,6 +784,10 @@ pub struct PlanOutcome {
     /// Instances a plain unbind would leave with no key, by the input's `keys_after`
     /// column (`discover` writes it); `None` when the input does not say.
     pub keyless_after: Option<u64>,
+    /// Instances the input's `instance_state` column says are RUNNING: the ones a
+    /// live run stops under its budget (`--running fail` fails their pairs); `None`
+    /// when the input does not say (a live run's survey finds out).
+    pub running: Option<u64>,
 }
 
 /// Plans `path` (`-` for stdin) into `store`, or finds the run that already planned it.
@@ -702,7 +802,7 @@ pub async fn plan_input(
         return Err(PlanError::BadDefaultRegion(region.clone()));
     }
     let started = std::time::Instant::now();
-    let built = {
+    let mut built = {
         let path = path.to_path_buf();
         let options = options.clone();
         match tokio::task::spawn_blocking(move || build(&path, &options)).await {
@@ -712,6 +812,8 @@ pub async fn plan_input(
     };
     let rejected = built.rejections.len() as u64;
     let keyless_after = built.keyless;
+    let running = built.running;
+    let groups = std::mem::take(&mut built.groups);
     tracing::info!(
         rows = built.rows,
         pairs = built.pairs,
@@ -776,6 +878,12 @@ pub async fn plan_input(
             "plan committed"
         );
     }
+    // The budget groups of `--max-down-per COLUMN`, written again for an existing
+    // run (idempotent), so a crash between the plan and them is healed by the same
+    // command before anything is sent.
+    if !groups.is_empty() {
+        store.record_groups(run_id, &groups).await?;
+    }
     let summary = store.run_summary(run_id).await?;
     let lower_bound = lower_bound(summary.pairs.max(0) as u64);
     Ok(PlanOutcome {
@@ -783,6 +891,7 @@ pub async fn plan_input(
         summary,
         lower_bound,
         keyless_after,
+        running,
     })
 }
 

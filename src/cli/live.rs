@@ -43,9 +43,10 @@ pub(crate) struct LiveFlags {
     /// `--running stop-start|force-stop`.
     #[arg(long, value_name = "N|P%")]
     pub max_down: Option<Budget>,
-    /// Apply the budget to each availability zone (`zone`) or each value of an
-    /// instance tag (`tag:KEY`) instead of the whole fleet.
-    #[arg(long, value_name = "zone|tag:KEY", requires = "max_down")]
+    /// Apply the budget to each availability zone (`zone`), each value of an
+    /// instance tag (`tag:KEY`) or each value of an input column (`COLUMN`, or
+    /// `column:NAME`) instead of the whole fleet.
+    #[arg(long, value_name = "zone|tag:KEY|COLUMN", requires = "max_down")]
     pub max_down_per: Option<Per>,
     /// How long an instance keeps its slot after it is RUNNING again (e.g. 30s), so a
     /// service rejoins its load balancer before the next one goes.
@@ -109,4 +110,95 @@ fn parse_warmup(text: &str) -> Result<Duration, String> {
         return Err(format!("{text} must be between 0 and one hour"));
     }
     Ok(warmup)
+}
+
+/// What `plan` (and `run`'s plan step) says of the RUNNING instances and the budget:
+/// their number from the input's `instance_state` column when it has one (`discover`
+/// writes it), else that the survey will find out, with the budget's rule. `None`
+/// when there is nothing to say (no live run, and the input names none RUNNING).
+pub(crate) fn running_line(running: Option<u64>, live: Option<&Live>) -> Option<String> {
+    let per = |live: &Live| match &live.per {
+        None => String::new(),
+        Some(Per::Zone) => " in each zone".to_string(),
+        Some(Per::Tag(key)) => format!(" per value of tag:{key}"),
+        Some(Per::Column(column)) => format!(" per value of the input's {column} column"),
+    };
+    match (running, live) {
+        (Some(n), Some(live)) => {
+            let allowed = match live.max_down {
+                Budget::Count(k) => k.to_string(),
+                Budget::Percent(p) => {
+                    format!(
+                        "{} ({p}% of {n}, rounded down, at least 1)",
+                        live.max_down.of(n as usize)
+                    )
+                }
+            };
+            Some(format!(
+                "{n} instances RUNNING (the input's instance_state) need the budget: at most \
+                 {allowed} down at once{}",
+                per(live)
+            ))
+        }
+        (None, Some(live)) => {
+            let allowed = match live.max_down {
+                Budget::Count(k) => k.to_string(),
+                Budget::Percent(p) => {
+                    format!("{p}% of the instances found RUNNING (rounded down, at least 1)")
+                }
+            };
+            Some(format!(
+                "RUNNING instances known after the survey (DescribeInstances; the input has no \
+                 instance_state column): at most {allowed} down at once{}",
+                per(live)
+            ))
+        }
+        (Some(n), None) if n > 0 => Some(format!(
+            "{n} instances RUNNING (the input's instance_state): --running fail (the default) \
+             fails their pairs; --running stop-start --max-down N takes them through under a \
+             downtime budget"
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(max_down: Budget, per: Option<Per>) -> Live {
+        Live {
+            running: Running::StopStart,
+            max_down,
+            per,
+            warmup_ms: 0,
+            stop_type: StopType::Soft,
+            canary: 1,
+        }
+    }
+
+    #[test]
+    fn the_running_line_says_the_number_or_the_rule() {
+        assert_eq!(
+            running_line(Some(40), Some(&live(Budget::Percent(5), Some(Per::Zone)))).unwrap(),
+            "40 instances RUNNING (the input's instance_state) need the budget: at most 2 \
+             (5% of 40, rounded down, at least 1) down at once in each zone"
+        );
+        assert_eq!(
+            running_line(
+                None,
+                Some(&live(Budget::Count(3), Some(Per::Column("rack".into()))))
+            )
+            .unwrap(),
+            "RUNNING instances known after the survey (DescribeInstances; the input has no \
+             instance_state column): at most 3 down at once per value of the input's rack column"
+        );
+        assert!(
+            running_line(Some(2), None)
+                .unwrap()
+                .contains("--running fail")
+        );
+        assert_eq!(running_line(Some(0), None), None);
+        assert_eq!(running_line(None, None), None);
+    }
 }

@@ -50,12 +50,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
             serde_json::to_string(&outcome).context("cannot encode the summary")?
         );
     } else if !super::term::quiet() {
-        eprint!("{}", human(&outcome));
+        eprint!("{}", human(&outcome, options.live.as_ref()));
     }
     Ok(crate::exit::OK)
 }
 
-fn human(outcome: &PlanOutcome) -> String {
+fn human(outcome: &PlanOutcome, live: Option<&keyfleet::rules::power::Live>) -> String {
     let s = &outcome.summary;
     let mut text = String::new();
     if outcome.existing {
@@ -71,6 +71,9 @@ fn human(outcome: &PlanOutcome) -> String {
     text.push_str(&format!("  valid pairs  {}\n", s.pairs));
     text.push_str(&format!("  duplicates   {}\n", s.duplicates));
     text.push_str(&format!("  rejected     {}\n", s.rejected));
+    if let Some(line) = super::live::running_line(outcome.running, live) {
+        text.push_str(&format!("  running      {line}\n"));
+    }
     match outcome.keyless_after {
         Some(n) if n > 0 => text.push_str(&format!(
             "  keyless      {n} instances keep no key after this unbind (keys_after 0): they \

@@ -16,7 +16,9 @@ use keyfleet::store::report::ReportRow;
 use crate::GlobalArgs;
 
 /// The report's columns, in order (CSV header; JSON keys).
-pub(crate) const COLUMNS: [&str; 15] = [
+///
+/// Columns are only ever appended: scripts read them by position too.
+pub(crate) const COLUMNS: [&str; 20] = [
     "position",
     "region",
     "instance_id",
@@ -32,6 +34,11 @@ pub(crate) const COLUMNS: [&str; 15] = [
     "associate_status",
     "associate_request_id",
     "associate_verified",
+    "power_before",
+    "stopped_at",
+    "started_at",
+    "downtime_s",
+    "power_after",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -228,7 +235,7 @@ async fn emit<W: Write>(
     }
 }
 
-fn csv_fields(row: &ReportRow) -> [String; 15] {
+fn csv_fields(row: &ReportRow) -> [String; 20] {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     [
         row.position.clone(),
@@ -246,6 +253,11 @@ fn csv_fields(row: &ReportRow) -> [String; 15] {
         text(&row.associate_status),
         text(&row.associate_request_id),
         text(&row.associate_verified),
+        text(&row.power_before),
+        text(&row.stopped_at),
+        text(&row.started_at),
+        text(&row.downtime_s),
+        text(&row.power_after),
     ]
 }
 

@@ -77,6 +77,9 @@ pub(crate) async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8
             s.duplicates,
             s.rejected
         );
+        if let Some(line) = super::live::running_line(outcome.running, options.live.as_ref()) {
+            crate::note!("  running: {line}");
+        }
         if let Some(n) = outcome.keyless_after.filter(|n| *n > 0) {
             crate::note!(
                 "  {n} instances keep no key after this unbind (keys_after 0){}",

@@ -317,19 +317,28 @@ impl JobAction for VerifyBatch {
                 (item.item_id, value)
             })
             .collect();
+        let shown = || {
+            page.instances
+                .iter()
+                .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+        };
+        // A `--keep-one-key` look carries what it saw of each instance: its rules wait
+        // out an operation in progress (issue 26, M2).
+        let look = job.kind == crate::states::JobKind::Look;
         let recheck_at = (operating && now < payload.recheck_until)
             .then(|| (now + RECHECK_EVERY_MS).min(payload.recheck_until));
-        let keys = page
-            .instances
-            .iter()
-            .filter(|i| job.instance_ids.binary_search(&i.instance_id).is_ok())
+        let keys = shown()
             .map(|i| (i.instance_id.clone(), i.key_ids.clone()))
             .collect();
         Ok(Proof::Observed {
             verified,
             recheck_at,
             keys,
-            seen: Vec::new(),
+            seen: if look {
+                shown().map(seen).collect()
+            } else {
+                Vec::new()
+            },
             listed: None,
         })
     }
@@ -347,7 +356,7 @@ impl JobAction for VerifyBatch {
 
 /// A live run's read (`survey`, `settle`): `DescribeInstances` of up to 100
 /// instances, each as seen ([`crate::rules::power::Seen`]); a settle looks again every
-/// [`power::SETTLE_EVERY_MS`] while an instance is not yet where it waits for it.
+/// [`power::Target::look_again_ms`] while an instance is not yet where it waits for it.
 struct PowerRead;
 
 /// What a read saw of one instance, as the rules take it.
@@ -398,7 +407,7 @@ impl JobAction for PowerRead {
                     .is_some_and(|s| !s.settled(payload.target, payload.request_id.as_deref()))
             });
             if waiting && now < payload.until {
-                recheck_at = Some((now + power::SETTLE_EVERY_MS).min(payload.until));
+                recheck_at = Some((now + payload.target.look_again_ms()).min(payload.until));
             }
         }
         Ok(Proof::Observed {

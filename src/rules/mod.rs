@@ -184,7 +184,62 @@ pub enum Effect {
     Halt { reason: String },
     /// A template change's row (`template_changes`) moves on.
     Template(template::Update),
+    /// The run claims these instances (or takes their claims over): no other run on
+    /// the database unbinds their keys under `--keep-one-key` or takes them down
+    /// until the claim is released ([`Claim`]).
+    Claim {
+        region: String,
+        instances: Vec<String>,
+        reason: ClaimReason,
+    },
 }
+
+/// Why a run claims an instance (`claims.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimReason {
+    /// `--keep-one-key`: its look released unbinds that leave the instance a key.
+    LastKey,
+    /// A live run takes it down.
+    Down,
+}
+
+impl ClaimReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimReason::LastKey => "last_key",
+            ClaimReason::Down => "down",
+        }
+    }
+}
+
+/// An instance claimed by another run of the database, as the store found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Its run is running (its lease is fresh): wait until it lets the instance go.
+    Busy { run_id: i64 },
+    /// Its run is not running any more and still has work on the instance (pairs
+    /// not done, or the instance down): waiting helps only once that run is resumed.
+    Stuck { run_id: i64 },
+    /// Its run is not running any more and has nothing left on the instance: the
+    /// claim is taken over (keys it had unbound but not verified count as gone).
+    Stale { run_id: i64 },
+}
+
+impl Claim {
+    /// Whether the instance must wait (or be given up on).
+    pub fn blocks(self) -> bool {
+        !matches!(self, Claim::Stale { .. })
+    }
+
+    pub fn run_id(self) -> i64 {
+        match self {
+            Claim::Busy { run_id } | Claim::Stuck { run_id } | Claim::Stale { run_id } => run_id,
+        }
+    }
+}
+
+/// The code on pairs given up on because another run holds their instance's claim.
+pub const CLAIMED: &str = "KeyFleet.Claimed";
 
 /// Jobs of `kind` for `pairs` of one region, chunked like a plan (identical key sets,
 /// <= 100 x 100), each taking the pairs in its cross product.

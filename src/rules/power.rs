@@ -89,6 +89,9 @@ pub enum Per {
     Zone,
     /// The value of an instance tag (instances without it share the empty value).
     Tag(String),
+    /// The value of an input column, given per instance in the run's input (stored
+    /// when the run is planned).
+    Column(String),
 }
 
 impl std::str::FromStr for Per {
@@ -96,15 +99,26 @@ impl std::str::FromStr for Per {
     fn from_str(text: &str) -> Result<Per, String> {
         match text.trim() {
             "zone" => Ok(Per::Zone),
-            other => match other.strip_prefix("tag:") {
-                Some(key) if !key.is_empty() => Ok(Per::Tag(key.to_string())),
+            other => match (other.strip_prefix("tag:"), other.strip_prefix("column:")) {
+                (Some(key), _) if !key.is_empty() => Ok(Per::Tag(key.to_string())),
+                (_, Some(column)) if is_column_name(column) => Ok(Per::Column(column.to_string())),
+                (None, None) if is_column_name(other) => Ok(Per::Column(other.to_string())),
                 _ => Err(format!(
-                    "--max-down-per takes `zone` or `tag:KEY`, not {other:?} (an input column is not \
-                     supported yet)"
+                    "--max-down-per takes `zone`, `tag:KEY` or an input column's name \
+                     (letters, digits, `_`, `-`, `.`), not {other:?}"
                 )),
             },
         }
     }
+}
+
+/// A column name `--max-down-per` accepts: short, and plain enough to print.
+fn is_column_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 impl std::fmt::Display for Per {
@@ -112,6 +126,7 @@ impl std::fmt::Display for Per {
         match self {
             Per::Zone => f.write_str("zone"),
             Per::Tag(key) => write!(f, "tag:{key}"),
+            Per::Column(column) => f.write_str(column),
         }
     }
 }
@@ -138,6 +153,13 @@ pub struct Live {
 pub const SETTLE_EVERY_MS: i64 = 500;
 /// How long after a stop or start is accepted its settle first looks.
 pub const FIRST_SETTLE_MS: i64 = 500;
+/// How long after an instance's key steps are done the settle before its start first
+/// looks (the key operation takes about 0.3 s), and then how often it looks again: the
+/// instance is down meanwhile, so this wait is budget spent (docs/BENCHMARKS.md,
+/// exec_live). Such settles are short-lived, so the extra looks cost little of
+/// DescribeInstances' 40/s.
+pub const FIRST_IDLE_SETTLE_MS: i64 = 250;
+pub const IDLE_SETTLE_EVERY_MS: i64 = 100;
 /// How long an instance may take to stop or start before it is given up on.
 pub const SETTLE_LIMIT_MS: i64 = 30 * 60 * 1_000;
 /// How long a failed start waits before it is sent again, times the failures so far.
@@ -160,6 +182,16 @@ pub enum Target {
     Running,
     /// Still RUNNING once the warmup is over: the slot is freed.
     WarmedUp,
+}
+
+impl Target {
+    /// How often a settle for this target looks again (ms).
+    pub fn look_again_ms(self) -> i64 {
+        match self {
+            Target::Idle => IDLE_SETTLE_EVERY_MS,
+            _ => SETTLE_EVERY_MS,
+        }
+    }
 }
 
 /// A settle job's payload.
@@ -332,8 +364,18 @@ fn stop_or_start(
 }
 
 /// A survey's answer: RUNNING instances wait for a slot; the others have their key
-/// steps released at once and are never stopped nor started.
-pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
+/// steps released at once and are never stopped nor started. `columns`: with
+/// `--max-down-per COLUMN`, each instance's value of the column (an instance without
+/// one shares the empty value). `held`: instances another run of the database holds
+/// (it may have them down): they wait for a slot like a RUNNING one, whatever their
+/// state now, since that run brings them back up ([`admit`] waits for its claim).
+pub fn surveyed(
+    live: &Live,
+    job: &JobFacts,
+    seen: &[Seen],
+    columns: &BTreeMap<String, String>,
+    held: &std::collections::BTreeSet<String>,
+) -> Vec<Effect> {
     let by_id: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.instance_id.as_str(), s)).collect();
     let mut effects = Vec::new();
     let mut release = Vec::new();
@@ -346,8 +388,9 @@ pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
         let group = live.per.as_ref().map(|per| match per {
             Per::Zone => s.zone.clone().unwrap_or_default(),
             Per::Tag(key) => s.tags.get(key).cloned().unwrap_or_default(),
+            Per::Column(_) => columns.get(instance).cloned().unwrap_or_default(),
         });
-        let (state, reason) = if s.state != "RUNNING" {
+        let (state, reason) = if s.state != "RUNNING" && !held.contains(instance) {
             (PowerState::Kept, None)
         } else if s.windows {
             (
@@ -384,7 +427,18 @@ pub fn surveyed(live: &Live, job: &JobFacts, seen: &[Seen]) -> Vec<Effect> {
 /// `--max-down-per`, each group's) has room, the canaries alone until they are all back
 /// up. A percentage is of the run's instances found RUNNING; `halted`: the run takes no
 /// further instance down.
-pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effect> {
+///
+/// `claims`: waiting instances another run of the database holds (issue 26, M2). One
+/// whose run is running waits; one whose run stopped with work left on it is not
+/// stopped (its pairs fail, [`super::CLAIMED`]); a stale claim is taken over. Every
+/// instance taken down is claimed ([`Effect::Claim`]) until it is back up.
+pub fn admit(
+    live: &Live,
+    rows: &[PowerRow],
+    halted: bool,
+    now: i64,
+    claims: &BTreeMap<String, super::Claim>,
+) -> Vec<Effect> {
     if halted {
         return Vec::new();
     }
@@ -410,10 +464,19 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
     }
     let candidates: &[&PowerRow] = if canary_pending { canaries } else { &ordered };
     let mut admitted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut stuck: Vec<(&PowerRow, i64)> = Vec::new();
     let mut total_down: usize = down.values().sum();
     for row in candidates {
         if row.state != PowerState::Waiting {
             continue;
+        }
+        match claims.get(&row.instance_id) {
+            Some(super::Claim::Busy { .. }) => continue,
+            Some(super::Claim::Stuck { run_id }) => {
+                stuck.push((row, *run_id));
+                continue;
+            }
+            Some(super::Claim::Stale { .. }) | None => {}
         }
         let group = row.group.as_deref();
         // P% is of the run's instances found RUNNING; with a grouping, that budget
@@ -435,8 +498,27 @@ pub fn admit(live: &Live, rows: &[PowerRow], halted: bool, now: i64) -> Vec<Effe
             .push(row.instance_id.clone());
     }
     let mut effects = Vec::new();
+    for (row, run_id) in stuck {
+        let why = format!(
+            "not stopped: run {run_id} of this database holds it (it was taking it through its own \
+             key change) and is not running: resume or finish run {run_id}, then retry this run"
+        );
+        effects.push(Effect::Power(
+            PowerChange::to(&row.region, &row.instance_id, PowerState::NotStopped).because(&why),
+        ));
+        effects.push(Effect::FailHeld {
+            region: row.region.clone(),
+            instances: vec![row.instance_id.clone()],
+            reason: ErrorInfo::new(super::CLAIMED, why),
+        });
+    }
     for (region, mut instances) in admitted {
         instances.sort();
+        effects.push(Effect::Claim {
+            region: region.to_string(),
+            instances: instances.clone(),
+            reason: super::ClaimReason::Down,
+        });
         for instance in &instances {
             effects.push(Effect::Power(PowerChange::to(
                 region,
@@ -744,13 +826,11 @@ pub fn keys_done(live: &Live, region: &str, instances: Vec<String>, now: i64) ->
         .iter()
         .map(|i| Effect::Power(PowerChange::to(region, i, PowerState::Starting)))
         .collect();
-    effects.push(settle(
-        region,
-        instances,
-        target,
-        None,
-        now + FIRST_SETTLE_MS,
-    ));
+    let first_look = match target {
+        Target::Idle => FIRST_IDLE_SETTLE_MS,
+        _ => FIRST_SETTLE_MS,
+    };
+    effects.push(settle(region, instances, target, None, now + first_look));
     effects
 }
 
@@ -903,6 +983,74 @@ mod tests {
     }
 
     #[test]
+    fn max_down_per_takes_a_zone_a_tag_or_an_input_column() {
+        assert_eq!("zone".parse::<Per>(), Ok(Per::Zone));
+        assert_eq!("tag:service".parse::<Per>(), Ok(Per::Tag("service".into())));
+        assert_eq!("rack".parse::<Per>(), Ok(Per::Column("rack".into())));
+        assert_eq!("column:zone".parse::<Per>(), Ok(Per::Column("zone".into())));
+        assert!("tag:".parse::<Per>().is_err());
+        assert!("a b".parse::<Per>().unwrap_err().contains("input column"));
+        assert_eq!(Per::Column("rack".into()).to_string(), "rack");
+        // The survey puts each instance in its column's group.
+        let live = live(Budget::Count(1), Some(Per::Column("rack".into())), 0);
+        let job = facts(JobKind::Survey, &["ins-a", "ins-b"]);
+        let columns = BTreeMap::from([("ins-a".to_string(), "r1".to_string())]);
+        let groups: Vec<Option<String>> = surveyed(
+            &live,
+            &job,
+            &[
+                seen("ins-a", "RUNNING", None),
+                seen("ins-b", "RUNNING", None),
+            ],
+            &columns,
+            &Default::default(),
+        )
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Power(c) => Some(c.group),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(groups, [Some("r1".to_string()), Some(String::new())]);
+    }
+
+    #[test]
+    fn an_instance_another_run_holds_is_not_taken_down_by_this_one() {
+        let live = live(Budget::Count(3), None, 0);
+        let rows = [
+            row(1, PowerState::Waiting, None),
+            row(2, PowerState::Waiting, None),
+            row(3, PowerState::Waiting, None),
+        ];
+        let claims = BTreeMap::from([
+            (
+                "ins-00000001".to_string(),
+                crate::rules::Claim::Busy { run_id: 4 },
+            ),
+            (
+                "ins-00000002".to_string(),
+                crate::rules::Claim::Stuck { run_id: 5 },
+            ),
+            (
+                "ins-00000003".to_string(),
+                crate::rules::Claim::Stale { run_id: 6 },
+            ),
+        ]);
+        let effects = admit(&live, &rows, false, 0, &claims);
+        // Busy waits (no effect), stuck is given up on, stale is taken over and stopped.
+        assert_eq!(stopped_now(&effects), ["ins-00000003"]);
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::Power(c) if c.instance_id == "ins-00000002" && c.state == PowerState::NotStopped)));
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::FailHeld { reason, .. } if reason.code == crate::rules::CLAIMED)));
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::Claim { instances, reason: crate::rules::ClaimReason::Down, .. }
+                if instances == &["ins-00000003".to_string()])));
+        assert!(!effects.iter().any(|e| matches!(e,
+            Effect::Power(c) if c.instance_id == "ins-00000001")));
+    }
+
+    #[test]
     fn admission_fills_the_budget_in_survey_order_and_no_further() {
         let live = live(Budget::Count(2), None, 0);
         let rows = [
@@ -912,7 +1060,7 @@ mod tests {
             row(4, PowerState::Waiting, None),
             row(5, PowerState::Kept, None),
         ];
-        let effects = admit(&live, &rows, false, 0);
+        let effects = admit(&live, &rows, false, 0, &BTreeMap::new());
         assert_eq!(stopped_now(&effects), ["ins-00000003"]);
         let stops: Vec<&NewJob> = effects
             .iter()
@@ -927,7 +1075,7 @@ mod tests {
             (JobKind::Stop, &["ins-00000003".to_string()][..])
         );
         assert!(
-            admit(&live, &rows, true, 0).is_empty(),
+            admit(&live, &rows, true, 0, &BTreeMap::new()).is_empty(),
             "a halted run takes nothing down"
         );
     }
@@ -943,7 +1091,7 @@ mod tests {
             row(5, PowerState::Waiting, Some("z3")),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000003", "ins-00000005"]
         );
         // 10% of the run's 20 RUNNING instances: 2 in each zone.
@@ -957,7 +1105,10 @@ mod tests {
             })
             .collect();
         let pct = live_pct();
-        assert_eq!(stopped_now(&admit(&pct, &rows, false, 0)).len(), 4);
+        assert_eq!(
+            stopped_now(&admit(&pct, &rows, false, 0, &BTreeMap::new())).len(),
+            4
+        );
     }
 
     fn live_pct() -> Live {
@@ -972,27 +1123,27 @@ mod tests {
             row(2, PowerState::Waiting, None),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000001"]
         );
         let rows = [
             row(1, PowerState::Warming, None),
             row(2, PowerState::Waiting, None),
         ];
-        assert!(stopped_now(&admit(&live, &rows, false, 0)).is_empty());
+        assert!(stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())).is_empty());
         let rows = [
             row(1, PowerState::Up, None),
             row(2, PowerState::Waiting, None),
         ];
         assert_eq!(
-            stopped_now(&admit(&live, &rows, false, 0)),
+            stopped_now(&admit(&live, &rows, false, 0, &BTreeMap::new())),
             ["ins-00000002"]
         );
         let rows = [
             row(1, PowerState::LeftStopped, None),
             row(2, PowerState::Waiting, None),
         ];
-        assert!(admit(&live, &rows, false, 0).is_empty());
+        assert!(admit(&live, &rows, false, 0, &BTreeMap::new()).is_empty());
     }
 
     fn facts(kind: JobKind, instances: &[&str]) -> JobFacts {
@@ -1032,6 +1183,8 @@ mod tests {
                 seen("ins-b", "STOPPED", None),
                 windows,
             ],
+            &BTreeMap::new(),
+            &Default::default(),
         );
         let states: Vec<(String, PowerState)> = effects
             .iter()

@@ -261,6 +261,11 @@ pub struct PowerRules {
     /// (`--max-down-per tag:KEY`), e.g. (`service`, 1): instances without the tag share
     /// the empty value. Tags are read from the fleet at the start.
     pub max_down_per_tag: Option<(String, usize)>,
+    /// At most this many down at once among the instances of one group, each
+    /// instance's group given (`--max-down-per COLUMN`: the input column's value);
+    /// instances not in the map share the empty group. Checked like a tag, and its
+    /// peaks reported in [`PowerAudit::max_down_per_tag_value`].
+    pub max_down_per_group: Option<(BTreeMap<String, String>, usize)>,
     /// StopInstances with `StopType` HARD (or the deprecated `ForceStop`) was asked for.
     pub allow_hard_stop: bool,
     /// Key-pair requests with `ForceStop=true` were asked for (`--running force-stop`):
@@ -288,8 +293,8 @@ pub struct PowerAudit {
     pub max_down_at_ms: i64,
     /// The most down at once in each zone (zones where one went down).
     pub max_down_per_zone: BTreeMap<String, usize>,
-    /// With [`PowerRules::max_down_per_tag`]: the most down at once for each value of
-    /// the tag (values where one went down).
+    /// With [`PowerRules::max_down_per_tag`] (or `max_down_per_group`): the most down
+    /// at once for each value of the tag (or group; values where one went down).
     pub max_down_per_tag_value: BTreeMap<String, usize>,
     /// From the first instance taken down to the last one RUNNING again (or to the last
     /// event, for one still down), in ms since the simulator started.
@@ -374,8 +379,15 @@ pub fn audit_power(
     let mut down_since: BTreeMap<&str, i64> = BTreeMap::new();
     let mut down_in_zone: BTreeMap<&str, usize> = BTreeMap::new();
     let mut over_zone: BTreeSet<String> = BTreeSet::new();
-    let tag_of: BTreeMap<&str, &str> = match &rules.max_down_per_tag {
-        Some((key, _)) => before
+    // Instances grouped by a tag's value, or by the groups given: one check.
+    let per_group: Option<(String, usize)> =
+        match (&rules.max_down_per_tag, &rules.max_down_per_group) {
+            (Some((key, budget)), _) => Some((format!("tagged {key}="), *budget)),
+            (None, Some((_, budget))) => Some(("in group ".to_string(), *budget)),
+            (None, None) => None,
+        };
+    let tag_of: BTreeMap<&str, &str> = match (&rules.max_down_per_tag, &rules.max_down_per_group) {
+        (Some((key, _)), _) => before
             .instances()
             .iter()
             .map(|i| {
@@ -383,7 +395,15 @@ pub fn audit_power(
                 (i.instance_id.as_str(), value)
             })
             .collect(),
-        None => BTreeMap::new(),
+        (None, Some((groups, _))) => before
+            .instances()
+            .iter()
+            .map(|i| {
+                let value = groups.get(&i.instance_id).map_or("", String::as_str);
+                (i.instance_id.as_str(), value)
+            })
+            .collect(),
+        (None, None) => BTreeMap::new(),
     };
     let mut down_with_tag: BTreeMap<&str, usize> = BTreeMap::new();
     let mut over_tag: BTreeSet<&str> = BTreeSet::new();
@@ -435,7 +455,7 @@ pub fn audit_power(
                     rules.max_down_per_zone.unwrap_or_default()
                 ));
             }
-            if let Some((key, budget)) = &rules.max_down_per_tag {
+            if let Some((label, budget)) = &per_group {
                 let value = tag_of.get(id).copied().unwrap_or("");
                 let with_tag = down_with_tag.entry(value).or_default();
                 *with_tag += 1;
@@ -446,7 +466,7 @@ pub fn audit_power(
                 *peak = (*peak).max(*with_tag);
                 if *with_tag > *budget && over_tag.insert(value) {
                     violations.push(format!(
-                        "{with_tag} instances tagged {key}={value:?} were down at once at {} ms, over the budget of {budget} per value",
+                        "{with_tag} instances {label}{value:?} were down at once at {} ms, over the budget of {budget} per value",
                         event.at_ms
                     ));
                 }
@@ -1000,6 +1020,7 @@ mod tests {
                 max_down: 2,
                 max_down_per_zone: None,
                 max_down_per_tag: None,
+                max_down_per_group: None,
                 allow_hard_stop: true,
                 allow_force_stop: true,
                 allow_stop_charging: true,

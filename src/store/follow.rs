@@ -26,6 +26,8 @@ pub(super) struct Read<'a> {
     pub keys: &'a [(String, Vec<String>)],
     /// What a template change's look read.
     pub listed: Option<&'a template::Listed>,
+    /// A look: each instance as seen (its latest operation).
+    pub seen: &'a [power::Seen],
 }
 
 /// A job's rows as the rules see them, and its run.
@@ -121,7 +123,27 @@ pub(super) async fn after_seen(
         return Ok(());
     };
     let effects = match kind {
-        JobKind::Survey => power::surveyed(&live, &job, seen),
+        JobKind::Survey => {
+            let columns = match &live.per {
+                Some(power::Per::Column(_)) => {
+                    super::power::column_groups(tx, run_id, &job.instance_ids).await?
+                }
+                _ => BTreeMap::new(),
+            };
+            let held = super::claims::held_by_others(
+                tx,
+                run_id,
+                &job.region,
+                &job.instance_ids,
+                Some(crate::rules::ClaimReason::Down),
+            )
+            .await?
+            .into_iter()
+            .filter(|(_, claim)| claim.blocks())
+            .map(|(instance, _)| instance)
+            .collect();
+            power::surveyed(&live, &job, seen, &columns, &held)
+        }
         JobKind::Settle => {
             let payload: power::SettlePayload =
                 sqlx::query_scalar::<_, Option<String>>("SELECT payload FROM jobs WHERE id = ?")
@@ -222,7 +244,35 @@ pub(super) async fn after_read(
             let (run_id, job) = job_facts(tx, job_id).await?;
             let seen: BTreeMap<String, Vec<String>> = read.keys.iter().cloned().collect();
             let held = held_items(tx, run_id, &job.region, &job.instance_ids, false).await?;
-            (run_id, keep_one_key::looked(&job, &seen, &held))
+            let recheck_until =
+                sqlx::query_scalar::<_, Option<String>>("SELECT payload FROM jobs WHERE id = ?")
+                    .bind(job_id)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .and_then(|text| serde_json::from_str::<crate::rules::ReadPayload>(&text).ok())
+                    .map_or(0, |payload| payload.recheck_until);
+            // A planned look carries no deadline: the first answer sets it.
+            let recheck_until = if recheck_until > 0 {
+                recheck_until
+            } else {
+                now + follow_up.confirm_wait_ms
+            };
+            let claims =
+                super::claims::held_by_others(tx, run_id, &job.region, &job.instance_ids, None)
+                    .await?;
+            let view = keep_one_key::LookView {
+                now,
+                recheck_until,
+                operating: read
+                    .seen
+                    .iter()
+                    .filter(|s| s.latest_state.as_deref() == Some("OPERATING"))
+                    .map(|s| s.instance_id.clone())
+                    .collect(),
+                removing: super::claims::removing_keys(tx, &job.region, &claims).await?,
+                claims,
+            };
+            (run_id, keep_one_key::looked(&job, &seen, &held, &view))
         }
         _ => return Ok(()),
     };
@@ -460,6 +510,9 @@ pub(super) async fn apply(
             }
             Effect::Power(change) => {
                 super::power::change(tx, run_id, &change, now).await?;
+                if matches!(change.state, PowerState::Up | PowerState::NotStopped) {
+                    super::claims::release(tx, run_id, &change.region, &change.instance_id).await?;
+                }
                 if change.state == PowerState::LeftStopped {
                     left_stopped.push(change);
                 }
@@ -504,6 +557,11 @@ pub(super) async fn apply(
             Effect::Template(update) => {
                 super::templates::apply_update(tx, run_id, &update, now).await?
             }
+            Effect::Claim {
+                region,
+                instances,
+                reason,
+            } => super::claims::take(tx, run_id, &region, &instances, reason, now).await?,
             Effect::CountOperationFailure { item_ids } => {
                 for chunk in item_ids.chunks(500) {
                     sqlx::query(
@@ -573,7 +631,8 @@ pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), 
         .fetch_one(&mut **tx)
         .await?;
     let all = super::power::rows(tx, run_id, None).await?;
-    let effects = power::admit(&live, &all, admissions.is_some(), now);
+    let claims = super::claims::waiting_held_by_others(tx, run_id).await?;
+    let effects = power::admit(&live, &all, admissions.is_some(), now, &claims);
     apply(tx, run_id, effects, now).await
 }
 

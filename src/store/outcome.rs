@@ -563,6 +563,7 @@ async fn finish_attempt(
                         verified,
                         keys,
                         listed: listed.as_ref(),
+                        seen,
                     };
                     super::follow::after_read(
                         tx,

@@ -122,6 +122,26 @@ pub(super) async fn failed_key_operations(
     Ok(failed)
 }
 
+/// With `--max-down-per COLUMN`: these instances' values of the column, as planned.
+pub(super) async fn column_groups(
+    tx: &mut Tx<'_>,
+    run_id: i64,
+    instances: &[String],
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT instance_id, grp FROM live_groups WHERE run_id = ? \
+         AND instance_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(run_id)
+    .bind(ids_json(instances))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("instance_id"), row.get("grp")))
+        .collect())
+}
+
 /// Applies one power change.
 pub(super) async fn change(
     tx: &mut Tx<'_>,
@@ -289,6 +309,33 @@ pub struct PowerCounts {
 }
 
 impl Store {
+    /// `--max-down-per COLUMN`: records each instance's value of the column for the
+    /// run (its budget group). Idempotent: a value already recorded stays.
+    pub async fn record_groups(
+        &self,
+        run_id: i64,
+        groups: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in groups.chunks(500) {
+            let rows: Vec<[&str; 2]> = chunk
+                .iter()
+                .map(|(i, g)| [i.as_str(), g.as_str()])
+                .collect();
+            sqlx::query(
+                "INSERT INTO live_groups (run_id, instance_id, grp) \
+                 SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) \
+                 WHERE true ON CONFLICT (run_id, instance_id) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Makes a planned live run ready (once, before anything is sent): every pending
     /// pair is held, the plan's unsent key jobs are dropped, and `survey` jobs of its
     /// instances are queued. Idempotent; `false` for a run that is not live.

@@ -244,6 +244,9 @@ impl Store {
         .bind(&lease.token)
         .execute(&self.pool)
         .await?;
+        if state == RunState::Finished {
+            super::claims::release_finished(&self.pool, run_id).await?;
+        }
         Ok(())
     }
 

@@ -131,6 +131,22 @@ pub struct ReportRow {
     pub associate_status: Option<String>,
     pub associate_request_id: Option<String>,
     pub associate_verified: Option<String>,
+    /// A live run (`--running stop-start|force-stop`): the instance's `InstanceState`
+    /// when the run looked at it; `None` outside a live run.
+    pub power_before: Option<String>,
+    /// A live run: when the run took the instance down (UTC, RFC 3339, ms: the moment
+    /// it was counted down, just before its stop or ForceStop request); `None` for an
+    /// instance never stopped.
+    pub stopped_at: Option<String>,
+    /// A live run: when the run sent the instance's StartInstances (`None` when it
+    /// never had to: never stopped, or the cloud restarted it after a ForceStop).
+    pub started_at: Option<String>,
+    /// A live run: seconds from `stopped_at` until the run saw the instance RUNNING
+    /// again (3 decimals); `None` for an instance never stopped or not back up.
+    pub downtime_s: Option<String>,
+    /// A live run: the `InstanceState` the run last saw after the instance's cycle
+    /// (`RUNNING`; `STOPPED` for one left stopped); `None` when it was never cycled.
+    pub power_after: Option<String>,
 }
 
 impl Store {
@@ -406,8 +422,16 @@ impl Store {
                                 (SELECT group_concat(COALESCE(b.verified, '-'), ' ') FROM
                                     (SELECT verified FROM items INDEXED BY items_bind
                                      WHERE run_id = i.run_id AND bind = 1 AND region = i.region
-                                     AND instance_id = i.instance_id ORDER BY key_id) b) END
+                                     AND instance_id = i.instance_id ORDER BY key_id) b) END,
+                            p.power_before,
+                            strftime('%Y-%m-%dT%H:%M:%fZ', p.stopped_at / 1000.0, 'unixepoch'),
+                            strftime('%Y-%m-%dT%H:%M:%fZ', p.started_at / 1000.0, 'unixepoch'),
+                            CASE WHEN p.stopped_at IS NOT NULL AND p.up_at IS NOT NULL
+                                 THEN printf('%.3f', (p.up_at - p.stopped_at) / 1000.0) END,
+                            p.power_after
                      FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
+                          LEFT JOIN power p ON p.run_id = i.run_id AND p.region = i.region
+                                           AND p.instance_id = i.instance_id
                      WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
                            AND +i.bind = 0
                      ORDER BY i.id LIMIT ?5",
@@ -439,6 +463,11 @@ impl Store {
                             associate_status: row.get(12)?,
                             associate_request_id: row.get(13)?,
                             associate_verified: row.get(14)?,
+                            power_before: row.get(15)?,
+                            stopped_at: row.get(16)?,
+                            started_at: row.get(17)?,
+                            downtime_s: row.get(18)?,
+                            power_after: row.get(19)?,
                         },
                     ));
                 }

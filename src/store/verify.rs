@@ -158,6 +158,9 @@ impl Store {
         .bind(JobState::InFlight.as_str())
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 1 {
+            super::claims::release_finished(&self.pool, run_id).await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 

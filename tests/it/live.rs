@@ -81,6 +81,61 @@ async fn assert_keys_and_power(r: &Rehearsal, before: &Fleet, rules: &PowerRules
     );
 }
 
+/// The report's power columns against the simulator's own power timeline: an instance
+/// the simulator saw go down has `stopped_at`, a `downtime_s` at least as long as the
+/// simulator's (keyfleet counts from before it sends until it has seen RUNNING) and
+/// `power_after` RUNNING; `started_at` follows `stopped_at` when a start was sent (always
+/// with `stop-start`); one never taken down has them all empty and its state before.
+async fn assert_report_matches_the_power_timeline(r: &Rehearsal, before: &Fleet, starts: bool) {
+    let (code, stdout, stderr) = r.run(&["report", "--format", "json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let power = audit_power_of(&r.sim, before, &PowerRules::default());
+    let was: std::collections::BTreeMap<String, InstanceState> = before
+        .instances()
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.state))
+        .collect();
+    assert!(!report.is_empty());
+    for row in &report {
+        let instance = row["instance_id"].as_str().unwrap();
+        let text = |column: &str| row[column].as_str().map(str::to_string);
+        match power.downtime_ms.get(instance) {
+            Some(&sim_ms) => {
+                assert_eq!(text("power_before").as_deref(), Some("RUNNING"), "{row}");
+                assert_eq!(text("power_after").as_deref(), Some("RUNNING"), "{row}");
+                let stopped = text("stopped_at").expect("stopped_at");
+                assert!(stopped.ends_with('Z') && stopped.len() == 24, "{row}");
+                let downtime: f64 = text("downtime_s").unwrap().parse().unwrap();
+                assert!(
+                    downtime * 1000.0 + 1.0 >= sim_ms as f64,
+                    "{instance}: keyfleet {downtime} s < the simulator's {sim_ms} ms"
+                );
+                match text("started_at") {
+                    Some(started) => assert!(started >= stopped, "{row}"),
+                    None => assert!(!starts, "no started_at: {row}"),
+                }
+            }
+            None => {
+                for column in ["stopped_at", "started_at", "downtime_s", "power_after"] {
+                    assert!(row[column].is_null(), "{column} of {instance}: {row}");
+                }
+                let before = format!("{:?}", was[instance]).to_uppercase();
+                assert_eq!(text("power_before"), Some(before), "{row}");
+            }
+        }
+    }
+    // Every instance the simulator saw go down is in the report as stopped.
+    let stopped: std::collections::BTreeSet<&str> = report
+        .iter()
+        .filter(|row| !row["stopped_at"].is_null())
+        .map(|row| row["instance_id"].as_str().unwrap())
+        .collect();
+    let sim_down: std::collections::BTreeSet<&str> =
+        power.downtime_ms.keys().map(String::as_str).collect();
+    assert_eq!(stopped, sim_down);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_rolls_through_the_fleet_within_the_budget() {
     let before = fleet(30);
@@ -114,6 +169,7 @@ async fn stop_start_rolls_through_the_fleet_within_the_budget() {
     let power = audit_power_of(&r.sim, &before, &rules);
     assert_eq!(power.taken_down, 24, "every RUNNING instance, once");
     assert_eq!(power.max_down, 3, "the budget is used");
+    assert_report_matches_the_power_timeline(&r, &before, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +352,7 @@ async fn force_stop_in_both_readings_keeps_the_budget_and_ends_everyone_running(
             // The older reading leaves them STOPPED: keyfleet starts them.
             keyfleet::sim::ForceStopReading::LeftStopped => assert!(starts > 0, "{stderr}"),
         }
+        assert_report_matches_the_power_timeline(&r, &before, false).await;
     }
 }
 
@@ -386,4 +443,165 @@ async fn sigterm_brings_the_down_instances_back_up_before_it_exits_and_resume_fi
     assert_eq!(code, 0, "{stderr}");
     assert_keys_and_power(&r, &before, &rules).await;
     assert_eq!(audit_power_of(&r.sim, &before, &rules).taken_down, 24);
+}
+
+/// `plan` says how many instances are RUNNING and need the budget: from the input's
+/// `instance_state` column (`discover` writes it), else that the survey finds out,
+/// with the budget's rule; `plan --json` carries the number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_says_how_many_instances_are_running_and_need_the_budget() {
+    let r = Rehearsal::start(sim(power(50, 50), 8), fleet(1)).await;
+    let with_state = r.dir.path().join("discovered.csv");
+    std::fs::write(
+        &with_state,
+        format!(
+            "region,instance_id,key_id,instance_state,keys_after\n\
+             {GZ},{},{LEAK},RUNNING,1\n{GZ},{},{LEAK},STOPPED,1\n{GZ},{},{LEAK},RUNNING,1\n\
+             {GZ},{},{OTHER},RUNNING,0\n",
+            ins(0),
+            ins(1),
+            ins(2),
+            ins(2)
+        ),
+    )
+    .unwrap();
+    let path = with_state.to_str().unwrap();
+    let (code, stdout, stderr) = r.run(&["plan", path, "--json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["running"], 2, "{plan}");
+    let (code, _, stderr) = r.run(&["plan", path], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "running      2 instances RUNNING (the input's instance_state): --running fail"
+        ),
+        "{stderr}"
+    );
+    let live = [
+        "plan",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "50%",
+        "--max-down-per",
+        "zone",
+    ];
+    let (code, _, stderr) = r.run(&live, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "running      2 instances RUNNING (the input's instance_state) need the budget: at \
+             most 1 (50% of 2, rounded down, at least 1) down at once in each zone"
+        ),
+        "{stderr}"
+    );
+    // Without the column: the survey finds out; --json says null.
+    let plain = r.input("plain.csv", &rows(3));
+    let plain = plain.to_str().unwrap();
+    let (code, stdout, stderr) = r
+        .run(
+            &[
+                "plan",
+                plain,
+                "--running",
+                "stop-start",
+                "--max-down",
+                "2",
+                "--json",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(plan["running"].is_null(), "{plan}");
+    let (code, _, stderr) = r
+        .run(
+            &["plan", plain, "--running", "stop-start", "--max-down", "2"],
+            LIMIT,
+        )
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("RUNNING instances known after the survey (DescribeInstances; the input has no instance_state column): at most 2 down at once"),
+        "{stderr}"
+    );
+}
+
+/// `--max-down-per COLUMN`: the budget holds for each value of an input column (here a
+/// rack that crosses the zones), by the simulator's own power timeline; an input
+/// without the column is an error naming it, before anything is written or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_per_input_column_holds_in_every_group() {
+    let n = 18;
+    let before = fleet(n);
+    let r = Rehearsal::start(sim(power(100, 150), 9), before.clone()).await;
+    let rack = |i: usize| format!("rack-{}", i % 2);
+    let mut csv = String::from("instance_id,key_id,region,rack\n");
+    for i in 0..n {
+        csv.push_str(&format!("{},{LEAK},{GZ},{}\n", ins(i), rack(i)));
+    }
+    let input = r.dir.path().join("racks.csv");
+    std::fs::write(&input, csv).unwrap();
+    let path = input.to_str().unwrap();
+
+    let missing = r.input("no-rack.csv", &rows(n));
+    let (code, _, stderr) = r
+        .run(
+            &[
+                "run",
+                missing.to_str().unwrap(),
+                "--running",
+                "stop-start",
+                "--max-down",
+                "2",
+                "--max-down-per",
+                "rack",
+                "--progress",
+                "none",
+            ],
+            LIMIT,
+        )
+        .await;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("--max-down-per rack: the header has no rack column"),
+        "{stderr}"
+    );
+    assert!(r.sim.journal().is_empty(), "nothing was sent");
+
+    let args = [
+        "run",
+        path,
+        "--running",
+        "stop-start",
+        "--max-down",
+        "2",
+        "--max-down-per",
+        "rack",
+        "--canary",
+        "0",
+        "--progress",
+        "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("(budget 2 per rack)"), "{stderr}");
+    let groups: std::collections::BTreeMap<String, String> =
+        (0..n).map(|i| (ins(i), rack(i))).collect();
+    let rules = PowerRules {
+        max_down: 4,
+        max_down_per_group: Some((groups, 2)),
+        ..PowerRules::default()
+    };
+    assert_keys_and_power(&r, &before, &rules).await;
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert!(
+        power.max_down_per_tag_value.values().all(|&n| n <= 2)
+            && power.max_down_per_tag_value.values().any(|&n| n == 2),
+        "{:?}",
+        power.max_down_per_tag_value
+    );
 }

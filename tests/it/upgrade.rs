@@ -1122,3 +1122,124 @@ async fn migration_0012_copies_every_job_and_admits_the_template_kinds() {
             .is_empty()
     );
 }
+
+/// A database of the version before live fleets (here schema 0006, so 0007, 0010 and
+/// 0013 all apply), holding a run that version left interrupted, is opened by this
+/// version: the old run resumes to the end as it was planned (no instance stopped),
+/// and a live run then goes through the same database's RUNNING instances within its
+/// budget, its report carrying the power columns (empty on the old run's rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_before_live_fleets_migrates_resumes_and_goes_live() {
+    use keyfleet::sim::audit::{PowerRules, audit_power_of};
+    use keyfleet::sim::{Instance, InstanceState, Power};
+
+    const S: &str = "ins-5aaaaaa1";
+    const LEAK: &str = "skey-1eak0001";
+    let running: Vec<String> = (0..6).map(crate::support::ins).collect();
+    let before = running.iter().fold(
+        Fleet::new().with_keys([OTHER]).with(
+            Instance::new(S, GZ)
+                .state(InstanceState::Stopped)
+                .keys([OLD, OTHER]),
+        ),
+        |fleet, id| {
+            fleet.with(
+                Instance::new(id, GZ)
+                    .state(InstanceState::Running)
+                    .zone("ap-guangzhou-3")
+                    .keys([LEAK, OTHER]),
+            )
+        },
+    );
+    let config = SimConfig {
+        rate: 0,
+        settle_after: Duration::from_secs(3600),
+        power: Power {
+            stop_time: Duration::from_millis(100),
+            start_time: Duration::from_millis(150),
+            ..Power::default()
+        },
+        ..SimConfig::default()
+    };
+    let r = Rehearsal::start(config, before.clone()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t1 = now - 3_600_000;
+    let pool = database_before(&r.db, 7).await;
+    sqlx::query(
+        "INSERT INTO runs (id, created_at, input_path, input_sha256, options, state, rows_read, pairs,
+                           duplicates, rejected, instances, keys, regions, started_at, finished_at,
+                           stop_reason)
+         VALUES (1, ?, '/srv/keyfleet/old.csv', 'c3', ?, 'stopped', 1, 1, 0, 0, 1, 1, 1, ?, NULL,
+                 'interrupted')",
+    )
+    .bind(t1)
+    .bind(r#"{"default_region":null,"force_stop":false,"format":"csv","strict":false}"#)
+    .bind(t1 + 1_000)
+    .execute(&pool)
+    .await
+    .unwrap();
+    OldJob::queued(1, 1, "DisassociateInstancesKeyPairs", GZ, &[S], &[OLD], t1)
+        .insert(&pool)
+        .await;
+    OldItem::unbind(1, 1, "line 2", GZ, S, OLD)
+        .in_job(1)
+        .insert(&pool)
+        .await;
+    pool.close().await;
+
+    // The old run resumes as planned: nothing is stopped or started for it.
+    let (code, _, stderr) = r.run(&["resume", "1", "--progress", "none"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(r.sim.fleet().instance(S).unwrap().key_ids, [OTHER]);
+    assert!(
+        r.sim
+            .journal()
+            .iter()
+            .all(|e| e.action != "StopInstances" && e.action != "StartInstances")
+    );
+
+    // Then a live run on the migrated database.
+    let rows: Vec<_> = running
+        .iter()
+        .map(|id| (id.clone(), LEAK.to_string(), GZ.to_string()))
+        .collect();
+    let input = r.input("live.csv", &rows);
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "--running",
+        "stop-start",
+        "--max-down",
+        "2",
+        "--progress",
+        "none",
+    ];
+    let (code, _, stderr) = r.run(&args, LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rules = PowerRules {
+        max_down: 2,
+        ..PowerRules::default()
+    };
+    let power = audit_power_of(&r.sim, &before, &rules);
+    assert!(power.violations.is_empty(), "{:#?}", power.violations);
+    assert_eq!(power.taken_down, 6);
+    assert!(power.left_down.is_empty());
+    let fleet = r.sim.fleet();
+    for id in &running {
+        assert_eq!(fleet.instance(id).unwrap().key_ids, [OTHER], "{id}");
+    }
+    let (code, stdout, stderr) = r.run(&["report", "2", "--format", "json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert!(report.iter().all(|row| row["power_before"] == "RUNNING"
+        && row["power_after"] == "RUNNING"
+        && row["downtime_s"].is_string()));
+    let (code, stdout, stderr) = r.run(&["report", "1", "--format", "json"], LIMIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report[0]["status"], "succeeded");
+    assert!(report[0]["power_before"].is_null() && report[0]["stopped_at"].is_null());
+}
