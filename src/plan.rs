@@ -861,6 +861,9 @@ fn write(
         .collect();
     let look = crate::rules::ReadPayload::default().encode();
     add_jobs(&mut writer, &prechecks, JobKind::Look, Some(&look))?;
+    if items_in_index_order(built) {
+        writer.items_in_index_order();
+    }
     let mut new_keys = String::new();
     let mut first_item_id = None;
     let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
@@ -956,6 +959,24 @@ fn write(
     Ok(writer.commit()?)
 }
 
+/// Whether the items' index entries arrive in index order (see
+/// `PlanWriter::items_in_index_order`) but for at most one item in eight: pending
+/// items whose jobs never fall back in input order (as when the input is sorted by
+/// instance, or each job's pairs are consecutive). A rejected, duplicate or held item
+/// counts against, its entries landing before the pending ones.
+fn items_in_index_order(built: &Built) -> bool {
+    let mut last_job = 0;
+    let mut out_of_order = 0;
+    for item in &built.items {
+        if item.kind == Kind::Valid && item.link != HELD && item.link >= last_job {
+            last_job = item.link;
+        } else {
+            out_of_order += 1;
+        }
+    }
+    out_of_order <= built.items.len() / 8
+}
+
 /// Whether a run's input file still holds what was planned.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "input")]
@@ -1028,6 +1049,51 @@ mod tests {
 
     fn ids(prefix: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{prefix}{i:08}")).collect()
+    }
+
+    /// A large plan keeps the item indexes as it goes only when its items come in
+    /// their order (`store::plan`'s `items_in_index_order`).
+    #[test]
+    fn sorted_inputs_are_in_index_order_and_interleaved_or_rejected_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = |name: &str, rows: &mut dyn Iterator<Item = String>| {
+            let path = dir.path().join(name);
+            let mut csv = String::from("instance_id,key_id,region\n");
+            for row in rows {
+                csv.push_str(&row);
+                csv.push('\n');
+            }
+            std::fs::write(&path, csv).unwrap();
+            build(&path, &PlanOptions::default()).unwrap()
+        };
+        let row = |i: u32, k: u32| format!("ins-{i:08x},skey-{k:08x},ap-guangzhou");
+        // One key each, sorted by instance (the benchmark's wide shape).
+        let wide = built("wide.csv", &mut (0..1000).map(|i| row(i, 1)));
+        assert!(items_in_index_order(&wide));
+        // 100 keys each, instance by instance (square): a job's pairs are consecutive.
+        let square = built(
+            "square.csv",
+            &mut (0..300)
+                .flat_map(|i| (0..100).map(move |k| (i, k)))
+                .map(|(i, k)| row(i, k)),
+        );
+        assert!(square.jobs.len() > 1);
+        assert!(items_in_index_order(&square));
+        // Three key sets in turn: each row's job is another group's.
+        let interleaved = built("interleaved.csv", &mut (0..1000).map(|i| row(i, i % 3)));
+        assert!(!items_in_index_order(&interleaved));
+        // A quarter of the rows rejected.
+        let rejected = built(
+            "rejected.csv",
+            &mut (0..1000).map(|i| {
+                if i % 4 == 0 {
+                    format!("not-an-instance-{i},skey-00000001,ap-guangzhou")
+                } else {
+                    row(i, 1)
+                }
+            }),
+        );
+        assert!(!items_in_index_order(&rejected));
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! SQLite as the pool's): one prepared statement per table, items 64 to a statement
 //! (see [`open_plan_connection`] and [`ItemSink`] for why). Ids are assigned here,
 //! sequentially from the table's current maximum (safe: `BEGIN IMMEDIATE` holds the
-//! write lock), so that items can name their job and the item they duplicate. A plan
-//! at least as large as the items already stored builds two of the item indexes once
-//! at commit instead of row by row ([`deferred_indexes`]).
+//! write lock), so that items can name their job and the item they duplicate. Text
+//! values are bound in place, not copied ([`StaticStatement`]). A plan at least as
+//! large as the items already stored builds two of the item indexes once at commit
+//! instead of row by row ([`deferred_indexes`]), unless its items come in the
+//! indexes' order ([`PlanWriter::items_in_index_order`]), when keeping them as it
+//! goes costs less.
 //!
 //! Each page once: in WAL mode every page of a plan is written twice, to the WAL and
 //! again by the checkpoint. A plan that has the database to itself ([`Alone`]: this
@@ -211,8 +214,9 @@ const ITEM_VALUES: usize = 11;
 /// `INSERT`; the last partial batch row by row.
 pub struct ItemSink<'w> {
     conn: &'w rusqlite::Connection,
-    batch: rusqlite::CachedStatement<'w>,
-    single: rusqlite::CachedStatement<'w>,
+    batch: StaticStatement<'w>,
+    single: StaticStatement<'w>,
+    batch_rows: usize,
     /// The text of the buffered items, back to back; `BufferedItem`s hold ranges.
     text: String,
     buffered: Vec<BufferedItem>,
@@ -286,7 +290,7 @@ impl ItemSink<'_> {
             held: item.held,
         };
         self.buffered.push(buffered);
-        if self.buffered.len() == ITEMS_PER_INSERT {
+        if self.buffered.len() == self.batch_rows {
             self.flush()?;
         }
         Ok(id)
@@ -302,32 +306,29 @@ impl ItemSink<'_> {
         }
         let text = self.text.as_str();
         let slice = |range: (usize, usize)| &text[range.0..range.1];
-        let bind_item = |statement: &mut rusqlite::CachedStatement<'_>,
-                         first: usize,
-                         item: &BufferedItem|
-         -> rusqlite::Result<()> {
-            statement.raw_bind_parameter(first, slice(item.position))?;
-            statement.raw_bind_parameter(first + 1, item.region.map(slice))?;
-            statement.raw_bind_parameter(first + 2, item.instance_id.map(slice))?;
-            statement.raw_bind_parameter(first + 3, item.key_id.map(slice))?;
-            statement.raw_bind_parameter(first + 4, item.status)?;
-            statement.raw_bind_parameter(first + 5, item.duplicate_of)?;
-            statement.raw_bind_parameter(first + 6, item.reason.map(slice))?;
-            statement.raw_bind_parameter(first + 7, item.job_id)?;
-            statement.raw_bind_parameter(first + 8, item.bind)?;
-            statement.raw_bind_parameter(first + 9, item.new_key_id.map(slice))?;
-            statement.raw_bind_parameter(first + 10, item.held)?;
-            Ok(())
+        let text_of =
+            |range: Option<(usize, usize)>| range.map_or(Value::Null, |r| Value::Text(slice(r)));
+        let int_of = |n: Option<i64>| n.map_or(Value::Null, Value::Int);
+        let values = |item: &BufferedItem| -> [Value<'_>; ITEM_VALUES] {
+            [
+                Value::Text(slice(item.position)),
+                text_of(item.region),
+                text_of(item.instance_id),
+                text_of(item.key_id),
+                Value::Text(item.status),
+                int_of(item.duplicate_of),
+                text_of(item.reason),
+                int_of(item.job_id),
+                Value::Int(i64::from(item.bind)),
+                text_of(item.new_key_id),
+                Value::Int(i64::from(item.held)),
+            ]
         };
-        if self.buffered.len() == ITEMS_PER_INSERT {
-            for (n, item) in self.buffered.iter().enumerate() {
-                bind_item(&mut self.batch, n * ITEM_VALUES + 1, item)?;
-            }
-            self.batch.raw_execute()?;
+        if self.buffered.len() == self.batch_rows {
+            self.batch.execute(self.buffered.iter().flat_map(values))?;
         } else {
             for item in &self.buffered {
-                bind_item(&mut self.single, 1, item)?;
-                self.single.raw_execute()?;
+                self.single.execute(values(item).into_iter())?;
             }
         }
         let last = *self.next_id + self.buffered.len() as i64 - 1;
@@ -344,6 +345,126 @@ impl ItemSink<'_> {
     }
 }
 
+/// A value bound to a [`StaticStatement`].
+#[derive(Debug, Clone, Copy)]
+enum Value<'v> {
+    Null,
+    Int(i64),
+    Text(&'v str),
+}
+
+/// A prepared statement whose text values are bound in place (`SQLITE_STATIC`), not
+/// copied: rusqlite binds every text as `SQLITE_TRANSIENT`, a copy into memory SQLite
+/// allocates and frees again, which cost about a tenth of a plan's instructions
+/// (docs/BENCHMARKS.md). Safe to use: [`StaticStatement::execute`] binds, steps and
+/// unbinds within one call, so no bound text outlives the borrow it came from.
+struct StaticStatement<'c> {
+    raw: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
+    /// The connection the statement was prepared on; it outlives the statement.
+    conn: &'c rusqlite::Connection,
+}
+
+impl<'c> StaticStatement<'c> {
+    fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> rusqlite::Result<Self> {
+        use rusqlite::ffi;
+        let mut raw = std::ptr::null_mut();
+        let len = std::ffi::c_int::try_from(sql.len()).map_err(|_| {
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
+        })?;
+        // SAFETY: the handle is `conn`'s, open for at least 'c; `sql` is valid for
+        // `len` bytes (SQLite reads no further: the length is given); `raw` receives
+        // the statement, finalized in `Drop` before 'c ends.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                conn.handle(),
+                sql.as_ptr().cast(),
+                len,
+                ffi::SQLITE_PREPARE_PERSISTENT as std::ffi::c_uint,
+                &mut raw,
+                std::ptr::null_mut(),
+            )
+        };
+        let statement = std::ptr::NonNull::new(raw);
+        match (rc, statement) {
+            (ffi::SQLITE_OK, Some(raw)) => Ok(StaticStatement { raw, conn }),
+            _ => Err(last_error(conn, rc)),
+        }
+    }
+
+    /// Binds `values` to the parameters 1, 2, ... in order, runs the statement to its
+    /// end (an `INSERT`: no rows), and resets and unbinds it.
+    fn execute<'v>(&mut self, values: impl Iterator<Item = Value<'v>>) -> rusqlite::Result<()> {
+        use rusqlite::ffi;
+        let stmt = self.raw.as_ptr();
+        let mut rc = ffi::SQLITE_OK;
+        for (n, value) in values.enumerate() {
+            let index = std::ffi::c_int::try_from(n + 1).unwrap_or(std::ffi::c_int::MAX);
+            // SAFETY: `stmt` is a live statement of this connection; a text is bound
+            // with SQLITE_STATIC, valid for as long as `values`' borrow, which lasts
+            // past the `sqlite3_clear_bindings` below (the last use of the pointer).
+            rc = unsafe {
+                match value {
+                    Value::Null => ffi::sqlite3_bind_null(stmt, index),
+                    Value::Int(v) => ffi::sqlite3_bind_int64(stmt, index, v),
+                    Value::Text(v) => ffi::sqlite3_bind_text(
+                        stmt,
+                        index,
+                        v.as_ptr().cast(),
+                        std::ffi::c_int::try_from(v.len()).unwrap_or(-1),
+                        ffi::SQLITE_STATIC(),
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+        }
+        if rc == ffi::SQLITE_OK {
+            // SAFETY: as above; every parameter is bound.
+            rc = unsafe { ffi::sqlite3_step(stmt) };
+            if rc == ffi::SQLITE_DONE {
+                rc = ffi::SQLITE_OK;
+            }
+        }
+        let error = (rc != ffi::SQLITE_OK).then(|| last_error(self.conn, rc));
+        // SAFETY: `stmt` is live; after these no text pointer of `values` is bound.
+        unsafe {
+            ffi::sqlite3_reset(stmt);
+            ffi::sqlite3_clear_bindings(stmt);
+        }
+        error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for StaticStatement<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement is live and finalized once, here, while its
+        // connection is still open (it is borrowed for 'c).
+        unsafe {
+            rusqlite::ffi::sqlite3_finalize(self.raw.as_ptr());
+        }
+    }
+}
+
+/// The connection's last error, as rusqlite reports one.
+fn last_error(conn: &rusqlite::Connection, rc: std::ffi::c_int) -> rusqlite::Error {
+    // SAFETY: the handle is `conn`'s and open; the message is copied at once.
+    let message = unsafe {
+        let text = rusqlite::ffi::sqlite3_errmsg(conn.handle());
+        (!text.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let code = if rc == rusqlite::ffi::SQLITE_OK {
+        rusqlite::ffi::SQLITE_ERROR
+    } else {
+        rc
+    };
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), message)
+}
+
 /// A plan being written. Dropping it without [`PlanWriter::commit`] closes its
 /// connection, which rolls everything back.
 pub struct PlanWriter {
@@ -353,6 +474,14 @@ pub struct PlanWriter {
     alone: Option<Alone>,
     /// `CREATE INDEX` statements of the indexes dropped for this plan, run at commit.
     deferred_indexes: Vec<String>,
+    /// Items the run row counts, and the largest item id stored before this plan:
+    /// what [`deferred_indexes`] decides by, at the first [`PlanWriter::add_items`].
+    expected_items: i64,
+    existing_items: i64,
+    /// Set by [`PlanWriter::items_in_index_order`]: the indexes are kept as the items go.
+    in_index_order: bool,
+    /// Whether the first [`PlanWriter::add_items`] has decided on deferring.
+    indexes_decided: bool,
     run_id: i64,
     created_at: i64,
     next_job_id: i64,
@@ -407,6 +536,17 @@ impl PlanWriter {
         Ok(id)
     }
 
+    /// Says that the items to come arrive in the order of the item indexes' entries
+    /// (`items_job`: job ids never falling; `items_run`: run, status and bind flag
+    /// alike), but for a few. Then a large plan keeps the indexes as it goes instead of
+    /// building them again at commit: each entry lands after the last one, where
+    /// SQLite's index cursor already is (no descent from the root while a statement's
+    /// rows are inserted), which costs less than the sort of a rebuild. Call it before
+    /// [`PlanWriter::add_items`].
+    pub fn items_in_index_order(&mut self) {
+        self.in_index_order = true;
+    }
+
     /// Adds items through `fill`, which calls [`ItemSink::add`] once per item, in
     /// input order. Every job an item names must have been added first.
     ///
@@ -416,20 +556,25 @@ impl PlanWriter {
         &mut self,
         fill: impl FnOnce(&mut ItemSink<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let batch = self
-            .conn
-            .prepare_cached(&item_insert(self.run_id, ITEMS_PER_INSERT))
+        if !self.indexes_decided {
+            self.indexes_decided = true;
+            if !self.in_index_order {
+                self.deferred_indexes =
+                    deferred_indexes(&self.conn, self.expected_items, self.existing_items)?;
+            }
+        }
+        let batch_rows = ITEMS_PER_INSERT;
+        let batch = StaticStatement::prepare(&self.conn, &item_insert(self.run_id, batch_rows))
             .map_err(StoreError::from)?;
-        let single = self
-            .conn
-            .prepare_cached(&item_insert(self.run_id, 1))
+        let single = StaticStatement::prepare(&self.conn, &item_insert(self.run_id, 1))
             .map_err(StoreError::from)?;
         let mut sink = ItemSink {
             conn: &self.conn,
             batch,
             single,
+            batch_rows,
             text: String::new(),
-            buffered: Vec::with_capacity(ITEMS_PER_INSERT),
+            buffered: Vec::with_capacity(batch_rows),
             run_id: self.run_id,
             next_id: &mut self.next_item_id,
         };
@@ -505,7 +650,9 @@ fn restore_wal(conn: &rusqlite::Connection) {
 /// entries one by one; returns their `CREATE INDEX` statements, as stored in the
 /// schema (so whatever a migration made them, they come back the same).
 ///
-/// Why: each item's index entry is a descent from the root of each index; `CREATE
+/// Why: an item's index entry out of order is a descent from the root of each index
+/// (in order, SQLite finds the cursor already in place: see
+/// [`PlanWriter::items_in_index_order`], which skips this); `CREATE
 /// INDEX` sorts the entries once and fills its pages left to right, full. Rebuilding
 /// costs in proportion to every item in the table, so only a plan at least as large as
 /// what the table already holds (`existing_items`, an upper bound: the largest id)
@@ -681,11 +828,14 @@ impl Store {
         let expected_items = as_i64(run.pairs)
             .saturating_add(as_i64(run.duplicates))
             .saturating_add(as_i64(run.rejected));
-        let deferred_indexes = deferred_indexes(&conn, expected_items, next_item_id - 1)?;
         Ok(Begin::New(PlanWriter {
             conn,
             alone,
-            deferred_indexes,
+            deferred_indexes: Vec::new(),
+            expected_items,
+            existing_items: next_item_id - 1,
+            in_index_order: false,
+            indexes_decided: false,
             run_id,
             created_at,
             next_job_id,
@@ -917,6 +1067,47 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(by_index, large as i64);
+
+        // Items said to come in index order: the indexes are kept as they go, whole.
+        let Begin::New(mut writer) = store
+            .begin_plan(&NewRun {
+                pairs: large,
+                ..run("cc")
+            })
+            .unwrap()
+        else {
+            panic!("a new input")
+        };
+        writer.items_in_index_order();
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for n in 0..large {
+                    let position = format!("line {}", n + 2);
+                    sink.add(NewItem {
+                        position: &position,
+                        action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                        region: Some("ap-guangzhou"),
+                        instance_id: Some("ins-00000001"),
+                        key_id: Some("skey-00000001"),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: None,
+                        new_key_id: None,
+                        held: false,
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(writer.deferred_indexes.is_empty(), "nothing dropped");
+        writer.commit().unwrap();
+        assert_eq!(item_indexes(&store).await, indexes);
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(ok, "ok");
 
         // A plan smaller than what is stored keeps the indexes as it goes.
         let conn = open_plan_connection(&store).unwrap();
