@@ -815,8 +815,9 @@ fn position_of(built: &Built, item: &Item) -> Position {
 /// Writes the plan through `writer` and commits. Blocking: runs in `spawn_blocking`.
 ///
 /// One reused buffer per text column: the million items of a large plan are
-/// written without allocating. `built` is freed before the commit, which may sort
-/// the item indexes in memory (`store::plan`): the two never add up in the peak RSS.
+/// written without allocating. `owned`, the plan in memory, is freed before the
+/// commit, which may sort the item indexes in memory (`store::plan`): the two never
+/// add up in the peak RSS.
 fn write(
     mut writer: crate::store::plan::PlanWriter,
     owned: Built,
