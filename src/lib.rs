@@ -49,7 +49,8 @@
 //!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
 //!   run's power rows. Every operation is a `Store` method, grouped by file:
 //!   `store::states` checks the stored words against the schema; `store::plan` writes a
-//!   plan in one transaction (on a rusqlite connection of its own); `store::report` reads
+//!   plan in one transaction (on a rusqlite connection of its own; through a rollback
+//!   journal, each page once, when it has the database to itself); `store::report` reads
 //!   runs back; `store::rates` the achieved rate and throttles per API and endpoint;
 //!   `store::queue` the executor's lease, due jobs and counts; `store::outcome` the
 //!   group-committed attempt starts and outcomes (`Store::apply`); `store::follow`

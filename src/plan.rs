@@ -24,7 +24,7 @@ use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::input::{self, Field, Format, InputError, InputRow, Position, PositionKind, RowContent};
 use crate::states::JobKind;
-use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun};
+use crate::store::plan::{Begin, ItemStatus, NewItem, NewJob, NewRun, PlanJournal};
 use crate::store::report::RunSummary;
 use crate::store::{Store, StoreError};
 
@@ -844,11 +844,14 @@ pub async fn plan_input(
     }
     let options_json = canonical_options(options, built.format);
     let input_path = stored_input_path(path);
+    // A new run's pages written once, when nothing else has the database open
+    // (store::plan's `Alone`); else through the WAL.
+    let alone = store.claim_for_plan().await?;
     let writing = {
         let store = store.clone();
         let force_stop = options.force_stop;
         // SQLite calls block: the whole write runs on a blocking thread, `built` moved in.
-        tokio::task::spawn_blocking(move || -> Result<(i64, bool), PlanError> {
+        tokio::task::spawn_blocking(move || -> Result<(i64, Option<PlanJournal>), PlanError> {
             let run = NewRun {
                 input_path: &input_path,
                 input_sha256: &built.sha256,
@@ -861,19 +864,24 @@ pub async fn plan_input(
                 keys: built.keys,
                 regions: built.regions.len() as u64,
             };
-            match store.begin_plan(&run)? {
-                Begin::Existing(id) => Ok((id, true)),
-                Begin::New(writer) => Ok((write(writer, &built, force_stop)?, false)),
+            match store.begin_plan_alone(&run, alone)? {
+                Begin::Existing(id) => Ok((id, None)),
+                Begin::New(writer) => {
+                    let journal = writer.journal();
+                    Ok((write(writer, built, force_stop)?, Some(journal)))
+                }
             }
         })
     };
-    let (run_id, existing) = match writing.await {
+    let (run_id, journal) = match writing.await {
         Ok(written) => written?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
-    if !existing {
+    let existing = journal.is_none();
+    if let Some(journal) = journal {
         tracing::info!(
             run_id,
+            ?journal,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "plan committed"
         );
@@ -916,12 +924,15 @@ fn position_of(built: &Built, item: &Item) -> Position {
 /// Writes the plan through `writer` and commits. Blocking: runs in `spawn_blocking`.
 ///
 /// One reused buffer per text column: the million items of a large plan are
-/// written without allocating.
+/// written without allocating. `owned`, the plan in memory, is freed before the
+/// commit, which may sort the item indexes in memory (`store::plan`): the two never
+/// add up in the peak RSS.
 fn write(
     mut writer: crate::store::plan::PlanWriter,
-    built: &Built,
+    owned: Built,
     force_stop: bool,
 ) -> Result<i64, PlanError> {
+    let built = &owned;
     use std::fmt::Write as _;
     let mut instance_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
     let mut key_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
@@ -960,6 +971,9 @@ fn write(
         .collect();
     let look = crate::rules::ReadPayload::default().encode();
     add_jobs(&mut writer, &prechecks, JobKind::Look, Some(&look))?;
+    if items_in_index_order(built) {
+        writer.items_in_index_order();
+    }
     let mut new_keys = String::new();
     let mut first_item_id = None;
     let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
@@ -1051,7 +1065,26 @@ fn write(
         }
         Ok(())
     })?;
+    drop(owned);
     Ok(writer.commit()?)
+}
+
+/// Whether the items' index entries arrive in index order (see
+/// `PlanWriter::items_in_index_order`) but for at most one item in eight: pending
+/// items whose jobs never fall back in input order (as when the input is sorted by
+/// instance, or each job's pairs are consecutive). A rejected, duplicate or held item
+/// counts against, its entries landing before the pending ones.
+fn items_in_index_order(built: &Built) -> bool {
+    let mut last_job = 0;
+    let mut out_of_order = 0;
+    for item in &built.items {
+        if item.kind == Kind::Valid && item.link != HELD && item.link >= last_job {
+            last_job = item.link;
+        } else {
+            out_of_order += 1;
+        }
+    }
+    out_of_order <= built.items.len() / 8
 }
 
 /// Whether a run's input file still holds what was planned.
@@ -1126,6 +1159,51 @@ mod tests {
 
     fn ids(prefix: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{prefix}{i:08}")).collect()
+    }
+
+    /// A large plan keeps the item indexes as it goes only when its items come in
+    /// their order (`store::plan`'s `items_in_index_order`).
+    #[test]
+    fn sorted_inputs_are_in_index_order_and_interleaved_or_rejected_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = |name: &str, rows: &mut dyn Iterator<Item = String>| {
+            let path = dir.path().join(name);
+            let mut csv = String::from("instance_id,key_id,region\n");
+            for row in rows {
+                csv.push_str(&row);
+                csv.push('\n');
+            }
+            std::fs::write(&path, csv).unwrap();
+            build(&path, &PlanOptions::default()).unwrap()
+        };
+        let row = |i: u32, k: u32| format!("ins-{i:08x},skey-{k:08x},ap-guangzhou");
+        // One key each, sorted by instance (the benchmark's wide shape).
+        let wide = built("wide.csv", &mut (0..1000).map(|i| row(i, 1)));
+        assert!(items_in_index_order(&wide));
+        // 100 keys each, instance by instance (square): a job's pairs are consecutive.
+        let square = built(
+            "square.csv",
+            &mut (0..300)
+                .flat_map(|i| (0..100).map(move |k| (i, k)))
+                .map(|(i, k)| row(i, k)),
+        );
+        assert!(square.jobs.len() > 1);
+        assert!(items_in_index_order(&square));
+        // Three key sets in turn: each row's job is another group's.
+        let interleaved = built("interleaved.csv", &mut (0..1000).map(|i| row(i, i % 3)));
+        assert!(!items_in_index_order(&interleaved));
+        // A quarter of the rows rejected.
+        let rejected = built(
+            "rejected.csv",
+            &mut (0..1000).map(|i| {
+                if i % 4 == 0 {
+                    format!("not-an-instance-{i},skey-00000001,ap-guangzhou")
+                } else {
+                    row(i, 1)
+                }
+            }),
+        );
+        assert!(!items_in_index_order(&rejected));
     }
 
     #[test]

@@ -155,6 +155,13 @@ impl Store {
             // that a local file never needs: a broken SQLite connection fails its
             // next statement just as clearly.
             .test_before_acquire(false)
+            // Connections stay open for the Store's life (sqlx closes idle ones after
+            // 10 min and old ones after 30 by default): while this process has the
+            // database open, another process's large plan cannot take it for itself
+            // (`store::plan`'s rollback journal), and this one never has to reconnect
+            // into a database that such a plan holds.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await
             .map_err(open_err)?;

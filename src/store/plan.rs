@@ -5,9 +5,19 @@
 //! SQLite as the pool's): one prepared statement per table, items 64 to a statement
 //! (see [`open_plan_connection`] and [`ItemSink`] for why). Ids are assigned here,
 //! sequentially from the table's current maximum (safe: `BEGIN IMMEDIATE` holds the
-//! write lock), so that items can name their job and the item they duplicate. A plan
-//! at least as large as the items already stored builds two of the item indexes once
-//! at commit instead of row by row ([`deferred_indexes`]).
+//! write lock), so that items can name their job and the item they duplicate. Text
+//! values are bound in place, not copied ([`StaticStatement`]). A plan at least as
+//! large as the items already stored builds two of the item indexes once at commit
+//! instead of row by row ([`deferred_indexes`]), unless its items come in the
+//! indexes' order ([`PlanWriter::items_in_index_order`]), when keeping them as it
+//! goes costs less.
+//!
+//! Each page once: in WAL mode every page of a plan is written twice, to the WAL and
+//! again by the checkpoint. A plan that has the database to itself ([`Alone`]: this
+//! process's pool parked, no other connection open, no other keyfleet process able
+//! to open it meanwhile) writes through a rollback journal instead, where the pages a
+//! plan appends past the end of the file need no journal at all, and puts WAL back
+//! at commit.
 
 use std::fmt;
 
@@ -20,8 +30,9 @@ use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
 const PLAN_CACHE_KIB: i64 = 32 * 1024;
 
 /// The page cache while deferred indexes are built at commit, in KiB (see
-/// [`PlanWriter::commit`]).
-const INDEX_BUILD_CACHE_KIB: i64 = 8 * 1024;
+/// [`PlanWriter::commit`]): also the memory `CREATE INDEX` sorts in before it
+/// spills to temporary files.
+const INDEX_BUILD_CACHE_KIB: i64 = 64 * 1024;
 
 /// The indexes on `items` that a large plan builds once, after its rows, instead of
 /// inserting into them row by row (see [`deferred_indexes`]). The partial indexes
@@ -34,6 +45,35 @@ const DEFERRABLE_INDEXES: [&str; 2] = ["items_run", "items_job"];
 const DEFER_INDEXES_FROM_ITEMS: i64 = 20_000;
 
 pub use super::states::ItemStatus;
+
+/// How long [`Store::claim_for_plan`] waits for this process's pool connections to
+/// come back idle before the plan goes through the WAL instead.
+const PARK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The database to one plan alone, from [`Store::claim_for_plan`] to the plan's
+/// commit (or its drop): no connection of this process's pool is open, and
+/// `<db>-migrate.lock` is held, which every keyfleet process takes to open the
+/// database (`Store::open`), so none connects meanwhile: its open waits, up to
+/// [`super::MIGRATE_LOCK_WAIT`], and then names this process. Whether any other
+/// connection is still open (another process that opened the database earlier, or a
+/// `sqlite3` shell) is only known when the plan tries to leave WAL mode, which SQLite
+/// refuses then; the plan goes through the WAL instead.
+#[derive(Debug)]
+pub struct Alone {
+    /// Held (`flock`) until dropped; the kernel lets go if the process is killed.
+    _lock: std::fs::File,
+}
+
+/// How a plan's pages reach the database file (see [`PlanWriter::journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanJournal {
+    /// Through the WAL, then the checkpoint: each page twice. Another connection was
+    /// open, or the plan did not have the database to itself.
+    Wal,
+    /// Through a rollback journal (`journal_mode=DELETE`), WAL put back at commit:
+    /// each new page once.
+    Rollback,
+}
 
 /// The run row of a new plan.
 #[derive(Debug, Clone)]
@@ -138,6 +178,23 @@ fn open_plan_connection(store: &Store) -> Result<rusqlite::Connection, StoreErro
     Ok(conn)
 }
 
+/// Writes `pid N on HOST, writing a plan` into the lock just taken: what another
+/// process's open, waiting on it, reports (`StoreError::MigrationLocked`).
+#[cfg(unix)]
+fn record_planner(mut file: &std::fs::File) {
+    use std::io::{Seek, Write};
+    let text = format!(
+        "pid {} on {}, writing a plan\n",
+        std::process::id(),
+        super::queue::hostname()
+    );
+    // Best effort: a lock without its holder's name still locks.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(text.as_bytes()));
+}
+
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -157,8 +214,9 @@ const ITEM_VALUES: usize = 11;
 /// `INSERT`; the last partial batch row by row.
 pub struct ItemSink<'w> {
     conn: &'w rusqlite::Connection,
-    batch: rusqlite::CachedStatement<'w>,
-    single: rusqlite::CachedStatement<'w>,
+    batch: StaticStatement<'w>,
+    single: StaticStatement<'w>,
+    batch_rows: usize,
     /// The text of the buffered items, back to back; `BufferedItem`s hold ranges.
     text: String,
     buffered: Vec<BufferedItem>,
@@ -232,7 +290,7 @@ impl ItemSink<'_> {
             held: item.held,
         };
         self.buffered.push(buffered);
-        if self.buffered.len() == ITEMS_PER_INSERT {
+        if self.buffered.len() == self.batch_rows {
             self.flush()?;
         }
         Ok(id)
@@ -248,32 +306,29 @@ impl ItemSink<'_> {
         }
         let text = self.text.as_str();
         let slice = |range: (usize, usize)| &text[range.0..range.1];
-        let bind_item = |statement: &mut rusqlite::CachedStatement<'_>,
-                         first: usize,
-                         item: &BufferedItem|
-         -> rusqlite::Result<()> {
-            statement.raw_bind_parameter(first, slice(item.position))?;
-            statement.raw_bind_parameter(first + 1, item.region.map(slice))?;
-            statement.raw_bind_parameter(first + 2, item.instance_id.map(slice))?;
-            statement.raw_bind_parameter(first + 3, item.key_id.map(slice))?;
-            statement.raw_bind_parameter(first + 4, item.status)?;
-            statement.raw_bind_parameter(first + 5, item.duplicate_of)?;
-            statement.raw_bind_parameter(first + 6, item.reason.map(slice))?;
-            statement.raw_bind_parameter(first + 7, item.job_id)?;
-            statement.raw_bind_parameter(first + 8, item.bind)?;
-            statement.raw_bind_parameter(first + 9, item.new_key_id.map(slice))?;
-            statement.raw_bind_parameter(first + 10, item.held)?;
-            Ok(())
+        let text_of =
+            |range: Option<(usize, usize)>| range.map_or(Value::Null, |r| Value::Text(slice(r)));
+        let int_of = |n: Option<i64>| n.map_or(Value::Null, Value::Int);
+        let values = |item: &BufferedItem| -> [Value<'_>; ITEM_VALUES] {
+            [
+                Value::Text(slice(item.position)),
+                text_of(item.region),
+                text_of(item.instance_id),
+                text_of(item.key_id),
+                Value::Text(item.status),
+                int_of(item.duplicate_of),
+                text_of(item.reason),
+                int_of(item.job_id),
+                Value::Int(i64::from(item.bind)),
+                text_of(item.new_key_id),
+                Value::Int(i64::from(item.held)),
+            ]
         };
-        if self.buffered.len() == ITEMS_PER_INSERT {
-            for (n, item) in self.buffered.iter().enumerate() {
-                bind_item(&mut self.batch, n * ITEM_VALUES + 1, item)?;
-            }
-            self.batch.raw_execute()?;
+        if self.buffered.len() == self.batch_rows {
+            self.batch.execute(self.buffered.iter().flat_map(values))?;
         } else {
             for item in &self.buffered {
-                bind_item(&mut self.single, 1, item)?;
-                self.single.raw_execute()?;
+                self.single.execute(values(item).into_iter())?;
             }
         }
         let last = *self.next_id + self.buffered.len() as i64 - 1;
@@ -290,12 +345,143 @@ impl ItemSink<'_> {
     }
 }
 
+/// A value bound to a [`StaticStatement`].
+#[derive(Debug, Clone, Copy)]
+enum Value<'v> {
+    Null,
+    Int(i64),
+    Text(&'v str),
+}
+
+/// A prepared statement whose text values are bound in place (`SQLITE_STATIC`), not
+/// copied: rusqlite binds every text as `SQLITE_TRANSIENT`, a copy into memory SQLite
+/// allocates and frees again, which cost about a tenth of a plan's instructions
+/// (docs/BENCHMARKS.md). Safe to use: [`StaticStatement::execute`] binds, steps and
+/// unbinds within one call, so no bound text outlives the borrow it came from.
+struct StaticStatement<'c> {
+    raw: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
+    /// The connection the statement was prepared on; it outlives the statement.
+    conn: &'c rusqlite::Connection,
+}
+
+impl<'c> StaticStatement<'c> {
+    fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> rusqlite::Result<Self> {
+        use rusqlite::ffi;
+        let mut raw = std::ptr::null_mut();
+        let len = std::ffi::c_int::try_from(sql.len()).map_err(|_| {
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
+        })?;
+        // SAFETY: the handle is `conn`'s, open for at least 'c; `sql` is valid for
+        // `len` bytes (SQLite reads no further: the length is given); `raw` receives
+        // the statement, finalized in `Drop` before 'c ends.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                conn.handle(),
+                sql.as_ptr().cast(),
+                len,
+                ffi::SQLITE_PREPARE_PERSISTENT as std::ffi::c_uint,
+                &mut raw,
+                std::ptr::null_mut(),
+            )
+        };
+        let statement = std::ptr::NonNull::new(raw);
+        match (rc, statement) {
+            (ffi::SQLITE_OK, Some(raw)) => Ok(StaticStatement { raw, conn }),
+            _ => Err(last_error(conn, rc)),
+        }
+    }
+
+    /// Binds `values` to the parameters 1, 2, ... in order, runs the statement to its
+    /// end (an `INSERT`: no rows), and resets and unbinds it.
+    fn execute<'v>(&mut self, values: impl Iterator<Item = Value<'v>>) -> rusqlite::Result<()> {
+        use rusqlite::ffi;
+        let stmt = self.raw.as_ptr();
+        let mut rc = ffi::SQLITE_OK;
+        for (n, value) in values.enumerate() {
+            let index = std::ffi::c_int::try_from(n + 1).unwrap_or(std::ffi::c_int::MAX);
+            // SAFETY: `stmt` is a live statement of this connection; a text is bound
+            // with SQLITE_STATIC, valid for as long as `values`' borrow, which lasts
+            // past the `sqlite3_clear_bindings` below (the last use of the pointer).
+            rc = unsafe {
+                match value {
+                    Value::Null => ffi::sqlite3_bind_null(stmt, index),
+                    Value::Int(v) => ffi::sqlite3_bind_int64(stmt, index, v),
+                    Value::Text(v) => ffi::sqlite3_bind_text(
+                        stmt,
+                        index,
+                        v.as_ptr().cast(),
+                        std::ffi::c_int::try_from(v.len()).unwrap_or(-1),
+                        ffi::SQLITE_STATIC(),
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+        }
+        if rc == ffi::SQLITE_OK {
+            // SAFETY: as above; every parameter is bound.
+            rc = unsafe { ffi::sqlite3_step(stmt) };
+            if rc == ffi::SQLITE_DONE {
+                rc = ffi::SQLITE_OK;
+            }
+        }
+        let error = (rc != ffi::SQLITE_OK).then(|| last_error(self.conn, rc));
+        // SAFETY: `stmt` is live; after these no text pointer of `values` is bound.
+        unsafe {
+            ffi::sqlite3_reset(stmt);
+            ffi::sqlite3_clear_bindings(stmt);
+        }
+        error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for StaticStatement<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement is live and finalized once, here, while its
+        // connection is still open (it is borrowed for 'c).
+        unsafe {
+            rusqlite::ffi::sqlite3_finalize(self.raw.as_ptr());
+        }
+    }
+}
+
+/// The connection's last error, as rusqlite reports one.
+fn last_error(conn: &rusqlite::Connection, rc: std::ffi::c_int) -> rusqlite::Error {
+    // SAFETY: the handle is `conn`'s and open; the message is copied at once.
+    let message = unsafe {
+        let text = rusqlite::ffi::sqlite3_errmsg(conn.handle());
+        (!text.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let code = if rc == rusqlite::ffi::SQLITE_OK {
+        rusqlite::ffi::SQLITE_ERROR
+    } else {
+        rc
+    };
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), message)
+}
+
 /// A plan being written. Dropping it without [`PlanWriter::commit`] closes its
 /// connection, which rolls everything back.
 pub struct PlanWriter {
     conn: rusqlite::Connection,
+    /// Declared after `conn`, so dropped after it: the database is another's again
+    /// only once this plan's connection (and its transaction) is gone.
+    alone: Option<Alone>,
     /// `CREATE INDEX` statements of the indexes dropped for this plan, run at commit.
     deferred_indexes: Vec<String>,
+    /// Items the run row counts, and the largest item id stored before this plan:
+    /// what [`deferred_indexes`] decides by, at the first [`PlanWriter::add_items`].
+    expected_items: i64,
+    existing_items: i64,
+    /// Set by [`PlanWriter::items_in_index_order`]: the indexes are kept as the items go.
+    in_index_order: bool,
+    /// Whether the first [`PlanWriter::add_items`] has decided on deferring.
+    indexes_decided: bool,
     run_id: i64,
     created_at: i64,
     next_job_id: i64,
@@ -316,6 +502,15 @@ impl PlanWriter {
     /// The new run's id.
     pub fn run_id(&self) -> i64 {
         self.run_id
+    }
+
+    /// Whether this plan writes through the WAL or a rollback journal.
+    pub fn journal(&self) -> PlanJournal {
+        if self.alone.is_some() {
+            PlanJournal::Rollback
+        } else {
+            PlanJournal::Wal
+        }
     }
 
     /// Adds a job; returns its id. Ids are consecutive in call order.
@@ -341,6 +536,17 @@ impl PlanWriter {
         Ok(id)
     }
 
+    /// Says that the items to come arrive in the order of the item indexes' entries
+    /// (`items_job`: job ids never falling; `items_run`: run, status and bind flag
+    /// alike), but for a few. Then a large plan keeps the indexes as it goes instead of
+    /// building them again at commit: each entry lands after the last one, where
+    /// SQLite's index cursor already is (no descent from the root while a statement's
+    /// rows are inserted), which costs less than the sort of a rebuild. Call it before
+    /// [`PlanWriter::add_items`].
+    pub fn items_in_index_order(&mut self) {
+        self.in_index_order = true;
+    }
+
     /// Adds items through `fill`, which calls [`ItemSink::add`] once per item, in
     /// input order. Every job an item names must have been added first.
     ///
@@ -350,20 +556,25 @@ impl PlanWriter {
         &mut self,
         fill: impl FnOnce(&mut ItemSink<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let batch = self
-            .conn
-            .prepare_cached(&item_insert(self.run_id, ITEMS_PER_INSERT))
+        if !self.indexes_decided {
+            self.indexes_decided = true;
+            if !self.in_index_order {
+                self.deferred_indexes =
+                    deferred_indexes(&self.conn, self.expected_items, self.existing_items)?;
+            }
+        }
+        let batch_rows = ITEMS_PER_INSERT;
+        let batch = StaticStatement::prepare(&self.conn, &item_insert(self.run_id, batch_rows))
             .map_err(StoreError::from)?;
-        let single = self
-            .conn
-            .prepare_cached(&item_insert(self.run_id, 1))
+        let single = StaticStatement::prepare(&self.conn, &item_insert(self.run_id, 1))
             .map_err(StoreError::from)?;
         let mut sink = ItemSink {
             conn: &self.conn,
             batch,
             single,
+            batch_rows,
             text: String::new(),
-            buffered: Vec::with_capacity(ITEMS_PER_INSERT),
+            buffered: Vec::with_capacity(batch_rows),
             run_id: self.run_id,
             next_id: &mut self.next_item_id,
         };
@@ -376,8 +587,10 @@ impl PlanWriter {
     pub fn commit(self) -> Result<i64, StoreError> {
         if !self.deferred_indexes.is_empty() {
             // `CREATE INDEX` sorts in memory up to the page cache's size, then in
-            // temporary files: a smaller cache keeps the sort's memory small (a
-            // million items: 20 MB instead of 80 MB) for about the same time.
+            // temporary files. The planner frees its in-memory plan before the
+            // commit (`plan::write`), so a million items' sort fits in memory
+            // without raising the peak RSS (152 MB either way), and the 25 MB of
+            // temporary files are not written (docs/BENCHMARKS.md).
             self.conn
                 .execute_batch(&format!("PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}"))?;
         }
@@ -385,8 +598,50 @@ impl PlanWriter {
             self.conn.execute_batch(create)?;
         }
         self.conn.execute_batch("COMMIT")?;
-        self.conn.close().map_err(|(_, err)| err)?;
-        Ok(self.run_id)
+        if self.alone.is_some() {
+            restore_wal(&self.conn);
+        }
+        let PlanWriter {
+            conn,
+            alone,
+            run_id,
+            ..
+        } = self;
+        conn.close().map_err(|(_, err)| err)?;
+        drop(alone);
+        Ok(run_id)
+    }
+}
+
+/// Leaves WAL mode for a rollback journal, if SQLite lets this connection: it refuses
+/// (busy, at once) while any other connection has the database open. Outside any
+/// transaction; whatever the WAL holds is checkpointed first.
+fn leave_wal(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
+    match conn.query_row("PRAGMA journal_mode = DELETE", [], |row| {
+        row.get::<_, String>(0)
+    }) {
+        Ok(mode) => Ok(mode.eq_ignore_ascii_case("delete")),
+        Err(rusqlite::Error::SqliteFailure(err, _))
+            if matches!(
+                err.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Puts the database back in WAL mode after a plan written through a rollback
+/// journal. Best effort: the plan is committed either way, and every keyfleet
+/// connection sets WAL when it opens (`Store::open`), so a database left in rollback
+/// mode (this failed, or the process was killed) is in WAL mode again at its next use.
+fn restore_wal(conn: &rusqlite::Connection) {
+    if let Err(err) = conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+        row.get::<_, String>(0)
+    }) {
+        tracing::warn!(%err, "the database stays in rollback-journal mode until its next open");
     }
 }
 
@@ -395,7 +650,9 @@ impl PlanWriter {
 /// entries one by one; returns their `CREATE INDEX` statements, as stored in the
 /// schema (so whatever a migration made them, they come back the same).
 ///
-/// Why: each item's index entry is a descent from the root of each index; `CREATE
+/// Why: an item's index entry out of order is a descent from the root of each index
+/// (in order, SQLite finds the cursor already in place: see
+/// [`PlanWriter::items_in_index_order`], which skips this); `CREATE
 /// INDEX` sorts the entries once and fills its pages left to right, full. Rebuilding
 /// costs in proportion to every item in the table, so only a plan at least as large as
 /// what the table already holds (`existing_items`, an upper bound: the largest id)
@@ -444,12 +701,86 @@ impl Store {
         )
     }
 
+    /// Takes the database for one plan alone, if nothing else in this process or
+    /// another keyfleet process can use it meanwhile (see [`Alone`]): closes this
+    /// process's idle pool connections, then takes `<db>-migrate.lock` without
+    /// waiting. `None` (the plan goes through the WAL) when a pool connection is in
+    /// use or another process holds the lock (it is opening the database, or planning
+    /// alone itself). The pool opens new connections when next used.
+    pub async fn claim_for_plan(&self) -> Result<Option<Alone>, StoreError> {
+        #[cfg(unix)]
+        {
+            // sqlx returns a connection to the pool from a task of its own, so one
+            // just used may not be idle yet: wait for it, briefly.
+            let deadline = std::time::Instant::now() + PARK_WAIT;
+            loop {
+                while let Some(idle) = self.pool.try_acquire() {
+                    // A connection that fails to close cleanly is closed all the same.
+                    let _ = idle.close().await;
+                }
+                if self.pool.size() == 0 {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let lock_path =
+                std::path::PathBuf::from(format!("{}-migrate.lock", self.file().display()));
+            let lock = super::guard::open_lock_file(&lock_path, self.path())?;
+            match lock.try_lock() {
+                Ok(()) => {
+                    record_planner(&lock);
+                    Ok(Some(Alone { _lock: lock }))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                Err(std::fs::TryLockError::Error(err)) => Err(StoreError::Prepare {
+                    path: self.path().to_path_buf(),
+                    detail: format!("{}: {err}", lock_path.display()),
+                }),
+            }
+        }
+        #[cfg(not(unix))]
+        Ok(None)
+    }
+
+    /// [`Store::begin_plan_alone`] without the database to itself: through the WAL.
+    pub fn begin_plan(&self, run: &NewRun<'_>) -> Result<Begin, StoreError> {
+        self.begin_plan_alone(run, None)
+    }
+
     /// Opens the plan's own connection and transaction (`BEGIN IMMEDIATE`) and inserts
     /// the run row, unless a run with the same input and options exists.
     ///
+    /// With `alone` (from [`Store::claim_for_plan`]) the plan leaves WAL mode for a
+    /// rollback journal first, when SQLite lets it ([`PlanWriter::journal`] says);
+    /// WAL is put back at commit, or by the next open after a failure or a kill.
+    ///
     /// Blocking (SQLite calls on this thread): call it from `spawn_blocking`.
-    pub fn begin_plan(&self, run: &NewRun<'_>) -> Result<Begin, StoreError> {
+    pub fn begin_plan_alone(
+        &self,
+        run: &NewRun<'_>,
+        alone: Option<Alone>,
+    ) -> Result<Begin, StoreError> {
         let conn = open_plan_connection(self)?;
+        let mut alone = alone;
+        if alone.is_some() {
+            // A run already planned is found without changing anything.
+            let existing: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM runs WHERE input_sha256 = ? AND options = ?",
+                    (run.input_sha256, run.options),
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Begin::Existing(id));
+            }
+            if !leave_wal(&conn)? {
+                alone = None;
+            }
+        }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         // Checked inside the write lock: two `plan`s of one file cannot both create a run.
         let existing: Option<i64> = conn
@@ -461,6 +792,9 @@ impl Store {
             .optional()?;
         if let Some(id) = existing {
             conn.execute_batch("ROLLBACK")?;
+            if alone.is_some() {
+                restore_wal(&conn);
+            }
             return Ok(Begin::Existing(id));
         }
         let created_at = now_ms();
@@ -494,10 +828,14 @@ impl Store {
         let expected_items = as_i64(run.pairs)
             .saturating_add(as_i64(run.duplicates))
             .saturating_add(as_i64(run.rejected));
-        let deferred_indexes = deferred_indexes(&conn, expected_items, next_item_id - 1)?;
         Ok(Begin::New(PlanWriter {
             conn,
-            deferred_indexes,
+            alone,
+            deferred_indexes: Vec::new(),
+            expected_items,
+            existing_items: next_item_id - 1,
+            in_index_order: false,
+            indexes_decided: false,
             run_id,
             created_at,
             next_job_id,
@@ -730,6 +1068,47 @@ mod tests {
         .unwrap();
         assert_eq!(by_index, large as i64);
 
+        // Items said to come in index order: the indexes are kept as they go, whole.
+        let Begin::New(mut writer) = store
+            .begin_plan(&NewRun {
+                pairs: large,
+                ..run("cc")
+            })
+            .unwrap()
+        else {
+            panic!("a new input")
+        };
+        writer.items_in_index_order();
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for n in 0..large {
+                    let position = format!("line {}", n + 2);
+                    sink.add(NewItem {
+                        position: &position,
+                        action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                        region: Some("ap-guangzhou"),
+                        instance_id: Some("ins-00000001"),
+                        key_id: Some("skey-00000001"),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: None,
+                        new_key_id: None,
+                        held: false,
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(writer.deferred_indexes.is_empty(), "nothing dropped");
+        writer.commit().unwrap();
+        assert_eq!(item_indexes(&store).await, indexes);
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(ok, "ok");
+
         // A plan smaller than what is stored keeps the indexes as it goes.
         let conn = open_plan_connection(&store).unwrap();
         assert!(
@@ -743,6 +1122,186 @@ mod tests {
                 .is_empty()
         );
         drop(conn);
+        store.close().await;
+    }
+
+    /// The header's file format bytes (18 and 19): 2 in WAL mode, 1 with a rollback
+    /// journal. Read from the file, as every other process would find it.
+    fn file_format(store: &Store) -> [u8; 2] {
+        let bytes = std::fs::read(store.file()).unwrap();
+        [bytes[18], bytes[19]]
+    }
+
+    fn companion(store: &Store, suffix: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("{}{suffix}", store.file().display()))
+    }
+
+    /// A new run with the database to itself: written through a rollback journal,
+    /// which exists only while the plan is written; meanwhile another process's open
+    /// waits on the migration lock, which names the plan; at commit WAL is back.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_alone_writes_each_page_once_and_puts_wal_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Store::open(&path).await.unwrap();
+        write_items(&store, "aa", 10, true);
+        assert_eq!(file_format(&store), [2, 2], "WAL mode");
+
+        let alone = store
+            .claim_for_plan()
+            .await
+            .unwrap()
+            .expect("nothing else has the database open");
+        assert_eq!(store.pool.size(), 0, "the pool is parked");
+        let Begin::New(mut writer) = store
+            .begin_plan_alone(
+                &NewRun {
+                    pairs: 3,
+                    ..run("bb")
+                },
+                Some(alone),
+            )
+            .unwrap()
+        else {
+            panic!("a new input")
+        };
+        assert_eq!(writer.journal(), PlanJournal::Rollback);
+        assert_eq!(file_format(&store), [1, 1], "rollback mode while it writes");
+        assert!(companion(&store, "-journal").exists());
+        assert!(!companion(&store, "-wal").exists());
+        let instance_ids = vec!["ins-00000001".to_string()];
+        let key_ids = vec!["skey-00000001".to_string()];
+        let job = writer
+            .add_job(NewJob {
+                kind: crate::states::JobKind::Unbind,
+                region: "ap-guangzhou",
+                force_stop: false,
+                instance_ids: &instance_ids,
+                key_ids: &key_ids,
+                payload: None,
+            })
+            .unwrap();
+        writer
+            .add_items(|sink| -> Result<(), StoreError> {
+                for n in 0..3 {
+                    let position = format!("line {}", n + 2);
+                    sink.add(NewItem {
+                        position: &position,
+                        action: crate::cvm::Action::DisassociateInstancesKeyPairs,
+                        region: Some("ap-guangzhou"),
+                        instance_id: Some("ins-00000001"),
+                        key_id: Some("skey-00000001"),
+                        status: ItemStatus::Pending,
+                        duplicate_of: None,
+                        reason: None,
+                        job_id: Some(job),
+                        new_key_id: None,
+                        held: false,
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+
+        // Another process opening the database now waits for the lock, and is told who
+        // holds it (here with a short wait, as the real one would after 120 s).
+        let err = super::super::lock_for_migration(
+            store.file(),
+            &path,
+            std::time::Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("writing a plan"), "{err}");
+
+        writer.commit().unwrap();
+        assert_eq!(file_format(&store), [2, 2], "WAL again");
+        assert!(!companion(&store, "-journal").exists());
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(count(&store, "items").await, 13);
+        // The lock is free again: another process opens at once.
+        let other = Store::open(&path).await.unwrap();
+        assert_eq!(count(&other, "runs").await, 2);
+        other.close().await;
+        store.close().await;
+    }
+
+    /// Another connection open (another process's, here another Store's pool): SQLite
+    /// refuses to leave WAL, and the plan goes through the WAL, whole.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_plan_goes_through_the_wal_while_another_connection_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Store::open(&path).await.unwrap();
+        let other = Store::open(&path).await.unwrap();
+        let alone = store.claim_for_plan().await.unwrap();
+        assert!(alone.is_some(), "this process's own pool is parked");
+        let Begin::New(writer) = store.begin_plan_alone(&run("aa"), alone).unwrap() else {
+            panic!("a new input")
+        };
+        assert_eq!(writer.journal(), PlanJournal::Wal);
+        assert_eq!(file_format(&store), [2, 2]);
+        writer.commit().unwrap();
+        assert_eq!(
+            count(&other, "runs").await,
+            1,
+            "the other connection reads it"
+        );
+
+        // A connection of this process's own pool in use: no claim at all.
+        let held = store.pool.acquire().await.unwrap();
+        assert!(store.claim_for_plan().await.unwrap().is_none());
+        drop(held);
+        other.close().await;
+        store.close().await;
+    }
+
+    /// A plan alone abandoned part way (an error; a kill is tests/it/plan.rs): nothing
+    /// of it remains, the lock is free, and the next open has WAL back.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_abandoned_plan_alone_leaves_nothing_and_the_next_open_has_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Store::open(&path).await.unwrap();
+        write_items(&store, "aa", 5, true);
+        let alone = store.claim_for_plan().await.unwrap().expect("alone");
+        let Begin::New(writer) = store
+            .begin_plan_alone(
+                &NewRun {
+                    pairs: 9,
+                    ..run("bb")
+                },
+                Some(alone),
+            )
+            .unwrap()
+        else {
+            panic!("a new input")
+        };
+        assert_eq!(writer.journal(), PlanJournal::Rollback);
+        drop(writer);
+        // Found again without a write: the same input is not planned twice.
+        let alone = store.claim_for_plan().await.unwrap().expect("alone");
+        assert!(matches!(
+            store.begin_plan_alone(&run("aa"), Some(alone)).unwrap(),
+            Begin::Existing(1)
+        ));
+        store.close().await;
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(file_format(&store), [2, 2]);
+        assert_eq!(count(&store, "runs").await, 1);
+        assert_eq!(count(&store, "items").await, 5);
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(ok, "ok");
         store.close().await;
     }
 }

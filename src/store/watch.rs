@@ -40,6 +40,10 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .test_before_acquire(false)
+            // Connections kept for the watch's life: while one is open, another
+            // process's plan cannot take the database for itself (`store::plan`).
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {

@@ -916,3 +916,139 @@ async fn a_plan_killed_midway_leaves_no_run_or_a_whole_one() {
     assert_eq!(items, rows as i64);
     store.close().await;
 }
+
+/// A plan that has the database to itself writes through a rollback journal (each
+/// page once) and puts WAL back at commit. kill -9 at two moments of that path: as
+/// soon as the journal exists (leaving WAL mode, or the run row: the switch) and once
+/// the database file itself has grown (pages written before the commit completes).
+/// Every kill leaves no run or the whole one, an intact database back in WAL mode
+/// (a hot journal rolled back by the next open), the earlier run untouched, and no
+/// lock held: the next command opens at once and plans the input whole.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_killed_while_it_has_the_database_to_itself_leaves_no_run_or_a_whole_one() {
+    let k = Keyfleet::new();
+    let rows = 60_000;
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for i in 0..rows {
+        csv.push_str(&format!("ins-{i:08x},skey-{:08x},ap-guangzhou\n", i % 5));
+    }
+    let big = k.file("big.csv", csv.as_bytes());
+    let db = k.db.path.clone();
+    let named = |suffix: &str| {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let size = |suffix: &str| std::fs::metadata(named(suffix)).map_or(0, |m| m.len());
+    let file_format = || {
+        let bytes = std::fs::read(&db).unwrap();
+        [bytes[18], bytes[19]]
+    };
+    k.plan(&sample("small.csv"), &[]);
+    let before = size("");
+    type Moment<'a> = (&'a str, Box<dyn Fn() -> bool + 'a>);
+    let moments: [Moment<'_>; 2] = [
+        (
+            "the journal exists",
+            Box::new(|| named("-journal").exists()),
+        ),
+        (
+            "the file has grown",
+            Box::new(|| named("-journal").exists() && size("") > before + (256 << 10)),
+        ),
+    ];
+    for (moment, reached) in &moments {
+        let running = k
+            .command(&["plan", big.to_str().unwrap(), "--json"])
+            .timeout(std::time::Duration::from_secs(120))
+            .spawn();
+        let pid = i32::try_from(running.pid()).unwrap();
+        let started = std::time::Instant::now();
+        while !reached() && started.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // SAFETY: kill(2) on the child this test started and has not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let ended = running.wait();
+        let opened = std::time::Instant::now();
+        let store = k.store().await;
+        assert!(
+            opened.elapsed() < std::time::Duration::from_secs(5),
+            "the killed plan's lock went with it"
+        );
+        // A journal the kill left is rolled back by that open if it was hot; one
+        // killed before its first sync (header not yet valid) is ignored and reused.
+        assert_eq!(file_format(), [2, 2], "WAL mode again after {moment}");
+        let pool = store.pool_for_tests();
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok", "after a kill when {moment}");
+        let small: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE run_id = 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(small, 7, "the earlier run is untouched");
+        let big_items: Vec<i64> = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM items WHERE items.run_id = runs.id)
+             FROM runs WHERE input_path LIKE '%big.csv'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        match big_items.as_slice() {
+            [] => assert_eq!(ended.code, None, "killed before its commit ({moment})"),
+            [items] => {
+                assert_eq!(*items, rows as i64, "a run is whole ({moment})");
+                for sql in [
+                    "DELETE FROM items WHERE run_id <> 1",
+                    "DELETE FROM jobs WHERE run_id <> 1",
+                    "DELETE FROM runs WHERE id <> 1",
+                ] {
+                    sqlx::query(sql).execute(pool).await.unwrap();
+                }
+            }
+            more => panic!("one input, one run: {more:?}"),
+        }
+        store.close().await;
+    }
+    let done = k.plan(&big, &[]);
+    assert_eq!(count(&done, "rows"), rows as i64);
+    assert_eq!(file_format(), [2, 2]);
+}
+
+/// While a plan has the database to itself, another command waits for it (on the
+/// lock every open takes) instead of failing, then reads the committed run.
+#[cfg(unix)]
+#[test]
+fn a_command_started_during_a_plan_alone_waits_for_it_and_succeeds() {
+    let k = Keyfleet::new();
+    let rows = 60_000;
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for i in 0..rows {
+        csv.push_str(&format!("ins-{i:08x},skey-00000001,ap-guangzhou\n"));
+    }
+    let big = k.file("big.csv", csv.as_bytes());
+    k.plan(&sample("small.csv"), &[]);
+    let mut journal = k.db.path.clone().into_os_string();
+    journal.push("-journal");
+    let running = k
+        .command(&["plan", big.to_str().unwrap(), "--json"])
+        .timeout(std::time::Duration::from_secs(120))
+        .spawn();
+    let started = std::time::Instant::now();
+    let mut seen = false;
+    while !seen && started.elapsed() < std::time::Duration::from_secs(60) {
+        seen = Path::new(&journal).exists();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(seen, "the plan writes through a rollback journal");
+    // Started while the plan holds the database: it can only open once the plan
+    // has committed and let go, so it sees the new run.
+    let runs = k.runs();
+    let planned = running.wait();
+    assert_eq!(planned.code, Some(0), "{}", planned.stderr_text());
+    assert_eq!(runs.len(), 2, "{runs:?}");
+}
