@@ -399,9 +399,22 @@ impl<'c> StaticStatement<'c> {
         let mut rc = ffi::SQLITE_OK;
         for (n, value) in values.enumerate() {
             let index = std::ffi::c_int::try_from(n + 1).unwrap_or(std::ffi::c_int::MAX);
+            // A text's length must be given exactly: a negative one would make SQLite
+            // read up to a NUL byte that a `&str` does not have.
+            let text_len = match value {
+                Value::Text(v) => match std::ffi::c_int::try_from(v.len()) {
+                    Ok(len) => len,
+                    Err(_) => {
+                        rc = ffi::SQLITE_TOOBIG;
+                        break;
+                    }
+                },
+                _ => 0,
+            };
             // SAFETY: `stmt` is a live statement of this connection; a text is bound
-            // with SQLITE_STATIC, valid for as long as `values`' borrow, which lasts
-            // past the `sqlite3_clear_bindings` below (the last use of the pointer).
+            // with its exact length and SQLITE_STATIC, valid for as long as `values`'
+            // borrow ('v, which outlives this call and so the `sqlite3_clear_bindings`
+            // below, the last use of the pointer).
             rc = unsafe {
                 match value {
                     Value::Null => ffi::sqlite3_bind_null(stmt, index),
@@ -410,7 +423,7 @@ impl<'c> StaticStatement<'c> {
                         stmt,
                         index,
                         v.as_ptr().cast(),
-                        std::ffi::c_int::try_from(v.len()).unwrap_or(-1),
+                        text_len,
                         ffi::SQLITE_STATIC(),
                     ),
                 }
