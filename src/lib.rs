@@ -97,6 +97,7 @@
 //! `store::watch` is what `status --watch` reads (`Store::open_read_only`, which creates,
 //! migrates and writes nothing; `recent_errors`).
 
+pub mod accounts;
 pub mod api;
 pub mod chunk;
 pub mod credentials;

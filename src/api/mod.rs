@@ -278,6 +278,20 @@ impl CvmClient {
         &self.target.credentials.secret_id
     }
 
+    /// The same endpoint, transport and connection pool, signing with `credentials`
+    /// (an account's temporary credentials, [`crate::accounts::session`]).
+    pub fn with_credentials(&self, credentials: Credentials) -> Result<CvmClient, ClientError> {
+        check_credentials(&credentials)?;
+        Ok(CvmClient {
+            http: self.http.clone(),
+            target: Arc::new(Target {
+                endpoint: self.target.endpoint.clone(),
+                credentials,
+                transport: self.target.transport,
+            }),
+        })
+    }
+
     /// Unbinds every key in `key_ids` from every instance in `instance_ids`
     /// (at most [`crate::ids::MAX_IDS_PER_REQUEST`] of each; the caller checks).
     /// `ForceStop` is sent only when true.

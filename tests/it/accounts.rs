@@ -1,0 +1,349 @@
+//! Many accounts (issue 23): three simulated accounts behind one port, one leaked
+//! public key imported under a different id in each. The operator's base
+//! credentials are the `main` account's; `prod` and `dev` are reached by assuming a
+//! role in each (STS AssumeRole), with temporary credentials that expire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyfleet::accounts::session::{AccountClient, TOKEN_FAILURE};
+use keyfleet::accounts::{Accounts, Member};
+use keyfleet::api::{ClientConfig, CvmClient};
+use keyfleet::credentials::Credentials;
+use keyfleet::cvm::Action;
+use keyfleet::executor::{Api, Call, ExecConfig, StopSignal};
+use keyfleet::lifecycle::{Lifecycle, Unobserved};
+use keyfleet::plan::{PlanOptions, plan_input};
+use keyfleet::secret::Secret;
+use keyfleet::sim::accounts::{MultiSimHandle, SimAccount, SimRole, start_accounts};
+use keyfleet::sim::{Fleet, Instance, KeyPair, SimConfig};
+use keyfleet::store::Store;
+use serde_json::json;
+
+use crate::support::{ins, key};
+
+const LEAKED: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g leaked@laptop";
+const MAIN_UIN: &str = "100000000001";
+const ROLE: &str = "KeyRotation";
+
+/// The estate: (name, UIN, region, the leaked key's id there, instances).
+const ACCOUNTS: [(&str, &str, &str, usize, usize); 3] = [
+    ("main", MAIN_UIN, "ap-guangzhou", 0xa001, 4),
+    ("prod", "200000000002", "eu-frankfurt", 0xb001, 5),
+    ("dev", "200000000003", "ap-singapore", 0xc001, 3),
+];
+
+fn secret_id(name: &str) -> String {
+    format!("AKID{name}{:0>32}", name.len())
+}
+
+fn secret_key(name: &str) -> String {
+    format!("{name}SimulatorKey{:0>20}", 7)
+}
+
+/// Each account: instances holding its id of the leaked key and one innocent key.
+fn sim_account(index: usize) -> SimAccount {
+    let (name, uin, region, leaked, count) = ACCOUNTS[index];
+    let innocent = key(0x1000 + index);
+    let mut fleet = Fleet::new();
+    for n in 0..count {
+        let mut instance = Instance::new(ins(index * 0x100 + n), region);
+        instance.key_ids = vec![key(leaked), innocent.clone()];
+        fleet.instances.push(instance);
+    }
+    fleet.key_pairs.push(KeyPair {
+        key_id: key(leaked),
+        name: "laptop".into(),
+        public_key: LEAKED.into(),
+        image_ids: Vec::new(),
+    });
+    let mut config = SimConfig::default();
+    config.secret_id = secret_id(name);
+    config.secret_key = Secret::new(secret_key(name));
+    config.seed = index as u64;
+    let trusted = vec![MAIN_UIN.to_string()];
+    SimAccount {
+        name: name.into(),
+        uin: uin.into(),
+        config,
+        fleet,
+        roles: vec![
+            SimRole {
+                name: ROLE.into(),
+                trusted: trusted.clone(),
+            },
+            SimRole {
+                name: keyfleet::accounts::DEFAULT_MEMBER_ROLE.into(),
+                trusted,
+            },
+        ],
+    }
+}
+
+async fn estate() -> MultiSimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_accounts(listener, (0..3).map(sim_account).collect(), Some("main"))
+        .await
+        .expect("start the estate")
+}
+
+/// The operator's client: the base credentials are `main`'s.
+fn base_client(sim: &MultiSimHandle) -> CvmClient {
+    let credentials = Credentials {
+        secret_id: secret_id("main"),
+        secret_key: Secret::new(secret_key("main")),
+        token: None,
+        source: "test".into(),
+    };
+    let mut config = ClientConfig::new(sim.endpoint(), credentials);
+    config.request_timeout = Duration::from_secs(10);
+    CvmClient::new(config).unwrap()
+}
+
+const ACCOUNTS_FILE: &str = r#"
+[accounts.main]
+[accounts.prod]
+role_arn = "qcs::cam::uin/200000000002:roleName/KeyRotation"
+regions = ["eu-frankfurt"]
+[accounts.dev]
+role_arn = "qcs::cam::uin/200000000003:roleName/KeyRotation"
+session_name = "incident-42"
+duration = "1h"
+[accounts.staging]
+role_arn = "qcs::cam::uin/200000000002:roleName/NoSuchRole"
+"#;
+
+fn clients(base: &CvmClient) -> Vec<AccountClient> {
+    let accounts = Accounts::parse(std::path::Path::new("accounts.toml"), ACCOUNTS_FILE).unwrap();
+    accounts
+        .iter()
+        .map(|account| {
+            AccountClient::new(account, base, &|_| Err("no profiles here".into())).unwrap()
+        })
+        .collect()
+}
+
+fn client<'a>(clients: &'a [AccountClient], name: &str) -> &'a AccountClient {
+    clients.iter().find(|c| c.name() == name).unwrap()
+}
+
+fn describe(region: &str) -> Call {
+    Call {
+        action: Action::DescribeInstances,
+        region: region.into(),
+        body: json!({ "Limit": 100 }),
+    }
+}
+
+fn instance_ids(reply: &keyfleet::executor::Reply) -> Vec<String> {
+    let mut ids: Vec<String> = reply.response["InstanceSet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["InstanceId"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn each_account_sees_its_own_fleet_through_its_role() {
+    let sim = estate().await;
+    let base = base_client(&sim);
+    let clients = clients(&base);
+    for (index, (name, _, region, _, count)) in ACCOUNTS.iter().enumerate() {
+        let reply = client(&clients, name).call(&describe(region)).await.unwrap();
+        let want: Vec<String> = (0..*count).map(|n| ins(index * 0x100 + n)).collect();
+        assert_eq!(instance_ids(&reply), want, "{name}");
+    }
+    // The roles were assumed with main's credentials, once each; main signs itself.
+    let assumed = sim.assumed();
+    assert_eq!(assumed.len(), 2, "{assumed:?}");
+    assert!(assumed.iter().all(|a| a.caller == "main" && a.outcome.is_ok()));
+    assert_eq!(sim.forwarded_temporary("prod"), 1);
+    assert_eq!(sim.forwarded_temporary("main"), 0);
+    // The limiter identity is the account and its role, not a temporary SecretId.
+    let prod = client(&clients, "prod");
+    assert_eq!(
+        prod.secret_id(),
+        "account prod (role qcs::cam::uin/200000000002:roleName/KeyRotation)"
+    );
+    assert!(!client(&clients, "dev").secret_id().contains("AKIDtmp"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_account_whose_role_is_missing_is_refused_alone() {
+    let sim = estate().await;
+    let base = base_client(&sim);
+    let clients = clients(&base);
+    let refused = client(&clients, "staging")
+        .call(&describe("eu-frankfurt"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, "ResourceNotFound.RoleNotFound");
+    assert!(refused.request_id.is_some(), "{refused:?}");
+    for name in ["main", "prod", "dev"] {
+        let region = ACCOUNTS.iter().find(|a| a.0 == name).unwrap().2;
+        client(&clients, name)
+            .call(&describe(region))
+            .await
+            .unwrap_or_else(|r| panic!("{name}: {r:?}"));
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_credentials_expire_and_are_refreshed_without_a_failed_request() {
+    let sim = estate().await;
+    sim.set_credential_lifetime(Some(Duration::from_secs(2)));
+    let base = base_client(&sim);
+    let clients = clients(&base);
+    let prod = client(&clients, "prod");
+    // The client of the first credentials, kept past their expiry: refused.
+    let first = prod.client().await.unwrap();
+    // 4.5 s of calls, one every 150 ms: the 2 s credentials are replaced at 1 s.
+    let started = tokio::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_millis(4500) {
+        prod.call(&describe("eu-frankfurt"))
+            .await
+            .unwrap_or_else(|r| panic!("call {calls} failed: {r:?}"));
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(calls >= 20, "{calls}");
+    let assumed = sim.assumed().len();
+    assert!(
+        (3..=6).contains(&assumed),
+        "refreshed at half of each 2 s lifetime: {assumed} AssumeRoles"
+    );
+    let stale = first
+        .call_action(Action::DescribeInstances, "eu-frankfurt", &json!({"Limit": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), TOKEN_FAILURE);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_organization_lists_its_members_and_each_is_reached_by_its_role() {
+    let sim = estate().await;
+    let base = base_client(&sim);
+    let members: Vec<Member> = keyfleet::accounts::session::organization_members(&base)
+        .await
+        .unwrap();
+    let uins: Vec<&str> = members.iter().map(|m| m.uin.as_str()).collect();
+    assert_eq!(uins, ["200000000002", "200000000003"]);
+    let accounts =
+        Accounts::from_members(&members, keyfleet::accounts::DEFAULT_MEMBER_ROLE).unwrap();
+    for account in accounts.iter() {
+        let member = AccountClient::new(account, &base, &|_| Err(String::new())).unwrap();
+        let region = if account.name == "200000000002" {
+            "eu-frankfurt"
+        } else {
+            "ap-singapore"
+        };
+        let reply = member.call(&describe(region)).await.unwrap();
+        assert!(!instance_ids(&reply).is_empty(), "{}", account.name);
+    }
+    sim.shutdown().await;
+}
+
+/// One run per account, executed side by side in one process, each under its own
+/// credentials and limiter identity: exact per account, and no credential of any
+/// kind in the database.
+#[tokio::test]
+async fn a_run_per_account_unbinds_exactly_that_accounts_key_and_stores_no_secret() {
+    let sim = estate().await;
+    sim.set_credential_lifetime(Some(Duration::from_secs(3)));
+    let base = base_client(&sim);
+    let clients = clients(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyfleet.db");
+    let store = Store::open(&db).await.unwrap();
+    let mut runs = Vec::new();
+    for (index, (name, _, region, leaked, count)) in ACCOUNTS.iter().enumerate() {
+        let mut csv = String::from("instance_id,key_id,region\n");
+        for n in 0..*count {
+            csv.push_str(&format!("{},{},{region}\n", ins(index * 0x100 + n), key(*leaked)));
+        }
+        let path = dir.path().join(format!("{name}.csv"));
+        std::fs::write(&path, csv).unwrap();
+        let planned = plan_input(&store, &path, &PlanOptions::default())
+            .await
+            .unwrap();
+        runs.push((name.to_string(), planned.summary.run_id));
+    }
+    let observer = Unobserved;
+    let mut tasks = Vec::new();
+    for (name, run_id) in &runs {
+        let api = Arc::new(client(&clients, name).clone());
+        let lifecycle = Lifecycle {
+            store: &store,
+            api,
+            config: ExecConfig::default(),
+            verify_wait: Duration::from_secs(5),
+            stop: StopSignal::default(),
+            observer: &observer,
+        };
+        let run_id = *run_id;
+        tasks.push(async move { lifecycle.run_to_verified(run_id, true).await });
+    }
+    let outcomes = futures_join(tasks).await;
+    for ((name, _), outcome) in runs.iter().zip(outcomes) {
+        let outcome = outcome.unwrap();
+        assert_eq!(outcome.summary.stopped, None, "{name}");
+        assert!(outcome.verification.unwrap().all_gone(), "{name}");
+    }
+    for (index, (name, _, _, leaked, count)) in ACCOUNTS.iter().enumerate() {
+        let fleet = sim.account(name).unwrap().fleet();
+        assert_eq!(fleet.instances.len(), *count);
+        for instance in &fleet.instances {
+            assert_eq!(instance.key_ids, vec![key(0x1000 + index)], "{name}");
+            assert!(!instance.key_ids.contains(&key(*leaked)));
+        }
+        // Every request of the account reached its own simulator.
+        assert!(!sim.account(name).unwrap().journal().is_empty(), "{name}");
+    }
+    store.close().await;
+    let mut bytes = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("keyfleet.db-wal")) {
+        bytes.extend(wal);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for (id, secret, token) in sim.issued() {
+        assert!(!text.contains(&id), "a temporary SecretId is in the database");
+        assert!(!text.contains(secret.expose()), "a temporary SecretKey is in the database");
+        assert!(!text.contains(token.expose()), "a token is in the database");
+    }
+    for (name, ..) in ACCOUNTS {
+        assert!(!text.contains(&secret_key(name)));
+    }
+    sim.shutdown().await;
+}
+
+/// Runs the futures side by side (the test crate has no `futures` dependency).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
