@@ -82,6 +82,24 @@ pub struct SessionError {
     pub error: CallError,
 }
 
+impl SessionError {
+    /// The AssumeRole refusal as the refusal of the call that needed it, the
+    /// account and the role named in its message.
+    pub fn into_call_error(self) -> CallError {
+        match self.error {
+            CallError::Api(mut api) => {
+                api.message = format!("account {}: AssumeRole: {}", self.account, api.message);
+                CallError::Api(api)
+            }
+            CallError::Transport(mut transport) => {
+                transport.detail =
+                    format!("account {}: AssumeRole: {}", self.account, transport.detail);
+                CallError::Transport(transport)
+            }
+        }
+    }
+}
+
 impl AccountClient {
     /// The sender of `account`. `base` signs with the base credentials (and sends
     /// AssumeRole); `profile` builds a client for a tccli profile's credentials.
@@ -162,6 +180,32 @@ impl AccountClient {
         }
     }
 
+    /// Sends one call of `service` as the account. Credentials the server calls
+    /// expired or invalid (`AuthFailure.TokenFailure`) are assumed again and the call
+    /// sent once more; a role that cannot be assumed is the call's refusal, with
+    /// AssumeRole's code (`ResourceNotFound.RoleNotFound`...) and the account named.
+    pub async fn call_service(
+        &self,
+        service: crate::cvm::Service,
+        action: &str,
+        region: &str,
+        body: &Value,
+    ) -> Result<(Value, String), CallError> {
+        let mut retried = false;
+        loop {
+            let client = self.client().await.map_err(SessionError::into_call_error)?;
+            let result = client.call_service(service, action, region, body).await;
+            match &result {
+                Err(error) if error.code() == TOKEN_FAILURE && self.is_assumed() && !retried => {
+                    tracing::warn!(account = %self.name(), "temporary credentials refused; assuming the role again");
+                    self.invalidate().await;
+                    retried = true;
+                }
+                _ => return result,
+            }
+        }
+    }
+
     /// Forgets the temporary credentials (a reply said they are no longer valid):
     /// the next [`AccountClient::client`] assumes the role again.
     pub async fn invalidate(&self) {
@@ -195,24 +239,14 @@ impl crate::executor::Api for AccountClient {
         &self,
         call: &crate::executor::Call,
     ) -> Result<crate::executor::Reply, crate::executor::Refused> {
-        let mut retried = false;
-        loop {
-            let client = self
-                .client()
-                .await
-                .map_err(|err| crate::executor::Refused::from(err.error))?;
-            let result = crate::executor::Api::call(&client, call).await;
-            match &result {
-                Err(refused)
-                    if refused.code == TOKEN_FAILURE && self.is_assumed() && !retried =>
-                {
-                    tracing::warn!(account = %self.name(), "temporary credentials refused; assuming the role again");
-                    self.invalidate().await;
-                    retried = true;
-                }
-                _ => return result,
-            }
-        }
+        self.call_service(call.action.service(), call.action.name(), &call.region, &call.body)
+            .await
+            .map(|(response, request_id)| crate::executor::Reply {
+                request_id,
+                http_status: 200,
+                response,
+            })
+            .map_err(crate::executor::Refused::from)
     }
 
     fn endpoint(&self, region: &str) -> String {

@@ -347,3 +347,111 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     .await;
     outputs.into_iter().map(|o| o.unwrap()).collect()
 }
+
+/// The binary, working as one account at a time (`--accounts FILE --account NAME`):
+/// each account's run changes that account's fleet only; the account whose role is
+/// missing stops (resumable) naming the account and AssumeRole's code; no temporary
+/// credential reaches the database, the log file or the report.
+#[tokio::test]
+async fn the_binary_works_as_each_account_of_the_file() {
+    let sim = estate().await;
+    sim.set_credential_lifetime(Some(Duration::from_secs(3)));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyfleet.db");
+    let log = dir.path().join("keyfleet.log");
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(&accounts, ACCOUNTS_FILE).unwrap();
+    let keyfleet = |account: &str, args: &[&str]| {
+        let mut command = tokio::process::Command::new(crate::support::keyfleet_bin());
+        command
+            .arg("--db")
+            .arg(&db)
+            .arg("--endpoint")
+            .arg(sim.endpoint())
+            .arg("--accounts")
+            .arg(&accounts)
+            .args(["--account", account, "--log-file"])
+            .arg(&log)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("TENCENTCLOUD_SECRET_ID", secret_id("main"))
+            .env("TENCENTCLOUD_SECRET_KEY", secret_key("main"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+                .await
+                .expect("keyfleet finished in time")
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            (output.status.code().unwrap_or(-1), stderr)
+        }
+    };
+    let mut inputs = Vec::new();
+    for (index, (name, _, region, leaked, count)) in ACCOUNTS.iter().enumerate() {
+        let mut csv = String::from("instance_id,key_id,region\n");
+        for n in 0..*count {
+            csv.push_str(&format!("{},{},{region}\n", ins(index * 0x100 + n), key(*leaked)));
+        }
+        let path = dir.path().join(format!("{name}.csv"));
+        std::fs::write(&path, csv).unwrap();
+        inputs.push(path);
+    }
+    // The missing role first: prod's rows, as staging. Stopped (4), nothing sent.
+    let prod_input = inputs[1].to_str().unwrap();
+    let (code, stderr) = keyfleet("staging", &["run", prod_input, "--progress", "none"]).await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("ResourceNotFound.RoleNotFound"), "{stderr}");
+    assert!(stderr.contains("account staging"), "{stderr}");
+    assert!(sim.account("prod").unwrap().journal().is_empty());
+    // An account the file lacks: a usage error naming the file.
+    let (code, stderr) = keyfleet("nosuch", &["run", prod_input, "--progress", "none"]).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("accounts.toml has no [accounts.nosuch]"), "{stderr}");
+    for ((name, ..), input) in ACCOUNTS.iter().zip(&inputs) {
+        let (code, stderr) =
+            keyfleet(name, &["run", input.to_str().unwrap(), "--progress", "none"]).await;
+        assert_eq!(code, 0, "{name}: {stderr}");
+    }
+    for (index, (name, ..)) in ACCOUNTS.iter().enumerate() {
+        for instance in sim.account(name).unwrap().fleet().instances {
+            assert_eq!(instance.key_ids, vec![key(0x1000 + index)], "{name}");
+        }
+    }
+    let (code, report) = {
+        let mut command = tokio::process::Command::new(crate::support::keyfleet_bin());
+        let output = command
+            .arg("--db")
+            .arg(&db)
+            .args(["report", "--format", "json"])
+            .env_clear()
+            .env("HOME", dir.path())
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0));
+    let mut haystack = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("keyfleet.db-wal")) {
+        haystack.extend(wal);
+    }
+    haystack.extend(std::fs::read(&log).unwrap());
+    haystack.extend(report.as_bytes());
+    let haystack = String::from_utf8_lossy(&haystack);
+    let issued = sim.issued();
+    assert!(issued.len() >= 2, "prod and dev assumed their roles");
+    for (id, secret, token) in issued {
+        assert!(!haystack.contains(&id), "a temporary SecretId was written");
+        assert!(!haystack.contains(secret.expose()), "a temporary SecretKey was written");
+        assert!(!haystack.contains(token.expose()), "a token was written");
+    }
+    assert!(!haystack.contains(&secret_key("main")));
+    sim.shutdown().await;
+}
