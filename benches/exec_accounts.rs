@@ -155,8 +155,18 @@ async fn three_accounts(jobs: usize) {
     }
     // Each simulator counts at_ms from its own start; they start within milliseconds
     // of one another, before any request, so the spans compare.
-    let first = arrivals.iter().filter_map(|a| a.first()).copied().min().unwrap_or(0);
-    let together_end = arrivals.iter().filter_map(|a| a.last()).copied().min().unwrap_or(first);
+    let first = arrivals
+        .iter()
+        .filter_map(|a| a.first())
+        .copied()
+        .min()
+        .unwrap_or(0);
+    let together_end = arrivals
+        .iter()
+        .filter_map(|a| a.last())
+        .copied()
+        .min()
+        .unwrap_or(first);
     let admitted_together = arrivals
         .iter()
         .flatten()
@@ -219,5 +229,8 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

@@ -354,9 +354,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value.checked_mul(60),
         "h" => value.checked_mul(3600),
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use s, m or h"
-            ));
+            return Err(format!("unknown unit {other:?} in {text:?}: use s, m or h"));
         }
     };
     check_duration(seconds, text)
@@ -431,7 +429,7 @@ fn parse_account(path: &Path, name: &str, body: &toml::Value) -> Result<Account,
         ),
         Some(_) => {
             return Err(bad(
-                "duration must be seconds or a string such as \"2h\"".to_string(),
+                "duration must be seconds or a string such as \"2h\"".to_string()
             ));
         }
     };
@@ -455,7 +453,7 @@ fn parse_account(path: &Path, name: &str, body: &toml::Value) -> Result<Account,
             }
             if regions.is_empty() {
                 return Err(bad(
-                    "regions is empty: leave it out to walk every region".to_string(),
+                    "regions is empty: leave it out to walk every region".to_string()
                 ));
             }
             regions.sort();
@@ -464,15 +462,14 @@ fn parse_account(path: &Path, name: &str, body: &toml::Value) -> Result<Account,
         }
         Some(_) => {
             return Err(bad(
-                "regions must be a list such as [\"ap-guangzhou\"]".to_string(),
+                "regions must be a list such as [\"ap-guangzhou\"]".to_string()
             ));
         }
     };
     let source = match (role_arn, profile) {
         (Some(_), Some(_)) => {
             return Err(bad(
-                "both role_arn and profile: an account has one source of credentials"
-                    .to_string(),
+                "both role_arn and profile: an account has one source of credentials".to_string(),
             ));
         }
         (Some(arn), None) => {
@@ -570,7 +567,10 @@ profile = "dev"
             role.external_id.as_ref().map(Secret::expose),
             Some("shh-external")
         );
-        assert_eq!(prod.regions.as_deref(), Some(&["eu-frankfurt".to_string()][..]));
+        assert_eq!(
+            prod.regions.as_deref(),
+            Some(&["eu-frankfurt".to_string()][..])
+        );
         // The external id never shows, not even through Debug.
         assert!(!format!("{accounts:?}").contains("shh-external"));
     }
@@ -590,7 +590,8 @@ profile = "dev"
 
     #[test]
     fn an_unknown_key_names_the_file_the_table_and_the_key() {
-        let err = error("[accounts.prod]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nrgions = []\n");
+        let err =
+            error("[accounts.prod]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nrgions = []\n");
         assert!(err.contains("/etc/accounts.toml"), "{err}");
         assert!(err.contains("[accounts.prod]"), "{err}");
         assert!(err.contains("unknown key \"rgions\""), "{err}");
@@ -600,9 +601,8 @@ profile = "dev"
 
     #[test]
     fn two_sources_in_one_table_are_refused() {
-        let err = error(
-            "[accounts.x]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nprofile = \"dev\"\n",
-        );
+        let err =
+            error("[accounts.x]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nprofile = \"dev\"\n");
         assert!(err.contains("[accounts.x]"), "{err}");
         assert!(err.contains("both role_arn and profile"), "{err}");
     }
@@ -630,7 +630,10 @@ profile = "dev"
     #[test]
     fn role_options_without_a_role_and_bad_values_are_refused() {
         let err = error("[accounts.x]\nsession_name = \"s1\"\n");
-        assert!(err.contains("session_name is given without role_arn"), "{err}");
+        assert!(
+            err.contains("session_name is given without role_arn"),
+            "{err}"
+        );
         let err = error("[accounts.x]\nexternal_id = \"shh\"\n");
         assert!(!err.contains("shh"), "{err}");
         let err = error("[accounts.x]\nrole_arn = \"arn:aws:iam::1:role/R\"\n");
@@ -647,7 +650,8 @@ profile = "dev"
 
     #[test]
     fn broken_toml_names_a_line_and_quotes_no_value() {
-        let err = error("[accounts.x]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nexternal_id = \"sec\n");
+        let err =
+            error("[accounts.x]\nrole_arn = \"qcs::cam::uin/2:roleName/R\"\nexternal_id = \"sec\n");
         assert!(err.contains("/etc/accounts.toml: line 3"), "{err}");
         assert!(!err.contains("sec\""), "{err}");
     }

@@ -239,14 +239,19 @@ impl crate::executor::Api for AccountClient {
         &self,
         call: &crate::executor::Call,
     ) -> Result<crate::executor::Reply, crate::executor::Refused> {
-        self.call_service(call.action.service(), call.action.name(), &call.region, &call.body)
-            .await
-            .map(|(response, request_id)| crate::executor::Reply {
-                request_id,
-                http_status: 200,
-                response,
-            })
-            .map_err(crate::executor::Refused::from)
+        self.call_service(
+            call.action.service(),
+            call.action.name(),
+            &call.region,
+            &call.body,
+        )
+        .await
+        .map(|(response, request_id)| crate::executor::Reply {
+            request_id,
+            http_status: 200,
+            response,
+        })
+        .map_err(crate::executor::Refused::from)
     }
 
     fn endpoint(&self, region: &str) -> String {
@@ -410,7 +415,10 @@ mod tests {
         assert_eq!(credentials.token.as_ref().map(Secret::expose), Some("tok"));
         assert_eq!(expires, 1_700_000_000_000);
         let shown = format!("{credentials:?}");
-        assert!(!shown.contains("tmpkey") && !shown.contains("tok\""), "{shown}");
+        assert!(
+            !shown.contains("tmpkey") && !shown.contains("tok\""),
+            "{shown}"
+        );
         let err = parse_assume_role(&json!({"Credentials": {}}), "rid-2").unwrap_err();
         assert!(err.to_string().contains("TmpSecretId"), "{err}");
     }

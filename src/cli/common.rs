@@ -38,7 +38,12 @@ pub fn client(
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> anyhow::Result<CvmClient> {
-    let client = base_client(global, global.profile.as_deref(), connect_timeout, request_timeout)?;
+    let client = base_client(
+        global,
+        global.profile.as_deref(),
+        connect_timeout,
+        request_timeout,
+    )?;
     warn_about_transport(&client);
     match &global.account {
         None if global.accounts.is_some() || global.organization => {

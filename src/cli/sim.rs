@@ -143,7 +143,12 @@ pub struct Args {
     #[arg(long = "account", value_name = "NAME=UIN[:FLEET]", value_parser = parse_account)]
     accounts: Vec<AccountSpec>,
     /// The UIN of the first account (the one --secret-id signs for), with --account.
-    #[arg(long, value_name = "UIN", default_value = "100000000001", requires = "accounts")]
+    #[arg(
+        long,
+        value_name = "UIN",
+        default_value = "100000000001",
+        requires = "accounts"
+    )]
     main_uin: String,
     /// A role every --account holds, assumable by the first account (repeatable;
     /// default KeyRotation and OrganizationAccessControlRole).

@@ -401,8 +401,7 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Reply, Drop
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let Some(auth) = header("authorization").and_then(|a| sign::parse_authorization(a).ok())
-    else {
+    let Some(auth) = header("authorization").and_then(|a| sign::parse_authorization(a).ok()) else {
         return Ok(error(
             "AuthFailure.InvalidAuthorization",
             "The Authorization header is missing or malformed.",
@@ -412,7 +411,11 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Reply, Drop
     // and the front's own services; an account's simulator checks the rest).
     let (principal, secret_key) = {
         let state = front.lock();
-        if let Some(at) = front.accounts.iter().position(|a| a.secret_id == auth.secret_id) {
+        if let Some(at) = front
+            .accounts
+            .iter()
+            .position(|a| a.secret_id == auth.secret_id)
+        {
             (
                 Principal::LongTerm(at),
                 front.accounts[at].secret_key.clone(),
@@ -532,7 +535,10 @@ async fn forward(
             request = request.header("authorization", auth);
             continue;
         }
-        if matches!(lower.as_str(), "content-length" | "connection" | "transfer-encoding") {
+        if matches!(
+            lower.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
             continue;
         }
         request = request.header(name, value);
@@ -566,7 +572,10 @@ fn sts(front: &Front, caller: usize, action: &str, version: &str, body: &[u8]) -
         .and_then(Value::as_str)
         .unwrap_or("");
     if !(2..=128).contains(&session.len()) {
-        return error("InvalidParameter", "RoleSessionName must be 2-128 characters.");
+        return error(
+            "InvalidParameter",
+            "RoleSessionName must be 2-128 characters.",
+        );
     }
     let asked = params
         .get("DurationSeconds")

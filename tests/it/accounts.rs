@@ -22,8 +22,7 @@ use serde_json::json;
 
 use crate::support::{ins, key};
 
-const LEAKED: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g leaked@laptop";
+const LEAKED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g leaked@laptop";
 const MAIN_UIN: &str = "100000000001";
 const ROLE: &str = "KeyRotation";
 
@@ -153,14 +152,21 @@ async fn each_account_sees_its_own_fleet_through_its_role() {
     let base = base_client(&sim);
     let clients = clients(&base);
     for (index, (name, _, region, _, count)) in ACCOUNTS.iter().enumerate() {
-        let reply = client(&clients, name).call(&describe(region)).await.unwrap();
+        let reply = client(&clients, name)
+            .call(&describe(region))
+            .await
+            .unwrap();
         let want: Vec<String> = (0..*count).map(|n| ins(index * 0x100 + n)).collect();
         assert_eq!(instance_ids(&reply), want, "{name}");
     }
     // The roles were assumed with main's credentials, once each; main signs itself.
     let assumed = sim.assumed();
     assert_eq!(assumed.len(), 2, "{assumed:?}");
-    assert!(assumed.iter().all(|a| a.caller == "main" && a.outcome.is_ok()));
+    assert!(
+        assumed
+            .iter()
+            .all(|a| a.caller == "main" && a.outcome.is_ok())
+    );
     assert_eq!(sim.forwarded_temporary("prod"), 1);
     assert_eq!(sim.forwarded_temporary("main"), 0);
     // The limiter identity is the account and its role, not a temporary SecretId.
@@ -220,7 +226,11 @@ async fn temporary_credentials_expire_and_are_refreshed_without_a_failed_request
         "refreshed at half of each 2 s lifetime: {assumed} AssumeRoles"
     );
     let stale = first
-        .call_action(Action::DescribeInstances, "eu-frankfurt", &json!({"Limit": 1}))
+        .call_action(
+            Action::DescribeInstances,
+            "eu-frankfurt",
+            &json!({"Limit": 1}),
+        )
         .await
         .unwrap_err();
     assert_eq!(stale.code(), TOKEN_FAILURE);
@@ -267,7 +277,11 @@ async fn a_run_per_account_unbinds_exactly_that_accounts_key_and_stores_no_secre
     for (index, (name, _, region, leaked, count)) in ACCOUNTS.iter().enumerate() {
         let mut csv = String::from("instance_id,key_id,region\n");
         for n in 0..*count {
-            csv.push_str(&format!("{},{},{region}\n", ins(index * 0x100 + n), key(*leaked)));
+            csv.push_str(&format!(
+                "{},{},{region}\n",
+                ins(index * 0x100 + n),
+                key(*leaked)
+            ));
         }
         let path = dir.path().join(format!("{name}.csv"));
         std::fs::write(&path, csv).unwrap();
@@ -314,8 +328,14 @@ async fn a_run_per_account_unbinds_exactly_that_accounts_key_and_stores_no_secre
     }
     let text = String::from_utf8_lossy(&bytes);
     for (id, secret, token) in sim.issued() {
-        assert!(!text.contains(&id), "a temporary SecretId is in the database");
-        assert!(!text.contains(secret.expose()), "a temporary SecretKey is in the database");
+        assert!(
+            !text.contains(&id),
+            "a temporary SecretId is in the database"
+        );
+        assert!(
+            !text.contains(secret.expose()),
+            "a temporary SecretKey is in the database"
+        );
         assert!(!text.contains(token.expose()), "a token is in the database");
     }
     for (name, ..) in ACCOUNTS {
@@ -394,7 +414,11 @@ async fn the_binary_works_as_each_account_of_the_file() {
     for (index, (name, _, region, leaked, count)) in ACCOUNTS.iter().enumerate() {
         let mut csv = String::from("instance_id,key_id,region\n");
         for n in 0..*count {
-            csv.push_str(&format!("{},{},{region}\n", ins(index * 0x100 + n), key(*leaked)));
+            csv.push_str(&format!(
+                "{},{},{region}\n",
+                ins(index * 0x100 + n),
+                key(*leaked)
+            ));
         }
         let path = dir.path().join(format!("{name}.csv"));
         std::fs::write(&path, csv).unwrap();
@@ -410,10 +434,16 @@ async fn the_binary_works_as_each_account_of_the_file() {
     // An account the file lacks: a usage error naming the file.
     let (code, stderr) = keyfleet("nosuch", &["run", prod_input, "--progress", "none"]).await;
     assert_ne!(code, 0);
-    assert!(stderr.contains("accounts.toml has no [accounts.nosuch]"), "{stderr}");
+    assert!(
+        stderr.contains("accounts.toml has no [accounts.nosuch]"),
+        "{stderr}"
+    );
     for ((name, ..), input) in ACCOUNTS.iter().zip(&inputs) {
-        let (code, stderr) =
-            keyfleet(name, &["run", input.to_str().unwrap(), "--progress", "none"]).await;
+        let (code, stderr) = keyfleet(
+            name,
+            &["run", input.to_str().unwrap(), "--progress", "none"],
+        )
+        .await;
         assert_eq!(code, 0, "{name}: {stderr}");
     }
     for (index, (name, ..)) in ACCOUNTS.iter().enumerate() {
@@ -449,9 +479,112 @@ async fn the_binary_works_as_each_account_of_the_file() {
     assert!(issued.len() >= 2, "prod and dev assumed their roles");
     for (id, secret, token) in issued {
         assert!(!haystack.contains(&id), "a temporary SecretId was written");
-        assert!(!haystack.contains(secret.expose()), "a temporary SecretKey was written");
+        assert!(
+            !haystack.contains(secret.expose()),
+            "a temporary SecretKey was written"
+        );
         assert!(!haystack.contains(token.expose()), "a token was written");
     }
     assert!(!haystack.contains(&secret_key("main")));
+    sim.shutdown().await;
+}
+
+/// kill -9 in the middle of one account's run, then `resume` as the same account:
+/// the role is assumed again (nothing of the credentials was stored) and the run
+/// finishes, every pair of that account and no other account's touched.
+#[tokio::test]
+async fn kill_9_mid_run_and_resume_as_the_account() {
+    const JOBS: usize = 40;
+    let mut prod = sim_account(1);
+    prod.fleet = Fleet::new();
+    for n in 0..JOBS {
+        let mut instance = Instance::new(ins(0x4000 + n), "eu-frankfurt");
+        instance.key_ids = vec![key(0x4000 + n), key(0x1001)];
+        prod.fleet.instances.push(instance);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = start_accounts(listener, vec![sim_account(0), prod], Some("main"))
+        .await
+        .unwrap();
+    sim.set_credential_lifetime(Some(Duration::from_secs(2)));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyfleet.db");
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(&accounts, ACCOUNTS_FILE).unwrap();
+    let input = dir.path().join("prod.csv");
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for n in 0..JOBS {
+        csv.push_str(&format!(
+            "{},{},eu-frankfurt\n",
+            ins(0x4000 + n),
+            key(0x4000 + n)
+        ));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let command = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(crate::support::keyfleet_bin());
+        command
+            .arg("--db")
+            .arg(&db)
+            .arg("--endpoint")
+            .arg(sim.endpoint())
+            .arg("--accounts")
+            .arg(&accounts)
+            .args(["--account", "prod"])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("TENCENTCLOUD_SECRET_ID", secret_id("main"))
+            .env("TENCENTCLOUD_SECRET_KEY", secret_key("main"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+    let mut child = command(&["run", input.to_str().unwrap(), "--progress", "none"])
+        .spawn()
+        .unwrap();
+    let prod = sim.account("prod").unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while prod.journal().len() < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the run never got going");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let before = prod
+        .fleet()
+        .instances
+        .iter()
+        .filter(|i| i.key_ids.len() == 2)
+        .count();
+    assert!(before > 0, "the kill came after the last unbind");
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        command(&["resume", "--progress", "none"]).status(),
+    )
+    .await
+    .expect("resume finished in time")
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    for instance in prod.fleet().instances {
+        assert_eq!(
+            instance.key_ids,
+            vec![key(0x1001)],
+            "{}",
+            instance.instance_id
+        );
+    }
+    // main's fleet untouched: its journal holds no request.
+    assert!(sim.account("main").unwrap().journal().is_empty());
+    let assumed = sim.assumed();
+    assert!(
+        assumed.len() >= 2,
+        "the resume assumed the role again: {assumed:?}"
+    );
     sim.shutdown().await;
 }
