@@ -451,12 +451,13 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Reply, Drop
         payload: &body,
     };
     let own_service = matches!(auth.service.as_str(), "sts" | "organization");
-    if own_service || matches!(principal, Principal::Temporary(_)) {
-        if let Err(err) = sign::verify(&received, &auth.service, unix_now(), |_| {
+    let checked_here = own_service || matches!(principal, Principal::Temporary(_));
+    if checked_here
+        && let Err(err) = sign::verify(&received, &auth.service, unix_now(), |_| {
             Some(secret_key.clone())
-        }) {
-            return Ok(error(err.code(), &err.to_string()));
-        }
+        })
+    {
+        return Ok(error(err.code(), &err.to_string()));
     }
     let caller = match principal {
         Principal::LongTerm(at) | Principal::Temporary(at) => at,

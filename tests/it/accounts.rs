@@ -57,10 +57,12 @@ fn sim_account(index: usize) -> SimAccount {
         public_key: LEAKED.into(),
         image_ids: Vec::new(),
     });
-    let mut config = SimConfig::default();
-    config.secret_id = secret_id(name);
-    config.secret_key = Secret::new(secret_key(name));
-    config.seed = index as u64;
+    let config = SimConfig {
+        secret_id: secret_id(name),
+        secret_key: Secret::new(secret_key(name)),
+        seed: index as u64,
+        ..SimConfig::default()
+    };
     let trusted = vec![MAIN_UIN.to_string()];
     SimAccount {
         name: name.into(),
