@@ -140,27 +140,27 @@ pub struct Args {
     /// SecretId, limits and journal, and the roles of --role, which the first account
     /// (`main`, --main-uin, the credentials above) may assume with STS AssumeRole; the
     /// Organization lists them as its members.
-    #[arg(long = "account", value_name = "NAME=UIN[:FLEET]", value_parser = parse_account)]
-    accounts: Vec<AccountSpec>,
-    /// The UIN of the first account (the one --secret-id signs for), with --account.
+    #[arg(long = "add-account", value_name = "NAME=UIN[:FLEET]", value_parser = parse_account)]
+    add_accounts: Vec<AccountSpec>,
+    /// The UIN of the first account (the one --secret-id signs for), with --add-account.
     #[arg(
         long,
         value_name = "UIN",
         default_value = "100000000001",
-        requires = "accounts"
+        requires = "add_accounts"
     )]
     main_uin: String,
-    /// A role every --account holds, assumable by the first account (repeatable;
+    /// A role every --add-account holds, assumable by the first account (repeatable;
     /// default KeyRotation and OrganizationAccessControlRole).
-    #[arg(long = "role", value_name = "NAME", requires = "accounts")]
+    #[arg(long = "role", value_name = "NAME", requires = "add_accounts")]
     roles: Vec<String>,
     /// The lifetime AssumeRole grants, whatever DurationSeconds asks (e.g. 30s, to see
     /// temporary credentials refreshed in a rehearsal); as asked when absent.
-    #[arg(long, value_parser = parse_duration, requires = "accounts")]
+    #[arg(long, value_parser = parse_duration, requires = "add_accounts")]
     credential_lifetime: Option<Duration>,
 }
 
-/// One `--account NAME=UIN[:FLEET]`.
+/// One `--add-account NAME=UIN[:FLEET]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSpec {
     name: String,
@@ -348,7 +348,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    if !args.accounts.is_empty() {
+    if !args.add_accounts.is_empty() {
         let main = Main {
             uin: args.main_uin.clone(),
             config,
@@ -393,7 +393,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     Ok(crate::exit::OK)
 }
 
-/// The first account of `keyfleet sim --account`: the one the printed credentials sign for.
+/// The first account of `keyfleet sim --add-account`: the one the printed credentials sign for.
 struct Main {
     uin: String,
     config: SimConfig,
@@ -401,7 +401,7 @@ struct Main {
     shown_key: Option<String>,
 }
 
-/// `keyfleet sim --account ...`: every account behind one port (`sim::accounts`).
+/// `keyfleet sim --add-account ...`: every account behind one port (`sim::accounts`).
 async fn serve_accounts(
     listener: tokio::net::TcpListener,
     main: Main,
@@ -424,7 +424,7 @@ async fn serve_accounts(
         roles: Vec::new(),
     }];
     let mut shown = Vec::new();
-    for (n, spec) in args.accounts.iter().enumerate() {
+    for (n, spec) in args.add_accounts.iter().enumerate() {
         let fleet = match &spec.fleet {
             Some(path) => Fleet::load(path)?,
             None => Fleet::generate(
@@ -479,8 +479,8 @@ async fn serve_accounts(
     );
     eprintln!(
         "keyfleet sim: {} accounts (main + {}), listening on {endpoint}",
-        args.accounts.len() + 1,
-        args.accounts
+        args.add_accounts.len() + 1,
+        args.add_accounts
             .iter()
             .map(|a| a.name.as_str())
             .collect::<Vec<_>>()
@@ -492,7 +492,7 @@ async fn serve_accounts(
         None => eprintln!("  (SecretKey as given)"),
     }
     eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
-    for spec in &args.accounts {
+    for spec in &args.add_accounts {
         eprintln!(
             "  [accounts.{}] role_arn = \"qcs::cam::uin/{}:roleName/{}\"",
             spec.name, spec.uin, roles[0]

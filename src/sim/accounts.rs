@@ -70,7 +70,7 @@ pub const FRONT_REPLY_CODES: &[&str] = &[
 /// One account of a simulated estate.
 #[derive(Debug, Clone)]
 pub struct SimAccount {
-    /// Its name in tests and in `keyfleet sim --account`.
+    /// Its name in tests and in `keyfleet sim --add-account`.
     pub name: String,
     /// Its UIN (digits): role ARNs name it.
     pub uin: String,

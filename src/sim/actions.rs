@@ -231,7 +231,7 @@ pub(crate) fn validate(
         // One account has no one to assume a role into: `sim::accounts` serves these.
         Action::AssumeRole | Action::DescribeOrganizationMembers => Err(ApiError::new(
             "InvalidAction",
-            "This simulator holds one account; start it with --account to serve STS and the Organization.",
+            "This simulator holds one account; start it with --add-account to serve STS and the Organization.",
         )),
     }
 }

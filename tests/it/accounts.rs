@@ -590,3 +590,139 @@ async fn kill_9_mid_run_and_resume_as_the_account() {
     );
     sim.shutdown().await;
 }
+
+/// `--organization --account UIN`: the member is found in the Organization's list and
+/// reached through the preset member-access role.
+#[tokio::test]
+async fn the_binary_works_as_an_organization_member() {
+    let sim = estate().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dev.csv");
+    let mut csv = String::from("instance_id,key_id,region\n");
+    for n in 0..3 {
+        csv.push_str(&format!(
+            "{},{},ap-singapore\n",
+            ins(0x200 + n),
+            key(0xc001)
+        ));
+    }
+    std::fs::write(&input, csv).unwrap();
+    let output = tokio::process::Command::new(crate::support::keyfleet_bin())
+        .arg("--db")
+        .arg(dir.path().join("keyfleet.db"))
+        .arg("--endpoint")
+        .arg(sim.endpoint())
+        .args(["--organization", "--account", "200000000003", "run"])
+        .arg(&input)
+        .args(["--progress", "none"])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("TENCENTCLOUD_SECRET_ID", secret_id("main"))
+        .env("TENCENTCLOUD_SECRET_KEY", secret_key("main"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for instance in sim.account("dev").unwrap().fleet().instances {
+        assert_eq!(instance.key_ids, vec![key(0x1002)]);
+    }
+    let assumed = sim.assumed();
+    assert_eq!(assumed.len(), 1, "{assumed:?}");
+    assert_eq!(
+        assumed[0].role_arn,
+        "qcs::cam::uin/200000000003:roleName/OrganizationAccessControlRole"
+    );
+    assert!(sim.account("prod").unwrap().journal().is_empty());
+    sim.shutdown().await;
+}
+
+/// `keyfleet sim --add-account`: the command-line simulator of several accounts, and
+/// `call` working as one of them through its role.
+#[tokio::test]
+async fn keyfleet_sim_serves_several_accounts_from_the_command_line() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet_file = dir.path().join("prod.json");
+    let prod_fleet = Fleet::new().with(Instance::new(ins(0x77), "eu-frankfurt").keys([key(0x77)]));
+    std::fs::write(&fleet_file, prod_fleet.to_json_pretty()).unwrap();
+    let mut sim = tokio::process::Command::new(crate::support::keyfleet_bin())
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--generate",
+            "2",
+            "--seed",
+            "1",
+        ])
+        .arg("--add-account")
+        .arg(format!("prod=200000000002:{}", fleet_file.display()))
+        .env_clear()
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = sim.stdout.take().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the simulator printed its line")
+    .unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(printed["accounts"][0]["name"], "prod");
+    assert_eq!(
+        printed["accounts"][0]["roles"][0],
+        "qcs::cam::uin/200000000002:roleName/KeyRotation"
+    );
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        "[accounts.prod]\nrole_arn = \"qcs::cam::uin/200000000002:roleName/KeyRotation\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(crate::support::keyfleet_bin())
+        .arg("--endpoint")
+        .arg(printed["endpoint"].as_str().unwrap())
+        .arg("--accounts")
+        .arg(&accounts)
+        .args([
+            "--account",
+            "prod",
+            "--region",
+            "eu-frankfurt",
+            "call",
+            "describe",
+        ])
+        .args(["--instance", &ins(0x77)])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env(
+            "TENCENTCLOUD_SECRET_ID",
+            printed["secret_id"].as_str().unwrap(),
+        )
+        .env(
+            "TENCENTCLOUD_SECRET_KEY",
+            printed["secret_key"].as_str().unwrap(),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&key(0x77)), "{stdout}");
+    sim.start_kill().unwrap();
+    sim.wait().await.unwrap();
+}
