@@ -30,6 +30,13 @@ pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
 /// but never before half of it (short lifetimes, as the simulator's).
 const REFRESH_SHARE: (i64, i64) = (4, 5);
 
+/// The wall clock in Unix milliseconds: AssumeRole's `ExpiredTime` is wall-clock time.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The moment (Unix ms) credentials issued at `issued_ms` and expiring at
 /// `expires_ms` are fetched again: at 80% of the lifetime or 5 minutes before the
 /// expiry, whichever comes first, and not before half of the lifetime.
@@ -109,14 +116,12 @@ impl AccountClient {
         profile: &dyn Fn(&str) -> Result<CvmClient, String>,
     ) -> Result<AccountClient, String> {
         let (identity, signer) = match &account.source {
-            Source::Base => (
-                format!("account {} ({})", account.name, base.secret_id()),
-                Signer::Fixed(base.clone()),
-            ),
+            // Long-term credentials: the SecretId is the limit's scope, as for a command
+            // without --account (both share one pacer key).
+            Source::Base => (base.secret_id().to_string(), Signer::Fixed(base.clone())),
             Source::Profile(name) => {
                 let client = profile(name)?;
-                let identity = format!("account {} ({})", account.name, client.secret_id());
-                (identity, Signer::Fixed(client))
+                (client.secret_id().to_string(), Signer::Fixed(client))
             }
             Source::Role(role) => (
                 format!("account {} (role {})", account.name, role.arn),
@@ -141,8 +146,8 @@ impl AccountClient {
         &self.inner.name
     }
 
-    /// What the account's rate limits are keyed by: its name and its role (or the
-    /// long-term SecretId), stable across refreshes.
+    /// What the account's rate limits are keyed by: its name and its role, stable
+    /// across refreshes; for long-term credentials, their SecretId.
     pub fn identity(&self) -> &str {
         &self.inner.identity
     }
@@ -159,7 +164,7 @@ impl AccountClient {
             } => {
                 let mut current = current.lock().await;
                 if let Some(temporary) = current.as_ref()
-                    && crate::store::now_ms() < temporary.refresh_at_ms
+                    && unix_ms() < temporary.refresh_at_ms
                 {
                     return Ok(temporary.client.clone());
                 }
@@ -170,7 +175,7 @@ impl AccountClient {
                 tracing::info!(
                     account = %self.inner.name,
                     role = %role.arn,
-                    refresh_in_ms = fresh.refresh_at_ms - crate::store::now_ms(),
+                    refresh_in_ms = fresh.refresh_at_ms - unix_ms(),
                     "assumed the account's role"
                 );
                 let client = fresh.client.clone();
@@ -320,7 +325,7 @@ pub fn assume_role_body(role: &Role) -> Value {
 }
 
 async fn assume(base: &CvmClient, role: &Role) -> Result<Temporary, CallError> {
-    let issued_ms = crate::store::now_ms();
+    let issued_ms = unix_ms();
     let (mut response, request_id) = base
         .call_action(Action::AssumeRole, STS_REGION, &assume_role_body(role))
         .await?;

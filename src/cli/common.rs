@@ -124,6 +124,38 @@ pub fn warn_about_transport(client: &CvmClient) {
     }
 }
 
+/// A run planned for one account (`--account`) is worked on only as that account, and a
+/// run of the base credentials only without `--account`: another account's credentials
+/// would send its rows where they do not exist, or worse, where the same ids mean
+/// something else.
+pub async fn check_run_account(
+    store: &Store,
+    run_id: i64,
+    global: &GlobalArgs,
+) -> anyhow::Result<()> {
+    let planned = store.run_account(run_id).await?;
+    match (planned.as_deref(), global.account.as_deref()) {
+        (None, None) => Ok(()),
+        (Some(planned), Some(given)) if planned == given => Ok(()),
+        (Some(planned), None) => anyhow::bail!(
+            "run {run_id} was planned for account {}: give --accounts FILE (or --organization) \
+             and --account {} to work on it",
+            escape(planned),
+            escape(planned)
+        ),
+        (None, Some(given)) => anyhow::bail!(
+            "run {run_id} was planned with the base credentials, not for account {}: leave \
+             --account out to work on it",
+            escape(given)
+        ),
+        (Some(planned), Some(given)) => anyhow::bail!(
+            "run {run_id} was planned for account {}, not {}",
+            escape(planned),
+            escape(given)
+        ),
+    }
+}
+
 /// Opens the database named by `--db` (or `path`).
 pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
     Store::open(path)

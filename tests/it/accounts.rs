@@ -453,6 +453,15 @@ async fn the_binary_works_as_each_account_of_the_file() {
             assert_eq!(instance.key_ids, vec![key(0x1000 + index)], "{name}");
         }
     }
+    // A run is worked on only as the account it was planned for (the newest: dev's).
+    let (code, stderr) = keyfleet("prod", &["verify"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("was planned for account dev, not prod"),
+        "{stderr}"
+    );
+    let (code, stderr) = keyfleet("dev", &["verify"]).await;
+    assert_eq!(code, 0, "{stderr}");
     let (code, report) = {
         let mut command = tokio::process::Command::new(crate::support::keyfleet_bin());
         let output = command
