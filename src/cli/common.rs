@@ -128,7 +128,7 @@ pub fn warn_about_transport(client: &CvmClient) {
 /// run of the base credentials only without `--account`: another account's credentials
 /// would send its rows where they do not exist, or worse, where the same ids mean
 /// something else.
-pub async fn check_run_account(
+pub(crate) async fn check_run_account(
     store: &Store,
     run_id: i64,
     global: &GlobalArgs,

@@ -162,7 +162,7 @@ pub struct Args {
 
 /// One `--add-account NAME=UIN[:FLEET]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountSpec {
+pub(crate) struct AccountSpec {
     name: String,
     uin: String,
     fleet: Option<PathBuf>,
