@@ -92,16 +92,17 @@ pub enum Action {
     DescribeRegions,
     StopInstances,
     StartInstances,
-    // Closing an incident (issue 22): read and sent directly by `discover` and `retire`,
-    // never queued (the jobs table's CHECK does not name them), so not in `ALL`.
-    ImportKeyPair,
-    DeleteKeyPairs,
-    DescribeLaunchTemplates,
+    // Template changes (issue 22): queued like every job (migration 0012).
     DescribeLaunchTemplateVersions,
     CreateLaunchTemplateVersion,
     ModifyLaunchTemplateDefaultVersion,
     DescribeLaunchConfigurations,
     ModifyLaunchConfigurationAttributes,
+    // Closing an incident (issue 22): read and sent directly by `discover` and `retire`,
+    // never queued (the jobs table's CHECK does not name them), so not in `ALL`.
+    ImportKeyPair,
+    DeleteKeyPairs,
+    DescribeLaunchTemplates,
     // Many accounts (issue 23): sent directly when an account's credentials are
     // needed or the Organization is listed, never queued.
     AssumeRole,
@@ -110,7 +111,7 @@ pub enum Action {
 
 impl Action {
     /// Every action the queue can hold, in a fixed order (tables and tests walk it).
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 12] = [
         Action::DisassociateInstancesKeyPairs,
         Action::AssociateInstancesKeyPairs,
         Action::DescribeInstances,
@@ -118,18 +119,19 @@ impl Action {
         Action::DescribeRegions,
         Action::StopInstances,
         Action::StartInstances,
-    ];
-
-    /// The actions that close an incident, sent directly, never queued.
-    pub const INCIDENT: [Action; 8] = [
-        Action::ImportKeyPair,
-        Action::DeleteKeyPairs,
-        Action::DescribeLaunchTemplates,
         Action::DescribeLaunchTemplateVersions,
         Action::CreateLaunchTemplateVersion,
         Action::ModifyLaunchTemplateDefaultVersion,
         Action::DescribeLaunchConfigurations,
         Action::ModifyLaunchConfigurationAttributes,
+    ];
+
+    /// The actions that close an incident sent directly (by `discover` and `retire`),
+    /// never queued.
+    pub const INCIDENT: [Action; 3] = [
+        Action::ImportKeyPair,
+        Action::DeleteKeyPairs,
+        Action::DescribeLaunchTemplates,
     ];
 
     /// The actions of many accounts: an account's credentials, the Organization's members.

@@ -10,11 +10,11 @@ use std::time::Duration;
 use rand::Rng;
 
 /// The delay before the second attempt, before jitter.
-pub const RETRY_BASE: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_BASE: Duration = Duration::from_secs(1);
 /// No retry waits longer than this.
-pub const RETRY_CAP: Duration = Duration::from_secs(60);
+pub(crate) const RETRY_CAP: Duration = Duration::from_secs(60);
 /// How long a throttled job waits before it is offered to the limiter again.
-pub const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const THROTTLE_DELAY: Duration = Duration::from_secs(1);
 
 /// The wait after the `failures`-th Retry-class failure of a job (1-based).
 ///
@@ -22,12 +22,13 @@ pub const THROTTLE_DELAY: Duration = Duration::from_secs(1);
 /// upper half of that interval. The lower half keeps retries from hammering a
 /// busy instance; the random half keeps a batch of jobs that failed together
 /// (one mutex-locked instance, a brief outage) from retrying in lockstep.
-pub fn retry_delay(failures: u32, rng: &mut impl Rng) -> Duration {
+#[cfg(test)]
+pub(crate) fn retry_delay(failures: u32, rng: &mut impl Rng) -> Duration {
     retry_delay_with(failures, RETRY_BASE, RETRY_CAP, rng)
 }
 
 /// [`retry_delay`] with an explicit base and cap (tests and rehearsals use short ones).
-pub fn retry_delay_with(
+pub(crate) fn retry_delay_with(
     failures: u32,
     base: Duration,
     cap: Duration,

@@ -49,6 +49,10 @@ pub enum IncidentError {
     MalformedKey(String),
     #[error("key pair {keys} does not exist in this account ({code})")]
     UnknownKey { keys: String, code: String },
+    /// A templates file (`run --templates`) that is not what `discover
+    /// --templates-output` writes: the place (file, line) and the problem.
+    #[error("{place}: {problem}")]
+    TemplatesFile { place: String, problem: String },
     #[error("{action} failed: {code}: {message}")]
     Refused {
         action: Action,
@@ -163,40 +167,146 @@ async fn list_key_pairs(
     .map_err(|r| IncidentError::refused(Action::DescribeKeyPairs, r))
 }
 
+pub use crate::rules::template::Holder as TemplateHolder;
 /// What hands a key to new instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TemplateKind {
-    /// A CVM launch template version.
-    LaunchTemplate,
-    /// An Auto Scaling launch configuration.
-    LaunchConfiguration,
-}
+pub use crate::states::TemplateKind;
 
-impl TemplateKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TemplateKind::LaunchTemplate => "launch_template",
-            TemplateKind::LaunchConfiguration => "launch_configuration",
-        }
+/// The header `discover --templates-output` writes and `run --templates` reads.
+pub const TEMPLATES_HEADER: [&str; 7] =
+    ["kind", "id", "name", "version", "region", "default", "keys"];
+
+/// Reads a templates file (the CSV `discover --templates-output` wrote): every row
+/// checked (kind, id, version, region, default, key ids); an error names the file,
+/// the line and the problem.
+pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>, IncidentError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(text.as_bytes());
+    let bad = |line: u64, problem: String| IncidentError::TemplatesFile {
+        place: format!("{file}:{line}"),
+        problem,
+    };
+    let header = reader
+        .headers()
+        .map_err(|e| bad(1, format!("unreadable header: {e}")))?
+        .clone();
+    if header.iter().collect::<Vec<_>>() != TEMPLATES_HEADER {
+        return Err(bad(
+            1,
+            format!(
+                "the header is not `{}` (the file `discover --templates-output` writes)",
+                TEMPLATES_HEADER.join(",")
+            ),
+        ));
     }
-}
-
-/// A launch template version or launch configuration whose KeyIds hold a looked-for key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct TemplateHolder {
-    pub region: String,
-    pub kind: TemplateKind,
-    /// `lt-...` or `asc-...`.
-    pub id: String,
-    pub name: String,
-    /// The template version; `None` for a launch configuration.
-    pub version: Option<u64>,
-    /// The template's default version (new instances get it unless told otherwise);
-    /// always true for a launch configuration, which has no versions.
-    pub default: bool,
-    /// Every key it hands out (the looked-for ones and any other).
-    pub keys: Vec<String>,
+    let mut holders = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            bad(line, format!("unreadable row: {e}"))
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let field = |n: usize| record.get(n).unwrap_or("").trim();
+        let kind = match field(0) {
+            "launch_template" => TemplateKind::LaunchTemplate,
+            "launch_configuration" => TemplateKind::LaunchConfiguration,
+            other => {
+                return Err(bad(
+                    line,
+                    format!(
+                        "kind {:?} is neither launch_template nor launch_configuration",
+                        crate::display::escape(other)
+                    ),
+                ));
+            }
+        };
+        let id = field(1).to_string();
+        let prefix = match kind {
+            TemplateKind::LaunchTemplate => "lt-",
+            TemplateKind::LaunchConfiguration => "asc-",
+        };
+        let id_ok = id.strip_prefix(prefix).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 32
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        });
+        if !id_ok {
+            return Err(bad(
+                line,
+                format!("id {:?} is not a {prefix} id", crate::display::escape(&id)),
+            ));
+        }
+        let version = match (kind, field(3)) {
+            (TemplateKind::LaunchConfiguration, "") => None,
+            (TemplateKind::LaunchConfiguration, other) => {
+                return Err(bad(
+                    line,
+                    format!(
+                        "a launch configuration has no version, not {:?}",
+                        crate::display::escape(other)
+                    ),
+                ));
+            }
+            (TemplateKind::LaunchTemplate, text) => {
+                Some(text.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                    bad(
+                        line,
+                        format!(
+                            "version {:?} is not a version number",
+                            crate::display::escape(text)
+                        ),
+                    )
+                })?)
+            }
+        };
+        let region = field(4).to_string();
+        if !ids::is_region(&region) {
+            return Err(bad(
+                line,
+                format!(
+                    "region {:?} is not a region name",
+                    crate::display::escape(&region)
+                ),
+            ));
+        }
+        let default = match field(5) {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(bad(
+                    line,
+                    format!(
+                        "default {:?} is neither true nor false",
+                        crate::display::escape(other)
+                    ),
+                ));
+            }
+        };
+        let keys: Vec<String> = field(6).split_whitespace().map(str::to_string).collect();
+        if let Some(key) = keys.iter().find(|k| !ids::is_key_id(k)) {
+            return Err(bad(
+                line,
+                format!("{:?} is not a key pair id", crate::display::escape(key)),
+            ));
+        }
+        // The name is only shown: a formula guard `discover` added is taken off.
+        let name = field(2);
+        let name = name.strip_prefix('\'').unwrap_or(name).to_string();
+        holders.push(TemplateHolder {
+            region,
+            kind,
+            id,
+            name,
+            version,
+            default,
+            keys,
+        });
+    }
+    holders.sort();
+    holders.dedup();
+    Ok(holders)
 }
 
 /// What the template scan found, and the regions it could not finish.

@@ -11,18 +11,21 @@
 //! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
 //!   leaf: the planner and the store both use it).
 //! - [`states`]: the words the database stores, one enum each: run, job and item states,
-//!   verdicts, a job's kind (`JobKind`: its step in an instance's workflow), a live
-//!   instance's power state (a leaf).
+//!   verdicts, a job's kind (`JobKind`: its step in an instance's or a template's
+//!   workflow), a live instance's power state, a template change's kind and state (a leaf).
 //! - [`rules`]: what follows an outcome, as pure functions of (the outcome, the rows read
 //!   in its transaction) returning `Effect`s: `rules::rotation` (bind, confirm, release
 //!   or skip the held unbinds), `rules::keep_one_key` (the look), `rules::power` (live
-//!   fleets: survey, admission into the downtime budget, stop, settle, start). Tested
-//!   without a database; the store applies the effects.
+//!   fleets: survey, admission into the downtime budget, stop, settle, start),
+//!   `rules::template` (a launch template's new version and default, a launch
+//!   configuration's key set: look, write, look again; a write in doubt replaced by a
+//!   look, never sent twice). Tested without a database; the store applies the effects.
 //! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`, `sts`, `organization`: name,
 //!   version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
-//!   StopInstances/StartInstances), `StopType`; [`cvm::Action::ALL`] the queue's actions,
-//!   [`cvm::Action::INCIDENT`] the ones `discover` and `retire` send directly.
+//!   StopInstances/StartInstances, the template actions), `StopType`;
+//!   [`cvm::Action::ALL`] the queue's actions, [`cvm::Action::INCIDENT`] the ones
+//!   `discover` and `retire` send directly.
 //! - [`ids`]: the `ins-`/`skey-` id formats and region names, shared by every layer.
 //! - [`secret`]: `Secret`, a string whose `Debug`/`Display` print `***`, zeroized on drop.
 //! - [`sign`]: TC3-HMAC-SHA256 signing and verification, pure functions.
@@ -38,9 +41,12 @@
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
 //!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
-//!   `{region}` and `{service}` endpoint templates; `api::resolve`, the `--resolve` rules
-//!   (and `is_loopback_host` for transport checks); `api::templates`, the replies of the
-//!   incident's reads (key pairs' public keys, launch templates, launch configurations).
+//!   `{region}` and `{service}` endpoint templates. Its files: `api/endpoint.rs` (where
+//!   calls go: URLs, templates, the http/https check, the proxy), `api/error.rs` (why a
+//!   call failed), `api/wire.rs` (a reply's envelope, the reads' replies, the power
+//!   requests' bodies), `api::resolve` (the `--resolve` rules, `is_loopback_host`),
+//!   `api::templates` (the incident's reads: key pairs' public keys, launch templates,
+//!   launch configurations).
 //! - [`pubkey`]: OpenSSH public keys and `SHA256:` fingerprints, compared by type and body.
 //! - [`store`]: the SQLite queue: runs, items (one per input pair), jobs (each of one kind
 //!   and its API action, with a payload and prerequisites in `job_deps`), attempts, a live
@@ -55,6 +61,9 @@
 //!   `JobWriter` and `Store::requeue` (retry, verify --requeue, the run's resend, one
 //!   transaction each); `store::verify` verification rounds and their counts;
 //!   `store::power` a live run's power rows, admission, its preparation and counts;
+//!   `store::templates` a run's template changes (`template_changes`), its leaked and
+//!   new keys, and the recorded retirements (`retirements`); `store::incident` what the
+//!   incident report reads of a run (where, what was done and skipped, every request);
 //!   `store::pacer` the shared send slots; before SQLite opens a file, `store/guard.rs`
 //!   checks it is the user's own (ssh's StrictModes), the `-migrate.lock` file included;
 //!   a key-pair job whose ids are not its planned pairs fails `KeyFleet.NotPlanned`
@@ -63,7 +72,10 @@
 //! - [`display`]: untrusted text made safe to show: terminal escapes, CSV formula cells.
 //! - [`delay`]: the retry backoff policy (exponential, jittered), a pure function.
 //! - [`executor`]: drains a run's queue, whatever the jobs' actions: one dispatcher, a lane
-//!   per limiter key, one writer, one crash-recovery path. `executor::action` is the
+//!   per limiter key, one writer, one crash-recovery path (`executor/config.rs` what a run
+//!   is given and returns, `executor/shared.rs` the state its tasks share,
+//!   `executor/dispatch.rs` the dispatcher and lanes, `executor/send.rs` a wave's attempt
+//!   rows, the paced sends and the writer). `executor::action` is the
 //!   contract per action (`JobAction`: build the call, read the reply, split a batch, name
 //!   the limiter key) and the client's (`Api`); `executor::decide` is what a refusal
 //!   means (pure); `executor::pacer` the `Limiter` interface, its implementations (shared
@@ -84,16 +96,21 @@
 //! - [`incident`]: closing an incident through discovery's sender: the key ids holding a
 //!   public key, the launch template versions and launch configurations handing a key
 //!   out (every region), and `retire` (DeleteKeyPairs once nothing holds the key, confirmed
-//!   by listing again).
+//!   by listing again); `read_templates_csv`, the templates file `run --templates` takes.
 //! - [`sim`]: the local CVM simulator (`keyfleet sim`): signatures, validation, batch
 //!   semantics, instance states, asynchronous key-pair operations (`LatestOperation*`),
 //!   StopInstances/StartInstances and ForceStop with each instance's power timeline
 //!   (`sim::power`), zones and tags,
 //!   rate limit per (Host, action, SecretId) and seeded faults over a real HTTP server
+//!   (`sim/server.rs`; `sim/call.rs` decodes a request and makes the protocol checks,
+//!   `sim/request.rs` reads its parameters, `sim/instance.rs` is one instance and its
+//!   timed operations, `sim/holdings.rs` an account's key pairs and templates)
 //!   with header/body timeouts, a connection cap and a bounded journal; every service on one
 //!   port (`sim::incident`: key pairs' public keys and images, launch templates, the `as`
 //!   service's launch configurations); `sim::churn` changes the fleet while it is listed
-//!   (seeded, counted in pages); `sim::audit` proves a run
+//!   (seeded, counted in pages); `sim::closing` proves templates and the key pair's
+//!   deletion (no second version, defaults moved, a key deleted only when free);
+//!   `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied, and
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
 //!   final power states, budget use; `sim::accounts` several accounts behind one port
@@ -105,13 +122,24 @@
 //! errors to exit codes (the table: `exit` in `main.rs`); nothing in the library prints.
 //! `store::watch` is what `status --watch` reads (`Store::open_read_only`, which creates,
 //! migrates and writes nothing; `recent_errors`).
+//!
+//! # Surface
+//!
+//! `pub` means used from outside the library (the binary, the integration tests, the
+//! benchmarks); everything else is `pub(crate)` or private, and the `unreachable_pub`
+//! lint (here and in `main.rs`, denied in CI through clippy's `-D warnings`) keeps it so.
+//! Modules nothing outside needs are private or `pub(crate)` (`chunk`, `delay`, the
+//! executor's parts, the simulator's fleet, journal and power model, the store's pacer,
+//! requeue and schema checks), their types re-exported where the outside needs them.
+
+#![warn(unreachable_pub)]
 
 pub mod accounts;
 pub mod api;
-pub mod chunk;
+mod chunk;
 pub mod credentials;
 pub mod cvm;
-pub mod delay;
+mod delay;
 pub mod discover;
 pub mod display;
 pub mod executor;

@@ -1,6 +1,8 @@
 //! The `keyfleet` command line: parses arguments, sets up logging, and maps
 //! library errors to exit codes. Each subcommand lives in `cli/`.
 
+#![warn(unreachable_pub)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -167,6 +167,21 @@ stored_words! {
         Settle => "settle",
         /// A live run: power instances the run stopped back on (`StartInstances`).
         Start => "start",
+        /// A template change: re-read a launch template's versions before (and after)
+        /// making one (`DescribeLaunchTemplateVersions`).
+        TemplateLook => "template_look",
+        /// A template change: a new version with the new key set, described with the
+        /// change's marker (`CreateLaunchTemplateVersion`; not idempotent).
+        Template => "template",
+        /// A template change: the version made becomes the default
+        /// (`ModifyLaunchTemplateDefaultVersion`).
+        TemplateDefault => "template_default",
+        /// A template change: re-read an Auto Scaling launch configuration
+        /// (`DescribeLaunchConfigurations`).
+        LaunchConfigLook => "launch_config_look",
+        /// A template change: a launch configuration's `LoginSettings` rewritten
+        /// (`ModifyLaunchConfigurationAttributes`).
+        LaunchConfig => "launch_config",
     }
 }
 
@@ -184,12 +199,67 @@ impl JobKind {
             | JobKind::Settle => Action::DescribeInstances,
             JobKind::Stop => Action::StopInstances,
             JobKind::Start => Action::StartInstances,
+            JobKind::TemplateLook => Action::DescribeLaunchTemplateVersions,
+            JobKind::Template => Action::CreateLaunchTemplateVersion,
+            JobKind::TemplateDefault => Action::ModifyLaunchTemplateDefaultVersion,
+            JobKind::LaunchConfigLook => Action::DescribeLaunchConfigurations,
+            JobKind::LaunchConfig => Action::ModifyLaunchConfigurationAttributes,
         }
     }
 
     /// True for the kinds that read the cloud's state and change nothing.
     pub fn is_read(self) -> bool {
-        self.action() == crate::cvm::Action::DescribeInstances
+        !self.action().is_write()
+    }
+
+    /// True for the kinds whose request, when its outcome is unknown (no reply, or an
+    /// attempt a kill left open), is not sent again as is: a look replaces it and finds
+    /// what it did first (`rules::template::in_doubt`); so is one that met a transient
+    /// error (it may have been applied). CreateLaunchTemplateVersion
+    /// makes a new version each time; a launch configuration is re-read so that a
+    /// resumed change never writes over what it did not read.
+    pub fn rereads_when_in_doubt(self) -> bool {
+        matches!(self, JobKind::Template | JobKind::LaunchConfig)
+    }
+
+    /// True for the kinds of a template change (no instance, no pair).
+    pub fn is_template(self) -> bool {
+        matches!(
+            self,
+            JobKind::TemplateLook
+                | JobKind::Template
+                | JobKind::TemplateDefault
+                | JobKind::LaunchConfigLook
+                | JobKind::LaunchConfig
+        )
+    }
+}
+
+stored_words! {
+    /// What hands a key to new instances (`template_changes.kind`).
+    TemplateKind {
+        /// A CVM launch template version.
+        LaunchTemplate => "launch_template",
+        /// An Auto Scaling launch configuration.
+        LaunchConfiguration => "launch_configuration",
+    }
+}
+
+stored_words! {
+    /// Where a run's change of a template stands (`template_changes.state`).
+    TemplateState {
+        /// Its jobs are under way.
+        Pending => "pending",
+        /// It hands out the new key set (a new version, the default when the old one
+        /// was; a launch configuration rewritten).
+        Changed => "changed",
+        /// Left as it was on purpose: its only key is the leaked one and no rotation
+        /// target was given (the reason says so; `retire` names it).
+        Kept => "kept",
+        /// Nothing to do when it was read again: it no longer hands out the key.
+        Unchanged => "unchanged",
+        /// A step failed for good (the reason says which, with the code).
+        Failed => "failed",
     }
 }
 

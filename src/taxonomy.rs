@@ -628,6 +628,69 @@ pub const ACTION_CODES: &[(Action, Rule)] = &[
             "already RUNNING: the start's goal holds; split off and confirmed by a look, not a failure of the instance",
         ),
     ),
+    (
+        Action::DescribeLaunchTemplateVersions,
+        rule(
+            "InvalidParameterValue.LaunchTemplateIdNotExisted",
+            Isolate,
+            Request,
+            "the template no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
+    (
+        Action::CreateLaunchTemplateVersion,
+        rule(
+            "LimitExceeded.LaunchTemplateVersionQuota",
+            Isolate,
+            Request,
+            "the template holds 30 versions: its change fails with the code (delete an old version), the run goes on",
+        ),
+    ),
+    (
+        Action::CreateLaunchTemplateVersion,
+        rule(
+            "InvalidParameterValue.LaunchTemplateIdVerNotExisted",
+            Isolate,
+            Request,
+            "the source version no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
+    (
+        Action::CreateLaunchTemplateVersion,
+        rule(
+            "InvalidParameterValue.LaunchTemplateIdNotExisted",
+            Isolate,
+            Request,
+            "the template no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
+    (
+        Action::ModifyLaunchTemplateDefaultVersion,
+        rule(
+            "InvalidParameterValue.LaunchTemplateIdVerNotExisted",
+            Isolate,
+            Request,
+            "the version made no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
+    (
+        Action::ModifyLaunchTemplateDefaultVersion,
+        rule(
+            "InvalidParameterValue.LaunchTemplateIdNotExisted",
+            Isolate,
+            Request,
+            "the template no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
+    (
+        Action::ModifyLaunchConfigurationAttributes,
+        rule(
+            "ResourceNotFound.LaunchConfigurationIdNotFound",
+            Isolate,
+            Request,
+            "the launch configuration no longer exists: its change fails with the code, the run goes on",
+        ),
+    ),
 ];
 
 /// The class and scope of an error code from `action`; total over every string.

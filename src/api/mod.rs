@@ -38,7 +38,7 @@
 mod endpoint;
 mod error;
 pub mod resolve;
-pub mod templates;
+pub(crate) mod templates;
 mod wire;
 
 use std::sync::Arc;

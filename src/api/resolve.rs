@@ -147,7 +147,7 @@ pub(crate) struct RuleResolver {
 }
 
 impl RuleResolver {
-    pub fn new(rules: &[ResolveRule]) -> RuleResolver {
+    pub(crate) fn new(rules: &[ResolveRule]) -> RuleResolver {
         RuleResolver {
             rules: rules.into(),
         }

@@ -25,7 +25,7 @@ pub struct KeyPairDetail {
 
 /// A page of any Describe: its items and `TotalCount` (`None` when omitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
+pub(crate) struct Page<T> {
     pub items: Vec<T>,
     pub total_count: Option<u64>,
 }
@@ -33,7 +33,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// The `Offset` of the next page after one asked from `offset` with `limit`, or
     /// `None` when this one is the last (without a total: when it was not full).
-    pub fn next_offset(&self, offset: u64, limit: u64) -> Option<u64> {
+    pub(crate) fn next_offset(&self, offset: u64, limit: u64) -> Option<u64> {
         let returned = self.items.len() as u64;
         let next = offset.saturating_add(returned);
         let more = match self.total_count {
@@ -45,7 +45,7 @@ impl<T> Page<T> {
 }
 
 /// Reads a `DescribeKeyPairs` reply with the public keys and names.
-pub fn parse_key_pair_details(
+pub(crate) fn parse_key_pair_details(
     response: &Value,
     request_id: &str,
 ) -> Result<Page<KeyPairDetail>, CallError> {
@@ -65,7 +65,7 @@ pub fn parse_key_pair_details(
 
 /// One CVM launch template (`DescribeLaunchTemplates`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LaunchTemplate {
+pub(crate) struct LaunchTemplate {
     /// `lt-...`.
     pub template_id: String,
     pub name: String,
@@ -74,7 +74,7 @@ pub struct LaunchTemplate {
 }
 
 /// Reads a `DescribeLaunchTemplates` reply.
-pub fn parse_launch_templates(
+pub(crate) fn parse_launch_templates(
     response: &Value,
     request_id: &str,
 ) -> Result<Page<LaunchTemplate>, CallError> {
@@ -93,7 +93,7 @@ pub fn parse_launch_templates(
 
 /// One version of a launch template (`DescribeLaunchTemplateVersions`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LaunchTemplateVersion {
+pub(crate) struct LaunchTemplateVersion {
     pub template_id: String,
     /// `LaunchTemplateVersion`.
     pub version: u64,
@@ -101,11 +101,14 @@ pub struct LaunchTemplateVersion {
     pub is_default: bool,
     /// `LaunchTemplateVersionData.LoginSettings.KeyIds`.
     pub key_ids: Vec<String>,
+    /// `LaunchTemplateVersionDescription` (a template change marks its version with it).
+    #[serde(skip)]
+    pub description: String,
 }
 
 /// Reads a `DescribeLaunchTemplateVersions` reply; a version without its template id
 /// or its number is a bad body.
-pub fn parse_launch_template_versions(
+pub(crate) fn parse_launch_template_versions(
     response: &Value,
     request_id: &str,
 ) -> Result<Page<LaunchTemplateVersion>, CallError> {
@@ -121,6 +124,7 @@ pub fn parse_launch_template_versions(
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             key_ids: string_list(login.and_then(|l| l.get("KeyIds"))),
+            description: string_field(item, "LaunchTemplateVersionDescription"),
         })
     })?;
     Ok(Page {
@@ -131,16 +135,19 @@ pub fn parse_launch_template_versions(
 
 /// One Auto Scaling launch configuration (`DescribeLaunchConfigurations`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LaunchConfiguration {
+pub(crate) struct LaunchConfiguration {
     /// `asc-...`.
     pub configuration_id: String,
     pub name: String,
     /// `LoginSettings.KeyIds`.
     pub key_ids: Vec<String>,
+    /// `LoginSettings.KeepImageLogin` (kept when the key set is rewritten).
+    #[serde(skip)]
+    pub keep_image_login: bool,
 }
 
 /// Reads a `DescribeLaunchConfigurations` reply.
-pub fn parse_launch_configurations(
+pub(crate) fn parse_launch_configurations(
     response: &Value,
     request_id: &str,
 ) -> Result<Page<LaunchConfiguration>, CallError> {
@@ -149,6 +156,11 @@ pub fn parse_launch_configurations(
             configuration_id: item.get("LaunchConfigurationId")?.as_str()?.to_string(),
             name: string_field(item, "LaunchConfigurationName"),
             key_ids: string_list(item.get("LoginSettings").and_then(|l| l.get("KeyIds"))),
+            keep_image_login: item
+                .get("LoginSettings")
+                .and_then(|l| l.get("KeepImageLogin"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     })?;
     Ok(Page {

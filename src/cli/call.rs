@@ -76,7 +76,7 @@ struct DescribeArgs {
     instances: Vec<String>,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     // Every local check happens before credentials are read or anything is sent.
     let (instances, keys, force_stop) = match &args.action {
         Action::Disassociate(pair) => (

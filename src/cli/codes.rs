@@ -14,7 +14,7 @@ pub struct Args {
     exit: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<u8> {
+pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     if args.exit {
         if args.json {
             println!("{}", serde_json::to_string_pretty(crate::exit::TABLE)?);

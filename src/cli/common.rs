@@ -15,7 +15,7 @@ use crate::GlobalArgs;
 /// Reads the credentials the way every command that sends requests does: the process
 /// is made non-dumpable first (no core file, no ptrace, holding the SecretKey), and
 /// each warning about the credential file is printed, as ssh does for a key file.
-pub fn resolve_credentials(
+pub(crate) fn resolve_credentials(
     profile: Option<&str>,
 ) -> Result<keyfleet::credentials::Credentials, keyfleet::credentials::CredentialsError> {
     if let Err(err) = keyfleet::secret::forbid_core_dumps() {
@@ -33,7 +33,7 @@ pub fn resolve_credentials(
 
 /// The API client the global flags describe (endpoint or template, `--resolve`,
 /// `--insecure-http`), with these timeouts and the resolved credentials.
-pub fn client(
+pub(crate) fn client(
     global: &GlobalArgs,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -114,7 +114,7 @@ fn account_client(
 }
 
 /// The warning `--insecure-http` promises, on stderr, before anything is sent.
-pub fn warn_about_transport(client: &CvmClient) {
+pub(crate) fn warn_about_transport(client: &CvmClient) {
     if client.transport() == api::Transport::InsecureHttp {
         eprintln!(
             "warning: --insecure-http: requests to {} travel in clear; anyone on the way can read \
@@ -157,7 +157,7 @@ pub(crate) async fn check_run_account(
 }
 
 /// Opens the database named by `--db` (or `path`).
-pub async fn open_store(path: &Path) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(path: &Path) -> anyhow::Result<Store> {
     Store::open(path)
         .await
         .with_context(|| format!("cannot use database {}", path.display()))

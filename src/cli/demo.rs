@@ -7,6 +7,12 @@
 //! closing verification), `verify --requeue` + `resume` until every pair is verified
 //! gone, the report, and an audit of the simulator's fleet against what keyfleet says.
 //!
+//! Launch templates and an Auto Scaling launch configuration hand the key out too: the
+//! run changes them through its queue (`--templates`), then the key is retired
+//! (`keyfleet retire`: refused, naming what holds it, while instances the run could not
+//! change keep it) and the incident report's first screen is shown; the audit checks the
+//! templates and the key pair's deletion against the simulator.
+//!
 //! `--rotate` rehearses a key rotation instead: every holder of the key is rotated to
 //! a new one (bound, confirmed, then the old one unbound), with the same faults.
 
@@ -100,10 +106,39 @@ fn leaked_key(fleet: &Fleet) -> Option<String> {
         .map(|(key, _)| key.to_string())
 }
 
+/// Templates that hand the leaked key out, as a real account has them: a launch
+/// template whose default version holds it beside another key, an old version of
+/// another template holding it alone (it is kept: a removal never strips a
+/// template's only key), and a launch configuration.
+fn with_templates(fleet: Fleet, leaked: &str) -> Fleet {
+    let other = fleet
+        .instances()
+        .iter()
+        .flat_map(|i| i.key_ids.iter())
+        .find(|k| *k != leaked)
+        .cloned()
+        .unwrap_or_else(|| leaked.to_string());
+    fleet
+        .with_template(
+            sim::LaunchTemplate::new("lt-0000dem0", "web", "ap-guangzhou")
+                .version([leaked, other.as_str()]),
+        )
+        .with_template(
+            sim::LaunchTemplate::new("lt-0000dem1", "batch", "ap-shanghai")
+                .version([leaked])
+                .version([other.as_str()])
+                .default_version(2),
+        )
+        .with_configuration(
+            sim::LaunchConfiguration::new("asc-0000dem0", "web-asg", "ap-shanghai")
+                .keys([leaked, other.as_str()]),
+        )
+}
+
 /// The key `--rotate` binds.
 const ROTATE_TO: &str = "skey-r0tate0n";
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {
@@ -114,8 +149,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let input = dir.join("leaked.csv");
     let db = dir.join("keyfleet.db");
     let report = dir.join("report.csv");
+    let templates_csv = dir.join("templates.csv");
+    let incident_md = dir.join("incident.md");
 
     let mut fleet = Fleet::generate(args.instances, args.seed, &demo_mix());
+    let leaked_for_templates = leaked_key(&fleet).context("the generated fleet has no keys")?;
+    fleet = with_templates(fleet, &leaked_for_templates);
     let before_fleet = fleet.clone();
     let before: BTreeSet<(String, String)> = fleet.bindings();
     let leaked = leaked_key(&fleet).context("the generated fleet has no keys")?;
@@ -174,12 +213,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     })?);
 
     eprintln!(
-        "\n1. keyfleet discover --key {leaked} --all-regions{} --output {}",
+        "\n1. keyfleet discover --key {leaked} --all-regions{} --output {} --templates-output {}",
         new_key
             .as_ref()
             .map(|k| format!(" --rotate-to {k}"))
             .unwrap_or_default(),
-        input.display()
+        input.display(),
+        templates_csv.display()
     );
     let exec = args.exec.exec_config();
     let options = DiscoverOptions {
@@ -204,10 +244,28 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         std::slice::from_ref(&leaked),
         new_key.as_deref(),
     );
+    let walked: Vec<String> = discovery
+        .regions
+        .iter()
+        .map(|r| r.region.clone())
+        .filter(|r| keyfleet::ids::is_region(r))
+        .collect();
+    let limiter = Arc::new(LocalLimiter::new(exec.rate));
+    let scan = keyfleet::incident::find_templates(
+        client.clone(),
+        limiter,
+        &options,
+        std::slice::from_ref(&leaked),
+        &walked,
+    )
+    .await;
+    super::report::write_private_file(&templates_csv, &super::incident::render_templates(&scan)?)?;
+    super::incident::summarize_templates(&scan, std::slice::from_ref(&leaked));
 
     eprintln!(
-        "\n2. keyfleet run {} --running stop-start --max-down 5% --max-down-per zone",
-        input.display()
+        "\n2. keyfleet run {} --templates {} --running stop-start --max-down 5% --max-down-per zone",
+        input.display(),
+        templates_csv.display()
     );
     let store = open_store(&db).await?;
     // A production fleet runs: each RUNNING instance is stopped, its keys changed and
@@ -237,6 +295,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             s.binds, s.held
         );
     }
+    super::incident::plan_templates(&store, run_id, &templates_csv).await?;
     let demo_global = GlobalArgs {
         db: db.clone(),
         ..global.clone()
@@ -259,6 +318,39 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         code = execute(&store, run_id, client.clone(), &args.exec, &demo_global).await?;
     }
     let verification = store.verification_counts(run_id).await?;
+
+    eprintln!("\n{}. keyfleet retire --key {leaked}", 3 + round);
+    let retire = keyfleet::incident::RetireOptions {
+        keys: vec![leaked.clone()],
+        dry_run: false,
+        ignore_templates: false,
+    };
+    super::retire::retire_with(
+        &store,
+        Some(run_id),
+        &retire,
+        client.clone(),
+        &args.exec.send,
+        "ap-guangzhou",
+        None,
+    )
+    .await?;
+
+    eprintln!(
+        "\n{}. keyfleet report --incident --output {}",
+        4 + round,
+        incident_md.display()
+    );
+    let incident = super::incident_report::gather(&store, &[run_id]).await?;
+    let beside = super::incident_report::csv_beside(&incident_md);
+    super::report::write_private_file(&beside, &super::incident_report::requests_csv(&incident)?)?;
+    let markdown =
+        super::incident_report::markdown(&incident, beside.file_name().and_then(|n| n.to_str()));
+    super::report::write_private_file(&incident_md, markdown.as_bytes())?;
+    let first_screen = markdown.split("\n## ").next().unwrap_or("");
+    for line in first_screen.lines() {
+        eprintln!("  {line}");
+    }
 
     let rows = super::report::write_csv_file(&store, run_id, &report).await?;
     eprintln!(
@@ -289,6 +381,30 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         stats.admitted, stats.throttled, stats.max_in_any_second
     );
     let all_gone = verification.succeeded_not_gone == 0;
+    let closing = sim::closing::audit_closing(
+        &before_fleet,
+        &simulator.fleet(),
+        &leaked,
+        new_key.as_deref(),
+        &simulator.journal(),
+    );
+    if closing.is_clean() {
+        eprintln!(
+            "  closing:  clean: {} templates and launch configurations changed as asked, {} kept (the leaked key was their only key), none given two versions; key pair {}",
+            closing.changed,
+            closing.kept,
+            if closing.key_deleted {
+                "deleted, by a DeleteKeyPairs that succeeded"
+            } else {
+                "not deleted (something still holds it: see retire above)"
+            }
+        );
+    } else {
+        eprintln!("  closing:  FAILED:");
+        for violation in &closing.violations {
+            eprintln!("    {violation}");
+        }
+    }
     if power.violations.is_empty() {
         eprintln!(
             "  power:    clean: {} instances stopped and started, at most {} down at once in any zone \
@@ -334,7 +450,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     // run finished, every succeeded pair is verified gone and the audit is clean.
     Ok(
         match (
-            audit.is_clean() && all_gone && power.violations.is_empty(),
+            audit.is_clean() && all_gone && power.violations.is_empty() && closing.is_clean(),
             code,
         ) {
             (false, _) => exit::FAILED,

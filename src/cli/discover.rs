@@ -12,7 +12,7 @@ use super::run::build_client;
 use crate::{GlobalArgs, exit};
 
 /// Output formats: plan input, readable by `keyfleet plan` and `run`.
-pub type OutputFormat = DataFormat;
+pub(crate) type OutputFormat = DataFormat;
 
 /// `keyfleet discover --key skey-... [--key ...]`, or `--public-key FILE`, or
 /// `--fingerprint SHA256:...`.
@@ -58,7 +58,7 @@ pub struct Args {
     send: SendFlags,
 }
 
-pub async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     // Every local check happens before anything is sent.
     let matcher =
         match super::incident::matcher(args.public_key.as_deref(), args.fingerprint.as_deref()) {
@@ -192,7 +192,7 @@ pub async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
 }
 
 /// The rows in the chosen format, sorted (so the same fleet gives the same bytes).
-pub fn render(
+pub(crate) fn render(
     found: &[Found],
     format: OutputFormat,
     rotate_to: Option<&str>,
@@ -258,7 +258,7 @@ pub fn render(
 }
 
 /// What was found, per region, and what will need attention: on stderr.
-pub fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>) {
+pub(crate) fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Option<&str>) {
     for scan in &discovery.regions {
         let matches = discovery
             .found

@@ -35,7 +35,7 @@ fn command() -> clap::Command {
     command
 }
 
-pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
+pub(crate) fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
     let mut command = Cli::command();
     let mut out = std::io::stdout().lock();
     clap_complete::generate(args.shell, &mut command, "keyfleet", &mut out);
@@ -43,7 +43,7 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub fn man(args: ManArgs) -> anyhow::Result<u8> {
+pub(crate) fn man(args: ManArgs) -> anyhow::Result<u8> {
     let command = command();
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -76,7 +76,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<u8> {
 }
 
 /// One page as roff.
-pub fn render(command: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn render(command: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
     clap_mangen::Man::new(command).render(out)
 }
 

@@ -22,17 +22,17 @@ use super::progress;
 
 /// The unit of a bare number given to a time flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BareUnit {
+pub(crate) enum BareUnit {
     Millis,
     Seconds,
 }
 
 /// The longest time any time flag accepts: a typo (`30000` meant as ms) is refused, not obeyed.
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses the one duration syntax: a number (fractions allowed) and a unit `ms`, `s`,
 /// or `m`; a bare number is in `bare`.
-pub fn duration(text: &str, bare: BareUnit) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str, bare: BareUnit) -> Result<Duration, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -60,7 +60,7 @@ pub fn duration(text: &str, bare: BareUnit) -> Result<Duration, String> {
 }
 
 /// A time flag whose bare number is seconds, more than zero (timeouts, waits, budgets).
-pub fn seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     let parsed = duration(text, BareUnit::Seconds)?;
     if parsed.is_zero() {
         return Err(format!("{text:?} must be more than 0"));
@@ -69,12 +69,12 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
 }
 
 /// A time flag whose bare number is milliseconds, zero allowed (the simulator's delays).
-pub fn millis(text: &str) -> Result<Duration, String> {
+pub(crate) fn millis(text: &str) -> Result<Duration, String> {
     duration(text, BareUnit::Millis)
 }
 
 /// `--rate`: requests per second, more than 0 and at most 1000.
-pub fn rate(text: &str) -> Result<f64, String> {
+pub(crate) fn rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .trim()
         .parse()
@@ -112,7 +112,7 @@ impl From<DataFormat> for keyfleet::input::Format {
 /// How an input becomes a run (`plan`, `run`); RUNNING instances have their own
 /// group (`live::LiveFlags`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct PlanFlags {
+pub(crate) struct PlanFlags {
     /// Input format, when the extension does not say.
     #[arg(long, value_enum, ignore_case = true)]
     pub format: Option<DataFormat>,
@@ -123,12 +123,18 @@ pub struct PlanFlags {
     /// reason, the pairs whose removal would leave it with no key.
     #[arg(long)]
     pub keep_one_key: bool,
+    /// The launch templates and launch configurations that hand out the run's keys
+    /// (the CSV `discover --templates-output` wrote): each gets the run's new key in
+    /// place of the leaked one (a rotation) or loses the leaked one where another
+    /// remains, through the run's queue (docs/incident.md).
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<std::path::PathBuf>,
 }
 
 impl PlanFlags {
     /// The planner's options, with the region for rows that name none and the live
     /// settings (`live::LiveFlags::live`).
-    pub fn options(
+    pub(crate) fn options(
         &self,
         default_region: Option<String>,
         live: Option<keyfleet::rules::power::Live>,
@@ -149,7 +155,7 @@ impl PlanFlags {
 /// How one request is sent and retried (every command that calls the API from a queue
 /// or a discovery).
 #[derive(Debug, Clone, clap::Args)]
-pub struct SendFlags {
+pub(crate) struct SendFlags {
     /// Requests per second at most (the API allows 10); a small margin is kept under it.
     #[arg(long, default_value_t = 10.0, value_parser = rate)]
     pub rate: f64,
@@ -166,7 +172,7 @@ pub struct SendFlags {
 
 /// How a run's queue is drained (every command that executes a queue).
 #[derive(Debug, Clone, clap::Args)]
-pub struct QueueFlags {
+pub(crate) struct QueueFlags {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
@@ -185,7 +191,7 @@ pub struct QueueFlags {
 
 /// The verification that closes an execution (`run`, `resume`, `retry`, `demo`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct VerifyFlags {
+pub(crate) struct VerifyFlags {
     /// Do not verify at the end (by default every pair is checked against the cloud's
     /// own state with DescribeInstances once the run finishes; see `keyfleet verify`).
     #[arg(long)]
@@ -198,7 +204,7 @@ pub struct VerifyFlags {
 
 /// Everything that shapes an execution of a run's queue: the three groups above.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ExecFlags {
+pub(crate) struct ExecFlags {
     #[command(flatten)]
     pub send: SendFlags,
     #[command(flatten)]
@@ -209,7 +215,7 @@ pub struct ExecFlags {
 
 impl SendFlags {
     /// The executor's configuration for what this group sets (the rest default).
-    pub fn exec_config(&self) -> ExecConfig {
+    pub(crate) fn exec_config(&self) -> ExecConfig {
         ExecConfig {
             rate: self.rate,
             max_attempts: self.max_attempts,
@@ -221,7 +227,11 @@ impl SendFlags {
 impl ExecFlags {
     /// An execution of a queue that no closing verification follows (`verify` itself):
     /// `wait` is how long a look at an OPERATING instance goes on.
-    pub fn without_verification(send: SendFlags, queue: QueueFlags, wait: Duration) -> ExecFlags {
+    pub(crate) fn without_verification(
+        send: SendFlags,
+        queue: QueueFlags,
+        wait: Duration,
+    ) -> ExecFlags {
         ExecFlags {
             send,
             queue,
@@ -232,7 +242,7 @@ impl ExecFlags {
         }
     }
 
-    pub fn exec_config(&self) -> ExecConfig {
+    pub(crate) fn exec_config(&self) -> ExecConfig {
         ExecConfig {
             concurrency: self.queue.concurrency as usize,
             max_errors: self.queue.max_errors,

@@ -11,7 +11,7 @@ use keyfleet::store::Store;
 
 /// The key `--public-key FILE` or `--fingerprint SHA256:...` describes; the error
 /// names the flag, the file and the problem (never the file's content).
-pub fn matcher(
+pub(crate) fn matcher(
     public_key: Option<&Path>,
     fingerprint: Option<&str>,
 ) -> Result<Option<KeyMatcher>, String> {
@@ -36,7 +36,7 @@ pub fn matcher(
 
 /// The limiter of discovery and retirement: the database's shared slots, so they stay
 /// inside the limit beside a run on the same database; none at `--rate 0`.
-pub async fn limiter(
+pub(crate) async fn limiter(
     store: &Store,
     rate: f64,
 ) -> anyhow::Result<Arc<dyn keyfleet::executor::Limiter>> {
@@ -48,7 +48,7 @@ pub async fn limiter(
 }
 
 /// The key pairs found for a public key, on stderr.
-pub fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
+pub(crate) fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
     let names: Vec<String> = hunt
         .matched
         .iter()
@@ -64,7 +64,7 @@ pub fn summarize_hunt(hunt: &KeyHunt, matcher: &KeyMatcher) {
 }
 
 /// One holder as a line: `launch_template lt-... (name) version 3 in REGION, default: KEYS`.
-pub fn describe_holder(t: &TemplateHolder) -> String {
+pub(crate) fn describe_holder(t: &TemplateHolder) -> String {
     let version = t
         .version
         .map(|v| format!(" version {v}"))
@@ -85,7 +85,7 @@ pub fn describe_holder(t: &TemplateHolder) -> String {
 }
 
 /// The `templates` lines on stderr.
-pub fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
+pub(crate) fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
     for (region, code, message) in &scan.failed {
         eprintln!(
             "templates: {region}: INCOMPLETE ({}: {}); launch templates or configurations there are not listed",
@@ -112,7 +112,7 @@ pub fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
 }
 
 /// The templates CSV: kind,id,name,version,region,default,keys (keys space-separated).
-pub fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut writer = csv::Writer::from_writer(&mut out);
     writer.write_record(["kind", "id", "name", "version", "region", "default", "keys"])?;
@@ -130,4 +130,99 @@ pub fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
     writer.flush()?;
     drop(writer);
     Ok(out)
+}
+
+/// `run --templates FILE` / `plan --templates FILE`: the run's changes of the templates
+/// the file lists (the CSV `discover --templates-output` wrote), recorded and their
+/// looks queued with the run's jobs. The leaked keys are the keys the run unbinds; the
+/// rotation target is the new key the run binds (one at most: templates get one). A run
+/// that has its changes already keeps them (resumed with the same command).
+pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<()> {
+    use keyfleet::rules::template;
+    use keyfleet::states::TemplateState;
+
+    let shown = escape(&path.display().to_string()).into_owned();
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("--templates {shown}: cannot read it: {err}"))?;
+    let holders = keyfleet::incident::read_templates_csv(&text, &shown)
+        .map_err(|err| anyhow::anyhow!("--templates {}", escape(&err.to_string())))?;
+    let keys = store.run_keys(run_id).await?;
+    if keys.new_keys.len() > 1 {
+        anyhow::bail!(
+            "--templates: run {run_id} binds {} different new keys ({}): a template gets one; \
+             plan the templates with a run that rotates to one key",
+            keys.new_keys.len(),
+            keys.new_keys.join(", ")
+        );
+    }
+    let mut planned = Vec::new();
+    let mut ignored = 0;
+    for holder in &holders {
+        match template::plan(run_id, holder, &keys.leaked, &keys.new_keys) {
+            Some(p) => planned.push(p),
+            None => ignored += 1,
+        }
+    }
+    if !store.add_template_changes(run_id, &planned).await? {
+        crate::note!("run {run_id}: its template changes are planned already: continuing them");
+        return Ok(());
+    }
+    let kept = planned
+        .iter()
+        .filter(|p| p.state == TemplateState::Kept)
+        .count();
+    crate::note!(
+        "templates: {} to change ({}), {kept} kept{}",
+        planned.len() - kept,
+        if keys.new_keys.is_empty() {
+            "the leaked key removed".to_string()
+        } else {
+            format!("the leaked key replaced by {}", keys.new_keys.join(" "))
+        },
+        if ignored > 0 {
+            format!(", {ignored} rows name none of the run's keys (ignored)")
+        } else {
+            String::new()
+        }
+    );
+    for p in planned.iter().filter(|p| p.state == TemplateState::Kept) {
+        crate::note!(
+            "  kept {}: {}",
+            describe_holder(&p.holder),
+            p.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// A run's template changes on stderr: one line of counts, then each one not changed.
+pub(crate) fn print_template_changes(changes: &[keyfleet::store::templates::TemplateChangeRow]) {
+    use keyfleet::states::TemplateState;
+    if changes.is_empty() {
+        return;
+    }
+    let count = |state: TemplateState| changes.iter().filter(|c| c.state == state).count();
+    eprintln!(
+        "  templates: {} changed, {} kept (only key), {} unchanged, {} failed, {} not finished",
+        count(TemplateState::Changed),
+        count(TemplateState::Kept),
+        count(TemplateState::Unchanged),
+        count(TemplateState::Failed),
+        count(TemplateState::Pending)
+    );
+    for c in changes.iter().filter(|c| c.state != TemplateState::Changed) {
+        let version = c
+            .version
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
+        eprintln!(
+            "    {} {} {} ({}){version} in {}: {}",
+            c.state,
+            c.kind,
+            c.template_id,
+            escape(&c.name),
+            c.region,
+            escape(c.reason.as_deref().unwrap_or(""))
+        );
+    }
 }

@@ -8,7 +8,7 @@ use keyfleet::rules::power::{Budget, Live, Per, Running};
 
 /// `--running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RunningMode {
+pub(crate) enum RunningMode {
     /// Never stop anything: a RUNNING instance's pairs fail with the API's refusal.
     Fail,
     /// Stop each RUNNING instance (within the budget), change its keys, start it again.
@@ -20,7 +20,7 @@ pub enum RunningMode {
 
 /// `--stop-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StopTypeArg {
+pub(crate) enum StopTypeArg {
     /// Shut the OS down (it can fail: the instance stays RUNNING, its pairs fail).
     Soft,
     /// Soft first, forced off if the soft shutdown fails.
@@ -31,7 +31,7 @@ pub enum StopTypeArg {
 
 /// Flags for RUNNING instances (`run`, `plan`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct LiveFlags {
+pub(crate) struct LiveFlags {
     /// What to do with instances found RUNNING (the key APIs refuse them unless stopped).
     #[arg(long, value_enum, default_value_t = RunningMode::Fail)]
     pub running: RunningMode,
@@ -62,7 +62,7 @@ pub struct LiveFlags {
 
 impl LiveFlags {
     /// The live settings a plan carries, or `None` (`--running fail`).
-    pub fn live(&self) -> anyhow::Result<Option<Live>> {
+    pub(crate) fn live(&self) -> anyhow::Result<Option<Live>> {
         let running = match (self.running, self.force_stop) {
             (_, true) | (RunningMode::ForceStop, _) => Running::ForceStop,
             (RunningMode::StopStart, _) => Running::StopStart,

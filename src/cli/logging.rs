@@ -27,7 +27,7 @@ use crate::GlobalArgs;
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
 
 /// The process's one set of progress bars; log lines suspend them while printing.
-pub fn bars() -> MultiProgress {
+pub(crate) fn bars() -> MultiProgress {
     BARS.get_or_init(MultiProgress::new).clone()
 }
 
@@ -59,7 +59,7 @@ fn filter(verbose: u8, floor: u8) -> EnvFilter {
 /// `--log-format` (text at warn by default; JSON at info, as log shippers want every
 /// request). With it, they go to the file in that format (info or more) and stderr
 /// stays the operator's: text, warnings only unless `-v`, beside the progress bars.
-pub fn init(global: &GlobalArgs) -> anyhow::Result<()> {
+pub(crate) fn init(global: &GlobalArgs) -> anyhow::Result<()> {
     let verbose = global.verbose;
     let stderr_writer = IndicatifWriter::<Stderr>::new(bars());
     let stderr_format = if global.log_file.is_some() {

@@ -23,7 +23,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let mut options = args
         .plan
         .options(super::run::default_region(global)?, args.live.live()?);
@@ -36,8 +36,15 @@ pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     }
     let store = super::common::open_store(&global.db).await?;
     let outcome = plan::plan_input(&store, &args.input, &options).await;
+    let templates = match (&outcome, &args.plan.templates) {
+        (Ok(planned), Some(path)) => {
+            super::incident::plan_templates(&store, planned.summary.run_id, path).await
+        }
+        _ => Ok(()),
+    };
     store.close().await;
     let outcome = outcome?;
+    templates?;
     if args.json {
         println!(
             "{}",

@@ -12,7 +12,7 @@ use super::term::Env;
 
 /// `--progress` (`--quiet` means `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Bars when stderr is a terminal (not `TERM=dumb`), plain lines otherwise.
     Auto,
     Bar,
@@ -24,13 +24,13 @@ const BAR_REFRESH: Duration = Duration::from_millis(200);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// A running display; [`Display::finish`] draws the last state and removes it.
-pub struct Display {
+pub(crate) struct Display {
     done: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Display {
-    pub fn start(mode: Mode, counters: Arc<Counters>) -> Display {
+    pub(crate) fn start(mode: Mode, counters: Arc<Counters>) -> Display {
         let terminal = Env::stderr();
         let mode = match mode {
             _ if super::term::quiet() => Mode::None,
@@ -50,7 +50,7 @@ impl Display {
         }
     }
 
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
         }

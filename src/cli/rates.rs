@@ -8,7 +8,7 @@ use keyfleet::store::rates::EndpointRate;
 
 /// The run summary's part: the rates of the attempts this execution sent, on stderr.
 /// A failed read is a note, not a failed run (the run's outcome is already recorded).
-pub async fn print_for_execution(store: &Store, summary: &Summary) {
+pub(crate) async fn print_for_execution(store: &Store, summary: &Summary) {
     let since = keyfleet::store::now_ms() - summary.elapsed.as_millis() as i64;
     match store.achieved_rates(summary.run_id, Some(since)).await {
         Ok(rates) if rates.is_empty() => {}
@@ -25,7 +25,7 @@ pub async fn print_for_execution(store: &Store, summary: &Summary) {
 /// One line per (action, endpoint), each starting with `indent`:
 /// `DisassociateInstancesKeyPairs at https://cvm.ap-guangzhou.../: 250 requests,
 /// 02:10:00.125..02:10:25.750 UTC, 9.74/s, throttled RequestLimitExceeded 3`.
-pub fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
+pub(crate) fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
     rates
         .iter()
         .map(|rate| {
@@ -58,7 +58,7 @@ pub fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
 }
 
 /// Unix ms as `HH:MM:SS.mmm` UTC.
-pub fn clock(ms: i64) -> String {
+pub(crate) fn clock(ms: i64) -> String {
     let format = time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()

@@ -16,7 +16,7 @@ use keyfleet::store::report::ReportRow;
 use crate::GlobalArgs;
 
 /// The report's columns, in order (CSV header; JSON keys).
-pub const COLUMNS: [&str; 15] = [
+pub(crate) const COLUMNS: [&str; 15] = [
     "position",
     "region",
     "instance_id",
@@ -35,18 +35,27 @@ pub const COLUMNS: [&str; 15] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     Csv,
     Json,
+    /// Markdown (`--incident` only).
+    Md,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run id; the newest run when omitted.
-    run: Option<i64>,
-    /// csv (default) or json (a JSON array of objects).
-    #[arg(long, value_enum, default_value = "csv")]
-    format: ReportFormat,
+    /// Run id; the newest run when omitted. `--incident` takes several.
+    #[arg(value_name = "RUN")]
+    runs: Vec<i64>,
+    /// The incident report of the runs (the key, what was found and done, the
+    /// verification, the templates, the key's retirement, requests by API, every
+    /// RequestId): Markdown (default) or JSON; see docs/incident.md.
+    #[arg(long)]
+    incident: bool,
+    /// csv (default) or json (a JSON array of objects); with `--incident`, md (default)
+    /// or json.
+    #[arg(long, value_enum)]
+    format: Option<ReportFormat>,
     /// Write to FILE (mode 0600, replaced atomically) instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -61,7 +70,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct StatusArg(ItemStatus);
+pub(crate) struct StatusArg(ItemStatus);
 
 impl std::str::FromStr for StatusArg {
     type Err = String;
@@ -70,7 +79,16 @@ impl std::str::FromStr for StatusArg {
     }
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+    if args.incident {
+        return incident(global, &args).await;
+    }
+    if args.runs.len() > 1 {
+        anyhow::bail!("a pair report is of one run; `--incident` reports several");
+    }
+    if args.format == Some(ReportFormat::Md) {
+        anyhow::bail!("--format md is the incident report's (`--incident`); pairs are csv or json");
+    }
     let store = super::common::open_store(&global.db).await?;
     let result = write_report(&store, &args).await;
     store.close().await;
@@ -98,7 +116,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
-    let run_id = store.resolve_run(args.run).await?;
+    let run_id = store.resolve_run(args.runs.first().copied()).await?;
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
@@ -126,7 +144,7 @@ async fn write_report(store: &Store, args: &Args) -> anyhow::Result<u64> {
 
 /// Writes `bytes` to `path` as a report is written: a private temporary file beside
 /// it, synced, then renamed into place (nothing half-written is ever at `path`).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let (tmp, mut file) = create_private_temp(path)?;
     let written = file
         .write_all(bytes)
@@ -170,8 +188,8 @@ async fn emit<W: Write>(
 ) -> anyhow::Result<(u64, W)> {
     let mut rows = 0u64;
     let only = args.only.map(|s| s.0);
-    match args.format {
-        ReportFormat::Csv => {
+    match args.format.unwrap_or(ReportFormat::Csv) {
+        ReportFormat::Csv | ReportFormat::Md => {
             let mut csv = csv::Writer::from_writer(out);
             csv.write_record(COLUMNS)?;
             store
@@ -232,13 +250,70 @@ fn csv_fields(row: &ReportRow) -> [String; 15] {
 }
 
 /// Writes run `run_id`'s full CSV report to `path` (as `report RUN --output PATH` does).
-pub async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
+pub(crate) async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
     let args = Args {
-        run: Some(run_id),
-        format: ReportFormat::Csv,
+        runs: vec![run_id],
+        incident: false,
+        format: Some(ReportFormat::Csv),
         output: Some(path.to_path_buf()),
         only: None,
         raw: false,
     };
     write_report(store, &args).await
+}
+
+/// `report --incident`: Markdown (with the RequestIds in `FILE.requests.csv` beside an
+/// `--output FILE`) or JSON, to stdout or the file.
+async fn incident(global: &GlobalArgs, args: &Args) -> anyhow::Result<u8> {
+    use super::incident_report;
+    let format = match args.format {
+        None | Some(ReportFormat::Md) => ReportFormat::Md,
+        Some(ReportFormat::Json) => ReportFormat::Json,
+        Some(ReportFormat::Csv) => {
+            anyhow::bail!(
+                "the incident report is md or json (its RequestIds come as CSV beside --output)"
+            )
+        }
+    };
+    if args.only.is_some() || args.raw {
+        anyhow::bail!("--only and --raw are the pair report's, not the incident report's");
+    }
+    let store = super::common::open_store(&global.db).await?;
+    let report = incident_report::gather(&store, &args.runs).await;
+    store.close().await;
+    let report = report?;
+    let bytes = match format {
+        ReportFormat::Json => {
+            let mut bytes = serde_json::to_vec_pretty(&report)?;
+            bytes.push(b'\n');
+            bytes
+        }
+        _ => {
+            let beside = args.output.as_deref().map(incident_report::csv_beside);
+            if let Some(path) = &beside {
+                write_private_file(path, &incident_report::requests_csv(&report)?)?;
+            }
+            let name = beside
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            incident_report::markdown(&report, name.as_deref()).into_bytes()
+        }
+    };
+    match &args.output {
+        Some(path) => {
+            write_private_file(path, &bytes)?;
+            crate::note!("wrote the incident report to {}", path.display());
+        }
+        None => {
+            use std::io::Write;
+            let mut out = io::stdout().lock();
+            if let Err(err) = out.write_all(&bytes).and_then(|()| out.flush())
+                && err.kind() != io::ErrorKind::BrokenPipe
+            {
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(crate::exit::OK)
 }

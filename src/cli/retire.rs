@@ -29,7 +29,7 @@ pub struct Args {
     send: SendFlags,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     for key in &args.keys {
         if !keyfleet::ids::is_key_id(key) {
             eprintln!(
@@ -39,10 +39,65 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(exit::USAGE);
         }
     }
-    let home_region = super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into());
-    let config = args.send.exec_config();
-    let options = DiscoverOptions {
+    let store = super::common::open_store(&global.db).await?;
+    let retire = RetireOptions {
         keys: args.keys.clone(),
+        dry_run: args.dry_run,
+        ignore_templates: args.ignore_templates,
+    };
+    let code = retire_keys(
+        &store,
+        None,
+        &retire,
+        &args.send,
+        args.json_output.as_deref(),
+        global,
+    )
+    .await;
+    store.close().await;
+    code
+}
+
+/// Retires `retire.keys` (`keyfleet retire`, and `run --retire` for the run's keys):
+/// prints each key's verdict, records what was found and done in the database (the
+/// incident report reads it), writes `--json-output`, and returns the exit code.
+pub(crate) async fn retire_keys(
+    store: &keyfleet::store::Store,
+    run_id: Option<i64>,
+    retire: &RetireOptions,
+    send: &SendFlags,
+    json_output: Option<&std::path::Path>,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let home_region = super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into());
+    let client = build_client(send, global)?;
+    retire_with(
+        store,
+        run_id,
+        retire,
+        client,
+        send,
+        &home_region,
+        json_output,
+    )
+    .await
+    .map(|(code, _)| code)
+}
+
+/// [`retire_keys`] with a client of its own (the demo's): also returns what was found.
+pub(crate) async fn retire_with(
+    store: &keyfleet::store::Store,
+    run_id: Option<i64>,
+    retire: &RetireOptions,
+    client: std::sync::Arc<keyfleet::api::CvmClient>,
+    send: &SendFlags,
+    home_region: &str,
+    json_output: Option<&std::path::Path>,
+) -> anyhow::Result<(u8, Option<Retirement>)> {
+    let home_region = home_region.to_string();
+    let config = send.exec_config();
+    let options = DiscoverOptions {
+        keys: retire.keys.clone(),
         // Instances and templates are looked for in every region.
         regions: None,
         home_region,
@@ -51,40 +106,90 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         retry_cap: config.retry_cap,
         throttle_delay: config.throttle_delay,
     };
-    let client = build_client(&args.send, global)?;
-    let store = super::common::open_store(&global.db).await?;
-    let limiter = super::incident::limiter(&store, config.rate).await?;
-    let retire = RetireOptions {
-        keys: args.keys.clone(),
-        dry_run: args.dry_run,
-        ignore_templates: args.ignore_templates,
-    };
-    let outcome = incident::retire(client, limiter, &options, &retire).await;
-    store.close().await;
+    let limiter = super::incident::limiter(store, config.rate).await?;
+    let outcome = incident::retire(client, limiter, &options, retire).await;
     let retirement = match outcome {
         Ok(retirement) => retirement,
         Err(error) => {
-            eprintln!("error: {}", escape(&error.to_string()));
-            return Ok(if error.is_usage() {
-                exit::USAGE
-            } else {
-                exit::STOPPED
-            });
+            let message = error.to_string();
+            let result = serde_json::json!({ "error": message }).to_string();
+            store
+                .record_retirement(run_id, &retire.keys, retire.dry_run, false, &result)
+                .await?;
+            eprintln!("error: {}", escape(&message));
+            return Ok((
+                if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::STOPPED
+                },
+                None,
+            ));
         }
     };
-    if let Some(path) = &args.json_output {
+    let result = serde_json::to_string(&retirement)?;
+    store
+        .record_retirement(
+            run_id,
+            &retire.keys,
+            retire.dry_run,
+            retirement.retired(),
+            &result,
+        )
+        .await?;
+    if let Some(path) = json_output {
         let mut bytes = serde_json::to_vec_pretty(&retirement)?;
         bytes.push(b'\n');
         super::report::write_private_file(path, &bytes)?;
     }
-    summarize(&retirement, args.ignore_templates);
-    Ok(
-        if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
-            exit::FAILED
-        } else {
-            exit::OK
-        },
-    )
+    summarize(&retirement, retire.ignore_templates);
+    let code = if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
+        exit::FAILED
+    } else {
+        exit::OK
+    };
+    Ok((code, Some(retirement)))
+}
+
+/// `run --retire`: once the run's verification found every pair gone, its keys are
+/// retired (the same code as `keyfleet retire`); otherwise nothing is sent and why is
+/// said. Returns the exit code of this step.
+pub(crate) async fn after_run(
+    store: &keyfleet::store::Store,
+    run_id: i64,
+    send: &SendFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let keys = store.run_keys(run_id).await?.leaked;
+    let not_gone = store.pairs_not_verified_gone(run_id).await?;
+    if keys.is_empty() || not_gone > 0 {
+        eprintln!(
+            "retire: not attempted: {}; `keyfleet retire --key ...` once every pair is verified gone",
+            if keys.is_empty() {
+                "the run unbinds no key".to_string()
+            } else {
+                format!("{not_gone} of the run's pairs are not verified gone")
+            }
+        );
+        let result = serde_json::json!({
+            "error": format!("not attempted: {not_gone} pairs not verified gone")
+        })
+        .to_string();
+        store
+            .record_retirement(Some(run_id), &keys, false, false, &result)
+            .await?;
+        return Ok(exit::FAILED);
+    }
+    eprintln!(
+        "retire: every pair verified gone; retiring {}",
+        keys.join(", ")
+    );
+    let retire = RetireOptions {
+        keys,
+        dry_run: false,
+        ignore_templates: false,
+    };
+    retire_keys(store, Some(run_id), &retire, send, None, global).await
 }
 
 /// Each key's verdict on stderr.

@@ -13,8 +13,8 @@ use keyfleet::lifecycle::{self, Lifecycle, LifecycleError, Observer, Phase};
 use keyfleet::plan::{self, InputCheck};
 use keyfleet::store::Store;
 
-pub use super::common::open_store;
-pub use super::flags::ExecFlags;
+pub(crate) use super::common::open_store;
+pub(crate) use super::flags::ExecFlags;
 use super::flags::{PlanFlags, SendFlags};
 use super::progress::{self, Display};
 use crate::{GlobalArgs, exit};
@@ -28,13 +28,18 @@ pub struct RunArgs {
     plan: PlanFlags,
     #[command(flatten)]
     live: super::live::LiveFlags,
+    /// After a verification that found every pair gone, retire the run's keys (the
+    /// same checks and deletion as `keyfleet retire`; its refusals are reported and
+    /// make the exit 1).
+    #[arg(long)]
+    retire: bool,
     #[command(flatten)]
     exec: ExecFlags,
 }
 
 /// The region for rows that name none: `--region`, else `TENCENTCLOUD_REGION`, else
 /// the tccli profile's region; none at all leaves such rows rejected, with a reason.
-pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
+pub(crate) fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
     match credentials::resolve_region(global.region.as_deref(), global.profile.as_deref()) {
         Ok(region) => Ok(Some(region.name)),
         Err(credentials::CredentialsError::NoRegion { .. }) => Ok(None),
@@ -43,7 +48,7 @@ pub fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
 }
 
 /// Plans the input (or finds the run that already planned it) and executes it.
-pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let mut options = args
         .plan
@@ -95,7 +100,19 @@ pub async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             crate::note!("  rejected {}: {}", escape(&r.position), escape(&r.reason));
         }
     }
-    let code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
+    if let Some(path) = &args.plan.templates {
+        super::incident::plan_templates(&store, s.run_id, path).await?;
+    }
+    if args.retire && args.exec.verify.no_verify {
+        anyhow::bail!("--retire needs the run's verification: drop --no-verify");
+    }
+    let mut code = execute_with_client(&store, s.run_id, &args.exec, global).await?;
+    if args.retire && code != exit::STOPPED && code != exit::INTERRUPTED {
+        let retired = super::retire::after_run(&store, s.run_id, &args.exec.send, global).await?;
+        if code == exit::OK {
+            code = retired;
+        }
+    }
     super::verdict::print(&store, s.run_id, code, global, "resume").await;
     Ok(code)
 }
@@ -113,7 +130,7 @@ pub struct RetryArgs {
 }
 
 /// Requeues failed pairs as fresh jobs and executes them.
-pub async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let again = lifecycle::retry(&store, run_id, &args.codes).await?;
@@ -152,7 +169,7 @@ pub struct ResumeArgs {
     exec: ExecFlags,
 }
 
-pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let info = store.run_info(run_id).await?;
@@ -178,13 +195,16 @@ pub async fn resume(args: ResumeArgs, global: &GlobalArgs) -> anyhow::Result<u8>
 }
 
 /// The real API client, from the global flags and the execution's timeouts.
-pub fn build_client(flags: &SendFlags, global: &GlobalArgs) -> anyhow::Result<Arc<CvmClient>> {
+pub(crate) fn build_client(
+    flags: &SendFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<Arc<CvmClient>> {
     super::common::client(global, flags.connect_timeout, flags.timeout).map(Arc::new)
 }
 
 /// Builds the real API client from the global flags, executes the run, and (unless
 /// `--no-verify`) verifies it.
-pub async fn execute_with_client(
+pub(crate) async fn execute_with_client(
     store: &Store,
     run_id: i64,
     flags: &ExecFlags,
@@ -196,13 +216,13 @@ pub async fn execute_with_client(
 
 /// Draws an execution's progress on stderr and says when FAILED operations are sent
 /// again: the lifecycle's [`Observer`].
-pub struct Progress {
+pub(crate) struct Progress {
     mode: progress::Mode,
     display: tokio::sync::Mutex<Option<Display>>,
 }
 
 impl Progress {
-    pub fn new(mode: progress::Mode) -> Progress {
+    pub(crate) fn new(mode: progress::Mode) -> Progress {
         Progress {
             mode,
             display: tokio::sync::Mutex::new(None),
@@ -229,7 +249,7 @@ impl Observer for Progress {
 /// Runs `work` on the lifecycle of run `run_id` with progress and Ctrl-C handling.
 /// A storage failure is printed here (the run stays resumable) and becomes
 /// `Err(exit::STOPPED)`; another live process owning the run is an error.
-pub async fn with_lifecycle<A, T, F>(
+pub(crate) async fn with_lifecycle<A, T, F>(
     store: &Store,
     run_id: i64,
     api: Arc<A>,
@@ -276,7 +296,7 @@ where
 /// Executes with the given API, showing progress, and verifies a finished run unless
 /// `--no-verify` (sending again what the cloud reported FAILED); prints one closing
 /// summary and returns the exit code.
-pub async fn execute<A: keyfleet::executor::Api>(
+pub(crate) async fn execute<A: keyfleet::executor::Api>(
     store: &Store,
     run_id: i64,
     api: Arc<A>,
@@ -300,10 +320,24 @@ pub async fn execute<A: keyfleet::executor::Api>(
     if let Some(power) = &power {
         print_power(power);
     }
+    let templates = store.template_changes(run_id).await?;
+    super::incident::print_template_changes(&templates);
     super::rates::print_for_execution(store, &outcome.summary).await;
     let code = match &power {
         Some(power) if !power.left_stopped.is_empty() => exit::LEFT_STOPPED,
         _ => exit_code(&outcome.summary),
+    };
+    // A template change that failed (or could not finish) leaves the key handed out.
+    let code = if code == exit::OK
+        && templates.iter().any(|t| {
+            matches!(
+                t.state,
+                keyfleet::states::TemplateState::Failed | keyfleet::states::TemplateState::Pending
+            )
+        }) {
+        exit::FAILED
+    } else {
+        code
     };
     let Some(verification) = &outcome.verification else {
         return Ok(code);
@@ -338,7 +372,7 @@ async fn handle_interrupts(stop: StopSignal, timeout: Duration) {
 
 /// 0: every valid pair succeeded, none rejected; 1: finished with failed or rejected
 /// pairs; 4: stopped early, resumable.
-pub fn exit_code(summary: &Summary) -> u8 {
+pub(crate) fn exit_code(summary: &Summary) -> u8 {
     if summary.stopped.is_some() {
         exit::STOPPED
     } else if summary.pairs.failed > 0
@@ -354,7 +388,7 @@ pub fn exit_code(summary: &Summary) -> u8 {
 }
 
 /// Instances a live run left stopped, first and loudly.
-pub fn print_left_stopped(
+pub(crate) fn print_left_stopped(
     power: &keyfleet::store::power::PowerCounts,
     run_id: i64,
     global: &GlobalArgs,
@@ -377,7 +411,7 @@ pub fn print_left_stopped(
 
 /// A live run's power line: what is down against the budget, the most ever down,
 /// downtime per instance.
-pub fn print_power(power: &keyfleet::store::power::PowerCounts) {
+pub(crate) fn print_power(power: &keyfleet::store::power::PowerCounts) {
     let count = |state: &str| power.by_state.get(state).copied().unwrap_or(0);
     eprintln!(
         "  power:    down {} now (budget {}), at most {} at once; {} stopped and started, {} not \
@@ -398,7 +432,7 @@ pub fn print_power(power: &keyfleet::store::power::PowerCounts) {
     }
 }
 
-pub fn db_flag(global: &GlobalArgs) -> String {
+pub(crate) fn db_flag(global: &GlobalArgs) -> String {
     if global.db == Path::new(keyfleet::store::DEFAULT_DB) {
         String::new()
     } else {
@@ -406,7 +440,7 @@ pub fn db_flag(global: &GlobalArgs) -> String {
     }
 }
 
-pub fn print_summary(summary: &Summary, global: &GlobalArgs) {
+pub(crate) fn print_summary(summary: &Summary, global: &GlobalArgs) {
     let run = summary.run_id;
     let p = &summary.pairs;
     let elapsed = summary.elapsed.as_secs_f64();

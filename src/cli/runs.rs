@@ -11,7 +11,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     let store = super::common::open_store(&global.db).await?;
     let runs = store.list_runs().await;
     store.close().await;

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static RECEIVED: AtomicBool = AtomicBool::new(false);
 
 /// A stop request was received during this process (the verdict says "interrupted").
-pub fn received() -> bool {
+pub(crate) fn received() -> bool {
     RECEIVED.load(Ordering::Relaxed)
 }
 
 /// Listens for SIGINT, SIGTERM and SIGHUP from now on.
-pub struct Stops {
+pub(crate) struct Stops {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -24,7 +24,7 @@ impl Stops {
     /// once (the caller decides). A handler that cannot be installed (only without the
     /// runtime's signal driver, which keyfleet's runtime enables) leaves that signal's
     /// default.
-    pub fn listen() -> Stops {
+    pub(crate) fn listen() -> Stops {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -38,7 +38,7 @@ impl Stops {
     }
 
     /// Waits for the next stop request; returns the signal's name (`SIGINT`, ...).
-    pub async fn next(&mut self) -> Option<&'static str> {
+    pub(crate) async fn next(&mut self) -> Option<&'static str> {
         #[cfg(unix)]
         let name = tokio::select! {
             result = tokio::signal::ctrl_c() => result.ok().map(|()| "SIGINT"),

@@ -200,7 +200,7 @@ enum MixName {
 
 /// A latency range, `low..high`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LatencyRange(Duration, Duration);
+pub(crate) struct LatencyRange(Duration, Duration);
 
 /// The simulator's time flags: a bare number is milliseconds (`cli::flags::duration`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -263,7 +263,7 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
-pub async fn run(args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
         bail!(
             "--listen {} is not a loopback address; the simulator accepts anyone who knows its \

@@ -42,7 +42,7 @@ pub struct Args {
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC, for people.
-pub fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .ok()
@@ -52,7 +52,7 @@ pub fn utc(ms: i64) -> String {
 
 /// Everything `status` shows about a run, read at one moment.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub status: RunStatus,
     pub verification: VerificationCounts,
     pub rates: Vec<EndpointRate>,
@@ -63,10 +63,10 @@ pub struct Snapshot {
 }
 
 /// Error replies a snapshot keeps.
-pub const RECENT_ERRORS: i64 = 5;
+pub(crate) const RECENT_ERRORS: i64 = 5;
 
 impl Snapshot {
-    pub async fn read(store: &Store, run_id: i64) -> Result<Snapshot, StoreError> {
+    pub(crate) async fn read(store: &Store, run_id: i64) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
             status: store.run_status(run_id).await?,
             verification: store.verification_counts(run_id).await?,
@@ -77,7 +77,7 @@ impl Snapshot {
     }
 
     /// The run has ended: nothing executes it now (finished, or stopped until resumed).
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         matches!(self.status.state.as_str(), "finished" | "stopped")
     }
 
@@ -92,7 +92,7 @@ impl Snapshot {
     }
 
     /// `status --json`: the run status, its verification and its rates.
-    pub fn to_json(&self) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn to_json(&self) -> anyhow::Result<serde_json::Value> {
         let mut json = serde_json::to_value(&self.status)?;
         json["verification"] = serde_json::json!(self.verified());
         json["rates"] = serde_json::to_value(&self.rates)?;
@@ -116,7 +116,7 @@ impl Snapshot {
     }
 
     /// The full text of `status`, one line each.
-    pub fn summary_lines(&self) -> Vec<String> {
+    pub(crate) fn summary_lines(&self) -> Vec<String> {
         let status = &self.status;
         let mut out = vec![format!(
             "run {} ({}): {}",
@@ -186,7 +186,7 @@ impl Snapshot {
     }
 
     /// `--watch` off a terminal: one line per interval.
-    pub fn watch_line(&self, now_ms: i64) -> String {
+    pub(crate) fn watch_line(&self, now_ms: i64) -> String {
         let (done, total) = self.progress();
         format!(
             "{} run {} {}: {done}/{total} pairs ({:.1}%) · succeeded {} · failed {} · skipped {} · pending {} · in flight {} · requests {} · throttled {}",
@@ -209,7 +209,7 @@ impl Snapshot {
     /// One line per concern, each optional line its own block: a live fleet's downtime
     /// budget ("instances down now / budget, left stopped") becomes one more block,
     /// between the in-flight and the request lines, read into one more `Snapshot` field.
-    pub fn frame(&self, now_ms: i64, interval: Duration) -> Vec<String> {
+    pub(crate) fn frame(&self, now_ms: i64, interval: Duration) -> Vec<String> {
         let status = &self.status;
         let (done, total) = self.progress();
         let mut out = vec![
@@ -362,7 +362,7 @@ fn list(map: &BTreeMap<String, i64>) -> String {
         .join(", ")
 }
 
-pub async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
+pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
     if args.watch {
         return watch(global, args).await;
     }

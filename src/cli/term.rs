@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// Records `--quiet` for the whole process (before anything is printed).
-pub fn init(quiet: bool) {
+pub(crate) fn init(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
 
 /// `--quiet`: only errors and the final verdict line are printed.
-pub fn quiet() -> bool {
+pub(crate) fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
@@ -28,7 +28,7 @@ macro_rules! note {
 
 /// What the environment says about a stream that is a terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Env {
+pub(crate) struct Env {
     /// The stream is a terminal.
     pub tty: bool,
     /// `NO_COLOR` is set to a non-empty value (no-color.org).
@@ -47,28 +47,28 @@ impl Env {
     }
 
     /// The environment for stderr (progress, summaries, the verdict).
-    pub fn stderr() -> Env {
+    pub(crate) fn stderr() -> Env {
         Env::read(std::io::stderr().is_terminal())
     }
 
     /// The environment for stdout (`status --watch`).
-    pub fn stdout() -> Env {
+    pub(crate) fn stdout() -> Env {
         Env::read(std::io::stdout().is_terminal())
     }
 
     /// Colour escapes may be written.
-    pub fn colour(self) -> bool {
+    pub(crate) fn colour(self) -> bool {
         self.tty && !self.no_color && !self.dumb
     }
 
     /// The cursor may be moved to redraw in place.
-    pub fn redraw(self) -> bool {
+    pub(crate) fn redraw(self) -> bool {
         self.tty && !self.dumb
     }
 }
 
 /// `text` in bold `colour` (an SGR code such as 32 for green) when `on`, plain otherwise.
-pub fn paint(text: &str, colour: u8, on: bool) -> String {
+pub(crate) fn paint(text: &str, colour: u8, on: bool) -> String {
     if on {
         format!("\x1b[1;{colour}m{text}\x1b[0m")
     } else {

@@ -13,7 +13,7 @@ use crate::exit;
 
 /// The outcome word, from the exit code (and whether a signal asked for the stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed,
     Stopped,
@@ -23,7 +23,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of(code: u8, interrupted: bool) -> Outcome {
+    pub(crate) fn of(code: u8, interrupted: bool) -> Outcome {
         match code {
             exit::OK => Outcome::Ok,
             exit::STOPPED if interrupted => Outcome::Interrupted,
@@ -33,7 +33,7 @@ impl Outcome {
         }
     }
 
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
@@ -55,7 +55,7 @@ impl Outcome {
 
 /// The counts a verdict shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Unbind pairs by status (`succeeded`, `failed`, ...).
     pub pairs: BTreeMap<String, i64>,
     /// A rotation's new keys by status; empty or all zero otherwise.
@@ -66,7 +66,7 @@ pub struct Counts {
 
 /// The verdict line, without colour. `resume` is the command that continues a
 /// stopped run (`keyfleet --db X resume 7`).
-pub fn line(outcome: Outcome, run_id: i64, counts: &Counts, resume: &str) -> String {
+pub(crate) fn line(outcome: Outcome, run_id: i64, counts: &Counts, resume: &str) -> String {
     let n = |map: &BTreeMap<String, i64>, key: &str| map.get(key).copied().unwrap_or(0);
     let mut text = format!(
         "{} run {run_id}: pairs {} succeeded, {} failed, {} skipped, {} rejected, {} pending; verified gone {} of {}",
@@ -96,7 +96,13 @@ pub fn line(outcome: Outcome, run_id: i64, counts: &Counts, resume: &str) -> Str
 /// Reads the run's counts and prints the verdict on stderr (with `--quiet` too). A
 /// failed read leaves the counts out: the exit code still says it all. `again` is the
 /// command that continues a stopped run (`resume`, or `verify` for a verification).
-pub async fn print(store: &Store, run_id: i64, code: u8, global: &crate::GlobalArgs, again: &str) {
+pub(crate) async fn print(
+    store: &Store,
+    run_id: i64,
+    code: u8,
+    global: &crate::GlobalArgs,
+    again: &str,
+) {
     let outcome = Outcome::of(code, super::signals::received());
     let resume = format!("keyfleet{} {again} {run_id}", super::run::db_flag(global));
     let counts = async {

@@ -40,7 +40,7 @@ pub struct Args {
 /// The verification in words, on stderr.
 /// With `resending`, the caller sends FAILED operations again itself (`run`), so the
 /// advice to requeue them is left out.
-pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool) {
+pub(crate) fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool) {
     let c = &v.counts;
     let db = super::run::db_flag(global);
     match &v.ended {
@@ -86,7 +86,7 @@ pub fn print_verification(v: &Verification, global: &GlobalArgs, resending: bool
     }
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
     let client = build_client(&args.send, global)?;

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::api::{self, InstanceInfo};
 use crate::cvm::Action;
 use crate::rules::power;
+use crate::rules::template::{self, Change};
 use crate::states::JobKind;
 use crate::store::Verified;
 use crate::store::now_ms;
@@ -140,11 +141,13 @@ pub enum Proof {
         keys: Vec<(String, Vec<String>)>,
         /// What a live run's read (survey, settle) saw of each instance.
         seen: Vec<crate::rules::power::Seen>,
+        /// What a template change's look read (its template's versions, its configuration).
+        listed: Option<template::Listed>,
     },
 }
 
 /// The (instance ids, key ids) of one child of a divided batch.
-pub type Shape = (Vec<String>, Vec<String>);
+pub(super) type Shape = (Vec<String>, Vec<String>);
 
 /// One action the queue can hold. Implementations are stateless and `'static`.
 pub trait JobAction: Send + Sync {
@@ -166,7 +169,7 @@ pub trait JobAction: Send + Sync {
     fn limiter_key(&self, job: &QueuedJob, api: &dyn KeyParts) -> LimiterKey {
         LimiterKey {
             action: self.action(),
-            endpoint: api.endpoint_for(&job.region),
+            endpoint: api.endpoint_of_for(self.action(), &job.region),
             secret_id: api.secret_id_for(),
         }
     }
@@ -175,12 +178,17 @@ pub trait JobAction: Send + Sync {
 /// The parts of an [`Api`] a limiter key needs, object-safe.
 pub trait KeyParts {
     fn endpoint_for(&self, region: &str) -> String;
+    /// The endpoint of `action`'s service for `region` (`as` has a host of its own).
+    fn endpoint_of_for(&self, action: Action, region: &str) -> String;
     fn secret_id_for(&self) -> String;
 }
 
 impl<A: Api> KeyParts for A {
     fn endpoint_for(&self, region: &str) -> String {
         self.endpoint(region)
+    }
+    fn endpoint_of_for(&self, action: Action, region: &str) -> String {
+        self.endpoint_of(action, region)
     }
     fn secret_id_for(&self) -> String {
         self.secret_id()
@@ -219,7 +227,7 @@ impl JobAction for KeyPairOperation {
 
 /// How long a verification batch waits before looking again at an instance whose
 /// operation is still running.
-pub const RECHECK_EVERY_MS: i64 = 2_000;
+pub(super) const RECHECK_EVERY_MS: i64 = 2_000;
 
 /// `LatestOperationState` while an operation runs, and when it ended badly.
 const OPERATING: &str = "OPERATING";
@@ -228,7 +236,7 @@ const FAILED: &str = "FAILED";
 /// What the cloud says of one pair: the instance as DescribeInstances showed it (or
 /// `None`: not there), the key, the RequestId of the operation that claimed it, and
 /// whether the key is to be bound (a rotation's new key) rather than gone.
-pub fn verdict(
+pub(super) fn verdict(
     instance: Option<&InstanceInfo>,
     key_id: &str,
     request_id: Option<&str>,
@@ -322,6 +330,7 @@ impl JobAction for VerifyBatch {
             recheck_at,
             keys,
             seen: Vec::new(),
+            listed: None,
         })
     }
 
@@ -397,6 +406,7 @@ impl JobAction for PowerRead {
             recheck_at,
             keys: Vec::new(),
             seen,
+            listed: None,
         })
     }
 
@@ -451,6 +461,155 @@ impl JobAction for PowerOperation {
     }
 }
 
+/// A template change's job (`rules::template`): one template or launch configuration,
+/// named in its payload; never divided.
+struct TemplateStep(JobKind);
+
+impl TemplateStep {
+    fn change(job: &QueuedJob) -> Result<Change, String> {
+        let text = job
+            .payload
+            .as_deref()
+            .ok_or_else(|| format!("template job {} has no payload", job.id))?;
+        Change::decode(text).map_err(|e| format!("job {}: {e}", job.id))
+    }
+}
+
+impl JobAction for TemplateStep {
+    fn action(&self) -> Action {
+        self.0.action()
+    }
+
+    fn call(&self, job: &QueuedJob) -> Call {
+        // A payload the store wrote always reads back; an unreadable one sends a
+        // request the API refuses (no id), which fails the job with its code.
+        let change = Self::change(job).unwrap_or_else(|_| Change {
+            kind: crate::states::TemplateKind::LaunchTemplate,
+            template_id: String::new(),
+            version: 0,
+            was_default: false,
+            leaked: Vec::new(),
+            add: Vec::new(),
+            marker: String::new(),
+            keys: Vec::new(),
+            keep_image_login: false,
+            created_by: None,
+            made: None,
+            doubts: 0,
+        });
+        let body = match self.0 {
+            JobKind::TemplateLook => json!({
+                "LaunchTemplateId": change.template_id,
+                "Limit": crate::ids::MAX_IDS_PER_REQUEST,
+            }),
+            JobKind::Template => json!({
+                "LaunchTemplateId": change.template_id,
+                "LaunchTemplateVersion": change.version,
+                "LaunchTemplateVersionDescription": change.marker,
+                "LoginSettings": { "KeyIds": change.keys },
+            }),
+            JobKind::TemplateDefault => json!({
+                "LaunchTemplateId": change.template_id,
+                "DefaultVersion": change.made.unwrap_or(0),
+            }),
+            JobKind::LaunchConfigLook => json!({
+                "LaunchConfigurationIds": [change.template_id],
+                "Limit": crate::ids::MAX_IDS_PER_REQUEST,
+            }),
+            _ => {
+                // The new LoginSettings replaces the old whole: the keys computed from
+                // what the look read, and KeepImageLogin as it was.
+                let mut login = json!({ "KeyIds": change.keys });
+                if change.keep_image_login {
+                    login["KeepImageLogin"] = Value::Bool(true);
+                }
+                json!({
+                    "LaunchConfigurationId": change.template_id,
+                    "LoginSettings": login,
+                })
+            }
+        };
+        Call {
+            action: self.0.action(),
+            region: job.region.clone(),
+            body,
+        }
+    }
+
+    fn read(&self, job: &QueuedJob, reply: &Reply) -> Result<Proof, String> {
+        let change = Self::change(job)?;
+        let listed = match self.0 {
+            JobKind::TemplateLook => {
+                let page = api::templates::parse_launch_template_versions(
+                    &reply.response,
+                    &reply.request_id,
+                )
+                .map_err(|e| e.message())?;
+                if page
+                    .total_count
+                    .is_some_and(|n| n as usize > page.items.len())
+                {
+                    return Err(format!(
+                        "{} lists more versions than one page holds",
+                        change.template_id
+                    ));
+                }
+                template::Listed::Versions(
+                    page.items
+                        .into_iter()
+                        .filter(|v| v.template_id == change.template_id)
+                        .map(|v| template::VersionSeen {
+                            version: v.version,
+                            is_default: v.is_default,
+                            key_ids: v.key_ids,
+                            description: v.description,
+                        })
+                        .collect(),
+                )
+            }
+            JobKind::LaunchConfigLook => {
+                let page =
+                    api::templates::parse_launch_configurations(&reply.response, &reply.request_id)
+                        .map_err(|e| e.message())?;
+                template::Listed::Configuration(
+                    page.items
+                        .into_iter()
+                        .find(|c| c.configuration_id == change.template_id)
+                        .map(|c| template::ConfigSeen {
+                            key_ids: c.key_ids,
+                            keep_image_login: c.keep_image_login,
+                        }),
+                )
+            }
+            // A write: the RequestId is the proof.
+            _ => return Ok(Proof::Accepted),
+        };
+        Ok(Proof::Observed {
+            verified: Vec::new(),
+            recheck_at: None,
+            keys: Vec::new(),
+            seen: Vec::new(),
+            listed: Some(listed),
+        })
+    }
+
+    fn split(
+        &self,
+        _job: &QueuedJob,
+        _error: Classification,
+        _message: &str,
+    ) -> Option<Vec<Shape>> {
+        // One template per job: nothing to divide; the change fails with the code.
+        None
+    }
+}
+
+static TEMPLATE_LOOK: TemplateStep = TemplateStep(JobKind::TemplateLook);
+static TEMPLATE_CREATE: TemplateStep = TemplateStep(JobKind::Template);
+static TEMPLATE_DEFAULT: TemplateStep = TemplateStep(JobKind::TemplateDefault);
+static CONFIG_LOOK: TemplateStep = TemplateStep(JobKind::LaunchConfigLook);
+static CONFIG_WRITE: TemplateStep = TemplateStep(JobKind::LaunchConfig);
+
 static VERIFY: VerifyBatch = VerifyBatch;
 static POWER_READ: PowerRead = PowerRead;
 static STOP: PowerOperation = PowerOperation(Action::StopInstances);
@@ -468,6 +627,11 @@ pub fn job_action(kind: JobKind) -> Option<&'static dyn JobAction> {
         JobKind::Survey | JobKind::Settle => &POWER_READ,
         JobKind::Stop => &STOP,
         JobKind::Start => &START,
+        JobKind::TemplateLook => &TEMPLATE_LOOK,
+        JobKind::Template => &TEMPLATE_CREATE,
+        JobKind::TemplateDefault => &TEMPLATE_DEFAULT,
+        JobKind::LaunchConfigLook => &CONFIG_LOOK,
+        JobKind::LaunchConfig => &CONFIG_WRITE,
     })
 }
 

@@ -14,7 +14,7 @@ use super::{ExecConfig, StopReason};
 
 /// What deciding about one refusal asks of the executor besides recording it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Effects {
+pub(super) struct Effects {
     /// A Retry-class failure (counted as a retry).
     pub retried: bool,
     /// What the reply said about the pace.
@@ -26,7 +26,7 @@ pub struct Effects {
 }
 
 /// The outcome of a refused attempt of `job`, decided at `now` (Unix ms).
-pub fn decide(
+pub(super) fn decide(
     action: &dyn JobAction,
     job: &QueuedJob,
     refused: &Refused,

@@ -14,7 +14,7 @@ use crate::taxonomy::Scope;
 /// the job cannot be divided further for this code and its pairs fail.
 ///
 /// `scope` is what the refusal's code is about ([`crate::taxonomy::classify`]).
-pub fn split(
+pub(super) fn split(
     instance_ids: &[String],
     key_ids: &[String],
     scope: Scope,

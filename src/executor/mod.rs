@@ -14,12 +14,12 @@
 //! job whose attempt has no outcome after a crash is sent again on resume
 //! ([`Store::recover_in_flight`]), whatever its action.
 
-pub mod action;
+mod action;
 mod config;
-pub mod decide;
+mod decide;
 mod dispatch;
-pub mod isolate;
-pub mod pacer;
+mod isolate;
+pub(crate) mod pacer;
 mod send;
 mod shared;
 

@@ -24,7 +24,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// network jitter bunches requests: a client spaced at exactly 100 ms meets the
 /// 10/s limit's edge, while 2.5% wider leaves 25 ms of slack per ten requests
 /// (enough for the simulator's 20 ms jitter) and still delivers 9.75 of 10/s.
-pub const RATE_MARGIN: f64 = 1.025;
+pub(crate) const RATE_MARGIN: f64 = 1.025;
 /// Under a limit below the configured rate, the rate holds at this fraction of the
 /// measured ceiling: at a ceiling of 5/s, five spacings span 1042 ms, 42 ms of slack
 /// for jitter on top of the margin's 25 ms (at the ceiling itself jitter alone would
@@ -36,7 +36,7 @@ const HOLD_FRACTION: f64 = 0.96;
 /// against the other: at 5/s, 60 s hold about 6-7 probes (2.3% of the requests
 /// throttled), and a limit that returns is seen at most this long after (then a
 /// second at the full rate: recovery within 8.5 + 0.3 + 1 s).
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(8_500);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(8_500);
 /// The probe leaves this fraction of a spacing after the request before it: with
 /// the window holding as many of ours as the ceiling, it is the one over the limit
 /// if the limit has not moved, whatever the jitter.
@@ -48,7 +48,7 @@ const PROBE_QUIET: Duration = Duration::from_secs(1);
 /// belong to the same burst (with a send time, a throttle of a request sent before
 /// the lowering is such an echo): they do not lower it again (nor, through the
 /// database, in another process).
-pub const THROTTLE_HOLD: Duration = Duration::from_secs(1);
+pub(crate) const THROTTLE_HOLD: Duration = Duration::from_secs(1);
 /// The server's window: the limit counts arrivals in any sliding second.
 const WINDOW_MS: i64 = 1000;
 /// Arrivals follow sends by up to this much more than the one before (network
@@ -69,7 +69,7 @@ const MIN_RATE_FRACTION: f64 = 1.0 / 16.0;
 
 /// Paces request starts: at most `rate` in any sliding second, slower after throttles.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
     state: Mutex<PacerState>,
 }
@@ -82,7 +82,7 @@ struct PacerState {
 
 impl Pacer {
     /// `rate` requests per second; 0 turns pacing off (engine benchmarks only).
-    pub fn new(rate: f64) -> Pacer {
+    pub(crate) fn new(rate: f64) -> Pacer {
         let limiter = (rate > 0.0).then(|| {
             let period = Duration::from_secs_f64(RATE_MARGIN / rate);
             // with_period alone gives a burst of 1: strictly spaced starts, unlike
@@ -125,7 +125,8 @@ impl Pacer {
     }
 
     /// Waits until the next request may start.
-    pub async fn ready(&self) {
+    #[cfg(test)]
+    pub(crate) async fn ready(&self) {
         let Some(limiter) = &self.limiter else { return };
         limiter.until_ready().await;
         // On top of the limiter, keep 1/current between the moments requests
@@ -144,7 +145,8 @@ impl Pacer {
     /// A request is leaving now; the next one is spaced from this moment, or from
     /// when this one was due if it is only slightly late (`SEND_LATENESS_FORGIVEN`). A request
     /// held up longer never lets the next one follow it closely.
-    pub fn sending(&self) {
+    #[cfg(test)]
+    pub(crate) fn sending(&self) {
         if self.limiter.is_none() {
             return;
         }
@@ -157,7 +159,7 @@ impl Pacer {
 
     /// Waits for the next send slot and takes it, in one step: the slot's moment is
     /// what the next one is spaced from. Returns that moment.
-    pub async fn reserve(&self) -> Instant {
+    pub(crate) async fn reserve(&self) -> Instant {
         let Some(limiter) = &self.limiter else {
             return Instant::now();
         };
@@ -181,22 +183,18 @@ impl Pacer {
     }
 
     /// True when pacing is off (`rate` 0): requests start as fast as slots free up.
-    pub fn is_off(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_off(&self) -> bool {
         self.limiter.is_none()
     }
 
     /// The API said we are too fast: the rule of [`Adaptive`] lowers the rate.
-    pub fn throttled(&self) {
+    pub(crate) fn throttled(&self) {
         self.replied(None, false);
     }
 
-    /// A request went through: the rule counts it into the rate that is left.
-    pub fn succeeded(&self) {
-        self.replied(None, true);
-    }
-
     /// The reply to the request sent at `sent_at` (Unix ms, when known).
-    pub fn replied(&self, sent_at: Option<i64>, passed: bool) {
+    pub(crate) fn replied(&self, sent_at: Option<i64>, passed: bool) {
         if self.limiter.is_none() {
             return;
         }
@@ -208,7 +206,7 @@ impl Pacer {
     }
 
     /// The rate in force now, requests per second (0 when pacing is off).
-    pub fn current_rate(&self) -> f64 {
+    pub(crate) fn current_rate(&self) -> f64 {
         self.lock().adaptive.rate(now_ms())
     }
 
@@ -222,7 +220,7 @@ impl Pacer {
 /// measured `ceiling`, the adaptive rule's level: `max` before any throttle and once
 /// a probe found room again (`room`); otherwise [`HOLD_FRACTION`] of the ceiling,
 /// never below `max` x 1/16. When to probe is [`Adaptive::probe_due`].
-pub fn adaptive_rate(max: f64, ceiling: Option<f64>, room: bool) -> f64 {
+pub(crate) fn adaptive_rate(max: f64, ceiling: Option<f64>, room: bool) -> f64 {
     if max <= 0.0 {
         return 0.0;
     }
@@ -240,7 +238,7 @@ pub fn adaptive_rate(max: f64, ceiling: Option<f64>, room: bool) -> f64 {
 /// see only their part). It may exceed the rate in force (sends bunched by a busy
 /// machine fill the window faster): the window, not our rate, is the measure. With
 /// none admitted, half the rate in force.
-pub fn ceiling_after_throttle(rate_in_force: f64, admitted: u32, share: f64) -> f64 {
+pub(crate) fn ceiling_after_throttle(rate_in_force: f64, admitted: u32, share: f64) -> f64 {
     if admitted == 0 {
         return rate_in_force / 2.0;
     }
@@ -273,7 +271,7 @@ struct Sent {
 /// level; admitted, the limit has risen and the rate goes back to `max` (a lower limit
 /// meets a throttle at once and is measured again).
 #[derive(Debug, Clone)]
-pub struct Adaptive {
+pub(crate) struct Adaptive {
     max: f64,
     ceiling: Option<f64>,
     /// When the cycle began: the throttle that set or confirmed the ceiling (shared).
@@ -295,7 +293,7 @@ pub struct Adaptive {
 
 impl Adaptive {
     /// A key configured at `max` requests per second, not throttled yet.
-    pub fn new(max: f64) -> Adaptive {
+    pub(crate) fn new(max: f64) -> Adaptive {
         Adaptive {
             max,
             ceiling: None,
@@ -311,12 +309,12 @@ impl Adaptive {
     }
 
     /// This process's share of the key's recent slots, when several processes take them.
-    pub fn set_share(&mut self, share: f64) {
+    pub(crate) fn set_share(&mut self, share: f64) {
         self.share = share;
     }
 
     /// The rate in force at `now_ms`.
-    pub fn rate(&self, now_ms: i64) -> f64 {
+    pub(crate) fn rate(&self, now_ms: i64) -> f64 {
         if self.ceiling.is_none() && self.edge_until.is_some_and(|until| now_ms < until) {
             return adaptive_rate(self.max, Some(self.max), false);
         }
@@ -334,7 +332,7 @@ impl Adaptive {
     /// Whether the next request should be this cycle's probe: a ceiling holds, the
     /// cycle is [`PROBE_INTERVAL`] old and has not probed yet. The caller sends it
     /// [`PROBE_GAP_FRACTION`] of a spacing after the one before and says so to `sent`.
-    pub fn probe_due(&self, now_ms: i64) -> bool {
+    pub(crate) fn probe_due(&self, now_ms: i64) -> bool {
         let (Some(_), Some(at)) = (self.ceiling, self.throttled_at) else {
             return false;
         };
@@ -343,12 +341,12 @@ impl Adaptive {
 
     /// No request should leave before this (Unix ms): the window the last lowering
     /// measured is still full until then.
-    pub fn resume_at(&self) -> Option<i64> {
+    pub(crate) fn resume_at(&self) -> Option<i64> {
         self.resume_at
     }
 
     /// A request left at `at_ms` (`probe`: as this cycle's probe).
-    pub fn sent(&mut self, at_ms: i64, probe: bool) {
+    pub(crate) fn sent(&mut self, at_ms: i64, probe: bool) {
         if probe && self.probe_due(at_ms) {
             self.probe_at = Some(at_ms);
         }
@@ -367,19 +365,25 @@ impl Adaptive {
     }
 
     /// A reply that passed (send time unknown).
-    pub fn passed(&mut self, now_ms: i64) {
+    #[cfg(test)]
+    pub(crate) fn passed(&mut self, now_ms: i64) {
         self.replied(now_ms, None, true);
     }
 
     /// A throttle (send time unknown); see [`Adaptive::replied`].
-    pub fn throttled(&mut self, now_ms: i64) -> Option<f64> {
+    pub(crate) fn throttled(&mut self, now_ms: i64) -> Option<f64> {
         self.replied(now_ms, None, false)
     }
 
     /// The reply at `now_ms` to the request sent at `sent_at` (when known). Returns
     /// the ceiling when a throttle lowered the rate or confirmed it (a refused probe):
     /// the cycle restarts, which other processes sharing the key should adopt.
-    pub fn replied(&mut self, now_ms: i64, sent_at: Option<i64>, passed: bool) -> Option<f64> {
+    pub(crate) fn replied(
+        &mut self,
+        now_ms: i64,
+        sent_at: Option<i64>,
+        passed: bool,
+    ) -> Option<f64> {
         let index = sent_at.and_then(|sent| self.find(sent));
         let was_probe = index.is_some_and(|i| self.sends[i].probe);
         if let Some(i) = index {
@@ -455,14 +459,20 @@ impl Adaptive {
     }
 
     /// The shared state: the ceiling and when the throttle that set it came.
-    pub fn shared(&self) -> (Option<f64>, Option<i64>) {
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> (Option<f64>, Option<i64>) {
         (self.ceiling, self.throttled_at)
     }
 
     /// Takes the shared state as the database holds it: a throttle another process
     /// (or this one) recorded. `only_newer` keeps a lowering of ours not written yet.
     /// A newer cycle than ours (another process lowered or probed) restarts ours.
-    pub fn adopt(&mut self, ceiling: Option<f64>, throttled_at: Option<i64>, only_newer: bool) {
+    pub(crate) fn adopt(
+        &mut self,
+        ceiling: Option<f64>,
+        throttled_at: Option<i64>,
+        only_newer: bool,
+    ) {
         let newer = match (throttled_at, self.throttled_at) {
             (Some(theirs), Some(ours)) => theirs > ours,
             (Some(_), None) => true,
@@ -525,7 +535,7 @@ impl Feedback {
 }
 
 /// A future a limiter returns: resolves to the moment the slot was taken.
-pub type Reservation<'a> = Pin<Box<dyn Future<Output = Instant> + Send + 'a>>;
+pub(crate) type Reservation<'a> = Pin<Box<dyn Future<Output = Instant> + Send + 'a>>;
 
 /// Send slots per key, and the pace adjusted by feedback.
 pub trait Limiter: Send + Sync {
@@ -576,7 +586,7 @@ impl LocalLimiter {
 }
 
 /// The rate an action is paced at when key-pair operations go at `configured`.
-pub fn rate_for_action(action: Action, configured: f64) -> f64 {
+pub(crate) fn rate_for_action(action: Action, configured: f64) -> f64 {
     if configured <= 0.0 {
         0.0
     } else if action.is_key_pair_operation() {

@@ -172,12 +172,14 @@ pub(super) async fn send_and_record<A: Api>(
                     recheck_at,
                     keys,
                     seen,
+                    listed,
                 } => Outcome::Observed {
                     request_id,
                     verified,
                     recheck_at,
                     keys,
                     seen,
+                    listed,
                 },
             };
             (outcome, Some(reply.http_status), Some(reply.request_id))

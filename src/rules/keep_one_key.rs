@@ -11,13 +11,17 @@ use super::{Effect, ErrorInfo, JobFacts, Pair};
 
 /// The code recorded on an unbind skipped because it would leave its instance with
 /// no key.
-pub const LAST_KEY: &str = "KeepOneKey.LastKey";
+pub(crate) const LAST_KEY: &str = "KeepOneKey.LastKey";
 
 /// A look's answer, recorded: release the instances that keep a key, skip the others.
 ///
 /// `seen` holds the keys each instance the reply showed holds; `held` the held unbind
 /// pairs of the job's instances.
-pub fn looked(job: &JobFacts, seen: &BTreeMap<String, Vec<String>>, held: &[Pair]) -> Vec<Effect> {
+pub(crate) fn looked(
+    job: &JobFacts,
+    seen: &BTreeMap<String, Vec<String>>,
+    held: &[Pair],
+) -> Vec<Effect> {
     let mut removing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for pair in held {
         removing
@@ -69,7 +73,7 @@ pub fn looked(job: &JobFacts, seen: &BTreeMap<String, Vec<String>>, held: &[Pair
 }
 
 /// A look failed for good: without the cloud's word nothing held is unbound.
-pub fn look_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
+pub(crate) fn look_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     vec![Effect::SkipHeld {
         region: job.region.clone(),
         instances: job.instance_ids.clone(),

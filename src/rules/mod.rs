@@ -9,15 +9,19 @@
 //!   the unbinds with the reason; a bind that failed for good keeps the old keys.
 //! - [`keep_one_key`]: a `look` releases the unbinds that leave the instance a key and
 //!   skips the others.
+//! - [`template`]: a template change (a launch template's new version, made the
+//!   default; a launch configuration's `LoginSettings`): look, write, look again; a
+//!   write whose outcome is unknown is replaced by a look, never sent twice.
 //! - `unbind` and `verify` jobs cause nothing beyond their own rows.
 //!
 //! Adding a step to the workflow: a [`JobKind`] (and its word in a migration's CHECK
 //! list), its action's `JobAction` in the executor, and its rules here, tested without
 //! a database. Nothing here does I/O; the store's `outcome` module is the only caller.
 
-pub mod keep_one_key;
+pub(crate) mod keep_one_key;
 pub mod power;
-pub mod rotation;
+pub(crate) mod rotation;
+pub mod template;
 
 use crate::chunk::{PairRef, chunk};
 pub use crate::states::JobKind;
@@ -178,6 +182,8 @@ pub enum Effect {
     CountStartFailure { region: String, instance_id: String },
     /// A live run takes no further instance down (one was left stopped).
     Halt { reason: String },
+    /// A template change's row (`template_changes`) moves on.
+    Template(template::Update),
 }
 
 /// Jobs of `kind` for `pairs` of one region, chunked like a plan (identical key sets,

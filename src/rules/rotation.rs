@@ -20,15 +20,15 @@ use crate::states::Verified;
 use crate::taxonomy::{Scope, classify};
 
 /// How long after an Associate is accepted its confirmation first looks.
-pub const FIRST_LOOK_MS: i64 = 1_000;
+pub(crate) const FIRST_LOOK_MS: i64 = 1_000;
 
 /// The code of an unbind that stayed held with nothing left to release it (a
 /// safety net: every path of a rotation ends a hold itself).
-pub const NOT_RELEASED: &str = "KeyFleet.NotReleased";
+pub(crate) const NOT_RELEASED: &str = "KeyFleet.NotReleased";
 
 /// An accepted `bind` job: confirm its accepted pairs (their RequestId is the one
 /// whose operation state tells whether it was applied).
-pub fn bind_accepted(
+pub(crate) fn bind_accepted(
     job: &JobFacts,
     accepted: Vec<ReadItem>,
     now: i64,
@@ -61,7 +61,7 @@ pub fn bind_accepted(
 
 /// A bind pair a confirmation gave a verdict on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Confirmed {
+pub(crate) struct Confirmed {
     pub pair: Pair,
     pub verdict: Verified,
     /// Operations of this pair the cloud reported FAILED before this one.
@@ -73,7 +73,7 @@ pub struct Confirmed {
 /// `unconfirmed` counts, for each instance with a key confirmed `bound` here, its bind
 /// pairs in the run that are not (yet) succeeded and `bound`, read after this
 /// confirmation's verdicts were stored: an instance is ready when it has none.
-pub fn confirmed(
+pub(crate) fn confirmed(
     job: &JobFacts,
     pairs: &[Confirmed],
     unconfirmed: &BTreeMap<String, i64>,
@@ -142,7 +142,7 @@ pub fn confirmed(
 /// The one key whose rotation a failed `bind` job stops: its only key, when the code
 /// is about the key (it does not exist, ...). The store then reads that key's other
 /// queued `bind` jobs for [`bind_failed`].
-pub fn stopped_key<'a>(job: &'a JobFacts, error: &ErrorInfo) -> Option<&'a str> {
+pub(crate) fn stopped_key<'a>(job: &'a JobFacts, error: &ErrorInfo) -> Option<&'a str> {
     let key_scoped = classify(JobKind::Bind.action(), &error.code).scope == Scope::Key;
     match job.key_ids.as_slice() {
         [key] if key_scoped => Some(key),
@@ -152,7 +152,7 @@ pub fn stopped_key<'a>(job: &'a JobFacts, error: &ErrorInfo) -> Option<&'a str> 
 
 /// Another queued `bind` job of a stopped key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtherBind {
+pub(crate) struct OtherBind {
     pub job_id: i64,
     pub region: String,
     pub instance_ids: Vec<String>,
@@ -160,7 +160,7 @@ pub struct OtherBind {
 
 /// A `bind` job failed for good: its instances keep their old keys; a key the API
 /// does not know stops `others`, the rest of the rotation to it.
-pub fn bind_failed(job: &JobFacts, error: &ErrorInfo, others: &[OtherBind]) -> Vec<Effect> {
+pub(crate) fn bind_failed(job: &JobFacts, error: &ErrorInfo, others: &[OtherBind]) -> Vec<Effect> {
     let reason = ErrorInfo::new(
         &error.code,
         format!(
@@ -198,7 +198,7 @@ pub fn bind_failed(job: &JobFacts, error: &ErrorInfo, others: &[OtherBind]) -> V
 }
 
 /// A `confirm` failed for good: without the cloud's word nothing held is unbound.
-pub fn confirm_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
+pub(crate) fn confirm_failed(job: &JobFacts, error: &ErrorInfo) -> Vec<Effect> {
     vec![Effect::SkipHeld {
         region: job.region.clone(),
         instances: job.instance_ids.clone(),

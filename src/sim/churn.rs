@@ -47,7 +47,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(churn: Churn, seed: u64) -> Schedule {
+    pub(super) fn new(churn: Churn, seed: u64) -> Schedule {
         Schedule {
             churn,
             pages: HashMap::new(),
@@ -57,7 +57,7 @@ impl Schedule {
     }
 
     /// Counts a listing page of `region`; true when the fleet is to change first.
-    pub fn page(&mut self, region: &str) -> bool {
+    pub(super) fn page(&mut self, region: &str) -> bool {
         if self
             .churn
             .limit
@@ -72,7 +72,7 @@ impl Schedule {
 
     /// Changes `fleet` in `region`: terminates one instance or creates one, at random.
     /// A region without instances stays empty (it may not be one the fleet serves).
-    pub fn change(&mut self, fleet: &mut Fleet, region: &str) -> Option<Change> {
+    pub(super) fn change(&mut self, fleet: &mut Fleet, region: &str) -> Option<Change> {
         let members: Vec<usize> = (0..fleet.instances.len())
             .filter(|&n| fleet.instances[n].region == region)
             .collect();
@@ -109,7 +109,7 @@ impl Schedule {
     }
 
     /// Every change so far, in order.
-    pub fn changes(&self) -> &[Change] {
+    pub(super) fn changes(&self) -> &[Change] {
         &self.changes
     }
 }

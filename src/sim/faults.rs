@@ -33,7 +33,7 @@ pub(crate) enum Fault {
 
 impl Fault {
     /// The API error the fault replies with, for the ones that reply.
-    pub fn error(self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn error(self) -> Option<(&'static str, &'static str)> {
         match self {
             Fault::Mutex => Some(("MutexOperation.TaskRunning", "An identical job is running.")),
             Fault::InProgress => Some((

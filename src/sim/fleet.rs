@@ -404,12 +404,12 @@ pub(crate) struct LiveInstance {
 
 impl LiveInstance {
     /// A busy window from the fleet file (an operation keyfleet did not start).
-    pub fn is_busy(&self, now: Instant) -> bool {
+    pub(crate) fn is_busy(&self, now: Instant) -> bool {
         self.busy_until.is_some_and(|until| now < until)
     }
 
     /// An accepted operation on it has not completed yet.
-    pub fn is_operating(&self, now: Instant) -> bool {
+    pub(crate) fn is_operating(&self, now: Instant) -> bool {
         self.operation
             .as_ref()
             .and_then(Operation::completes_at)
@@ -500,7 +500,7 @@ pub(crate) struct LiveFleet {
 }
 
 impl LiveFleet {
-    pub fn new(fleet: Fleet, start: Instant, default_settle: Duration) -> LiveFleet {
+    pub(crate) fn new(fleet: Fleet, start: Instant, default_settle: Duration) -> LiveFleet {
         let keys = fleet.all_keys();
         let incident = Holdings::new(
             fleet.key_pairs,
@@ -550,7 +550,7 @@ impl LiveFleet {
     }
 
     /// Starts an accepted operation on instance `n` (see `LiveInstance::start_operation`).
-    pub fn start_operation(&mut self, n: usize, operation: Operation, now: Instant) {
+    pub(crate) fn start_operation(&mut self, n: usize, operation: Operation, now: Instant) {
         let mut changes = Vec::new();
         let instance = &mut self.instances[n];
         instance.start_operation(operation, now, &mut changes);
@@ -561,7 +561,7 @@ impl LiveFleet {
     }
 
     /// Applies every state change due by `now`; each instance settles once.
-    pub fn settle(&mut self, now: Instant) {
+    pub(crate) fn settle(&mut self, now: Instant) {
         if self.next_event.is_none_or(|at| now < at) {
             return;
         }
@@ -592,7 +592,7 @@ impl LiveFleet {
     /// Carries the operations and the power timeline of `previous` over to this fleet
     /// (after an edit at `now`, which rebuilds the fleet from a snapshot that holds
     /// neither); a state the edit changed is recorded as the fleet's own change.
-    pub fn keep_operations(&mut self, previous: LiveFleet, now: Instant) {
+    pub(crate) fn keep_operations(&mut self, previous: LiveFleet, now: Instant) {
         let mut changes = Vec::new();
         for old in previous.instances {
             let Some(&n) = self.by_id.get(&old.spec.instance_id) else {
@@ -623,7 +623,7 @@ impl LiveFleet {
     }
 
     /// The instance with this id in this region.
-    pub fn find(&self, instance_id: &str, region: &str) -> Option<usize> {
+    pub(crate) fn find(&self, instance_id: &str, region: &str) -> Option<usize> {
         self.by_id
             .get(instance_id)
             .copied()
@@ -631,7 +631,7 @@ impl LiveFleet {
     }
 
     /// The fleet file form, with remaining busy and settle times measured from `now`.
-    pub fn snapshot(&self, now: Instant) -> Fleet {
+    pub(crate) fn snapshot(&self, now: Instant) -> Fleet {
         let remaining = |at: Instant| duration_ms(at.saturating_duration_since(now));
         let instances = self
             .instances

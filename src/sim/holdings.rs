@@ -196,7 +196,7 @@ pub(crate) struct Holdings {
 }
 
 impl Holdings {
-    pub fn new(
+    pub(crate) fn new(
         key_pairs: Vec<KeyPair>,
         templates: Vec<LaunchTemplate>,
         configurations: Vec<LaunchConfiguration>,

@@ -267,7 +267,7 @@ pub(crate) enum OperationState {
 }
 
 impl OperationState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OperationState::Operating => "OPERATING",
             OperationState::Success => "SUCCESS",
@@ -305,7 +305,7 @@ pub(crate) struct Operation {
 
 impl Operation {
     /// An operation of `action` accepted with `request_id`, OPERATING until its steps end.
-    pub fn new(
+    pub(crate) fn new(
         action: &'static str,
         request_id: &str,
         steps: impl IntoIterator<Item = (Instant, Step)>,
@@ -319,7 +319,7 @@ impl Operation {
     }
 
     /// When it ends, while it runs.
-    pub fn completes_at(&self) -> Option<Instant> {
+    pub(crate) fn completes_at(&self) -> Option<Instant> {
         if self.state != OperationState::Operating {
             return None;
         }

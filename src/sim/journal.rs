@@ -136,7 +136,7 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     /// A recorder keeping at most `capacity` entries (at least one).
-    pub fn new(capacity: usize) -> Recorder {
+    pub(super) fn new(capacity: usize) -> Recorder {
         Recorder {
             entries: VecDeque::new(),
             first_seq: 1,
@@ -146,7 +146,7 @@ impl Recorder {
     }
 
     /// Records a finished request; `arrival` is its arrival order.
-    pub fn record(&mut self, arrival: u64, entry: JournalEntry) {
+    pub(super) fn record(&mut self, arrival: u64, entry: JournalEntry) {
         let outcome = match (&entry.code, entry.dropped) {
             (Some(code), false) => code.clone(),
             (None, false) => SUCCESS.to_string(),
@@ -177,13 +177,13 @@ impl Recorder {
     }
 
     /// Counts a request that failed a protocol or signature check (recorded as well).
-    pub fn protocol_failure(&mut self) {
+    pub(super) fn protocol_failure(&mut self) {
         self.stats.protocol_failures += 1;
     }
 
     /// Counts an admitted request: `per_key` is its limiter key's busiest window so
     /// far, `per_action` its action's over every Host.
-    pub fn admitted(&mut self, host: &str, action: &str, per_key: u64, per_action: u64) {
+    pub(super) fn admitted(&mut self, host: &str, action: &str, per_key: u64, per_action: u64) {
         self.stats.admitted += 1;
         let max = self
             .stats
@@ -203,21 +203,21 @@ impl Recorder {
     }
 
     /// Connection events, for the stats.
-    pub fn connection_opened(&mut self, open_now: u64) {
+    pub(super) fn connection_opened(&mut self, open_now: u64) {
         self.stats.connections += 1;
         self.stats.max_open_connections = self.stats.max_open_connections.max(open_now);
     }
 
-    pub fn header_timeout(&mut self) {
+    pub(super) fn header_timeout(&mut self) {
         self.stats.header_timeouts += 1;
     }
 
-    pub fn body_timeout(&mut self) {
+    pub(super) fn body_timeout(&mut self) {
         self.stats.body_timeouts += 1;
     }
 
     /// The retained entries in arrival order.
-    pub fn journal(&self) -> Vec<JournalEntry> {
+    pub(super) fn journal(&self) -> Vec<JournalEntry> {
         let mut entries: Vec<&(u64, JournalEntry)> = self.entries.iter().collect();
         entries.sort_by_key(|(arrival, _)| *arrival);
         entries.into_iter().map(|(_, e)| e.clone()).collect()
@@ -225,7 +225,7 @@ impl Recorder {
 
     /// The retained entries numbered above `after`, at most `limit` (capped at
     /// [`MAX_PAGE_ENTRIES`]); only the page is copied, never the whole journal.
-    pub fn page(&self, after: u64, limit: usize) -> JournalPage {
+    pub(super) fn page(&self, after: u64, limit: usize) -> JournalPage {
         let limit = limit.clamp(1, MAX_PAGE_ENTRIES);
         let skip = usize::try_from(after.saturating_add(1).saturating_sub(self.first_seq))
             .unwrap_or(usize::MAX)
@@ -248,7 +248,7 @@ impl Recorder {
         }
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(super) fn stats(&self) -> Stats {
         self.stats.clone()
     }
 }

@@ -20,7 +20,7 @@ pub(crate) struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    pub fn new(limit: u32) -> SlidingWindow {
+    pub(super) fn new(limit: u32) -> SlidingWindow {
         SlidingWindow {
             limit,
             admitted: VecDeque::new(),
@@ -29,7 +29,7 @@ impl SlidingWindow {
     }
 
     /// Admits or refuses a request arriving at `now` (calls come in time order).
-    pub fn try_admit(&mut self, now: Instant) -> bool {
+    pub(super) fn try_admit(&mut self, now: Instant) -> bool {
         while let Some(&oldest) = self.admitted.front() {
             if now.saturating_duration_since(oldest) >= WINDOW {
                 self.admitted.pop_front();
@@ -48,12 +48,12 @@ impl SlidingWindow {
 
     /// Changes the limit from now on (0: unlimited). Admissions already in the window
     /// still count: after lowering it, nothing is admitted until they age out.
-    pub fn set_limit(&mut self, limit: u32) {
+    pub(super) fn set_limit(&mut self, limit: u32) {
         self.limit = limit;
     }
 
     /// The most admissions seen in any window so far.
-    pub fn max_in_window(&self) -> u64 {
+    pub(super) fn max_in_window(&self) -> u64 {
         self.max_in_window
     }
 }

@@ -166,7 +166,7 @@ pub(crate) struct PowerTimeline {
 
 impl PowerTimeline {
     /// An empty timeline counting milliseconds from `origin` (the simulator's start).
-    pub fn new(origin: Instant) -> PowerTimeline {
+    pub(crate) fn new(origin: Instant) -> PowerTimeline {
         PowerTimeline {
             origin,
             events: VecDeque::new(),
@@ -177,7 +177,7 @@ impl PowerTimeline {
 
     /// Records the changes of one pass over the fleet, sorted by their moments (one
     /// pass meets instances in fleet order, not in time order).
-    pub fn record(&mut self, mut changes: Vec<(Instant, PowerEvent)>) {
+    pub(crate) fn record(&mut self, mut changes: Vec<(Instant, PowerEvent)>) {
         changes.sort_by_key(|(at, _)| *at);
         for (at, mut event) in changes {
             event.at_ms = i64::try_from(at.saturating_duration_since(self.origin).as_millis())
@@ -191,16 +191,16 @@ impl PowerTimeline {
     }
 
     /// Events dropped to keep within the capacity.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.first_seq - 1
     }
 
-    pub fn events(&self) -> Vec<PowerEvent> {
+    pub(crate) fn events(&self) -> Vec<PowerEvent> {
         self.events.iter().cloned().collect()
     }
 
     /// The events numbered above `after`, at most `limit` (1..=[`MAX_POWER_PAGE`]).
-    pub fn page(&self, after: u64, limit: usize) -> PowerPage {
+    pub(crate) fn page(&self, after: u64, limit: usize) -> PowerPage {
         let limit = limit.clamp(1, MAX_POWER_PAGE);
         let skip = usize::try_from(after.saturating_add(1).saturating_sub(self.first_seq))
             .unwrap_or(usize::MAX)

@@ -14,7 +14,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(code: &str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             code: code.to_string(),
             message: message.into(),

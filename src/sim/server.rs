@@ -122,7 +122,7 @@ const ASYNC_STREAM: u64 = 0x3c6e_f372_fe94_f82b;
 const POWER_STREAM: u64 = 0xa54f_f53a_5f1d_36f1;
 
 impl Shared {
-    pub fn new(config: SimConfig, fleet: Fleet) -> Shared {
+    pub(super) fn new(config: SimConfig, fleet: Fleet) -> Shared {
         let start = Instant::now();
         let inner = Inner {
             fleet: LiveFleet::new(fleet, start, config.settle_after),
@@ -149,7 +149,7 @@ impl Shared {
     }
 
     /// Disables (or re-enables) the accepted SecretId.
-    pub fn set_revoked(&self, revoked: bool) {
+    pub(super) fn set_revoked(&self, revoked: bool) {
         self.revoked
             .store(revoked, std::sync::atomic::Ordering::SeqCst);
     }
@@ -159,7 +159,7 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn snapshot(&self) -> Fleet {
+    pub(super) fn snapshot(&self) -> Fleet {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.fleet.settle(now);
@@ -168,7 +168,7 @@ impl Shared {
 
     /// Replaces the fleet with `edit` applied to a snapshot; busy and settle times in
     /// the snapshot count from now, so they carry over unchanged.
-    pub fn edit(&self, edit: impl FnOnce(&mut Fleet)) -> Result<(), SimError> {
+    pub(super) fn edit(&self, edit: impl FnOnce(&mut Fleet)) -> Result<(), SimError> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.fleet.settle(now);
@@ -183,23 +183,23 @@ impl Shared {
         Ok(())
     }
 
-    pub fn journal(&self) -> Vec<JournalEntry> {
+    pub(super) fn journal(&self) -> Vec<JournalEntry> {
         self.lock().recorder.journal()
     }
 
-    pub fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
+    pub(super) fn journal_page(&self, after: u64, limit: usize) -> JournalPage {
         self.lock().recorder.page(after, limit)
     }
 
     /// Every kept power event, in time order (state changes due by now recorded first).
-    pub fn power_timeline(&self) -> Vec<PowerEvent> {
+    pub(super) fn power_timeline(&self) -> Vec<PowerEvent> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.fleet.settle(now);
         inner.fleet.timeline.events()
     }
 
-    pub fn power_page(&self, after: u64, limit: usize) -> PowerPage {
+    pub(super) fn power_page(&self, after: u64, limit: usize) -> PowerPage {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.fleet.settle(now);
@@ -207,12 +207,12 @@ impl Shared {
     }
 
     /// Power events dropped to keep the timeline within its capacity.
-    pub fn power_dropped(&self) -> u64 {
+    pub(super) fn power_dropped(&self) -> u64 {
         self.lock().fleet.timeline.dropped()
     }
 
     /// Changes the limit of every limiter key, existing and future.
-    pub fn set_rate(&self, rate: u32) {
+    pub(super) fn set_rate(&self, rate: u32) {
         let mut inner = self.lock();
         inner.rate = rate;
         for (key, window) in inner.limiters.iter_mut() {
@@ -221,16 +221,16 @@ impl Shared {
         tracing::info!(rate, "sim rate changed");
     }
 
-    pub fn rate(&self) -> u32 {
+    pub(super) fn rate(&self) -> u32 {
         self.lock().rate
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(super) fn stats(&self) -> Stats {
         self.lock().recorder.stats()
     }
 
     /// The changes the churn schedule has made so far.
-    pub fn fleet_changes(&self) -> Vec<super::churn::Change> {
+    pub(super) fn fleet_changes(&self) -> Vec<super::churn::Change> {
         self.lock()
             .churn
             .as_ref()

@@ -13,6 +13,7 @@ use super::states::{ItemStatus, JobKind, JobState, PowerState, Verified};
 use crate::rules::keep_one_key;
 use crate::rules::power;
 use crate::rules::rotation::{self, Confirmed, OtherBind};
+use crate::rules::template::{self, Change};
 use crate::rules::{Effect, ErrorInfo, FollowUp, JobFacts, Pair, ReadItem};
 
 type Tx<'a> = Transaction<'a, Sqlite>;
@@ -23,6 +24,8 @@ pub(super) struct Read<'a> {
     pub verified: &'a [(i64, Verified)],
     /// The keys each instance the reply showed holds, by instance id.
     pub keys: &'a [(String, Vec<String>)],
+    /// What a template change's look read.
+    pub listed: Option<&'a template::Listed>,
 }
 
 /// A job's rows as the rules see them, and its run.
@@ -72,6 +75,12 @@ pub(super) async fn after_success(
         }
         JobKind::Unbind => return keys_maybe_done(tx, job_id, now).await,
         JobKind::Bind => {}
+        JobKind::Template | JobKind::TemplateDefault | JobKind::LaunchConfig => {
+            let (run_id, job) = job_facts(tx, job_id).await?;
+            let change = change_of(tx, job_id).await?;
+            let effects = template::accepted(&job, &change, request_id, now);
+            return apply(tx, run_id, effects, now).await;
+        }
         _ => return Ok(()),
     }
     let (run_id, job) = job_facts(tx, job_id).await?;
@@ -201,6 +210,14 @@ pub(super) async fn after_read(
             apply(tx, run_id, effects, now).await?;
             return keys_maybe_done(tx, job_id, now).await;
         }
+        JobKind::TemplateLook | JobKind::LaunchConfigLook => {
+            let (run_id, job) = job_facts(tx, job_id).await?;
+            let change = change_of(tx, job_id).await?;
+            let listed = read.listed.ok_or_else(|| {
+                StoreError::Corrupt(format!("template look {job_id} recorded nothing read"))
+            })?;
+            (run_id, template::looked(&job, &change, listed, now))
+        }
         JobKind::Look => {
             let (run_id, job) = job_facts(tx, job_id).await?;
             let seen: BTreeMap<String, Vec<String>> = read.keys.iter().cloned().collect();
@@ -210,6 +227,54 @@ pub(super) async fn after_read(
         _ => return Ok(()),
     };
     apply(tx, effects.0, effects.1, now).await
+}
+
+/// The template change a job of it carries in its payload.
+async fn change_of(tx: &mut Tx<'_>, job_id: i64) -> Result<Change, StoreError> {
+    let payload: Option<String> = sqlx::query_scalar("SELECT payload FROM jobs WHERE id = ?")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Change::decode(payload.as_deref().unwrap_or(""))
+        .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))
+}
+
+/// A write whose outcome is unknown (no reply; an attempt a kill left open): the job
+/// is replaced (`split`) by what its kind's rules say, a look that finds what it did.
+pub(super) async fn after_doubt(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: JobKind,
+    error: &ErrorInfo,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (run_id, job) = job_facts(tx, job_id).await?;
+    let change = change_of(tx, job_id).await?;
+    sqlx::query(
+        "UPDATE jobs SET state = ?, finished_at = ?, last_error_code = ?, last_error_message = ?          WHERE id = ?",
+    )
+    .bind(JobState::Split.as_str())
+    .bind(now)
+    .bind(&error.code)
+    .bind(&error.message)
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?;
+    debug_assert!(kind.rereads_when_in_doubt());
+    let effects = template::in_doubt(&job, &change, now);
+    for effect in effects {
+        if let Effect::AddJob(new) = effect {
+            let id = add_job(tx, run_id, new, now).await?;
+            sqlx::query("UPDATE jobs SET parent_job_id = ? WHERE id = ?")
+                .bind(job_id)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        } else {
+            apply(tx, run_id, vec![effect], now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The rows a confirmation's rule needs: its pairs with their verdicts and operation
@@ -293,6 +358,14 @@ pub(super) async fn after_failure(
             };
             apply(tx, run_id, effects, now).await?;
             keys_maybe_done(tx, job_id, now).await
+        }
+        JobKind::TemplateLook
+        | JobKind::Template
+        | JobKind::TemplateDefault
+        | JobKind::LaunchConfigLook
+        | JobKind::LaunchConfig => {
+            let change = change_of(tx, job_id).await?;
+            apply(tx, run_id, template::failed(&job, &change, error), now).await
         }
         JobKind::Stop | JobKind::Start | JobKind::Survey | JobKind::Settle => {
             let Some(live) = super::power::live_of(tx, run_id).await? else {
@@ -428,6 +501,9 @@ pub(super) async fn apply(
                 .await?;
             }
             Effect::Halt { reason } => super::power::halt(tx, run_id, &reason).await?,
+            Effect::Template(update) => {
+                super::templates::apply_update(tx, run_id, &update, now).await?
+            }
             Effect::CountOperationFailure { item_ids } => {
                 for chunk in item_ids.chunks(500) {
                     sqlx::query(

@@ -30,18 +30,18 @@ use std::path::{Path, PathBuf};
 use super::StoreError;
 
 /// The files SQLite keeps beside a database in WAL mode: created here when missing.
-pub const COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
+pub(super) const COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
 /// SQLite's rollback journal, used briefly while a new database is switched to WAL.
 /// Checked when present (a planted "hot" journal would be rolled into the database)
 /// but not created: SQLite deletes it after each transaction in that mode.
 const JOURNAL_SUFFIX: &str = "-journal";
 /// The mode of every file keyfleet creates for a database: owner read and write.
-pub const DB_FILE_MODE: u32 = 0o600;
+pub(super) const DB_FILE_MODE: u32 = 0o600;
 
 /// Checks the database at `path`, its companions and its directories, creating the
 /// missing files owner-only. Returns the absolute path to give SQLite: absolute, so
 /// that `:memory:` or `file:...` are plain file names, never SQLite's special names.
-pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
+pub(super) fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
     let refuse = |reason: String, fix: String| StoreError::Unsafe {
         path: path.to_path_buf(),
         reason,
@@ -89,7 +89,7 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
 /// not writable by group or others). Another user's lock file in a shared sticky
 /// directory could otherwise hold every open of the database forever, or feed it
 /// a holder's name.
-pub fn open_lock_file(lock: &Path, db: &Path) -> Result<File, StoreError> {
+pub(super) fn open_lock_file(lock: &Path, db: &Path) -> Result<File, StoreError> {
     let refuse = |reason: String, fix: String| StoreError::Unsafe {
         path: db.to_path_buf(),
         reason,

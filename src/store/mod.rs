@@ -10,15 +10,17 @@ mod accounts;
 mod follow;
 #[cfg(unix)]
 mod guard;
+pub mod incident;
 mod jobs;
 mod outcome;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod plan;
 pub mod power;
 pub mod rates;
 pub mod report;
-pub mod requeue;
-pub mod states;
+mod requeue;
+mod states;
+pub mod templates;
 pub mod verify;
 pub mod watch;
 

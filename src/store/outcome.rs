@@ -75,6 +75,8 @@ pub enum Outcome {
         keys: Vec<(String, Vec<String>)>,
         /// What a live run's read (survey, settle) saw of each instance.
         seen: Vec<crate::rules::power::Seen>,
+        /// What a template change's look read.
+        listed: Option<crate::rules::template::Listed>,
     },
     /// A Retry-class failure: the budget is spent by one; the job waits or fails.
     Retry {
@@ -517,6 +519,7 @@ async fn finish_attempt(
             recheck_at,
             keys,
             seen,
+            listed,
         } => {
             let verdicts: Vec<(i64, &str)> =
                 verified.iter().map(|(id, v)| (*id, v.as_str())).collect();
@@ -556,7 +559,11 @@ async fn finish_attempt(
                     )
                     .await?;
                 } else {
-                    let read = super::follow::Read { verified, keys };
+                    let read = super::follow::Read {
+                        verified,
+                        keys,
+                        listed: listed.as_ref(),
+                    };
                     super::follow::after_read(
                         tx,
                         job_id,
@@ -568,6 +575,11 @@ async fn finish_attempt(
                     .await?;
                 }
             }
+        }
+        Outcome::Retry { error, .. } if finish.kind.rereads_when_in_doubt() => {
+            // No reply, or a transient error (an internal error may have been applied):
+            // whether it was is unknown. Never sent again as is: a look finds out.
+            super::follow::after_doubt(tx, job_id, finish.kind, error, now).await?;
         }
         Outcome::Retry {
             error,

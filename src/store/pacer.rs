@@ -17,11 +17,11 @@ use super::{Store, StoreError};
 /// A slot further ahead than this is taken to come from a wall clock that went
 /// backwards (or a broken row), and the sequence restarts at now. Legitimate
 /// reservations are at most one spacing per waiting process ahead.
-pub const MAX_SLOT_AHEAD_MS: f64 = 60_000.0;
+pub(crate) const MAX_SLOT_AHEAD_MS: f64 = 60_000.0;
 
 /// Where a key's row is: the action, the access endpoint and the account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PacerKey {
+pub(crate) struct PacerKey {
     pub action: String,
     pub endpoint: String,
     /// [`account_digest`] of the SecretId.
@@ -30,14 +30,14 @@ pub struct PacerKey {
 
 /// The SecretId as stored: SHA-256, first 16 hex digits. It scopes the limit without
 /// putting the access key's id in the database.
-pub fn account_digest(secret_id: &str) -> String {
+pub(crate) fn account_digest(secret_id: &str) -> String {
     let digest = Sha256::digest(secret_id.as_bytes());
     hex::encode(&digest[..8])
 }
 
 /// A slot handed out, and the shared adaptive state as the row holds it after.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Unix ms (fractional) the request may leave at.
     pub at_ms: f64,
     /// The rate left at the last throttle (requests per second), if any.
@@ -50,21 +50,21 @@ pub struct Slot {
 
 /// The adaptive state of a key as the row holds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub ceiling: Option<f64>,
     pub throttled_at: Option<i64>,
 }
 
 /// The pacer's connection to a keyfleet database.
 #[derive(Debug, Clone)]
-pub struct PacerDb {
+pub(crate) struct PacerDb {
     pool: SqlitePool,
 }
 
 impl PacerDb {
     /// A second, small pool on the store's file (already migrated by
     /// [`Store::open`]), with `synchronous=NORMAL`.
-    pub async fn open(store: &Store) -> Result<PacerDb, StoreError> {
+    pub(crate) async fn open(store: &Store) -> Result<PacerDb, StoreError> {
         let options = (*store.pool.connect_options())
             .clone()
             .synchronous(SqliteSynchronous::Normal);
@@ -79,7 +79,7 @@ impl PacerDb {
     /// `next_at` (minus `pull_ms`: a probe leaves early) and `now_ms`, and moves
     /// `next_at` to that plus `spacing_ms`; records `rate` as the rate in force. A
     /// missing row is created, its first slot after `seed_ms` (see [`PacerDb::last_sent`]).
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         key: &PacerKey,
         now_ms: f64,
@@ -119,7 +119,7 @@ impl PacerDb {
 
     /// A request left later than its slot: the next slot is spaced from when it
     /// really left (`sent_ms + spacing_ms`), unless a later one is already due.
-    pub async fn sent_late(
+    pub(crate) async fn sent_late(
         &self,
         key: &PacerKey,
         sent_ms: f64,
@@ -140,7 +140,7 @@ impl PacerDb {
     }
 
     /// Does the row of `key` exist?
-    pub async fn exists(&self, key: &PacerKey) -> Result<bool, StoreError> {
+    pub(crate) async fn exists(&self, key: &PacerKey) -> Result<bool, StoreError> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM pacer WHERE action = ?1 AND endpoint = ?2 AND account = ?3",
         )
@@ -156,7 +156,7 @@ impl PacerDb {
     /// `now_ms` (`attempts.sent_at`, written by every finished attempt): a process
     /// starting on a database without a pacer row (the first since the upgrade, or
     /// after the row was lost) spaces its first request from it.
-    pub async fn last_sent(
+    pub(crate) async fn last_sent(
         &self,
         action: &str,
         now_ms: i64,
@@ -176,7 +176,7 @@ impl PacerDb {
     /// A throttle of `key` lowered its rate to start again from `ceiling`: recorded
     /// unless another throttle already did so less than `hold_ms` ago (processes
     /// throttled by one burst lower the shared rate once). Returns the row's state after.
-    pub async fn throttled(
+    pub(crate) async fn throttled(
         &self,
         key: &PacerKey,
         ceiling: f64,
@@ -204,7 +204,7 @@ impl PacerDb {
 
     /// An account-wide throttle: every key of `account` starts again from `fraction`
     /// of the rate it had in force (same hold as [`PacerDb::throttled`]).
-    pub async fn throttled_account(
+    pub(crate) async fn throttled_account(
         &self,
         account: &str,
         fraction: f64,
@@ -225,7 +225,7 @@ impl PacerDb {
     }
 
     /// The shared state of `key`, if its row exists.
-    pub async fn shared(&self, key: &PacerKey) -> Result<Option<Shared>, StoreError> {
+    pub(crate) async fn shared(&self, key: &PacerKey) -> Result<Option<Shared>, StoreError> {
         let row = sqlx::query(
             "SELECT ceiling, throttled_at FROM pacer \
              WHERE action = ?1 AND endpoint = ?2 AND account = ?3",
@@ -244,7 +244,7 @@ impl PacerDb {
         .transpose()
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
 }

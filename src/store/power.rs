@@ -315,13 +315,17 @@ impl Store {
             .bind(JobState::Queued.as_str())
             .execute(&mut *tx)
             .await?;
+            // The plan's key jobs only: a template change's jobs (no items) stay queued.
             sqlx::query(
                 "DELETE FROM jobs WHERE run_id = ? AND state = ? AND attempts = 0 \
+                 AND kind IN (?, ?) \
                  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id) \
                  AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id = jobs.id)",
             )
             .bind(run_id)
             .bind(JobState::Queued.as_str())
+            .bind(JobKind::Unbind.as_str())
+            .bind(JobKind::Bind.as_str())
             .execute(&mut *tx)
             .await?;
             let instances = sqlx::query(

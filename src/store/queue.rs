@@ -276,6 +276,26 @@ impl Store {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
+        // A write that is not sent twice (a template's new version) is replaced by a
+        // look that finds what it did (`rules::template::in_doubt`).
+        let doubtful: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, kind FROM jobs WHERE run_id = ? AND state = ? ORDER BY id")
+                .bind(run_id)
+                .bind(JobState::InFlight.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        let lost = crate::rules::ErrorInfo::new(
+            "KeyFleet.Lost",
+            "the attempt was open when keyfleet stopped: whether it was applied is unknown",
+        );
+        let mut replaced = 0;
+        for (job_id, kind) in doubtful {
+            let kind: JobKind = kind.parse().map_err(StoreError::Corrupt)?;
+            if kind.rereads_when_in_doubt() {
+                super::follow::after_doubt(&mut tx, job_id, kind, &lost, now).await?;
+                replaced += 1;
+            }
+        }
         let requeued = sqlx::query(
             "UPDATE jobs SET state = ?, next_attempt_at = ? WHERE run_id = ? AND state = ?",
         )
@@ -285,7 +305,8 @@ impl Store {
         .bind(JobState::InFlight.as_str())
         .execute(&mut *tx)
         .await?
-        .rows_affected();
+        .rows_affected()
+            + replaced;
         tx.commit().await?;
         Ok(requeued)
     }

@@ -1,6 +1,7 @@
 //! The stored words ([`crate::states`]) against the schema the migrations build.
 
-pub use crate::states::{ItemStatus, JobKind, JobState, PowerState, RunState, Verified};
+pub use crate::states::{ItemStatus, JobKind, JobState, RunState, Verified};
+pub(super) use crate::states::{PowerState, TemplateKind, TemplateState};
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +61,14 @@ mod tests {
         assert_eq!(
             check_list(&store, "jobs", "kind").await,
             words(JobKind::ALL, JobKind::as_str)
+        );
+        assert_eq!(
+            check_list(&store, "template_changes", "kind").await,
+            words(TemplateKind::ALL, TemplateKind::as_str)
+        );
+        assert_eq!(
+            check_list(&store, "template_changes", "state").await,
+            words(TemplateState::ALL, TemplateState::as_str)
         );
         let mut report_order = ItemStatus::REPORT_ORDER.to_vec();
         report_order.sort();

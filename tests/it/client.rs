@@ -781,7 +781,7 @@ async fn a_describe_item_without_its_id_is_a_bad_body() {
 /// so no real profile or INI file can be read.
 async fn run_keyfleet(args: &[&str]) -> std::process::Output {
     let home = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(support::keyfleet_bin());
+    let mut command = support::Cmd::bare().into_tokio();
     command
         .args(args)
         .env("HOME", home.path())

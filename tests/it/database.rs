@@ -458,24 +458,16 @@ fn database_paths_are_file_names_not_urls() {
 fn a_new_database_is_owner_only_whatever_the_umask() {
     let (db, input) = planned_db();
     let fresh = db.dir.path().join("fresh.db");
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("umask 000; exec \"$0\" \"$@\"")
-        .arg(crate::support::keyfleet_bin())
-        .args([
-            "--db",
-            fresh.to_str().unwrap(),
-            "plan",
-            input.to_str().unwrap(),
-        ])
-        .env("HOME", db.dir.path())
-        .output()
-        .expect("run keyfleet under sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::support::Cmd::new([
+        "--db",
+        fresh.to_str().unwrap(),
+        "plan",
+        input.to_str().unwrap(),
+    ])
+    .home(db.dir.path())
+    .under_umask("000")
+    .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
     assert_eq!(mode_of(&fresh), 0o600);
 }
 

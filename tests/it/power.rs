@@ -3,7 +3,7 @@
 //! the power timeline, and the audit of a budget (issue 21).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use keyfleet::api::{CallError, CvmClient, InstanceInfo, StopType};
@@ -524,23 +524,15 @@ async fn an_edit_mid_stop_keeps_the_operation_and_the_timeline() {
     );
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `keyfleet sim --mix live` generates a production fleet, and the power flags and
 /// `/_sim/power` are served from the command line.
 #[tokio::test]
 async fn keyfleet_sim_serves_a_live_fleet_with_power_flags() {
     let dir = tempfile::tempdir().unwrap();
     let written = dir.path().join("fleet.json");
-    let mut child = Child(
-        Command::new(support::keyfleet_bin())
+    let mut child = support::Child(
+        support::Cmd::bare()
+            .into_std()
             .args([
                 "sim",
                 "--listen",

@@ -62,21 +62,20 @@ impl Rehearsal {
 
     /// The same with another `--endpoint` (a `{region}` template, say).
     pub fn command_at(&self, endpoint: &str, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(keyfleet_bin());
-        command
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--endpoint")
-            .arg(endpoint)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("TENCENTCLOUD_SECRET_ID", keyfleet::sim::TEST_SECRET_ID)
-            .env("TENCENTCLOUD_SECRET_KEY", keyfleet::sim::TEST_SECRET_KEY)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        command
+        self.cmd_at(endpoint, args).into_tokio()
+    }
+
+    /// [`Rehearsal::command_at`] as a [`Cmd`], to add to before it starts.
+    pub fn cmd_at(&self, endpoint: &str, args: &[&str]) -> Cmd {
+        Cmd::new([
+            "--db".as_ref(),
+            self.db.as_os_str(),
+            "--endpoint".as_ref(),
+            endpoint.as_ref(),
+        ])
+        .args(args)
+        .home(self.dir.path())
+        .sim_credentials()
     }
 
     /// Runs a command to completion within `limit`, returning (exit code, stdout, stderr).
@@ -126,24 +125,22 @@ pub fn key(n: usize) -> String {
     format!("skey-{n:08x}")
 }
 
-/// Environment variables that would make a test depend on the machine it runs on.
-const AMBIENT_ENV: [&str; 9] = [
-    "KEYFLEET_DB",
-    "KEYFLEET_ENDPOINT",
-    "TENCENTCLOUD_SECRET_ID",
-    "TENCENTCLOUD_SECRET_KEY",
-    "TENCENTCLOUD_TOKEN",
-    "TENCENTCLOUD_REGION",
-    "TCCLI_PROFILE",
-    "RUST_LOG",
-    "KEYFLEET_SIM_SECRET_KEY",
-];
-
 /// One invocation of the binary, built up and then run with a time limit.
 pub struct Cmd {
     command: std::process::Command,
     stdin: Option<Vec<u8>>,
     timeout: std::time::Duration,
+}
+
+/// A process started from [`Cmd::into_std`], killed on every exit path so a failing
+/// test leaves no server behind.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// What a finished invocation left behind.
@@ -187,19 +184,21 @@ pub struct Running {
 }
 
 impl Cmd {
-    /// `keyfleet ARGS...`, with the machine's keyfleet/Tencent settings and HOME removed, and a 20 s limit.
+    /// `keyfleet ARGS...` in an environment the test owns: only `PATH` is kept (no
+    /// keyfleet or Tencent Cloud setting of the machine leaks in), HOME names a
+    /// directory that does not exist (no real `~/.tccli` profile may lend its region or
+    /// credentials; tests that want a HOME set one), and a 20 s limit.
     pub fn new<I, S>(args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
         let mut command = std::process::Command::new(keyfleet_bin());
-        command.args(args);
-        for name in AMBIENT_ENV {
-            command.env_remove(name);
-        }
-        // No real ~/.tccli profile may lend its region or credentials; tests that want a HOME set one.
-        command.env("HOME", "/nonexistent/keyfleet-test-home");
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", "/nonexistent/keyfleet-test-home");
         Cmd {
             command,
             stdin: None,
@@ -207,9 +206,70 @@ impl Cmd {
         }
     }
 
+    /// `keyfleet` with no arguments yet (add them with [`Cmd::args`]).
+    pub fn bare() -> Cmd {
+        Cmd::new(std::iter::empty::<&str>())
+    }
+
+    /// The same invocation started through `sh` under `umask MASK`, so files it creates
+    /// show what the binary itself enforces, whatever the caller's umask.
+    pub fn under_umask(mut self, mask: &str) -> Cmd {
+        let mut shell = std::process::Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("umask {mask}; exec \"$0\" \"$@\""))
+            .arg(self.command.get_program())
+            .args(self.command.get_args())
+            .env_clear();
+        for (name, value) in self.command.get_envs() {
+            if let Some(value) = value {
+                shell.env(name, value);
+            }
+        }
+        if let Some(dir) = self.command.get_current_dir() {
+            shell.current_dir(dir);
+        }
+        self.command = shell;
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
     pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Cmd {
         self.command.env(name, value);
         self
+    }
+
+    /// HOME for this invocation (where profiles and INI files would be read).
+    pub fn home(self, dir: impl AsRef<std::path::Path>) -> Cmd {
+        self.env("HOME", dir.as_ref())
+    }
+
+    /// The simulator's test credentials in the environment.
+    pub fn sim_credentials(self) -> Cmd {
+        self.env("TENCENTCLOUD_SECRET_ID", keyfleet::sim::TEST_SECRET_ID)
+            .env("TENCENTCLOUD_SECRET_KEY", keyfleet::sim::TEST_SECRET_KEY)
+    }
+
+    /// The command as built, for a test that drives the process itself (reads its
+    /// output as it runs, signals it); stdin is closed.
+    pub fn into_std(mut self) -> std::process::Command {
+        self.command.stdin(std::process::Stdio::null());
+        self.command
+    }
+
+    /// The same for async tests; the process is killed when the handle drops.
+    pub fn into_tokio(self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::from(self.into_std());
+        command.kill_on_drop(true);
+        command
     }
 
     pub fn cwd(mut self, dir: impl AsRef<std::path::Path>) -> Cmd {

@@ -1041,3 +1041,84 @@ async fn a_database_of_the_version_before_job_kinds_migrates_and_resumes() {
         .collect();
     assert!(resent.is_empty(), "{resent:#?}");
 }
+
+/// Migration 0012 (template changes) rebuilds `jobs` for its CHECK lists: every job of
+/// every earlier kind, with all its columns, is copied as it was; the database stays
+/// whole; the new kinds and actions can be stored, and the new tables are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0012_copies_every_job_and_admits_the_template_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyfleet.db");
+    let pool = database_before(&db, 12).await;
+    sqlx::query(
+        "INSERT INTO runs (id, created_at, input_path, input_sha256, options, state)
+         VALUES (1, 1, '/srv/in.csv', 'a1', '{}', 'stopped')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let kinds = [
+        ("unbind", "DisassociateInstancesKeyPairs"),
+        ("bind", "AssociateInstancesKeyPairs"),
+        ("confirm", "DescribeInstances"),
+        ("look", "DescribeInstances"),
+        ("verify", "DescribeInstances"),
+        ("survey", "DescribeInstances"),
+        ("stop", "StopInstances"),
+        ("settle", "DescribeInstances"),
+        ("start", "StartInstances"),
+    ];
+    for (n, (kind, action)) in kinds.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO jobs (id, run_id, kind, action, region, force_stop, instance_ids, key_ids,
+                               payload, pair_count, state, attempts, throttles, next_attempt_at,
+                               last_error_code, last_error_message, request_id, parent_job_id,
+                               created_at, finished_at)
+             VALUES (?, 1, ?, ?, 'ap-guangzhou', ?, '[\"ins-00000001\"]', '[\"skey-00000001\"]',
+                     ?, 1, ?, ?, 1, 5, 'Code', 'message', ?, NULL, 7, NULL)",
+        )
+        .bind(n as i64 + 1)
+        .bind(kind)
+        .bind(action)
+        .bind((n % 2) as i64)
+        .bind(format!("{{\"n\":{n}}}"))
+        .bind(if n % 3 == 0 { "queued" } else { "succeeded" })
+        .bind(n as i64)
+        .bind(format!("req-{n}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let dump = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT json_array(id, run_id, kind, action, region, force_stop, instance_ids, key_ids,
+                               payload, pair_count, state, attempts, throttles, next_attempt_at,
+                               last_error_code, last_error_message, request_id, parent_job_id,
+                               created_at, finished_at) FROM jobs ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let before = dump(pool.clone()).await;
+    pool.close().await;
+
+    let store = keyfleet::store::Store::open(&db).await.unwrap();
+    assert_eq!(dump(store.pool_for_tests().clone()).await, before);
+    assert_database_whole(&store).await;
+    sqlx::query(
+        "INSERT INTO jobs (run_id, kind, action, region, instance_ids, key_ids, pair_count, created_at)
+         VALUES (1, 'template_look', 'DescribeLaunchTemplateVersions', 'ap-guangzhou', '[]', '[]', 0, 8)",
+    )
+    .execute(store.pool_for_tests())
+    .await
+    .unwrap();
+    assert!(store.template_changes(1).await.unwrap().is_empty());
+    assert!(
+        store
+            .retirements_for(1, &["skey-00000001".to_string()], 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
