@@ -4,7 +4,7 @@
 //!
 //! Adding an action starts here: a variant, its name, its service and its limit. The
 //! simulator serves the same names (it keeps its own messages: it is the test oracle).
-//! Adding a service (`sts` next) is one more [`Service`] variant with its name, version
+//! Adding a service (`sts` and `organization` were the last) is one more [`Service`] variant with its name, version
 //! and host; the client signs, routes and paces by it without further change.
 
 use std::fmt;
@@ -25,17 +25,28 @@ pub enum Service {
     Cvm,
     /// Auto Scaling: launch configurations.
     As,
+    /// Security Token Service: AssumeRole, an account's temporary credentials.
+    Sts,
+    /// Tencent Cloud Organization: its member accounts.
+    Organization,
 }
 
 impl Service {
     /// Every service, in a fixed order.
-    pub const ALL: [Service; 2] = [Service::Cvm, Service::As];
+    pub const ALL: [Service; 4] = [
+        Service::Cvm,
+        Service::As,
+        Service::Sts,
+        Service::Organization,
+    ];
 
     /// The name in the credential scope and in the host (`cvm`, `as`).
     pub fn name(self) -> &'static str {
         match self {
             Service::Cvm => SERVICE,
             Service::As => "as",
+            Service::Sts => "sts",
+            Service::Organization => "organization",
         }
     }
 
@@ -44,6 +55,8 @@ impl Service {
         match self {
             Service::Cvm => API_VERSION,
             Service::As => "2018-04-19",
+            Service::Sts => "2018-08-13",
+            Service::Organization => "2021-03-31",
         }
     }
 
@@ -52,6 +65,8 @@ impl Service {
         match self {
             Service::Cvm => "cvm.tencentcloudapi.com",
             Service::As => "as.tencentcloudapi.com",
+            Service::Sts => "sts.tencentcloudapi.com",
+            Service::Organization => "organization.tencentcloudapi.com",
         }
     }
 
@@ -88,6 +103,10 @@ pub enum Action {
     ImportKeyPair,
     DeleteKeyPairs,
     DescribeLaunchTemplates,
+    // Many accounts (issue 23): sent directly when an account's credentials are
+    // needed or the Organization is listed, never queued.
+    AssumeRole,
+    DescribeOrganizationMembers,
 }
 
 impl Action {
@@ -115,9 +134,16 @@ impl Action {
         Action::DescribeLaunchTemplates,
     ];
 
-    /// Every action of every service: [`Action::ALL`], then [`Action::INCIDENT`].
+    /// The actions of many accounts: an account's credentials, the Organization's members.
+    pub const ACCOUNTS: [Action; 2] = [Action::AssumeRole, Action::DescribeOrganizationMembers];
+
+    /// Every action of every service: [`Action::ALL`], then [`Action::INCIDENT`], then
+    /// [`Action::ACCOUNTS`].
     pub fn every() -> impl Iterator<Item = Action> {
-        Action::ALL.into_iter().chain(Action::INCIDENT)
+        Action::ALL
+            .into_iter()
+            .chain(Action::INCIDENT)
+            .chain(Action::ACCOUNTS)
     }
 
     /// The name sent in `X-TC-Action`.
@@ -138,6 +164,8 @@ impl Action {
             Action::ModifyLaunchTemplateDefaultVersion => "ModifyLaunchTemplateDefaultVersion",
             Action::DescribeLaunchConfigurations => "DescribeLaunchConfigurations",
             Action::ModifyLaunchConfigurationAttributes => "ModifyLaunchConfigurationAttributes",
+            Action::AssumeRole => "AssumeRole",
+            Action::DescribeOrganizationMembers => "DescribeOrganizationMembers",
         }
     }
 
@@ -157,6 +185,8 @@ impl Action {
             Action::DescribeLaunchConfigurations | Action::ModifyLaunchConfigurationAttributes => {
                 Service::As
             }
+            Action::AssumeRole => Service::Sts,
+            Action::DescribeOrganizationMembers => Service::Organization,
             _ => Service::Cvm,
         }
     }
@@ -195,6 +225,10 @@ impl Action {
             Action::DescribeLaunchConfigurations | Action::ModifyLaunchConfigurationAttributes => {
                 20
             }
+            // STS: 600/s (live-fleets-and-incident.md, section 4). The Organization's
+            // limit is not published: 10, the lowest documented.
+            Action::AssumeRole => 600,
+            Action::DescribeOrganizationMembers => 10,
         }
     }
 

@@ -24,7 +24,8 @@
 //!   look again; a write in doubt replaced by a look, never sent twice), and the claims
 //!   runs on one database take on the instances they decide on (`rules::Claim`). Tested
 //!   without a database; the store applies the effects.
-//! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`: name, version, host), each
+//! - [`cvm`]: the API's vocabulary: each service (`cvm`, `as`, `sts`, `organization`: name,
+//!   version, host), each
 //!   action's name, service and rate (the key-pair actions, the reads,
 //!   StopInstances/StartInstances, the template actions), `StopType`;
 //!   [`cvm::Action::ALL`] the queue's actions, [`cvm::Action::INCIDENT`] the ones
@@ -35,6 +36,12 @@
 //! - [`taxonomy`]: every (action, error code) -> `ErrorClass` (Retry, Throttle, Isolate, Fatal)
 //!   and `Scope` (instance, key, request), from one table.
 //! - [`credentials`]: where the SecretId/SecretKey and the region come from (env, tccli, INI).
+//! - [`accounts`]: many accounts (issue 23): the accounts file (`--accounts`, TOML) or the
+//!   Organization's members as typed `Accounts`; `accounts::session::AccountClient`, one
+//!   account's sender: the base credentials, a profile's, or a role's temporary ones (STS
+//!   AssumeRole, held in memory, fetched again before they expire), its limiter identity
+//!   (the account and role, never a temporary SecretId); `CvmClient::for_account` makes any
+//!   command work as it.
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
 //!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
@@ -114,7 +121,9 @@
 //!   `sim::audit` proves a run
 //!   against the simulator's fleet and journal, telling accepted from applied, and
 //!   (`audit_power`) a live-fleet run against the power timeline: the downtime budget,
-//!   final power states, budget use.
+//!   final power states, budget use; `sim::accounts` several accounts behind one port
+//!   (each a whole simulator of its own) with STS AssumeRole, temporary credentials that
+//!   expire, and the Organization's member list.
 //!
 //! The binary (`src/main.rs`, one file per subcommand in `src/cli/`, flag groups in
 //! `cli/flags.rs`) parses flags, draws progress, writes logs (text or JSON Lines) and maps
@@ -133,6 +142,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod accounts;
 pub mod api;
 mod chunk;
 pub mod credentials;

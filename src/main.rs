@@ -122,6 +122,23 @@ pub struct GlobalArgs {
     /// tccli profile to read credentials and region from (~/.tccli/NAME.credential).
     #[arg(long, global = true, env = "TCCLI_PROFILE")]
     pub profile: Option<String>,
+    /// The accounts file (TOML, one [accounts.NAME] table each: the base credentials, a
+    /// role_arn assumed with them, or a tccli profile); --account picks the one to work as.
+    #[arg(long, global = true, value_name = "FILE", env = keyfleet::accounts::ENV_ACCOUNTS)]
+    pub accounts: Option<PathBuf>,
+    /// The accounts are the Organization's members (DescribeOrganizationMembers, with the
+    /// base credentials of its administrator), each named by its UIN and reached by
+    /// assuming --member-role in it.
+    #[arg(long, global = true, conflicts_with = "accounts")]
+    pub organization: bool,
+    /// The role assumed in each member with --organization.
+    #[arg(long, global = true, value_name = "ROLE", default_value = keyfleet::accounts::DEFAULT_MEMBER_ROLE)]
+    pub member_role: String,
+    /// Work as this account of --accounts (or --organization): every request signed
+    /// with its credentials (a role's temporary ones, refreshed before they expire) and
+    /// paced under its own limits.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub account: Option<String>,
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

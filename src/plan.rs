@@ -57,6 +57,9 @@ pub struct PlanOptions {
     /// A live run (`--running stop-start|force-stop`): RUNNING instances go through
     /// their key steps under a downtime budget ([`crate::rules::power`]).
     pub live: Option<crate::rules::power::Live>,
+    /// The account the run is for (`--account`, [`crate::accounts`]): stored with the
+    /// run's options, so that a later command on it must work as the same account.
+    pub account: Option<String>,
 }
 
 impl PlanOptions {
@@ -767,6 +770,9 @@ fn canonical_options(options: &PlanOptions, format: Format) -> String {
     }
     if let Some(live) = &options.live {
         json["live"] = serde_json::to_value(live).unwrap_or_default();
+    }
+    if let Some(account) = &options.account {
+        json["account"] = serde_json::Value::String(account.clone());
     }
     json.to_string()
 }

@@ -450,6 +450,20 @@ pub const CODES: &[Rule] = &[
         Request,
         "some resource in the batch does not exist",
     ),
+    // Many accounts (issue 23): AssumeRole's refusals end the account's work, not the
+    // others'; a person fixes the role or the trust policy, then resumes.
+    rule(
+        "ResourceNotFound.RoleNotFound",
+        Fatal,
+        Request,
+        "AssumeRole: the account has no such role; the account's work stops, the others go on",
+    ),
+    rule(
+        "InvalidParameter.OverTimeError",
+        Fatal,
+        Request,
+        "AssumeRole: DurationSeconds is more than the role allows",
+    ),
     rule(
         "ResourceUnavailable",
         Retry,

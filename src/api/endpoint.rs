@@ -69,7 +69,7 @@ pub fn proxy_for(url: &Url) -> Option<String> {
 }
 
 /// Where calls go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Endpoint {
     /// Every call to one URL; `host` is the `Host` header, exactly as sent and signed.
     Fixed { url: Url, host: String },

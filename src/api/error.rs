@@ -82,7 +82,9 @@ pub struct TransportError {
 }
 
 impl TransportError {
-    pub(super) fn new(kind: TransportKind, detail: impl Into<String>) -> TransportError {
+    /// A transport error of `kind` (also what a caller that reads a reply further,
+    /// as AssumeRole's, reports when the reply lacks what it needs).
+    pub fn new(kind: TransportKind, detail: impl Into<String>) -> TransportError {
         TransportError {
             kind,
             status: None,

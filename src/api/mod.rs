@@ -193,6 +193,8 @@ struct Target {
     endpoint: Endpoint,
     credentials: Credentials,
     transport: Transport,
+    /// Every call is sent as this account instead ([`CvmClient::for_account`]).
+    account: Option<crate::accounts::session::AccountClient>,
 }
 
 impl CvmClient {
@@ -243,6 +245,7 @@ impl CvmClient {
                 endpoint,
                 credentials: config.credentials,
                 transport,
+                account: None,
             }),
         })
     }
@@ -273,9 +276,45 @@ impl CvmClient {
     }
 
     /// The SecretId requests are signed with (an identifier, not a secret: it names
-    /// the sub-account whose rate limit the requests count against).
+    /// the sub-account whose rate limit the requests count against); for a client of
+    /// an account ([`CvmClient::for_account`]), the account's identity (its name and
+    /// role), stable while its temporary SecretIds change.
     pub fn secret_id(&self) -> &str {
-        &self.target.credentials.secret_id
+        match &self.target.account {
+            Some(account) => account.identity(),
+            None => &self.target.credentials.secret_id,
+        }
+    }
+
+    /// A client that sends every call as `account`: signed with the account's
+    /// credentials (a role's temporary ones, assumed again when due), to the same
+    /// endpoint. Every command works for one account through it.
+    pub fn for_account(account: crate::accounts::session::AccountClient) -> CvmClient {
+        let base = account.base().clone();
+        CvmClient {
+            http: base.http.clone(),
+            target: Arc::new(Target {
+                endpoint: base.target.endpoint.clone(),
+                credentials: base.target.credentials.clone(),
+                transport: base.target.transport,
+                account: Some(account),
+            }),
+        }
+    }
+
+    /// The same endpoint, transport and connection pool, signing with `credentials`
+    /// (an account's temporary credentials, [`crate::accounts::session`]).
+    pub fn with_credentials(&self, credentials: Credentials) -> Result<CvmClient, ClientError> {
+        check_credentials(&credentials)?;
+        Ok(CvmClient {
+            http: self.http.clone(),
+            target: Arc::new(Target {
+                endpoint: self.target.endpoint.clone(),
+                credentials,
+                transport: self.target.transport,
+                account: None,
+            }),
+        })
     }
 
     /// Unbinds every key in `key_ids` from every instance in `instance_ids`
@@ -470,6 +509,10 @@ impl CvmClient {
         region: &str,
         body: &Value,
     ) -> Result<(Value, String), CallError> {
+        if let Some(account) = &self.target.account {
+            // The account's clients sign themselves (they have no account): one level.
+            return Box::pin(account.call_service(service, action, region, body)).await;
+        }
         let started = Instant::now();
         let payload = body.to_string().into_bytes();
         let (url, host) = self.target.endpoint.for_call(service, region)?;

@@ -38,10 +38,36 @@ pub(crate) fn client(
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> anyhow::Result<CvmClient> {
-    let credentials = resolve_credentials(global.profile.as_deref())?;
+    let client = base_client(
+        global,
+        global.profile.as_deref(),
+        connect_timeout,
+        request_timeout,
+    )?;
+    warn_about_transport(&client);
+    match &global.account {
+        None if global.accounts.is_some() || global.organization => {
+            anyhow::bail!(
+                "--accounts and --organization need --account NAME: the account this command \
+                 works as (one account per command in this version)"
+            )
+        }
+        None => Ok(client),
+        Some(name) => account_client(global, client, name, connect_timeout, request_timeout),
+    }
+}
+
+/// The client of the base credentials (or a tccli `profile`'s).
+fn base_client(
+    global: &GlobalArgs,
+    profile: Option<&str>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<CvmClient> {
+    let credentials = resolve_credentials(profile)?;
     let endpoint = global.endpoint();
     tracing::info!(%endpoint, credentials_source = %credentials.source, "API client");
-    let client = CvmClient::new(ClientConfig {
+    CvmClient::new(ClientConfig {
         endpoint,
         credentials,
         connect_timeout,
@@ -49,9 +75,42 @@ pub(crate) fn client(
         resolve: global.resolve.clone(),
         insecure_http: global.insecure_http,
     })
-    .context("cannot set up the API client")?;
-    warn_about_transport(&client);
-    Ok(client)
+    .context("cannot set up the API client")
+}
+
+/// `--account NAME`: a client sending every call as that account of `--accounts` (or
+/// of the Organization's members), built on the base client.
+fn account_client(
+    global: &GlobalArgs,
+    base: CvmClient,
+    name: &str,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<CvmClient> {
+    let accounts = match &global.accounts {
+        Some(path) => keyfleet::accounts::Accounts::load(path)?,
+        None if global.organization => {
+            let members = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(keyfleet::accounts::session::organization_members(&base))
+            })
+            .context("--organization: cannot list the Organization's members")?;
+            keyfleet::accounts::Accounts::from_members(&members, &global.member_role)?
+        }
+        None => anyhow::bail!(
+            "--account {} needs --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization",
+            escape(name)
+        ),
+    };
+    let account = accounts.get(name, "--account")?;
+    let profile = |profile: &str| {
+        base_client(global, Some(profile), connect_timeout, request_timeout)
+            .map_err(|err| format!("{err:#}"))
+    };
+    let client = keyfleet::accounts::session::AccountClient::new(account, &base, &profile)
+        .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(name)))?;
+    tracing::info!(account = %account.name, source = %account.source, "working as one account");
+    Ok(CvmClient::for_account(client))
 }
 
 /// The warning `--insecure-http` promises, on stderr, before anything is sent.
@@ -62,6 +121,38 @@ pub(crate) fn warn_about_transport(client: &CvmClient) {
              the SecretId and token and replay a signed request for about 5 minutes",
             escape(client.endpoint())
         );
+    }
+}
+
+/// A run planned for one account (`--account`) is worked on only as that account, and a
+/// run of the base credentials only without `--account`: another account's credentials
+/// would send its rows where they do not exist, or worse, where the same ids mean
+/// something else.
+pub(crate) async fn check_run_account(
+    store: &Store,
+    run_id: i64,
+    global: &GlobalArgs,
+) -> anyhow::Result<()> {
+    let planned = store.run_account(run_id).await?;
+    match (planned.as_deref(), global.account.as_deref()) {
+        (None, None) => Ok(()),
+        (Some(planned), Some(given)) if planned == given => Ok(()),
+        (Some(planned), None) => anyhow::bail!(
+            "run {run_id} was planned for account {}: give --accounts FILE (or --organization) \
+             and --account {} to work on it",
+            escape(planned),
+            escape(planned)
+        ),
+        (None, Some(given)) => anyhow::bail!(
+            "run {run_id} was planned with the base credentials, not for account {}: leave \
+             --account out to work on it",
+            escape(given)
+        ),
+        (Some(planned), Some(given)) => anyhow::bail!(
+            "run {run_id} was planned for account {}, not {}",
+            escape(planned),
+            escape(given)
+        ),
     }
 }
 

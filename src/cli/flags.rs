@@ -147,6 +147,7 @@ impl PlanFlags {
             format: self.format.map(Into::into),
             keep_one_key: self.keep_one_key,
             live,
+            account: None,
         }
     }
 }

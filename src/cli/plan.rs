@@ -24,9 +24,10 @@ pub struct Args {
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
-    let options = args
+    let mut options = args
         .plan
         .options(super::run::default_region(global)?, args.live.live()?);
+    options.account = global.account.clone();
     if options.live.is_some() && options.keep_one_key {
         anyhow::bail!(
             "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \

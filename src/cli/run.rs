@@ -50,9 +50,10 @@ pub(crate) fn default_region(global: &GlobalArgs) -> anyhow::Result<Option<Strin
 /// Plans the input (or finds the run that already planned it) and executes it.
 pub(crate) async fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
-    let options = args
+    let mut options = args
         .plan
         .options(default_region(global)?, args.live.live()?);
+    options.account = global.account.clone();
     if options.live.is_some() && options.keep_one_key {
         anyhow::bail!(
             "--keep-one-key and --running stop-start|force-stop cannot be combined yet: run the \
@@ -263,6 +264,7 @@ where
     A: keyfleet::executor::Api,
     F: AsyncFnOnce(&Lifecycle<'_, A, Progress>) -> Result<T, LifecycleError>,
 {
+    super::common::check_run_account(store, run_id, global).await?;
     let progress = Progress::new(flags.queue.progress);
     let stop = StopSignal::default();
     let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.send.timeout));

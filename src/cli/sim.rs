@@ -135,6 +135,58 @@ pub struct Args {
     /// Write the starting fleet to FILE (to build input rows from a generated fleet).
     #[arg(long, value_name = "FILE")]
     write_fleet: Option<PathBuf>,
+    /// Another account behind the same port (repeatable): NAME=UIN, or NAME=UIN:FLEET
+    /// with its own fleet file (generated from --seed otherwise). Each gets its own
+    /// SecretId, limits and journal, and the roles of --role, which the first account
+    /// (`main`, --main-uin, the credentials above) may assume with STS AssumeRole; the
+    /// Organization lists them as its members.
+    #[arg(long = "add-account", value_name = "NAME=UIN[:FLEET]", value_parser = parse_account)]
+    add_accounts: Vec<AccountSpec>,
+    /// The UIN of the first account (the one --secret-id signs for), with --add-account.
+    #[arg(
+        long,
+        value_name = "UIN",
+        default_value = "100000000001",
+        requires = "add_accounts"
+    )]
+    main_uin: String,
+    /// A role every --add-account holds, assumable by the first account (repeatable;
+    /// default KeyRotation and OrganizationAccessControlRole).
+    #[arg(long = "role", value_name = "NAME", requires = "add_accounts")]
+    roles: Vec<String>,
+    /// The lifetime AssumeRole grants, whatever DurationSeconds asks (e.g. 30s, to see
+    /// temporary credentials refreshed in a rehearsal); as asked when absent.
+    #[arg(long, value_parser = parse_duration, requires = "add_accounts")]
+    credential_lifetime: Option<Duration>,
+}
+
+/// One `--add-account NAME=UIN[:FLEET]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AccountSpec {
+    name: String,
+    uin: String,
+    fleet: Option<PathBuf>,
+}
+
+fn parse_account(text: &str) -> Result<AccountSpec, String> {
+    let bad = || format!("{text:?} is not NAME=UIN or NAME=UIN:FLEET (UIN: digits)");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (uin, fleet) = match rest.split_once(':') {
+        Some((uin, fleet)) if !fleet.is_empty() => (uin, Some(PathBuf::from(fleet))),
+        Some(_) => return Err(bad()),
+        None => (rest, None),
+    };
+    if !keyfleet::accounts::is_account_name(name)
+        || uin.is_empty()
+        || !uin.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    Ok(AccountSpec {
+        name: name.to_string(),
+        uin: uin.to_string(),
+        fleet,
+    })
 }
 
 /// The generated fleets `--mix` names.
@@ -238,10 +290,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     // A given key is not echoed: it might be a real one by mistake.
     let given_key = given_secret_key(
         args.secret_key_file.as_deref(),
-        args.secret_key,
+        args.secret_key.clone(),
         std::env::var(SECRET_KEY_ENV).ok(),
     )?;
-    let (secret_id, secret_key, generated) = match (args.secret_id, given_key) {
+    let (secret_id, secret_key, generated) = match (args.secret_id.clone(), given_key) {
         (Some(id), Some(key)) => (id, key, false),
         (None, None) => (
             format!("AKIDsim{}", random_token(29)),
@@ -296,6 +348,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if !args.add_accounts.is_empty() {
+        let main = Main {
+            uin: args.main_uin.clone(),
+            config,
+            fleet,
+            shown_key,
+        };
+        return serve_accounts(listener, main, &args).await;
+    }
     let handle = sim::start(listener, config, fleet).await?;
     let endpoint = handle.endpoint();
     // Generated credentials are printed on purpose: they exist only to be used against the simulator.
@@ -329,6 +390,132 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<u8> {
         "keyfleet sim: stopped; {} admitted, {} throttled, {} dropped, at most {} per second",
         stats.admitted, stats.throttled, stats.dropped, stats.max_in_any_second
     );
+    Ok(crate::exit::OK)
+}
+
+/// The first account of `keyfleet sim --add-account`: the one the printed credentials sign for.
+struct Main {
+    uin: String,
+    config: SimConfig,
+    fleet: Fleet,
+    shown_key: Option<String>,
+}
+
+/// `keyfleet sim --add-account ...`: every account behind one port (`sim::accounts`).
+async fn serve_accounts(
+    listener: tokio::net::TcpListener,
+    main: Main,
+    args: &Args,
+) -> anyhow::Result<u8> {
+    let roles: Vec<String> = if args.roles.is_empty() {
+        vec![
+            "KeyRotation".to_string(),
+            keyfleet::accounts::DEFAULT_MEMBER_ROLE.to_string(),
+        ]
+    } else {
+        args.roles.clone()
+    };
+    let trusted = vec![main.uin.clone()];
+    let mut accounts = vec![sim::accounts::SimAccount {
+        name: "main".to_string(),
+        uin: main.uin.clone(),
+        config: main.config.clone(),
+        fleet: main.fleet,
+        roles: Vec::new(),
+    }];
+    let mut shown = Vec::new();
+    for (n, spec) in args.add_accounts.iter().enumerate() {
+        let fleet = match &spec.fleet {
+            Some(path) => Fleet::load(path)?,
+            None => Fleet::generate(
+                args.generate.unwrap_or(DEFAULT_GENERATED),
+                main.config.seed.wrapping_add(n as u64 + 1),
+                &Mix::default(),
+            ),
+        };
+        let secret_id = format!("AKIDsim{}", random_token(29));
+        let secret_key = random_token(32);
+        shown.push(serde_json::json!({
+            "name": spec.name,
+            "uin": spec.uin,
+            "secret_id": secret_id,
+            "secret_key": secret_key,
+            "instances": fleet.instances().len(),
+            "roles": roles.iter().map(|r| format!("qcs::cam::uin/{}:roleName/{r}", spec.uin)).collect::<Vec<_>>(),
+        }));
+        accounts.push(sim::accounts::SimAccount {
+            name: spec.name.clone(),
+            uin: spec.uin.clone(),
+            config: SimConfig {
+                secret_id,
+                secret_key: Secret::new(secret_key),
+                seed: main.config.seed.wrapping_add(n as u64 + 1),
+                ..main.config.clone()
+            },
+            fleet,
+            roles: roles
+                .iter()
+                .map(|name| sim::accounts::SimRole {
+                    name: name.clone(),
+                    trusted: trusted.clone(),
+                })
+                .collect(),
+        });
+    }
+    let handle = sim::accounts::start_accounts(listener, accounts, Some("main")).await?;
+    handle.set_credential_lifetime(args.credential_lifetime);
+    let endpoint = handle.endpoint();
+    // Every account's credentials exist only to be used against this simulator.
+    println!(
+        "{}",
+        serde_json::json!({
+            "endpoint": endpoint,
+            "secret_id": main.config.secret_id,
+            "secret_key": main.shown_key,
+            "uin": main.uin,
+            "seed": main.config.seed,
+            "accounts": shown,
+        })
+    );
+    eprintln!(
+        "keyfleet sim: {} accounts (main + {}), listening on {endpoint}",
+        args.add_accounts.len() + 1,
+        args.add_accounts
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!("  export TENCENTCLOUD_SECRET_ID={}", main.config.secret_id);
+    match &main.shown_key {
+        Some(key) => eprintln!("  export TENCENTCLOUD_SECRET_KEY={key}"),
+        None => eprintln!("  (SecretKey as given)"),
+    }
+    eprintln!("  export KEYFLEET_ENDPOINT={endpoint}");
+    for spec in &args.add_accounts {
+        eprintln!(
+            "  [accounts.{}] role_arn = \"qcs::cam::uin/{}:roleName/{}\"",
+            spec.name, spec.uin, roles[0]
+        );
+    }
+    eprintln!("Ctrl-C stops.");
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    for name in handle.names() {
+        if let Some(account) = handle.account(name) {
+            let stats = account.stats();
+            eprintln!(
+                "keyfleet sim: account {name}: {} admitted, {} throttled, at most {} per second",
+                stats.admitted, stats.throttled, stats.max_in_any_second
+            );
+        }
+    }
+    eprintln!(
+        "keyfleet sim: {} AssumeRole answered",
+        handle.assumed().len()
+    );
+    handle.shutdown().await;
     Ok(crate::exit::OK)
 }
 
@@ -367,6 +554,23 @@ mod tests {
         let missing = dir.path().join("missing");
         let err = given_secret_key(Some(&missing), None, None).unwrap_err();
         assert!(format!("{err:#}").contains("missing"), "{err:#}");
+    }
+
+    #[test]
+    fn account_flags() {
+        assert_eq!(
+            parse_account("prod=200000000002"),
+            Ok(AccountSpec {
+                name: "prod".into(),
+                uin: "200000000002".into(),
+                fleet: None
+            })
+        );
+        let spec = parse_account("dev=3:fleets/dev.json").unwrap();
+        assert_eq!(spec.fleet, Some(PathBuf::from("fleets/dev.json")));
+        for bad in ["prod", "prod=", "prod=12a", "=1", "bad name=1", "x=1:"] {
+            assert!(parse_account(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -228,6 +228,11 @@ pub(crate) fn validate(
         | Action::ModifyLaunchConfigurationAttributes => {
             super::incident::validate(action, params, fleet, region).map(Validated::Incident)
         }
+        // One account has no one to assume a role into: `sim::accounts` serves these.
+        Action::AssumeRole | Action::DescribeOrganizationMembers => Err(ApiError::new(
+            "InvalidAction",
+            "This simulator holds one account; start it with --add-account to serve STS and the Organization.",
+        )),
     }
 }
 

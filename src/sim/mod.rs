@@ -34,6 +34,7 @@
 //! `JournalEntry::at_ms` all use tokio's clock (`tokio::time::Instant`), so paused-time
 //! tests can drive them. Only the signature's timestamp check uses the wall clock.
 
+pub mod accounts;
 mod actions;
 pub mod audit;
 mod call;

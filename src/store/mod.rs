@@ -6,6 +6,7 @@
 //! splits and the run lease. No transaction is ever
 //! held across an HTTP request: every function here is a short local write.
 
+mod accounts;
 mod claims;
 mod follow;
 #[cfg(unix)]

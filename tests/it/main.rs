@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary (one link instead of one per file).
 //! Each area has its own module; shared fixtures live in `support`.
 
+mod accounts;
 mod claims;
 mod client;
 mod database;
