@@ -40,7 +40,7 @@
 //!   Organization's members as typed `Accounts`; `accounts::session::AccountClient`, one
 //!   account's sender: the base credentials, a profile's, or a role's temporary ones (STS
 //!   AssumeRole, held in memory, fetched again before they expire), its limiter identity
-//!   (the account and role, never a temporary SecretId); `CvmClient::for_account` makes any
+//!   (the account and role, never a temporary SecretId); `AccountClient::into_client` makes any
 //!   command work as it.
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,

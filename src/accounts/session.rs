@@ -196,6 +196,22 @@ impl AccountClient {
         region: &str,
         body: &Value,
     ) -> Result<(Value, String), CallError> {
+        self.call_as_account(service, action, region, body).await
+    }
+
+    /// A client that sends every call as this account ([`crate::api::Delegate`]).
+    pub fn into_client(self) -> CvmClient {
+        let base = self.base().clone();
+        CvmClient::delegating(&base, std::sync::Arc::new(self))
+    }
+
+    async fn call_as_account(
+        &self,
+        service: crate::cvm::Service,
+        action: &str,
+        region: &str,
+        body: &Value,
+    ) -> Result<(Value, String), CallError> {
         let mut retried = false;
         loop {
             let client = self.client().await.map_err(SessionError::into_call_error)?;
@@ -239,6 +255,22 @@ impl AccountClient {
 /// expired or invalid (`AuthFailure.TokenFailure`) are assumed again and the call
 /// sent once more; a role that cannot be assumed is the call's refusal, with
 /// AssumeRole's code (`ResourceNotFound.RoleNotFound`...).
+impl crate::api::Delegate for AccountClient {
+    fn identity(&self) -> &str {
+        AccountClient::identity(self)
+    }
+
+    fn call_service<'a>(
+        &'a self,
+        service: crate::cvm::Service,
+        action: &'a str,
+        region: &'a str,
+        body: &'a Value,
+    ) -> crate::api::DelegatedCall<'a> {
+        Box::pin(self.call_as_account(service, action, region, body))
+    }
+}
+
 impl crate::executor::Api for AccountClient {
     async fn call(
         &self,

@@ -41,6 +41,7 @@ pub mod resolve;
 pub(crate) mod templates;
 mod wire;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -180,6 +181,30 @@ pub struct KeyPairInfo {
     pub associated_instance_ids: Vec<String>,
 }
 
+/// What sends a client's calls as someone else: an account's session
+/// (`accounts::session::AccountClient`), which signs with that account's (temporary)
+/// credentials through a client of its own. The client holds it behind this trait so
+/// that the API layer knows nothing of accounts.
+pub trait Delegate: fmt::Debug + Send + Sync {
+    /// The identity whose rate limit the calls count against (stable while temporary
+    /// SecretIds change).
+    fn identity(&self) -> &str;
+
+    /// Sends one call of `service`, as [`CvmClient::call_service`] does.
+    fn call_service<'a>(
+        &'a self,
+        service: Service,
+        action: &'a str,
+        region: &'a str,
+        body: &'a Value,
+    ) -> DelegatedCall<'a>;
+}
+
+/// A [`Delegate`]'s call in flight.
+pub type DelegatedCall<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Value, String), CallError>> + Send + 'a>,
+>;
+
 /// The CVM API client. Cloning is cheap (the connection pool and credentials are
 /// shared), so one client serves every worker task.
 #[derive(Debug, Clone)]
@@ -193,8 +218,8 @@ struct Target {
     endpoint: Endpoint,
     credentials: Credentials,
     transport: Transport,
-    /// Every call is sent as this account instead ([`CvmClient::for_account`]).
-    account: Option<crate::accounts::session::AccountClient>,
+    /// Every call is sent through this instead ([`CvmClient::delegating`]).
+    account: Option<Arc<dyn Delegate>>,
 }
 
 impl CvmClient {
@@ -277,7 +302,7 @@ impl CvmClient {
 
     /// The SecretId requests are signed with (an identifier, not a secret: it names
     /// the sub-account whose rate limit the requests count against); for a client of
-    /// an account ([`CvmClient::for_account`]), the account's identity (its name and
+    /// an account ([`CvmClient::delegating`]), the account's identity (its name and
     /// role), stable while its temporary SecretIds change.
     pub fn secret_id(&self) -> &str {
         match &self.target.account {
@@ -286,24 +311,24 @@ impl CvmClient {
         }
     }
 
-    /// A client that sends every call as `account`: signed with the account's
-    /// credentials (a role's temporary ones, assumed again when due), to the same
-    /// endpoint. Every command works for one account through it.
-    pub fn for_account(account: crate::accounts::session::AccountClient) -> CvmClient {
-        let base = account.base().clone();
+    /// A client with `base`'s endpoint, transport and connection pool that sends every
+    /// call through `delegate` (an account's session: signed with the account's
+    /// credentials, a role's temporary ones assumed again when due). Every command works
+    /// for one account through it (`accounts::session::AccountClient::into_client`).
+    pub fn delegating(base: &CvmClient, delegate: Arc<dyn Delegate>) -> CvmClient {
         CvmClient {
             http: base.http.clone(),
             target: Arc::new(Target {
                 endpoint: base.target.endpoint.clone(),
                 credentials: base.target.credentials.clone(),
                 transport: base.target.transport,
-                account: Some(account),
+                account: Some(delegate),
             }),
         }
     }
 
     /// The same endpoint, transport and connection pool, signing with `credentials`
-    /// (an account's temporary credentials, [`crate::accounts::session`]).
+    /// (an account's temporary credentials, `accounts::session`).
     pub fn with_credentials(&self, credentials: Credentials) -> Result<CvmClient, ClientError> {
         check_credentials(&credentials)?;
         Ok(CvmClient {
@@ -511,7 +536,7 @@ impl CvmClient {
     ) -> Result<(Value, String), CallError> {
         if let Some(account) = &self.target.account {
             // The account's clients sign themselves (they have no account): one level.
-            return Box::pin(account.call_service(service, action, region, body)).await;
+            return account.call_service(service, action, region, body).await;
         }
         let started = Instant::now();
         let payload = body.to_string().into_bytes();

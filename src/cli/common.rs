@@ -110,7 +110,7 @@ fn account_client(
     let client = keyfleet::accounts::session::AccountClient::new(account, &base, &profile)
         .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(name)))?;
     tracing::info!(account = %account.name, source = %account.source, "working as one account");
-    Ok(CvmClient::for_account(client))
+    Ok(client.into_client())
 }
 
 /// The warning `--insecure-http` promises, on stderr, before anything is sent.

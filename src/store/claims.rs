@@ -7,7 +7,7 @@
 //!
 //! What another run's claim means ([`Claim`]):
 //! - its run is running (state `running`, its lease fresher than
-//!   [`super::queue::LEASE_STALE_AFTER`]): **busy**, wait;
+//!   [`super::LEASE_STALE_AFTER`]): **busy**, wait;
 //! - its run is not running any more (ended, interrupted, or killed: the lease went
 //!   stale) but still has pairs pending on the instance or has it down: **stuck**,
 //!   only that run's resume can finish what it started there, so nothing else touches
@@ -56,7 +56,7 @@ fn claim_of(class: &str, run_id: i64) -> Claim {
 }
 
 fn fresh_since() -> i64 {
-    now_ms() - super::queue::LEASE_STALE_AFTER.as_millis() as i64
+    now_ms() - super::LEASE_STALE_AFTER.as_millis() as i64
 }
 
 /// The instances of `instances` (in `region`) that another run holds (only for

@@ -33,6 +33,9 @@ pub mod queue;
 pub use requeue::{Requeue, Requeued};
 pub use states::{ItemStatus, JobKind, JobState, RunState, Verified};
 
+/// A heartbeat older than this means the owning process is gone or hung.
+pub const LEASE_STALE_AFTER: Duration = Duration::from_secs(30);
+
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };

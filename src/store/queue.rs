@@ -11,8 +11,7 @@ use super::states::{ItemStatus, JobKind, JobState, RunState};
 use super::{Store, StoreError, now_ms};
 use crate::cvm::Action;
 
-/// A heartbeat older than this means the owning process is gone or hung.
-pub const LEASE_STALE_AFTER: Duration = Duration::from_secs(30);
+pub use super::LEASE_STALE_AFTER;
 /// How often the owner refreshes its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
