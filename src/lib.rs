@@ -7,9 +7,11 @@
 //!
 //! - [`input`]: reads CSV, JSON and JSON Lines into rows, streamed, hashed (SHA-256),
 //!   with the optional columns a plan reads (`instance_state`, `keys_after`, the
-//!   `--max-down-per COLUMN` column).
+//!   `--max-down-per COLUMN` column); `input/csv_rows.rs` and `input/json_rows.rs` hold
+//!   each format's reader, `input/mod.rs` the tap that hashes and checks every byte.
 //! - [`plan`]: validates rows, folds duplicates, chunks pairs into <= 100 x 100 jobs, writes the run;
-//!   a rotation row's new keys become bind pairs (`bind` jobs) and its unbinds are held.
+//!   a rotation row's new keys become bind pairs (`bind` jobs) and its unbinds are held
+//!   (`plan/write.rs`: the built plan through the store's plan writer).
 //! - [`chunk`]: chunking pairs into requests and the packed ids the planner sorts by (a
 //!   leaf: the planner and the store both use it).
 //! - [`states`]: the words the database stores, one enum each: run, job and item states,
