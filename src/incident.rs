@@ -514,6 +514,10 @@ impl Hold {
 pub struct KeyVerdict {
     pub key_id: String,
     pub key_name: String,
+    /// The `SHA256:` fingerprint of its public key as the listing gave it (`None` when
+    /// the listing carried none or one that does not parse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Empty: nothing holds it.
     pub holds: Vec<Hold>,
     /// Non-default template versions naming it: they do not block (no instance launches
@@ -648,6 +652,9 @@ pub async fn retire<A: Api>(
             KeyVerdict {
                 key_id: key.clone(),
                 key_name: detail.key_name.clone(),
+                fingerprint: crate::pubkey::PublicKey::parse(&detail.public_key)
+                    .ok()
+                    .map(|key| key.fingerprint().to_string()),
                 holds,
                 dormant_templates: naming.into_iter().filter(|t| !t.default).cloned().collect(),
                 confirmed_gone: false,

@@ -41,8 +41,9 @@ pub(crate) struct KeySection {
     pub key_ids: Vec<String>,
     /// Their names, where a retirement read them.
     pub names: BTreeMap<String, String>,
-    /// The public key's fingerprint: keyfleet does not store it (`discover
-    /// --public-key` prints it); `null` here.
+    /// The public key's `SHA256:` fingerprint, as a retirement's listing of the key
+    /// pairs read it (several, comma-separated, if the ids held different keys);
+    /// `null` when no retirement was recorded.
     pub fingerprint: Option<String>,
     /// The rotation's new keys, if any.
     pub new_keys: Vec<String>,
@@ -142,6 +143,7 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
     let mut retirements = Vec::new();
     let mut seen_retirements = BTreeSet::new();
     let mut names = BTreeMap::new();
+    let mut fingerprints = BTreeSet::new();
     for &run_id in &runs {
         for row in store
             .retirements_for(run_id, &key_ids, first_start.unwrap_or(0))
@@ -156,6 +158,9 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
                     (verdict["key_id"].as_str(), verdict["key_name"].as_str())
                 {
                     names.insert(id.to_string(), name.to_string());
+                }
+                if let Some(fingerprint) = verdict["fingerprint"].as_str() {
+                    fingerprints.insert(fingerprint.to_string());
                 }
             }
             for request_id in result["delete_request_ids"]
@@ -198,7 +203,8 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
         key: KeySection {
             key_ids,
             names,
-            fingerprint: None,
+            fingerprint: (!fingerprints.is_empty())
+                .then(|| fingerprints.into_iter().collect::<Vec<_>>().join(", ")),
             new_keys: new_keys.into_iter().collect(),
         },
         started: first_start.map(utc),
@@ -276,6 +282,9 @@ pub(crate) fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> S
         })
         .collect();
     line(format!("- **Key:** {}", names.join(", ")));
+    if let Some(fingerprint) = &report.key.fingerprint {
+        line(format!("- **Fingerprint:** `{}`", escape(fingerprint)));
+    }
     if !report.key.new_keys.is_empty() {
         line(format!(
             "- **Rotated to:** `{}`",

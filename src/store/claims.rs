@@ -82,15 +82,19 @@ pub(super) async fn held_by_others(
     .bind(reason.map(ClaimReason::as_str))
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .iter()
+    Ok(claims_by_instance(&rows))
+}
+
+/// The claims of `rows` (`instance_id`, `run_id`, `class`), by instance.
+fn claims_by_instance(rows: &[sqlx::sqlite::SqliteRow]) -> BTreeMap<String, Claim> {
+    rows.iter()
         .map(|row| {
             (
                 row.get("instance_id"),
                 claim_of(row.get("class"), row.get("run_id")),
             )
         })
-        .collect())
+        .collect()
 }
 
 /// A live run's waiting instances that another run holds (read before each admission:
@@ -110,15 +114,7 @@ pub(super) async fn waiting_held_by_others(
     .bind(run_id)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get("instance_id"),
-                claim_of(row.get("class"), row.get("run_id")),
-            )
-        })
-        .collect())
+    Ok(claims_by_instance(&rows))
 }
 
 /// Per instance, the keys its claim's run had accepted for unbinding and not yet

@@ -119,6 +119,12 @@ async fn the_incident_report_of_a_faulted_run_matches_the_database_and_the_journ
     assert_eq!(report["templates"].as_array().unwrap().len(), 4);
     assert_eq!(report["key"]["key_ids"], serde_json::json!([LEAKED]));
     assert_eq!(report["key"]["names"][LEAKED], "deploy");
+    // The fingerprint of the public key the simulator holds under that id, as the
+    // retirement's listing read it.
+    let fingerprint = keyfleet::sim::incident::derived_public_key(LEAKED)
+        .fingerprint()
+        .to_string();
+    assert_eq!(report["key"]["fingerprint"], fingerprint.as_str());
     assert_eq!(report["retirements"][0]["retired"], true);
 
     // Markdown, with the RequestIds in a CSV beside it: the same requests.
@@ -141,6 +147,10 @@ async fn the_incident_report_of_a_faulted_run_matches_the_database_and_the_journ
         "{md}"
     );
     assert!(md.contains(&format!("`{LEAKED}` (deploy)")), "{md}");
+    assert!(
+        md.contains(&format!("**Fingerprint:** `{fingerprint}`")),
+        "{md}"
+    );
     assert!(md.contains("**Key pair:** retired"), "{md}");
     assert!(md.contains("**Templates:** 4 found; 4 changed"), "{md}");
     assert!(md.contains("incident.md.requests.csv"), "{md}");
