@@ -196,22 +196,6 @@ impl AccountClient {
         region: &str,
         body: &Value,
     ) -> Result<(Value, String), CallError> {
-        self.call_as_account(service, action, region, body).await
-    }
-
-    /// A client that sends every call as this account ([`crate::api::Delegate`]).
-    pub fn into_client(self) -> CvmClient {
-        let base = self.base().clone();
-        CvmClient::delegating(&base, std::sync::Arc::new(self))
-    }
-
-    async fn call_as_account(
-        &self,
-        service: crate::cvm::Service,
-        action: &str,
-        region: &str,
-        body: &Value,
-    ) -> Result<(Value, String), CallError> {
         let mut retried = false;
         loop {
             let client = self.client().await.map_err(SessionError::into_call_error)?;
@@ -225,6 +209,12 @@ impl AccountClient {
                 _ => return result,
             }
         }
+    }
+
+    /// A client that sends every call as this account ([`crate::api::Delegate`]).
+    pub fn into_client(self) -> CvmClient {
+        let base = self.base().clone();
+        CvmClient::delegating(&base, std::sync::Arc::new(self))
     }
 
     /// Forgets the temporary credentials (a reply said they are no longer valid):
@@ -267,7 +257,9 @@ impl crate::api::Delegate for AccountClient {
         region: &'a str,
         body: &'a Value,
     ) -> crate::api::DelegatedCall<'a> {
-        Box::pin(self.call_as_account(service, action, region, body))
+        Box::pin(AccountClient::call_service(
+            self, service, action, region, body,
+        ))
     }
 }
 

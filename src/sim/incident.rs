@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::fleet::LiveFleet;
-use super::request::{self, ApiError, Executed};
+use super::request::{self, ApiError, Executed, string_param};
 use crate::cvm::Action;
 use crate::ids::{self, MAX_IDS_PER_REQUEST};
 use crate::pubkey::PublicKey;
@@ -108,17 +108,6 @@ fn configuration_not_found() -> ApiError {
         "ResourceNotFound.LaunchConfigurationIdNotFound",
         "The launch configuration does not exist.",
     )
-}
-
-fn string_param(params: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::new(
-            "InvalidParameter",
-            format!("The parameter `{name}` must be a string."),
-        )),
-    }
 }
 
 fn required_string(params: &Map<String, Value>, name: &str) -> Result<String, ApiError> {

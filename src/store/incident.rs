@@ -52,14 +52,7 @@ pub struct IncidentFacts {
 impl Store {
     /// The facts of `run_id` the incident report shows.
     pub async fn incident_facts(&self, run_id: i64) -> Result<IncidentFacts, StoreError> {
-        let valid = [
-            ItemStatus::Pending,
-            ItemStatus::Succeeded,
-            ItemStatus::Failed,
-            ItemStatus::Skipped,
-        ]
-        .map(|s| s.as_str().to_string());
-        let valid = serde_json::to_string(&valid).unwrap_or_else(|_| "[]".into());
+        let valid = super::jobs::planned_statuses_json();
         let mut facts = IncidentFacts::default();
         let counted = |rows: Vec<(Option<String>, i64)>, unknown: &str| -> BTreeMap<String, i64> {
             rows.into_iter()

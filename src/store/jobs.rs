@@ -146,6 +146,19 @@ pub(super) async fn fail_items(
     Ok(())
 }
 
+/// The statuses of the pairs a run plans to act on (rejected and duplicate rows are
+/// not), as a JSON array for `status IN (SELECT value FROM json_each(?))`.
+pub(super) fn planned_statuses_json() -> String {
+    let planned = [
+        ItemStatus::Pending,
+        ItemStatus::Succeeded,
+        ItemStatus::Failed,
+        ItemStatus::Skipped,
+    ]
+    .map(|s| s.as_str().to_string());
+    serde_json::to_string(&planned).unwrap_or_else(|_| "[]".into())
+}
+
 /// Ids as stored (a JSON array).
 pub(super) fn ids_json(ids: &[String]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())

@@ -83,13 +83,7 @@ pub(super) async fn apply_update(
 impl Store {
     /// The keys a run unbinds and the new keys it binds (its rotation target).
     pub async fn run_keys(&self, run_id: i64) -> Result<RunKeys, StoreError> {
-        let valid = [
-            ItemStatus::Pending,
-            ItemStatus::Succeeded,
-            ItemStatus::Failed,
-            ItemStatus::Skipped,
-        ]
-        .map(|s| s.as_str().to_string());
+        let valid = super::jobs::planned_statuses_json();
         let keys = |bind: bool| {
             sqlx::query_scalar::<_, String>(
                 "SELECT DISTINCT key_id FROM items WHERE run_id = ? AND bind = ? \
@@ -97,7 +91,7 @@ impl Store {
             )
             .bind(run_id)
             .bind(bind)
-            .bind(serde_json::to_string(&valid).unwrap_or_else(|_| "[]".into()))
+            .bind(&valid)
             .fetch_all(&self.pool)
         };
         Ok(RunKeys {
