@@ -166,6 +166,7 @@ fn pending_item<'a>(
         position,
         action: crate::cvm::Action::DisassociateInstancesKeyPairs,
         region: Some("ap-guangzhou"),
+        account: None,
         instance_id: Some(instance),
         key_id: Some(key),
         status: ItemStatus::Pending,
@@ -210,6 +211,7 @@ async fn seed(store: &Store, groups: &[(Vec<String>, Vec<String>)]) -> i64 {
             .add_job(NewJob {
                 kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
+                account: None,
                 force_stop: false,
                 instance_ids: instances,
                 key_ids: keys,

@@ -95,6 +95,7 @@ pub(super) struct Columns {
     instance: usize,
     key: usize,
     region: Option<usize>,
+    account: Option<usize>,
     new_key: Option<usize>,
     keys_after: Option<usize>,
     state: Option<usize>,
@@ -126,6 +127,7 @@ pub(super) fn csv_columns(
     let mut instance_col = None;
     let mut key_col = None;
     let mut region_col = None;
+    let mut account_col = None;
     let mut new_key_col = None;
     let mut keys_after_col = None;
     let mut state_col = None;
@@ -158,6 +160,7 @@ pub(super) fn csv_columns(
             "instanceid" => &mut instance_col,
             "keyid" => &mut key_col,
             "region" => &mut region_col,
+            "account" => &mut account_col,
             "newkeyid" | "newkeyids" => &mut new_key_col,
             "keysafter" => &mut keys_after_col,
             "instancestate" | "state" => &mut state_col,
@@ -183,6 +186,7 @@ pub(super) fn csv_columns(
             instance,
             key,
             region: region_col,
+            account: account_col,
             new_key: new_key_col,
             keys_after: keys_after_col,
             state: state_col,
@@ -221,6 +225,7 @@ pub(super) fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -
         instance: instance_col,
         key: key_col,
         region: region_col,
+        account: account_col,
         new_key: new_key_col,
         keys_after: keys_after_col,
         state: state_col,
@@ -249,6 +254,10 @@ pub(super) fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -
         Some("") | None => None,
         Some(value) => Some(Ok(value.to_string())),
     });
+    let account = account_col.and_then(|col| match get(col).map(str::trim) {
+        Some("") | None => None,
+        Some(value) => Some(Ok(value.to_string())),
+    });
     InputRow {
         position: Position {
             kind: PositionKind::Line,
@@ -259,6 +268,7 @@ pub(super) fn csv_row(record: &csv::StringRecord, line: u64, columns: Columns) -
             instance_id: field(instance_col, "instance_id"),
             key_id: field(key_col, "key_id"),
             region,
+            account,
             // A file with a new_key_id column is a rotation: an empty cell is a
             // missing new key, never a plain unbind (which would bind nothing).
             new_key_ids: match new_key_col {

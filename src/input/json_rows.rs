@@ -318,6 +318,7 @@ pub(super) fn row_from_fields(
     let mut instances = None;
     let mut keys = None;
     let mut region = None;
+    let mut account = None;
     let mut new_key = None;
     let mut keys_after = None;
     let mut state = None;
@@ -337,6 +338,7 @@ pub(super) fn row_from_fields(
             "instanceids" => &mut instances,
             "keyids" => &mut keys,
             "region" => &mut region,
+            "account" => &mut account,
             "newkeyid" | "newkeyids" => &mut new_key,
             "keysafter" => {
                 keys_after = value.as_u64();
@@ -382,6 +384,12 @@ pub(super) fn row_from_fields(
         Some((_, Value::String(s))) if s.is_empty() => None,
         Some((name, value)) => Some(text_field(value, &name)),
     };
+    let account = match account {
+        None | Some((_, Value::Null)) => None,
+        Some((_, Value::String(s))) if s.trim().is_empty() => None,
+        Some((_, Value::String(s))) => Some(Ok(s.trim().to_string())),
+        Some((name, value)) => Some(text_field(value, &name)),
+    };
     let is_pair = instance.is_some() || key.is_some();
     let is_set = instances.is_some() || keys.is_some();
     match (is_pair, is_set) {
@@ -402,6 +410,7 @@ pub(super) fn row_from_fields(
                 |(name, v)| text_field(v, &name),
             ),
             region,
+            account,
             new_key_ids,
             keys_after,
             state,
@@ -422,6 +431,7 @@ pub(super) fn row_from_fields(
                     instance_ids,
                     key_ids,
                     region,
+                    account,
                     new_key_ids,
                     group: group_value,
                 },

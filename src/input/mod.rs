@@ -149,6 +149,9 @@ pub enum RowContent {
         instance_id: Field,
         key_id: Field,
         region: Option<Field>,
+        /// The account the row's instance is in (a name of the accounts file); `None`
+        /// when the input has no `account` column or the cell is empty: the run's own.
+        account: Option<Field>,
         /// A rotation: the key(s) to bind first (empty: a plain unbind).
         new_key_ids: Vec<Field>,
         /// `keys_after` as `discover` writes it (keys the instance keeps), when the
@@ -166,6 +169,8 @@ pub enum RowContent {
         instance_ids: Vec<Field>,
         key_ids: Vec<Field>,
         region: Option<Field>,
+        /// As a pair's: every instance of the set is in this account.
+        account: Option<Field>,
         /// A rotation: the key(s) to bind on every instance first.
         new_key_ids: Vec<Field>,
         /// As a pair's: every instance of the set is in this budget group.
@@ -579,6 +584,7 @@ mod tests {
             instance_id: Ok(instance.into()),
             key_id: Ok(key.into()),
             region: region.map(|r| Ok(r.into())),
+            account: None,
             new_key_ids: Vec::new(),
             keys_after: None,
             state: None,

@@ -150,6 +150,7 @@ struct BindItem {
 #[derive(Debug)]
 struct RejectedPair {
     region: Option<String>,
+    account: Option<String>,
     instance_id: Option<String>,
     key_id: Option<String>,
     reason: String,
@@ -162,7 +163,11 @@ struct Built {
     format: Format,
     rows: u64,
     position_kind: PositionKind,
+    /// Each route's region: an item's or job's `region` is an index into this and
+    /// `accounts` (a route is an (account, region): jobs never mix two).
     regions: Vec<String>,
+    /// Each route's account (`None`: the run's own).
+    accounts: Vec<Option<String>>,
     items: Vec<Item>,
     rejections: Vec<RejectedPair>,
     /// Disassociate jobs of the pairs that are not held.
@@ -201,12 +206,50 @@ struct Builder {
     group_problem: Option<String>,
     new_key_sets: Vec<Vec<u64>>,
     new_key_set_ids: HashMap<Vec<u64>, u32>,
-    region_ids: HashMap<String, u32>,
-    regions: Vec<String>,
+    routes: Routes,
     items: Vec<Item>,
     rejections: Vec<RejectedPair>,
     too_large: bool,
     too_many_rejected: bool,
+}
+
+/// The routes (account, region) of a plan's valid pairs, each an index into
+/// `regions` and `accounts`.
+#[derive(Default)]
+struct Routes {
+    /// Routes of the run's own account, by region.
+    region_ids: HashMap<String, u32>,
+    /// Routes of a named account, by (account, region).
+    account_route_ids: HashMap<(String, String), u32>,
+    regions: Vec<String>,
+    accounts: Vec<Option<String>>,
+}
+
+impl Routes {
+    /// The route of a valid pair. The run's own account looks up by region alone (no
+    /// allocation per row).
+    fn intern(&mut self, account: Option<&str>, region: &str) -> u32 {
+        let found = match account {
+            None => self.region_ids.get(region).copied(),
+            Some(account) => self
+                .account_route_ids
+                .get(&(account.to_string(), region.to_string()))
+                .copied(),
+        };
+        if let Some(id) = found {
+            return id;
+        }
+        let id = self.regions.len() as u32;
+        self.regions.push(region.to_string());
+        self.accounts.push(account.map(str::to_string));
+        match account {
+            None => self.region_ids.insert(region.to_string(), id),
+            Some(account) => self
+                .account_route_ids
+                .insert((account.to_string(), region.to_string()), id),
+        };
+        id
+    }
 }
 
 impl Builder {
@@ -243,12 +286,13 @@ impl Builder {
     fn add_row(&mut self, row: InputRow) {
         match &row.content {
             RowContent::Invalid { reason } => {
-                self.reject(row.position, None, None, None, reason.clone());
+                self.reject(row.position, None, None, None, None, reason.clone());
             }
             RowContent::Pair {
                 instance_id,
                 key_id,
                 region,
+                account,
                 new_key_ids,
                 keys_after,
                 state,
@@ -279,6 +323,7 @@ impl Builder {
                     instance_id,
                     key_id,
                     region.as_ref(),
+                    account.as_ref(),
                     new_key_ids,
                 )
             }
@@ -286,6 +331,7 @@ impl Builder {
                 instance_ids,
                 key_ids,
                 region,
+                account,
                 new_key_ids,
                 group,
             } => {
@@ -298,9 +344,14 @@ impl Builder {
                         .as_ref()
                         .and_then(|r| r.as_ref().ok())
                         .map(|r| ids::shorten(r));
+                    let account = account
+                        .as_ref()
+                        .and_then(|a| a.as_ref().ok())
+                        .map(|a| ids::shorten(a));
                     self.reject(
                         row.position,
                         region,
+                        account,
                         None,
                         None,
                         format!(
@@ -321,6 +372,7 @@ impl Builder {
                             instance_id,
                             key_id,
                             region.as_ref(),
+                            account.as_ref(),
                             new_key_ids,
                         );
                     }
@@ -335,9 +387,26 @@ impl Builder {
         instance_id: &Field,
         key_id: &Field,
         region: Option<&Field>,
+        account: Option<&Field>,
         new_key_ids: &[Field],
     ) {
         let mut reasons = Vec::new();
+        let account: Option<&str> = match account {
+            Some(Ok(name)) if crate::accounts::is_account_name(name) => Some(name),
+            Some(Ok(name)) => {
+                reasons.push(format!(
+                    "account {:?} is not an account name (letters, digits, '-' and '_', as in \
+                     the accounts file)",
+                    ids::shorten(name)
+                ));
+                Some(name)
+            }
+            Some(Err(why)) => {
+                reasons.push(why.clone());
+                None
+            }
+            None => None,
+        };
         match instance_id {
             Ok(id) => reasons.extend(ids::instance_id_problem(id)),
             Err(why) => reasons.push(why.clone()),
@@ -384,9 +453,11 @@ impl Builder {
         if !reasons.is_empty() {
             let text = |field: &Field| field.as_ref().ok().map(|s| ids::shorten(s));
             let region = region.map(ids::shorten);
+            let account = account.map(ids::shorten);
             self.reject(
                 position,
                 region,
+                account,
                 text(instance_id),
                 text(key_id),
                 reasons.join("; "),
@@ -396,15 +467,7 @@ impl Builder {
         let (Ok(instance_id), Ok(key_id), Some(region)) = (instance_id, key_id, region) else {
             return;
         };
-        let region = match self.region_ids.get(region) {
-            Some(&id) => id,
-            None => {
-                let id = self.regions.len() as u32;
-                self.regions.push(region.to_string());
-                self.region_ids.insert(region.to_string(), id);
-                id
-            }
-        };
+        let region = self.routes.intern(account, region);
         let new_keys = self.intern_new_keys(new_keys);
         self.push(Item {
             row: position.row,
@@ -438,6 +501,7 @@ impl Builder {
         &mut self,
         position: Position,
         region: Option<String>,
+        account: Option<String>,
         instance_id: Option<String>,
         key_id: Option<String>,
         reason: String,
@@ -450,6 +514,7 @@ impl Builder {
         let link = self.rejections.len() as u32;
         self.rejections.push(RejectedPair {
             region,
+            account,
             instance_id,
             key_id,
             reason,
@@ -493,8 +558,7 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         group_problem: None,
         new_key_sets: vec![Vec::new()],
         new_key_set_ids: HashMap::new(),
-        region_ids: HashMap::new(),
-        regions: Vec::new(),
+        routes: Routes::default(),
         items: Vec::new(),
         rejections: Vec::new(),
         too_large: false,
@@ -518,7 +582,11 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         return Err(PlanError::TooLarge);
     }
     let Builder {
-        mut regions,
+        routes: Routes {
+            mut regions,
+            mut accounts,
+            ..
+        },
         mut items,
         mut rejections,
         new_key_sets,
@@ -545,9 +613,13 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    // Regions in name order, so jobs come out in the same order whatever the row order.
+    // Routes in (account, region) order, so jobs come out in the same order whatever
+    // the row order.
     let mut by_name: Vec<u32> = (0..regions.len() as u32).collect();
-    by_name.sort_by(|&a, &b| regions[a as usize].cmp(&regions[b as usize]));
+    by_name.sort_by(|&a, &b| {
+        let route = |r: u32| (&accounts[r as usize], &regions[r as usize]);
+        route(a).cmp(&route(b))
+    });
     let mut new_rank = vec![0u32; regions.len()];
     for (rank, &old) in by_name.iter().enumerate() {
         new_rank[old as usize] = rank as u32;
@@ -555,6 +627,10 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
     regions = by_name
         .iter()
         .map(|&old| regions[old as usize].clone())
+        .collect();
+    accounts = by_name
+        .iter()
+        .map(|&old| accounts[old as usize].clone())
         .collect();
     for item in items.iter_mut().filter(|i| i.kind == Kind::Valid) {
         item.region = new_rank[item.region as usize];
@@ -577,6 +653,7 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         item.kind = Kind::Rejected;
         rejections.push(RejectedPair {
             region: Some(regions[item.region as usize].clone()),
+            account: accounts[item.region as usize].clone(),
             instance_id: text(item.instance, INSTANCE_PREFIX),
             key_id: text(item.key, KEY_PREFIX),
             reason,
@@ -738,6 +815,7 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
         rows: digest.rows,
         position_kind,
         regions,
+        accounts,
         items,
         rejections,
         jobs,
@@ -872,7 +950,12 @@ pub async fn plan_input(
                 rejected,
                 instances: built.instances,
                 keys: built.keys,
-                regions: built.regions.len() as u64,
+                regions: {
+                    let mut names: Vec<&String> = built.regions.iter().collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    names.len() as u64
+                },
             };
             match store.begin_plan_alone(&run, alone)? {
                 Begin::Existing(id) => Ok((id, None)),
@@ -1041,6 +1124,59 @@ mod tests {
             }),
         );
         assert!(!items_in_index_order(&rejected));
+    }
+
+    /// Rows carrying an account (issue 23): a job never mixes two accounts, even for
+    /// the same region and key; rows without one are the run's own account; a name
+    /// that is not an account name is a rejected row naming it.
+    #[test]
+    fn accounts_split_jobs_and_bad_names_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.csv");
+        std::fs::write(
+            &path,
+            "instance_id,key_id,region,account\n\
+             ins-00000001,skey-00000001,ap-guangzhou,prod\n\
+             ins-00000002,skey-00000001,ap-guangzhou,dev\n\
+             ins-00000003,skey-00000001,ap-guangzhou,\n\
+             ins-00000004,skey-00000001,ap-guangzhou,prod\n\
+             ins-00000005,skey-00000001,ap-guangzhou,no/such\n",
+        )
+        .unwrap();
+        let built = build(&path, &PlanOptions::default()).unwrap();
+        let routes: Vec<(Option<&str>, Vec<String>)> = built
+            .jobs
+            .iter()
+            .map(|job| {
+                (
+                    built.accounts[job.region as usize].as_deref(),
+                    job.instances
+                        .iter()
+                        .map(|&i| unpack_id(i, INSTANCE_PREFIX))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            vec![
+                (None, vec!["ins-00000003".to_string()]),
+                (Some("dev"), vec!["ins-00000002".to_string()]),
+                (
+                    Some("prod"),
+                    vec!["ins-00000001".to_string(), "ins-00000004".to_string()]
+                ),
+            ]
+        );
+        assert_eq!(built.rejections.len(), 1);
+        assert!(
+            built.rejections[0]
+                .reason
+                .contains("\"no/such\" is not an account name"),
+            "{}",
+            built.rejections[0].reason
+        );
+        assert_eq!(built.rejections[0].account.as_deref(), Some("no/such"));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub(super) fn write(
             ids.push(writer.add_job(NewJob {
                 kind,
                 region: &built.regions[job.region as usize],
+                account: built.accounts[job.region as usize].as_deref(),
                 force_stop,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
@@ -91,6 +92,7 @@ pub(super) fn write(
                         position: &position,
                         action: Action::DisassociateInstancesKeyPairs,
                         region: Some(&built.regions[item.region as usize]),
+                        account: built.accounts[item.region as usize].as_deref(),
                         instance_id: Some(&instance_id),
                         key_id: Some(&key_id),
                         status: if item.kind == Kind::Valid {
@@ -114,6 +116,7 @@ pub(super) fn write(
                         position: &position,
                         action: Action::DisassociateInstancesKeyPairs,
                         region: rejected.region.as_deref(),
+                        account: rejected.account.as_deref(),
                         instance_id: rejected.instance_id.as_deref(),
                         key_id: rejected.key_id.as_deref(),
                         status: ItemStatus::Rejected,
@@ -143,6 +146,7 @@ pub(super) fn write(
                 position: &position,
                 action: Action::AssociateInstancesKeyPairs,
                 region: Some(&built.regions[bind.region as usize]),
+                account: built.accounts[bind.region as usize].as_deref(),
                 instance_id: Some(&instance_id),
                 key_id: Some(&key_id),
                 status: ItemStatus::Pending,

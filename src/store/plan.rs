@@ -101,6 +101,8 @@ pub struct NewJob<'a> {
     /// the `--keep-one-key` look before unbinding. The action is the kind's.
     pub kind: super::states::JobKind,
     pub region: &'a str,
+    /// The account its requests are signed as (`None`: the run's own).
+    pub account: Option<&'a str>,
     pub force_stop: bool,
     /// Sorted; at most 100.
     pub instance_ids: &'a [String],
@@ -118,6 +120,8 @@ pub struct NewItem<'a> {
     /// Unbind (the input's pairs) or bind (a rotation's new keys).
     pub action: crate::cvm::Action,
     pub region: Option<&'a str>,
+    /// The row's account (`None`: the run's own).
+    pub account: Option<&'a str>,
     pub instance_id: Option<&'a str>,
     pub key_id: Option<&'a str>,
     /// Pending, Rejected or Duplicate at planning time.
@@ -205,7 +209,7 @@ const ITEMS_PER_INSERT: usize = 64;
 
 /// Values bound per item: every column the planner writes but `id` (assigned by
 /// SQLite as the next rowid, checked) and `run_id` (a literal in the statement).
-const ITEM_VALUES: usize = 11;
+const ITEM_VALUES: usize = 12;
 
 /// Where [`PlanWriter::add_items`] puts items.
 ///
@@ -229,6 +233,7 @@ pub struct ItemSink<'w> {
 struct BufferedItem {
     position: (usize, usize),
     region: Option<(usize, usize)>,
+    account: Option<(usize, usize)>,
     instance_id: Option<(usize, usize)>,
     key_id: Option<(usize, usize)>,
     reason: Option<(usize, usize)>,
@@ -254,14 +259,14 @@ impl fmt::Debug for ItemSink<'_> {
 fn item_insert(run_id: i64, rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO items (run_id, position, region, instance_id, key_id, status, duplicate_of, \
-         reason, job_id, bind, new_key_id, held) VALUES ",
+         reason, job_id, bind, new_key_id, held, account) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
         // The run id is an integer this writer assigned, not input.
-        sql.push_str(&format!("({run_id}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+        sql.push_str(&format!("({run_id}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     }
     sql
 }
@@ -279,6 +284,7 @@ impl ItemSink<'_> {
         let buffered = BufferedItem {
             position: keep(item.position),
             region: item.region.map(&mut keep),
+            account: item.account.map(&mut keep),
             instance_id: item.instance_id.map(&mut keep),
             key_id: item.key_id.map(&mut keep),
             reason: item.reason.map(&mut keep),
@@ -322,6 +328,7 @@ impl ItemSink<'_> {
                 Value::Int(i64::from(item.bind)),
                 text_of(item.new_key_id),
                 Value::Int(i64::from(item.held)),
+                text_of(item.account),
             ]
         };
         if self.buffered.len() == self.batch_rows {
@@ -509,7 +516,7 @@ impl fmt::Debug for PlanWriter {
     }
 }
 
-const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, kind, action, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const JOB_INSERT: &str = "INSERT INTO jobs (id, run_id, region, force_stop, instance_ids, key_ids, pair_count, created_at, kind, action, payload, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 impl PlanWriter {
     /// The new run's id.
@@ -544,6 +551,7 @@ impl PlanWriter {
                 job.kind.as_str(),
                 job.kind.action().name(),
                 job.payload,
+                job.account,
             ])?;
         self.next_job_id += 1;
         Ok(id)
@@ -903,6 +911,7 @@ mod tests {
             position: "line 2",
             action: crate::cvm::Action::DisassociateInstancesKeyPairs,
             region: Some("ap-guangzhou"),
+            account: None,
             instance_id: Some("ins-00000001"),
             key_id: Some("skey-00000001"),
             status: ItemStatus::Pending,
@@ -921,6 +930,7 @@ mod tests {
             .add_job(NewJob {
                 kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
+                account: None,
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
@@ -947,6 +957,7 @@ mod tests {
             .add_job(NewJob {
                 kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
+                account: None,
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
@@ -1000,6 +1011,7 @@ mod tests {
             .add_job(NewJob {
                 kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
+                account: None,
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
@@ -1016,6 +1028,7 @@ mod tests {
                         position: &position,
                         action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                         region: Some("ap-guangzhou"),
+                        account: None,
                         instance_id: Some(&instance),
                         key_id: Some("skey-00000001"),
                         status: ItemStatus::Pending,
@@ -1100,6 +1113,7 @@ mod tests {
                         position: &position,
                         action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                         region: Some("ap-guangzhou"),
+                        account: None,
                         instance_id: Some("ins-00000001"),
                         key_id: Some("skey-00000001"),
                         status: ItemStatus::Pending,
@@ -1189,6 +1203,7 @@ mod tests {
             .add_job(NewJob {
                 kind: crate::states::JobKind::Unbind,
                 region: "ap-guangzhou",
+                account: None,
                 force_stop: false,
                 instance_ids: &instance_ids,
                 key_ids: &key_ids,
@@ -1203,6 +1218,7 @@ mod tests {
                         position: &position,
                         action: crate::cvm::Action::DisassociateInstancesKeyPairs,
                         region: Some("ap-guangzhou"),
+                        account: None,
                         instance_id: Some("ins-00000001"),
                         key_id: Some("skey-00000001"),
                         status: ItemStatus::Pending,

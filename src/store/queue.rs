@@ -533,6 +533,7 @@ mod tests {
                 .add_job(NewJob {
                     kind: JobKind::Unbind,
                     region: "ap-guangzhou",
+                    account: None,
                     force_stop: false,
                     instance_ids: &instance,
                     key_ids: &key,
@@ -546,6 +547,7 @@ mod tests {
                         position: &position,
                         action: Action::DisassociateInstancesKeyPairs,
                         region: Some("ap-guangzhou"),
+                        account: None,
                         instance_id: Some(&instance[0]),
                         key_id: Some(&key[0]),
                         status: ItemStatus::Pending,
