@@ -17,6 +17,7 @@
 //! Every error names the file and the table, never a value that could be a secret
 //! (an `external_id` is shown as `***`).
 
+pub mod estate;
 pub mod session;
 
 use std::collections::BTreeMap;

@@ -301,7 +301,11 @@ impl<A: Api, O: Observer> Lifecycle<'_, A, O> {
         loop {
             let summary = self.execute(run_id).await?;
             let requests = summary.requests;
-            let stopped = summary.stopped.is_some();
+            // Refused accounts stop only their own work: the others' is verified.
+            let stopped = summary
+                .stopped
+                .as_ref()
+                .is_some_and(|reason| !matches!(reason, StopReason::Accounts(_)));
             total = Some(match total {
                 None => summary,
                 Some(earlier) => combine(earlier, summary),

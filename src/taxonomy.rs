@@ -459,6 +459,12 @@ pub const CODES: &[Rule] = &[
         "AssumeRole: the account has no such role; the account's work stops, the others go on",
     ),
     rule(
+        "KeyFleet.UnknownAccount",
+        Fatal,
+        Request,
+        "keyfleet: a job names an account the command was not given; that account stops",
+    ),
+    rule(
         "InvalidParameter.OverTimeError",
         Fatal,
         Request,

@@ -46,12 +46,6 @@ pub(crate) fn client(
     )?;
     warn_about_transport(&client);
     match &global.account {
-        None if global.accounts.is_some() || global.organization => {
-            anyhow::bail!(
-                "--accounts and --organization need --account NAME: the account this command \
-                 works as (one account per command in this version)"
-            )
-        }
         None => Ok(client),
         Some(name) => account_client(global, client, name, connect_timeout, request_timeout),
     }
@@ -87,30 +81,103 @@ fn account_client(
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> anyhow::Result<CvmClient> {
-    let accounts = match &global.accounts {
-        Some(path) => keyfleet::accounts::Accounts::load(path)?,
+    let Some(accounts) = load_accounts(global, &base)? else {
+        anyhow::bail!(
+            "--account {} needs --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization",
+            escape(name)
+        )
+    };
+    let account = accounts.get(name, "--account")?;
+    tracing::info!(account = %account.name, source = %account.source, "working as one account");
+    client_of(global, &base, account, connect_timeout, request_timeout)
+}
+
+/// The accounts of `--accounts FILE`, or of the Organization's members
+/// (`--organization`, listed with the base credentials); `None` without either.
+pub(crate) fn load_accounts(
+    global: &GlobalArgs,
+    base: &CvmClient,
+) -> anyhow::Result<Option<keyfleet::accounts::Accounts>> {
+    Ok(match &global.accounts {
+        Some(path) => Some(keyfleet::accounts::Accounts::load(path)?),
         None if global.organization => {
             let members = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current()
-                    .block_on(keyfleet::accounts::session::organization_members(&base))
+                    .block_on(keyfleet::accounts::session::organization_members(base))
             })
             .context("--organization: cannot list the Organization's members")?;
-            keyfleet::accounts::Accounts::from_members(&members, &global.member_role)?
+            Some(keyfleet::accounts::Accounts::from_members(
+                &members,
+                &global.member_role,
+            )?)
         }
-        None => anyhow::bail!(
-            "--account {} needs --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization",
-            escape(name)
-        ),
-    };
-    let account = accounts.get(name, "--account")?;
+        None => None,
+    })
+}
+
+/// A client sending every call as `account`, on the base client's endpoint.
+fn client_of(
+    global: &GlobalArgs,
+    base: &CvmClient,
+    account: &keyfleet::accounts::Account,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<CvmClient> {
     let profile = |profile: &str| {
         base_client(global, Some(profile), connect_timeout, request_timeout)
             .map_err(|err| format!("{err:#}"))
     };
-    let client = keyfleet::accounts::session::AccountClient::new(account, &base, &profile)
-        .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(name)))?;
-    tracing::info!(account = %account.name, source = %account.source, "working as one account");
+    let client = keyfleet::accounts::session::AccountClient::new(account, base, &profile)
+        .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(&account.name)))?;
     Ok(client.into_client())
+}
+
+/// The clients a run over several accounts sends through: the run's own (the base
+/// credentials, or `--account`'s) and one per account its rows name (`named`, from
+/// `runs.options.accounts`), each from `--accounts FILE` or `--organization`. A run
+/// naming no account gets its own client only, exactly as before accounts.
+pub(crate) fn estate(
+    global: &GlobalArgs,
+    run_id: i64,
+    named: &[String],
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<keyfleet::accounts::estate::Estate> {
+    let own = client(global, connect_timeout, request_timeout)?;
+    if named.is_empty() {
+        return Ok(keyfleet::accounts::estate::Estate::single(own));
+    }
+    let base = base_client(
+        global,
+        global.profile.as_deref(),
+        connect_timeout,
+        request_timeout,
+    )?;
+    let Some(accounts) = load_accounts(global, &base)? else {
+        anyhow::bail!(
+            "run {run_id}'s rows name accounts ({}): give --accounts FILE (or KEYFLEET_ACCOUNTS) \
+             or --organization to work on it",
+            named
+                .iter()
+                .map(|n| escape(n).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut clients = std::collections::BTreeMap::new();
+    for name in named {
+        let account = accounts.get(name, &format!("run {run_id}'s rows"))?;
+        clients.insert(
+            name.clone(),
+            client_of(global, &base, account, connect_timeout, request_timeout)?,
+        );
+    }
+    tracing::info!(
+        run_id,
+        accounts = clients.len(),
+        "working as the accounts the run's rows name"
+    );
+    Ok(keyfleet::accounts::estate::Estate::new(own, clients))
 }
 
 /// The warning `--insecure-http` promises, on stderr, before anything is sent.

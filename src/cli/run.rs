@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyfleet::accounts::estate::Estate;
 use keyfleet::api::CvmClient;
 use keyfleet::credentials;
 use keyfleet::display::escape;
-use keyfleet::executor::{self, Counters, StopSignal, Summary};
+use keyfleet::executor::{self, Counters, StopReason, StopSignal, Summary};
 use keyfleet::lifecycle::{self, Lifecycle, LifecycleError, Observer, Phase};
 use keyfleet::plan::{self, InputCheck};
 use keyfleet::store::Store;
@@ -205,7 +206,20 @@ pub(crate) fn build_client(
     super::common::client(global, flags.connect_timeout, flags.timeout).map(Arc::new)
 }
 
-/// Builds the real API client from the global flags, executes the run, and (unless
+/// The clients run `run_id` sends through: its own account's and one per account its
+/// rows name (`--accounts`/`--organization`), checked before anything is sent.
+pub(crate) async fn build_estate(
+    store: &Store,
+    run_id: i64,
+    flags: &SendFlags,
+    global: &GlobalArgs,
+) -> anyhow::Result<Arc<Estate>> {
+    let named = store.run_accounts(run_id).await?;
+    super::common::estate(global, run_id, &named, flags.connect_timeout, flags.timeout)
+        .map(Arc::new)
+}
+
+/// Builds the real API clients from the global flags, executes the run, and (unless
 /// `--no-verify`) verifies it.
 pub(crate) async fn execute_with_client(
     store: &Store,
@@ -213,8 +227,8 @@ pub(crate) async fn execute_with_client(
     flags: &ExecFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let client = build_client(&flags.send, global)?;
-    execute(store, run_id, client, flags, global).await
+    let estate = build_estate(store, run_id, &flags.send, global).await?;
+    execute(store, run_id, estate, flags, global).await
 }
 
 /// Draws an execution's progress on stderr and says when FAILED operations are sent
@@ -268,10 +282,13 @@ where
     let progress = Progress::new(flags.queue.progress);
     let stop = StopSignal::default();
     let interrupts = tokio::spawn(handle_interrupts(stop.clone(), flags.send.timeout));
+    let mut config = flags.exec_config();
+    // A run over several accounts: one account's refused credentials stop only it.
+    config.isolate_accounts = !store.run_accounts(run_id).await?.is_empty();
     let lifecycle = Lifecycle {
         store,
         api,
-        config: flags.exec_config(),
+        config,
         verify_wait: flags.verify.verify_wait,
         stop,
         observer: &progress,
@@ -320,6 +337,7 @@ pub(crate) async fn execute<A: keyfleet::executor::Api>(
         print_left_stopped(power, run_id, global);
     }
     print_summary(&outcome.summary, global);
+    print_accounts(store, run_id).await?;
     if let Some(power) = &power {
         print_power(power);
     }
@@ -351,6 +369,27 @@ pub(crate) async fn execute<A: keyfleet::executor::Api>(
     } else {
         code
     })
+}
+
+/// A run over several accounts: each account's pairs, one line each.
+pub(crate) async fn print_accounts(store: &Store, run_id: i64) -> anyhow::Result<()> {
+    if store.run_accounts(run_id).await?.is_empty() {
+        return Ok(());
+    }
+    crate::note!("  by account:");
+    for counts in store.account_counts(run_id).await? {
+        let p = &counts.pairs;
+        crate::note!(
+            "    {:<20} {} succeeded, {} failed, {} skipped, {} rejected, {} pending",
+            escape(counts.account.as_deref().unwrap_or("(the run's own)")),
+            p.succeeded,
+            p.failed,
+            p.skipped,
+            p.rejected,
+            p.pending
+        );
+    }
+    Ok(())
 }
 
 /// First Ctrl-C, SIGTERM or SIGHUP: stop dispatching and let requests in flight finish.
@@ -490,6 +529,12 @@ pub(crate) fn print_summary(summary: &Summary, global: &GlobalArgs) {
         summary.splits
     );
     let db = db_flag(global);
+    if let Some(StopReason::Accounts(failures)) = &summary.stopped {
+        // Always shown, whatever --quiet: the run is not done.
+        for failure in failures {
+            eprintln!("INCOMPLETE: {}", escape(&failure.to_string()));
+        }
+    }
     if summary.stopped.is_some() {
         crate::note!(
             "  nothing was marked failed by the stop; fix the cause, then: keyfleet{db} resume {run}"

@@ -12,7 +12,7 @@ use keyfleet::lifecycle::{self, Ended, Verification};
 use keyfleet::store::Verified;
 
 use super::flags::{self, QueueFlags, SendFlags};
-use super::run::{ExecFlags, build_client, open_store, with_lifecycle};
+use super::run::{ExecFlags, open_store, with_lifecycle};
 use crate::{GlobalArgs, exit};
 
 /// `keyfleet verify [RUN]`.
@@ -89,7 +89,7 @@ pub(crate) fn print_verification(v: &Verification, global: &GlobalArgs, resendin
 pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     let store = open_store(&global.db).await?;
     let run_id = store.resolve_run(args.run).await?;
-    let client = build_client(&args.send, global)?;
+    let client = super::run::build_estate(&store, run_id, &args.send, global).await?;
     let flags = ExecFlags::without_verification(args.send, args.queue, args.wait);
     let verification = match with_lifecycle(&store, run_id, client, &flags, global, async |l| {
         l.verify(run_id).await

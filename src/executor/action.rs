@@ -88,6 +88,22 @@ impl From<crate::api::CallError> for Refused {
 pub trait Api: Send + Sync + 'static {
     /// Sends one call.
     fn call(&self, call: &Call) -> impl Future<Output = Result<Reply, Refused>> + Send;
+    /// Sends one call as `account` (a job's; `None`: the run's own). A client of one
+    /// account has only its own: by default, [`Api::call`].
+    fn call_as(
+        &self,
+        account: Option<&str>,
+        call: &Call,
+    ) -> impl Future<Output = Result<Reply, Refused>> + Send {
+        let _ = account;
+        self.call(call)
+    }
+    /// Whose rate limit `account`'s calls count against (part of the limiter key):
+    /// by default [`Api::secret_id`], the one account's.
+    fn identity(&self, account: Option<&str>) -> String {
+        let _ = account;
+        self.secret_id()
+    }
     /// The access endpoint a call for `region` reaches (part of the limiter key).
     fn endpoint(&self, region: &str) -> String;
     /// The SecretId calls are signed with (part of the limiter key; not a secret).
@@ -170,7 +186,7 @@ pub trait JobAction: Send + Sync {
         LimiterKey {
             action: self.action(),
             endpoint: api.endpoint_of_for(self.action(), &job.region),
-            secret_id: api.secret_id_for(),
+            secret_id: api.identity_for(job.account.as_deref()),
         }
     }
 }
@@ -180,7 +196,8 @@ pub trait KeyParts {
     fn endpoint_for(&self, region: &str) -> String;
     /// The endpoint of `action`'s service for `region` (`as` has a host of its own).
     fn endpoint_of_for(&self, action: Action, region: &str) -> String;
-    fn secret_id_for(&self) -> String;
+    /// The identity `account`'s calls are paced under ([`Api::identity`]).
+    fn identity_for(&self, account: Option<&str>) -> String;
 }
 
 impl<A: Api> KeyParts for A {
@@ -190,8 +207,8 @@ impl<A: Api> KeyParts for A {
     fn endpoint_of_for(&self, action: Action, region: &str) -> String {
         self.endpoint_of(action, region)
     }
-    fn secret_id_for(&self) -> String {
-        self.secret_id()
+    fn identity_for(&self, account: Option<&str>) -> String {
+        self.identity(account)
     }
 }
 
@@ -654,6 +671,7 @@ mod tests {
             kind: crate::states::JobKind::Unbind,
             action: Action::DisassociateInstancesKeyPairs,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop,
             instance_ids: vec!["ins-00000001".into(), "ins-00000002".into()],
             key_ids: vec!["skey-00000001".into()],

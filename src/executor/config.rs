@@ -63,6 +63,10 @@ pub struct ExecConfig {
     /// How long a rotation's confirmation looks again at an instance whose Associate
     /// is still OPERATING before its old keys are kept (`--verify-wait`).
     pub confirm_wait: Duration,
+    /// A run over several accounts: a Fatal refusal stops only the account of the job
+    /// it answered (its credentials or role are at fault), not the run. The other
+    /// accounts go on; the run ends stopped ([`StopReason::Accounts`]), resumable.
+    pub isolate_accounts: bool,
 }
 
 impl Default for ExecConfig {
@@ -79,6 +83,7 @@ impl Default for ExecConfig {
             only: None,
             throttle_budget: THROTTLE_BUDGET,
             confirm_wait: Duration::from_secs(60),
+            isolate_accounts: false,
         }
     }
 }
@@ -130,6 +135,42 @@ pub enum StopReason {
     ThrottledTooLong { budget: Duration },
     /// A bug in keyfleet; what was recorded stays consistent and resume continues.
     Internal(String),
+    /// A run over several accounts finished what it could: these accounts were
+    /// refused (their jobs wait for `resume`), the others' work is done.
+    Accounts(Vec<AccountFailure>),
+}
+
+/// An account whose work stopped on a Fatal refusal (`ExecConfig::isolate_accounts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFailure {
+    /// `None`: the run's own account (rows without an account).
+    pub account: Option<String>,
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+impl AccountFailure {
+    /// How the account is named to a person.
+    pub fn name(&self) -> &str {
+        self.account.as_deref().unwrap_or("(the run's own)")
+    }
+}
+
+impl std::fmt::Display for AccountFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "account {}: {}: {}",
+            self.name(),
+            self.code,
+            self.message
+        )?;
+        if let Some(id) = &self.request_id {
+            write!(f, " (RequestId {id})")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for StopReason {
@@ -158,6 +199,15 @@ impl std::fmt::Display for StopReason {
                 budget.as_secs()
             ),
             StopReason::Internal(what) => write!(f, "internal error: {what}"),
+            StopReason::Accounts(failures) => {
+                let names: Vec<&str> = failures.iter().map(AccountFailure::name).collect();
+                write!(
+                    f,
+                    "{} account(s) refused, their work waits (keyfleet resume): {}",
+                    failures.len(),
+                    names.join(", ")
+                )
+            }
         }
     }
 }

@@ -112,6 +112,7 @@ mod tests {
             kind: crate::states::JobKind::Unbind,
             action: Action::DisassociateInstancesKeyPairs,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop: false,
             instance_ids: (0..instances).map(|n| format!("ins-{n:08x}")).collect(),
             key_ids: vec!["skey-00000001".into()],

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::cvm::Action;
+use crate::store::queue::Route;
 use crate::store::{Store, now_ms};
 
 use super::REQUERY_EVERY;
@@ -63,7 +63,7 @@ pub(super) async fn dispatch<A: Api>(
 ) -> Result<(), ExecError> {
     let depth = 2 * concurrency;
     let refill = concurrency;
-    let mut routes: HashMap<(Action, String), LimiterKey> = HashMap::new();
+    let mut routes: HashMap<Route, LimiterKey> = HashMap::new();
     let mut asked: Option<Instant> = None;
     loop {
         if shared.is_halted() {
@@ -77,7 +77,7 @@ pub(super) async fn dispatch<A: Api>(
             let claims = locked(&shared.claimed);
             // Supplied enough: left out of the query, so that its backlog (the oldest
             // jobs, returned first) does not take the rows another lane needs.
-            let full: Vec<(Action, String)> = routes
+            let full: Vec<Route> = routes
                 .iter()
                 .filter(|(_, key)| claims.in_lane(key) >= refill)
                 .map(|(route, _)| route.clone())
@@ -95,6 +95,7 @@ pub(super) async fn dispatch<A: Api>(
         }
         asked = Some(Instant::now());
         let now = now_ms();
+        let fenced = shared.fenced_accounts();
         let due = store
             .due_jobs_except(
                 run_id,
@@ -102,6 +103,7 @@ pub(super) async fn dispatch<A: Api>(
                 now,
                 (concurrency * 2 + claimed) as i64,
                 &full,
+                &fenced,
             )
             .await?;
         let (mut seen, mut handed) = (0, 0);
@@ -118,9 +120,7 @@ pub(super) async fn dispatch<A: Api>(
                 return Ok(());
             };
             let key = action.limiter_key(&job, &*shared.api);
-            routes
-                .entry((job.action, job.region.clone()))
-                .or_insert_with(|| key.clone());
+            routes.entry(Route::of(&job)).or_insert_with(|| key.clone());
             // The queue does not change under us (this process alone sends the run's
             // jobs; one skipped meanwhile is refused when its lane starts it).
             if !locked(&shared.claimed).claim(job.id, &key, depth) {
@@ -137,10 +137,14 @@ pub(super) async fn dispatch<A: Api>(
             Duration::from_secs(1)
         } else {
             let next_due = store
-                .next_due_after(run_id, shared.config.only, now)
+                .next_due_after(run_id, shared.config.only, now, &fenced)
                 .await?;
             if claimed == 0 && full.is_empty() && next_due.is_none() {
-                if store.open_jobs(run_id, shared.config.only).await? == 0 {
+                if store
+                    .open_jobs_outside(run_id, shared.config.only, &fenced)
+                    .await?
+                    == 0
+                {
                     return Ok(());
                 }
                 // Jobs marked in flight with no request of ours behind them: this
@@ -192,6 +196,16 @@ pub(super) async fn lane<A: Api>(
             for claimed in wave {
                 shared.release(claimed.job.id);
             }
+            continue;
+        }
+        // A refused account's jobs claimed before the refusal are given back unsent.
+        let (fenced, wave): (Vec<Claimed>, Vec<Claimed>) = wave
+            .into_iter()
+            .partition(|c| shared.is_fenced(c.job.account.as_deref()));
+        for claimed in fenced {
+            shared.release(claimed.job.id);
+        }
+        if wave.is_empty() {
             continue;
         }
         if let Err(error) = start_wave(&shared, &key, wave).await {

@@ -36,7 +36,9 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use crate::store::queue::Lease;
 use crate::store::{RunState, Store};
 pub use action::{Api, Call, JobAction, Proof, Refused, Reply, job_action};
-pub use config::{Counters, ExecConfig, ExecError, MaxErrors, StopReason, StopSignal, Summary};
+pub use config::{
+    AccountFailure, Counters, ExecConfig, ExecError, MaxErrors, StopReason, StopSignal, Summary,
+};
 use dispatch::{Lanes, dispatch};
 pub use pacer::{DbLimiter, Feedback, Limiter, LimiterKey, LocalLimiter};
 use send::run_writer;
@@ -210,6 +212,7 @@ async fn drive<A: Api>(
         failed_here: AtomicU64::new(0),
         writer_error: Mutex::new(None),
         throttled_since: Mutex::new(None),
+        fenced: Mutex::new(Vec::new()),
     });
 
     let heartbeat = tokio::spawn(keep_lease(
@@ -241,7 +244,11 @@ async fn drive<A: Api>(
     heartbeat.abort();
     interrupt.abort();
     let writer_error = locked(&shared.writer_error).take();
-    let reason = locked(&shared.stop_reason).take();
+    let fenced = std::mem::take(&mut *locked(&shared.fenced));
+    // Refused accounts are the reason only when nothing else stopped the run.
+    let reason = locked(&shared.stop_reason)
+        .take()
+        .or_else(|| (!fenced.is_empty()).then_some(StopReason::Accounts(fenced)));
     drop(shared);
     let _ = writer.await;
     result?;

@@ -12,7 +12,7 @@ use crate::store::{Store, now_ms};
 
 use super::MAX_WRITES_PER_COMMIT;
 use super::action::{Api, JobAction, Proof, Refused};
-use super::config::{Counters, MaxErrors, StopReason};
+use super::config::{AccountFailure, Counters, MaxErrors, StopReason};
 use super::decide;
 use super::pacer::{Feedback, LimiterKey};
 use super::shared::halted;
@@ -148,7 +148,7 @@ pub(super) async fn send_and_record<A: Api>(
 ) {
     let call = action.call(&job);
     let sent = Instant::now();
-    let reply = shared.api.call(&call).await;
+    let reply = shared.api.call_as(job.account.as_deref(), &call).await;
     let latency_ms = sent.elapsed().as_millis() as i64;
     let finished_at = now_ms();
     let accepted = match reply {
@@ -294,8 +294,19 @@ pub(super) fn refused_outcome<A>(
     shared
         .limiter
         .feedback_sent(key, Some(sent_at), effects.feedback);
-    if let Some(reason) = effects.halt {
-        shared.halt(reason);
+    match effects.halt {
+        Some(StopReason::Fatal {
+            code,
+            message,
+            request_id,
+        }) if shared.config.isolate_accounts => shared.fence(AccountFailure {
+            account: job.account.clone(),
+            code,
+            message,
+            request_id,
+        }),
+        Some(reason) => shared.halt(reason),
+        None => {}
     }
     let mut since = locked(&shared.throttled_since);
     if effects.feedback == Feedback::Passed {

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use crate::store::queue::{Applied, QueuedJob, Write};
 
 use super::action::JobAction;
-use super::config::{Counters, ExecConfig, StopReason};
+use super::config::{AccountFailure, Counters, ExecConfig, StopReason};
 use super::pacer::{Limiter, LimiterKey};
 
 /// A claimed job on its way to a lane. Its concurrency permit is taken once its
@@ -48,6 +48,9 @@ pub(super) struct Shared<A> {
     pub(super) writer_error: Mutex<Option<String>>,
     /// Since when every reply has been a throttle (`None`: the last one was not).
     pub(super) throttled_since: Mutex<Option<Instant>>,
+    /// Accounts refused for good in this execution (`ExecConfig::isolate_accounts`):
+    /// their jobs are no longer claimed; the first refusal of each is kept.
+    pub(super) fenced: Mutex<Vec<AccountFailure>>,
 }
 
 pub(super) fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,6 +71,37 @@ impl<A> Shared<A> {
 
     pub(super) fn is_halted(&self) -> bool {
         self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Stops `failure`'s account (once): its jobs are left queued for a resume.
+    pub(super) fn fence(&self, failure: AccountFailure) {
+        let mut fenced = locked(&self.fenced);
+        if fenced.iter().any(|f| f.account == failure.account) {
+            return;
+        }
+        tracing::error!(
+            account = failure.name(),
+            code = %failure.code,
+            "the account's credentials were refused: its work stops, the other accounts go on"
+        );
+        fenced.push(failure);
+        drop(fenced);
+        self.wake.notify_waiters();
+    }
+
+    /// Whether `account`'s work has stopped.
+    pub(super) fn is_fenced(&self, account: Option<&str>) -> bool {
+        locked(&self.fenced)
+            .iter()
+            .any(|f| f.account.as_deref() == account)
+    }
+
+    /// The accounts stopped so far.
+    pub(super) fn fenced_accounts(&self) -> Vec<Option<String>> {
+        locked(&self.fenced)
+            .iter()
+            .map(|f| f.account.clone())
+            .collect()
     }
 
     /// The job is no longer this process's to send (recorded, or given back).

@@ -598,6 +598,7 @@ fn job_of(
     crate::store::queue::NewQueuedJob {
         kind,
         region: "ap-guangzhou".into(),
+        account: None,
         force_stop: false,
         instance_ids: instances.to_vec(),
         key_ids: keys.to_vec(),

@@ -839,7 +839,7 @@ fn build(path: &Path, options: &PlanOptions) -> Result<Built, PlanError> {
 
 /// The canonical JSON of options stored in `runs.options`: fixed key order, the
 /// format as actually read (so `--format csv` on a `.csv` file is the same run).
-fn canonical_options(options: &PlanOptions, format: Format) -> String {
+fn canonical_options(options: &PlanOptions, format: Format, accounts: &[&str]) -> String {
     let mut json = serde_json::json!({
         "default_region": options.default_region,
         "force_stop": options.force_stop,
@@ -855,6 +855,11 @@ fn canonical_options(options: &PlanOptions, format: Format) -> String {
     }
     if let Some(account) = &options.account {
         json["account"] = serde_json::Value::String(account.clone());
+    }
+    // The accounts the rows name (an `account` column), which every command working
+    // on the run needs a client for.
+    if !accounts.is_empty() {
+        json["accounts"] = serde_json::json!(accounts);
     }
     json.to_string()
 }
@@ -930,7 +935,18 @@ pub async fn plan_input(
             examples,
         });
     }
-    let options_json = canonical_options(options, built.format);
+    let named: Vec<&str> = {
+        let mut named: Vec<&str> = built
+            .accounts
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        named
+    };
+    let options_json = canonical_options(options, built.format, &named);
     let input_path = stored_input_path(path);
     // A new run's pages written once, when nothing else has the database open
     // (store::plan's `Alone`); else through the WAL.

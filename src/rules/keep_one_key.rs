@@ -154,6 +154,7 @@ pub(crate) fn looked(
         effects.push(Effect::AddJob(NewJob {
             kind: JobKind::Look,
             region: job.region.clone(),
+            account: None,
             force_stop: job.force_stop,
             instance_ids: again,
             key_ids: Vec::new(),
@@ -195,6 +196,7 @@ mod tests {
             id: 1,
             kind: JobKind::Look,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop: false,
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             key_ids: Vec::new(),

@@ -67,6 +67,8 @@ pub struct JobFacts {
     pub id: i64,
     pub kind: JobKind,
     pub region: String,
+    /// Its account (`None`: the run's own).
+    pub account: Option<String>,
     pub force_stop: bool,
     pub instance_ids: Vec<String>,
     pub key_ids: Vec<String>,
@@ -128,6 +130,11 @@ impl ReadPayload {
 pub struct NewJob {
     pub kind: JobKind,
     pub region: String,
+    /// The account its requests are signed as. Rules leave it `None` for the jobs
+    /// that follow a job: the store gives them that job's account (a job's follow-ups
+    /// are of its instances, so of its account). Jobs of several instances not from
+    /// one job (admission) name it (`None` is then the run's own account).
+    pub account: Option<String>,
     pub force_stop: bool,
     /// Sorted, distinct, at most 100.
     pub instance_ids: Vec<String>,
@@ -169,6 +176,8 @@ pub enum Effect {
     /// otherwise unbinds) go into jobs, with `ForceStop` as given.
     ReleaseKeys {
         region: String,
+        /// Their account; `None`: the followed job's (or the run's own).
+        account: Option<String>,
         instances: Vec<String>,
         force_stop: bool,
     },
@@ -272,6 +281,7 @@ pub fn jobs_for_pairs(
             NewJob {
                 kind,
                 region: spec.region,
+                account: None,
                 force_stop: spec.force_stop,
                 instance_ids: spec.instance_ids,
                 key_ids: spec.key_ids,

@@ -267,6 +267,9 @@ impl Seen {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowerRow {
     pub region: String,
+    /// Its account (`None`: the run's own): instances are admitted in jobs of one
+    /// account each.
+    pub account: Option<String>,
     pub instance_id: String,
     pub state: PowerState,
     /// Its budget group's value (zone or tag value), with `--max-down-per`.
@@ -324,6 +327,7 @@ fn settle(
     Effect::AddJob(NewJob {
         kind: JobKind::Settle,
         region: region.to_string(),
+        account: None,
         force_stop: false,
         instance_ids: instances,
         key_ids: Vec::new(),
@@ -334,12 +338,15 @@ fn settle(
 }
 
 fn power_job(kind: JobKind, region: &str, instances: &[String], due_at: i64) -> Vec<Effect> {
-    stop_or_start(kind, region, instances, None, due_at)
+    stop_or_start(kind, region, None, instances, None, due_at)
 }
 
+/// Stop or start jobs of `instances` (of one region and account; `None`: the
+/// followed job's, or the run's own).
 fn stop_or_start(
     kind: JobKind,
     region: &str,
+    account: Option<&str>,
     instances: &[String],
     stop_type: Option<StopType>,
     due_at: i64,
@@ -352,6 +359,7 @@ fn stop_or_start(
             Effect::AddJob(NewJob {
                 kind,
                 region: region.to_string(),
+                account: account.map(str::to_string),
                 force_stop: false,
                 instance_ids: batch.to_vec(),
                 key_ids: Vec::new(),
@@ -416,6 +424,7 @@ pub fn surveyed(
     if !release.is_empty() {
         effects.push(Effect::ReleaseKeys {
             region: job.region.clone(),
+            account: None,
             instances: release,
             force_stop: false,
         });
@@ -463,7 +472,7 @@ pub fn admit(
         return Vec::new();
     }
     let candidates: &[&PowerRow] = if canary_pending { canaries } else { &ordered };
-    let mut admitted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut admitted: BTreeMap<(&str, Option<&str>), Vec<String>> = BTreeMap::new();
     let mut stuck: Vec<(&PowerRow, i64)> = Vec::new();
     let mut total_down: usize = down.values().sum();
     for row in candidates {
@@ -493,7 +502,7 @@ pub fn admit(
         *down.entry(group).or_default() += 1;
         total_down += 1;
         admitted
-            .entry(&row.region)
+            .entry((&row.region, row.account.as_deref()))
             .or_default()
             .push(row.instance_id.clone());
     }
@@ -512,7 +521,7 @@ pub fn admit(
             reason: ErrorInfo::new(super::CLAIMED, why),
         });
     }
-    for (region, mut instances) in admitted {
+    for ((region, account), mut instances) in admitted {
         instances.sort();
         effects.push(Effect::Claim {
             region: region.to_string(),
@@ -530,12 +539,14 @@ pub fn admit(
             Running::StopStart => effects.extend(stop_or_start(
                 JobKind::Stop,
                 region,
+                account,
                 &instances,
                 Some(live.stop_type),
                 now,
             )),
             Running::ForceStop => effects.push(Effect::ReleaseKeys {
                 region: region.to_string(),
+                account: account.map(str::to_string),
                 instances,
                 force_stop: true,
             }),
@@ -756,6 +767,7 @@ pub fn settled(
     if !release.is_empty() {
         effects.push(Effect::ReleaseKeys {
             region: region.to_string(),
+            account: None,
             instances: release,
             force_stop: false,
         });
@@ -950,6 +962,7 @@ mod tests {
     fn row(n: i64, state: PowerState, group: Option<&str>) -> PowerRow {
         PowerRow {
             region: "ap-guangzhou".into(),
+            account: None,
             instance_id: format!("ins-{n:08}"),
             state,
             group: group.map(str::to_string),
@@ -1048,6 +1061,36 @@ mod tests {
                 if instances == &["ins-00000003".to_string()])));
         assert!(!effects.iter().any(|e| matches!(e,
             Effect::Power(c) if c.instance_id == "ins-00000001")));
+    }
+
+    /// Instances of two accounts in one region are stopped in a job per account (each
+    /// signed as its own), within the one budget of the run.
+    #[test]
+    fn admission_stops_each_account_in_its_own_jobs() {
+        let live = live(Budget::Count(3), None, 0);
+        let mut rows: Vec<PowerRow> = (1..=4).map(|n| row(n, PowerState::Waiting, None)).collect();
+        rows[1].account = Some("prod".into());
+        rows[3].account = Some("prod".into());
+        let effects = admit(&live, &rows, false, 0, &BTreeMap::new());
+        let stops: Vec<(Option<String>, Vec<String>)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddJob(job) if job.kind == JobKind::Stop => {
+                    Some((job.account.clone(), job.instance_ids.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            stops,
+            vec![
+                (
+                    None,
+                    vec!["ins-00000001".to_string(), "ins-00000003".to_string()]
+                ),
+                (Some("prod".to_string()), vec!["ins-00000002".to_string()]),
+            ]
+        );
     }
 
     #[test]
@@ -1151,6 +1194,7 @@ mod tests {
             id: 1,
             kind,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop: false,
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             key_ids: Vec::new(),

@@ -50,6 +50,7 @@ pub(crate) fn bind_accepted(
     vec![Effect::AddJob(NewJob {
         kind: JobKind::Confirm,
         region: job.region.clone(),
+        account: None,
         force_stop: job.force_stop,
         instance_ids,
         key_ids: job.key_ids.clone(),
@@ -222,6 +223,7 @@ mod tests {
             id: 7,
             kind,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop: false,
             instance_ids: instances.iter().map(|s| s.to_string()).collect(),
             key_ids: keys.iter().map(|s| s.to_string()).collect(),

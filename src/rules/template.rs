@@ -230,6 +230,7 @@ fn job(kind: JobKind, region: &str, change: &Change, now: i64) -> NewJob {
     NewJob {
         kind,
         region: region.to_string(),
+        account: None,
         force_stop: false,
         instance_ids: Vec::new(),
         key_ids,
@@ -506,6 +507,7 @@ mod tests {
             id: 9,
             kind,
             region: "ap-guangzhou".into(),
+            account: None,
             force_stop: false,
             instance_ids: Vec::new(),
             key_ids: Vec::new(),

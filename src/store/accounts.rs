@@ -1,5 +1,7 @@
 //! The account a run was planned for (`runs.options.account`, many accounts: issue 23).
 
+use sqlx::Row;
+
 use super::{Store, StoreError};
 
 impl Store {
@@ -13,4 +15,69 @@ impl Store {
                 .await?;
         Ok(account.flatten())
     }
+
+    /// The accounts run `run_id`'s rows name (`runs.options.accounts`), in name order;
+    /// empty for a one-account run.
+    pub async fn run_accounts(&self, run_id: i64) -> Result<Vec<String>, StoreError> {
+        let names: Option<String> =
+            sqlx::query_scalar("SELECT json_extract(options, '$.accounts') FROM runs WHERE id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        match names {
+            None => Ok(Vec::new()),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("run {run_id}: its accounts: {e}"))),
+        }
+    }
+
+    /// Each account's pairs by status (`None`: the run's own account), the input's
+    /// unbind pairs and a rotation's binds together, in account order.
+    pub async fn account_counts(&self, run_id: i64) -> Result<Vec<AccountCounts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, status, COUNT(*) AS n FROM items WHERE run_id = ? \
+             GROUP BY account, status ORDER BY account, status",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: Vec<AccountCounts> = Vec::new();
+        for row in &rows {
+            let account: Option<String> = row.get("account");
+            if counts.last().is_none_or(|c| c.account != account) {
+                counts.push(AccountCounts {
+                    account: account.clone(),
+                    ..AccountCounts::default()
+                });
+            }
+            let Some(entry) = counts.last_mut() else {
+                continue;
+            };
+            let n: i64 = row.get("n");
+            match row.get::<&str, _>("status") {
+                "pending" => entry.pairs.pending += n,
+                "succeeded" => entry.pairs.succeeded += n,
+                "failed" => entry.pairs.failed += n,
+                "rejected" => entry.pairs.rejected += n,
+                "duplicate" => entry.pairs.duplicate += n,
+                "skipped" => entry.pairs.skipped += n,
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "run {run_id}: an item's status is {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// One account's pairs of a run ([`Store::account_counts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AccountCounts {
+    /// `None`: the run's own account (rows without one).
+    pub account: Option<String>,
+    #[serde(flatten)]
+    pub pairs: super::queue::PairCounts,
 }

@@ -33,7 +33,7 @@ pub(super) struct Read<'a> {
 /// A job's rows as the rules see them, and its run.
 async fn job_facts(tx: &mut Tx<'_>, job_id: i64) -> Result<(i64, JobFacts), StoreError> {
     let row = sqlx::query(
-        "SELECT run_id, kind, region, force_stop, instance_ids, key_ids FROM jobs WHERE id = ?",
+        "SELECT run_id, kind, region, account, force_stop, instance_ids, key_ids FROM jobs WHERE id = ?",
     )
     .bind(job_id)
     .fetch_one(&mut **tx)
@@ -49,6 +49,7 @@ async fn job_facts(tx: &mut Tx<'_>, job_id: i64) -> Result<(i64, JobFacts), Stor
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?,
         region: row.get("region"),
+        account: row.get("account"),
         force_stop: row.get::<i64, _>("force_stop") != 0,
         instance_ids: ids("instance_ids")?,
         key_ids: ids("key_ids")?,
@@ -73,7 +74,7 @@ pub(super) async fn after_success(
             } else {
                 power::start_accepted(&job, request_id, now)
             };
-            return apply(tx, run_id, effects, now).await;
+            return apply(tx, run_id, effects, job.account.as_deref(), now).await;
         }
         JobKind::Unbind => return keys_maybe_done(tx, job_id, now).await,
         JobKind::Bind => {}
@@ -81,7 +82,7 @@ pub(super) async fn after_success(
             let (run_id, job) = job_facts(tx, job_id).await?;
             let change = change_of(tx, job_id).await?;
             let effects = template::accepted(&job, &change, request_id, now);
-            return apply(tx, run_id, effects, now).await;
+            return apply(tx, run_id, effects, job.account.as_deref(), now).await;
         }
         _ => return Ok(()),
     }
@@ -105,7 +106,7 @@ pub(super) async fn after_success(
         })
         .collect();
     let effects = rotation::bind_accepted(&job, accepted, now, follow_up);
-    apply(tx, run_id, effects, now).await?;
+    apply(tx, run_id, effects, job.account.as_deref(), now).await?;
     keys_maybe_done(tx, job_id, now).await
 }
 
@@ -181,7 +182,7 @@ pub(super) async fn after_seen(
         }
         _ => Vec::new(),
     };
-    apply(tx, run_id, effects, now).await?;
+    apply(tx, run_id, effects, job.account.as_deref(), now).await?;
     admit(tx, run_id, now).await
 }
 
@@ -213,7 +214,7 @@ async fn keys_maybe_done(tx: &mut Tx<'_>, job_id: i64, now: i64) -> Result<(), S
         return Ok(());
     }
     let effects = power::keys_done(&live, &job.region, done, now);
-    apply(tx, run_id, effects, now).await
+    apply(tx, run_id, effects, job.account.as_deref(), now).await
 }
 
 /// A read of `kind` ended (no recheck left): its verdicts are stored already.
@@ -229,7 +230,7 @@ pub(super) async fn after_read(
         JobKind::Confirm => {
             let (run_id, job) = job_facts(tx, job_id).await?;
             let effects = confirmed(tx, run_id, &job, read.verified, now, follow_up).await?;
-            apply(tx, run_id, effects, now).await?;
+            apply(tx, run_id, effects, job.account.as_deref(), now).await?;
             return keys_maybe_done(tx, job_id, now).await;
         }
         JobKind::TemplateLook | JobKind::LaunchConfigLook => {
@@ -238,7 +239,11 @@ pub(super) async fn after_read(
             let listed = read.listed.ok_or_else(|| {
                 StoreError::Corrupt(format!("template look {job_id} recorded nothing read"))
             })?;
-            (run_id, template::looked(&job, &change, listed, now))
+            (
+                run_id,
+                job.account.clone(),
+                template::looked(&job, &change, listed, now),
+            )
         }
         JobKind::Look => {
             let (run_id, job) = job_facts(tx, job_id).await?;
@@ -272,11 +277,15 @@ pub(super) async fn after_read(
                 removing: super::claims::removing_keys(tx, &job.region, &claims).await?,
                 claims,
             };
-            (run_id, keep_one_key::looked(&job, &seen, &held, &view))
+            (
+                run_id,
+                job.account.clone(),
+                keep_one_key::looked(&job, &seen, &held, &view),
+            )
         }
         _ => return Ok(()),
     };
-    apply(tx, effects.0, effects.1, now).await
+    apply(tx, effects.0, effects.2, effects.1.as_deref(), now).await
 }
 
 /// The template change a job of it carries in its payload.
@@ -321,7 +330,7 @@ pub(super) async fn after_doubt(
                 .execute(&mut **tx)
                 .await?;
         } else {
-            apply(tx, run_id, vec![effect], now).await?;
+            apply(tx, run_id, vec![effect], job.account.as_deref(), now).await?;
         }
     }
     Ok(())
@@ -406,7 +415,7 @@ pub(super) async fn after_failure(
                 JobKind::Confirm => rotation::confirm_failed(&job, error),
                 _ => keep_one_key::look_failed(&job, error),
             };
-            apply(tx, run_id, effects, now).await?;
+            apply(tx, run_id, effects, job.account.as_deref(), now).await?;
             keys_maybe_done(tx, job_id, now).await
         }
         JobKind::TemplateLook
@@ -415,7 +424,14 @@ pub(super) async fn after_failure(
         | JobKind::LaunchConfigLook
         | JobKind::LaunchConfig => {
             let change = change_of(tx, job_id).await?;
-            apply(tx, run_id, template::failed(&job, &change, error), now).await
+            apply(
+                tx,
+                run_id,
+                template::failed(&job, &change, error),
+                job.account.as_deref(),
+                now,
+            )
+            .await
         }
         JobKind::Stop | JobKind::Start | JobKind::Survey | JobKind::Settle => {
             let Some(live) = super::power::live_of(tx, run_id).await? else {
@@ -427,7 +443,7 @@ pub(super) async fn after_failure(
                 JobKind::Survey => power::survey_failed(&job, error),
                 _ => power::settle_failed(&job, error),
             };
-            apply(tx, run_id, effects, now).await?;
+            apply(tx, run_id, effects, job.account.as_deref(), now).await?;
             admit(tx, run_id, now).await
         }
     }
@@ -463,17 +479,22 @@ async fn queued_binds_of(
         .collect()
 }
 
-/// Applies effects, in order, in the outcome's transaction.
+/// Applies effects, in order, in the outcome's transaction. `followed`: the account
+/// of the job whose outcome they follow, which the jobs they add inherit unless they
+/// name one (`None` for effects that follow no job: admission).
 pub(super) async fn apply(
     tx: &mut Tx<'_>,
     run_id: i64,
     effects: Vec<Effect>,
+    followed: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     let mut left_stopped = Vec::new();
+    let inherit = |account: Option<String>| account.or_else(|| followed.map(str::to_string));
     for effect in effects {
         match effect {
-            Effect::AddJob(job) => {
+            Effect::AddJob(mut job) => {
+                job.account = inherit(job.account.take());
                 add_job(tx, run_id, job, now).await?;
             }
             Effect::Release {
@@ -484,7 +505,8 @@ pub(super) async fn apply(
                 let held = held_items(tx, run_id, &region, &instances, false).await?;
                 let jobs =
                     crate::rules::jobs_for_pairs(JobKind::Unbind, &region, force_stop, &held, now);
-                for job in jobs {
+                for mut job in jobs {
+                    job.account = inherit(None);
                     add_job(tx, run_id, job, now).await?;
                 }
             }
@@ -509,7 +531,7 @@ pub(super) async fn apply(
                 fail_items(tx, job_id, &reason).await?;
             }
             Effect::Power(change) => {
-                super::power::change(tx, run_id, &change, now).await?;
+                super::power::change(tx, run_id, &change, followed, now).await?;
                 if matches!(change.state, PowerState::Up | PowerState::NotStopped) {
                     super::claims::release(tx, run_id, &change.region, &change.instance_id).await?;
                 }
@@ -519,10 +541,20 @@ pub(super) async fn apply(
             }
             Effect::ReleaseKeys {
                 region,
+                account,
                 instances,
                 force_stop,
             } => {
-                super::power::release_keys(tx, run_id, &region, &instances, force_stop, now).await?
+                let account = inherit(account);
+                super::power::release_keys(
+                    tx,
+                    run_id,
+                    (&region, account.as_deref()),
+                    &instances,
+                    force_stop,
+                    now,
+                )
+                .await?
             }
             Effect::FailHeld {
                 region,
@@ -633,7 +665,7 @@ pub(super) async fn admit(tx: &mut Tx<'_>, run_id: i64, now: i64) -> Result<(), 
     let all = super::power::rows(tx, run_id, None).await?;
     let claims = super::claims::waiting_held_by_others(tx, run_id).await?;
     let effects = power::admit(&live, &all, admissions.is_some(), now, &claims);
-    apply(tx, run_id, effects, now).await
+    apply(tx, run_id, effects, None, now).await
 }
 
 impl super::Store {

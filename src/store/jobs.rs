@@ -13,6 +13,8 @@ pub struct NewQueuedJob {
     /// Its step in the instance's workflow; the action is the kind's.
     pub kind: JobKind,
     pub region: String,
+    /// The account its requests are signed as (`None`: the run's own).
+    pub account: Option<String>,
     pub force_stop: bool,
     pub instance_ids: Vec<String>,
     pub key_ids: Vec<String>,
@@ -62,13 +64,14 @@ pub(super) async fn insert_job(
     now: i64,
 ) -> Result<i64, StoreError> {
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, kind, action, region, force_stop, instance_ids, key_ids, payload, pair_count, \
-         state, next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO jobs (run_id, kind, action, region, account, force_stop, instance_ids, key_ids, payload, pair_count, \
+         state, next_attempt_at, parent_job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(run_id)
     .bind(job.kind.as_str())
     .bind(job.kind.action().name())
     .bind(&job.region)
+    .bind(&job.account)
     .bind(job.force_stop as i64)
     .bind(ids_json(&job.instance_ids))
     .bind(ids_json(&job.key_ids))
@@ -175,6 +178,7 @@ pub(super) async fn add_job(
     let new = NewQueuedJob {
         kind: job.kind,
         region: job.region,
+        account: job.account,
         force_stop: job.force_stop,
         instance_ids: job.instance_ids,
         key_ids: job.key_ids,

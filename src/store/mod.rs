@@ -7,6 +7,7 @@
 //! held across an HTTP request: every function here is a short local write.
 
 mod accounts;
+pub use accounts::AccountCounts;
 mod claims;
 mod follow;
 #[cfg(unix)]

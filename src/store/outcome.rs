@@ -668,11 +668,12 @@ async fn split_job(
     children: &[(Vec<String>, Vec<String>)],
     now: i64,
 ) -> Result<(), StoreError> {
-    let parent =
-        sqlx::query("SELECT run_id, kind, region, force_stop, payload FROM jobs WHERE id = ?")
-            .bind(job_id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let parent = sqlx::query(
+        "SELECT run_id, kind, region, account, force_stop, payload FROM jobs WHERE id = ?",
+    )
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
     let run_id: i64 = parent.get("run_id");
     let kind: JobKind = parent
         .get::<&str, _>("kind")
@@ -704,6 +705,7 @@ async fn split_job(
         let child = NewQueuedJob {
             kind,
             region: parent.get("region"),
+            account: parent.get("account"),
             force_stop: parent.get::<i64, _>("force_stop") != 0,
             instance_ids: instance_ids.clone(),
             key_ids: key_ids.clone(),

@@ -46,7 +46,7 @@ pub(super) async fn rows(
         None => (None, None),
     };
     let rows = sqlx::query(
-        "SELECT region, instance_id, state, grp, seq, start_failures FROM power WHERE run_id = ? \
+        "SELECT region, account, instance_id, state, grp, seq, start_failures FROM power WHERE run_id = ? \
          AND (?2 IS NULL OR region = ?2) \
          AND (?3 IS NULL OR instance_id IN (SELECT value FROM json_each(?3))) ORDER BY seq",
     )
@@ -59,6 +59,7 @@ pub(super) async fn rows(
         .map(|row| {
             Ok(PowerRow {
                 region: row.get("region"),
+                account: row.get("account"),
                 instance_id: row.get("instance_id"),
                 state: row
                     .get::<&str, _>("state")
@@ -142,18 +143,20 @@ pub(super) async fn column_groups(
         .collect())
 }
 
-/// Applies one power change.
+/// Applies one power change. The survey's (`before` set) creates the instance's row,
+/// in `account` (the survey job's).
 pub(super) async fn change(
     tx: &mut Tx<'_>,
     run_id: i64,
     change: &PowerChange,
+    account: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     if let Some(before) = &change.before {
         sqlx::query(
-            "INSERT INTO power (run_id, region, instance_id, state, seq, power_before, zone, grp, reason) \
+            "INSERT INTO power (run_id, region, instance_id, state, seq, power_before, zone, grp, reason, account) \
              VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM power WHERE run_id = ?1), \
-                     ?5, ?6, ?7, ?8) \
+                     ?5, ?6, ?7, ?8, ?9) \
              ON CONFLICT (run_id, region, instance_id) DO NOTHING",
         )
         .bind(run_id)
@@ -164,6 +167,7 @@ pub(super) async fn change(
         .bind(&change.zone)
         .bind(&change.group)
         .bind(&change.reason)
+        .bind(account)
         .execute(&mut **tx)
         .await?;
         return Ok(());
@@ -203,7 +207,7 @@ pub(super) async fn change(
 pub(super) async fn release_keys(
     tx: &mut Tx<'_>,
     run_id: i64,
-    region: &str,
+    (region, account): (&str, Option<&str>),
     instances: &[String],
     force_stop: bool,
     now: i64,
@@ -217,7 +221,8 @@ pub(super) async fn release_keys(
         .filter(|p| !rotating.contains(p.instance_id.as_str()))
         .collect();
     for (kind, pairs) in [(JobKind::Bind, binds), (JobKind::Unbind, unbinds)] {
-        for job in jobs_for_pairs(kind, region, force_stop, &pairs, now) {
+        for mut job in jobs_for_pairs(kind, region, force_stop, &pairs, now) {
+            job.account = account.map(str::to_string);
             add_job(tx, run_id, job, now).await?;
         }
     }
@@ -376,25 +381,27 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let instances = sqlx::query(
-                "SELECT DISTINCT region, instance_id FROM items WHERE run_id = ? AND status = ? \
-                 ORDER BY region, instance_id",
+                "SELECT DISTINCT account, region, instance_id FROM items WHERE run_id = ? AND status = ? \
+                 ORDER BY account, region, instance_id",
             )
             .bind(run_id)
             .bind(ItemStatus::Pending.as_str())
             .fetch_all(&mut *tx)
             .await?;
-            let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            // Surveyed per (account, region): a survey's instances are one account's.
+            let mut by_route: BTreeMap<(Option<String>, String), Vec<String>> = BTreeMap::new();
             for row in &instances {
-                by_region
-                    .entry(row.get("region"))
+                by_route
+                    .entry((row.get("account"), row.get("region")))
                     .or_default()
                     .push(row.get("instance_id"));
             }
-            for (region, instances) in by_region {
+            for ((account, region), instances) in by_route {
                 for batch in instances.chunks(crate::ids::MAX_IDS_PER_REQUEST) {
                     let survey = crate::rules::NewJob {
                         kind: JobKind::Survey,
                         region: region.clone(),
+                        account: account.clone(),
                         force_stop: false,
                         instance_ids: batch.to_vec(),
                         key_ids: Vec::new(),

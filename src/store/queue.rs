@@ -83,6 +83,8 @@ pub struct QueuedJob {
     /// The API action it sends (its kind's).
     pub action: Action,
     pub region: String,
+    /// The account its requests are signed as (`None`: the run's own).
+    pub account: Option<String>,
     pub force_stop: bool,
     pub instance_ids: Vec<String>,
     pub key_ids: Vec<String>,
@@ -94,11 +96,39 @@ pub struct QueuedJob {
 }
 
 pub use super::jobs::NewQueuedJob;
+
+/// Where a job's requests go and as whom: its action, account and region (the
+/// dispatcher's unit of backlog).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub action: Action,
+    pub account: Option<String>,
+    pub region: String,
+}
+
+impl Route {
+    /// A job's route.
+    pub fn of(job: &QueuedJob) -> Route {
+        Route {
+            action: job.action,
+            account: job.account.clone(),
+            region: job.region.clone(),
+        }
+    }
+}
+
+/// Fenced accounts as a JSON array of names for `COALESCE(account, '') NOT IN
+/// (SELECT value FROM json_each(?))`: the run's own account (`None`) is `""`, a name
+/// no account has.
+fn fence_json(fenced: &[Option<String>]) -> String {
+    let names: Vec<&str> = fenced.iter().map(|a| a.as_deref().unwrap_or("")).collect();
+    serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+}
 pub use super::outcome::{Applied, Finish, Outcome, Write};
 pub use crate::rules::{ErrorInfo, FollowUp};
 
 /// Pair counts of a run, by status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PairCounts {
     pub pending: i64,
     pub succeeded: i64,
@@ -119,6 +149,8 @@ impl PairCounts {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PairOutcome {
     pub region: String,
+    /// Its account (`None`: the run's own).
+    pub account: Option<String>,
     pub instance_id: String,
     pub key_id: String,
     pub status: String,
@@ -323,28 +355,42 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<Vec<QueuedJob>, StoreError> {
-        self.due_jobs_except(run_id, only, now, limit, &[]).await
+        self.due_jobs_except(run_id, only, now, limit, &[], &[])
+            .await
     }
 
-    /// [`Store::due_jobs`] leaving out jobs of the given (action, region) routes
-    /// (those whose lane is full, so that they do not hide the others).
+    /// [`Store::due_jobs`] leaving out jobs of the given routes (those whose lane is
+    /// full, so that they do not hide the others) and of the fenced accounts (whose
+    /// credentials failed: their jobs wait for a resume).
     pub async fn due_jobs_except(
         &self,
         run_id: i64,
         only: Option<Action>,
         now: i64,
         limit: i64,
-        except: &[(Action, String)],
+        except: &[Route],
+        fenced: &[Option<String>],
     ) -> Result<Vec<QueuedJob>, StoreError> {
         let only = only.map(Action::name);
-        let except: Vec<[&str; 2]> = except.iter().map(|(a, r)| [a.name(), r.as_str()]).collect();
+        let except: Vec<[&str; 3]> = except
+            .iter()
+            .map(|route| {
+                [
+                    route.action.name(),
+                    route.account.as_deref().unwrap_or(""),
+                    route.region.as_str(),
+                ]
+            })
+            .collect();
         let rows = sqlx::query(
-            "SELECT id, kind, action, region, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
+            "SELECT id, kind, action, region, account, force_stop, instance_ids, key_ids, payload, attempts, pair_count \
              FROM jobs j WHERE run_id = ? AND state = ? AND next_attempt_at <= ? \
              AND (? IS NULL OR action = ?) \
              AND NOT EXISTS (SELECT 1 FROM json_each(?) x \
                              WHERE json_extract(x.value, '$[0]') = j.action \
-                             AND json_extract(x.value, '$[1]') = j.region) \
+                             AND json_extract(x.value, '$[1]') = COALESCE(j.account, '') \
+                             AND json_extract(x.value, '$[2]') = j.region) \
+             AND COALESCE(j.account, '') NOT IN (SELECT value FROM json_each(?)) \
              AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
                              WHERE d.job_id = j.id AND p.state != ?) \
              ORDER BY next_attempt_at, id LIMIT ?",
@@ -355,6 +401,7 @@ impl Store {
         .bind(only)
         .bind(only)
         .bind(serde_json::to_string(&except).unwrap_or_else(|_| "[]".into()))
+        .bind(fence_json(fenced))
         .bind(JobState::Succeeded.as_str())
         .bind(limit)
         .fetch_all(&self.pool)
@@ -373,6 +420,7 @@ impl Store {
                         StoreError::Corrupt(format!("job {id} has an unknown action {action:?}"))
                     })?,
                     region: row.get("region"),
+                    account: row.get("account"),
                     force_stop: row.get::<i64, _>("force_stop") != 0,
                     instance_ids: parse_ids(row.get("instance_ids"), id)?,
                     key_ids: parse_ids(row.get("key_ids"), id)?,
@@ -392,32 +440,46 @@ impl Store {
         run_id: i64,
         only: Option<Action>,
         now: i64,
+        fenced: &[Option<String>],
     ) -> Result<Option<i64>, StoreError> {
         let only = only.map(Action::name);
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM jobs WHERE run_id = ? AND state = ? AND next_attempt_at > ? \
-             AND (? IS NULL OR action = ?)",
+             AND (? IS NULL OR action = ?) AND COALESCE(account, '') NOT IN (SELECT value FROM json_each(?))",
         )
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(now)
         .bind(only)
         .bind(only)
+        .bind(fence_json(fenced))
         .fetch_one(&self.pool)
         .await?)
     }
 
     /// Jobs not yet final (queued or in flight), of one action with `only`.
     pub async fn open_jobs(&self, run_id: i64, only: Option<Action>) -> Result<i64, StoreError> {
+        self.open_jobs_outside(run_id, only, &[]).await
+    }
+
+    /// [`Store::open_jobs`] but those of the fenced accounts.
+    pub async fn open_jobs_outside(
+        &self,
+        run_id: i64,
+        only: Option<Action>,
+        fenced: &[Option<String>],
+    ) -> Result<i64, StoreError> {
         let only = only.map(Action::name);
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN (?, ?) AND (? IS NULL OR action = ?)",
+            "SELECT COUNT(*) FROM jobs WHERE run_id = ? AND state IN (?, ?) AND (? IS NULL OR action = ?) \
+             AND COALESCE(account, '') NOT IN (SELECT value FROM json_each(?))",
         )
         .bind(run_id)
         .bind(JobState::Queued.as_str())
         .bind(JobState::InFlight.as_str())
         .bind(only)
         .bind(only)
+        .bind(fence_json(fenced))
         .fetch_one(&self.pool)
         .await?)
     }
@@ -464,7 +526,7 @@ impl Store {
     /// Every valid, distinct pair of a run with its status and proving RequestId, in input order.
     pub async fn pair_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
+            "SELECT region, account, instance_id, key_id, status, request_id, error_code FROM items \
              WHERE run_id = ? AND status IN ('pending', 'succeeded', 'failed', 'skipped') \
              AND bind = 0 ORDER BY id",
         )
@@ -477,7 +539,7 @@ impl Store {
     /// RequestId of its accepted Associate, in id order.
     pub async fn bind_outcomes(&self, run_id: i64) -> Result<Vec<PairOutcome>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT region, instance_id, key_id, status, request_id, error_code FROM items \
+            "SELECT region, account, instance_id, key_id, status, request_id, error_code FROM items \
              WHERE run_id = ? AND bind = 1 ORDER BY id",
         )
         .bind(run_id)

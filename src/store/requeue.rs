@@ -84,8 +84,12 @@ impl Requeued {
 struct Again {
     pair: Pair,
     region: String,
+    account: Option<String>,
     force_stop: bool,
 }
+
+/// What new jobs are grouped by: where they go, as whom, with which ForceStop.
+type Group<'a> = (Option<&'a str>, &'a str, bool);
 
 impl Store {
     /// Starts adding jobs to run `run_id` in one transaction (see [`JobWriter`]).
@@ -178,7 +182,7 @@ async fn unbinds_of(
         format!("AND i.verified IN {verdicts}")
     };
     let sql = format!(
-        "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
+        "SELECT i.id, i.region, i.account, j.force_stop, i.instance_id, i.key_id, i.error_code FROM items i \
          JOIN jobs j ON j.id = i.job_id WHERE i.run_id = ? AND i.status = ? AND i.bind = 0 \
          {verdict_filter} AND (? IS NULL OR i.op_failures + 1 < ?) ORDER BY i.id"
     );
@@ -197,6 +201,7 @@ async fn unbinds_of(
         .map(|row| Again {
             pair: Pair::new(row.get("id"), row.get("instance_id"), row.get("key_id")),
             region: row.get("region"),
+            account: row.get("account"),
             force_stop: row.get::<i64, _>("force_stop") != 0,
         })
         .collect();
@@ -267,12 +272,12 @@ async fn hold_for_power(
     Ok(now)
 }
 
-/// Queues unbind jobs for `again`, chunked per (region, ForceStop).
+/// Queues unbind jobs for `again`, chunked per (account, region, ForceStop).
 async fn add_unbind_jobs(writer: &mut JobWriter, again: &[Again]) -> Result<(), StoreError> {
-    let mut groups: BTreeMap<(&str, bool), Vec<Pair>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group<'_>, Vec<Pair>> = BTreeMap::new();
     for a in again {
         groups
-            .entry((&a.region, a.force_stop))
+            .entry((a.account.as_deref(), &a.region, a.force_stop))
             .or_default()
             .push(a.pair.clone());
     }
@@ -282,10 +287,11 @@ async fn add_unbind_jobs(writer: &mut JobWriter, again: &[Again]) -> Result<(), 
 async fn add_jobs(
     writer: &mut JobWriter,
     kind: JobKind,
-    groups: BTreeMap<(&str, bool), Vec<Pair>>,
+    groups: BTreeMap<Group<'_>, Vec<Pair>>,
 ) -> Result<(), StoreError> {
-    for ((region, force_stop), pairs) in groups {
-        for job in jobs_for_pairs(kind, region, force_stop, &pairs, writer.now) {
+    for ((account, region, force_stop), pairs) in groups {
+        for mut job in jobs_for_pairs(kind, region, force_stop, &pairs, writer.now) {
+            job.account = account.map(str::to_string);
             add_job(&mut writer.tx, writer.run_id, job, writer.now).await?;
             writer.added += 1;
         }
@@ -306,7 +312,7 @@ async fn requeue_rotation(
     let rows = sqlx::query(
         // A bind pair that succeeded has no error code of its own: the code its
         // instance's skipped unbinds carry says why (`retry --code` matches it).
-        "SELECT i.id, i.region, j.force_stop, i.instance_id, i.key_id, \
+        "SELECT i.id, i.region, i.account, j.force_stop, i.instance_id, i.key_id, \
                 COALESCE(i.error_code, (SELECT u.error_code FROM items u \
                     WHERE u.run_id = i.run_id AND u.region = i.region \
                     AND u.instance_id = i.instance_id AND u.bind = 0 AND u.status = ? \
@@ -329,13 +335,17 @@ async fn requeue_rotation(
     .await?;
     let wanted =
         |code: Option<String>| codes.is_empty() || code.is_some_and(|c| codes.contains(&c));
-    let mut binds: BTreeMap<(String, bool), Vec<Pair>> = BTreeMap::new();
+    let mut binds: BTreeMap<(Option<String>, String, bool), Vec<Pair>> = BTreeMap::new();
     for row in rows {
         if !wanted(row.get("error_code")) {
             continue;
         }
         binds
-            .entry((row.get("region"), row.get::<i64, _>("force_stop") != 0))
+            .entry((
+                row.get("account"),
+                row.get("region"),
+                row.get::<i64, _>("force_stop") != 0,
+            ))
             .or_default()
             .push(Pair::new(
                 row.get("id"),
@@ -343,9 +353,12 @@ async fn requeue_rotation(
                 row.get("key_id"),
             ));
     }
-    for ((region, force_stop), pairs) in &binds {
+    for ((account, region, force_stop), pairs) in &binds {
         requeued.binds += pairs.len() as u64;
-        let group = BTreeMap::from([((region.as_str(), *force_stop), pairs.clone())]);
+        let group = BTreeMap::from([(
+            (account.as_deref(), region.as_str(), *force_stop),
+            pairs.clone(),
+        )]);
         add_jobs(writer, JobKind::Bind, group).await?;
         let instances: Vec<String> = pairs
             .iter()
@@ -380,9 +393,9 @@ async fn requeue_rotation(
 async fn look_again(writer: &mut JobWriter, requeued: &mut Requeued) -> Result<(), StoreError> {
     let run_id = writer.run_id;
     let rows = sqlx::query(
-        "SELECT i.id, i.region, i.instance_id FROM items i WHERE i.run_id = ? AND i.bind = 0 \
+        "SELECT i.id, i.region, i.account, i.instance_id FROM items i WHERE i.run_id = ? AND i.bind = 0 \
          AND i.status = ? AND i.error_code = ? AND i.new_key_id IS NULL \
-         ORDER BY i.region, i.instance_id",
+         ORDER BY i.account, i.region, i.instance_id",
     )
     .bind(run_id)
     .bind(ItemStatus::Skipped.as_str())
@@ -395,10 +408,10 @@ async fn look_again(writer: &mut JobWriter, requeued: &mut Requeued) -> Result<(
     .bind(run_id)
     .fetch_one(&mut *writer.tx)
     .await?;
-    let mut regions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut regions: BTreeMap<(Option<String>, String), BTreeSet<String>> = BTreeMap::new();
     for row in &rows {
         regions
-            .entry(row.get("region"))
+            .entry((row.get("account"), row.get("region")))
             .or_default()
             .insert(row.get("instance_id"));
     }
@@ -415,13 +428,14 @@ async fn look_again(writer: &mut JobWriter, requeued: &mut Requeued) -> Result<(
         .rows_affected();
     }
     let look = ReadPayload::default().encode();
-    for (region, instances) in regions {
+    for ((account, region), instances) in regions {
         let instances: Vec<String> = instances.into_iter().collect();
         for batch in instances.chunks(crate::ids::MAX_IDS_PER_REQUEST) {
             writer
                 .add(&NewQueuedJob {
                     kind: JobKind::Look,
                     region: region.clone(),
+                    account: account.clone(),
                     force_stop,
                     instance_ids: batch.to_vec(),
                     key_ids: Vec::new(),

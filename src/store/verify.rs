@@ -56,7 +56,7 @@ impl Store {
         recheck_for_ms: i64,
     ) -> Result<u64, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, region, instance_id, key_id, request_id, bind FROM items \
+            "SELECT id, region, account, instance_id, key_id, request_id, bind FROM items \
              WHERE run_id = ? AND status IN (?, ?, ?, ?) ORDER BY region, instance_id, key_id",
         )
         .bind(run_id)
@@ -66,12 +66,13 @@ impl Store {
         .bind(ItemStatus::Skipped.as_str())
         .fetch_all(&self.pool)
         .await?;
-        // Region -> instance -> its items, in id order.
-        let mut regions: BTreeMap<String, BTreeMap<String, Vec<VerifyItem>>> = BTreeMap::new();
+        // (Account, region) -> instance -> its items, in id order.
+        let mut regions: BTreeMap<(Option<String>, String), BTreeMap<String, Vec<VerifyItem>>> =
+            BTreeMap::new();
         for row in &rows {
             let instance_id: String = row.get("instance_id");
             regions
-                .entry(row.get("region"))
+                .entry((row.get("account"), row.get("region")))
                 .or_default()
                 .entry(instance_id.clone())
                 .or_default()
@@ -85,7 +86,7 @@ impl Store {
         }
         let recheck_until = now_ms() + recheck_for_ms;
         let mut writer = self.begin_jobs(run_id).await?;
-        for (region, instances) in regions {
+        for ((account, region), instances) in regions {
             let instances: Vec<(String, Vec<VerifyItem>)> = instances.into_iter().collect();
             for batch in instances.chunks(MAX_IDS_PER_REQUEST) {
                 let instance_ids: Vec<String> = batch.iter().map(|(i, _)| i.clone()).collect();
@@ -103,6 +104,7 @@ impl Store {
                     .add(&NewQueuedJob {
                         kind: JobKind::Verify,
                         region: region.clone(),
+                        account: account.clone(),
                         force_stop: false,
                         instance_ids,
                         key_ids,

@@ -22,27 +22,27 @@ use serde_json::json;
 
 use crate::support::{ins, key};
 
-const LEAKED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g leaked@laptop";
-const MAIN_UIN: &str = "100000000001";
-const ROLE: &str = "KeyRotation";
+pub(crate) const LEAKED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g leaked@laptop";
+pub(crate) const MAIN_UIN: &str = "100000000001";
+pub(crate) const ROLE: &str = "KeyRotation";
 
 /// The estate: (name, UIN, region, the leaked key's id there, instances).
-const ACCOUNTS: [(&str, &str, &str, usize, usize); 3] = [
+pub(crate) const ACCOUNTS: [(&str, &str, &str, usize, usize); 3] = [
     ("main", MAIN_UIN, "ap-guangzhou", 0xa001, 4),
     ("prod", "200000000002", "eu-frankfurt", 0xb001, 5),
     ("dev", "200000000003", "ap-singapore", 0xc001, 3),
 ];
 
-fn secret_id(name: &str) -> String {
+pub(crate) fn secret_id(name: &str) -> String {
     format!("AKID{name}{:0>32}", name.len())
 }
 
-fn secret_key(name: &str) -> String {
+pub(crate) fn secret_key(name: &str) -> String {
     format!("{name}SimulatorKey{:0>20}", 7)
 }
 
 /// Each account: instances holding its id of the leaked key and one innocent key.
-fn sim_account(index: usize) -> SimAccount {
+pub(crate) fn sim_account(index: usize) -> SimAccount {
     let (name, uin, region, leaked, count) = ACCOUNTS[index];
     let innocent = key(0x1000 + index);
     let mut fleet = Fleet::new();
