@@ -1,8 +1,10 @@
 //! Many accounts (issue 23): three accounts, one region each, behind one simulator
 //! port (`sim::accounts`): `main` signed with the base credentials, `prod` and `dev`
 //! through roles assumed with them (STS AssumeRole, temporary credentials). One run
-//! per account, executed side by side from one process on one database, each paced
-//! under its account's identity (account and role, not the temporary SecretId).
+//! over the three: one input whose `account` column names each row's account, one
+//! plan, one execution through `accounts::estate::Estate`, each job signed as its
+//! account and paced under that account's identity (account and role, not the
+//! temporary SecretId).
 //! Each account's simulator limits it to 10 requests in any sliding second, with
 //! 20 ms of jitter and 100-300 ms of latency, as `exec_rate`.
 //!
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use exec_common as common;
 use keyfleet::accounts::Accounts;
+use keyfleet::accounts::estate::Estate;
 use keyfleet::accounts::session::AccountClient;
 use keyfleet::executor::ExecConfig;
 use keyfleet::secret::Secret;
@@ -81,13 +84,17 @@ async fn three_accounts(jobs: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("keyfleet.db");
     let mut sims = Vec::new();
-    let mut runs = Vec::new();
+    let mut csv = String::from("instance_id,key_id,region,account\n");
     for (index, (name, uin, _)) in ACCOUNTS.iter().enumerate() {
         let fleet = fleet(index, jobs);
-        let input = dir.path().join(format!("{name}.csv"));
-        common::write_input(&input, &fleet).expect("write the input");
-        let (store, run_id, _) = common::plan(&db, &input).await;
-        runs.push((name.to_string(), store, run_id));
+        for instance in fleet.instances() {
+            for key in &instance.key_ids {
+                csv.push_str(&format!(
+                    "{},{key},{},{name}\n",
+                    instance.instance_id, instance.region
+                ));
+            }
+        }
         sims.push(SimAccount {
             name: name.to_string(),
             uin: uin.to_string(),
@@ -103,6 +110,9 @@ async fn three_accounts(jobs: usize) {
             }],
         });
     }
+    let input = dir.path().join("estate.csv");
+    std::fs::write(&input, csv).expect("write the input");
+    let (store, run_id, _) = common::plan(&db, &input).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
@@ -124,19 +134,21 @@ async fn three_accounts(jobs: usize) {
     let config = ExecConfig {
         rate: 10.0,
         concurrency: 20,
+        isolate_accounts: true,
         ..ExecConfig::default()
     };
+    let named = ACCOUNTS
+        .iter()
+        .map(|(name, ..)| {
+            let account = accounts.get(name, "the benchmark").expect("an account");
+            let client = AccountClient::new(account, &base, &|_| Err("no profiles".into()))
+                .expect("the account's client");
+            (name.to_string(), client.into_client())
+        })
+        .collect();
+    let api = Arc::new(Estate::new(base.clone(), named));
     let started = std::time::Instant::now();
-    let executions = runs.iter().map(|(name, store, run_id)| {
-        let account = accounts.get(name, "the benchmark").expect("an account");
-        let api = Arc::new(
-            AccountClient::new(account, &base, &|_| Err("no profiles".into()))
-                .expect("the account's client"),
-        );
-        let config = config.clone();
-        async move { common::execute(store, *run_id, api, &config).await }
-    });
-    let summaries = join_all(executions.collect()).await;
+    let summary = common::execute(&store, run_id, api, &config).await;
     let elapsed = started.elapsed().as_secs_f64();
     // Each account's admitted arrivals, from its own simulator's journal.
     let mut arrivals: Vec<Vec<i64>> = Vec::new();
@@ -174,9 +186,7 @@ async fn three_accounts(jobs: usize) {
         .count() as f64;
     let together = admitted_together / ((together_end - first).max(1) as f64 / 1000.0);
     let max_per_account: Vec<usize> = arrivals.iter().map(|a| max_in_any_second(a)).collect();
-    let finished = summaries
-        .iter()
-        .all(|s| s.stopped.is_none() && s.pairs.succeeded as usize == jobs);
+    let finished = summary.stopped.is_none() && summary.pairs.succeeded as usize == 3 * jobs;
     let met = together >= TARGET_TOGETHER_PER_SECOND
         && max_per_account.iter().all(|&m| m <= LIMIT_PER_ACCOUNT)
         && throttled == 0
@@ -189,9 +199,7 @@ async fn three_accounts(jobs: usize) {
          together_per_s={together:.3} target>=28 {}",
         if met { "MET" } else { "MISSED" }
     );
-    for (_, store, _) in runs {
-        store.close().await;
-    }
+    store.close().await;
     estate.shutdown().await;
 }
 
@@ -206,31 +214,4 @@ fn max_in_any_second(sorted: &[i64]) -> usize {
         best = best.max(end - start + 1);
     }
     best
-}
-
-/// Runs the futures side by side on this task.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }

@@ -61,6 +61,8 @@ pub(crate) struct RunPart {
     pub pairs: BTreeMap<String, i64>,
     pub binds: BTreeMap<String, i64>,
     pub facts: IncidentFacts,
+    /// A run over several accounts: each account's pairs (empty otherwise).
+    pub accounts: Vec<keyfleet::store::AccountCounts>,
     /// A live run's power figures (stopped and started, downtime).
     pub power: Option<PowerCounts>,
     pub verified_at_utc: Option<String>,
@@ -136,6 +138,11 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
             binds: status.binds.clone(),
             verified_at_utc: facts.verified_at.map(utc),
             facts,
+            accounts: if store.run_accounts(run_id).await?.is_empty() {
+                Vec::new()
+            } else {
+                store.account_counts(run_id).await?
+            },
             power: store.power_counts(run_id).await?,
         });
     }
@@ -173,6 +180,7 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
                     job_id: 0,
                     action: "DeleteKeyPairs".into(),
                     region: String::new(),
+                    account: None,
                     at: row.at,
                     outcome: Some("succeeded".into()),
                     request_id: request_id.as_str().map(str::to_string),
@@ -373,6 +381,9 @@ pub(crate) fn markdown(report: &IncidentReport, requests_csv: Option<&str>) -> S
             ));
         }
         line(format!("- Unbind pairs: {}", counts(&r.pairs)));
+        for account in &r.accounts {
+            line(format!("  - {}", super::status::account_line(account)));
+        }
         if r.binds.values().any(|n| *n > 0) {
             line(format!("- New-key pairs: {}", counts(&r.binds)));
         }
@@ -522,6 +533,7 @@ pub(crate) fn requests_csv(report: &IncidentReport) -> anyhow::Result<Vec<u8>> {
             "outcome",
             "request_id",
             "error_code",
+            "account",
         ])?;
         for r in &report.requests {
             writer.write_record([
@@ -533,6 +545,7 @@ pub(crate) fn requests_csv(report: &IncidentReport) -> anyhow::Result<Vec<u8>> {
                 r.outcome.clone().unwrap_or_default(),
                 csv_cell(r.request_id.as_deref().unwrap_or("")).into_owned(),
                 csv_cell(r.error_code.as_deref().unwrap_or("")).into_owned(),
+                csv_cell(r.account.as_deref().unwrap_or("")).into_owned(),
             ])?;
         }
         writer.flush()?;

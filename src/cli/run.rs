@@ -378,16 +378,7 @@ pub(crate) async fn print_accounts(store: &Store, run_id: i64) -> anyhow::Result
     }
     crate::note!("  by account:");
     for counts in store.account_counts(run_id).await? {
-        let p = &counts.pairs;
-        crate::note!(
-            "    {:<20} {} succeeded, {} failed, {} skipped, {} rejected, {} pending",
-            escape(counts.account.as_deref().unwrap_or("(the run's own)")),
-            p.succeeded,
-            p.failed,
-            p.skipped,
-            p.rejected,
-            p.pending
-        );
+        crate::note!("    {}", super::status::account_line(&counts));
     }
     Ok(())
 }

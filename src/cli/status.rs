@@ -60,6 +60,8 @@ pub(crate) struct Snapshot {
     pub recent_errors: Vec<RecentError>,
     /// A live run's instances by power state and its downtime budget; `None` otherwise.
     pub power: Option<PowerCounts>,
+    /// A run over several accounts: each account's pairs; empty otherwise.
+    pub accounts: Vec<keyfleet::store::AccountCounts>,
 }
 
 /// Error replies a snapshot keeps.
@@ -73,6 +75,11 @@ impl Snapshot {
             rates: store.achieved_rates(run_id, None).await?,
             recent_errors: store.recent_errors(run_id, RECENT_ERRORS).await?,
             power: store.power_counts(run_id).await?,
+            accounts: if store.run_accounts(run_id).await?.is_empty() {
+                Vec::new()
+            } else {
+                store.account_counts(run_id).await?
+            },
         })
     }
 
@@ -98,6 +105,9 @@ impl Snapshot {
         json["rates"] = serde_json::to_value(&self.rates)?;
         json["recent_errors"] = serde_json::to_value(&self.recent_errors)?;
         json["power"] = serde_json::to_value(&self.power)?;
+        if !self.accounts.is_empty() {
+            json["accounts"] = serde_json::to_value(&self.accounts)?;
+        }
         Ok(json)
     }
 
@@ -130,6 +140,11 @@ impl Snapshot {
         // Instances left stopped come first: someone has to start them.
         out.extend(left_stopped_lines(self.power.as_ref()));
         out.push(format!("  pairs     {}", list(&status.pairs)));
+        out.extend(
+            self.accounts
+                .iter()
+                .map(|c| format!("    {}", account_line(c))),
+        );
         if status.binds.values().any(|n| *n > 0) || status.held > 0 {
             out.push(format!("  new keys  {}", list(&status.binds)));
             out.push(format!(
@@ -304,6 +319,20 @@ impl Snapshot {
 const END_GRACE: Duration = Duration::from_secs(2);
 
 /// A live run's budget: down now against the budget, the peak, the states.
+/// One account's pairs of a run over several accounts, one line (`status`, `run`).
+pub(crate) fn account_line(counts: &keyfleet::store::AccountCounts) -> String {
+    let p = &counts.pairs;
+    format!(
+        "account {:<20} {} succeeded, {} failed, {} skipped, {} rejected, {} pending",
+        escape(counts.account.as_deref().unwrap_or("(the run's own)")),
+        p.succeeded,
+        p.failed,
+        p.skipped,
+        p.rejected,
+        p.pending
+    )
+}
+
 fn budget_line(power: &PowerCounts) -> String {
     format!(
         "  budget    down now {} (budget {}, most at once {}) · {}",
@@ -545,6 +574,7 @@ mod tests {
                 job_id: 17,
             }],
             power: None,
+            accounts: Vec::new(),
         }
     }
 

@@ -16,6 +16,8 @@ pub struct RequestRecord {
     pub job_id: i64,
     pub action: String,
     pub region: String,
+    /// The account it was signed as (`None`: the run's own).
+    pub account: Option<String>,
     /// When it was sent (its send slot; the attempt's start before it), Unix ms.
     pub at: i64,
     /// succeeded, error, transport (no reply), lost (a crash: unknown).
@@ -139,7 +141,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let rows = sqlx::query(
-            "SELECT a.job_id, j.action, j.region, COALESCE(a.sent_at, a.started_at) AS at, \
+            "SELECT a.job_id, j.action, j.region, j.account, COALESCE(a.sent_at, a.started_at) AS at, \
              a.outcome, a.request_id, a.error_code FROM attempts a JOIN jobs j ON j.id = a.job_id \
              WHERE j.run_id = ? ORDER BY a.id",
         )
@@ -153,6 +155,7 @@ impl Store {
                 job_id: row.get("job_id"),
                 action: row.get("action"),
                 region: row.get("region"),
+                account: row.get("account"),
                 at: row.get("at"),
                 outcome: row.get("outcome"),
                 request_id: row.get("request_id"),
