@@ -42,18 +42,55 @@ pub(crate) async fn run(global: &GlobalArgs, args: Args) -> anyhow::Result<u8> {
         }
         _ => Ok(()),
     };
+    let accounts = match &outcome {
+        Ok(planned) => by_account(&store, planned.summary.run_id, global).await,
+        Err(_) => Ok(Vec::new()),
+    };
     store.close().await;
     let outcome = outcome?;
     templates?;
+    let accounts = accounts?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&outcome).context("cannot encode the summary")?
-        );
+        let mut json = serde_json::to_value(&outcome).context("cannot encode the summary")?;
+        if !accounts.is_empty() {
+            json["accounts"] = serde_json::to_value(&accounts)?;
+        }
+        println!("{json}");
     } else if !super::term::quiet() {
         eprint!("{}", human(&outcome, options.live.as_ref()));
+        for counts in &accounts {
+            eprintln!("  {}", super::status::account_line(counts));
+        }
     }
     Ok(crate::exit::OK)
+}
+
+/// A run whose rows name accounts: each account's pairs; with `--accounts` (or
+/// `--organization`) a warning for each account it lacks (run and resume refuse the
+/// run until it has them).
+async fn by_account(
+    store: &keyfleet::store::Store,
+    run_id: i64,
+    global: &GlobalArgs,
+) -> anyhow::Result<Vec<keyfleet::store::AccountCounts>> {
+    let named = store.run_accounts(run_id).await?;
+    if named.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(path) = &global.accounts {
+        let file = keyfleet::accounts::Accounts::load(path)?;
+        for name in &named {
+            if file.get(name, "the input").is_err() {
+                eprintln!(
+                    "warning: run {run_id}'s rows name account {}, which {} does not have: \
+                     run and resume refuse the run until it does",
+                    escape(name),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(store.account_counts(run_id).await?)
 }
 
 fn human(outcome: &PlanOutcome, live: Option<&keyfleet::rules::power::Live>) -> String {

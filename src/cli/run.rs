@@ -364,6 +364,7 @@ pub(crate) async fn execute<A: keyfleet::executor::Api>(
         return Ok(code);
     };
     super::verify::print_verification(verification, global, true);
+    print_account_verdicts(store, run_id).await?;
     Ok(if code == exit::OK && !verification.all_gone() {
         exit::FAILED
     } else {
@@ -379,6 +380,25 @@ pub(crate) async fn print_accounts(store: &Store, run_id: i64) -> anyhow::Result
     crate::note!("  by account:");
     for counts in store.account_counts(run_id).await? {
         crate::note!("    {}", super::status::account_line(&counts));
+    }
+    Ok(())
+}
+
+/// A run over several accounts: what verification found in each account.
+pub(crate) async fn print_account_verdicts(store: &Store, run_id: i64) -> anyhow::Result<()> {
+    if store.run_accounts(run_id).await?.is_empty() {
+        return Ok(());
+    }
+    for (account, verdicts) in store.account_verdicts(run_id).await? {
+        let verdicts: Vec<String> = verdicts
+            .iter()
+            .map(|(verdict, n)| format!("{n} {}", verdict.replace('_', " ")))
+            .collect();
+        crate::note!(
+            "    account {:<20} {}",
+            escape(account.as_deref().unwrap_or("(the run's own)")),
+            verdicts.join(", ")
+        );
     }
     Ok(())
 }

@@ -104,6 +104,7 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     };
     crate::note!("run {run_id}:");
     print_verification(&verification, global, false);
+    super::run::print_account_verdicts(&store, run_id).await?;
     if args.json {
         println!("{}", verification.to_json());
     }

@@ -1,5 +1,7 @@
 //! The account a run was planned for (`runs.options.account`, many accounts: issue 23).
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use super::{Store, StoreError};
@@ -70,6 +72,36 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+}
+
+impl Store {
+    /// Each account's unbind pairs by verdict (`unverified`: never looked at), in
+    /// account order (`None`: the run's own account).
+    pub async fn account_verdicts(
+        &self,
+        run_id: i64,
+    ) -> Result<Vec<(Option<String>, BTreeMap<String, i64>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, COALESCE(verified, 'unverified') AS verdict, COUNT(*) AS n FROM items \
+             WHERE run_id = ? AND bind = 0 AND status IN (SELECT value FROM json_each(?)) \
+             GROUP BY account, verdict ORDER BY account, verdict",
+        )
+        .bind(run_id)
+        .bind(super::jobs::planned_statuses_json())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut verdicts: Vec<(Option<String>, BTreeMap<String, i64>)> = Vec::new();
+        for row in &rows {
+            let account: Option<String> = row.get("account");
+            if verdicts.last().is_none_or(|(a, _)| *a != account) {
+                verdicts.push((account, BTreeMap::new()));
+            }
+            if let Some((_, counts)) = verdicts.last_mut() {
+                counts.insert(row.get("verdict"), row.get("n"));
+            }
+        }
+        Ok(verdicts)
     }
 }
 
