@@ -43,7 +43,9 @@
 //!   account's sender: the base credentials, a profile's, or a role's temporary ones (STS
 //!   AssumeRole, held in memory, fetched again before they expire), its limiter identity
 //!   (the account and role, never a temporary SecretId); `AccountClient::into_client` makes any
-//!   command work as it.
+//!   command work as it; `accounts::estate::Estate`, the clients of one run over many
+//!   accounts (rows with an `account` column): the executor sends each job as its account
+//!   (`Api::call_as`) and paces it under that account's identity (`Api::identity`).
 //! - [`api`]: `CvmClient`, the signed HTTP client for every service and its error types:
 //!   the key-pair actions, Stop/StartInstances and the reads (DescribeInstances pages,
 //!   DescribeKeyPairs, DescribeRegions); each call signed for its action's service;
