@@ -430,3 +430,88 @@ async fn kill_9_mid_run_over_accounts_and_resume() {
     assert!(sim.account("main").unwrap().journal().is_empty());
     sim.shutdown().await;
 }
+
+/// A live run over two accounts (`--running stop-start --max-down 2`): each account's
+/// RUNNING instances are stopped and started in jobs of their own account, the one
+/// budget holds in each account's power timeline, every instance is back RUNNING
+/// with its leaked key gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_over_two_accounts_keeps_its_budget_and_brings_every_instance_back() {
+    use keyfleet::sim::audit::{PowerRules, audit_power_of};
+    use keyfleet::sim::{InstanceState, Power};
+    const EACH: usize = 5;
+    let live = |mut account: SimAccount, region: &str, first: usize| {
+        account.config.settle_after = Duration::from_secs(3600);
+        account.config.operation_time = Duration::from_millis(50);
+        account.config.power = Power {
+            stop_time: Duration::from_millis(150),
+            start_time: Duration::from_millis(200),
+            ..Power::default()
+        };
+        account.fleet = (0..EACH).fold(Fleet::new(), |fleet, n| {
+            fleet.with(
+                Instance::new(ins(first + n), region)
+                    .state(InstanceState::Running)
+                    .keys([key(0xbad1), key(0x600d)]),
+            )
+        });
+        account
+    };
+    let prod = live(sim_account(1), "eu-frankfurt", 0x4000);
+    let dev = live(sim_account(2), "ap-singapore", 0x6000);
+    let before = [prod.fleet.clone(), dev.fleet.clone()];
+    let sim = start(vec![sim_account(0), prod, dev]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("accounts.toml"),
+        accounts_file("KeyRotation"),
+    )
+    .unwrap();
+    let mut csv = String::from("instance_id,key_id,region,account\n");
+    for n in 0..EACH {
+        csv.push_str(&format!(
+            "{},{},eu-frankfurt,prod\n",
+            ins(0x4000 + n),
+            key(0xbad1)
+        ));
+        csv.push_str(&format!(
+            "{},{},ap-singapore,dev\n",
+            ins(0x6000 + n),
+            key(0xbad1)
+        ));
+    }
+    let input = dir.path().join("live.csv");
+    std::fs::write(&input, csv).unwrap();
+    let output = run(keyfleet(
+        &sim,
+        dir.path(),
+        &[
+            "run",
+            input.to_str().unwrap(),
+            "--running",
+            "stop-start",
+            "--max-down",
+            "2",
+            "--progress",
+            "none",
+        ],
+    ))
+    .await;
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    let rules = PowerRules {
+        max_down: 2,
+        ..PowerRules::default()
+    };
+    for (name, before) in ["prod", "dev"].iter().zip(&before) {
+        let account = sim.account(name).unwrap();
+        let power = audit_power_of(account, before, &rules);
+        assert!(power.is_clean(), "{name}: {:#?}", power.violations);
+        assert_eq!(power.taken_down, EACH, "{name}: every instance, once");
+        for instance in account.fleet().instances {
+            assert_eq!(instance.state, InstanceState::Running, "{name}");
+            assert_eq!(instance.key_ids, vec![key(0x600d)], "{name}");
+        }
+    }
+    assert!(sim.account("main").unwrap().journal().is_empty());
+    sim.shutdown().await;
+}
