@@ -131,6 +131,8 @@ struct FrontState {
     assumed: Vec<Assumed>,
     /// Requests each account's simulator got through temporary credentials.
     forwarded_temporary: Vec<u64>,
+    /// Requests refused for temporary credentials that had expired (or a wrong token).
+    token_failures: u64,
 }
 
 /// The accounts of a simulated estate, behind one port.
@@ -210,6 +212,7 @@ pub async fn start_accounts(
             lifetime: None,
             assumed: Vec::new(),
             forwarded_temporary: vec![0; count],
+            token_failures: 0,
         }),
         forward,
     });
@@ -267,6 +270,12 @@ impl MultiSimHandle {
             .iter()
             .map(|(id, s)| (id.clone(), s.secret_key.clone(), s.token.clone()))
             .collect()
+    }
+
+    /// Requests refused because their temporary credentials had expired (or carried
+    /// another token): a client that refreshes in time causes none.
+    pub fn token_failures(&self) -> u64 {
+        self.front.lock().token_failures
     }
 
     /// Requests passed to the account `name` under temporary credentials.
@@ -410,7 +419,7 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Reply, Drop
     // Who signed, and with which SecretKey (checked below for temporary credentials
     // and the front's own services; an account's simulator checks the rest).
     let (principal, secret_key) = {
-        let state = front.lock();
+        let mut state = front.lock();
         if let Some(at) = front
             .accounts
             .iter()
@@ -424,6 +433,7 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Reply, Drop
             if session.expires_at <= unix_now()
                 || header("x-tc-token") != Some(session.token.expose())
             {
+                state.token_failures += 1;
                 return Ok(error(
                     "AuthFailure.TokenFailure",
                     "The temporary credentials' token is invalid or expired.",

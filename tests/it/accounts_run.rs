@@ -162,8 +162,8 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
         dev,
     ])
     .await;
-    // prod's part takes about 4 s: its 1 s credentials are refreshed on the way.
-    sim.set_credential_lifetime(Some(Duration::from_secs(1)));
+    // prod's part takes about 4 s: its 2 s credentials are refreshed on the way.
+    sim.set_credential_lifetime(Some(Duration::from_secs(2)));
     let before: Vec<BTreeSet<(String, String)>> = ["main", "prod", "dev"]
         .iter()
         .map(|name| sim.account(name).unwrap().fleet().bindings())
@@ -212,15 +212,9 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
                 instance.instance_id
             );
         }
-        assert!(
-            account.journal().iter().all(|e| !e
-                .code
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("AuthFailure")),
-            "{name}: a request was refused for its credentials"
-        );
     }
+    // prod's 2 s credentials were assumed again during its 4 s, each time before they
+    // expired: no request was refused for them (the front answers those itself).
     let prod_assumed = sim
         .assumed()
         .iter()
@@ -229,6 +223,11 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
     assert!(
         prod_assumed >= 2,
         "prod's credentials were refreshed mid-run"
+    );
+    assert_eq!(
+        sim.token_failures(),
+        0,
+        "a request went with expired credentials"
     );
     let store = Store::open(&dir.path().join("keyfleet.db")).await.unwrap();
     for (index, name) in ["main", "prod"].iter().enumerate() {
