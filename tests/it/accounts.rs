@@ -486,16 +486,7 @@ async fn the_binary_works_as_each_account_of_the_file() {
     haystack.extend(std::fs::read(&log).unwrap());
     haystack.extend(report.as_bytes());
     let haystack = String::from_utf8_lossy(&haystack);
-    let issued = sim.issued();
-    assert!(issued.len() >= 2, "prod and dev assumed their roles");
-    for (id, secret, token) in issued {
-        assert!(!haystack.contains(&id), "a temporary SecretId was written");
-        assert!(
-            !haystack.contains(secret.expose()),
-            "a temporary SecretKey was written"
-        );
-        assert!(!haystack.contains(token.expose()), "a token was written");
-    }
+    assert_no_temporary_credential(&sim, &haystack, 2);
     assert!(!haystack.contains(&secret_key("main")));
     sim.shutdown().await;
 }
@@ -734,4 +725,19 @@ async fn keyfleet_sim_serves_several_accounts_from_the_command_line() {
     assert!(stdout.contains(&key(0x77)), "{stdout}");
     sim.start_kill().unwrap();
     sim.wait().await.unwrap();
+}
+
+/// None of the (at least `issued`) temporary credentials the simulator handed out,
+/// SecretId, SecretKey or token, is in `haystack` (a database, logs, reports).
+pub(crate) fn assert_no_temporary_credential(sim: &MultiSimHandle, haystack: &str, issued: usize) {
+    let credentials = sim.issued();
+    assert!(credentials.len() >= issued, "{} issued", credentials.len());
+    for (id, secret, token) in credentials {
+        assert!(!haystack.contains(&id), "a temporary SecretId was written");
+        assert!(
+            !haystack.contains(secret.expose()),
+            "a temporary SecretKey was written"
+        );
+        assert!(!haystack.contains(token.expose()), "a token was written");
+    }
 }

@@ -12,7 +12,7 @@ use keyfleet::sim::audit;
 use keyfleet::sim::{Fleet, Instance};
 use keyfleet::store::Store;
 
-use crate::accounts::{secret_id, secret_key, sim_account};
+use crate::accounts::{assert_no_temporary_credential, secret_id, secret_key, sim_account};
 use crate::support::{Cmd, Output, audit_rows, ins, key};
 
 /// prod's many instances, each holding a key of its own and prod's innocent key:
@@ -118,28 +118,35 @@ async fn assert_paced_per_account(store: &Store, accounts: i64) {
     assert_eq!(scopes, accounts, "one limiter per account");
 }
 
-/// The run's pairs of these accounts, audited against one account's simulator.
-async fn audit_account(
+/// A fleet's (instance, key) bindings.
+type Bindings = BTreeSet<(String, String)>;
+
+/// Each account's pairs of run 1, audited against that account's simulator (from
+/// its fleet `before` the run): every promise kept, and something removed.
+async fn assert_audited(
     store: &Store,
-    run_id: i64,
-    sim: &keyfleet::sim::SimHandle,
-    before: &BTreeSet<(String, String)>,
-    accounts: &[&str],
-) -> audit::Audit {
-    let outcomes: Vec<_> = store
-        .pair_outcomes(run_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|o| o.account.as_deref().is_some_and(|a| accounts.contains(&a)))
-        .collect();
-    assert!(!outcomes.is_empty(), "{accounts:?} have pairs");
-    audit::audit(
-        before,
-        &sim.fleet().bindings(),
-        &audit_rows(outcomes),
-        &sim.journal(),
-    )
+    sim: &MultiSimHandle,
+    accounts: &[(&[&str], &str, &Bindings)],
+) {
+    for (names, simulator, before) in accounts {
+        let outcomes: Vec<_> = store
+            .pair_outcomes(1)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.account.as_deref().is_some_and(|a| names.contains(&a)))
+            .collect();
+        assert!(!outcomes.is_empty(), "{names:?} have pairs");
+        let sim = sim.account(simulator).unwrap();
+        let found = audit::audit(
+            before,
+            &sim.fleet().bindings(),
+            &audit_rows(outcomes),
+            &sim.journal(),
+        );
+        assert!(found.is_clean(), "{names:?}: {:#?}", found.violations);
+        assert!(found.removed_as_asked > 0, "{names:?}");
+    }
 }
 
 /// `keyfleet --accounts FILE run rows.csv`: main, prod and dev finish, exactly (each
@@ -230,18 +237,15 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
         "a request went with expired credentials"
     );
     let store = Store::open(&dir.path().join("keyfleet.db")).await.unwrap();
-    for (index, name) in ["main", "prod"].iter().enumerate() {
-        let found = audit_account(
-            &store,
-            1,
-            sim.account(name).unwrap(),
-            &before[index],
-            &[name],
-        )
-        .await;
-        assert!(found.is_clean(), "{name}: {:#?}", found.violations);
-        assert!(found.removed_as_asked > 0);
-    }
+    assert_audited(
+        &store,
+        &sim,
+        &[
+            (&["main"], "main", &before[0]),
+            (&["prod"], "prod", &before[1]),
+        ],
+    )
+    .await;
     // main, prod, dev, and staging's one refused attempt: four scopes.
     assert_paced_per_account(&store, 4).await;
     let counts = store.account_counts(1).await.unwrap();
@@ -293,15 +297,7 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
         );
     }
     let store = Store::open(&dir.path().join("keyfleet.db")).await.unwrap();
-    let found = audit_account(
-        &store,
-        1,
-        sim.account("dev").unwrap(),
-        &before[2],
-        &["dev", "staging"],
-    )
-    .await;
-    assert!(found.is_clean(), "dev: {:#?}", found.violations);
+    assert_audited(&store, &sim, &[(&["dev", "staging"], "dev", &before[2])]).await;
 
     // Nothing of the temporary credentials was written.
     let mut haystack = std::fs::read(dir.path().join("keyfleet.db")).unwrap();
@@ -312,16 +308,7 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
     haystack.extend(first.stderr);
     haystack.extend(second.stderr);
     let haystack = String::from_utf8_lossy(&haystack);
-    let issued = sim.issued();
-    assert!(issued.len() >= 3);
-    for (id, secret, token) in issued {
-        assert!(!haystack.contains(&id), "a temporary SecretId was written");
-        assert!(
-            !haystack.contains(secret.expose()),
-            "a temporary SecretKey was written"
-        );
-        assert!(!haystack.contains(token.expose()), "a token was written");
-    }
+    assert_no_temporary_credential(&sim, &haystack, 3);
     sim.shutdown().await;
 }
 
@@ -414,17 +401,15 @@ async fn kill_9_mid_run_over_accounts_and_resume() {
         }
     }
     let store = Store::open(&dir.path().join("keyfleet.db")).await.unwrap();
-    for (index, name) in ["prod", "dev"].iter().enumerate() {
-        let found = audit_account(
-            &store,
-            1,
-            sim.account(name).unwrap(),
-            &before[index],
-            &[name],
-        )
-        .await;
-        assert!(found.is_clean(), "{name}: {:#?}", found.violations);
-    }
+    assert_audited(
+        &store,
+        &sim,
+        &[
+            (&["prod"], "prod", &before[0]),
+            (&["dev"], "dev", &before[1]),
+        ],
+    )
+    .await;
     assert_paced_per_account(&store, 2).await;
     assert!(sim.account("main").unwrap().journal().is_empty());
     sim.shutdown().await;
