@@ -46,8 +46,13 @@ pub(crate) fn lines(rates: &[EndpointRate], indent: &str) -> Vec<String> {
                     .collect();
                 format!("throttled {}", codes.join(", "))
             };
+            let account = rate
+                .account
+                .as_deref()
+                .map(|a| format!(" as account {}", escape(a)))
+                .unwrap_or_default();
             format!(
-                "{indent}{} at {endpoint}: {} requests, {}..{} UTC, {per_second}, {throttles}",
+                "{indent}{} at {endpoint}{account}: {} requests, {}..{} UTC, {per_second}, {throttles}",
                 escape(&rate.action),
                 rate.requests,
                 clock(rate.first_sent_at),
@@ -76,6 +81,7 @@ mod tests {
         let rate = EndpointRate {
             action: "DisassociateInstancesKeyPairs".into(),
             endpoint: Some("https://cvm.ap-guangzhou.tencentcloudapi.com/".into()),
+            account: None,
             requests: 11,
             first_sent_at: 1_000,
             last_sent_at: 2_000,

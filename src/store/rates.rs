@@ -14,6 +14,9 @@ pub struct EndpointRate {
     /// The access endpoint (`https://cvm.ap-guangzhou.tencentcloudapi.com/`); `None` for
     /// attempts recorded before keyfleet stored it (migration 0006): an unknown endpoint.
     pub endpoint: Option<String>,
+    /// The account the requests were signed as (a run over many accounts; `None`: the
+    /// run's own): each account has a limit of its own.
+    pub account: Option<String>,
     /// Requests sent (attempts with a known outcome; an attempt a crash left
     /// uncertain is not counted).
     pub requests: i64,
@@ -29,8 +32,17 @@ pub struct EndpointRate {
     pub throttles_by_code: BTreeMap<String, i64>,
 }
 
-/// Attempts of one (action, endpoint, error code): count, first and last send time.
-type AttemptGroup = (String, Option<String>, Option<String>, i64, i64, i64);
+/// Attempts of one (action, endpoint, account, error code): count, first and last
+/// send time.
+type AttemptGroup = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+);
 
 impl Store {
     /// The achieved rate of `run_id` per API action and access endpoint, from the
@@ -44,24 +56,26 @@ impl Store {
     ) -> Result<Vec<EndpointRate>, StoreError> {
         let groups: Vec<AttemptGroup> =
             sqlx::query_as(
-                "SELECT j.action, a.endpoint, a.error_code, COUNT(*), \
+                "SELECT j.action, a.endpoint, j.account, a.error_code, COUNT(*), \
                         MIN(COALESCE(a.sent_at, a.started_at)), MAX(COALESCE(a.sent_at, a.started_at)) \
                  FROM attempts a JOIN jobs j ON j.id = a.job_id \
                  WHERE j.run_id = ?1 AND a.outcome IS NOT NULL AND a.outcome <> 'lost' \
                    AND COALESCE(a.sent_at, a.started_at) >= ?2 \
-                 GROUP BY j.action, a.endpoint, a.error_code",
+                 GROUP BY j.action, a.endpoint, j.account, a.error_code",
             )
             .bind(run_id)
             .bind(since_ms.unwrap_or(i64::MIN))
             .fetch_all(&self.pool)
             .await?;
-        let mut rates: BTreeMap<(String, Option<String>), EndpointRate> = BTreeMap::new();
-        for (action, endpoint, code, n, first, last) in groups {
+        let mut rates: BTreeMap<(String, Option<String>, Option<String>), EndpointRate> =
+            BTreeMap::new();
+        for (action, endpoint, account, code, n, first, last) in groups {
             let rate = rates
-                .entry((action.clone(), endpoint.clone()))
+                .entry((action.clone(), endpoint.clone(), account.clone()))
                 .or_insert_with(|| EndpointRate {
                     action,
                     endpoint,
+                    account,
                     requests: 0,
                     first_sent_at: first,
                     last_sent_at: last,

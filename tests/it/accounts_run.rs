@@ -197,6 +197,14 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
         "{stderr}"
     );
     assert!(stderr.contains("by account:"), "{stderr}");
+    // Rates per API, endpoint and account: each account's is under its own limit.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("DisassociateInstancesKeyPairs at")
+                && l.contains("as account prod:")),
+        "{stderr}"
+    );
     // The other accounts were verified: prod's every pair gone.
     assert!(
         stderr
