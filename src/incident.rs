@@ -174,10 +174,13 @@ pub use crate::states::TemplateKind;
 /// The header `discover --templates-output` writes and `run --templates` reads.
 pub const TEMPLATES_HEADER: [&str; 7] =
     ["kind", "id", "name", "version", "region", "default", "keys"];
+/// The column a discovery over several accounts appends to [`TEMPLATES_HEADER`]: the
+/// account each template belongs to.
+pub const TEMPLATES_ACCOUNT_COLUMN: &str = "account";
 
 /// Reads a templates file (the CSV `discover --templates-output` wrote): every row
-/// checked (kind, id, version, region, default, key ids); an error names the file,
-/// the line and the problem.
+/// checked (kind, id, version, region, default, key ids, and the account when the
+/// file has the `account` column); an error names the file, the line and the problem.
 pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>, IncidentError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -190,15 +193,21 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
         .headers()
         .map_err(|e| bad(1, format!("unreadable header: {e}")))?
         .clone();
-    if header.iter().collect::<Vec<_>>() != TEMPLATES_HEADER {
+    let columns: Vec<&str> = header.iter().collect();
+    let with_account = if columns == TEMPLATES_HEADER {
+        false
+    } else if columns.split_last() == Some((&TEMPLATES_ACCOUNT_COLUMN, &TEMPLATES_HEADER[..])) {
+        true
+    } else {
         return Err(bad(
             1,
             format!(
-                "the header is not `{}` (the file `discover --templates-output` writes)",
+                "the header is not `{}` (optionally followed by `,{TEMPLATES_ACCOUNT_COLUMN}`: \
+                 the file `discover --templates-output` writes)",
                 TEMPLATES_HEADER.join(",")
             ),
         ));
-    }
+    };
     let mut holders = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -291,6 +300,22 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
                 format!("{:?} is not a key pair id", crate::display::escape(key)),
             ));
         }
+        let account = if with_account {
+            let account = field(7);
+            if !crate::accounts::is_account_name(account) {
+                return Err(bad(
+                    line,
+                    format!(
+                        "account {:?} is not an account name (1-{} characters of A-Z a-z 0-9 _ . -)",
+                        crate::display::escape(account),
+                        crate::accounts::MAX_NAME_LEN
+                    ),
+                ));
+            }
+            Some(account.to_string())
+        } else {
+            None
+        };
         // The name is only shown: a formula guard `discover` added is taken off.
         let name = field(2);
         let name = name.strip_prefix('\'').unwrap_or(name).to_string();
@@ -302,6 +327,7 @@ pub fn read_templates_csv(text: &str, file: &str) -> Result<Vec<TemplateHolder>,
             version,
             default,
             keys,
+            account,
         });
     }
     holders.sort();
@@ -412,6 +438,7 @@ async fn scan_region<A: Api>(
                 version: Some(version.version),
                 default: version.is_default || template.default_version == Some(version.version),
                 keys: version.key_ids,
+                account: None,
             });
         }
     }
@@ -433,6 +460,7 @@ async fn scan_region<A: Api>(
             version: None,
             default: true,
             keys: configuration.key_ids,
+            account: None,
         });
     }
     Ok(holders)
@@ -525,6 +553,9 @@ pub struct KeyVerdict {
     pub dormant_templates: Vec<TemplateHolder>,
     /// Gone from the account's listing after DeleteKeyPairs.
     pub confirmed_gone: bool,
+    /// The account it is in, when the command works in several (`None`: its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// What `retire` did.
@@ -658,6 +689,7 @@ pub async fn retire<A: Api>(
                 holds,
                 dormant_templates: naming.into_iter().filter(|t| !t.default).cloned().collect(),
                 confirmed_gone: false,
+                account: None,
             }
         })
         .collect();

@@ -229,3 +229,79 @@ pub(crate) async fn open_store(path: &Path) -> anyhow::Result<Store> {
         .await
         .with_context(|| format!("cannot use database {}", path.display()))
 }
+
+/// One account of a command that works in every account (`discover`, `retire`): the
+/// account as the file (or the Organization) describes it, and its sender.
+#[derive(Debug, Clone)]
+pub(crate) struct AccountSender {
+    pub(crate) account: keyfleet::accounts::Account,
+    pub(crate) session: keyfleet::accounts::session::AccountClient,
+}
+
+impl AccountSender {
+    /// A client that sends every call as the account, paced under its identity.
+    pub(crate) fn client(&self) -> std::sync::Arc<CvmClient> {
+        std::sync::Arc::new(self.session.clone().into_client())
+    }
+}
+
+/// Every account of `--accounts FILE` (or of the Organization's members), each with
+/// its sender, when the command names no `--account`; `None` when it works as one
+/// account (no accounts, or `--account NAME`), as before accounts existed. Nothing is
+/// assumed yet: a role that cannot be is found by the account's first call.
+pub(crate) async fn every_account(
+    global: &GlobalArgs,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<Option<Vec<AccountSender>>> {
+    if global.account.is_some() || !(global.accounts.is_some() || global.organization) {
+        return Ok(None);
+    }
+    account_senders(global, connect_timeout, request_timeout)
+        .await
+        .map(Some)
+}
+
+/// Every account of `--accounts FILE` (or of the Organization's members), each with
+/// its sender, whatever `--account` says (a run's rows name their accounts); an
+/// error when the command has no accounts.
+pub(crate) async fn account_senders(
+    global: &GlobalArgs,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<Vec<AccountSender>> {
+    let base = base_client(
+        global,
+        global.profile.as_deref(),
+        connect_timeout,
+        request_timeout,
+    )?;
+    warn_about_transport(&base);
+    let accounts = match &global.accounts {
+        Some(path) => keyfleet::accounts::Accounts::load(path)?,
+        None if global.organization => {
+            let members = keyfleet::accounts::session::organization_members(&base)
+                .await
+                .context("--organization: cannot list the Organization's members")?;
+            keyfleet::accounts::Accounts::from_members(&members, &global.member_role)?
+        }
+        None => anyhow::bail!(
+            "the work names accounts: give --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization"
+        ),
+    };
+    let profile = |profile: &str| {
+        base_client(global, Some(profile), connect_timeout, request_timeout)
+            .map_err(|err| format!("{err:#}"))
+    };
+    let mut senders = Vec::with_capacity(accounts.len());
+    for account in accounts.iter() {
+        let session = keyfleet::accounts::session::AccountClient::new(account, &base, &profile)
+            .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(&account.name)))?;
+        senders.push(AccountSender {
+            account: account.clone(),
+            session,
+        });
+    }
+    tracing::info!(accounts = senders.len(), origin = %accounts.origin(), "working in every account");
+    Ok(senders)
+}

@@ -259,7 +259,10 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         &walked,
     )
     .await;
-    super::report::write_private_file(&templates_csv, &super::incident::render_templates(&scan)?)?;
+    super::report::write_private_file(
+        &templates_csv,
+        &super::incident::render_templates(&scan.holders, false)?,
+    )?;
     super::incident::summarize_templates(&scan, std::slice::from_ref(&leaked));
 
     eprintln!(
@@ -325,9 +328,13 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         dry_run: false,
         ignore_templates: false,
     };
+    let record = super::retire::Record {
+        store: &store,
+        run_id: Some(run_id),
+        account: None,
+    };
     super::retire::retire_with(
-        &store,
-        Some(run_id),
+        &record,
         &retire,
         client.clone(),
         &args.exec.send,

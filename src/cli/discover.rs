@@ -15,26 +15,30 @@ use crate::{GlobalArgs, exit};
 pub(crate) type OutputFormat = DataFormat;
 
 /// `keyfleet discover --key skey-... [--key ...]`, or `--public-key FILE`, or
-/// `--fingerprint SHA256:...`.
+/// `--fingerprint SHA256:...`. With `--accounts FILE` (or `--organization`) and no
+/// `--account`, every account is walked ([`run_every_account`]).
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("leaked").required(true).args(["keys", "public_key", "fingerprint"])))]
 pub struct Args {
-    /// A key pair id to look for (repeatable).
-    #[arg(long = "key", value_name = "KEY_ID")]
+    /// A key pair id to look for (repeatable); ACCOUNT:KEY_ID for a key of one account
+    /// when the command works in several (--accounts without --account).
+    #[arg(long = "key", value_name = "[ACCOUNT:]KEY_ID")]
     keys: Vec<String>,
     /// The leaked key's public half (an OpenSSH .pub file or an authorized_keys line):
-    /// every key pair of the account holding it is looked for.
+    /// every key pair of the account (of each account) holding it is looked for.
     #[arg(long, value_name = "FILE")]
     public_key: Option<PathBuf>,
     /// The leaked key's fingerprint, as `ssh-keygen -lf KEY.pub` prints it (SHA256:...).
     #[arg(long, value_name = "SHA256:...")]
     fingerprint: Option<String>,
     /// Write the launch template versions and launch configurations that hand the keys
-    /// out here (CSV: kind,id,name,version,region,default,keys; owner-only, written whole).
+    /// out here (CSV: kind,id,name,version,region,default,keys, then account when the
+    /// command works in several accounts; owner-only, written whole).
     #[arg(long, value_name = "FILE")]
     templates_output: Option<PathBuf>,
     /// Regions to walk (repeatable or comma-separated); the configured region
     /// (--region, TENCENTCLOUD_REGION, the profile's) when neither this nor --all-regions.
+    /// An account of the accounts file with `regions = [...]` is walked in those.
     #[arg(
         long = "regions",
         value_name = "REGION",
@@ -51,7 +55,8 @@ pub struct Args {
     /// csv (default), json or jsonl.
     #[arg(long, value_enum, ignore_case = true, default_value_t = DataFormat::Csv)]
     format: DataFormat,
-    /// Add a `new_key_id` column: the key each instance is to be rotated to.
+    /// Add a `new_key_id` column: the key each instance is to be rotated to (one
+    /// account's key: with several accounts, only when one is walked).
     #[arg(long, value_name = "KEY_ID")]
     rotate_to: Option<String>,
     #[command(flatten)]
@@ -68,6 +73,13 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
                 return Ok(exit::USAGE);
             }
         };
+    let keys = match super::incident::account_keys(&args.keys) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(exit::USAGE);
+        }
+    };
     if let Some(new) = &args.rotate_to {
         if !keyfleet::ids::is_key_id(new) {
             bail!(
@@ -75,27 +87,47 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
                 escape(new)
             );
         }
-        if args.keys.contains(new) {
+        if keys.iter().any(|(_, key)| key == new) {
             bail!(
                 "--rotate-to {}: the new key is one of the keys being removed",
                 escape(new)
             );
         }
     }
-    let home_region = super::run::default_region(global)?;
+    let configured_region = super::run::default_region(global)?;
+    // `Err`: no region is named; an error only for an account that has none of its own.
     let regions = if args.all_regions {
-        None
+        Ok(None)
     } else if !args.regions.is_empty() {
-        Some(args.regions.clone())
+        Ok(Some(args.regions.clone()))
     } else {
-        match &home_region {
-            Some(region) => Some(vec![region.clone()]),
-            None => bail!(
-                "discover needs a region: --regions R, --all-regions, --region or TENCENTCLOUD_REGION"
+        match &configured_region {
+            Some(region) => Ok(Some(vec![region.clone()])),
+            None => Err(
+                "discover needs a region: --regions R, --all-regions, --region or TENCENTCLOUD_REGION",
             ),
         }
     };
-    let home_region = home_region
+    if let Some(accounts) =
+        super::common::every_account(global, args.send.connect_timeout, args.send.timeout).await?
+    {
+        let walk = EveryAccount {
+            regions,
+            configured_region,
+            matcher,
+            keys,
+        };
+        return run_every_account(args, global, accounts, walk).await;
+    }
+    args.keys = match super::incident::own_keys(keys, global.account.as_deref()) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let regions = regions.map_err(|message| anyhow::anyhow!(message))?;
+    let home_region = configured_region
         .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
         .unwrap_or_else(|| "ap-guangzhou".to_string());
     let config = args.send.exec_config();
@@ -180,7 +212,10 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
         }
     }
     if let Some(path) = &args.templates_output {
-        super::report::write_private_file(path, &super::incident::render_templates(&templates)?)?;
+        super::report::write_private_file(
+            path,
+            &super::incident::render_templates(&templates.holders, false)?,
+        )?;
     }
     summarize(&discovery, &args.keys, args.rotate_to.as_deref());
     super::incident::summarize_templates(&templates, &args.keys);
@@ -194,6 +229,18 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
 /// The rows in the chosen format, sorted (so the same fleet gives the same bytes).
 pub(crate) fn render(
     found: &[Found],
+    format: OutputFormat,
+    rotate_to: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    let rows: Vec<(Option<&str>, &Found)> = found.iter().map(|f| (None, f)).collect();
+    render_rows(&rows, false, format, rotate_to)
+}
+
+/// [`render`] for rows of several accounts: with `with_account`, an `account` column
+/// last (CSV) or an "account" field (JSON) holds each row's account.
+fn render_rows(
+    found: &[(Option<&str>, &Found)],
+    with_account: bool,
     format: OutputFormat,
     rotate_to: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
@@ -212,8 +259,11 @@ pub(crate) fn render(
             if rotate_to.is_some() {
                 header.push("new_key_id");
             }
+            if with_account {
+                header.push("account");
+            }
             writer.write_record(&header)?;
-            for f in found {
+            for (account, f) in found {
                 let mut row = vec![
                     csv_cell(&f.instance_id).into_owned(),
                     csv_cell(&f.key_id).into_owned(),
@@ -225,6 +275,9 @@ pub(crate) fn render(
                 if let Some(new) = rotate_to {
                     row.push(new.to_string());
                 }
+                if with_account {
+                    row.push(account.unwrap_or_default().to_string());
+                }
                 writer.write_record(&row)?;
             }
             writer.flush()?;
@@ -232,13 +285,16 @@ pub(crate) fn render(
         OutputFormat::Json | OutputFormat::Jsonl => {
             let rows: Vec<serde_json::Value> = found
                 .iter()
-                .map(|f| {
+                .map(|(account, f)| {
                     let mut row = serde_json::json!({
                         "instance_id": f.instance_id, "key_id": f.key_id, "region": f.region,
                         "instance_state": f.instance_state, "os_name": f.os_name, "keys_after": f.keys_after,
                     });
                     if let Some(new) = rotate_to {
                         row["new_key_id"] = serde_json::json!(new);
+                    }
+                    if with_account {
+                        row["account"] = serde_json::json!(account);
                     }
                     row
                 })
@@ -355,4 +411,287 @@ pub(crate) fn summarize(discovery: &Discovery, keys: &[String], rotate_to: Optio
         ),
         None => {}
     }
+}
+
+/// What a discovery over every account was asked, checked before anything is sent.
+struct EveryAccount {
+    /// The regions the command names (`Ok(None)`: all); `Err`: none named.
+    regions: Result<Option<Vec<String>>, &'static str>,
+    configured_region: Option<String>,
+    matcher: Option<keyfleet::pubkey::KeyMatcher>,
+    /// `--key` values, with their account when named.
+    keys: Vec<(Option<String>, String)>,
+}
+
+/// One account's discovery.
+struct AccountWalk {
+    name: String,
+    /// `None`: the public key is held by none of the account's key pairs (how many
+    /// it has), so nothing was walked.
+    hunt: Option<Result<incident::KeyHunt, usize>>,
+    outcome: Result<(Vec<String>, Discovery, incident::TemplateScan), AccountFailure>,
+}
+
+use super::common::AccountSender;
+use super::incident::AccountFailure;
+
+/// `discover` over every account of `--accounts` (or the Organization): each account
+/// in its own regions (`regions = [...]`) or the command's, its own key ids (those of
+/// `--public-key`, or its `ACCOUNT:` keys), all accounts at once, each paced under
+/// its own identity through the database's shared limiter. An account that cannot be
+/// reached is INCOMPLETE and the others' rows are written; the rows carry an
+/// `account` column.
+async fn run_every_account(
+    args: Args,
+    global: &GlobalArgs,
+    accounts: Vec<AccountSender>,
+    walk: EveryAccount,
+) -> anyhow::Result<u8> {
+    // Which accounts are walked, for which keys: every account for a public key; the
+    // accounts the keys name otherwise.
+    let keys = if walk.matcher.is_some() {
+        None
+    } else {
+        match super::incident::keys_by_account(walk.keys, &accounts) {
+            Ok(keys) => Some(keys),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Ok(exit::USAGE);
+            }
+        }
+    };
+    let walked: Vec<AccountSender> = accounts
+        .into_iter()
+        .filter(|a| {
+            keys.as_ref()
+                .is_none_or(|k| k.contains_key(&a.account.name))
+        })
+        .collect();
+    if args.rotate_to.is_some() && walked.len() > 1 {
+        eprintln!(
+            "error: --rotate-to names one account's key pair, and discover walks {} accounts \
+             ({}): discover each with --account NAME, or name one account's keys (--key ACCOUNT:...)",
+            walked.len(),
+            walked
+                .iter()
+                .map(|a| a.account.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(exit::USAGE);
+    }
+    for account in &walked {
+        if account.account.regions.is_none()
+            && let Err(message) = walk.regions
+        {
+            eprintln!(
+                "error: account {} has no regions = [...] in the accounts file, and {message}",
+                escape(&account.account.name)
+            );
+            return Ok(exit::USAGE);
+        }
+    }
+    let config = args.send.exec_config();
+    let store = super::common::open_store(&global.db).await?;
+    let limiter = super::incident::limiter(&store, config.rate).await?;
+    let mut walks = tokio::task::JoinSet::new();
+    for account in walked {
+        let regions = match &account.account.regions {
+            Some(regions) => Some(regions.clone()),
+            None => walk.regions.clone().unwrap_or_default(),
+        };
+        let home_region = walk
+            .configured_region
+            .clone()
+            .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
+            .unwrap_or_else(|| "ap-guangzhou".to_string());
+        let options = DiscoverOptions {
+            keys: keys
+                .as_ref()
+                .and_then(|k| k.get(&account.account.name).cloned())
+                .unwrap_or_default(),
+            regions,
+            home_region,
+            max_attempts: config.max_attempts,
+            retry_base: config.retry_base,
+            retry_cap: config.retry_cap,
+            throttle_delay: config.throttle_delay,
+        };
+        let (limiter, matcher) = (limiter.clone(), walk.matcher.clone());
+        walks.spawn(async move { walk_account(account, limiter, options, matcher).await });
+    }
+    let mut done = Vec::new();
+    while let Some(walked) = walks.join_next().await {
+        done.push(walked?);
+    }
+    store.close().await;
+    done.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut rows: Vec<(Option<&str>, &Found)> = Vec::new();
+    let mut holders = Vec::new();
+    for account in &done {
+        if let Ok((_, discovery, templates)) = &account.outcome {
+            rows.extend(
+                discovery
+                    .found
+                    .iter()
+                    .map(|f| (Some(account.name.as_str()), f)),
+            );
+            holders.extend(templates.holders.iter().cloned());
+        }
+    }
+    let bytes = render_rows(&rows, true, args.format, args.rotate_to.as_deref())?;
+    match &args.output {
+        Some(path) => super::report::write_private_file(path, &bytes)?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&bytes)?;
+        }
+    }
+    if let Some(path) = &args.templates_output {
+        super::report::write_private_file(
+            path,
+            &super::incident::render_templates(&holders, true)?,
+        )?;
+    }
+
+    let mut failures = Vec::new();
+    let mut incomplete = false;
+    for account in &done {
+        crate::note!("account {}:", escape(&account.name));
+        if let (Some(hunt), Some(matcher)) = (&account.hunt, &walk.matcher) {
+            match hunt {
+                Ok(hunt) => super::incident::summarize_hunt(hunt, matcher),
+                Err(listed) => crate::note!(
+                    "public key {}: held by none of the account's {listed} key pairs",
+                    matcher.fingerprint()
+                ),
+            }
+        }
+        match &account.outcome {
+            Ok((keys, discovery, templates)) => {
+                if account.hunt.as_ref().is_some_and(|h| h.is_err()) {
+                    continue;
+                }
+                summarize(discovery, keys, args.rotate_to.as_deref());
+                super::incident::summarize_templates(templates, keys);
+                incomplete |= discovery.is_incomplete() || templates.is_incomplete();
+            }
+            Err(failure) => {
+                eprintln!("{}", failure.line(&account.name));
+                failures.push(failure);
+            }
+        }
+    }
+    let holding = done
+        .iter()
+        .filter(|a| matches!(&a.outcome, Ok((keys, ..)) if !keys.is_empty()))
+        .count();
+    crate::note!(
+        "{} accounts walked: {holding} hold the keys, {} rows; {}",
+        done.len(),
+        rows.len(),
+        if failures.is_empty() {
+            "every account answered".to_string()
+        } else {
+            format!(
+                "{} INCOMPLETE or refused (above): their rows are missing",
+                failures.len()
+            )
+        }
+    );
+    if let Some(matcher) = &walk.matcher
+        && failures.is_empty()
+        && holding == 0
+    {
+        eprintln!(
+            "error: no key pair of any account holds the public key {}",
+            matcher.fingerprint()
+        );
+        return Ok(exit::USAGE);
+    }
+    let worst = if incomplete {
+        exit::INCOMPLETE
+    } else {
+        exit::OK
+    };
+    Ok(super::incident::accounts_exit(&failures, worst))
+}
+
+/// One account's discovery: reached (its role assumed), its key ids found (for a
+/// public key), its instances walked, its templates listed (each marked as its).
+async fn walk_account(
+    account: AccountSender,
+    limiter: std::sync::Arc<dyn keyfleet::executor::Limiter>,
+    mut options: DiscoverOptions,
+    matcher: Option<keyfleet::pubkey::KeyMatcher>,
+) -> AccountWalk {
+    let name = account.account.name.clone();
+    let mut walk = AccountWalk {
+        name: name.clone(),
+        hunt: None,
+        outcome: Err(AccountFailure::Usage(String::new())),
+    };
+    if let Err(failure) = super::incident::reach(&account).await {
+        walk.outcome = Err(failure);
+        return walk;
+    }
+    let client = account.client();
+    if let Some(matcher) = &matcher {
+        match incident::find_key_pairs(client.clone(), limiter.clone(), &options, matcher).await {
+            Ok(hunt) => {
+                options.keys = hunt.key_ids();
+                walk.hunt = Some(Ok(hunt));
+            }
+            Err(incident::IncidentError::NoMatch { listed, .. }) => {
+                walk.hunt = Some(Err(listed));
+                walk.outcome = Ok((
+                    Vec::new(),
+                    Discovery {
+                        found: Vec::new(),
+                        regions: Vec::new(),
+                        unlocated: Vec::new(),
+                        requests: 0,
+                    },
+                    incident::TemplateScan::default(),
+                ));
+                return walk;
+            }
+            Err(error) => {
+                walk.outcome = Err(AccountFailure::of(error));
+                return walk;
+            }
+        }
+    }
+    let discovery = match discover::discover(client.clone(), limiter.clone(), &options).await {
+        Ok(discovery) => discovery,
+        Err(DiscoverError::Refused {
+            action,
+            code,
+            message,
+        }) => {
+            walk.outcome = Err(AccountFailure::Incomplete {
+                code,
+                message: format!("{action}: {message}"),
+            });
+            return walk;
+        }
+        Err(error) => {
+            walk.outcome = Err(AccountFailure::Usage(error.to_string()));
+            return walk;
+        }
+    };
+    let regions: Vec<String> = discovery
+        .regions
+        .iter()
+        .map(|r| r.region.clone())
+        .filter(|r| keyfleet::ids::is_region(r))
+        .collect();
+    let mut templates =
+        incident::find_templates(client, limiter, &options, &options.keys, &regions).await;
+    for holder in &mut templates.holders {
+        holder.account = Some(name.clone());
+    }
+    walk.outcome = Ok((options.keys, discovery, templates));
+    walk
 }

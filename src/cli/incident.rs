@@ -111,13 +111,22 @@ pub(crate) fn summarize_templates(scan: &TemplateScan, keys: &[String]) {
     }
 }
 
-/// The templates CSV: kind,id,name,version,region,default,keys (keys space-separated).
-pub(crate) fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
+/// The templates CSV: kind,id,name,version,region,default,keys (keys space-separated),
+/// then `account` when `with_account` (a discovery over several accounts: each
+/// holder's account).
+pub(crate) fn render_templates(
+    holders: &[TemplateHolder],
+    with_account: bool,
+) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut writer = csv::Writer::from_writer(&mut out);
-    writer.write_record(["kind", "id", "name", "version", "region", "default", "keys"])?;
-    for t in &scan.holders {
-        writer.write_record([
+    let mut header = keyfleet::incident::TEMPLATES_HEADER.to_vec();
+    if with_account {
+        header.push(keyfleet::incident::TEMPLATES_ACCOUNT_COLUMN);
+    }
+    writer.write_record(&header)?;
+    for t in holders {
+        let mut row = vec![
             t.kind.as_str().to_string(),
             csv_cell(&t.id).into_owned(),
             csv_cell(&t.name).into_owned(),
@@ -125,7 +134,11 @@ pub(crate) fn render_templates(scan: &TemplateScan) -> anyhow::Result<Vec<u8>> {
             csv_cell(&t.region).into_owned(),
             t.default.to_string(),
             csv_cell(&t.keys.join(" ")).into_owned(),
-        ])?;
+        ];
+        if with_account {
+            row.push(t.account.clone().unwrap_or_default());
+        }
+        writer.write_record(&row)?;
     }
     writer.flush()?;
     drop(writer);
@@ -146,23 +159,45 @@ pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> a
         .map_err(|err| anyhow::anyhow!("--templates {shown}: cannot read it: {err}"))?;
     let holders = keyfleet::incident::read_templates_csv(&text, &shown)
         .map_err(|err| anyhow::anyhow!("--templates {}", escape(&err.to_string())))?;
-    let keys = store.run_keys(run_id).await?;
-    if keys.new_keys.len() > 1 {
-        anyhow::bail!(
-            "--templates: run {run_id} binds {} different new keys ({}): a template gets one; \
-             plan the templates with a run that rotates to one key",
-            keys.new_keys.len(),
-            keys.new_keys.join(", ")
-        );
+    // A file with an account column: each template is changed with its account's keys
+    // (a rotation target is one account's key pair); without one, with the run's.
+    let mut by_account: std::collections::BTreeMap<Option<&str>, Vec<&TemplateHolder>> =
+        std::collections::BTreeMap::new();
+    for holder in &holders {
+        by_account
+            .entry(holder.account.as_deref())
+            .or_default()
+            .push(holder);
     }
     let mut planned = Vec::new();
     let mut ignored = 0;
-    for holder in &holders {
-        match template::plan(run_id, holder, &keys.leaked, &keys.new_keys) {
-            Some(p) => planned.push(p),
-            None => ignored += 1,
+    let mut new_keys: Vec<String> = Vec::new();
+    for (account, holders) in by_account {
+        let keys = match account {
+            None => store.run_keys(run_id).await?,
+            Some(account) => store.run_keys_in(run_id, Some(account)).await?,
+        };
+        if keys.new_keys.len() > 1 {
+            let of = account
+                .map(|a| format!(" in account {}", escape(a)))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "--templates: run {run_id} binds {} different new keys{of} ({}): a template \
+                 gets one; plan the templates with a run that rotates to one key",
+                keys.new_keys.len(),
+                keys.new_keys.join(", ")
+            );
         }
+        for holder in holders {
+            match template::plan(run_id, holder, &keys.leaked, &keys.new_keys) {
+                Some(p) => planned.push(p),
+                None => ignored += 1,
+            }
+        }
+        new_keys.extend(keys.new_keys);
     }
+    new_keys.sort();
+    new_keys.dedup();
     if !store.add_template_changes(run_id, &planned).await? {
         crate::note!("run {run_id}: its template changes are planned already: continuing them");
         return Ok(());
@@ -174,10 +209,10 @@ pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> a
     crate::note!(
         "templates: {} to change ({}), {kept} kept{}",
         planned.len() - kept,
-        if keys.new_keys.is_empty() {
+        if new_keys.is_empty() {
             "the leaked key removed".to_string()
         } else {
-            format!("the leaked key replaced by {}", keys.new_keys.join(" "))
+            format!("the leaked key replaced by {}", new_keys.join(" "))
         },
         if ignored > 0 {
             format!(", {ignored} rows name none of the run's keys (ignored)")
@@ -224,5 +259,172 @@ pub(crate) fn print_template_changes(changes: &[keyfleet::store::templates::Temp
             c.region,
             escape(c.reason.as_deref().unwrap_or(""))
         );
+    }
+}
+
+/// `--key` values of `discover` and `retire`: `skey-...`, or `ACCOUNT:skey-...` for
+/// a key of one account of several, as (account, key id), each checked. The error
+/// names the value and the problem.
+pub(crate) fn account_keys(values: &[String]) -> Result<Vec<(Option<String>, String)>, String> {
+    values
+        .iter()
+        .map(|value| {
+            let (account, key) = match value.split_once(':') {
+                Some((account, key)) => (Some(account), key),
+                None => (None, value.as_str()),
+            };
+            if let Some(account) = account
+                && !keyfleet::accounts::is_account_name(account)
+            {
+                return Err(format!(
+                    "--key {}: {} is not an account name (ACCOUNT:skey-...)",
+                    escape(value),
+                    escape(account)
+                ));
+            }
+            if !keyfleet::ids::is_key_id(key) {
+                return Err(format!(
+                    "--key {}: not a key pair id (skey- followed by 8 characters of 0-9 or a-z, \
+                     after ACCOUNT: when the key is one account's of several)",
+                    escape(value)
+                ));
+            }
+            Ok((account.map(str::to_string), key.to_string()))
+        })
+        .collect()
+}
+
+/// The key ids of a command that works as one account (`--account`, or the base
+/// credentials): a key naming an account must name that one.
+pub(crate) fn own_keys(
+    keys: Vec<(Option<String>, String)>,
+    own: Option<&str>,
+) -> Result<Vec<String>, String> {
+    keys.into_iter()
+        .map(|(account, key)| match (account, own) {
+            (None, _) => Ok(key),
+            (Some(named), Some(own)) if named == own => Ok(key),
+            (Some(named), Some(own)) => Err(format!(
+                "--key {}:{key}: this command works as account {} (--account), not {}",
+                escape(&named),
+                escape(own),
+                escape(&named)
+            )),
+            (Some(named), None) => Err(format!(
+                "--key {}:{key}: an account is named but the command has no accounts: give \
+                 --accounts FILE (or --organization)",
+                escape(&named)
+            )),
+        })
+        .collect()
+}
+
+/// The key ids of each account (by name) of a command working in every account: a
+/// key is its `ACCOUNT:`'s, and a bare one is the only account's (with several, which
+/// account holds it is not guessed).
+pub(crate) fn keys_by_account(
+    keys: Vec<(Option<String>, String)>,
+    accounts: &[super::common::AccountSender],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let names: Vec<&str> = accounts.iter().map(|a| a.account.name.as_str()).collect();
+    let mut by_account: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (account, key) in keys {
+        let account = match (account, names.as_slice()) {
+            (Some(named), _) if names.contains(&named.as_str()) => named,
+            (Some(named), _) => {
+                return Err(format!(
+                    "--key {}:{key}: no account {} among the command's accounts ({})",
+                    escape(&named),
+                    escape(&named),
+                    names.join(", ")
+                ));
+            }
+            (None, [only]) => only.to_string(),
+            (None, _) => {
+                return Err(format!(
+                    "--key {key}: the command works in {} accounts ({}): name the account \
+                     that holds it: --key ACCOUNT:{key}",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
+        };
+        let ids = by_account.entry(account).or_default();
+        if !ids.contains(&key) {
+            ids.push(key);
+        }
+    }
+    Ok(by_account)
+}
+
+/// Why one account's part of a command was not done: its role could not be assumed,
+/// its credentials were refused, or a listing failed (`INCOMPLETE: account NAME:
+/// CODE: MESSAGE`); or what was asked of it is wrong (`error: account NAME: ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AccountFailure {
+    Incomplete { code: String, message: String },
+    Usage(String),
+}
+
+impl AccountFailure {
+    /// The line on stderr.
+    pub(crate) fn line(&self, account: &str) -> String {
+        match self {
+            AccountFailure::Incomplete { code, message } => format!(
+                "INCOMPLETE: account {}: {}: {}",
+                escape(account),
+                escape(code),
+                escape(message)
+            ),
+            AccountFailure::Usage(message) => {
+                format!("error: account {}: {}", escape(account), escape(message))
+            }
+        }
+    }
+
+    /// An incident step's error: a refusal is the account's incompleteness; anything
+    /// else is the input's fault.
+    pub(crate) fn of(error: keyfleet::incident::IncidentError) -> AccountFailure {
+        match error {
+            keyfleet::incident::IncidentError::Refused {
+                action,
+                code,
+                message,
+            } => AccountFailure::Incomplete {
+                code,
+                message: format!("{action}: {message}"),
+            },
+            other => AccountFailure::Usage(other.to_string()),
+        }
+    }
+}
+
+/// Gets the account's credentials now (assumes its role, if it has one), so that a
+/// role that cannot be assumed is named once, by AssumeRole's code, before anything
+/// is asked of the account.
+pub(crate) async fn reach(account: &super::common::AccountSender) -> Result<(), AccountFailure> {
+    account
+        .session
+        .client()
+        .await
+        .map(drop)
+        .map_err(|failure| AccountFailure::Incomplete {
+            code: failure.error.code(),
+            message: failure.error.message(),
+        })
+}
+
+/// The exit code of a command over several accounts: a usage error first, then an
+/// incomplete account (or `worst`, the accounts' own codes), else `OK`.
+pub(crate) fn accounts_exit(failures: &[&AccountFailure], worst: u8) -> u8 {
+    if failures
+        .iter()
+        .any(|f| matches!(f, AccountFailure::Usage(_)))
+    {
+        crate::exit::USAGE
+    } else if !failures.is_empty() {
+        crate::exit::INCOMPLETE.max(worst)
+    } else {
+        worst
     }
 }

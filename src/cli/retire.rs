@@ -1,20 +1,36 @@
-//! `keyfleet retire --key K [--key ...] [--dry-run] [--ignore-templates]`: deletes
-//! leaked key pairs once nothing holds them, and confirms each one gone.
+//! `keyfleet retire --key K [--key ...] [--dry-run] [--ignore-templates]` (or
+//! `--public-key FILE`): deletes leaked key pairs once nothing holds them, and
+//! confirms each one gone; with `--accounts` (or `--organization`) and no `--account`,
+//! in every account, each account's own key ids.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use keyfleet::discover::DiscoverOptions;
 use keyfleet::display::escape;
-use keyfleet::incident::{self, RetireOptions, Retirement};
+use keyfleet::incident::{self, KeyHunt, RetireOptions, Retirement};
+use keyfleet::pubkey::KeyMatcher;
+use keyfleet::store::Store;
 
+use super::common::AccountSender;
 use super::flags::SendFlags;
+use super::incident::AccountFailure;
 use super::run::build_client;
 use crate::{GlobalArgs, exit};
 
 /// `keyfleet retire`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("retired").required(true).args(["keys", "public_key"])))]
 pub struct Args {
-    /// A key pair id to delete (repeatable); all are deleted or none.
-    #[arg(long = "key", value_name = "KEY_ID", required = true)]
+    /// A key pair id to delete (repeatable); all are deleted or none (per account).
+    /// ACCOUNT:KEY_ID for a key of one account when the command works in several.
+    #[arg(long = "key", value_name = "[ACCOUNT:]KEY_ID")]
     keys: Vec<String>,
+    /// The leaked key's public half (an OpenSSH .pub file): every key pair holding it
+    /// is retired (in each account, with --accounts and no --account).
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
     /// Check everything and say what would be deleted; send no DeleteKeyPairs.
     #[arg(long)]
     dry_run: bool,
@@ -22,33 +38,116 @@ pub struct Args {
     /// names the key (instances launched from it afterwards fail).
     #[arg(long)]
     ignore_templates: bool,
-    /// Write what was found and done here as JSON (owner-only, written whole).
+    /// Write what was found and done here as JSON (owner-only, written whole); each
+    /// key's verdict names its account when the command works in several.
     #[arg(long, value_name = "FILE")]
-    json_output: Option<std::path::PathBuf>,
+    json_output: Option<PathBuf>,
     #[command(flatten)]
     send: SendFlags,
 }
 
+/// Which keys one account retires.
+#[derive(Debug, Clone)]
+enum Keys {
+    Ids(Vec<String>),
+    /// Every key pair of the account holding this public key.
+    Holding(KeyMatcher),
+}
+
 pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
-    for key in &args.keys {
-        if !keyfleet::ids::is_key_id(key) {
-            eprintln!(
-                "error: --key {}: not a key pair id (skey- followed by 8 characters of 0-9 or a-z)",
-                escape(key)
-            );
+    let keys = match super::incident::account_keys(&args.keys) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("error: {message}");
             return Ok(exit::USAGE);
         }
-    }
-    let store = super::common::open_store(&global.db).await?;
-    let retire = RetireOptions {
-        keys: args.keys.clone(),
-        dry_run: args.dry_run,
-        ignore_templates: args.ignore_templates,
     };
+    let matcher = match super::incident::matcher(args.public_key.as_deref(), None) {
+        Ok(matcher) => matcher,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let (dry_run, ignore_templates) = (args.dry_run, args.ignore_templates);
+    let options = |keys: Vec<String>| RetireOptions {
+        keys,
+        dry_run,
+        ignore_templates,
+    };
+    if let Some(accounts) =
+        super::common::every_account(global, args.send.connect_timeout, args.send.timeout).await?
+    {
+        let targets: Vec<(AccountSender, Keys)> = match matcher {
+            Some(matcher) => accounts
+                .into_iter()
+                .map(|a| (a, Keys::Holding(matcher.clone())))
+                .collect(),
+            None => {
+                let mut by_account = match super::incident::keys_by_account(keys, &accounts) {
+                    Ok(keys) => keys,
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        return Ok(exit::USAGE);
+                    }
+                };
+                accounts
+                    .into_iter()
+                    .filter_map(|a| {
+                        let keys = by_account.remove(&a.account.name)?;
+                        Some((a, Keys::Ids(keys)))
+                    })
+                    .collect()
+            }
+        };
+        let store = super::common::open_store(&global.db).await?;
+        let code = retire_in_accounts(
+            &store,
+            None,
+            targets,
+            &options(Vec::new()),
+            &args.send,
+            args.json_output.as_deref(),
+            global,
+        )
+        .await;
+        store.close().await;
+        return code;
+    }
+    let mut keys = match super::incident::own_keys(keys, global.account.as_deref()) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let store = super::common::open_store(&global.db).await?;
+    if let Some(matcher) = &matcher {
+        // The public key's ids in this account, then retirement as with --key.
+        let client = build_client(&args.send, global)?;
+        let limiter = super::incident::limiter(&store, args.send.exec_config().rate).await?;
+        let options = discover_options(&args.send, home_region(global)?);
+        match incident::find_key_pairs(client, limiter, &options, matcher).await {
+            Ok(hunt) => {
+                super::incident::summarize_hunt(&hunt, matcher);
+                keys = hunt.key_ids();
+            }
+            Err(error) => {
+                store.close().await;
+                eprintln!("error: {}", escape(&error.to_string()));
+                return Ok(if error.is_usage() {
+                    exit::USAGE
+                } else {
+                    exit::STOPPED
+                });
+            }
+        }
+    }
     let code = retire_keys(
         &store,
         None,
-        &retire,
+        &[(None, keys)],
+        &options(Vec::new()),
         &args.send,
         args.json_output.as_deref(),
         global,
@@ -58,55 +157,129 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
     code
 }
 
-/// Retires `retire.keys` (`keyfleet retire`, and `run --retire` for the run's keys):
-/// prints each key's verdict, records what was found and done in the database (the
-/// incident report reads it), writes `--json-output`, and returns the exit code.
-pub(crate) async fn retire_keys(
-    store: &keyfleet::store::Store,
-    run_id: Option<i64>,
-    retire: &RetireOptions,
-    send: &SendFlags,
-    json_output: Option<&std::path::Path>,
-    global: &GlobalArgs,
-) -> anyhow::Result<u8> {
-    let home_region = super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into());
-    let client = build_client(send, global)?;
-    retire_with(
-        store,
-        run_id,
-        retire,
-        client,
-        send,
-        &home_region,
-        json_output,
-    )
-    .await
-    .map(|(code, _)| code)
+/// The region requests that are not about one region go to.
+fn home_region(global: &GlobalArgs) -> anyhow::Result<String> {
+    Ok(super::run::default_region(global)?.unwrap_or_else(|| "ap-guangzhou".into()))
 }
 
-/// [`retire_keys`] with a client of its own (the demo's): also returns what was found.
-pub(crate) async fn retire_with(
-    store: &keyfleet::store::Store,
-    run_id: Option<i64>,
-    retire: &RetireOptions,
-    client: std::sync::Arc<keyfleet::api::CvmClient>,
-    send: &SendFlags,
-    home_region: &str,
-    json_output: Option<&std::path::Path>,
-) -> anyhow::Result<(u8, Option<Retirement>)> {
-    let home_region = home_region.to_string();
+/// Discovery's sending options for a retirement: instances and templates are looked
+/// for in every region.
+fn discover_options(send: &SendFlags, home_region: String) -> DiscoverOptions {
     let config = send.exec_config();
-    let options = DiscoverOptions {
-        keys: retire.keys.clone(),
-        // Instances and templates are looked for in every region.
+    DiscoverOptions {
+        keys: Vec::new(),
         regions: None,
         home_region,
         max_attempts: config.max_attempts,
         retry_base: config.retry_base,
         retry_cap: config.retry_cap,
         throttle_delay: config.throttle_delay,
+    }
+}
+
+/// Retires keys (`keyfleet retire`, and `run --retire` for the run's keys), per
+/// account: `targets` are (account, key ids), `None` being the command's own account
+/// (the base credentials, or `--account`), a name one account of `--accounts` (or of
+/// the Organization). `retire` says how (`--dry-run`, `--ignore-templates`; its keys
+/// are not read). Prints each key's verdict, records what was found and done in the
+/// database with its account (the incident report reads it), writes `--json-output`,
+/// and returns the exit code. Only the command's own account: exactly what a
+/// retirement of one account always did.
+pub(crate) async fn retire_keys(
+    store: &Store,
+    run_id: Option<i64>,
+    targets: &[(Option<String>, Vec<String>)],
+    retire: &RetireOptions,
+    send: &SendFlags,
+    json_output: Option<&std::path::Path>,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let with = |keys: &[String]| RetireOptions {
+        keys: keys.to_vec(),
+        ..retire.clone()
     };
-    let limiter = super::incident::limiter(store, config.rate).await?;
+    if targets.iter().all(|(account, _)| account.is_none()) {
+        let keys: Vec<String> = targets.iter().flat_map(|(_, k)| k.clone()).collect();
+        let client = build_client(send, global)?;
+        let record = Record {
+            store,
+            run_id,
+            account: global.account.as_deref(),
+        };
+        return retire_with(
+            &record,
+            &with(&keys),
+            client,
+            send,
+            &home_region(global)?,
+            json_output,
+        )
+        .await
+        .map(|(code, _)| code);
+    }
+    let mut senders: BTreeMap<String, AccountSender> =
+        super::common::account_senders(global, send.connect_timeout, send.timeout)
+            .await?
+            .into_iter()
+            .map(|a| (a.account.name.clone(), a))
+            .collect();
+    let mut named = Vec::new();
+    let mut own = Vec::new();
+    for (account, keys) in targets {
+        match account {
+            None => own.extend(keys.iter().cloned()),
+            Some(name) => match senders.remove(name) {
+                Some(sender) => named.push((sender, Keys::Ids(keys.clone()))),
+                None => anyhow::bail!(
+                    "retire: the keys {} are account {}'s, and the command's accounts have none \
+                     of that name",
+                    keys.join(", "),
+                    escape(name)
+                ),
+            },
+        }
+    }
+    if !own.is_empty() {
+        // The rows without an account are the command's own account's: retired first,
+        // as a one-account retirement.
+        let code = Box::pin(retire_keys(
+            store,
+            run_id,
+            &[(None, own)],
+            retire,
+            send,
+            None,
+            global,
+        ))
+        .await?;
+        let rest =
+            retire_in_accounts(store, run_id, named, retire, send, json_output, global).await?;
+        return Ok(code.max(rest));
+    }
+    retire_in_accounts(store, run_id, named, retire, send, json_output, global).await
+}
+
+/// Where a retirement is recorded.
+pub(crate) struct Record<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) run_id: Option<i64>,
+    /// The account it was done in (`None`: the command's own).
+    pub(crate) account: Option<&'a str>,
+}
+
+/// [`retire_keys`] in one account with a client of its own (the demo's): also
+/// returns what was found.
+pub(crate) async fn retire_with(
+    record: &Record<'_>,
+    retire: &RetireOptions,
+    client: Arc<keyfleet::api::CvmClient>,
+    send: &SendFlags,
+    home_region: &str,
+    json_output: Option<&std::path::Path>,
+) -> anyhow::Result<(u8, Option<Retirement>)> {
+    let store = record.store;
+    let options = discover_options(send, home_region.to_string());
+    let limiter = super::incident::limiter(store, send.exec_config().rate).await?;
     let outcome = incident::retire(client, limiter, &options, retire).await;
     let retirement = match outcome {
         Ok(retirement) => retirement,
@@ -114,7 +287,14 @@ pub(crate) async fn retire_with(
             let message = error.to_string();
             let result = serde_json::json!({ "error": message }).to_string();
             store
-                .record_retirement(run_id, &retire.keys, retire.dry_run, false, &result)
+                .record_retirement(
+                    record.run_id,
+                    record.account,
+                    &retire.keys,
+                    retire.dry_run,
+                    false,
+                    &result,
+                )
                 .await?;
             eprintln!("error: {}", escape(&message));
             return Ok((
@@ -130,7 +310,8 @@ pub(crate) async fn retire_with(
     let result = serde_json::to_string(&retirement)?;
     store
         .record_retirement(
-            run_id,
+            record.run_id,
+            record.account,
             &retire.keys,
             retire.dry_run,
             retirement.retired(),
@@ -143,24 +324,205 @@ pub(crate) async fn retire_with(
         super::report::write_private_file(path, &bytes)?;
     }
     summarize(&retirement, retire.ignore_templates);
-    let code = if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
+    Ok((verdict_code(&retirement), Some(retirement)))
+}
+
+/// A retirement's exit code: 1 when something held a key or a key is still listed.
+fn verdict_code(retirement: &Retirement) -> u8 {
+    if retirement.refused() || !(retirement.dry_run || retirement.retired()) {
         exit::FAILED
     } else {
         exit::OK
+    }
+}
+
+/// One account's retirement.
+struct AccountRetirement {
+    name: String,
+    keys: Vec<String>,
+    /// The public key's ids found in the account, and the key.
+    hunt: Option<(KeyHunt, KeyMatcher)>,
+    outcome: Result<Retirement, AccountFailure>,
+}
+
+/// Retires keys in several accounts at once, each through its own sender (paced
+/// under its identity, the database's shared limiter). An account that cannot be
+/// reached, or whose listing fails, is INCOMPLETE and the others go on; each
+/// account's retirement is recorded with its account.
+async fn retire_in_accounts(
+    store: &Store,
+    run_id: Option<i64>,
+    targets: Vec<(AccountSender, Keys)>,
+    retire: &RetireOptions,
+    send: &SendFlags,
+    json_output: Option<&std::path::Path>,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let limiter = super::incident::limiter(store, send.exec_config().rate).await?;
+    let options = discover_options(send, home_region(global)?);
+    let mut retirements = tokio::task::JoinSet::new();
+    for (account, keys) in targets {
+        let (limiter, options, retire) = (limiter.clone(), options.clone(), retire.clone());
+        retirements
+            .spawn(async move { retire_account(account, keys, limiter, options, retire).await });
+    }
+    let mut done = Vec::new();
+    while let Some(retired) = retirements.join_next().await {
+        done.push(retired?);
+    }
+    done.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut merged = serde_json::json!({
+        "verdicts": [], "dry_run": retire.dry_run, "delete_request_ids": [], "incomplete": [],
+    });
+    let mut failures = Vec::new();
+    let mut worst = exit::OK;
+    for account in &done {
+        crate::note!("account {}:", escape(&account.name));
+        if let Some((hunt, matcher)) = &account.hunt {
+            super::incident::summarize_hunt(hunt, matcher);
+        }
+        let result = match &account.outcome {
+            Ok(retirement) => {
+                summarize(retirement, retire.ignore_templates);
+                worst = worst.max(verdict_code(retirement));
+                for verdict in &retirement.verdicts {
+                    let mut verdict = serde_json::to_value(verdict)?;
+                    verdict["account"] = serde_json::json!(account.name);
+                    push(&mut merged["verdicts"], verdict);
+                }
+                for id in &retirement.delete_request_ids {
+                    push(&mut merged["delete_request_ids"], serde_json::json!(id));
+                }
+                serde_json::to_string(retirement)?
+            }
+            Err(failure) => {
+                let line = failure.line(&account.name);
+                eprintln!("{line}");
+                let (code, message) = match failure {
+                    AccountFailure::Incomplete { code, message } => (code.as_str(), message),
+                    AccountFailure::Usage(message) => ("KeyFleet.Usage", message),
+                };
+                push(
+                    &mut merged["incomplete"],
+                    serde_json::json!({ "account": account.name, "code": code, "message": message }),
+                );
+                failures.push(failure);
+                serde_json::json!({ "error": line }).to_string()
+            }
+        };
+        let retired = matches!(&account.outcome, Ok(r) if r.retired());
+        store
+            .record_retirement(
+                run_id,
+                Some(&account.name),
+                &account.keys,
+                retire.dry_run,
+                retired,
+                &result,
+            )
+            .await?;
+    }
+    if let Some(path) = json_output {
+        let mut bytes = serde_json::to_vec_pretty(&merged)?;
+        bytes.push(b'\n');
+        super::report::write_private_file(path, &bytes)?;
+    }
+    let retired = done
+        .iter()
+        .filter(|a| matches!(&a.outcome, Ok(r) if r.retired()))
+        .count();
+    crate::note!(
+        "{} accounts: {retired} retired their keys{}",
+        done.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!("; {} INCOMPLETE or refused (above)", failures.len())
+        }
+    );
+    Ok(super::incident::accounts_exit(&failures, worst))
+}
+
+fn push(array: &mut serde_json::Value, value: serde_json::Value) {
+    if let Some(array) = array.as_array_mut() {
+        array.push(value);
+    }
+}
+
+/// One account's retirement: reached (its role assumed), its keys found (for a
+/// public key), then retired as a one-account retirement is.
+async fn retire_account(
+    account: AccountSender,
+    keys: Keys,
+    limiter: Arc<dyn keyfleet::executor::Limiter>,
+    options: DiscoverOptions,
+    mut retire: RetireOptions,
+) -> AccountRetirement {
+    let mut done = AccountRetirement {
+        name: account.account.name.clone(),
+        keys: match &keys {
+            Keys::Ids(ids) => ids.clone(),
+            Keys::Holding(_) => Vec::new(),
+        },
+        hunt: None,
+        outcome: Err(AccountFailure::Usage(String::new())),
     };
-    Ok((code, Some(retirement)))
+    if let Err(failure) = super::incident::reach(&account).await {
+        done.outcome = Err(failure);
+        return done;
+    }
+    let client = account.client();
+    match keys {
+        Keys::Ids(ids) => retire.keys = ids,
+        Keys::Holding(matcher) => {
+            match incident::find_key_pairs(client.clone(), limiter.clone(), &options, &matcher)
+                .await
+            {
+                Ok(hunt) => {
+                    retire.keys = hunt.key_ids();
+                    done.keys = retire.keys.clone();
+                    done.hunt = Some((hunt, matcher));
+                }
+                // Nothing of this account holds the key: nothing to retire in it.
+                Err(incident::IncidentError::NoMatch { .. }) => {
+                    done.outcome = Ok(Retirement {
+                        verdicts: Vec::new(),
+                        dry_run: retire.dry_run,
+                        delete_request_ids: Vec::new(),
+                    });
+                    return done;
+                }
+                Err(error) => {
+                    done.outcome = Err(AccountFailure::of(error));
+                    return done;
+                }
+            }
+        }
+    }
+    done.outcome = incident::retire(client, limiter, &options, &retire)
+        .await
+        .map(|mut retirement| {
+            for verdict in &mut retirement.verdicts {
+                verdict.account = Some(done.name.clone());
+            }
+            retirement
+        })
+        .map_err(AccountFailure::of);
+    done
 }
 
 /// `run --retire`: once the run's verification found every pair gone, its keys are
-/// retired (the same code as `keyfleet retire`); otherwise nothing is sent and why is
-/// said. Returns the exit code of this step.
+/// retired, each in its account (the same code as `keyfleet retire`); otherwise
+/// nothing is sent and why is said. Returns the exit code of this step.
 pub(crate) async fn after_run(
-    store: &keyfleet::store::Store,
+    store: &Store,
     run_id: i64,
     send: &SendFlags,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let keys = store.run_keys(run_id).await?.leaked;
+    let targets = store.run_leaked_keys_by_account(run_id).await?;
+    let keys: Vec<String> = targets.iter().flat_map(|(_, k)| k.clone()).collect();
     let not_gone = store.pairs_not_verified_gone(run_id).await?;
     if keys.is_empty() || not_gone > 0 {
         eprintln!(
@@ -176,7 +538,14 @@ pub(crate) async fn after_run(
         })
         .to_string();
         store
-            .record_retirement(Some(run_id), &keys, false, false, &result)
+            .record_retirement(
+                Some(run_id),
+                global.account.as_deref(),
+                &keys,
+                false,
+                false,
+                &result,
+            )
             .await?;
         return Ok(exit::FAILED);
     }
@@ -185,13 +554,12 @@ pub(crate) async fn after_run(
         keys.join(", ")
     );
     let retire = RetireOptions {
-        keys,
+        keys: Vec::new(),
         dry_run: false,
         ignore_templates: false,
     };
-    retire_keys(store, Some(run_id), &retire, send, None, global).await
+    retire_keys(store, Some(run_id), &targets, &retire, send, None, global).await
 }
-
 /// Each key's verdict on stderr.
 fn summarize(retirement: &Retirement, ignore_templates: bool) {
     let refused = retirement.refused();

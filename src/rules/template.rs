@@ -47,6 +47,10 @@ pub struct Holder {
     pub default: bool,
     /// Every key it hands out (the looked-for ones and any other).
     pub keys: Vec<String>,
+    /// The account it belongs to (the templates file's `account` column, written by a
+    /// discovery over several accounts); `None`: the run's own account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// What one template change is, carried in the payload of each of its jobs.
@@ -499,6 +503,7 @@ mod tests {
             version: (kind == TemplateKind::LaunchTemplate).then_some(1),
             default,
             keys: keys.iter().map(|k| k.to_string()).collect(),
+            account: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct TemplateChangeRow {
     pub made_version: Option<u64>,
     pub reason: Option<String>,
     pub updated_at: i64,
+    /// The template's account; `None`: the run's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// What a run's leaked keys and rotation target are, as its items say.
@@ -48,6 +51,8 @@ pub struct RetirementRow {
     /// `incident::Retirement` as JSON.
     pub result: String,
     pub at: i64,
+    /// The account the keys were retired in; `None`: the command's own.
+    pub account: Option<String>,
 }
 
 fn json_ids(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
@@ -100,9 +105,65 @@ impl Store {
         })
     }
 
+    /// The keys a run unbinds, by account (`None`: its rows without one, the run's
+    /// own account), accounts and keys sorted: what `run --retire` retires where.
+    pub async fn run_leaked_keys_by_account(
+        &self,
+        run_id: i64,
+    ) -> Result<Vec<(Option<String>, Vec<String>)>, StoreError> {
+        let rows: Vec<(Option<String>, String)> = sqlx::query_as(
+            "SELECT DISTINCT account, key_id FROM items WHERE run_id = ? AND bind = 0 \
+             AND status IN (SELECT value FROM json_each(?)) ORDER BY account, key_id",
+        )
+        .bind(run_id)
+        .bind(super::jobs::planned_statuses_json())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_account: Vec<(Option<String>, Vec<String>)> = Vec::new();
+        for (account, key) in rows {
+            match by_account.last_mut() {
+                Some((last, keys)) if *last == account => keys.push(key),
+                _ => by_account.push((account, vec![key])),
+            }
+        }
+        Ok(by_account)
+    }
+
+    /// The keys of a run's pairs in one account (`None`: the rows without one): those
+    /// of `account`, and the rows without one when `account` is the run's own
+    /// (`--account`). Templates of an account are changed with that account's keys.
+    pub async fn run_keys_in(
+        &self,
+        run_id: i64,
+        account: Option<&str>,
+    ) -> Result<RunKeys, StoreError> {
+        let own = self.run_account(run_id).await?;
+        let with_null = account.is_none() || own.as_deref() == account;
+        let valid = super::jobs::planned_statuses_json();
+        let keys = |bind: bool| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT key_id FROM items WHERE run_id = ? AND bind = ? \
+                 AND status IN (SELECT value FROM json_each(?)) \
+                 AND (account = ? OR (? AND account IS NULL)) ORDER BY key_id",
+            )
+            .bind(run_id)
+            .bind(bind)
+            .bind(&valid)
+            .bind(account)
+            .bind(with_null)
+            .fetch_all(&self.pool)
+        };
+        Ok(RunKeys {
+            leaked: keys(false).await?,
+            new_keys: keys(true).await?,
+        })
+    }
+
     /// Records a run's template changes and queues the first job of each (its look),
-    /// in one transaction. A run that has its changes already keeps them (a resumed
-    /// `run` with the same templates): returns `false` then, and writes nothing.
+    /// in one transaction; a change of another account than the run's own
+    /// (`holder.account`) is recorded with it, and its jobs are sent as it. A run that
+    /// has its changes already keeps them (a resumed `run` with the same templates):
+    /// returns `false` then, and writes nothing.
     pub async fn add_template_changes(
         &self,
         run_id: i64,
@@ -121,8 +182,8 @@ impl Store {
         for p in planned {
             sqlx::query(
                 "INSERT INTO template_changes (run_id, kind, template_id, version, name, region, \
-                 was_default, keys_before, keys_after, state, reason, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 was_default, keys_before, keys_after, state, reason, updated_at, account) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(run_id)
             .bind(p.holder.kind.as_str())
@@ -136,10 +197,17 @@ impl Store {
             .bind(p.state.as_str())
             .bind(&p.reason)
             .bind(now)
+            .bind(&p.holder.account)
             .execute(&mut *tx)
             .await?;
             if let Some(job) = p.first_job(now) {
-                add_job(&mut tx, run_id, job, now).await?;
+                let id = add_job(&mut tx, run_id, job, now).await?;
+                // The jobs that follow a look inherit its account.
+                sqlx::query("UPDATE jobs SET account = ? WHERE id = ?")
+                    .bind(&p.holder.account)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -153,8 +221,8 @@ impl Store {
     ) -> Result<Vec<TemplateChangeRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, template_id, version, name, region, was_default, keys_before, keys_after, \
-             state, made_version, reason, updated_at FROM template_changes WHERE run_id = ? \
-             ORDER BY region, kind, template_id, version",
+             state, made_version, reason, updated_at, account FROM template_changes \
+             WHERE run_id = ? ORDER BY account, region, kind, template_id, version",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -185,6 +253,7 @@ impl Store {
                     made_version: row.get::<Option<i64>, _>("made_version").map(|v| v as u64),
                     reason: row.get("reason"),
                     updated_at: row.get("updated_at"),
+                    account: row.get("account"),
                     template_id: id,
                 })
             })
@@ -227,18 +296,20 @@ impl Store {
         .await?)
     }
 
-    /// Records what a retirement found and did (`result`: its JSON).
+    /// Records what a retirement in `account` (`None`: the command's own) found and
+    /// did (`result`: its JSON).
     pub async fn record_retirement(
         &self,
         run_id: Option<i64>,
+        account: Option<&str>,
         key_ids: &[String],
         dry_run: bool,
         retired: bool,
         result: &str,
     ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO retirements (run_id, key_ids, dry_run, retired, result, at) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO retirements (run_id, key_ids, dry_run, retired, result, at, account) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(run_id)
         .bind(ids_json(key_ids))
@@ -246,6 +317,7 @@ impl Store {
         .bind(retired)
         .bind(result)
         .bind(now_ms())
+        .bind(account)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -259,7 +331,7 @@ impl Store {
         since: i64,
     ) -> Result<Vec<RetirementRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, run_id, key_ids, dry_run, retired, result, at FROM retirements \
+            "SELECT id, run_id, key_ids, dry_run, retired, result, at, account FROM retirements \
              WHERE run_id = ? OR (at >= ? AND EXISTS (SELECT 1 FROM json_each(retirements.key_ids) k \
                                    WHERE k.value IN (SELECT value FROM json_each(?)))) ORDER BY id",
         )
@@ -278,6 +350,7 @@ impl Store {
                     retired: row.get("retired"),
                     result: row.get("result"),
                     at: row.get("at"),
+                    account: row.get("account"),
                 })
             })
             .collect()
