@@ -102,7 +102,7 @@ fn base_client(sim: &MultiSimHandle) -> CvmClient {
     CvmClient::new(config).unwrap()
 }
 
-const ACCOUNTS_FILE: &str = r#"
+pub(crate) const ACCOUNTS_FILE: &str = r#"
 [accounts.main]
 [accounts.prod]
 role_arn = "qcs::cam::uin/200000000002:roleName/KeyRotation"

@@ -2,6 +2,7 @@
 //! Each area has its own module; shared fixtures live in `support`.
 
 mod accounts;
+mod accounts_discover;
 mod accounts_run;
 mod claims;
 mod client;

@@ -1,0 +1,424 @@
+//! `discover` and `retire` over every account of the accounts file (issue 23): the
+//! estate of `accounts.rs` (one leaked public key imported under a different id in
+//! `main`, `prod` and `dev`) and `staging`, whose role does not exist. Each account's
+//! holders are written with its name, the missing role is INCOMPLETE while the others
+//! are done, and no credential reaches a file, stderr or the database.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyfleet::sim::LaunchTemplate;
+use keyfleet::sim::accounts::{MultiSimHandle, SimAccount, start_accounts};
+
+use super::accounts::{ACCOUNTS, ACCOUNTS_FILE, LEAKED, secret_id, secret_key, sim_account};
+use crate::support::{Cmd, Output, ins, key};
+
+/// dev's launch template, whose default version hands out dev's id of the key.
+const DEV_TEMPLATE: &str = "lt-0000dev1";
+
+async fn estate(accounts: Vec<SimAccount>) -> MultiSimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_accounts(listener, accounts, Some("main"))
+        .await
+        .expect("start the estate")
+}
+
+/// prod's instance outside the regions of its entry (`regions = ["eu-frankfurt"]`).
+const PROD_ELSEWHERE: usize = 0x1ff;
+
+/// The three accounts: dev with a launch template handing out its id of the key,
+/// prod with one more holder in a region its entry leaves out.
+fn with_template() -> Vec<SimAccount> {
+    let mut accounts: Vec<SimAccount> = (0..3).map(sim_account).collect();
+    let mut elsewhere = keyfleet::sim::Instance::new(ins(PROD_ELSEWHERE), "ap-guangzhou");
+    elsewhere.key_ids = vec![key(ACCOUNTS[1].3)];
+    accounts[1].fleet.instances.push(elsewhere);
+    let (_, _, region, leaked, _) = ACCOUNTS[2];
+    accounts[2].fleet.launch_templates.push(
+        LaunchTemplate::new(DEV_TEMPLATE, "dev-web", region).version([key(leaked)]),
+    );
+    accounts
+}
+
+/// A test's files: the accounts file, the leaked public key, the database.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("accounts.toml"), ACCOUNTS_FILE).unwrap();
+        std::fs::write(dir.path().join("leaked.pub"), format!("{LEAKED}\n")).unwrap();
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `keyfleet --db ... --endpoint SIM [--accounts FILE] ARGS` with main's
+    /// credentials as the base ones.
+    async fn keyfleet(&self, sim: &MultiSimHandle, accounts: bool, args: &[&str]) -> Output {
+        let mut cmd = Cmd::new(["--db"])
+            .args([self.path("keyfleet.db")])
+            .args(["--endpoint", &sim.endpoint()]);
+        if accounts {
+            cmd = cmd.args(["--accounts"]).args([self.path("accounts.toml")]);
+        }
+        let mut command = cmd
+            .args(args)
+            .home(self.dir.path())
+            .env("TENCENTCLOUD_SECRET_ID", secret_id("main"))
+            .env("TENCENTCLOUD_SECRET_KEY", secret_key("main"))
+            .into_tokio();
+        let started = std::time::Instant::now();
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .expect("keyfleet finished in time")
+            .unwrap();
+        let output = Output {
+            code: output.status.code(),
+            stdout: output.stdout,
+            stderr: output.stderr,
+            elapsed: started.elapsed(),
+        };
+        assert!(
+            !output.stderr_text().contains("panicked"),
+            "{}",
+            output.stderr_text()
+        );
+        output
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+}
+
+/// Every account's holders of the leaked key: (instance, key, region, account).
+fn every_holder() -> BTreeSet<(String, String, String, String)> {
+    let mut want = BTreeSet::new();
+    for (index, (name, _, region, leaked, count)) in ACCOUNTS.iter().enumerate() {
+        for n in 0..*count {
+            want.insert((
+                ins(index * 0x100 + n),
+                key(*leaked),
+                region.to_string(),
+                name.to_string(),
+            ));
+        }
+    }
+    want
+}
+
+fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// No credential of the estate (main's SecretKey, any temporary SecretId, SecretKey
+/// or token issued) in `haystack`.
+fn assert_no_secret(sim: &MultiSimHandle, haystack: &str) {
+    assert!(!haystack.contains(&secret_key("main")), "main's SecretKey");
+    let issued = sim.issued();
+    assert!(!issued.is_empty(), "prod and dev assumed their roles");
+    for (id, secret, token) in issued {
+        assert!(!haystack.contains(&id), "a temporary SecretId was written");
+        assert!(
+            !haystack.contains(secret.expose()),
+            "a temporary SecretKey"
+        );
+        assert!(!haystack.contains(token.expose()), "a token");
+    }
+}
+
+/// The database and its WAL, as text.
+fn database_text(files: &Files) -> String {
+    let mut bytes = std::fs::read(files.path("keyfleet.db")).unwrap();
+    if let Ok(wal) = std::fs::read(files.path("keyfleet.db-wal")) {
+        bytes.extend(wal);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn discover_walks_every_account_and_writes_each_accounts_holders() {
+    let sim = estate(with_template()).await;
+    let files = Files::new();
+    // main and dev in every region DescribeRegions lists them, prod in its own
+    // (`regions = ["eu-frankfurt"]`: it is not asked for its regions).
+    let out = files
+        .keyfleet(
+            &sim,
+            true,
+            &[
+                "discover",
+                "--public-key",
+                &files.arg("leaked.pub"),
+                "--all-regions",
+                "--output",
+                &files.arg("holders.csv"),
+                "--templates-output",
+                &files.arg("templates.csv"),
+            ],
+        )
+        .await;
+    let stderr = out.stderr_text();
+    // staging's role is missing: INCOMPLETE (exit 1), named with AssumeRole's code.
+    assert_eq!(out.code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("INCOMPLETE: account staging: ResourceNotFound.RoleNotFound: "),
+        "{stderr}"
+    );
+    for name in ["main", "prod", "dev"] {
+        assert!(stderr.contains(&format!("account {name}:\n")), "{stderr}");
+    }
+    let (header, rows) = csv_rows(&files.path("holders.csv"));
+    assert_eq!(
+        header,
+        [
+            "instance_id",
+            "key_id",
+            "region",
+            "instance_state",
+            "os_name",
+            "keys_after",
+            "account"
+        ]
+    );
+    let found: BTreeSet<_> = rows
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone(), r[6].clone()))
+        .collect();
+    assert_eq!(found.len(), rows.len(), "no row twice");
+    assert_eq!(found, every_holder());
+    // prod was walked in the regions of its entry only (its holder elsewhere is not
+    // in the rows), the others in every region they list.
+    let walked = |name: &str| {
+        sim.account(name)
+            .unwrap()
+            .journal()
+            .iter()
+            .filter(|e| e.action == "DescribeInstances")
+            .map(|e| e.region.clone())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(walked("prod"), BTreeSet::from(["eu-frankfurt".to_string()]));
+    assert!(!found.iter().any(|f| f.0 == ins(PROD_ELSEWHERE)));
+    // dev's template, with dev's name; a file run --templates reads back.
+    let text = std::fs::read_to_string(files.path("templates.csv")).unwrap();
+    let (header, rows) = csv_rows(&files.path("templates.csv"));
+    assert_eq!(header.last().map(String::as_str), Some("account"));
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!(rows[0][1], DEV_TEMPLATE);
+    assert_eq!(rows[0][7], "dev");
+    let holders = keyfleet::incident::read_templates_csv(&text, "templates.csv").unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].account.as_deref(), Some("dev"));
+    assert_eq!(holders[0].keys, [key(ACCOUNTS[2].3)]);
+
+    let mut haystack = stderr;
+    haystack.push_str(&std::fs::read_to_string(files.path("holders.csv")).unwrap());
+    haystack.push_str(&text);
+    haystack.push_str(&database_text(&files));
+    assert_no_secret(&sim, &haystack);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn discover_takes_each_accounts_keys_by_name_and_keeps_one_account_as_it_was() {
+    let sim = estate((0..3).map(sim_account).collect()).await;
+    let files = Files::new();
+    let (dev, prod) = (key(ACCOUNTS[2].3), key(ACCOUNTS[1].3));
+    // A bare key with several accounts: which one holds it is not guessed.
+    let out = files
+        .keyfleet(&sim, true, &["discover", "--key", &dev, "--all-regions"])
+        .await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains(&format!("name the account that holds it: --key ACCOUNT:{dev}")),
+        "{}",
+        out.stderr_text()
+    );
+    // ACCOUNT:KEY: only the accounts named are walked (JSON Lines carry "account").
+    let out = files
+        .keyfleet(
+            &sim,
+            true,
+            &[
+                "discover",
+                "--key",
+                &format!("dev:{dev}"),
+                "--key",
+                &format!("prod:{prod}"),
+                "--all-regions",
+                "--format",
+                "jsonl",
+            ],
+        )
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    let found: BTreeSet<_> = out
+        .stdout_text()
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let field = |name: &str| row[name].as_str().unwrap().to_string();
+            (
+                field("instance_id"),
+                field("key_id"),
+                field("region"),
+                field("account"),
+            )
+        })
+        .collect();
+    let want: BTreeSet<_> = every_holder()
+        .into_iter()
+        .filter(|h| h.3 != "main")
+        .collect();
+    assert_eq!(found, want);
+    assert!(sim.account("main").unwrap().journal().is_empty());
+    assert!(sim.assumed().iter().all(|a| a.outcome.is_ok()), "staging untouched");
+    // Without the accounts file: one account (main), the rows exactly as before.
+    let out = files
+        .keyfleet(
+            &sim,
+            false,
+            &[
+                "discover",
+                "--public-key",
+                &files.arg("leaked.pub"),
+                "--regions",
+                "ap-guangzhou",
+            ],
+        )
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    let stdout = out.stdout_text();
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("instance_id,key_id,region,instance_state,os_name,keys_after")
+    );
+    assert_eq!(lines.count(), ACCOUNTS[0].4);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn retire_deletes_each_accounts_key_in_it_and_records_each_retirement() {
+    // The instances were rotated already: nothing but the key pair holds the key.
+    let accounts: Vec<SimAccount> = (0..3)
+        .map(|index| {
+            let mut account = sim_account(index);
+            for instance in &mut account.fleet.instances {
+                instance.key_ids = vec![key(0x1000 + index)];
+            }
+            account
+        })
+        .collect();
+    let sim = estate(accounts).await;
+    let files = Files::new();
+    let out = files
+        .keyfleet(
+            &sim,
+            true,
+            &[
+                "retire",
+                "--public-key",
+                &files.arg("leaked.pub"),
+                "--json-output",
+                &files.arg("retired.json"),
+            ],
+        )
+        .await;
+    let stderr = out.stderr_text();
+    assert_eq!(out.code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("INCOMPLETE: account staging: ResourceNotFound.RoleNotFound: "),
+        "{stderr}"
+    );
+    for (index, (name, _, _, leaked, _)) in ACCOUNTS.iter().enumerate() {
+        let fleet = sim.account(name).unwrap().fleet();
+        assert!(
+            !fleet.key_pairs.iter().any(|k| k.key_id == key(*leaked))
+                && !fleet.keys.contains(&key(*leaked)),
+            "{name}: the key pair is gone"
+        );
+        let deletes: Vec<_> = sim
+            .account(name)
+            .unwrap()
+            .journal()
+            .into_iter()
+            .filter(|e| e.action == "DeleteKeyPairs")
+            .collect();
+        assert_eq!(deletes.len(), 1, "{name}");
+        assert_eq!(deletes[0].key_ids, [key(*leaked)], "{name}: its own key only");
+        assert!(
+            fleet
+                .instances
+                .iter()
+                .all(|i| i.key_ids == [key(0x1000 + index)]),
+            "{name}"
+        );
+    }
+    // --json-output: each verdict with its account; staging incomplete.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.path("retired.json")).unwrap()).unwrap();
+    let verdicts: BTreeSet<(String, String, bool)> = json["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["account"].as_str().unwrap().to_string(),
+                v["key_id"].as_str().unwrap().to_string(),
+                v["confirmed_gone"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<_> = ACCOUNTS
+        .iter()
+        .map(|(name, _, _, leaked, _)| (name.to_string(), key(*leaked), true))
+        .collect();
+    assert_eq!(verdicts, want);
+    assert_eq!(json["incomplete"][0]["account"], "staging");
+    assert_eq!(
+        json["incomplete"][0]["code"],
+        "ResourceNotFound.RoleNotFound"
+    );
+    // One retirement per account, recorded with it.
+    let db = rusqlite::Connection::open(files.path("keyfleet.db")).unwrap();
+    let mut statement = db
+        .prepare("SELECT account, key_ids, retired FROM retirements ORDER BY account")
+        .unwrap();
+    let recorded: Vec<(String, String, bool)> = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut want: Vec<(String, String, bool)> = ACCOUNTS
+        .iter()
+        .map(|(name, _, _, leaked, _)| {
+            (name.to_string(), format!("[\"{}\"]", key(*leaked)), true)
+        })
+        .collect();
+    want.push(("staging".into(), "[]".into(), false));
+    want.sort();
+    assert_eq!(recorded, want);
+    drop(statement);
+    drop(db);
+
+    let mut haystack = stderr;
+    haystack.push_str(&std::fs::read_to_string(files.path("retired.json")).unwrap());
+    haystack.push_str(&database_text(&files));
+    assert_no_secret(&sim, &haystack);
+    sim.shutdown().await;
+}
