@@ -422,3 +422,78 @@ async fn retire_deletes_each_accounts_key_in_it_and_records_each_retirement() {
     assert_no_secret(&sim, &haystack);
     sim.shutdown().await;
 }
+
+/// A templates file with an account column: each template's change is planned with
+/// its account's keys, recorded with its account, and its look is sent as it.
+#[tokio::test]
+async fn a_templates_change_of_an_account_is_recorded_and_queued_as_it() {
+    use keyfleet::plan::{PlanOptions, plan_input};
+    use keyfleet::store::Store;
+
+    let files = Files::new();
+    let (main_key, dev_key) = (key(ACCOUNTS[0].3), key(ACCOUNTS[2].3));
+    let input = files.path("pairs.csv");
+    std::fs::write(
+        &input,
+        format!(
+            "instance_id,key_id,region\n{},{main_key},ap-guangzhou\n{},{dev_key},ap-singapore\n",
+            ins(0),
+            ins(0x200)
+        ),
+    )
+    .unwrap();
+    let store = Store::open(&files.path("keyfleet.db")).await.unwrap();
+    let run_id = plan_input(&store, &input, &PlanOptions::default())
+        .await
+        .unwrap()
+        .summary
+        .run_id;
+    // dev's row as a run over several accounts plans it (the input's account column).
+    let db = rusqlite::Connection::open(files.path("keyfleet.db")).unwrap();
+    db.execute(
+        "UPDATE items SET account = 'dev' WHERE key_id = ?1",
+        [&dev_key],
+    )
+    .unwrap();
+    assert_eq!(
+        store.run_keys_in(run_id, Some("dev")).await.unwrap().leaked,
+        [dev_key.clone()]
+    );
+    assert_eq!(
+        store.run_keys_in(run_id, None).await.unwrap().leaked,
+        [main_key.clone()]
+    );
+    let text = format!(
+        "kind,id,name,version,region,default,keys,account\n\
+         launch_template,{DEV_TEMPLATE},dev-web,1,ap-singapore,true,{dev_key} {},dev\n",
+        key(0x1002)
+    );
+    let holders = keyfleet::incident::read_templates_csv(&text, "templates.csv").unwrap();
+    let keys = store.run_keys_in(run_id, Some("dev")).await.unwrap();
+    let planned: Vec<_> = holders
+        .iter()
+        .filter_map(|h| keyfleet::rules::template::plan(run_id, h, &keys.leaked, &keys.new_keys))
+        .collect();
+    assert_eq!(planned.len(), 1);
+    assert!(store.add_template_changes(run_id, &planned).await.unwrap());
+    let changes = store.template_changes(run_id).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].account.as_deref(), Some("dev"));
+    assert_eq!(changes[0].keys_after, Some(vec![key(0x1002)]));
+    let look: (String, Option<String>) = db
+        .query_row(
+            "SELECT kind, account FROM jobs WHERE run_id = ?1 AND kind = 'template_look'",
+            [run_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(look.1.as_deref(), Some("dev"));
+    // A name that is not an account's is refused with its place.
+    let bad = text.replace(",dev\n", ",-dev\n");
+    let error = keyfleet::incident::read_templates_csv(&bad, "templates.csv").unwrap_err();
+    assert!(
+        error.to_string().starts_with("templates.csv:2: account"),
+        "{error}"
+    );
+    store.close().await;
+}
