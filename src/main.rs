@@ -31,7 +31,8 @@ pub mod exit {
 
     /// The name a person reads for the code an interrupt ends with.
     pub const INTERRUPTED: u8 = STOPPED;
-    /// `discover`: a region could not be walked.
+    /// `discover`: a region could not be walked; `discover`/`retire` over several
+    /// accounts: an account could not be done (`INCOMPLETE: account NAME: ...`).
     pub const INCOMPLETE: u8 = FAILED;
 
     /// One row of the exit-code table.
@@ -56,7 +57,8 @@ pub mod exit {
             name: "failed",
             meaning: "the run finished with failed, skipped or rejected pairs, or a succeeded \
                       pair is not verified gone; call: an error reply; discover: a region \
-                      could not be walked (incomplete output)",
+                      could not be walked (incomplete output); discover, retire over \
+                      several accounts: an account could not be done (INCOMPLETE: account)",
         },
         Code {
             code: USAGE,

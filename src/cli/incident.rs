@@ -284,9 +284,10 @@ pub(crate) fn account_keys(values: &[String]) -> Result<Vec<(Option<String>, Str
             }
             if !keyfleet::ids::is_key_id(key) {
                 return Err(format!(
-                    "--key {}: not a key pair id (skey- followed by 8 characters of 0-9 or a-z, \
-                     after ACCOUNT: when the key is one account's of several)",
-                    escape(value)
+                    "--key {}: {:?} is not a key pair id (skey- followed by 8 characters of 0-9 \
+                     or a-z, after ACCOUNT: for one account's key of several)",
+                    escape(value),
+                    escape(key)
                 ));
             }
             Ok((account.map(str::to_string), key.to_string()))
@@ -327,9 +328,16 @@ pub(crate) fn keys_by_account(
     accounts: &[super::common::AccountSender],
 ) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
     let names: Vec<&str> = accounts.iter().map(|a| a.account.name.as_str()).collect();
+    keys_of_names(keys, &names)
+}
+
+fn keys_of_names(
+    keys: Vec<(Option<String>, String)>,
+    names: &[&str],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
     let mut by_account: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (account, key) in keys {
-        let account = match (account, names.as_slice()) {
+        let account = match (account, names) {
             (Some(named), _) if names.contains(&named.as_str()) => named,
             (Some(named), _) => {
                 return Err(format!(
@@ -426,5 +434,79 @@ pub(crate) fn accounts_exit(failures: &[&AccountFailure], worst: u8) -> u8 {
         crate::exit::INCOMPLETE.max(worst)
     } else {
         worst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "skey-1eaked0a";
+
+    fn keys(values: &[&str]) -> Vec<(Option<String>, String)> {
+        account_keys(&values.iter().map(|v| v.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn a_key_names_its_account_or_is_the_only_accounts() {
+        assert_eq!(
+            keys(&[KEY, &format!("prod:{KEY}")]),
+            [(None, KEY.into()), (Some("prod".into()), KEY.into())]
+        );
+        for bad in [
+            "prod:skey-12",
+            "-x:skey-1eaked0a",
+            "skey-1eaked0a:prod",
+            ":skey-1eaked0a",
+        ] {
+            assert!(account_keys(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        let only = keys_of_names(keys(&[KEY]), &["prod"]).unwrap();
+        assert_eq!(only["prod"], [KEY]);
+        let error = keys_of_names(keys(&[KEY]), &["dev", "prod"]).unwrap_err();
+        assert!(error.contains(&format!("--key ACCOUNT:{KEY}")), "{error}");
+        let error = keys_of_names(keys(&[&format!("qa:{KEY}")]), &["dev", "prod"]).unwrap_err();
+        assert!(error.contains("no account qa"), "{error}");
+        let named = keys_of_names(
+            keys(&[&format!("dev:{KEY}"), &format!("dev:{KEY}")]),
+            &["dev", "prod"],
+        );
+        assert_eq!(
+            named.unwrap().into_iter().collect::<Vec<_>>(),
+            [("dev".to_string(), vec![KEY.to_string()])]
+        );
+    }
+
+    #[test]
+    fn a_one_account_command_takes_only_its_own_accounts_keys() {
+        assert_eq!(own_keys(keys(&[KEY]), None).unwrap(), [KEY]);
+        assert_eq!(
+            own_keys(keys(&[&format!("dev:{KEY}")]), Some("dev")).unwrap(),
+            [KEY]
+        );
+        assert!(own_keys(keys(&[&format!("dev:{KEY}")]), Some("prod")).is_err());
+        assert!(own_keys(keys(&[&format!("dev:{KEY}")]), None).is_err());
+    }
+
+    #[test]
+    fn a_usage_error_outranks_an_incomplete_account() {
+        let incomplete = AccountFailure::Incomplete {
+            code: "ResourceNotFound.RoleNotFound".into(),
+            message: "The role does not exist.".into(),
+        };
+        assert_eq!(
+            incomplete.line("staging"),
+            "INCOMPLETE: account staging: ResourceNotFound.RoleNotFound: The role does not exist."
+        );
+        let usage = AccountFailure::Usage("key pair skey-1eaked0a does not exist".into());
+        assert_eq!(accounts_exit(&[], crate::exit::OK), crate::exit::OK);
+        assert_eq!(
+            accounts_exit(&[&incomplete], crate::exit::OK),
+            crate::exit::INCOMPLETE
+        );
+        assert_eq!(
+            accounts_exit(&[&incomplete, &usage], crate::exit::OK),
+            crate::exit::USAGE
+        );
     }
 }
