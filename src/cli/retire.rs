@@ -69,11 +69,10 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(exit::USAGE);
         }
     };
-    let (dry_run, ignore_templates) = (args.dry_run, args.ignore_templates);
-    let options = |keys: Vec<String>| RetireOptions {
-        keys,
-        dry_run,
-        ignore_templates,
+    let mut retire = RetireOptions {
+        keys: Vec::new(),
+        dry_run: args.dry_run,
+        ignore_templates: args.ignore_templates,
     };
     if let Some(accounts) =
         super::common::every_account(global, args.send.connect_timeout, args.send.timeout).await?
@@ -105,7 +104,7 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             &store,
             None,
             targets,
-            &options(Vec::new()),
+            &retire,
             &args.send,
             args.json_output.as_deref(),
             global,
@@ -114,23 +113,24 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         store.close().await;
         return code;
     }
-    let mut keys = match super::incident::own_keys(keys, global.account.as_deref()) {
+    retire.keys = match super::incident::own_keys(keys, global.account.as_deref()) {
         Ok(keys) => keys,
         Err(message) => {
             eprintln!("error: {message}");
             return Ok(exit::USAGE);
         }
     };
+    let client = build_client(&args.send, global)?;
+    let home_region = home_region(global)?;
     let store = super::common::open_store(&global.db).await?;
     if let Some(matcher) = &matcher {
         // The public key's ids in this account, then retirement as with --key.
-        let client = build_client(&args.send, global)?;
         let limiter = super::incident::limiter(&store, args.send.exec_config().rate).await?;
-        let options = discover_options(&args.send, home_region(global)?);
-        match incident::find_key_pairs(client, limiter, &options, matcher).await {
+        let options = discover_options(&args.send, home_region.clone());
+        match incident::find_key_pairs(client.clone(), limiter, &options, matcher).await {
             Ok(hunt) => {
                 super::incident::summarize_hunt(&hunt, matcher);
-                keys = hunt.key_ids();
+                retire.keys = hunt.key_ids();
             }
             Err(error) => {
                 store.close().await;
@@ -143,16 +143,21 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let code = retire_keys(
-        &store,
-        None,
-        &[(None, keys)],
-        &options(Vec::new()),
+    let record = Record {
+        store: &store,
+        run_id: None,
+        account: global.account.as_deref(),
+    };
+    let code = retire_with(
+        &record,
+        &retire,
+        client,
         &args.send,
+        &home_region,
         args.json_output.as_deref(),
-        global,
     )
-    .await;
+    .await
+    .map(|(code, _)| code);
     store.close().await;
     code
 }
@@ -194,28 +199,13 @@ pub(crate) async fn retire_keys(
     json_output: Option<&std::path::Path>,
     global: &GlobalArgs,
 ) -> anyhow::Result<u8> {
-    let with = |keys: &[String]| RetireOptions {
-        keys: keys.to_vec(),
-        ..retire.clone()
-    };
+    let own: Vec<String> = targets
+        .iter()
+        .filter(|(account, _)| account.is_none())
+        .flat_map(|(_, keys)| keys.clone())
+        .collect();
     if targets.iter().all(|(account, _)| account.is_none()) {
-        let keys: Vec<String> = targets.iter().flat_map(|(_, k)| k.clone()).collect();
-        let client = build_client(send, global)?;
-        let record = Record {
-            store,
-            run_id,
-            account: global.account.as_deref(),
-        };
-        return retire_with(
-            &record,
-            &with(&keys),
-            client,
-            send,
-            &home_region(global)?,
-            json_output,
-        )
-        .await
-        .map(|(code, _)| code);
+        return retire_own(store, run_id, own, retire, send, json_output, global).await;
     }
     let mut senders: BTreeMap<String, AccountSender> =
         super::common::account_senders(global, send.connect_timeout, send.timeout)
@@ -224,11 +214,9 @@ pub(crate) async fn retire_keys(
             .map(|a| (a.account.name.clone(), a))
             .collect();
     let mut named = Vec::new();
-    let mut own = Vec::new();
     for (account, keys) in targets {
-        match account {
-            None => own.extend(keys.iter().cloned()),
-            Some(name) => match senders.remove(name) {
+        if let Some(name) = account {
+            match senders.remove(name) {
                 Some(sender) => named.push((sender, Keys::Ids(keys.clone()))),
                 None => anyhow::bail!(
                     "retire: the keys {} are account {}'s, and the command's accounts have none \
@@ -236,27 +224,52 @@ pub(crate) async fn retire_keys(
                     keys.join(", "),
                     escape(name)
                 ),
-            },
+            }
         }
     }
-    if !own.is_empty() {
-        // The rows without an account are the command's own account's: retired first,
-        // as a one-account retirement.
-        let code = Box::pin(retire_keys(
-            store,
-            run_id,
-            &[(None, own)],
-            retire,
-            send,
-            None,
-            global,
-        ))
-        .await?;
-        let rest =
-            retire_in_accounts(store, run_id, named, retire, send, json_output, global).await?;
-        return Ok(code.max(rest));
-    }
-    retire_in_accounts(store, run_id, named, retire, send, json_output, global).await
+    // The rows without an account are the command's own account's: retired first, as
+    // a one-account retirement.
+    let own_code = if own.is_empty() {
+        exit::OK
+    } else {
+        retire_own(store, run_id, own, retire, send, None, global).await?
+    };
+    let code = retire_in_accounts(store, run_id, named, retire, send, json_output, global).await?;
+    Ok(own_code.max(code))
+}
+
+/// [`retire_keys`] in the command's own account (the base credentials, or `--account`).
+async fn retire_own(
+    store: &Store,
+    run_id: Option<i64>,
+    keys: Vec<String>,
+    retire: &RetireOptions,
+    send: &SendFlags,
+    json_output: Option<&std::path::Path>,
+    global: &GlobalArgs,
+) -> anyhow::Result<u8> {
+    let client = build_client(send, global)?;
+    // A run's own account is NULL in its rows; a retirement of no run names the
+    // account it was done in (`--account`).
+    let record = Record {
+        store,
+        run_id,
+        account: global.account.as_deref().filter(|_| run_id.is_none()),
+    };
+    let retire = RetireOptions {
+        keys,
+        ..retire.clone()
+    };
+    retire_with(
+        &record,
+        &retire,
+        client,
+        send,
+        &home_region(global)?,
+        json_output,
+    )
+    .await
+    .map(|(code, _)| code)
 }
 
 /// Where a retirement is recorded.
@@ -538,14 +551,7 @@ pub(crate) async fn after_run(
         })
         .to_string();
         store
-            .record_retirement(
-                Some(run_id),
-                global.account.as_deref(),
-                &keys,
-                false,
-                false,
-                &result,
-            )
+            .record_retirement(Some(run_id), None, &keys, false, false, &result)
             .await?;
         return Ok(exit::FAILED);
     }

@@ -222,6 +222,38 @@ async fn discover_walks_every_account_and_writes_each_accounts_holders() {
     assert_eq!(holders[0].account.as_deref(), Some("dev"));
     assert_eq!(holders[0].keys, [key(ACCOUNTS[2].3)]);
 
+    // The rows are plan input: each pair planned in its account.
+    let store = keyfleet::store::Store::open(&files.path("keyfleet.db"))
+        .await
+        .unwrap();
+    let planned = keyfleet::plan::plan_input(
+        &store,
+        &files.path("holders.csv"),
+        &keyfleet::plan::PlanOptions::default(),
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    let db = rusqlite::Connection::open(files.path("keyfleet.db")).unwrap();
+    let mut statement = db
+        .prepare("SELECT DISTINCT account, key_id FROM items WHERE run_id = ?1 ORDER BY account")
+        .unwrap();
+    let items: Vec<(String, String)> = statement
+        .query_map([planned.summary.run_id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut want: Vec<(String, String)> = ACCOUNTS
+        .iter()
+        .map(|(name, _, _, leaked, _)| (name.to_string(), key(*leaked)))
+        .collect();
+    want.sort();
+    assert_eq!(items, want);
+    drop(statement);
+    drop(db);
+
     let mut haystack = stderr;
     haystack.push_str(&std::fs::read_to_string(files.path("holders.csv")).unwrap());
     haystack.push_str(&text);
@@ -437,10 +469,12 @@ async fn a_templates_change_of_an_account_is_recorded_and_queued_as_it() {
     let files = Files::new();
     let (main_key, dev_key) = (key(ACCOUNTS[0].3), key(ACCOUNTS[2].3));
     let input = files.path("pairs.csv");
+    // main's row without an account (the run's own), dev's with its name.
     std::fs::write(
         &input,
         format!(
-            "instance_id,key_id,region\n{},{main_key},ap-guangzhou\n{},{dev_key},ap-singapore\n",
+            "instance_id,key_id,region,account\n{},{main_key},ap-guangzhou,\n\
+             {},{dev_key},ap-singapore,dev\n",
             ins(0),
             ins(0x200)
         ),
@@ -452,13 +486,14 @@ async fn a_templates_change_of_an_account_is_recorded_and_queued_as_it() {
         .unwrap()
         .summary
         .run_id;
-    // dev's row as a run over several accounts plans it (the input's account column).
     let db = rusqlite::Connection::open(files.path("keyfleet.db")).unwrap();
-    db.execute(
-        "UPDATE items SET account = 'dev' WHERE key_id = ?1",
-        [&dev_key],
-    )
-    .unwrap();
+    assert_eq!(
+        store.run_leaked_keys_by_account(run_id).await.unwrap(),
+        [
+            (None, vec![main_key.clone()]),
+            (Some("dev".to_string()), vec![dev_key.clone()])
+        ]
+    );
     assert_eq!(
         store.run_keys_in(run_id, Some("dev")).await.unwrap().leaked,
         std::slice::from_ref(&dev_key)
