@@ -249,7 +249,7 @@ impl AccountSender {
 /// its sender, when the command names no `--account`; `None` when it works as one
 /// account (no accounts, or `--account NAME`), as before accounts existed. Nothing is
 /// assumed yet: a role that cannot be is found by the account's first call.
-pub(crate) async fn every_account(
+pub(crate) fn every_account(
     global: &GlobalArgs,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -257,15 +257,13 @@ pub(crate) async fn every_account(
     if global.account.is_some() || !(global.accounts.is_some() || global.organization) {
         return Ok(None);
     }
-    account_senders(global, connect_timeout, request_timeout)
-        .await
-        .map(Some)
+    account_senders(global, connect_timeout, request_timeout).map(Some)
 }
 
 /// Every account of `--accounts FILE` (or of the Organization's members), each with
 /// its sender, whatever `--account` says (a run's rows name their accounts); an
 /// error when the command has no accounts.
-pub(crate) async fn account_senders(
+pub(crate) fn account_senders(
     global: &GlobalArgs,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -277,17 +275,10 @@ pub(crate) async fn account_senders(
         request_timeout,
     )?;
     warn_about_transport(&base);
-    let accounts = match &global.accounts {
-        Some(path) => keyfleet::accounts::Accounts::load(path)?,
-        None if global.organization => {
-            let members = keyfleet::accounts::session::organization_members(&base)
-                .await
-                .context("--organization: cannot list the Organization's members")?;
-            keyfleet::accounts::Accounts::from_members(&members, &global.member_role)?
-        }
-        None => anyhow::bail!(
+    let Some(accounts) = load_accounts(global, &base)? else {
+        anyhow::bail!(
             "the work names accounts: give --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization"
-        ),
+        )
     };
     let profile = |profile: &str| {
         base_client(global, Some(profile), connect_timeout, request_timeout)

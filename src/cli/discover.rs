@@ -109,7 +109,7 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
         }
     };
     if let Some(accounts) =
-        super::common::every_account(global, args.send.connect_timeout, args.send.timeout).await?
+        super::common::every_account(global, args.send.connect_timeout, args.send.timeout)?
     {
         let walk = EveryAccount {
             regions,

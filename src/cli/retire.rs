@@ -75,7 +75,7 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         ignore_templates: args.ignore_templates,
     };
     if let Some(accounts) =
-        super::common::every_account(global, args.send.connect_timeout, args.send.timeout).await?
+        super::common::every_account(global, args.send.connect_timeout, args.send.timeout)?
     {
         let targets: Vec<(AccountSender, Keys)> = match matcher {
             Some(matcher) => accounts
@@ -208,8 +208,7 @@ pub(crate) async fn retire_keys(
         return retire_own(store, run_id, own, retire, send, json_output, global).await;
     }
     let mut senders: BTreeMap<String, AccountSender> =
-        super::common::account_senders(global, send.connect_timeout, send.timeout)
-            .await?
+        super::common::account_senders(global, send.connect_timeout, send.timeout)?
             .into_iter()
             .map(|a| (a.account.name.clone(), a))
             .collect();

@@ -156,9 +156,12 @@ pub struct Planned {
 
 impl Planned {
     /// The job that starts the change; `None` for a kept one.
+    /// It is sent as the template's account; the jobs that follow it inherit it.
     pub fn first_job(&self, now: i64) -> Option<NewJob> {
-        (self.state == TemplateState::Pending)
-            .then(|| look_job(&self.holder.region, &self.change, now))
+        (self.state == TemplateState::Pending).then(|| NewJob {
+            account: self.holder.account.clone(),
+            ..look_job(&self.holder.region, &self.change, now)
+        })
     }
 }
 
@@ -589,6 +592,17 @@ mod tests {
             .first_job(0)
             .unwrap();
         assert_eq!(job.kind, JobKind::LaunchConfigLook);
+        assert_eq!(job.account, None, "the run's own account");
+        let dev = Holder {
+            account: Some("dev".into()),
+            ..config
+        };
+        let job = plan(3, &dev, &leaked, &[]).unwrap().first_job(0).unwrap();
+        assert_eq!(
+            job.account.as_deref(),
+            Some("dev"),
+            "sent as the template's"
+        );
         let unrelated = holder(TemplateKind::LaunchTemplate, &[OTHER], true);
         assert!(plan(3, &unrelated, &leaked, &[]).is_none());
     }

@@ -201,13 +201,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if let Some(job) = p.first_job(now) {
-                let id = add_job(&mut tx, run_id, job, now).await?;
-                // The jobs that follow a look inherit its account.
-                sqlx::query("UPDATE jobs SET account = ? WHERE id = ?")
-                    .bind(&p.holder.account)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                add_job(&mut tx, run_id, job, now).await?;
             }
         }
         tx.commit().await?;
