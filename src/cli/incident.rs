@@ -169,6 +169,9 @@ pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> a
             .or_default()
             .push(holder);
     }
+    // The run's own account (`--account`) is NULL in its rows and jobs: a template of it
+    // is sent through the run's own client.
+    let own = store.run_account(run_id).await?;
     let mut planned = Vec::new();
     let mut ignored = 0;
     let mut new_keys: Vec<String> = Vec::new();
@@ -189,7 +192,15 @@ pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> a
             );
         }
         for holder in holders {
-            match template::plan(run_id, holder, &keys.leaked, &keys.new_keys) {
+            let holder = if account.is_some() && account == own.as_deref() {
+                TemplateHolder {
+                    account: None,
+                    ..holder.clone()
+                }
+            } else {
+                holder.clone()
+            };
+            match template::plan(run_id, &holder, &keys.leaked, &keys.new_keys) {
                 Some(p) => planned.push(p),
                 None => ignored += 1,
             }
@@ -215,7 +226,10 @@ pub(crate) async fn plan_templates(store: &Store, run_id: i64, path: &Path) -> a
             format!("the leaked key replaced by {}", new_keys.join(" "))
         },
         if ignored > 0 {
-            format!(", {ignored} rows name none of the run's keys (ignored)")
+            format!(
+                ", {ignored} rows name none of the run's keys (of their account, with an \
+                 account column) (ignored)"
+            )
         } else {
             String::new()
         }

@@ -530,3 +530,109 @@ async fn a_templates_change_of_an_account_is_recorded_and_queued_as_it() {
     );
     store.close().await;
 }
+
+/// The whole incident over every account: `discover` writes each account's rows and
+/// templates, one `run --templates --retire` unbinds each account's key, gives dev's
+/// template a version without it (as dev), and retires each account's key pair in it.
+#[tokio::test]
+async fn discover_then_one_run_with_templates_and_retire_closes_every_account() {
+    let mut accounts: Vec<SimAccount> = (0..3).map(sim_account).collect();
+    let (_, _, region, leaked, _) = ACCOUNTS[2];
+    accounts[2].fleet.launch_templates.push(
+        LaunchTemplate::new(DEV_TEMPLATE, "dev-web", region).version([key(leaked), key(0x1002)]),
+    );
+    let sim = estate(accounts).await;
+    let files = Files::new();
+    let discovered = files
+        .keyfleet(
+            &sim,
+            true,
+            &[
+                "discover",
+                "--public-key",
+                &files.arg("leaked.pub"),
+                "--all-regions",
+                "--output",
+                &files.arg("holders.csv"),
+                "--templates-output",
+                &files.arg("templates.csv"),
+            ],
+        )
+        .await;
+    // staging (its role is missing) is INCOMPLETE; the three others are in the files.
+    assert_eq!(discovered.code, Some(1), "{}", discovered.stderr_text());
+    let ran = files
+        .keyfleet(
+            &sim,
+            true,
+            &[
+                "run",
+                &files.arg("holders.csv"),
+                "--templates",
+                &files.arg("templates.csv"),
+                "--retire",
+                "--progress",
+                "none",
+            ],
+        )
+        .await;
+    let stderr = ran.stderr_text();
+    assert_eq!(ran.code, Some(0), "{stderr}");
+    for (index, (name, _, _, leaked, _)) in ACCOUNTS.iter().enumerate() {
+        let fleet = sim.account(name).unwrap().fleet();
+        for instance in &fleet.instances {
+            assert_eq!(instance.key_ids, [key(0x1000 + index)], "{name}");
+        }
+        assert!(
+            !fleet.key_pairs.iter().any(|k| k.key_id == key(*leaked)),
+            "{name}: its key pair is retired"
+        );
+    }
+    let template = sim
+        .account("dev")
+        .unwrap()
+        .fleet()
+        .launch_templates
+        .into_iter()
+        .find(|t| t.template_id == DEV_TEMPLATE)
+        .unwrap();
+    let default = template
+        .versions
+        .iter()
+        .find(|v| v.version == template.default_version)
+        .unwrap();
+    assert_eq!(
+        default.key_ids,
+        [key(0x1002)],
+        "dev's template, changed as dev"
+    );
+    let db = rusqlite::Connection::open(files.path("keyfleet.db")).unwrap();
+    let changes: Vec<(Option<String>, String)> = db
+        .prepare("SELECT account, state FROM template_changes")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(changes, [(Some("dev".to_string()), "changed".to_string())]);
+    let retired: Vec<(String, bool)> = db
+        .prepare("SELECT account, retired FROM retirements ORDER BY account")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        retired,
+        [
+            ("dev".to_string(), true),
+            ("main".to_string(), true),
+            ("prod".to_string(), true)
+        ]
+    );
+    let mut haystack = stderr;
+    haystack.push_str(&discovered.stderr_text());
+    haystack.push_str(&database_text(&files));
+    assert_no_secret(&sim, &haystack);
+    sim.shutdown().await;
+}
