@@ -7,7 +7,9 @@ use keyfleet::discover::{self, DiscoverError, DiscoverOptions, Discovery, Found}
 use keyfleet::display::{csv_cell, escape};
 use keyfleet::incident;
 
+use super::common::AccountSender;
 use super::flags::{DataFormat, SendFlags};
+use super::incident::AccountFailure;
 use super::run::build_client;
 use crate::{GlobalArgs, exit};
 
@@ -426,14 +428,18 @@ struct EveryAccount {
 /// One account's discovery.
 struct AccountWalk {
     name: String,
-    /// `None`: the public key is held by none of the account's key pairs (how many
-    /// it has), so nothing was walked.
+    /// With a public key: its ids in the account, or how many key pairs the account
+    /// has when none holds it (then nothing is walked: the outcome is `Ok(None)`).
     hunt: Option<Result<incident::KeyHunt, usize>>,
-    outcome: Result<(Vec<String>, Discovery, incident::TemplateScan), AccountFailure>,
+    outcome: Result<Option<Walked>, AccountFailure>,
 }
 
-use super::common::AccountSender;
-use super::incident::AccountFailure;
+/// What one account's walk found.
+struct Walked {
+    keys: Vec<String>,
+    discovery: Discovery,
+    templates: incident::TemplateScan,
+}
 
 /// `discover` over every account of `--accounts` (or the Organization): each account
 /// in its own regions (`regions = [...]`) or the command's, its own key ids (those of
@@ -530,14 +536,15 @@ async fn run_every_account(
     let mut rows: Vec<(Option<&str>, &Found)> = Vec::new();
     let mut holders = Vec::new();
     for account in &done {
-        if let Ok((_, discovery, templates)) = &account.outcome {
+        if let Ok(Some(walked)) = &account.outcome {
             rows.extend(
-                discovery
+                walked
+                    .discovery
                     .found
                     .iter()
                     .map(|f| (Some(account.name.as_str()), f)),
             );
-            holders.extend(templates.holders.iter().cloned());
+            holders.extend(walked.templates.holders.iter().cloned());
         }
     }
     let bytes = render_rows(&rows, true, args.format, args.rotate_to.as_deref())?;
@@ -569,13 +576,11 @@ async fn run_every_account(
             }
         }
         match &account.outcome {
-            Ok((keys, discovery, templates)) => {
-                if account.hunt.as_ref().is_some_and(|h| h.is_err()) {
-                    continue;
-                }
-                summarize(discovery, keys, args.rotate_to.as_deref());
-                super::incident::summarize_templates(templates, keys);
-                incomplete |= discovery.is_incomplete() || templates.is_incomplete();
+            Ok(None) => {}
+            Ok(Some(walked)) => {
+                summarize(&walked.discovery, &walked.keys, args.rotate_to.as_deref());
+                super::incident::summarize_templates(&walked.templates, &walked.keys);
+                incomplete |= walked.discovery.is_incomplete() || walked.templates.is_incomplete();
             }
             Err(failure) => {
                 eprintln!("{}", failure.line(&account.name));
@@ -585,7 +590,7 @@ async fn run_every_account(
     }
     let holding = done
         .iter()
-        .filter(|a| matches!(&a.outcome, Ok((keys, ..)) if !keys.is_empty()))
+        .filter(|a| matches!(&a.outcome, Ok(Some(walked)) if !walked.keys.is_empty()))
         .count();
     crate::note!(
         "{} accounts walked: {holding} hold the keys, {} rows; {}",
@@ -623,64 +628,54 @@ async fn run_every_account(
 async fn walk_account(
     account: AccountSender,
     limiter: std::sync::Arc<dyn keyfleet::executor::Limiter>,
-    mut options: DiscoverOptions,
+    options: DiscoverOptions,
     matcher: Option<keyfleet::pubkey::KeyMatcher>,
 ) -> AccountWalk {
-    let name = account.account.name.clone();
-    let mut walk = AccountWalk {
-        name: name.clone(),
-        hunt: None,
-        outcome: Err(AccountFailure::Usage(String::new())),
-    };
-    if let Err(failure) = super::incident::reach(&account).await {
-        walk.outcome = Err(failure);
-        return walk;
+    let mut hunt = None;
+    let outcome = walk(&account, limiter, options, matcher.as_ref(), &mut hunt).await;
+    AccountWalk {
+        name: account.account.name,
+        hunt,
+        outcome,
     }
+}
+
+/// [`walk_account`]'s steps; `hunt` gets what the public key's search found.
+async fn walk(
+    account: &AccountSender,
+    limiter: std::sync::Arc<dyn keyfleet::executor::Limiter>,
+    mut options: DiscoverOptions,
+    matcher: Option<&keyfleet::pubkey::KeyMatcher>,
+    hunt: &mut Option<Result<incident::KeyHunt, usize>>,
+) -> Result<Option<Walked>, AccountFailure> {
+    super::incident::reach(account).await?;
     let client = account.client();
-    if let Some(matcher) = &matcher {
+    if let Some(matcher) = matcher {
         match incident::find_key_pairs(client.clone(), limiter.clone(), &options, matcher).await {
-            Ok(hunt) => {
-                options.keys = hunt.key_ids();
-                walk.hunt = Some(Ok(hunt));
+            Ok(found) => {
+                options.keys = found.key_ids();
+                *hunt = Some(Ok(found));
             }
             Err(incident::IncidentError::NoMatch { listed, .. }) => {
-                walk.hunt = Some(Err(listed));
-                walk.outcome = Ok((
-                    Vec::new(),
-                    Discovery {
-                        found: Vec::new(),
-                        regions: Vec::new(),
-                        unlocated: Vec::new(),
-                        requests: 0,
-                    },
-                    incident::TemplateScan::default(),
-                ));
-                return walk;
+                *hunt = Some(Err(listed));
+                return Ok(None);
             }
-            Err(error) => {
-                walk.outcome = Err(AccountFailure::of(error));
-                return walk;
-            }
+            Err(error) => return Err(AccountFailure::of(error)),
         }
     }
-    let discovery = match discover::discover(client.clone(), limiter.clone(), &options).await {
-        Ok(discovery) => discovery,
-        Err(DiscoverError::Refused {
-            action,
-            code,
-            message,
-        }) => {
-            walk.outcome = Err(AccountFailure::Incomplete {
+    let discovery = discover::discover(client.clone(), limiter.clone(), &options)
+        .await
+        .map_err(|error| match error {
+            DiscoverError::Refused {
+                action,
+                code,
+                message,
+            } => AccountFailure::Incomplete {
                 code,
                 message: format!("{action}: {message}"),
-            });
-            return walk;
-        }
-        Err(error) => {
-            walk.outcome = Err(AccountFailure::Usage(error.to_string()));
-            return walk;
-        }
-    };
+            },
+            other => AccountFailure::Usage(other.to_string()),
+        })?;
     let regions: Vec<String> = discovery
         .regions
         .iter()
@@ -690,8 +685,11 @@ async fn walk_account(
     let mut templates =
         incident::find_templates(client, limiter, &options, &options.keys, &regions).await;
     for holder in &mut templates.holders {
-        holder.account = Some(name.clone());
+        holder.account = Some(account.account.name.clone());
     }
-    walk.outcome = Ok((options.keys, discovery, templates));
-    walk
+    Ok(Some(Walked {
+        keys: options.keys,
+        discovery,
+        templates,
+    }))
 }

@@ -352,9 +352,10 @@ fn verdict_code(retirement: &Retirement) -> u8 {
 struct AccountRetirement {
     name: String,
     keys: Vec<String>,
-    /// The public key's ids found in the account, and the key.
-    hunt: Option<(KeyHunt, KeyMatcher)>,
-    outcome: Result<Retirement, AccountFailure>,
+    /// With a public key: the key, and its ids in the account or how many key pairs
+    /// the account has when none holds it (then nothing is retired: `Ok(None)`).
+    hunt: Option<(KeyMatcher, Result<KeyHunt, usize>)>,
+    outcome: Result<Option<Retirement>, AccountFailure>,
 }
 
 /// Retires keys in several accounts at once, each through its own sender (paced
@@ -391,17 +392,21 @@ async fn retire_in_accounts(
     let mut worst = exit::OK;
     for account in &done {
         crate::note!("account {}:", escape(&account.name));
-        if let Some((hunt, matcher)) = &account.hunt {
-            super::incident::summarize_hunt(hunt, matcher);
+        match &account.hunt {
+            Some((matcher, Ok(hunt))) => super::incident::summarize_hunt(hunt, matcher),
+            Some((matcher, Err(listed))) => crate::note!(
+                "public key {}: held by none of the account's {listed} key pairs: nothing to retire",
+                matcher.fingerprint()
+            ),
+            None => {}
         }
         let result = match &account.outcome {
-            Ok(retirement) => {
+            Ok(None) => continue,
+            Ok(Some(retirement)) => {
                 summarize(retirement, retire.ignore_templates);
                 worst = worst.max(verdict_code(retirement));
                 for verdict in &retirement.verdicts {
-                    let mut verdict = serde_json::to_value(verdict)?;
-                    verdict["account"] = serde_json::json!(account.name);
-                    push(&mut merged["verdicts"], verdict);
+                    push(&mut merged["verdicts"], serde_json::to_value(verdict)?);
                 }
                 for id in &retirement.delete_request_ids {
                     push(&mut merged["delete_request_ids"], serde_json::json!(id));
@@ -423,7 +428,7 @@ async fn retire_in_accounts(
                 serde_json::json!({ "error": line }).to_string()
             }
         };
-        let retired = matches!(&account.outcome, Ok(r) if r.retired());
+        let retired = matches!(&account.outcome, Ok(Some(r)) if r.retired());
         store
             .record_retirement(
                 run_id,
@@ -442,7 +447,11 @@ async fn retire_in_accounts(
     }
     let retired = done
         .iter()
-        .filter(|a| matches!(&a.outcome, Ok(r) if r.retired()))
+        .filter(|a| matches!(&a.outcome, Ok(Some(r)) if r.retired()))
+        .count();
+    let holding = done
+        .iter()
+        .filter(|a| matches!(&a.outcome, Ok(Some(_)) | Err(_)))
         .count();
     crate::note!(
         "{} accounts: {retired} retired their keys{}",
@@ -453,6 +462,15 @@ async fn retire_in_accounts(
             format!("; {} INCOMPLETE or refused (above)", failures.len())
         }
     );
+    if holding == 0
+        && let Some((matcher, _)) = done.iter().find_map(|a| a.hunt.as_ref())
+    {
+        eprintln!(
+            "error: no key pair of any account holds the public key {}",
+            matcher.fingerprint()
+        );
+        return Ok(exit::USAGE);
+    }
     Ok(super::incident::accounts_exit(&failures, worst))
 }
 
@@ -471,57 +489,49 @@ async fn retire_account(
     options: DiscoverOptions,
     mut retire: RetireOptions,
 ) -> AccountRetirement {
-    let mut done = AccountRetirement {
-        name: account.account.name.clone(),
-        keys: match &keys {
-            Keys::Ids(ids) => ids.clone(),
-            Keys::Holding(_) => Vec::new(),
-        },
-        hunt: None,
-        outcome: Err(AccountFailure::Usage(String::new())),
+    let name = account.account.name.clone();
+    let matcher = match keys {
+        Keys::Ids(ids) => {
+            retire.keys = ids;
+            None
+        }
+        Keys::Holding(matcher) => Some(matcher),
     };
-    if let Err(failure) = super::incident::reach(&account).await {
-        done.outcome = Err(failure);
-        return done;
-    }
-    let client = account.client();
-    match keys {
-        Keys::Ids(ids) => retire.keys = ids,
-        Keys::Holding(matcher) => {
-            match incident::find_key_pairs(client.clone(), limiter.clone(), &options, &matcher)
-                .await
-            {
-                Ok(hunt) => {
-                    retire.keys = hunt.key_ids();
-                    done.keys = retire.keys.clone();
-                    done.hunt = Some((hunt, matcher));
+    let mut hunt = None;
+    let outcome = async {
+        super::incident::reach(&account).await?;
+        let client = account.client();
+        if let Some(matcher) = matcher {
+            let found =
+                incident::find_key_pairs(client.clone(), limiter.clone(), &options, &matcher).await;
+            match found {
+                Ok(found) => {
+                    retire.keys = found.key_ids();
+                    hunt = Some((matcher, Ok(found)));
                 }
                 // Nothing of this account holds the key: nothing to retire in it.
-                Err(incident::IncidentError::NoMatch { .. }) => {
-                    done.outcome = Ok(Retirement {
-                        verdicts: Vec::new(),
-                        dry_run: retire.dry_run,
-                        delete_request_ids: Vec::new(),
-                    });
-                    return done;
+                Err(incident::IncidentError::NoMatch { listed, .. }) => {
+                    hunt = Some((matcher, Err(listed)));
+                    return Ok(None);
                 }
-                Err(error) => {
-                    done.outcome = Err(AccountFailure::of(error));
-                    return done;
-                }
+                Err(error) => return Err(AccountFailure::of(error)),
             }
         }
+        let mut retirement = incident::retire(client, limiter, &options, &retire)
+            .await
+            .map_err(AccountFailure::of)?;
+        for verdict in &mut retirement.verdicts {
+            verdict.account = Some(name.clone());
+        }
+        Ok(Some(retirement))
     }
-    done.outcome = incident::retire(client, limiter, &options, &retire)
-        .await
-        .map(|mut retirement| {
-            for verdict in &mut retirement.verdicts {
-                verdict.account = Some(done.name.clone());
-            }
-            retirement
-        })
-        .map_err(AccountFailure::of);
-    done
+    .await;
+    AccountRetirement {
+        name,
+        keys: retire.keys,
+        hunt,
+        outcome,
+    }
 }
 
 /// `run --retire`: once the run's verification found every pair gone, its keys are
