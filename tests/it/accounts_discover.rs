@@ -444,6 +444,35 @@ async fn retire_deletes_each_accounts_key_in_it_and_records_each_retirement() {
     want.sort();
     assert_eq!(recorded, want);
     drop(statement);
+    // Again: no account holds the key any more; nothing is retired, staging is still
+    // INCOMPLETE (exit 1), and only its failure is recorded again.
+    let again = files
+        .keyfleet(
+            &sim,
+            true,
+            &["retire", "--public-key", &files.arg("leaked.pub")],
+        )
+        .await;
+    assert_eq!(again.code, Some(1), "{}", again.stderr_text());
+    for name in ["main", "prod", "dev"] {
+        assert!(
+            again
+                .stderr_text()
+                .contains(&format!("account {name}:\npublic key SHA256:")),
+            "{}",
+            again.stderr_text()
+        );
+    }
+    assert_eq!(
+        again.stderr_text().matches(": nothing to retire").count(),
+        3,
+        "{}",
+        again.stderr_text()
+    );
+    let rows: i64 = db
+        .query_row("SELECT COUNT(*) FROM retirements", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 5, "the first four, and staging's failure again");
     drop(db);
 
     let mut haystack = stderr;
