@@ -180,7 +180,7 @@ pub(crate) async fn gather(store: &Store, runs: &[i64]) -> anyhow::Result<Incide
                     job_id: 0,
                     action: "DeleteKeyPairs".into(),
                     region: String::new(),
-                    account: None,
+                    account: row.account.clone(),
                     at: row.at,
                     outcome: Some("succeeded".into()),
                     request_id: request_id.as_str().map(str::to_string),
