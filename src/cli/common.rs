@@ -123,13 +123,25 @@ fn client_of(
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> anyhow::Result<CvmClient> {
+    session_of(global, base, account, connect_timeout, request_timeout)
+        .map(keyfleet::accounts::session::AccountClient::into_client)
+}
+
+/// `account`'s session on the base client (a profile's credentials read as the
+/// global flags say; nothing sent yet).
+fn session_of(
+    global: &GlobalArgs,
+    base: &CvmClient,
+    account: &keyfleet::accounts::Account,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<keyfleet::accounts::session::AccountClient> {
     let profile = |profile: &str| {
         base_client(global, Some(profile), connect_timeout, request_timeout)
             .map_err(|err| format!("{err:#}"))
     };
-    let client = keyfleet::accounts::session::AccountClient::new(account, base, &profile)
-        .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(&account.name)))?;
-    Ok(client.into_client())
+    keyfleet::accounts::session::AccountClient::new(account, base, &profile)
+        .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(&account.name)))
 }
 
 /// The clients a run over several accounts sends through: the run's own (the base
@@ -280,14 +292,9 @@ pub(crate) fn account_senders(
             "the work names accounts: give --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization"
         )
     };
-    let profile = |profile: &str| {
-        base_client(global, Some(profile), connect_timeout, request_timeout)
-            .map_err(|err| format!("{err:#}"))
-    };
     let mut senders = Vec::with_capacity(accounts.len());
     for account in accounts.iter() {
-        let session = keyfleet::accounts::session::AccountClient::new(account, &base, &profile)
-            .map_err(|err| anyhow::anyhow!("account {}: {err}", escape(&account.name)))?;
+        let session = session_of(global, &base, account, connect_timeout, request_timeout)?;
         senders.push(AccountSender {
             account: account.clone(),
             session,
