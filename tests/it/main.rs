@@ -17,6 +17,7 @@ mod pacing;
 mod plan;
 mod power;
 mod regional;
+mod report;
 mod rotation;
 mod run;
 mod runbook;
