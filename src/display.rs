@@ -24,7 +24,11 @@ pub fn escape_keeping_newlines(text: &str) -> Cow<'_, str> {
 }
 
 fn escape_except(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
-    if !text.chars().any(|c| is_unsafe(c) && !keep(c)) {
+    // Printable ASCII is never unsafe: ids, codes and most messages are checked a
+    // byte at a time instead of decoded (the report escapes every cell of a million rows).
+    if text.bytes().all(|b| (b' '..=b'~').contains(&b))
+        || !text.chars().any(|c| is_unsafe(c) && !keep(c))
+    {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

@@ -105,48 +105,50 @@ pub struct RunStatus {
     pub elapsed_ms: Option<i64>,
 }
 
-/// One line of the report: one input pair and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ReportRow {
-    pub position: String,
-    pub region: Option<String>,
-    pub instance_id: Option<String>,
-    pub key_id: Option<String>,
-    pub status: String,
+/// One line of the report: one input pair and what became of it. Borrowed from the
+/// page being reported (see [`Store::for_each_report_row`]): a million rows are
+/// reported without allocating per row or per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReportRow<'a> {
+    pub position: &'a str,
+    pub region: Option<&'a str>,
+    pub instance_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub status: &'a str,
     /// RequestId of the success reply that covered the pair.
-    pub request_id: Option<String>,
-    pub error_code: Option<String>,
+    pub request_id: Option<&'a str>,
+    pub error_code: Option<&'a str>,
     /// For a rejected row, the reason it was rejected.
-    pub error_message: Option<String>,
+    pub error_message: Option<&'a str>,
     /// Attempts of the covering job and of the jobs it was split from.
     pub attempts: i64,
     /// The leaf job that covered the pair (for a duplicate: the first occurrence's).
     pub job_id: Option<i64>,
     /// What `keyfleet verify` found (`gone`, `still_bound`, ...); `None` when never verified.
-    pub verified: Option<String>,
+    pub verified: Option<&'a str>,
     /// A rotation row: the new key(s) bound before the old one is unbound.
-    pub new_key_id: Option<String>,
+    pub new_key_id: Option<&'a str>,
     /// A rotation row: the Associate half, per new key (space-separated): its status,
     /// the RequestId that accepted it, and what the cloud showed (`bound`, ...).
-    pub associate_status: Option<String>,
-    pub associate_request_id: Option<String>,
-    pub associate_verified: Option<String>,
+    pub associate_status: Option<&'a str>,
+    pub associate_request_id: Option<&'a str>,
+    pub associate_verified: Option<&'a str>,
     /// A live run (`--running stop-start|force-stop`): the instance's `InstanceState`
     /// when the run looked at it; `None` outside a live run.
-    pub power_before: Option<String>,
+    pub power_before: Option<&'a str>,
     /// A live run: when the run took the instance down (UTC, RFC 3339, ms: the moment
     /// it was counted down, just before its stop or ForceStop request); `None` for an
     /// instance never stopped.
-    pub stopped_at: Option<String>,
+    pub stopped_at: Option<&'a str>,
     /// A live run: when the run sent the instance's StartInstances (`None` when it
     /// never had to: never stopped, or the cloud restarted it after a ForceStop).
-    pub started_at: Option<String>,
+    pub started_at: Option<&'a str>,
     /// A live run: seconds from `stopped_at` until the run saw the instance RUNNING
     /// again (3 decimals); `None` for an instance never stopped or not back up.
-    pub downtime_s: Option<String>,
+    pub downtime_s: Option<&'a str>,
     /// A live run: the `InstanceState` the run last saw after the instance's cycle
     /// (`RUNNING`; `STOPPED` for one left stopped); `None` when it was never cycled.
-    pub power_after: Option<String>,
+    pub power_after: Option<&'a str>,
 }
 
 impl Store {
@@ -366,13 +368,14 @@ impl Store {
     /// The pages are read through a read-only connection of its own (rusqlite): sqlx
     /// decodes each row through its worker thread and a channel, which made the report
     /// of a million items several times slower than `sqlite3` printing the same table.
-    /// Each page is one short read (blocking this thread for milliseconds), so no read
-    /// snapshot is held while `emit` writes.
+    /// Each page is one short read (blocking this thread for milliseconds) into one
+    /// buffer, so no read snapshot is held while `emit` writes, and the rows `emit`
+    /// sees borrow from that buffer: nothing is allocated per row or per cell.
     pub async fn for_each_report_row<E>(
         &self,
         run_id: i64,
         only: Option<ItemStatus>,
-        mut emit: impl FnMut(ReportRow) -> Result<(), E>,
+        mut emit: impl FnMut(&ReportRow<'_>) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
         let attempts = self.attempts_with_ancestors(run_id).await?;
         let conn = rusqlite::Connection::open_with_flags(
@@ -380,10 +383,6 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Pages walk the run's id range in primary-key order, keeping only the run's
-        // items: ids need not be consecutive (another run's items may sit between).
-        // The `+` on run_id and status keeps SQLite from choosing the (run_id, status)
-        // index, which would sort the whole run per page.
         let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
             "SELECT MIN(id), MAX(id) FROM items WHERE run_id = ?",
             [run_id],
@@ -394,48 +393,28 @@ impl Store {
         };
         let only = only.map(ItemStatus::as_str);
         let mut after = first - 1;
-        let mut page: Vec<(i64, ReportRow)> = Vec::with_capacity(REPORT_PAGE_ROWS as usize);
+        let mut page = ReportPage::default();
+        // Rows come grouped by job: most look up the same job as the row before.
+        let mut seen: (Option<i64>, i64) = (None, 0);
+        let mut attempts_of = |job_id: Option<i64>| {
+            if job_id != seen.0 {
+                seen = (job_id, job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0));
+            }
+            seen.1
+        };
         loop {
             page.clear();
+            // Asked per page: a live run's survey may add power rows while a report of
+            // it is read. Without any, the page skips the join (a lookup per item).
+            let live: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM power WHERE run_id = ?)")?
+                .query_row([run_id], |row| row.get(0))?;
             {
-                let mut statement = conn.prepare_cached(
-                    "SELECT i.id, i.position, i.region, i.instance_id, i.key_id, i.status,
-                            COALESCE(d.request_id, i.request_id),
-                            CASE WHEN i.status = 'rejected' THEN NULL
-                                 ELSE COALESCE(d.error_code, i.error_code) END,
-                            CASE WHEN i.status = 'rejected' THEN i.reason
-                                 ELSE COALESCE(d.error_message, i.error_message) END,
-                            COALESCE(d.job_id, i.job_id),
-                            CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
-                            i.new_key_id,
-                            CASE WHEN i.new_key_id IS NOT NULL THEN
-                                (SELECT group_concat(b.status, ' ') FROM (SELECT status FROM items
-                                     INDEXED BY items_bind WHERE run_id = i.run_id AND bind = 1
-                                     AND region = i.region AND instance_id = i.instance_id
-                                     ORDER BY key_id) b) END,
-                            CASE WHEN i.new_key_id IS NOT NULL THEN
-                                (SELECT group_concat(COALESCE(b.request_id, '-'), ' ') FROM
-                                    (SELECT request_id FROM items INDEXED BY items_bind
-                                     WHERE run_id = i.run_id AND bind = 1 AND region = i.region
-                                     AND instance_id = i.instance_id ORDER BY key_id) b) END,
-                            CASE WHEN i.new_key_id IS NOT NULL THEN
-                                (SELECT group_concat(COALESCE(b.verified, '-'), ' ') FROM
-                                    (SELECT verified FROM items INDEXED BY items_bind
-                                     WHERE run_id = i.run_id AND bind = 1 AND region = i.region
-                                     AND instance_id = i.instance_id ORDER BY key_id) b) END,
-                            p.power_before,
-                            strftime('%Y-%m-%dT%H:%M:%fZ', p.stopped_at / 1000.0, 'unixepoch'),
-                            strftime('%Y-%m-%dT%H:%M:%fZ', p.started_at / 1000.0, 'unixepoch'),
-                            CASE WHEN p.stopped_at IS NOT NULL AND p.up_at IS NOT NULL
-                                 THEN printf('%.3f', (p.up_at - p.stopped_at) / 1000.0) END,
-                            p.power_after
-                     FROM items i LEFT JOIN items d ON d.id = i.duplicate_of
-                          LEFT JOIN power p ON p.run_id = i.run_id AND p.region = i.region
-                                           AND p.instance_id = i.instance_id
-                     WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
-                           AND +i.bind = 0
-                     ORDER BY i.id LIMIT ?5",
-                )?;
+                let mut statement = conn.prepare_cached(if live {
+                    REPORT_PAGE_LIVE
+                } else {
+                    REPORT_PAGE
+                })?;
                 let mut rows = statement.query(rusqlite::params![
                     after,
                     last,
@@ -444,40 +423,16 @@ impl Store {
                     REPORT_PAGE_ROWS
                 ])?;
                 while let Some(row) = rows.next()? {
-                    let job_id: Option<i64> = row.get(9)?;
-                    page.push((
-                        row.get(0)?,
-                        ReportRow {
-                            position: row.get(1)?,
-                            region: row.get(2)?,
-                            instance_id: row.get(3)?,
-                            key_id: row.get(4)?,
-                            status: row.get(5)?,
-                            request_id: row.get(6)?,
-                            error_code: row.get(7)?,
-                            error_message: row.get(8)?,
-                            attempts: job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
-                            job_id,
-                            verified: row.get(10)?,
-                            new_key_id: row.get(11)?,
-                            associate_status: row.get(12)?,
-                            associate_request_id: row.get(13)?,
-                            associate_verified: row.get(14)?,
-                            power_before: row.get(15)?,
-                            stopped_at: row.get(16)?,
-                            started_at: row.get(17)?,
-                            downtime_s: row.get(18)?,
-                            power_after: row.get(19)?,
-                        },
-                    ));
+                    page.push(row)?;
                 }
             }
-            let Some(&(last_id, _)) = page.last() else {
+            let Some(last_id) = page.last_id() else {
                 return Ok(Ok(()));
             };
             after = last_id;
-            for (_, line) in page.drain(..) {
-                if let Err(e) = emit(line) {
+            for n in 0..page.len() {
+                let row = page.row(n, &mut attempts_of);
+                if let Err(e) = emit(&row) {
                     return Ok(Err(e));
                 }
             }
@@ -512,5 +467,166 @@ impl Store {
             total.insert(id, sum);
         }
         Ok(total)
+    }
+}
+
+/// The report's page query, up to its power columns: items by id within the run's
+/// range, keeping only the run's unbind items. Ids need not be consecutive (another
+/// run's items may sit between). The `+` on run_id and status keeps SQLite from
+/// choosing the (run_id, status) index, which would sort the whole run per page.
+/// Columns: the id, the covering job, then [`REPORT_TEXT_COLUMNS`] texts in the
+/// order of [`ReportRow`]'s fields.
+macro_rules! report_page {
+    ($power_columns:literal, $power_join:literal) => {
+        concat!(
+            "SELECT i.id, COALESCE(d.job_id, i.job_id),
+                    i.position, i.region, i.instance_id, i.key_id, i.status,
+                    COALESCE(d.request_id, i.request_id),
+                    CASE WHEN i.status = 'rejected' THEN NULL
+                         ELSE COALESCE(d.error_code, i.error_code) END,
+                    CASE WHEN i.status = 'rejected' THEN i.reason
+                         ELSE COALESCE(d.error_message, i.error_message) END,
+                    CASE WHEN i.status = 'duplicate' THEN d.verified ELSE i.verified END,
+                    i.new_key_id,
+                    CASE WHEN i.new_key_id IS NOT NULL THEN
+                        (SELECT group_concat(b.status, ' ') FROM (SELECT status FROM items
+                             INDEXED BY items_bind WHERE run_id = i.run_id AND bind = 1
+                             AND region = i.region AND instance_id = i.instance_id
+                             ORDER BY key_id) b) END,
+                    CASE WHEN i.new_key_id IS NOT NULL THEN
+                        (SELECT group_concat(COALESCE(b.request_id, '-'), ' ') FROM
+                            (SELECT request_id FROM items INDEXED BY items_bind
+                             WHERE run_id = i.run_id AND bind = 1 AND region = i.region
+                             AND instance_id = i.instance_id ORDER BY key_id) b) END,
+                    CASE WHEN i.new_key_id IS NOT NULL THEN
+                        (SELECT group_concat(COALESCE(b.verified, '-'), ' ') FROM
+                            (SELECT verified FROM items INDEXED BY items_bind
+                             WHERE run_id = i.run_id AND bind = 1 AND region = i.region
+                             AND instance_id = i.instance_id ORDER BY key_id) b) END",
+            $power_columns,
+            "
+             FROM items i LEFT JOIN items d ON d.id = i.duplicate_of ",
+            $power_join,
+            "
+             WHERE i.id > ?1 AND i.id <= ?2 AND +i.run_id = ?3 AND (?4 IS NULL OR +i.status = ?4)
+                   AND +i.bind = 0
+             ORDER BY i.id LIMIT ?5"
+        )
+    };
+}
+
+/// A page of a live run's report: the power columns from the instance's `power` row.
+const REPORT_PAGE_LIVE: &str = report_page!(
+    ",
+     p.power_before,
+     strftime('%Y-%m-%dT%H:%M:%fZ', p.stopped_at / 1000.0, 'unixepoch'),
+     strftime('%Y-%m-%dT%H:%M:%fZ', p.started_at / 1000.0, 'unixepoch'),
+     CASE WHEN p.stopped_at IS NOT NULL AND p.up_at IS NOT NULL
+          THEN printf('%.3f', (p.up_at - p.stopped_at) / 1000.0) END,
+     p.power_after",
+    "LEFT JOIN power p ON p.run_id = i.run_id AND p.region = i.region
+                        AND p.instance_id = i.instance_id"
+);
+
+/// A page of a run without power rows: without the power columns, which stay empty.
+const REPORT_PAGE: &str = report_page!("", "");
+
+/// Text columns of a live run's report page (every column of [`ReportRow`] but the
+/// two numbers); a page of a run without power rows reads the first 13.
+const REPORT_TEXT_COLUMNS: usize = 18;
+
+/// A page of the report as read: every row's text back to back in one buffer, reused
+/// from page to page.
+#[derive(Debug, Default)]
+struct ReportPage {
+    text: String,
+    rows: Vec<PageRow>,
+}
+
+/// One row of a [`ReportPage`]: its text cells as ranges of the page's buffer.
+#[derive(Debug)]
+struct PageRow {
+    id: i64,
+    job_id: Option<i64>,
+    cells: [Option<(usize, usize)>; REPORT_TEXT_COLUMNS],
+}
+
+impl ReportPage {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.rows.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn last_id(&self) -> Option<i64> {
+        self.rows.last().map(|row| row.id)
+    }
+
+    /// Copies a row of a page query ([`REPORT_PAGE`]) into the page.
+    fn push(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        let mut cells = [None; REPORT_TEXT_COLUMNS];
+        let read = row.as_ref().column_count().saturating_sub(2);
+        for (n, cell) in cells.iter_mut().take(read).enumerate() {
+            let column = n + 2;
+            *cell = match row.get_ref(column)? {
+                rusqlite::types::ValueRef::Null => None,
+                rusqlite::types::ValueRef::Text(bytes) => {
+                    let text = std::str::from_utf8(bytes).map_err(|err| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            column,
+                            rusqlite::types::Type::Text,
+                            Box::new(err),
+                        )
+                    })?;
+                    let start = self.text.len();
+                    self.text.push_str(text);
+                    Some((start, self.text.len()))
+                }
+                other => {
+                    return Err(rusqlite::Error::InvalidColumnType(
+                        column,
+                        String::new(),
+                        other.data_type(),
+                    ));
+                }
+            };
+        }
+        self.rows.push(PageRow {
+            id: row.get(0)?,
+            job_id: row.get(1)?,
+            cells,
+        });
+        Ok(())
+    }
+
+    /// Row `n` of the page, its attempts from `attempts_of` (the covering job's).
+    fn row(&self, n: usize, attempts_of: &mut impl FnMut(Option<i64>) -> i64) -> ReportRow<'_> {
+        let row = &self.rows[n];
+        let cell = |c: usize| row.cells[c].map(|(start, end)| &self.text[start..end]);
+        ReportRow {
+            position: cell(0).unwrap_or_default(),
+            region: cell(1),
+            instance_id: cell(2),
+            key_id: cell(3),
+            status: cell(4).unwrap_or_default(),
+            request_id: cell(5),
+            error_code: cell(6),
+            error_message: cell(7),
+            attempts: attempts_of(row.job_id),
+            job_id: row.job_id,
+            verified: cell(8),
+            new_key_id: cell(9),
+            associate_status: cell(10),
+            associate_request_id: cell(11),
+            associate_verified: cell(12),
+            power_before: cell(13),
+            stopped_at: cell(14),
+            started_at: cell(15),
+            downtime_s: cell(16),
+            power_after: cell(17),
+        }
     }
 }
