@@ -213,7 +213,10 @@ pub(crate) fn unpack_id_into(mut packed: u64, prefix: &str, id: &mut String) {
     }
     id.clear();
     id.push_str(prefix);
-    id.extend(suffix.iter().map(|&b| b as char));
+    // The alphabet is ASCII, so the suffix is UTF-8: pushed whole, not a char at a time.
+    if let Ok(suffix) = std::str::from_utf8(&suffix) {
+        id.push_str(suffix);
+    }
 }
 
 pub(crate) const INSTANCE_PREFIX: &str = "ins-";

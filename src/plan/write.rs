@@ -23,7 +23,6 @@ pub(super) fn write(
     force_stop: bool,
 ) -> Result<i64, PlanError> {
     let built = &owned;
-    use std::fmt::Write as _;
     let mut instance_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
     let mut key_ids = Vec::with_capacity(MAX_IDS_PER_REQUEST);
     let mut add_jobs = |writer: &mut crate::store::plan::PlanWriter,
@@ -33,10 +32,8 @@ pub(super) fn write(
      -> Result<Vec<i64>, StoreError> {
         let mut ids = Vec::with_capacity(jobs.len());
         for job in jobs {
-            instance_ids.clear();
-            instance_ids.extend(job.instances.iter().map(|&i| unpack_id(i, INSTANCE_PREFIX)));
-            key_ids.clear();
-            key_ids.extend(job.keys.iter().map(|&k| unpack_id(k, KEY_PREFIX)));
+            unpack_ids(&job.instances, INSTANCE_PREFIX, &mut instance_ids);
+            unpack_ids(&job.keys, KEY_PREFIX, &mut key_ids);
             ids.push(writer.add_job(NewJob {
                 kind,
                 region: &built.regions[job.region as usize],
@@ -70,9 +67,7 @@ pub(super) fn write(
     let (mut position, mut instance_id, mut key_id) = (String::new(), String::new(), String::new());
     writer.add_items(|sink| -> Result<(), PlanError> {
         for item in &built.items {
-            position.clear();
-            // Writing into a String cannot fail.
-            let _ = write!(position, "{}", position_of(built, item));
+            position_text(position_of(built, item), &mut position);
             let new = match item.kind {
                 Kind::Valid | Kind::Duplicate => {
                     unpack_id_into(item.instance, INSTANCE_PREFIX, &mut instance_id);
@@ -133,13 +128,12 @@ pub(super) fn write(
         }
         // A rotation's bind items, after the input's: one per instance and new key.
         for bind in &built.bind_items {
-            position.clear();
             let origin = Position {
                 kind: built.position_kind,
                 row: bind.row,
                 pair: bind.pair,
             };
-            let _ = write!(position, "{origin}");
+            position_text(origin, &mut position);
             unpack_id_into(bind.instance, INSTANCE_PREFIX, &mut instance_id);
             unpack_id_into(bind.key, KEY_PREFIX, &mut key_id);
             sink.add(NewItem {
@@ -163,6 +157,48 @@ pub(super) fn write(
     Ok(writer.commit()?)
 }
 
+/// `packed` ids unpacked into `ids`, reusing its strings: a million ids without a
+/// million allocations.
+fn unpack_ids(packed: &[u64], prefix: &str, ids: &mut Vec<String>) {
+    ids.truncate(packed.len());
+    for (n, &id) in packed.iter().enumerate() {
+        match ids.get_mut(n) {
+            Some(text) => unpack_id_into(id, prefix, text),
+            None => ids.push(unpack_id(id, prefix)),
+        }
+    }
+}
+
+/// `position` as its `Display` writes it (`line 12`, `index 3, pair 2`), into a
+/// reused buffer: without the formatting machinery, which cost a million items about
+/// 4% of a plan's instructions (docs/BENCHMARKS.md). The test below holds the two alike.
+pub(super) fn position_text(position: Position, out: &mut String) {
+    out.clear();
+    out.push_str(match position.kind {
+        PositionKind::Line => "line ",
+        PositionKind::Index => "index ",
+    });
+    push_decimal(out, position.row);
+    if position.pair > 0 {
+        out.push_str(", pair ");
+        push_decimal(out, u64::from(position.pair));
+    }
+}
+
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
 /// Whether the items' index entries arrive in index order (see
 /// `PlanWriter::items_in_index_order`) but for at most one item in eight: pending
 /// items whose jobs never fall back in input order (as when the input is sorted by
@@ -179,4 +215,23 @@ pub(super) fn items_in_index_order(built: &Built) -> bool {
         }
     }
     out_of_order <= built.items.len() / 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_text_is_what_position_displays() {
+        let mut text = String::from("left over");
+        for kind in [PositionKind::Line, PositionKind::Index] {
+            for row in [0, 1, 9, 10, 99, 1_000_001, u64::MAX] {
+                for pair in [0, 1, 10, 4_294_967_295] {
+                    let position = Position { kind, row, pair };
+                    position_text(position, &mut text);
+                    assert_eq!(text, position.to_string());
+                }
+            }
+        }
+    }
 }
