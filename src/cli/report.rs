@@ -205,7 +205,7 @@ async fn emit<W: Write>(
                         write_csv_record(&mut out, cells)
                     } else {
                         // Borrowed unless the cell needs escaping or a guard.
-                        write_csv_record(&mut out, cells.map(display::csv_cell))
+                        write_csv_record(&mut out, cells.iter().map(|c| display::csv_cell(c)))
                     }
                 })
                 .await??;
