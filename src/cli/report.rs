@@ -244,7 +244,10 @@ fn write_csv_record<W: Write, T: AsRef<str>>(
             out.write_all(b",")?;
         }
         let cell = cell.as_ref().as_bytes();
-        if cell.iter().any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n')) {
+        if cell
+            .iter()
+            .any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+        {
             out.write_all(b"\"")?;
             for (n, part) in cell.split(|&b| b == b'"').enumerate() {
                 if n > 0 {

@@ -398,7 +398,10 @@ impl Store {
         let mut seen: (Option<i64>, i64) = (None, 0);
         let mut attempts_of = |job_id: Option<i64>| {
             if job_id != seen.0 {
-                seen = (job_id, job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0));
+                seen = (
+                    job_id,
+                    job_id.and_then(|j| attempts.get(&j).copied()).unwrap_or(0),
+                );
             }
             seen.1
         };
@@ -410,11 +413,8 @@ impl Store {
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM power WHERE run_id = ?)")?
                 .query_row([run_id], |row| row.get(0))?;
             {
-                let mut statement = conn.prepare_cached(if live {
-                    REPORT_PAGE_LIVE
-                } else {
-                    REPORT_PAGE
-                })?;
+                let mut statement =
+                    conn.prepare_cached(if live { REPORT_PAGE_LIVE } else { REPORT_PAGE })?;
                 let mut rows = statement.query(rusqlite::params![
                     after,
                     last,

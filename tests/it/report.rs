@@ -80,11 +80,20 @@ const FORMS: [(&str, &[&str]); 9] = [
     ("report-raw.csv", &["report", "1", "--raw"]),
     ("report.json", &["report", "1", "--format", "json"]),
     ("report-failed.csv", &["report", "1", "--only", "failed"]),
-    ("report-duplicate.json", &["report", "1", "--only", "duplicate", "--format", "json"]),
-    ("report-rejected.csv", &["report", "1", "--only", "rejected"]),
+    (
+        "report-duplicate.json",
+        &["report", "1", "--only", "duplicate", "--format", "json"],
+    ),
+    (
+        "report-rejected.csv",
+        &["report", "1", "--only", "rejected"],
+    ),
     ("rotation.csv", &["report", "2"]),
     ("rotation.json", &["report", "--format", "json"]),
-    ("rotation-pending.csv", &["report", "2", "--only", "pending"]),
+    (
+        "rotation-pending.csv",
+        &["report", "2", "--only", "pending"],
+    ),
 ];
 
 fn expected_dir() -> PathBuf {
