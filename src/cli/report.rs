@@ -391,12 +391,17 @@ mod tests {
             &["only"],
         ];
         let mut ours = Vec::new();
-        let mut theirs = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+        let mut theirs = csv::WriterBuilder::new()
+            .flexible(true)
+            .from_writer(Vec::new());
         for record in records {
             write_csv_record(&mut ours, record).unwrap();
             theirs.write_record(record).unwrap();
         }
         let theirs = theirs.into_inner().unwrap();
-        assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(theirs).unwrap()
+        );
     }
 }
