@@ -18,7 +18,7 @@ use crate::GlobalArgs;
 /// The report's columns, in order (CSV header; JSON keys).
 ///
 /// Columns are only ever appended: scripts read them by position too.
-pub(crate) const COLUMNS: [&str; 20] = [
+pub(crate) const COLUMNS: [&str; 21] = [
     "position",
     "region",
     "instance_id",
@@ -39,6 +39,7 @@ pub(crate) const COLUMNS: [&str; 20] = [
     "started_at",
     "downtime_s",
     "power_after",
+    "account",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -272,7 +273,7 @@ struct NumberCells {
 }
 
 /// A row's CSV cells in [`COLUMNS`] order: empty for `None`.
-fn csv_cells<'a>(row: &ReportRow<'a>, numbers: &'a mut NumberCells) -> [&'a str; 20] {
+fn csv_cells<'a>(row: &ReportRow<'a>, numbers: &'a mut NumberCells) -> [&'a str; 21] {
     use std::fmt::Write as _;
     numbers.attempts.clear();
     numbers.job_id.clear();
@@ -303,6 +304,7 @@ fn csv_cells<'a>(row: &ReportRow<'a>, numbers: &'a mut NumberCells) -> [&'a str;
         text(row.started_at),
         text(row.downtime_s),
         text(row.power_after),
+        text(row.account),
     ]
 }
 

@@ -149,6 +149,8 @@ pub struct ReportRow<'a> {
     /// A live run: the `InstanceState` the run last saw after the instance's cycle
     /// (`RUNNING`; `STOPPED` for one left stopped); `None` when it was never cycled.
     pub power_after: Option<&'a str>,
+    /// The row's account (a run over many accounts); `None`: the run's own.
+    pub account: Option<&'a str>,
 }
 
 impl Store {
@@ -502,7 +504,8 @@ macro_rules! report_page {
                         (SELECT group_concat(COALESCE(b.verified, '-'), ' ') FROM
                             (SELECT verified FROM items INDEXED BY items_bind
                              WHERE run_id = i.run_id AND bind = 1 AND region = i.region
-                             AND instance_id = i.instance_id ORDER BY key_id) b) END",
+                             AND instance_id = i.instance_id ORDER BY key_id) b) END,
+                    i.account",
             $power_columns,
             "
              FROM items i LEFT JOIN items d ON d.id = i.duplicate_of ",
@@ -532,8 +535,9 @@ const REPORT_PAGE_LIVE: &str = report_page!(
 const REPORT_PAGE: &str = report_page!("", "");
 
 /// Text columns of a live run's report page (every column of [`ReportRow`] but the
-/// two numbers); a page of a run without power rows reads the first 13.
-const REPORT_TEXT_COLUMNS: usize = 18;
+/// two numbers, the account before the power columns); a page of a run without power
+/// rows reads the first 14.
+const REPORT_TEXT_COLUMNS: usize = 19;
 
 /// A page of the report as read: every row's text back to back in one buffer, reused
 /// from page to page.
@@ -622,11 +626,12 @@ impl ReportPage {
             associate_status: cell(10),
             associate_request_id: cell(11),
             associate_verified: cell(12),
-            power_before: cell(13),
-            stopped_at: cell(14),
-            started_at: cell(15),
-            downtime_s: cell(16),
-            power_after: cell(17),
+            account: cell(13),
+            power_before: cell(14),
+            stopped_at: cell(15),
+            started_at: cell(16),
+            downtime_s: cell(17),
+            power_after: cell(18),
         }
     }
 }

@@ -269,6 +269,18 @@ async fn one_run_over_several_accounts_isolates_the_refused_one_and_resumes_it()
     for name in ["main", "prod", "dev", "staging"] {
         assert!(text.contains(&format!("account {name} ")), "{text}");
     }
+    let report = run(keyfleet(&sim, dir.path(), &["report", "--format", "json"])).await;
+    let rows = report.json();
+    let prod_rows = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["account"] == "prod")
+        .count();
+    assert_eq!(
+        prod_rows, PROD_INSTANCES,
+        "the pair report names each row's account"
+    );
     let incident = run(keyfleet(
         &sim,
         dir.path(),

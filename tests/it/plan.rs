@@ -121,7 +121,8 @@ impl Keyfleet {
                 "stopped_at",
                 "started_at",
                 "downtime_s",
-                "power_after"
+                "power_after",
+                "account"
             ]
         );
         reader
@@ -786,9 +787,9 @@ async fn a_database_of_release_0_1_reports_and_takes_new_plans() {
     assert_eq!(
         lines,
         [
-            "line 2,ap-guangzhou,ins-00000001,skey-00000001,pending,,,,0,1,,,,,,,,,,",
-            "line 3,,ins-x,skey-00000001,rejected,,,instance id \"ins-x\" is not ins- and 8 characters,0,,,,,,,,,,,",
-            "line 4,ap-guangzhou,ins-00000002,skey-00000001,pending,,,,0,1,,,,,,,,,,",
+            "line 2,ap-guangzhou,ins-00000001,skey-00000001,pending,,,,0,1,,,,,,,,,,,",
+            "line 3,,ins-x,skey-00000001,rejected,,,instance id \"ins-x\" is not ins- and 8 characters,0,,,,,,,,,,,,",
+            "line 4,ap-guangzhou,ins-00000002,skey-00000001,pending,,,,0,1,,,,,,,,,,,",
         ]
     );
     let status = k.run(&["status", "1", "--json"]).ok().json();
