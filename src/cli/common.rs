@@ -115,6 +115,23 @@ pub(crate) fn load_accounts(
     })
 }
 
+/// The base client (the base credentials, or `--profile`'s) and the accounts of
+/// `--accounts`/`--organization` (`None` without either).
+fn base_and_accounts(
+    global: &GlobalArgs,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> anyhow::Result<(CvmClient, Option<keyfleet::accounts::Accounts>)> {
+    let base = base_client(
+        global,
+        global.profile.as_deref(),
+        connect_timeout,
+        request_timeout,
+    )?;
+    let accounts = load_accounts(global, &base)?;
+    Ok((base, accounts))
+}
+
 /// A client sending every call as `account`, on the base client's endpoint.
 fn client_of(
     global: &GlobalArgs,
@@ -159,13 +176,8 @@ pub(crate) fn estate(
     if named.is_empty() {
         return Ok(keyfleet::accounts::estate::Estate::single(own));
     }
-    let base = base_client(
-        global,
-        global.profile.as_deref(),
-        connect_timeout,
-        request_timeout,
-    )?;
-    let Some(accounts) = load_accounts(global, &base)? else {
+    let (base, accounts) = base_and_accounts(global, connect_timeout, request_timeout)?;
+    let Some(accounts) = accounts else {
         anyhow::bail!(
             "run {run_id}'s rows name accounts ({}): give --accounts FILE (or KEYFLEET_ACCOUNTS) \
              or --organization to work on it",
@@ -280,14 +292,9 @@ pub(crate) fn account_senders(
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> anyhow::Result<Vec<AccountSender>> {
-    let base = base_client(
-        global,
-        global.profile.as_deref(),
-        connect_timeout,
-        request_timeout,
-    )?;
+    let (base, accounts) = base_and_accounts(global, connect_timeout, request_timeout)?;
     warn_about_transport(&base);
-    let Some(accounts) = load_accounts(global, &base)? else {
+    let Some(accounts) = accounts else {
         anyhow::bail!(
             "the work names accounts: give --accounts FILE (or KEYFLEET_ACCOUNTS) or --organization"
         )

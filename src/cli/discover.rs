@@ -206,19 +206,7 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
     let templates = incident::find_templates(client, limiter, &options, &args.keys, &walked).await;
     store.close().await;
     let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;
-    match &args.output {
-        Some(path) => super::report::write_private_file(path, &bytes)?,
-        None => {
-            use std::io::Write;
-            std::io::stdout().lock().write_all(&bytes)?;
-        }
-    }
-    if let Some(path) = &args.templates_output {
-        super::report::write_private_file(
-            path,
-            &super::incident::render_templates(&templates.holders, false)?,
-        )?;
-    }
+    write_discovered(&args, &bytes, &templates.holders, false)?;
     summarize(&discovery, &args.keys, args.rotate_to.as_deref());
     super::incident::summarize_templates(&templates, &args.keys);
     Ok(if discovery.is_incomplete() || templates.is_incomplete() {
@@ -236,6 +224,31 @@ pub(crate) fn render(
 ) -> anyhow::Result<Vec<u8>> {
     let rows: Vec<(Option<&str>, &Found)> = found.iter().map(|f| (None, f)).collect();
     render_rows(&rows, false, format, rotate_to)
+}
+
+/// Writes the rendered rows to `--output` (owner-only, whole) or stdout, and the
+/// template holders to `--templates-output` (with their account column when
+/// `with_account`).
+fn write_discovered(
+    args: &Args,
+    rows: &[u8],
+    holders: &[incident::TemplateHolder],
+    with_account: bool,
+) -> anyhow::Result<()> {
+    match &args.output {
+        Some(path) => super::report::write_private_file(path, rows)?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(rows)?;
+        }
+    }
+    if let Some(path) = &args.templates_output {
+        super::report::write_private_file(
+            path,
+            &super::incident::render_templates(holders, with_account)?,
+        )?;
+    }
+    Ok(())
 }
 
 /// [`render`] for rows of several accounts: with `with_account`, an `account` column
@@ -548,19 +561,7 @@ async fn run_every_account(
         }
     }
     let bytes = render_rows(&rows, true, args.format, args.rotate_to.as_deref())?;
-    match &args.output {
-        Some(path) => super::report::write_private_file(path, &bytes)?,
-        None => {
-            use std::io::Write;
-            std::io::stdout().lock().write_all(&bytes)?;
-        }
-    }
-    if let Some(path) = &args.templates_output {
-        super::report::write_private_file(
-            path,
-            &super::incident::render_templates(&holders, true)?,
-        )?;
-    }
+    write_discovered(&args, &bytes, &holders, true)?;
 
     let mut failures = Vec::new();
     let mut incomplete = false;
