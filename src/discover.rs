@@ -66,6 +66,26 @@ pub struct DiscoverOptions {
     pub throttle_delay: Duration,
 }
 
+impl DiscoverOptions {
+    /// Options for `keys` in `regions`, retried and paced as `config` says.
+    pub fn new(
+        keys: Vec<String>,
+        regions: Option<Vec<String>>,
+        home_region: String,
+        config: &crate::executor::ExecConfig,
+    ) -> DiscoverOptions {
+        DiscoverOptions {
+            keys,
+            regions,
+            home_region,
+            max_attempts: config.max_attempts,
+            retry_base: config.retry_base,
+            retry_cap: config.retry_cap,
+            throttle_delay: config.throttle_delay,
+        }
+    }
+}
+
 /// One instance that holds one of the keys.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Found {
@@ -128,6 +148,16 @@ impl Discovery {
     /// completely, or some instance named as a holder was found in no region walked.
     pub fn is_incomplete(&self) -> bool {
         self.regions.iter().any(|r| r.failed.is_some()) || !self.unlocated.is_empty()
+    }
+
+    /// The regions walked, where templates are looked for too (a region name
+    /// DescribeRegions gave that is not region-shaped is never asked).
+    pub fn walked_regions(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .map(|r| r.region.clone())
+            .filter(|r| crate::ids::is_region(r))
+            .collect()
     }
 }
 

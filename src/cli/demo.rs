@@ -222,15 +222,7 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         templates_csv.display()
     );
     let exec = args.exec.exec_config();
-    let options = DiscoverOptions {
-        keys: vec![leaked.clone()],
-        regions: None,
-        home_region: "ap-guangzhou".into(),
-        max_attempts: exec.max_attempts,
-        retry_base: exec.retry_base,
-        retry_cap: exec.retry_cap,
-        throttle_delay: exec.throttle_delay,
-    };
+    let options = DiscoverOptions::new(vec![leaked.clone()], None, "ap-guangzhou".into(), &exec);
     let limiter = Arc::new(LocalLimiter::new(exec.rate));
     let discovery = discover::discover(client.clone(), limiter, &options).await?;
     let rows = super::discover::render(
@@ -244,12 +236,7 @@ pub(crate) async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<u8> {
         std::slice::from_ref(&leaked),
         new_key.as_deref(),
     );
-    let walked: Vec<String> = discovery
-        .regions
-        .iter()
-        .map(|r| r.region.clone())
-        .filter(|r| keyfleet::ids::is_region(r))
-        .collect();
+    let walked = discovery.walked_regions();
     let limiter = Arc::new(LocalLimiter::new(exec.rate));
     let scan = keyfleet::incident::find_templates(
         client.clone(),

@@ -133,15 +133,7 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
         .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
         .unwrap_or_else(|| "ap-guangzhou".to_string());
     let config = args.send.exec_config();
-    let mut options = DiscoverOptions {
-        keys: args.keys.clone(),
-        regions,
-        home_region,
-        max_attempts: config.max_attempts,
-        retry_base: config.retry_base,
-        retry_cap: config.retry_cap,
-        throttle_delay: config.throttle_delay,
-    };
+    let mut options = DiscoverOptions::new(args.keys.clone(), regions, home_region, &config);
     let client = build_client(&args.send, global)?;
     // Paced through the database's shared slots, so a discovery beside a run (or a
     // verification) on the same database stays inside the limit with it.
@@ -195,14 +187,8 @@ pub(crate) async fn run(mut args: Args, global: &GlobalArgs) -> anyhow::Result<u
             return Ok(exit::STOPPED);
         }
     };
-    // The templates of every region walked, whether or not an instance holds the key
-    // (a region name DescribeRegions gave that is not region-shaped is never asked).
-    let walked: Vec<String> = discovery
-        .regions
-        .iter()
-        .map(|r| r.region.clone())
-        .filter(|r| keyfleet::ids::is_region(r))
-        .collect();
+    // The templates of every region walked, whether or not an instance holds the key.
+    let walked = discovery.walked_regions();
     let templates = incident::find_templates(client, limiter, &options, &args.keys, &walked).await;
     store.close().await;
     let bytes = render(&discovery.found, args.format, args.rotate_to.as_deref())?;
@@ -524,18 +510,11 @@ async fn run_every_account(
             .clone()
             .or_else(|| regions.as_ref().and_then(|r| r.first().cloned()))
             .unwrap_or_else(|| "ap-guangzhou".to_string());
-        let options = DiscoverOptions {
-            keys: keys
-                .as_ref()
-                .and_then(|k| k.get(&account.account.name).cloned())
-                .unwrap_or_default(),
-            regions,
-            home_region,
-            max_attempts: config.max_attempts,
-            retry_base: config.retry_base,
-            retry_cap: config.retry_cap,
-            throttle_delay: config.throttle_delay,
-        };
+        let keys = keys
+            .as_ref()
+            .and_then(|k| k.get(&account.account.name).cloned())
+            .unwrap_or_default();
+        let options = DiscoverOptions::new(keys, regions, home_region, &config);
         let (limiter, matcher) = (limiter.clone(), walk.matcher.clone());
         walks.spawn(async move { walk_account(account, limiter, options, matcher).await });
     }
@@ -677,12 +656,7 @@ async fn walk(
             },
             other => AccountFailure::Usage(other.to_string()),
         })?;
-    let regions: Vec<String> = discovery
-        .regions
-        .iter()
-        .map(|r| r.region.clone())
-        .filter(|r| keyfleet::ids::is_region(r))
-        .collect();
+    let regions = discovery.walked_regions();
     let mut templates =
         incident::find_templates(client, limiter, &options, &options.keys, &regions).await;
     for holder in &mut templates.holders {

@@ -170,16 +170,7 @@ fn home_region(global: &GlobalArgs) -> anyhow::Result<String> {
 /// Discovery's sending options for a retirement: instances and templates are looked
 /// for in every region.
 fn discover_options(send: &SendFlags, home_region: String) -> DiscoverOptions {
-    let config = send.exec_config();
-    DiscoverOptions {
-        keys: Vec::new(),
-        regions: None,
-        home_region,
-        max_attempts: config.max_attempts,
-        retry_base: config.retry_base,
-        retry_cap: config.retry_cap,
-        throttle_delay: config.throttle_delay,
-    }
+    DiscoverOptions::new(Vec::new(), None, home_region, &send.exec_config())
 }
 
 /// Retires keys (`keyfleet retire`, and `run --retire` for the run's keys), per
