@@ -84,6 +84,12 @@ pub fn is_region(region: &str) -> bool {
         && !region.ends_with('-')
 }
 
+/// How an account is named to a person: its name, or for `None` (rows without an
+/// account in a run over many accounts) the run's own.
+pub fn account_shown(account: Option<&str>) -> &str {
+    account.unwrap_or("(the run's own)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,16 +44,6 @@ impl Estate {
             Some(name) => self.named.get(name),
         }
     }
-
-    /// The named accounts, in name order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.named.keys().map(String::as_str)
-    }
-
-    /// Whether calls go to more than one account.
-    pub fn is_multi(&self) -> bool {
-        !self.named.is_empty()
-    }
 }
 
 impl Api for Estate {

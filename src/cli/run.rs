@@ -396,7 +396,7 @@ pub(crate) async fn print_account_verdicts(store: &Store, run_id: i64) -> anyhow
             .collect();
         crate::note!(
             "    account {:<20} {}",
-            escape(account.as_deref().unwrap_or("(the run's own)")),
+            escape(keyfleet::ids::account_shown(account.as_deref())),
             verdicts.join(", ")
         );
     }

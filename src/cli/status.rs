@@ -324,7 +324,7 @@ pub(crate) fn account_line(counts: &keyfleet::store::AccountCounts) -> String {
     let p = &counts.pairs;
     format!(
         "account {:<20} {} succeeded, {} failed, {} skipped, {} rejected, {} pending",
-        escape(counts.account.as_deref().unwrap_or("(the run's own)")),
+        escape(keyfleet::ids::account_shown(counts.account.as_deref())),
         p.succeeded,
         p.failed,
         p.skipped,

@@ -153,7 +153,7 @@ pub struct AccountFailure {
 impl AccountFailure {
     /// How the account is named to a person.
     pub fn name(&self) -> &str {
-        self.account.as_deref().unwrap_or("(the run's own)")
+        crate::ids::account_shown(self.account.as_deref())
     }
 }
 
