@@ -308,6 +308,13 @@ fn csv_cells<'a>(row: &ReportRow<'a>, numbers: &'a mut NumberCells) -> [&'a str;
     ]
 }
 
+/// A JSON document as written to a file: pretty, ending in a newline.
+pub(crate) fn json_bytes(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// Writes run `run_id`'s full CSV report to `path` (as `report RUN --output PATH` does).
 pub(crate) async fn write_csv_file(store: &Store, run_id: i64, path: &Path) -> anyhow::Result<u64> {
     let args = Args {
@@ -342,11 +349,7 @@ async fn incident(global: &GlobalArgs, args: &Args) -> anyhow::Result<u8> {
     store.close().await;
     let report = report?;
     let bytes = match format {
-        ReportFormat::Json => {
-            let mut bytes = serde_json::to_vec_pretty(&report)?;
-            bytes.push(b'\n');
-            bytes
-        }
+        ReportFormat::Json => json_bytes(&report)?,
         _ => {
             let beside = args.output.as_deref().map(incident_report::csv_beside);
             if let Some(path) = &beside {

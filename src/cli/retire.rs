@@ -322,9 +322,7 @@ pub(crate) async fn retire_with(
         )
         .await?;
     if let Some(path) = json_output {
-        let mut bytes = serde_json::to_vec_pretty(&retirement)?;
-        bytes.push(b'\n');
-        super::report::write_private_file(path, &bytes)?;
+        super::report::write_private_file(path, &super::report::json_bytes(&retirement)?)?;
     }
     summarize(&retirement, retire.ignore_templates);
     Ok((verdict_code(&retirement), Some(retirement)))
@@ -432,9 +430,7 @@ async fn retire_in_accounts(
             .await?;
     }
     if let Some(path) = json_output {
-        let mut bytes = serde_json::to_vec_pretty(&merged)?;
-        bytes.push(b'\n');
-        super::report::write_private_file(path, &bytes)?;
+        super::report::write_private_file(path, &super::report::json_bytes(&merged)?)?;
     }
     let retired = done
         .iter()
