@@ -139,18 +139,24 @@ pub(crate) fn chunk_sorted(pairs: &[(u32, u64, u64)]) -> (Vec<RankedJob>, Vec<u3
     let mut group_of: HashMap<(u32, &[u64]), u32> = HashMap::new();
     // Per run: its group and its place among the group's instances.
     let mut placement: Vec<(u32, u32)> = Vec::new();
+    // The previous run's group, tried first: in an input sorted by instance, runs of
+    // one key set follow each other, and comparing is cheaper than hashing.
+    let mut last: Option<(u32, &[u64], u32)> = None;
     for (start, end) in runs() {
         let (region, instance, _) = pairs[start];
-        let g = *group_of
-            .entry((region, &key_column[start..end]))
-            .or_insert_with(|| {
+        let keys = &key_column[start..end];
+        let g = match last {
+            Some((r, k, g)) if r == region && k == keys => g,
+            _ => *group_of.entry((region, keys)).or_insert_with(|| {
                 groups.push(Group {
                     region,
                     keys: (start, end),
                     instances: Vec::new(),
                 });
                 (groups.len() - 1) as u32
-            });
+            }),
+        };
+        last = Some((region, keys, g));
         let group = &mut groups[g as usize];
         placement.push((g, group.instances.len() as u32));
         group.instances.push(instance);

@@ -41,10 +41,7 @@ pub(super) fn read_csv(
         if let Some(end) = held_end.take() {
             let ended_with_newline = more || last_byte.get() == b'\n';
             let last_line = if ended_with_newline { end - 1 } else { end };
-            let embedded = held
-                .iter()
-                .map(|f| f.bytes().filter(|&b| b == b'\n').count() as u64)
-                .sum::<u64>();
+            let embedded = memchr::memchr_iter(b'\n', held.as_slice().as_bytes()).count() as u64;
             let line = last_line.saturating_sub(embedded) + skipped_lines;
             match columns {
                 None => {
@@ -331,27 +328,54 @@ impl<R: Read> QuoteWatch<R> {
         }
     }
 
-    fn observe(&mut self, bytes: &[u8]) {
-        use QuoteState::*;
-        for &b in bytes {
-            self.state = match (self.state, b) {
-                (StartField, b'"') => {
-                    self.opened_at = (self.line, self.column + 1);
-                    Quoted
-                }
-                (Quoted, b'"') => QuoteInQuoted,
-                (Quoted, _) => Quoted,
-                (QuoteInQuoted, b'"') => Quoted,
-                (StartField | Unquoted | QuoteInQuoted, b',' | b'\n') => StartField,
-                (StartField | Unquoted | QuoteInQuoted, _) => Unquoted,
-            };
-            if b == b'\n' {
-                self.line += 1;
-                self.column = 0;
-            } else if b & 0xC0 != 0x80 {
-                self.column += 1;
-            }
+    /// Follows `bytes` a stretch at a time: between two quotes nothing but the last
+    /// byte decides the state, and the line and column are counted over the stretch
+    /// (loops the compiler vectorises), so CSV without quotes costs a few instructions
+    /// a kilobyte here instead of a `match` per byte.
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while let Some(at) = memchr::memchr(b'"', bytes) {
+            self.pass(&bytes[..at]);
+            self.quote();
+            bytes = &bytes[at + 1..];
         }
+        self.pass(bytes);
+    }
+
+    /// A stretch with no `"` in it.
+    fn pass(&mut self, stretch: &[u8]) {
+        let Some(&last) = stretch.last() else {
+            return;
+        };
+        if self.state != QuoteState::Quoted {
+            self.state = if matches!(last, b',' | b'\n') {
+                QuoteState::StartField
+            } else {
+                QuoteState::Unquoted
+            };
+        }
+        // Characters, not bytes: UTF-8 continuation bytes (10xxxxxx) do not count.
+        let characters = |text: &[u8]| text.iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
+        match memchr::memrchr(b'\n', stretch) {
+            Some(end) => {
+                self.line += stretch.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.column = characters(&stretch[end + 1..]);
+            }
+            None => self.column += characters(stretch),
+        }
+    }
+
+    fn quote(&mut self) {
+        use QuoteState::*;
+        self.state = match self.state {
+            StartField => {
+                self.opened_at = (self.line, self.column + 1);
+                Quoted
+            }
+            Quoted => QuoteInQuoted,
+            QuoteInQuoted => Quoted,
+            Unquoted => Unquoted,
+        };
+        self.column += 1;
     }
 
     /// The error for a quoted field still open at the end of the input.
@@ -393,4 +417,64 @@ pub(super) fn csv_error(file: &str, err: csv::Error) -> InputError {
         ),
     };
     unreadable(file, line, 1, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// What `observe` must agree with: the quoting rules a byte at a time.
+    fn byte_at_a_time(watch: &mut QuoteWatch<&[u8]>, bytes: &[u8]) {
+        use QuoteState::*;
+        for &b in bytes {
+            watch.state = match (watch.state, b) {
+                (StartField, b'"') => {
+                    watch.opened_at = (watch.line, watch.column + 1);
+                    Quoted
+                }
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (StartField | Unquoted | QuoteInQuoted, b',' | b'\n') => StartField,
+                (StartField | Unquoted | QuoteInQuoted, _) => Unquoted,
+            };
+            if b == b'\n' {
+                watch.line += 1;
+                watch.column = 0;
+            } else if b & 0xC0 != 0x80 {
+                watch.column += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn observing_a_stretch_at_a_time_agrees_with_a_byte_at_a_time() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(25);
+        let pieces: [&[u8]; 7] = [b"\"", b",", b"\n", b"a", b"\xc3\xa9", b"\"\"", b"ins-1"];
+        for _ in 0..2_000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.random_range(0..60) {
+                input.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+            }
+            let mut fast = QuoteWatch::new(&input[..], 3);
+            let mut slow = QuoteWatch::new(&input[..], 3);
+            // Chunks of any size, as `read` hands them out.
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=rest.len());
+                fast.observe(&rest[..n]);
+                byte_at_a_time(&mut slow, &rest[..n]);
+                rest = &rest[n..];
+                let seen = |w: &QuoteWatch<&[u8]>| (w.state, w.line, w.column, w.opened_at);
+                assert_eq!(
+                    seen(&fast),
+                    seen(&slow),
+                    "{:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
 }

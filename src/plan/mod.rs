@@ -223,12 +223,27 @@ struct Routes {
     account_route_ids: HashMap<(String, String), u32>,
     regions: Vec<String>,
     accounts: Vec<Option<String>>,
+    /// The route [`Routes::intern`] returned last.
+    last: Option<u32>,
 }
 
 impl Routes {
     /// The route of a valid pair. The run's own account looks up by region alone (no
     /// allocation per row).
     fn intern(&mut self, account: Option<&str>, region: &str) -> u32 {
+        // Rows of one route mostly follow each other: the last one is tried first.
+        if let Some(last) = self.last
+            && self.regions[last as usize] == region
+            && self.accounts[last as usize].as_deref() == account
+        {
+            return last;
+        }
+        let id = self.lookup(account, region);
+        self.last = Some(id);
+        id
+    }
+
+    fn lookup(&mut self, account: Option<&str>, region: &str) -> u32 {
         let found = match account {
             None => self.region_ids.get(region).copied(),
             Some(account) => self
