@@ -865,6 +865,24 @@ mod tests {
     }
 
     #[test]
+    fn escaped_field_names_and_bytes_that_are_not_utf8_read_as_before() {
+        // A name with an escape cannot be borrowed from the input; it is read all the same.
+        let text = b"{\"instance\\u005fid\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}\n";
+        let rows = read(text, Some(Format::Jsonl)).unwrap();
+        assert_eq!(rows[0].content, pair("ins-00000001", "skey-00000001", None));
+        let text = b"[{\"key_id\":\"skey-00000001\",\"instance\\u005Fid\":\"ins-00000001\"}]";
+        let rows = read(text, Some(Format::Json)).unwrap();
+        assert_eq!(rows[0].content, pair("ins-00000001", "skey-00000001", None));
+        // A line that is not UTF-8 is parsed as bytes, and its bad byte is placed.
+        let err = read(
+            b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-0000000\xff\"}\n",
+            Some(Format::Jsonl),
+        )
+        .unwrap_err();
+        assert_eq!(err.location().map(|l| l.0), Some(1), "{err}");
+    }
+
+    #[test]
     fn jsonl_lines_blank_lines_and_errors() {
         let text =
             b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}\r\n\r\n[1]\r\n";
