@@ -299,10 +299,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         // As serde_json's `Map` (a BTreeMap) holds them: in name order, and of a
         // name repeated, the last value. The stable sort keeps repeats in document
         // order; reversed, `dedup_by` keeps the first, which is the last.
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        fields.reverse();
-        fields.dedup_by(|a, b| a.0 == b.0);
-        fields.reverse();
+        // Most objects come with their names in order already, each once.
+        if !fields.is_sorted_by(|a, b| a.0 < b.0) {
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            fields.reverse();
+            fields.dedup_by(|a, b| a.0 == b.0);
+            fields.reverse();
+        }
         Ok(row_from_fields(fields, self.group))
     }
 }

@@ -883,6 +883,17 @@ mod tests {
     }
 
     #[test]
+    fn a_name_given_twice_keeps_its_last_value_in_order_or_not() {
+        for text in [
+            &b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\",\"key_id\":\"skey-00000002\"}\n"[..],
+            &b"{\"key_id\":\"skey-00000001\",\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000002\"}\n"[..],
+        ] {
+            let rows = read(text, Some(Format::Jsonl)).unwrap();
+            assert_eq!(rows[0].content, pair("ins-00000001", "skey-00000002", None));
+        }
+    }
+
+    #[test]
     fn jsonl_lines_blank_lines_and_errors() {
         let text =
             b"{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}\r\n\r\n[1]\r\n";
