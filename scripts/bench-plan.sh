@@ -26,6 +26,10 @@ mkdir -p "$dir"
 if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release --quiet; fi
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/keyfleet}
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(sqlite3 --version | cut -d' ' -f1,2)"
+# The databases' file system: a disk (ext4, xfs...) or memory (tmpfs). A plan writes
+# about three times the bytes .import does, so the ratios differ between the two:
+# BENCH_DIR=/dev/shm/... measures the CPU alone, as on a machine whose disk is fast.
+echo "storage: $dir on $(stat -f -c %T "$dir")"
 
 # Instance and key ids: ins-/skey- + 8 lowercase hex digits (a subset of [0-9a-z]).
 # Every row is one pair with its region; the JSON forms hold the same rows.
