@@ -493,3 +493,6 @@ pub(super) fn row_from_fields<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
