@@ -2,8 +2,9 @@
 //! each element read straight into a row.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead};
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -94,7 +95,11 @@ pub(super) fn parse_row(text: &[u8], group: Option<&str>) -> serde_json::Result<
 
 /// A syntax error in words, with a hint where serde_json's own words are terse.
 pub(super) fn describe_json_error(err: &serde_json::Error) -> String {
-    let mut text = strip_serde_position(err);
+    explain_json_words(strip_serde_position(err))
+}
+
+/// serde_json's words for a syntax error, with the hint.
+fn explain_json_words(mut text: String) -> String {
     if text.contains("recursion limit exceeded") {
         // serde_json refuses to nest deeper than 128 (bounding its stack); no row needs more than 3.
         text.push_str(" (values nested more than 128 deep)");
@@ -113,6 +118,15 @@ pub(super) fn strip_serde_position(err: &serde_json::Error) -> String {
 
 // ---------------------------------------------------------------- JSON array
 
+/// The most bytes one array element may take. A row needs well under 1 KiB; the cap
+/// keeps an element that never closes (an open string, a `{` without its `}`) from
+/// pulling the rest of the file into memory in search of its end.
+const MAX_ELEMENT_BYTES: usize = 1024 * 1024;
+
+/// How deep an element may nest: serde_json refuses a 128th level and the array
+/// itself is the first.
+const MAX_ELEMENT_DEPTH: u32 = 127;
+
 pub(super) fn read_json(
     reader: &mut impl BufRead,
     file: &str,
@@ -120,82 +134,525 @@ pub(super) fn read_json(
     group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
-    let mut rows = 0u64;
-    // serde_json reads a reader one byte at a time through `io::Bytes`, which std
-    // serves straight from the buffer only for a `BufReader` passed by value; through
-    // `&mut impl BufRead` every byte is a `read` call, and a million-element array
-    // took three times as long to read as the same rows in CSV. The inner buffer's
-    // unread tail is dropped with it: the tap has hashed those bytes already and
-    // `de.end()` has checked them.
-    let mut de =
-        serde_json::Deserializer::from_reader(BufReader::with_capacity(READ_BUFFER_BYTES, reader));
-    let parsed = ArrayOfRows {
-        on_row,
-        rows: &mut rows,
+    if !opens_an_array(reader, file)? {
+        return Err(not_an_array(reader, file, skipped_lines));
+    }
+    let mut elements = ArrayElements {
+        reader,
+        file,
+        skipped_lines,
         group,
+        at: Location {
+            offset: 0,
+            line: 1,
+            line_start: 0,
+        },
+        element: Vec::new(),
+        index: 0,
+        pending: None,
+    };
+    elements.open()?;
+    while let Some(row) = elements.next_row()? {
+        on_row(row);
     }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
-    if let Err(e) = parsed {
-        let mut message = match e.classify() {
-            serde_json::error::Category::Data => strip_serde_position(&e),
-            _ => format!("malformed JSON: {}", describe_json_error(&e)),
-        };
-        if message.contains("trailing characters") || message.contains("invalid type: map") {
-            message.push_str(
-                " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
-            );
-        }
-        // serde_json says column 0 for the end of input after a newline; columns count from 1.
-        return Err(unreadable(
-            file,
-            e.line().max(1) as u64 + skipped_lines,
-            e.column().max(1) as u64,
-            message,
-        ));
-    }
-    if rows == 0 {
+    if elements.index == 0 {
         return Err(unreadable(file, 1, 1, "the array has no rows"));
     }
-    Ok(rows)
+    Ok(elements.index)
 }
 
-/// Walks a JSON array one element at a time: only the current element is in memory.
-pub(super) struct ArrayOfRows<'a> {
-    on_row: &'a mut dyn FnMut(InputRow),
-    rows: &'a mut u64,
-    group: Option<&'a str>,
+/// Whether the input's first value is an array. Only peeks, so that anything else
+/// goes to serde_json whole and keeps its words and position (`read_tapped` has
+/// made sure the buffer holds a byte that is not whitespace).
+fn opens_an_array(reader: &mut impl BufRead, file: &str) -> Result<bool, InputError> {
+    let buf = fill_buf(reader, file, 0)?;
+    Ok(buf.iter().find(|&&b| !is_json_whitespace(b)) == Some(&b'['))
 }
 
-impl<'de> DeserializeSeed<'de> for ArrayOfRows<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
+/// serde_json's error for a first value that is not an array: `invalid type: map,
+/// expected a JSON array of objects`, or the syntax error it runs into first.
+fn not_an_array(reader: &mut impl BufRead, file: &str, skipped_lines: u64) -> InputError {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let e = match serde::Deserializer::deserialize_seq(&mut de, ExpectArray) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    array_error(
+        file,
+        skipped_lines,
+        LineColumn {
+            line: e.line() as u64,
+            column: e.column() as u64,
+        },
+        json_message(&e),
+    )
 }
 
-impl<'de> Visitor<'de> for ArrayOfRows<'_> {
-    type Value = ();
+/// Refuses every value: it is only asked about one that is not an array.
+struct ExpectArray;
+
+impl<'de> Visitor<'de> for ExpectArray {
+    type Value = Infallible;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON array of objects")
     }
+}
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0u64;
-        while let Some(content) = seq.next_element_seed(RowSeed { group: self.group })? {
-            (self.on_row)(InputRow {
-                position: Position {
-                    kind: PositionKind::Index,
-                    row: index,
-                    pair: 0,
-                },
-                content,
-            });
-            index += 1;
-            *self.rows += 1;
+/// serde_json's error in a message: a data error (`invalid type: ...`) in its own
+/// words, anything else as malformed JSON.
+fn json_message(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => strip_serde_position(e),
+        _ => format!("malformed JSON: {}", describe_json_error(e)),
+    }
+}
+
+/// An error at a position serde_json's way, with a hint when the file reads as
+/// JSON Lines.
+fn array_error(file: &str, skipped_lines: u64, at: LineColumn, mut message: String) -> InputError {
+    if message.contains("trailing characters") || message.contains("invalid type: map") {
+        message
+            .push_str(" (one object per line is JSON Lines: use a .jsonl file or --format jsonl)");
+    }
+    // serde_json says column 0 for the end of input after a newline; columns count from 1.
+    unreadable(
+        file,
+        at.line.max(1) + skipped_lines,
+        at.column.max(1),
+        message,
+    )
+}
+
+/// serde_json's whitespace (not `is_ascii_whitespace`, which has form feed too).
+fn is_json_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+/// `fill_buf`, tried again after an interruption as serde_json's reader did.
+fn fill_buf<'r>(
+    reader: &'r mut impl BufRead,
+    file: &str,
+    offset: u64,
+) -> Result<&'r [u8], InputError> {
+    let read_error = |error| InputError::Read {
+        file: file.to_string(),
+        offset,
+        error,
+    };
+    loop {
+        match reader.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(e)),
         }
+    }
+    // Hands back what the call above buffered (returning that borrow from inside
+    // the loop is beyond the borrow checker).
+    reader.fill_buf().map_err(read_error)
+}
+
+/// A position as serde_json gives it: lines from 1, columns in bytes, column 0 being
+/// just after a newline.
+#[derive(Debug, Clone, Copy)]
+struct LineColumn {
+    line: u64,
+    column: u64,
+}
+
+impl LineColumn {
+    /// The position of `byte`, the one after this position.
+    fn next(self, byte: u8) -> LineColumn {
+        match byte {
+            b'\n' => LineColumn {
+                line: self.line + 1,
+                column: 0,
+            },
+            _ => LineColumn {
+                column: self.column + 1,
+                ..self
+            },
+        }
+    }
+
+    /// A position serde_json gave inside an element that starts after this one
+    /// (the element's first line continues this position's line).
+    fn within(self, line: usize, column: usize) -> LineColumn {
+        match line {
+            0 | 1 => LineColumn {
+                column: self.column + column as u64,
+                ..self
+            },
+            _ => LineColumn {
+                line: self.line + line as u64 - 1,
+                column: column as u64,
+            },
+        }
+    }
+}
+
+/// How far into the input the array reader is.
+struct Location {
+    /// Bytes consumed.
+    offset: u64,
+    /// The line of the next byte.
+    line: u64,
+    /// The offset of that line's first byte.
+    line_start: u64,
+}
+
+impl Location {
+    fn advance(&mut self, bytes: &[u8]) {
+        if let Some(last) = bytes.iter().rposition(|&b| b == b'\n') {
+            self.line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.line_start = self.offset + last as u64 + 1;
+        }
+        self.offset += bytes.len() as u64;
+    }
+
+    /// The position of the last byte consumed, where serde_json's reader stands.
+    fn here(&self) -> LineColumn {
+        LineColumn {
+            line: self.line,
+            column: self.offset - self.line_start,
+        }
+    }
+}
+
+/// Whether serde_json's error in `bytes` (parsed from a slice) is at their last byte.
+fn at_end(bytes: &[u8], e: &serde_json::Error) -> bool {
+    let last_line_start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = 1 + bytes.iter().filter(|&&b| b == b'\n').count();
+    (e.line(), e.column()) == (lines, bytes.len() - last_line_start)
+}
+
+/// Why the copy of an element stopped before its end, where serde_json would have
+/// read on: when serde_json then finds only the end of the bytes, the error is ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// At [`MAX_ELEMENT_BYTES`].
+    TooLarge,
+    /// Just after a bracket that opens level [`MAX_ELEMENT_DEPTH`].
+    TooDeep,
+}
+
+/// An element's bytes as copied: whether the copy was cut, and how many of them
+/// were consumed (a scalar's copy has one more byte, the one after it).
+struct Copied {
+    cut: Option<Cut>,
+    consumed: usize,
+}
+
+/// A JSON array read element by element: each element's bytes are copied out of the
+/// reader's buffer and parsed by serde_json from that slice.
+///
+/// serde_json's reader-based parser takes every byte through its own `read` call,
+/// which made a JSON array half again as slow to plan as the same rows in CSV; from
+/// a slice it parses as fast as JSON Lines. The array's own syntax (`[`, `,`, `]`,
+/// the end of input) is checked here, in serde_json's words and at the positions it
+/// gave, so an error reads the same whichever of the two finds it.
+struct ArrayElements<'a, R> {
+    reader: &'a mut R,
+    file: &'a str,
+    skipped_lines: u64,
+    group: Option<&'a str>,
+    at: Location,
+    /// The current element's bytes; one buffer for the whole array.
+    element: Vec<u8>,
+    /// How many elements have become rows.
+    index: u64,
+    /// The error after a row that serde_json reported only once it had handed that
+    /// row over (a scalar running on past its value, see `parse_element`).
+    pending: Option<InputError>,
+}
+
+impl<R: BufRead> ArrayElements<'_, R> {
+    /// Consumes the `[` that `opens_an_array` saw, and the whitespace before it.
+    fn open(&mut self) -> Result<(), InputError> {
+        self.skip_whitespace()?;
+        self.consume_byte(b'[');
         Ok(())
+    }
+
+    /// The next element as a row; `None` after the closing `]`, with nothing but
+    /// whitespace after it.
+    fn next_row(&mut self) -> Result<Option<InputRow>, InputError> {
+        if let Some(error) = self.pending.take() {
+            return Err(error);
+        }
+        let first_element = self.index == 0;
+        let first_byte = match self.skip_whitespace()? {
+            None => return Err(self.end_of_input("EOF while parsing a list")),
+            Some(b']') => {
+                self.consume_byte(b']');
+                return match self.skip_whitespace()? {
+                    None => Ok(None),
+                    Some(byte) => Err(self.syntax_error(byte, "trailing characters")),
+                };
+            }
+            Some(b',') if !first_element => {
+                self.consume_byte(b',');
+                match self.skip_whitespace()? {
+                    None => return Err(self.end_of_input("EOF while parsing a value")),
+                    Some(b']') => return Err(self.syntax_error(b']', "trailing comma")),
+                    Some(byte) => byte,
+                }
+            }
+            Some(byte) if !first_element => {
+                return Err(self.syntax_error(byte, "expected `,` or `]`"));
+            }
+            Some(byte) => byte,
+        };
+        let origin = self.at.here();
+        self.element.clear();
+        let copied = match first_byte {
+            b'{' | b'[' | b'"' => self.copy_nested()?,
+            _ => self.copy_scalar()?,
+        };
+        let content = self.parse_element(origin, copied)?;
+        let position = Position {
+            kind: PositionKind::Index,
+            row: self.index,
+            pair: 0,
+        };
+        self.index += 1;
+        Ok(Some(InputRow { position, content }))
+    }
+
+    /// Copies an object, a list or a string into `element`, through its closing byte.
+    fn copy_nested(&mut self) -> Result<Copied, InputError> {
+        let mut depth = 0u32;
+        let mut in_string = false;
+        let mut after_backslash = false;
+        // serde_json reads the four bytes after `\u` whatever they are, a quote
+        // included (`"\u12"]` is an invalid escape at the `]`).
+        let mut hex_left = 0u8;
+        loop {
+            if !self.element.is_empty() && self.parser_stops_inside() {
+                return Ok(self.copied(None));
+            }
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            if buf.is_empty() {
+                return Ok(self.copied(None));
+            }
+            let mut end = None;
+            for (i, &byte) in buf.iter().enumerate() {
+                if in_string {
+                    if hex_left > 0 {
+                        hex_left -= 1;
+                    } else if after_backslash {
+                        after_backslash = false;
+                        if byte == b'u' {
+                            hex_left = 4;
+                        }
+                    } else if byte == b'\\' {
+                        after_backslash = true;
+                    } else if byte == b'"' {
+                        in_string = false;
+                        if depth == 0 {
+                            end = Some((i, None));
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                // Outside strings `depth` is at least 1: the element's first byte
+                // is a bracket, or the quote that a string element ends with.
+                match byte {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth == MAX_ELEMENT_DEPTH {
+                            end = Some((i, Some(Cut::TooDeep)));
+                            break;
+                        }
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some((i, None));
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let taken = end.map_or(buf.len(), |(i, _)| i + 1);
+            self.element.extend_from_slice(&buf[..taken]);
+            self.at.advance(&buf[..taken]);
+            self.reader.consume(taken);
+            if let Some((_, cut)) = end {
+                return Ok(self.copied(cut));
+            }
+            if self.element.len() > MAX_ELEMENT_BYTES {
+                return Ok(self.copied(Some(Cut::TooLarge)));
+            }
+        }
+    }
+
+    /// Copies a number, a literal or stray bytes into `element`, up to the first
+    /// byte that cannot continue them. That byte is copied too but not consumed:
+    /// serde_json looks at it to know how a number ends (`1.]` is an invalid number,
+    /// `1.` at the end of input an unfinished one).
+    fn copy_scalar(&mut self) -> Result<Copied, InputError> {
+        loop {
+            if !self.element.is_empty() && self.parser_stops_inside() {
+                return Ok(self.copied(None));
+            }
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            if buf.is_empty() {
+                return Ok(self.copied(None));
+            }
+            let stop = buf.iter().position(|&b| {
+                is_json_whitespace(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
+            });
+            let taken = stop.unwrap_or(buf.len());
+            self.element.extend_from_slice(&buf[..taken]);
+            self.at.advance(&buf[..taken]);
+            let consumed = self.element.len();
+            if let Some(i) = stop {
+                self.element.push(buf[i]);
+            }
+            self.reader.consume(taken);
+            if stop.is_some() {
+                return Ok(Copied {
+                    cut: None,
+                    consumed,
+                });
+            }
+            if consumed > MAX_ELEMENT_BYTES {
+                return Ok(self.copied(Some(Cut::TooLarge)));
+            }
+        }
+    }
+
+    /// Whether serde_json, reading the bytes of an element copied so far, stops
+    /// before their end: at an error, or after a scalar followed by a stray byte.
+    /// Its streaming parser read no further then, and neither may we: the next
+    /// bytes may not be readable (not UTF-8), which would change the error.
+    fn parser_stops_inside(&self) -> bool {
+        let mut de = serde_json::Deserializer::from_slice(&self.element);
+        let parsed = RowSeed { group: self.group }.deserialize(&mut de);
+        match parsed {
+            Ok(_) => de.end().is_err(),
+            Err(e) if e.is_eof() => false,
+            // A number that runs to the end of the bytes so far may go on.
+            Err(e) => {
+                !(e.to_string().starts_with("number out of range") && at_end(&self.element, &e))
+            }
+        }
+    }
+
+    fn copied(&self, cut: Option<Cut>) -> Copied {
+        Copied {
+            cut,
+            consumed: self.element.len(),
+        }
+    }
+
+    /// Parses the element copied after `origin` into a row.
+    fn parse_element(
+        &mut self,
+        origin: LineColumn,
+        copied: Copied,
+    ) -> Result<RowContent, InputError> {
+        let mut de = serde_json::Deserializer::from_slice(&self.element);
+        let parsed = RowSeed { group: self.group }.deserialize(&mut de);
+        let content = match parsed {
+            Ok(_) if copied.cut == Some(Cut::TooLarge) => return Err(self.too_large(origin)),
+            Ok(content) => content,
+            Err(e) => return Err(self.element_error(origin, copied.cut, e)),
+        };
+        // A scalar's bytes can run on past its value (`1x`, `truex`): serde_json
+        // handed over the row, then wanted `,` or `]` where the value ended.
+        if let Err(trailing) = de.end()
+            && trailing.column() <= copied.consumed
+        {
+            let at = origin.within(trailing.line(), trailing.column());
+            self.pending = Some(self.error(at, "malformed JSON: expected `,` or `]`".into()));
+        }
+        Ok(content)
+    }
+
+    /// The error serde_json gave for the element copied after `origin`.
+    fn element_error(
+        &self,
+        origin: LineColumn,
+        cut: Option<Cut>,
+        from_slice: serde_json::Error,
+    ) -> InputError {
+        // Parsed again the way serde_json read the array: its reader has taken the
+        // byte after a number before it finds the number out of range, which puts
+        // the error one column further on than the slice parser does.
+        let mut de = serde_json::Deserializer::from_reader(self.element.as_slice());
+        let e = RowSeed { group: self.group }
+            .deserialize(&mut de)
+            .err()
+            .unwrap_or(from_slice);
+        match cut {
+            // The copy stopped just after the bracket that serde_json refused.
+            Some(Cut::TooDeep) if e.is_eof() => self.error(
+                self.at.here(),
+                format!(
+                    "malformed JSON: {}",
+                    explain_json_words("recursion limit exceeded".into())
+                ),
+            ),
+            Some(Cut::TooLarge) if e.is_eof() => self.too_large(origin),
+            _ => self.error(origin.within(e.line(), e.column()), json_message(&e)),
+        }
+    }
+
+    fn too_large(&self, origin: LineColumn) -> InputError {
+        let row = Position {
+            kind: PositionKind::Index,
+            row: self.index,
+            pair: 0,
+        };
+        self.error(
+            origin.within(1, 1),
+            format!("row {row} is larger than 1 MiB"),
+        )
+    }
+
+    /// Consumes whitespace; the byte after it, not consumed (`None`: end of input).
+    fn skip_whitespace(&mut self) -> Result<Option<u8>, InputError> {
+        loop {
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let found = buf.iter().position(|&b| !is_json_whitespace(b));
+            let skipped = found.unwrap_or(buf.len());
+            let next = found.map(|i| buf[i]);
+            self.at.advance(&buf[..skipped]);
+            self.reader.consume(skipped);
+            if next.is_some() {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Consumes `byte`, the next byte.
+    fn consume_byte(&mut self, byte: u8) {
+        self.at.advance(&[byte]);
+        self.reader.consume(1);
+    }
+
+    fn end_of_input(&self, words: &str) -> InputError {
+        self.error(self.at.here(), format!("malformed JSON: {words}"))
+    }
+
+    /// A syntax error about `byte`, the next byte, in serde_json's `words`.
+    fn syntax_error(&self, byte: u8, words: &str) -> InputError {
+        self.error(
+            self.at.here().next(byte),
+            format!("malformed JSON: {words}"),
+        )
+    }
+
+    fn error(&self, at: LineColumn, message: String) -> InputError {
+        array_error(self.file, self.skipped_lines, at, message)
     }
 }
 

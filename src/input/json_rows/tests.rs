@@ -2,6 +2,15 @@
 //! over the whole array (`reference::read_json`, kept here only as the reference).
 //! Every input of a seeded corpus of well-formed and broken arrays must come out the
 //! same from both: the same rows, or the same error at the same line and column.
+//!
+//! Where the two part, on purpose or knowingly:
+//! - an element over 1 MiB is refused (the reference read any element whole, a
+//!   string left open to the end of the file): `an_element_over_one_mebibyte_...`;
+//! - an exponent of ten digits or more (`1e9999999999`: out of range at its tenth
+//!   digit) whose tenth digit is the last byte of a read, followed by bytes that are
+//!   not UTF-8: the reader cannot tell that number from one that goes on, reads the
+//!   next bytes and reports them instead. Not in the corpus: it takes a read that
+//!   ends exactly there (in a file, a 256 KiB boundary).
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -516,4 +525,61 @@ fn the_array_reader_says_what_serde_json_said_over_the_whole_array() {
         let group = rng.random_bool(0.2).then_some("zone");
         assert_same(&format!("case {i}"), &text, chunk, group);
     }
+}
+
+/// Counts the bytes read through it.
+struct Counted<'a, R> {
+    inner: R,
+    read: &'a std::cell::Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The one place the reader parts from the reference on purpose: an element over
+/// 1 MiB is refused (the reference read any element whole, an open string to the
+/// end of the file), and reading stops soon after the first MiB.
+#[test]
+fn an_element_over_one_mebibyte_is_refused_without_reading_on() {
+    const FIFTY_MIB: u64 = 50 << 20;
+    let refused = |head: &str, tail: u8| {
+        let read = std::cell::Cell::new(0);
+        let source = Counted {
+            inner: head.as_bytes().chain(io::repeat(tail).take(FIFTY_MIB)),
+            read: &read,
+        };
+        let err = read_from_with(source, FILE, Some(Format::Json), None, |_| {})
+            .expect_err("over 1 MiB")
+            .to_string();
+        assert!(read.get() < 2 << 20, "{} bytes read for {err}", read.get());
+        err
+    };
+    // A string never closed, an object whose depth never returns to 0: serde_json
+    // finds nothing wrong in the first MiB but that it ends.
+    assert_eq!(
+        refused("[\n  {\"k\": \"", b'a'),
+        "in.json: line 2, column 3: row index 0 is larger than 1 MiB"
+    );
+    assert_eq!(
+        refused("[1, {\"k\": [", b' '),
+        "in.json: line 1, column 5: row index 1 is larger than 1 MiB"
+    );
+    // An error inside the first MiB is reported as serde_json gave it.
+    assert_eq!(
+        refused("[{\"a\": 1, {\"b\": ", b' '),
+        "in.json: line 1, column 11: malformed JSON: key must be a string"
+    );
+    // Well-formed but too large: the reference made it a row.
+    let key = "k".repeat(2 << 20);
+    let text = format!("[{{\"instance_id\": \"ins-00000001\", \"key_id\": \"{key}\"}}]");
+    assert_eq!(
+        outcome(text.as_bytes(), READ_BUFFER_BYTES, None, false),
+        "error: in.json: line 1, column 2: row index 0 is larger than 1 MiB"
+    );
+    assert!(outcome(text.as_bytes(), READ_BUFFER_BYTES, None, true).contains("rows: 1"));
 }
