@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -123,8 +123,8 @@ pub(super) fn strip_serde_position(err: &serde_json::Error) -> String {
 /// pulling the rest of the file into memory in search of its end.
 const MAX_ELEMENT_BYTES: usize = 1024 * 1024;
 
-/// How deep an element may nest: serde_json refuses a 128th level and the array
-/// itself is the first.
+/// The level of nesting inside an element at which its copy stops: serde_json
+/// refuses a 128th level, and the array itself is the first.
 const MAX_ELEMENT_DEPTH: u32 = 127;
 
 pub(super) fn read_json(
@@ -190,6 +190,22 @@ fn not_an_array(reader: &mut impl BufRead, file: &str, skipped_lines: u64) -> In
 
 /// Refuses every value: it is only asked about one that is not an array.
 struct ExpectArray;
+
+/// The first element of an array, as a row; the rest are not read.
+struct OneElement<'a>(Option<&'a str>);
+
+impl<'de> Visitor<'de> for OneElement<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        seq.next_element_seed(RowSeed { group: self.0 })?;
+        Ok(())
+    }
+}
 
 impl<'de> Visitor<'de> for ExpectArray {
     type Value = Infallible;
@@ -326,13 +342,14 @@ fn at_end(bytes: &[u8], e: &serde_json::Error) -> bool {
     (e.line(), e.column()) == (lines, bytes.len() - last_line_start)
 }
 
-/// Why the copy of an element stopped before its end, where serde_json would have
-/// read on: when serde_json then finds only the end of the bytes, the error is ours.
+/// Why the copy of an element stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
-    /// At [`MAX_ELEMENT_BYTES`].
+    /// At [`MAX_ELEMENT_BYTES`]: serde_json finding only the end of the bytes, the
+    /// error is ours.
     TooLarge,
-    /// Just after a bracket that opens level [`MAX_ELEMENT_DEPTH`].
+    /// Just after a bracket that opens level [`MAX_ELEMENT_DEPTH`], which serde_json
+    /// refuses.
     TooDeep,
 }
 
@@ -561,7 +578,7 @@ impl<R: BufRead> ArrayElements<'_, R> {
         let content = match parsed {
             Ok(_) if copied.cut == Some(Cut::TooLarge) => return Err(self.too_large(origin)),
             Ok(content) => content,
-            Err(e) => return Err(self.element_error(origin, copied.cut, e)),
+            Err(e) => return Err(self.element_error(origin, &copied, e)),
         };
         // A scalar's bytes can run on past its value (`1x`, `truex`): serde_json
         // handed over the row, then wanted `,` or `]` where the value ended.
@@ -576,31 +593,31 @@ impl<R: BufRead> ArrayElements<'_, R> {
 
     /// The error serde_json gave for the element copied after `origin`.
     fn element_error(
-        &self,
+        &mut self,
         origin: LineColumn,
-        cut: Option<Cut>,
+        copied: &Copied,
         from_slice: serde_json::Error,
     ) -> InputError {
-        // Parsed again the way serde_json read the array: its reader has taken the
-        // byte after a number before it finds the number out of range, which puts
-        // the error one column further on than the slice parser does.
-        let mut de = serde_json::Deserializer::from_reader(self.element.as_slice());
-        let e = RowSeed { group: self.group }
-            .deserialize(&mut de)
-            .err()
-            .unwrap_or(from_slice);
-        match cut {
-            // The copy stopped just after the bracket that serde_json refused.
-            Some(Cut::TooDeep) if e.is_eof() => self.error(
-                self.at.here(),
-                format!(
-                    "malformed JSON: {}",
-                    explain_json_words("recursion limit exceeded".into())
-                ),
-            ),
-            Some(Cut::TooLarge) if e.is_eof() => self.too_large(origin),
-            _ => self.error(origin.within(e.line(), e.column()), json_message(&e)),
+        if copied.cut == Some(Cut::TooLarge) && from_slice.is_eof() {
+            return self.too_large(origin);
         }
+        // serde_json's streaming parser is handed the element again, and then the
+        // input where the copy stopped, behind a `[` that takes the array's level
+        // of nesting: it fails as it did over the whole array, at the same position
+        // and having read as far (on its way out of an error it still looks for
+        // each enclosing list's `,` or `]`, which can take it past the element).
+        let element = &self.element[..copied.consumed];
+        let mut de =
+            serde_json::Deserializer::from_reader(b"[".chain(element).chain(&mut *self.reader));
+        let e = match serde::Deserializer::deserialize_seq(&mut de, OneElement(self.group)) {
+            Err(e) => e,
+            Ok(()) => from_slice,
+        };
+        let column = match e.line() {
+            1 => e.column().saturating_sub(1),
+            _ => e.column(),
+        };
+        self.error(origin.within(e.line(), column), json_message(&e))
     }
 
     fn too_large(&self, origin: LineColumn) -> InputError {

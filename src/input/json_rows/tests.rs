@@ -3,14 +3,9 @@
 //! Every input of a seeded corpus of well-formed and broken arrays must come out the
 //! same from both: the same rows, or the same error at the same line and column.
 //!
-//! Where the two part, on purpose or knowingly:
-//! - an element over 1 MiB is refused (the reference read any element whole, a
-//!   string left open to the end of the file): `an_element_over_one_mebibyte_...`;
-//! - an exponent of ten digits or more (`1e9999999999`: out of range at its tenth
-//!   digit) whose tenth digit is the last byte of a read, followed by bytes that are
-//!   not UTF-8: the reader cannot tell that number from one that goes on, reads the
-//!   next bytes and reports them instead. Not in the corpus: it takes a read that
-//!   ends exactly there (in a file, a 256 KiB boundary).
+//! The one place they part, on purpose: an element over 1 MiB is refused (the
+//! reference read any element whole, a string left open to the end of the file),
+//! see `an_element_over_one_mebibyte_is_refused_without_reading_on`.
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -524,6 +519,47 @@ fn the_array_reader_says_what_serde_json_said_over_the_whole_array() {
         let chunk = *chunks.choose(&mut rng).unwrap_or(&1);
         let group = rng.random_bool(0.2).then_some("zone");
         assert_same(&format!("case {i}"), &text, chunk, group);
+    }
+}
+
+/// Which error a file with two problems gets, a JSON error and then a byte that is
+/// not UTF-8, depends on how far the reader read before giving up: the tap refuses a
+/// bad byte as soon as a read brings it in. serde_json stops at an error but still
+/// looks, for each list around it, for a `,` or `]` after it. At every read size
+/// the reader must read exactly as far.
+#[test]
+fn the_array_reader_reads_as_far_as_serde_json_did_after_an_error() {
+    let errors: &[&str] = &[
+        "[1e999",
+        "[{\"a\":1e999",
+        "[1e9999999999",
+        "[1, 1e9999999999",
+        "[{\"a\":[1e9999999999",
+        "[{\"a\" 1",
+        "[{\"a\":1}x",
+        "[1x",
+        "[tru",
+        "[nul",
+        "[1.",
+        "[-",
+        "[{\"a\":\"\\u12",
+        "[\"\\ud800",
+        "[{\"a\":[1,2]]",
+        "[{\"a\":[1,2}",
+        "[[[[1 2",
+        "[1,,",
+        "[,",
+    ];
+    let after: &[&[u8]] = &[
+        b"\xff]", b" \xff", b"\n\xff", b"1\xff]", b"]\xff", b"] ,\xff", b"}, \xff",
+    ];
+    for head in errors {
+        for tail in after {
+            let text = [head.as_bytes(), tail].concat();
+            for chunk in 1..=text.len() {
+                assert_same("an error, then a byte not UTF-8", &text, chunk, None);
+            }
+        }
     }
 }
 
