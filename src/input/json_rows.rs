@@ -319,8 +319,10 @@ struct Location {
 
 impl Location {
     fn advance(&mut self, bytes: &[u8]) {
-        if let Some(last) = bytes.iter().rposition(|&b| b == b'\n') {
-            self.line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
+        if newlines > 0 {
+            self.line += newlines as u64;
+            let last = bytes.iter().rposition(|&b| b == b'\n').unwrap_or_default();
             self.line_start = self.offset + last as u64 + 1;
         }
         self.offset += bytes.len() as u64;
@@ -358,6 +360,74 @@ enum Cut {
 struct Copied {
     cut: Option<Cut>,
     consumed: usize,
+}
+
+/// Where the copy of an object, a list or a string stands between two reads.
+#[derive(Default)]
+struct Nesting {
+    /// Brackets open; outside strings at least 1, the element's first byte being
+    /// a bracket or the quote that ends a string element.
+    depth: u32,
+    in_string: bool,
+    after_backslash: bool,
+    /// Bytes of a `\u` escape still to come: serde_json reads four whatever they
+    /// are, a quote included (`"\u12"]` is an invalid escape at the `]`).
+    hex_left: usize,
+}
+
+impl Nesting {
+    /// Scans the next bytes of the element: the index of its last byte, if it is
+    /// among them, and whether the copy is cut there.
+    fn scan(&mut self, bytes: &[u8]) -> Option<(usize, Option<Cut>)> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.hex_left > 0 {
+                let hex = self.hex_left.min(bytes.len() - i);
+                self.hex_left -= hex;
+                i += hex;
+                continue;
+            }
+            if self.after_backslash {
+                self.after_backslash = false;
+                if bytes[i] == b'u' {
+                    self.hex_left = 4;
+                }
+                i += 1;
+                continue;
+            }
+            // Most bytes are the text of strings: runs of them are skipped whole.
+            i += match self.in_string {
+                true => bytes[i..].iter().position(|&b| b == b'"' || b == b'\\'),
+                false => bytes[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']')),
+            }?;
+            match (self.in_string, bytes[i]) {
+                (true, b'\\') => self.after_backslash = true,
+                (true, _) => {
+                    self.in_string = false;
+                    if self.depth == 0 {
+                        return Some((i, None));
+                    }
+                }
+                (false, b'"') => self.in_string = true,
+                (false, b'{' | b'[') => {
+                    self.depth += 1;
+                    if self.depth == MAX_ELEMENT_DEPTH {
+                        return Some((i, Some(Cut::TooDeep)));
+                    }
+                }
+                (false, _) => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Some((i, None));
+                    }
+                }
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 /// A JSON array read element by element: each element's bytes are copied out of the
@@ -438,12 +508,7 @@ impl<R: BufRead> ArrayElements<'_, R> {
 
     /// Copies an object, a list or a string into `element`, through its closing byte.
     fn copy_nested(&mut self) -> Result<Copied, InputError> {
-        let mut depth = 0u32;
-        let mut in_string = false;
-        let mut after_backslash = false;
-        // serde_json reads the four bytes after `\u` whatever they are, a quote
-        // included (`"\u12"]` is an invalid escape at the `]`).
-        let mut hex_left = 0u8;
+        let mut nesting = Nesting::default();
         loop {
             if !self.element.is_empty() && self.parser_stops_inside() {
                 return Ok(self.copied(None));
@@ -452,49 +517,8 @@ impl<R: BufRead> ArrayElements<'_, R> {
             if buf.is_empty() {
                 return Ok(self.copied(None));
             }
-            let mut end = None;
-            for (i, &byte) in buf.iter().enumerate() {
-                if in_string {
-                    if hex_left > 0 {
-                        hex_left -= 1;
-                    } else if after_backslash {
-                        after_backslash = false;
-                        if byte == b'u' {
-                            hex_left = 4;
-                        }
-                    } else if byte == b'\\' {
-                        after_backslash = true;
-                    } else if byte == b'"' {
-                        in_string = false;
-                        if depth == 0 {
-                            end = Some((i, None));
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                // Outside strings `depth` is at least 1: the element's first byte
-                // is a bracket, or the quote that a string element ends with.
-                match byte {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => {
-                        depth += 1;
-                        if depth == MAX_ELEMENT_DEPTH {
-                            end = Some((i, Some(Cut::TooDeep)));
-                            break;
-                        }
-                    }
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = Some((i, None));
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let taken = end.map_or(buf.len(), |(i, _)| i + 1);
+            let end = nesting.scan(buf);
+            let taken = end.map_or(buf.len(), |(last, _)| last + 1);
             self.element.extend_from_slice(&buf[..taken]);
             self.at.advance(&buf[..taken]);
             self.reader.consume(taken);
