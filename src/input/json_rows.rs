@@ -74,22 +74,33 @@ pub(super) fn read_jsonl(
 }
 
 /// One row's JSON, whole: an object (or any value, an invalid row) and nothing after it.
+pub(super) fn parse_row(text: &[u8], group: Option<&str>) -> serde_json::Result<RowContent> {
+    match parse_value(text, group)? {
+        (content, None) => Ok(content),
+        (_, Some(trailing)) => Err(trailing),
+    }
+}
+
+/// One JSON value as a row, and the error for what follows it unless that is only
+/// whitespace.
 ///
 /// Text that is UTF-8 (the tap reports a file's first bad byte on its own) is parsed as
 /// a `str`, so serde_json does not check each string in it again; other text as bytes,
 /// where serde_json finds and places the bad byte.
-pub(super) fn parse_row(text: &[u8], group: Option<&str>) -> serde_json::Result<RowContent> {
-    fn whole<'de, R: serde_json::de::Read<'de>>(
+fn parse_value(
+    text: &[u8],
+    group: Option<&str>,
+) -> serde_json::Result<(RowContent, Option<serde_json::Error>)> {
+    fn value<'de, R: serde_json::de::Read<'de>>(
         mut de: serde_json::Deserializer<R>,
         group: Option<&str>,
-    ) -> serde_json::Result<RowContent> {
+    ) -> serde_json::Result<(RowContent, Option<serde_json::Error>)> {
         let content = RowSeed { group }.deserialize(&mut de)?;
-        de.end()?;
-        Ok(content)
+        Ok((content, de.end().err()))
     }
     match std::str::from_utf8(text) {
-        Ok(text) => whole(serde_json::Deserializer::from_str(text), group),
-        Err(_) => whole(serde_json::Deserializer::from_slice(text), group),
+        Ok(text) => value(serde_json::Deserializer::from_str(text), group),
+        Err(_) => value(serde_json::Deserializer::from_slice(text), group),
     }
 }
 
@@ -319,9 +330,9 @@ struct Location {
 
 impl Location {
     fn advance(&mut self, bytes: &[u8]) {
-        let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
-        if newlines > 0 {
-            self.line += newlines as u64;
+        // `contains` looks with memchr; most elements are on one line.
+        if bytes.contains(&b'\n') {
+            self.line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
             let last = bytes.iter().rposition(|&b| b == b'\n').unwrap_or_default();
             self.line_start = self.offset + last as u64 + 1;
         }
@@ -353,13 +364,6 @@ enum Cut {
     /// Just after a bracket that opens level [`MAX_ELEMENT_DEPTH`], which serde_json
     /// refuses.
     TooDeep,
-}
-
-/// An element's bytes as copied: whether the copy was cut, and how many of them
-/// were consumed (a scalar's copy has one more byte, the one after it).
-struct Copied {
-    cut: Option<Cut>,
-    consumed: usize,
 }
 
 /// Where the copy of an object, a list or a string stands between two reads.
@@ -490,13 +494,22 @@ impl<R: BufRead> ArrayElements<'_, R> {
             }
             Some(byte) => byte,
         };
-        let origin = self.at.here();
-        self.element.clear();
-        let copied = match first_byte {
-            b'{' | b'[' | b'"' => self.copy_nested()?,
-            _ => self.copy_scalar()?,
+        let content = match first_byte {
+            b'{' => self.flat_object()?,
+            _ => None,
         };
-        let content = self.parse_element(origin, copied)?;
+        let content = match content {
+            Some(content) => content,
+            None => {
+                let origin = self.at.here();
+                self.element.clear();
+                let cut = match first_byte {
+                    b'{' | b'[' | b'"' => self.copy_nested()?,
+                    _ => self.copy_scalar()?,
+                };
+                self.parse_element(origin, cut)?
+            }
+        };
         let position = Position {
             kind: PositionKind::Index,
             row: self.index,
@@ -507,15 +520,15 @@ impl<R: BufRead> ArrayElements<'_, R> {
     }
 
     /// Copies an object, a list or a string into `element`, through its closing byte.
-    fn copy_nested(&mut self) -> Result<Copied, InputError> {
+    fn copy_nested(&mut self) -> Result<Option<Cut>, InputError> {
         let mut nesting = Nesting::default();
         loop {
             if !self.element.is_empty() && self.parser_stops_inside() {
-                return Ok(self.copied(None));
+                return Ok(None);
             }
             let buf = fill_buf(self.reader, self.file, self.at.offset)?;
             if buf.is_empty() {
-                return Ok(self.copied(None));
+                return Ok(None);
             }
             let end = nesting.scan(buf);
             let taken = end.map_or(buf.len(), |(last, _)| last + 1);
@@ -523,26 +536,26 @@ impl<R: BufRead> ArrayElements<'_, R> {
             self.at.advance(&buf[..taken]);
             self.reader.consume(taken);
             if let Some((_, cut)) = end {
-                return Ok(self.copied(cut));
+                return Ok(cut);
             }
             if self.element.len() > MAX_ELEMENT_BYTES {
-                return Ok(self.copied(Some(Cut::TooLarge)));
+                return Ok(Some(Cut::TooLarge));
             }
         }
     }
 
     /// Copies a number, a literal or stray bytes into `element`, up to the first
-    /// byte that cannot continue them. That byte is copied too but not consumed:
-    /// serde_json looks at it to know how a number ends (`1.]` is an invalid number,
-    /// `1.` at the end of input an unfinished one).
-    fn copy_scalar(&mut self) -> Result<Copied, InputError> {
+    /// byte that cannot continue them. That byte is left unread: where a number's
+    /// error is about it (`1.]`), serde_json's streaming parser reads it from the input
+    /// (see `element_error`).
+    fn copy_scalar(&mut self) -> Result<Option<Cut>, InputError> {
         loop {
             if !self.element.is_empty() && self.parser_stops_inside() {
-                return Ok(self.copied(None));
+                return Ok(None);
             }
             let buf = fill_buf(self.reader, self.file, self.at.offset)?;
             if buf.is_empty() {
-                return Ok(self.copied(None));
+                return Ok(None);
             }
             let stop = buf.iter().position(|&b| {
                 is_json_whitespace(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
@@ -550,21 +563,39 @@ impl<R: BufRead> ArrayElements<'_, R> {
             let taken = stop.unwrap_or(buf.len());
             self.element.extend_from_slice(&buf[..taken]);
             self.at.advance(&buf[..taken]);
-            let consumed = self.element.len();
-            if let Some(i) = stop {
-                self.element.push(buf[i]);
-            }
             self.reader.consume(taken);
             if stop.is_some() {
-                return Ok(Copied {
-                    cut: None,
-                    consumed,
-                });
+                return Ok(None);
             }
-            if consumed > MAX_ELEMENT_BYTES {
-                return Ok(self.copied(Some(Cut::TooLarge)));
+            if self.element.len() > MAX_ELEMENT_BYTES {
+                return Ok(Some(Cut::TooLarge));
             }
         }
+    }
+
+    /// The usual element, an object with no object inside it, read from the buffer in
+    /// place when the buffer holds it whole: the bytes through the first `}`, if
+    /// serde_json reads them as one object and nothing more, are the element as its
+    /// streaming parser read it. `None`, with nothing consumed, for any other element.
+    fn flat_object(&mut self) -> Result<Option<RowContent>, InputError> {
+        let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+        let mut rest = buf;
+        // Over a slice `skip_until` cannot fail; it finds the `}` with std's memchr.
+        let through_brace = rest.skip_until(b'}').unwrap_or_default();
+        let object = &buf[..through_brace];
+        // Parsed alone an element may nest one level deeper than in the array: one
+        // that could reach the array's limit is left to `copy_nested`.
+        let limit = MAX_ELEMENT_DEPTH as usize - 1;
+        let deep = object.len() > limit && object.iter().filter(|&&b| b == b'[').count() >= limit;
+        if object.last() != Some(&b'}') || deep {
+            return Ok(None);
+        }
+        let Ok((content, None)) = parse_value(object, self.group) else {
+            return Ok(None);
+        };
+        self.at.advance(object);
+        self.reader.consume(through_brace);
+        Ok(Some(content))
     }
 
     /// Whether serde_json, reading the bytes of an element copied so far, stops
@@ -572,10 +603,8 @@ impl<R: BufRead> ArrayElements<'_, R> {
     /// Its streaming parser read no further then, and neither may we: the next
     /// bytes may not be readable (not UTF-8), which would change the error.
     fn parser_stops_inside(&self) -> bool {
-        let mut de = serde_json::Deserializer::from_slice(&self.element);
-        let parsed = RowSeed { group: self.group }.deserialize(&mut de);
-        match parsed {
-            Ok(_) => de.end().is_err(),
+        match parse_value(&self.element, self.group) {
+            Ok((_, trailing)) => trailing.is_some(),
             Err(e) if e.is_eof() => false,
             // A number that runs to the end of the bytes so far may go on.
             Err(e) => {
@@ -584,31 +613,20 @@ impl<R: BufRead> ArrayElements<'_, R> {
         }
     }
 
-    fn copied(&self, cut: Option<Cut>) -> Copied {
-        Copied {
-            cut,
-            consumed: self.element.len(),
-        }
-    }
-
     /// Parses the element copied after `origin` into a row.
     fn parse_element(
         &mut self,
         origin: LineColumn,
-        copied: Copied,
+        cut: Option<Cut>,
     ) -> Result<RowContent, InputError> {
-        let mut de = serde_json::Deserializer::from_slice(&self.element);
-        let parsed = RowSeed { group: self.group }.deserialize(&mut de);
-        let content = match parsed {
-            Ok(_) if copied.cut == Some(Cut::TooLarge) => return Err(self.too_large(origin)),
-            Ok(content) => content,
-            Err(e) => return Err(self.element_error(origin, &copied, e)),
+        let (content, trailing) = match parse_value(&self.element, self.group) {
+            Ok(_) if cut == Some(Cut::TooLarge) => return Err(self.too_large(origin)),
+            Ok(parsed) => parsed,
+            Err(e) => return Err(self.element_error(origin, cut, e)),
         };
         // A scalar's bytes can run on past its value (`1x`, `truex`): serde_json
         // handed over the row, then wanted `,` or `]` where the value ended.
-        if let Err(trailing) = de.end()
-            && trailing.column() <= copied.consumed
-        {
+        if let Some(trailing) = trailing {
             let at = origin.within(trailing.line(), trailing.column());
             self.pending = Some(self.error(at, "malformed JSON: expected `,` or `]`".into()));
         }
@@ -619,10 +637,10 @@ impl<R: BufRead> ArrayElements<'_, R> {
     fn element_error(
         &mut self,
         origin: LineColumn,
-        copied: &Copied,
+        cut: Option<Cut>,
         from_slice: serde_json::Error,
     ) -> InputError {
-        if copied.cut == Some(Cut::TooLarge) && from_slice.is_eof() {
+        if cut == Some(Cut::TooLarge) && from_slice.is_eof() {
             return self.too_large(origin);
         }
         // serde_json's streaming parser is handed the element again, and then the
@@ -630,7 +648,7 @@ impl<R: BufRead> ArrayElements<'_, R> {
         // of nesting: it fails as it did over the whole array, at the same position
         // and having read as far (on its way out of an error it still looks for
         // each enclosing list's `,` or `]`, which can take it past the element).
-        let element = &self.element[..copied.consumed];
+        let element = self.element.as_slice();
         let mut de =
             serde_json::Deserializer::from_reader(b"[".chain(element).chain(&mut *self.reader));
         let e = match serde::Deserializer::deserialize_seq(&mut de, OneElement(self.group)) {
@@ -660,8 +678,10 @@ impl<R: BufRead> ArrayElements<'_, R> {
     fn skip_whitespace(&mut self) -> Result<Option<u8>, InputError> {
         loop {
             let buf = fill_buf(self.reader, self.file, self.at.offset)?;
-            if buf.is_empty() {
-                return Ok(None);
+            match buf.first() {
+                None => return Ok(None),
+                Some(&byte) if !is_json_whitespace(byte) => return Ok(Some(byte)),
+                Some(_) => {}
             }
             let found = buf.iter().position(|&b| !is_json_whitespace(b));
             let skipped = found.unwrap_or(buf.len());

@@ -283,7 +283,7 @@ fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
 /// A JSON string: ids, and text with every kind of escape and raw multi-byte characters.
 fn string(rng: &mut StdRng) -> String {
     let n = rng.random_range(0..100);
-    let text = match rng.random_range(0..8) {
+    let text = match rng.random_range(0..9) {
         0 => format!("ins-{n:08}"),
         1 => format!("skey-{n:08}"),
         2 => "ap-guangzhou".to_string(),
@@ -291,6 +291,7 @@ fn string(rng: &mut StdRng) -> String {
         4 => r"\u00e9\u4E2D \ud83d\udd11 \u0000".to_string(),
         5 => "é 中 🔑 ключ".to_string(),
         6 => String::new(),
+        7 => "} { ] [ ,".to_string(),
         _ => format!("{n}"),
     };
     format!("\"{text}\"")
@@ -477,13 +478,18 @@ fn fixed_cases() -> Vec<Vec<u8>> {
         "[\"\\ud800\"]",
         "[\"a\nb\"]",
         "[{\"k\":\"v\"}]\n{\"k\":\"v\"}\n",
+        "[{\"a\":\"x}y\"}]",
+        "[{\"a\":\"x\\\"}\"}]",
+        "[{\"a\":\"\\\\\"}]",
+        "[{\"a\":\"\\\\\"}x]",
+        "[{\"a\":1}{\"b\":2}]",
         "[{\"instance_id\":\"ins-00000001\",\"key_id\":\"skey-00000001\"}]",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect();
     // serde_json allows 128 levels and the array is one: an element may nest 126 deep.
-    for depth in [1, 125, 126, 127, 128, 129, 1000] {
+    for depth in [1, 124, 125, 126, 127, 128, 129, 1000] {
         let open = |s: &str| s.repeat(depth);
         cases.push(format!("[{}{}]", open("["), open("]")).into_bytes());
         cases.push(format!("[{}1{}]", open("[\n"), open("]")).into_bytes());
@@ -493,6 +499,7 @@ fn fixed_cases() -> Vec<Vec<u8>> {
         cases.push(format!("[{}{{{{}}", open("[")).into_bytes());
         cases.push(format!("[{}{{{{", open("{\"a\":")).into_bytes());
         cases.push(format!("[1,{}x{}]", open("["), open("]")).into_bytes());
+        cases.push(format!("[{{\"a\":{}1{}}}]", open("["), open("]")).into_bytes());
     }
     cases.push("[".repeat(100_000).into_bytes());
     cases.push(format!("[{}", "{\"a\":".repeat(100_000)).into_bytes());
