@@ -2,8 +2,9 @@
 //! each element read straight into a row.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, Read};
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -73,22 +74,33 @@ pub(super) fn read_jsonl(
 }
 
 /// One row's JSON, whole: an object (or any value, an invalid row) and nothing after it.
+pub(super) fn parse_row(text: &[u8], group: Option<&str>) -> serde_json::Result<RowContent> {
+    match parse_value(text, group)? {
+        (content, None) => Ok(content),
+        (_, Some(trailing)) => Err(trailing),
+    }
+}
+
+/// One JSON value as a row, and the error for what follows it unless that is only
+/// whitespace.
 ///
 /// Text that is UTF-8 (the tap reports a file's first bad byte on its own) is parsed as
 /// a `str`, so serde_json does not check each string in it again; other text as bytes,
 /// where serde_json finds and places the bad byte.
-pub(super) fn parse_row(text: &[u8], group: Option<&str>) -> serde_json::Result<RowContent> {
-    fn whole<'de, R: serde_json::de::Read<'de>>(
+fn parse_value(
+    text: &[u8],
+    group: Option<&str>,
+) -> serde_json::Result<(RowContent, Option<serde_json::Error>)> {
+    fn value<'de, R: serde_json::de::Read<'de>>(
         mut de: serde_json::Deserializer<R>,
         group: Option<&str>,
-    ) -> serde_json::Result<RowContent> {
+    ) -> serde_json::Result<(RowContent, Option<serde_json::Error>)> {
         let content = RowSeed { group }.deserialize(&mut de)?;
-        de.end()?;
-        Ok(content)
+        Ok((content, de.end().err()))
     }
     match std::str::from_utf8(text) {
-        Ok(text) => whole(serde_json::Deserializer::from_str(text), group),
-        Err(_) => whole(serde_json::Deserializer::from_slice(text), group),
+        Ok(text) => value(serde_json::Deserializer::from_str(text), group),
+        Err(_) => value(serde_json::Deserializer::from_slice(text), group),
     }
 }
 
@@ -113,6 +125,15 @@ pub(super) fn strip_serde_position(err: &serde_json::Error) -> String {
 
 // ---------------------------------------------------------------- JSON array
 
+/// The most bytes one array element may take. A row needs well under 1 KiB; the cap
+/// keeps an element that never closes (an open string, a `{` without its `}`) from
+/// pulling the rest of the file into memory in search of its end.
+const MAX_ELEMENT_BYTES: usize = 1024 * 1024;
+
+/// The level of nesting inside an element at which its copy stops: serde_json
+/// refuses a 128th level, and the array itself is the first.
+const MAX_ELEMENT_DEPTH: u32 = 127;
+
 pub(super) fn read_json(
     reader: &mut impl BufRead,
     file: &str,
@@ -120,61 +141,75 @@ pub(super) fn read_json(
     group: Option<&str>,
     on_row: &mut dyn FnMut(InputRow),
 ) -> Result<u64, InputError> {
-    let mut rows = 0u64;
-    // serde_json reads a reader one byte at a time through `io::Bytes`, which std
-    // serves straight from the buffer only for a `BufReader` passed by value; through
-    // `&mut impl BufRead` every byte is a `read` call, and a million-element array
-    // took three times as long to read as the same rows in CSV. The inner buffer's
-    // unread tail is dropped with it: the tap has hashed those bytes already and
-    // `de.end()` has checked them.
-    let mut de =
-        serde_json::Deserializer::from_reader(BufReader::with_capacity(READ_BUFFER_BYTES, reader));
-    let parsed = ArrayOfRows {
-        on_row,
-        rows: &mut rows,
+    if !opens_an_array(reader, file)? {
+        return Err(not_an_array(reader, file, skipped_lines));
+    }
+    let mut elements = ArrayElements {
+        reader,
+        file,
+        skipped_lines,
         group,
+        at: Location {
+            offset: 0,
+            line: 1,
+            line_start: 0,
+        },
+        element: Vec::new(),
+        index: 0,
+        pending: None,
+    };
+    elements.open()?;
+    while let Some(row) = elements.next_row()? {
+        on_row(row);
     }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
-    if let Err(e) = parsed {
-        let mut message = match e.classify() {
-            serde_json::error::Category::Data => strip_serde_position(&e),
-            _ => format!("malformed JSON: {}", describe_json_error(&e)),
-        };
-        if message.contains("trailing characters") || message.contains("invalid type: map") {
-            message.push_str(
-                " (one object per line is JSON Lines: use a .jsonl file or --format jsonl)",
-            );
-        }
-        // serde_json says column 0 for the end of input after a newline; columns count from 1.
-        return Err(unreadable(
-            file,
-            e.line().max(1) as u64 + skipped_lines,
-            e.column().max(1) as u64,
-            message,
-        ));
-    }
-    if rows == 0 {
+    if elements.index == 0 {
         return Err(unreadable(file, 1, 1, "the array has no rows"));
     }
-    Ok(rows)
+    Ok(elements.index)
 }
 
-/// Walks a JSON array one element at a time: only the current element is in memory.
-pub(super) struct ArrayOfRows<'a> {
-    on_row: &'a mut dyn FnMut(InputRow),
-    rows: &'a mut u64,
-    group: Option<&'a str>,
+/// Whether the input's first value is an array. Only peeks, so that anything else
+/// goes to serde_json whole and keeps its words and position (`read_tapped` has
+/// made sure the buffer holds a byte that is not whitespace).
+fn opens_an_array(reader: &mut impl BufRead, file: &str) -> Result<bool, InputError> {
+    let buf = fill_buf(reader, file, 0)?;
+    Ok(buf.iter().find(|&&b| !is_json_whitespace(b)) == Some(&b'['))
 }
 
-impl<'de> DeserializeSeed<'de> for ArrayOfRows<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
+/// serde_json's error for a first value that is not an array: `invalid type: map,
+/// expected a JSON array of objects`, or the syntax error it runs into first.
+fn not_an_array(reader: &mut impl BufRead, file: &str, skipped_lines: u64) -> InputError {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let e = match serde::Deserializer::deserialize_seq(&mut de, ExpectArray) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    array_error(
+        file,
+        skipped_lines,
+        LineColumn {
+            line: e.line() as u64,
+            column: e.column() as u64,
+        },
+        json_message(&e),
+    )
+}
+
+/// Refuses every value: it is only asked about one that is not an array.
+struct ExpectArray;
+
+impl<'de> Visitor<'de> for ExpectArray {
+    type Value = Infallible;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of objects")
     }
 }
 
-impl<'de> Visitor<'de> for ArrayOfRows<'_> {
+/// The first element of an array, as a row; the rest are not read.
+struct OneElement<'a>(Option<&'a str>);
+
+impl<'de> Visitor<'de> for OneElement<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -182,20 +217,500 @@ impl<'de> Visitor<'de> for ArrayOfRows<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0u64;
-        while let Some(content) = seq.next_element_seed(RowSeed { group: self.group })? {
-            (self.on_row)(InputRow {
-                position: Position {
-                    kind: PositionKind::Index,
-                    row: index,
-                    pair: 0,
-                },
-                content,
-            });
-            index += 1;
-            *self.rows += 1;
-        }
+        seq.next_element_seed(RowSeed { group: self.0 })?;
         Ok(())
+    }
+}
+
+/// serde_json's error in a message: a data error (`invalid type: ...`) in its own
+/// words, anything else as malformed JSON.
+fn json_message(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => strip_serde_position(e),
+        _ => format!("malformed JSON: {}", describe_json_error(e)),
+    }
+}
+
+/// An error at a position serde_json's way, with a hint when the file reads as
+/// JSON Lines.
+fn array_error(file: &str, skipped_lines: u64, at: LineColumn, mut message: String) -> InputError {
+    if message.contains("trailing characters") || message.contains("invalid type: map") {
+        message
+            .push_str(" (one object per line is JSON Lines: use a .jsonl file or --format jsonl)");
+    }
+    // serde_json says column 0 for the end of input after a newline; columns count from 1.
+    unreadable(
+        file,
+        at.line.max(1) + skipped_lines,
+        at.column.max(1),
+        message,
+    )
+}
+
+/// serde_json's whitespace (not `is_ascii_whitespace`, which has form feed too).
+fn is_json_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+/// `fill_buf`, tried again after an interruption as serde_json's reader did.
+fn fill_buf<'r>(
+    reader: &'r mut impl BufRead,
+    file: &str,
+    offset: u64,
+) -> Result<&'r [u8], InputError> {
+    let read_error = |error| InputError::Read {
+        file: file.to_string(),
+        offset,
+        error,
+    };
+    loop {
+        match reader.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(e)),
+        }
+    }
+    // Hands back what the call above buffered (returning that borrow from inside
+    // the loop is beyond the borrow checker).
+    reader.fill_buf().map_err(read_error)
+}
+
+/// A position as serde_json gives it: lines from 1, columns in bytes, column 0 being
+/// just after a newline.
+#[derive(Debug, Clone, Copy)]
+struct LineColumn {
+    line: u64,
+    column: u64,
+}
+
+impl LineColumn {
+    /// The position of `byte`, read after this position.
+    fn after(self, byte: u8) -> LineColumn {
+        match byte {
+            b'\n' => LineColumn {
+                line: self.line + 1,
+                column: 0,
+            },
+            _ => LineColumn {
+                column: self.column + 1,
+                ..self
+            },
+        }
+    }
+
+    /// A position serde_json gave inside an element that starts after this one
+    /// (the element's first line continues this position's line).
+    fn within(self, line: usize, column: usize) -> LineColumn {
+        match line {
+            0 | 1 => LineColumn {
+                column: self.column + column as u64,
+                ..self
+            },
+            _ => LineColumn {
+                line: self.line + line as u64 - 1,
+                column: column as u64,
+            },
+        }
+    }
+}
+
+/// How far into the input the array reader is.
+struct Location {
+    /// Bytes consumed.
+    offset: u64,
+    /// The line of the next byte.
+    line: u64,
+    /// The offset of that line's first byte.
+    line_start: u64,
+}
+
+impl Location {
+    fn advance(&mut self, bytes: &[u8]) {
+        // `contains` looks with memchr; most elements are on one line.
+        if bytes.contains(&b'\n') {
+            self.line += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            let last = bytes.iter().rposition(|&b| b == b'\n').unwrap_or_default();
+            self.line_start = self.offset + last as u64 + 1;
+        }
+        self.offset += bytes.len() as u64;
+    }
+
+    /// The position of the last byte consumed, where serde_json's reader stands.
+    fn here(&self) -> LineColumn {
+        LineColumn {
+            line: self.line,
+            column: self.offset - self.line_start,
+        }
+    }
+}
+
+/// Whether serde_json's error in `bytes` (parsed from a slice) is at their last byte.
+fn at_end(bytes: &[u8], e: &serde_json::Error) -> bool {
+    let last_line_start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = 1 + bytes.iter().filter(|&&b| b == b'\n').count();
+    (e.line(), e.column()) == (lines, bytes.len() - last_line_start)
+}
+
+/// Why the copy of an element stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// At [`MAX_ELEMENT_BYTES`]: serde_json finding only the end of the bytes, the
+    /// error is ours.
+    TooLarge,
+    /// Just after a bracket that opens level [`MAX_ELEMENT_DEPTH`], which serde_json
+    /// refuses.
+    TooDeep,
+}
+
+/// Where the copy of an object, a list or a string stands between two reads.
+#[derive(Default)]
+struct Nesting {
+    /// Brackets open; outside strings at least 1, the element's first byte being
+    /// a bracket or the quote that ends a string element.
+    depth: u32,
+    in_string: bool,
+    after_backslash: bool,
+    /// Bytes of a `\u` escape still to come: serde_json reads four whatever they
+    /// are, a quote included (`"\u12"]` is an invalid escape at the `]`).
+    hex_left: usize,
+}
+
+impl Nesting {
+    /// Scans the next bytes of the element: the index of its last byte, if it is
+    /// among them, and whether the copy is cut there.
+    fn scan(&mut self, bytes: &[u8]) -> Option<(usize, Option<Cut>)> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.hex_left > 0 {
+                let hex = self.hex_left.min(bytes.len() - i);
+                self.hex_left -= hex;
+                i += hex;
+                continue;
+            }
+            if self.after_backslash {
+                self.after_backslash = false;
+                if bytes[i] == b'u' {
+                    self.hex_left = 4;
+                }
+                i += 1;
+                continue;
+            }
+            // Most bytes are the text of strings: runs of them are skipped whole.
+            i += match self.in_string {
+                true => bytes[i..].iter().position(|&b| b == b'"' || b == b'\\'),
+                false => bytes[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']')),
+            }?;
+            match (self.in_string, bytes[i]) {
+                (true, b'\\') => self.after_backslash = true,
+                (true, _) => {
+                    self.in_string = false;
+                    if self.depth == 0 {
+                        return Some((i, None));
+                    }
+                }
+                (false, b'"') => self.in_string = true,
+                (false, b'{' | b'[') => {
+                    self.depth += 1;
+                    if self.depth == MAX_ELEMENT_DEPTH {
+                        return Some((i, Some(Cut::TooDeep)));
+                    }
+                }
+                (false, _) => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Some((i, None));
+                    }
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// A JSON array read element by element, each element parsed by serde_json from a
+/// slice: the reader's buffer where it holds a plain object whole, else a copy.
+///
+/// serde_json's reader-based parser goes through its input a byte at a time: planning
+/// 200,000 rows took 4.19 G instructions from one JSON array, 3.66 G from JSON Lines
+/// and 3.82 G this way. The array's own syntax (`[`, `,`, `]`, the end of input) is
+/// checked here, in serde_json's words and at its positions; an element's error comes
+/// from its streaming parser itself (`element_error`), so every error reads as before.
+struct ArrayElements<'a, R> {
+    reader: &'a mut R,
+    file: &'a str,
+    skipped_lines: u64,
+    group: Option<&'a str>,
+    at: Location,
+    /// The current element's bytes; one buffer for the whole array.
+    element: Vec<u8>,
+    /// How many elements have become rows.
+    index: u64,
+    /// The error after a row that serde_json reported only once it had handed that
+    /// row over (a scalar running on past its value, see `parse_element`).
+    pending: Option<InputError>,
+}
+
+impl<R: BufRead> ArrayElements<'_, R> {
+    /// Consumes the `[` that `opens_an_array` saw, and the whitespace before it.
+    fn open(&mut self) -> Result<(), InputError> {
+        self.skip_whitespace()?;
+        self.consume_byte(b'[');
+        Ok(())
+    }
+
+    /// The next element as a row; `None` after the closing `]`, with nothing but
+    /// whitespace after it.
+    fn next_row(&mut self) -> Result<Option<InputRow>, InputError> {
+        if let Some(error) = self.pending.take() {
+            return Err(error);
+        }
+        let first_element = self.index == 0;
+        let first_byte = match self.skip_whitespace()? {
+            None => return Err(self.end_of_input("EOF while parsing a list")),
+            Some(b']') => {
+                self.consume_byte(b']');
+                return match self.skip_whitespace()? {
+                    None => Ok(None),
+                    Some(byte) => Err(self.syntax_error(byte, "trailing characters")),
+                };
+            }
+            Some(b',') if !first_element => {
+                self.consume_byte(b',');
+                match self.skip_whitespace()? {
+                    None => return Err(self.end_of_input("EOF while parsing a value")),
+                    Some(b']') => return Err(self.syntax_error(b']', "trailing comma")),
+                    Some(byte) => byte,
+                }
+            }
+            Some(byte) if !first_element => {
+                return Err(self.syntax_error(byte, "expected `,` or `]`"));
+            }
+            Some(byte) => byte,
+        };
+        let content = self.read_element(first_byte)?;
+        let position = Position {
+            kind: PositionKind::Index,
+            row: self.index,
+            pair: 0,
+        };
+        self.index += 1;
+        Ok(Some(InputRow { position, content }))
+    }
+
+    /// The element that starts with `first_byte`, as a row.
+    fn read_element(&mut self, first_byte: u8) -> Result<RowContent, InputError> {
+        if first_byte == b'{'
+            && let Some(content) = self.flat_object()?
+        {
+            return Ok(content);
+        }
+        let origin = self.at.here();
+        self.element.clear();
+        let cut = match first_byte {
+            b'{' | b'[' | b'"' => self.copy_nested()?,
+            _ => self.copy_scalar()?,
+        };
+        self.parse_element(origin, cut)
+    }
+
+    /// Copies an object, a list or a string into `element`, through its closing byte.
+    fn copy_nested(&mut self) -> Result<Option<Cut>, InputError> {
+        let mut nesting = Nesting::default();
+        loop {
+            if !self.element.is_empty() && self.parser_stops_inside() {
+                return Ok(None);
+            }
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let end = nesting.scan(buf);
+            let taken = end.map_or(buf.len(), |(last, _)| last + 1);
+            self.element.extend_from_slice(&buf[..taken]);
+            self.at.advance(&buf[..taken]);
+            self.reader.consume(taken);
+            if let Some((_, cut)) = end {
+                return Ok(cut);
+            }
+            if self.element.len() > MAX_ELEMENT_BYTES {
+                return Ok(Some(Cut::TooLarge));
+            }
+        }
+    }
+
+    /// Copies a number, a literal or stray bytes into `element`, up to the first
+    /// byte that cannot continue them. That byte is left unread: where a number's
+    /// error is about it (`1.]`), serde_json's streaming parser reads it from the input
+    /// (see `element_error`).
+    fn copy_scalar(&mut self) -> Result<Option<Cut>, InputError> {
+        loop {
+            if !self.element.is_empty() && self.parser_stops_inside() {
+                return Ok(None);
+            }
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let stop = buf.iter().position(|&b| {
+                is_json_whitespace(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
+            });
+            let taken = stop.unwrap_or(buf.len());
+            self.element.extend_from_slice(&buf[..taken]);
+            self.at.advance(&buf[..taken]);
+            self.reader.consume(taken);
+            if stop.is_some() {
+                return Ok(None);
+            }
+            if self.element.len() > MAX_ELEMENT_BYTES {
+                return Ok(Some(Cut::TooLarge));
+            }
+        }
+    }
+
+    /// The usual element, an object with no object inside it, read from the buffer in
+    /// place when the buffer holds it whole: the bytes through the first `}`, if
+    /// serde_json reads them as one object and nothing more, are the element as its
+    /// streaming parser read it. `None`, with nothing consumed, for any other element.
+    fn flat_object(&mut self) -> Result<Option<RowContent>, InputError> {
+        let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+        let mut rest = buf;
+        // Over a slice `skip_until` cannot fail; it finds the `}` with std's memchr.
+        let through_brace = rest.skip_until(b'}').unwrap_or_default();
+        let object = &buf[..through_brace];
+        // Parsed alone an element may nest one level deeper than in the array: one
+        // that could reach the array's limit is left to `copy_nested`.
+        let limit = MAX_ELEMENT_DEPTH as usize - 1;
+        let deep = object.len() > limit && object.iter().filter(|&&b| b == b'[').count() >= limit;
+        if object.last() != Some(&b'}') || deep {
+            return Ok(None);
+        }
+        let Ok((content, None)) = parse_value(object, self.group) else {
+            return Ok(None);
+        };
+        self.at.advance(object);
+        self.reader.consume(through_brace);
+        Ok(Some(content))
+    }
+
+    /// Whether serde_json, reading the bytes of an element copied so far, stops
+    /// before their end: at an error, or after a scalar followed by a stray byte.
+    /// Its streaming parser read no further then, and neither may we: the next
+    /// bytes may not be readable (not UTF-8), which would change the error.
+    fn parser_stops_inside(&self) -> bool {
+        match parse_value(&self.element, self.group) {
+            Ok((_, trailing)) => trailing.is_some(),
+            Err(e) if e.is_eof() => false,
+            // A number that runs to the end of the bytes so far may go on.
+            Err(e) => {
+                !(e.to_string().starts_with("number out of range") && at_end(&self.element, &e))
+            }
+        }
+    }
+
+    /// Parses the element copied after `origin` into a row.
+    fn parse_element(
+        &mut self,
+        origin: LineColumn,
+        cut: Option<Cut>,
+    ) -> Result<RowContent, InputError> {
+        let (content, trailing) = match parse_value(&self.element, self.group) {
+            Ok(_) if cut == Some(Cut::TooLarge) => return Err(self.too_large(origin)),
+            Ok(parsed) => parsed,
+            Err(e) => return Err(self.element_error(origin, cut, e)),
+        };
+        // A scalar's bytes can run on past its value (`1x`, `truex`): serde_json
+        // handed over the row, then wanted `,` or `]` where the value ended.
+        if let Some(trailing) = trailing {
+            let at = origin.within(trailing.line(), trailing.column());
+            self.pending = Some(self.error(at, "malformed JSON: expected `,` or `]`".into()));
+        }
+        Ok(content)
+    }
+
+    /// The error serde_json gave for the element copied after `origin`.
+    fn element_error(
+        &mut self,
+        origin: LineColumn,
+        cut: Option<Cut>,
+        from_slice: serde_json::Error,
+    ) -> InputError {
+        if cut == Some(Cut::TooLarge) && from_slice.is_eof() {
+            return self.too_large(origin);
+        }
+        // serde_json's streaming parser is handed the element again, and then the
+        // input where the copy stopped, behind a `[` that takes the array's level
+        // of nesting: it fails as it did over the whole array, at the same position
+        // and having read as far (on its way out of an error it still looks for
+        // each enclosing list's `,` or `]`, which can take it past the element).
+        let element = self.element.as_slice();
+        let mut de =
+            serde_json::Deserializer::from_reader(b"[".chain(element).chain(&mut *self.reader));
+        let e = match serde::Deserializer::deserialize_seq(&mut de, OneElement(self.group)) {
+            Err(e) => e,
+            Ok(()) => from_slice,
+        };
+        let column = match e.line() {
+            1 => e.column().saturating_sub(1),
+            _ => e.column(),
+        };
+        self.error(origin.within(e.line(), column), json_message(&e))
+    }
+
+    fn too_large(&self, origin: LineColumn) -> InputError {
+        let row = Position {
+            kind: PositionKind::Index,
+            row: self.index,
+            pair: 0,
+        };
+        self.error(
+            origin.within(1, 1),
+            format!("row {row} is larger than 1 MiB"),
+        )
+    }
+
+    /// Consumes whitespace; the byte after it, not consumed (`None`: end of input).
+    fn skip_whitespace(&mut self) -> Result<Option<u8>, InputError> {
+        loop {
+            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+            match buf.first() {
+                None => return Ok(None),
+                Some(&byte) if !is_json_whitespace(byte) => return Ok(Some(byte)),
+                Some(_) => {}
+            }
+            let found = buf.iter().position(|&b| !is_json_whitespace(b));
+            let skipped = found.unwrap_or(buf.len());
+            let next = found.map(|i| buf[i]);
+            self.at.advance(&buf[..skipped]);
+            self.reader.consume(skipped);
+            if next.is_some() {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Consumes `byte`, the next byte.
+    fn consume_byte(&mut self, byte: u8) {
+        self.at.advance(&[byte]);
+        self.reader.consume(1);
+    }
+
+    fn end_of_input(&self, words: &str) -> InputError {
+        self.error(self.at.here(), format!("malformed JSON: {words}"))
+    }
+
+    /// A syntax error about `byte`, the next byte, in serde_json's `words`.
+    fn syntax_error(&self, byte: u8, words: &str) -> InputError {
+        self.error(
+            self.at.here().after(byte),
+            format!("malformed JSON: {words}"),
+        )
+    }
+
+    fn error(&self, at: LineColumn, message: String) -> InputError {
+        array_error(self.file, self.skipped_lines, at, message)
     }
 }
 
@@ -493,3 +1008,6 @@ pub(super) fn row_from_fields<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,8 @@
 //! identity), checks that they are UTF-8 (with the exact line and column of the
 //! first bad byte), and parses rows, handing each to a callback as soon as it is
 //! read. Memory stays flat whatever the file's size: CSV and JSON Lines hold one
-//! record at a time, and a JSON array is walked element by element with a
-//! `SeqAccess` visitor, so only the current element is ever in memory.
+//! record at a time, and a JSON array is split into its elements, each parsed on
+//! its own, so only the current element is ever in memory.
 //!
 //! Two kinds of problems, kept apart on purpose:
 //! - input that cannot be read at all (not UTF-8, malformed JSON, a header without
