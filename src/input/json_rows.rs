@@ -99,9 +99,79 @@ fn parse_value(
         Ok((content, de.end().err()))
     }
     match std::str::from_utf8(text) {
-        Ok(text) => value(serde_json::Deserializer::from_str(text), group),
+        Ok(text) => match plain_object(text) {
+            Some(fields) => Ok((row_from_fields(in_name_order(fields), group), None)),
+            None => value(serde_json::Deserializer::from_str(text), group),
+        },
         Err(_) => value(serde_json::Deserializer::from_slice(text), group),
     }
+}
+
+/// The usual row, an object of a few plain strings and nothing after it
+/// (`{"instance_id": "ins-…", "key_id": "skey-…", "region": "ap-guangzhou"}`), read
+/// without serde_json's general machinery: its fields, in document order. `None` for
+/// anything else (an escape or a control character in a string, a value that is not a
+/// string, an empty object, a syntax error), which serde_json then reads; where both
+/// read a text, they read the same fields (a test holds them to it).
+fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    let skip_whitespace = |at: &mut usize| {
+        while bytes.get(*at).is_some_and(|&b| is_json_whitespace(b)) {
+            *at += 1;
+        }
+    };
+    // A string with no escape and no control character: the text between its quotes.
+    let string = |at: &mut usize| -> Option<&str> {
+        if bytes.get(*at) != Some(&b'"') {
+            return None;
+        }
+        let start = *at + 1;
+        let end = start + memchr::memchr(b'"', &bytes[start..])?;
+        if bytes[start..end].iter().any(|&b| b == b'\\' || b < 0x20) {
+            return None;
+        }
+        *at = end + 1;
+        text.get(start..end)
+    };
+    let expect = |at: &mut usize, byte: u8| -> Option<()> {
+        skip_whitespace(at);
+        (bytes.get(*at) == Some(&byte)).then(|| *at += 1)
+    };
+    let mut fields = Vec::with_capacity(4);
+    expect(&mut at, b'{')?;
+    loop {
+        skip_whitespace(&mut at);
+        let name = string(&mut at)?;
+        expect(&mut at, b':')?;
+        skip_whitespace(&mut at);
+        let value = string(&mut at)?;
+        fields.push((Cow::Borrowed(name), Value::String(value.to_string())));
+        skip_whitespace(&mut at);
+        match bytes.get(at) {
+            Some(b',') => at += 1,
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    at += 1;
+    skip_whitespace(&mut at);
+    (at == bytes.len()).then_some(fields)
+}
+
+/// An object's fields as serde_json's `Map` (a BTreeMap) holds them: in name order,
+/// and of a name repeated, the last value.
+fn in_name_order<'a>(mut fields: Vec<(Cow<'a, str>, Value)>) -> Vec<(Cow<'a, str>, Value)> {
+    // Most objects come with their names in order already, each once. Otherwise the
+    // stable sort keeps repeats in document order; reversed, `dedup_by` keeps the
+    // first, which is the last.
+    if !fields.is_sorted_by(|a, b| a.0 < b.0) {
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields.reverse();
+        fields.dedup_by(|a, b| a.0 == b.0);
+        fields.reverse();
+    }
+    fields
 }
 
 /// A syntax error in words, with a hint where serde_json's own words are terse.
@@ -811,17 +881,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             let value: Value = map.next_value()?;
             fields.push((name, value));
         }
-        // As serde_json's `Map` (a BTreeMap) holds them: in name order, and of a
-        // name repeated, the last value. The stable sort keeps repeats in document
-        // order; reversed, `dedup_by` keeps the first, which is the last.
-        // Most objects come with their names in order already, each once.
-        if !fields.is_sorted_by(|a, b| a.0 < b.0) {
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
-            fields.reverse();
-            fields.dedup_by(|a, b| a.0 == b.0);
-            fields.reverse();
-        }
-        Ok(row_from_fields(fields, self.group))
+        Ok(row_from_fields(in_name_order(fields), self.group))
     }
 }
 

@@ -626,3 +626,64 @@ fn an_element_over_one_mebibyte_is_refused_without_reading_on() {
     );
     assert!(outcome(text.as_bytes(), READ_BUFFER_BYTES, None, true).contains("rows: 1"));
 }
+
+/// What serde_json alone makes of one row's text (the path `plain_object` skips).
+fn through_serde(text: &str, group: Option<&str>) -> String {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = super::RowSeed { group }
+        .deserialize(&mut de)
+        .map(|content| (content, de.end().err().map(|e| e.to_string())));
+    format!("{:?}", parsed.map_err(|e| e.to_string()))
+}
+
+#[test]
+fn a_plain_object_reads_as_serde_json_reads_it() {
+    let mut rng = StdRng::seed_from_u64(2512);
+    let mut plain = 0;
+    for case in 0..20_000 {
+        let mut text = element(&mut rng).into_bytes();
+        if case % 3 == 0 {
+            mutate(&mut rng, &mut text);
+        }
+        let Ok(text) = std::str::from_utf8(&text) else {
+            continue;
+        };
+        let group = (case % 5 == 0).then_some("zone");
+        if super::plain_object(text).is_some() {
+            plain += 1;
+        }
+        let ours = super::parse_value(text.as_bytes(), group)
+            .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
+        let ours = format!("{:?}", ours.map_err(|e| e.to_string()));
+        assert_eq!(ours, through_serde(text, group), "{text:?}");
+    }
+    // The corpus reaches the plain path often, and serde_json's too.
+    assert!((2_000..18_000).contains(&plain), "{plain} plain objects");
+    // Repeated names, names out of order, spaces everywhere, text that is not ASCII.
+    for text in [
+        r#"{"key_id":"skey-00000001","instance_id":"ins-00000001","key_id":"skey-00000002"}"#,
+        " \t{ \"region\" : \"ap-guangzhou\" ,\"instance_id\":\"ins-00000001\" , \"key_id\":\"é 中\"}\r\n ",
+        r#"{"instance_id":"ins-00000001","key_id":"skey-00000001","zone":"ap-guangzhou-3"}"#,
+    ] {
+        assert!(super::plain_object(text).is_some(), "{text}");
+        let ours = super::parse_value(text.as_bytes(), Some("zone"))
+            .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
+        assert_eq!(
+            format!("{:?}", ours.map_err(|e| e.to_string())),
+            through_serde(text, Some("zone"))
+        );
+    }
+    // Not plain: serde_json reads them (and says what is wrong).
+    for text in [
+        r#"{"instance_id":"ins-\u0030","key_id":"skey-00000001"}"#,
+        "{\"instance_id\":\"ins-00000001\u{1}\",\"key_id\":\"skey-00000001\"}",
+        r#"{"instance_id":"ins-00000001","keys_after":2}"#,
+        r#"{"instance_id":"ins-00000001","key_id":"skey-00000001"} x"#,
+        r#"{"instance_id":"ins-00000001","key_id":"skey-00000001",}"#,
+        r#"{"instance_id":"ins-00000001" "key_id":"skey-00000001"}"#,
+        "{}",
+    ] {
+        assert!(super::plain_object(text).is_none(), "{text}");
+    }
+}
