@@ -589,26 +589,7 @@ impl<R: BufRead> ArrayElements<'_, R> {
     /// Copies an object, a list or a string into `element`, through its closing byte.
     fn copy_nested(&mut self) -> Result<Option<Cut>, InputError> {
         let mut nesting = Nesting::default();
-        loop {
-            if !self.element.is_empty() && self.parser_stops_inside() {
-                return Ok(None);
-            }
-            let buf = fill_buf(self.reader, self.file, self.at.offset)?;
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            let end = nesting.scan(buf);
-            let taken = end.map_or(buf.len(), |(last, _)| last + 1);
-            self.element.extend_from_slice(&buf[..taken]);
-            self.at.advance(&buf[..taken]);
-            self.reader.consume(taken);
-            if let Some((_, cut)) = end {
-                return Ok(cut);
-            }
-            if self.element.len() > MAX_ELEMENT_BYTES {
-                return Ok(Some(Cut::TooLarge));
-            }
-        }
+        self.copy_element(|buf| nesting.scan(buf).map(|(last, cut)| (last + 1, cut)))
     }
 
     /// Copies a number, a literal or stray bytes into `element`, up to the first
@@ -616,6 +597,21 @@ impl<R: BufRead> ArrayElements<'_, R> {
     /// error is about it (`1.]`), serde_json's streaming parser reads it from the input
     /// (see `element_error`).
     fn copy_scalar(&mut self) -> Result<Option<Cut>, InputError> {
+        self.copy_element(|buf| {
+            let stop = buf.iter().position(|&b| {
+                is_json_whitespace(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
+            });
+            stop.map(|stop| (stop, None))
+        })
+    }
+
+    /// Copies the element into `element` a buffer at a time, until `ends` says how
+    /// many of a buffer's bytes end it (and whether the copy is cut there), serde_json
+    /// stops inside what is copied, the input ends, or the copy passes 1 MiB.
+    fn copy_element(
+        &mut self,
+        mut ends: impl FnMut(&[u8]) -> Option<(usize, Option<Cut>)>,
+    ) -> Result<Option<Cut>, InputError> {
         loop {
             if !self.element.is_empty() && self.parser_stops_inside() {
                 return Ok(None);
@@ -624,15 +620,13 @@ impl<R: BufRead> ArrayElements<'_, R> {
             if buf.is_empty() {
                 return Ok(None);
             }
-            let stop = buf.iter().position(|&b| {
-                is_json_whitespace(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
-            });
-            let taken = stop.unwrap_or(buf.len());
+            let end = ends(buf);
+            let taken = end.map_or(buf.len(), |(taken, _)| taken);
             self.element.extend_from_slice(&buf[..taken]);
             self.at.advance(&buf[..taken]);
             self.reader.consume(taken);
-            if stop.is_some() {
-                return Ok(None);
+            if let Some((_, cut)) = end {
+                return Ok(cut);
             }
             if self.element.len() > MAX_ELEMENT_BYTES {
                 return Ok(Some(Cut::TooLarge));
