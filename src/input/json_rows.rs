@@ -99,21 +99,33 @@ fn parse_value(
         Ok((content, de.end().err()))
     }
     match std::str::from_utf8(text) {
-        Ok(text) => match plain_object(text) {
-            Some(fields) => Ok((row_from_fields(in_name_order(fields), group), None)),
-            None => value(serde_json::Deserializer::from_str(text), group),
-        },
+        Ok(text) => {
+            // With a budget-group column every row is read for it: not the commonest row.
+            if group.is_none()
+                && let Some(pair) = plain_pair(text)
+            {
+                return Ok((pair, None));
+            }
+            match plain_object(text) {
+                Some(fields) => Ok((row_from_fields(in_name_order(fields), group), None)),
+                None => value(serde_json::Deserializer::from_str(text), group),
+            }
+        }
         Err(_) => value(serde_json::Deserializer::from_slice(text), group),
     }
 }
 
-/// The usual row, an object of a few plain strings and nothing after it
-/// (`{"instance_id": "ins-…", "key_id": "skey-…", "region": "ap-guangzhou"}`), read
-/// without serde_json's general machinery: its fields, in document order. `None` for
-/// anything else (an escape or a control character in a string, a value that is not a
-/// string, an empty object, a syntax error), which serde_json then reads; where both
-/// read a text, they read the same fields (a test holds them to it).
-fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
+/// An object of a few plain strings and nothing after it (`{"instance_id": "ins-…",
+/// "key_id": "skey-…", "region": "ap-guangzhou"}`), read without serde_json's general
+/// machinery: each field's name and value, in document order, go to `on_field`. `None`
+/// for anything else (an escape or a control character in a string, a value that is
+/// not a string, an empty object, a syntax error) or when `on_field` says `None`;
+/// serde_json then reads the text. Where both read a text, they read the same fields
+/// (a test holds them to it).
+fn plain_fields<'a>(
+    text: &'a str,
+    mut on_field: impl FnMut(&'a str, &'a str) -> Option<()>,
+) -> Option<()> {
     let bytes = text.as_bytes();
     let mut at = 0;
     let skip_whitespace = |at: &mut usize| {
@@ -122,7 +134,7 @@ fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
         }
     };
     // A string with no escape and no control character: the text between its quotes.
-    let string = |at: &mut usize| -> Option<&str> {
+    let string = |at: &mut usize| -> Option<&'a str> {
         if bytes.get(*at) != Some(&b'"') {
             return None;
         }
@@ -138,15 +150,13 @@ fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
         skip_whitespace(at);
         (bytes.get(*at) == Some(&byte)).then(|| *at += 1)
     };
-    let mut fields = Vec::with_capacity(4);
     expect(&mut at, b'{')?;
     loop {
         skip_whitespace(&mut at);
         let name = string(&mut at)?;
         expect(&mut at, b':')?;
         skip_whitespace(&mut at);
-        let value = string(&mut at)?;
-        fields.push((Cow::Borrowed(name), Value::String(value.to_string())));
+        on_field(name, string(&mut at)?)?;
         skip_whitespace(&mut at);
         match bytes.get(at) {
             Some(b',') => at += 1,
@@ -156,7 +166,43 @@ fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
     }
     at += 1;
     skip_whitespace(&mut at);
-    (at == bytes.len()).then_some(fields)
+    (at == bytes.len()).then_some(())
+}
+
+/// [`plain_fields`] as an object's fields, for [`row_from_fields`].
+fn plain_object(text: &str) -> Option<Vec<(Cow<'_, str>, Value)>> {
+    let mut fields = Vec::with_capacity(4);
+    plain_fields(text, |name, value| {
+        fields.push((Cow::Borrowed(name), Value::String(value.to_string())));
+        Some(())
+    })?;
+    Some(fields)
+}
+
+/// The commonest row of all, an instance and a key with at most a region, each named
+/// once in its documented spelling: the pair [`row_from_fields`] would make of
+/// [`plain_object`]'s fields, made without them. `None` for any other object.
+fn plain_pair(text: &str) -> Option<RowContent> {
+    let (mut instance, mut key, mut region) = (None, None, None);
+    plain_fields(text, |name, value| {
+        let slot = match name {
+            "instance_id" | "InstanceId" => &mut instance,
+            "key_id" | "KeyId" => &mut key,
+            "region" | "Region" => &mut region,
+            _ => return None,
+        };
+        slot.is_none().then(|| *slot = Some(value))
+    })?;
+    Some(RowContent::Pair {
+        instance_id: Ok(instance?.to_string()),
+        key_id: Ok(key?.to_string()),
+        region: region.filter(|r| !r.is_empty()).map(|r| Ok(r.to_string())),
+        account: None,
+        new_key_ids: Vec::new(),
+        keys_after: None,
+        state: None,
+        group: None,
+    })
 }
 
 /// An object's fields as serde_json's `Map` (a BTreeMap) holds them: in name order,

@@ -640,7 +640,7 @@ fn through_serde(text: &str, group: Option<&str>) -> String {
 #[test]
 fn a_plain_object_reads_as_serde_json_reads_it() {
     let mut rng = StdRng::seed_from_u64(2512);
-    let mut plain = 0;
+    let (mut plain, mut pairs) = (0, 0);
     for case in 0..20_000 {
         let mut text = element(&mut rng).into_bytes();
         if case % 3 == 0 {
@@ -653,6 +653,9 @@ fn a_plain_object_reads_as_serde_json_reads_it() {
         if super::plain_object(text).is_some() {
             plain += 1;
         }
+        if super::plain_pair(text).is_some() {
+            pairs += 1;
+        }
         let ours = super::parse_value(text.as_bytes(), group)
             .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
         let ours = format!("{:?}", ours.map_err(|e| e.to_string()));
@@ -660,6 +663,7 @@ fn a_plain_object_reads_as_serde_json_reads_it() {
     }
     // The corpus reaches the plain path often, and serde_json's too.
     assert!((2_000..18_000).contains(&plain), "{plain} plain objects");
+    assert!((1_000..plain).contains(&pairs), "{pairs} plain pairs");
     // Repeated names, names out of order, spaces everywhere, text that is not ASCII.
     for text in [
         r#"{"key_id":"skey-00000001","instance_id":"ins-00000001","key_id":"skey-00000002"}"#,
@@ -667,11 +671,55 @@ fn a_plain_object_reads_as_serde_json_reads_it() {
         r#"{"instance_id":"ins-00000001","key_id":"skey-00000001","zone":"ap-guangzhou-3"}"#,
     ] {
         assert!(super::plain_object(text).is_some(), "{text}");
+        for group in [None, Some("zone")] {
+            let ours = super::parse_value(text.as_bytes(), group)
+                .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
+            assert_eq!(
+                format!("{:?}", ours.map_err(|e| e.to_string())),
+                through_serde(text, group)
+            );
+        }
         let ours = super::parse_value(text.as_bytes(), Some("zone"))
             .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
         assert_eq!(
             format!("{:?}", ours.map_err(|e| e.to_string())),
             through_serde(text, Some("zone"))
+        );
+    }
+    // A pair, with a region or without, an empty region, the API's spellings; a
+    // name twice or any other name is not the commonest row.
+    for (text, pair) in [
+        (
+            r#"{"instance_id":"ins-00000001","key_id":"skey-00000001"}"#,
+            true,
+        ),
+        (
+            r#"{"Region":"","KeyId":"skey-00000001","InstanceId":"ins-00000001"}"#,
+            true,
+        ),
+        (
+            r#"{"key_id":"skey-00000001","instance_id":"ins-00000001","region":"ap-guangzhou"}"#,
+            true,
+        ),
+        (
+            r#"{"instance_id":"ins-00000001","key_id":"skey-00000001","key_id":"skey-00000002"}"#,
+            false,
+        ),
+        (
+            r#"{"instance_id":"ins-00000001","key_id":"skey-00000001","zone":"ap-guangzhou-3"}"#,
+            false,
+        ),
+        (
+            r#"{"instance_id":"ins-00000001","region":"ap-guangzhou"}"#,
+            false,
+        ),
+    ] {
+        assert_eq!(super::plain_pair(text).is_some(), pair, "{text}");
+        let ours = super::parse_value(text.as_bytes(), None)
+            .map(|(content, trailing)| (content, trailing.map(|e| e.to_string())));
+        assert_eq!(
+            format!("{:?}", ours.map_err(|e| e.to_string())),
+            through_serde(text, None)
         );
     }
     // Not plain: serde_json reads them (and says what is wrong).
