@@ -96,6 +96,27 @@ impl Files {
     fn arg(&self, name: &str) -> String {
         self.path(name).to_str().unwrap().to_string()
     }
+
+    /// `discover --public-key leaked.pub --all-regions` over every account, the
+    /// holders into `holders.csv` and the templates into `templates.csv`.
+    async fn discover_leaked(&self, sim: &MultiSimHandle) -> Output {
+        let (key, holders, templates) = (
+            self.arg("leaked.pub"),
+            self.arg("holders.csv"),
+            self.arg("templates.csv"),
+        );
+        let args = [
+            "discover",
+            "--public-key",
+            &key,
+            "--all-regions",
+            "--output",
+            &holders,
+            "--templates-output",
+            &templates,
+        ];
+        self.keyfleet(sim, true, &args).await
+    }
 }
 
 /// Every account's holders of the leaked key: (instance, key, region, account).
@@ -146,22 +167,7 @@ async fn discover_walks_every_account_and_writes_each_accounts_holders() {
     let files = Files::new();
     // main and dev in every region DescribeRegions lists them, prod in its own
     // (`regions = ["eu-frankfurt"]`: it is not asked for its regions).
-    let out = files
-        .keyfleet(
-            &sim,
-            true,
-            &[
-                "discover",
-                "--public-key",
-                &files.arg("leaked.pub"),
-                "--all-regions",
-                "--output",
-                &files.arg("holders.csv"),
-                "--templates-output",
-                &files.arg("templates.csv"),
-            ],
-        )
-        .await;
+    let out = files.discover_leaked(&sim).await;
     let stderr = out.stderr_text();
     // staging's role is missing: INCOMPLETE (exit 1), named with AssumeRole's code.
     assert_eq!(out.code, Some(1), "{stderr}");
@@ -572,22 +578,7 @@ async fn discover_then_one_run_with_templates_and_retire_closes_every_account() 
     );
     let sim = estate(accounts).await;
     let files = Files::new();
-    let discovered = files
-        .keyfleet(
-            &sim,
-            true,
-            &[
-                "discover",
-                "--public-key",
-                &files.arg("leaked.pub"),
-                "--all-regions",
-                "--output",
-                &files.arg("holders.csv"),
-                "--templates-output",
-                &files.arg("templates.csv"),
-            ],
-        )
-        .await;
+    let discovered = files.discover_leaked(&sim).await;
     // staging (its role is missing) is INCOMPLETE; the three others are in the files.
     assert_eq!(discovered.code, Some(1), "{}", discovered.stderr_text());
     let ran = files
