@@ -650,10 +650,7 @@ async fn walk(
                 action,
                 code,
                 message,
-            } => AccountFailure::Incomplete {
-                code,
-                message: format!("{action}: {message}"),
-            },
+            } => AccountFailure::refused(action, code, message),
             other => AccountFailure::Usage(other.to_string()),
         })?;
     let regions = discovery.walked_regions();

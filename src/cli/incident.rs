@@ -412,11 +412,21 @@ impl AccountFailure {
                 action,
                 code,
                 message,
-            } => AccountFailure::Incomplete {
-                code,
-                message: format!("{action}: {message}"),
-            },
+            } => AccountFailure::refused(action, code, message),
             other => AccountFailure::Usage(other.to_string()),
+        }
+    }
+
+    /// The cloud refused `action` in this account: its incompleteness, named by the
+    /// code (a discovery's and an incident step's refusals alike).
+    pub(crate) fn refused(
+        action: keyfleet::cvm::Action,
+        code: String,
+        message: String,
+    ) -> AccountFailure {
+        AccountFailure::Incomplete {
+            code,
+            message: format!("{action}: {message}"),
         }
     }
 }
