@@ -115,6 +115,20 @@ fn parse_value(
     }
 }
 
+/// The bytes that end a plain string's text: its closing quote, or what rules it out
+/// (an escape, a control character).
+const ENDS_A_PLAIN_STRING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// An object of a few plain strings and nothing after it (`{"instance_id": "ins-…",
 /// "key_id": "skey-…", "region": "ap-guangzhou"}`), read without serde_json's general
 /// machinery: each field's name and value, in document order, go to `on_field`. `None`
@@ -134,13 +148,19 @@ fn plain_fields<'a>(
         }
     };
     // A string with no escape and no control character: the text between its quotes.
+    // One pass stops at the first byte that ends it or rules it out (a table look-up
+    // a byte). The strings of a row are short (ids, a region), where a plain loop
+    // beats memchr's set-up.
     let string = |at: &mut usize| -> Option<&'a str> {
         if bytes.get(*at) != Some(&b'"') {
             return None;
         }
         let start = *at + 1;
-        let end = start + memchr::memchr(b'"', &bytes[start..])?;
-        if bytes[start..end].iter().any(|&b| b == b'\\' || b < 0x20) {
+        let len = bytes[start..]
+            .iter()
+            .position(|&b| ENDS_A_PLAIN_STRING[b as usize])?;
+        let end = start + len;
+        if bytes[end] != b'"' {
             return None;
         }
         *at = end + 1;
@@ -686,9 +706,7 @@ impl<R: BufRead> ArrayElements<'_, R> {
     /// streaming parser read it. `None`, with nothing consumed, for any other element.
     fn flat_object(&mut self) -> Result<Option<RowContent>, InputError> {
         let buf = fill_buf(self.reader, self.file, self.at.offset)?;
-        let mut rest = buf;
-        // Over a slice `skip_until` cannot fail; it finds the `}` with std's memchr.
-        let through_brace = rest.skip_until(b'}').unwrap_or_default();
+        let through_brace = memchr::memchr(b'}', buf).map_or(buf.len(), |at| at + 1);
         let object = &buf[..through_brace];
         // Parsed alone an element may nest one level deeper than in the array: one
         // that could reach the array's limit is left to `copy_nested`.
