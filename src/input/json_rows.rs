@@ -604,27 +604,12 @@ impl<R: BufRead> ArrayElements<'_, R> {
             return Err(error);
         }
         let first_element = self.index == 0;
-        let first_byte = match self.skip_whitespace()? {
-            None => return Err(self.end_of_input("EOF while parsing a list")),
-            Some(b']') => {
-                self.consume_byte(b']');
-                return match self.skip_whitespace()? {
-                    None => Ok(None),
-                    Some(byte) => Err(self.syntax_error(byte, "trailing characters")),
-                };
-            }
-            Some(b',') if !first_element => {
-                self.consume_byte(b',');
-                match self.skip_whitespace()? {
-                    None => return Err(self.end_of_input("EOF while parsing a value")),
-                    Some(b']') => return Err(self.syntax_error(b']', "trailing comma")),
-                    Some(byte) => byte,
-                }
-            }
-            Some(byte) if !first_element => {
-                return Err(self.syntax_error(byte, "expected `,` or `]`"));
-            }
+        let first_byte = match self.separator_in_buffer(first_element)? {
             Some(byte) => byte,
+            None => match self.element_start(first_element)? {
+                Some(byte) => byte,
+                None => return Ok(None),
+            },
         };
         let content = self.read_element(first_byte)?;
         let position = Position {
@@ -634,6 +619,32 @@ impl<R: BufRead> ArrayElements<'_, R> {
         };
         self.index += 1;
         Ok(Some(InputRow { position, content }))
+    }
+
+    /// The first byte of the next element, read past the `,` before it (unless
+    /// `first_element`), a byte at a time; `None` after the closing `]`, with nothing
+    /// but whitespace after it.
+    fn element_start(&mut self, first_element: bool) -> Result<Option<u8>, InputError> {
+        match self.skip_whitespace()? {
+            None => Err(self.end_of_input("EOF while parsing a list")),
+            Some(b']') => {
+                self.consume_byte(b']');
+                match self.skip_whitespace()? {
+                    None => Ok(None),
+                    Some(byte) => Err(self.syntax_error(byte, "trailing characters")),
+                }
+            }
+            Some(b',') if !first_element => {
+                self.consume_byte(b',');
+                match self.skip_whitespace()? {
+                    None => Err(self.end_of_input("EOF while parsing a value")),
+                    Some(b']') => Err(self.syntax_error(b']', "trailing comma")),
+                    Some(byte) => Ok(Some(byte)),
+                }
+            }
+            Some(byte) if !first_element => Err(self.syntax_error(byte, "expected `,` or `]`")),
+            Some(byte) => Ok(Some(byte)),
+        }
     }
 
     /// The element that starts with `first_byte`, as a row.
@@ -817,6 +828,34 @@ impl<R: BufRead> ArrayElements<'_, R> {
                 return Ok(next);
             }
         }
+    }
+
+    /// The usual way from one element to the next, all in the buffer: whitespace, a
+    /// `,`, whitespace, and the first byte of an element, which is returned, all
+    /// before it consumed. `None`, with nothing consumed, before the first element
+    /// and for anything else (the end of the array, a trailing comma, a missing one,
+    /// the buffer running out), which [`Self::element_start`] reads a byte at a time.
+    fn separator_in_buffer(&mut self, first_element: bool) -> Result<Option<u8>, InputError> {
+        if first_element {
+            return Ok(None);
+        }
+        let buf = fill_buf(self.reader, self.file, self.at.offset)?;
+        let not_whitespace = |from: usize| {
+            buf[from..]
+                .iter()
+                .position(|&b| !is_json_whitespace(b))
+                .map(|at| from + at)
+        };
+        let Some(comma) = not_whitespace(0).filter(|&at| buf[at] == b',') else {
+            return Ok(None);
+        };
+        let Some(first) = not_whitespace(comma + 1).filter(|&at| buf[at] != b']') else {
+            return Ok(None);
+        };
+        let byte = buf[first];
+        self.at.advance(&buf[..first]);
+        self.reader.consume(first);
+        Ok(Some(byte))
     }
 
     /// Consumes `byte`, the next byte.
