@@ -37,9 +37,7 @@ pub use states::{ItemStatus, JobKind, JobState, RunState, Verified};
 /// A heartbeat older than this means the owning process is gone or hung.
 pub const LEASE_STALE_AFTER: Duration = Duration::from_secs(30);
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// How long an open waits for another process's `<db>-migrate.lock` (held while
 /// that process opens the database and applies migrations) before it gives up and
@@ -142,7 +140,10 @@ impl Store {
         let options = SqliteConnectOptions::new()
             .filename(&filename)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            // Not `journal_mode`: every connection the pool opens would ask for WAL as
+            // it connects, and SQLite refuses that at once, without the busy wait,
+            // while another connection writes through a rollback journal (see
+            // `use_wal`). WAL is a property of the file, set once below.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // Takes effect only when the file is created. 16 KiB pages make writing a
@@ -170,6 +171,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_err)?;
+        use_wal(&pool).await.map_err(open_err)?;
         let migrator = sqlx::migrate!("./migrations");
         record_marked_migrations(&pool, &migrator).await?;
         migrator
@@ -262,6 +264,48 @@ async fn record_marked_migrations(
 /// created mode 0600 if missing, else checked like the database (`guard.rs`), and
 /// records its holder (pid and host). Another process's lock is waited for up to
 /// `wait`, then [`StoreError::MigrationLocked`] names that holder.
+/// Puts the database in WAL mode, which the file keeps, when it opens (under the
+/// migration lock, before the migrations).
+///
+/// A plan that had the database to itself (`store::plan`'s `Alone`) writes through a
+/// rollback journal and puts WAL back at commit, best effort: if another process's
+/// connection holds a lock at that moment, the database stays in rollback mode while
+/// that process goes on using it. Asking for WAL then, while it writes, is refused at
+/// once ("database is locked"; SQLite does not wait for a change of journal mode as
+/// it waits for a lock). So the question is asked again, every 20 ms, for up to
+/// [`BUSY_TIMEOUT`]; after that the database is used as it is (a rollback journal
+/// shares the file more slowly, as safely) and the next open asks again.
+async fn use_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let refused = match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(err)) if is_busy(err.as_ref()) => err,
+            Err(err) => return Err(err),
+        };
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                err = %refused,
+                "the database stays in rollback-journal mode: another connection kept writing"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED`, with any extended code.
+fn is_busy(err: &dyn sqlx::error::DatabaseError) -> bool {
+    let primary = err
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|code| code & 0xff);
+    matches!(primary, Some(5 | 6))
+}
+
 async fn lock_for_migration(
     filename: &Path,
     db: &Path,
@@ -382,6 +426,53 @@ mod tests {
                 store.close().await;
             }
         }
+    }
+
+    /// A plan alone that could not put WAL back (`store::plan`'s `restore_wal`: another
+    /// process's connection held a lock at that moment) leaves the database in
+    /// rollback-journal mode while the other processes go on using it. A connection
+    /// opened then, while one of them writes, used to ask for WAL as it connected,
+    /// which SQLite refuses at once (no busy wait): "database is locked", and the run
+    /// stopped. It waits for the writer now, and WAL comes back.
+    #[tokio::test]
+    async fn opens_while_another_connection_writes_through_a_rollback_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        Store::open(&path).await.unwrap().close().await;
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        writer
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT INTO runs (created_at, input_path, input_sha256, options)
+                 VALUES (1, 'a.csv', 'sha', '{}');",
+            )
+            .unwrap();
+        // The writer commits a little later, on its own thread: the open must wait for
+        // it, however long that takes within the busy timeout.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let committer = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(Duration::from_millis(300));
+            writer.execute_batch("COMMIT").unwrap();
+        });
+        let opened = Store::open(&path).await;
+        let _ = go.send(());
+        committer.join().unwrap();
+        let store = opened.expect("the open waits for the writer");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(runs, 1);
+        store.close().await;
     }
 
     #[tokio::test]
