@@ -713,14 +713,29 @@ fn leave_wal(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
 }
 
 /// Puts the database back in WAL mode after a plan written through a rollback
-/// journal. Best effort: the plan is committed either way, and every keyfleet
-/// connection sets WAL when it opens (`Store::open`), so a database left in rollback
-/// mode (this failed, or the process was killed) is in WAL mode again at its next use.
+/// journal. SQLite refuses the change at once, without its busy wait, while another
+/// connection holds a lock (a process that opened the database before this plan took
+/// it, now writing its own plan): asked again every 20 ms for up to [`BUSY_TIMEOUT`].
+/// Best effort after that: the plan is committed either way, the database works in
+/// rollback mode, and the next [`Store::open`] asks for WAL again.
 fn restore_wal(conn: &rusqlite::Connection) {
-    if let Err(err) = conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
-        row.get::<_, String>(0)
-    }) {
-        tracing::warn!(%err, "the database stays in rollback-journal mode until its next open");
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let err = match conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        }) {
+            Ok(_) => return,
+            Err(err) => err,
+        };
+        let busy = matches!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if !busy || std::time::Instant::now() >= deadline {
+            tracing::warn!(%err, "the database stays in rollback-journal mode until its next open");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -781,14 +796,31 @@ impl Store {
     }
 
     /// Takes the database for one plan alone, if nothing else in this process or
-    /// another keyfleet process can use it meanwhile (see [`Alone`]): closes this
-    /// process's idle pool connections, then takes `<db>-migrate.lock` without
-    /// waiting. `None` (the plan goes through the WAL) when a pool connection is in
-    /// use or another process holds the lock (it is opening the database, or planning
-    /// alone itself). The pool opens new connections when next used.
+    /// another keyfleet process can use it meanwhile (see [`Alone`]): takes
+    /// `<db>-migrate.lock` without waiting, then closes this process's idle pool
+    /// connections. `None` (the plan goes through the WAL) when another process holds
+    /// the lock (it is opening the database, or planning alone itself) or a pool
+    /// connection stays in use. The pool opens new connections when next used.
+    ///
+    /// The lock comes first: a process that does not get it keeps its connections
+    /// open, and so keeps the file in WAL mode (SQLite lets no connection leave WAL
+    /// while another has it open) for as long as the other process's plan lasts.
     pub async fn claim_for_plan(&self) -> Result<Option<Alone>, StoreError> {
         #[cfg(unix)]
         {
+            let lock_path =
+                std::path::PathBuf::from(format!("{}-migrate.lock", self.file().display()));
+            let lock = super::guard::open_lock_file(&lock_path, self.path())?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(StoreError::Prepare {
+                        path: self.path().to_path_buf(),
+                        detail: format!("{}: {err}", lock_path.display()),
+                    });
+                }
+            }
             // sqlx returns a connection to the pool from a task of its own, so one
             // just used may not be idle yet: wait for it, briefly.
             let deadline = std::time::Instant::now() + PARK_WAIT;
@@ -801,24 +833,13 @@ impl Store {
                     break;
                 }
                 if std::time::Instant::now() >= deadline {
+                    // The lock is let go as `lock` drops.
                     return Ok(None);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            let lock_path =
-                std::path::PathBuf::from(format!("{}-migrate.lock", self.file().display()));
-            let lock = super::guard::open_lock_file(&lock_path, self.path())?;
-            match lock.try_lock() {
-                Ok(()) => {
-                    record_planner(&lock);
-                    Ok(Some(Alone { _lock: lock }))
-                }
-                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-                Err(std::fs::TryLockError::Error(err)) => Err(StoreError::Prepare {
-                    path: self.path().to_path_buf(),
-                    detail: format!("{}: {err}", lock_path.display()),
-                }),
-            }
+            record_planner(&lock);
+            Ok(Some(Alone { _lock: lock }))
         }
         #[cfg(not(unix))]
         Ok(None)
@@ -950,6 +971,37 @@ mod tests {
             keys: 1,
             regions: 1,
         }
+    }
+
+    /// WAL is put back after a plan alone even when another connection writes at that
+    /// moment (SQLite refuses the change at once then): asked again until it is free.
+    #[test]
+    fn wal_comes_back_once_another_writer_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let plan = rusqlite::Connection::open(&path).unwrap();
+        plan.busy_timeout(BUSY_TIMEOUT).unwrap();
+        plan.execute_batch("CREATE TABLE t (x)").unwrap();
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let committer = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_millis(300));
+            writer.execute_batch("COMMIT").unwrap();
+        });
+        restore_wal(&plan);
+        let _ = done.send(());
+        committer.join().unwrap();
+        let mode: String = plan
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let rows: i64 = plan
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 
     async fn count(store: &Store, table: &str) -> i64 {
