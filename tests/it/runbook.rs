@@ -408,9 +408,11 @@ async fn discover_run_and_verify_twenty_thousand_instances_over_three_regions() 
     // The 2.5% margin under each limit absorbs about 25 ms of delay per second between
     // a send slot and the arrival; a test machine busy with other tests can exceed that
     // once in a while, and the simulator then refuses (and keyfleet resends) a request.
+    // About 250 requests: 1% was 2 of them, and the full suite's load made 4 (once in
+    // three runs). A pacer that ignored a limit would see a third or more refused.
     assert!(
-        stats.throttled * 100 <= stats.admitted,
-        "at most 1% throttled: {stats:?}"
+        stats.throttled * 20 <= stats.admitted,
+        "at most 5% throttled: {stats:?}"
     );
     assert_eq!(stats.max_in_any_second_by_host.len(), 3, "{stats:?}");
     for (host, by_action) in &stats.max_in_any_second_by_host {
