@@ -154,7 +154,8 @@ pub enum Begin {
 /// SQLite work itself (docs/BENCHMARKS.md). Here each item is one step of one
 /// prepared statement with borrowed values, as `sqlite3`'s own `.import` does.
 ///
-/// Settings: the file is already in WAL mode (set by [`Store::open`], persistent);
+/// Settings: the file is in WAL mode (set by [`Store::open`], persistent; in rollback
+/// mode only while a plan alone writes, or after one could not put WAL back);
 /// `synchronous=FULL` makes the commit durable. Foreign keys are off on this
 /// connection only: every id the planner writes (run, job, duplicate_of) is assigned
 /// here inside the write lock, so the references are correct by construction, and
