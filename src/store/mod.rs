@@ -428,6 +428,13 @@ mod tests {
         }
     }
 
+    async fn journal_mode(store: &Store) -> String {
+        sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
     /// A plan alone that could not put WAL back (`store::plan`'s `restore_wal`: another
     /// process's connection held a lock at that moment) leaves the database in
     /// rollback-journal mode while the other processes go on using it. A connection
@@ -462,11 +469,7 @@ mod tests {
         let _ = go.send(());
         committer.join().unwrap();
         let store = opened.expect("the open waits for the writer");
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
+        assert_eq!(journal_mode(&store).await, "wal");
         let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
             .fetch_one(&store.pool)
             .await
@@ -480,11 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let store = Store::open(&path).await.unwrap();
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
+        assert_eq!(journal_mode(&store).await, "wal");
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
             .fetch_one(&store.pool)
             .await
