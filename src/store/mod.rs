@@ -260,12 +260,8 @@ async fn record_marked_migrations(
     Ok(())
 }
 
-/// Holds an exclusive lock on `<database>-migrate.lock` until dropped: the file is
-/// created mode 0600 if missing, else checked like the database (`guard.rs`), and
-/// records its holder (pid and host). Another process's lock is waited for up to
-/// `wait`, then [`StoreError::MigrationLocked`] names that holder.
 /// Puts the database in WAL mode, which the file keeps, when it opens (under the
-/// migration lock, before the migrations).
+/// migration lock, before the migrations): a new database starts in rollback mode.
 ///
 /// A plan that had the database to itself (`store::plan`'s `Alone`) writes through a
 /// rollback journal and puts WAL back at commit, best effort: if another process's
@@ -274,7 +270,8 @@ async fn record_marked_migrations(
 /// once ("database is locked"; SQLite does not wait for a change of journal mode as
 /// it waits for a lock). So the question is asked again, every 20 ms, for up to
 /// [`BUSY_TIMEOUT`]; after that the database is used as it is (a rollback journal
-/// shares the file more slowly, as safely) and the next open asks again.
+/// keeps the data as safe; processes sharing it wait on each other more) and the next
+/// open asks again.
 async fn use_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
@@ -306,6 +303,10 @@ fn is_busy(err: &dyn sqlx::error::DatabaseError) -> bool {
     matches!(primary, Some(5 | 6))
 }
 
+/// Holds an exclusive lock on `<database>-migrate.lock` until dropped: the file is
+/// created mode 0600 if missing, else checked like the database (`guard.rs`), and
+/// records its holder (pid and host). Another process's lock is waited for up to
+/// `wait`, then [`StoreError::MigrationLocked`] names that holder.
 async fn lock_for_migration(
     filename: &Path,
     db: &Path,
