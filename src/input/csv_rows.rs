@@ -353,15 +353,7 @@ impl<R: Read> QuoteWatch<R> {
                 QuoteState::Unquoted
             };
         }
-        // Characters, not bytes: UTF-8 continuation bytes (10xxxxxx) do not count.
-        let characters = |text: &[u8]| text.iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
-        match memchr::memrchr(b'\n', stretch) {
-            Some(end) => {
-                self.line += stretch.iter().filter(|&&b| b == b'\n').count() as u64;
-                self.column = characters(&stretch[end + 1..]);
-            }
-            None => self.column += characters(stretch),
-        }
+        advance_line_column(&mut self.line, &mut self.column, stretch);
     }
 
     fn quote(&mut self) {
