@@ -701,14 +701,7 @@ fn leave_wal(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         row.get::<_, String>(0)
     }) {
         Ok(mode) => Ok(mode.eq_ignore_ascii_case("delete")),
-        Err(rusqlite::Error::SqliteFailure(err, _))
-            if matches!(
-                err.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            Ok(false)
-        }
+        Err(err) if is_busy(&err) => Ok(false),
         Err(err) => Err(err.into()),
     }
 }
@@ -728,16 +721,20 @@ fn restore_wal(conn: &rusqlite::Connection) {
             Ok(_) => return,
             Err(err) => err,
         };
-        let busy = matches!(
-            err.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        );
-        if !busy || std::time::Instant::now() >= deadline {
+        if !is_busy(&err) || std::time::Instant::now() >= deadline {
             tracing::warn!(%err, "the database stays in rollback-journal mode until its next open");
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// SQLite's refusal for a lock another connection holds (`SQLITE_BUSY`, `SQLITE_LOCKED`).
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Drops the [`DEFERRABLE_INDEXES`] inside the plan's transaction when building them
