@@ -45,6 +45,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSy
 pub const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(120);
 /// How long a writer waits for another connection's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a change to WAL mode, which SQLite refuses at once while another
+/// connection holds a lock, is asked again (up to [`BUSY_TIMEOUT`]): `use_wal` at an
+/// open, `store::plan`'s `restore_wal` after a plan alone.
+const WAL_RETRY: Duration = Duration::from_millis(20);
 /// SQLite page size for new databases, in bytes.
 pub const DB_PAGE_BYTES: u32 = 16 * 1024;
 /// The database used when neither `--db` nor `KEYFLEET_DB` names one.
@@ -290,7 +294,7 @@ async fn use_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             );
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(WAL_RETRY).await;
     }
 }
 

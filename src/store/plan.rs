@@ -23,7 +23,7 @@ use std::fmt;
 
 use rusqlite::OptionalExtension;
 
-use super::{BUSY_TIMEOUT, Store, StoreError, now_ms};
+use super::{BUSY_TIMEOUT, Store, StoreError, WAL_RETRY, now_ms};
 
 /// SQLite page cache for the planning connection, in KiB (negative `cache_size` means KiB).
 /// Index inserts for a million items stay in memory instead of re-reading pages.
@@ -725,7 +725,7 @@ fn restore_wal(conn: &rusqlite::Connection) {
             tracing::warn!(%err, "the database stays in rollback-journal mode until its next open");
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(WAL_RETRY);
     }
 }
 
